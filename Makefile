@@ -1,0 +1,36 @@
+# flowplan: `make run` starts everything; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test bench lint schema setup clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "flowplan needs Python 3.11+"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/flowplan up
+
+setup: $(STAMP)
+	$(BIN)/flowplan setup
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy proto libs services
+
+schema: $(STAMP)
+	$(BIN)/python -m proto.schema > proto/schema.json
+
+clean:
+	rm -rf $(VENV) .flowplan

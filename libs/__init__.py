@@ -1,0 +1,1 @@
+"""Code shared by flowplan's services: the event log, settings, clock, pricing, web plumbing."""

@@ -1,0 +1,38 @@
+"""Connections every service opens, with the same reconnect behaviour and health check."""
+
+import logging
+
+import asyncpg
+import nats
+from nats.aio.client import Client
+
+log = logging.getLogger(__name__)
+
+
+async def connect_nats(url: str, name: str) -> Client:
+    async def on_disconnect() -> None:
+        log.warning("%s: NATS disconnected", name)
+
+    async def on_reconnect() -> None:
+        log.info("%s: NATS reconnected", name)
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("%s: NATS error %r", name, exc)
+
+    return await nats.connect(
+        url,
+        name=f"flowplan-{name}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+    )
+
+
+async def health(nc: Client, pool: asyncpg.Pool) -> dict[str, bool]:
+    try:
+        postgres = await pool.fetchval("SELECT true", timeout=1.0) is True
+    except Exception:
+        postgres = False
+    return {"nats": nc.is_connected, "postgres": postgres}

@@ -1,0 +1,145 @@
+"""`make run`: the whole stack on one machine, from nothing, until Ctrl-C.
+
+Starts a local nats-server (JetStream) and Postgres unless FLOWPLAN_NATS_URL /
+FLOWPLAN_DATABASE_URL say where they are, runs the set-up step, starts every service
+as a child process, creates a demo account and prints its key with examples.
+Data lives in .flowplan/ so that a second `make run` finds the first one's state.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from libs.localservers import LocalNats, LocalPostgres, port_is_free, wait_for_port
+from libs.settings import DEV_ADMIN_TOKEN, DEV_INGEST_TOKEN, Settings, load_settings
+from libs.setup import set_up
+
+SERVICES = ("quota", "ingress")
+
+
+def _pick_port(preferred: int) -> int | None:
+    return preferred if port_is_free(preferred) else None
+
+
+class DevStack:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.nats: LocalNats | None = None
+        self.postgres: LocalPostgres | None = None
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def start_servers(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if not os.environ.get("FLOWPLAN_NATS_URL"):
+            self.nats = LocalNats(self.state_dir / "nats", _pick_port(14222))
+            self.nats.start()
+            env["FLOWPLAN_NATS_URL"] = self.nats.url
+            print(f"  nats-server (JetStream) on {self.nats.url}")
+        if not os.environ.get("FLOWPLAN_DATABASE_URL"):
+            self.postgres = LocalPostgres(self.state_dir / "postgres", _pick_port(15432))
+            self.postgres.start()
+            env["FLOWPLAN_DATABASE_URL"] = self.postgres.url
+            print(f"  postgres on {self.postgres.url}")
+        return env
+
+    def start_services(self, env: dict[str, str], settings: Settings) -> None:
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in SERVICES:
+            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115  (the child owns it)
+            child = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"], env={**os.environ, **env}, stdout=log, stderr=log
+            )
+            self.children.append(child)
+        wait_for_port(settings.quota_port, timeout=60, process=self.children[0])
+        wait_for_port(settings.ingress_port, timeout=60, process=self.children[1])
+        print(f"  services: {', '.join(SERVICES)} (logs in {logs})")
+
+    def stop(self) -> None:
+        for child in self.children:
+            child.send_signal(signal.SIGTERM)
+        for child in self.children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if self.postgres is not None:
+            self.postgres.stop()
+        if self.nats is not None:
+            self.nats.stop()
+
+
+def _demo_account(settings: Settings, state_dir: Path) -> dict[str, str]:
+    saved = state_dir / "demo-account.json"
+    if saved.exists():
+        return dict(json.loads(saved.read_text()))
+    request = urllib.request.Request(
+        f"http://{settings.host}:{settings.ingress_port}/admin/v1/accounts",
+        data=json.dumps({"name": "demo"}).encode(),
+        headers={"Authorization": f"Bearer {settings.admin_token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        account = dict(json.loads(response.read()))
+    saved.write_text(json.dumps(account))
+    saved.chmod(0o600)
+    return account
+
+
+def _banner(settings: Settings, account: dict[str, str]) -> str:
+    ingress = f"http://{settings.host}:{settings.ingress_port}"
+    tokens = ""
+    if settings.admin_token == DEV_ADMIN_TOKEN or settings.ingest_token == DEV_INGEST_TOKEN:
+        tokens = (
+            f"\n  dev tokens (set FLOWPLAN_ADMIN_TOKEN / FLOWPLAN_INGEST_TOKEN for real ones):"
+            f"\n    admin:  {settings.admin_token}\n    ingest: {settings.ingest_token}\n"
+        )
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return f"""
+flowplan is running.{tokens}
+  demo account: {account['account_id']}
+  demo key:     {account['key']}
+
+Record a call's usage:
+  curl -s -X POST {ingress}/v1/usage \\
+    -H 'Authorization: Bearer {settings.ingest_token}' -H 'Content-Type: application/json' \\
+    -d '{{"events": [{{"event_id": "demo-{int(time.time())}", "account_id": "{account['account_id']}",
+         "model": "anthropic/claude-sonnet-4.5", "input_tokens": 1200, "output_tokens": 350,
+         "billing_mode": "subscription", "occurred_at": "{now}"}}]}}'
+
+See the account's windows:
+  curl -s {ingress}/v1/account/usage -H 'Authorization: Bearer {account['key']}'
+
+Plans and models:  curl -s {ingress}/v1/plans   curl -s {ingress}/v1/models
+
+Ctrl-C stops everything this started.
+"""
+
+
+def main() -> None:
+    state_dir = Path(os.environ.get("FLOWPLAN_STATE_DIR", ".flowplan")).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stack = DevStack(state_dir)
+    try:
+        print("Starting flowplan:")
+        env = stack.start_servers()
+        os.environ.update(env)
+        settings = load_settings()
+        applied = asyncio.run(set_up(settings))
+        print(f"  set-up done ({len(applied)} migrations applied)")
+        stack.start_services(env, settings)
+        print(_banner(settings, _demo_account(settings, state_dir)), flush=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("\nStopping flowplan...")
+        stack.stop()

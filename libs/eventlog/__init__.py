@@ -1,0 +1,1 @@
+"""The event log on JetStream: stream declaration, publishing, and the projection runner."""

@@ -1,0 +1,241 @@
+"""The projection runner: the event log into a Postgres projection, exactly once in effect.
+
+For each partition it keeps one durable pull consumer and loops: fetch a batch, apply
+it to Postgres in ONE transaction together with the projection's checkpoint (the last
+stream sequence applied), commit, then ack. After a crash anywhere in that loop the
+broker redelivers what was not acked and the runner skips every sequence at or below
+its checkpoint, so redelivery is harmless.
+
+The consumer allows no more unacked messages than one batch (max_ack_pending), so a
+restarted runner gets the unacked batch again before anything newer: sequences are
+never applied out of order, and none is skipped.
+
+Transient failures (Postgres or NATS away) are retried with backoff on the same batch,
+forever, without losing its place. An event that cannot be decoded or applied is sent
+to the dead-letter stream and the consumer goes on.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import NamedTuple, Protocol, TypeVar
+
+import asyncpg
+import msgspec
+import nats.errors
+import nats.js
+from nats.aio.msg import Msg
+from nats.js import api
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from libs import failpoints
+from libs.eventlog import subjects
+from proto.v1 import decode_event
+from proto.v1.events import AnyEvent
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    nats.errors.Error,
+)
+
+
+class Applied(NamedTuple):
+    seq: int
+    event: AnyEvent
+
+
+AfterCommit = Callable[[], None]
+
+
+class Projection(Protocol):
+    """What a service supplies: which events it reads and how a batch changes its tables."""
+
+    name: str
+    schema: str
+    event_types: tuple[str, ...]
+
+    async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
+        """Write the batch's effect (inside the runner's transaction). Return what to do after commit."""
+        ...
+
+
+class RunnerStats:
+    def __init__(self) -> None:
+        self.applied = 0
+        self.dead_lettered = 0
+        self.checkpoints: dict[int, int] = {}
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        projection: Projection,
+        pool: asyncpg.Pool,
+        js: nats.js.JetStreamContext,
+        *,
+        stream: str,
+        partitions: int,
+        batch: int = 1000,
+        ack_wait_s: float = 10.0,
+    ) -> None:
+        self.projection = projection
+        self._pool = pool
+        self._js = js
+        self._stream = stream
+        self._partitions = partitions
+        self._batch = batch
+        self._ack_wait_s = ack_wait_s
+        self.stats = RunnerStats()
+
+    def consumer_name(self, partition: int) -> str:
+        return f"{self.projection.name}-p{partition}"
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._run_partition(p) for p in range(self._partitions)))
+
+    async def _run_partition(self, partition: int) -> None:
+        sub = await self._retry_forever(lambda: self._subscribe(partition), "subscribe")
+        last_seq = await self._retry_forever(lambda: self._load_checkpoint(partition), "load checkpoint")
+        self.stats.checkpoints[partition] = last_seq
+        while True:
+            try:
+                msgs = await sub.fetch(self._batch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except nats.errors.Error as exc:
+                log.warning("%s p%d: fetch failed (%r); retrying", self.projection.name, partition, exc)
+                await asyncio.sleep(0.5)
+                continue
+            if not msgs:
+                continue
+            fresh = [m for m in msgs if m.metadata.sequence.stream > last_seq]
+            if fresh:
+                last_seq = await self._apply(partition, fresh)
+                self.stats.checkpoints[partition] = last_seq
+                failpoints.hit("after_commit")
+            try:
+                await msgs[-1].ack()  # AckPolicy.ALL: acks the whole batch
+            except nats.errors.Error as exc:
+                log.warning("%s p%d: ack failed (%r); redelivery will be skipped", self.projection.name, partition, exc)
+
+    async def _subscribe(self, partition: int) -> nats.js.JetStreamContext.PullSubscription:
+        durable = self.consumer_name(partition)
+        config = api.ConsumerConfig(
+            durable_name=durable,
+            name=durable,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.ALL,
+            ack_wait=self._ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=self._batch,
+            filter_subjects=[subjects.partition_filter(partition, t) for t in self.projection.event_types],
+        )
+        await self._js.add_consumer(self._stream, config=config)
+        return await self._js.pull_subscribe_bind(durable=durable, stream=self._stream)
+
+    async def _load_checkpoint(self, partition: int) -> int:
+        value = await self._pool.fetchval(
+            f"SELECT last_seq FROM {self.projection.schema}.checkpoints WHERE projection = $1 AND partition = $2",
+            self.projection.name,
+            partition,
+        )
+        return int(value or 0)
+
+    async def _apply(self, partition: int, msgs: Sequence[Msg]) -> int:
+        """Apply a batch; return the new checkpoint. Never gives up on transient failures."""
+        last = msgs[-1].metadata.sequence.stream
+        batch: list[Applied] = []
+        for msg in msgs:
+            try:
+                batch.append(Applied(msg.metadata.sequence.stream, decode_event(msg.data)))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                await self._retry_forever(lambda m=msg, e=exc: self._dead_letter(m, e), "dead-letter", msgs)
+
+        try:
+            await self._retry_forever(lambda: self._commit(partition, batch, last), "apply batch", msgs)
+        except Exception as exc:  # a permanent failure somewhere in the batch: find the event
+            log.warning("%s p%d: batch failed (%r); applying one by one", self.projection.name, partition, exc)
+            await self._apply_one_by_one(partition, batch, msgs)
+            await self._retry_forever(lambda: self._commit(partition, [], last), "checkpoint", msgs)
+        return last
+
+    async def _apply_one_by_one(self, partition: int, batch: Sequence[Applied], msgs: Sequence[Msg]) -> None:
+        by_seq = {m.metadata.sequence.stream: m for m in msgs}
+        for item in batch:
+            try:
+                await self._retry_forever(lambda i=item: self._commit(partition, [i], i.seq), "apply event", msgs)
+            except Exception as exc:
+                msg = by_seq[item.seq]
+                await self._retry_forever(lambda m=msg, e=exc: self._dead_letter(m, e), "dead-letter", msgs)
+                await self._retry_forever(lambda i=item: self._commit(partition, [], i.seq), "checkpoint", msgs)
+
+    async def _commit(self, partition: int, batch: Sequence[Applied], last_seq: int) -> None:
+        after_commit = None
+        async with self._pool.acquire() as conn, conn.transaction():
+            if batch:
+                after_commit = await self.projection.apply(conn, batch)
+            await conn.execute(
+                f"""INSERT INTO {self.projection.schema}.checkpoints (projection, partition, last_seq)
+                    VALUES ($1, $2, $3)
+                    ON CONFLICT (projection, partition) DO UPDATE SET last_seq = EXCLUDED.last_seq""",
+                self.projection.name,
+                partition,
+                last_seq,
+            )
+        if after_commit is not None:
+            after_commit()
+        self.stats.applied += len(batch)
+
+    async def _dead_letter(self, msg: Msg, error: BaseException) -> None:
+        seq = msg.metadata.sequence.stream
+        log.error("%s: event seq %d dead-lettered: %r", self.projection.name, seq, error)
+        await self._js.publish(
+            subjects.dlq_subject(self.projection.name),
+            msg.data,
+            stream=None,
+            headers={
+                api.Header.MSG_ID: f"{self.projection.name}:{seq}",
+                "Flowplan-Projection": self.projection.name,
+                "Flowplan-Stream-Seq": str(seq),
+                "Flowplan-Subject": msg.subject,
+                "Flowplan-Error": repr(error)[:1000],
+            },
+        )
+        self.stats.dead_lettered += 1
+
+    async def _retry_forever(
+        self, attempt: Callable[[], Awaitable[T]], what: str, in_progress: Sequence[Msg] = ()
+    ) -> T:
+        async for retry in AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+            wait=wait_exponential(multiplier=0.05, max=2.0),
+            before_sleep=lambda state: self._before_retry(state.outcome, what, in_progress),
+            reraise=True,
+        ):
+            with retry:
+                return await attempt()
+        raise AssertionError("unreachable")
+
+    def _before_retry(self, outcome: object, what: str, in_progress: Sequence[Msg]) -> None:
+        log.warning("%s: %s failed transiently (%r); retrying", self.projection.name, what, outcome)
+        for msg in in_progress:
+            asyncio.ensure_future(self._keep_alive(msg))
+
+    @staticmethod
+    async def _keep_alive(msg: Msg) -> None:
+        try:
+            await msg.in_progress()
+        except Exception:  # the broker is away too; redelivery is harmless
+            pass

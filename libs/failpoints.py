@@ -1,0 +1,26 @@
+"""Failpoints: named places where a fault test may kill the process on purpose.
+
+FLOWPLAN_FAILPOINT="after_commit:3" makes the third pass through
+`hit("after_commit")` end the process at once, the way a SIGKILL or a power cut
+would. Unset (the default, and in production), hit() is a dictionary lookup.
+"""
+
+import os
+import sys
+
+_armed: dict[str, int] = {}
+for spec in filter(None, os.environ.get("FLOWPLAN_FAILPOINT", "").split(",")):
+    name, _, count = spec.partition(":")
+    _armed[name.strip()] = int(count or "1")
+
+
+def hit(name: str) -> None:
+    remaining = _armed.get(name)
+    if remaining is None:
+        return
+    remaining -= 1
+    _armed[name] = remaining
+    if remaining <= 0:
+        sys.stderr.write(f"failpoint {name}: killing process\n")
+        sys.stderr.flush()
+        os._exit(137)

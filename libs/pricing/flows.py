@@ -1,0 +1,65 @@
+"""A call's price: USD cost from tokens at list price, Flows from the rate and multiplier in force.
+
+flows = usd_cost / (usd_per_flow * multiplier) + request_flows, computed exactly in
+integers and rounded half-up once, to micro-Flows; usd_cost to micro-USD.
+"""
+
+from datetime import datetime
+from fractions import Fraction
+from typing import NamedTuple
+
+from libs.pricing.catalog import Model
+from libs.pricing.money import round_half_up
+
+PICO_PER_MICRO = 10**6
+
+
+class Price(NamedTuple):
+    usd_cost_micros: int
+    flows_micros: int
+
+
+def usd_cost_pico(model: Model, input_tokens: int, output_tokens: int, cached_tokens: int, images: int) -> int:
+    p_in, p_out, p_cache, p_image = model.pico_prices
+    return input_tokens * p_in + output_tokens * p_out + cached_tokens * p_cache + images * p_image
+
+
+def price_call(
+    model: Model,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    cached_tokens: int = 0,
+    images: int = 0,
+    usd_per_flow: Fraction,
+    multiplier: Fraction,
+) -> Price:
+    pico = usd_cost_pico(model, input_tokens, output_tokens, cached_tokens, images)
+    usd_micros = round_half_up(Fraction(pico, PICO_PER_MICRO))
+    # pico-USD / (USD/Flow * m) = pico-Flows; / 10**6 = micro-Flows.
+    flows_micros = round_half_up(Fraction(pico, PICO_PER_MICRO) / (usd_per_flow * multiplier))
+    return Price(usd_micros, flows_micros + model.request_flows_micros)
+
+
+class Versioned:
+    """A value that changes over time: each version is in force from its effective time on."""
+
+    def __init__(self, initial: Fraction) -> None:
+        self._initial = initial
+        self._versions: dict[str, tuple[datetime, Fraction]] = {}
+        self._sorted: list[tuple[datetime, str, Fraction]] = []
+
+    def add(self, version_id: str, effective_at: datetime, value: Fraction) -> None:
+        """Idempotent: the same version id twice is one version."""
+        if version_id in self._versions:
+            return
+        self._versions[version_id] = (effective_at, value)
+        self._sorted = sorted((at, vid, v) for vid, (at, v) in self._versions.items())
+
+    def at(self, when: datetime) -> Fraction:
+        value = self._initial
+        for effective_at, _, version_value in self._sorted:
+            if effective_at > when:
+                break
+            value = version_value
+        return value

@@ -1,0 +1,56 @@
+"""Exact money and Flow arithmetic: integers in micro-units, Fractions for rates, half-up rounding."""
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from fractions import Fraction
+
+MICRO = 1_000_000
+
+
+class InvalidAmount(ValueError):
+    pass
+
+
+def parse_fraction(text: str) -> Fraction:
+    """Parse "0.02525", "20", "5/198" or "1/39.6" into an exact Fraction."""
+    try:
+        if "/" in text:
+            numerator, denominator = text.split("/", 1)
+            value = Fraction(Decimal(numerator.strip())) / Fraction(Decimal(denominator.strip()))
+        else:
+            value = Fraction(Decimal(text.strip()))
+    except (InvalidOperation, ValueError, ZeroDivisionError) as exc:
+        raise InvalidAmount(f"not a number: {text!r}") from exc
+    return value
+
+
+def fraction_text(value: Fraction) -> str:
+    """The exact, canonical text of a Fraction ("5/198", "1")."""
+    return str(value)
+
+
+def round_half_up(value: Fraction) -> int:
+    """Round to the nearest integer, halves away from zero."""
+    n, d = value.numerator, value.denominator
+    if n >= 0:
+        return (2 * n + d) // (2 * d)
+    return -((-2 * n + d) // (2 * d))
+
+
+def to_micros(text: str) -> int:
+    """A decimal amount ("20.00", "0.5") to integer micro-units; more than 6 decimals is refused."""
+    value = parse_fraction(text) * MICRO
+    if value.denominator != 1:
+        raise InvalidAmount(f"more than 6 decimal places: {text!r}")
+    return value.numerator
+
+
+def micros_to_str(micros: int, places: int = 6) -> str:
+    """Micro-units as a decimal string rounded half-up to `places` ("54.55" for places=2)."""
+    quantum = Decimal(1).scaleb(-places)
+    return str((Decimal(micros) / MICRO).quantize(quantum, rounding=ROUND_HALF_UP))
+
+
+def micros_to_number(micros: int) -> float | int:
+    """Flows for JSON: a number with up to 6 decimals, built from the exact decimal text."""
+    text = micros_to_str(micros).rstrip("0").rstrip(".")
+    return int(text) if "." not in text else float(text)

@@ -1,0 +1,51 @@
+"""Typed settings, read from FLOWPLAN_* environment variables in one place."""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+DEV_ADMIN_TOKEN = "dev-admin-token"
+DEV_INGEST_TOKEN = "dev-ingest-token"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/flowplan"
+    admin_token: str = DEV_ADMIN_TOKEN
+    ingest_token: str = DEV_INGEST_TOKEN
+    host: str = "127.0.0.1"
+    ingress_port: int = 8081
+    quota_port: int = 8082
+    stream: str = "FLOWPLAN_EVENTS"
+    dlq_stream: str = "FLOWPLAN_DLQ"
+    partitions: int = 4
+    """Partitions of the event stream; fixed when the stream is first declared."""
+    stream_max_bytes: int = -1
+    """Disk budget of the event stream; past it publishes are refused (discard=new), never old history dropped."""
+    projection_batch: int = 1000
+    max_usage_batch: int = 5000
+    max_body_bytes: int = 8 * 1024 * 1024
+    accepted_lateness_s: int = 8 * 24 * 3600
+    accepted_lead_s: int = 5 * 60
+    dedupe_retention_s: int = 9 * 24 * 3600
+    reservation_timeout_s: float = 120.0
+    default_estimate_flows: str = "0.5"
+    """Flows reserved for a call whose caller gives no estimate."""
+    request_timeout_s: float = 2.0
+    catalog_path: str = ""
+    plans_path: str = ""
+    log_level: str = "INFO"
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from FLOWPLAN_<FIELD> variables; overrides win (tests, composition roots)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in msgspec.structs.fields(Settings):
+        raw = env.get(f"FLOWPLAN_{field.name.upper()}")
+        if raw is not None and raw != "":
+            values[field.name] = raw
+    values.update(overrides)
+    return msgspec.convert(values, Settings, strict=False)

@@ -1,0 +1,31 @@
+"""The one idempotent set-up step: database, streams, every service's migrations."""
+
+import importlib.util
+from pathlib import Path
+
+from libs.connections import connect_nats
+from libs.db import ensure_database, migrate_async
+from libs.eventlog.streams import declare_streams
+from libs.settings import Settings
+
+
+def migration_dirs() -> list[Path]:
+    """Every service's migrations folder, found on disk (libs never imports a service)."""
+    spec = importlib.util.find_spec("services")
+    assert spec is not None and spec.submodule_search_locations
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return sorted(root.glob("*/migrations"))
+
+
+async def set_up(settings: Settings) -> list[str]:
+    """Create what is missing; change nothing that is already right. Returns migrations applied."""
+    ensure_database(settings.database_url)
+    nc = await connect_nats(settings.nats_url, "setup")
+    try:
+        await declare_streams(nc.jetstream(), settings)
+    finally:
+        await nc.close()
+    applied: list[str] = []
+    for folder in migration_dirs():
+        applied += await migrate_async(settings.database_url, folder)
+    return applied

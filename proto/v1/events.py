@@ -1,0 +1,122 @@
+"""Events: facts in the log, past tense, frozen. The `type` tag names the struct.
+
+Money is integer micro-USD, Flows integer micro-Flows. Exact rates (USD per Flow,
+multipliers) travel as fraction strings such as "5/198" so that pricing replays
+bit-for-bit.
+"""
+
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+BillingMode = Literal["subscription", "payg"]
+PlanId = str
+KeyKind = Literal["subscription", "payg"]
+
+SYSTEM_ACCOUNT = "_system"
+"""The account token in the subject of events that belong to no account (Flow rate)."""
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    event_id: str
+    occurred_at: datetime
+    """Event time: when it happened in the world, not when it was recorded."""
+
+    @property
+    def subject_account(self) -> str:
+        return SYSTEM_ACCOUNT
+
+
+class AccountEvent(Event, frozen=True, kw_only=True):
+    account_id: str
+
+    @property
+    def subject_account(self) -> str:
+        return self.account_id
+
+
+class AccountCreated(AccountEvent, frozen=True, kw_only=True):
+    name: str
+    multiplier: str = "1"
+
+
+class KeyCreated(AccountEvent, frozen=True, kw_only=True):
+    key_id: str
+    name: str
+    kind: KeyKind
+    key_hash: str
+    """SHA-256 of the secret, hex. The secret itself never enters the log."""
+    prefix: str
+    last4: str
+
+
+class PaymentRecorded(AccountEvent, frozen=True, kw_only=True):
+    """A successful payment for a plan; occurred_at is when it was paid."""
+
+    payment_ref: str
+    plan: PlanId
+    amount_micros: int
+
+
+class PlanChanged(AccountEvent, frozen=True, kw_only=True):
+    """The account's plan from occurred_at on. Monthly periods count from period_anchor."""
+
+    plan: PlanId
+    previous_plan: PlanId
+    period_anchor: datetime
+    reason: Literal["payment", "refund", "period_end", "admin"]
+
+
+class MultiplierChanged(AccountEvent, frozen=True, kw_only=True):
+    """Per-account value multiplier in force from occurred_at on."""
+
+    multiplier: str
+
+
+class FlowRateChanged(Event, frozen=True, kw_only=True):
+    """USD per Flow in force from occurred_at on, for every account."""
+
+    usd_per_flow: str
+
+
+class UsageRecorded(AccountEvent, frozen=True, kw_only=True):
+    """One metered call, priced when it was recorded at the rate in force at occurred_at."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    images: int = 0
+    billing_mode: BillingMode
+    key_id: str | None = None
+    usd_cost_micros: int
+    flows_micros: int
+    usd_per_flow: str
+    multiplier: str
+    reservation_id: str | None = None
+    """The quota reservation this call held, released when this event is applied."""
+    source: Literal["ingress", "gateway"] = "ingress"
+
+
+AnyEvent = (
+    AccountCreated
+    | KeyCreated
+    | PaymentRecorded
+    | PlanChanged
+    | MultiplierChanged
+    | FlowRateChanged
+    | UsageRecorded
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_event(data: bytes) -> AnyEvent:
+    """Decode any event; raises msgspec.DecodeError/ValidationError on a bad payload."""
+    return _decoder.decode(data)

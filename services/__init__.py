@@ -1,0 +1,1 @@
+"""flowplan's services. None imports another: they meet only in proto/ and on the wire."""

@@ -1,0 +1,115 @@
+"""Admin commands: decide which events an admin request produces. Pure: no I/O."""
+
+import secrets
+import uuid
+from datetime import datetime
+from fractions import Fraction
+from typing import Annotated
+
+import msgspec
+
+from libs import apikeys
+from libs.pricing.money import fraction_text, parse_fraction, to_micros, InvalidAmount
+from libs.web import ApiError
+from proto.v1 import AccountCreated, FlowRateChanged, KeyCreated, MultiplierChanged, PaymentRecorded, PlanChanged
+
+_NAMESPACE = uuid.UUID("6f0c6f7e-3b9e-4a53-9a43-0f9b0d6a1c55")
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Number = Annotated[str, msgspec.Meta(min_length=1, max_length=40)] | float | int
+Aware = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class CreateAccount(msgspec.Struct, forbid_unknown_fields=True):
+    name: Name
+    multiplier: Number = "1"
+
+
+class RecordPayment(msgspec.Struct, forbid_unknown_fields=True):
+    plan: str
+    amount_usd: Number
+    payment_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    paid_at: Aware | None = None
+
+
+class SetMultiplier(msgspec.Struct, forbid_unknown_fields=True):
+    multiplier: Number
+    effective_at: Aware | None = None
+
+
+class SetFlowRate(msgspec.Struct, forbid_unknown_fields=True):
+    usd_per_flow: Number
+    effective_at: Aware | None = None
+
+
+def event_id(*parts: str) -> str:
+    """A deterministic id, so that a retried admin request is the same event (deduped), not a new one."""
+    return str(uuid.uuid5(_NAMESPACE, "/".join(parts)))
+
+
+def positive(value: str | float | int, field: str) -> Fraction:
+    try:
+        number = parse_fraction(str(value))
+    except InvalidAmount as exc:
+        raise ApiError(400, "invalid_request", f"{field}: {exc}", field) from exc
+    if number <= 0:
+        raise ApiError(400, "invalid_request", f"{field}: must be greater than zero", field)
+    return number
+
+
+def create_account(command: CreateAccount, now: datetime) -> tuple[list[AccountCreated | KeyCreated], str]:
+    """The account, its first subscription key, and the key's secret (shown once)."""
+    multiplier = positive(command.multiplier, "multiplier")
+    account_id = f"acc_{secrets.token_hex(8)}"
+    secret = apikeys.generate("subscription")
+    created = AccountCreated(
+        event_id=str(uuid.uuid4()), account_id=account_id, occurred_at=now,
+        name=command.name, multiplier=fraction_text(multiplier),
+    )
+    key = KeyCreated(
+        event_id=str(uuid.uuid4()), account_id=account_id, occurred_at=now,
+        key_id=f"key_{secrets.token_hex(8)}", name="default", kind="subscription",
+        key_hash=apikeys.hash_secret(secret), prefix=apikeys.PREFIXES["subscription"], last4=secret[-4:],
+    )
+    return [created, key], secret
+
+
+def record_payment(
+    account_id: str, current_plan: str, command: RecordPayment, paid_plans: set[str], now: datetime
+) -> tuple[PaymentRecorded, PlanChanged]:
+    """A payment starts or changes the subscription at once; its period counts from paid_at."""
+    if command.plan not in paid_plans:
+        raise ApiError(400, "invalid_request", f"plan: must be one of {sorted(paid_plans)}", "plan")
+    try:
+        amount = to_micros(str(command.amount_usd))
+    except InvalidAmount as exc:
+        raise ApiError(400, "invalid_request", f"amount_usd: {exc}", "amount_usd") from exc
+    if amount < 0:
+        raise ApiError(400, "invalid_request", "amount_usd: must not be negative", "amount_usd")
+    paid_at = command.paid_at or now
+    if paid_at > now:
+        raise ApiError(400, "invalid_request", "paid_at: must not be in the future", "paid_at")
+    payment = PaymentRecorded(
+        event_id=event_id("payment", account_id, command.payment_ref), account_id=account_id,
+        occurred_at=paid_at, payment_ref=command.payment_ref, plan=command.plan, amount_micros=amount,
+    )
+    change = PlanChanged(
+        event_id=event_id("plan", account_id, command.payment_ref), account_id=account_id,
+        occurred_at=paid_at, plan=command.plan, previous_plan=current_plan, period_anchor=paid_at,
+        reason="payment",
+    )
+    return payment, change
+
+
+def set_multiplier(account_id: str, command: SetMultiplier, now: datetime) -> MultiplierChanged:
+    value = positive(command.multiplier, "multiplier")
+    return MultiplierChanged(
+        event_id=str(uuid.uuid4()), account_id=account_id, occurred_at=command.effective_at or now,
+        multiplier=fraction_text(value),
+    )
+
+
+def set_flow_rate(command: SetFlowRate, now: datetime) -> FlowRateChanged:
+    value = positive(command.usd_per_flow, "usd_per_flow")
+    return FlowRateChanged(
+        event_id=str(uuid.uuid4()), occurred_at=command.effective_at or now, usd_per_flow=fraction_text(value)
+    )

@@ -1,0 +1,211 @@
+"""ingress's HTTP routes. Thin: authenticate, decode, call the domain, publish, answer."""
+
+import secrets
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+
+import asyncpg
+import msgspec
+from aiohttp import web
+from nats.aio.client import Client
+
+from libs import apikeys
+from libs.clock import Clock
+from libs.eventlog.publisher import EventPublisher, PublishFailed
+from libs.pricing.catalog import Catalog
+from libs.pricing.money import micros_to_str
+from libs.settings import Settings
+from libs.web import ApiError, decode_body, json_response
+from proto.v1 import QuotaStatus, QuotaStatusRequest, UsageEventsReply, UsageEventsRequest, encode
+from proto.v1.events import Event
+from services.ingress import admin, metrics, views
+from services.ingress.directory import Directory
+from services.ingress.usage import decode_batch, price_batch
+
+_status = msgspec.json.Decoder(QuotaStatus)
+_events = msgspec.json.Decoder(UsageEventsReply)
+
+
+class IngressApi:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        directory: Directory,
+        publisher: EventPublisher,
+        pool: asyncpg.Pool,
+        nc: Client,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.directory = directory
+        self.publisher = publisher
+        self.pool = pool
+        self.nc = nc
+        self.clock = clock
+        self.paid_plans = {p.id for p in catalog.plans.values() if p.id != "free"}
+
+    def routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post("/v1/usage", self.post_usage)
+        r.add_get("/v1/plans", self.get_plans)
+        r.add_get("/v1/models", self.get_models)
+        r.add_get("/v1/account/usage", self.get_account_usage)
+        r.add_get("/v1/account/usage/events", self.get_account_usage_events)
+        r.add_post("/admin/v1/accounts", self.create_account)
+        r.add_post("/admin/v1/accounts/{account_id}/payments", self.record_payment)
+        r.add_put("/admin/v1/accounts/{account_id}/multiplier", self.set_multiplier)
+        r.add_post("/admin/v1/flow-rate", self.set_flow_rate)
+
+    # -- authentication ---------------------------------------------------------------
+
+    @staticmethod
+    def _bearer(request: web.Request) -> str:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthorized", "missing Authorization: Bearer <token>", "Authorization")
+        return token.strip()
+
+    def _require_token(self, request: web.Request, expected: str) -> None:
+        if not secrets.compare_digest(self._bearer(request).encode(), expected.encode()):
+            raise ApiError(401, "unauthorized", "wrong token", "Authorization")
+
+    def _account_of(self, request: web.Request) -> str:
+        secret = self._bearer(request)
+        owner = self.directory.keys.get(apikeys.hash_secret(secret)) if apikeys.kind_of(secret) else None
+        if owner is None:
+            raise ApiError(401, "invalid_api_key", "the API key is malformed, unknown or revoked", "Authorization")
+        return owner.account_id
+
+    def _account_exists(self, request: web.Request) -> str:
+        account_id = request.match_info["account_id"]
+        if account_id not in self.directory.accounts:
+            raise ApiError(404, "account_not_found", f"no account {account_id!r}", "account_id")
+        return account_id
+
+    async def _publish(self, events: Sequence[Event]) -> None:
+        try:
+            await self.publisher.publish(events)
+        except PublishFailed as exc:
+            raise ApiError(503, "event_log_unavailable", "the event log did not confirm; retry") from exc
+        for event in events:
+            self.directory.apply(event)  # read-your-writes; the projection applies it again harmlessly
+
+    # -- metering ---------------------------------------------------------------------
+
+    async def post_usage(self, request: web.Request) -> web.Response:
+        self._require_token(request, self.settings.ingest_token)
+        records = decode_batch(await request.read(), self.settings.max_usage_batch)
+        events = price_batch(
+            records,
+            self.catalog,
+            self.directory,
+            self.clock.now(),
+            timedelta(seconds=self.settings.accepted_lateness_s),
+            timedelta(seconds=self.settings.accepted_lead_s),
+        )
+        started = time.perf_counter()
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                # Claim the ids; the claim commits only once JetStream has stored the events,
+                # so a failed publish leaves nothing claimed and the client's retry goes through.
+                rows = await conn.fetch(
+                    """INSERT INTO ingress.seen_events (event_id) SELECT unnest($1::text[])
+                       ON CONFLICT DO NOTHING RETURNING event_id""",
+                    [e.event_id for e in events],
+                )
+                claimed = {row["event_id"] for row in rows}
+                fresh = [e for e in events if e.event_id in claimed]
+                await self._publish(fresh)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise ApiError(503, "database_unavailable", "the database is not reachable; retry") from exc
+        metrics.publish_seconds.record(time.perf_counter() - started)
+        metrics.usage_events.add(len(fresh), {"outcome": "accepted"})
+        metrics.usage_events.add(len(events) - len(fresh), {"outcome": "duplicate"})
+        return json_response({"accepted": len(fresh), "duplicates": len(events) - len(fresh)}, 202)
+
+    # -- catalog ----------------------------------------------------------------------
+
+    async def get_plans(self, _: web.Request) -> web.Response:
+        return json_response(views.plans(self.catalog, self.directory.flow_rate.at(self.clock.now())))
+
+    async def get_models(self, _: web.Request) -> web.Response:
+        return json_response(views.models(self.catalog))
+
+    # -- account ----------------------------------------------------------------------
+
+    async def _ask(self, subject: str, message: msgspec.Struct) -> bytes:
+        try:
+            reply = await self.nc.request(subject, encode(message), timeout=self.settings.request_timeout_s)
+        except Exception as exc:
+            raise ApiError(503, "quota_unavailable", "the quota service did not answer; retry") from exc
+        return reply.data
+
+    async def get_account_usage(self, request: web.Request) -> web.Response:
+        account_id = self._account_of(request)
+        status = _status.decode(await self._ask("quota.status", QuotaStatusRequest(account_id=account_id)))
+        body = views.account_usage(status)
+        body["extra_usage"] = {"enabled": False, "payg_key_id": None, "balance_usd": "0.00"}
+        return json_response(body)
+
+    async def get_account_usage_events(self, request: web.Request) -> web.Response:
+        account_id = self._account_of(request)
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError as exc:
+            raise ApiError(400, "invalid_request", "limit: must be a whole number", "limit") from exc
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, "invalid_request", "limit: must be between 1 and 1000", "limit")
+        reply = _events.decode(
+            await self._ask("quota.events", UsageEventsRequest(account_id=account_id, limit=limit))
+        )
+        return json_response({"object": "list", "data": [views.usage_event(e) for e in reply.events]})
+
+    # -- admin ------------------------------------------------------------------------
+
+    async def create_account(self, request: web.Request) -> web.Response:
+        self._require_token(request, self.settings.admin_token)
+        command = decode_body(await request.read(), admin.CreateAccount)
+        events, secret = admin.create_account(command, self.clock.now())
+        await self._publish(events)
+        account, key = events
+        return json_response(
+            {"account_id": account.account_id, "name": command.name, "key": secret, "key_id": key.key_id}, 201
+        )
+
+    async def record_payment(self, request: web.Request) -> web.Response:
+        self._require_token(request, self.settings.admin_token)
+        account_id = self._account_exists(request)
+        command = decode_body(await request.read(), admin.RecordPayment)
+        current = self.directory.accounts[account_id].plan
+        payment, change = admin.record_payment(account_id, current, command, self.paid_plans, self.clock.now())
+        await self._publish([payment, change])
+        return json_response(
+            {
+                "account_id": account_id,
+                "payment_ref": payment.payment_ref,
+                "plan": change.plan,
+                "previous_plan": change.previous_plan,
+                "amount_usd": micros_to_str(payment.amount_micros, 2),
+                "paid_at": views.timestamp(payment.occurred_at),
+            },
+            201,
+        )
+
+    async def set_multiplier(self, request: web.Request) -> web.Response:
+        self._require_token(request, self.settings.admin_token)
+        account_id = self._account_exists(request)
+        event = admin.set_multiplier(account_id, decode_body(await request.read(), admin.SetMultiplier), self.clock.now())
+        await self._publish([event])
+        return json_response(
+            {"account_id": account_id, "multiplier": event.multiplier, "effective_at": views.timestamp(event.occurred_at)}
+        )
+
+    async def set_flow_rate(self, request: web.Request) -> web.Response:
+        self._require_token(request, self.settings.admin_token)
+        event = admin.set_flow_rate(decode_body(await request.read(), admin.SetFlowRate), self.clock.now())
+        await self._publish([event])
+        return json_response({"usd_per_flow": event.usd_per_flow, "effective_at": views.timestamp(event.occurred_at)})

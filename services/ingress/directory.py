@@ -1,0 +1,70 @@
+"""What ingress must know to authenticate and price, in memory: accounts, their plan and
+multiplier history, key hashes, and the Flow-rate history.
+
+Fed by ingress's projection after each commit, and by ingress's own writes as soon as
+JetStream has stored them (read-your-writes). Every change is keyed by its event id,
+so applying the same event twice, from both paths, changes nothing.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from fractions import Fraction
+
+import asyncpg
+
+from libs.pricing.flows import Versioned
+from libs.pricing.money import parse_fraction
+from proto.v1 import AccountCreated, FlowRateChanged, KeyCreated, MultiplierChanged, PlanChanged
+from proto.v1.events import AnyEvent
+
+
+@dataclass
+class Account:
+    account_id: str
+    name: str
+    created_at: datetime
+    plan: str = "free"
+    multiplier: Versioned = field(default_factory=lambda: Versioned(Fraction(1)))
+
+
+@dataclass(frozen=True)
+class KeyOwner:
+    account_id: str
+    key_id: str
+    kind: str
+
+
+class Directory:
+    def __init__(self, default_usd_per_flow: Fraction) -> None:
+        self.accounts: dict[str, Account] = {}
+        self.keys: dict[str, KeyOwner] = {}
+        self.flow_rate = Versioned(default_usd_per_flow)
+
+    def apply(self, event: AnyEvent) -> None:
+        if isinstance(event, AccountCreated):
+            if event.account_id not in self.accounts:
+                account = Account(event.account_id, event.name, event.occurred_at)
+                account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
+                self.accounts[event.account_id] = account
+        elif isinstance(event, KeyCreated):
+            self.keys[event.key_hash] = KeyOwner(event.account_id, event.key_id, event.kind)
+        elif isinstance(event, MultiplierChanged):
+            if (account := self.accounts.get(event.account_id)) is not None:
+                account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
+        elif isinstance(event, PlanChanged):
+            if (account := self.accounts.get(event.account_id)) is not None:
+                account.plan = event.plan
+        elif isinstance(event, FlowRateChanged):
+            self.flow_rate.add(event.event_id, event.occurred_at, parse_fraction(event.usd_per_flow))
+
+    async def load(self, conn: asyncpg.Connection, schema: str) -> None:
+        for row in await conn.fetch(f"SELECT account_id, name, created_at, plan FROM {schema}.accounts"):
+            self.accounts[row["account_id"]] = Account(row["account_id"], row["name"], row["created_at"], row["plan"])
+        for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers"):
+            self.accounts[row["account_id"]].multiplier.add(
+                row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])
+            )
+        for row in await conn.fetch(f"SELECT key_id, account_id, key_hash, kind FROM {schema}.keys"):
+            self.keys[row["key_hash"]] = KeyOwner(row["account_id"], row["key_id"], row["kind"])
+        for row in await conn.fetch(f"SELECT event_id, effective_at, usd_per_flow FROM {schema}.flow_rates"):
+            self.flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))

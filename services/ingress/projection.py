@@ -1,0 +1,61 @@
+"""ingress's projection of accounts, keys, multipliers and Flow rates (see directory.py)."""
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from libs.eventlog.runner import AfterCommit, Applied
+from proto.v1 import AccountCreated, FlowRateChanged, KeyCreated, MultiplierChanged, PlanChanged
+from services.ingress.directory import Directory
+
+
+class IngressProjection:
+    name = "ingress"
+    event_types = ("AccountCreated", "KeyCreated", "MultiplierChanged", "PlanChanged", "FlowRateChanged")
+
+    def __init__(self, directory: Directory, schema: str = "ingress") -> None:
+        self.directory = directory
+        self.schema = schema
+
+    async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
+        s = self.schema
+        for _, event in batch:
+            if isinstance(event, AccountCreated):
+                await conn.execute(
+                    f"""INSERT INTO {s}.accounts (account_id, name, created_at) VALUES ($1, $2, $3)
+                        ON CONFLICT DO NOTHING""",
+                    event.account_id, event.name, event.occurred_at,
+                )
+                await conn.execute(
+                    f"""INSERT INTO {s}.multipliers (event_id, account_id, effective_at, multiplier)
+                        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+                    event.event_id, event.account_id, event.occurred_at, event.multiplier,
+                )
+            elif isinstance(event, KeyCreated):
+                await conn.execute(
+                    f"""INSERT INTO {s}.keys (key_id, account_id, key_hash, kind) VALUES ($1, $2, $3, $4)
+                        ON CONFLICT DO NOTHING""",
+                    event.key_id, event.account_id, event.key_hash, event.kind,
+                )
+            elif isinstance(event, MultiplierChanged):
+                await conn.execute(
+                    f"""INSERT INTO {s}.multipliers (event_id, account_id, effective_at, multiplier)
+                        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+                    event.event_id, event.account_id, event.occurred_at, event.multiplier,
+                )
+            elif isinstance(event, PlanChanged):
+                await conn.execute(
+                    f"UPDATE {s}.accounts SET plan = $2 WHERE account_id = $1", event.account_id, event.plan
+                )
+            elif isinstance(event, FlowRateChanged):
+                await conn.execute(
+                    f"""INSERT INTO {s}.flow_rates (event_id, effective_at, usd_per_flow) VALUES ($1, $2, $3)
+                        ON CONFLICT DO NOTHING""",
+                    event.event_id, event.occurred_at, event.usd_per_flow,
+                )
+
+        def after_commit() -> None:
+            for _, event in batch:
+                self.directory.apply(event)
+
+        return after_commit

@@ -1,0 +1,110 @@
+"""Usage records in: strict decoding, validation that names the record and field, pricing.
+
+Everything about a batch is checked before anything of it is stored: one bad record
+refuses the whole batch with a 400 that says which record and which field.
+"""
+
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+import msgspec
+
+from libs.eventlog.subjects import ACCOUNT_TOKEN
+from libs.pricing.catalog import Catalog
+from libs.pricing.flows import price_call
+from libs.pricing.money import fraction_text
+from libs.web import ApiError, decode_body
+from proto.v1 import UsageRecorded
+from services.ingress.directory import Directory
+
+Tokens = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class UsageIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    event_id: EventId
+    account_id: Annotated[str, msgspec.Meta(pattern=ACCOUNT_TOKEN.pattern)]
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    input_tokens: Tokens
+    output_tokens: Tokens
+    billing_mode: Literal["subscription", "payg"]
+    occurred_at: Annotated[datetime, msgspec.Meta(tz=True)]
+    key_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    cached_tokens: Tokens = 0
+    images: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+
+
+class UsageBatch(msgspec.Struct, forbid_unknown_fields=True):
+    events: list[UsageIn]
+
+
+def decode_batch(body: bytes, max_events: int) -> list[UsageIn]:
+    batch = decode_body(body, UsageBatch)
+    if not batch.events:
+        raise ApiError(400, "invalid_request", "events must hold at least one record", "events")
+    if len(batch.events) > max_events:
+        raise ApiError(413, "batch_too_large", f"at most {max_events} events per request", "events")
+    return batch.events
+
+
+def price_batch(
+    records: list[UsageIn],
+    catalog: Catalog,
+    directory: Directory,
+    now: datetime,
+    lateness: timedelta,
+    lead: timedelta,
+) -> list[UsageRecorded]:
+    """Check what the types cannot (catalog, accounts, time bounds) and price every record."""
+    seen: set[str] = set()
+    priced = []
+    for i, r in enumerate(records):
+        def bad(field: str, message: str, i: int = i) -> ApiError:
+            return ApiError(400, "invalid_request", f"record {i}: {field}: {message}", f"events[{i}].{field}")
+
+        if r.event_id in seen:
+            raise bad("event_id", f"{r.event_id!r} appears twice in this batch")
+        seen.add(r.event_id)
+        model = catalog.models.get(r.model)
+        if model is None:
+            raise bad("model", f"unknown model {r.model!r}; GET /v1/models lists them")
+        account = directory.accounts.get(r.account_id)
+        if account is None:
+            raise bad("account_id", f"unknown account {r.account_id!r}")
+        if r.occurred_at < now - lateness:
+            raise bad("occurred_at", f"older than the accepted lateness of {lateness.days} days")
+        if r.occurred_at > now + lead:
+            raise bad("occurred_at", f"more than {int(lead.total_seconds() // 60)} minutes in the future")
+        if r.images and model.kind != "image":
+            raise bad("images", f"{r.model} does not generate images")
+        rate = directory.flow_rate.at(r.occurred_at)
+        multiplier = account.multiplier.at(r.occurred_at)
+        price = price_call(
+            model,
+            input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens,
+            cached_tokens=r.cached_tokens,
+            images=r.images,
+            usd_per_flow=rate,
+            multiplier=multiplier,
+        )
+        priced.append(
+            UsageRecorded(
+                event_id=r.event_id,
+                account_id=r.account_id,
+                occurred_at=r.occurred_at,
+                model=r.model,
+                input_tokens=r.input_tokens,
+                output_tokens=r.output_tokens,
+                cached_tokens=r.cached_tokens,
+                images=r.images,
+                billing_mode=r.billing_mode,
+                key_id=r.key_id,
+                usd_cost_micros=price.usd_cost_micros,
+                flows_micros=price.flows_micros,
+                usd_per_flow=fraction_text(rate),
+                multiplier=fraction_text(multiplier),
+                source="ingress",
+            )
+        )
+    return priced

@@ -1,0 +1,100 @@
+"""JSON shapes of the public API (SPEC §4): plans, models, account usage."""
+
+from datetime import datetime
+from fractions import Fraction
+from typing import Any
+
+from libs.pricing.catalog import Catalog, Model
+from libs.pricing.money import MICRO, micros_to_number, micros_to_str, round_half_up
+from proto.v1 import QuotaStatus, UsageRecorded, WindowStatus
+
+
+def _decimal(value: Fraction, places: int) -> str:
+    return micros_to_str(round_half_up(value * MICRO), places)
+
+
+def plans(catalog: Catalog, usd_per_flow: Fraction) -> dict[str, Any]:
+    items = []
+    for plan in catalog.plans.values():
+        monthly = Fraction(plan.limits_micros[2], MICRO)
+        price = Fraction(plan.price_usd)
+        equivalent = monthly * usd_per_flow
+        items.append(
+            {
+                "id": plan.id,
+                "name": plan.name,
+                "price_usd": plan.price_usd,
+                "window_5h_flows": micros_to_number(plan.limits_micros[0]),
+                "weekly_flows": micros_to_number(plan.limits_micros[1]),
+                "monthly_flows": micros_to_number(plan.limits_micros[2]),
+                "rpm": plan.rpm,
+                "equivalent_usd": _decimal(equivalent, 2),
+                "leverage": float(_decimal(equivalent / price, 2)) if price else None,
+                "models": [m.id for m in catalog.models_in_plan(plan.id)],
+            }
+        )
+    return {"usd_per_flow": _decimal(usd_per_flow, 6), "usd_per_flow_exact": str(usd_per_flow), "plans": items}
+
+
+def model(catalog: Catalog, m: Model) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": m.vendor,
+        "name": m.name,
+        "kind": m.kind,
+        "context_length": m.context_length,
+        "pricing": {
+            "prompt": m.pricing.prompt,
+            "completion": m.pricing.completion,
+            "input_cache_read": m.pricing.input_cache_read,
+            "image": m.pricing.image,
+            "request_flows": m.request_flows,
+        },
+        "plans": catalog.plans_with_model(m),
+    }
+
+
+def models(catalog: Catalog) -> dict[str, Any]:
+    return {"object": "list", "data": [model(catalog, m) for m in catalog.models.values()]}
+
+
+def timestamp(when: datetime | None) -> str | None:
+    return when.isoformat().replace("+00:00", "Z") if when is not None else None
+
+
+def _window(w: WindowStatus) -> dict[str, Any]:
+    return {
+        "used_flows": micros_to_number(w.used_flows_micros),
+        "limit_flows": micros_to_number(w.limit_flows_micros),
+        "remaining_flows": micros_to_number(w.remaining_flows_micros),
+        "reserved_flows": micros_to_number(w.reserved_flows_micros),
+        "started_at": timestamp(w.started_at),
+        "resets_at": timestamp(w.resets_at),
+    }
+
+
+def account_usage(status: QuotaStatus) -> dict[str, Any]:
+    return {
+        "plan": status.plan,
+        "window_5h": _window(status.window_5h),
+        "weekly": _window(status.weekly),
+        "monthly": _window(status.monthly),
+    }
+
+
+def usage_event(e: UsageRecorded) -> dict[str, Any]:
+    return {
+        "event_id": e.event_id,
+        "model": e.model,
+        "input_tokens": e.input_tokens,
+        "output_tokens": e.output_tokens,
+        "cached_tokens": e.cached_tokens,
+        "images": e.images,
+        "flows": micros_to_number(e.flows_micros),
+        "usd_cost": micros_to_str(e.usd_cost_micros),
+        "billing_mode": e.billing_mode,
+        "key_id": e.key_id,
+        "occurred_at": timestamp(e.occurred_at),
+    }

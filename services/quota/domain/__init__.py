@@ -1,0 +1,1 @@
+"""The quota domain, pure: window chains, billing periods, admission. No I/O."""

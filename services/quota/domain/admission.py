@@ -1,0 +1,92 @@
+"""Admission: may a call start now, and what does the account's quota look like.
+
+A call is admitted on the subscription while the 5-hour window, the week and the
+month all still have room: used + reserved < cap. The call that crosses a cap may
+finish (its cost is only known at the end); in-flight calls hold a reservation of
+their estimate so that concurrent calls cannot run far past a cap.
+"""
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple
+
+from services.quota.domain.periods import Period, Segment, period_at, segment_at
+from services.quota.domain.windows import Window, current
+
+
+@dataclass
+class AccountQuota:
+    """What admission needs to know of one account, kept in memory."""
+
+    created_at: datetime
+    segments: list[Segment]
+    window_5h: Window | None = None
+    weekly: Window | None = None
+    months: dict[datetime, int] = field(default_factory=dict)
+    """Flows per monthly period, by the period's start."""
+
+    def plan_at(self, when: datetime) -> str:
+        return self.segments[segment_at(self.segments, when)].plan
+
+
+class Limits(NamedTuple):
+    window_5h: int
+    weekly: int
+    monthly: int
+
+
+class WindowView(NamedTuple):
+    used: int
+    limit: int
+    reserved: int
+    started_at: datetime | None
+    resets_at: datetime | None
+
+    @property
+    def has_room(self) -> bool:
+        return self.used + self.reserved < self.limit
+
+
+class QuotaView(NamedTuple):
+    plan: str
+    window_5h: WindowView
+    weekly: WindowView
+    monthly: WindowView
+
+
+class Decision(NamedTuple):
+    admitted: bool
+    reason: str | None
+    view: QuotaView
+    retry_after_s: int | None
+
+
+def view(account: AccountQuota, limits_by_plan: Mapping[str, Limits], reserved: int, now: datetime) -> QuotaView:
+    plan = account.plan_at(now)
+    limits = limits_by_plan[plan]
+    w5 = current(account.window_5h, now)
+    wk = current(account.weekly, now)
+    period: Period = period_at(account.segments, now)
+    return QuotaView(
+        plan=plan,
+        window_5h=WindowView(w5.flows if w5 else 0, limits.window_5h, reserved, w5.start if w5 else None,
+                             w5.end if w5 else None),
+        weekly=WindowView(wk.flows if wk else 0, limits.weekly, reserved, wk.start if wk else None,
+                          wk.end if wk else None),
+        monthly=WindowView(account.months.get(period.start, 0), limits.monthly, reserved, period.start, period.end),
+    )
+
+
+def decide(
+    account: AccountQuota, limits_by_plan: Mapping[str, Limits], reserved: int, now: datetime
+) -> Decision:
+    quota = view(account, limits_by_plan, reserved, now)
+    blocking = [w for w in quota if isinstance(w, WindowView) and not w.has_room]
+    if not blocking:
+        return Decision(True, None, quota, None)
+    waits = [(w.resets_at - now).total_seconds() for w in blocking if w.resets_at is not None]
+    # Blocked by reservations alone (no window open yet): in-flight calls report within seconds.
+    retry_after = max(1, math.ceil(max(waits))) if waits else 1
+    return Decision(False, "quota_exhausted", quota, retry_after)

@@ -1,0 +1,56 @@
+"""Monthly billing periods: counted from the subscription's anchor (payment time, or the
+account's creation for Free), one calendar month each, cut short where a new plan begins."""
+
+import bisect
+import calendar
+from collections.abc import Sequence
+from datetime import datetime
+from typing import NamedTuple
+
+
+class Segment(NamedTuple):
+    """The plan in force from `effective_at` on; its monthly periods count from `anchor`."""
+
+    effective_at: datetime
+    plan: str
+    anchor: datetime
+    event_id: str
+
+
+class Period(NamedTuple):
+    start: datetime
+    end: datetime
+
+
+def add_months(when: datetime, months: int) -> datetime:
+    """Same day-of-month `months` later, clamped to the month's last day (Jan 31 -> Feb 28)."""
+    index = when.year * 12 + (when.month - 1) + months
+    year, month = divmod(index, 12)
+    month += 1
+    day = min(when.day, calendar.monthrange(year, month)[1])
+    return when.replace(year=year, month=month, day=day)
+
+
+def segment_at(segments: Sequence[Segment], when: datetime) -> int:
+    """Index of the segment in force at `when` (the first one for times before all of them)."""
+    i = bisect.bisect_right([s.effective_at for s in segments], when) - 1
+    return max(i, 0)
+
+
+def period_at(segments: Sequence[Segment], when: datetime) -> Period:
+    i = segment_at(segments, when)
+    anchor = segments[i].anchor
+    months = (when.year - anchor.year) * 12 + (when.month - anchor.month)
+    start = add_months(anchor, months)
+    while start > when:
+        months -= 1
+        start = add_months(anchor, months)
+    while add_months(anchor, months + 1) <= when:
+        months += 1
+        start = add_months(anchor, months)
+    end = add_months(anchor, months + 1)
+    if i + 1 < len(segments) and start < segments[i + 1].effective_at < end:
+        end = segments[i + 1].effective_at
+    if i > 0 and start < segments[i].effective_at:
+        start = segments[i].effective_at
+    return Period(start, end)

@@ -1,0 +1,300 @@
+"""quota's projection: usage and plan events into Postgres, then into memory after commit.
+
+Postgres holds every usage event (unique by event_id: duplicates count once, forever)
+and every window. Memory holds, per account, what admission reads: the plan history,
+the latest 5-hour and weekly window and the monthly totals. Memory changes only after
+the transaction that wrote the same change has committed.
+"""
+
+import copy
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from libs.eventlog.runner import AfterCommit, Applied
+from proto.v1 import AccountCreated, PlanChanged, UsageRecorded
+from services.quota.domain.admission import AccountQuota
+from services.quota.domain.periods import Segment, period_at
+from services.quota.domain.windows import FIVE_HOURS, ONE_WEEK, Usage, Window, add_usages, chain
+from services.quota.reservations import Reservations
+
+CHAINS: dict[str, timedelta] = {"5h": FIVE_HOURS, "week": ONE_WEEK}
+
+
+class UnknownAccount(Exception):
+    """Usage for an account the log never created: a poison event, not a retry."""
+
+
+class QuotaState:
+    """The in-memory side: accounts by id, and the reservations of calls in flight."""
+
+    def __init__(self, reservation_timeout: timedelta) -> None:
+        self.accounts: dict[str, AccountQuota] = {}
+        self.reservations = Reservations(reservation_timeout)
+
+    async def load(self, conn: asyncpg.Connection, schema: str) -> None:
+        """Rebuild memory from the projection (at start)."""
+        accounts: dict[str, AccountQuota] = {}
+        for row in await conn.fetch(f"SELECT account_id, created_at FROM {schema}.accounts"):
+            accounts[row["account_id"]] = AccountQuota(row["created_at"], [])
+        for row in await conn.fetch(
+            f"""SELECT event_id, account_id, effective_at, plan, period_anchor FROM {schema}.plan_history
+                ORDER BY account_id, effective_at, event_id"""
+        ):
+            accounts[row["account_id"]].segments.append(
+                Segment(row["effective_at"], row["plan"], row["period_anchor"], row["event_id"])
+            )
+        for row in await conn.fetch(
+            f"""SELECT DISTINCT ON (account_id, kind) account_id, kind, started_at, ends_at, flows_micros
+                FROM {schema}.windows WHERE kind IN ('5h', 'week')
+                ORDER BY account_id, kind, started_at DESC"""
+        ):
+            window = Window(row["started_at"], row["ends_at"], row["flows_micros"])
+            account = accounts[row["account_id"]]
+            if row["kind"] == "5h":
+                account.window_5h = window
+            else:
+                account.weekly = window
+        for row in await conn.fetch(
+            f"""SELECT account_id, started_at, flows_micros FROM {schema}.windows
+                WHERE kind = 'month' AND ends_at > now() - interval '40 days'"""
+        ):
+            accounts[row["account_id"]].months[row["started_at"]] = row["flows_micros"]
+        self.accounts = accounts
+
+
+class QuotaProjection:
+    name = "quota"
+    event_types = ("AccountCreated", "PlanChanged", "UsageRecorded")
+
+    def __init__(self, state: QuotaState, schema: str = "quota") -> None:
+        self.state = state
+        self.schema = schema
+
+    async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
+        pending: dict[str, AccountQuota] = {}
+        usage: list[tuple[int, UsageRecorded]] = []
+        for seq, event in batch:
+            if isinstance(event, AccountCreated):
+                await self._account_created(conn, event, pending)
+            elif isinstance(event, PlanChanged):
+                await self._plan_changed(conn, event, pending)
+            elif isinstance(event, UsageRecorded):
+                usage.append((seq, event))
+        released: list[tuple[str, str]] = []
+        if usage:
+            released = await self._usage_recorded(conn, usage, pending)
+
+        def after_commit() -> None:
+            self.state.accounts.update(pending)
+            for account_id, reservation_id in released:
+                self.state.reservations.release(account_id, reservation_id)
+
+        return after_commit
+
+    def _pending(self, account_id: str, pending: dict[str, AccountQuota]) -> AccountQuota:
+        if account_id not in pending:
+            known = self.state.accounts.get(account_id)
+            if known is None:
+                raise UnknownAccount(account_id)
+            pending[account_id] = copy.deepcopy(known)
+        return pending[account_id]
+
+    async def _account_created(
+        self, conn: asyncpg.Connection, event: AccountCreated, pending: dict[str, AccountQuota]
+    ) -> None:
+        if event.account_id in pending or event.account_id in self.state.accounts:
+            return
+        await conn.execute(
+            f"INSERT INTO {self.schema}.accounts (account_id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            event.account_id,
+            event.occurred_at,
+        )
+        segment = Segment(event.occurred_at, "free", event.occurred_at, event.event_id)
+        await self._insert_segment(conn, event.account_id, segment)
+        pending[event.account_id] = AccountQuota(event.occurred_at, [segment])
+
+    async def _insert_segment(self, conn: asyncpg.Connection, account_id: str, segment: Segment) -> bool:
+        inserted = await conn.fetchval(
+            f"""INSERT INTO {self.schema}.plan_history (event_id, account_id, effective_at, plan, period_anchor)
+                VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true""",
+            segment.event_id,
+            account_id,
+            segment.effective_at,
+            segment.plan,
+            segment.anchor,
+        )
+        return bool(inserted)
+
+    async def _plan_changed(
+        self, conn: asyncpg.Connection, event: PlanChanged, pending: dict[str, AccountQuota]
+    ) -> None:
+        account = self._pending(event.account_id, pending)
+        segment = Segment(event.occurred_at, event.plan, event.period_anchor, event.event_id)
+        if not await self._insert_segment(conn, event.account_id, segment):
+            return
+        old_period = period_at(account.segments, event.occurred_at)
+        account.segments = sorted([*account.segments, segment])
+        await self._recount_months(conn, event.account_id, account, since=old_period.start)
+
+    async def _recount_months(
+        self, conn: asyncpg.Connection, account_id: str, account: AccountQuota, since: datetime
+    ) -> None:
+        """Periods from `since` on were cut differently by a plan change: count them again."""
+        rows = await conn.fetch(
+            f"""SELECT occurred_at, flows_micros FROM {self.schema}.usage
+                WHERE account_id = $1 AND billing_mode = 'subscription' AND occurred_at >= $2""",
+            account_id,
+            since,
+        )
+        totals: dict[tuple[datetime, datetime], int] = defaultdict(int)
+        for row in rows:
+            totals[period_at(account.segments, row["occurred_at"])] += row["flows_micros"]
+        await conn.execute(
+            f"DELETE FROM {self.schema}.windows WHERE account_id = $1 AND kind = 'month' AND started_at >= $2",
+            account_id,
+            since,
+        )
+        account.months = {start: flows for start, flows in account.months.items() if start < since}
+        await self._add_months(conn, {(account_id, start, end): flows for (start, end), flows in totals.items()})
+        for (start, _), flows in totals.items():
+            account.months[start] = account.months.get(start, 0) + flows
+
+    async def _usage_recorded(
+        self,
+        conn: asyncpg.Connection,
+        usage: list[tuple[int, UsageRecorded]],
+        pending: dict[str, AccountQuota],
+    ) -> list[tuple[str, str]]:
+        for _, event in usage:
+            self._pending(event.account_id, pending)
+        inserted = await conn.fetch(
+            f"""INSERT INTO {self.schema}.usage (event_id, account_id, occurred_at, model, input_tokens,
+                    output_tokens, cached_tokens, images, billing_mode, key_id, usd_cost_micros,
+                    flows_micros, usd_per_flow, multiplier, stream_seq)
+                SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[],
+                    $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bigint[],
+                    $12::bigint[], $13::text[], $14::text[], $15::bigint[])
+                ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
+            *zip(
+                *(
+                    (e.event_id, e.account_id, e.occurred_at, e.model, e.input_tokens, e.output_tokens,
+                     e.cached_tokens, e.images, e.billing_mode, e.key_id, e.usd_cost_micros,
+                     e.flows_micros, e.usd_per_flow, e.multiplier, seq)
+                    for seq, e in usage
+                ),
+                strict=True,
+            ),
+        )
+        fresh_ids = {row["event_id"] for row in inserted}
+        counted: dict[str, list[UsageRecorded]] = defaultdict(list)
+        for _, event in usage:
+            if event.event_id in fresh_ids and event.billing_mode == "subscription":
+                fresh_ids.discard(event.event_id)  # a duplicate inside the batch counts once too
+                counted[event.account_id].append(event)
+        if counted:
+            await self._count(conn, counted, pending)
+        return [(e.account_id, e.reservation_id) for _, e in usage if e.reservation_id]
+
+    async def _count(
+        self,
+        conn: asyncpg.Connection,
+        counted: dict[str, list[UsageRecorded]],
+        pending: dict[str, AccountQuota],
+    ) -> None:
+        for events in counted.values():
+            events.sort(key=lambda e: (e.occurred_at, e.event_id))
+        suffixes = await self._load_suffixes(conn, {a: events[0].occurred_at for a, events in counted.items()})
+        upserts: list[tuple[str, str, Window]] = []
+        months: dict[tuple[str, datetime, datetime], int] = defaultdict(int)
+        for account_id, events in counted.items():
+            account = pending[account_id]
+            usages = [Usage(e.occurred_at, e.flows_micros) for e in events]
+            for kind, duration in CHAINS.items():
+                loaded = suffixes.get((account_id, kind), [])
+                windows, rechain_from = add_usages(loaded, usages, duration)
+                unchanged = set(loaded)
+                if rechain_from is not None:
+                    windows += await self._rechain(conn, account_id, kind, duration, rechain_from)
+                    unchanged = {w for w in unchanged if w.start < rechain_from}
+                upserts += [(account_id, kind, w) for w in windows if w not in unchanged]
+                if windows:
+                    latest = windows[-1]
+                    if kind == "5h":
+                        account.window_5h = latest
+                    else:
+                        account.weekly = latest
+            for usage in usages:
+                period = period_at(account.segments, usage.at)
+                months[(account_id, period.start, period.end)] += usage.flows
+                account.months[period.start] = account.months.get(period.start, 0) + usage.flows
+        if upserts:
+            await conn.execute(
+                f"""INSERT INTO {self.schema}.windows (account_id, kind, started_at, ends_at, flows_micros)
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
+                    ON CONFLICT (account_id, kind, started_at)
+                    DO UPDATE SET ends_at = EXCLUDED.ends_at, flows_micros = EXCLUDED.flows_micros""",
+                [a for a, _, _ in upserts],
+                [k for _, k, _ in upserts],
+                [w.start for _, _, w in upserts],
+                [w.end for _, _, w in upserts],
+                [w.flows for _, _, w in upserts],
+            )
+        await self._add_months(conn, months)
+
+    async def _load_suffixes(
+        self, conn: asyncpg.Connection, since: dict[str, datetime]
+    ) -> dict[tuple[str, str], list[Window]]:
+        """Per account and chain kind, every window that ends after the account's earliest new usage."""
+        rows = await conn.fetch(
+            f"""SELECT w.account_id, w.kind, w.started_at, w.ends_at, w.flows_micros
+                FROM {self.schema}.windows w
+                JOIN unnest($1::text[], $2::timestamptz[]) AS s(account_id, since)
+                  ON w.account_id = s.account_id AND w.ends_at > s.since
+                WHERE w.kind IN ('5h', 'week')
+                ORDER BY w.account_id, w.kind, w.started_at""",
+            list(since),
+            list(since.values()),
+        )
+        suffixes: dict[tuple[str, str], list[Window]] = defaultdict(list)
+        for row in rows:
+            suffixes[(row["account_id"], row["kind"])].append(
+                Window(row["started_at"], row["ends_at"], row["flows_micros"])
+            )
+        return suffixes
+
+    async def _rechain(
+        self, conn: asyncpg.Connection, account_id: str, kind: str, duration: timedelta, since: datetime
+    ) -> list[Window]:
+        """A late event opened a window before later ones: rebuild the chain from it."""
+        await conn.execute(
+            f"DELETE FROM {self.schema}.windows WHERE account_id = $1 AND kind = $2 AND started_at >= $3",
+            account_id,
+            kind,
+            since,
+        )
+        rows = await conn.fetch(
+            f"""SELECT occurred_at, flows_micros FROM {self.schema}.usage
+                WHERE account_id = $1 AND billing_mode = 'subscription' AND occurred_at >= $2
+                ORDER BY occurred_at""",
+            account_id,
+            since,
+        )
+        return chain((Usage(r["occurred_at"], r["flows_micros"]) for r in rows), duration)
+
+    async def _add_months(self, conn: asyncpg.Connection, months: dict[tuple[str, datetime, datetime], int]) -> None:
+        if not months:
+            return
+        await conn.execute(
+            f"""INSERT INTO {self.schema}.windows AS w (account_id, kind, started_at, ends_at, flows_micros)
+                SELECT a, 'month', s, e, f FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[],
+                    $4::bigint[]) AS m(a, s, e, f)
+                ON CONFLICT (account_id, kind, started_at)
+                DO UPDATE SET flows_micros = w.flows_micros + EXCLUDED.flows_micros""",
+            [a for a, _, _ in months],
+            [s for _, s, _ in months],
+            [e for _, _, e in months],
+            list(months.values()),
+        )
