@@ -25,6 +25,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_max_bytes: int = -1
     """Disk budget of the event stream; past it publishes are refused (discard=new), never old history dropped."""
     projection_batch: int = 1000
+    ack_wait_s: float = 10.0
+    """How long the broker waits for a projection's ack before it redelivers (after a crash)."""
     max_usage_batch: int = 5000
     max_body_bytes: int = 8 * 1024 * 1024
     accepted_lateness_s: int = 8 * 24 * 3600

@@ -6,9 +6,11 @@ stream sequence applied), commit, then ack. After a crash anywhere in that loop 
 broker redelivers what was not acked and the runner skips every sequence at or below
 its checkpoint, so redelivery is harmless.
 
-The consumer allows no more unacked messages than one batch (max_ack_pending), so a
-restarted runner gets the unacked batch again before anything newer: sequences are
-never applied out of order, and none is skipped.
+The checkpoint in Postgres, not the broker, says where a partition stands: each start
+(re)creates the partition's consumer to deliver from checkpoint + 1, so nothing a crash
+left unacked can be overtaken by newer events. While running, the consumer allows no
+more unacked messages than one batch (max_ack_pending), so a lost ack is redelivered
+before anything newer: sequences are never applied out of order, and none is skipped.
 
 Transient failures (Postgres or NATS away) are retried with backoff on the same batch,
 forever, without losing its place. An event that cannot be decoded or applied is sent
@@ -16,6 +18,7 @@ to the dead-letter stream and the consumer goes on.
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, Protocol, TypeVar
@@ -106,8 +109,8 @@ class ProjectionRunner:
         await asyncio.gather(*(self._run_partition(p) for p in range(self._partitions)))
 
     async def _run_partition(self, partition: int) -> None:
-        sub = await self._retry_forever(lambda: self._subscribe(partition), "subscribe")
         last_seq = await self._retry_forever(lambda: self._load_checkpoint(partition), "load checkpoint")
+        sub = await self._retry_forever(lambda: self._subscribe(partition, last_seq), "subscribe")
         self.stats.checkpoints[partition] = last_seq
         while True:
             try:
@@ -130,12 +133,15 @@ class ProjectionRunner:
             except nats.errors.Error as exc:
                 log.warning("%s p%d: ack failed (%r); redelivery will be skipped", self.projection.name, partition, exc)
 
-    async def _subscribe(self, partition: int) -> nats.js.JetStreamContext.PullSubscription:
+    async def _subscribe(self, partition: int, last_seq: int) -> nats.js.JetStreamContext.PullSubscription:
         durable = self.consumer_name(partition)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self._js.delete_consumer(self._stream, durable)
         config = api.ConsumerConfig(
             durable_name=durable,
             name=durable,
-            deliver_policy=api.DeliverPolicy.ALL,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=last_seq + 1,
             ack_policy=api.AckPolicy.ALL,
             ack_wait=self._ack_wait_s,
             max_deliver=-1,
@@ -186,6 +192,7 @@ class ProjectionRunner:
         async with self._pool.acquire() as conn, conn.transaction():
             if batch:
                 after_commit = await self.projection.apply(conn, batch)
+                failpoints.hit("before_commit")
             await conn.execute(
                 f"""INSERT INTO {self.projection.schema}.checkpoints (projection, partition, last_seq)
                     VALUES ($1, $2, $3)

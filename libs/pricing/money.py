@@ -15,12 +15,20 @@ def parse_fraction(text: str) -> Fraction:
     try:
         if "/" in text:
             numerator, denominator = text.split("/", 1)
-            value = Fraction(Decimal(numerator.strip())) / Fraction(Decimal(denominator.strip()))
+            value = _exact(numerator) / _exact(denominator)
         else:
-            value = Fraction(Decimal(text.strip()))
-    except (InvalidOperation, ValueError, ZeroDivisionError) as exc:
+            value = _exact(text)
+    except (InvalidOperation, ValueError, ZeroDivisionError, OverflowError) as exc:
         raise InvalidAmount(f"not a number: {text!r}") from exc
     return value
+
+
+def _exact(text: str) -> Fraction:
+    number = Decimal(text.strip())
+    # Refuse infinities and absurd exponents before Fraction builds a gigantic integer.
+    if not number.is_finite() or not -24 <= number.adjusted() <= 24 or number.as_tuple().exponent < -24:  # type: ignore[operator]
+        raise InvalidOperation(text)
+    return Fraction(number)
 
 
 def fraction_text(value: Fraction) -> str:

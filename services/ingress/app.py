@@ -47,7 +47,8 @@ class IngressService:
         async with self.pool.acquire() as conn:
             await self.directory.load(conn, projection.schema)
         self.runner = ProjectionRunner(
-            projection, self.pool, js, stream=settings.stream, partitions=partitions, batch=settings.projection_batch
+            projection, self.pool, js, stream=settings.stream, partitions=partitions, batch=settings.projection_batch,
+            ack_wait_s=settings.ack_wait_s,
         )
         self._tasks.append(self._spawn(self.runner.run(), "ingress-projection"))
         self._tasks.append(self._spawn(self._sweep_dedupe(), "ingress-dedupe-sweep"))

@@ -6,7 +6,7 @@ JetStream has stored them (read-your-writes). Every change is keyed by its event
 so applying the same event twice, from both paths, changes nothing.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 
@@ -23,8 +23,8 @@ class Account:
     account_id: str
     name: str
     created_at: datetime
+    multiplier: Versioned
     plan: str = "free"
-    multiplier: Versioned = field(default_factory=lambda: Versioned(Fraction(1)))
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,9 @@ class Directory:
     def apply(self, event: AnyEvent) -> None:
         if isinstance(event, AccountCreated):
             if event.account_id not in self.accounts:
-                account = Account(event.account_id, event.name, event.occurred_at)
-                account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
-                self.accounts[event.account_id] = account
+                self.accounts[event.account_id] = Account(
+                    event.account_id, event.name, event.occurred_at, Versioned(parse_fraction(event.multiplier))
+                )
         elif isinstance(event, KeyCreated):
             self.keys[event.key_hash] = KeyOwner(event.account_id, event.key_id, event.kind)
         elif isinstance(event, MultiplierChanged):
@@ -58,8 +58,11 @@ class Directory:
             self.flow_rate.add(event.event_id, event.occurred_at, parse_fraction(event.usd_per_flow))
 
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
-        for row in await conn.fetch(f"SELECT account_id, name, created_at, plan FROM {schema}.accounts"):
-            self.accounts[row["account_id"]] = Account(row["account_id"], row["name"], row["created_at"], row["plan"])
+        for row in await conn.fetch(f"SELECT account_id, name, created_at, multiplier, plan FROM {schema}.accounts"):
+            self.accounts[row["account_id"]] = Account(
+                row["account_id"], row["name"], row["created_at"], Versioned(parse_fraction(row["multiplier"])),
+                row["plan"],
+            )
         for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers"):
             self.accounts[row["account_id"]].multiplier.add(
                 row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])

@@ -22,14 +22,9 @@ class IngressProjection:
         for _, event in batch:
             if isinstance(event, AccountCreated):
                 await conn.execute(
-                    f"""INSERT INTO {s}.accounts (account_id, name, created_at) VALUES ($1, $2, $3)
-                        ON CONFLICT DO NOTHING""",
-                    event.account_id, event.name, event.occurred_at,
-                )
-                await conn.execute(
-                    f"""INSERT INTO {s}.multipliers (event_id, account_id, effective_at, multiplier)
+                    f"""INSERT INTO {s}.accounts (account_id, name, created_at, multiplier)
                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
-                    event.event_id, event.account_id, event.occurred_at, event.multiplier,
+                    event.account_id, event.name, event.occurred_at, event.multiplier,
                 )
             elif isinstance(event, KeyCreated):
                 await conn.execute(

@@ -47,7 +47,8 @@ class QuotaService:
         async with self.pool.acquire() as conn:
             await self.state.load(conn, projection.schema)
         self.runner = ProjectionRunner(
-            projection, self.pool, js, stream=settings.stream, partitions=partitions, batch=settings.projection_batch
+            projection, self.pool, js, stream=settings.stream, partitions=partitions, batch=settings.projection_batch,
+            ack_wait_s=settings.ack_wait_s,
         )
         self._tasks.append(self._spawn(self.runner.run(), "quota-projection"))
         self.responder = QuotaResponder(self.state, limits, self.clock, self.pool, projection.schema)

@@ -21,6 +21,7 @@ CREATE TABLE ingress.accounts (
     account_id text PRIMARY KEY,
     name text NOT NULL,
     created_at timestamptz NOT NULL,
+    multiplier text NOT NULL,  -- in force from the start, for backfilled usage too
     plan text NOT NULL DEFAULT 'free'
 );
 

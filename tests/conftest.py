@@ -1,0 +1,62 @@
+"""Fixtures: a Postgres for the session, a nats-server and a database per test module."""
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from libs.localservers import LocalNats, LocalPostgres
+from libs.settings import Settings
+from libs.setup import set_up
+from tests.stack import Stack, make_settings
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="flowplan-test-"))
+    path.chmod(0o755)  # Postgres runs as another user and must reach its data folder
+    yield path
+    if not os.environ.get("FLOWPLAN_KEEP_TEST_DATA"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(workdir: Path) -> Iterator[LocalPostgres]:
+    server = LocalPostgres(workdir / "postgres", durable=False)
+    server.start()
+    yield server
+    server.stop("immediate")
+
+
+@pytest.fixture(scope="module")
+def nats_server(workdir: Path) -> Iterator[LocalNats]:
+    server = LocalNats(workdir / f"nats-{uuid.uuid4().hex[:8]}")
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+async def settings(nats_server: LocalNats, postgres: LocalPostgres) -> Settings:
+    database = f"flowplan_{uuid.uuid4().hex[:10]}"
+    base = postgres.url.rsplit("/", 1)[0]
+    settings = make_settings(nats_server.url, f"{base}/{database}")
+    await set_up(settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+async def stack(settings: Settings, workdir: Path) -> AsyncIterator[Stack]:
+    log_dir = workdir / f"logs-{uuid.uuid4().hex[:8]}"
+    log_dir.mkdir()
+    stack = Stack(settings, log_dir)
+    await asyncio.to_thread(stack.quota.start)
+    await asyncio.to_thread(stack.ingress.start)
+    yield stack
+    stack.ingress.stop()
+    stack.quota.stop()

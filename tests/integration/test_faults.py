@@ -1,0 +1,183 @@
+"""Crashes and outages: the projection ends exact, loses nothing, and dead-letters poison."""
+
+import asyncio
+import random
+import uuid
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from libs.localservers import LocalPostgres
+from libs.pricing.catalog import load_catalog
+from libs.pricing.flows import price_call
+from proto.v1 import UsageRecorded, encode
+from tests.stack import Stack, eventually, usage_event
+
+pytestmark = pytest.mark.connected
+CATALOG = load_catalog()
+ONE_CALL = price_call(
+    CATALOG.models["deepseek/deepseek-chat"], input_tokens=1000, output_tokens=500,
+    usd_per_flow=CATALOG.default_usd_per_flow, multiplier=CATALOG.default_usd_per_flow / CATALOG.default_usd_per_flow,
+).flows_micros
+
+
+async def totals(stack: Stack, account_ids: list[str]) -> dict[str, tuple[int, int]]:
+    """Per account: (usage rows, Flows in its weekly windows), straight from the projection."""
+    conn = await stack.db()
+    try:
+        rows = await conn.fetch(
+            """SELECT a.account_id,
+                      (SELECT count(*) FROM quota.usage u WHERE u.account_id = a.account_id) AS calls,
+                      (SELECT coalesce(sum(flows_micros), 0) FROM quota.windows w
+                        WHERE w.account_id = a.account_id AND w.kind = 'week') AS flows
+               FROM unnest($1::text[]) AS a(account_id)""",
+            account_ids,
+        )
+        return {r["account_id"]: (r["calls"], r["flows"]) for r in rows}
+    finally:
+        await conn.close()
+
+
+async def post_until_accepted(stack: Stack, events: list[dict]) -> None:
+    """What a metering client does: retry a batch until it is stored (duplicates are harmless)."""
+    for _ in range(600):
+        try:
+            status, body = await stack.post_usage(events)
+        except OSError:
+            status, body = 0, None
+        if status == 202:
+            return
+        assert status in (0, 503), body
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"batch never accepted: {status} {body}")
+
+
+async def accounts(stack: Stack, n: int) -> list[str]:
+    return [(await stack.create_account(f"fault-{i}"))["account_id"] for i in range(n)]
+
+
+def batches(account_ids: list[str], count: int, size: int) -> list[list[dict]]:
+    return [[usage_event(random.choice(account_ids)) for _ in range(size)] for _ in range(count)]
+
+
+async def expect_exact(stack: Stack, sent: list[list[dict]], account_ids: list[str]) -> None:
+    want = {a: [0, 0] for a in account_ids}
+    for batch in sent:
+        for event in batch:
+            want[event["account_id"]][0] += 1
+            want[event["account_id"]][1] += ONE_CALL
+    expected = {a: (c, f) for a, (c, f) in want.items()}
+
+    async def exact() -> bool:
+        return await totals(stack, account_ids) == expected
+
+    await eventually(exact, timeout=60)
+
+
+@pytest.mark.parametrize("failpoint", ["after_commit:2", "before_commit:2"])
+async def test_projector_killed_between_commit_and_ack_or_mid_batch(stack: Stack, failpoint: str) -> None:
+    account_ids = await accounts(stack, 5)
+    await eventually(lambda: _all_known(stack, account_ids))
+    stack.quota.stop()
+    sent = batches(account_ids, 6, 300)
+    for batch in sent:
+        await post_until_accepted(stack, batch)
+    # Small batches so that the kill lands after some, not all, of the backlog is applied.
+    stack.quota.env["FLOWPLAN_PROJECTION_BATCH"] = "250"
+    try:
+        await asyncio.to_thread(stack.quota.start, {"FLOWPLAN_FAILPOINT": failpoint})
+        assert await asyncio.to_thread(stack.quota.wait_exit) == 137
+    finally:
+        del stack.quota.env["FLOWPLAN_PROJECTION_BATCH"]
+    assert f"failpoint {failpoint.split(':')[0]}" in stack.quota.log()
+    await asyncio.to_thread(stack.quota.start)
+    await expect_exact(stack, sent, account_ids)
+
+
+async def _all_known(stack: Stack, account_ids: list[str]) -> bool:
+    conn = await stack.db()
+    try:
+        n = await conn.fetchval("SELECT count(*) FROM quota.accounts WHERE account_id = ANY($1)", account_ids)
+        return bool(n == len(account_ids))
+    finally:
+        await conn.close()
+
+
+async def test_projector_killed_repeatedly_under_load(stack: Stack) -> None:
+    account_ids = await accounts(stack, 8)
+    sent = batches(account_ids, 30, 100)
+
+    async def load() -> None:
+        for batch in sent:
+            await post_until_accepted(stack, batch)
+            await asyncio.sleep(0.02)
+
+    producer = asyncio.create_task(load())
+    for _ in range(3):
+        await asyncio.sleep(0.3)
+        stack.quota.kill()
+        await asyncio.to_thread(stack.quota.start)
+    await producer
+    await expect_exact(stack, sent, account_ids)
+
+
+async def test_postgres_stopped_and_restarted_under_load_loses_nothing(
+    stack: Stack, postgres: LocalPostgres
+) -> None:
+    account_ids = await accounts(stack, 4)
+    sent = batches(account_ids, 40, 50)
+
+    async def load() -> None:
+        for batch in sent:
+            await post_until_accepted(stack, batch)
+            await asyncio.sleep(0.02)
+
+    producer = asyncio.create_task(load())
+    await asyncio.sleep(0.3)
+    await asyncio.to_thread(postgres.stop, "fast")
+    await asyncio.sleep(2)
+    await asyncio.to_thread(postgres.start)
+    await producer
+    await expect_exact(stack, sent, account_ids)
+    status, _ = await stack.http("GET", "/healthz")
+    assert status == 200
+
+
+async def test_poison_events_go_to_the_dead_letter_stream_and_the_consumer_goes_on(stack: Stack) -> None:
+    account_id = (await stack.create_account())["account_id"]
+    await eventually(lambda: _all_known(stack, [account_id]))
+    nc = await stack.nats()
+    js = nc.jetstream()
+    try:
+        garbage = await js.publish(f"flowplan.events.{account_id}.UsageRecorded", b'{"type": "UsageRecorded", "no')
+        orphan = UsageRecorded(
+            event_id=uuid.uuid4().hex, account_id="acc_never_created", occurred_at=datetime.now(UTC),
+            model="deepseek/deepseek-chat", input_tokens=1, output_tokens=1, billing_mode="subscription",
+            usd_cost_micros=1, flows_micros=1, usd_per_flow="5/198", multiplier="1",
+        )
+        unknown = await js.publish("flowplan.events.acc_never_created.UsageRecorded", encode(orphan))
+        good = usage_event(account_id)
+        assert (await stack.post_usage([good]))[0] == 202
+        await expect_exact(stack, [[good]], [account_id])
+
+        dead: dict[int, str] = {}
+
+        async def dead_lettered() -> bool:
+            sub = await js.pull_subscribe("flowplan.dlq.quota", stream=stack.settings.dlq_stream)
+            try:
+                for msg in await sub.fetch(10, timeout=1):
+                    dead[int(msg.headers["Flowplan-Stream-Seq"])] = msg.headers["Flowplan-Error"]
+                    await msg.ack()
+            except Exception:
+                pass
+            finally:
+                await sub.unsubscribe()
+            return {garbage.seq, unknown.seq} <= set(dead)
+
+        await eventually(dead_lettered)
+        assert "DecodeError" in dead[garbage.seq] or "ValidationError" in dead[garbage.seq]
+        assert "UnknownAccount" in dead[unknown.seq]
+    finally:
+        await nc.close()
+    assert msgspec  # the DLQ keeps the original bytes; see Flowplan-* headers

@@ -1,0 +1,137 @@
+"""quota.check and quota.status over NATS request/reply against the running quota service."""
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+
+from libs.pricing.money import MICRO
+from libs.eventlog.publisher import EventPublisher
+from proto.v1 import QuotaCheck, QuotaDecision, QuotaStatus, QuotaStatusRequest, UsageRecorded, encode
+from tests.stack import Stack, eventually, usage_event
+
+pytestmark = pytest.mark.connected
+
+
+async def check(stack: Stack, account_id: str, estimate: int, reservation_id: str | None = None) -> QuotaDecision:
+    nc = await stack.nats()
+    try:
+        request = QuotaCheck(account_id=account_id, reservation_id=reservation_id or uuid.uuid4().hex,
+                             model="deepseek/deepseek-chat", estimated_flows_micros=estimate)
+        reply = await nc.request("quota.check", encode(request), timeout=2)
+        return msgspec.json.decode(reply.data, type=QuotaDecision)
+    finally:
+        await nc.close()
+
+
+async def status(stack: Stack, account_id: str) -> QuotaStatus:
+    nc = await stack.nats()
+    try:
+        reply = await nc.request("quota.status", encode(QuotaStatusRequest(account_id=account_id)), timeout=2)
+        return msgspec.json.decode(reply.data, type=QuotaStatus)
+    finally:
+        await nc.close()
+
+
+async def test_unknown_account_is_refused(stack: Stack) -> None:
+    decision = await check(stack, "acc_nobody", MICRO)
+    assert not decision.admitted and decision.reason == "unknown_account"
+
+
+async def test_reservations_hold_room_until_usage_arrives(stack: Stack) -> None:
+    account = await stack.create_account()
+    account_id = account["account_id"]
+    await eventually(lambda: _known(stack, account_id))
+    # Free: 5 Flows per 5 h. Two reservations of 2.5 Flows fill it; the third call must wait.
+    first = await check(stack, account_id, 2_500_000, "r1")
+    second = await check(stack, account_id, 2_500_000, "r2")
+    third = await check(stack, account_id, 1, "r3")
+    assert first.admitted and first.billing_mode == "subscription" and first.flows_remaining_micros == 2_500_000
+    assert second.admitted and second.flows_remaining_micros == 0
+    assert not third.admitted and third.reason == "quota_exhausted" and third.retry_after_s == 1
+    # The first call's usage arrives (as the gateway publishes it, with its reservation id):
+    # the reservation is released and the actual cost counted instead.
+    nc = await stack.nats()
+    try:
+        publisher = EventPublisher(nc.jetstream(), stack.settings.stream)
+        await publisher.publish([UsageRecorded(
+            event_id=uuid.uuid4().hex, account_id=account_id, occurred_at=datetime.now(UTC),
+            model="deepseek/deepseek-chat", input_tokens=10, output_tokens=10, billing_mode="subscription",
+            usd_cost_micros=10, flows_micros=20_000, usd_per_flow="5/198", multiplier="1",
+            reservation_id="r1", source="gateway",
+        )])
+    finally:
+        await nc.close()
+
+    async def released() -> bool:
+        return (await status(stack, account_id)).window_5h.reserved_flows_micros == 2_500_000
+
+    await eventually(released)
+    assert (await check(stack, account_id, 1, "r4")).admitted
+
+
+async def _known(stack: Stack, account_id: str) -> bool:
+    return (await status(stack, account_id)).known
+
+
+async def test_exhausted_window_refuses_with_retry_after_until_it_resets(stack: Stack) -> None:
+    account = await stack.create_account()
+    account_id = account["account_id"]
+    opened = datetime.now(UTC) - timedelta(hours=4, minutes=30)
+    # 5.9 Flows of usage, in a window opened 4.5 hours ago: it resets in 30 minutes.
+    heavy = usage_event(account_id, model="z-ai/glm-4.7", input_tokens=1_000_000, output_tokens=200_000,
+                        occurred_at=opened.isoformat())
+    assert (await stack.post_usage([heavy]))[0] == 202
+
+    async def exhausted() -> QuotaDecision | None:
+        decision = await check(stack, account_id, MICRO)
+        return decision if not decision.admitted else None
+
+    decision = await eventually(exhausted)
+    assert decision.reason == "quota_exhausted"
+    assert decision.window_resets_at == opened.replace(microsecond=opened.microsecond) + timedelta(hours=5)
+    assert 29 * 60 <= (decision.retry_after_s or 0) <= 30 * 60
+    quota = await status(stack, account_id)
+    assert quota.window_5h.used_flows_micros > quota.window_5h.limit_flows_micros
+
+
+async def test_exhausted_week_refuses_until_the_week_resets(stack: Stack) -> None:
+    account = await stack.create_account()
+    account_id = account["account_id"]
+    now = datetime.now(UTC)
+    # Ten heavy calls across six days, each in its own 5 h window: the week (50.4) runs out.
+    events = [
+        usage_event(account_id, model="z-ai/glm-4.7", input_tokens=1_000_000, output_tokens=200_000,
+                    occurred_at=(now - timedelta(days=6) + timedelta(hours=6 * i)).isoformat())
+        for i in range(10)
+    ]
+    assert (await stack.post_usage(events))[0] == 202
+
+    async def exhausted() -> QuotaDecision | None:
+        decision = await check(stack, account_id, MICRO)
+        return decision if not decision.admitted else None
+
+    decision = await eventually(exhausted)
+    week_resets = datetime.fromisoformat(events[0]["occurred_at"]) + timedelta(days=7)
+    assert abs(decision.retry_after_s - (week_resets - now).total_seconds()) < 60
+    quota = await status(stack, account_id)
+    assert quota.window_5h.used_flows_micros == 0  # the 5 h window is closed: only the week blocks
+    assert quota.weekly.used_flows_micros >= quota.weekly.limit_flows_micros
+
+
+async def test_concurrent_checks_cannot_run_far_past_the_cap(stack: Stack) -> None:
+    account = await stack.create_account()
+    account_id = account["account_id"]
+    await eventually(lambda: _known(stack, account_id))
+    # Nearly empty window: 4.6 of 5 Flows used.
+    usage = usage_event(account_id, model="z-ai/glm-4.7", input_tokens=700_000, output_tokens=150_000)
+    assert (await stack.post_usage([usage]))[0] == 202
+
+    async def used() -> bool:
+        return (await status(stack, account_id)).window_5h.used_flows_micros > 4 * MICRO
+
+    await eventually(used)
+    decisions = await asyncio.gather(*(check(stack, account_id, 300_000) for _ in range(8)))
+    assert sum(d.admitted for d in decisions) <= 2

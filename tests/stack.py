@@ -1,0 +1,187 @@
+"""Real servers for the tests: nats-server and Postgres on free ports, services as child processes.
+
+Nothing here fakes NATS or Postgres. Each test module gets its own nats-server and its
+own database; the Postgres server is shared by the session.
+"""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import nats
+from nats.aio.client import Client
+
+from libs.localservers import free_port, wait_for_port
+from libs.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServiceProcess:
+    def __init__(self, name: str, env: dict[str, str], port: int, log_dir: Path) -> None:
+        self.name, self.env, self.port, self.log_path = name, env, port, log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"],
+            env={**os.environ, **self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
+        )
+        wait_for_port(self.port, timeout=60, process=self.process)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Stack:
+    """One test module's flowplan: settings, services, and clients to talk to them."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        env = {
+            "FLOWPLAN_NATS_URL": settings.nats_url,
+            "FLOWPLAN_DATABASE_URL": settings.database_url,
+            "FLOWPLAN_INGRESS_PORT": str(settings.ingress_port),
+            "FLOWPLAN_QUOTA_PORT": str(settings.quota_port),
+            "FLOWPLAN_ADMIN_TOKEN": settings.admin_token,
+            "FLOWPLAN_INGEST_TOKEN": settings.ingest_token,
+            "FLOWPLAN_RESERVATION_TIMEOUT_S": str(settings.reservation_timeout_s),
+            "FLOWPLAN_LOG_LEVEL": "INFO",
+            "FLOWPLAN_ACK_WAIT_S": str(settings.ack_wait_s),
+        }
+        self.quota = ServiceProcess("quota", env, settings.quota_port, log_dir)
+        self.ingress = ServiceProcess("ingress", env, settings.ingress_port, log_dir)
+        self.base = f"http://127.0.0.1:{settings.ingress_port}"
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    async def http(
+        self, method: str, path: str, *, token: str | None = None, json: Any = None, data: bytes | None = None
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession() as session, session.request(
+            method, self.base + path, json=json, data=data, headers=headers
+        ) as response:
+            body = await response.json(content_type=None)
+            return response.status, body
+
+    async def create_account(self, name: str = "test", multiplier: str | None = None) -> dict[str, str]:
+        body: dict[str, Any] = {"name": name}
+        if multiplier is not None:
+            body["multiplier"] = multiplier
+        status, account = await self.http("POST", "/admin/v1/accounts", token=self.settings.admin_token, json=body)
+        assert status == 201, account
+        return dict(account)
+
+    async def pay(self, account_id: str, plan: str, amount: str, **extra: Any) -> dict[str, Any]:
+        body = {"plan": plan, "amount_usd": amount, "payment_ref": extra.pop("ref", uuid.uuid4().hex), **extra}
+        status, reply = await self.http(
+            "POST", f"/admin/v1/accounts/{account_id}/payments", token=self.settings.admin_token, json=body
+        )
+        assert status == 201, reply
+        return dict(reply)
+
+    async def post_usage(self, events: list[dict[str, Any]]) -> tuple[int, Any]:
+        return await self.http("POST", "/v1/usage", token=self.settings.ingest_token, json={"events": events})
+
+    async def usage(self, key: str) -> dict[str, Any]:
+        status, body = await self.http("GET", "/v1/account/usage", token=key)
+        assert status == 200, body
+        return dict(body)
+
+    # -- NATS and Postgres --------------------------------------------------------------
+
+    async def nats(self) -> Client:
+        return await nats.connect(self.settings.nats_url)
+
+    async def db(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.settings.database_url)
+
+    async def stream_messages(self) -> int:
+        nc = await self.nats()
+        try:
+            info = await nc.jetstream().stream_info(self.settings.stream)
+            return int(info.state.messages)
+        finally:
+            await nc.close()
+
+
+def usage_event(account_id: str, **fields: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event_id": uuid.uuid4().hex,
+        "account_id": account_id,
+        "model": "deepseek/deepseek-chat",
+        "input_tokens": 1000,
+        "output_tokens": 500,
+        "billing_mode": "subscription",
+        "occurred_at": datetime.now(UTC).isoformat(),
+    }
+    event.update(fields)
+    return event
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll an async check until it returns something truthy (or its last assertion fails)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = await check()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"still {result!r} after {timeout}s")
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(interval)
+
+
+def make_settings(nats_url: str, database_url: str) -> Settings:
+    from libs.settings import load_settings
+
+    return load_settings(
+        {},
+        nats_url=nats_url,
+        database_url=database_url,
+        ingress_port=free_port(),
+        quota_port=free_port(),
+        admin_token="test-admin-" + uuid.uuid4().hex,
+        ingest_token="test-ingest-" + uuid.uuid4().hex,
+        reservation_timeout_s=30.0,
+        ack_wait_s=2.0,
+    )
