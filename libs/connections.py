@@ -3,15 +3,17 @@
 import logging
 
 import asyncpg
-import nats
 from nats.aio.client import Client
 
 log = logging.getLogger(__name__)
 
 
 async def connect_nats(url: str, name: str) -> Client:
+    nc = Client()
+
     async def on_disconnect() -> None:
-        log.warning("%s: NATS disconnected", name)
+        if not (nc.is_closed or nc.is_draining):
+            log.warning("%s: NATS disconnected", name)
 
     async def on_reconnect() -> None:
         log.info("%s: NATS reconnected", name)
@@ -19,7 +21,7 @@ async def connect_nats(url: str, name: str) -> Client:
     async def on_error(exc: Exception) -> None:
         log.warning("%s: NATS error %r", name, exc)
 
-    return await nats.connect(
+    await nc.connect(
         url,
         name=f"flowplan-{name}",
         max_reconnect_attempts=-1,
@@ -28,6 +30,17 @@ async def connect_nats(url: str, name: str) -> Client:
         reconnected_cb=on_reconnect,
         error_cb=on_error,
     )
+    return nc
+
+
+async def close_nats(nc: Client) -> None:
+    """Flush what was published, then close. (drain() would wait out its timeout on pull
+    subscriptions whose fetch was cancelled.)"""
+    try:
+        await nc.flush(timeout=2)
+    except Exception:  # already disconnected: nothing left to flush
+        pass
+    await nc.close()
 
 
 async def health(nc: Client, pool: asyncpg.Pool) -> dict[str, bool]:

@@ -32,7 +32,8 @@ class DevStack:
         self.state_dir = state_dir
         self.nats: LocalNats | None = None
         self.postgres: LocalPostgres | None = None
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self._env: dict[str, str] = {}
 
     def start_servers(self) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -48,23 +49,38 @@ class DevStack:
             print(f"  postgres on {self.postgres.url}")
         return env
 
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    def _spawn(self, name: str) -> None:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115  (the child owns it)
+        self.children[name] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"], env={**os.environ, **self._env}, stdout=log, stderr=log
+        )
+
     def start_services(self, env: dict[str, str], settings: Settings) -> None:
-        logs = self.state_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._env = env
         for name in SERVICES:
-            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115  (the child owns it)
-            child = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"], env={**os.environ, **env}, stdout=log, stderr=log
-            )
-            self.children.append(child)
-        wait_for_port(settings.quota_port, timeout=60, process=self.children[0])
-        wait_for_port(settings.ingress_port, timeout=60, process=self.children[1])
-        print(f"  services: {', '.join(SERVICES)} (logs in {logs})")
+            self._spawn(name)
+        wait_for_port(settings.quota_port, timeout=60, process=self.children["quota"])
+        wait_for_port(settings.ingress_port, timeout=60, process=self.children["ingress"])
+        print(f"  services: {', '.join(SERVICES)} (logs in {self.logs})")
+
+    def supervise(self) -> None:
+        """Services are crash-only: one that exits is started again, as a process manager would."""
+        while True:
+            time.sleep(1)
+            for name, child in list(self.children.items()):
+                if child.poll() is not None:
+                    print(f"  {name} exited with {child.returncode}; restarting (see {self.logs / name}.log)")
+                    self._spawn(name)
 
     def stop(self) -> None:
-        for child in self.children:
+        for child in self.children.values():
             child.send_signal(signal.SIGTERM)
-        for child in self.children:
+        for child in self.children.values():
             try:
                 child.wait(10)
             except subprocess.TimeoutExpired:
@@ -136,8 +152,7 @@ def main() -> None:
         stack.start_services(env, settings)
         print(_banner(settings, _demo_account(settings, state_dir)), flush=True)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        while True:
-            time.sleep(3600)
+        stack.supervise()
     except KeyboardInterrupt:
         pass
     finally:

@@ -3,7 +3,7 @@
 import importlib.util
 from pathlib import Path
 
-from libs.connections import connect_nats
+from libs.connections import close_nats, connect_nats
 from libs.db import ensure_database, migrate_async
 from libs.eventlog.streams import declare_streams
 from libs.settings import Settings
@@ -24,7 +24,7 @@ async def set_up(settings: Settings) -> list[str]:
     try:
         await declare_streams(nc.jetstream(), settings)
     finally:
-        await nc.close()
+        await close_nats(nc)
     applied: list[str] = []
     for folder in migration_dirs():
         applied += await migrate_async(settings.database_url, folder)

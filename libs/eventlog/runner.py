@@ -115,7 +115,7 @@ class ProjectionRunner:
         while True:
             try:
                 msgs = await sub.fetch(self._batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats.errors.TimeoutError, or asyncio's when the pull request expires
                 continue
             except nats.errors.Error as exc:
                 log.warning("%s p%d: fetch failed (%r); retrying", self.projection.name, partition, exc)

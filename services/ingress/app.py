@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from libs.clock import Clock, SystemClock
-from libs.connections import connect_nats, health
+from libs.connections import close_nats, connect_nats, health
 from libs.db import create_pool, migrate_async
 from libs.eventlog.publisher import EventPublisher
 from libs.eventlog.runner import ProjectionRunner
@@ -80,5 +80,5 @@ class IngressService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._site.cleanup()
-        await self.nc.drain()
+        await close_nats(self.nc)
         await self.pool.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from libs.clock import Clock, SystemClock
-from libs.connections import connect_nats, health
+from libs.connections import close_nats, connect_nats, health
 from libs.db import create_pool, migrate_async
 from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.streams import require_streams
@@ -71,5 +71,5 @@ class QuotaService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._site.cleanup()
-        await self.nc.drain()
+        await close_nats(self.nc)
         await self.pool.close()

@@ -1,0 +1,1 @@
+"""`make bench`: throughput and latency of the platform core, side by side with its building blocks."""

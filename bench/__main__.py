@@ -1,0 +1,264 @@
+"""Benchmark of the platform core, in one run on this machine (not a timed test).
+
+Measures, side by side:
+  * bare JetStream async publish (nats-py, Nats-Msg-Id set, file storage): the floor of ingest
+  * bare asyncpg batched INSERT (unnest, one transaction per 1,000 rows): the floor of projection
+  * ingest: batched POST /v1/usage until JetStream acked, events/s
+  * projection: events/s applied to Postgres while ingest runs, and its lag (p50/p99)
+  * quota.check round trips: p50/p99 at a fixed 2,000 checks/s, and the closed-loop maximum
+
+Every server is started here, on free ports, with durable settings (fsync on).
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import nats
+from nats.js import api
+
+from libs.localservers import LocalNats, LocalPostgres, free_port
+from libs.settings import load_settings
+from libs.setup import set_up
+from proto.v1 import QuotaCheck, encode
+from tests.stack import ServiceProcess
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def bare_publish(url: str, n: int) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream(publish_async_max_pending=20_000)
+    await js.add_stream(api.StreamConfig(name="BENCH", subjects=["bench.>"], storage=api.StorageType.FILE,
+                                         discard=api.DiscardPolicy.NEW, duplicate_window=600))
+    payload = b"x" * 420  # about the size of an encoded UsageRecorded
+    started = time.perf_counter()
+    futures = [
+        await js.publish_async(f"bench.{i % 1000}.UsageRecorded", payload, headers={"Nats-Msg-Id": uuid.uuid4().hex})
+        for i in range(n)
+    ]
+    await asyncio.gather(*futures)
+    elapsed = time.perf_counter() - started
+    await js.delete_stream("BENCH")
+    await nc.close()
+    return n / elapsed
+
+
+async def bare_insert(database_url: str, n: int, batch: int = 1000) -> float:
+    conn = await asyncpg.connect(database_url)
+    await conn.execute("""CREATE TABLE bench_rows (event_id text PRIMARY KEY, account_id text,
+                          occurred_at timestamptz, flows_micros bigint, model text)""")
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for start in range(0, n, batch):
+        ids = [uuid.uuid4().hex for _ in range(batch)]
+        async with conn.transaction():
+            await conn.execute(
+                """INSERT INTO bench_rows SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[],
+                   $4::bigint[], $5::text[]) ON CONFLICT DO NOTHING""",
+                ids, [f"acc_{i % 1000}" for i in range(batch)], [now] * batch, [start] * batch,
+                ["deepseek/deepseek-chat"] * batch,
+            )
+    elapsed = time.perf_counter() - started
+    await conn.execute("DROP TABLE bench_rows")
+    await conn.close()
+    return n / elapsed
+
+
+async def create_accounts(base: str, token: str, n: int) -> list[str]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+        async def one(i: int) -> str:
+            async with session.post(f"{base}/admin/v1/accounts", json={"name": f"bench-{i}"}) as r:
+                return str((await r.json())["account_id"])
+
+        ids: list[str] = []
+        for start in range(0, n, 50):
+            ids += await asyncio.gather(*(one(i) for i in range(start, min(n, start + 50))))
+        return ids
+
+
+async def ingest_and_project(base: str, token: str, settings, accounts: list[str], n: int, batch: int,
+                             concurrency: int) -> dict[str, float]:
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    pg = await asyncpg.connect(settings.database_url)
+    sampler_pg = await asyncpg.connect(settings.database_url)
+    start_seq = (await js.stream_info(settings.stream)).state.last_seq
+    stream_samples: list[tuple[float, int]] = []
+    applied_samples: list[tuple[float, int]] = []
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            t = time.perf_counter()
+            stream_samples.append((t, (await js.stream_info(settings.stream)).state.last_seq))
+            ckpt = await sampler_pg.fetchval("SELECT min(last_seq) FROM quota.checkpoints WHERE projection = 'quota'")
+            applied_samples.append((time.perf_counter(), int(ckpt or 0)))
+            await asyncio.sleep(0.02)
+
+    now = datetime.now(UTC).isoformat()
+    bodies = []
+    for b in range(n // batch):
+        bodies.append({"events": [
+            {"event_id": uuid.uuid4().hex, "account_id": accounts[(b * batch + i) % len(accounts)],
+             "model": "deepseek/deepseek-chat", "input_tokens": 1000 + i, "output_tokens": 200,
+             "billing_mode": "subscription", "occurred_at": now}
+            for i in range(batch)
+        ]})
+    queue: asyncio.Queue = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    sampler = asyncio.create_task(sample())
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                async with session.post(f"{base}/v1/usage", json=body) as r:
+                    assert r.status == 202, await r.text()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        ingest_elapsed = time.perf_counter() - started
+    end_seq = (await js.stream_info(settings.stream)).state.last_seq
+    while True:
+        ckpts = await pg.fetch("SELECT partition, last_seq FROM quota.checkpoints WHERE projection = 'quota'")
+        pending = sum(c.num_pending + c.num_ack_pending for c in await js.consumers_info(settings.stream)
+                      if c.name.startswith("quota-"))
+        if pending == 0 and ckpts:
+            break
+        await asyncio.sleep(0.02)
+    project_elapsed = time.perf_counter() - started
+    done.set()
+    await sampler
+    lags = []
+    for t_pub, seq in stream_samples:
+        if seq <= start_seq or seq > end_seq:
+            continue
+        t_applied = next((t for t, applied in applied_samples if applied >= seq and t >= t_pub), None)
+        if t_applied is not None:
+            lags.append(t_applied - t_pub)
+    await pg.close()
+    await sampler_pg.close()
+    await nc.close()
+    return {
+        "ingest_eps": n / ingest_elapsed,
+        "project_eps": n / project_elapsed,
+        "lag_p50": pct(lags, 0.5),
+        "lag_p99": pct(lags, 0.99),
+    }
+
+
+async def quota_checks(url: str, accounts: list[str], rate: int, seconds: float) -> dict[str, float]:
+    nc = await nats.connect(url)
+    latencies: list[float] = []
+
+    async def one(account_id: str) -> None:
+        request = encode(QuotaCheck(account_id=account_id, reservation_id=uuid.uuid4().hex,
+                                    model="deepseek/deepseek-chat", estimated_flows_micros=1))
+        t = time.perf_counter()
+        await nc.request("quota.check", request, timeout=2)
+        latencies.append(time.perf_counter() - t)
+
+    # Open loop at a fixed rate: a request every 1/rate s, whether or not earlier ones returned.
+    tasks = []
+    started = time.perf_counter()
+    total = int(rate * seconds)
+    for i in range(total):
+        target = started + i / rate
+        delay = target - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(accounts[i % len(accounts)])))
+    await asyncio.gather(*tasks)
+    fixed = {"p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000,
+             "achieved": total / (time.perf_counter() - started)}
+    # Closed loop: 32 clients back to back, for the maximum.
+    count = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def client(k: int) -> None:
+        nonlocal count
+        while time.perf_counter() < stop_at:
+            await one(accounts[(k * 7919 + count) % len(accounts)])
+            count += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(32)))
+    fixed["max_per_s"] = count / (time.perf_counter() - t0)
+    await nc.close()
+    return fixed
+
+
+async def main(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="flowplan-bench-"))
+    work.chmod(0o755)
+    nats_server = LocalNats(work / "nats")
+    postgres = LocalPostgres(work / "postgres", durable=True)
+    nats_server.start()
+    postgres.start()
+    settings = load_settings({}, nats_url=nats_server.url, database_url=postgres.url,
+                             ingress_port=free_port(), quota_port=free_port())
+    await set_up(settings)
+    env = {"FLOWPLAN_NATS_URL": settings.nats_url, "FLOWPLAN_DATABASE_URL": settings.database_url,
+           "FLOWPLAN_INGRESS_PORT": str(settings.ingress_port), "FLOWPLAN_QUOTA_PORT": str(settings.quota_port),
+           "FLOWPLAN_LOG_LEVEL": "WARNING"}
+    quota = ServiceProcess("quota", env, settings.quota_port, work)
+    ingress = ServiceProcess("ingress", env, settings.ingress_port, work)
+    try:
+        quota.start()
+        ingress.start()
+        base = f"http://127.0.0.1:{settings.ingress_port}"
+        print(f"flowplan bench: {args.events:,} events, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+        publish_eps = await bare_publish(settings.nats_url, args.events)
+        insert_eps = await bare_insert(settings.database_url, args.events)
+        accounts = await create_accounts(base, settings.admin_token, args.accounts)
+        await asyncio.sleep(1)
+        flow = await ingest_and_project(base, settings.ingest_token, settings, accounts, args.events, args.batch,
+                                        args.concurrency)
+        checks = await quota_checks(settings.nats_url, accounts, args.check_rate, args.check_seconds)
+    finally:
+        ingress.stop()
+        quota.stop()
+        postgres.stop()
+        nats_server.stop()
+
+    rows = [
+        ("bare JetStream async publish", f"{publish_eps:,.0f} events/s", "", ""),
+        ("bare asyncpg batched insert", f"{insert_eps:,.0f} events/s", "", ""),
+        ("ingest (POST /v1/usage -> JetStream ack)", f"{flow['ingest_eps']:,.0f} events/s",
+         f"{flow['ingest_eps'] / publish_eps:.0%} of bare publish", "target >= 15,000 and >= 50%"),
+        ("projection (quota, while ingest runs)", f"{flow['project_eps']:,.0f} events/s",
+         f"{flow['project_eps'] / insert_eps:.0%} of bare insert", "target >= 15,000"),
+        ("projection lag", f"p50 {flow['lag_p50'] * 1000:,.0f} ms, p99 {flow['lag_p99'] * 1000:,.0f} ms", "",
+         "target p99 < 1 s"),
+        (f"quota.check at {args.check_rate:,}/s", f"p50 {checks['p50_ms']:.2f} ms, p99 {checks['p99_ms']:.2f} ms",
+         f"achieved {checks['achieved']:,.0f}/s", "target p99 < 2 ms"),
+        ("quota.check closed loop (32 clients)", f"{checks['max_per_s']:,.0f} checks/s", "", ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print()
+    for name, value, ratio, target in rows:
+        print(f"{name:<{width}}  {value:<32} {ratio:<28} {target}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--check-rate", type=int, default=2000)
+    parser.add_argument("--check-seconds", type=float, default=5.0)
+    asyncio.run(main(parser.parse_args()))
