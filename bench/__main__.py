@@ -23,6 +23,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import msgspec
 import nats
 from nats.js import api
 
@@ -31,6 +32,36 @@ from libs.settings import load_settings
 from libs.setup import set_up
 from proto.v1 import QuotaCheck, encode
 from tests.stack import ServiceProcess
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU time (user + system) used so far by each group of processes, from /proc."""
+    used: dict[str, float] = {}
+    for name, group in pids.items():
+        total = 0
+        for pid in group:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        used[name] = total / TICKS
+    return used
+
+
+def postgres_pids(data_dir: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if str(data_dir) in (proc / "cmdline").read_text() or (proc / "exe").resolve().name == "postgres":
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
 
 
 def pct(values: list[float], q: float) -> float:
@@ -111,12 +142,12 @@ async def ingest_and_project(base: str, token: str, settings, accounts: list[str
     now = datetime.now(UTC).isoformat()
     bodies = []
     for b in range(n // batch):
-        bodies.append({"events": [
+        bodies.append(msgspec.json.encode({"events": [
             {"event_id": uuid.uuid4().hex, "account_id": accounts[(b * batch + i) % len(accounts)],
              "model": "deepseek/deepseek-chat", "input_tokens": 1000 + i, "output_tokens": 200,
              "billing_mode": "subscription", "occurred_at": now}
             for i in range(batch)
-        ]})
+        ]}))
     queue: asyncio.Queue = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
@@ -125,7 +156,7 @@ async def ingest_and_project(base: str, token: str, settings, accounts: list[str
         async def worker() -> None:
             while not queue.empty():
                 body = queue.get_nowait()
-                async with session.post(f"{base}/v1/usage", json=body) as r:
+                async with session.post(f"{base}/v1/usage", data=body) as r:
                     assert r.status == 202, await r.text()
 
         started = time.perf_counter()
@@ -225,8 +256,15 @@ async def main(args: argparse.Namespace) -> None:
         insert_eps = await bare_insert(settings.database_url, args.events)
         accounts = await create_accounts(base, settings.admin_token, args.accounts)
         await asyncio.sleep(1)
+        groups = {
+            "nats-server": [nats_server.process.pid], "postgres": postgres_pids(postgres.data_dir),
+            "ingress": [ingress.process.pid], "quota": [quota.process.pid], "bench client": [os.getpid()],
+        }
+        cpu_before, wall = cpu_seconds(groups), time.perf_counter()
         flow = await ingest_and_project(base, settings.ingest_token, settings, accounts, args.events, args.batch,
                                         args.concurrency)
+        cpu_after, wall = cpu_seconds(groups), time.perf_counter() - wall
+        cores = {name: (cpu_after[name] - cpu_before[name]) / wall for name in groups}
         checks = await quota_checks(settings.nats_url, accounts, args.check_rate, args.check_seconds)
     finally:
         ingress.stop()
@@ -247,6 +285,8 @@ async def main(args: argparse.Namespace) -> None:
          f"achieved {checks['achieved']:,.0f}/s", "target p99 < 2 ms"),
         ("quota.check closed loop (32 clients)", f"{checks['max_per_s']:,.0f} checks/s", "", ""),
     ]
+    rows.append(("cores used during ingest+projection", ", ".join(f"{k} {v:.2f}" for k, v in cores.items()),
+                 "", f"of {os.cpu_count()}"))
     width = max(len(r[0]) for r in rows)
     print()
     for name, value, ratio, target in rows:

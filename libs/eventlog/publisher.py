@@ -1,9 +1,20 @@
-"""Publish events to the log: Nats-Msg-Id is the event id, many publishes in flight, bounded."""
+"""Publish events to the log: Nats-Msg-Id is the event id, many publishes in flight, bounded.
+
+JetStream acks every stored message on the reply subject of its publish. This publisher
+keeps one wildcard inbox subscription for all of them and matches acks to publishes by
+the inbox token: the same protocol as nats-py's publish_async, without a future, a
+semaphore and a JSON parse into a dataclass per message, which dominate a batch of
+thousands on the ingest path.
+"""
 
 import asyncio
+import itertools
 from collections.abc import Sequence
 
-import nats.js
+import msgspec
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import api
 
 from libs.eventlog import subjects
@@ -15,26 +26,84 @@ class PublishFailed(Exception):
     """JetStream did not confirm storing every event; the caller must not report success."""
 
 
+class PubAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, object] | None = None
+
+
+_ack = msgspec.json.Decoder(PubAck)
+
+
+class _Batch:
+    def __init__(self, size: int) -> None:
+        self.acks: list[PubAck | None] = [None] * size
+        self.missing = size
+        self.done = asyncio.get_running_loop().create_future()
+
+    def settle(self, index: int, ack: PubAck) -> None:
+        if self.acks[index] is None:
+            self.acks[index] = ack
+            self.missing -= 1
+            if self.missing == 0 and not self.done.done():
+                self.done.set_result(None)
+
+
 class EventPublisher:
-    def __init__(self, js: nats.js.JetStreamContext, stream: str, timeout_s: float = 5.0) -> None:
-        self._js = js
+    def __init__(self, nc: Client, stream: str, timeout_s: float = 5.0, max_in_flight: int = 20_000) -> None:
+        self._nc = nc
         self._stream = stream
         self._timeout_s = timeout_s
+        self._room = asyncio.Semaphore(max_in_flight // 1000 or 1)  # whole batches of up to 1,000
+        self._batches: dict[int, _Batch] = {}
+        self._ids = itertools.count()
+        self._inbox = ""
 
-    async def publish(self, events: Sequence[Event]) -> list[api.PubAck]:
+    async def start(self) -> None:
+        self._inbox = self._nc.new_inbox()
+        await self._nc.subscribe(f"{self._inbox}.*.*", cb=self._on_ack)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        _, batch_id, index = msg.subject.rsplit(".", 2)
+        batch = self._batches.get(int(batch_id))
+        if batch is not None:
+            try:
+                ack = _ack.decode(msg.data)
+            except msgspec.DecodeError:
+                ack = PubAck(error={"description": f"unreadable ack {msg.data[:100]!r}"})
+            batch.settle(int(index), ack)
+
+    async def publish(self, events: Sequence[Event]) -> list[PubAck]:
         """Return once JetStream has stored every event (or knew it already: ack.duplicate)."""
         if not events:
             return []
-        try:
-            futures = [
-                await self._js.publish_async(
-                    subjects.publish_subject(event.subject_account, type(event).__name__),
-                    encode(event),
-                    headers={api.Header.MSG_ID: event.event_id},
-                    wait_stall=self._timeout_s,
-                )
-                for event in events
-            ]
-            return list(await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s))
-        except (TimeoutError, nats.errors.Error) as exc:
-            raise PublishFailed(f"event log did not store the batch: {exc!r}") from exc
+        assert self._inbox, "EventPublisher.start() was not called"
+        acks: list[PubAck] = []
+        for start in range(0, len(events), 1000):
+            acks += await self._publish_chunk(events[start : start + 1000])
+        return acks
+
+    async def _publish_chunk(self, events: Sequence[Event]) -> list[PubAck]:
+        async with self._room:
+            batch_id = next(self._ids)
+            batch = _Batch(len(events))
+            self._batches[batch_id] = batch
+            try:
+                for index, event in enumerate(events):
+                    await self._nc.publish(
+                        subjects.publish_subject(event.category, event.subject_account, type(event).__name__),
+                        encode(event),
+                        reply=f"{self._inbox}.{batch_id}.{index}",
+                        headers={api.Header.MSG_ID: event.event_id},
+                    )
+                await asyncio.wait_for(asyncio.shield(batch.done), self._timeout_s)
+            except (TimeoutError, nats.errors.Error) as exc:
+                raise PublishFailed(f"event log did not store the batch: {exc!r}") from exc
+            finally:
+                del self._batches[batch_id]
+        acks = [ack for ack in batch.acks if ack is not None]
+        refused = [ack.error for ack in acks if ack.error]
+        if refused:
+            raise PublishFailed(f"event log refused {len(refused)} events: {refused[0]}")
+        return acks

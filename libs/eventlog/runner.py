@@ -54,6 +54,17 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def stream_seq(msg: Msg) -> int:
+    """The message's stream sequence, read from its ack subject without building full metadata
+    (which parses timestamps too; this runs for every message on the hot path)."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return int(tokens[5])
+    if len(tokens) >= 12:  # $JS.ACK.<domain>.<hash>.<stream>.<consumer>.<delivered>.<sseq>...
+        return int(tokens[7])
+    return int(msg.metadata.sequence.stream)
+
+
 class Applied(NamedTuple):
     seq: int
     event: AnyEvent
@@ -68,6 +79,9 @@ class Projection(Protocol):
     name: str
     schema: str
     event_types: tuple[str, ...]
+    """The events apply() is given; the runner checkpoints past the others."""
+    category: str | None
+    """The one subject category to read, or None for every event of the partition."""
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
         """Write the batch's effect (inside the runner's transaction). Return what to do after commit."""
@@ -123,7 +137,7 @@ class ProjectionRunner:
                 continue
             if not msgs:
                 continue
-            fresh = [m for m in msgs if m.metadata.sequence.stream > last_seq]
+            fresh = [m for m in msgs if stream_seq(m) > last_seq]
             if fresh:
                 last_seq = await self._apply(partition, fresh)
                 self.stats.checkpoints[partition] = last_seq
@@ -146,7 +160,7 @@ class ProjectionRunner:
             ack_wait=self._ack_wait_s,
             max_deliver=-1,
             max_ack_pending=self._batch,
-            filter_subjects=[subjects.partition_filter(partition, t) for t in self.projection.event_types],
+            filter_subject=subjects.partition_filter(partition, self.projection.category),
         )
         await self._js.add_consumer(self._stream, config=config)
         return await self._js.pull_subscribe_bind(durable=durable, stream=self._stream)
@@ -161,11 +175,13 @@ class ProjectionRunner:
 
     async def _apply(self, partition: int, msgs: Sequence[Msg]) -> int:
         """Apply a batch; return the new checkpoint. Never gives up on transient failures."""
-        last = msgs[-1].metadata.sequence.stream
+        last = stream_seq(msgs[-1])
         batch: list[Applied] = []
         for msg in msgs:
+            if subjects.event_type_of(msg.subject) not in self.projection.event_types:
+                continue
             try:
-                batch.append(Applied(msg.metadata.sequence.stream, decode_event(msg.data)))
+                batch.append(Applied(stream_seq(msg), decode_event(msg.data)))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 await self._retry_forever(lambda m=msg, e=exc: self._dead_letter(m, e), "dead-letter", msgs)
 
@@ -178,7 +194,7 @@ class ProjectionRunner:
         return last
 
     async def _apply_one_by_one(self, partition: int, batch: Sequence[Applied], msgs: Sequence[Msg]) -> None:
-        by_seq = {m.metadata.sequence.stream: m for m in msgs}
+        by_seq = {stream_seq(m): m for m in msgs}
         for item in batch:
             try:
                 await self._retry_forever(lambda i=item: self._commit(partition, [i], i.seq), "apply event", msgs)
@@ -206,7 +222,7 @@ class ProjectionRunner:
         self.stats.applied += len(batch)
 
     async def _dead_letter(self, msg: Msg, error: BaseException) -> None:
-        seq = msg.metadata.sequence.stream
+        seq = stream_seq(msg)
         log.error("%s: event seq %d dead-lettered: %r", self.projection.name, seq, error)
         await self._js.publish(
             subjects.dlq_subject(self.projection.name),

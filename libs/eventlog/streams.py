@@ -21,7 +21,7 @@ def event_stream_config(settings: Settings) -> api.StreamConfig:
         description="flowplan event log: the source of truth",
         subjects=[f"{subjects.PUBLISH_PREFIX}.>"],
         subject_transform=api.SubjectTransform(
-            src=f"{subjects.PUBLISH_PREFIX}.*.*",
+            src=subjects.transform_source(),
             dest=subjects.transform_destination(settings.partitions),
         ),
         retention=api.RetentionPolicy.LIMITS,

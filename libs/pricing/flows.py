@@ -9,7 +9,6 @@ from fractions import Fraction
 from typing import NamedTuple
 
 from libs.pricing.catalog import Model
-from libs.pricing.money import round_half_up
 
 PICO_PER_MICRO = 10**6
 
@@ -35,10 +34,16 @@ def price_call(
     multiplier: Fraction,
 ) -> Price:
     pico = usd_cost_pico(model, input_tokens, output_tokens, cached_tokens, images)
-    usd_micros = round_half_up(Fraction(pico, PICO_PER_MICRO))
-    # pico-USD / (USD/Flow * m) = pico-Flows; / 10**6 = micro-Flows.
-    flows_micros = round_half_up(Fraction(pico, PICO_PER_MICRO) / (usd_per_flow * multiplier))
+    # pico-USD / (USD/Flow * m) = pico-Flows; / 10**6 = micro-Flows. Integers only: exact and fast.
+    value = usd_per_flow * multiplier
+    usd_micros = _div_half_up(pico, PICO_PER_MICRO)
+    flows_micros = _div_half_up(pico * value.denominator, PICO_PER_MICRO * value.numerator)
     return Price(usd_micros, flows_micros + model.request_flows_micros)
+
+
+def _div_half_up(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded half-up, for numerator >= 0 and denominator > 0."""
+    return (2 * numerator + denominator) // (2 * denominator)
 
 
 class Versioned:

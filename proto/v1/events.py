@@ -6,7 +6,7 @@ bit-for-bit.
 """
 
 from datetime import datetime
-from typing import Literal
+from typing import ClassVar, Literal
 
 import msgspec
 
@@ -19,6 +19,9 @@ SYSTEM_ACCOUNT = "_system"
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    category: ClassVar[str] = "account"
+    """Subject category: "usage" for the high-volume usage events, "account" for the rest."""
+
     event_id: str
     occurred_at: datetime
     """Event time: when it happened in the world, not when it was recorded."""
@@ -82,6 +85,8 @@ class FlowRateChanged(Event, frozen=True, kw_only=True):
 
 class UsageRecorded(AccountEvent, frozen=True, kw_only=True):
     """One metered call, priced when it was recorded at the rate in force at occurred_at."""
+
+    category: ClassVar[str] = "usage"
 
     model: str
     input_tokens: int

@@ -12,6 +12,7 @@ from services.ingress.directory import Directory
 class IngressProjection:
     name = "ingress"
     event_types = ("AccountCreated", "KeyCreated", "MultiplierChanged", "PlanChanged", "FlowRateChanged")
+    category = "account"
 
     def __init__(self, directory: Directory, schema: str = "ingress") -> None:
         self.directory = directory

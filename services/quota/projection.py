@@ -6,7 +6,6 @@ the latest 5-hour and weekly window and the monthly totals. Memory changes only 
 the transaction that wrote the same change has committed.
 """
 
-import copy
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -68,6 +67,7 @@ class QuotaState:
 class QuotaProjection:
     name = "quota"
     event_types = ("AccountCreated", "PlanChanged", "UsageRecorded")
+    category = None
 
     def __init__(self, state: QuotaState, schema: str = "quota") -> None:
         self.state = state
@@ -99,7 +99,7 @@ class QuotaProjection:
             known = self.state.accounts.get(account_id)
             if known is None:
                 raise UnknownAccount(account_id)
-            pending[account_id] = copy.deepcopy(known)
+            pending[account_id] = known.copy()
         return pending[account_id]
 
     async def _account_created(

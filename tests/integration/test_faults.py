@@ -151,13 +151,13 @@ async def test_poison_events_go_to_the_dead_letter_stream_and_the_consumer_goes_
     nc = await stack.nats()
     js = nc.jetstream()
     try:
-        garbage = await js.publish(f"flowplan.events.{account_id}.UsageRecorded", b'{"type": "UsageRecorded", "no')
+        garbage = await js.publish(f"flowplan.events.usage.{account_id}.UsageRecorded", b'{"type": "UsageRecorded", "no')
         orphan = UsageRecorded(
             event_id=uuid.uuid4().hex, account_id="acc_never_created", occurred_at=datetime.now(UTC),
             model="deepseek/deepseek-chat", input_tokens=1, output_tokens=1, billing_mode="subscription",
             usd_cost_micros=1, flows_micros=1, usd_per_flow="5/198", multiplier="1",
         )
-        unknown = await js.publish("flowplan.events.acc_never_created.UsageRecorded", encode(orphan))
+        unknown = await js.publish("flowplan.events.usage.acc_never_created.UsageRecorded", encode(orphan))
         good = usage_event(account_id)
         assert (await stack.post_usage([good]))[0] == 202
         await expect_exact(stack, [[good]], [account_id])

@@ -55,7 +55,8 @@ async def test_reservations_hold_room_until_usage_arrives(stack: Stack) -> None:
     # the reservation is released and the actual cost counted instead.
     nc = await stack.nats()
     try:
-        publisher = EventPublisher(nc.jetstream(), stack.settings.stream)
+        publisher = EventPublisher(nc, stack.settings.stream)
+        await publisher.start()
         await publisher.publish([UsageRecorded(
             event_id=uuid.uuid4().hex, account_id=account_id, occurred_at=datetime.now(UTC),
             model="deepseek/deepseek-chat", input_tokens=10, output_tokens=10, billing_mode="subscription",

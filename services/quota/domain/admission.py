@@ -27,6 +27,10 @@ class AccountQuota:
     months: dict[datetime, int] = field(default_factory=dict)
     """Flows per monthly period, by the period's start."""
 
+    def copy(self) -> "AccountQuota":
+        """A copy that can change without touching this one (windows are immutable tuples)."""
+        return AccountQuota(self.created_at, list(self.segments), self.window_5h, self.weekly, dict(self.months))
+
     def plan_at(self, when: datetime) -> str:
         return self.segments[segment_at(self.segments, when)].plan
 
