@@ -25,7 +25,7 @@ async def connect_nats(url: str, name: str) -> Client:
         url,
         name=f"flowplan-{name}",
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # seconds; nats-py accepts a float
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         error_cb=on_error,

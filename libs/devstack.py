@@ -54,9 +54,12 @@ class DevStack:
         return self.state_dir / "logs"
 
     def _spawn(self, name: str) -> None:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115  (the child owns it)
+        log = open(self.logs / f"{name}.log", "ab")
         self.children[name] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"], env={**os.environ, **self._env}, stdout=log, stderr=log
+            [sys.executable, "-m", f"services.{name}"],
+            env={**os.environ, **self._env},
+            stdout=log,
+            stderr=log,
         )
 
     def start_services(self, env: dict[str, str], settings: Settings) -> None:
@@ -119,18 +122,18 @@ def _banner(settings: Settings, account: dict[str, str]) -> str:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return f"""
 flowplan is running.{tokens}
-  demo account: {account['account_id']}
-  demo key:     {account['key']}
+  demo account: {account["account_id"]}
+  demo key:     {account["key"]}
 
 Record a call's usage:
   curl -s -X POST {ingress}/v1/usage \\
     -H 'Authorization: Bearer {settings.ingest_token}' -H 'Content-Type: application/json' \\
-    -d '{{"events": [{{"event_id": "demo-{int(time.time())}", "account_id": "{account['account_id']}",
+    -d '{{"events": [{{"event_id": "demo-{int(time.time())}", "account_id": "{account["account_id"]}",
          "model": "anthropic/claude-sonnet-4.5", "input_tokens": 1200, "output_tokens": 350,
          "billing_mode": "subscription", "occurred_at": "{now}"}}]}}'
 
 See the account's windows:
-  curl -s {ingress}/v1/account/usage -H 'Authorization: Bearer {account['key']}'
+  curl -s {ingress}/v1/account/usage -H 'Authorization: Bearer {account["key"]}'
 
 Plans and models:  curl -s {ingress}/v1/plans   curl -s {ingress}/v1/models
 

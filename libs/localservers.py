@@ -65,7 +65,7 @@ class LocalNats:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115  (the child owns it)
+        log = open(self.data_dir / "nats-server.log", "ab")
         self.process = subprocess.Popen(
             [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.data_dir)],
             stdout=log,
@@ -125,8 +125,13 @@ class LocalPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/flowplan"
 
     def _run(self, *args: str) -> None:
-        subprocess.run([str(self.bin_dir / args[0]), *args[1:]], check=True, user=self.user,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.run(
+            [str(self.bin_dir / args[0]), *args[1:]],
+            check=True,
+            user=self.user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     def init(self) -> None:
         if (self.data_dir / "PG_VERSION").exists():
@@ -135,16 +140,26 @@ class LocalPostgres:
         if self.user is not None:
             shutil.chown(self.data_dir, self.user, self.user)
             os.chmod(self.data_dir, 0o700)
-        self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--no-locale")
+        self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale")
 
     def start(self) -> None:
         self.init()
         options = f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run("pg_ctl", "-D", str(self.data_dir), "-o", options, "-l", str(self.data_dir / "postgres.log"),
-                  "-w", "-t", "60", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-o",
+            options,
+            "-l",
+            str(self.data_dir / "postgres.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         self._create_database()
 
     def _create_database(self) -> None:

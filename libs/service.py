@@ -4,6 +4,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from typing import Protocol
 
 import uvloop
@@ -16,14 +17,12 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-def run_service(factory: "type[Service] | object") -> None:
+def run_service(factory: Callable[[Settings], Service]) -> None:
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def serve(settings: Settings) -> None:
-        service: Service = factory(settings)  # type: ignore[operator]
+        service = factory(settings)
         await service.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -23,7 +23,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     partitions: int = 4
     """Partitions of the event stream; fixed when the stream is first declared."""
     stream_max_bytes: int = -1
-    """Disk budget of the event stream; past it publishes are refused (discard=new), never old history dropped."""
+    """Disk budget of the event stream; past it publishes are refused (discard=new), history is never dropped."""
     projection_batch: int = 1000
     ack_wait_s: float = 10.0
     """How long the broker waits for a projection's ack before it redelivers (after a crash)."""

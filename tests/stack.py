@@ -33,7 +33,7 @@ class ServiceProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, extra_env: dict[str, str] | None = None) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115
+        log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],
             env={**os.environ, **self.env, **(extra_env or {})},
@@ -94,9 +94,10 @@ class Stack:
         self, method: str, path: str, *, token: str | None = None, json: Any = None, data: bytes | None = None
     ) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with aiohttp.ClientSession() as session, session.request(
-            method, self.base + path, json=json, data=data, headers=headers
-        ) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, self.base + path, json=json, data=data, headers=headers) as response,
+        ):
             body = await response.json(content_type=None)
             return response.status, body
 
@@ -109,7 +110,12 @@ class Stack:
         return dict(account)
 
     async def pay(self, account_id: str, plan: str, amount: str, **extra: Any) -> dict[str, Any]:
-        body = {"plan": plan, "amount_usd": amount, "payment_ref": extra.pop("ref", uuid.uuid4().hex), **extra}
+        body = {
+            "plan": plan,
+            "amount_usd": amount,
+            "payment_ref": extra.pop("ref", uuid.uuid4().hex),
+            **extra,
+        }
         status, reply = await self.http(
             "POST", f"/admin/v1/accounts/{account_id}/payments", token=self.settings.admin_token, json=body
         )
@@ -155,16 +161,16 @@ def usage_event(account_id: str, **fields: Any) -> dict[str, Any]:
     return event
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+async def eventually(check: Callable[[], Any], within: float = 20.0, interval: float = 0.05) -> Any:
     """Poll an async check until it returns something truthy (or its last assertion fails)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         try:
             result = await check()
             if result:
                 return result
             if time.monotonic() > deadline:
-                raise AssertionError(f"still {result!r} after {timeout}s")
+                raise AssertionError(f"still {result!r} after {within}s")
         except AssertionError:
             if time.monotonic() > deadline:
                 raise

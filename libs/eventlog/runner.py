@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import NamedTuple, Protocol, TypeVar
 
 import asyncpg
@@ -115,6 +116,7 @@ class ProjectionRunner:
         self._batch = batch
         self._ack_wait_s = ack_wait_s
         self.stats = RunnerStats()
+        self._keep_alives: set[asyncio.Future[None]] = set()
 
     def consumer_name(self, partition: int) -> str:
         return f"{self.projection.name}-p{partition}"
@@ -145,7 +147,12 @@ class ProjectionRunner:
             try:
                 await msgs[-1].ack()  # AckPolicy.ALL: acks the whole batch
             except nats.errors.Error as exc:
-                log.warning("%s p%d: ack failed (%r); redelivery will be skipped", self.projection.name, partition, exc)
+                log.warning(
+                    "%s p%d: ack failed (%r); redelivery will be skipped",
+                    self.projection.name,
+                    partition,
+                    exc,
+                )
 
     async def _subscribe(self, partition: int, last_seq: int) -> nats.js.JetStreamContext.PullSubscription:
         durable = self.consumer_name(partition)
@@ -183,7 +190,7 @@ class ProjectionRunner:
             try:
                 batch.append(Applied(stream_seq(msg), decode_event(msg.data)))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                await self._retry_forever(lambda m=msg, e=exc: self._dead_letter(m, e), "dead-letter", msgs)
+                await self._retry_forever(partial(self._dead_letter, msg, exc), "dead-letter", msgs)
 
         try:
             await self._retry_forever(lambda: self._commit(partition, batch, last), "apply batch", msgs)
@@ -197,11 +204,11 @@ class ProjectionRunner:
         by_seq = {stream_seq(m): m for m in msgs}
         for item in batch:
             try:
-                await self._retry_forever(lambda i=item: self._commit(partition, [i], i.seq), "apply event", msgs)
+                await self._retry_forever(partial(self._commit, partition, [item], item.seq), "apply event", msgs)
             except Exception as exc:
                 msg = by_seq[item.seq]
-                await self._retry_forever(lambda m=msg, e=exc: self._dead_letter(m, e), "dead-letter", msgs)
-                await self._retry_forever(lambda i=item: self._commit(partition, [], i.seq), "checkpoint", msgs)
+                await self._retry_forever(partial(self._dead_letter, msg, exc), "dead-letter", msgs)
+                await self._retry_forever(partial(self._commit, partition, [], item.seq), "checkpoint", msgs)
 
     async def _commit(self, partition: int, batch: Sequence[Applied], last_seq: int) -> None:
         after_commit = None
@@ -254,7 +261,9 @@ class ProjectionRunner:
     def _before_retry(self, outcome: object, what: str, in_progress: Sequence[Msg]) -> None:
         log.warning("%s: %s failed transiently (%r); retrying", self.projection.name, what, outcome)
         for msg in in_progress:
-            asyncio.ensure_future(self._keep_alive(msg))
+            task = asyncio.ensure_future(self._keep_alive(msg))
+            self._keep_alives.add(task)
+            task.add_done_callback(self._keep_alives.discard)
 
     @staticmethod
     async def _keep_alive(msg: Msg) -> None:

@@ -38,7 +38,7 @@ def transform_source() -> str:
 
 
 def transform_destination(partitions: int) -> str:
-    partition = "{{partition(%d,2)}}" % partitions
+    partition = f"{{{{partition({partitions},2)}}}}"
     return f"{STORED_PREFIX}.{partition}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}"
 
 

@@ -108,8 +108,6 @@ class Catalog:
 
 
 def load_catalog(models_path: str | Path = "", plans_path: str | Path = "") -> Catalog:
-    models_file = msgspec.json.decode(
-        Path(models_path or DATA_DIR / "models.json").read_bytes(), type=_ModelsFile
-    )
+    models_file = msgspec.json.decode(Path(models_path or DATA_DIR / "models.json").read_bytes(), type=_ModelsFile)
     plans_file = msgspec.json.decode(Path(plans_path or DATA_DIR / "plans.json").read_bytes(), type=_PlansFile)
     return Catalog(models_file.models, plans_file.plans, parse_fraction(plans_file.default_usd_per_flow))

@@ -105,13 +105,7 @@ class UsageRecorded(AccountEvent, frozen=True, kw_only=True):
 
 
 AnyEvent = (
-    AccountCreated
-    | KeyCreated
-    | PaymentRecorded
-    | PlanChanged
-    | MultiplierChanged
-    | FlowRateChanged
-    | UsageRecorded
+    AccountCreated | KeyCreated | PaymentRecorded | PlanChanged | MultiplierChanged | FlowRateChanged | UsageRecorded
 )
 
 _encoder = msgspec.json.Encoder()
@@ -124,4 +118,5 @@ def encode(message: msgspec.Struct) -> bytes:
 
 def decode_event(data: bytes) -> AnyEvent:
     """Decode any event; raises msgspec.DecodeError/ValidationError on a bad payload."""
-    return _decoder.decode(data)
+    event: AnyEvent = _decoder.decode(data)
+    return event

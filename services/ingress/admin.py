@@ -9,9 +9,16 @@ from typing import Annotated
 import msgspec
 
 from libs import apikeys
-from libs.pricing.money import fraction_text, parse_fraction, to_micros, InvalidAmount
+from libs.pricing.money import InvalidAmount, fraction_text, parse_fraction, to_micros
 from libs.web import ApiError
-from proto.v1 import AccountCreated, FlowRateChanged, KeyCreated, MultiplierChanged, PaymentRecorded, PlanChanged
+from proto.v1 import (
+    AccountCreated,
+    FlowRateChanged,
+    KeyCreated,
+    MultiplierChanged,
+    PaymentRecorded,
+    PlanChanged,
+)
 
 _NAMESPACE = uuid.UUID("6f0c6f7e-3b9e-4a53-9a43-0f9b0d6a1c55")
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -56,21 +63,30 @@ def positive(value: str | float | int, field: str) -> Fraction:
     return number
 
 
-def create_account(command: CreateAccount, now: datetime) -> tuple[list[AccountCreated | KeyCreated], str]:
+def create_account(command: CreateAccount, now: datetime) -> tuple[AccountCreated, KeyCreated, str]:
     """The account, its first subscription key, and the key's secret (shown once)."""
     multiplier = positive(command.multiplier, "multiplier")
     account_id = f"acc_{secrets.token_hex(8)}"
     secret = apikeys.generate("subscription")
     created = AccountCreated(
-        event_id=str(uuid.uuid4()), account_id=account_id, occurred_at=now,
-        name=command.name, multiplier=fraction_text(multiplier),
+        event_id=str(uuid.uuid4()),
+        account_id=account_id,
+        occurred_at=now,
+        name=command.name,
+        multiplier=fraction_text(multiplier),
     )
     key = KeyCreated(
-        event_id=str(uuid.uuid4()), account_id=account_id, occurred_at=now,
-        key_id=f"key_{secrets.token_hex(8)}", name="default", kind="subscription",
-        key_hash=apikeys.hash_secret(secret), prefix=apikeys.PREFIXES["subscription"], last4=secret[-4:],
+        event_id=str(uuid.uuid4()),
+        account_id=account_id,
+        occurred_at=now,
+        key_id=f"key_{secrets.token_hex(8)}",
+        name="default",
+        kind="subscription",
+        key_hash=apikeys.hash_secret(secret),
+        prefix=apikeys.PREFIXES["subscription"],
+        last4=secret[-4:],
     )
-    return [created, key], secret
+    return created, key, secret
 
 
 def record_payment(
@@ -89,12 +105,20 @@ def record_payment(
     if paid_at > now:
         raise ApiError(400, "invalid_request", "paid_at: must not be in the future", "paid_at")
     payment = PaymentRecorded(
-        event_id=event_id("payment", account_id, command.payment_ref), account_id=account_id,
-        occurred_at=paid_at, payment_ref=command.payment_ref, plan=command.plan, amount_micros=amount,
+        event_id=event_id("payment", account_id, command.payment_ref),
+        account_id=account_id,
+        occurred_at=paid_at,
+        payment_ref=command.payment_ref,
+        plan=command.plan,
+        amount_micros=amount,
     )
     change = PlanChanged(
-        event_id=event_id("plan", account_id, command.payment_ref), account_id=account_id,
-        occurred_at=paid_at, plan=command.plan, previous_plan=current_plan, period_anchor=paid_at,
+        event_id=event_id("plan", account_id, command.payment_ref),
+        account_id=account_id,
+        occurred_at=paid_at,
+        plan=command.plan,
+        previous_plan=current_plan,
+        period_anchor=paid_at,
         reason="payment",
     )
     return payment, change
@@ -103,7 +127,9 @@ def record_payment(
 def set_multiplier(account_id: str, command: SetMultiplier, now: datetime) -> MultiplierChanged:
     value = positive(command.multiplier, "multiplier")
     return MultiplierChanged(
-        event_id=str(uuid.uuid4()), account_id=account_id, occurred_at=command.effective_at or now,
+        event_id=str(uuid.uuid4()),
+        account_id=account_id,
+        occurred_at=command.effective_at or now,
         multiplier=fraction_text(value),
     )
 

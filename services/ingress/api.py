@@ -159,9 +159,7 @@ class IngressApi:
             raise ApiError(400, "invalid_request", "limit: must be a whole number", "limit") from exc
         if not 1 <= limit <= 1000:
             raise ApiError(400, "invalid_request", "limit: must be between 1 and 1000", "limit")
-        reply = _events.decode(
-            await self._ask("quota.events", UsageEventsRequest(account_id=account_id, limit=limit))
-        )
+        reply = _events.decode(await self._ask("quota.events", UsageEventsRequest(account_id=account_id, limit=limit)))
         return json_response({"object": "list", "data": [views.usage_event(e) for e in reply.events]})
 
     # -- admin ------------------------------------------------------------------------
@@ -169,9 +167,8 @@ class IngressApi:
     async def create_account(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)
         command = decode_body(await request.read(), admin.CreateAccount)
-        events, secret = admin.create_account(command, self.clock.now())
-        await self._publish(events)
-        account, key = events
+        account, key, secret = admin.create_account(command, self.clock.now())
+        await self._publish([account, key])
         return json_response(
             {"account_id": account.account_id, "name": command.name, "key": secret, "key_id": key.key_id}, 201
         )
@@ -198,10 +195,16 @@ class IngressApi:
     async def set_multiplier(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)
         account_id = self._account_exists(request)
-        event = admin.set_multiplier(account_id, decode_body(await request.read(), admin.SetMultiplier), self.clock.now())
+        event = admin.set_multiplier(
+            account_id, decode_body(await request.read(), admin.SetMultiplier), self.clock.now()
+        )
         await self._publish([event])
         return json_response(
-            {"account_id": account_id, "multiplier": event.multiplier, "effective_at": views.timestamp(event.occurred_at)}
+            {
+                "account_id": account_id,
+                "multiplier": event.multiplier,
+                "effective_at": views.timestamp(event.occurred_at),
+            }
         )
 
     async def set_flow_rate(self, request: web.Request) -> web.Response:

@@ -4,8 +4,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -47,7 +47,12 @@ class IngressService:
         async with self.pool.acquire() as conn:
             await self.directory.load(conn, projection.schema)
         self.runner = ProjectionRunner(
-            projection, self.pool, js, stream=settings.stream, partitions=partitions, batch=settings.projection_batch,
+            projection,
+            self.pool,
+            js,
+            stream=settings.stream,
+            partitions=partitions,
+            batch=settings.projection_batch,
             ack_wait_s=settings.ack_wait_s,
         )
         self._tasks.append(self._spawn(self.runner.run(), "ingress-projection"))

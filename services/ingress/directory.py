@@ -15,7 +15,7 @@ import asyncpg
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
 from proto.v1 import AccountCreated, FlowRateChanged, KeyCreated, MultiplierChanged, PlanChanged
-from proto.v1.events import AnyEvent
+from proto.v1.events import Event
 
 
 @dataclass
@@ -40,11 +40,14 @@ class Directory:
         self.keys: dict[str, KeyOwner] = {}
         self.flow_rate = Versioned(default_usd_per_flow)
 
-    def apply(self, event: AnyEvent) -> None:
+    def apply(self, event: Event) -> None:
         if isinstance(event, AccountCreated):
             if event.account_id not in self.accounts:
                 self.accounts[event.account_id] = Account(
-                    event.account_id, event.name, event.occurred_at, Versioned(parse_fraction(event.multiplier))
+                    event.account_id,
+                    event.name,
+                    event.occurred_at,
+                    Versioned(parse_fraction(event.multiplier)),
                 )
         elif isinstance(event, KeyCreated):
             self.keys[event.key_hash] = KeyOwner(event.account_id, event.key_id, event.kind)
@@ -60,7 +63,10 @@ class Directory:
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
         for row in await conn.fetch(f"SELECT account_id, name, created_at, multiplier, plan FROM {schema}.accounts"):
             self.accounts[row["account_id"]] = Account(
-                row["account_id"], row["name"], row["created_at"], Versioned(parse_fraction(row["multiplier"])),
+                row["account_id"],
+                row["name"],
+                row["created_at"],
+                Versioned(parse_fraction(row["multiplier"])),
                 row["plan"],
             )
         for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers"):

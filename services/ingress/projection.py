@@ -10,9 +10,15 @@ from services.ingress.directory import Directory
 
 
 class IngressProjection:
-    name = "ingress"
-    event_types = ("AccountCreated", "KeyCreated", "MultiplierChanged", "PlanChanged", "FlowRateChanged")
-    category = "account"
+    name: str = "ingress"
+    event_types: tuple[str, ...] = (
+        "AccountCreated",
+        "KeyCreated",
+        "MultiplierChanged",
+        "PlanChanged",
+        "FlowRateChanged",
+    )
+    category: str | None = "account"
 
     def __init__(self, directory: Directory, schema: str = "ingress") -> None:
         self.directory = directory
@@ -25,19 +31,28 @@ class IngressProjection:
                 await conn.execute(
                     f"""INSERT INTO {s}.accounts (account_id, name, created_at, multiplier)
                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
-                    event.account_id, event.name, event.occurred_at, event.multiplier,
+                    event.account_id,
+                    event.name,
+                    event.occurred_at,
+                    event.multiplier,
                 )
             elif isinstance(event, KeyCreated):
                 await conn.execute(
                     f"""INSERT INTO {s}.keys (key_id, account_id, key_hash, kind) VALUES ($1, $2, $3, $4)
                         ON CONFLICT DO NOTHING""",
-                    event.key_id, event.account_id, event.key_hash, event.kind,
+                    event.key_id,
+                    event.account_id,
+                    event.key_hash,
+                    event.kind,
                 )
             elif isinstance(event, MultiplierChanged):
                 await conn.execute(
                     f"""INSERT INTO {s}.multipliers (event_id, account_id, effective_at, multiplier)
                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
-                    event.event_id, event.account_id, event.occurred_at, event.multiplier,
+                    event.event_id,
+                    event.account_id,
+                    event.occurred_at,
+                    event.multiplier,
                 )
             elif isinstance(event, PlanChanged):
                 await conn.execute(
@@ -47,7 +62,9 @@ class IngressProjection:
                 await conn.execute(
                     f"""INSERT INTO {s}.flow_rates (event_id, effective_at, usd_per_flow) VALUES ($1, $2, $3)
                         ON CONFLICT DO NOTHING""",
-                    event.event_id, event.occurred_at, event.usd_per_flow,
+                    event.event_id,
+                    event.occurred_at,
+                    event.usd_per_flow,
                 )
 
         def after_commit() -> None:

@@ -59,6 +59,7 @@ def price_batch(
     seen: set[str] = set()
     priced = []
     for i, r in enumerate(records):
+
         def bad(field: str, message: str, i: int = i) -> ApiError:
             return ApiError(400, "invalid_request", f"record {i}: {field}: {message}", f"events[{i}].{field}")
 

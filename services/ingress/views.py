@@ -33,7 +33,11 @@ def plans(catalog: Catalog, usd_per_flow: Fraction) -> dict[str, Any]:
                 "models": [m.id for m in catalog.models_in_plan(plan.id)],
             }
         )
-    return {"usd_per_flow": _decimal(usd_per_flow, 6), "usd_per_flow_exact": str(usd_per_flow), "plans": items}
+    return {
+        "usd_per_flow": _decimal(usd_per_flow, 6),
+        "usd_per_flow_exact": str(usd_per_flow),
+        "plans": items,
+    }
 
 
 def model(catalog: Catalog, m: Model) -> dict[str, Any]:

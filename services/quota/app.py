@@ -4,9 +4,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
-from typing import Any
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -47,7 +47,12 @@ class QuotaService:
         async with self.pool.acquire() as conn:
             await self.state.load(conn, projection.schema)
         self.runner = ProjectionRunner(
-            projection, self.pool, js, stream=settings.stream, partitions=partitions, batch=settings.projection_batch,
+            projection,
+            self.pool,
+            js,
+            stream=settings.stream,
+            partitions=partitions,
+            batch=settings.projection_batch,
             ack_wait_s=settings.ack_wait_s,
         )
         self._tasks.append(self._spawn(self.runner.run(), "quota-projection"))

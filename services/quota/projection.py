@@ -65,9 +65,9 @@ class QuotaState:
 
 
 class QuotaProjection:
-    name = "quota"
-    event_types = ("AccountCreated", "PlanChanged", "UsageRecorded")
-    category = None
+    name: str = "quota"
+    event_types: tuple[str, ...] = ("AccountCreated", "PlanChanged", "UsageRecorded")
+    category: str | None = None
 
     def __init__(self, state: QuotaState, schema: str = "quota") -> None:
         self.state = state
@@ -180,9 +180,23 @@ class QuotaProjection:
                 ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
             *zip(
                 *(
-                    (e.event_id, e.account_id, e.occurred_at, e.model, e.input_tokens, e.output_tokens,
-                     e.cached_tokens, e.images, e.billing_mode, e.key_id, e.usd_cost_micros,
-                     e.flows_micros, e.usd_per_flow, e.multiplier, seq)
+                    (
+                        e.event_id,
+                        e.account_id,
+                        e.occurred_at,
+                        e.model,
+                        e.input_tokens,
+                        e.output_tokens,
+                        e.cached_tokens,
+                        e.images,
+                        e.billing_mode,
+                        e.key_id,
+                        e.usd_cost_micros,
+                        e.flows_micros,
+                        e.usd_per_flow,
+                        e.multiplier,
+                        seq,
+                    )
                     for seq, e in usage
                 ),
                 strict=True,

@@ -28,6 +28,7 @@ CHECK_SUBJECT = "quota.check"
 STATUS_SUBJECT = "quota.status"
 EVENTS_SUBJECT = "quota.events"
 
+
 def _window(w: WindowView) -> WindowStatus:
     return WindowStatus(
         used_flows_micros=w.used,

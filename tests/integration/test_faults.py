@@ -3,8 +3,8 @@
 import asyncio
 import random
 import uuid
-from fractions import Fraction
 from datetime import UTC, datetime
+from fractions import Fraction
 
 import msgspec
 import pytest
@@ -18,8 +18,11 @@ from tests.stack import Stack, eventually, usage_event
 pytestmark = pytest.mark.connected
 CATALOG = load_catalog()
 ONE_CALL = price_call(
-    CATALOG.models["deepseek/deepseek-chat"], input_tokens=1000, output_tokens=500,
-    usd_per_flow=CATALOG.default_usd_per_flow, multiplier=Fraction(1),
+    CATALOG.models["deepseek/deepseek-chat"],
+    input_tokens=1000,
+    output_tokens=500,
+    usd_per_flow=CATALOG.default_usd_per_flow,
+    multiplier=Fraction(1),
 ).flows_micros
 
 
@@ -73,7 +76,7 @@ async def expect_exact(stack: Stack, sent: list[list[dict]], account_ids: list[s
     async def exact() -> bool:
         return await totals(stack, account_ids) == expected
 
-    await eventually(exact, timeout=60)
+    await eventually(exact, within=60)
 
 
 @pytest.mark.parametrize("failpoint", ["after_commit:2", "before_commit:2"])
@@ -123,9 +126,7 @@ async def test_projector_killed_repeatedly_under_load(stack: Stack) -> None:
     await expect_exact(stack, sent, account_ids)
 
 
-async def test_postgres_stopped_and_restarted_under_load_loses_nothing(
-    stack: Stack, postgres: LocalPostgres
-) -> None:
+async def test_postgres_stopped_and_restarted_under_load_loses_nothing(stack: Stack, postgres: LocalPostgres) -> None:
     account_ids = await accounts(stack, 4)
     sent = batches(account_ids, 40, 50)
 
@@ -151,11 +152,21 @@ async def test_poison_events_go_to_the_dead_letter_stream_and_the_consumer_goes_
     nc = await stack.nats()
     js = nc.jetstream()
     try:
-        garbage = await js.publish(f"flowplan.events.usage.{account_id}.UsageRecorded", b'{"type": "UsageRecorded", "no')
+        garbage = await js.publish(
+            f"flowplan.events.usage.{account_id}.UsageRecorded", b'{"type": "UsageRecorded", "no'
+        )
         orphan = UsageRecorded(
-            event_id=uuid.uuid4().hex, account_id="acc_never_created", occurred_at=datetime.now(UTC),
-            model="deepseek/deepseek-chat", input_tokens=1, output_tokens=1, billing_mode="subscription",
-            usd_cost_micros=1, flows_micros=1, usd_per_flow="5/198", multiplier="1",
+            event_id=uuid.uuid4().hex,
+            account_id="acc_never_created",
+            occurred_at=datetime.now(UTC),
+            model="deepseek/deepseek-chat",
+            input_tokens=1,
+            output_tokens=1,
+            billing_mode="subscription",
+            usd_cost_micros=1,
+            flows_micros=1,
+            usd_per_flow="5/198",
+            multiplier="1",
         )
         unknown = await js.publish("flowplan.events.usage.acc_never_created.UsageRecorded", encode(orphan))
         good = usage_event(account_id)

@@ -15,11 +15,21 @@ pytestmark = pytest.mark.connected
 CATALOG = load_catalog()
 
 
-def expected_flows(model: str, input_tokens: int, output_tokens: int, cached: int = 0, rate: Fraction | None = None,
-                   multiplier: Fraction = Fraction(1)) -> int:
+def expected_flows(
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cached: int = 0,
+    rate: Fraction | None = None,
+    multiplier: Fraction = Fraction(1),
+) -> int:
     return price_call(
-        CATALOG.models[model], input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached,
-        usd_per_flow=rate or CATALOG.default_usd_per_flow, multiplier=multiplier,
+        CATALOG.models[model],
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_tokens=cached,
+        usd_per_flow=rate or CATALOG.default_usd_per_flow,
+        multiplier=multiplier,
     ).flows_micros
 
 
@@ -27,8 +37,13 @@ async def test_usage_reaches_the_quota_windows(stack: Stack) -> None:
     account = await stack.create_account()
     events = [
         usage_event(account["account_id"], model="deepseek/deepseek-chat", input_tokens=1000, output_tokens=500),
-        usage_event(account["account_id"], model="z-ai/glm-4.7", input_tokens=20_000, output_tokens=3_000,
-                    cached_tokens=5_000),
+        usage_event(
+            account["account_id"],
+            model="z-ai/glm-4.7",
+            input_tokens=20_000,
+            output_tokens=3_000,
+            cached_tokens=5_000,
+        ),
     ]
     status, body = await stack.post_usage(events)
     assert (status, body) == (202, {"accepted": 2, "duplicates": 0})
@@ -88,7 +103,9 @@ async def test_multiplier_and_flow_rate_price_usage_by_event_time(stack: Stack) 
     account = await stack.create_account(multiplier="1.25")
     now = datetime.now(UTC)
     status, _ = await stack.http(
-        "POST", "/admin/v1/flow-rate", token=stack.settings.admin_token,
+        "POST",
+        "/admin/v1/flow-rate",
+        token=stack.settings.admin_token,
         json={"usd_per_flow": "0.03", "effective_at": (now - timedelta(hours=1)).isoformat()},
     )
     assert status == 200
@@ -111,7 +128,9 @@ async def test_multiplier_and_flow_rate_price_usage_by_event_time(stack: Stack) 
     assert flows == {k: v / MICRO for k, v in want.items()}
     # Back to the default rate, so the other tests in this module price as they expect.
     status, _ = await stack.http(
-        "POST", "/admin/v1/flow-rate", token=stack.settings.admin_token,
+        "POST",
+        "/admin/v1/flow-rate",
+        token=stack.settings.admin_token,
         json={"usd_per_flow": "10/396", "effective_at": datetime.now(UTC).isoformat()},
     )
     assert status == 200
@@ -135,8 +154,13 @@ async def test_plans_and_models_are_public(stack: Stack) -> None:
 
 NOW = datetime.now(UTC)
 GOOD = {
-    "event_id": "x", "account_id": "acc_x", "model": "deepseek/deepseek-chat", "input_tokens": 1,
-    "output_tokens": 1, "billing_mode": "subscription", "occurred_at": NOW.isoformat(),
+    "event_id": "x",
+    "account_id": "acc_x",
+    "model": "deepseek/deepseek-chat",
+    "input_tokens": 1,
+    "output_tokens": 1,
+    "billing_mode": "subscription",
+    "occurred_at": NOW.isoformat(),
 }
 BAD_RECORDS = [
     ({"event_id": ""}, "events[1].event_id"),
@@ -181,8 +205,10 @@ async def test_a_bad_record_refuses_the_whole_batch_and_names_it(stack: Stack, c
     assert await stack.post_usage([good]) == (202, {"accepted": 1, "duplicates": 0})
 
 
-@pytest.mark.parametrize("missing", ["event_id", "account_id", "model", "input_tokens", "output_tokens",
-                                     "billing_mode", "occurred_at"])
+@pytest.mark.parametrize(
+    "missing",
+    ["event_id", "account_id", "model", "input_tokens", "output_tokens", "billing_mode", "occurred_at"],
+)
 async def test_a_missing_field_is_named(stack: Stack, missing: str) -> None:
     record = {k: v for k, v in GOOD.items() if k != missing}
     status, body = await stack.post_usage([record])
@@ -202,7 +228,10 @@ async def test_malformed_json_wrong_token_and_oversized_batches(stack: Stack) ->
     status, body = await stack.post_usage(too_many)
     assert status == 413 and body["error"]["field"] == "events"
     status, body = await stack.http(
-        "POST", "/v1/usage", token=stack.settings.ingest_token, data=b" " * (stack.settings.max_body_bytes + 1)
+        "POST",
+        "/v1/usage",
+        token=stack.settings.ingest_token,
+        data=b" " * (stack.settings.max_body_bytes + 1),
     )
     assert status == 413
     status, body = await stack.post_usage([])
@@ -214,7 +243,7 @@ async def test_account_api_refuses_bad_keys(stack: Stack) -> None:
     account = await stack.create_account()
     key = account["key"]
     for bad in ["", "sk-ss-v1-short", key[:-1] + ("A" if key[-1] != "A" else "B"), "dev-admin-token"]:
-        status, body = await stack.http("GET", "/v1/account/usage", token=bad or None)
+        status, _ = await stack.http("GET", "/v1/account/usage", token=bad or None)
         assert status == 401, bad
 
 
@@ -226,10 +255,21 @@ async def test_admin_api_validates(stack: Stack) -> None:
         ("POST", "/admin/v1/accounts", {"name": ""}, 400, "name"),
         ("POST", "/admin/v1/accounts", {"name": "x", "multiplier": "-1"}, 400, "multiplier"),
         ("POST", f"{path}/payments", {"plan": "gold", "amount_usd": "20", "payment_ref": "r"}, 400, "plan"),
-        ("POST", f"{path}/payments", {"plan": "pro", "amount_usd": "abc", "payment_ref": "r"}, 400, "amount_usd"),
+        (
+            "POST",
+            f"{path}/payments",
+            {"plan": "pro", "amount_usd": "abc", "payment_ref": "r"},
+            400,
+            "amount_usd",
+        ),
         ("POST", f"{path}/payments", {"plan": "pro", "amount_usd": "20"}, 400, "payment_ref"),
-        ("POST", "/admin/v1/accounts/acc_nobody/payments",
-         {"plan": "pro", "amount_usd": "20", "payment_ref": "r"}, 404, "account_id"),
+        (
+            "POST",
+            "/admin/v1/accounts/acc_nobody/payments",
+            {"plan": "pro", "amount_usd": "20", "payment_ref": "r"},
+            404,
+            "account_id",
+        ),
         ("PUT", f"{path}/multiplier", {"multiplier": 0}, 400, "multiplier"),
         ("POST", "/admin/v1/flow-rate", {"usd_per_flow": "zero"}, 400, "usd_per_flow"),
     ]

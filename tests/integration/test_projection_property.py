@@ -4,9 +4,9 @@ windows equal a brute-force recomputation from the list of events (through the r
 import asyncio
 import random
 import uuid
-from fractions import Fraction
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -36,9 +36,7 @@ usage_lists = st.lists(
 
 def brute_force(events: list[dict], created_at: datetime) -> dict[str, list[tuple[datetime, int]]]:
     distinct = {e["event_id"]: e for e in events}.values()
-    usages = sorted(
-        Usage(datetime.fromisoformat(e["occurred_at"]), e["_flows"]) for e in distinct
-    )
+    usages = sorted(Usage(datetime.fromisoformat(e["occurred_at"]), e["_flows"]) for e in distinct)
     monthly: dict[datetime, int] = defaultdict(int)
     segments = [Segment(created_at, "free", created_at, "")]
     for u in usages:
@@ -87,8 +85,11 @@ async def _run(stack: Stack, usages: list, rng: random.Random) -> None:
             "occurred_at": (now - timedelta(minutes=offset)).isoformat(),
         }
         event["_flows"] = price_call(
-            CATALOG.models[model], input_tokens=tokens_in, output_tokens=tokens_out,
-            usd_per_flow=CATALOG.default_usd_per_flow, multiplier=Fraction(1),
+            CATALOG.models[model],
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            usd_per_flow=CATALOG.default_usd_per_flow,
+            multiplier=Fraction(1),
         ).flows_micros
         events.append(event)
     # Out of order, duplicated, in random batches.
@@ -112,4 +113,4 @@ async def _run(stack: Stack, usages: list, rng: random.Random) -> None:
     async def equal() -> bool:
         return await projected(stack, account_id) == want
 
-    await eventually(equal, timeout=20)
+    await eventually(equal, within=20)

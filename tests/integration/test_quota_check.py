@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from libs.pricing.money import MICRO
 from libs.eventlog.publisher import EventPublisher
+from libs.pricing.money import MICRO
 from proto.v1 import QuotaCheck, QuotaDecision, QuotaStatus, QuotaStatusRequest, UsageRecorded, encode
 from tests.stack import Stack, eventually, usage_event
 
@@ -18,8 +18,12 @@ pytestmark = pytest.mark.connected
 async def check(stack: Stack, account_id: str, estimate: int, reservation_id: str | None = None) -> QuotaDecision:
     nc = await stack.nats()
     try:
-        request = QuotaCheck(account_id=account_id, reservation_id=reservation_id or uuid.uuid4().hex,
-                             model="deepseek/deepseek-chat", estimated_flows_micros=estimate)
+        request = QuotaCheck(
+            account_id=account_id,
+            reservation_id=reservation_id or uuid.uuid4().hex,
+            model="deepseek/deepseek-chat",
+            estimated_flows_micros=estimate,
+        )
         reply = await nc.request("quota.check", encode(request), timeout=2)
         return msgspec.json.decode(reply.data, type=QuotaDecision)
     finally:
@@ -57,12 +61,25 @@ async def test_reservations_hold_room_until_usage_arrives(stack: Stack) -> None:
     try:
         publisher = EventPublisher(nc, stack.settings.stream)
         await publisher.start()
-        await publisher.publish([UsageRecorded(
-            event_id=uuid.uuid4().hex, account_id=account_id, occurred_at=datetime.now(UTC),
-            model="deepseek/deepseek-chat", input_tokens=10, output_tokens=10, billing_mode="subscription",
-            usd_cost_micros=10, flows_micros=20_000, usd_per_flow="5/198", multiplier="1",
-            reservation_id="r1", source="gateway",
-        )])
+        await publisher.publish(
+            [
+                UsageRecorded(
+                    event_id=uuid.uuid4().hex,
+                    account_id=account_id,
+                    occurred_at=datetime.now(UTC),
+                    model="deepseek/deepseek-chat",
+                    input_tokens=10,
+                    output_tokens=10,
+                    billing_mode="subscription",
+                    usd_cost_micros=10,
+                    flows_micros=20_000,
+                    usd_per_flow="5/198",
+                    multiplier="1",
+                    reservation_id="r1",
+                    source="gateway",
+                )
+            ]
+        )
     finally:
         await nc.close()
 
@@ -82,8 +99,13 @@ async def test_exhausted_window_refuses_with_retry_after_until_it_resets(stack: 
     account_id = account["account_id"]
     opened = datetime.now(UTC) - timedelta(hours=4, minutes=30)
     # 5.9 Flows of usage, in a window opened 4.5 hours ago: it resets in 30 minutes.
-    heavy = usage_event(account_id, model="z-ai/glm-4.7", input_tokens=1_000_000, output_tokens=200_000,
-                        occurred_at=opened.isoformat())
+    heavy = usage_event(
+        account_id,
+        model="z-ai/glm-4.7",
+        input_tokens=1_000_000,
+        output_tokens=200_000,
+        occurred_at=opened.isoformat(),
+    )
     assert (await stack.post_usage([heavy]))[0] == 202
 
     async def exhausted() -> QuotaDecision | None:
@@ -104,8 +126,13 @@ async def test_exhausted_week_refuses_until_the_week_resets(stack: Stack) -> Non
     now = datetime.now(UTC)
     # Ten heavy calls across six days, each in its own 5 h window: the week (50.4) runs out.
     events = [
-        usage_event(account_id, model="z-ai/glm-4.7", input_tokens=1_000_000, output_tokens=200_000,
-                    occurred_at=(now - timedelta(days=6) + timedelta(hours=6 * i)).isoformat())
+        usage_event(
+            account_id,
+            model="z-ai/glm-4.7",
+            input_tokens=1_000_000,
+            output_tokens=200_000,
+            occurred_at=(now - timedelta(days=6) + timedelta(hours=6 * i)).isoformat(),
+        )
         for i in range(10)
     ]
     assert (await stack.post_usage(events))[0] == 202

@@ -106,10 +106,7 @@ def test_retry_after_is_the_ceiling_of_the_seconds_until_the_window_resets():
     refused = decide(account(w5=Window(start, start + timedelta(hours=5), 50 * M)), LIMITS, 0, NOW)
     assert refused.retry_after_s == 101
     start = NOW - timedelta(hours=5) + timedelta(microseconds=1)  # ends in 1 us
-    assert (
-        decide(account(w5=Window(start, start + timedelta(hours=5), 50 * M)), LIMITS, 0, NOW).retry_after_s
-        == 1
-    )
+    assert decide(account(w5=Window(start, start + timedelta(hours=5), 50 * M)), LIMITS, 0, NOW).retry_after_s == 1
 
 
 def test_weekly_cap_blocks_with_room_in_the_5h_window():

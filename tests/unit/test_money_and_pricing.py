@@ -245,9 +245,7 @@ def test_catalog_refuses_sub_pico_prices():
 
 def test_price_call_sonnet_at_default_rate(catalog):
     sonnet = catalog.models["anthropic/claude-3.5-sonnet"]
-    price = price_call(
-        sonnet, input_tokens=1000, output_tokens=500, usd_per_flow=DEFAULT_RATE, multiplier=Fraction(1)
-    )
+    price = price_call(sonnet, input_tokens=1000, output_tokens=500, usd_per_flow=DEFAULT_RATE, multiplier=Fraction(1))
     # 1000 * $3/M + 500 * $15/M = $0.0105; 0.0105 * 39.6 = 0.4158 Flows + 0.01 per call
     assert price.usd_cost_micros == 10_500
     assert price.flows_micros == 425_800
@@ -285,24 +283,18 @@ def test_price_call_counts_cached_tokens_and_images():
 def test_price_call_rounds_half_up_once_from_the_exact_cost():
     # 1 token at $0.0000005 = 0.5 micro-USD: rounds up to 1.
     half = _model(prompt="0.0000005")
-    assert price_call(
-        half, input_tokens=1, output_tokens=0, usd_per_flow=Fraction(1), multiplier=Fraction(1)
-    ) == (1, 1)
+    assert price_call(half, input_tokens=1, output_tokens=0, usd_per_flow=Fraction(1), multiplier=Fraction(1)) == (1, 1)
     # 0.4 micro-USD rounds to 0 micro-USD, but its Flows (0.8 micro-Flows at $0.5/Flow) are
     # computed from the exact cost, not from the rounded one: 1, not 0.
     small = _model(prompt="0.0000004")
-    price = price_call(
-        small, input_tokens=1, output_tokens=0, usd_per_flow=Fraction(1, 2), multiplier=Fraction(1)
-    )
+    price = price_call(small, input_tokens=1, output_tokens=0, usd_per_flow=Fraction(1, 2), multiplier=Fraction(1))
     assert price.usd_cost_micros == 0
     assert price.flows_micros == 1
 
 
 def test_price_call_zero_tokens_costs_the_per_call_overhead(catalog):
     sonnet = catalog.models["anthropic/claude-3.5-sonnet"]
-    price = price_call(
-        sonnet, input_tokens=0, output_tokens=0, usd_per_flow=DEFAULT_RATE, multiplier=Fraction(1)
-    )
+    price = price_call(sonnet, input_tokens=0, output_tokens=0, usd_per_flow=DEFAULT_RATE, multiplier=Fraction(1))
     assert price == (0, 10_000)
 
 

@@ -45,9 +45,7 @@ def test_period_with_one_segment():
     assert period_at(segments, utc(2025, 1, 20)) == Period(utc(2025, 1, 10, 15), utc(2025, 2, 10, 15))
     # the end is exclusive: the next period starts at it
     assert period_at(segments, utc(2025, 2, 10, 15)) == Period(utc(2025, 2, 10, 15), utc(2025, 3, 10, 15))
-    assert period_at(segments, utc(2025, 2, 10, 14, 59, 59)) == Period(
-        utc(2025, 1, 10, 15), utc(2025, 2, 10, 15)
-    )
+    assert period_at(segments, utc(2025, 2, 10, 14, 59, 59)) == Period(utc(2025, 1, 10, 15), utc(2025, 2, 10, 15))
     # same day-of-month, but an earlier time of day: still the previous period
     assert period_at(segments, utc(2025, 3, 10, 9)) == Period(utc(2025, 2, 10, 15), utc(2025, 3, 10, 15))
     assert period_at(segments, utc(2026, 1, 1)) == Period(utc(2025, 12, 10, 15), utc(2026, 1, 10, 15))
@@ -110,9 +108,7 @@ def test_segment_at():
 
 
 @given(
-    anchor=st.datetimes(
-        min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)
-    ),
+    anchor=st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)),
     offset=st.timedeltas(min_value=timedelta(days=-400), max_value=timedelta(days=800)),
 )
 def test_period_contains_the_time_and_spans_one_clamped_month(anchor, offset):

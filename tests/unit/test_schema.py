@@ -21,6 +21,4 @@ def test_schema_names_every_message_of_the_contract():
     assert {t.__name__ for t in CONTRACT} <= set(document["$defs"])
     assert len(document["oneOf"]) == len(CONTRACT)
     usage = document["$defs"]["UsageRecorded"]
-    assert {"event_id", "account_id", "occurred_at", "flows_micros", "billing_mode"} <= set(
-        usage["properties"]
-    )
+    assert {"event_id", "account_id", "occurred_at", "flows_micros", "billing_mode"} <= set(usage["properties"])

@@ -92,9 +92,7 @@ BAD_RECORDS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("records", "field"), [(r, f) for _, r, f in BAD_RECORDS], ids=[n for n, _, _ in BAD_RECORDS]
-)
+@pytest.mark.parametrize(("records", "field"), [(r, f) for _, r, f in BAD_RECORDS], ids=[n for n, _, _ in BAD_RECORDS])
 def test_bad_record_names_the_record_and_field(records, field):
     error = refused(body(*records))
     assert error.status == 400
@@ -186,9 +184,7 @@ def test_validation_error_turns_msgspec_paths_into_fields(message, field, text):
 
 
 def test_api_error_response_body():
-    response = ApiError(
-        400, "invalid_request", "record 0: events[0].model: bad", "events[0].model"
-    ).response()
+    response = ApiError(400, "invalid_request", "record 0: events[0].model: bad", "events[0].model").response()
     assert response.status == 400
     assert response.content_type == "application/json"
     assert json.loads(response.body) == {
@@ -213,11 +209,7 @@ def catalog():
 @pytest.fixture
 def directory(catalog):
     d = Directory(catalog.default_usd_per_flow)
-    d.apply(
-        AccountCreated(
-            event_id="a1", account_id="acc_demo", occurred_at=NOW - timedelta(days=30), name="Demo"
-        )
-    )
+    d.apply(AccountCreated(event_id="a1", account_id="acc_demo", occurred_at=NOW - timedelta(days=30), name="Demo"))
     return d
 
 
@@ -226,9 +218,7 @@ def price(records, catalog, directory):
 
 
 def test_price_batch_prices_at_the_rate_in_force_at_event_time(catalog, directory):
-    directory.apply(
-        FlowRateChanged(event_id="r1", occurred_at=NOW - timedelta(hours=2), usd_per_flow="3/100")
-    )
+    directory.apply(FlowRateChanged(event_id="r1", occurred_at=NOW - timedelta(hours=2), usd_per_flow="3/100"))
     before, after = price(
         [record(0, occurred_at="2025-06-10T09:00:00Z"), record(1, occurred_at="2025-06-10T11:00:00Z")],
         catalog,

@@ -75,17 +75,21 @@ def view(account: AccountQuota, limits_by_plan: Mapping[str, Limits], reserved: 
     period: Period = period_at(account.segments, now)
     return QuotaView(
         plan=plan,
-        window_5h=WindowView(w5.flows if w5 else 0, limits.window_5h, reserved, w5.start if w5 else None,
-                             w5.end if w5 else None),
-        weekly=WindowView(wk.flows if wk else 0, limits.weekly, reserved, wk.start if wk else None,
-                          wk.end if wk else None),
+        window_5h=WindowView(
+            w5.flows if w5 else 0,
+            limits.window_5h,
+            reserved,
+            w5.start if w5 else None,
+            w5.end if w5 else None,
+        ),
+        weekly=WindowView(
+            wk.flows if wk else 0, limits.weekly, reserved, wk.start if wk else None, wk.end if wk else None
+        ),
         monthly=WindowView(account.months.get(period.start, 0), limits.monthly, reserved, period.start, period.end),
     )
 
 
-def decide(
-    account: AccountQuota, limits_by_plan: Mapping[str, Limits], reserved: int, now: datetime
-) -> Decision:
+def decide(account: AccountQuota, limits_by_plan: Mapping[str, Limits], reserved: int, now: datetime) -> Decision:
     quota = view(account, limits_by_plan, reserved, now)
     blocking = [w for w in quota if isinstance(w, WindowView) and not w.has_room]
     if not blocking:
