@@ -9,6 +9,14 @@ import psycopg
 from psycopg import sql
 from yoyo import get_backend, read_migrations
 
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a pooled connection left in a bad state by a server that went away
+)
+"""What a request may meet when Postgres is down or restarting: answer 503, retry."""
+
 
 async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size, command_timeout=30)

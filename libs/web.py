@@ -1,5 +1,6 @@
 """aiohttp plumbing every HTTP service shares: JSON errors, /healthz, /metrics."""
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -9,6 +10,7 @@ from aiohttp import web
 
 from libs.observability import prometheus_text
 
+log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
 T = TypeVar("T")
 _PATH = re.compile(r"- at `\$\.?(?P<path>[^`]*)`$")
@@ -49,6 +51,9 @@ async def api_errors(
             code = exc.reason.lower().replace(" ", "_")
             return ApiError(exc.status, code, exc.reason).response()
         raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return ApiError(500, "internal_error", "unexpected error; it has been logged").response()
 
 
 def decode_body(body: bytes, type_: type[T]) -> T:

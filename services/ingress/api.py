@@ -12,6 +12,7 @@ from nats.aio.client import Client
 
 from libs import apikeys
 from libs.clock import Clock
+from libs.db import UNAVAILABLE
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.pricing.catalog import Catalog
 from libs.pricing.money import micros_to_str
@@ -120,7 +121,7 @@ class IngressApi:
                 claimed = {row["event_id"] for row in rows}
                 fresh = [e for e in events if e.event_id in claimed]
                 await self._publish(fresh)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except UNAVAILABLE as exc:
             raise ApiError(503, "database_unavailable", "the database is not reachable; retry") from exc
         metrics.publish_seconds.record(time.perf_counter() - started)
         metrics.usage_events.add(len(fresh), {"outcome": "accepted"})
