@@ -20,7 +20,7 @@ from libs.localservers import LocalNats, LocalPostgres, port_is_free, wait_for_p
 from libs.settings import DEV_ADMIN_TOKEN, DEV_INGEST_TOKEN, Settings, load_settings
 from libs.setup import set_up
 
-SERVICES = ("quota", "ingress")
+SERVICES = ("quota", "keys", "ingress")
 
 
 def _pick_port(preferred: int) -> int | None:
@@ -67,8 +67,8 @@ class DevStack:
         self._env = env
         for name in SERVICES:
             self._spawn(name)
-        wait_for_port(settings.quota_port, timeout=60, process=self.children["quota"])
-        wait_for_port(settings.ingress_port, timeout=60, process=self.children["ingress"])
+        for name in SERVICES:
+            wait_for_port(getattr(settings, f"{name}_port"), timeout=60, process=self.children[name])
         print(f"  services: {', '.join(SERVICES)} (logs in {self.logs})")
 
     def supervise(self) -> None:

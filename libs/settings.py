@@ -18,6 +18,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     ingress_port: int = 8081
     quota_port: int = 8082
+    keys_port: int = 8083
+    gateway_port: int = 8080
+    simulator_port: int = 8090
     stream: str = "FLOWPLAN_EVENTS"
     dlq_stream: str = "FLOWPLAN_DLQ"
     partitions: int = 4

@@ -10,6 +10,8 @@ from proto.v1 import events, messages
 CONTRACT: tuple[type, ...] = (
     events.AccountCreated,
     events.KeyCreated,
+    events.KeyRotated,
+    events.KeyRevoked,
     events.PaymentRecorded,
     events.PlanChanged,
     events.MultiplierChanged,
@@ -21,6 +23,16 @@ CONTRACT: tuple[type, ...] = (
     messages.QuotaStatus,
     messages.UsageEventsRequest,
     messages.UsageEventsReply,
+    messages.LookupKey,
+    messages.KeyFound,
+    messages.CreateKey,
+    messages.RotateKey,
+    messages.RevokeKey,
+    messages.ListKeys,
+    messages.KeyIssued,
+    messages.KeyList,
+    messages.KeyCommandFailed,
+    messages.KeysChanged,
 )
 
 

@@ -55,8 +55,9 @@ async def stack(settings: Settings, workdir: Path) -> AsyncIterator[Stack]:
     log_dir = workdir / f"logs-{uuid.uuid4().hex[:8]}"
     log_dir.mkdir()
     stack = Stack(settings, log_dir)
-    await asyncio.to_thread(stack.quota.start)
+    await asyncio.gather(asyncio.to_thread(stack.quota.start), asyncio.to_thread(stack.keys.start))
     await asyncio.to_thread(stack.ingress.start)
     yield stack
     stack.ingress.stop()
+    stack.keys.stop()
     stack.quota.stop()

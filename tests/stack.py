@@ -78,6 +78,9 @@ class Stack:
             "FLOWPLAN_DATABASE_URL": settings.database_url,
             "FLOWPLAN_INGRESS_PORT": str(settings.ingress_port),
             "FLOWPLAN_QUOTA_PORT": str(settings.quota_port),
+            "FLOWPLAN_KEYS_PORT": str(settings.keys_port),
+            "FLOWPLAN_GATEWAY_PORT": str(settings.gateway_port),
+            "FLOWPLAN_SIMULATOR_PORT": str(settings.simulator_port),
             "FLOWPLAN_ADMIN_TOKEN": settings.admin_token,
             "FLOWPLAN_INGEST_TOKEN": settings.ingest_token,
             "FLOWPLAN_RESERVATION_TIMEOUT_S": str(settings.reservation_timeout_s),
@@ -85,6 +88,7 @@ class Stack:
             "FLOWPLAN_ACK_WAIT_S": str(settings.ack_wait_s),
         }
         self.quota = ServiceProcess("quota", env, settings.quota_port, log_dir)
+        self.keys = ServiceProcess("keys", env, settings.keys_port, log_dir)
         self.ingress = ServiceProcess("ingress", env, settings.ingress_port, log_dir)
         self.base = f"http://127.0.0.1:{settings.ingress_port}"
 
@@ -186,6 +190,9 @@ def make_settings(nats_url: str, database_url: str) -> Settings:
         database_url=database_url,
         ingress_port=free_port(),
         quota_port=free_port(),
+        keys_port=free_port(),
+        gateway_port=free_port(),
+        simulator_port=free_port(),
         admin_token="test-admin-" + uuid.uuid4().hex,
         ingest_token="test-ingest-" + uuid.uuid4().hex,
         reservation_timeout_s=30.0,

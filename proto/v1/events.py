@@ -54,6 +54,20 @@ class KeyCreated(AccountEvent, frozen=True, kw_only=True):
     last4: str
 
 
+class KeyRotated(AccountEvent, frozen=True, kw_only=True):
+    """The key has a new secret from occurred_at on; the old one stops working."""
+
+    key_id: str
+    key_hash: str
+    previous_key_hash: str
+    last4: str
+
+
+class KeyRevoked(AccountEvent, frozen=True, kw_only=True):
+    key_id: str
+    key_hash: str
+
+
 class PaymentRecorded(AccountEvent, frozen=True, kw_only=True):
     """A successful payment for a plan; occurred_at is when it was paid."""
 
@@ -105,7 +119,15 @@ class UsageRecorded(AccountEvent, frozen=True, kw_only=True):
 
 
 AnyEvent = (
-    AccountCreated | KeyCreated | PaymentRecorded | PlanChanged | MultiplierChanged | FlowRateChanged | UsageRecorded
+    AccountCreated
+    | KeyCreated
+    | KeyRotated
+    | KeyRevoked
+    | PaymentRecorded
+    | PlanChanged
+    | MultiplierChanged
+    | FlowRateChanged
+    | UsageRecorded
 )
 
 _encoder = msgspec.json.Encoder()

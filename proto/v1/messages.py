@@ -4,29 +4,45 @@ from datetime import datetime
 
 import msgspec
 
-from proto.v1.events import BillingMode, PlanId, UsageRecorded
+from proto.v1.events import BillingMode, KeyKind, PlanId, UsageRecorded
 
 
 class QuotaCheck(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """May this account start a call now? Holds a reservation when admitted."""
+    """May this account start a call of this model now? Checks the plan's models, the RPM
+    limit and the windows, and holds a reservation of the estimate when admitted."""
 
     account_id: str
     reservation_id: str
     model: str
-    estimated_flows_micros: int
+    estimated_flows_micros: int = 0
+    estimated_usd_micros: int = 0
+    """An estimate in USD, converted to Flows at the account's rate and multiplier (wins when > 0)."""
     billing_mode: BillingMode = "subscription"
+
+
+class RateLimit(msgspec.Struct, frozen=True, kw_only=True):
+    limit: int
+    remaining: int
+    reset_s: float
+    """Seconds until the limit is fully replenished."""
 
 
 class QuotaDecision(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     admitted: bool
     billing_mode: BillingMode | None
     reason: str | None = None
-    """Why not admitted: quota_exhausted, unknown_account."""
+    """Why not admitted: model_not_in_plan, unknown_model, rate_limit_exceeded, quota_exhausted,
+    insufficient_balance, unknown_account."""
     plan: PlanId | None = None
     flows_remaining_micros: int = 0
     """Room left in the 5-hour window after this call's reservation."""
     window_resets_at: datetime | None = None
     retry_after_s: int | None = None
+    rate_limit: RateLimit | None = None
+    usd_per_flow: str = ""
+    """The Flow rate in force now (fraction text), to price the call's usage with."""
+    multiplier: str = ""
+    """The account's multiplier in force now (fraction text)."""
 
 
 class QuotaStatusRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -61,3 +77,69 @@ class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 class UsageEventsReply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     events: list[UsageRecorded]
+
+
+class KeyView(msgspec.Struct, frozen=True, kw_only=True):
+    """A key as listed: never the secret."""
+
+    id: str
+    account_id: str
+    name: str
+    kind: KeyKind
+    prefix: str
+    last4: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class LookupKey(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    key_hash: str
+
+
+class KeyFound(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    key: KeyView | None
+    """None when no active key has this hash."""
+
+
+class CreateKey(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    account_id: str
+    name: str
+    kind: KeyKind
+
+
+class RotateKey(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    account_id: str
+    key_id: str
+
+
+class RevokeKey(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    account_id: str
+    key_id: str
+
+
+class ListKeys(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    account_id: str
+
+
+class KeyIssued(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The answer to CreateKey and RotateKey: the only time a secret travels."""
+
+    key: KeyView
+    secret: str
+
+
+class KeyList(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    keys: list[KeyView]
+
+
+class KeyCommandFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    code: str
+    """key_not_found, key_revoked."""
+    message: str
+
+
+class KeysChanged(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Broadcast on `keys.changed` once a key was created, rotated or revoked: caches drop these."""
+
+    key_hashes: list[str]

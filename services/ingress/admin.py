@@ -8,13 +8,11 @@ from typing import Annotated
 
 import msgspec
 
-from libs import apikeys
 from libs.pricing.money import InvalidAmount, fraction_text, parse_fraction, to_micros
 from libs.web import ApiError
 from proto.v1 import (
     AccountCreated,
     FlowRateChanged,
-    KeyCreated,
     MultiplierChanged,
     PaymentRecorded,
     PlanChanged,
@@ -63,30 +61,12 @@ def positive(value: str | float | int, field: str) -> Fraction:
     return number
 
 
-def create_account(command: CreateAccount, now: datetime) -> tuple[AccountCreated, KeyCreated, str]:
-    """The account, its first subscription key, and the key's secret (shown once)."""
+def create_account(command: CreateAccount, now: datetime) -> AccountCreated:
     multiplier = positive(command.multiplier, "multiplier")
-    account_id = f"acc_{secrets.token_hex(8)}"
-    secret = apikeys.generate("subscription")
-    created = AccountCreated(
-        event_id=str(uuid.uuid4()),
-        account_id=account_id,
-        occurred_at=now,
-        name=command.name,
-        multiplier=fraction_text(multiplier),
-    )
-    key = KeyCreated(
-        event_id=str(uuid.uuid4()),
-        account_id=account_id,
-        occurred_at=now,
-        key_id=f"key_{secrets.token_hex(8)}",
-        name="default",
-        kind="subscription",
-        key_hash=apikeys.hash_secret(secret),
-        prefix=apikeys.PREFIXES["subscription"],
-        last4=secret[-4:],
-    )
-    return created, key, secret
+    return AccountCreated(
+        event_id=str(uuid.uuid4()), account_id=f"acc_{secrets.token_hex(8)}", occurred_at=now,
+        name=command.name, multiplier=fraction_text(multiplier),
+    )  # fmt: skip
 
 
 def record_payment(

@@ -4,27 +4,50 @@ import secrets
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Annotated, Literal
 
 import asyncpg
 import msgspec
 from aiohttp import web
 from nats.aio.client import Client
 
-from libs import apikeys
 from libs.clock import Clock
 from libs.db import UNAVAILABLE
 from libs.eventlog.publisher import EventPublisher, PublishFailed
+from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog
 from libs.pricing.money import micros_to_str
 from libs.settings import Settings
 from libs.web import ApiError, decode_body, json_response
-from proto.v1 import QuotaStatus, QuotaStatusRequest, UsageEventsReply, UsageEventsRequest, encode
+from proto.v1 import (
+    CreateKey,
+    KeyCommandFailed,
+    KeyIssued,
+    KeyList,
+    ListKeys,
+    QuotaStatus,
+    QuotaStatusRequest,
+    RevokeKey,
+    RotateKey,
+    UsageEventsReply,
+    UsageEventsRequest,
+    encode,
+)
 from proto.v1.events import Event
 from services.ingress import admin, metrics, views
 from services.ingress.directory import Directory
 from services.ingress.usage import decode_batch, price_batch
 
 _status = msgspec.json.Decoder(QuotaStatus)
+_key_reply = msgspec.json.Decoder(KeyIssued | KeyList | KeyCommandFailed)
+KEY_SUBJECTS = {CreateKey: "keys.create", RotateKey: "keys.rotate", RevokeKey: "keys.revoke", ListKeys: "keys.list"}
+
+
+class NewKey(msgspec.Struct, forbid_unknown_fields=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    kind: Literal["subscription", "payg"] = "subscription"
+
+
 _events = msgspec.json.Decoder(UsageEventsReply)
 
 
@@ -37,6 +60,7 @@ class IngressApi:
         publisher: EventPublisher,
         pool: asyncpg.Pool,
         nc: Client,
+        keys: KeyCache,
         clock: Clock,
     ) -> None:
         self.settings = settings
@@ -45,6 +69,7 @@ class IngressApi:
         self.publisher = publisher
         self.pool = pool
         self.nc = nc
+        self.keys = keys
         self.clock = clock
         self.paid_plans = {p.id for p in catalog.plans.values() if p.id != "free"}
 
@@ -55,6 +80,10 @@ class IngressApi:
         r.add_get("/v1/models", self.get_models)
         r.add_get("/v1/account/usage", self.get_account_usage)
         r.add_get("/v1/account/usage/events", self.get_account_usage_events)
+        r.add_get("/v1/keys", self.list_keys)
+        r.add_post("/v1/keys", self.create_key)
+        r.add_post("/v1/keys/{key_id}/rotate", self.rotate_key)
+        r.add_delete("/v1/keys/{key_id}", self.revoke_key)
         r.add_post("/admin/v1/accounts", self.create_account)
         r.add_post("/admin/v1/accounts/{account_id}/payments", self.record_payment)
         r.add_put("/admin/v1/accounts/{account_id}/multiplier", self.set_multiplier)
@@ -74,12 +103,14 @@ class IngressApi:
         if not secrets.compare_digest(self._bearer(request).encode(), expected.encode()):
             raise ApiError(401, "unauthorized", "wrong token", "Authorization")
 
-    def _account_of(self, request: web.Request) -> str:
-        secret = self._bearer(request)
-        owner = self.directory.keys.get(apikeys.hash_secret(secret)) if apikeys.kind_of(secret) else None
-        if owner is None:
+    async def _account_of(self, request: web.Request) -> str:
+        try:
+            key = await self.keys.authenticate(self._bearer(request))
+        except KeysUnavailable as exc:
+            raise ApiError(503, "keys_unavailable", "the keys service did not answer; retry") from exc
+        if key is None:
             raise ApiError(401, "invalid_api_key", "the API key is malformed, unknown or revoked", "Authorization")
-        return owner.account_id
+        return key.account_id
 
     def _account_exists(self, request: web.Request) -> str:
         account_id = request.match_info["account_id"]
@@ -142,18 +173,19 @@ class IngressApi:
         try:
             reply = await self.nc.request(subject, encode(message), timeout=self.settings.request_timeout_s)
         except Exception as exc:
-            raise ApiError(503, "quota_unavailable", "the quota service did not answer; retry") from exc
+            service = subject.split(".", 1)[0]
+            raise ApiError(503, f"{service}_unavailable", f"the {service} service did not answer; retry") from exc
         return reply.data
 
     async def get_account_usage(self, request: web.Request) -> web.Response:
-        account_id = self._account_of(request)
+        account_id = await self._account_of(request)
         status = _status.decode(await self._ask("quota.status", QuotaStatusRequest(account_id=account_id)))
         body = views.account_usage(status)
         body["extra_usage"] = {"enabled": False, "payg_key_id": None, "balance_usd": "0.00"}
         return json_response(body)
 
     async def get_account_usage_events(self, request: web.Request) -> web.Response:
-        account_id = self._account_of(request)
+        account_id = await self._account_of(request)
         try:
             limit = int(request.query.get("limit", "50"))
         except ValueError as exc:
@@ -168,11 +200,51 @@ class IngressApi:
     async def create_account(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)
         command = decode_body(await request.read(), admin.CreateAccount)
-        account, key, secret = admin.create_account(command, self.clock.now())
-        await self._publish([account, key])
+        account = admin.create_account(command, self.clock.now())
+        await self._publish([account])
+        issued = await self._key_command(CreateKey(account_id=account.account_id, name="default", kind="subscription"))
+        assert isinstance(issued, KeyIssued)
         return json_response(
-            {"account_id": account.account_id, "name": command.name, "key": secret, "key_id": key.key_id}, 201
+            {"account_id": account.account_id, "name": command.name, "key": issued.secret, "key_id": issued.key.id}, 201
         )
+
+    # -- keys -------------------------------------------------------------------------
+
+    async def _key_command(self, command: msgspec.Struct) -> KeyIssued | KeyList:
+        subject = KEY_SUBJECTS
+        reply: KeyIssued | KeyList | KeyCommandFailed = _key_reply.decode(
+            await self._ask(subject[type(command)], command)
+        )
+        if isinstance(reply, KeyCommandFailed):
+            status = {"key_not_found": 404, "key_revoked": 409}.get(reply.code, 400)
+            raise ApiError(status, reply.code, reply.message, "key_id" if status != 400 else None)
+        return reply
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        listed = await self._key_command(ListKeys(account_id=await self._account_of(request)))
+        assert isinstance(listed, KeyList)
+        return json_response({"object": "list", "data": [views.key(k) for k in listed.keys]})
+
+    async def create_key(self, request: web.Request) -> web.Response:
+        account_id = await self._account_of(request)
+        body = decode_body(await request.read(), NewKey)
+        issued = await self._key_command(CreateKey(account_id=account_id, name=body.name, kind=body.kind))
+        assert isinstance(issued, KeyIssued)
+        return json_response({**views.key(issued.key), "key": issued.secret}, 201)
+
+    async def rotate_key(self, request: web.Request) -> web.Response:
+        account_id = await self._account_of(request)
+        issued = await self._key_command(RotateKey(account_id=account_id, key_id=request.match_info["key_id"]))
+        assert isinstance(issued, KeyIssued)
+        return json_response({**views.key(issued.key), "key": issued.secret}, 201)
+
+    async def revoke_key(self, request: web.Request) -> web.Response:
+        account_id = await self._account_of(request)
+        revoked = await self._key_command(RevokeKey(account_id=account_id, key_id=request.match_info["key_id"]))
+        assert isinstance(revoked, KeyList)
+        return json_response({**views.key(revoked.keys[0]), "revoked": True})
+
+    # -- admin ------------------------------------------------------------------------
 
     async def record_payment(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)

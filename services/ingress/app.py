@@ -3,9 +3,7 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -15,8 +13,9 @@ from libs.db import create_pool, migrate_async
 from libs.eventlog.publisher import EventPublisher
 from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.streams import require_streams
+from libs.keycache import KeyCache
 from libs.pricing.catalog import load_catalog
-from libs.service import fatal_on_error
+from libs.service import spawn
 from libs.settings import Settings
 from libs.web import add_ops_routes, api_errors, start_site
 from services.ingress.api import IngressApi
@@ -55,12 +54,14 @@ class IngressService:
             batch=settings.projection_batch,
             ack_wait_s=settings.ack_wait_s,
         )
-        self._tasks.append(self._spawn(self.runner.run(), "ingress-projection"))
-        self._tasks.append(self._spawn(self._sweep_dedupe(), "ingress-dedupe-sweep"))
+        self._tasks.append(spawn(self.runner.run(), "ingress-projection"))
+        self._tasks.append(spawn(self._sweep_dedupe(), "ingress-dedupe-sweep"))
         publisher = EventPublisher(self.nc, settings.stream)
         await publisher.start()
         app = web.Application(middlewares=[api_errors], client_max_size=settings.max_body_bytes)
-        IngressApi(settings, catalog, self.directory, publisher, self.pool, self.nc, self.clock).routes(app)
+        keys = KeyCache(self.nc)
+        await keys.start()
+        IngressApi(settings, catalog, self.directory, publisher, self.pool, self.nc, keys, self.clock).routes(app)
         add_ops_routes(app, lambda: health(self.nc, self.pool))
         self._site = await start_site(app, settings.host, settings.ingress_port)
         log.info("ingress: serving on http://%s:%d", settings.host, settings.ingress_port)
@@ -74,11 +75,6 @@ class IngressService:
                     float(self.settings.dedupe_retention_s),
                 )
             await asyncio.sleep(DEDUPE_SWEEP_S)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> "asyncio.Task[None]":
-        task = asyncio.create_task(coro, name=name)
-        fatal_on_error(task)
-        return task
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -1,5 +1,5 @@
-"""What ingress must know to authenticate and price, in memory: accounts, their plan and
-multiplier history, key hashes, and the Flow-rate history.
+"""What ingress must know to price, in memory: accounts, their plan and multiplier
+history, and the Flow-rate history.
 
 Fed by ingress's projection after each commit, and by ingress's own writes as soon as
 JetStream has stored them (read-your-writes). Every change is keyed by its event id,
@@ -14,7 +14,7 @@ import asyncpg
 
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
-from proto.v1 import AccountCreated, FlowRateChanged, KeyCreated, MultiplierChanged, PlanChanged
+from proto.v1 import AccountCreated, FlowRateChanged, MultiplierChanged, PlanChanged
 from proto.v1.events import Event
 
 
@@ -27,17 +27,9 @@ class Account:
     plan: str = "free"
 
 
-@dataclass(frozen=True)
-class KeyOwner:
-    account_id: str
-    key_id: str
-    kind: str
-
-
 class Directory:
     def __init__(self, default_usd_per_flow: Fraction) -> None:
         self.accounts: dict[str, Account] = {}
-        self.keys: dict[str, KeyOwner] = {}
         self.flow_rate = Versioned(default_usd_per_flow)
 
     def apply(self, event: Event) -> None:
@@ -49,8 +41,6 @@ class Directory:
                     event.occurred_at,
                     Versioned(parse_fraction(event.multiplier)),
                 )
-        elif isinstance(event, KeyCreated):
-            self.keys[event.key_hash] = KeyOwner(event.account_id, event.key_id, event.kind)
         elif isinstance(event, MultiplierChanged):
             if (account := self.accounts.get(event.account_id)) is not None:
                 account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
@@ -73,7 +63,5 @@ class Directory:
             self.accounts[row["account_id"]].multiplier.add(
                 row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])
             )
-        for row in await conn.fetch(f"SELECT key_id, account_id, key_hash, kind FROM {schema}.keys"):
-            self.keys[row["key_hash"]] = KeyOwner(row["account_id"], row["key_id"], row["kind"])
         for row in await conn.fetch(f"SELECT event_id, effective_at, usd_per_flow FROM {schema}.flow_rates"):
             self.flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))

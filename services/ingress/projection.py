@@ -1,11 +1,11 @@
-"""ingress's projection of accounts, keys, multipliers and Flow rates (see directory.py)."""
+"""ingress's projection of accounts, multipliers and Flow rates (see directory.py)."""
 
 from collections.abc import Sequence
 
 import asyncpg
 
 from libs.eventlog.runner import AfterCommit, Applied
-from proto.v1 import AccountCreated, FlowRateChanged, KeyCreated, MultiplierChanged, PlanChanged
+from proto.v1 import AccountCreated, FlowRateChanged, MultiplierChanged, PlanChanged
 from services.ingress.directory import Directory
 
 
@@ -13,7 +13,6 @@ class IngressProjection:
     name: str = "ingress"
     event_types: tuple[str, ...] = (
         "AccountCreated",
-        "KeyCreated",
         "MultiplierChanged",
         "PlanChanged",
         "FlowRateChanged",
@@ -35,15 +34,6 @@ class IngressProjection:
                     event.name,
                     event.occurred_at,
                     event.multiplier,
-                )
-            elif isinstance(event, KeyCreated):
-                await conn.execute(
-                    f"""INSERT INTO {s}.keys (key_id, account_id, key_hash, kind) VALUES ($1, $2, $3, $4)
-                        ON CONFLICT DO NOTHING""",
-                    event.key_id,
-                    event.account_id,
-                    event.key_hash,
-                    event.kind,
                 )
             elif isinstance(event, MultiplierChanged):
                 await conn.execute(

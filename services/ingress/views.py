@@ -6,7 +6,7 @@ from typing import Any
 
 from libs.pricing.catalog import Catalog, Model
 from libs.pricing.money import MICRO, micros_to_number, micros_to_str, round_half_up
-from proto.v1 import QuotaStatus, UsageRecorded, WindowStatus
+from proto.v1 import KeyView, QuotaStatus, UsageRecorded, WindowStatus
 
 
 def _decimal(value: Fraction, places: int) -> str:
@@ -101,4 +101,17 @@ def usage_event(e: UsageRecorded) -> dict[str, Any]:
         "billing_mode": e.billing_mode,
         "key_id": e.key_id,
         "occurred_at": timestamp(e.occurred_at),
+    }
+
+
+def key(k: KeyView) -> dict[str, Any]:
+    return {
+        "id": k.id,
+        "name": k.name,
+        "kind": k.kind,
+        "prefix": k.prefix,
+        "last4": k.last4,
+        "created_at": timestamp(k.created_at),
+        "last_used_at": timestamp(k.last_used_at),
+        "revoked_at": timestamp(k.revoked_at),
     }

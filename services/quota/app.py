@@ -3,10 +3,8 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -16,7 +14,7 @@ from libs.db import create_pool, migrate_async
 from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.streams import require_streams
 from libs.pricing.catalog import load_catalog
-from libs.service import fatal_on_error
+from libs.service import spawn
 from libs.settings import Settings
 from libs.web import add_ops_routes, start_site
 from services.quota.domain.admission import Limits
@@ -55,7 +53,7 @@ class QuotaService:
             batch=settings.projection_batch,
             ack_wait_s=settings.ack_wait_s,
         )
-        self._tasks.append(self._spawn(self.runner.run(), "quota-projection"))
+        self._tasks.append(spawn(self.runner.run(), "quota-projection"))
         self.responder = QuotaResponder(self.state, limits, self.clock, self.pool, projection.schema)
         await self.nc.subscribe(CHECK_SUBJECT, queue="quota", cb=self.responder.on_check)
         await self.nc.subscribe(STATUS_SUBJECT, queue="quota", cb=self.responder.on_status)
@@ -64,11 +62,6 @@ class QuotaService:
         add_ops_routes(app, lambda: health(self.nc, self.pool))
         self._site = await start_site(app, settings.host, settings.quota_port)
         log.info("quota: serving on %s:%d", settings.host, settings.quota_port)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> "asyncio.Task[None]":
-        task = asyncio.create_task(coro, name=name)
-        fatal_on_error(task)
-        return task
 
     async def stop(self) -> None:
         for task in self._tasks:

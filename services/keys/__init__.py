@@ -1,0 +1,1 @@
+"""keys: the API key lifecycle (create, list, rotate, revoke, last used) and key.lookup."""

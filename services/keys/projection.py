@@ -1,0 +1,69 @@
+"""keys' projection: key events into keys.keys, and last use from usage, one row update per
+key per batch however often the key was used in it (writes are coalesced, not per call)."""
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from libs.eventlog.runner import AfterCommit, Applied
+from proto.v1 import KeyCreated, KeyRevoked, KeyRotated, UsageRecorded
+from services.keys.domain import KeyEvent
+from services.keys.registry import KeyRegistry
+
+
+class KeysProjection:
+    name: str = "keys"
+    event_types: tuple[str, ...] = ("KeyCreated", "KeyRotated", "KeyRevoked", "UsageRecorded")
+    category: str | None = None
+
+    def __init__(self, registry: KeyRegistry, schema: str = "keys") -> None:
+        self.registry = registry
+        self.schema = schema
+
+    async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
+        s = self.schema
+        key_events: list[KeyEvent] = []
+        last_used: dict[str, datetime] = {}
+        for _, event in batch:
+            if isinstance(event, UsageRecorded):
+                if event.key_id and (event.key_id not in last_used or event.occurred_at > last_used[event.key_id]):
+                    last_used[event.key_id] = event.occurred_at
+            elif isinstance(event, KeyCreated):
+                await conn.execute(
+                    f"""INSERT INTO {s}.keys (key_id, account_id, name, kind, prefix, last4, key_hash, created_at,
+                                              applied_events)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ARRAY[$9]) ON CONFLICT (key_id) DO NOTHING""",
+                    event.key_id, event.account_id, event.name, event.kind, event.prefix, event.last4,
+                    event.key_hash, event.occurred_at, event.event_id,
+                )  # fmt: skip
+                key_events.append(event)
+            elif isinstance(event, KeyRotated):
+                await conn.execute(
+                    f"""UPDATE {s}.keys SET key_hash = $2, last4 = $3, rotated_at = $4,
+                               applied_events = applied_events || $5
+                        WHERE key_id = $1 AND NOT ($5 = ANY(applied_events))""",
+                    event.key_id, event.key_hash, event.last4, event.occurred_at, event.event_id,
+                )  # fmt: skip
+                key_events.append(event)
+            elif isinstance(event, KeyRevoked):
+                await conn.execute(
+                    f"""UPDATE {s}.keys SET revoked_at = $2, applied_events = applied_events || $3
+                        WHERE key_id = $1 AND NOT ($3 = ANY(applied_events))""",
+                    event.key_id, event.occurred_at, event.event_id,
+                )  # fmt: skip
+                key_events.append(event)
+        if last_used:
+            await conn.execute(
+                f"""UPDATE {s}.keys AS k SET last_used_at = greatest(k.last_used_at, u.at)
+                    FROM unnest($1::text[], $2::timestamptz[]) AS u(key_id, at) WHERE k.key_id = u.key_id""",
+                list(last_used), list(last_used.values()),
+            )  # fmt: skip
+
+        def after_commit() -> None:
+            for event in key_events:
+                self.registry.apply(event)
+            for key_id, at in last_used.items():
+                self.registry.used(key_id, at)
+
+        return after_commit

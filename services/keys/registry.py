@@ -1,0 +1,50 @@
+"""Every key in memory, by id and by the hash of its current secret: key.lookup reads here."""
+
+from datetime import datetime
+
+import asyncpg
+
+from services.keys.domain import Key, KeyEvent, evolve
+
+
+class KeyRegistry:
+    def __init__(self) -> None:
+        self.by_id: dict[str, Key] = {}
+        self.by_hash: dict[str, Key] = {}
+
+    def apply(self, event: KeyEvent) -> Key | None:
+        before = self.by_id.get(event.key_id)
+        after = evolve(before, event)
+        if after is None or after is before:
+            return after
+        if before is not None:
+            self.by_hash.pop(before.key_hash, None)
+        self.by_id[after.key_id] = after
+        if after.revoked_at is None:
+            self.by_hash[after.key_hash] = after
+        else:
+            self.by_hash.pop(after.key_hash, None)
+        return after
+
+    def used(self, key_id: str, at: datetime) -> None:
+        key = self.by_id.get(key_id)
+        if key is not None and (key.last_used_at is None or at > key.last_used_at):
+            updated = Key(**{**key.__dict__, "last_used_at": at})
+            self.by_id[key_id] = updated
+            if key.key_hash in self.by_hash:
+                self.by_hash[key.key_hash] = updated
+
+    def of_account(self, account_id: str) -> list[Key]:
+        return sorted((k for k in self.by_id.values() if k.account_id == account_id), key=lambda k: k.created_at)
+
+    async def load(self, conn: asyncpg.Connection, schema: str) -> None:
+        for row in await conn.fetch(
+            f"""SELECT key_id, account_id, name, kind, prefix, last4, key_hash, created_at, rotated_at,
+                       revoked_at, last_used_at, applied_events FROM {schema}.keys"""
+        ):
+            fields = dict(row)
+            fields["applied"] = frozenset(fields.pop("applied_events"))
+            key = Key(**fields)
+            self.by_id[key.key_id] = key
+            if key.revoked_at is None:
+                self.by_hash[key.key_hash] = key

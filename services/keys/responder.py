@@ -1,0 +1,88 @@
+"""keys' request/reply subjects. Commands publish their event, apply it to memory at once
+(read-your-writes: the new key works on the next call), and tell every cache."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from libs.clock import Clock
+from libs.eventlog.publisher import EventPublisher
+from proto.v1 import (
+    CreateKey,
+    KeyCommandFailed,
+    KeyFound,
+    KeyIssued,
+    KeyList,
+    KeysChanged,
+    ListKeys,
+    LookupKey,
+    RevokeKey,
+    RotateKey,
+    encode,
+)
+from services.keys import domain
+from services.keys.domain import KeyCommandError, KeyEvent
+from services.keys.registry import KeyRegistry
+
+LOOKUP = "key.lookup"
+CREATE, LIST, ROTATE, REVOKE = "keys.create", "keys.list", "keys.rotate", "keys.revoke"
+CHANGED = "keys.changed"
+
+Command = CreateKey | RotateKey | RevokeKey | ListKeys
+
+
+class KeysResponder:
+    def __init__(self, registry: KeyRegistry, publisher: EventPublisher, nc: Client, clock: Clock) -> None:
+        self._registry = registry
+        self._publisher = publisher
+        self._nc = nc
+        self._clock = clock
+        self._lookup = msgspec.json.Decoder(LookupKey)
+        self._commands = msgspec.json.Decoder(Command)
+        self._lock = asyncio.Lock()
+
+    def subjects(self) -> dict[str, Callable[[Msg], Awaitable[None]]]:
+        return {LOOKUP: self.on_lookup, CREATE: self.on_command, LIST: self.on_command,
+                ROTATE: self.on_command, REVOKE: self.on_command}  # fmt: skip
+
+    async def on_lookup(self, msg: Msg) -> None:
+        key = self._registry.by_hash.get(self._lookup.decode(msg.data).key_hash)
+        await msg.respond(encode(KeyFound(key=key.view() if key else None)))
+
+    async def on_command(self, msg: Msg) -> None:
+        try:
+            command = self._commands.decode(msg.data)
+            async with self._lock:
+                reply: msgspec.Struct = await self._handle(command)
+        except KeyCommandError as exc:
+            reply = KeyCommandFailed(code=exc.code, message=exc.message)
+        except msgspec.ValidationError as exc:
+            reply = KeyCommandFailed(code="invalid_request", message=str(exc))
+        await msg.respond(encode(reply))
+
+    async def _handle(self, command: Command) -> msgspec.Struct:
+        now = self._clock.now()
+        if isinstance(command, ListKeys):
+            return KeyList(keys=[k.view() for k in self._registry.of_account(command.account_id)])
+        if isinstance(command, CreateKey):
+            created, secret = domain.issue(command.account_id, command.name, command.kind, now)
+            key = await self._record(created, [created.key_hash])
+            return KeyIssued(key=key.view(), secret=secret)
+        current = self._registry.by_id.get(command.key_id)
+        if isinstance(command, RotateKey):
+            rotated, secret = domain.rotate(current, command.account_id, command.key_id, now)
+            key = await self._record(rotated, [rotated.previous_key_hash, rotated.key_hash])
+            return KeyIssued(key=key.view(), secret=secret)
+        revoked = domain.revoke(current, command.account_id, command.key_id, now)
+        key = await self._record(revoked, [revoked.key_hash])
+        return KeyList(keys=[key.view()])
+
+    async def _record(self, event: KeyEvent, hashes: list[str]) -> domain.Key:
+        await self._publisher.publish([event])
+        key = self._registry.apply(event)
+        assert key is not None
+        await self._nc.publish(CHANGED, encode(KeysChanged(key_hashes=hashes)))
+        return key
