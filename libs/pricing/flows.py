@@ -61,6 +61,12 @@ class Versioned:
         self._versions[version_id] = (effective_at, value)
         self._sorted = sorted((at, vid, v) for vid, (at, v) in self._versions.items())
 
+    def copy(self) -> "Versioned":
+        other = Versioned(self._initial)
+        other._versions = dict(self._versions)
+        other._sorted = list(self._sorted)
+        return other
+
     def at(self, when: datetime) -> Fraction:
         value = self._initial
         for effective_at, _, version_value in self._sorted:

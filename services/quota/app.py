@@ -29,7 +29,8 @@ class QuotaService:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.state = QuotaState(timedelta(seconds=settings.reservation_timeout_s))
+        self.catalog = load_catalog(settings.catalog_path, settings.plans_path)
+        self.state = QuotaState(timedelta(seconds=settings.reservation_timeout_s), self.catalog.default_usd_per_flow)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -39,8 +40,7 @@ class QuotaService:
         self.nc = await connect_nats(settings.nats_url, "quota")
         js = self.nc.jetstream()
         partitions = await require_streams(js, settings)
-        catalog = load_catalog(settings.catalog_path, settings.plans_path)
-        limits = {plan.id: Limits(*plan.limits_micros) for plan in catalog.plans.values()}
+        limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
         projection = QuotaProjection(self.state)
         async with self.pool.acquire() as conn:
             await self.state.load(conn, projection.schema)
@@ -54,7 +54,7 @@ class QuotaService:
             ack_wait_s=settings.ack_wait_s,
         )
         self._tasks.append(spawn(self.runner.run(), "quota-projection"))
-        self.responder = QuotaResponder(self.state, limits, self.clock, self.pool, projection.schema)
+        self.responder = QuotaResponder(self.state, self.catalog, limits, self.clock, self.pool, projection.schema)
         await self.nc.subscribe(CHECK_SUBJECT, queue="quota", cb=self.responder.on_check)
         await self.nc.subscribe(STATUS_SUBJECT, queue="quota", cb=self.responder.on_status)
         await self.nc.subscribe(EVENTS_SUBJECT, queue="quota", cb=self.responder.on_events)

@@ -9,11 +9,14 @@ the transaction that wrote the same change has committed.
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from fractions import Fraction
 
 import asyncpg
 
 from libs.eventlog.runner import AfterCommit, Applied
-from proto.v1 import AccountCreated, PlanChanged, UsageRecorded
+from libs.pricing.flows import Versioned
+from libs.pricing.money import parse_fraction
+from proto.v1 import AccountCreated, FlowRateChanged, MultiplierChanged, PlanChanged, UsageRecorded
 from services.quota.domain.admission import AccountQuota
 from services.quota.domain.periods import Segment, period_at
 from services.quota.domain.windows import FIVE_HOURS, ONE_WEEK, Usage, Window, add_usages, chain
@@ -29,15 +32,26 @@ class UnknownAccount(Exception):
 class QuotaState:
     """The in-memory side: accounts by id, and the reservations of calls in flight."""
 
-    def __init__(self, reservation_timeout: timedelta) -> None:
+    def __init__(self, reservation_timeout: timedelta, default_usd_per_flow: Fraction) -> None:
         self.accounts: dict[str, AccountQuota] = {}
         self.reservations = Reservations(reservation_timeout)
+        self.flow_rate = Versioned(default_usd_per_flow)
+        self.rate_limits: dict[str, datetime] = {}
+        """GCRA state per account (the theoretical arrival time); memory only, like reservations."""
 
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
         """Rebuild memory from the projection (at start)."""
         accounts: dict[str, AccountQuota] = {}
-        for row in await conn.fetch(f"SELECT account_id, created_at FROM {schema}.accounts"):
-            accounts[row["account_id"]] = AccountQuota(row["created_at"], [])
+        for row in await conn.fetch(f"SELECT account_id, created_at, multiplier FROM {schema}.accounts"):
+            accounts[row["account_id"]] = AccountQuota(
+                row["created_at"], [], multiplier=Versioned(parse_fraction(row["multiplier"]))
+            )
+        for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers"):
+            accounts[row["account_id"]].multiplier.add(
+                row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])
+            )
+        for row in await conn.fetch(f"SELECT event_id, effective_at, usd_per_flow FROM {schema}.flow_rates"):
+            self.flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))
         for row in await conn.fetch(
             f"""SELECT event_id, account_id, effective_at, plan, period_anchor FROM {schema}.plan_history
                 ORDER BY account_id, effective_at, event_id"""
@@ -66,7 +80,13 @@ class QuotaState:
 
 class QuotaProjection:
     name: str = "quota"
-    event_types: tuple[str, ...] = ("AccountCreated", "PlanChanged", "UsageRecorded")
+    event_types: tuple[str, ...] = (
+        "AccountCreated",
+        "PlanChanged",
+        "MultiplierChanged",
+        "FlowRateChanged",
+        "UsageRecorded",
+    )
     category: str | None = None
 
     def __init__(self, state: QuotaState, schema: str = "quota") -> None:
@@ -76,11 +96,21 @@ class QuotaProjection:
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
         pending: dict[str, AccountQuota] = {}
         usage: list[tuple[int, UsageRecorded]] = []
+        rates: list[FlowRateChanged] = []
         for seq, event in batch:
             if isinstance(event, AccountCreated):
                 await self._account_created(conn, event, pending)
             elif isinstance(event, PlanChanged):
                 await self._plan_changed(conn, event, pending)
+            elif isinstance(event, MultiplierChanged):
+                await self._multiplier_changed(conn, event, pending)
+            elif isinstance(event, FlowRateChanged):
+                await conn.execute(
+                    f"""INSERT INTO {self.schema}.flow_rates (event_id, effective_at, usd_per_flow)
+                        VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",
+                    event.event_id, event.occurred_at, event.usd_per_flow,
+                )  # fmt: skip
+                rates.append(event)
             elif isinstance(event, UsageRecorded):
                 usage.append((seq, event))
         released: list[tuple[str, str]] = []
@@ -89,6 +119,8 @@ class QuotaProjection:
 
         def after_commit() -> None:
             self.state.accounts.update(pending)
+            for rate in rates:
+                self.state.flow_rate.add(rate.event_id, rate.occurred_at, parse_fraction(rate.usd_per_flow))
             for account_id, reservation_id in released:
                 self.state.reservations.release(account_id, reservation_id)
 
@@ -108,13 +140,26 @@ class QuotaProjection:
         if event.account_id in pending or event.account_id in self.state.accounts:
             return
         await conn.execute(
-            f"INSERT INTO {self.schema}.accounts (account_id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            event.account_id,
-            event.occurred_at,
-        )
+            f"""INSERT INTO {self.schema}.accounts (account_id, created_at, multiplier) VALUES ($1, $2, $3)
+                ON CONFLICT DO NOTHING""",
+            event.account_id, event.occurred_at, event.multiplier,
+        )  # fmt: skip
         segment = Segment(event.occurred_at, "free", event.occurred_at, event.event_id)
         await self._insert_segment(conn, event.account_id, segment)
-        pending[event.account_id] = AccountQuota(event.occurred_at, [segment])
+        pending[event.account_id] = AccountQuota(
+            event.occurred_at, [segment], multiplier=Versioned(parse_fraction(event.multiplier))
+        )
+
+    async def _multiplier_changed(
+        self, conn: asyncpg.Connection, event: MultiplierChanged, pending: dict[str, AccountQuota]
+    ) -> None:
+        account = self._pending(event.account_id, pending)
+        await conn.execute(
+            f"""INSERT INTO {self.schema}.multipliers (event_id, account_id, effective_at, multiplier)
+                VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+            event.event_id, event.account_id, event.occurred_at, event.multiplier,
+        )  # fmt: skip
+        account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
 
     async def _insert_segment(self, conn: asyncpg.Connection, account_id: str, segment: Segment) -> bool:
         inserted = await conn.fetchval(

@@ -2,17 +2,21 @@
 
 import time
 from collections.abc import Mapping
+from fractions import Fraction
 
 import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
 from libs.clock import Clock
+from libs.pricing.catalog import Catalog
+from libs.pricing.money import fraction_text, round_half_up
 from proto.v1 import (
     QuotaCheck,
     QuotaDecision,
     QuotaStatus,
     QuotaStatusRequest,
+    RateLimit,
     UsageEventsReply,
     UsageEventsRequest,
     UsageRecorded,
@@ -22,6 +26,7 @@ from proto.v1 import (
 from services.quota import metrics
 from services.quota.domain.admission import AccountQuota, Limits, QuotaView, WindowView, decide, view
 from services.quota.domain.periods import Segment
+from services.quota.domain.ratelimit import gcra
 from services.quota.projection import QuotaState
 
 CHECK_SUBJECT = "quota.check"
@@ -41,9 +46,16 @@ def _window(w: WindowView) -> WindowStatus:
 
 class QuotaResponder:
     def __init__(
-        self, state: QuotaState, limits: Mapping[str, Limits], clock: Clock, pool: asyncpg.Pool, schema: str
+        self,
+        state: QuotaState,
+        catalog: Catalog,
+        limits: Mapping[str, Limits],
+        clock: Clock,
+        pool: asyncpg.Pool,
+        schema: str,
     ) -> None:
         self._state = state
+        self._catalog = catalog
         self._limits = limits
         self._clock = clock
         self._pool = pool
@@ -60,33 +72,53 @@ class QuotaResponder:
         metrics.checks.add(1, {"decision": "admitted" if decision.admitted else decision.reason or "refused"})
 
     def check(self, request: QuotaCheck) -> QuotaDecision:
+        """The plan's models, then the RPM limit, then the windows; reserve when admitted."""
         account = self._state.accounts.get(request.account_id)
         if account is None:
             return QuotaDecision(admitted=False, billing_mode=None, reason="unknown_account")
         now = self._clock.now()
+        plan = self._catalog.plan(account.plan_at(now))
+        model = self._catalog.models.get(request.model)
+        if model is None:
+            return QuotaDecision(admitted=False, billing_mode=None, reason="unknown_model", plan=plan.id)
+        if model.tier not in plan.tiers:
+            return QuotaDecision(admitted=False, billing_mode=None, reason="model_not_in_plan", plan=plan.id)
+        rate = gcra(self._state.rate_limits.get(request.account_id), now, plan.rpm)
+        limit = RateLimit(limit=plan.rpm, remaining=rate.remaining, reset_s=rate.reset_s)
+        if not rate.allowed:
+            return QuotaDecision(
+                admitted=False, billing_mode=None, reason="rate_limit_exceeded", plan=plan.id,
+                retry_after_s=rate.retry_after_s, rate_limit=limit,
+            )  # fmt: skip
+        self._state.rate_limits[request.account_id] = rate.tat
+        usd_per_flow = self._state.flow_rate.at(now)
+        multiplier = account.multiplier.at(now)
+        rate_text, multiplier_text = fraction_text(usd_per_flow), fraction_text(multiplier)
+        if request.billing_mode == "payg":
+            # PAYG calls bill a balance; balances arrive with the billing service: none covers a call yet.
+            return QuotaDecision(
+                admitted=False, billing_mode="payg", reason="insufficient_balance", plan=plan.id,
+                rate_limit=limit, usd_per_flow=rate_text, multiplier=multiplier_text,
+            )  # fmt: skip
+        estimate = request.estimated_flows_micros
+        if request.estimated_usd_micros > 0:
+            estimate = round_half_up(Fraction(request.estimated_usd_micros) / (usd_per_flow * multiplier))
         reserved = self._state.reservations.total(request.account_id, now)
         decision = decide(account, self._limits, reserved, now)
         window = decision.view.window_5h
         if not decision.admitted:
             return QuotaDecision(
-                admitted=False,
-                billing_mode=None,
-                reason=decision.reason,
-                plan=decision.view.plan,
+                admitted=False, billing_mode=None, reason=decision.reason, plan=plan.id,
                 flows_remaining_micros=max(0, window.limit - window.used - window.reserved),
-                window_resets_at=window.resets_at,
-                retry_after_s=decision.retry_after_s,
-            )
-        self._state.reservations.hold(request.account_id, request.reservation_id, request.estimated_flows_micros, now)
+                window_resets_at=window.resets_at, retry_after_s=decision.retry_after_s, rate_limit=limit,
+                usd_per_flow=rate_text, multiplier=multiplier_text,
+            )  # fmt: skip
+        self._state.reservations.hold(request.account_id, request.reservation_id, estimate, now)
         return QuotaDecision(
-            admitted=True,
-            billing_mode="subscription",
-            plan=decision.view.plan,
-            flows_remaining_micros=max(
-                0, window.limit - window.used - window.reserved - request.estimated_flows_micros
-            ),
-            window_resets_at=window.resets_at,
-        )
+            admitted=True, billing_mode="subscription", plan=plan.id,
+            flows_remaining_micros=max(0, window.limit - window.used - window.reserved - estimate),
+            window_resets_at=window.resets_at, rate_limit=limit, usd_per_flow=rate_text, multiplier=multiplier_text,
+        )  # fmt: skip
 
     async def on_status(self, msg: Msg) -> None:
         await msg.respond(encode(self.status(self._status.decode(msg.data).account_id)))

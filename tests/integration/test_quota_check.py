@@ -9,7 +9,7 @@ import pytest
 
 from libs.eventlog.publisher import EventPublisher
 from libs.pricing.money import MICRO
-from proto.v1 import QuotaCheck, QuotaDecision, QuotaStatus, QuotaStatusRequest, UsageRecorded, encode
+from proto.v1 import QuotaCheck, QuotaDecision, QuotaStatus, QuotaStatusRequest, RateLimit, UsageRecorded, encode
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
@@ -108,11 +108,12 @@ async def test_exhausted_window_refuses_with_retry_after_until_it_resets(stack: 
     )
     assert (await stack.post_usage([heavy]))[0] == 202
 
-    async def exhausted() -> QuotaDecision | None:
-        decision = await check(stack, account_id, MICRO)
-        return decision if not decision.admitted else None
+    async def over_cap() -> bool:
+        quota = await status(stack, account_id)
+        return quota.window_5h.used_flows_micros > quota.window_5h.limit_flows_micros
 
-    decision = await eventually(exhausted)
+    await eventually(over_cap)  # (polls status, not check: every check counts against the RPM limit)
+    decision = await check(stack, account_id, MICRO)
     assert decision.reason == "quota_exhausted"
     assert decision.window_resets_at == opened.replace(microsecond=opened.microsecond) + timedelta(hours=5)
     assert 29 * 60 <= (decision.retry_after_s or 0) <= 30 * 60
@@ -137,11 +138,13 @@ async def test_exhausted_week_refuses_until_the_week_resets(stack: Stack) -> Non
     ]
     assert (await stack.post_usage(events))[0] == 202
 
-    async def exhausted() -> QuotaDecision | None:
-        decision = await check(stack, account_id, MICRO)
-        return decision if not decision.admitted else None
+    async def week_over_cap() -> bool:
+        quota = await status(stack, account_id)
+        return quota.weekly.used_flows_micros >= quota.weekly.limit_flows_micros
 
-    decision = await eventually(exhausted)
+    await eventually(week_over_cap)
+    decision = await check(stack, account_id, MICRO)
+    assert decision.reason == "quota_exhausted"
     week_resets = datetime.fromisoformat(events[0]["occurred_at"]) + timedelta(days=7)
     assert abs(decision.retry_after_s - (week_resets - now).total_seconds()) < 60
     quota = await status(stack, account_id)
@@ -163,3 +166,32 @@ async def test_concurrent_checks_cannot_run_far_past_the_cap(stack: Stack) -> No
     await eventually(used)
     decisions = await asyncio.gather(*(check(stack, account_id, 300_000) for _ in range(8)))
     assert sum(d.admitted for d in decisions) <= 2
+
+
+async def test_plan_models_and_rpm_are_checked_before_the_windows(stack: Stack) -> None:
+    account = await stack.create_account()
+    account_id = account["account_id"]
+    await eventually(lambda: _known(stack, account_id))
+    nc = await stack.nats()
+    try:
+
+        async def ask(model: str) -> QuotaDecision:
+            request = QuotaCheck(account_id=account_id, reservation_id=uuid.uuid4().hex, model=model,
+                                 estimated_flows_micros=1)  # fmt: skip
+            reply = await nc.request("quota.check", encode(request), timeout=2)
+            return msgspec.json.decode(reply.data, type=QuotaDecision)
+
+        assert (await ask("anthropic/claude-sonnet-4.5")).reason == "model_not_in_plan"  # Free plan
+        assert (await ask("no/such-model")).reason == "unknown_model"
+        decisions = [await ask("deepseek/deepseek-chat") for _ in range(14)]
+    finally:
+        await nc.close()
+    admitted = [d for d in decisions if d.admitted]
+    assert len(admitted) == 10  # Free: 10 RPM
+    assert (
+        admitted[0].rate_limit == RateLimit(limit=10, remaining=9, reset_s=6.0) or admitted[0].rate_limit.remaining == 9
+    )
+    refused = decisions[10]
+    assert refused.reason == "rate_limit_exceeded" and refused.retry_after_s is not None
+    assert 1 <= refused.retry_after_s <= 6
+    assert admitted[0].usd_per_flow == "5/198" and admitted[0].multiplier == "1"

@@ -10,8 +10,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from fractions import Fraction
 from typing import NamedTuple
 
+from libs.pricing.flows import Versioned
 from services.quota.domain.periods import Period, Segment, period_at, segment_at
 from services.quota.domain.windows import Window, current
 
@@ -26,10 +28,14 @@ class AccountQuota:
     weekly: Window | None = None
     months: dict[datetime, int] = field(default_factory=dict)
     """Flows per monthly period, by the period's start."""
+    multiplier: Versioned = field(default_factory=lambda: Versioned(Fraction(1)))
 
     def copy(self) -> "AccountQuota":
         """A copy that can change without touching this one (windows are immutable tuples)."""
-        return AccountQuota(self.created_at, list(self.segments), self.window_5h, self.weekly, dict(self.months))
+        return AccountQuota(
+            self.created_at, list(self.segments), self.window_5h, self.weekly, dict(self.months),
+            self.multiplier.copy(),
+        )  # fmt: skip
 
     def plan_at(self, when: datetime) -> str:
         return self.segments[segment_at(self.segments, when)].plan
