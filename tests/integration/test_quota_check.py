@@ -9,7 +9,7 @@ import pytest
 
 from libs.eventlog.publisher import EventPublisher
 from libs.pricing.money import MICRO
-from proto.v1 import QuotaCheck, QuotaDecision, QuotaStatus, QuotaStatusRequest, RateLimit, UsageRecorded, encode
+from proto.v1 import QuotaCheck, QuotaDecision, QuotaStatus, QuotaStatusRequest, UsageRecorded, encode
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
@@ -188,9 +188,8 @@ async def test_plan_models_and_rpm_are_checked_before_the_windows(stack: Stack) 
         await nc.close()
     admitted = [d for d in decisions if d.admitted]
     assert len(admitted) == 10  # Free: 10 RPM
-    assert (
-        admitted[0].rate_limit == RateLimit(limit=10, remaining=9, reset_s=6.0) or admitted[0].rate_limit.remaining == 9
-    )
+    first = admitted[0].rate_limit
+    assert first is not None and (first.limit, first.remaining) == (10, 9)
     refused = decisions[10]
     assert refused.reason == "rate_limit_exceeded" and refused.retry_after_s is not None
     assert 1 <= refused.retry_after_s <= 6
