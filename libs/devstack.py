@@ -20,7 +20,7 @@ from libs.localservers import LocalNats, LocalPostgres, port_is_free, wait_for_p
 from libs.settings import DEV_ADMIN_TOKEN, DEV_INGEST_TOKEN, Settings, load_settings
 from libs.setup import set_up
 
-SERVICES = ("quota", "keys", "ingress")
+SERVICES = ("simulator", "quota", "keys", "ingress", "gateway")
 
 
 def _pick_port(preferred: int) -> int | None:
@@ -94,51 +94,92 @@ class DevStack:
             self.nats.stop()
 
 
-def _demo_account(settings: Settings, state_dir: Path) -> dict[str, str]:
-    saved = state_dir / "demo-account.json"
-    if saved.exists():
-        return dict(json.loads(saved.read_text()))
+def _admin(settings: Settings, path: str, body: dict[str, str]) -> dict[str, str]:
     request = urllib.request.Request(
-        f"http://{settings.host}:{settings.ingress_port}/admin/v1/accounts",
-        data=json.dumps({"name": "demo"}).encode(),
+        f"http://{settings.host}:{settings.ingress_port}{path}",
+        data=json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {settings.admin_token}", "Content-Type": "application/json"},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as response:
-        account = dict(json.loads(response.read()))
+        return dict(json.loads(response.read()))
+
+
+def _demo_account(settings: Settings, state_dir: Path) -> dict[str, str]:
+    """A demo account on a Pro subscription (a demo payment), so every example model works."""
+    saved = state_dir / "demo-account.json"
+    if saved.exists():
+        return dict(json.loads(saved.read_text()))
+    account = _admin(settings, "/admin/v1/accounts", {"name": "demo"})
+    payment = {"plan": "pro", "amount_usd": "20.00", "payment_ref": f"demo-{account['account_id']}"}
+    _admin(settings, f"/admin/v1/accounts/{account['account_id']}/payments", payment)
     saved.write_text(json.dumps(account))
     saved.chmod(0o600)
     return account
 
 
-def _banner(settings: Settings, account: dict[str, str]) -> str:
-    ingress = f"http://{settings.host}:{settings.ingress_port}"
-    tokens = ""
-    if settings.admin_token == DEV_ADMIN_TOKEN or settings.ingest_token == DEV_INGEST_TOKEN:
-        tokens = (
-            f"\n  dev tokens (set FLOWPLAN_ADMIN_TOKEN / FLOWPLAN_INGEST_TOKEN for real ones):"
-            f"\n    admin:  {settings.admin_token}\n    ingest: {settings.ingest_token}\n"
-        )
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return f"""
-flowplan is running.{tokens}
-  demo account: {account["account_id"]}
-  demo key:     {account["key"]}
+BANNER = """
+flowplan is running: gateway {gateway}, account and admin API {ingress}.{tokens}
+  demo account: {account_id} (Pro, from a demo payment)
+  demo key:     {key}
 
-Record a call's usage:
-  curl -s -X POST {ingress}/v1/usage \\
-    -H 'Authorization: Bearer {settings.ingest_token}' -H 'Content-Type: application/json' \\
-    -d '{{"events": [{{"event_id": "demo-{int(time.time())}", "account_id": "{account["account_id"]}",
+OpenAI SDK (the models answer from the local upstream simulator):
+  {python} - <<'EOF'
+from openai import OpenAI
+client = OpenAI(base_url="{gateway}/v1", api_key="{key}")
+reply = client.chat.completions.create(model="openai/gpt-5-mini", messages=[{{"role": "user", "content": "Hello!"}}])
+print(reply.choices[0].message.content, reply.usage)
+EOF
+
+Anthropic SDK:
+  {python} - <<'EOF'
+from anthropic import Anthropic
+client = Anthropic(base_url="{gateway}", api_key="{key}")
+message = client.messages.create(model="anthropic/claude-sonnet-4.5", max_tokens=64,
+                                 messages=[{{"role": "user", "content": "Hello!"}}])
+print(message.content[0].text, message.usage)
+EOF
+
+curl:
+  curl -s {gateway}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+    -d '{{"model": "deepseek/deepseek-chat", "max_tokens": 20, "messages": [{{"role": "user", "content": "Hi"}}]}}'
+
+Claude Code:
+  ANTHROPIC_BASE_URL={gateway} ANTHROPIC_AUTH_TOKEN={key} ANTHROPIC_MODEL=anthropic/claude-sonnet-4.5 claude
+
+The account's windows, calls and keys:
+  curl -s {ingress}/v1/account/usage -H 'Authorization: Bearer {key}'
+  curl -s '{ingress}/v1/account/usage/events?limit=5' -H 'Authorization: Bearer {key}'
+  curl -s {ingress}/v1/keys -H 'Authorization: Bearer {key}'
+
+Usage from a metering client (the ingest API):
+  curl -s -X POST {ingress}/v1/usage -H 'Authorization: Bearer {ingest_token}' \\
+    -d '{{"events": [{{"event_id": "demo-{stamp}", "account_id": "{account_id}",
          "model": "anthropic/claude-sonnet-4.5", "input_tokens": 1200, "output_tokens": 350,
          "billing_mode": "subscription", "occurred_at": "{now}"}}]}}'
 
-See the account's windows:
-  curl -s {ingress}/v1/account/usage -H 'Authorization: Bearer {account["key"]}'
-
-Plans and models:  curl -s {ingress}/v1/plans   curl -s {ingress}/v1/models
-
 Ctrl-C stops everything this started.
 """
+
+
+def _banner(settings: Settings, account: dict[str, str]) -> str:
+    tokens = ""
+    if settings.admin_token == DEV_ADMIN_TOKEN or settings.ingest_token == DEV_INGEST_TOKEN:
+        tokens = (
+            "\n  dev tokens (set FLOWPLAN_ADMIN_TOKEN / FLOWPLAN_INGEST_TOKEN for real ones):"
+            f"\n    admin:  {settings.admin_token}\n    ingest: {settings.ingest_token}\n"
+        )
+    return BANNER.format(
+        gateway=f"http://{settings.host}:{settings.gateway_port}",
+        ingress=f"http://{settings.host}:{settings.ingress_port}",
+        tokens=tokens,
+        account_id=account["account_id"],
+        key=account["key"],
+        python=Path(sys.executable),
+        ingest_token=settings.ingest_token,
+        stamp=int(time.time()),
+        now=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
 
 
 def main() -> None:

@@ -39,6 +39,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     default_estimate_flows: str = "0.5"
     """Flows reserved for a call whose caller gives no estimate."""
     request_timeout_s: float = 2.0
+    upstreams: str = ""
+    """JSON: vendor (or "default") -> {"url": base URL, "key": API key}. Default: the local simulator."""
+    upstream_timeout_s: float = 600.0
     catalog_path: str = ""
     plans_path: str = ""
     log_level: str = "INFO"

@@ -19,6 +19,7 @@ CONTRACT: tuple[type, ...] = (
     events.UsageRecorded,
     messages.QuotaCheck,
     messages.QuotaDecision,
+    messages.ReleaseReservation,
     messages.QuotaStatusRequest,
     messages.QuotaStatus,
     messages.UsageEventsRequest,

@@ -55,9 +55,8 @@ async def stack(settings: Settings, workdir: Path) -> AsyncIterator[Stack]:
     log_dir = workdir / f"logs-{uuid.uuid4().hex[:8]}"
     log_dir.mkdir()
     stack = Stack(settings, log_dir)
-    await asyncio.gather(asyncio.to_thread(stack.quota.start), asyncio.to_thread(stack.keys.start))
-    await asyncio.to_thread(stack.ingress.start)
+    services = [stack.simulator, stack.quota, stack.keys, stack.ingress, stack.gateway]
+    await asyncio.gather(*(asyncio.to_thread(service.start) for service in services))
     yield stack
-    stack.ingress.stop()
-    stack.keys.stop()
-    stack.quota.stop()
+    for service in reversed(services):
+        service.stop()

@@ -89,6 +89,9 @@ class Stack:
         }
         self.quota = ServiceProcess("quota", env, settings.quota_port, log_dir)
         self.keys = ServiceProcess("keys", env, settings.keys_port, log_dir)
+        self.gateway = ServiceProcess("gateway", env, settings.gateway_port, log_dir)
+        self.simulator = ServiceProcess("simulator", env, settings.simulator_port, log_dir)
+        self.gateway_url = f"http://127.0.0.1:{settings.gateway_port}"
         self.ingress = ServiceProcess("ingress", env, settings.ingress_port, log_dir)
         self.base = f"http://127.0.0.1:{settings.ingress_port}"
 

@@ -111,3 +111,24 @@ def load_catalog(models_path: str | Path = "", plans_path: str | Path = "") -> C
     models_file = msgspec.json.decode(Path(models_path or DATA_DIR / "models.json").read_bytes(), type=_ModelsFile)
     plans_file = msgspec.json.decode(Path(plans_path or DATA_DIR / "plans.json").read_bytes(), type=_PlansFile)
     return Catalog(models_file.models, plans_file.plans, parse_fraction(plans_file.default_usd_per_flow))
+
+
+def model_json(catalog: Catalog, m: Model) -> dict[str, object]:
+    """A model as the public API lists it (OpenAI list item with `pricing` and `plans`)."""
+    return {
+        "id": m.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": m.vendor,
+        "name": m.name,
+        "kind": m.kind,
+        "context_length": m.context_length,
+        "pricing": {
+            "prompt": m.pricing.prompt,
+            "completion": m.pricing.completion,
+            "input_cache_read": m.pricing.input_cache_read,
+            "image": m.pricing.image,
+            "request_flows": m.request_flows,
+        },
+        "plans": catalog.plans_with_model(m),
+    }

@@ -20,6 +20,13 @@ class QuotaCheck(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     billing_mode: BillingMode = "subscription"
 
 
+class ReleaseReservation(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """An admitted call ended without usage to report (the upstream failed): free its room now."""
+
+    account_id: str
+    reservation_id: str
+
+
 class RateLimit(msgspec.Struct, frozen=True, kw_only=True):
     limit: int
     remaining: int

@@ -4,7 +4,7 @@ from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
-from libs.pricing.catalog import Catalog, Model
+from libs.pricing.catalog import Catalog, model_json
 from libs.pricing.money import MICRO, micros_to_number, micros_to_str, round_half_up
 from proto.v1 import KeyView, QuotaStatus, UsageRecorded, WindowStatus
 
@@ -40,28 +40,8 @@ def plans(catalog: Catalog, usd_per_flow: Fraction) -> dict[str, Any]:
     }
 
 
-def model(catalog: Catalog, m: Model) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "object": "model",
-        "created": 0,
-        "owned_by": m.vendor,
-        "name": m.name,
-        "kind": m.kind,
-        "context_length": m.context_length,
-        "pricing": {
-            "prompt": m.pricing.prompt,
-            "completion": m.pricing.completion,
-            "input_cache_read": m.pricing.input_cache_read,
-            "image": m.pricing.image,
-            "request_flows": m.request_flows,
-        },
-        "plans": catalog.plans_with_model(m),
-    }
-
-
 def models(catalog: Catalog) -> dict[str, Any]:
-    return {"object": "list", "data": [model(catalog, m) for m in catalog.models.values()]}
+    return {"object": "list", "data": [model_json(catalog, m) for m in catalog.models.values()]}
 
 
 def timestamp(when: datetime | None) -> str | None:

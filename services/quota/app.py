@@ -19,7 +19,13 @@ from libs.settings import Settings
 from libs.web import add_ops_routes, start_site
 from services.quota.domain.admission import Limits
 from services.quota.projection import QuotaProjection, QuotaState
-from services.quota.responder import CHECK_SUBJECT, EVENTS_SUBJECT, STATUS_SUBJECT, QuotaResponder
+from services.quota.responder import (
+    CHECK_SUBJECT,
+    EVENTS_SUBJECT,
+    RELEASE_SUBJECT,
+    STATUS_SUBJECT,
+    QuotaResponder,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
@@ -58,6 +64,7 @@ class QuotaService:
         await self.nc.subscribe(CHECK_SUBJECT, queue="quota", cb=self.responder.on_check)
         await self.nc.subscribe(STATUS_SUBJECT, queue="quota", cb=self.responder.on_status)
         await self.nc.subscribe(EVENTS_SUBJECT, queue="quota", cb=self.responder.on_events)
+        await self.nc.subscribe(RELEASE_SUBJECT, queue="quota", cb=self.responder.on_release)
         app = web.Application()
         add_ops_routes(app, lambda: health(self.nc, self.pool))
         self._site = await start_site(app, settings.host, settings.quota_port)

@@ -17,6 +17,7 @@ from proto.v1 import (
     QuotaStatus,
     QuotaStatusRequest,
     RateLimit,
+    ReleaseReservation,
     UsageEventsReply,
     UsageEventsRequest,
     UsageRecorded,
@@ -32,6 +33,7 @@ from services.quota.projection import QuotaState
 CHECK_SUBJECT = "quota.check"
 STATUS_SUBJECT = "quota.status"
 EVENTS_SUBJECT = "quota.events"
+RELEASE_SUBJECT = "quota.release"
 
 
 def _window(w: WindowView) -> WindowStatus:
@@ -63,6 +65,7 @@ class QuotaResponder:
         self._check = msgspec.json.Decoder(QuotaCheck)
         self._status = msgspec.json.Decoder(QuotaStatusRequest)
         self._events = msgspec.json.Decoder(UsageEventsRequest)
+        self._release = msgspec.json.Decoder(ReleaseReservation)
 
     async def on_check(self, msg: Msg) -> None:
         started = time.perf_counter()
@@ -119,6 +122,10 @@ class QuotaResponder:
             flows_remaining_micros=max(0, window.limit - window.used - window.reserved - estimate),
             window_resets_at=window.resets_at, rate_limit=limit, usd_per_flow=rate_text, multiplier=multiplier_text,
         )  # fmt: skip
+
+    async def on_release(self, msg: Msg) -> None:
+        release = self._release.decode(msg.data)
+        self._state.reservations.release(release.account_id, release.reservation_id)
 
     async def on_status(self, msg: Msg) -> None:
         await msg.respond(encode(self.status(self._status.decode(msg.data).account_id)))

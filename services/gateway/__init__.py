@@ -1,0 +1,3 @@
+"""gateway: the OpenAI- and Anthropic-compatible model API. Authenticates the key, asks quota
+(plan models, RPM, windows) before each call, forwards to the upstream, reads the real usage
+from the upstream's own report, streams as it arrives, and records the call's usage."""

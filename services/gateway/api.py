@@ -1,0 +1,336 @@
+"""The gateway's routes: one admission path, one forwarding path, three protocols."""
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+from nats.aio.client import Client
+
+from libs.clock import Clock
+from libs.keycache import KeyCache, KeysUnavailable
+from libs.pricing.catalog import Catalog, Model, model_json
+from libs.pricing.flows import price_call
+from libs.pricing.money import micros_to_str, parse_fraction
+from libs.settings import Settings
+from libs.web import json_response
+from proto.v1 import (
+    KeyView,
+    QuotaCheck,
+    QuotaDecision,
+    QuotaStatus,
+    QuotaStatusRequest,
+    ReleaseReservation,
+    UsageRecorded,
+    encode,
+)
+from services.gateway import metrics
+from services.gateway.errors import Api, refusal
+from services.gateway.estimate import estimate_usd_micros
+from services.gateway.recorder import UsageRecorder
+from services.gateway.upstreams import Upstreams
+from services.gateway.usage import SseSplitter, StreamUsage, Tokens, from_anthropic, from_openai
+
+_decision = msgspec.json.Decoder(QuotaDecision)
+_status = msgspec.json.Decoder(QuotaStatus)
+_json = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder()
+FIVE_HOURS = timedelta(hours=5)
+HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+
+
+class Admitted(msgspec.Struct):
+    api: Api
+    key: KeyView
+    model: Model
+    decision: QuotaDecision
+    reservation_id: str
+    started: datetime
+    headers: dict[str, str]
+
+
+class GatewayApi:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        keys: KeyCache,
+        nc: Client,
+        session: aiohttp.ClientSession,
+        upstreams: Upstreams,
+        recorder: UsageRecorder,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.keys = keys
+        self.nc = nc
+        self.session = session
+        self.upstreams = upstreams
+        self.recorder = recorder
+        self.clock = clock
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/images/generations", self.images)
+        app.router.add_get("/v1/models", self.models)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._call(request, "openai", "/v1/chat/completions")
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._call(request, "anthropic", "/v1/messages")
+
+    async def images(self, request: web.Request) -> web.StreamResponse:
+        return await self._call(request, "openai", "/v1/images/generations")
+
+    # -- authentication and admission ---------------------------------------------------
+
+    async def _authenticate(self, request: web.Request, api: Api) -> KeyView | web.Response:
+        header = request.headers.get("Authorization", "")
+        secret = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+        try:
+            key = await self.keys.authenticate(secret.strip())
+        except KeysUnavailable:
+            return refusal(api, "service_unavailable", "the key service did not answer; retry")
+        if key is None:
+            metrics.refusals.add(1, {"reason": "invalid_api_key"})
+            return refusal(api, "invalid_api_key", "Incorrect API key provided: it is malformed, unknown or revoked.")
+        return key
+
+    async def _admit(self, request: web.Request, api: Api, body: dict[str, Any], size: int) -> Admitted | web.Response:
+        started = time.perf_counter()
+        key = await self._authenticate(request, api)
+        if isinstance(key, web.Response):
+            return key
+        model_id = body.get("model")
+        if not isinstance(model_id, str) or not model_id:
+            return refusal(api, "invalid_request", "model: required, a model id from GET /v1/models", param="model")
+        model = self.catalog.models.get(model_id)
+        if model is None:
+            return refusal(api, "unknown_model", f"The model `{model_id}` does not exist.", param="model")
+        reservation_id = f"gw_{uuid.uuid4().hex}"
+        check = QuotaCheck(
+            account_id=key.account_id, reservation_id=reservation_id, model=model_id,
+            estimated_usd_micros=estimate_usd_micros(model, body, size),
+            billing_mode="payg" if key.kind == "payg" else "subscription",
+        )  # fmt: skip
+        try:
+            reply = await self.nc.request("quota.check", encode(check), timeout=self.settings.request_timeout_s)
+        except Exception:
+            return refusal(api, "service_unavailable", "the quota service did not answer; retry")
+        decision = _decision.decode(reply.data)
+        metrics.admission_seconds.record(time.perf_counter() - started)
+        headers = self._rate_headers(decision)
+        if not decision.admitted:
+            reason = decision.reason or "quota_exhausted"
+            metrics.refusals.add(1, {"reason": reason})
+            if decision.retry_after_s is not None:
+                headers["retry-after"] = str(decision.retry_after_s)
+            return refusal(api, reason, self._explain(decision, model_id), headers)
+        now = self.clock.now()
+        headers["x-flowplan-billing-mode"] = decision.billing_mode or "subscription"
+        headers["x-flowplan-flows-remaining"] = micros_to_str(decision.flows_remaining_micros)
+        resets = decision.window_resets_at or now + FIVE_HOURS
+        headers["x-flowplan-window-resets-at"] = resets.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return Admitted(api, key, model, decision, reservation_id, now, headers)
+
+    @staticmethod
+    def _rate_headers(decision: QuotaDecision) -> dict[str, str]:
+        limit = decision.rate_limit
+        if limit is None:
+            return {}
+        return {
+            "x-ratelimit-limit-requests": str(limit.limit),
+            "x-ratelimit-remaining-requests": str(limit.remaining),
+            "x-ratelimit-reset-requests": f"{limit.reset_s:.3f}s",
+        }
+
+    @staticmethod
+    def _explain(decision: QuotaDecision, model_id: str) -> str:
+        plan = decision.plan or "current"
+        return {
+            "model_not_in_plan": f"The {plan} plan does not include {model_id}; upgrade to call it.",
+            "rate_limit_exceeded": f"Rate limit of the {plan} plan reached; retry in {decision.retry_after_s} s.",
+            "quota_exhausted": f"Your {plan} plan's Flows are used up until the window resets "
+            f"(in {decision.retry_after_s} s); enable Extra Usage to continue on pay-as-you-go.",
+            "insufficient_balance": "Your pay-as-you-go balance cannot cover this call; top it up.",
+            "unknown_account": "This key's account is not known (yet); retry in a moment.",
+        }.get(decision.reason or "", decision.reason or "refused")
+
+    # -- forwarding ---------------------------------------------------------------------
+
+    async def _call(self, request: web.Request, api: Api, path: str) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = _json.decode(raw)
+        except msgspec.DecodeError:
+            return refusal(api, "invalid_request", "the request body is not valid JSON")
+        if not isinstance(body, dict):
+            return refusal(api, "invalid_request", "the request body must be a JSON object")
+        admitted = await self._admit(request, api, body, len(raw))
+        if isinstance(admitted, web.Response):
+            return admitted
+        streaming = body.get("stream") is True and path != "/v1/images/generations"
+        strip_usage = False
+        if streaming and api == "openai":
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                raw, strip_usage = _encode.encode(body), True
+        upstream = self.upstreams.for_vendor(admitted.model.vendor)
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        if api == "anthropic":
+            headers["x-api-key"] = upstream.key
+            headers["anthropic-version"] = request.headers.get("anthropic-version", "2023-06-01")
+            if beta := request.headers.get("anthropic-beta"):
+                headers["anthropic-beta"] = beta
+        else:
+            headers["authorization"] = f"Bearer {upstream.key}"
+        try:
+            response = await self.session.post(upstream.url + path, data=raw, headers=headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self._release(admitted)
+            return refusal(api, "upstream_unavailable", f"the upstream provider did not answer: {exc!r}")
+        try:
+            if streaming and response.status == 200:
+                return await self._stream(request, admitted, response, strip_usage)
+            return await self._whole(admitted, response, path)
+        finally:
+            response.release()
+
+    async def _whole(self, admitted: Admitted, response: aiohttp.ClientResponse, path: str) -> web.Response:
+        payload = await response.read()
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_HEADERS}
+        headers.update(admitted.headers)
+        if response.status != 200:
+            await self._release(admitted)
+            self._count(admitted, response.status)
+            return web.Response(body=payload, status=response.status, headers=headers)
+        try:
+            data = _json.decode(payload)
+        except msgspec.DecodeError:
+            data = {}
+        usage = data.get("usage") if isinstance(data, dict) else None
+        if admitted.api == "anthropic":
+            tokens = from_anthropic(usage)
+        else:
+            tokens = from_openai(usage)
+            if path == "/v1/images/generations":
+                images = data.get("data") if isinstance(data, dict) else None
+                tokens = tokens._replace(output=0, images=len(images) if isinstance(images, list) else 0)
+        self._record(admitted, tokens)
+        self._count(admitted, 200)
+        return web.Response(body=payload, status=200, headers=headers)
+
+    async def _stream(
+        self, request: web.Request, admitted: Admitted, response: aiohttp.ClientResponse, strip_usage: bool
+    ) -> web.StreamResponse:
+        out = web.StreamResponse(status=200)
+        out.headers["content-type"] = response.headers.get("content-type", "text/event-stream")
+        out.headers["cache-control"] = "no-cache"
+        out.headers.update(admitted.headers)
+        usage = StreamUsage(admitted.api)
+        splitter = SseSplitter()
+        client_gone = False
+        try:
+            await out.prepare(request)
+        except (ConnectionError, RuntimeError):
+            client_gone = True
+        # Every event goes on to the client the moment it is whole; the usage is read on the side.
+        # A client that hangs up does not stop the reading: the upstream generates (and bills) on.
+        async for chunk in response.content.iter_any():
+            forward = bytearray()
+            for event in splitter.feed(chunk):
+                usage.observe(event.data)
+                if (
+                    strip_usage
+                    and isinstance(event.data, dict)
+                    and event.data.get("usage")
+                    and not event.data.get("choices")
+                ):
+                    continue
+                forward += event.raw
+            if forward and not client_gone:
+                try:
+                    await out.write(bytes(forward))
+                except (ConnectionError, RuntimeError):
+                    client_gone = True
+        rest = splitter.rest()
+        if rest and not client_gone:
+            try:
+                await out.write(rest)
+            except (ConnectionError, RuntimeError):
+                client_gone = True
+        self._record(admitted, usage.final())
+        self._count(admitted, 499 if client_gone else 200)
+        if not client_gone:
+            try:
+                await out.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass
+        return out
+
+    # -- usage --------------------------------------------------------------------------
+
+    def _record(self, admitted: Admitted, tokens: Tokens) -> None:
+        decision = admitted.decision
+        price = price_call(
+            admitted.model, input_tokens=tokens.input, output_tokens=tokens.output, cached_tokens=tokens.cached,
+            images=tokens.images, usd_per_flow=parse_fraction(decision.usd_per_flow),
+            multiplier=parse_fraction(decision.multiplier),
+        )  # fmt: skip
+        self.recorder.record(
+            UsageRecorded(
+                event_id=admitted.reservation_id,
+                account_id=admitted.key.account_id,
+                occurred_at=admitted.started,
+                model=admitted.model.id,
+                input_tokens=tokens.input,
+                output_tokens=tokens.output,
+                cached_tokens=tokens.cached,
+                images=tokens.images,
+                billing_mode=decision.billing_mode or "subscription",
+                key_id=admitted.key.id,
+                usd_cost_micros=price.usd_cost_micros,
+                flows_micros=price.flows_micros,
+                usd_per_flow=decision.usd_per_flow,
+                multiplier=decision.multiplier,
+                reservation_id=admitted.reservation_id,
+                source="gateway",
+            )
+        )
+        metrics.flows.add(price.flows_micros / 1_000_000, {"model": admitted.model.id, "plan": decision.plan or ""})
+
+    async def _release(self, admitted: Admitted) -> None:
+        """The call ends without usage (the upstream failed): give its reserved room back now."""
+        message = ReleaseReservation(account_id=admitted.key.account_id, reservation_id=admitted.reservation_id)
+        try:
+            await self.nc.publish("quota.release", encode(message))
+        except Exception:  # NATS away: the reservation times out in quota instead
+            pass
+
+    @staticmethod
+    def _count(admitted: Admitted, status: int) -> None:
+        metrics.calls.add(1, {"model": admitted.model.id, "plan": admitted.decision.plan or "", "status": str(status)})
+
+    # -- models -------------------------------------------------------------------------
+
+    async def models(self, request: web.Request) -> web.Response:
+        key = await self._authenticate(request, "openai")
+        if isinstance(key, web.Response):
+            return key
+        try:
+            reply = await self.nc.request(
+                "quota.status", encode(QuotaStatusRequest(account_id=key.account_id)),
+                timeout=self.settings.request_timeout_s,
+            )  # fmt: skip
+        except Exception:
+            return refusal("openai", "service_unavailable", "the quota service did not answer; retry")
+        plan = _status.decode(reply.data).plan
+        data = [model_json(self.catalog, m) for m in self.catalog.models_in_plan(plan)]
+        return json_response({"object": "list", "data": data})

@@ -1,0 +1,19 @@
+"""What a call may cost before it runs: the reservation quota holds while it is in flight."""
+
+from typing import Any
+
+from libs.pricing.catalog import Model
+from libs.pricing.flows import usd_cost_pico
+
+DEFAULT_MAX_OUTPUT = 1024
+BYTES_PER_TOKEN = 4
+
+
+def estimate_usd_micros(model: Model, body: dict[str, Any], body_bytes: int) -> int:
+    if model.kind == "image":
+        n = body.get("n", 1)
+        images = n if isinstance(n, int) and 0 < n <= 10 else 1
+        return max(1, usd_cost_pico(model, body_bytes // BYTES_PER_TOKEN, 0, 0, images) // 10**6)
+    limit = body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_OUTPUT
+    output = limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_OUTPUT
+    return max(1, usd_cost_pico(model, body_bytes // BYTES_PER_TOKEN, output, 0, 0) // 10**6)

@@ -1,0 +1,120 @@
+"""Reading a call's real usage from the upstream's own report, also from a stream as it passes.
+
+Token counts are normalised to flowplan's: `input_tokens` are the uncached input tokens
+(billed at the prompt price), `cached_tokens` the cache reads. OpenAI's prompt_tokens
+include the cached ones; Anthropic's input_tokens exclude them (cache writes are billed
+as input).
+"""
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import msgspec
+
+_json = msgspec.json.Decoder()
+
+
+class Tokens(NamedTuple):
+    input: int = 0
+    output: int = 0
+    cached: int = 0
+    images: int = 0
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def from_openai(usage: Any) -> Tokens:
+    if not isinstance(usage, dict):
+        return Tokens()
+    details = usage.get("prompt_tokens_details") or {}
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    output = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    return Tokens(max(0, prompt - cached), output, min(cached, prompt))
+
+
+NO_TOKENS = Tokens()
+
+
+def from_anthropic(usage: Any, previous: Tokens = NO_TOKENS) -> Tokens:
+    """Anthropic reports input in message_start and the running output total in message_delta."""
+    if not isinstance(usage, dict):
+        return previous
+    written = _int(usage.get("cache_creation_input_tokens"))
+    return Tokens(
+        input=_int(usage["input_tokens"]) + written if "input_tokens" in usage else previous.input,
+        output=_int(usage["output_tokens"]) if "output_tokens" in usage else previous.output,
+        cached=_int(usage["cache_read_input_tokens"]) if "cache_read_input_tokens" in usage else previous.cached,
+    )
+
+
+class SseEvent(NamedTuple):
+    raw: bytes
+    """The event as it came, separator included: what the client is sent."""
+    data: Any
+    """The decoded JSON of its data line(s), or None ([DONE], comments, pings without JSON)."""
+
+
+class SseSplitter:
+    """Splits a byte stream into complete SSE events as soon as each one is whole."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> Iterator[SseEvent]:
+        self._buffer += chunk.replace(b"\r\n", b"\n")
+        while (end := self._buffer.find(b"\n\n")) != -1:
+            raw, self._buffer = self._buffer[: end + 2], self._buffer[end + 2 :]
+            yield SseEvent(raw, _data_of(raw))
+
+    def rest(self) -> bytes:
+        rest, self._buffer = self._buffer, b""
+        return rest
+
+
+def _data_of(raw: bytes) -> Any:
+    lines = [line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:")]
+    if not lines or lines == [b"[DONE]"]:
+        return None
+    try:
+        return _json.decode(b"\n".join(lines))
+    except msgspec.DecodeError:
+        return None
+
+
+class StreamUsage:
+    """Follows a stream's events and keeps the usage they report (or, failing that, a count)."""
+
+    def __init__(self, api: str) -> None:
+        self.api = api
+        self.tokens = Tokens()
+        self.reported = False
+        self.deltas = 0
+
+    def observe(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            return
+        if self.api == "anthropic":
+            kind = data.get("type")
+            if kind == "message_start":
+                self.tokens = from_anthropic((data.get("message") or {}).get("usage"), self.tokens)
+                self.reported = True
+            elif kind == "message_delta":
+                self.tokens = from_anthropic(data.get("usage"), self.tokens)
+                self.reported = True
+            elif kind == "content_block_delta":
+                self.deltas += 1
+        else:
+            if data.get("usage"):
+                self.tokens = from_openai(data["usage"])
+                self.reported = True
+            elif data.get("choices"):
+                self.deltas += 1
+
+    def final(self) -> Tokens:
+        """The reported usage; when the upstream never reported it (it broke off), one token per delta."""
+        if self.reported:
+            return self.tokens
+        return Tokens(output=self.deltas)

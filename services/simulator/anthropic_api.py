@@ -1,0 +1,176 @@
+"""`POST /v1/messages`, in the Anthropic Messages API's shapes (streamed: its exact event sequence)."""
+
+import itertools
+import re
+import secrets
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+import msgspec
+from aiohttp import web
+
+from services.simulator import text
+from services.simulator.common import MAX_TOKENS, BadRequest, decode, generation_time, key_ok, read_body, stream_out
+from services.simulator.settings import SimulatorSettings
+
+
+class Block(msgspec.Struct):
+    type: str
+    text: str | None = None
+
+
+class Message(msgspec.Struct):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+
+class MessagesRequest(msgspec.Struct):
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS)]
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    system: str | list[Block] | None = None
+    stream: bool | None = None
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    input_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int
+    output_tokens: int
+
+
+class TextBlock(msgspec.Struct, kw_only=True):
+    type: str = "text"
+    text: str
+
+
+class MessageOut(msgspec.Struct, kw_only=True):
+    id: str
+    type: str = "message"
+    role: str = "assistant"
+    model: str
+    content: list[TextBlock]
+    stop_reason: str | None
+    stop_sequence: None = None
+    usage: Usage
+
+
+class ErrorDetail(msgspec.Struct):
+    type: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    type: str = "error"
+    error: ErrorDetail
+
+
+_decoder = msgspec.json.Decoder(MessagesRequest)
+_encoder = msgspec.json.Encoder()
+_PREFIX = secrets.token_hex(6)
+_ids = itertools.count()
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def error(status: int, type_: str, message: str) -> web.Response:
+    """Anthropic's error shape: {"type": "error", "error": {"type", "message"}}."""
+    body = _encoder.encode(ErrorBody(error=ErrorDetail(type_, message)))
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def _pieces(content: str | list[Block] | None, where: str) -> list[str]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    pieces = []
+    for i, block in enumerate(content):
+        if block.type == "text":
+            if block.text is None:
+                raise BadRequest(f"{where}.{i}.text: Field required")
+            pieces.append(block.text)
+    return pieces
+
+
+def parse(body: bytes) -> tuple[MessagesRequest, text.Prompt]:
+    request = decode(_decoder, body)
+    messages = [_pieces(m.content, f"messages.{i}.content") for i, m in enumerate(request.messages)]
+    last_user: list[str] = next(
+        (messages[i] for i in range(len(messages) - 1, -1, -1) if request.messages[i].role == "user"), []
+    )
+    if request.system is not None:
+        messages.insert(0, _pieces(request.system, "system"))
+    return request, text.analyse(request.model, messages, last_user)
+
+
+def _event(name: bytes, data: bytes) -> bytes:
+    return b"event: " + name + b"\ndata: " + data + b"\n\n"
+
+
+class AnthropicApi:
+    def __init__(self, settings: SimulatorSettings) -> None:
+        self.settings = settings
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/messages", self.messages)
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        if not key_ok(request, self.settings.require_key):
+            return error(401, "authentication_error", "invalid x-api-key")
+        try:
+            call, prompt = parse(await read_body(request))
+        except BadRequest as exc:
+            kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
+            return error(exc.status, kind, _INDEX.sub(r".\1", exc.message))  # Anthropic writes messages.0.role
+        n = text.completion_length(prompt, call.max_tokens)
+        stop_reason = "max_tokens" if n == call.max_tokens else "end_turn"
+        message_id = f"msg_sim{_PREFIX}{next(_ids):012x}"
+        input_tokens = prompt.tokens - prompt.cached
+        if call.stream:
+            head, chunks, tail = _stream_parts(message_id, call.model, prompt, input_tokens, n, stop_reason)
+            return await stream_out(request, self.settings, head, chunks, n, tail)
+        await generation_time(self.settings, n)
+        usage = Usage(input_tokens=input_tokens, cache_read_input_tokens=prompt.cached, output_tokens=n)
+        content = [TextBlock(text=text.completion_text(prompt.start, n))]
+        body = MessageOut(id=message_id, model=call.model, content=content, stop_reason=stop_reason, usage=usage)
+        return web.Response(body=_encoder.encode(body), content_type="application/json")
+
+
+def _stream_parts(
+    message_id: str, model: str, prompt: text.Prompt, input_tokens: int, n: int, stop_reason: str
+) -> tuple[bytes, Iterator[bytes], bytes]:
+    """message_start, content_block_start, ping; a text_delta per token; content_block_stop,
+    message_delta (stop reason, output tokens), message_stop: the sequence the Messages API sends."""
+    usage = Usage(input_tokens=input_tokens, cache_read_input_tokens=prompt.cached, output_tokens=1)
+    start = MessageOut(id=message_id, model=model, content=[], stop_reason=None, usage=usage)
+    head = b"".join(
+        (
+            _event(b"message_start", b'{"type":"message_start","message":' + _encoder.encode(start) + b"}"),
+            _event(
+                b"content_block_start",
+                b'{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}',
+            ),
+            _event(b"ping", b'{"type":"ping"}'),
+        )
+    )
+    token_head = (
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"'
+    )
+    token_tail = b'"}}\n\n'
+    tail = b"".join(
+        (
+            _event(b"content_block_stop", b'{"type":"content_block_stop","index":0}'),
+            _event(
+                b"message_delta",
+                b'{"type":"message_delta","delta":{"stop_reason":"'
+                + stop_reason.encode()
+                + b'","stop_sequence":null},"usage":{"output_tokens":'
+                + str(n).encode()
+                + b"}}",
+            ),
+            _event(b"message_stop", b'{"type":"message_stop"}'),
+        )
+    )
+    chunks = (token_head + token + token_tail for token in text.completion_tokens(prompt.start, n))
+    return head, chunks, tail

@@ -1,0 +1,122 @@
+"""What both APIs share: strict body decoding into a 400, the key check, and the output pace."""
+
+import asyncio
+import hmac
+import re
+from collections.abc import Iterator
+from itertools import islice
+from typing import TypeVar
+
+import msgspec
+from aiohttp import web
+
+from services.simulator.settings import SimulatorSettings
+
+T = TypeVar("T")
+MAX_TOKENS = 1_000_000
+"""Largest max_tokens accepted (a bigger one is a 400), so one request cannot exhaust memory."""
+MIN_TICK_S = 0.005
+"""Shortest sleep between writes of a paced stream: at high rates several tokens share a write."""
+BATCH = 256
+"""Most tokens per write when nothing is paced."""
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
+
+
+class BadRequest(Exception):
+    """A request the client got wrong; each API renders it in its own error shape."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.param, self.status = message, param, status
+
+
+def decode(decoder: "msgspec.json.Decoder[T]", body: bytes) -> T:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        found = _PATH.search(text)
+        path = found.group("path") if found else ""
+        text = _PATH.sub("", text)
+        if missing := _MISSING.match(text):
+            name = missing.group("name")
+            path = f"{path}.{name}" if path else name
+            text = "Field required"
+        raise BadRequest(f"{path}: {text}" if path else text, path or None) from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}") from exc
+
+
+async def read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BadRequest("The request body is too large", status=413) from exc
+
+
+def key_ok(request: web.Request, required: str) -> bool:
+    """Any key is accepted unless FLOWPLAN_SIMULATOR_REQUIRE_KEY is set; then it must be that one."""
+    if not required:
+        return True
+    headers = request.headers
+    auth = headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), required.encode()):
+        return True
+    return hmac.compare_digest(headers.get("x-api-key", "").encode(), required.encode())
+
+
+async def generation_time(settings: SimulatorSettings, tokens: int) -> None:
+    """What a non-streamed answer waits: the first token's delay, then the paced rest."""
+    delay = settings.first_token_ms / 1000.0
+    if settings.tokens_per_s > 0 and tokens > 1:
+        delay += (tokens - 1) / settings.tokens_per_s
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def stream_out(
+    request: web.Request,
+    settings: SimulatorSettings,
+    head: bytes,
+    chunks: Iterator[bytes],
+    count: int,
+    tail: bytes,
+) -> web.StreamResponse:
+    """Send `head` at once, the `count` token chunks at the configured pace (the first after the
+    first-token delay, several per write when the rate is high), then `tail`.
+
+    Pacing follows a schedule (token i is due at t0 + i / rate) rather than sleeping per token,
+    so the rate holds whatever the timer resolution; sleeps are at least MIN_TICK_S."""
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    try:
+        await response.prepare(request)
+        pending = head
+        if settings.first_token_ms > 0:
+            await response.write(head)
+            pending = b""
+            await asyncio.sleep(settings.first_token_ms / 1000.0)
+        rate = settings.tokens_per_s
+        if rate <= 0:
+            sent = 0
+            while sent < count:
+                size = min(BATCH, count - sent)
+                await response.write(pending + b"".join(islice(chunks, size)))
+                pending, sent = b"", sent + size
+        else:
+            loop = asyncio.get_running_loop()
+            interval, t0, sent = 1.0 / rate, loop.time(), 0
+            while sent < count:
+                due = min(count, sent + BATCH, int((loop.time() - t0) / interval + 1e-6) + 1)
+                if due > sent:
+                    await response.write(pending + b"".join(islice(chunks, due - sent)))
+                    pending, sent = b"", due
+                wait = t0 + sent * interval - loop.time()
+                if sent < count and wait > 0:
+                    await asyncio.sleep(max(wait, MIN_TICK_S))
+        await response.write(pending + tail)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client went away; nothing to tell it
+    return response

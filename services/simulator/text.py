@@ -1,0 +1,114 @@
+"""Deterministic text and token counting: pure, precomputed at import, cheap per request.
+
+The rules (both APIs, documented for whoever reads a usage block):
+
+- **Prompt tokens** = for every message, the number of whitespace-separated words in its
+  text (`str.split()` over a string content, or over every `text` part / block of a list
+  content; other parts such as images or tool calls count no words) + 3. Anthropic's
+  `system` prompt, when present, counts as one more message.
+- **Completion tokens**: a completion is exactly `max_tokens` tokens, each token one word
+  of a fixed vocabulary followed by a space. Which words is fixed by a CRC-32 of the model
+  name and the text of the messages, so the same request always gets the same text,
+  streamed or not. The finish reason is therefore `length` / `max_tokens`.
+- Markers, read from the text of the **last user message** only:
+  - `[[cached:N]]`: N of the prompt tokens are reported as cache reads (capped at the
+    prompt tokens): OpenAI `usage.prompt_tokens_details.cached_tokens = N` (included in
+    `prompt_tokens`), Anthropic `usage.cache_read_input_tokens = N` with `input_tokens`
+    the remaining uncached tokens.
+  - `[[tokens:N]]`: the completion stops after N tokens when N < max_tokens, with finish
+    reason `stop` / `end_turn` (a model that ended its turn by itself).
+"""
+
+import itertools
+import re
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+VOCAB: tuple[str, ...] = tuple(
+    """
+    the flow plan model token window quota stream event meter count usage price cache reply prompt
+    answer signal river stone cloud light north south east west quiet rapid steady simple clear exact
+    bright amber cobalt copper silver golden violet green orange yellow crimson indigo maple cedar pine
+    birch willow oak harbor valley meadow summit canyon island forest desert glacier delta engine
+    beacon ledger record credit balance refund invoice account border hour week month minute second
+    moment season morning evening night build carry bring write read check trace watch merge split join
+    measure settle travel gather wander follow return repeat begin and with from into over under after
+    before while since a an one two three four five six seven eight nine ten many few each every some
+    all more less
+    """.split()
+)
+CYCLE = 4096
+"""Length of the fixed token sequence a completion is cut from (wrapping around)."""
+
+
+def _sequence() -> tuple[str, ...]:
+    state, words = 0x9E3779B9, []
+    for _ in range(CYCLE):  # xorshift32: the same sequence on every platform and Python version
+        state ^= (state << 13) & 0xFFFFFFFF
+        state ^= state >> 17
+        state ^= (state << 5) & 0xFFFFFFFF
+        words.append(VOCAB[state % len(VOCAB)] + " ")
+    return tuple(words)
+
+
+TOKENS: tuple[str, ...] = _sequence()
+"""The fixed token sequence; token i of a completion starting at `start` is TOKENS[(start + i) % CYCLE]."""
+TOKEN_BYTES: tuple[bytes, ...] = tuple(t.encode() for t in TOKENS)
+"""The same, UTF-8 encoded; plain ASCII words, so also valid inside a JSON string as they are."""
+_TEXT = "".join(TOKENS) * 2
+_OFFSETS: tuple[int, ...] = tuple(itertools.accumulate((len(t) for t in TOKENS * 2), initial=0))
+_CACHED = re.compile(r"\[\[cached:(\d+)\]\]")
+_LIMIT = re.compile(r"\[\[tokens:(\d+)\]\]")
+PER_MESSAGE = 3
+
+
+class Prompt(NamedTuple):
+    tokens: int
+    """Prompt tokens, cached ones included."""
+    cached: int
+    """Of them, reported as read from the cache."""
+    start: int
+    """Where in the token sequence the completion starts."""
+    limit: int | None
+    """A `[[tokens:N]]` marker's N."""
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def analyse(model: str, messages: Iterable[Sequence[str]], last_user: Sequence[str]) -> Prompt:
+    """Count a prompt given each message's text pieces, and read the markers of the last user message."""
+    tokens, crc = 0, zlib.crc32(model.encode())
+    for pieces in messages:
+        tokens += PER_MESSAGE
+        for piece in pieces:
+            tokens += len(piece.split())
+            crc = zlib.crc32(piece.encode(errors="surrogatepass"), zlib.crc32(b"\0", crc))
+    cached, limit = 0, None
+    for piece in last_user:
+        if "[[" in piece:
+            if found := _CACHED.search(piece):
+                cached = int(found.group(1))
+            if found := _LIMIT.search(piece):
+                limit = int(found.group(1))
+    return Prompt(tokens, min(cached, tokens), crc % CYCLE, limit)
+
+
+def completion_length(prompt: Prompt, max_tokens: int) -> int:
+    return max_tokens if prompt.limit is None else min(prompt.limit, max_tokens)
+
+
+def completion_text(start: int, n: int) -> str:
+    """The n tokens from `start`, as one string (a slice of the precomputed text)."""
+    whole, rest = divmod(n, CYCLE)
+    first = _OFFSETS[start]
+    tail = _TEXT[first : _OFFSETS[start + rest]]
+    return _TEXT[first : _OFFSETS[start + CYCLE]] * whole + tail if whole else tail
+
+
+def completion_tokens(start: int, n: int) -> Iterable[bytes]:
+    """The same n tokens one by one, UTF-8 encoded."""
+    for i in range(start, start + n):
+        yield TOKEN_BYTES[i % CYCLE]

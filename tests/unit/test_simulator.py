@@ -1,0 +1,414 @@
+"""The upstream simulator, through the official OpenAI and Anthropic SDKs and raw HTTP: deterministic
+text, usage blocks consistent with it, the exact streaming shapes, errors in each API's own shape."""
+
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import anthropic
+import openai
+import pytest
+
+from services.simulator import text
+from services.simulator.app import SimulatorService
+from services.simulator.images import PNG
+from services.simulator.settings import SimulatorSettings
+
+MODEL = "sim-chat"
+QUESTION = [{"role": "user", "content": "How many flows does a call cost?"}]
+
+
+async def _serve(**overrides) -> SimulatorService:
+    service = SimulatorService(SimulatorSettings.from_env({}, port=0, **overrides))
+    await service.start()
+    return service
+
+
+@pytest.fixture(scope="module")
+async def base() -> AsyncIterator[str]:
+    service = await _serve(tokens_per_s=0)
+    yield f"http://127.0.0.1:{service.port}"
+    await service.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def oai(base: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture
+async def claude(base: str) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    async with anthropic.AsyncAnthropic(base_url=base, api_key="x", max_retries=0) as client:
+        yield client
+
+
+# --- the pure rules -------------------------------------------------------------------------
+
+
+def test_prompt_tokens_are_words_plus_three_per_message() -> None:
+    prompt = text.analyse("m", [["one two  three\nfour"], [], ["five", "six seven"]], ["five", "six seven"])
+    assert prompt.tokens == 4 + 3 + 0 + 3 + 3 + 3
+    assert prompt.cached == 0 and prompt.limit is None
+
+
+def test_markers_in_the_last_user_message() -> None:
+    pieces = ["a b c [[cached:4]] [[tokens:2]]"]
+    prompt = text.analyse("m", [pieces], pieces)
+    assert (prompt.tokens, prompt.cached, prompt.limit) == (5 + 3, 4, 2)
+    assert text.completion_length(prompt, 10) == 2
+    assert text.completion_length(prompt, 1) == 1
+    capped = text.analyse("m", [["x [[cached:999]]"]], ["x [[cached:999]]"])
+    assert capped.cached == capped.tokens == 5
+
+
+def test_completion_is_deterministic_and_exactly_n_tokens() -> None:
+    a = text.analyse("m", [["hello"]], ["hello"])
+    b = text.analyse("m", [["hello"]], ["hello"])
+    c = text.analyse("other", [["hello"]], ["hello"])
+    assert a == b and a.start != c.start
+    for start, n in [(a.start, 0), (a.start, 7), (text.CYCLE - 3, 10), (5, 2 * text.CYCLE + 11)]:
+        whole = text.completion_text(start, n)
+        assert len(whole.split()) == n
+        assert whole == "".join(t.decode() for t in text.completion_tokens(start, n))
+        assert all(w.isascii() and w.isalpha() for w in whole.split())
+
+
+def test_settings_from_env() -> None:
+    defaults = SimulatorSettings.from_env({})
+    assert (defaults.host, defaults.port, defaults.tokens_per_s, defaults.first_token_ms) == (
+        "127.0.0.1",
+        8090,
+        2000,
+        0,
+    )
+    assert defaults.require_key == ""
+    env = {
+        "FLOWPLAN_HOST": "0.0.0.0",
+        "FLOWPLAN_SIMULATOR_PORT": "9999",
+        "FLOWPLAN_SIMULATOR_TOKENS_PER_S": "0",
+        "FLOWPLAN_SIMULATOR_FIRST_TOKEN_MS": "250",
+        "FLOWPLAN_SIMULATOR_REQUIRE_KEY": "sekrit",
+    }
+    s = SimulatorSettings.from_env(env)
+    assert (s.host, s.port, s.tokens_per_s, s.first_token_ms, s.require_key) == ("0.0.0.0", 9999, 0, 250, "sekrit")
+    with pytest.raises(ValueError):
+        SimulatorSettings.from_env({"FLOWPLAN_SIMULATOR_TOKENS_PER_S": "-1"})
+
+
+def test_png_is_valid() -> None:
+    assert PNG.startswith(b"\x89PNG\r\n\x1a\n") and PNG.endswith(b"IEND\xaeB`\x82")
+
+
+# --- OpenAI ---------------------------------------------------------------------------------
+
+
+async def test_openai_non_stream(oai: openai.AsyncOpenAI) -> None:
+    reply = await oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=12)
+    assert reply.object == "chat.completion" and reply.model == MODEL and reply.id.startswith("chatcmpl-")
+    choice = reply.choices[0]
+    assert choice.finish_reason == "length" and choice.message.role == "assistant"
+    assert len(choice.message.content.split()) == 12
+    usage = reply.usage
+    assert usage.completion_tokens == 12
+    assert usage.prompt_tokens == 7 + 3
+    assert usage.total_tokens == usage.prompt_tokens + 12
+    assert usage.prompt_tokens_details.cached_tokens == 0
+    again = await oai.chat.completions.create(model=MODEL, messages=QUESTION, max_completion_tokens=12)
+    assert again.choices[0].message.content == choice.message.content
+    other = await oai.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=12)
+    assert other.choices[0].message.content != choice.message.content
+
+
+async def test_openai_default_max_tokens_parts_and_roles(oai: openai.AsyncOpenAI) -> None:
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "one two"}, {"type": "text", "text": "three"}]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "go"},
+    ]
+    reply = await oai.chat.completions.create(model=MODEL, messages=messages)
+    assert reply.usage.completion_tokens == 16
+    assert reply.usage.prompt_tokens == (2 + 3 + 1 + 1) + 4 * 3
+
+
+async def test_openai_stream_matches_non_stream(oai: openai.AsyncOpenAI) -> None:
+    messages = [{"role": "user", "content": "Summarise the plan [[cached:5]]"}]
+    plain = await oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=40)
+    stream = await oai.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=40, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].choices[0].delta.content == ""
+    pieces = [c.choices[0].delta.content for c in chunks[1:] if c.choices and c.choices[0].delta.content]
+    assert len(pieces) == 40
+    assert "".join(pieces) == plain.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.model_dump() == plain.usage.model_dump()
+    assert last.usage.prompt_tokens_details.cached_tokens == 5 and last.usage.completion_tokens == 40
+    assert all(c.id == chunks[0].id for c in chunks)
+
+
+async def test_openai_stream_without_usage_raw(base: str, http: aiohttp.ClientSession) -> None:
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 3, "stream": True}
+    async with http.post(f"{base}/v1/chat/completions", json=body) as response:
+        assert response.status == 200 and response.content_type == "text/event-stream"
+        raw = await response.text()
+    events = raw.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert len(chunks) == 1 + 3 + 1
+    assert all("usage" not in c and c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[-1]["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "length"}
+
+
+async def test_tokens_marker_ends_the_turn(oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic) -> None:
+    messages = [{"role": "user", "content": "short answer please [[tokens:3]]"}]
+    reply = await oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=10)
+    assert reply.choices[0].finish_reason == "stop" and reply.usage.completion_tokens == 3
+    message = await claude.messages.create(model=MODEL, messages=messages, max_tokens=10)
+    assert message.stop_reason == "end_turn" and message.usage.output_tokens == 3
+    assert message.content[0].text == reply.choices[0].message.content
+
+
+async def test_openai_models(oai: openai.AsyncOpenAI) -> None:
+    models = [m.id async for m in oai.models.list()]
+    assert MODEL in models
+
+
+# --- Anthropic ------------------------------------------------------------------------------
+
+
+async def test_anthropic_non_stream(claude: anthropic.AsyncAnthropic) -> None:
+    messages = [{"role": "user", "content": "Explain windows [[cached:4]]"}]
+    message = await claude.messages.create(model=MODEL, max_tokens=20, messages=messages)
+    assert message.type == "message" and message.role == "assistant" and message.id.startswith("msg_")
+    assert message.stop_reason == "max_tokens" and message.stop_sequence is None
+    assert len(message.content) == 1 and message.content[0].type == "text"
+    assert len(message.content[0].text.split()) == 20
+    prompt_tokens = 3 + 3
+    assert message.usage.output_tokens == 20
+    assert message.usage.cache_read_input_tokens == 4
+    assert message.usage.input_tokens == prompt_tokens - 4
+    assert message.usage.cache_creation_input_tokens == 0
+    with_system = await claude.messages.create(
+        model=MODEL, max_tokens=20, messages=messages, system=[{"type": "text", "text": "you are terse"}]
+    )
+    assert with_system.usage.input_tokens == prompt_tokens - 4 + 3 + 3
+    assert with_system.content[0].text != message.content[0].text
+
+
+async def test_anthropic_messages_stream_helper(claude: anthropic.AsyncAnthropic) -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Stream it [[cached:2]]"}]}]
+    plain = await claude.messages.create(model=MODEL, max_tokens=30, messages=messages, system="sys prompt")
+    async with claude.messages.stream(model=MODEL, max_tokens=30, messages=messages, system="sys prompt") as stream:
+        pieces = [piece async for piece in stream.text_stream]
+        final = await stream.get_final_message()
+    assert len(pieces) == 30
+    assert "".join(pieces) == plain.content[0].text == final.content[0].text
+    assert final.stop_reason == "max_tokens"
+    assert final.usage.model_dump() == plain.usage.model_dump()
+    assert final.usage.output_tokens == 30 and final.usage.cache_read_input_tokens == 2
+
+
+async def test_anthropic_create_stream_event_sequence(claude: anthropic.AsyncAnthropic) -> None:
+    stream = await claude.messages.create(model=MODEL, max_tokens=4, messages=QUESTION, stream=True)
+    events = [event async for event in stream]
+    assert [e.type for e in events] == [
+        "message_start",
+        "content_block_start",
+        *["content_block_delta"] * 4,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    start = events[0].message
+    assert start.usage.input_tokens == 10 and start.usage.output_tokens == 1 and start.content == []
+    assert start.stop_reason is None
+    assert all(e.delta.type == "text_delta" and e.index == 0 for e in events[2:6])
+    assert events[-2].delta.stop_reason == "max_tokens" and events[-2].usage.output_tokens == 4
+
+
+async def test_anthropic_raw_stream_has_ping(base: str, http: aiohttp.ClientSession) -> None:
+    body = {"model": MODEL, "max_tokens": 1, "messages": QUESTION, "stream": True}
+    async with http.post(f"{base}/v1/messages", json=body) as response:
+        raw = await response.text()
+    names = [block.split("\n")[0].removeprefix("event: ") for block in raw.strip().split("\n\n")]
+    assert names[:3] == ["message_start", "content_block_start", "ping"]
+    for block in raw.strip().split("\n\n"):
+        name, data = block.split("\n")
+        assert json.loads(data.removeprefix("data: "))["type"] == name.removeprefix("event: ")
+
+
+async def test_same_text_from_both_apis(oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic) -> None:
+    chat = await oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=9)
+    message = await claude.messages.create(model=MODEL, messages=QUESTION, max_tokens=9)
+    assert chat.choices[0].message.content == message.content[0].text
+    assert chat.usage.prompt_tokens == message.usage.input_tokens
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+async def test_images_b64(oai: openai.AsyncOpenAI) -> None:
+    result = await oai.images.generate(model="gpt-image-1", prompt="a red fox in snow", n=2, size="1024x1024")
+    assert len(result.data) == 2
+    assert base64.b64decode(result.data[0].b64_json) == PNG
+    assert result.usage.input_tokens == 5 and result.usage.output_tokens == 0 and result.usage.total_tokens == 5
+
+
+async def test_images_url_served(oai: openai.AsyncOpenAI, http: aiohttp.ClientSession, base: str) -> None:
+    result = await oai.images.generate(model="dall-e-3", prompt="a fox", response_format="url")
+    assert len(result.data) == 1
+    url = result.data[0].url
+    assert url.startswith(f"{base}/images/") and url.endswith(".png")
+    async with http.get(url) as response:
+        assert response.status == 200 and response.content_type == "image/png"
+        assert await response.read() == PNG
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"[]", None),
+        (b'{"model": "m"}', "messages"),
+        (b'{"model": "m", "messages": []}', "messages"),
+        (b'{"model": "m", "messages": "hi"}', "messages"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages[0].content"),
+        (b'{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}', "messages[0].role"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]}',
+            "messages[0].content[0].text",
+        ),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}', "max_tokens"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "max_tokens"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
+    ],
+)
+async def test_openai_400_shape(base: str, http: aiohttp.ClientSession, body: bytes, param: str | None) -> None:
+    async with http.post(f"{base}/v1/chat/completions", data=body) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"{not json", "JSON"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}', "max_tokens: Field required"),
+        (b'{"model": "m", "max_tokens": 5}', "messages: Field required"),
+        (b'{"model": "m", "max_tokens": 5, "messages": []}', "messages"),
+        (b'{"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}', "messages.0.role"),
+        (b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "system": 3}', "system"),
+        (b'{"model": "m", "max_tokens": -1, "messages": [{"role": "user", "content": "x"}]}', "max_tokens"),
+    ],
+)
+async def test_anthropic_400_shape(base: str, http: aiohttp.ClientSession, body: bytes, words: str) -> None:
+    async with http.post(f"{base}/v1/messages", data=body) as response:
+        assert response.status == 400
+        payload = await response.json()
+    assert payload["type"] == "error" and payload["error"]["type"] == "invalid_request_error"
+    assert words in payload["error"]["message"]
+
+
+async def test_sdk_errors(oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await oai.chat.completions.create(model=MODEL, messages=[], max_tokens=3)
+    assert caught.value.param == "messages"
+    with pytest.raises(anthropic.BadRequestError) as failed:
+        await claude.messages.create(model=MODEL, messages=[], max_tokens=3)
+    assert failed.value.body["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError):
+        await oai.images.generate(prompt="x", n=0)
+
+
+async def test_required_key() -> None:
+    service = await _serve(require_key="sekrit", tokens_per_s=0)
+    base = f"http://127.0.0.1:{service.port}"
+    try:
+        async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0) as bad:
+            with pytest.raises(openai.AuthenticationError) as caught:
+                await bad.chat.completions.create(model=MODEL, messages=QUESTION)
+            assert caught.value.code == "invalid_api_key"
+        async with anthropic.AsyncAnthropic(base_url=base, api_key="wrong", max_retries=0) as bad_claude:
+            with pytest.raises(anthropic.AuthenticationError) as failed:
+                await bad_claude.messages.create(model=MODEL, messages=QUESTION, max_tokens=1)
+            assert failed.value.body["error"]["type"] == "authentication_error"
+        async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="sekrit", max_retries=0) as good:
+            assert (await good.chat.completions.create(model=MODEL, messages=QUESTION)).usage.completion_tokens == 16
+        async with anthropic.AsyncAnthropic(base_url=base, api_key="sekrit", max_retries=0) as good_claude:
+            assert (await good_claude.messages.create(model=MODEL, messages=QUESTION, max_tokens=2)).content
+    finally:
+        await service.stop()
+
+
+async def test_body_too_large() -> None:
+    service = await _serve(max_body_bytes=1000, tokens_per_s=0)
+    body = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "word " * 500}]}
+    try:
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{service.port}"
+            async with http.post(f"{base}/v1/chat/completions", json=body) as response:
+                assert response.status == 413
+                assert (await response.json())["error"]["type"] == "invalid_request_error"
+            async with http.post(f"{base}/v1/messages", json=body) as response:
+                assert response.status == 413
+                assert (await response.json())["error"]["type"] == "request_too_large"
+    finally:
+        await service.stop()
+
+
+async def test_long_unpaced_stream(oai: openai.AsyncOpenAI) -> None:
+    stream = await oai.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=5000, stream=True)
+    pieces = [c.choices[0].delta.content async for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(pieces) == 5000 and len("".join(pieces).split()) == 5000
+
+
+async def test_healthz(base: str, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{base}/healthz") as response:
+        assert response.status == 200 and await response.json() == {"ok": True}
+
+
+# --- pacing ---------------------------------------------------------------------------------
+
+
+async def test_stream_is_paced() -> None:
+    service = await _serve(tokens_per_s=200, first_token_ms=80)
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 21, "stream": True}
+    try:
+        async with aiohttp.ClientSession() as http:
+            began = time.monotonic()
+            arrivals = []
+            async with http.post(f"http://127.0.0.1:{service.port}/v1/chat/completions", json=body) as response:
+                async for line in response.content:
+                    if b'"content":"' in line and b'"content":""' not in line:
+                        arrivals.append(time.monotonic() - began)
+            plain = await http.post(
+                f"http://127.0.0.1:{service.port}/v1/chat/completions", json={**body, "stream": False}
+            )
+            non_stream_s = time.monotonic() - began - arrivals[-1]
+            assert (await plain.json())["usage"]["completion_tokens"] == 21
+    finally:
+        await service.stop()
+    assert len(arrivals) == 21
+    assert arrivals[0] >= 0.075  # the first-token delay
+    assert arrivals[-1] - arrivals[0] >= 0.09  # 20 more tokens at 200/s: 0.1 s
+    assert arrivals[-1] < 2.0
+    assert non_stream_s >= 0.17  # a non-streamed answer waits as long
