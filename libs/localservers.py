@@ -74,19 +74,27 @@ class LocalNats:
         wait_for_port(self.port, process=self.process)
 
     def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+        stop_process(self.process, graceful=False)
+        self.process = None
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-            self.process = None
+        stop_process(self.process)
+        self.process = None
+
+
+def stop_process(process: "subprocess.Popen[bytes] | None", graceful: bool = True, timeout: float = 15) -> None:
+    """SIGTERM and wait (SIGKILL past the timeout), or SIGKILL at once."""
+    if process is None:
+        return
+    if graceful:
+        process.terminate()
+        try:
+            process.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    process.kill()
+    process.wait()
 
 
 def postgres_bin_dir() -> Path | None:

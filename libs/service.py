@@ -4,8 +4,8 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import uvloop
 
@@ -32,13 +32,6 @@ def run_service(factory: Callable[[Settings], Service]) -> None:
         await service.stop()
 
     uvloop.run(serve(settings))
-
-
-def spawn(coro: Coroutine[Any, Any, None], name: str) -> "asyncio.Task[None]":
-    """Start a background loop whose death takes the process with it (see fatal_on_error)."""
-    task = asyncio.create_task(coro, name=name)
-    fatal_on_error(task)
-    return task
 
 
 def fatal_on_error(task: "asyncio.Task[None]") -> None:

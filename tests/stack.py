@@ -6,7 +6,6 @@ own database; the Postgres server is shared by the session.
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import asyncpg
 import nats
 from nats.aio.client import Client
 
-from libs.localservers import free_port, wait_for_port
+from libs.localservers import free_port, stop_process, wait_for_port
 from libs.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,19 +43,12 @@ class ServiceProcess:
         wait_for_port(self.port, timeout=60, process=self.process)
 
     def kill(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-            self.process = None
+        stop_process(self.process, graceful=False)
+        self.process = None
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-            self.process = None
+        stop_process(self.process)
+        self.process = None
 
     def wait_exit(self, timeout: float = 30) -> int:
         assert self.process is not None

@@ -1,0 +1,95 @@
+"""What every service process holds and starts the same way: its NATS connection, its
+Postgres pool and migrations, its projection runner, its background tasks, and the HTTP
+site that serves its API or just /healthz and /metrics. A service's composition root
+(`app.py`) wires its own parts onto one Runtime and lets it close them in order."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from nats.aio.client import Client
+
+from libs.connections import close_nats, connect_nats, health
+from libs.db import create_pool, migrate_async
+from libs.eventlog.publisher import EventPublisher
+from libs.eventlog.runner import Projection, ProjectionRunner
+from libs.eventlog.streams import require_streams
+from libs.service import fatal_on_error
+from libs.settings import Settings
+from libs.web import add_ops_routes, start_site
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, name: str, settings: Settings) -> None:
+        self.name = name
+        self.settings = settings
+        self.pool: asyncpg.Pool | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sites: list[web.AppRunner] = []
+
+    async def connect(self, migrations: Path | None = None, pool_size: int = 10) -> None:
+        """NATS always; Postgres (after the service's migrations) when the service has tables."""
+        if migrations is not None:
+            await migrate_async(self.settings.database_url, migrations)
+            self.pool = await create_pool(self.settings.database_url, max_size=pool_size)
+        self.nc: Client = await connect_nats(self.settings.nats_url, self.name)
+
+    @property
+    def db(self) -> asyncpg.Pool:
+        assert self.pool is not None, f"{self.name} connected without a database"
+        return self.pool
+
+    async def publisher(self) -> EventPublisher:
+        publisher = EventPublisher(self.nc, self.settings.stream)
+        await publisher.start()
+        return publisher
+
+    async def project(self, projection: Projection) -> ProjectionRunner:
+        """Run the projection over every partition of the event log, in the background."""
+        partitions = await require_streams(self.nc.jetstream(), self.settings)
+        runner = ProjectionRunner(
+            projection, self.db, self.nc.jetstream(), stream=self.settings.stream, partitions=partitions,
+            batch=self.settings.projection_batch, ack_wait_s=self.settings.ack_wait_s,
+        )  # fmt: skip
+        self.spawn(runner.run(), f"{self.name}-projection")
+        return runner
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """A background loop whose death takes the process with it (crash-only)."""
+        task = asyncio.create_task(coro, name=name)
+        fatal_on_error(task)
+        self._tasks.append(task)
+
+    async def health(self) -> dict[str, bool]:
+        if self.pool is None:
+            return {"nats": self.nc.is_connected}
+        return await health(self.nc, self.pool)
+
+    async def serve(self, port: int, app: web.Application | None = None) -> None:
+        """Serve the app (or a bare one) on the port, with /healthz and /metrics added."""
+        app = app or web.Application()
+        add_ops_routes(app, self.health)
+        self._sites.append(await start_site(app, self.settings.host, port))
+        log.info("%s: serving on http://%s:%d", self.name, self.settings.host, port)
+
+    async def stop_serving(self) -> None:
+        """Stop taking requests (waiting for those in progress); the rest keeps running."""
+        while self._sites:
+            await self._sites.pop().cleanup()
+
+    async def close(self) -> None:
+        await self.stop_serving()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await close_nats(self.nc)
+        if self.pool is not None:
+            await self.pool.close()
