@@ -36,8 +36,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     accepted_lead_s: int = 5 * 60
     dedupe_retention_s: int = 9 * 24 * 3600
     reservation_timeout_s: float = 120.0
-    default_estimate_flows: str = "0.5"
-    """Flows reserved for a call whose caller gives no estimate."""
     request_timeout_s: float = 2.0
     upstreams: str = ""
     """JSON: vendor (or "default") -> {"url": base URL, "key": API key}. Default: the local simulator."""
