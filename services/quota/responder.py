@@ -25,9 +25,8 @@ from proto.v1 import (
     encode,
 )
 from services.quota import metrics
-from services.quota.domain.admission import AccountQuota, Limits, QuotaView, WindowView, decide, view
+from services.quota.domain.admission import AccountQuota, Limits, QuotaView, WindowView, admit, view
 from services.quota.domain.periods import Segment
-from services.quota.domain.ratelimit import gcra
 from services.quota.projection import QuotaState
 
 CHECK_SUBJECT = "quota.check"
@@ -75,53 +74,40 @@ class QuotaResponder:
         metrics.checks.add(1, {"decision": "admitted" if decision.admitted else decision.reason or "refused"})
 
     def check(self, request: QuotaCheck) -> QuotaDecision:
-        """The plan's models, then the RPM limit, then the windows; reserve when admitted."""
+        """Decide (domain.admit), then remember: the RPM slot taken, the reservation held."""
         account = self._state.accounts.get(request.account_id)
         if account is None:
             return QuotaDecision(admitted=False, billing_mode=None, reason="unknown_account")
         now = self._clock.now()
         plan = self._catalog.plan(account.plan_at(now))
-        model = self._catalog.models.get(request.model)
-        if model is None:
-            return QuotaDecision(admitted=False, billing_mode=None, reason="unknown_model", plan=plan.id)
-        if model.tier not in plan.tiers:
-            return QuotaDecision(admitted=False, billing_mode=None, reason="model_not_in_plan", plan=plan.id)
-        rate = gcra(self._state.rate_limits.get(request.account_id), now, plan.rpm)
-        limit = RateLimit(limit=plan.rpm, remaining=rate.remaining, reset_s=rate.reset_s)
-        if not rate.allowed:
-            return QuotaDecision(
-                admitted=False, billing_mode=None, reason="rate_limit_exceeded", plan=plan.id,
-                retry_after_s=rate.retry_after_s, rate_limit=limit,
-            )  # fmt: skip
-        self._state.rate_limits[request.account_id] = rate.tat
-        usd_per_flow = self._state.flow_rate.at(now)
-        multiplier = account.multiplier.at(now)
-        rate_text, multiplier_text = fraction_text(usd_per_flow), fraction_text(multiplier)
-        if request.billing_mode == "payg":
-            # PAYG calls bill a balance; balances arrive with the billing service: none covers a call yet.
-            return QuotaDecision(
-                admitted=False, billing_mode="payg", reason="insufficient_balance", plan=plan.id,
-                rate_limit=limit, usd_per_flow=rate_text, multiplier=multiplier_text,
-            )  # fmt: skip
+        usd_per_flow, multiplier = self._state.flow_rate.at(now), account.multiplier.at(now)
         estimate = request.estimated_flows_micros
         if request.estimated_usd_micros > 0:
             estimate = round_half_up(Fraction(request.estimated_usd_micros) / (usd_per_flow * multiplier))
-        reserved = self._state.reservations.total(request.account_id, now)
-        decision = decide(account, self._limits, reserved, now)
-        window = decision.view.window_5h
-        if not decision.admitted:
-            return QuotaDecision(
-                admitted=False, billing_mode=None, reason=decision.reason, plan=plan.id,
-                flows_remaining_micros=max(0, window.limit - window.used - window.reserved),
-                window_resets_at=window.resets_at, retry_after_s=decision.retry_after_s, rate_limit=limit,
-                usd_per_flow=rate_text, multiplier=multiplier_text,
-            )  # fmt: skip
-        self._state.reservations.hold(request.account_id, request.reservation_id, estimate, now)
-        return QuotaDecision(
-            admitted=True, billing_mode="subscription", plan=plan.id,
-            flows_remaining_micros=max(0, window.limit - window.used - window.reserved - estimate),
-            window_resets_at=window.resets_at, rate_limit=limit, usd_per_flow=rate_text, multiplier=multiplier_text,
+        admission = admit(
+            account, plan, self._catalog.models.get(request.model), billing_mode=request.billing_mode,
+            rate_tat=self._state.rate_limits.get(request.account_id),
+            reserved=self._state.reservations.total(request.account_id, now), limits_by_plan=self._limits, now=now,
         )  # fmt: skip
+        if admission.rate is not None and admission.rate.allowed:
+            self._state.rate_limits[request.account_id] = admission.rate.tat
+        if admission.admitted:
+            self._state.reservations.hold(request.account_id, request.reservation_id, estimate, now)
+        window = admission.quota.window_5h if admission.quota else None
+        room = window.limit - window.used - window.reserved if window else 0
+        rate = admission.rate
+        return QuotaDecision(
+            admitted=admission.admitted,
+            billing_mode="subscription" if admission.admitted else ("payg" if request.billing_mode == "payg" else None),
+            reason=admission.reason,
+            plan=plan.id,
+            flows_remaining_micros=max(0, room - estimate if admission.admitted else room),
+            window_resets_at=window.resets_at if window else None,
+            retry_after_s=admission.retry_after_s,
+            rate_limit=RateLimit(limit=plan.rpm, remaining=rate.remaining, reset_s=rate.reset_s) if rate else None,
+            usd_per_flow=fraction_text(usd_per_flow),
+            multiplier=fraction_text(multiplier),
+        )
 
     async def on_release(self, msg: Msg) -> None:
         release = self._release.decode(msg.data)

@@ -13,8 +13,10 @@ from datetime import datetime
 from fractions import Fraction
 from typing import NamedTuple
 
+from libs.pricing.catalog import Model, Plan
 from libs.pricing.flows import Versioned
 from services.quota.domain.periods import Period, Segment, period_at, segment_at
+from services.quota.domain.ratelimit import RateDecision, gcra
 from services.quota.domain.windows import Window, current
 
 
@@ -104,3 +106,40 @@ def decide(account: AccountQuota, limits_by_plan: Mapping[str, Limits], reserved
     # Blocked by reservations alone (no window open yet): in-flight calls report within seconds.
     retry_after = max(1, math.ceil(max(waits))) if waits else 1
     return Decision(False, "quota_exhausted", quota, retry_after)
+
+
+class Admission(NamedTuple):
+    """The whole answer to "may this call start?", before any state changes."""
+
+    admitted: bool
+    reason: str | None
+    rate: RateDecision | None
+    """The RPM verdict (None when refused before the RPM check)."""
+    quota: QuotaView | None
+    retry_after_s: int | None
+
+
+def admit(
+    account: AccountQuota,
+    plan: Plan,
+    model: Model | None,
+    *,
+    billing_mode: str,
+    rate_tat: datetime | None,
+    reserved: int,
+    limits_by_plan: Mapping[str, Limits],
+    now: datetime,
+) -> Admission:
+    """The plan's models, then the RPM limit, then (for the subscription) the windows."""
+    if model is None:
+        return Admission(False, "unknown_model", None, None, None)
+    if model.tier not in plan.tiers:
+        return Admission(False, "model_not_in_plan", None, None, None)
+    rate = gcra(rate_tat, now, plan.rpm)
+    if not rate.allowed:
+        return Admission(False, "rate_limit_exceeded", rate, None, rate.retry_after_s)
+    if billing_mode == "payg":
+        # PAYG calls bill a balance; balances arrive with the billing service: none covers a call yet.
+        return Admission(False, "insufficient_balance", rate, None, None)
+    decision = decide(account, limits_by_plan, reserved, now)
+    return Admission(decision.admitted, decision.reason, rate, decision.view, decision.retry_after_s)
