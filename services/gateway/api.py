@@ -1,5 +1,6 @@
 """The gateway's routes: one admission path, one forwarding path, three protocols."""
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -72,6 +73,12 @@ class GatewayApi:
         self.upstreams = upstreams
         self.recorder = recorder
         self.clock = clock
+        self._pumps: set[asyncio.Task[web.StreamResponse]] = set()
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Wait for the streams still being read (and billed) to end."""
+        if self._pumps:
+            await asyncio.wait(self._pumps, timeout=timeout_s)
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
@@ -165,7 +172,10 @@ class GatewayApi:
     # -- forwarding ---------------------------------------------------------------------
 
     async def _call(self, request: web.Request, api: Api, path: str) -> web.StreamResponse:
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return refusal(api, "request_too_large", f"the request body is over {self.settings.max_body_bytes} bytes")
         try:
             body = _json.decode(raw)
         except msgspec.DecodeError:
@@ -196,9 +206,15 @@ class GatewayApi:
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._release(admitted)
             return refusal(api, "upstream_unavailable", f"the upstream provider did not answer: {exc!r}")
+        if streaming and response.status == 200:
+            # The stream is read to its end and billed in a task of its own, so that nothing
+            # that cancels the request's handler (a server stopping, a framework reacting to a
+            # hang-up) can cut the metering short.
+            pump = asyncio.create_task(self._stream(request, admitted, response, strip_usage))
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
+            return await asyncio.shield(pump)
         try:
-            if streaming and response.status == 200:
-                return await self._stream(request, admitted, response, strip_usage)
             return await self._whole(admitted, response, path)
         finally:
             response.release()
@@ -234,6 +250,19 @@ class GatewayApi:
         out.headers["content-type"] = response.headers.get("content-type", "text/event-stream")
         out.headers["cache-control"] = "no-cache"
         out.headers.update(admitted.headers)
+        try:
+            return await self._pump(request, admitted, response, strip_usage, out)
+        finally:
+            response.release()
+
+    async def _pump(
+        self,
+        request: web.Request,
+        admitted: Admitted,
+        response: aiohttp.ClientResponse,
+        strip_usage: bool,
+        out: web.StreamResponse,
+    ) -> web.StreamResponse:
         usage = StreamUsage(admitted.api)
         splitter = SseSplitter()
         client_gone = False

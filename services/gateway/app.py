@@ -37,11 +37,13 @@ class GatewayService:
         upstreams = Upstreams(settings.upstreams, f"http://{simulator_host}:{settings.simulator_port}")
         catalog = load_catalog(settings.catalog_path, settings.plans_path)
         app = web.Application(client_max_size=settings.max_body_bytes)
-        GatewayApi(settings, catalog, keys, runtime.nc, self.session, upstreams, self.recorder, self.clock).routes(app)
+        self.api = GatewayApi(settings, catalog, keys, runtime.nc, self.session, upstreams, self.recorder, self.clock)
+        self.api.routes(app)
         await runtime.serve(settings.gateway_port, app)
 
     async def stop(self) -> None:
         await self.runtime.stop_serving()
+        await self.api.drain()
         await self.recorder.flush()  # the last calls' usage reaches the log before the process ends
         await self.runtime.close()
         await self.session.close()

@@ -19,6 +19,7 @@ REFUSALS: dict[str, tuple[int, str, str]] = {
     "quota_exhausted": (429, "insufficient_quota", "rate_limit_error"),
     "insufficient_balance": (402, "insufficient_balance", "billing_error"),
     "invalid_request": (400, "invalid_request_error", "invalid_request_error"),
+    "request_too_large": (413, "invalid_request_error", "request_too_large"),
     "upstream_unavailable": (502, "api_error", "api_error"),
     "service_unavailable": (503, "api_error", "overloaded_error"),
 }

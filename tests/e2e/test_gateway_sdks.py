@@ -340,3 +340,22 @@ async def test_key_secrets_never_reach_postgres_the_stream_or_the_logs(stack: St
         assert body not in dump
         assert body.encode() not in stream
         assert body not in logs
+
+
+async def test_bad_requests_get_4xx_in_the_sdk_shape(stack: Stack) -> None:
+    account = await stack.create_account()
+    client = oai(stack, account["key"])
+    with pytest.raises(openai.NotFoundError):
+        await client.chat.completions.create(model="no/such-model", messages=[{"role": "user", "content": "hi"}])
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {account['key']}"}) as session:
+        for body, status in ((b"{not json", 400), (b"[1, 2]", 400), (b'{"messages": []}', 400),
+                             (b" " * (stack.settings.max_body_bytes + 1), 413)):  # fmt: skip
+            async with session.post(f"{stack.gateway_url}/v1/chat/completions", data=body) as response:
+                assert response.status == status
+                error = (await response.json())["error"]
+                assert error["type"] == "invalid_request_error" and error["message"]
+        async with session.post(
+            f"{stack.gateway_url}/v1/messages", data=b"{oops", headers={"anthropic-version": "2023-06-01"}
+        ) as response:
+            assert response.status == 400
+            assert (await response.json())["type"] == "error"
