@@ -64,7 +64,8 @@ class SseSplitter:
         self._buffer = b""
 
     def feed(self, chunk: bytes) -> Iterator[SseEvent]:
-        self._buffer += chunk.replace(b"\r\n", b"\n")
+        # Normalise line ends on the whole buffer: a chunk may end between a CR and its LF.
+        self._buffer = (self._buffer + chunk).replace(b"\r\n", b"\n")
         while (end := self._buffer.find(b"\n\n")) != -1:
             raw, self._buffer = self._buffer[: end + 2], self._buffer[end + 2 :]
             yield SseEvent(raw, _data_of(raw))
@@ -85,12 +86,13 @@ def _data_of(raw: bytes) -> Any:
 
 
 class StreamUsage:
-    """Follows a stream's events and keeps the usage they report (or, failing that, a count)."""
+    """Follows a stream's events and keeps the usage they report. Where a stream broke off
+    before its final report, the output is counted as one token per content delta seen."""
 
     def __init__(self, api: str) -> None:
         self.api = api
         self.tokens = Tokens()
-        self.reported = False
+        self.output_reported = False
         self.deltas = 0
 
     def observe(self, data: Any) -> None:
@@ -98,23 +100,25 @@ class StreamUsage:
             return
         if self.api == "anthropic":
             kind = data.get("type")
-            if kind == "message_start":
+            if kind == "message_start":  # input (and a placeholder output) only
                 self.tokens = from_anthropic((data.get("message") or {}).get("usage"), self.tokens)
-                self.reported = True
-            elif kind == "message_delta":
+            elif kind == "message_delta":  # the running output total
                 self.tokens = from_anthropic(data.get("usage"), self.tokens)
-                self.reported = True
+                self.output_reported = True
             elif kind == "content_block_delta":
                 self.deltas += 1
-        else:
-            if data.get("usage"):
-                self.tokens = from_openai(data["usage"])
-                self.reported = True
-            elif data.get("choices"):
-                self.deltas += 1
+        elif data.get("usage"):
+            self.tokens = from_openai(data["usage"])
+            self.output_reported = True
+        elif any(_has_content(choice) for choice in data.get("choices") or ()):
+            self.deltas += 1
 
     def final(self) -> Tokens:
-        """The reported usage; when the upstream never reported it (it broke off), one token per delta."""
-        if self.reported:
+        if self.output_reported:
             return self.tokens
-        return Tokens(output=self.deltas)
+        return self.tokens._replace(output=self.deltas)
+
+
+def _has_content(choice: Any) -> bool:
+    delta = choice.get("delta") if isinstance(choice, dict) else None
+    return isinstance(delta, dict) and bool(delta.get("content"))

@@ -1,8 +1,11 @@
 """Requests per minute per account: GCRA (the generic cell rate algorithm).
 
 One number per account, the theoretical arrival time (TAT). With a limit of `rpm` the
-emission interval is T = 60 s / rpm and the burst tolerance 60 s - T, so up to `rpm`
-calls may come at once and then one every T; never more than `rpm` in any minute.
+emission interval is T = 60 s / rpm (rounded down to the microsecond, so that `rpm`
+intervals never exceed the minute) and the burst tolerance 60 s - T: up to `rpm` calls
+may come at once, then one every T. So `rpm` calls fit in a burst and `rpm` per minute
+is the sustained rate; a rolling minute that straddles a full burst and the refill after
+it can see up to 2 x rpm - 1 (the price of GCRA's single number of state).
 """
 
 import math
@@ -22,7 +25,7 @@ class RateDecision(NamedTuple):
 
 
 def gcra(tat: datetime | None, now: datetime, rpm: int) -> RateDecision:
-    interval = MINUTE / rpm
+    interval = MINUTE // rpm
     tolerance = MINUTE - interval
     tat = max(tat or now, now)
     if tat - now > tolerance:
