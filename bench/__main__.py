@@ -8,6 +8,7 @@ Measures, side by side:
   * quota.check round trips: p50/p99 at a fixed 2,000 checks/s, and the closed-loop maximum
 
 Every server is started here, on free ports, with durable settings (fsync on).
+`--part gateway` (or `all`, the default) also measures the gateway: see bench/gateway.py.
 """
 
 import argparse
@@ -26,8 +27,9 @@ import msgspec
 import nats
 from nats.js import api
 
+from bench import gateway as bench_gateway
 from libs.localservers import LocalNats, LocalPostgres, free_port
-from libs.settings import load_settings
+from libs.settings import Settings, load_settings
 from libs.setup import set_up
 from proto.v1 import QuotaCheck, encode
 from tests.stack import ServiceProcess
@@ -300,25 +302,45 @@ async def main(args: argparse.Namespace) -> None:
         database_url=postgres.url,
         ingress_port=free_port(),
         quota_port=free_port(),
+        keys_port=free_port(),
     )
     await set_up(settings)
+    # --part: the core part (below) and/or the gateway part (bench/gateway.py), on these servers.
+    try:
+        if args.part in ("core", "all"):
+            await core(args, work, nats_server, postgres, settings)
+        if args.part in ("gateway", "all"):
+            servers = {"nats-server": [nats_server.process.pid], "postgres": postgres_pids(postgres.data_dir)}
+            await bench_gateway.run(args, work, settings, servers)
+    finally:
+        postgres.stop()
+        nats_server.stop()
+
+
+async def core(
+    args: argparse.Namespace, work: Path, nats_server: LocalNats, postgres: LocalPostgres, settings: Settings
+) -> None:
     env = {
         "FLOWPLAN_NATS_URL": settings.nats_url,
         "FLOWPLAN_DATABASE_URL": settings.database_url,
         "FLOWPLAN_INGRESS_PORT": str(settings.ingress_port),
         "FLOWPLAN_QUOTA_PORT": str(settings.quota_port),
+        "FLOWPLAN_KEYS_PORT": str(settings.keys_port),
         "FLOWPLAN_LOG_LEVEL": "WARNING",
     }
     quota = ServiceProcess("quota", env, settings.quota_port, work)
     ingress = ServiceProcess("ingress", env, settings.ingress_port, work)
+    keys = ServiceProcess("keys", env, settings.keys_port, work)  # POST /admin/v1/accounts issues a key
     try:
         quota.start()
+        keys.start()
         ingress.start()
         base = f"http://127.0.0.1:{settings.ingress_port}"
         print(f"flowplan bench: {args.events:,} events, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
         publish_eps = await bare_publish(settings.nats_url, args.events)
         insert_eps = await bare_insert(settings.database_url, args.events)
         accounts = await create_accounts(base, settings.admin_token, args.accounts)
+        keys.stop()  # needed only to issue the accounts' keys: not part of what is measured
         await asyncio.sleep(1)
         groups = {
             "nats-server": [nats_server.process.pid],
@@ -346,9 +368,8 @@ async def main(args: argparse.Namespace) -> None:
         checks = await quota_checks(settings.nats_url, accounts, args.check_rate, args.check_seconds)
     finally:
         ingress.stop()
+        keys.stop()
         quota.stop()
-        postgres.stop()
-        nats_server.stop()
 
     rows = [
         ("bare JetStream async publish", f"{publish_eps:,.0f} events/s", "", ""),
@@ -409,4 +430,6 @@ if __name__ == "__main__":
     parser.add_argument("--paced-rate", type=int, default=15000)
     parser.add_argument("--check-rate", type=int, default=2000)
     parser.add_argument("--check-seconds", type=float, default=5.0)
+    parser.add_argument("--part", choices=("core", "gateway", "all"), default="all")
+    bench_gateway.add_arguments(parser)
     asyncio.run(main(parser.parse_args()))
