@@ -1,6 +1,6 @@
 """What a call may cost before it runs: the reservation quota holds while it is in flight."""
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from libs.pricing.catalog import Model
 from libs.pricing.flows import usd_cost_pico
@@ -14,11 +14,11 @@ def estimate_usd_micros(model: Model, body: dict[str, Any], body_bytes: int) -> 
         n = body.get("n", 1)
         images = n if isinstance(n, int) and 0 < n <= 10 else 1
         return max(1, usd_cost_pico(model, body_bytes // BYTES_PER_TOKEN, 0, 0, images) // 10**6)
-    asked: list[int] = [v for v in (body.get("max_tokens"), body.get("max_completion_tokens")) if _count(v)]
+    asked = [v for v in (body.get("max_tokens"), body.get("max_completion_tokens")) if _count(v)]
     output = asked[0] if asked else DEFAULT_MAX_OUTPUT
     return max(1, usd_cost_pico(model, body_bytes // BYTES_PER_TOKEN, output, 0, 0) // 10**6)
 
 
-def _count(value: Any) -> bool:
+def _count(value: object) -> TypeGuard[int]:
     """A positive whole number (JSON true is not one, though Python's bool is an int)."""
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
