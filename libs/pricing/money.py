@@ -1,5 +1,6 @@
 """Exact money and Flow arithmetic: integers in micro-units, Fractions for rates, half-up rounding."""
 
+import functools
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from fractions import Fraction
 
@@ -10,6 +11,7 @@ class InvalidAmount(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=4096)  # rates and multipliers repeat on every priced call
 def parse_fraction(text: str) -> Fraction:
     """Parse "0.02525", "20", "5/198" or "1/39.6" into an exact Fraction."""
     try:

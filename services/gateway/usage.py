@@ -65,10 +65,13 @@ class SseSplitter:
 
     def feed(self, chunk: bytes) -> Iterator[SseEvent]:
         # Normalise line ends on the whole buffer: a chunk may end between a CR and its LF.
-        self._buffer = (self._buffer + chunk).replace(b"\r\n", b"\n")
-        while (end := self._buffer.find(b"\n\n")) != -1:
-            raw, self._buffer = self._buffer[: end + 2], self._buffer[end + 2 :]
+        buffer = (self._buffer + chunk).replace(b"\r\n", b"\n")
+        start = 0
+        while (end := buffer.find(b"\n\n", start)) != -1:
+            raw = buffer[start : end + 2]
+            start = end + 2
             yield SseEvent(raw, _data_of(raw))
+        self._buffer = buffer[start:]
 
     def rest(self) -> bytes:
         rest, self._buffer = self._buffer, b""
