@@ -31,7 +31,8 @@ class ServiceProcess:
         self.name, self.env, self.port, self.log_path = name, env, port, log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, extra_env: dict[str, str] | None = None) -> None:
+    def start(self, extra_env: dict[str, str] | None = None, *, wait: bool = True) -> None:
+        """Start the service; unless told not to, return once it listens."""
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"],
@@ -40,7 +41,8 @@ class ServiceProcess:
             stderr=log,
             cwd=ROOT,
         )
-        wait_for_port(self.port, timeout=60, process=self.process)
+        if wait:
+            wait_for_port(self.port, timeout=60, process=self.process)
 
     def kill(self) -> None:
         stop_process(self.process, graceful=False)

@@ -90,7 +90,8 @@ async def test_projector_killed_between_commit_and_ack_or_mid_batch(stack: Stack
     # Small batches so that the kill lands after some, not all, of the backlog is applied.
     stack.quota.env["FLOWPLAN_PROJECTION_BATCH"] = "250"
     try:
-        await asyncio.to_thread(stack.quota.start, {"FLOWPLAN_FAILPOINT": failpoint})
+        # It may die before it even listens: the backlog is applied from the start.
+        stack.quota.start({"FLOWPLAN_FAILPOINT": failpoint}, wait=False)
         assert await asyncio.to_thread(stack.quota.wait_exit) == 137
     finally:
         del stack.quota.env["FLOWPLAN_PROJECTION_BATCH"]
