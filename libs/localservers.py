@@ -97,12 +97,26 @@ def stop_process(process: "subprocess.Popen[bytes] | None", graceful: bool = Tru
     process.wait()
 
 
-def postgres_bin_dir() -> Path | None:
+PGSERVER = "pgserver==0.1.4"
+"""PyPI's Postgres binaries, for machines that have none of their own."""
+
+
+def postgres_bin_dir(install: bool = False) -> Path | None:
+    """The machine's Postgres binaries, else the pgserver package's (installed on request)."""
     found = shutil.which("pg_ctl")
     if found:
         return Path(os.path.realpath(found)).parent
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
-    return Path(versions[-1]).parent if versions else None
+    if versions:
+        return Path(versions[-1]).parent
+    try:
+        import pgserver  # type: ignore[import-not-found]
+    except ImportError:
+        if not install:
+            return None
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", PGSERVER], check=True)
+        import pgserver
+    return Path(pgserver.__file__).parent / "pginstall" / "bin"
 
 
 def _postgres_user() -> str | None:
@@ -118,10 +132,12 @@ def _postgres_user() -> str | None:
 
 
 class LocalPostgres:
-    def __init__(self, data_dir: Path, port: int | None = None, *, durable: bool = True) -> None:
-        bin_dir = postgres_bin_dir()
+    def __init__(
+        self, data_dir: Path, port: int | None = None, *, durable: bool = True, bin_dir: Path | None = None
+    ) -> None:
+        bin_dir = bin_dir or postgres_bin_dir(install=True)
         if bin_dir is None:
-            raise RuntimeError("no Postgres binaries found (pg_ctl); install postgresql or pgserver")
+            raise RuntimeError("no Postgres binaries found (pg_ctl), and pgserver could not be installed")
         self.bin_dir = bin_dir
         self.data_dir = data_dir
         self.port = port or free_port()
