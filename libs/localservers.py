@@ -8,6 +8,7 @@ Postgres refuses to run as root: as root, it runs as the `postgres` user (or a
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -109,13 +110,12 @@ def postgres_bin_dir(install: bool = False) -> Path | None:
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
     if versions:
         return Path(versions[-1]).parent
-    try:
-        import pgserver  # type: ignore[import-not-found]
-    except ImportError:
+    if importlib.util.find_spec("pgserver") is None:
         if not install:
             return None
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", PGSERVER], check=True)
-        import pgserver
+    import pgserver
+
     return Path(pgserver.__file__).parent / "pginstall" / "bin"
 
 
