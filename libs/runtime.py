@@ -57,6 +57,7 @@ class Runtime:
         runner = ProjectionRunner(
             projection, self.db, self.nc.jetstream(), stream=self.settings.stream, partitions=partitions,
             batch=self.settings.projection_batch, ack_wait_s=self.settings.ack_wait_s,
+            linger_s=self.settings.projection_linger_s,
         )  # fmt: skip
         self.spawn(runner.run(), f"{self.name}-projection")
         return runner

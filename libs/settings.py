@@ -28,6 +28,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_max_bytes: int = -1
     """Disk budget of the event stream; past it publishes are refused (discard=new), history is never dropped."""
     projection_batch: int = 1000
+    projection_linger_s: float = 0.02
+    """How long a projection waits for more events when a fetch returned a partial batch."""
     ack_wait_s: float = 10.0
     """How long the broker waits for a projection's ack before it redelivers (after a crash)."""
     max_usage_batch: int = 5000

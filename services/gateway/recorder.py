@@ -14,8 +14,9 @@ log = logging.getLogger(__name__)
 
 
 class UsageRecorder:
-    def __init__(self, publisher: EventPublisher, max_batch: int = 500) -> None:
+    def __init__(self, publisher: EventPublisher, max_batch: int = 500, linger_s: float = 0.005) -> None:
         self._publisher = publisher
+        self._linger_s = linger_s
         self._queue: asyncio.Queue[UsageRecorded] = asyncio.Queue()
         self._max_batch = max_batch
         self._idle = asyncio.Event()
@@ -28,6 +29,8 @@ class UsageRecorder:
     async def run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self._queue.empty():
+                await asyncio.sleep(self._linger_s)  # a few more calls' usage in the same publish
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             delay = 0.05
