@@ -1,8 +1,9 @@
 """ingress's HTTP routes. Thin: authenticate, decode, call the domain, publish, answer."""
 
+import asyncio
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Annotated, Literal
 
@@ -39,6 +40,7 @@ from services.ingress.directory import Directory
 from services.ingress.usage import decode_batch, price_batch
 
 _status = msgspec.json.Decoder(QuotaStatus)
+QUOTA_SYNC_S = 2.0
 _key_reply = msgspec.json.Decoder(KeyIssued | KeyList | KeyCommandFailed)
 KEY_SUBJECTS = {CreateKey: "keys.create", RotateKey: "keys.rotate", RevokeKey: "keys.revoke", ListKeys: "keys.list"}
 
@@ -204,9 +206,21 @@ class IngressApi:
         await self._publish([account])
         issued = await self._key_command(CreateKey(account_id=account.account_id, name="default", kind="subscription"))
         assert isinstance(issued, KeyIssued)
+        await self._until_quota_shows(account.account_id, lambda status: status.known)
         return json_response(
             {"account_id": account.account_id, "name": command.name, "key": issued.secret, "key_id": issued.key.id}, 201
         )
+
+    async def _until_quota_shows(self, account_id: str, done: Callable[[QuotaStatus], bool]) -> None:
+        """Answer an admin command once quota applies it (its projection lags by milliseconds),
+        so that the account's next call already meets the new account or plan. Bounded: past
+        QUOTA_SYNC_S the events are stored all the same and the answer goes out."""
+        deadline = time.monotonic() + QUOTA_SYNC_S
+        while time.monotonic() < deadline:
+            status = _status.decode(await self._ask("quota.status", QuotaStatusRequest(account_id=account_id)))
+            if done(status):
+                return
+            await asyncio.sleep(0.01)
 
     # -- keys -------------------------------------------------------------------------
 
@@ -253,6 +267,8 @@ class IngressApi:
         current = self.directory.accounts[account_id].plan
         payment, change = admin.record_payment(account_id, current, command, self.paid_plans, self.clock.now())
         await self._publish([payment, change])
+        if change.occurred_at <= self.clock.now():
+            await self._until_quota_shows(account_id, lambda status: status.plan == change.plan)
         return json_response(
             {
                 "account_id": account_id,
