@@ -29,7 +29,7 @@ from nats.js import api
 
 from bench import gateway as bench_gateway
 from libs.localservers import LocalNats, LocalPostgres, free_port
-from libs.settings import Settings, load_settings
+from libs.settings import Settings, load_settings, settings_environ
 from libs.setup import set_up
 from proto.v1 import QuotaCheck, encode
 from tests.stack import ServiceProcess
@@ -320,14 +320,7 @@ async def main(args: argparse.Namespace) -> None:
 async def core(
     args: argparse.Namespace, work: Path, nats_server: LocalNats, postgres: LocalPostgres, settings: Settings
 ) -> None:
-    env = {
-        "FLOWPLAN_NATS_URL": settings.nats_url,
-        "FLOWPLAN_DATABASE_URL": settings.database_url,
-        "FLOWPLAN_INGRESS_PORT": str(settings.ingress_port),
-        "FLOWPLAN_QUOTA_PORT": str(settings.quota_port),
-        "FLOWPLAN_KEYS_PORT": str(settings.keys_port),
-        "FLOWPLAN_LOG_LEVEL": "WARNING",
-    }
+    env = {**settings_environ(settings), "FLOWPLAN_LOG_LEVEL": "WARNING"}
     quota = ServiceProcess("quota", env, settings.quota_port, work)
     ingress = ServiceProcess("ingress", env, settings.ingress_port, work)
     keys = ServiceProcess("keys", env, settings.keys_port, work)  # POST /admin/v1/accounts issues a key

@@ -37,7 +37,7 @@ from aiohttp import web
 from nats.aio.client import Client
 
 from libs.localservers import free_port, wait_for_port
-from libs.settings import Settings
+from libs.settings import Settings, settings_environ
 from proto.v1 import QuotaStatus, QuotaStatusRequest, encode
 from tests.stack import ServiceProcess
 
@@ -253,15 +253,7 @@ class GatewayStack:
         self.simulator_url = f"http://127.0.0.1:{s.simulator_port}"
         self.plans_path = write_bench_plans(work / "bench-plans.json")
         env = {
-            "FLOWPLAN_NATS_URL": s.nats_url,
-            "FLOWPLAN_DATABASE_URL": s.database_url,
-            "FLOWPLAN_ADMIN_TOKEN": s.admin_token,
-            "FLOWPLAN_INGEST_TOKEN": s.ingest_token,
-            "FLOWPLAN_INGRESS_PORT": str(s.ingress_port),
-            "FLOWPLAN_QUOTA_PORT": str(s.quota_port),
-            "FLOWPLAN_KEYS_PORT": str(s.keys_port),
-            "FLOWPLAN_GATEWAY_PORT": str(s.gateway_port),
-            "FLOWPLAN_SIMULATOR_PORT": str(s.simulator_port),
+            **settings_environ(s),
             "FLOWPLAN_SIMULATOR_TOKENS_PER_S": "0",
             "FLOWPLAN_SIMULATOR_FIRST_TOKEN_MS": "0",
             "FLOWPLAN_UPSTREAMS": json.dumps({"default": {"url": self.simulator_url, "key": "bench"}}),

@@ -47,6 +47,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
 
 
+def settings_environ(settings: Settings) -> dict[str, str]:
+    """The FLOWPLAN_* variables that make a child process load these very settings."""
+    return {
+        f"FLOWPLAN_{field.name.upper()}": str(getattr(settings, field.name))
+        for field in msgspec.structs.fields(Settings)
+    }
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build Settings from FLOWPLAN_<FIELD> variables; overrides win (tests, composition roots)."""
     env = os.environ if environ is None else environ

@@ -21,7 +21,7 @@ import nats
 from nats.aio.client import Client
 
 from libs.localservers import free_port, stop_process, wait_for_port
-from libs.settings import Settings
+from libs.settings import Settings, settings_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,20 +67,7 @@ class Stack:
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.settings = settings
-        env = {
-            "FLOWPLAN_NATS_URL": settings.nats_url,
-            "FLOWPLAN_DATABASE_URL": settings.database_url,
-            "FLOWPLAN_INGRESS_PORT": str(settings.ingress_port),
-            "FLOWPLAN_QUOTA_PORT": str(settings.quota_port),
-            "FLOWPLAN_KEYS_PORT": str(settings.keys_port),
-            "FLOWPLAN_GATEWAY_PORT": str(settings.gateway_port),
-            "FLOWPLAN_SIMULATOR_PORT": str(settings.simulator_port),
-            "FLOWPLAN_ADMIN_TOKEN": settings.admin_token,
-            "FLOWPLAN_INGEST_TOKEN": settings.ingest_token,
-            "FLOWPLAN_RESERVATION_TIMEOUT_S": str(settings.reservation_timeout_s),
-            "FLOWPLAN_LOG_LEVEL": "INFO",
-            "FLOWPLAN_ACK_WAIT_S": str(settings.ack_wait_s),
-        }
+        env = {**settings_environ(settings), "FLOWPLAN_LOG_LEVEL": "INFO"}
         self.quota = ServiceProcess("quota", env, settings.quota_port, log_dir)
         self.keys = ServiceProcess("keys", env, settings.keys_port, log_dir)
         self.gateway = ServiceProcess("gateway", env, settings.gateway_port, log_dir)
