@@ -65,6 +65,15 @@ class DevStack:
     def start_services(self, env: dict[str, str], settings: Settings) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         self._env = env
+        busy = [name for name in SERVICES if not port_is_free(getattr(settings, f"{name}_port"))]
+        if busy:
+            raise SystemExit(
+                "port(s) in use: "
+                + ", ".join(
+                    f"{name} {getattr(settings, f'{name}_port')} (FLOWPLAN_{name.upper()}_PORT)" for name in busy
+                )
+                + ". Is another flowplan running? Stop it, or choose other ports."
+            )
         for name in SERVICES:
             self._spawn(name)
         for name in SERVICES:
@@ -72,13 +81,21 @@ class DevStack:
         print(f"  services: {', '.join(SERVICES)} (logs in {self.logs})")
 
     def supervise(self) -> None:
-        """Services are crash-only: one that exits is started again, as a process manager would."""
+        """Services are crash-only: one that exits is started again, as a process manager would;
+        one that keeps failing at once is a configuration problem, and stops the stack."""
+        quick_failures = dict.fromkeys(self.children, 0)
+        started = dict.fromkeys(self.children, time.monotonic())
         while True:
             time.sleep(1)
             for name, child in list(self.children.items()):
-                if child.poll() is not None:
-                    print(f"  {name} exited with {child.returncode}; restarting (see {self.logs / name}.log)")
-                    self._spawn(name)
+                if child.poll() is None:
+                    continue
+                quick_failures[name] = quick_failures[name] + 1 if time.monotonic() - started[name] < 10 else 1
+                if quick_failures[name] >= 3:
+                    raise SystemExit(f"{name} keeps failing at start; see {self.logs / name}.log")
+                print(f"  {name} exited with {child.returncode}; restarting (see {self.logs / name}.log)")
+                self._spawn(name)
+                started[name] = time.monotonic()
 
     def stop(self) -> None:
         for child in self.children.values():
@@ -200,5 +217,7 @@ def main() -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         print("\nStopping flowplan...")
         stack.stop()

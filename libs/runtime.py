@@ -24,6 +24,7 @@ from libs.settings import Settings
 from libs.web import add_ops_routes, start_site
 
 log = logging.getLogger(__name__)
+SHUTDOWN_STEP_S = 5.0
 
 
 class Runtime:
@@ -93,4 +94,7 @@ class Runtime:
                 await task
         await close_nats(self.nc)
         if self.pool is not None:
-            await self.pool.close()
+            try:  # a pool whose server is gone can wait forever on its connections
+                await asyncio.wait_for(self.pool.close(), SHUTDOWN_STEP_S)
+            except TimeoutError:
+                self.pool.terminate()
