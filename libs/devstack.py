@@ -90,6 +90,8 @@ class DevStack:
             for name, child in list(self.children.items()):
                 if child.poll() is None:
                     continue
+                if child.returncode == 0:  # it was told to stop (Ctrl-C reaches the whole group)
+                    raise KeyboardInterrupt
                 quick_failures[name] = quick_failures[name] + 1 if time.monotonic() - started[name] < 10 else 1
                 if quick_failures[name] >= 3:
                     raise SystemExit(f"{name} keeps failing at start; see {self.logs / name}.log")
@@ -212,7 +214,8 @@ def main() -> None:
         print(f"  set-up done ({len(applied)} migrations applied)")
         stack.start_services(env, settings)
         print(_banner(settings, _demo_account(settings, state_dir)), flush=True)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        for sig in (signal.SIGINT, signal.SIGTERM):  # even where a parent shell left SIGINT ignored
+            signal.signal(sig, signal.default_int_handler)
         stack.supervise()
     except KeyboardInterrupt:
         pass
