@@ -3,6 +3,7 @@
 import asyncio
 import subprocess
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
@@ -11,10 +12,13 @@ import anthropic
 import openai
 import pytest
 
+from libs import apikeys
+from libs.eventlog.publisher import EventPublisher
 from libs.localservers import LocalPostgres
 from libs.pricing.catalog import load_catalog
 from libs.pricing.flows import price_call
 from libs.pricing.money import MICRO
+from proto.v1 import KeyRevoked
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
@@ -359,3 +363,26 @@ async def test_bad_requests_get_4xx_in_the_sdk_shape(stack: Stack) -> None:
         ) as response:
             assert response.status == 400
             assert (await response.json())["type"] == "error"
+
+
+async def test_a_revocation_whose_broadcast_is_missed_still_takes_effect_within_a_second(stack: Stack) -> None:
+    """The KeyCache re-asks after 1 s: a KeyRevoked that reaches the log without the keys
+    service's broadcast (here published straight to the stream) cannot keep the key alive."""
+    account = await stack.create_account()
+    client = oai(stack, account["key"])
+    hi = {"model": FREE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    await client.chat.completions.create(**hi)
+    nc = await stack.nats()
+    try:
+        publisher = EventPublisher(nc, stack.settings.stream)
+        await publisher.start()
+        key_hash = apikeys.hash_secret(account["key"])
+        await publisher.publish([KeyRevoked(event_id=uuid.uuid4().hex, account_id=account["account_id"],
+                                            occurred_at=datetime.now(UTC), key_id=account["key_id"],
+                                            key_hash=key_hash)])  # fmt: skip
+    finally:
+        await nc.close()
+    # No broadcast came: the cached key is trusted for at most 1 s more (+ the projection's lag).
+    await asyncio.sleep(1.3)
+    with pytest.raises(openai.AuthenticationError):
+        await client.chat.completions.create(**hi)
