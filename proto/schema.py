@@ -13,6 +13,8 @@ CONTRACT: tuple[type, ...] = (
     events.KeyRotated,
     events.KeyRevoked,
     events.PaymentRecorded,
+    events.BalanceToppedUp,
+    events.ExtraUsageChanged,
     events.PlanChanged,
     events.MultiplierChanged,
     events.FlowRateChanged,

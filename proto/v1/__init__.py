@@ -3,7 +3,9 @@
 from proto.v1.events import (
     AccountCreated,
     AccountEvent,
+    BalanceToppedUp,
     Event,
+    ExtraUsageChanged,
     FlowRateChanged,
     KeyCreated,
     KeyRevoked,
@@ -41,8 +43,10 @@ from proto.v1.messages import (
 __all__ = [
     "AccountCreated",
     "AccountEvent",
+    "BalanceToppedUp",
     "CreateKey",
     "Event",
+    "ExtraUsageChanged",
     "FlowRateChanged",
     "KeyCommandFailed",
     "KeyCreated",

@@ -85,6 +85,20 @@ class PlanChanged(AccountEvent, frozen=True, kw_only=True):
     reason: Literal["payment", "refund", "period_end", "admin"]
 
 
+class BalanceToppedUp(AccountEvent, frozen=True, kw_only=True):
+    """Pay-as-you-go money credited to the account's balance."""
+
+    amount_micros: int
+    topup_ref: str
+
+
+class ExtraUsageChanged(AccountEvent, frozen=True, kw_only=True):
+    """Extra Usage on or off: when on, calls past a cap bill the PAYG balance instead of waiting."""
+
+    enabled: bool
+    payg_key_id: str | None = None
+
+
 class MultiplierChanged(AccountEvent, frozen=True, kw_only=True):
     """Per-account value multiplier in force from occurred_at on."""
 
@@ -124,6 +138,8 @@ AnyEvent = (
     | KeyRotated
     | KeyRevoked
     | PaymentRecorded
+    | BalanceToppedUp
+    | ExtraUsageChanged
     | PlanChanged
     | MultiplierChanged
     | FlowRateChanged

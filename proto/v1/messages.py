@@ -75,6 +75,12 @@ class QuotaStatus(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     window_5h: WindowStatus
     weekly: WindowStatus
     monthly: WindowStatus
+    extra_usage: bool = False
+    payg_key_id: str | None = None
+    balance_micros: int = 0
+    """The PAYG balance: the ledger's sum (top-ups less PAYG usage), micro-USD."""
+    payg_reserved_micros: int = 0
+    """Estimates of PAYG calls admitted and still running."""
 
 
 class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):

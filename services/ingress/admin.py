@@ -12,6 +12,8 @@ from libs.pricing.money import InvalidAmount, fraction_text, parse_fraction, to_
 from libs.web import ApiError
 from proto.v1 import (
     AccountCreated,
+    BalanceToppedUp,
+    ExtraUsageChanged,
     FlowRateChanged,
     MultiplierChanged,
     PaymentRecorded,
@@ -39,6 +41,16 @@ class RecordPayment(msgspec.Struct, forbid_unknown_fields=True):
 class SetMultiplier(msgspec.Struct, forbid_unknown_fields=True):
     multiplier: Number
     effective_at: Aware | None = None
+
+
+class TopUp(msgspec.Struct, forbid_unknown_fields=True):
+    amount_usd: Number
+    topup_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+
+
+class SetExtraUsage(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool
+    payg_key_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
 
 
 class SetFlowRate(msgspec.Struct, forbid_unknown_fields=True):
@@ -119,3 +131,34 @@ def set_flow_rate(command: SetFlowRate, now: datetime) -> FlowRateChanged:
     return FlowRateChanged(
         event_id=str(uuid.uuid4()), occurred_at=command.effective_at or now, usd_per_flow=fraction_text(value)
     )
+
+
+def top_up(account_id: str, command: TopUp, now: datetime) -> BalanceToppedUp:
+    """A credit to the PAYG balance; a topup_ref makes a retried request the same event."""
+    try:
+        amount = to_micros(str(command.amount_usd))
+    except InvalidAmount as exc:
+        raise ApiError(400, "invalid_request", f"amount_usd: {exc}", "amount_usd") from exc
+    if amount <= 0:
+        raise ApiError(400, "invalid_request", "amount_usd: must be greater than zero", "amount_usd")
+    ref = command.topup_ref or str(uuid.uuid4())
+    return BalanceToppedUp(
+        event_id=event_id("topup", account_id, ref), account_id=account_id, occurred_at=now,
+        amount_micros=amount, topup_ref=ref,
+    )  # fmt: skip
+
+
+def set_extra_usage(
+    account_id: str, command: SetExtraUsage, payg_key_ids: set[str], now: datetime
+) -> ExtraUsageChanged:
+    """Extra Usage needs one of the account's own active PAYG keys to bill to."""
+    if command.enabled and command.payg_key_id is None:
+        raise ApiError(400, "invalid_request", "payg_key_id: required to enable Extra Usage", "payg_key_id")
+    if command.payg_key_id is not None and command.payg_key_id not in payg_key_ids:
+        raise ApiError(
+            400, "invalid_request", "payg_key_id: not an active pay-as-you-go key of this account", "payg_key_id"
+        )
+    return ExtraUsageChanged(
+        event_id=str(uuid.uuid4()), account_id=account_id, occurred_at=now, enabled=command.enabled,
+        payg_key_id=command.payg_key_id,
+    )  # fmt: skip

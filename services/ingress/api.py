@@ -90,6 +90,8 @@ class IngressApi:
         r.add_post("/admin/v1/accounts/{account_id}/payments", self.record_payment)
         r.add_put("/admin/v1/accounts/{account_id}/multiplier", self.set_multiplier)
         r.add_post("/admin/v1/flow-rate", self.set_flow_rate)
+        r.add_post("/admin/v1/accounts/{account_id}/balance", self.top_up)
+        r.add_put("/v1/account/extra-usage", self.set_extra_usage)
 
     # -- authentication ---------------------------------------------------------------
 
@@ -183,7 +185,7 @@ class IngressApi:
         account_id = await self._account_of(request)
         status = _status.decode(await self._ask("quota.status", QuotaStatusRequest(account_id=account_id)))
         body = views.account_usage(status)
-        body["extra_usage"] = {"enabled": False, "payg_key_id": None, "balance_usd": "0.00"}
+        body["extra_usage"] = views.extra_usage(status)
         return json_response(body)
 
     async def get_account_usage_events(self, request: web.Request) -> web.Response:
@@ -295,6 +297,40 @@ class IngressApi:
                 "effective_at": views.timestamp(event.occurred_at),
             }
         )
+
+    async def top_up(self, request: web.Request) -> web.Response:
+        self._require_token(request, self.settings.admin_token)
+        account_id = self._account_exists(request)
+        event = admin.top_up(account_id, decode_body(await request.read(), admin.TopUp), self.clock.now())
+        before = await self._status(account_id)
+        await self._publish([event])
+        await self._until_quota_shows(
+            account_id, lambda s: s.balance_micros >= before.balance_micros + event.amount_micros
+        )
+        return json_response(
+            {
+                "account_id": account_id,
+                "topup_ref": event.topup_ref,
+                "amount_usd": micros_to_str(event.amount_micros, 2),
+            },
+            201,
+        )
+
+    async def set_extra_usage(self, request: web.Request) -> web.Response:
+        account_id = await self._account_of(request)
+        command = decode_body(await request.read(), admin.SetExtraUsage)
+        listed = await self._key_command(ListKeys(account_id=account_id))
+        assert isinstance(listed, KeyList)
+        payg = {k.id for k in listed.keys if k.kind == "payg" and k.revoked_at is None}
+        event = admin.set_extra_usage(account_id, command, payg, self.clock.now())
+        await self._publish([event])
+        await self._until_quota_shows(
+            account_id, lambda s: (s.extra_usage, s.payg_key_id) == (event.enabled, event.payg_key_id)
+        )
+        return json_response(views.extra_usage(await self._status(account_id)))
+
+    async def _status(self, account_id: str) -> QuotaStatus:
+        return _status.decode(await self._ask("quota.status", QuotaStatusRequest(account_id=account_id)))
 
     async def set_flow_rate(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)

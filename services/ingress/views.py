@@ -95,3 +95,14 @@ def key(k: KeyView) -> dict[str, Any]:
         "last_used_at": timestamp(k.last_used_at),
         "revoked_at": timestamp(k.revoked_at),
     }
+
+
+def extra_usage(status: QuotaStatus) -> dict[str, Any]:
+    """The PAYG side of the account: Extra Usage and the balance, to the micro-dollar (PAYG calls
+    cost fractions of a cent; rounding to cents happens only at payout)."""
+    return {
+        "enabled": status.extra_usage,
+        "payg_key_id": status.payg_key_id,
+        "balance_usd": micros_to_str(status.balance_micros),
+        "reserved_usd": micros_to_str(status.payg_reserved_micros),
+    }

@@ -16,7 +16,15 @@ import asyncpg
 from libs.eventlog.runner import AfterCommit, Applied
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
-from proto.v1 import AccountCreated, FlowRateChanged, MultiplierChanged, PlanChanged, UsageRecorded
+from proto.v1 import (
+    AccountCreated,
+    BalanceToppedUp,
+    ExtraUsageChanged,
+    FlowRateChanged,
+    MultiplierChanged,
+    PlanChanged,
+    UsageRecorded,
+)
 from services.quota.domain.admission import AccountQuota
 from services.quota.domain.periods import Segment, period_at
 from services.quota.domain.windows import FIVE_HOURS, ONE_WEEK, Usage, Window, add_usages, chain
@@ -35,6 +43,8 @@ class QuotaState:
     def __init__(self, reservation_timeout: timedelta, default_usd_per_flow: Fraction) -> None:
         self.accounts: dict[str, AccountQuota] = {}
         self.reservations = Reservations(reservation_timeout)
+        self.payg_reservations = Reservations(reservation_timeout)
+        """Estimates (micro-USD) of the PAYG calls admitted and still running."""
         self.flow_rate = Versioned(default_usd_per_flow)
         self.rate_limits: dict[str, datetime] = {}
         """GCRA state per account (the theoretical arrival time); memory only, like reservations."""
@@ -42,10 +52,17 @@ class QuotaState:
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
         """Rebuild memory from the projection (at start)."""
         accounts: dict[str, AccountQuota] = {}
-        for row in await conn.fetch(f"SELECT account_id, created_at, multiplier FROM {schema}.accounts"):
+        for row in await conn.fetch(
+            f"SELECT account_id, created_at, multiplier, extra_usage, payg_key_id FROM {schema}.accounts"
+        ):
             accounts[row["account_id"]] = AccountQuota(
-                row["created_at"], [], multiplier=Versioned(parse_fraction(row["multiplier"]))
-            )
+                row["created_at"], [], multiplier=Versioned(parse_fraction(row["multiplier"])),
+                extra_usage=row["extra_usage"], payg_key_id=row["payg_key_id"],
+            )  # fmt: skip
+        for row in await conn.fetch(
+            f"SELECT account_id, sum(amount_micros) AS balance FROM {schema}.ledger GROUP BY account_id"
+        ):
+            accounts[row["account_id"]].balance = int(row["balance"])
         for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers"):
             accounts[row["account_id"]].multiplier.add(
                 row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])
@@ -85,6 +102,8 @@ class QuotaProjection:
         "PlanChanged",
         "MultiplierChanged",
         "FlowRateChanged",
+        "BalanceToppedUp",
+        "ExtraUsageChanged",
         "UsageRecorded",
     )
     category: str | None = None
@@ -111,6 +130,15 @@ class QuotaProjection:
                     event.event_id, event.occurred_at, event.usd_per_flow,
                 )  # fmt: skip
                 rates.append(event)
+            elif isinstance(event, BalanceToppedUp):
+                await self._topped_up(conn, event, pending)
+            elif isinstance(event, ExtraUsageChanged):
+                account = self._pending(event.account_id, pending)
+                await conn.execute(
+                    f"UPDATE {self.schema}.accounts SET extra_usage = $2, payg_key_id = $3 WHERE account_id = $1",
+                    event.account_id, event.enabled, event.payg_key_id,
+                )  # fmt: skip
+                account.extra_usage, account.payg_key_id = event.enabled, event.payg_key_id
             elif isinstance(event, UsageRecorded):
                 usage.append((seq, event))
         released: list[tuple[str, str]] = []
@@ -123,6 +151,7 @@ class QuotaProjection:
                 self.state.flow_rate.add(rate.event_id, rate.occurred_at, parse_fraction(rate.usd_per_flow))
             for account_id, reservation_id in released:
                 self.state.reservations.release(account_id, reservation_id)
+                self.state.payg_reservations.release(account_id, reservation_id)
 
         return after_commit
 
@@ -149,6 +178,18 @@ class QuotaProjection:
         pending[event.account_id] = AccountQuota(
             event.occurred_at, [segment], multiplier=Versioned(parse_fraction(event.multiplier))
         )
+
+    async def _topped_up(
+        self, conn: asyncpg.Connection, event: BalanceToppedUp, pending: dict[str, AccountQuota]
+    ) -> None:
+        account = self._pending(event.account_id, pending)
+        credited = await conn.fetchval(
+            f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)
+                VALUES ($1, $2, $3, 'top_up', $4) ON CONFLICT DO NOTHING RETURNING true""",
+            event.event_id, event.account_id, event.amount_micros, event.occurred_at,
+        )  # fmt: skip
+        if credited:
+            account.balance += event.amount_micros
 
     async def _multiplier_changed(
         self, conn: asyncpg.Connection, event: MultiplierChanged, pending: dict[str, AccountQuota]
@@ -249,12 +290,27 @@ class QuotaProjection:
         )
         fresh_ids = {row["event_id"] for row in inserted}
         counted: dict[str, list[UsageRecorded]] = defaultdict(list)
+        debits: list[UsageRecorded] = []
         for _, event in usage:
-            if event.event_id in fresh_ids and event.billing_mode == "subscription":
-                fresh_ids.discard(event.event_id)  # a duplicate inside the batch counts once too
+            if event.event_id not in fresh_ids:
+                continue
+            fresh_ids.discard(event.event_id)  # a duplicate inside the batch counts once too
+            if event.billing_mode == "subscription":
                 counted[event.account_id].append(event)
+            else:
+                debits.append(event)
         if counted:
             await self._count(conn, counted, pending)
+        if debits:
+            await conn.execute(
+                f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)
+                    SELECT e, a, -c, 'payg_usage', t
+                    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[]) AS d(e, a, c, t)""",
+                [e.event_id for e in debits], [e.account_id for e in debits],
+                [e.usd_cost_micros for e in debits], [e.occurred_at for e in debits],
+            )  # fmt: skip
+            for event in debits:
+                pending[event.account_id].balance -= event.usd_cost_micros
         return [(e.account_id, e.reservation_id) for _, e in usage if e.reservation_id]
 
     async def _count(

@@ -81,27 +81,36 @@ class QuotaResponder:
         now = self._clock.now()
         plan = self._catalog.plan(account.plan_at(now))
         usd_per_flow, multiplier = self._state.flow_rate.at(now), account.multiplier.at(now)
+        estimate_usd = request.estimated_usd_micros or round_half_up(
+            request.estimated_flows_micros * usd_per_flow * multiplier
+        )
         estimate = request.estimated_flows_micros
         if request.estimated_usd_micros > 0:
             estimate = round_half_up(Fraction(request.estimated_usd_micros) / (usd_per_flow * multiplier))
         admission = admit(
             account, plan, self._catalog.models.get(request.model), billing_mode=request.billing_mode,
             rate_tat=self._state.rate_limits.get(request.account_id),
-            reserved=self._state.reservations.total(request.account_id, now), limits_by_plan=self._limits, now=now,
+            reserved=self._state.reservations.total(request.account_id, now),
+            payg_reserved=self._state.payg_reservations.total(request.account_id, now),
+            estimate_usd=estimate_usd, limits_by_plan=self._limits, now=now,
         )  # fmt: skip
         if admission.rate is not None and admission.rate.allowed:
             self._state.rate_limits[request.account_id] = admission.rate.tat
-        if admission.admitted:
+        if admission.admitted and admission.billing_mode == "payg":
+            self._state.payg_reservations.hold(request.account_id, request.reservation_id, estimate_usd, now)
+        elif admission.admitted:
             self._state.reservations.hold(request.account_id, request.reservation_id, estimate, now)
         window = admission.quota.window_5h if admission.quota else None
         room = window.limit - window.used - window.reserved if window else 0
+        if admission.admitted and admission.billing_mode == "subscription":
+            room -= estimate
         rate = admission.rate
         return QuotaDecision(
             admitted=admission.admitted,
-            billing_mode="subscription" if admission.admitted else ("payg" if request.billing_mode == "payg" else None),
+            billing_mode=admission.billing_mode,
             reason=admission.reason,
             plan=plan.id,
-            flows_remaining_micros=max(0, room - estimate if admission.admitted else room),
+            flows_remaining_micros=max(0, room),
             window_resets_at=window.resets_at if window else None,
             retry_after_s=admission.retry_after_s,
             rate_limit=RateLimit(limit=plan.rpm, remaining=rate.remaining, reset_s=rate.reset_s) if rate else None,
@@ -130,6 +139,10 @@ class QuotaResponder:
             window_5h=_window(quota.window_5h),
             weekly=_window(quota.weekly),
             monthly=_window(quota.monthly),
+            extra_usage=account.extra_usage,
+            payg_key_id=account.payg_key_id,
+            balance_micros=account.balance,
+            payg_reserved_micros=self._state.payg_reservations.total(account_id, now),
         )
 
     async def on_events(self, msg: Msg) -> None:

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from libs.pricing.catalog import Model, Plan
 from libs.pricing.flows import Versioned
+from proto.v1.events import BillingMode
 from services.quota.domain.periods import Period, Segment, period_at, segment_at
 from services.quota.domain.ratelimit import RateDecision, gcra
 from services.quota.domain.windows import Window, current
@@ -31,12 +32,16 @@ class AccountQuota:
     months: dict[datetime, int] = field(default_factory=dict)
     """Flows per monthly period, by the period's start."""
     multiplier: Versioned = field(default_factory=lambda: Versioned(Fraction(1)))
+    balance: int = 0
+    """The PAYG balance in micro-USD: the sum of the account's ledger."""
+    extra_usage: bool = False
+    payg_key_id: str | None = None
 
     def copy(self) -> "AccountQuota":
         """A copy that can change without touching this one (windows are immutable tuples)."""
         return AccountQuota(
             self.created_at, list(self.segments), self.window_5h, self.weekly, dict(self.months),
-            self.multiplier.copy(),
+            self.multiplier.copy(), self.balance, self.extra_usage, self.payg_key_id,
         )  # fmt: skip
 
     def plan_at(self, when: datetime) -> str:
@@ -112,6 +117,8 @@ class Admission(NamedTuple):
     """The whole answer to "may this call start?", before any state changes."""
 
     admitted: bool
+    billing_mode: BillingMode | None
+    """subscription or payg when admitted (and payg when a PAYG call is refused)."""
     reason: str | None
     rate: RateDecision | None
     """The RPM verdict (None when refused before the RPM check)."""
@@ -127,19 +134,34 @@ def admit(
     billing_mode: str,
     rate_tat: datetime | None,
     reserved: int,
+    payg_reserved: int,
+    estimate_usd: int,
     limits_by_plan: Mapping[str, Limits],
     now: datetime,
 ) -> Admission:
-    """The plan's models, then the RPM limit, then (for the subscription) the windows."""
+    """The plan's models, then the RPM limit, then the subscription's windows; past a cap, with
+    Extra Usage on, the PAYG balance. A PAYG call (key or posted mode) bills the balance directly.
+
+    PAYG admission needs the balance, less the estimates of PAYG calls still running, to
+    cover this call's estimate: so the balance can go below zero only by what calls admitted
+    while it still covered them cost beyond their estimates."""
     if model is None:
-        return Admission(False, "unknown_model", None, None, None)
+        return Admission(False, None, "unknown_model", None, None, None)
     if model.tier not in plan.tiers:
-        return Admission(False, "model_not_in_plan", None, None, None)
+        return Admission(False, None, "model_not_in_plan", None, None, None)
     rate = gcra(rate_tat, now, plan.rpm)
     if not rate.allowed:
-        return Admission(False, "rate_limit_exceeded", rate, None, rate.retry_after_s)
+        return Admission(False, None, "rate_limit_exceeded", rate, None, rate.retry_after_s)
+    covered = account.balance - payg_reserved >= max(estimate_usd, 1)
     if billing_mode == "payg":
-        # PAYG calls bill a balance; balances arrive with the billing service: none covers a call yet.
-        return Admission(False, "insufficient_balance", rate, None, None)
+        if covered:
+            return Admission(True, "payg", None, rate, None, None)
+        return Admission(False, "payg", "insufficient_balance", rate, None, None)
     decision = decide(account, limits_by_plan, reserved, now)
-    return Admission(decision.admitted, decision.reason, rate, decision.view, decision.retry_after_s)
+    if decision.admitted:
+        return Admission(True, "subscription", None, rate, decision.view, None)
+    if account.extra_usage:
+        if covered:
+            return Admission(True, "payg", None, rate, decision.view, None)
+        return Admission(False, "payg", "insufficient_balance", rate, decision.view, decision.retry_after_s)
+    return Admission(False, None, decision.reason, rate, decision.view, decision.retry_after_s)
