@@ -19,6 +19,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ingress_port: int = 8081
     quota_port: int = 8082
     keys_port: int = 8083
+    billing_port: int = 8084
     gateway_port: int = 8080
     simulator_port: int = 8090
     stream: str = "FLOWPLAN_EVENTS"

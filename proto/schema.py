@@ -36,6 +36,10 @@ CONTRACT: tuple[type, ...] = (
     messages.KeyList,
     messages.KeyCommandFailed,
     messages.KeysChanged,
+    messages.BillingHistoryRequest,
+    messages.BillingHistory,
+    messages.CostsRequest,
+    messages.Costs,
 )
 
 

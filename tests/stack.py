@@ -70,6 +70,7 @@ class Stack:
         env = {**settings_environ(settings), "FLOWPLAN_LOG_LEVEL": "INFO"}
         self.quota = ServiceProcess("quota", env, settings.quota_port, log_dir)
         self.keys = ServiceProcess("keys", env, settings.keys_port, log_dir)
+        self.billing = ServiceProcess("billing", env, settings.billing_port, log_dir)
         self.gateway = ServiceProcess("gateway", env, settings.gateway_port, log_dir)
         self.simulator = ServiceProcess("simulator", env, settings.simulator_port, log_dir)
         self.gateway_url = f"http://127.0.0.1:{settings.gateway_port}"
@@ -175,6 +176,7 @@ def make_settings(nats_url: str, database_url: str) -> Settings:
         ingress_port=free_port(),
         quota_port=free_port(),
         keys_port=free_port(),
+        billing_port=free_port(),
         gateway_port=free_port(),
         simulator_port=free_port(),
         admin_token="test-admin-" + uuid.uuid4().hex,

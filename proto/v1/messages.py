@@ -156,3 +156,43 @@ class KeysChanged(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Broadcast on `keys.changed` once a key was created, rotated or revoked: caches drop these."""
 
     key_hashes: list[str]
+
+
+class BillingHistoryRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    account_id: str
+    limit: int = 100
+
+
+class BillingEntry(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str
+    kind: str
+    """payment, plan_change, top_up, refund."""
+    occurred_at: datetime
+    amount_micros: int = 0
+    plan: str | None = None
+    previous_plan: str | None = None
+    reference: str | None = None
+
+
+class BillingHistory(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    entries: list[BillingEntry]
+
+
+class CostsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    account_id: str
+    group_by: str
+    """model or day."""
+    since: datetime
+    until: datetime
+
+
+class CostLine(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    """The model id, or the UTC day (YYYY-MM-DD)."""
+    calls: int
+    flows_micros: int
+    usd_micros: int
+
+
+class Costs(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    lines: list[CostLine]

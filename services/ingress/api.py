@@ -4,7 +4,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import asyncpg
@@ -21,6 +21,10 @@ from libs.pricing.money import micros_to_str
 from libs.settings import Settings
 from libs.web import ApiError, decode_body, json_response
 from proto.v1 import (
+    BillingHistory,
+    BillingHistoryRequest,
+    Costs,
+    CostsRequest,
     CreateKey,
     KeyCommandFailed,
     KeyIssued,
@@ -40,6 +44,8 @@ from services.ingress.directory import Directory
 from services.ingress.usage import decode_batch, price_batch
 
 _status = msgspec.json.Decoder(QuotaStatus)
+_history = msgspec.json.Decoder(BillingHistory)
+_costs = msgspec.json.Decoder(Costs)
 QUOTA_SYNC_S = 2.0
 _key_reply = msgspec.json.Decoder(KeyIssued | KeyList | KeyCommandFailed)
 KEY_SUBJECTS = {CreateKey: "keys.create", RotateKey: "keys.rotate", RevokeKey: "keys.revoke", ListKeys: "keys.list"}
@@ -92,6 +98,8 @@ class IngressApi:
         r.add_post("/admin/v1/flow-rate", self.set_flow_rate)
         r.add_post("/admin/v1/accounts/{account_id}/balance", self.top_up)
         r.add_put("/v1/account/extra-usage", self.set_extra_usage)
+        r.add_get("/v1/billing/history", self.billing_history)
+        r.add_get("/v1/account/costs", self.costs)
 
     # -- authentication ---------------------------------------------------------------
 
@@ -190,12 +198,7 @@ class IngressApi:
 
     async def get_account_usage_events(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
-        try:
-            limit = int(request.query.get("limit", "50"))
-        except ValueError as exc:
-            raise ApiError(400, "invalid_request", "limit: must be a whole number", "limit") from exc
-        if not 1 <= limit <= 1000:
-            raise ApiError(400, "invalid_request", "limit: must be between 1 and 1000", "limit")
+        limit = _int_query(request, "limit", 50, 1, 1000)
         reply = _events.decode(await self._ask("quota.events", UsageEventsRequest(account_id=account_id, limit=limit)))
         return json_response({"object": "list", "data": [views.usage_event(e) for e in reply.events]})
 
@@ -329,6 +332,30 @@ class IngressApi:
         )
         return json_response(views.extra_usage(await self._status(account_id)))
 
+    async def billing_history(self, request: web.Request) -> web.Response:
+        account_id = await self._account_of(request)
+        limit = _int_query(request, "limit", 100, 1, 1000)
+        reply = _history.decode(
+            await self._ask("billing.history", BillingHistoryRequest(account_id=account_id, limit=limit))
+        )
+        return json_response({"object": "list", "data": [views.billing_entry(e) for e in reply.entries]})
+
+    async def costs(self, request: web.Request) -> web.Response:
+        account_id = await self._account_of(request)
+        group_by = request.query.get("group_by", "model")
+        if group_by not in ("model", "day"):
+            raise ApiError(400, "invalid_request", "group_by: must be model or day", "group_by")
+        until = _time_query(request, "to", self.clock.now())
+        since = _time_query(request, "from", until - timedelta(days=30))
+        if since > until:
+            raise ApiError(400, "invalid_request", "from: must not be after to", "from")
+        reply = _costs.decode(
+            await self._ask(
+                "billing.costs", CostsRequest(account_id=account_id, group_by=group_by, since=since, until=until)
+            )
+        )
+        return json_response(views.costs(group_by, since, until, reply.lines))
+
     async def _status(self, account_id: str) -> QuotaStatus:
         return _status.decode(await self._ask("quota.status", QuotaStatusRequest(account_id=account_id)))
 
@@ -337,3 +364,25 @@ class IngressApi:
         event = admin.set_flow_rate(decode_body(await request.read(), admin.SetFlowRate), self.clock.now())
         await self._publish([event])
         return json_response({"usd_per_flow": event.usd_per_flow, "effective_at": views.timestamp(event.occurred_at)})
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    try:
+        value = int(request.query.get(name, default))
+    except ValueError as exc:
+        raise ApiError(400, "invalid_request", f"{name}: must be a whole number", name) from exc
+    if not low <= value <= high:
+        raise ApiError(400, "invalid_request", f"{name}: must be between {low} and {high}", name)
+    return value
+
+
+def _time_query(request: web.Request, name: str, default: datetime) -> datetime:
+    """An RFC 3339 time or a date (UTC) from the query string."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ApiError(400, "invalid_request", f"{name}: not an RFC 3339 time or date: {raw!r}", name) from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

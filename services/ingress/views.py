@@ -6,7 +6,7 @@ from typing import Any
 
 from libs.pricing.catalog import Catalog, model_json
 from libs.pricing.money import MICRO, micros_to_number, micros_to_str, round_half_up
-from proto.v1 import KeyView, QuotaStatus, UsageRecorded, WindowStatus
+from proto.v1 import BillingEntry, CostLine, KeyView, QuotaStatus, UsageRecorded, WindowStatus
 
 
 def _decimal(value: Fraction, places: int) -> str:
@@ -105,4 +105,38 @@ def extra_usage(status: QuotaStatus) -> dict[str, Any]:
         "payg_key_id": status.payg_key_id,
         "balance_usd": micros_to_str(status.balance_micros),
         "reserved_usd": micros_to_str(status.payg_reserved_micros),
+    }
+
+
+def billing_entry(e: BillingEntry) -> dict[str, Any]:
+    return {
+        "id": e.event_id,
+        "type": e.kind,
+        "occurred_at": timestamp(e.occurred_at),
+        "amount_usd": micros_to_str(e.amount_micros, 2) if e.kind != "plan_change" else None,
+        "plan": e.plan,
+        "previous_plan": e.previous_plan,
+        "reference": e.reference,
+    }
+
+
+def costs(group_by: str, since: datetime, until: datetime, lines: list[CostLine]) -> dict[str, Any]:
+    return {
+        "group_by": group_by,
+        "from": timestamp(since),
+        "to": timestamp(until),
+        "data": [
+            {
+                group_by: line.key,
+                "calls": line.calls,
+                "flows": micros_to_number(line.flows_micros),
+                "usd": micros_to_str(line.usd_micros),
+            }
+            for line in lines
+        ],
+        "total": {
+            "calls": sum(line.calls for line in lines),
+            "flows": micros_to_number(sum(line.flows_micros for line in lines)),
+            "usd": micros_to_str(sum(line.usd_micros for line in lines)),
+        },
     }

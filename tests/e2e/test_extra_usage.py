@@ -144,3 +144,41 @@ async def test_concurrent_payg_calls_cannot_overdraw_a_small_balance(stack: Stac
 
     left = await eventually(settled)
     assert float(left) >= 0  # admitted calls were covered by their estimates
+
+
+async def test_billing_history_and_cost_analysis(stack: Stack) -> None:
+    account = await stack.create_account()
+    await stack.pay(account["account_id"], "pro", "20.00", ref="pay-1")
+    await top_up(stack, account["account_id"], "5.00")
+    client = oai(stack, account["key"])
+    for model in (FREE_MODEL, FREE_MODEL, "anthropic/claude-haiku-4.5"):
+        await client.chat.completions.create(**{**HI, "model": model})
+    yesterday = usage_event(account["account_id"], occurred_at=(datetime.now(UTC) - timedelta(days=1)).isoformat())
+    for _ in range(2):  # a duplicate counts once
+        assert (await stack.post_usage([yesterday]))[0] == 202
+    events = await metered(stack, account["key"], 4)
+
+    async def history() -> list[dict]:
+        _, body = await stack.http("GET", "/v1/billing/history", token=account["key"])
+        return body["data"] if len(body["data"]) >= 3 else []
+
+    entries = await eventually(history)
+    kinds = {e["type"]: e for e in entries}
+    assert kinds["payment"]["amount_usd"] == "20.00" and kinds["payment"]["reference"] == "pay-1"
+    assert kinds["plan_change"]["plan"] == "pro" and kinds["plan_change"]["previous_plan"] == "free"
+    assert kinds["top_up"]["amount_usd"] == "5.00"
+
+    async def costs(group_by: str) -> dict:
+        _, body = await stack.http("GET", f"/v1/account/costs?group_by={group_by}", token=account["key"])
+        return body if body["total"]["calls"] == 4 else {}
+
+    by_model = await eventually(lambda: costs("model"))
+    lines = {line["model"]: line for line in by_model["data"]}
+    assert lines[FREE_MODEL]["calls"] == 3 and lines["anthropic/claude-haiku-4.5"]["calls"] == 1
+    assert by_model["total"]["usd"] == f"{sum(int(e['usd_cost'].replace('.', '')) for e in events) / 1e6:.6f}"
+    by_day = await costs("day")
+    assert [line["calls"] for line in by_day["data"]] == [1, 3]  # yesterday, today
+    status, body = await stack.http("GET", "/v1/account/costs?group_by=week", token=account["key"])
+    assert status == 400 and body["error"]["field"] == "group_by"
+    status, body = await stack.http("GET", "/v1/account/costs?from=yesterday", token=account["key"])
+    assert status == 400 and body["error"]["field"] == "from"

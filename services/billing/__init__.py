@@ -1,0 +1,1 @@
+"""billing: billing history (payments, plan changes, top-ups, refunds) and cost analysis."""

@@ -1,0 +1,74 @@
+"""billing's projection: money events into the history, usage into per-day, per-model costs."""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, date
+
+import asyncpg
+
+from libs.eventlog.runner import AfterCommit, Applied
+from proto.v1 import BalanceToppedUp, PaymentRecorded, PlanChanged, UsageRecorded
+
+
+class BillingProjection:
+    name: str = "billing"
+    event_types: tuple[str, ...] = ("PaymentRecorded", "PlanChanged", "BalanceToppedUp", "UsageRecorded")
+    category: str | None = None
+
+    def __init__(self, schema: str = "billing") -> None:
+        self.schema = schema
+
+    async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
+        history: list[tuple[str, str, str, object, int, str | None, str | None, str | None]] = []
+        usage: list[UsageRecorded] = []
+        for _, event in batch:
+            if isinstance(event, PaymentRecorded):
+                history.append((event.event_id, event.account_id, "payment", event.occurred_at,
+                                event.amount_micros, event.plan, None, event.payment_ref))  # fmt: skip
+            elif isinstance(event, PlanChanged):
+                history.append((event.event_id, event.account_id, "plan_change", event.occurred_at, 0,
+                                event.plan, event.previous_plan, event.reason))  # fmt: skip
+            elif isinstance(event, BalanceToppedUp):
+                history.append((event.event_id, event.account_id, "top_up", event.occurred_at,
+                                event.amount_micros, None, None, event.topup_ref))  # fmt: skip
+            elif isinstance(event, UsageRecorded):
+                usage.append(event)
+        if history:
+            await conn.executemany(
+                f"""INSERT INTO {self.schema}.history (event_id, account_id, kind, occurred_at, amount_micros, plan,
+                                                       previous_plan, reference)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""",
+                history,
+            )
+        if usage:
+            await self._costs(conn, usage)
+        return None
+
+    async def _costs(self, conn: asyncpg.Connection, usage: list[UsageRecorded]) -> None:
+        fresh = {
+            row["event_id"]
+            for row in await conn.fetch(
+                f"""INSERT INTO {self.schema}.usage_seen (event_id) SELECT unnest($1::text[])
+                    ON CONFLICT DO NOTHING RETURNING event_id""",
+                [e.event_id for e in usage],
+            )
+        }
+        totals: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+        for event in usage:
+            if event.event_id not in fresh:
+                continue
+            fresh.discard(event.event_id)
+            line = totals[(event.account_id, event.occurred_at.astimezone(UTC).date(), event.model)]
+            line[0] += 1
+            line[1] += event.flows_micros if event.billing_mode == "subscription" else 0
+            line[2] += event.usd_cost_micros
+        if totals:
+            await conn.execute(
+                f"""INSERT INTO {self.schema}.costs AS c (account_id, day, model, calls, flows_micros, usd_micros)
+                    SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
+                    ON CONFLICT (account_id, day, model) DO UPDATE SET calls = c.calls + EXCLUDED.calls,
+                        flows_micros = c.flows_micros + EXCLUDED.flows_micros,
+                        usd_micros = c.usd_micros + EXCLUDED.usd_micros""",
+                [k[0] for k in totals], [k[1] for k in totals], [k[2] for k in totals],
+                [v[0] for v in totals.values()], [v[1] for v in totals.values()], [v[2] for v in totals.values()],
+            )  # fmt: skip
