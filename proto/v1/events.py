@@ -83,6 +83,8 @@ class PlanChanged(AccountEvent, frozen=True, kw_only=True):
     previous_plan: PlanId
     period_anchor: datetime
     reason: Literal["payment", "refund", "period_end", "admin"]
+    paid_until: datetime | None = None
+    """End of the paid period: past it, without a renewal, the account is on Free."""
 
 
 class BalanceToppedUp(AccountEvent, frozen=True, kw_only=True):

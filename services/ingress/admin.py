@@ -2,12 +2,14 @@
 
 import secrets
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from fractions import Fraction
 from typing import Annotated
 
 import msgspec
 
+from libs.months import add_months
 from libs.pricing.money import InvalidAmount, fraction_text, parse_fraction, to_micros
 from libs.web import ApiError
 from proto.v1 import (
@@ -19,6 +21,7 @@ from proto.v1 import (
     PaymentRecorded,
     PlanChanged,
 )
+from services.ingress.directory import Subscription
 
 _NAMESPACE = uuid.UUID("6f0c6f7e-3b9e-4a53-9a43-0f9b0d6a1c55")
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -82,11 +85,19 @@ def create_account(command: CreateAccount, now: datetime) -> AccountCreated:
 
 
 def record_payment(
-    account_id: str, current_plan: str, command: RecordPayment, paid_plans: set[str], now: datetime
+    account_id: str,
+    current: Subscription,
+    command: RecordPayment,
+    prices: Mapping[str, int],
+    now: datetime,
 ) -> tuple[PaymentRecorded, PlanChanged]:
-    """A payment starts or changes the subscription at once; its period counts from paid_at."""
-    if command.plan not in paid_plans:
-        raise ApiError(400, "invalid_request", f"plan: must be one of {sorted(paid_plans)}", "plan")
+    """A payment pays one month of a plan. An upgrade (or renewal, or any payment on Free or
+    after the paid period ended) takes effect at once and its month counts from paid_at; a
+    downgrade takes effect when the month already paid for ends, and its month counts from
+    there: nobody loses what they paid for."""
+    if command.plan not in prices or prices[command.plan] == 0:
+        paid = sorted(plan for plan, price in prices.items() if price > 0)
+        raise ApiError(400, "invalid_request", f"plan: must be one of {paid}", "plan")
     try:
         amount = to_micros(str(command.amount_usd))
     except InvalidAmount as exc:
@@ -96,23 +107,19 @@ def record_payment(
     paid_at = command.paid_at or now
     if paid_at > now:
         raise ApiError(400, "invalid_request", "paid_at: must not be in the future", "paid_at")
+    starts = paid_at
+    downgrade = prices[command.plan] < prices.get(current.plan, 0)
+    if downgrade and current.paid_until is not None and current.paid_until > paid_at:
+        starts = current.paid_until
     payment = PaymentRecorded(
-        event_id=event_id("payment", account_id, command.payment_ref),
-        account_id=account_id,
-        occurred_at=paid_at,
-        payment_ref=command.payment_ref,
-        plan=command.plan,
-        amount_micros=amount,
-    )
+        event_id=event_id("payment", account_id, command.payment_ref), account_id=account_id, occurred_at=paid_at,
+        payment_ref=command.payment_ref, plan=command.plan, amount_micros=amount,
+    )  # fmt: skip
     change = PlanChanged(
-        event_id=event_id("plan", account_id, command.payment_ref),
-        account_id=account_id,
-        occurred_at=paid_at,
-        plan=command.plan,
-        previous_plan=current_plan,
-        period_anchor=paid_at,
-        reason="payment",
-    )
+        event_id=event_id("plan", account_id, command.payment_ref), account_id=account_id, occurred_at=starts,
+        plan=command.plan, previous_plan=current.plan, period_anchor=starts, reason="payment",
+        paid_until=add_months(starts, 1),
+    )  # fmt: skip
     return payment, change
 
 

@@ -17,7 +17,7 @@ from libs.db import UNAVAILABLE
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog
-from libs.pricing.money import micros_to_str
+from libs.pricing.money import micros_to_str, to_micros
 from libs.settings import Settings
 from libs.web import ApiError, decode_body, json_response
 from proto.v1 import (
@@ -79,7 +79,7 @@ class IngressApi:
         self.nc = nc
         self.keys = keys
         self.clock = clock
-        self.paid_plans = {p.id for p in catalog.plans.values() if p.id != "free"}
+        self.prices = {p.id: to_micros(p.price_usd) for p in catalog.plans.values()}
 
     def routes(self, app: web.Application) -> None:
         r = app.router
@@ -269,10 +269,12 @@ class IngressApi:
         self._require_token(request, self.settings.admin_token)
         account_id = self._account_exists(request)
         command = decode_body(await request.read(), admin.RecordPayment)
-        current = self.directory.accounts[account_id].plan
-        payment, change = admin.record_payment(account_id, current, command, self.paid_plans, self.clock.now())
+        now = self.clock.now()
+        current = self.directory.accounts[account_id].subscription_at(command.paid_at or now)
+        payment, change = admin.record_payment(account_id, current, command, self.prices, now)
         await self._publish([payment, change])
-        if change.occurred_at <= self.clock.now():
+        in_force_now = change.occurred_at <= now < (change.paid_until or now)
+        if in_force_now:
             await self._until_quota_shows(account_id, lambda status: status.plan == change.plan)
         return json_response(
             {
@@ -282,6 +284,8 @@ class IngressApi:
                 "previous_plan": change.previous_plan,
                 "amount_usd": micros_to_str(payment.amount_micros, 2),
                 "paid_at": views.timestamp(payment.occurred_at),
+                "effective_at": views.timestamp(change.occurred_at),
+                "paid_until": views.timestamp(change.paid_until),
             },
             201,
         )

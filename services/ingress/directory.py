@@ -6,7 +6,7 @@ JetStream has stored them (read-your-writes). Every change is keyed by its event
 so applying the same event twice, from both paths, changes nothing.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
 
@@ -18,13 +18,28 @@ from proto.v1 import AccountCreated, FlowRateChanged, MultiplierChanged, PlanCha
 from proto.v1.events import Event
 
 
+@dataclass(frozen=True, order=True)
+class Subscription:
+    effective_at: datetime
+    plan: str
+    paid_until: datetime | None
+
+
 @dataclass
 class Account:
     account_id: str
     name: str
     created_at: datetime
     multiplier: Versioned
-    plan: str = "free"
+    subscriptions: dict[str, "Subscription"] = field(default_factory=dict)
+    """Plan changes by event id (applying one twice changes nothing)."""
+
+    def subscription_at(self, when: datetime) -> "Subscription":
+        """The plan in force at `when`: Free before any payment and after a paid period ends unpaid."""
+        current = max((s for s in self.subscriptions.values() if s.effective_at <= when), default=None)
+        if current is None or (current.paid_until is not None and when >= current.paid_until):
+            return Subscription(self.created_at, "free", None)
+        return current
 
 
 class Directory:
@@ -46,7 +61,7 @@ class Directory:
                 account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
         elif isinstance(event, PlanChanged):
             if (account := self.accounts.get(event.account_id)) is not None:
-                account.plan = event.plan
+                account.subscriptions[event.event_id] = Subscription(event.occurred_at, event.plan, event.paid_until)
         elif isinstance(event, FlowRateChanged):
             self.flow_rate.add(event.event_id, event.occurred_at, parse_fraction(event.usd_per_flow))
 

@@ -46,8 +46,10 @@ class IngressProjection:
                 )
             elif isinstance(event, PlanChanged):
                 await conn.execute(
-                    f"UPDATE {s}.accounts SET plan = $2 WHERE account_id = $1", event.account_id, event.plan
-                )
+                    f"""INSERT INTO {s}.subscriptions (event_id, account_id, effective_at, plan, paid_until)
+                        VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+                    event.event_id, event.account_id, event.occurred_at, event.plan, event.paid_until,
+                )  # fmt: skip
             elif isinstance(event, FlowRateChanged):
                 await conn.execute(
                     f"""INSERT INTO {s}.flow_rates (event_id, effective_at, usd_per_flow) VALUES ($1, $2, $3)

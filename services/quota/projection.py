@@ -70,11 +70,11 @@ class QuotaState:
         for row in await conn.fetch(f"SELECT event_id, effective_at, usd_per_flow FROM {schema}.flow_rates"):
             self.flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))
         for row in await conn.fetch(
-            f"""SELECT event_id, account_id, effective_at, plan, period_anchor FROM {schema}.plan_history
+            f"""SELECT event_id, account_id, effective_at, plan, period_anchor, paid_until FROM {schema}.plan_history
                 ORDER BY account_id, effective_at, event_id"""
         ):
             accounts[row["account_id"]].segments.append(
-                Segment(row["effective_at"], row["plan"], row["period_anchor"], row["event_id"])
+                Segment(row["effective_at"], row["plan"], row["period_anchor"], row["event_id"], row["paid_until"])
             )
         for row in await conn.fetch(
             f"""SELECT DISTINCT ON (account_id, kind) account_id, kind, started_at, ends_at, flows_micros
@@ -204,13 +204,15 @@ class QuotaProjection:
 
     async def _insert_segment(self, conn: asyncpg.Connection, account_id: str, segment: Segment) -> bool:
         inserted = await conn.fetchval(
-            f"""INSERT INTO {self.schema}.plan_history (event_id, account_id, effective_at, plan, period_anchor)
-                VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING true""",
+            f"""INSERT INTO {self.schema}.plan_history (event_id, account_id, effective_at, plan, period_anchor,
+                                                         paid_until)
+                VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING true""",
             segment.event_id,
             account_id,
             segment.effective_at,
             segment.plan,
             segment.anchor,
+            segment.paid_until,
         )
         return bool(inserted)
 
@@ -218,7 +220,7 @@ class QuotaProjection:
         self, conn: asyncpg.Connection, event: PlanChanged, pending: dict[str, AccountQuota]
     ) -> None:
         account = self._pending(event.account_id, pending)
-        segment = Segment(event.occurred_at, event.plan, event.period_anchor, event.event_id)
+        segment = Segment(event.occurred_at, event.plan, event.period_anchor, event.event_id, event.paid_until)
         if not await self._insert_segment(conn, event.account_id, segment):
             return
         old_period = period_at(account.segments, event.occurred_at)

@@ -45,7 +45,10 @@ class AccountQuota:
         )  # fmt: skip
 
     def plan_at(self, when: datetime) -> str:
-        return self.segments[segment_at(self.segments, when)].plan
+        segment = self.segments[segment_at(self.segments, when)]
+        if segment.paid_until is not None and when >= segment.paid_until:
+            return "free"  # the paid period ended unpaid
+        return segment.plan
 
 
 class Limits(NamedTuple):

@@ -2,33 +2,27 @@
 account's creation for Free), one calendar month each, cut short where a new plan begins."""
 
 import bisect
-import calendar
 from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
+from libs.months import add_months
+
 
 class Segment(NamedTuple):
-    """The plan in force from `effective_at` on; its monthly periods count from `anchor`."""
+    """The plan in force from `effective_at` on; its monthly periods count from `anchor`. A paid
+    plan runs until `paid_until` unless renewed: past it, the account is on Free."""
 
     effective_at: datetime
     plan: str
     anchor: datetime
     event_id: str
+    paid_until: datetime | None = None
 
 
 class Period(NamedTuple):
     start: datetime
     end: datetime
-
-
-def add_months(when: datetime, months: int) -> datetime:
-    """Same day-of-month `months` later, clamped to the month's last day (Jan 31 -> Feb 28)."""
-    index = when.year * 12 + (when.month - 1) + months
-    year, month = divmod(index, 12)
-    month += 1
-    day = min(when.day, calendar.monthrange(year, month)[1])
-    return when.replace(year=year, month=month, day=day)
 
 
 def segment_at(segments: Sequence[Segment], when: datetime) -> int:
