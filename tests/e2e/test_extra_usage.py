@@ -182,3 +182,15 @@ async def test_billing_history_and_cost_analysis(stack: Stack) -> None:
     assert status == 400 and body["error"]["field"] == "group_by"
     status, body = await stack.http("GET", "/v1/account/costs?from=yesterday", token=account["key"])
     assert status == 400 and body["error"]["field"] == "from"
+
+
+async def test_gateway_calls_are_priced_at_the_accounts_multiplier_and_the_rate_in_force(stack: Stack) -> None:
+    insider = await stack.create_account("insider", multiplier="2")
+    standard = await stack.create_account("standard")
+    for account in (insider, standard):
+        await oai(stack, account["key"]).chat.completions.create(**{**HI, "max_tokens": 500})
+    [cheap] = await metered(stack, insider["key"], 1)
+    [full] = await metered(stack, standard["key"], 1)
+    assert cheap["usd_cost"] == full["usd_cost"]  # the same call, the same list price
+    overhead = 0.01  # deepseek-chat's per-call Flows, not divided by the multiplier
+    assert cheap["flows"] == pytest.approx((full["flows"] - overhead) / 2 + overhead, abs=1e-6)
