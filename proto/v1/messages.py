@@ -176,6 +176,8 @@ class BillingEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 class BillingHistory(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     entries: list[BillingEntry]
+    balance_micros: int = 0
+    """The PAYG ledger's sum."""
 
 
 class CostsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -20,6 +20,7 @@ class BillingProjection:
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
         history: list[tuple[str, str, str, object, int, str | None, str | None, str | None]] = []
+        ledger: list[tuple[str, str, int, str, object]] = []
         usage: list[UsageRecorded] = []
         for _, event in batch:
             if isinstance(event, PaymentRecorded):
@@ -31,6 +32,7 @@ class BillingProjection:
             elif isinstance(event, BalanceToppedUp):
                 history.append((event.event_id, event.account_id, "top_up", event.occurred_at,
                                 event.amount_micros, None, None, event.topup_ref))  # fmt: skip
+                ledger.append((event.event_id, event.account_id, event.amount_micros, "top_up", event.occurred_at))
             elif isinstance(event, UsageRecorded):
                 usage.append(event)
         if history:
@@ -41,10 +43,19 @@ class BillingProjection:
                 history,
             )
         if usage:
-            await self._costs(conn, usage)
+            ledger += await self._costs(conn, usage)
+        if ledger:
+            await conn.executemany(
+                f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)
+                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+                ledger,
+            )
         return None
 
-    async def _costs(self, conn: asyncpg.Connection, usage: list[UsageRecorded]) -> None:
+    async def _costs(
+        self, conn: asyncpg.Connection, usage: list[UsageRecorded]
+    ) -> list[tuple[str, str, int, str, object]]:
+        """Count each usage event once into the costs; return the PAYG ones' ledger debits."""
         fresh = {
             row["event_id"]
             for row in await conn.fetch(
@@ -54,10 +65,15 @@ class BillingProjection:
             )
         }
         totals: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+        debits: list[tuple[str, str, int, str, object]] = []
         for event in usage:
             if event.event_id not in fresh:
                 continue
             fresh.discard(event.event_id)
+            if event.billing_mode == "payg":
+                debits.append(
+                    (event.event_id, event.account_id, -event.usd_cost_micros, "payg_usage", event.occurred_at)
+                )
             line = totals[(event.account_id, event.occurred_at.astimezone(UTC).date(), event.model)]
             line[0] += 1
             line[1] += event.flows_micros if event.billing_mode == "subscription" else 0
@@ -72,3 +88,4 @@ class BillingProjection:
                 [k[0] for k in totals], [k[1] for k in totals], [k[2] for k in totals],
                 [v[0] for v in totals.values()], [v[1] for v in totals.values()], [v[2] for v in totals.values()],
             )  # fmt: skip
+        return debits

@@ -25,7 +25,12 @@ class BillingResponder:
             request.account_id,
             min(max(request.limit, 1), 1000),
         )
-        await msg.respond(encode(BillingHistory(entries=[BillingEntry(**dict(row)) for row in rows])))
+        balance = await self._pool.fetchval(
+            f"SELECT coalesce(sum(amount_micros), 0) FROM {self._schema}.ledger WHERE account_id = $1",
+            request.account_id,
+        )
+        entries = [BillingEntry(**dict(row)) for row in rows]
+        await msg.respond(encode(BillingHistory(entries=entries, balance_micros=int(balance))))
 
     async def on_costs(self, msg: Msg) -> None:
         request = self._costs.decode(msg.data)

@@ -342,7 +342,8 @@ class IngressApi:
         reply = _history.decode(
             await self._ask("billing.history", BillingHistoryRequest(account_id=account_id, limit=limit))
         )
-        return json_response({"object": "list", "data": [views.billing_entry(e) for e in reply.entries]})
+        entries = [views.billing_entry(e) for e in reply.entries]
+        return json_response({"object": "list", "data": entries, "balance_usd": micros_to_str(reply.balance_micros)})
 
     async def costs(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
