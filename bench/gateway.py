@@ -262,7 +262,7 @@ class GatewayStack:
         }
         self.services = {
             name: ServiceProcess(name, env, getattr(s, f"{name}_port"), work)
-            for name in ("simulator", "keys", "quota", "ingress", "gateway")
+            for name in ("simulator", "keys", "quota", "billing", "ingress", "gateway")
         }
         self.proxy_port = free_port()
         self.proxy: subprocess.Popen[bytes] | None = None
@@ -293,7 +293,7 @@ class GatewayStack:
             except subprocess.TimeoutExpired:
                 self.proxy.kill()
             self.proxy = None
-        for name in ("gateway", "ingress", "quota", "keys", "simulator"):  # gateway first: it flushes usage
+        for name in ("gateway", "ingress", "billing", "quota", "keys", "simulator"):  # gateway first: it flushes usage
             self.services[name].stop()
 
     def pid(self, name: str) -> int:
@@ -386,7 +386,7 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, server_p
         shared = {name: pids for name, pids in server_pids.items()}
         if "postgres" in shared:  # the backends of the services' pools started since
             shared["postgres"] = sorted(set(shared["postgres"]) | set(postgres_pids()))
-        shared.update({name: [stack.pid(name)] for name in ("quota", "ingress", "keys")})
+        shared.update({name: [stack.pid(name)] for name in ("quota", "ingress", "keys", "billing")})
         for mode in MODES:
             for concurrency in CONCURRENCY:
                 for target in TARGETS:
