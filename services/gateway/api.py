@@ -1,6 +1,7 @@
 """The gateway's routes: one admission path, one forwarding path, three protocols."""
 
 import asyncio
+import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ from services.gateway.recorder import UsageRecorder
 from services.gateway.upstreams import Upstreams
 from services.gateway.usage import SseSplitter, StreamUsage, Tokens, from_anthropic, from_openai
 
+log = logging.getLogger(__name__)
 _decision = msgspec.json.Decoder(QuotaDecision)
 _status = msgspec.json.Decoder(QuotaStatus)
 _json = msgspec.json.Decoder()
@@ -220,7 +222,11 @@ class GatewayApi:
             response.release()
 
     async def _whole(self, admitted: Admitted, response: aiohttp.ClientResponse, path: str) -> web.Response:
-        payload = await response.read()
+        try:
+            payload = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self._release(admitted)
+            return refusal(admitted.api, "upstream_unavailable", f"the upstream provider broke off: {exc!r}")
         headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_HEADERS}
         headers.update(admitted.headers)
         if response.status != 200:
@@ -272,23 +278,27 @@ class GatewayApi:
             client_gone = True
         # Every event goes on to the client the moment it is whole; the usage is read on the side.
         # A client that hangs up does not stop the reading: the upstream generates (and bills) on.
-        async for chunk in response.content.iter_any():
-            forward = bytearray()
-            for event in splitter.feed(chunk):
-                usage.observe(event.data)
-                if (
-                    strip_usage
-                    and isinstance(event.data, dict)
-                    and event.data.get("usage")
-                    and not event.data.get("choices")
-                ):
-                    continue
-                forward += event.raw
-            if forward and not client_gone:
-                try:
-                    await out.write(bytes(forward))
-                except (ConnectionError, RuntimeError):
-                    client_gone = True
+        try:
+            async for chunk in response.content.iter_any():
+                forward = bytearray()
+                for event in splitter.feed(chunk):
+                    usage.observe(event.data)
+                    if (
+                        strip_usage
+                        and isinstance(event.data, dict)
+                        and event.data.get("usage")
+                        and not event.data.get("choices")
+                    ):
+                        continue
+                    forward += event.raw
+                if forward and not client_gone:
+                    try:
+                        await out.write(bytes(forward))
+                    except (ConnectionError, RuntimeError):
+                        client_gone = True
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The upstream broke off: bill what it reported or streamed so far (StreamUsage.final).
+            log.warning("upstream stream for %s broke off: %r", admitted.model.id, exc)
         rest = splitter.rest()
         if rest and not client_gone:
             try:

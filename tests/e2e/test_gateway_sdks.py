@@ -386,3 +386,29 @@ async def test_a_revocation_whose_broadcast_is_missed_still_takes_effect_within_
     await asyncio.sleep(1.3)
     with pytest.raises(openai.AuthenticationError):
         await client.chat.completions.create(**hi)
+
+
+async def test_an_upstream_that_breaks_off_mid_stream_still_gets_the_call_billed(stack: Stack) -> None:
+    account = await stack.create_account()
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            f"{stack.gateway_url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {account['key']}"},
+            json={"model": FREE_MODEL, "stream": True, "max_tokens": 4000,
+                  "messages": [{"role": "user", "content": "go on"}]},
+        )  # fmt: skip
+        assert response.status == 200
+        received = await response.content.readany()
+        while received.count(b"data:") < 50:
+            received += await response.content.readany()
+        stack.simulator.kill()  # the provider goes away mid-stream
+        try:
+            await response.read()
+        except aiohttp.ClientError:
+            pass
+        response.close()
+    try:
+        [event] = await metered(stack, account["key"], 1)
+        assert 40 < event["output_tokens"] < 4000  # what was streamed before the break, counted
+    finally:
+        await asyncio.to_thread(stack.simulator.start)
