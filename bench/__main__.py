@@ -31,7 +31,7 @@ from bench import gateway as bench_gateway
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings, load_settings, settings_environ
 from libs.setup import set_up
-from proto.v1 import QuotaCheck, QuotaDecision, encode
+from proto.v1 import QuotaCheck, QuotaDecision, encode, subjects
 from tests.stack import ServiceProcess
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -267,7 +267,7 @@ async def quota_checks(
             )
         )
         t = time.perf_counter()
-        reply = await nc.request("quota.check", request, timeout=2)
+        reply = await nc.request(subjects.QUOTA_CHECK, request, timeout=2)
         latencies.append(time.perf_counter() - t)
         admitted += msgspec.json.decode(reply.data, type=QuotaDecision).admitted
 

@@ -38,7 +38,7 @@ from nats.aio.client import Client
 
 from libs.localservers import free_port, wait_for_port
 from libs.settings import Settings, settings_environ
-from proto.v1 import QuotaStatus, QuotaStatusRequest, encode
+from proto.v1 import QuotaStatus, QuotaStatusRequest, encode, subjects
 from tests.stack import ServiceProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -316,7 +316,7 @@ class GatewayStack:
             await asyncio.sleep(0.1)
 
     async def quota_status(self, nc: Client, account_id: str) -> QuotaStatus:
-        reply = await nc.request("quota.status", encode(QuotaStatusRequest(account_id=account_id)), timeout=5)
+        reply = await nc.request(subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=account_id)), timeout=5)
         return msgspec.json.decode(reply.data, type=QuotaStatus)
 
     async def create_account(self, nc: Client) -> tuple[str, str, int]:

@@ -11,10 +11,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs import apikeys
-from proto.v1 import KeyFound, KeysChanged, KeyView, LookupKey, encode
-
-LOOKUP = "key.lookup"
-CHANGED = "keys.changed"
+from proto.v1 import KeyFound, KeysChanged, KeyView, LookupKey, encode, subjects
 
 
 class KeysUnavailable(Exception):
@@ -31,7 +28,7 @@ class KeyCache:
         self._changed = msgspec.json.Decoder(KeysChanged)
 
     async def start(self) -> None:
-        await self._nc.subscribe(CHANGED, cb=self._on_changed)
+        await self._nc.subscribe(subjects.KEYS_CHANGED, cb=self._on_changed)
 
     async def _on_changed(self, msg: Msg) -> None:
         for key_hash in self._changed.decode(msg.data).key_hashes:
@@ -47,7 +44,9 @@ class KeyCache:
         if entry is not None and now - entry[0] < self._max_age_s:
             return entry[1]
         try:
-            reply = await self._nc.request(LOOKUP, encode(LookupKey(key_hash=key_hash)), timeout=self._timeout_s)
+            reply = await self._nc.request(
+                subjects.KEY_LOOKUP, encode(LookupKey(key_hash=key_hash)), timeout=self._timeout_s
+            )
         except Exception as exc:
             raise KeysUnavailable(repr(exc)) from exc
         key = self._found.decode(reply.data).key

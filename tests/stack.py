@@ -5,6 +5,7 @@ own database; the Postgres server is shared by the session.
 """
 
 import asyncio
+import atexit
 import os
 import subprocess
 import sys
@@ -26,6 +27,17 @@ from libs.settings import Settings, settings_environ
 ROOT = Path(__file__).resolve().parent.parent
 
 
+STARTED: list["subprocess.Popen[bytes]"] = []
+"""Every service process the tests started: whatever a failing test left running is stopped at exit."""
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for process in STARTED:
+        if process.poll() is None:
+            stop_process(process, graceful=False)
+
+
 class ServiceProcess:
     def __init__(self, name: str, env: dict[str, str], port: int, log_dir: Path) -> None:
         self.name, self.env, self.port, self.log_path = name, env, port, log_dir / f"{name}.log"
@@ -41,6 +53,7 @@ class ServiceProcess:
             stderr=log,
             cwd=ROOT,
         )
+        STARTED.append(self.process)
         if wait:
             wait_for_port(self.port, timeout=60, process=self.process)
 

@@ -90,13 +90,6 @@ class Projection(Protocol):
         ...
 
 
-class RunnerStats:
-    def __init__(self) -> None:
-        self.applied = 0
-        self.dead_lettered = 0
-        self.checkpoints: dict[int, int] = {}
-
-
 class ProjectionRunner:
     def __init__(
         self,
@@ -118,7 +111,6 @@ class ProjectionRunner:
         self._batch = batch
         self._ack_wait_s = ack_wait_s
         self._linger_s = linger_s
-        self.stats = RunnerStats()
         self._keep_alives: set[asyncio.Future[None]] = set()
 
     def consumer_name(self, partition: int) -> str:
@@ -130,7 +122,6 @@ class ProjectionRunner:
     async def _run_partition(self, partition: int) -> None:
         last_seq = await self._retry_forever(lambda: self._load_checkpoint(partition), "load checkpoint")
         sub = await self._retry_forever(lambda: self._subscribe(partition, last_seq), "subscribe")
-        self.stats.checkpoints[partition] = last_seq
         while True:
             try:
                 msgs = await sub.fetch(self._batch, timeout=1.0)
@@ -147,7 +138,6 @@ class ProjectionRunner:
             fresh = [m for m in msgs if stream_seq(m) > last_seq]
             if fresh:
                 last_seq = await self._apply(partition, fresh)
-                self.stats.checkpoints[partition] = last_seq
                 failpoints.hit("after_commit")
             try:
                 await msgs[-1].ack()  # AckPolicy.ALL: acks the whole batch
@@ -240,7 +230,6 @@ class ProjectionRunner:
             )
         if after_commit is not None:
             after_commit()
-        self.stats.applied += len(batch)
 
     async def _dead_letter(self, msg: Msg, error: BaseException) -> None:
         seq = stream_seq(msg)
@@ -257,7 +246,6 @@ class ProjectionRunner:
                 "Flowplan-Error": repr(error)[:1000],
             },
         )
-        self.stats.dead_lettered += 1
 
     async def _retry_forever(
         self, attempt: Callable[[], Awaitable[T]], what: str, in_progress: Sequence[Msg] = ()

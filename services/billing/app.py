@@ -4,8 +4,9 @@ from pathlib import Path
 
 from libs.runtime import Runtime
 from libs.settings import Settings
+from proto.v1 import subjects
 from services.billing.projection import BillingProjection
-from services.billing.responder import COSTS, HISTORY, BillingResponder
+from services.billing.responder import BillingResponder
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -21,8 +22,8 @@ class BillingService:
         projection = BillingProjection()
         await runtime.project(projection)
         responder = BillingResponder(runtime.db, projection.schema)
-        await runtime.nc.subscribe(HISTORY, queue="billing", cb=responder.on_history)
-        await runtime.nc.subscribe(COSTS, queue="billing", cb=responder.on_costs)
+        await runtime.nc.subscribe(subjects.BILLING_HISTORY, queue="billing", cb=responder.on_history)
+        await runtime.nc.subscribe(subjects.BILLING_COSTS, queue="billing", cb=responder.on_costs)
         await runtime.serve(self.settings.billing_port)
 
     async def stop(self) -> None:

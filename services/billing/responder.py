@@ -6,8 +6,6 @@ from nats.aio.msg import Msg
 
 from proto.v1 import BillingEntry, BillingHistory, BillingHistoryRequest, CostLine, Costs, CostsRequest, encode
 
-HISTORY, COSTS = "billing.history", "billing.costs"
-
 
 class BillingResponder:
     def __init__(self, pool: asyncpg.Pool, schema: str) -> None:

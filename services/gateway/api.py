@@ -28,6 +28,7 @@ from proto.v1 import (
     ReleaseReservation,
     UsageRecorded,
     encode,
+    subjects,
 )
 from services.gateway import metrics
 from services.gateway.errors import Api, refusal
@@ -129,7 +130,7 @@ class GatewayApi:
             billing_mode="payg" if key.kind == "payg" else "subscription",
         )  # fmt: skip
         try:
-            reply = await self.nc.request("quota.check", encode(check), timeout=self.settings.request_timeout_s)
+            reply = await self.nc.request(subjects.QUOTA_CHECK, encode(check), timeout=self.settings.request_timeout_s)
         except Exception:
             return refusal(api, "service_unavailable", "the quota service did not answer; retry")
         decision = _decision.decode(reply.data)
@@ -349,7 +350,7 @@ class GatewayApi:
         """The call ends without usage (the upstream failed): give its reserved room back now."""
         message = ReleaseReservation(account_id=admitted.key.account_id, reservation_id=admitted.reservation_id)
         try:
-            await self.nc.publish("quota.release", encode(message))
+            await self.nc.publish(subjects.QUOTA_RELEASE, encode(message))
         except Exception:  # NATS away: the reservation times out in quota instead
             pass
 
@@ -365,7 +366,7 @@ class GatewayApi:
             return key
         try:
             reply = await self.nc.request(
-                "quota.status", encode(QuotaStatusRequest(account_id=key.account_id)),
+                subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=key.account_id)),
                 timeout=self.settings.request_timeout_s,
             )  # fmt: skip
         except Exception:

@@ -37,6 +37,7 @@ from proto.v1 import (
     UsageEventsReply,
     UsageEventsRequest,
     encode,
+    subjects,
 )
 from proto.v1.events import Event
 from services.ingress import admin, metrics, views
@@ -48,7 +49,12 @@ _history = msgspec.json.Decoder(BillingHistory)
 _costs = msgspec.json.Decoder(Costs)
 QUOTA_SYNC_S = 2.0
 _key_reply = msgspec.json.Decoder(KeyIssued | KeyList | KeyCommandFailed)
-KEY_SUBJECTS = {CreateKey: "keys.create", RotateKey: "keys.rotate", RevokeKey: "keys.revoke", ListKeys: "keys.list"}
+KEY_SUBJECTS = {
+    CreateKey: subjects.KEYS_CREATE,
+    RotateKey: subjects.KEYS_ROTATE,
+    RevokeKey: subjects.KEYS_REVOKE,
+    ListKeys: subjects.KEYS_LIST,
+}
 
 
 class NewKey(msgspec.Struct, forbid_unknown_fields=True):
@@ -191,7 +197,7 @@ class IngressApi:
 
     async def get_account_usage(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
-        status = _status.decode(await self._ask("quota.status", QuotaStatusRequest(account_id=account_id)))
+        status = await self._status(account_id)
         body = views.account_usage(status)
         body["extra_usage"] = views.extra_usage(status)
         return json_response(body)
@@ -199,7 +205,9 @@ class IngressApi:
     async def get_account_usage_events(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
         limit = _int_query(request, "limit", 50, 1, 1000)
-        reply = _events.decode(await self._ask("quota.events", UsageEventsRequest(account_id=account_id, limit=limit)))
+        reply = _events.decode(
+            await self._ask(subjects.QUOTA_EVENTS, UsageEventsRequest(account_id=account_id, limit=limit))
+        )
         return json_response({"object": "list", "data": [views.usage_event(e) for e in reply.events]})
 
     # -- admin ------------------------------------------------------------------------
@@ -222,7 +230,7 @@ class IngressApi:
         QUOTA_SYNC_S the events are stored all the same and the answer goes out."""
         deadline = time.monotonic() + QUOTA_SYNC_S
         while time.monotonic() < deadline:
-            status = _status.decode(await self._ask("quota.status", QuotaStatusRequest(account_id=account_id)))
+            status = await self._status(account_id)
             if done(status):
                 return
             await asyncio.sleep(0.01)
@@ -340,7 +348,7 @@ class IngressApi:
         account_id = await self._account_of(request)
         limit = _int_query(request, "limit", 100, 1, 1000)
         reply = _history.decode(
-            await self._ask("billing.history", BillingHistoryRequest(account_id=account_id, limit=limit))
+            await self._ask(subjects.BILLING_HISTORY, BillingHistoryRequest(account_id=account_id, limit=limit))
         )
         entries = [views.billing_entry(e) for e in reply.entries]
         return json_response({"object": "list", "data": entries, "balance_usd": micros_to_str(reply.balance_micros)})
@@ -356,13 +364,13 @@ class IngressApi:
             raise ApiError(400, "invalid_request", "from: must not be after to", "from")
         reply = _costs.decode(
             await self._ask(
-                "billing.costs", CostsRequest(account_id=account_id, group_by=group_by, since=since, until=until)
+                subjects.BILLING_COSTS, CostsRequest(account_id=account_id, group_by=group_by, since=since, until=until)
             )
         )
         return json_response(views.costs(group_by, since, until, reply.lines))
 
     async def _status(self, account_id: str) -> QuotaStatus:
-        return _status.decode(await self._ask("quota.status", QuotaStatusRequest(account_id=account_id)))
+        return _status.decode(await self._ask(subjects.QUOTA_STATUS, QuotaStatusRequest(account_id=account_id)))
 
     async def set_flow_rate(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)

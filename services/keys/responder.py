@@ -22,14 +22,11 @@ from proto.v1 import (
     RevokeKey,
     RotateKey,
     encode,
+    subjects,
 )
 from services.keys import domain
 from services.keys.domain import KeyCommandError, KeyEvent
 from services.keys.registry import KeyRegistry
-
-LOOKUP = "key.lookup"
-CREATE, LIST, ROTATE, REVOKE = "keys.create", "keys.list", "keys.rotate", "keys.revoke"
-CHANGED = "keys.changed"
 
 Command = CreateKey | RotateKey | RevokeKey | ListKeys
 
@@ -45,8 +42,9 @@ class KeysResponder:
         self._lock = asyncio.Lock()
 
     def subjects(self) -> dict[str, Callable[[Msg], Awaitable[None]]]:
-        return {LOOKUP: self.on_lookup, CREATE: self.on_command, LIST: self.on_command,
-                ROTATE: self.on_command, REVOKE: self.on_command}  # fmt: skip
+        return {subjects.KEY_LOOKUP: self.on_lookup, subjects.KEYS_CREATE: self.on_command,
+                subjects.KEYS_LIST: self.on_command, subjects.KEYS_ROTATE: self.on_command,
+                subjects.KEYS_REVOKE: self.on_command}  # fmt: skip
 
     async def on_lookup(self, msg: Msg) -> None:
         key = self._registry.by_hash.get(self._lookup.decode(msg.data).key_hash)
@@ -84,5 +82,5 @@ class KeysResponder:
         await self._publisher.publish([event])
         key = self._registry.apply(event)
         assert key is not None
-        await self._nc.publish(CHANGED, encode(KeysChanged(key_hashes=hashes)))
+        await self._nc.publish(subjects.KEYS_CHANGED, encode(KeysChanged(key_hashes=hashes)))
         return key

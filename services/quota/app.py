@@ -7,15 +7,10 @@ from libs.clock import Clock, SystemClock
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
 from libs.settings import Settings
+from proto.v1 import subjects
 from services.quota.domain.admission import Limits
 from services.quota.projection import QuotaProjection, QuotaState
-from services.quota.responder import (
-    CHECK_SUBJECT,
-    EVENTS_SUBJECT,
-    RELEASE_SUBJECT,
-    STATUS_SUBJECT,
-    QuotaResponder,
-)
+from services.quota.responder import QuotaResponder
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -34,14 +29,14 @@ class QuotaService:
         projection = QuotaProjection(self.state)
         async with runtime.db.acquire() as conn:
             await self.state.load(conn, projection.schema)
-        self.runner = await runtime.project(projection)
+        await runtime.project(projection)
         limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
         responder = QuotaResponder(self.state, self.catalog, limits, self.clock, runtime.db, projection.schema)
         for subject, handler in (
-            (CHECK_SUBJECT, responder.on_check),
-            (STATUS_SUBJECT, responder.on_status),
-            (EVENTS_SUBJECT, responder.on_events),
-            (RELEASE_SUBJECT, responder.on_release),
+            (subjects.QUOTA_CHECK, responder.on_check),
+            (subjects.QUOTA_STATUS, responder.on_status),
+            (subjects.QUOTA_EVENTS, responder.on_events),
+            (subjects.QUOTA_RELEASE, responder.on_release),
         ):
             await runtime.nc.subscribe(subject, queue="quota", cb=handler)
         await runtime.serve(self.settings.quota_port)

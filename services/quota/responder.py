@@ -29,11 +29,6 @@ from services.quota.domain.admission import AccountQuota, Limits, QuotaView, Win
 from services.quota.domain.periods import Segment
 from services.quota.projection import QuotaState
 
-CHECK_SUBJECT = "quota.check"
-STATUS_SUBJECT = "quota.status"
-EVENTS_SUBJECT = "quota.events"
-RELEASE_SUBJECT = "quota.release"
-
 
 def _window(w: WindowView) -> WindowStatus:
     return WindowStatus(

@@ -9,7 +9,7 @@ import pytest
 
 from libs.eventlog.publisher import EventPublisher
 from libs.pricing.money import MICRO
-from proto.v1 import QuotaCheck, QuotaDecision, QuotaStatus, QuotaStatusRequest, UsageRecorded, encode
+from proto.v1 import QuotaCheck, QuotaDecision, QuotaStatus, QuotaStatusRequest, UsageRecorded, encode, subjects
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
@@ -24,7 +24,7 @@ async def check(stack: Stack, account_id: str, estimate: int, reservation_id: st
             model="deepseek/deepseek-chat",
             estimated_flows_micros=estimate,
         )
-        reply = await nc.request("quota.check", encode(request), timeout=2)
+        reply = await nc.request(subjects.QUOTA_CHECK, encode(request), timeout=2)
         return msgspec.json.decode(reply.data, type=QuotaDecision)
     finally:
         await nc.close()
@@ -33,7 +33,7 @@ async def check(stack: Stack, account_id: str, estimate: int, reservation_id: st
 async def status(stack: Stack, account_id: str) -> QuotaStatus:
     nc = await stack.nats()
     try:
-        reply = await nc.request("quota.status", encode(QuotaStatusRequest(account_id=account_id)), timeout=2)
+        reply = await nc.request(subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=account_id)), timeout=2)
         return msgspec.json.decode(reply.data, type=QuotaStatus)
     finally:
         await nc.close()
@@ -178,7 +178,7 @@ async def test_plan_models_and_rpm_are_checked_before_the_windows(stack: Stack) 
         async def ask(model: str) -> QuotaDecision:
             request = QuotaCheck(account_id=account_id, reservation_id=uuid.uuid4().hex, model=model,
                                  estimated_flows_micros=1)  # fmt: skip
-            reply = await nc.request("quota.check", encode(request), timeout=2)
+            reply = await nc.request(subjects.QUOTA_CHECK, encode(request), timeout=2)
             return msgspec.json.decode(reply.data, type=QuotaDecision)
 
         assert (await ask("anthropic/claude-sonnet-4.5")).reason == "model_not_in_plan"  # Free plan

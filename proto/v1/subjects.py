@@ -1,0 +1,17 @@
+"""The request/reply and broadcast subjects: part of the wire contract, named once."""
+
+QUOTA_CHECK = "quota.check"
+QUOTA_STATUS = "quota.status"
+QUOTA_EVENTS = "quota.events"
+QUOTA_RELEASE = "quota.release"
+
+KEY_LOOKUP = "key.lookup"
+KEYS_CREATE = "keys.create"
+KEYS_LIST = "keys.list"
+KEYS_ROTATE = "keys.rotate"
+KEYS_REVOKE = "keys.revoke"
+KEYS_CHANGED = "keys.changed"
+"""Broadcast (no reply) once a key was created, rotated or revoked."""
+
+BILLING_HISTORY = "billing.history"
+BILLING_COSTS = "billing.costs"
