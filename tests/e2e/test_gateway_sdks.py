@@ -42,6 +42,18 @@ def flows_of(model: str, input_tokens: int, output_tokens: int, cached: int = 0,
     ).flows_micros  # fmt: skip
 
 
+async def raw_stream(stack: Stack, session: aiohttp.ClientSession, key: str, max_tokens: int) -> aiohttp.ClientResponse:
+    """A streamed chat call over plain HTTP, so that a test can hang up or break it mid-stream."""
+    response = await session.post(
+        f"{stack.gateway_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": FREE_MODEL, "stream": True, "max_tokens": max_tokens,
+              "messages": [{"role": "user", "content": "go on"}]},
+    )  # fmt: skip
+    assert response.status == 200
+    return response
+
+
 async def metered(stack: Stack, key: str, count: int) -> list[dict]:
     async def listed() -> list[dict]:
         status, body = await stack.http("GET", "/v1/account/usage/events?limit=100", token=key)
@@ -288,13 +300,7 @@ async def test_concurrent_calls_cannot_run_far_past_an_almost_empty_window(stack
 async def test_a_client_that_hangs_up_mid_stream_is_still_billed(stack: Stack) -> None:
     account = await stack.create_account()
     async with aiohttp.ClientSession() as session:
-        response = await session.post(
-            f"{stack.gateway_url}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {account['key']}"},
-            json={"model": FREE_MODEL, "stream": True, "max_tokens": 600,
-                  "messages": [{"role": "user", "content": "count slowly"}]},
-        )  # fmt: skip
-        assert response.status == 200
+        response = await raw_stream(stack, session, account["key"], max_tokens=600)
         await response.content.readany()  # the first events, then hang up
         response.close()
     events = await metered(stack, account["key"], 1)
@@ -391,13 +397,7 @@ async def test_a_revocation_whose_broadcast_is_missed_still_takes_effect_within_
 async def test_an_upstream_that_breaks_off_mid_stream_still_gets_the_call_billed(stack: Stack) -> None:
     account = await stack.create_account()
     async with aiohttp.ClientSession() as session:
-        response = await session.post(
-            f"{stack.gateway_url}/v1/chat/completions",
-            headers={"Authorization": f"Bearer {account['key']}"},
-            json={"model": FREE_MODEL, "stream": True, "max_tokens": 4000,
-                  "messages": [{"role": "user", "content": "go on"}]},
-        )  # fmt: skip
-        assert response.status == 200
+        response = await raw_stream(stack, session, account["key"], max_tokens=4000)
         received = await response.content.readany()
         while received.count(b"data:") < 50:
             received += await response.content.readany()

@@ -57,6 +57,13 @@ async def post_until_accepted(stack: Stack, events: list[dict]) -> None:
     raise AssertionError(f"batch never accepted: {status} {body}")
 
 
+async def steady_load(stack: Stack, sent: list[list[dict]]) -> None:
+    """The batches one after the other, as a metering client under way would send them."""
+    for batch in sent:
+        await post_until_accepted(stack, batch)
+        await asyncio.sleep(0.02)
+
+
 async def accounts(stack: Stack, n: int) -> list[str]:
     return [(await stack.create_account(f"fault-{i}"))["account_id"] for i in range(n)]
 
@@ -113,12 +120,7 @@ async def test_projector_killed_repeatedly_under_load(stack: Stack) -> None:
     account_ids = await accounts(stack, 8)
     sent = batches(account_ids, 30, 100)
 
-    async def load() -> None:
-        for batch in sent:
-            await post_until_accepted(stack, batch)
-            await asyncio.sleep(0.02)
-
-    producer = asyncio.create_task(load())
+    producer = asyncio.create_task(steady_load(stack, sent))
     for _ in range(3):
         await asyncio.sleep(0.3)
         stack.quota.kill()
@@ -131,12 +133,7 @@ async def test_postgres_stopped_and_restarted_under_load_loses_nothing(stack: St
     account_ids = await accounts(stack, 4)
     sent = batches(account_ids, 40, 50)
 
-    async def load() -> None:
-        for batch in sent:
-            await post_until_accepted(stack, batch)
-            await asyncio.sleep(0.02)
-
-    producer = asyncio.create_task(load())
+    producer = asyncio.create_task(steady_load(stack, sent))
     await asyncio.sleep(0.3)
     await asyncio.to_thread(postgres.stop, "fast")
     await asyncio.sleep(2)
