@@ -20,7 +20,7 @@ from libs.localservers import LocalNats, LocalPostgres, port_is_free, wait_for_p
 from libs.settings import DEV_ADMIN_TOKEN, DEV_INGEST_TOKEN, Settings, load_settings
 from libs.setup import set_up
 
-SERVICES = ("simulator", "quota", "keys", "billing", "ingress", "gateway")
+SERVICES = ("simulator", "quota", "keys", "billing", "refund", "ingress", "gateway")
 
 
 def _pick_port(preferred: int) -> int | None:

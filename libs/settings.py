@@ -20,6 +20,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     quota_port: int = 8082
     keys_port: int = 8083
     billing_port: int = 8084
+    refund_port: int = 8085
     gateway_port: int = 8080
     simulator_port: int = 8090
     stream: str = "FLOWPLAN_EVENTS"
@@ -40,6 +41,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dedupe_retention_s: int = 9 * 24 * 3600
     reservation_timeout_s: float = 120.0
     request_timeout_s: float = 2.0
+    refund_barrier_wait_s: float = 5.0
+    """How long a refund request waits for the refund projection to catch up with the account's events
+    before it answers from what is applied (the settling waits for all of it regardless)."""
     upstreams: str = ""
     """JSON: vendor (or "default") -> {"url": base URL, "key": API key}. Default: the local simulator."""
     upstream_timeout_s: float = 600.0

@@ -25,14 +25,18 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
 class ApiError(Exception):
     """An error the client caused or must know of, with the field at fault when there is one."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, field: str | None = None, *, reason: str | None = None
+    ) -> None:
         super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
+        self.status, self.code, self.message, self.field, self.reason = status, code, message, field, reason
 
     def response(self) -> web.Response:
         error: dict[str, str] = {"code": self.code, "message": self.message}
         if self.field is not None:
             error["field"] = self.field
+        if self.reason is not None:
+            error["reason"] = self.reason
         return json_response({"error": error}, self.status)
 
 

@@ -84,6 +84,7 @@ class Stack:
         self.quota = ServiceProcess("quota", env, settings.quota_port, log_dir)
         self.keys = ServiceProcess("keys", env, settings.keys_port, log_dir)
         self.billing = ServiceProcess("billing", env, settings.billing_port, log_dir)
+        self.refund = ServiceProcess("refund", env, settings.refund_port, log_dir)
         self.gateway = ServiceProcess("gateway", env, settings.gateway_port, log_dir)
         self.simulator = ServiceProcess("simulator", env, settings.simulator_port, log_dir)
         self.gateway_url = f"http://127.0.0.1:{settings.gateway_port}"
@@ -190,6 +191,7 @@ def make_settings(nats_url: str, database_url: str) -> Settings:
         quota_port=free_port(),
         keys_port=free_port(),
         billing_port=free_port(),
+        refund_port=free_port(),
         gateway_port=free_port(),
         simulator_port=free_port(),
         admin_token="test-admin-" + uuid.uuid4().hex,

@@ -60,6 +60,14 @@ def micros_to_str(micros: int, places: int = 6) -> str:
     return str((Decimal(micros) / MICRO).quantize(quantum, rounding=ROUND_HALF_UP))
 
 
+def micros_to_usd(micros: int) -> str:
+    """Exact micro-USD as a money string: at least cents, more decimals only where they are not zero
+    ("20.00", "1.234567", "-0.50")."""
+    text = micros_to_str(micros).rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"{whole}.{cents:0<2}"
+
+
 def micros_to_number(micros: int) -> float | int:
     """Flows for JSON: a number with up to 6 decimals, built from the exact decimal text."""
     text = micros_to_str(micros).rstrip("0").rstrip(".")

@@ -134,6 +134,65 @@ class UsageRecorded(AccountEvent, frozen=True, kw_only=True):
     source: Literal["ingress", "gateway"] = "ingress"
 
 
+class RefundRequested(AccountEvent, frozen=True, kw_only=True):
+    """A refund of the payment was asked for and accepted for processing (status processing).
+
+    The amount is settled later, once the usage recorded before the request is all counted:
+    usage events up to stream sequence cutoff_seq, and the usage of the calls that were in
+    flight at the request (their quota reservations)."""
+
+    refund_id: str
+    payment_ref: str
+    plan: PlanId
+    """The plan the refunded payment paid for."""
+    paid_at: datetime
+    paid_micros: int
+    cutoff_seq: int
+    pending_reservations: list[str] = []
+    usage_micros: int
+    refunded_before_micros: int
+    fee_micros: int
+    amount_micros: int
+    """The lines as they stood at the request (a quote); RefundSucceeded has the settled ones."""
+
+
+class RefundPaidOut(AccountEvent, frozen=True, kw_only=True):
+    """The payment provider paid money back (recorded by the local provider; a real one
+    reports it by webhook). One per idempotency key, however often the payout is asked for."""
+
+    payout_id: str
+    idempotency_key: str
+    refund_id: str
+    amount_micros: int
+    provider: str
+
+
+class RefundSucceeded(AccountEvent, frozen=True, kw_only=True):
+    """The refund was paid out; the account is on Free from occurred_at on (a PlanChanged follows)."""
+
+    refund_id: str
+    payout_id: str
+    usage_micros: int
+    refunded_before_micros: int
+    fee_micros: int
+    amount_micros: int
+
+
+class RefundFailed(AccountEvent, frozen=True, kw_only=True):
+    """The payout failed; nothing changed and the refund may be asked for again."""
+
+    refund_id: str
+    reason: str
+
+
+class RefundCancelled(AccountEvent, frozen=True, kw_only=True):
+    """The refund was called off before any payout (e.g. the usage in flight used up the payment)."""
+
+    refund_id: str
+    reason: str
+    usage_micros: int = 0
+
+
 AnyEvent = (
     AccountCreated
     | KeyCreated
@@ -146,6 +205,11 @@ AnyEvent = (
     | MultiplierChanged
     | FlowRateChanged
     | UsageRecorded
+    | RefundRequested
+    | RefundPaidOut
+    | RefundSucceeded
+    | RefundFailed
+    | RefundCancelled
 )
 
 _encoder = msgspec.json.Encoder()

@@ -4,6 +4,7 @@ QUOTA_CHECK = "quota.check"
 QUOTA_STATUS = "quota.status"
 QUOTA_EVENTS = "quota.events"
 QUOTA_RELEASE = "quota.release"
+QUOTA_INFLIGHT = "quota.inflight"
 
 KEY_LOOKUP = "key.lookup"
 KEYS_CREATE = "keys.create"
@@ -15,3 +16,10 @@ KEYS_CHANGED = "keys.changed"
 
 BILLING_HISTORY = "billing.history"
 BILLING_COSTS = "billing.costs"
+
+REFUND_PREVIEW = "refund.preview"
+REFUND_REQUEST = "refund.request"
+REFUND_GET = "refund.get"
+REFUND_LIST = "refund.list"
+REFUND_PAYOUTS = "refund.payouts"
+"""Broadcast request to every refund instance: configure the local payment provider."""

@@ -7,12 +7,18 @@ from datetime import UTC, date
 import asyncpg
 
 from libs.eventlog.runner import AfterCommit, Applied
-from proto.v1 import BalanceToppedUp, PaymentRecorded, PlanChanged, UsageRecorded
+from proto.v1 import BalanceToppedUp, PaymentRecorded, PlanChanged, RefundSucceeded, UsageRecorded
 
 
 class BillingProjection:
     name: str = "billing"
-    event_types: tuple[str, ...] = ("PaymentRecorded", "PlanChanged", "BalanceToppedUp", "UsageRecorded")
+    event_types: tuple[str, ...] = (
+        "PaymentRecorded",
+        "PlanChanged",
+        "BalanceToppedUp",
+        "RefundSucceeded",
+        "UsageRecorded",
+    )
     category: str | None = None
 
     def __init__(self, schema: str = "billing") -> None:
@@ -33,6 +39,9 @@ class BillingProjection:
                 history.append((event.event_id, event.account_id, "top_up", event.occurred_at,
                                 event.amount_micros, None, None, event.topup_ref))  # fmt: skip
                 ledger.append((event.event_id, event.account_id, event.amount_micros, "top_up", event.occurred_at))
+            elif isinstance(event, RefundSucceeded):
+                history.append((event.event_id, event.account_id, "refund", event.occurred_at,
+                                event.amount_micros, None, None, event.refund_id))  # fmt: skip
             elif isinstance(event, UsageRecorded):
                 usage.append(event)
         if history:

@@ -61,6 +61,10 @@ class SetFlowRate(msgspec.Struct, forbid_unknown_fields=True):
     effective_at: Aware | None = None
 
 
+class PayoutSettings(msgspec.Struct, forbid_unknown_fields=True):
+    fail_payouts: bool
+
+
 def event_id(*parts: str) -> str:
     """A deterministic id, so that a retried admin request is the same event (deduped), not a new one."""
     return str(uuid.uuid5(_NAMESPACE, "/".join(parts)))

@@ -23,15 +23,23 @@ from libs.web import ApiError, decode_body, json_response
 from proto.v1 import (
     BillingHistory,
     BillingHistoryRequest,
+    ConfigurePayouts,
     Costs,
     CostsRequest,
     CreateKey,
+    GetRefund,
     KeyCommandFailed,
     KeyIssued,
     KeyList,
     ListKeys,
+    ListRefunds,
+    PayoutsConfigured,
+    PreviewRefund,
     QuotaStatus,
     QuotaStatusRequest,
+    RefundRefused,
+    RefundReply,
+    RequestRefund,
     RevokeKey,
     RotateKey,
     UsageEventsReply,
@@ -63,6 +71,9 @@ class NewKey(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _events = msgspec.json.Decoder(UsageEventsReply)
+_refund_reply = msgspec.json.Decoder(RefundReply | RefundRefused)
+_payouts_reply = msgspec.json.Decoder(PayoutsConfigured | RefundRefused)
+REFUND_ERRORS = {"not_refundable": 409, "refund_not_found": 404, "invalid_request": 400, "not_supported": 409}
 
 
 class IngressApi:
@@ -106,6 +117,11 @@ class IngressApi:
         r.add_put("/v1/account/extra-usage", self.set_extra_usage)
         r.add_get("/v1/billing/history", self.billing_history)
         r.add_get("/v1/account/costs", self.costs)
+        r.add_get("/v1/refunds/preview", self.refund_preview)
+        r.add_post("/v1/refunds", self.request_refund)
+        r.add_get("/v1/refunds", self.list_refunds)
+        r.add_get("/v1/refunds/{refund_id}", self.get_refund)
+        r.add_put("/admin/v1/payment-provider", self.configure_payouts)
 
     # -- authentication ---------------------------------------------------------------
 
@@ -187,9 +203,10 @@ class IngressApi:
 
     # -- account ----------------------------------------------------------------------
 
-    async def _ask(self, subject: str, message: msgspec.Struct) -> bytes:
+    async def _ask(self, subject: str, message: msgspec.Struct, timeout_s: float | None = None) -> bytes:
         try:
-            reply = await self.nc.request(subject, encode(message), timeout=self.settings.request_timeout_s)
+            timeout = timeout_s or self.settings.request_timeout_s
+            reply = await self.nc.request(subject, encode(message), timeout=timeout)
         except Exception as exc:
             service = subject.split(".", 1)[0]
             raise ApiError(503, f"{service}_unavailable", f"the {service} service did not answer; retry") from exc
@@ -368,6 +385,49 @@ class IngressApi:
             )
         )
         return json_response(views.costs(group_by, since, until, reply.lines))
+
+    # -- refunds ----------------------------------------------------------------------
+
+    async def _refund(self, subject: str, message: msgspec.Struct) -> RefundReply:
+        """Ask the refund service; it may first wait for its projection to catch up (the barrier)."""
+        timeout = self.settings.request_timeout_s + self.settings.refund_barrier_wait_s
+        reply: RefundReply | RefundRefused = _refund_reply.decode(await self._ask(subject, message, timeout))
+        if isinstance(reply, RefundRefused):
+            status = REFUND_ERRORS.get(reply.code, 503)
+            field = "refund_id" if reply.code == "refund_not_found" else None
+            raise ApiError(status, reply.code, reply.message, field, reason=reply.reason if status == 409 else None)
+        return reply
+
+    async def refund_preview(self, request: web.Request) -> web.Response:
+        reply = await self._refund(subjects.REFUND_PREVIEW, PreviewRefund(account_id=await self._account_of(request)))
+        assert reply.quote is not None
+        return json_response(views.refund_preview(reply.quote))
+
+    async def request_refund(self, request: web.Request) -> web.Response:
+        reply = await self._refund(subjects.REFUND_REQUEST, RequestRefund(account_id=await self._account_of(request)))
+        assert reply.refund is not None
+        return json_response(views.refund(reply.refund), 202)
+
+    async def get_refund(self, request: web.Request) -> web.Response:
+        account_id = await self._account_of(request)
+        refund_id = request.match_info["refund_id"]
+        reply = await self._refund(subjects.REFUND_GET, GetRefund(account_id=account_id, refund_id=refund_id))
+        assert reply.refund is not None
+        return json_response(views.refund(reply.refund))
+
+    async def list_refunds(self, request: web.Request) -> web.Response:
+        reply = await self._refund(subjects.REFUND_LIST, ListRefunds(account_id=await self._account_of(request)))
+        return json_response({"object": "list", "data": [views.refund(r) for r in reply.refunds]})
+
+    async def configure_payouts(self, request: web.Request) -> web.Response:
+        """Tell the local payment provider to decline payouts (or to pay again): for tests and demos."""
+        self._require_token(request, self.settings.admin_token)
+        body = decode_body(await request.read(), admin.PayoutSettings)
+        command = ConfigurePayouts(fail_payouts=body.fail_payouts)
+        reply = _payouts_reply.decode(await self._ask(subjects.REFUND_PAYOUTS, command))
+        if isinstance(reply, RefundRefused):
+            raise ApiError(409, reply.code, reply.message)
+        return json_response({"provider": reply.provider, "fail_payouts": reply.fail_payouts})
 
     async def _status(self, account_id: str) -> QuotaStatus:
         return _status.decode(await self._ask(subjects.QUOTA_STATUS, QuotaStatusRequest(account_id=account_id)))

@@ -1,12 +1,21 @@
-"""JSON shapes of the public API (SPEC §4): plans, models, account usage."""
+"""JSON shapes of the public API (SPEC §4): plans, models, account usage, billing, refunds."""
 
 from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
 from libs.pricing.catalog import Catalog, model_json
-from libs.pricing.money import MICRO, micros_to_number, micros_to_str, round_half_up
-from proto.v1 import BillingEntry, CostLine, KeyView, QuotaStatus, UsageRecorded, WindowStatus
+from libs.pricing.money import MICRO, micros_to_number, micros_to_str, micros_to_usd, round_half_up
+from proto.v1 import (
+    BillingEntry,
+    CostLine,
+    KeyView,
+    QuotaStatus,
+    RefundQuote,
+    RefundView,
+    UsageRecorded,
+    WindowStatus,
+)
 
 
 def _decimal(value: Fraction, places: int) -> str:
@@ -139,4 +148,50 @@ def costs(group_by: str, since: datetime, until: datetime, lines: list[CostLine]
             "flows": micros_to_number(sum(line.flows_micros for line in lines)),
             "usd": micros_to_str(sum(line.usd_micros for line in lines)),
         },
+    }
+
+
+def refund(r: RefundView) -> dict[str, Any]:
+    return {
+        "refund_id": r.refund_id,
+        "status": r.status,
+        "paid_usd": micros_to_usd(r.paid_micros),
+        "usage_usd": micros_to_usd(r.usage_micros),
+        "refunded_before_usd": micros_to_usd(r.refunded_before_micros),
+        "fee_usd": micros_to_usd(r.fee_micros),
+        "amount_usd": micros_to_usd(r.amount_micros),
+        "payment_ref": r.payment_ref,
+        "plan": r.plan,
+        "reason": r.reason,
+        "payout_id": r.payout_id,
+        "requested_at": timestamp(r.requested_at),
+        "updated_at": timestamp(r.updated_at),
+    }
+
+
+def refund_preview(q: RefundQuote) -> dict[str, Any]:
+    """The refund as it stands, with the product page's table as `lines` (each line signed)."""
+    table = [
+        ("paid_total", q.paid_micros),
+        ("usage", -q.usage_micros),
+        ("refunded_before", -q.refunded_before_micros),
+        ("refundable", q.refundable_micros),
+        ("processor_fee", -q.fee_micros),
+        ("refund", q.amount_micros),
+    ]
+    return {
+        "eligible": q.eligible,
+        "reason": q.reason,
+        "payment_ref": q.payment_ref,
+        "plan": q.plan,
+        "paid_at": timestamp(q.paid_at),
+        "refundable_until": timestamp(q.refundable_until),
+        "paid_usd": micros_to_usd(q.paid_micros),
+        "usage_usd": micros_to_usd(q.usage_micros),
+        "refunded_before_usd": micros_to_usd(q.refunded_before_micros),
+        "refundable_usd": micros_to_usd(q.refundable_micros),
+        "fee_usd": micros_to_usd(q.fee_micros),
+        "amount_usd": micros_to_usd(q.amount_micros),
+        "pending_calls": q.pending_calls,
+        "lines": [{"item": item, "usd": micros_to_usd(micros)} for item, micros in table],
     }

@@ -37,6 +37,7 @@ class QuotaService:
             (subjects.QUOTA_STATUS, responder.on_status),
             (subjects.QUOTA_EVENTS, responder.on_events),
             (subjects.QUOTA_RELEASE, responder.on_release),
+            (subjects.QUOTA_INFLIGHT, responder.on_inflight),
         ):
             await runtime.nc.subscribe(subject, queue="quota", cb=handler)
         await runtime.serve(self.settings.quota_port)

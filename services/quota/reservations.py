@@ -51,3 +51,9 @@ class Reservations:
             held.total = sum(f for f, _ in held.by_id.values())
             held.earliest = min((e for _, e in held.by_id.values()), default=None)
         return held.total
+
+    def held(self, account_id: str, now: datetime) -> list[str]:
+        """The account's reservations still held: calls admitted and not yet reported or timed out."""
+        self.total(account_id, now)  # drops the expired ones
+        held = self._held.get(account_id)
+        return list(held.by_id) if held else []

@@ -12,6 +12,8 @@ from libs.clock import Clock
 from libs.pricing.catalog import Catalog
 from libs.pricing.money import fraction_text, round_half_up
 from proto.v1 import (
+    Inflight,
+    InflightRequest,
     QuotaCheck,
     QuotaDecision,
     QuotaStatus,
@@ -60,6 +62,7 @@ class QuotaResponder:
         self._status = msgspec.json.Decoder(QuotaStatusRequest)
         self._events = msgspec.json.Decoder(UsageEventsRequest)
         self._release = msgspec.json.Decoder(ReleaseReservation)
+        self._inflight = msgspec.json.Decoder(InflightRequest)
 
     async def on_check(self, msg: Msg) -> None:
         started = time.perf_counter()
@@ -116,6 +119,11 @@ class QuotaResponder:
     async def on_release(self, msg: Msg) -> None:
         release = self._release.decode(msg.data)
         self._state.reservations.release(release.account_id, release.reservation_id)
+
+    async def on_inflight(self, msg: Msg) -> None:
+        account_id, now = self._inflight.decode(msg.data).account_id, self._clock.now()
+        held = self._state.reservations.held(account_id, now) + self._state.payg_reservations.held(account_id, now)
+        await msg.respond(encode(Inflight(reservation_ids=held)))
 
     async def on_status(self, msg: Msg) -> None:
         await msg.respond(encode(self.status(self._status.decode(msg.data).account_id)))

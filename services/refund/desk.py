@@ -1,0 +1,362 @@
+"""The refund desk: previews, requests and the settling of refunds.
+
+A request is accepted (status processing) once the refund projection has applied every
+event of the account stored so far — the sequence barrier — and the account's latest
+payment is refundable as it stands. It records what must be counted: usage stored up to
+the barrier's stream sequence, and the usage of the calls admitted and still running
+then (their quota reservations). Settling waits for those calls to report their usage
+(or time out) and for the barrier again, computes the final lines, pays out through the
+provider with the refund id as idempotency key, and records the outcome: succeeded (and
+the account drops to Free at once), failed, or cancelled when nothing is left to refund.
+"""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import asyncpg
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from libs import failpoints
+from libs.clock import Clock
+from libs.eventlog import subjects as log_subjects
+from libs.eventlog.publisher import EventPublisher, PublishFailed
+from libs.eventlog.runner import TRANSIENT_ERRORS
+from proto.v1 import (
+    Inflight,
+    InflightRequest,
+    PlanChanged,
+    QuotaStatus,
+    QuotaStatusRequest,
+    RefundCancelled,
+    RefundFailed,
+    RefundQuote,
+    RefundRequested,
+    RefundSucceeded,
+    RefundView,
+    encode,
+    subjects,
+)
+from services.refund import domain, metrics
+from services.refund.domain import Lines, Payment, PlanSpan
+from services.refund.projection import insert_refund, settle_refund
+from services.refund.provider import PaymentProvider, PayoutDeclined
+
+log = logging.getLogger(__name__)
+_NAMESPACE = uuid.UUID("2d6f0f0e-8c1a-4a4b-9d55-0b7e1f3c9a10")
+_inflight = msgspec.json.Decoder(Inflight)
+_status = msgspec.json.Decoder(QuotaStatus)
+RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, PublishFailed)
+QUOTA_SYNC_S = 10.0
+"""How long a settled refund waits for quota to show Free before it says succeeded anyway."""
+
+
+class Refused(Exception):
+    def __init__(self, code: str, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+
+
+def not_refundable(reason: str) -> Refused:
+    return Refused("not_refundable", reason, domain.MESSAGES[reason])
+
+
+class RefundDesk:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        nc: Client,
+        publisher: EventPublisher,
+        provider: PaymentProvider,
+        clock: Clock,
+        *,
+        stream: str,
+        request_timeout_s: float,
+        barrier_wait_s: float,
+        reservation_timeout_s: float,
+    ) -> None:
+        self._pool, self._schema, self._nc, self._js = pool, schema, nc, nc.jetstream()
+        self._publisher, self._provider, self._clock = publisher, provider, clock
+        self._stream = stream
+        self._request_timeout_s = request_timeout_s
+        self._barrier_wait_s = barrier_wait_s
+        self._reservation_timeout = timedelta(seconds=reservation_timeout_s)
+        self._settling: dict[str, asyncio.Task[None]] = {}
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def preview(self, account_id: str) -> RefundQuote:
+        """The refund as it stands: usage stored so far, and how many calls are still running."""
+        pending = await self._inflight(account_id)
+        cutoff = await self._caught_up(account_id, self._barrier_wait_s)
+        return await self._quote(account_id, cutoff, pending, self._clock.now())
+
+    async def get(self, account_id: str, refund_id: str) -> RefundView:
+        row = await self._pool.fetchrow(
+            f"SELECT * FROM {self._schema}.refunds WHERE refund_id = $1 AND account_id = $2", refund_id, account_id
+        )
+        if row is None:
+            raise Refused("refund_not_found", "refund_not_found", f"no refund {refund_id!r} for this account")
+        return _view(row)
+
+    async def refunds(self, account_id: str) -> list[RefundView]:
+        rows = await self._pool.fetch(
+            f"SELECT * FROM {self._schema}.refunds WHERE account_id = $1 ORDER BY requested_at DESC LIMIT 100",
+            account_id,
+        )
+        return [_view(row) for row in rows]
+
+    # -- request ----------------------------------------------------------------------
+
+    async def request(self, account_id: str) -> RefundView:
+        now = self._clock.now()
+        pending = await self._inflight(account_id)  # before the barrier: a call ending in between is in both
+        cutoff = await self._caught_up(account_id, self._barrier_wait_s)
+        quote = await self._quote(account_id, cutoff, pending, now)
+        if not quote.eligible:
+            metrics.refusals.add(1, {"reason": quote.reason or "unknown"})
+            raise not_refundable(quote.reason or "free_plan")
+        assert quote.payment_ref and quote.plan and quote.paid_at
+        refund_id = f"rf_{uuid.uuid4().hex[:24]}"
+        event = RefundRequested(
+            event_id=str(uuid.uuid5(_NAMESPACE, f"{refund_id}/requested")), account_id=account_id, occurred_at=now,
+            refund_id=refund_id, payment_ref=quote.payment_ref, plan=quote.plan, paid_at=quote.paid_at,
+            paid_micros=quote.paid_micros, cutoff_seq=cutoff, pending_reservations=pending,
+            usage_micros=quote.usage_micros, refunded_before_micros=quote.refunded_before_micros,
+            fee_micros=quote.fee_micros, amount_micros=quote.amount_micros,
+        )  # fmt: skip
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await insert_refund(conn, self._schema, event):  # waits out a concurrent request, then loses
+                statuses = await self._statuses(conn, account_id, quote.payment_ref)
+                raise not_refundable("already_refunded" if "succeeded" in statuses else "refund_in_progress")
+            await self._publisher.publish([event])  # the row commits only once the log has the event
+        metrics.refunds.add(1, {"status": "requested"})
+        self.settle_in_background(refund_id)
+        return await self.get(account_id, refund_id)
+
+    # -- settling ---------------------------------------------------------------------
+
+    async def resume(self) -> None:
+        """Settle what a previous run left processing (it may have paid out already: the provider knows)."""
+        for row in await self._pool.fetch(f"SELECT refund_id FROM {self._schema}.refunds WHERE status = 'processing'"):
+            self.settle_in_background(row["refund_id"])
+
+    def settle_in_background(self, refund_id: str) -> None:
+        if refund_id not in self._settling:
+            task = asyncio.create_task(self.settle(refund_id), name=f"settle-{refund_id}")
+            self._settling[refund_id] = task
+            task.add_done_callback(lambda _: self._settling.pop(refund_id, None))
+
+    async def close(self) -> None:
+        for task in list(self._settling.values()):
+            task.cancel()
+        await asyncio.gather(*self._settling.values(), return_exceptions=True)
+
+    async def settle(self, refund_id: str) -> None:
+        """Settle the refund, retrying transient failures (NATS or Postgres away) for as long as it takes."""
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(RETRIED), wait=wait_exponential(multiplier=0.1, max=5.0)
+            ):
+                with attempt:
+                    await self._settle_once(refund_id)
+        except Exception:
+            log.exception("refund %s: settling failed; it stays processing until the next start", refund_id)
+
+    async def _settle_once(self, refund_id: str) -> None:
+        row = await self._row(refund_id)
+        if row is None or row["status"] != "processing":
+            return
+        account_id = row["account_id"]
+        await self._calls_reported(account_id, set(row["pending_reservations"]), row["requested_at"])
+        await self._caught_up(account_id, None)
+        async with self._pool.acquire() as conn:
+            row = await self._row(refund_id, conn)  # a previous run may have settled it; the barrier shows it
+            if row is None or row["status"] != "processing":
+                return
+            usage = await self._usage(conn, account_id, row["paid_at"], row["cutoff_seq"], row["pending_reservations"])
+            before = await self._refunded_before(conn, account_id, row["payment_ref"])
+            plan_now = domain.plan_at(await self._plans(conn, account_id), self._clock.now())
+        result = domain.lines(row["paid_micros"], usage, before)
+        now = self._clock.now()
+        if result.amount <= 0:
+            reason = "usage_exceeds_payment" if result.refundable <= 0 else "nothing_to_refund"
+            await self._record(RefundCancelled(
+                event_id=_event_id(refund_id, "cancelled"), account_id=account_id, occurred_at=now,
+                refund_id=refund_id, reason=reason, usage_micros=usage,
+            ))  # fmt: skip
+            return
+        try:
+            payout = await self._provider.payout(
+                idempotency_key=refund_id, account_id=account_id, refund_id=refund_id, amount_micros=result.amount,
+                now=now,
+            )  # fmt: skip
+        except PayoutDeclined as exc:
+            await self._record(RefundFailed(
+                event_id=_event_id(refund_id, "failed"), account_id=account_id, occurred_at=now,
+                refund_id=refund_id, reason=str(exc),
+            ))  # fmt: skip
+            return
+        failpoints.hit("after_payout")
+        succeeded = RefundSucceeded(
+            event_id=_event_id(refund_id, "succeeded"), account_id=account_id, occurred_at=now, refund_id=refund_id,
+            payout_id=payout.payout_id, usage_micros=usage, refunded_before_micros=before,
+            fee_micros=result.refundable - payout.amount_micros, amount_micros=payout.amount_micros,
+        )  # fmt: skip
+        to_free = PlanChanged(
+            event_id=_event_id(refund_id, "plan"), account_id=account_id, occurred_at=now, plan="free",
+            previous_plan=plan_now, period_anchor=now, reason="refund",
+        )  # fmt: skip
+        await self._publisher.publish([succeeded, to_free])
+        await self._until_quota_shows_free(account_id)  # "succeeded" is shown once the gateway refuses Pro
+        await self._record(succeeded, published=True)
+
+    async def _record(
+        self, event: RefundSucceeded | RefundFailed | RefundCancelled, *, published: bool = False
+    ) -> None:
+        if not published:
+            await self._publisher.publish([event])
+        async with self._pool.acquire() as conn:
+            await settle_refund(conn, self._schema, event)
+        status = {RefundSucceeded: "succeeded", RefundFailed: "failed", RefundCancelled: "cancelled"}[type(event)]
+        metrics.refunds.add(1, {"status": status})
+        if isinstance(event, RefundSucceeded):
+            metrics.refunded_usd.add(event.amount_micros / 1_000_000)
+            metrics.fees_usd.add(event.fee_micros / 1_000_000)
+
+    async def _calls_reported(self, account_id: str, pending: set[str], requested_at: datetime) -> None:
+        """Wait until the calls in flight at the request have reported their usage, or timed out."""
+        give_up = requested_at + self._reservation_timeout + timedelta(seconds=5)
+        while pending and self._clock.now() < give_up:
+            pending &= set(await self._inflight(account_id))
+            if pending:
+                await asyncio.sleep(0.1)
+
+    # -- the sequence barrier and the other services ----------------------------------
+
+    async def _caught_up(self, account_id: str, timeout_s: float | None) -> int:
+        """Wait until this projection has applied every event of the account stored so far (or the
+        timeout passes); return that last stream sequence, the cut-off of "recorded before"."""
+        try:
+            last = await self._js.get_last_msg(self._stream, f"{log_subjects.STORED_PREFIX}.*.*.{account_id}.*")
+        except nats.js.errors.NotFoundError:
+            return 0
+        seq, partition = int(last.seq or 0), int((last.subject or "").split(".")[2])
+        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+        while True:
+            applied = await self._pool.fetchval(
+                f"SELECT last_seq FROM {self._schema}.checkpoints WHERE projection = 'refund' AND partition = $1",
+                partition,
+            )
+            if (applied or 0) >= seq or (deadline is not None and asyncio.get_running_loop().time() > deadline):
+                return seq
+            await asyncio.sleep(0.01)
+
+    async def _inflight(self, account_id: str) -> list[str]:
+        reply = await self._nc.request(
+            subjects.QUOTA_INFLIGHT, encode(InflightRequest(account_id=account_id)), timeout=self._request_timeout_s
+        )
+        return _inflight.decode(reply.data).reservation_ids
+
+    async def _until_quota_shows_free(self, account_id: str) -> None:
+        deadline = asyncio.get_running_loop().time() + QUOTA_SYNC_S
+        while asyncio.get_running_loop().time() < deadline:
+            reply = await self._nc.request(
+                subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=account_id)),
+                timeout=self._request_timeout_s,
+            )  # fmt: skip
+            if _status.decode(reply.data).plan == "free":
+                return
+            await asyncio.sleep(0.01)
+
+    # -- the projection's tables ------------------------------------------------------
+
+    async def _quote(self, account_id: str, cutoff: int, pending: Sequence[str], now: datetime) -> RefundQuote:
+        async with self._pool.acquire() as conn:
+            payment = await self._latest_payment(conn, account_id)
+            plan_now = domain.plan_at(await self._plans(conn, account_id), now)
+            if payment is None:
+                statuses: list[str] = []
+                result: Lines | None = None
+            else:
+                statuses = await self._statuses(conn, account_id, payment.payment_ref)
+                usage = await self._usage(conn, account_id, payment.paid_at, cutoff, pending)
+                before = await self._refunded_before(conn, account_id, payment.payment_ref)
+                result = domain.lines(payment.amount_micros, usage, before)
+        reason = domain.refusal(payment, plan_now, statuses, result, now)
+        if payment is None or result is None:
+            return RefundQuote(eligible=False, reason=reason, pending_calls=len(pending))
+        return RefundQuote(
+            eligible=reason is None, reason=reason, payment_ref=payment.payment_ref, plan=payment.plan,
+            paid_at=payment.paid_at, refundable_until=payment.paid_at + domain.REFUND_WINDOW,
+            paid_micros=result.paid, usage_micros=result.usage, refunded_before_micros=result.refunded_before,
+            refundable_micros=result.refundable, fee_micros=result.fee, amount_micros=result.amount,
+            pending_calls=len(pending),
+        )  # fmt: skip
+
+    async def _row(self, refund_id: str, conn: asyncpg.Connection | None = None) -> asyncpg.Record | None:
+        query = f"SELECT * FROM {self._schema}.refunds WHERE refund_id = $1"
+        return await (conn or self._pool).fetchrow(query, refund_id)
+
+    async def _latest_payment(self, conn: asyncpg.Connection, account_id: str) -> Payment | None:
+        row = await conn.fetchrow(
+            f"""SELECT payment_ref, plan, paid_at, amount_micros FROM {self._schema}.payments
+                WHERE account_id = $1 ORDER BY paid_at DESC, event_id DESC LIMIT 1""",
+            account_id,
+        )
+        return Payment(**dict(row)) if row else None
+
+    async def _plans(self, conn: asyncpg.Connection, account_id: str) -> list[PlanSpan]:
+        rows = await conn.fetch(
+            f"SELECT effective_at, plan, paid_until FROM {self._schema}.plans WHERE account_id = $1", account_id
+        )
+        return [PlanSpan(**dict(row)) for row in rows]
+
+    async def _statuses(self, conn: asyncpg.Connection, account_id: str, payment_ref: str) -> list[str]:
+        rows = await conn.fetch(
+            f"SELECT status FROM {self._schema}.refunds WHERE account_id = $1 AND payment_ref = $2",
+            account_id,
+            payment_ref,
+        )
+        return [row["status"] for row in rows]
+
+    async def _refunded_before(self, conn: asyncpg.Connection, account_id: str, payment_ref: str) -> int:
+        value = await conn.fetchval(
+            f"""SELECT coalesce(sum(amount_micros), 0) FROM {self._schema}.refunds
+                WHERE account_id = $1 AND payment_ref = $2 AND status = 'succeeded'""",
+            account_id,
+            payment_ref,
+        )
+        return int(value)
+
+    async def _usage(
+        self, conn: asyncpg.Connection, account_id: str, since: datetime, cutoff: int, pending: Sequence[str]
+    ) -> int:
+        """The API value of the calls since the payment, whatever their billing mode: those stored up to
+        the cut-off, and those that were in flight at the request."""
+        value = await conn.fetchval(
+            f"""SELECT coalesce(sum(usd_cost_micros), 0) FROM {self._schema}.usage
+                WHERE account_id = $1 AND occurred_at >= $2 AND (seq <= $3 OR reservation_id = ANY($4::text[]))""",
+            account_id,
+            since,
+            cutoff,
+            list(pending),
+        )
+        return int(value)
+
+
+def _event_id(refund_id: str, outcome: str) -> str:
+    """Deterministic: a settling repeated after a crash publishes the same events (deduplicated)."""
+    return str(uuid.uuid5(_NAMESPACE, f"{refund_id}/{outcome}"))
+
+
+def _view(row: asyncpg.Record) -> RefundView:
+    fields = {f for f in RefundView.__struct_fields__}
+    return RefundView(**{k: v for k, v in dict(row).items() if k in fields})

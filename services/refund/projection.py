@@ -1,0 +1,124 @@
+"""refund's projection: payments, plan changes and usage (what a refund is computed from),
+and the refunds and payouts themselves, from the events. Every write is idempotent, so the
+rows the command paths wrote first are written again harmlessly."""
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from libs.eventlog.runner import AfterCommit, Applied
+from proto.v1 import (
+    PaymentRecorded,
+    PlanChanged,
+    RefundCancelled,
+    RefundFailed,
+    RefundPaidOut,
+    RefundRequested,
+    RefundSucceeded,
+    UsageRecorded,
+)
+
+
+class RefundProjection:
+    name: str = "refund"
+    event_types: tuple[str, ...] = (
+        "PaymentRecorded",
+        "PlanChanged",
+        "UsageRecorded",
+        "RefundRequested",
+        "RefundPaidOut",
+        "RefundSucceeded",
+        "RefundFailed",
+        "RefundCancelled",
+    )
+    category: str | None = None
+
+    def __init__(self, schema: str = "refund") -> None:
+        self.schema = schema
+
+    async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
+        usage: list[tuple[str, str, int, object, int, str | None]] = []
+        for seq, event in batch:
+            if isinstance(event, UsageRecorded):
+                usage.append((event.event_id, event.account_id, seq, event.occurred_at, event.usd_cost_micros,
+                              event.reservation_id))  # fmt: skip
+            elif isinstance(event, PaymentRecorded):
+                await conn.execute(
+                    f"""INSERT INTO {self.schema}.payments (event_id, account_id, payment_ref, plan, amount_micros,
+                                                            paid_at)
+                        VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+                    event.event_id, event.account_id, event.payment_ref, event.plan, event.amount_micros,
+                    event.occurred_at,
+                )  # fmt: skip
+            elif isinstance(event, PlanChanged):
+                await conn.execute(
+                    f"""INSERT INTO {self.schema}.plans (event_id, account_id, plan, effective_at, paid_until)
+                        VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+                    event.event_id, event.account_id, event.plan, event.occurred_at, event.paid_until,
+                )  # fmt: skip
+            elif isinstance(event, RefundRequested):
+                await insert_refund(conn, self.schema, event)
+            elif isinstance(event, RefundPaidOut):
+                await insert_payout(conn, self.schema, event)
+            elif isinstance(event, RefundSucceeded | RefundFailed | RefundCancelled):
+                await settle_refund(conn, self.schema, event)
+        if usage:
+            await conn.executemany(
+                f"""INSERT INTO {self.schema}.usage (event_id, account_id, seq, occurred_at, usd_cost_micros,
+                                                     reservation_id)
+                    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+                usage,
+            )
+        return None
+
+
+async def insert_refund(conn: asyncpg.Connection, schema: str, event: RefundRequested) -> bool:
+    """The refund as requested (processing); False when the payment already has a live refund."""
+    row = await conn.fetchrow(
+        f"""INSERT INTO {schema}.refunds (refund_id, account_id, payment_ref, plan, paid_at, status, requested_at,
+                                          updated_at, cutoff_seq, pending_reservations, paid_micros, usage_micros,
+                                          refunded_before_micros, fee_micros, amount_micros)
+            VALUES ($1, $2, $3, $4, $5, 'processing', $6, $6, $7, $8, $9, $10, $11, $12, $13)
+            ON CONFLICT DO NOTHING RETURNING refund_id""",
+        event.refund_id, event.account_id, event.payment_ref, event.plan, event.paid_at, event.occurred_at,
+        event.cutoff_seq, event.pending_reservations, event.paid_micros, event.usage_micros,
+        event.refunded_before_micros, event.fee_micros, event.amount_micros,
+    )  # fmt: skip
+    return row is not None
+
+
+async def insert_payout(conn: asyncpg.Connection, schema: str, event: RefundPaidOut) -> None:
+    await conn.execute(
+        f"""INSERT INTO {schema}.payouts (idempotency_key, payout_id, account_id, refund_id, amount_micros,
+                                          provider, paid_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
+        event.idempotency_key, event.payout_id, event.account_id, event.refund_id, event.amount_micros,
+        event.provider, event.occurred_at,
+    )  # fmt: skip
+
+
+async def settle_refund(
+    conn: asyncpg.Connection, schema: str, event: RefundSucceeded | RefundFailed | RefundCancelled
+) -> None:
+    """processing → succeeded | failed | cancelled, once: a settled refund never changes again."""
+    if isinstance(event, RefundSucceeded):
+        await conn.execute(
+            f"""UPDATE {schema}.refunds SET status = 'succeeded', updated_at = $2, payout_id = $3, usage_micros = $4,
+                       refunded_before_micros = $5, fee_micros = $6, amount_micros = $7
+                WHERE refund_id = $1 AND status = 'processing'""",
+            event.refund_id, event.occurred_at, event.payout_id, event.usage_micros, event.refunded_before_micros,
+            event.fee_micros, event.amount_micros,
+        )  # fmt: skip
+    elif isinstance(event, RefundCancelled):
+        await conn.execute(
+            f"""UPDATE {schema}.refunds SET status = 'cancelled', updated_at = $2, reason = $3, usage_micros = $4,
+                       fee_micros = 0, amount_micros = 0
+                WHERE refund_id = $1 AND status = 'processing'""",
+            event.refund_id, event.occurred_at, event.reason, event.usage_micros,
+        )  # fmt: skip
+    else:
+        await conn.execute(
+            f"""UPDATE {schema}.refunds SET status = 'failed', updated_at = $2, reason = $3
+                WHERE refund_id = $1 AND status = 'processing'""",
+            event.refund_id, event.occurred_at, event.reason,
+        )  # fmt: skip

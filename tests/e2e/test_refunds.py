@@ -1,0 +1,210 @@
+"""Refunds end to end: the formula over real usage, in-flight calls counted, one payout
+however often it is asked for, the 24-hour window, Free at once, a declined payout."""
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from libs.eventlog.subjects import STORED_PREFIX
+from tests.e2e.test_gateway_sdks import FREE_MODEL, PRO_CLAUDE, oai, pro_account, raw_stream
+from tests.stack import Stack, eventually, usage_event
+
+pytestmark = pytest.mark.connected
+
+
+async def refund_of(stack: Stack, key: str, refund_id: str, *, settled: bool = True) -> dict[str, Any]:
+    async def fetched() -> dict[str, Any] | None:
+        status, body = await stack.http("GET", f"/v1/refunds/{refund_id}", token=key)
+        assert status == 200, body
+        return body if body["status"] != "processing" or not settled else None
+
+    return dict(await eventually(fetched))
+
+
+async def all_usage_usd(stack: Stack, key: str, count: int) -> Decimal:
+    async def listed() -> list[dict[str, Any]]:
+        status, body = await stack.http("GET", "/v1/account/usage/events?limit=1000", token=key)
+        assert status == 200, body
+        return body["data"] if len(body["data"]) >= count else []
+
+    return sum((Decimal(e["usd_cost"]) for e in await eventually(listed)), Decimal(0))
+
+
+async def payouts_of(stack: Stack, account_id: str) -> tuple[int, int]:
+    """(payout rows in the provider's books, RefundPaidOut events in the stream) for the account."""
+    conn = await stack.db()
+    try:
+        rows = await conn.fetchval("SELECT count(*) FROM refund.payouts WHERE account_id = $1", account_id)
+    finally:
+        await conn.close()
+    nc = await stack.nats()
+    try:
+        info = await nc.jetstream().stream_info(
+            stack.settings.stream, subjects_filter=f"{STORED_PREFIX}.*.account.{account_id}.RefundPaidOut"
+        )
+        events = sum((info.state.subjects or {}).values())
+    finally:
+        await nc.close()
+    return int(rows), events
+
+
+async def test_a_refund_right_after_heavy_usage_counts_that_usage_and_the_call_in_flight(stack: Stack) -> None:
+    account = await pro_account(stack)
+    heavy = [usage_event(account["account_id"], input_tokens=3000, output_tokens=1000) for _ in range(990)]
+    async with aiohttp.ClientSession() as session:
+        running = await raw_stream(stack, session, account["key"], max_tokens=8000)  # ~4 s at 2,000 tokens/s
+        await running.content.readany()  # admitted and streaming
+        for start in range(0, len(heavy), 330):
+            assert (await stack.post_usage(heavy[start : start + 330]))[0] == 202
+        status, requested = await stack.http("POST", "/v1/refunds", token=account["key"])
+        assert status == 202, requested
+        assert requested["status"] == "processing"
+        await running.read()
+    refund = await refund_of(stack, account["key"], requested["refund_id"])
+    used = await all_usage_usd(stack, account["key"], 991)
+    assert refund["status"] == "succeeded", refund
+    assert Decimal(refund["usage_usd"]) == used  # all 990 events and the streamed call, none missed
+    assert Decimal(refund["paid_usd"]) == Decimal(20)
+    refundable = Decimal(20) - used
+    assert Decimal(refund["amount_usd"]) == (refundable * Decimal("0.95")).quantize(Decimal("0.01"), "ROUND_HALF_UP")
+    assert Decimal(refund["fee_usd"]) + Decimal(refund["amount_usd"]) == refundable
+
+
+async def test_the_preview_shows_the_table_line_by_line(stack: Stack) -> None:
+    account = await pro_account(stack)
+    assert (await stack.post_usage([usage_event(account["account_id"])]))[0] == 202
+    used = await all_usage_usd(stack, account["key"], 1)
+    status, preview = await stack.http("GET", "/v1/refunds/preview", token=account["key"])
+    assert status == 200, preview
+    assert preview["eligible"] is True and preview["reason"] is None and preview["plan"] == "pro"
+    lines = {line["item"]: Decimal(line["usd"]) for line in preview["lines"]}
+    assert lines["paid_total"] == 20 and lines["usage"] == -used and lines["refunded_before"] == 0
+    assert lines["refundable"] == 20 - used
+    assert lines["refundable"] + lines["processor_fee"] == lines["refund"] == Decimal(preview["amount_usd"])
+    paid_at = datetime.fromisoformat(preview["paid_at"])
+    assert datetime.fromisoformat(preview["refundable_until"]) == paid_at + timedelta(hours=24)
+
+    free = await stack.create_account()
+    status, preview = await stack.http("GET", "/v1/refunds/preview", token=free["key"])
+    assert (status, preview["eligible"], preview["reason"]) == (200, False, "free_plan")
+
+
+async def test_ten_concurrent_refund_requests_yield_one_refund_and_one_payout(stack: Stack) -> None:
+    account = await pro_account(stack)
+    answers = await asyncio.gather(*(stack.http("POST", "/v1/refunds", token=account["key"]) for _ in range(10)))
+    accepted = [body for status, body in answers if status == 202]
+    refused = [body for status, body in answers if status == 409]
+    assert len(accepted) == 1 and len(refused) == 9, answers
+    assert {body["error"]["reason"] for body in refused} <= {"refund_in_progress", "already_refunded"}
+    refund = await refund_of(stack, account["key"], accepted[0]["refund_id"])
+    assert refund["status"] == "succeeded" and refund["amount_usd"] == "19.00" and refund["fee_usd"] == "1.00"
+    again = await stack.http("POST", "/v1/refunds", token=account["key"])
+    assert again[0] == 409 and again[1]["error"]["reason"] == "already_refunded"
+    assert await payouts_of(stack, account["account_id"]) == (1, 1)
+    status, listed = await stack.http("GET", "/v1/refunds", token=account["key"])
+    assert status == 200 and [r["refund_id"] for r in listed["data"]] == [refund["refund_id"]]
+
+
+async def test_a_payment_older_than_24_hours_is_not_refundable(stack: Stack) -> None:
+    account = await stack.create_account()
+    paid_at = datetime.now(UTC) - timedelta(hours=25)
+    await stack.pay(account["account_id"], "pro", "20.00", paid_at=paid_at.isoformat())
+    status, body = await stack.http("POST", "/v1/refunds", token=account["key"])
+    assert status == 409, body
+    assert body["error"]["code"] == "not_refundable" and body["error"]["reason"] == "window_passed"
+    assert "24 hours" in body["error"]["message"]
+
+
+async def test_usage_beyond_the_payment_is_not_refundable(stack: Stack) -> None:
+    account = await stack.create_account()
+    await stack.pay(account["account_id"], "pro", "0.01")
+    assert (await stack.post_usage([usage_event(account["account_id"], input_tokens=100_000)]))[0] == 202
+    await all_usage_usd(stack, account["key"], 1)
+    status, body = await stack.http("POST", "/v1/refunds", token=account["key"])
+    assert status == 409 and body["error"]["reason"] == "usage_exceeds_payment", body
+
+
+async def test_a_succeeded_refund_drops_the_account_to_free_at_once(stack: Stack) -> None:
+    account = await pro_account(stack)
+    client = oai(stack, account["key"])
+    hi = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    await client.chat.completions.create(model=PRO_CLAUDE, **hi)  # Pro may call it
+    status, requested = await stack.http("POST", "/v1/refunds", token=account["key"])
+    assert status == 202, requested
+    refund = await refund_of(stack, account["key"], requested["refund_id"])
+    assert refund["status"] == "succeeded" and refund["payout_id"]
+    with pytest.raises(openai.PermissionDeniedError) as refused:  # the very next call
+        await client.chat.completions.create(model=PRO_CLAUDE, **hi)
+    assert refused.value.code == "model_not_in_plan"
+    await client.chat.completions.create(model=FREE_MODEL, **hi)  # Free still works
+    assert (await stack.usage(account["key"]))["plan"] == "free"
+
+    async def in_history() -> list[dict[str, Any]]:
+        _, history = await stack.http("GET", "/v1/billing/history", token=account["key"])
+        return [e for e in history["data"] if e["type"] == "refund"]
+
+    [entry] = await eventually(in_history)
+    assert entry["amount_usd"] == refund["amount_usd"]
+
+
+async def test_a_declined_payout_leaves_the_plan_alone_and_can_be_retried(stack: Stack) -> None:
+    account = await pro_account(stack)
+    admin = stack.settings.admin_token
+    status, body = await stack.http("PUT", "/admin/v1/payment-provider", token=admin, json={"fail_payouts": True})
+    assert (status, body) == (200, {"provider": "local", "fail_payouts": True})
+    try:
+        status, requested = await stack.http("POST", "/v1/refunds", token=account["key"])
+        assert status == 202, requested
+        failed = await refund_of(stack, account["key"], requested["refund_id"])
+        assert failed["status"] == "failed" and "declined" in failed["reason"]
+        assert (await stack.usage(account["key"]))["plan"] == "pro"
+        assert await payouts_of(stack, account["account_id"]) == (0, 0)
+    finally:
+        await stack.http("PUT", "/admin/v1/payment-provider", token=admin, json={"fail_payouts": False})
+    status, retried = await stack.http("POST", "/v1/refunds", token=account["key"])
+    assert status == 202, retried
+    assert (await refund_of(stack, account["key"], retried["refund_id"]))["status"] == "succeeded"
+    assert (await stack.usage(account["key"]))["plan"] == "free"
+
+
+async def test_refund_requests_that_are_wrong_get_clear_4xx(stack: Stack) -> None:
+    account = await stack.create_account()
+    assert (await stack.http("GET", "/v1/refunds/rf_nope", token=account["key"]))[0] == 404
+    assert (await stack.http("POST", "/v1/refunds", token="sk-ss-v1-bad"))[0] == 401
+    status, body = await stack.http("POST", "/v1/refunds", token=account["key"])
+    assert status == 409 and body["error"]["reason"] == "free_plan"
+    status, body = await stack.http(
+        "PUT", "/admin/v1/payment-provider", token=stack.settings.admin_token, json={"fail_payouts": "yes"}
+    )
+    assert status == 400 and body["error"]["field"] == "fail_payouts"
+
+
+async def test_killed_right_after_the_payout_the_refund_service_resumes_without_paying_twice(stack: Stack) -> None:
+    account = await pro_account(stack)
+    stack.refund.stop()
+    stack.refund.start({"FLOWPLAN_FAILPOINT": "after_payout"})
+    try:
+        status, requested = await stack.http("POST", "/v1/refunds", token=account["key"])
+        assert status == 202, requested
+        assert await asyncio.to_thread(stack.refund.wait_exit) == 137  # paid out, then gone before recording it
+        assert "failpoint after_payout" in stack.refund.log()
+        conn = await stack.db()
+        try:
+            row = await conn.fetchrow("SELECT status FROM refund.refunds WHERE refund_id = $1", requested["refund_id"])
+        finally:
+            await conn.close()
+        assert row["status"] == "processing"
+        assert await payouts_of(stack, account["account_id"]) == (1, 1)
+    finally:
+        if stack.refund.process is not None:
+            stack.refund.stop()
+        await asyncio.to_thread(stack.refund.start)
+    refund = await refund_of(stack, account["key"], requested["refund_id"])
+    assert refund["status"] == "succeeded" and refund["amount_usd"] == "19.00"
+    assert await payouts_of(stack, account["account_id"]) == (1, 1)  # exactly one payout, however resumed
+    assert (await stack.usage(account["key"]))["plan"] == "free"
