@@ -64,6 +64,14 @@ async def test_a_refund_right_after_heavy_usage_counts_that_usage_and_the_call_i
         status, requested = await stack.http("POST", "/v1/refunds", token=account["key"])
         assert status == 202, requested
         assert requested["status"] == "processing"
+        conn = await stack.db()
+        try:
+            pending = await conn.fetchval(
+                "SELECT pending_reservations FROM refund.refunds WHERE refund_id = $1", requested["refund_id"]
+            )
+        finally:
+            await conn.close()
+        assert len(pending) == 1  # the streaming call was still running when the refund was asked for
         await running.read()
     refund = await refund_of(stack, account["key"], requested["refund_id"])
     used = await all_usage_usd(stack, account["key"], 991)
