@@ -16,9 +16,11 @@ from nats.aio.client import Client
 
 from libs.connections import close_nats, connect_nats, health
 from libs.db import create_pool, migrate_async
+from libs.eventlog.monitor import ProjectionMonitor
 from libs.eventlog.publisher import EventPublisher
 from libs.eventlog.runner import Projection, ProjectionRunner
 from libs.eventlog.streams import require_streams
+from libs.observability import install as install_metrics
 from libs.service import fatal_on_error
 from libs.settings import Settings
 from libs.web import add_ops_routes, start_site
@@ -34,6 +36,7 @@ class Runtime:
         self.pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sites: list[web.AppRunner] = []
+        install_metrics(name)
 
     async def connect(self, migrations: Path | None = None, pool_size: int = 10) -> None:
         """NATS always; Postgres (after the service's migrations) when the service has tables."""
@@ -53,7 +56,7 @@ class Runtime:
         return publisher
 
     async def project(self, projection: Projection) -> ProjectionRunner:
-        """Run the projection over every partition of the event log, in the background."""
+        """Run the projection over every partition of the event log, and measure its lag, in the background."""
         partitions = await require_streams(self.nc.jetstream(), self.settings)
         runner = ProjectionRunner(
             projection, self.db, self.nc.jetstream(), stream=self.settings.stream, partitions=partitions,
@@ -61,6 +64,9 @@ class Runtime:
             linger_s=self.settings.projection_linger_s,
         )  # fmt: skip
         self.spawn(runner.run(), f"{self.name}-projection")
+        monitor = ProjectionMonitor(runner, self.db, self.nc.jetstream(), stream=self.settings.stream,
+                                    partitions=partitions)  # fmt: skip
+        self.spawn(monitor.run(), f"{self.name}-projection-monitor")
         return runner
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:

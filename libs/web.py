@@ -89,10 +89,14 @@ def add_ops_routes(app: web.Application, health: HealthCheck) -> None:
         checks = await health()
         return json_response({"ok": all(checks.values()), **checks}, 200 if all(checks.values()) else 503)
 
+    app.router.add_get("/healthz", healthz)
+    add_metrics_route(app)
+
+
+def add_metrics_route(app: web.Application) -> None:
     async def metrics_route(_: web.Request) -> web.Response:
         return web.Response(body=prometheus_text(), content_type="text/plain", charset="utf-8")
 
-    app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_route)
 
 

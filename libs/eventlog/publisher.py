@@ -9,6 +9,7 @@ thousands on the ingest path.
 
 import asyncio
 import itertools
+from collections import Counter
 from collections.abc import Sequence
 
 import msgspec
@@ -17,7 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
-from libs.eventlog import subjects
+from libs.eventlog import metrics, subjects
 from proto.v1 import encode
 from proto.v1.events import Event
 
@@ -106,4 +107,7 @@ class EventPublisher:
         refused = [ack.error for ack in acks if ack.error]
         if refused:
             raise PublishFailed(f"event log refused {len(refused)} events: {refused[0]}")
+        stored = Counter(type(event).__name__ for event, ack in zip(events, acks, strict=True) if not ack.duplicate)
+        for event_type, count in stored.items():
+            metrics.events_published.add(count, {"type": event_type})
         return acks

@@ -33,7 +33,7 @@ from nats.js import api
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from libs import failpoints
-from libs.eventlog import subjects
+from libs.eventlog import metrics, subjects
 from proto.v1 import decode_event
 from proto.v1.events import AnyEvent
 
@@ -112,6 +112,7 @@ class ProjectionRunner:
         self._ack_wait_s = ack_wait_s
         self._linger_s = linger_s
         self._keep_alives: set[asyncio.Future[None]] = set()
+        metrics.dead_letters.add(0, {"projection": projection.name})  # a DLQ panel shows 0, not "no data"
 
     def consumer_name(self, partition: int) -> str:
         return f"{self.projection.name}-p{partition}"
@@ -228,6 +229,8 @@ class ProjectionRunner:
                 partition,
                 last_seq,
             )
+        if batch:
+            metrics.events_applied.add(len(batch), {"projection": self.projection.name})
         if after_commit is not None:
             after_commit()
 
@@ -246,6 +249,7 @@ class ProjectionRunner:
                 "Flowplan-Error": repr(error)[:1000],
             },
         )
+        metrics.dead_letters.add(1, {"projection": self.projection.name})
 
     async def _retry_forever(
         self, attempt: Callable[[], Awaitable[T]], what: str, in_progress: Sequence[Msg] = ()

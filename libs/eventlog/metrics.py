@@ -1,0 +1,16 @@
+"""The event log's metrics, the same in every service that publishes or projects: names and
+labels are an API (no per-account labels)."""
+
+from libs.observability import meter
+
+_meter = meter("eventlog")
+
+events_published = _meter.create_counter(
+    "flowplan_events_published", description="events JetStream stored (duplicates not counted), by event type"
+)
+events_applied = _meter.create_counter(
+    "flowplan_projection_events_applied", description="events a projection applied and committed"
+)
+dead_letters = _meter.create_counter(
+    "flowplan_dead_letters", description="events a projection could not decode or apply, sent to the DLQ"
+)
