@@ -8,6 +8,7 @@ import asyncpg
 
 from libs.eventlog.runner import AfterCommit, Applied
 from proto.v1 import BalanceToppedUp, PaymentRecorded, PlanChanged, RefundSucceeded, UsageRecorded
+from services.billing import metrics
 
 
 class BillingProjection:
@@ -44,27 +45,41 @@ class BillingProjection:
                                 event.amount_micros, None, None, event.refund_id))  # fmt: skip
             elif isinstance(event, UsageRecorded):
                 usage.append(event)
+        payments: list[tuple[str, int]] = []
         if history:
-            await conn.executemany(
+            fresh = await conn.fetch(
                 f"""INSERT INTO {self.schema}.history (event_id, account_id, kind, occurred_at, amount_micros, plan,
                                                        previous_plan, reference)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""",
-                history,
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
+                                         $6::text[], $7::text[], $8::text[])
+                    ON CONFLICT DO NOTHING RETURNING kind, plan, amount_micros""",
+                *zip(*history, strict=True),
             )
+            payments = [(row["plan"], row["amount_micros"]) for row in fresh if row["kind"] == "payment"]
+        spend: dict[str, int] = defaultdict(int)  # PAYG micro-USD by model
         if usage:
-            ledger += await self._costs(conn, usage)
+            ledger += await self._costs(conn, usage, spend)
         if ledger:
             await conn.executemany(
                 f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)
                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
                 ledger,
             )
-        return None
+
+        def after_commit() -> None:
+            for plan, amount_micros in payments:
+                metrics.payments.add(1, {"plan": plan})
+                metrics.payment_amount_usd.add(amount_micros / 1_000_000, {"plan": plan})
+            for model, usd_micros in spend.items():
+                metrics.payg_spend_usd.add(usd_micros / 1_000_000, {"model": model})
+
+        return after_commit
 
     async def _costs(
-        self, conn: asyncpg.Connection, usage: list[UsageRecorded]
+        self, conn: asyncpg.Connection, usage: list[UsageRecorded], spend: dict[str, int]
     ) -> list[tuple[str, str, int, str, object]]:
-        """Count each usage event once into the costs; return the PAYG ones' ledger debits."""
+        """Count each usage event once into the costs and the PAYG spend by model; return the PAYG
+        ones' ledger debits."""
         fresh = {
             row["event_id"]
             for row in await conn.fetch(
@@ -83,6 +98,7 @@ class BillingProjection:
                 debits.append(
                     (event.event_id, event.account_id, -event.usd_cost_micros, "payg_usage", event.occurred_at)
                 )
+                spend[event.model] += event.usd_cost_micros
             line = totals[(event.account_id, event.occurred_at.astimezone(UTC).date(), event.model)]
             line[0] += 1
             line[1] += event.flows_micros if event.billing_mode == "subscription" else 0

@@ -48,6 +48,7 @@ HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-enc
 
 class Admitted(msgspec.Struct):
     api: Api
+    route: str
     key: KeyView
     model: Model
     decision: QuotaDecision
@@ -112,17 +113,22 @@ class GatewayApi:
             return refusal(api, "invalid_api_key", "Incorrect API key provided: it is malformed, unknown or revoked.")
         return key
 
-    async def _admit(self, request: web.Request, api: Api, body: dict[str, Any], size: int) -> Admitted | web.Response:
+    async def _admit(
+        self, request: web.Request, api: Api, route: str, body: dict[str, Any], size: int
+    ) -> Admitted | web.Response:
         started = time.perf_counter()
+        model_id = body.get("model")
+        model = self.catalog.models.get(model_id) if isinstance(model_id, str) else None
+        label = model.id if model is not None else ""  # only catalog ids: a client's typo is no new series
         key = await self._authenticate(request, api)
         if isinstance(key, web.Response):
-            return key
-        model_id = body.get("model")
+            return self._refused(route, label, "", key)
         if not isinstance(model_id, str) or not model_id:
-            return refusal(api, "invalid_request", "model: required, a model id from GET /v1/models", param="model")
-        model = self.catalog.models.get(model_id)
+            message = "model: required, a model id from GET /v1/models"
+            return self._refused(route, "", "", refusal(api, "invalid_request", message, param="model"))
         if model is None:
-            return refusal(api, "unknown_model", f"The model `{model_id}` does not exist.", param="model")
+            message = f"The model `{model_id}` does not exist."
+            return self._refused(route, "", "", refusal(api, "unknown_model", message, param="model"))
         reservation_id = f"gw_{uuid.uuid4().hex}"
         check = QuotaCheck(
             account_id=key.account_id, reservation_id=reservation_id, model=model_id,
@@ -132,7 +138,8 @@ class GatewayApi:
         try:
             reply = await self.nc.request(subjects.QUOTA_CHECK, encode(check), timeout=self.settings.request_timeout_s)
         except Exception:
-            return refusal(api, "service_unavailable", "the quota service did not answer; retry")
+            message = "the quota service did not answer; retry"
+            return self._refused(route, label, "", refusal(api, "service_unavailable", message))
         decision = _decision.decode(reply.data)
         metrics.admission_seconds.record(time.perf_counter() - started)
         headers = self._rate_headers(decision)
@@ -141,13 +148,14 @@ class GatewayApi:
             metrics.refusals.add(1, {"reason": reason})
             if decision.retry_after_s is not None:
                 headers["retry-after"] = str(decision.retry_after_s)
-            return refusal(api, reason, self._explain(decision, model_id), headers)
+            response = refusal(api, reason, self._explain(decision, model_id), headers)
+            return self._refused(route, label, decision.plan or "", response)
         now = self.clock.now()
         headers["x-flowplan-billing-mode"] = decision.billing_mode or "subscription"
         headers["x-flowplan-flows-remaining"] = micros_to_str(decision.flows_remaining_micros)
         resets = decision.window_resets_at or now + FIVE_HOURS
         headers["x-flowplan-window-resets-at"] = resets.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        return Admitted(api, key, model, decision, reservation_id, now, headers)
+        return Admitted(api, route, key, model, decision, reservation_id, now, headers)
 
     @staticmethod
     def _rate_headers(decision: QuotaDecision) -> dict[str, str]:
@@ -178,14 +186,16 @@ class GatewayApi:
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return refusal(api, "request_too_large", f"the request body is over {self.settings.max_body_bytes} bytes")
+            message = f"the request body is over {self.settings.max_body_bytes} bytes"
+            return self._refused(path, "", "", refusal(api, "request_too_large", message))
         try:
             body = _json.decode(raw)
         except msgspec.DecodeError:
-            return refusal(api, "invalid_request", "the request body is not valid JSON")
+            return self._refused(path, "", "", refusal(api, "invalid_request", "the request body is not valid JSON"))
         if not isinstance(body, dict):
-            return refusal(api, "invalid_request", "the request body must be a JSON object")
-        admitted = await self._admit(request, api, body, len(raw))
+            message = "the request body must be a JSON object"
+            return self._refused(path, "", "", refusal(api, "invalid_request", message))
+        admitted = await self._admit(request, api, path, body, len(raw))
         if isinstance(admitted, web.Response):
             return admitted
         streaming = body.get("stream") is True and path != "/v1/images/generations"
@@ -208,7 +218,9 @@ class GatewayApi:
             response = await self.session.post(upstream.url + path, data=raw, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._release(admitted)
-            return refusal(api, "upstream_unavailable", f"the upstream provider did not answer: {exc!r}")
+            failed = refusal(api, "upstream_unavailable", f"the upstream provider did not answer: {exc!r}")
+            self._count(admitted, failed.status)
+            return failed
         if streaming and response.status == 200:
             # The stream is read to its end and billed in a task of its own, so that nothing
             # that cancels the request's handler (a server stopping, a framework reacting to a
@@ -227,7 +239,9 @@ class GatewayApi:
             payload = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._release(admitted)
-            return refusal(admitted.api, "upstream_unavailable", f"the upstream provider broke off: {exc!r}")
+            failed = refusal(admitted.api, "upstream_unavailable", f"the upstream provider broke off: {exc!r}")
+            self._count(admitted, failed.status)
+            return failed
         headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_HEADERS}
         headers.update(admitted.headers)
         if response.status != 200:
@@ -356,7 +370,14 @@ class GatewayApi:
 
     @staticmethod
     def _count(admitted: Admitted, status: int) -> None:
-        metrics.calls.add(1, {"model": admitted.model.id, "plan": admitted.decision.plan or "", "status": str(status)})
+        labels = {"route": admitted.route, "model": admitted.model.id, "plan": admitted.decision.plan or ""}
+        metrics.calls.add(1, {**labels, "status": str(status)})
+
+    @staticmethod
+    def _refused(route: str, model: str, plan: str, response: web.Response) -> web.Response:
+        """A call refused before it reached the upstream counts too: traffic and error rates include it."""
+        metrics.calls.add(1, {"route": route, "model": model, "plan": plan, "status": str(response.status)})
+        return response
 
     # -- models -------------------------------------------------------------------------
 

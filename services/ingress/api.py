@@ -163,6 +163,16 @@ class IngressApi:
     # -- metering ---------------------------------------------------------------------
 
     async def post_usage(self, request: web.Request) -> web.Response:
+        try:
+            return await self._accept_usage(request)
+        except ApiError as exc:
+            metrics.usage_rejected.add(1, {"status": str(exc.status)})
+            raise
+        except web.HTTPRequestEntityTooLarge:
+            metrics.usage_rejected.add(1, {"status": "413"})
+            raise
+
+    async def _accept_usage(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.ingest_token)
         records = decode_batch(await request.read(), self.settings.max_usage_batch)
         events = price_batch(

@@ -1,7 +1,10 @@
 """quota's composition root: wires settings, clock, Postgres, NATS, projection and responder."""
 
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+
+import asyncpg
 
 from libs.clock import Clock, SystemClock
 from libs.pricing.catalog import load_catalog
@@ -31,6 +34,7 @@ class QuotaService:
             await self.state.load(conn, projection.schema)
         await runtime.project(projection)
         limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
+        await store_limits(runtime.db, projection.schema, limits)
         responder = QuotaResponder(self.state, self.catalog, limits, self.clock, runtime.db, projection.schema)
         for subject, handler in (
             (subjects.QUOTA_CHECK, responder.on_check),
@@ -44,3 +48,16 @@ class QuotaService:
 
     async def stop(self) -> None:
         await self.runtime.close()
+
+
+async def store_limits(pool: asyncpg.Pool, schema: str, limits: Mapping[str, Limits]) -> None:
+    """Put the caps in force in Postgres: they are configuration, not events, yet SQL over the
+    windows (the dashboards' "near cap") needs them next to the usage."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"DELETE FROM {schema}.plan_limits WHERE plan <> ALL($1::text[])", list(limits))
+        await conn.executemany(
+            f"""INSERT INTO {schema}.plan_limits (plan, window_5h_micros, weekly_micros, monthly_micros)
+                VALUES ($1, $2, $3, $4) ON CONFLICT (plan) DO UPDATE SET window_5h_micros = EXCLUDED.window_5h_micros,
+                    weekly_micros = EXCLUDED.weekly_micros, monthly_micros = EXCLUDED.monthly_micros""",
+            [(plan, *caps) for plan, caps in limits.items()],
+        )

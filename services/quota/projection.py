@@ -25,6 +25,7 @@ from proto.v1 import (
     PlanChanged,
     UsageRecorded,
 )
+from services.quota import metrics
 from services.quota.domain.admission import AccountQuota
 from services.quota.domain.periods import Segment, period_at
 from services.quota.domain.windows import FIVE_HOURS, ONE_WEEK, Usage, Window, add_usages, chain
@@ -142,8 +143,9 @@ class QuotaProjection:
             elif isinstance(event, UsageRecorded):
                 usage.append((seq, event))
         released: list[tuple[str, str]] = []
+        consumed: dict[tuple[str, str], int] = defaultdict(int)  # micro-Flows by (model, plan)
         if usage:
-            released = await self._usage_recorded(conn, usage, pending)
+            released = await self._usage_recorded(conn, usage, pending, consumed)
 
         def after_commit() -> None:
             self.state.accounts.update(pending)
@@ -152,6 +154,8 @@ class QuotaProjection:
             for account_id, reservation_id in released:
                 self.state.reservations.release(account_id, reservation_id)
                 self.state.payg_reservations.release(account_id, reservation_id)
+            for (model, plan), flows_micros in consumed.items():
+                metrics.flows_consumed.add(flows_micros / 1_000_000, {"model": model, "plan": plan})
 
         return after_commit
 
@@ -255,6 +259,7 @@ class QuotaProjection:
         conn: asyncpg.Connection,
         usage: list[tuple[int, UsageRecorded]],
         pending: dict[str, AccountQuota],
+        consumed: dict[tuple[str, str], int],
     ) -> list[tuple[str, str]]:
         for _, event in usage:
             self._pending(event.account_id, pending)
@@ -299,6 +304,7 @@ class QuotaProjection:
             fresh_ids.discard(event.event_id)  # a duplicate inside the batch counts once too
             if event.billing_mode == "subscription":
                 counted[event.account_id].append(event)
+                consumed[(event.model, pending[event.account_id].plan_at(event.occurred_at))] += event.flows_micros
             else:
                 debits.append(event)
         if counted:

@@ -69,7 +69,8 @@ class QuotaResponder:
         decision = self.check(self._check.decode(msg.data))
         await msg.respond(encode(decision))
         metrics.check_seconds.record(time.perf_counter() - started)
-        metrics.checks.add(1, {"decision": "admitted" if decision.admitted else decision.reason or "refused"})
+        outcome = "admitted" if decision.admitted else decision.reason or "refused"
+        metrics.checks.add(1, {"decision": outcome, "billing_mode": decision.billing_mode or ""})
 
     def check(self, request: QuotaCheck) -> QuotaDecision:
         """Decide (domain.admit), then remember: the RPM slot taken, the reservation held."""

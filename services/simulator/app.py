@@ -1,9 +1,13 @@
 """The simulator's composition root."""
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from libs.observability import install as install_metrics
+from libs.web import add_metrics_route
+from services.simulator import metrics
 from services.simulator.anthropic_api import AnthropicApi
 from services.simulator.images import ImagesApi
 from services.simulator.openai_api import OpenAIApi
@@ -15,8 +19,18 @@ SHUTDOWN_TIMEOUT_S = 2.0
 _HEALTHY = b'{"ok":true}'
 
 
+@web.middleware
+async def count_requests(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    response = await handler(request)
+    route = request.match_info.route.resource
+    metrics.requests.add(1, {"route": route.canonical if route else "", "status": str(response.status)})
+    return response
+
+
 def build_app(settings: SimulatorSettings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[count_requests])
     OpenAIApi(settings).routes(app)
     AnthropicApi(settings).routes(app)
     ImagesApi(settings).routes(app)
@@ -25,12 +39,14 @@ def build_app(settings: SimulatorSettings) -> web.Application:
         return web.Response(body=_HEALTHY, content_type="application/json")
 
     app.router.add_get("/healthz", healthz)
+    add_metrics_route(app)
     return app
 
 
 class SimulatorService:
     def __init__(self, settings: SimulatorSettings) -> None:
         self.settings = settings
+        install_metrics("simulator")
         self._runner: web.AppRunner | None = None
         self.port = settings.port
         """The port served on; the one the system chose when settings.port is 0."""
