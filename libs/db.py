@@ -52,3 +52,24 @@ def migrate(database_url: str, migrations_dir: Path) -> list[str]:
 
 async def migrate_async(database_url: str, migrations_dir: Path) -> list[str]:
     return await asyncio.to_thread(migrate, database_url, migrations_dir)
+
+
+def grant_read_only(database_url: str, role: str, password: str, schemas: list[str]) -> list[str]:
+    """Give `role` (a login role, created when missing, its password kept in step) SELECT on the
+    schemas' tables, today's and those later migrations create. Returns the schemas granted."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        name = sql.Identifier(role)
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        verb = sql.SQL("ALTER" if exists else "CREATE")
+        conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(verb, name, sql.Literal(password)))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(conn.info.dbname), name))
+        found = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (schemas,))
+        present = [row[0] for row in found]
+        for schema in present:
+            where = sql.Identifier(schema)
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(where, name))
+            conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(where, name))
+            conn.execute(
+                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(where, name)
+            )
+        return sorted(present)

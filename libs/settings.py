@@ -2,7 +2,7 @@
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -29,6 +29,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Partitions of the event stream; fixed when the stream is first declared."""
     stream_max_bytes: int = -1
     """Disk budget of the event stream; past it publishes are refused (discard=new), history is never dropped."""
+    stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    """Copies JetStream keeps of each stream: 3 on a three-node cluster in production, 1 on a single server."""
     projection_batch: int = 1000
     projection_linger_s: float = 0.02
     """How long a projection waits for more events when a fetch returned a partial batch."""
@@ -50,6 +52,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     catalog_path: str = ""
     plans_path: str = ""
     log_level: str = "INFO"
+    grafana_db_password: str = ""
+    """Password of Grafana's read-only Postgres role (flowplan_grafana); set-up creates the role only when set."""
 
 
 def settings_environ(settings: Settings) -> dict[str, str]:

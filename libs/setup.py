@@ -1,12 +1,17 @@
 """The one idempotent set-up step: database, streams, every service's migrations."""
 
+import asyncio
 import importlib.util
 from pathlib import Path
 
 from libs.connections import close_nats, connect_nats
-from libs.db import ensure_database, migrate_async
+from libs.db import ensure_database, grant_read_only, migrate_async
 from libs.eventlog.streams import declare_streams
 from libs.settings import Settings
+
+GRAFANA_ROLE = "flowplan_grafana"
+GRAFANA_SCHEMAS = ["quota", "billing", "refund"]
+"""What dashboards read: windows, plans, money. Not keys (hashes) nor ingress's dedupe table."""
 
 
 def migration_dirs() -> list[Path]:
@@ -18,7 +23,8 @@ def migration_dirs() -> list[Path]:
 
 
 async def set_up(settings: Settings) -> list[str]:
-    """Create what is missing; change nothing that is already right. Returns migrations applied."""
+    """Create what is missing; change nothing that is already right. Returns migrations applied.
+    With FLOWPLAN_GRAFANA_DB_PASSWORD set, also Grafana's read-only role (its password kept in step)."""
     ensure_database(settings.database_url)
     nc = await connect_nats(settings.nats_url, "setup")
     try:
@@ -28,4 +34,8 @@ async def set_up(settings: Settings) -> list[str]:
     applied: list[str] = []
     for folder in migration_dirs():
         applied += await migrate_async(settings.database_url, folder)
+    if settings.grafana_db_password:
+        await asyncio.to_thread(
+            grant_read_only, settings.database_url, GRAFANA_ROLE, settings.grafana_db_password, GRAFANA_SCHEMAS
+        )
     return applied

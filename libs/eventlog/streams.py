@@ -31,6 +31,7 @@ def event_stream_config(settings: Settings) -> api.StreamConfig:
         max_bytes=settings.stream_max_bytes,
         max_msgs=-1,
         duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=settings.stream_replicas,
         allow_direct=True,
         deny_delete=True,
         deny_purge=True,
@@ -47,6 +48,7 @@ def dlq_stream_config(settings: Settings) -> api.StreamConfig:
         discard=api.DiscardPolicy.NEW,
         max_age=0,
         duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=settings.stream_replicas,
     )
 
 
