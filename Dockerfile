@@ -31,7 +31,7 @@ USER flowplan
 
 # Listen on all interfaces inside the container (the library default is 127.0.0.1).
 ENV FLOWPLAN_HOST=0.0.0.0
-# ingress API, quota health/metrics
-EXPOSE 8081 8082
+# gateway, ingress, quota, keys, billing, refund (each: its API or /healthz and /metrics), simulator
+EXPOSE 8080 8081 8082 8083 8084 8085 8090
 
 CMD ["flowplan", "--help"]
