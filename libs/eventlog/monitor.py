@@ -66,17 +66,20 @@ class ProjectionMonitor:
                 log.warning("%s: lag not measured (%r)", self._runner.projection.name, exc)
             await asyncio.sleep(self._refresh_s)
 
-    async def refresh(self) -> None:
+    async def refresh(self) -> dict[int, tuple[int, int]]:
+        """Read and publish each partition's (lag, pending); returned for whoever asked."""
         projection = self._runner.projection
         rows = await self._pool.fetch(
             f"SELECT partition, last_seq FROM {projection.schema}.checkpoints WHERE projection = $1", projection.name
         )
         checkpoints = {int(row["partition"]): int(row["last_seq"]) for row in rows}
         head = (await self._js.stream_info(self._stream)).state.last_seq
+        readings: dict[int, tuple[int, int]] = {}
         for partition in range(self._partitions):
             consumer = await self._js.consumer_info(self._stream, self._runner.consumer_name(partition))
             behind = (consumer.num_pending or 0) + (consumer.num_ack_pending or 0)
             # An idle partition is not behind because other partitions' events moved the head on.
             lag = max(0, head - checkpoints.get(partition, 0)) if behind else 0
-            _lag[(projection.name, partition)] = lag
-            _pending[(projection.name, partition)] = consumer.num_pending or 0
+            readings[partition] = (lag, consumer.num_pending or 0)
+            _lag[(projection.name, partition)], _pending[(projection.name, partition)] = readings[partition]
+        return readings

@@ -16,13 +16,17 @@ from typing import Any
 import aiohttp
 import asyncpg
 import msgspec
+import nats.js.errors
 import pytest
 import yaml
 
+from libs.eventlog.monitor import ProjectionMonitor
+from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.subjects import publish_subject
 from libs.localservers import free_port, stop_process, wait_for_port
 from libs.settings import Settings
 from libs.setup import GRAFANA_ROLE, set_up
+from services.billing.projection import BillingProjection
 from tests.stack import ROOT, Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
@@ -242,3 +246,35 @@ async def test_each_service_labels_its_own_metrics(
             return True
 
         await eventually(served, within=20)
+
+
+async def test_lag_and_pending_show_a_stopped_projection_falling_behind_and_catching_up(
+    stack: Stack, full_account: str
+) -> None:
+    pool = await asyncpg.create_pool(stack.settings.database_url, min_size=1, max_size=2)
+    nc = await stack.nats()
+    try:
+        js = nc.jetstream()
+        partitions = stack.settings.partitions
+        runner = ProjectionRunner(BillingProjection(), pool, js, stream=stack.settings.stream, partitions=partitions)
+        monitor = ProjectionMonitor(runner, pool, js, stream=stack.settings.stream, partitions=partitions)
+        stack.billing.stop()
+        try:
+            assert (await stack.post_usage([usage_event(full_account) for _ in range(3)]))[0] == 202
+            behind = {p: r for p, r in (await monitor.refresh()).items() if r != (0, 0)}
+            assert len(behind) == 1, behind  # one account: one partition
+            [(lag, pending)] = behind.values()
+            assert pending >= 3 and lag >= 3
+        finally:
+            stack.billing.start()
+
+        async def caught_up() -> bool:
+            try:
+                return all(r == (0, 0) for r in (await monitor.refresh()).values())
+            except nats.js.errors.NotFoundError:  # billing recreates its consumers as it starts
+                return False
+
+        await eventually(caught_up)
+    finally:
+        await nc.close()
+        await pool.close()

@@ -1,0 +1,73 @@
+"""The compose stack, read as docker compose would (docker is not available to the tests): every
+service runs with a health check, Prometheus scrapes every service's /metrics port, and Grafana
+gets the datasources the dashboards name."""
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from libs.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def flowplan_services() -> list[str]:
+    """Every service that runs as `python -m services.<name>`."""
+    return sorted(p.parent.name for p in (ROOT / "services").glob("*/__main__.py"))
+
+
+def test_every_compose_service_has_a_health_check_and_every_flowplan_service_runs() -> None:
+    services = load(ROOT / "docker-compose.yml")["services"]
+    one_shot = {name for name, s in services.items() if s.get("restart") == "no"}
+    assert one_shot == {"setup"}
+    assert [name for name, s in services.items() if name not in one_shot and "healthcheck" not in s] == []
+    commands = {name: " ".join(s.get("command", [])) for name, s in services.items()}
+    for name in flowplan_services():
+        assert commands.get(name) == f"python -m services.{name}", name
+    assert {"nats", "postgres", "prometheus", "grafana"} <= set(services)
+
+
+def test_prometheus_scrapes_every_service_on_its_port() -> None:
+    scrape = load(DEPLOY / "prometheus.yml")["scrape_configs"]
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in scrape}
+    defaults = Settings()
+    for name in flowplan_services():
+        assert jobs.get(name) == [f"{name}:{getattr(defaults, f'{name}_port')}"], name
+    compose = load(ROOT / "docker-compose.yml")["services"]
+    for name, targets in jobs.items():
+        host, port = targets[0].split(":")
+        exposed = [str(p).split(":")[-1] for p in compose[host].get("expose", []) + compose[host].get("ports", [])]
+        assert port in exposed, f"{name}: compose does not open {port} on {host}"
+
+
+def test_dashboards_use_only_the_provisioned_datasources() -> None:
+    sources = load(DEPLOY / "grafana/provisioning/datasources/flowplan.yml")["datasources"]
+    provisioned = {d["uid"]: d["type"] for d in sources}
+    dashboards = sorted((DEPLOY / "grafana/dashboards").glob("*.json"))
+    assert len(dashboards) >= 4
+    for path in dashboards:
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            for source in [panel["datasource"], *(t["datasource"] for t in panel["targets"])]:
+                assert provisioned.get(source["uid"]) == source["type"], f"{path.name}: {panel['title']}"
+    grafana = load(ROOT / "docker-compose.yml")["services"]["grafana"]
+    mounted = {v.split(":")[1] for v in grafana["volumes"]}
+    provider = load(DEPLOY / "grafana/provisioning/dashboards/flowplan.yml")["providers"][0]
+    assert provider["options"]["path"] in mounted and "/etc/grafana/provisioning" in mounted
+
+
+def test_the_cluster_override_runs_three_nodes_and_r3_streams() -> None:
+    override = load(DEPLOY / "docker-compose.cluster.yml")["services"]
+    assert override["setup"]["environment"]["FLOWPLAN_STREAM_REPLICAS"] == "3"
+    for node, service in (("nats-1", "nats"), ("nats-2", "nats-2"), ("nats-3", "nats-3")):
+        conf = (DEPLOY / "nats/cluster" / f"{node}.conf").read_text()
+        assert re.search(rf"server_name: {node}\b", conf)
+        assert any(f"deploy/nats/cluster/{node}.conf" in v for v in override[service]["volumes"])
