@@ -8,5 +8,6 @@ refunds = _meter.create_counter(
     "flowplan_refunds", description="refunds by status: requested, succeeded, failed, cancelled"
 )
 refusals = _meter.create_counter("flowplan_refund_refusals", description="refund requests refused, by reason")
-refunded_usd = _meter.create_counter("flowplan_refund_amount_usd", unit="USD", description="USD paid back")
-fees_usd = _meter.create_counter("flowplan_refund_fee_usd", unit="USD", description="processor fees withheld")
+# No `unit`: the Prometheus exporter would append it (flowplan_refund_amount_usd_USD_total).
+refunded_usd = _meter.create_counter("flowplan_refund_amount_usd", description="USD paid back")
+fees_usd = _meter.create_counter("flowplan_refund_fee_usd", description="processor fees withheld")

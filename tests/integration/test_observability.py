@@ -33,11 +33,7 @@ pytestmark = pytest.mark.connected
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
-PENDING = {
-    "flowplan_replay_events_total": "emitted by `flowplan replay`, which lands with the replay work",
-    "flowplan_refunds_total": "emitted by the refund service, which lands separately",
-    "flowplan_refund_amount_usd_total": "emitted by the refund service, which lands separately",
-}
+PENDING = {"flowplan_replay_events_total": "emitted by `flowplan replay`, which lands with the replay work"}
 """Metrics a dashboard shows whose emitters are not in this tree yet: their panels may be empty."""
 CHAT = "/v1/chat/completions"
 
@@ -127,8 +123,8 @@ async def call(http: aiohttp.ClientSession, stack: Stack, key: str, model: str) 
 
 
 async def traffic(stack: Stack, http: aiohttp.ClientSession) -> str:
-    """Calls admitted and refused, metered usage (one batch refused), a payment, a PAYG call and a
-    poison event. Returns the account whose 5-hour window is over its cap."""
+    """Calls admitted and refused, metered usage (one batch refused), a payment, a PAYG call, a
+    refund and a poison event. Returns the account whose 5-hour window is over its cap."""
     admin = stack.settings.admin_token
     pro = await stack.create_account("metrics-pro")
     await stack.pay(pro["account_id"], "pro", "20.00")
@@ -143,6 +139,16 @@ async def traffic(stack: Stack, http: aiohttp.ClientSession) -> str:
     )
     assert status == 201, body
     assert await call(http, stack, payg["key"], "deepseek/deepseek-chat") == 200
+
+    status, refund = await stack.http("POST", "/v1/refunds", token=pro["key"])
+    assert status == 202, refund
+
+    async def refunded() -> bool:
+        status, body = await stack.http("GET", f"/v1/refunds/{refund['refund_id']}", token=pro["key"])
+        assert status == 200, body
+        return bool(body["status"] == "succeeded")
+
+    await eventually(refunded)
 
     full = await stack.create_account("metrics-full")
     heavy = usage_event(full["account_id"], model="z-ai/glm-4.7", input_tokens=1_000_000, output_tokens=200_000)
@@ -234,6 +240,10 @@ async def test_each_service_labels_its_own_metrics(
         ("keys", settings.keys_port): [r'flowplan_consumer_pending\{.*projection="keys"'],
         ("billing", settings.billing_port): [r'flowplan_payments_total\{.*plan="pro"'],
         ("ingress", settings.ingress_port): [r'flowplan_events_published_total\{.*type="UsageRecorded"'],
+        ("refund", settings.refund_port): [
+            r'flowplan_refunds_total\{.*status="succeeded"',
+            r"flowplan_refund_amount_usd_total",
+        ],
     }
     for (service, port), patterns in expected.items():
         patterns.append(f'target_info\\{{.*service_name="flowplan-{service}"')
