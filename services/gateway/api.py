@@ -11,7 +11,9 @@ import aiohttp
 import msgspec
 from aiohttp import web
 from nats.aio.client import Client
+from opentelemetry import trace
 
+from libs import tracing
 from libs.clock import Clock
 from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog, Model, model_json
@@ -123,6 +125,7 @@ class GatewayApi:
         model = self.catalog.models.get(model_id)
         if model is None:
             return refusal(api, "unknown_model", f"The model `{model_id}` does not exist.", param="model")
+        trace.get_current_span().set_attributes({"flowplan.account_id": key.account_id, "flowplan.model": model_id})
         reservation_id = f"gw_{uuid.uuid4().hex}"
         check = QuotaCheck(
             account_id=key.account_id, reservation_id=reservation_id, model=model_id,
@@ -130,7 +133,10 @@ class GatewayApi:
             billing_mode="payg" if key.kind == "payg" else "subscription",
         )  # fmt: skip
         try:
-            reply = await self.nc.request(subjects.QUOTA_CHECK, encode(check), timeout=self.settings.request_timeout_s)
+            reply = await self.nc.request(
+                subjects.QUOTA_CHECK, encode(check), timeout=self.settings.request_timeout_s,
+                headers=tracing.nats_headers(),
+            )  # fmt: skip
         except Exception:
             return refusal(api, "service_unavailable", "the quota service did not answer; retry")
         decision = _decision.decode(reply.data)
@@ -350,7 +356,7 @@ class GatewayApi:
         """The call ends without usage (the upstream failed): give its reserved room back now."""
         message = ReleaseReservation(account_id=admitted.key.account_id, reservation_id=admitted.reservation_id)
         try:
-            await self.nc.publish(subjects.QUOTA_RELEASE, encode(message))
+            await self.nc.publish(subjects.QUOTA_RELEASE, encode(message), headers=tracing.nats_headers())
         except Exception:  # NATS away: the reservation times out in quota instead
             pass
 
@@ -367,7 +373,7 @@ class GatewayApi:
         try:
             reply = await self.nc.request(
                 subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=key.account_id)),
-                timeout=self.settings.request_timeout_s,
+                timeout=self.settings.request_timeout_s, headers=tracing.nats_headers(),
             )  # fmt: skip
         except Exception:
             return refusal("openai", "service_unavailable", "the quota service did not answer; retry")
