@@ -10,7 +10,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from libs import apikeys
+from libs import apikeys, tracing
 from proto.v1 import KeyFound, KeysChanged, KeyView, LookupKey, encode, subjects
 
 
@@ -45,7 +45,10 @@ class KeyCache:
             return entry[1]
         try:
             reply = await self._nc.request(
-                subjects.KEY_LOOKUP, encode(LookupKey(key_hash=key_hash)), timeout=self._timeout_s
+                subjects.KEY_LOOKUP,
+                encode(LookupKey(key_hash=key_hash)),
+                timeout=self._timeout_s,
+                headers=tracing.nats_headers(),
             )
         except Exception as exc:
             raise KeysUnavailable(repr(exc)) from exc

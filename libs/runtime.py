@@ -14,6 +14,7 @@ import asyncpg
 from aiohttp import web
 from nats.aio.client import Client
 
+from libs import tracing
 from libs.connections import close_nats, connect_nats, health
 from libs.db import create_pool, migrate_async
 from libs.eventlog.monitor import ProjectionMonitor
@@ -37,6 +38,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._sites: list[web.AppRunner] = []
         install_metrics(name)
+        self.tracer = tracing.tracer(name)
 
     async def connect(self, migrations: Path | None = None, pool_size: int = 10) -> None:
         """NATS always; Postgres (after the service's migrations) when the service has tables."""
@@ -51,7 +53,7 @@ class Runtime:
         return self.pool
 
     async def publisher(self) -> EventPublisher:
-        publisher = EventPublisher(self.nc, self.settings.stream)
+        publisher = EventPublisher(self.nc, self.settings.stream, tracer=self.tracer)
         await publisher.start()
         return publisher
 
@@ -61,7 +63,7 @@ class Runtime:
         runner = ProjectionRunner(
             projection, self.db, self.nc.jetstream(), stream=self.settings.stream, partitions=partitions,
             batch=self.settings.projection_batch, ack_wait_s=self.settings.ack_wait_s,
-            linger_s=self.settings.projection_linger_s,
+            linger_s=self.settings.projection_linger_s, tracer=self.tracer,
         )  # fmt: skip
         self.spawn(runner.run(), f"{self.name}-projection")
         monitor = ProjectionMonitor(runner, self.db, self.nc.jetstream(), stream=self.settings.stream,
@@ -75,13 +77,21 @@ class Runtime:
         fatal_on_error(task)
         self._tasks.append(task)
 
+    async def answer(self, subject: str, handler: tracing.MsgHandler) -> None:
+        """Answer a request/reply subject in the service's queue group; a request that carries a
+        trace context is handled in a server span of it."""
+        await self.nc.subscribe(subject, queue=self.name, cb=tracing.answering(self.tracer, subject, handler))
+
     async def health(self) -> dict[str, bool]:
         if self.pool is None:
             return {"nats": self.nc.is_connected}
         return await health(self.nc, self.pool)
 
     async def serve(self, port: int, app: web.Application | None = None) -> None:
-        """Serve the app (or a bare one) on the port, with /healthz and /metrics added."""
+        """Serve the app (or a bare one) on the port, with /healthz and /metrics added; the app's
+        own routes are traced."""
+        if app is not None and self.tracer is not None:
+            app.middlewares.insert(0, tracing.http_middleware(self.tracer))
         app = app or web.Application()
         add_ops_routes(app, self.health)
         self._sites.append(await start_site(app, self.settings.host, port))

@@ -17,7 +17,10 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
+from opentelemetry.context import Context
+from opentelemetry.trace import Tracer
 
+from libs import tracing
 from libs.eventlog import metrics, subjects
 from proto.v1 import encode
 from proto.v1.events import Event
@@ -52,8 +55,11 @@ class _Batch:
 
 
 class EventPublisher:
-    def __init__(self, nc: Client, stream: str, timeout_s: float = 5.0, max_in_flight: int = 20_000) -> None:
+    def __init__(
+        self, nc: Client, stream: str, timeout_s: float = 5.0, max_in_flight: int = 20_000, tracer: Tracer | None = None
+    ) -> None:
         self._nc = nc
+        self._tracer = tracer
         self._stream = stream
         self._timeout_s = timeout_s
         self._room = asyncio.Semaphore(max_in_flight // 1000 or 1)  # whole batches of up to 1,000
@@ -75,30 +81,39 @@ class EventPublisher:
                 ack = PubAck(error={"description": f"unreadable ack {msg.data[:100]!r}"})
             batch.settle(int(index), ack)
 
-    async def publish(self, events: Sequence[Event]) -> list[PubAck]:
-        """Return once JetStream has stored every event (or knew it already: ack.duplicate)."""
+    async def publish(self, events: Sequence[Event], parents: Sequence[Context] | None = None) -> list[PubAck]:
+        """Return once JetStream has stored every event (or knew it already: ack.duplicate).
+
+        Each event carries the trace context it was caused in: its own from `parents` (events
+        queued by many requests), else the current one."""
         if not events:
             return []
         assert self._inbox, "EventPublisher.start() was not called"
         acks: list[PubAck] = []
         for start in range(0, len(events), 1000):
-            acks += await self._publish_chunk(events[start : start + 1000])
+            chunk = slice(start, start + 1000)
+            acks += await self._publish_chunk(events[chunk], parents[chunk] if parents is not None else None)
         return acks
 
-    async def _publish_chunk(self, events: Sequence[Event]) -> list[PubAck]:
+    async def _publish_chunk(self, events: Sequence[Event], parents: Sequence[Context] | None) -> list[PubAck]:
         async with self._room:
             batch_id = next(self._ids)
             batch = _Batch(len(events))
             self._batches[batch_id] = batch
+            types = [type(event).__name__ for event in events]
             try:
-                for index, event in enumerate(events):
-                    await self._nc.publish(
-                        subjects.publish_subject(event.category, event.subject_account, type(event).__name__),
-                        encode(event),
-                        reply=f"{self._inbox}.{batch_id}.{index}",
-                        headers={api.Header.MSG_ID: event.event_id},
-                    )
-                await asyncio.wait_for(asyncio.shield(batch.done), self._timeout_s)
+                with tracing.publishing(self._tracer, types, parents) as traceparents:
+                    for index, event in enumerate(events):
+                        headers: dict[str, str] = {api.Header.MSG_ID: event.event_id}
+                        if traceparents is not None and (traceparent := traceparents[index]) is not None:
+                            headers[tracing.TRACEPARENT] = traceparent
+                        await self._nc.publish(
+                            subjects.publish_subject(event.category, event.subject_account, types[index]),
+                            encode(event),
+                            reply=f"{self._inbox}.{batch_id}.{index}",
+                            headers=headers,
+                        )
+                    await asyncio.wait_for(asyncio.shield(batch.done), self._timeout_s)
             except (TimeoutError, nats.errors.Error) as exc:
                 raise PublishFailed(f"event log did not store the batch: {exc!r}") from exc
             finally:

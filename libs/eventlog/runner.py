@@ -30,9 +30,10 @@ import nats.errors
 import nats.js
 from nats.aio.msg import Msg
 from nats.js import api
+from opentelemetry.trace import Tracer
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from libs import failpoints
+from libs import failpoints, tracing
 from libs.eventlog import metrics, subjects
 from proto.v1 import decode_event
 from proto.v1.events import AnyEvent
@@ -102,8 +103,10 @@ class ProjectionRunner:
         batch: int = 1000,
         ack_wait_s: float = 10.0,
         linger_s: float = 0.0,
+        tracer: Tracer | None = None,
     ) -> None:
         self.projection = projection
+        self._tracer = tracer
         self._pool = pool
         self._js = js
         self._stream = stream
@@ -138,7 +141,8 @@ class ProjectionRunner:
                 msgs += await self._more(sub, self._batch - len(msgs))
             fresh = [m for m in msgs if stream_seq(m) > last_seq]
             if fresh:
-                last_seq = await self._apply(partition, fresh)
+                with tracing.consuming(self._tracer, self.projection.name, self.projection.event_types, fresh):
+                    last_seq = await self._apply(partition, fresh)
                 failpoints.hit("after_commit")
             try:
                 await msgs[-1].ack()  # AckPolicy.ALL: acks the whole batch
@@ -198,7 +202,8 @@ class ProjectionRunner:
                 await self._retry_forever(partial(self._dead_letter, msg, exc), "dead-letter", msgs)
 
         try:
-            await self._retry_forever(lambda: self._commit(partition, batch, last), "apply batch", msgs)
+            with tracing.writing(self.projection.schema, len(batch)):
+                await self._retry_forever(lambda: self._commit(partition, batch, last), "apply batch", msgs)
         except Exception as exc:  # a permanent failure somewhere in the batch: find the event
             log.warning("%s p%d: batch failed (%r); applying one by one", self.projection.name, partition, exc)
             await self._apply_one_by_one(partition, batch, msgs)

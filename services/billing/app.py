@@ -22,8 +22,8 @@ class BillingService:
         projection = BillingProjection()
         await runtime.project(projection)
         responder = BillingResponder(runtime.db, projection.schema)
-        await runtime.nc.subscribe(subjects.BILLING_HISTORY, queue="billing", cb=responder.on_history)
-        await runtime.nc.subscribe(subjects.BILLING_COSTS, queue="billing", cb=responder.on_costs)
+        await runtime.answer(subjects.BILLING_HISTORY, responder.on_history)
+        await runtime.answer(subjects.BILLING_COSTS, responder.on_costs)
         await runtime.serve(self.settings.billing_port)
 
     async def stop(self) -> None:

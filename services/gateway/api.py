@@ -11,7 +11,9 @@ import aiohttp
 import msgspec
 from aiohttp import web
 from nats.aio.client import Client
+from opentelemetry import trace
 
+from libs import tracing
 from libs.clock import Clock
 from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog, Model, model_json
@@ -129,6 +131,7 @@ class GatewayApi:
         if model is None:
             message = f"The model `{model_id}` does not exist."
             return self._refused(route, "", "", refusal(api, "unknown_model", message, param="model"))
+        trace.get_current_span().set_attributes({"flowplan.account_id": key.account_id, "flowplan.model": model_id})
         reservation_id = f"gw_{uuid.uuid4().hex}"
         check = QuotaCheck(
             account_id=key.account_id, reservation_id=reservation_id, model=model_id,
@@ -136,7 +139,10 @@ class GatewayApi:
             billing_mode="payg" if key.kind == "payg" else "subscription",
         )  # fmt: skip
         try:
-            reply = await self.nc.request(subjects.QUOTA_CHECK, encode(check), timeout=self.settings.request_timeout_s)
+            reply = await self.nc.request(
+                subjects.QUOTA_CHECK, encode(check), timeout=self.settings.request_timeout_s,
+                headers=tracing.nats_headers(),
+            )  # fmt: skip
         except Exception:
             message = "the quota service did not answer; retry"
             return self._refused(route, label, "", refusal(api, "service_unavailable", message))
@@ -364,7 +370,7 @@ class GatewayApi:
         """The call ends without usage (the upstream failed): give its reserved room back now."""
         message = ReleaseReservation(account_id=admitted.key.account_id, reservation_id=admitted.reservation_id)
         try:
-            await self.nc.publish(subjects.QUOTA_RELEASE, encode(message))
+            await self.nc.publish(subjects.QUOTA_RELEASE, encode(message), headers=tracing.nats_headers())
         except Exception:  # NATS away: the reservation times out in quota instead
             pass
 
@@ -388,7 +394,7 @@ class GatewayApi:
         try:
             reply = await self.nc.request(
                 subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=key.account_id)),
-                timeout=self.settings.request_timeout_s,
+                timeout=self.settings.request_timeout_s, headers=tracing.nats_headers(),
             )  # fmt: skip
         except Exception:
             return refusal("openai", "service_unavailable", "the quota service did not answer; retry")

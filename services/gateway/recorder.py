@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import logging
 
+from opentelemetry import context
+
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from proto.v1 import UsageRecorded
 
@@ -17,14 +19,15 @@ class UsageRecorder:
     def __init__(self, publisher: EventPublisher, max_batch: int = 500, linger_s: float = 0.005) -> None:
         self._publisher = publisher
         self._linger_s = linger_s
-        self._queue: asyncio.Queue[UsageRecorded] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[UsageRecorded, context.Context]] = asyncio.Queue()
         self._max_batch = max_batch
         self._idle = asyncio.Event()
         self._idle.set()
 
     def record(self, event: UsageRecorded) -> None:
+        """Queue the event with the call's trace context: it is published later, in another task."""
         self._idle.clear()
-        self._queue.put_nowait(event)
+        self._queue.put_nowait((event, context.get_current()))
 
     async def run(self) -> None:
         while True:
@@ -36,7 +39,7 @@ class UsageRecorder:
             delay = 0.05
             while True:
                 try:
-                    await self._publisher.publish(batch)
+                    await self._publisher.publish([event for event, _ in batch], [parent for _, parent in batch])
                     break
                 except PublishFailed as exc:
                     log.warning("usage not stored yet (%d events): %s; retrying", len(batch), exc)

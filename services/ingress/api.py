@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 from nats.aio.client import Client
 
+from libs import tracing
 from libs.clock import Clock
 from libs.db import UNAVAILABLE
 from libs.eventlog.publisher import EventPublisher, PublishFailed
@@ -216,7 +217,7 @@ class IngressApi:
     async def _ask(self, subject: str, message: msgspec.Struct, timeout_s: float | None = None) -> bytes:
         try:
             timeout = timeout_s or self.settings.request_timeout_s
-            reply = await self.nc.request(subject, encode(message), timeout=timeout)
+            reply = await self.nc.request(subject, encode(message), timeout=timeout, headers=tracing.nats_headers())
         except Exception as exc:
             service = subject.split(".", 1)[0]
             raise ApiError(503, f"{service}_unavailable", f"the {service} service did not answer; retry") from exc

@@ -28,7 +28,7 @@ class KeysService:
         await runtime.project(projection)
         responder = KeysResponder(self.registry, await runtime.publisher(), runtime.nc, self.clock)
         for subject, handler in responder.subjects().items():
-            await runtime.nc.subscribe(subject, queue="keys", cb=handler)
+            await runtime.answer(subject, handler)
         await runtime.serve(self.settings.keys_port)
 
     async def stop(self) -> None:

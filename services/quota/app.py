@@ -43,7 +43,7 @@ class QuotaService:
             (subjects.QUOTA_RELEASE, responder.on_release),
             (subjects.QUOTA_INFLIGHT, responder.on_inflight),
         ):
-            await runtime.nc.subscribe(subject, queue="quota", cb=handler)
+            await runtime.answer(subject, handler)
         await runtime.serve(self.settings.quota_port)
 
     async def stop(self) -> None:

@@ -34,7 +34,7 @@ class RefundService:
         )  # fmt: skip
         self.responder = RefundResponder(self.desk, provider)
         for subject in (subjects.REFUND_PREVIEW, subjects.REFUND_REQUEST, subjects.REFUND_GET, subjects.REFUND_LIST):
-            await runtime.nc.subscribe(subject, queue="refund", cb=self.responder.on_query)
+            await runtime.answer(subject, self.responder.on_query)
         await runtime.nc.subscribe(subjects.REFUND_PAYOUTS, cb=self.responder.on_configure)  # every instance
         await self.desk.resume()
         await runtime.serve(settings.refund_port)

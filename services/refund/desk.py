@@ -23,7 +23,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from libs import failpoints
+from libs import failpoints, tracing
 from libs.clock import Clock
 from libs.eventlog import subjects as log_subjects
 from libs.eventlog.publisher import EventPublisher, PublishFailed
@@ -261,8 +261,9 @@ class RefundDesk:
 
     async def _inflight(self, account_id: str) -> list[str]:
         reply = await self._nc.request(
-            subjects.QUOTA_INFLIGHT, encode(InflightRequest(account_id=account_id)), timeout=self._request_timeout_s
-        )
+            subjects.QUOTA_INFLIGHT, encode(InflightRequest(account_id=account_id)), timeout=self._request_timeout_s,
+            headers=tracing.nats_headers(),
+        )  # fmt: skip
         return _inflight.decode(reply.data).reservation_ids
 
     async def _until_quota_shows_free(self, account_id: str) -> None:
@@ -270,7 +271,7 @@ class RefundDesk:
         while asyncio.get_running_loop().time() < deadline:
             reply = await self._nc.request(
                 subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=account_id)),
-                timeout=self._request_timeout_s,
+                timeout=self._request_timeout_s, headers=tracing.nats_headers(),
             )  # fmt: skip
             if _status.decode(reply.data).plan == "free":
                 return
