@@ -40,6 +40,8 @@ CONTRACT: tuple[type, ...] = (
     messages.BillingHistory,
     messages.CostsRequest,
     messages.Costs,
+    messages.RetryDeadLetter,
+    messages.DeadLetterRetried,
 )
 
 
