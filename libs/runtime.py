@@ -16,6 +16,7 @@ from nats.aio.client import Client
 
 from libs.connections import close_nats, connect_nats, health
 from libs.db import create_pool, migrate_async
+from libs.eventlog.deadletters import DeadLetterRetrier
 from libs.eventlog.publisher import EventPublisher
 from libs.eventlog.runner import Projection, ProjectionRunner
 from libs.eventlog.streams import require_streams
@@ -53,7 +54,8 @@ class Runtime:
         return publisher
 
     async def project(self, projection: Projection) -> ProjectionRunner:
-        """Run the projection over every partition of the event log, in the background."""
+        """Run the projection over every partition of the event log, in the background, and
+        answer `flowplan dlq retry` for the events it dead-letters."""
         partitions = await require_streams(self.nc.jetstream(), self.settings)
         runner = ProjectionRunner(
             projection, self.db, self.nc.jetstream(), stream=self.settings.stream, partitions=partitions,
@@ -61,6 +63,7 @@ class Runtime:
             linger_s=self.settings.projection_linger_s,
         )  # fmt: skip
         self.spawn(runner.run(), f"{self.name}-projection")
+        await DeadLetterRetrier(runner, self.nc.jetstream(), self.settings.dlq_stream).serve(self.nc)
         return runner
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
