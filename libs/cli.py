@@ -170,7 +170,7 @@ def events_import(
 # -- dead letters ---------------------------------------------------------------------
 
 Projection = Annotated[
-    str | None, typer.Option(help="Only this projection's dead letters (quota, keys, billing, ingress).")
+    str | None, typer.Option(help="Only this projection's dead letters (quota, keys, billing, ingress, refund).")
 ]
 
 
