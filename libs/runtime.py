@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from libs import tracing
 from libs.connections import close_nats, connect_nats, health
 from libs.db import create_pool, migrate_async
+from libs.eventlog.deadletters import DeadLetterRetrier
 from libs.eventlog.monitor import ProjectionMonitor
 from libs.eventlog.publisher import EventPublisher
 from libs.eventlog.runner import Projection, ProjectionRunner
@@ -58,7 +59,8 @@ class Runtime:
         return publisher
 
     async def project(self, projection: Projection) -> ProjectionRunner:
-        """Run the projection over every partition of the event log, and measure its lag, in the background."""
+        """Run the projection over every partition of the event log, and measure its lag, in the
+        background, and answer `flowplan dlq retry` for the events it dead-letters."""
         partitions = await require_streams(self.nc.jetstream(), self.settings)
         runner = ProjectionRunner(
             projection, self.db, self.nc.jetstream(), stream=self.settings.stream, partitions=partitions,
@@ -69,6 +71,7 @@ class Runtime:
         monitor = ProjectionMonitor(runner, self.db, self.nc.jetstream(), stream=self.settings.stream,
                                     partitions=partitions)  # fmt: skip
         self.spawn(monitor.run(), f"{self.name}-projection-monitor")
+        await DeadLetterRetrier(runner, self.nc.jetstream(), self.settings.dlq_stream).serve(self.nc)
         return runner
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:

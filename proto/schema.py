@@ -7,40 +7,22 @@ import msgspec
 
 from proto.v1 import events, messages
 
-CONTRACT: tuple[type, ...] = (
-    events.AccountCreated,
-    events.KeyCreated,
-    events.KeyRotated,
-    events.KeyRevoked,
-    events.PaymentRecorded,
-    events.BalanceToppedUp,
-    events.ExtraUsageChanged,
-    events.PlanChanged,
-    events.MultiplierChanged,
-    events.FlowRateChanged,
-    events.UsageRecorded,
-    messages.QuotaCheck,
-    messages.QuotaDecision,
-    messages.ReleaseReservation,
-    messages.QuotaStatusRequest,
-    messages.QuotaStatus,
-    messages.UsageEventsRequest,
-    messages.UsageEventsReply,
-    messages.LookupKey,
-    messages.KeyFound,
-    messages.CreateKey,
-    messages.RotateKey,
-    messages.RevokeKey,
-    messages.ListKeys,
-    messages.KeyIssued,
-    messages.KeyList,
-    messages.KeyCommandFailed,
-    messages.KeysChanged,
-    messages.BillingHistoryRequest,
-    messages.BillingHistory,
-    messages.CostsRequest,
-    messages.Costs,
-)
+
+def _tagged(module: object) -> tuple[type, ...]:
+    """Every event and message of a module: its tagged Structs, in the order they are written."""
+    return tuple(
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, msgspec.Struct)
+        and value.__module__ == getattr(module, "__name__", None)
+        and value.__struct_config__.tag is not None
+        and not value.__name__.endswith("Event")  # the Event and AccountEvent bases
+    )
+
+
+CONTRACT: tuple[type, ...] = _tagged(events) + _tagged(messages)
+"""Derived, not listed: a new event or message cannot be left out of the schema."""
 
 
 def render() -> str:

@@ -116,6 +116,8 @@ class ProjectionRunner:
         self._linger_s = linger_s
         self._keep_alives: set[asyncio.Future[None]] = set()
         metrics.dead_letters.add(0, {"projection": projection.name})  # a DLQ panel shows 0, not "no data"
+        self._partition_locks = [asyncio.Lock() for _ in range(partitions)]
+        """Held while a partition's batch is applied, and by reapply(): one change at a time."""
 
     def consumer_name(self, partition: int) -> str:
         return f"{self.projection.name}-p{partition}"
@@ -142,7 +144,8 @@ class ProjectionRunner:
             fresh = [m for m in msgs if stream_seq(m) > last_seq]
             if fresh:
                 with tracing.consuming(self._tracer, self.projection.name, self.projection.event_types, fresh):
-                    last_seq = await self._apply(partition, fresh)
+                    async with self._partition_locks[partition]:
+                        last_seq = await self._apply(partition, fresh)
                 failpoints.hit("after_commit")
             try:
                 await msgs[-1].ack()  # AckPolicy.ALL: acks the whole batch
@@ -238,6 +241,16 @@ class ProjectionRunner:
             metrics.events_applied.add(len(batch), {"projection": self.projection.name})
         if after_commit is not None:
             after_commit()
+
+    async def reapply(self, partition: int, item: Applied) -> None:
+        """Apply one dead-lettered event again (`flowplan dlq retry`), between the partition's
+        batches so that no two transactions change the projection's memory at once. The
+        checkpoint stays where it is: the partition moved past this event long ago."""
+        async with self._partition_locks[partition], self._pool.acquire() as conn:
+            async with conn.transaction():
+                after_commit = await self.projection.apply(conn, [item])
+            if after_commit is not None:
+                after_commit()
 
     async def _dead_letter(self, msg: Msg, error: BaseException) -> None:
         seq = stream_seq(msg)

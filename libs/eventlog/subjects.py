@@ -42,6 +42,11 @@ def transform_destination(partitions: int) -> str:
     return f"{STORED_PREFIX}.{partition}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}"
 
 
+def partition_of(stored_subject: str) -> int:
+    """The partition in a stored subject (flowplan.p.<partition>.…)."""
+    return int(stored_subject.split(".")[2])
+
+
 def dlq_subject(projection: str) -> str:
     return f"{DLQ_PREFIX}.{projection}"
 

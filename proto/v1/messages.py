@@ -289,3 +289,16 @@ class ConfigurePayouts(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 class PayoutsConfigured(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     provider: str
     fail_payouts: bool
+
+
+class RetryDeadLetter(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Apply the event in this dead letter again (sent to the projection that dead-lettered it)."""
+
+    dlq_seq: int
+
+
+class DeadLetterRetried(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    dlq_seq: int
+    applied: bool
+    """True: applied and removed from the dead-letter stream. False: it stays there; see error."""
+    error: str | None = None

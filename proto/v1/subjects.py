@@ -23,3 +23,6 @@ REFUND_GET = "refund.get"
 REFUND_LIST = "refund.list"
 REFUND_PAYOUTS = "refund.payouts"
 """Broadcast request to every refund instance: configure the local payment provider."""
+
+DLQ_RETRY = "dlq.retry"
+"""Followed by `.<projection>`: only the projection that dead-lettered an event applies it again."""
