@@ -62,12 +62,14 @@ class RefundProjection:
                 await insert_payout(conn, self.schema, event)
             elif isinstance(event, RefundSucceeded | RefundFailed | RefundCancelled):
                 await settle_refund(conn, self.schema, event)
-        if usage:
-            await conn.executemany(
+        if usage:  # one statement for the batch: usage is most of the log
+            await conn.execute(
                 f"""INSERT INTO {self.schema}.usage (event_id, account_id, seq, occurred_at, usd_cost_micros,
                                                      reservation_id)
-                    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
-                usage,
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bigint[],
+                                         $6::text[])
+                    ON CONFLICT DO NOTHING""",
+                *(list(column) for column in zip(*usage, strict=True)),
             )
         return None
 
