@@ -177,6 +177,15 @@ Usage from a metering client (the ingest API):
          "model": "anthropic/claude-sonnet-4.5", "input_tokens": 1200, "output_tokens": 350,
          "billing_mode": "subscription", "occurred_at": "{now}"}}]}}'
 
+Refunds (of a paid plan, within 24 hours of its payment):
+  curl -s {ingress}/v1/refunds/preview -H 'Authorization: Bearer {key}'
+  curl -s -X POST {ingress}/v1/refunds -H 'Authorization: Bearer {key}'
+
+Ops commands (the event log, dead letters, an account; `flowplan --help` lists them all):
+  export FLOWPLAN_NATS_URL={nats_url} FLOWPLAN_DATABASE_URL={database_url}
+  {bin}/flowplan accounts show {account_id}
+  {bin}/flowplan events tail --account {account_id}
+
 Ctrl-C stops everything this started.
 """
 
@@ -195,6 +204,9 @@ def _banner(settings: Settings, account: dict[str, str]) -> str:
         account_id=account["account_id"],
         key=account["key"],
         python=Path(sys.executable),
+        bin=Path(sys.executable).parent,
+        nats_url=settings.nats_url,
+        database_url=settings.database_url,
         ingest_token=settings.ingest_token,
         stamp=int(time.time()),
         now=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
