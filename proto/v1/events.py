@@ -156,6 +156,12 @@ class RefundRequested(AccountEvent, frozen=True, kw_only=True):
     """The lines as they stood at the request (a quote); RefundSucceeded has the settled ones."""
 
 
+class RefundPayoutStarted(AccountEvent, frozen=True, kw_only=True):
+    """The payout of the refund is being made: from now on it can no longer be cancelled."""
+
+    refund_id: str
+
+
 class RefundPaidOut(AccountEvent, frozen=True, kw_only=True):
     """The payment provider paid money back (recorded by the local provider; a real one
     reports it by webhook). One per idempotency key, however often the payout is asked for."""
@@ -186,7 +192,8 @@ class RefundFailed(AccountEvent, frozen=True, kw_only=True):
 
 
 class RefundCancelled(AccountEvent, frozen=True, kw_only=True):
-    """The refund was called off before any payout (e.g. the usage in flight used up the payment)."""
+    """The refund was called off before its payout started: by the user (reason "cancelled_by_user"),
+    or because the usage of the calls in flight used the payment up."""
 
     refund_id: str
     reason: str
@@ -206,6 +213,7 @@ AnyEvent = (
     | FlowRateChanged
     | UsageRecorded
     | RefundRequested
+    | RefundPayoutStarted
     | RefundPaidOut
     | RefundSucceeded
     | RefundFailed

@@ -263,6 +263,13 @@ class GetRefund(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     refund_id: str
 
 
+class CancelRefund(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Call a processing refund off, if its payout has not started."""
+
+    account_id: str
+    refund_id: str
+
+
 class ListRefunds(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     account_id: str
 
@@ -275,7 +282,7 @@ class RefundReply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 class RefundRefused(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     code: str
-    """not_refundable or refund_not_found."""
+    """not_refundable, not_cancellable or refund_not_found."""
     reason: str
     message: str
 

@@ -21,6 +21,7 @@ REFUND_PREVIEW = "refund.preview"
 REFUND_REQUEST = "refund.request"
 REFUND_GET = "refund.get"
 REFUND_LIST = "refund.list"
+REFUND_CANCEL = "refund.cancel"
 REFUND_PAYOUTS = "refund.payouts"
 """Broadcast request to every refund instance: configure the local payment provider."""
 

@@ -24,6 +24,7 @@ from libs.web import ApiError, decode_body, json_response
 from proto.v1 import (
     BillingHistory,
     BillingHistoryRequest,
+    CancelRefund,
     ConfigurePayouts,
     Costs,
     CostsRequest,
@@ -74,7 +75,8 @@ class NewKey(msgspec.Struct, forbid_unknown_fields=True):
 _events = msgspec.json.Decoder(UsageEventsReply)
 _refund_reply = msgspec.json.Decoder(RefundReply | RefundRefused)
 _payouts_reply = msgspec.json.Decoder(PayoutsConfigured | RefundRefused)
-REFUND_ERRORS = {"not_refundable": 409, "refund_not_found": 404, "invalid_request": 400, "not_supported": 409}
+REFUND_ERRORS = {"not_refundable": 409, "not_cancellable": 409, "refund_not_found": 404, "invalid_request": 400,
+                 "not_supported": 409}  # fmt: skip
 
 
 class IngressApi:
@@ -122,6 +124,7 @@ class IngressApi:
         r.add_post("/v1/refunds", self.request_refund)
         r.add_get("/v1/refunds", self.list_refunds)
         r.add_get("/v1/refunds/{refund_id}", self.get_refund)
+        r.add_post("/v1/refunds/{refund_id}/cancel", self.cancel_refund)
         r.add_put("/admin/v1/payment-provider", self.configure_payouts)
 
     # -- authentication ---------------------------------------------------------------
@@ -423,6 +426,13 @@ class IngressApi:
         account_id = await self._account_of(request)
         refund_id = request.match_info["refund_id"]
         reply = await self._refund(subjects.REFUND_GET, GetRefund(account_id=account_id, refund_id=refund_id))
+        assert reply.refund is not None
+        return json_response(views.refund(reply.refund))
+
+    async def cancel_refund(self, request: web.Request) -> web.Response:
+        account_id = await self._account_of(request)
+        refund_id = request.match_info["refund_id"]
+        reply = await self._refund(subjects.REFUND_CANCEL, CancelRefund(account_id=account_id, refund_id=refund_id))
         assert reply.refund is not None
         return json_response(views.refund(reply.refund))
 

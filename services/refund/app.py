@@ -33,7 +33,9 @@ class RefundService:
             reservation_timeout_s=settings.reservation_timeout_s,
         )  # fmt: skip
         self.responder = RefundResponder(self.desk, provider)
-        for subject in (subjects.REFUND_PREVIEW, subjects.REFUND_REQUEST, subjects.REFUND_GET, subjects.REFUND_LIST):
+        queries = (subjects.REFUND_PREVIEW, subjects.REFUND_REQUEST, subjects.REFUND_GET, subjects.REFUND_LIST,
+                   subjects.REFUND_CANCEL)  # fmt: skip
+        for subject in queries:
             await runtime.answer(subject, self.responder.on_query)
         await runtime.nc.subscribe(subjects.REFUND_PAYOUTS, cb=self.responder.on_configure)  # every instance
         await self.desk.resume()

@@ -36,6 +36,7 @@ from proto.v1 import (
     QuotaStatusRequest,
     RefundCancelled,
     RefundFailed,
+    RefundPayoutStarted,
     RefundQuote,
     RefundRequested,
     RefundSucceeded,
@@ -45,7 +46,7 @@ from proto.v1 import (
 )
 from services.refund import domain, metrics
 from services.refund.domain import Lines, Payment, PlanSpan
-from services.refund.projection import insert_refund, settle_refund
+from services.refund.projection import insert_refund, settle_refund, start_payout
 from services.refund.provider import PaymentProvider, PayoutDeclined
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,28 @@ class RefundDesk:
         self.settle_in_background(refund_id)
         return await self.get(account_id, refund_id)
 
+    async def cancel(self, account_id: str, refund_id: str) -> RefundView:
+        """Call the refund off, unless its payout has started (the row lock orders this against it)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"SELECT * FROM {self._schema}.refunds WHERE refund_id = $1 AND account_id = $2 FOR UPDATE",
+                refund_id,
+                account_id,
+            )
+            if row is None:
+                raise Refused("refund_not_found", "refund_not_found", f"no refund {refund_id!r} for this account")
+            reason = domain.cancel_refusal(row["status"], row["payout_started"])
+            if reason is not None:
+                raise Refused("not_cancellable", reason, domain.MESSAGES[reason])
+            event = RefundCancelled(
+                event_id=_event_id(refund_id, "cancelled"), account_id=account_id, occurred_at=self._clock.now(),
+                refund_id=refund_id, reason="cancelled_by_user", usage_micros=row["usage_micros"],
+            )  # fmt: skip
+            await settle_refund(conn, self._schema, event)
+            await self._publisher.publish([event])  # the cancel commits only once the log has it
+        metrics.refunds.add(1, {"status": "cancelled"})
+        return await self.get(account_id, refund_id)
+
     # -- settling ---------------------------------------------------------------------
 
     async def resume(self) -> None:
@@ -193,6 +216,8 @@ class RefundDesk:
                 refund_id=refund_id, reason=reason, usage_micros=usage,
             ))  # fmt: skip
             return
+        if not await self._start_payout(refund_id, account_id, now):
+            return  # cancelled while its usage was being counted
         try:
             payout = await self._provider.payout(
                 idempotency_key=refund_id, account_id=account_id, refund_id=refund_id, amount_micros=result.amount,
@@ -217,6 +242,23 @@ class RefundDesk:
         await self._publisher.publish([succeeded, to_free])
         await self._until_quota_shows_free(account_id)  # "succeeded" is shown once the gateway refuses Pro
         await self._record(succeeded, published=True)
+
+    async def _start_payout(self, refund_id: str, account_id: str, now: datetime) -> bool:
+        """Mark the payout started unless the refund was cancelled; False when it was."""
+        started = RefundPayoutStarted(
+            event_id=_event_id(refund_id, "payout"), account_id=account_id, occurred_at=now, refund_id=refund_id
+        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"SELECT status, payout_started FROM {self._schema}.refunds WHERE refund_id = $1 FOR UPDATE",
+                refund_id,
+            )
+            if row["status"] != "processing":
+                return False
+            if not row["payout_started"]:
+                await start_payout(conn, self._schema, started)
+                await self._publisher.publish([started])
+        return True
 
     async def _record(
         self, event: RefundSucceeded | RefundFailed | RefundCancelled, *, published: bool = False

@@ -95,6 +95,15 @@ def refusal(
     return None
 
 
+def cancel_refusal(status: str, payout_started: bool) -> str | None:
+    """Why a refund can't be cancelled: it is settled already, or money is on its way."""
+    if status != "processing":
+        return f"already_{status}"
+    if payout_started:
+        return "payout_started"
+    return None
+
+
 MESSAGES = {
     "free_plan": "only a paid subscription (Pro, Max, Ultra) can be refunded",
     "already_refunded": "this payment has already been refunded",
@@ -102,4 +111,8 @@ MESSAGES = {
     "window_passed": "a refund must be asked for within 24 hours of the payment",
     "usage_exceeds_payment": "the API value used since the payment is not less than what was paid",
     "nothing_to_refund": "the refund after the processor fee is less than one cent",
+    "already_succeeded": "the refund has been paid out already",
+    "already_failed": "the refund has failed already; nothing to cancel",
+    "already_cancelled": "the refund has been cancelled already",
+    "payout_started": "the payout of the refund has started and can no longer be stopped",
 }

@@ -13,6 +13,7 @@ from proto.v1 import (
     RefundCancelled,
     RefundFailed,
     RefundPaidOut,
+    RefundPayoutStarted,
     RefundRequested,
     RefundSucceeded,
     UsageRecorded,
@@ -26,6 +27,7 @@ class RefundProjection:
         "PlanChanged",
         "UsageRecorded",
         "RefundRequested",
+        "RefundPayoutStarted",
         "RefundPaidOut",
         "RefundSucceeded",
         "RefundFailed",
@@ -58,6 +60,8 @@ class RefundProjection:
                 )  # fmt: skip
             elif isinstance(event, RefundRequested):
                 await insert_refund(conn, self.schema, event)
+            elif isinstance(event, RefundPayoutStarted):
+                await start_payout(conn, self.schema, event)
             elif isinstance(event, RefundPaidOut):
                 await insert_payout(conn, self.schema, event)
             elif isinstance(event, RefundSucceeded | RefundFailed | RefundCancelled):
@@ -87,6 +91,13 @@ async def insert_refund(conn: asyncpg.Connection, schema: str, event: RefundRequ
         event.refunded_before_micros, event.fee_micros, event.amount_micros,
     )  # fmt: skip
     return row is not None
+
+
+async def start_payout(conn: asyncpg.Connection, schema: str, event: RefundPayoutStarted) -> None:
+    await conn.execute(
+        f"UPDATE {schema}.refunds SET payout_started = true WHERE refund_id = $1 AND status = 'processing'",
+        event.refund_id,
+    )
 
 
 async def insert_payout(conn: asyncpg.Connection, schema: str, event: RefundPaidOut) -> None:

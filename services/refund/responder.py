@@ -8,6 +8,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from proto.v1 import (
+    CancelRefund,
     ConfigurePayouts,
     GetRefund,
     ListRefunds,
@@ -22,7 +23,7 @@ from services.refund.desk import RETRIED, RefundDesk, Refused
 from services.refund.provider import LocalPaymentProvider
 
 log = logging.getLogger(__name__)
-Query = PreviewRefund | RequestRefund | GetRefund | ListRefunds
+Query = PreviewRefund | RequestRefund | GetRefund | ListRefunds | CancelRefund
 
 
 class RefundResponder:
@@ -58,6 +59,8 @@ class RefundResponder:
             return RefundReply(refund=await self._desk.request(query.account_id))
         if isinstance(query, GetRefund):
             return RefundReply(refund=await self._desk.get(query.account_id, query.refund_id))
+        if isinstance(query, CancelRefund):
+            return RefundReply(refund=await self._desk.cancel(query.account_id, query.refund_id))
         return RefundReply(refunds=await self._desk.refunds(query.account_id))
 
     async def on_configure(self, msg: Msg) -> None:

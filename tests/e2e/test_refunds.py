@@ -216,3 +216,29 @@ async def test_killed_right_after_the_payout_the_refund_service_resumes_without_
     assert refund["status"] == "succeeded" and refund["amount_usd"] == "19.00"
     assert await payouts_of(stack, account["account_id"]) == (1, 1)  # exactly one payout, however resumed
     assert (await stack.usage(account["key"]))["plan"] == "free"
+
+
+async def test_a_refund_waiting_for_a_call_in_flight_can_be_cancelled_and_pays_nothing(stack: Stack) -> None:
+    account = await pro_account(stack)
+    async with aiohttp.ClientSession() as session:
+        running = await raw_stream(stack, session, account["key"], max_tokens=8000)  # ~4 s: the refund waits for it
+        await running.content.readany()
+        status, requested = await stack.http("POST", "/v1/refunds", token=account["key"])
+        assert status == 202, requested
+        path = f"/v1/refunds/{requested['refund_id']}/cancel"
+        status, cancelled = await stack.http("POST", path, token=account["key"])
+        assert status == 200, cancelled
+        assert cancelled["status"] == "cancelled" and cancelled["reason"] == "cancelled_by_user"
+        await running.read()
+    await asyncio.sleep(1)  # the settling task sees the cancel and stops
+    assert (await refund_of(stack, account["key"], requested["refund_id"]))["status"] == "cancelled"
+    assert await payouts_of(stack, account["account_id"]) == (0, 0)
+    assert (await stack.usage(account["key"]))["plan"] == "pro"
+    status, body = await stack.http("POST", path, token=account["key"])
+    assert status == 409 and body["error"]["code"] == "not_cancellable"
+    assert body["error"]["reason"] == "already_cancelled"
+    status, again = await stack.http("POST", "/v1/refunds", token=account["key"])  # may be asked for again
+    assert status == 202, again
+    assert (await refund_of(stack, account["key"], again["refund_id"]))["status"] == "succeeded"
+    status, body = await stack.http("POST", f"/v1/refunds/{again['refund_id']}/cancel", token=account["key"])
+    assert status == 409 and body["error"]["reason"] == "already_succeeded"

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from libs.pricing.money import micros_to_usd
-from services.refund.domain import Lines, Payment, PlanSpan, lines, plan_at, refusal
+from services.refund.domain import Lines, Payment, PlanSpan, cancel_refusal, lines, plan_at, refusal
 
 USD = 1_000_000
 PAID_AT = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -102,3 +102,19 @@ def test_the_plan_in_force() -> None:
 )
 def test_money_strings_show_cents_and_every_micro_that_is_not_zero(micros: int, text: str) -> None:
     assert micros_to_usd(micros) == text
+
+
+@pytest.mark.parametrize(
+    ("status", "payout_started", "reason"),
+    [
+        ("processing", False, None),
+        ("processing", True, "payout_started"),  # money is on its way
+        ("succeeded", True, "already_succeeded"),
+        ("failed", True, "already_failed"),
+        ("cancelled", False, "already_cancelled"),
+    ],
+)
+def test_a_refund_can_be_cancelled_only_before_its_payout_starts(
+    status: str, payout_started: bool, reason: str | None
+) -> None:
+    assert cancel_refusal(status, payout_started) == reason
