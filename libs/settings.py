@@ -46,6 +46,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     refund_barrier_wait_s: float = 5.0
     """How long a refund request waits for the refund projection to catch up with the account's events
     before it answers from what is applied (the settling waits for all of it regardless)."""
+    billing_barrier_wait_s: float = 5.0
+    """How long a payment or top-up waits for billing's projection to apply the account's events
+    stored so far before billing refuses it (retry) rather than decide from an older plan."""
     upstreams: str = ""
     """JSON: vendor (or "default") -> {"url": base URL, "key": API key}. Default: the local simulator."""
     upstream_timeout_s: float = 600.0

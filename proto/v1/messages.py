@@ -200,6 +200,59 @@ class Costs(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     lines: list[CostLine]
 
 
+class RecordPayment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Record a successful payment (what a payment provider's webhook delivers): it pays one
+    month of a plan and starts or changes the subscription. billing decides when it takes effect."""
+
+    account_id: str
+    plan: PlanId
+    amount_micros: int
+    payment_ref: str
+    """The provider's reference: a payment sent again with the same one is recorded once."""
+    paid_at: datetime | None = None
+    """When it was paid; None: now, by billing's clock."""
+
+
+class PaymentAccepted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    account_id: str
+    payment_ref: str
+    plan: PlanId
+    previous_plan: PlanId
+    amount_micros: int
+    paid_at: datetime
+    effective_at: datetime
+    """When the plan takes effect: at once, or for a downgrade when the month already paid for ends."""
+    paid_until: datetime
+    duplicate: bool = False
+    """The payment_ref was recorded before: this is that payment, nothing new was recorded."""
+
+
+class TopUpBalance(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Credit the account's pay-as-you-go balance."""
+
+    account_id: str
+    amount_micros: int
+    topup_ref: str | None = None
+    """Makes a top-up sent again the same one; None: a new top-up each time."""
+
+
+class TopUpAccepted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    account_id: str
+    topup_ref: str
+    amount_micros: int
+    topped_up_at: datetime
+    duplicate: bool = False
+    """The topup_ref was recorded before: this is that top-up, nothing new was credited."""
+
+
+class BillingCommandFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    code: str
+    """invalid_request (field names what), ref_conflict (the payment_ref or topup_ref was recorded
+    with another plan or amount), unavailable (nothing was recorded; retry)."""
+    message: str
+    field: str | None = None
+
+
 class InflightRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Which of the account's admitted calls are still running (their reservations)?"""
 

@@ -16,6 +16,8 @@ KEYS_CHANGED = "keys.changed"
 
 BILLING_HISTORY = "billing.history"
 BILLING_COSTS = "billing.costs"
+BILLING_RECORD_PAYMENT = "billing.record_payment"
+BILLING_TOP_UP = "billing.top_up"
 
 REFUND_PREVIEW = "refund.preview"
 REFUND_REQUEST = "refund.request"

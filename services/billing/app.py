@@ -2,9 +2,13 @@
 
 from pathlib import Path
 
+from libs.clock import Clock, SystemClock
+from libs.pricing.catalog import load_catalog
+from libs.pricing.money import to_micros
 from libs.runtime import Runtime
 from libs.settings import Settings
 from proto.v1 import subjects
+from services.billing.commands import BillingCommands
 from services.billing.projection import BillingProjection
 from services.billing.responder import BillingResponder
 
@@ -12,19 +16,30 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class BillingService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
+        self.clock = clock or SystemClock()
         self.runtime = Runtime("billing", settings)
 
     async def start(self) -> None:
-        runtime = self.runtime
+        runtime, settings = self.runtime, self.settings
         await runtime.connect(MIGRATIONS)
         projection = BillingProjection()
         await runtime.project(projection)
         responder = BillingResponder(runtime.db, projection.schema)
         await runtime.answer(subjects.BILLING_HISTORY, responder.on_history)
         await runtime.answer(subjects.BILLING_COSTS, responder.on_costs)
-        await runtime.serve(self.settings.billing_port)
+        catalog = load_catalog(settings.catalog_path, settings.plans_path)
+        self.commands = BillingCommands(
+            runtime.db, projection.schema, runtime.nc.jetstream(), await runtime.publisher(),
+            {plan.id: to_micros(plan.price_usd) for plan in catalog.plans.values()}, self.clock,
+            stream=settings.stream, barrier_wait_s=settings.billing_barrier_wait_s,
+        )  # fmt: skip
+        await runtime.answer(subjects.BILLING_RECORD_PAYMENT, self.commands.on_command)
+        await runtime.answer(subjects.BILLING_TOP_UP, self.commands.on_command)
+        await runtime.serve(settings.billing_port)
 
     async def stop(self) -> None:
+        await self.runtime.stop_serving()
+        await self.commands.close()
         await self.runtime.close()

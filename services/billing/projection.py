@@ -1,4 +1,5 @@
-"""billing's projection: money events into the history, usage into per-day, per-model costs."""
+"""billing's projection: money events into the history, plan changes into the subscriptions that
+payments are decided from, usage into per-day, per-model costs."""
 
 from collections import defaultdict
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ class BillingProjection:
         history: list[tuple[str, str, str, object, int, str | None, str | None, str | None]] = []
         ledger: list[tuple[str, str, int, str, object]] = []
         usage: list[UsageRecorded] = []
+        subscriptions: list[tuple[str, str, object, str, str, object]] = []
         for _, event in batch:
             if isinstance(event, PaymentRecorded):
                 history.append((event.event_id, event.account_id, "payment", event.occurred_at,
@@ -36,6 +38,8 @@ class BillingProjection:
             elif isinstance(event, PlanChanged):
                 history.append((event.event_id, event.account_id, "plan_change", event.occurred_at, 0,
                                 event.plan, event.previous_plan, event.reason))  # fmt: skip
+                subscriptions.append((event.event_id, event.account_id, event.occurred_at, event.plan,
+                                      event.previous_plan, event.paid_until))  # fmt: skip
             elif isinstance(event, BalanceToppedUp):
                 history.append((event.event_id, event.account_id, "top_up", event.occurred_at,
                                 event.amount_micros, None, None, event.topup_ref))  # fmt: skip
@@ -56,6 +60,13 @@ class BillingProjection:
                 *zip(*history, strict=True),
             )
             payments = [(row["plan"], row["amount_micros"]) for row in fresh if row["kind"] == "payment"]
+        if subscriptions:
+            await conn.executemany(
+                f"""INSERT INTO {self.schema}.subscriptions (event_id, account_id, effective_at, plan, previous_plan,
+                                                             paid_until)
+                    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+                subscriptions,
+            )
         spend: dict[str, int] = defaultdict(int)  # PAYG micro-USD by model
         if usage:
             ledger += await self._costs(conn, usage, spend)

@@ -18,10 +18,11 @@ from libs.db import UNAVAILABLE
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog
-from libs.pricing.money import micros_to_str, to_micros
+from libs.pricing.money import micros_to_str
 from libs.settings import Settings
 from libs.web import ApiError, decode_body, json_response
 from proto.v1 import (
+    BillingCommandFailed,
     BillingHistory,
     BillingHistoryRequest,
     CancelRefund,
@@ -35,6 +36,7 @@ from proto.v1 import (
     KeyList,
     ListKeys,
     ListRefunds,
+    PaymentAccepted,
     PayoutsConfigured,
     PreviewRefund,
     QuotaStatus,
@@ -44,6 +46,7 @@ from proto.v1 import (
     RequestRefund,
     RevokeKey,
     RotateKey,
+    TopUpAccepted,
     UsageEventsReply,
     UsageEventsRequest,
     encode,
@@ -75,6 +78,8 @@ class NewKey(msgspec.Struct, forbid_unknown_fields=True):
 _events = msgspec.json.Decoder(UsageEventsReply)
 _refund_reply = msgspec.json.Decoder(RefundReply | RefundRefused)
 _payouts_reply = msgspec.json.Decoder(PayoutsConfigured | RefundRefused)
+_billing_reply = msgspec.json.Decoder(PaymentAccepted | TopUpAccepted | BillingCommandFailed)
+BILLING_ERRORS = {"invalid_request": 400, "ref_conflict": 409}
 REFUND_ERRORS = {"not_refundable": 409, "not_cancellable": 409, "refund_not_found": 404, "invalid_request": 400,
                  "not_supported": 409}  # fmt: skip
 
@@ -99,7 +104,6 @@ class IngressApi:
         self.nc = nc
         self.keys = keys
         self.clock = clock
-        self.prices = {p.id: to_micros(p.price_usd) for p in catalog.plans.values()}
 
     def routes(self, app: web.Application) -> None:
         r = app.router
@@ -307,27 +311,37 @@ class IngressApi:
     async def record_payment(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)
         account_id = self._account_exists(request)
-        command = decode_body(await request.read(), admin.RecordPayment)
+        command = admin.payment_command(account_id, decode_body(await request.read(), admin.PaymentIn))
+        accepted = await self._billing_command(subjects.BILLING_RECORD_PAYMENT, command)
+        assert isinstance(accepted, PaymentAccepted)
         now = self.clock.now()
-        current = self.directory.accounts[account_id].subscription_at(command.paid_at or now)
-        payment, change = admin.record_payment(account_id, current, command, self.prices, now)
-        await self._publish([payment, change])
-        in_force_now = change.occurred_at <= now < (change.paid_until or now)
-        if in_force_now:
-            await self._until_quota_shows(account_id, lambda status: status.plan == change.plan)
+        if not accepted.duplicate and accepted.effective_at <= now < accepted.paid_until:
+            await self._until_quota_shows(account_id, lambda status: status.plan == accepted.plan)
         return json_response(
             {
                 "account_id": account_id,
-                "payment_ref": payment.payment_ref,
-                "plan": change.plan,
-                "previous_plan": change.previous_plan,
-                "amount_usd": micros_to_str(payment.amount_micros, 2),
-                "paid_at": views.timestamp(payment.occurred_at),
-                "effective_at": views.timestamp(change.occurred_at),
-                "paid_until": views.timestamp(change.paid_until),
+                "payment_ref": accepted.payment_ref,
+                "plan": accepted.plan,
+                "previous_plan": accepted.previous_plan,
+                "amount_usd": micros_to_str(accepted.amount_micros, 2),
+                "paid_at": views.timestamp(accepted.paid_at),
+                "effective_at": views.timestamp(accepted.effective_at),
+                "paid_until": views.timestamp(accepted.paid_until),
             },
             201,
         )
+
+    async def _billing_command(self, subject: str, command: msgspec.Struct) -> PaymentAccepted | TopUpAccepted:
+        """Ask billing to decide and record; it may first wait for its projection (its barrier)."""
+        timeout = self.settings.request_timeout_s + self.settings.billing_barrier_wait_s
+        reply: PaymentAccepted | TopUpAccepted | BillingCommandFailed = _billing_reply.decode(
+            await self._ask(subject, command, timeout)
+        )
+        if isinstance(reply, BillingCommandFailed):
+            status = BILLING_ERRORS.get(reply.code, 503)
+            code = reply.code if status != 503 else "billing_unavailable"
+            raise ApiError(status, code, reply.message, reply.field)
+        return reply
 
     async def set_multiplier(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)
@@ -347,17 +361,19 @@ class IngressApi:
     async def top_up(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)
         account_id = self._account_exists(request)
-        event = admin.top_up(account_id, decode_body(await request.read(), admin.TopUp), self.clock.now())
+        command = admin.top_up_command(account_id, decode_body(await request.read(), admin.TopUpIn))
         before = await self._status(account_id)
-        await self._publish([event])
-        await self._until_quota_shows(
-            account_id, lambda s: s.balance_micros >= before.balance_micros + event.amount_micros
-        )
+        accepted = await self._billing_command(subjects.BILLING_TOP_UP, command)
+        assert isinstance(accepted, TopUpAccepted)
+        if not accepted.duplicate:
+            await self._until_quota_shows(
+                account_id, lambda s: s.balance_micros >= before.balance_micros + accepted.amount_micros
+            )
         return json_response(
             {
                 "account_id": account_id,
-                "topup_ref": event.topup_ref,
-                "amount_usd": micros_to_str(event.amount_micros, 2),
+                "topup_ref": accepted.topup_ref,
+                "amount_usd": micros_to_str(accepted.amount_micros, 2),
             },
             201,
         )

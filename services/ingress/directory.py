@@ -1,12 +1,12 @@
-"""What ingress must know to price, in memory: accounts, their plan and multiplier
-history, and the Flow-rate history.
+"""What ingress must know to price, in memory: accounts, their multiplier history, and the
+Flow-rate history.
 
 Fed by ingress's projection after each commit, and by ingress's own writes as soon as
 JetStream has stored them (read-your-writes). Every change is keyed by its event id,
 so applying the same event twice, from both paths, changes nothing.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
 
@@ -14,15 +14,8 @@ import asyncpg
 
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
-from proto.v1 import AccountCreated, FlowRateChanged, MultiplierChanged, PlanChanged
+from proto.v1 import AccountCreated, FlowRateChanged, MultiplierChanged
 from proto.v1.events import Event
-
-
-@dataclass(frozen=True, order=True)
-class Subscription:
-    effective_at: datetime
-    plan: str
-    paid_until: datetime | None
 
 
 @dataclass
@@ -31,15 +24,6 @@ class Account:
     name: str
     created_at: datetime
     multiplier: Versioned
-    subscriptions: dict[str, "Subscription"] = field(default_factory=dict)
-    """Plan changes by event id (applying one twice changes nothing)."""
-
-    def subscription_at(self, when: datetime) -> "Subscription":
-        """The plan in force at `when`: Free before any payment and after a paid period ends unpaid."""
-        current = max((s for s in self.subscriptions.values() if s.effective_at <= when), default=None)
-        if current is None or (current.paid_until is not None and when >= current.paid_until):
-            return Subscription(self.created_at, "free", None)
-        return current
 
 
 class Directory:
@@ -59,20 +43,13 @@ class Directory:
         elif isinstance(event, MultiplierChanged):
             if (account := self.accounts.get(event.account_id)) is not None:
                 account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
-        elif isinstance(event, PlanChanged):
-            if (account := self.accounts.get(event.account_id)) is not None:
-                account.subscriptions[event.event_id] = Subscription(event.occurred_at, event.plan, event.paid_until)
         elif isinstance(event, FlowRateChanged):
             self.flow_rate.add(event.event_id, event.occurred_at, parse_fraction(event.usd_per_flow))
 
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
-        for row in await conn.fetch(f"SELECT account_id, name, created_at, multiplier, plan FROM {schema}.accounts"):
+        for row in await conn.fetch(f"SELECT account_id, name, created_at, multiplier FROM {schema}.accounts"):
             self.accounts[row["account_id"]] = Account(
-                row["account_id"],
-                row["name"],
-                row["created_at"],
-                Versioned(parse_fraction(row["multiplier"])),
-                row["plan"],
+                row["account_id"], row["name"], row["created_at"], Versioned(parse_fraction(row["multiplier"]))
             )
         for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers"):
             self.accounts[row["account_id"]].multiplier.add(

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from libs.eventlog.runner import AfterCommit, Applied
-from proto.v1 import AccountCreated, FlowRateChanged, MultiplierChanged, PlanChanged
+from proto.v1 import AccountCreated, FlowRateChanged, MultiplierChanged
 from services.ingress.directory import Directory
 
 
@@ -14,7 +14,6 @@ class IngressProjection:
     event_types: tuple[str, ...] = (
         "AccountCreated",
         "MultiplierChanged",
-        "PlanChanged",
         "FlowRateChanged",
     )
     category: str | None = "account"
@@ -44,12 +43,6 @@ class IngressProjection:
                     event.occurred_at,
                     event.multiplier,
                 )
-            elif isinstance(event, PlanChanged):
-                await conn.execute(
-                    f"""INSERT INTO {s}.subscriptions (event_id, account_id, effective_at, plan, paid_until)
-                        VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
-                    event.event_id, event.account_id, event.occurred_at, event.plan, event.paid_until,
-                )  # fmt: skip
             elif isinstance(event, FlowRateChanged):
                 await conn.execute(
                     f"""INSERT INTO {s}.flow_rates (event_id, effective_at, usd_per_flow) VALUES ($1, $2, $3)

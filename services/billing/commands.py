@@ -1,0 +1,197 @@
+"""billing's commands: payments and top-ups, decided here from billing's own projection and
+published to the log.
+
+Before a command decides, two things hold:
+- it is the only command of its account in progress (a lock), so that two concurrent
+  payments cannot both decide from the same plan;
+- the projection has applied every account event of the account stored so far (a sequence
+  barrier on the stream), so that a payment sees the one just before it (read-your-writes)
+  and a refund's drop to Free as well.
+The lock is in memory: billing runs as one process, as each projection's consumers do.
+
+A payment_ref (or topup_ref) recorded before answers with what was recorded, once the
+barrier shows it: a webhook delivered twice is one payment, however late the second comes.
+"""
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Mapping
+
+import asyncpg
+import msgspec
+import nats.js
+import nats.js.errors
+from nats.aio.msg import Msg
+
+from libs.clock import Clock
+from libs.eventlog.publisher import EventPublisher, PublishFailed
+from libs.eventlog.runner import TRANSIENT_ERRORS
+from libs.eventlog.subjects import ACCOUNT_TOKEN, STORED_PREFIX, partition_of
+from proto.v1 import (
+    BalanceToppedUp,
+    BillingCommandFailed,
+    PaymentAccepted,
+    PaymentRecorded,
+    PlanChanged,
+    RecordPayment,
+    TopUpAccepted,
+    TopUpBalance,
+    encode,
+)
+from services.billing import domain
+from services.billing.domain import Refused, Subscription
+
+log = logging.getLogger(__name__)
+Command = RecordPayment | TopUpBalance
+_commands = msgspec.json.Decoder(Command)
+
+
+class Unavailable(Exception):
+    """The projection did not catch up with the account in time: nothing was decided."""
+
+
+RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, PublishFailed, Unavailable)
+"""Transient failures: the caller should retry (with the same payment_ref or topup_ref, a retry
+records nothing twice)."""
+
+
+class BillingCommands:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        js: nats.js.JetStreamContext,
+        publisher: EventPublisher,
+        prices: Mapping[str, int],
+        clock: Clock,
+        *,
+        stream: str,
+        barrier_wait_s: float,
+    ) -> None:
+        self._pool, self._schema, self._js, self._publisher = pool, schema, js, publisher
+        self._prices, self._clock = prices, clock
+        self._stream, self._barrier_wait_s = stream, barrier_wait_s
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        """One lock per account with a command in progress or waiting; gone with the last of them."""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def on_command(self, msg: Msg) -> None:
+        """Each command in its own task: one account's wait must not hold up another's."""
+        task = asyncio.create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _answer(self, msg: Msg) -> None:
+        reply: msgspec.Struct
+        try:
+            reply = await self.handle(_commands.decode(msg.data))
+        except Refused as exc:
+            reply = BillingCommandFailed(code=exc.code, message=exc.message, field=exc.field)
+        except msgspec.ValidationError as exc:
+            reply = BillingCommandFailed(code="invalid_request", message=str(exc))
+        except RETRIED as exc:
+            log.warning("billing command failed transiently: %r", exc)
+            reply = BillingCommandFailed(code="unavailable", message="billing did not record it; retry")
+        await msg.respond(encode(reply))
+
+    async def handle(self, command: Command) -> PaymentAccepted | TopUpAccepted:
+        if not ACCOUNT_TOKEN.match(command.account_id):
+            raise Refused(f"account_id: not an account id: {command.account_id!r}", "account_id")
+        lock = self._locks.get(command.account_id)
+        if lock is None:
+            lock = self._locks[command.account_id] = asyncio.Lock()
+        async with lock:
+            await self._caught_up(command.account_id)
+            if isinstance(command, RecordPayment):
+                return await self._record_payment(command)
+            return await self._top_up(command)
+
+    async def _record_payment(self, command: RecordPayment) -> PaymentAccepted:
+        async with self._pool.acquire() as conn:
+            recorded = await conn.fetchrow(
+                f"""SELECT p.plan, p.amount_micros, p.occurred_at AS paid_at, s.effective_at, s.previous_plan,
+                           s.paid_until
+                    FROM {self._schema}.history p JOIN {self._schema}.subscriptions s ON s.event_id = $2
+                    WHERE p.event_id = $1""",
+                domain.event_id("payment", command.account_id, command.payment_ref),
+                domain.event_id("plan", command.account_id, command.payment_ref),
+            )
+            rows = await conn.fetch(
+                f"SELECT effective_at, plan, paid_until FROM {self._schema}.subscriptions WHERE account_id = $1",
+                command.account_id,
+            )
+        if recorded is not None:
+            if (recorded["plan"], recorded["amount_micros"]) != (command.plan, command.amount_micros):
+                raise Refused(
+                    f"payment_ref: {command.payment_ref!r} was recorded for another plan or amount",
+                    "payment_ref",
+                    "ref_conflict",
+                )
+            return PaymentAccepted(
+                account_id=command.account_id, payment_ref=command.payment_ref, duplicate=True, **dict(recorded)
+            )
+        changes = [Subscription(**dict(row)) for row in rows]
+        payment, change = domain.record_payment(command, changes, self._prices, self._clock.now())
+        await self._publisher.publish([payment, change])
+        return _payment_accepted(payment, change)
+
+    async def _top_up(self, command: TopUpBalance) -> TopUpAccepted:
+        if command.topup_ref is not None:
+            recorded = await self._pool.fetchrow(
+                f"SELECT amount_micros, occurred_at FROM {self._schema}.history WHERE event_id = $1",
+                domain.event_id("topup", command.account_id, command.topup_ref),
+            )
+            if recorded is not None:
+                if recorded["amount_micros"] != command.amount_micros:
+                    message = f"topup_ref: {command.topup_ref!r} was recorded with another amount"
+                    raise Refused(message, "topup_ref", "ref_conflict")
+                return TopUpAccepted(
+                    account_id=command.account_id, topup_ref=command.topup_ref, amount_micros=command.amount_micros,
+                    topped_up_at=recorded["occurred_at"], duplicate=True,
+                )  # fmt: skip
+        event = domain.top_up(command, self._clock.now())
+        await self._publisher.publish([event])
+        return _topped_up(event)
+
+    async def _caught_up(self, account_id: str) -> None:
+        """Wait until the projection has applied the account's latest account event stored so far
+        (usage does not change what billing decides, so the barrier does not wait for it)."""
+        try:
+            last = await self._js.get_last_msg(self._stream, f"{STORED_PREFIX}.*.account.{account_id}.*")
+        except nats.js.errors.NotFoundError:
+            return
+        seq, partition = int(last.seq or 0), partition_of(last.subject or "")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._barrier_wait_s
+        while True:
+            applied = await self._pool.fetchval(
+                f"SELECT last_seq FROM {self._schema}.checkpoints WHERE projection = 'billing' AND partition = $1",
+                partition,
+            )
+            if (applied or 0) >= seq:
+                return
+            if loop.time() > deadline:
+                raise Unavailable(f"the billing projection has not applied stream sequence {seq} yet")
+            await asyncio.sleep(0.01)
+
+
+def _payment_accepted(payment: PaymentRecorded, change: PlanChanged) -> PaymentAccepted:
+    assert change.paid_until is not None
+    return PaymentAccepted(
+        account_id=payment.account_id, payment_ref=payment.payment_ref, plan=change.plan,
+        previous_plan=change.previous_plan, amount_micros=payment.amount_micros, paid_at=payment.occurred_at,
+        effective_at=change.occurred_at, paid_until=change.paid_until,
+    )  # fmt: skip
+
+
+def _topped_up(event: BalanceToppedUp) -> TopUpAccepted:
+    return TopUpAccepted(
+        account_id=event.account_id, topup_ref=event.topup_ref, amount_micros=event.amount_micros,
+        topped_up_at=event.occurred_at,
+    )  # fmt: skip
