@@ -1,6 +1,7 @@
 """Request/reply messages: commands are imperative, replies are answers."""
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
@@ -209,8 +210,8 @@ class RecordPayment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     amount_micros: int
     payment_ref: str
     """The provider's reference: a payment sent again with the same one is recorded once."""
-    paid_at: datetime | None = None
-    """When it was paid; None: now, by billing's clock."""
+    paid_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    """When it was paid (with its UTC offset); None: now, by billing's clock."""
 
 
 class PaymentAccepted(msgspec.Struct, frozen=True, kw_only=True, tag=True):

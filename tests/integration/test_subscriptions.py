@@ -125,3 +125,17 @@ async def test_a_top_up_sent_again_is_credited_once(stack: Stack) -> None:
     status, reply = await stack.http("POST", path, token=admin, json={"amount_usd": "0"})
     assert (status, reply["error"]["field"]) == (400, "amount_usd")
     assert (await stack.usage(account["key"]))["extra_usage"]["balance_usd"] == "5.000000"
+
+
+async def test_what_billing_refuses_is_a_400_naming_the_field(stack: Stack) -> None:
+    account = await stack.create_account()
+    path = f"/admin/v1/accounts/{account['account_id']}/payments"
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    for body, field in [
+        ({"plan": "free", "amount_usd": "0", "payment_ref": "r"}, "plan"),
+        ({"plan": "pro", "amount_usd": "-20", "payment_ref": "r"}, "amount_usd"),
+        ({"plan": "pro", "amount_usd": "20", "payment_ref": "r", "paid_at": tomorrow}, "paid_at"),
+    ]:
+        status, reply = await stack.http("POST", path, token=stack.settings.admin_token, json=body)
+        assert (status, reply["error"]["code"], reply["error"]["field"]) == (400, "invalid_request", field), reply
+    assert (await stack.usage(account["key"]))["plan"] == "free"
