@@ -54,7 +54,7 @@ _NAMESPACE = uuid.UUID("2d6f0f0e-8c1a-4a4b-9d55-0b7e1f3c9a10")
 _inflight = msgspec.json.Decoder(Inflight)
 _status = msgspec.json.Decoder(QuotaStatus)
 RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, PublishFailed)
-QUOTA_SYNC_S = 10.0
+QUOTA_SYNC_S = 30.0
 """How long a settled refund waits for quota to show Free before it says succeeded anyway."""
 
 
