@@ -66,6 +66,45 @@ def setup() -> None:
 
 
 @app.command()
+def replay(
+    projection: str = typer.Option(..., "--projection", "-p", help="ingress, quota, keys, billing, ... or all"),
+    from_seq: int = typer.Option(1, "--from-seq", min=1, help="First stream sequence to apply (default 1)."),
+    verify: bool = typer.Option(False, "--verify", help="Compare with the live projection before the swap."),
+    swap_if_different: bool = typer.Option(
+        False, "--swap-if-different", help="Swap even when --verify finds differences (a rebuild after a bug fix)."
+    ),
+    keep_old: bool = typer.Option(
+        False, "--keep-old", help="Keep the replaced tables in a schema <schema>_old_<time> instead of dropping them."
+    ),
+) -> None:
+    """Rebuild projections from the event log into fresh tables and swap them in atomically.
+
+    The service that owns each projection does the rebuild while it goes on serving; its
+    projection stands still only for the final catch-up and the swap. With --verify, a
+    rebuild that differs from the live projection is listed table by table and NOT swapped
+    (exit code 1) unless --swap-if-different is given. Exit code 2: a replay failed.
+    """
+    from rich.console import Console
+
+    from libs.replay.command import ReplayFailed, summary
+    from libs.replay.command import replay as run_replay
+    from proto.v1 import StartReplay
+
+    request = StartReplay(from_seq=from_seq, verify=verify, swap_if_different=swap_if_different, keep_old=keep_old)
+    try:
+        outcomes = asyncio.run(run_replay(load_settings(), projection, request, Console(stderr=True)))
+    except ReplayFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for outcome in outcomes:
+        summary(outcome, typer.echo)
+    if any(o.phase == "failed" for o in outcomes):
+        raise typer.Exit(2)
+    if not all(o.swapped for o in outcomes):
+        raise typer.Exit(1)
+
+
+@app.command()
 def up() -> None:
     """Run the whole stack locally until Ctrl-C (what `make run` does)."""
     from libs.devstack import main as run_stack

@@ -20,9 +20,11 @@ from libs.db import create_pool, migrate_async
 from libs.eventlog.deadletters import DeadLetterRetrier
 from libs.eventlog.monitor import ProjectionMonitor
 from libs.eventlog.publisher import EventPublisher
-from libs.eventlog.runner import Projection, ProjectionRunner
+from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.streams import require_streams
 from libs.observability import install as install_metrics
+from libs.replay.control import ReplayControl
+from libs.replay.rebuild import Rebuildable
 from libs.service import fatal_on_error
 from libs.settings import Settings
 from libs.web import add_ops_routes, start_site
@@ -58,9 +60,10 @@ class Runtime:
         await publisher.start()
         return publisher
 
-    async def project(self, projection: Projection) -> ProjectionRunner:
+    async def project(self, projection: Rebuildable) -> ProjectionRunner:
         """Run the projection over every partition of the event log, and measure its lag, in the
-        background, and answer `flowplan dlq retry` for the events it dead-letters."""
+        background, and answer `flowplan dlq retry` for the events it dead-letters and `flowplan
+        replay` for the projection."""
         partitions = await require_streams(self.nc.jetstream(), self.settings)
         runner = ProjectionRunner(
             projection, self.db, self.nc.jetstream(), stream=self.settings.stream, partitions=partitions,
@@ -72,6 +75,7 @@ class Runtime:
                                     partitions=partitions)  # fmt: skip
         self.spawn(monitor.run(), f"{self.name}-projection-monitor")
         await DeadLetterRetrier(runner, self.nc.jetstream(), self.settings.dlq_stream).serve(self.nc)
+        await ReplayControl(projection, runner, self.db, self.nc, self.settings).start()
         return runner
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:

@@ -35,6 +35,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from libs import failpoints, tracing
 from libs.eventlog import metrics, subjects
+from libs.eventlog.pause import Pause
 from proto.v1 import decode_event
 from proto.v1.events import AnyEvent
 
@@ -91,6 +92,16 @@ class Projection(Protocol):
         ...
 
 
+async def save_checkpoint(conn: asyncpg.Connection, projection: Projection, partition: int, last_seq: int) -> None:
+    await conn.execute(
+        f"""INSERT INTO {projection.schema}.checkpoints (projection, partition, last_seq) VALUES ($1, $2, $3)
+            ON CONFLICT (projection, partition) DO UPDATE SET last_seq = EXCLUDED.last_seq""",
+        projection.name,
+        partition,
+        last_seq,
+    )
+
+
 class ProjectionRunner:
     def __init__(
         self,
@@ -118,19 +129,22 @@ class ProjectionRunner:
         metrics.dead_letters.add(0, {"projection": projection.name})  # a DLQ panel shows 0, not "no data"
         self._partition_locks = [asyncio.Lock() for _ in range(partitions)]
         """Held while a partition's batch is applied, and by reapply(): one change at a time."""
+        self.pause = Pause()
 
     def consumer_name(self, partition: int) -> str:
         return f"{self.projection.name}-p{partition}"
 
     async def run(self) -> None:
-        await asyncio.gather(*(self._run_partition(p) for p in range(self._partitions)))
+        while True:  # the partition loops return when a pause is requested: see pause.py
+            await asyncio.gather(*(self._run_partition(p) for p in range(self._partitions)))
+            await self.pause.park()
 
     async def _run_partition(self, partition: int) -> None:
         last_seq = await self._retry_forever(lambda: self._load_checkpoint(partition), "load checkpoint")
         sub = await self._retry_forever(lambda: self._subscribe(partition, last_seq), "subscribe")
-        while True:
+        while not self.pause.requested:
             try:
-                msgs = await sub.fetch(self._batch, timeout=1.0)
+                msgs = await self.pause.unless_requested(sub.fetch(self._batch, timeout=1.0))
             except TimeoutError:  # nats.errors.TimeoutError, or asyncio's when the pull request expires
                 continue
             except nats.errors.Error as exc:
@@ -156,6 +170,7 @@ class ProjectionRunner:
                     partition,
                     exc,
                 )
+        await sub.unsubscribe()
 
     async def _more(self, sub: nats.js.JetStreamContext.PullSubscription, room: int) -> list[Msg]:
         """A short wait for more of a trickle, so that a busy but not saturated log is applied
@@ -229,14 +244,7 @@ class ProjectionRunner:
             if batch:
                 after_commit = await self.projection.apply(conn, batch)
                 failpoints.hit("before_commit")
-            await conn.execute(
-                f"""INSERT INTO {self.projection.schema}.checkpoints (projection, partition, last_seq)
-                    VALUES ($1, $2, $3)
-                    ON CONFLICT (projection, partition) DO UPDATE SET last_seq = EXCLUDED.last_seq""",
-                self.projection.name,
-                partition,
-                last_seq,
-            )
+            await save_checkpoint(conn, self.projection, partition, last_seq)
         if batch:
             metrics.events_applied.add(len(batch), {"projection": self.projection.name})
         if after_commit is not None:

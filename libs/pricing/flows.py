@@ -61,6 +61,11 @@ class Versioned:
         self._versions[version_id] = (effective_at, value)
         self._sorted = sorted((at, vid, v) for vid, (at, v) in self._versions.items())
 
+    def merge(self, other: "Versioned") -> None:
+        """Add the versions only `other` has."""
+        for version_id, (effective_at, value) in other._versions.items():
+            self.add(version_id, effective_at, value)
+
     def copy(self) -> "Versioned":
         other = Versioned(self._initial)
         other._versions = dict(self._versions)

@@ -29,3 +29,16 @@ REFUND_PAYOUTS = "refund.payouts"
 
 DLQ_RETRY = "dlq.retry"
 """Followed by `.<projection>`: only the projection that dead-lettered an event applies it again."""
+
+REPLAY_DISCOVER = "ops.replay.discover"
+"""Scatter-gather: every service that owns a projection answers with its ReplayProgress."""
+
+
+def replay_start(projection: str) -> str:
+    """StartReplay -> ReplayProgress, answered by the service that owns the projection."""
+    return f"ops.replay.{projection}.start"
+
+
+def replay_status(projection: str) -> str:
+    """ReplayStatusRequest -> ReplayProgress of the running (or the last) replay."""
+    return f"ops.replay.{projection}.status"

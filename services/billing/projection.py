@@ -22,9 +22,16 @@ class BillingProjection:
         "UsageRecorded",
     )
     category: str | None = None
+    tables: tuple[str, ...] = ("checkpoints", "history", "usage_seen", "costs", "ledger")
 
     def __init__(self, schema: str = "billing") -> None:
         self.schema = schema
+
+    def rebuilt_into(self, schema: str) -> "BillingProjection":
+        return BillingProjection(schema)
+
+    async def reload(self, conn: asyncpg.Connection) -> None:
+        """billing answers from its tables only: nothing in memory to reload."""
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
         history: list[tuple[str, str, str, object, int, str | None, str | None, str | None]] = []

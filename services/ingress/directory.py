@@ -28,6 +28,7 @@ class Account:
 
 class Directory:
     def __init__(self, default_usd_per_flow: Fraction) -> None:
+        self.default_usd_per_flow = default_usd_per_flow
         self.accounts: dict[str, Account] = {}
         self.flow_rate = Versioned(default_usd_per_flow)
 
@@ -47,13 +48,23 @@ class Directory:
             self.flow_rate.add(event.event_id, event.occurred_at, parse_fraction(event.usd_per_flow))
 
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
+        """Memory from the projection's tables (at start, and after a replay swapped them). What
+        memory knows and the tables do not yet is kept: ingress applies its own writes at once,
+        before its projection gets to them, and every change is keyed by its event id."""
+        accounts: dict[str, Account] = {}
         for row in await conn.fetch(f"SELECT account_id, name, created_at, multiplier FROM {schema}.accounts"):
-            self.accounts[row["account_id"]] = Account(
+            accounts[row["account_id"]] = Account(
                 row["account_id"], row["name"], row["created_at"], Versioned(parse_fraction(row["multiplier"]))
             )
         for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers"):
-            self.accounts[row["account_id"]].multiplier.add(
+            accounts[row["account_id"]].multiplier.add(
                 row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])
             )
+        flow_rate = Versioned(self.default_usd_per_flow)
         for row in await conn.fetch(f"SELECT event_id, effective_at, usd_per_flow FROM {schema}.flow_rates"):
-            self.flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))
+            flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))
+        for account_id, known in self.accounts.items():
+            account = accounts.setdefault(account_id, known)
+            account.multiplier.merge(known.multiplier)
+        flow_rate.merge(self.flow_rate)
+        self.accounts, self.flow_rate = accounts, flow_rate

@@ -17,10 +17,18 @@ class IngressProjection:
         "FlowRateChanged",
     )
     category: str | None = "account"
+    tables: tuple[str, ...] = ("checkpoints", "accounts", "multipliers", "flow_rates")
+    """Not seen_events: ingress's own dedupe claims are not derived from the log."""
 
     def __init__(self, directory: Directory, schema: str = "ingress") -> None:
         self.directory = directory
         self.schema = schema
+
+    def rebuilt_into(self, schema: str) -> "IngressProjection":
+        return IngressProjection(Directory(self.directory.default_usd_per_flow), schema)
+
+    async def reload(self, conn: asyncpg.Connection) -> None:
+        await self.directory.load(conn, self.schema)
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
         s = self.schema

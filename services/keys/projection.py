@@ -1,5 +1,10 @@
 """keys' projection: key events into keys.keys, and last use from usage, one row update per
-key per batch however often the key was used in it (writes are coalesced, not per call)."""
+key per batch however often the key was used in it (writes are coalesced, not per call).
+
+Last use counts only usage of the key's own account (ingest clients name key ids freely)
+that comes after the key's creation in the log, whatever the batch boundaries: a rebuild
+in batches of any size gives the same table as the live projection did.
+"""
 
 from collections.abc import Sequence
 from datetime import datetime
@@ -16,27 +21,39 @@ class KeysProjection:
     name: str = "keys"
     event_types: tuple[str, ...] = ("KeyCreated", "KeyRotated", "KeyRevoked", "UsageRecorded")
     category: str | None = None
+    tables: tuple[str, ...] = ("checkpoints", "keys")
 
     def __init__(self, registry: KeyRegistry, schema: str = "keys") -> None:
         self.registry = registry
         self.schema = schema
 
+    def rebuilt_into(self, schema: str) -> "KeysProjection":
+        return KeysProjection(KeyRegistry(), schema)
+
+    async def reload(self, conn: asyncpg.Connection) -> None:
+        await self.registry.load(conn, self.schema)
+
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
         s = self.schema
         key_events: list[KeyEvent] = []
-        last_used: dict[str, datetime] = {}
+        last_used: dict[tuple[str, str], datetime] = {}
+        """Latest use by (key, account)."""
         for _, event in batch:
             if isinstance(event, UsageRecorded):
-                if event.key_id and (event.key_id not in last_used or event.occurred_at > last_used[event.key_id]):
-                    last_used[event.key_id] = event.occurred_at
+                used = (event.key_id, event.account_id) if event.key_id else None
+                if used and (used not in last_used or event.occurred_at > last_used[used]):
+                    last_used[used] = event.occurred_at
             elif isinstance(event, KeyCreated):
-                await conn.execute(
+                created = await conn.fetchval(
                     f"""INSERT INTO {s}.keys (key_id, account_id, name, kind, prefix, last4, key_hash, created_at,
                                               applied_events)
-                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ARRAY[$9]) ON CONFLICT (key_id) DO NOTHING""",
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, ARRAY[$9]) ON CONFLICT (key_id) DO NOTHING
+                        RETURNING true""",
                     event.key_id, event.account_id, event.name, event.kind, event.prefix, event.last4,
                     event.key_hash, event.occurred_at, event.event_id,
                 )  # fmt: skip
+                if created:  # use logged before the key existed is not its use, in any batching
+                    last_used.pop((event.key_id, event.account_id), None)
                 key_events.append(event)
             elif isinstance(event, KeyRotated):
                 await conn.execute(
@@ -56,14 +73,15 @@ class KeysProjection:
         if last_used:
             await conn.execute(
                 f"""UPDATE {s}.keys AS k SET last_used_at = greatest(k.last_used_at, u.at)
-                    FROM unnest($1::text[], $2::timestamptz[]) AS u(key_id, at) WHERE k.key_id = u.key_id""",
-                list(last_used), list(last_used.values()),
+                    FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(key_id, account_id, at)
+                    WHERE k.key_id = u.key_id AND k.account_id = u.account_id""",
+                [k for k, _ in last_used], [a for _, a in last_used], list(last_used.values()),
             )  # fmt: skip
 
         def after_commit() -> None:
             for event in key_events:
                 self.registry.apply(event)
-            for key_id, at in last_used.items():
-                self.registry.used(key_id, at)
+            for (key_id, account_id), at in last_used.items():
+                self.registry.used(key_id, account_id, at)
 
         return after_commit

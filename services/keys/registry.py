@@ -26,9 +26,9 @@ class KeyRegistry:
             self.by_hash.pop(after.key_hash, None)
         return after
 
-    def used(self, key_id: str, at: datetime) -> None:
+    def used(self, key_id: str, account_id: str, at: datetime) -> None:
         key = self.by_id.get(key_id)
-        if key is not None and (key.last_used_at is None or at > key.last_used_at):
+        if key is not None and key.account_id == account_id and (key.last_used_at is None or at > key.last_used_at):
             updated = Key(**{**key.__dict__, "last_used_at": at})
             self.by_id[key_id] = updated
             if key.key_hash in self.by_hash:
@@ -38,13 +38,20 @@ class KeyRegistry:
         return sorted((k for k in self.by_id.values() if k.account_id == account_id), key=lambda k: k.created_at)
 
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
+        """Memory from the projection's table (at start, and after a replay swapped it). A key that
+        memory knows in a later state is kept as memory has it: the responder applies its own
+        events at once, before the projection gets to them (a revocation must not come undone)."""
+        by_id: dict[str, Key] = {}
         for row in await conn.fetch(
             f"""SELECT key_id, account_id, name, kind, prefix, last4, key_hash, created_at, rotated_at,
                        revoked_at, last_used_at, applied_events FROM {schema}.keys"""
         ):
             fields = dict(row)
             fields["applied"] = frozenset(fields.pop("applied_events"))
-            key = Key(**fields)
-            self.by_id[key.key_id] = key
-            if key.revoked_at is None:
-                self.by_hash[key.key_hash] = key
+            by_id[row["key_id"]] = Key(**fields)
+        for key_id, known in self.by_id.items():
+            loaded = by_id.get(key_id)
+            if loaded is None or not known.applied <= loaded.applied:
+                by_id[key_id] = known
+        self.by_id = by_id
+        self.by_hash = {key.key_hash: key for key in by_id.values() if key.revoked_at is None}

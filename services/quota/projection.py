@@ -42,6 +42,7 @@ class QuotaState:
     """The in-memory side: accounts by id, and the reservations of calls in flight."""
 
     def __init__(self, reservation_timeout: timedelta, default_usd_per_flow: Fraction) -> None:
+        self.reservation_timeout, self.default_usd_per_flow = reservation_timeout, default_usd_per_flow
         self.accounts: dict[str, AccountQuota] = {}
         self.reservations = Reservations(reservation_timeout)
         self.payg_reservations = Reservations(reservation_timeout)
@@ -51,8 +52,10 @@ class QuotaState:
         """GCRA state per account (the theoretical arrival time); memory only, like reservations."""
 
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
-        """Rebuild memory from the projection (at start)."""
+        """Rebuild memory from the projection (at start, and after a replay swapped its tables).
+        Reservations and rate limits are not in the tables: they stay as they are."""
         accounts: dict[str, AccountQuota] = {}
+        flow_rate = Versioned(self.default_usd_per_flow)
         for row in await conn.fetch(
             f"SELECT account_id, created_at, multiplier, extra_usage, payg_key_id FROM {schema}.accounts"
         ):
@@ -69,7 +72,7 @@ class QuotaState:
                 row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])
             )
         for row in await conn.fetch(f"SELECT event_id, effective_at, usd_per_flow FROM {schema}.flow_rates"):
-            self.flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))
+            flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))
         for row in await conn.fetch(
             f"""SELECT event_id, account_id, effective_at, plan, period_anchor, paid_until FROM {schema}.plan_history
                 ORDER BY account_id, effective_at, event_id"""
@@ -93,7 +96,7 @@ class QuotaState:
                 WHERE kind = 'month' AND ends_at > now() - interval '40 days'"""
         ):
             accounts[row["account_id"]].months[row["started_at"]] = row["flows_micros"]
-        self.accounts = accounts
+        self.accounts, self.flow_rate = accounts, flow_rate
 
 
 class QuotaProjection:
@@ -108,10 +111,19 @@ class QuotaProjection:
         "UsageRecorded",
     )
     category: str | None = None
+    tables: tuple[str, ...] = (
+        "checkpoints", "accounts", "plan_history", "multipliers", "flow_rates", "ledger", "usage", "windows",
+    )  # fmt: skip
 
     def __init__(self, state: QuotaState, schema: str = "quota") -> None:
         self.state = state
         self.schema = schema
+
+    def rebuilt_into(self, schema: str) -> "QuotaProjection":
+        return QuotaProjection(QuotaState(self.state.reservation_timeout, self.state.default_usd_per_flow), schema)
+
+    async def reload(self, conn: asyncpg.Connection) -> None:
+        await self.state.load(conn, self.schema)
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
         pending: dict[str, AccountQuota] = {}

@@ -34,9 +34,16 @@ class RefundProjection:
         "RefundCancelled",
     )
     category: str | None = None
+    tables: tuple[str, ...] = ("checkpoints", "payments", "plans", "usage", "refunds", "payouts")
 
     def __init__(self, schema: str = "refund") -> None:
         self.schema = schema
+
+    def rebuilt_into(self, schema: str) -> "RefundProjection":
+        return RefundProjection(schema)
+
+    async def reload(self, conn: asyncpg.Connection) -> None:
+        """refund answers from its tables only: nothing in memory to reload."""
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
         usage: list[tuple[str, str, int, object, int, str | None]] = []

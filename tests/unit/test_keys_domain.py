@@ -271,12 +271,12 @@ def test_used_only_moves_last_used_forward_in_both_indexes():
     event, _, _ = created()
     registry = KeyRegistry()
     registry.apply(event)
-    registry.used(event.key_id, T0 + 2 * H)
-    registry.used(event.key_id, T0 + H)  # late, out of order
-    registry.used(event.key_id, T0 + 2 * H)
+    registry.used(event.key_id, event.account_id, T0 + 2 * H)
+    registry.used(event.key_id, event.account_id, T0 + H)  # late, out of order
+    registry.used(event.key_id, event.account_id, T0 + 2 * H)
     assert registry.by_id[event.key_id].last_used_at == T0 + 2 * H
     assert registry.by_hash[event.key_hash].last_used_at == T0 + 2 * H
-    registry.used(event.key_id, T0 + 3 * H)
+    registry.used(event.key_id, event.account_id, T0 + 3 * H)
     assert registry.by_hash[event.key_hash] == registry.by_id[event.key_id]
     assert registry.by_id[event.key_id].last_used_at == T0 + 3 * H
 
@@ -288,7 +288,7 @@ def test_used_ends_at_the_latest_time_whatever_the_order(minutes):
     registry = KeyRegistry()
     registry.apply(event)
     for minute in minutes:
-        registry.used(event.key_id, T0 + timedelta(minutes=minute))
+        registry.used(event.key_id, event.account_id, T0 + timedelta(minutes=minute))
     latest = T0 + timedelta(minutes=max(minutes))
     assert registry.by_id[event.key_id] == Key(**{**key.__dict__, "last_used_at": latest})
     assert registry.by_hash[event.key_hash] == registry.by_id[event.key_id]
@@ -298,19 +298,27 @@ def test_last_used_survives_rotation_and_revocation_and_is_not_indexed_when_revo
     events, _ = lifecycle()
     registry = KeyRegistry()
     registry.apply(events[0])
-    registry.used(events[0].key_id, T0 + H / 2)
+    registry.used(events[0].key_id, events[0].account_id, T0 + H / 2)
     registry.apply(events[1])
     assert registry.by_hash[events[1].key_hash].last_used_at == T0 + H / 2
     registry.apply(events[2])
     registry.apply(events[3])
-    registry.used(events[0].key_id, T0 + 4 * H)
+    registry.used(events[0].key_id, events[0].account_id, T0 + 4 * H)
     assert registry.by_id[events[0].key_id].last_used_at == T0 + 4 * H
     assert registry.by_hash == {}
 
 
+def test_use_logged_under_another_account_is_not_the_keys_use():
+    event, _, _ = created()
+    registry = KeyRegistry()
+    registry.apply(event)
+    registry.used(event.key_id, OTHER, T0 + H)
+    assert registry.by_id[event.key_id].last_used_at is None
+
+
 def test_used_on_an_unknown_key_does_nothing():
     registry = KeyRegistry()
-    registry.used("key_nope", T0)
+    registry.used("key_nope", ACCOUNT, T0)
     assert registry.by_id == {} and registry.by_hash == {}
 
 

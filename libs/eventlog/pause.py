@@ -1,0 +1,68 @@
+"""Holding a projection runner still between two batches, for as long as a replay needs.
+
+While paused no partition is in the middle of a batch: everything fetched was committed,
+remembered after commit and acked, so the checkpoints in Postgres say exactly what the
+projection holds. On resume the runner starts its partitions afresh: each reads its
+checkpoint again and recreates its consumer from there, which is how a projection whose
+tables were swapped goes on from the new tables' checkpoints.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class RunnerPaused(Exception):
+    """The runner did not reach a batch boundary in time (Postgres or NATS away?)."""
+
+
+class Pause:
+    def __init__(self) -> None:
+        self._requested = asyncio.Event()
+        self._parked = asyncio.Event()
+        self._resumed = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    @property
+    def requested(self) -> bool:
+        """Read by the partition loops before each fetch: True makes them return."""
+        return self._requested.is_set()
+
+    async def unless_requested(self, fetch: Coroutine[Any, Any, list[T]]) -> list[T]:
+        """The fetch's messages, or none when a pause is requested first: a partition waiting for
+        new events must not hold the pause up. Messages the dropped fetch was given are not lost:
+        on resume the consumer is recreated from the checkpoint."""
+        fetching = asyncio.ensure_future(fetch)
+        requested = asyncio.ensure_future(self._requested.wait())
+        await asyncio.wait((fetching, requested), return_when=asyncio.FIRST_COMPLETED)
+        requested.cancel()
+        if fetching.done():
+            return fetching.result()
+        fetching.cancel()
+        return []
+
+    async def park(self) -> None:
+        """Called by the runner once every partition loop has returned: wait for the resume."""
+        self._parked.set()
+        await self._resumed.wait()
+        self._resumed.clear()
+        self._parked.clear()
+
+    @asynccontextmanager
+    async def paused(self, timeout_s: float = 30.0) -> AsyncIterator[None]:
+        """The runner stands still inside this block."""
+        async with self._lock:
+            self._requested.set()
+            self._parked.clear()  # a park from the previous pause may not have woken up yet
+            try:
+                try:
+                    await asyncio.wait_for(self._parked.wait(), timeout_s)
+                except TimeoutError as exc:
+                    raise RunnerPaused(f"the live projection did not pause within {timeout_s:.0f} s") from exc
+                yield
+            finally:
+                self._requested.clear()
+                self._resumed.set()

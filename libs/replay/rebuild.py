@@ -1,0 +1,265 @@
+"""One replay of one projection, run inside the service that owns it.
+
+1. Empty copies of the projection's tables in a fresh schema (<schema>_rebuild).
+2. The log, partition by partition, into them with the service's own projection code (a
+   second instance with memory of its own), in big transactions without synchronous commit.
+   Each partition is read no further than the live projection's checkpoint, so the rebuild
+   never overtakes it; this repeats while the live projection moves on.
+3. Caught up: the live runner is paused between batches, the rebuild applies exactly up to
+   the live checkpoints, and both are equal by construction or by bug.
+   With verify, a REPEATABLE READ snapshot of both is taken while paused; the live runner
+   goes on and the snapshot is compared table by table. Differences stop the replay unless
+   the caller asked to swap anyway (a rebuild after a bug fix is meant to differ).
+4. Swap: paused again and caught up again, the fresh tables replace the live ones in one
+   transaction, the service reloads its memory from them, and the runner resumes from their
+   checkpoints (which equal the old ones).
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+import asyncpg
+import msgspec
+import nats.js
+from nats.aio.msg import Msg
+
+from libs.eventlog import subjects
+from libs.eventlog.runner import TRANSIENT_ERRORS, Applied, Projection, ProjectionRunner, save_checkpoint, stream_seq
+from libs.replay import tables
+from libs.replay.reader import PartitionReader
+from libs.replay.verify import compare
+from proto.v1 import ReplayProgress, StartReplay, decode_event
+from proto.v1.messages import ReplayPhase, TableDifference
+
+log = logging.getLogger(__name__)
+READ_BATCH = 5000
+CLOSE_ENOUGH = 2000
+"""Fewer events than this left to catch up with the live projection: pause it and finish."""
+
+
+class Rebuildable(Projection, Protocol):
+    """What a projection adds to be rebuilt: Runtime.project registers every projection for replay."""
+
+    tables: tuple[str, ...]
+    """Every table apply() writes, checkpoints included: what is rebuilt, compared and swapped."""
+
+    def rebuilt_into(self, schema: str) -> Projection:
+        """A projection of the same kind writing into `schema`, with memory of its own, empty."""
+        ...
+
+    async def reload(self, conn: asyncpg.Connection) -> None:
+        """Reload the service's memory from the projection's tables (they were just swapped)."""
+        ...
+
+
+class Rebuild:
+    def __init__(
+        self,
+        projection: Rebuildable,
+        runner: ProjectionRunner,
+        live_pool: asyncpg.Pool,
+        js: nats.js.JetStreamContext,
+        *,
+        database_url: str,
+        stream: str,
+        partitions: int,
+        request: StartReplay,
+    ) -> None:
+        self.projection, self.runner, self.request = projection, runner, request
+        self._live_pool, self._js, self._database_url = live_pool, js, database_url
+        self._stream, self._partitions = stream, partitions
+        self._schema = f"{projection.schema}_rebuild"
+        self._target = projection.rebuilt_into(self._schema)
+        self._readers: list[PartitionReader] = []
+        self._position = [0] * partitions
+        self._held: list[list[Msg]] = [[] for _ in range(partitions)]
+        self._pool: asyncpg.Pool | None = None
+        self.phase: ReplayPhase = "rebuilding"
+        self.read = self.skipped = 0
+        self.started = time.monotonic()
+        self.rebuild_seconds = self.verify_seconds = self.paused_s = 0.0
+        self.differences: list[TableDifference] = []
+        self.swapped = False
+        self.kept_schema: str | None = None
+        self.error: str | None = None
+
+    def progress(self) -> ReplayProgress:
+        return ReplayProgress(
+            projection=self.projection.name, phase=self.phase, read=self.read,
+            total=self.read + sum(reader.pending for reader in self._readers),
+            seconds=time.monotonic() - self.started, rebuild_seconds=self.rebuild_seconds,
+            verify_seconds=self.verify_seconds, paused_ms=self.paused_s * 1000, skipped=self.skipped,
+            verified=self.request.verify and self.phase == "done", differences=self.differences,
+            swapped=self.swapped, kept_schema=self.kept_schema, error=self.error,
+        )  # fmt: skip
+
+    @property
+    def running(self) -> bool:
+        return self.phase not in ("done", "failed")
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except Exception as exc:
+            log.exception("replay of %s failed", self.projection.name)
+            self.phase, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            if self.swapped:  # the tables changed but memory may not have: restart, load from the tables
+                raise
+        finally:
+            for reader in self._readers:
+                await reader.close()
+            if not self.swapped:
+                async with self._live_pool.acquire() as conn:
+                    await tables.drop_schema(conn, self._schema)
+            if self._pool is not None:
+                await self._pool.close()
+
+    async def _run(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._database_url, min_size=1, max_size=self._partitions + 1,
+            server_settings={"synchronous_commit": "off"},  # a rebuild lost in a crash is started again
+        )  # fmt: skip
+        async with self._pool.acquire() as conn:
+            await tables.clone_tables(conn, self.projection.schema, self._schema, self.projection.tables)
+        for partition in range(self._partitions):
+            reader = PartitionReader(self._js, self._stream, partition, self.projection.category, READ_BATCH)
+            self._readers.append(reader)
+            await reader.start(self.request.from_seq)
+        await self._follow_live()
+        self.rebuild_seconds = time.monotonic() - self.started
+        if self.request.verify:
+            await self._verify()
+            if self.differences and not self.request.swap_if_different:
+                self.phase = "done"
+                return
+        self.phase = "swapping"
+        await self._swap()
+        self.phase = "done"
+
+    async def _follow_live(self) -> None:
+        while True:
+            async with self._live_pool.acquire() as conn:
+                bounds = await tables.checkpoints(conn, self.projection.schema, self.projection.name)
+            applied = await asyncio.gather(
+                *(self._advance(partition, bounds.get(partition, 0)) for partition in range(self._partitions))
+            )
+            if sum(applied) < CLOSE_ENOUGH:
+                return
+
+    async def _catch_up_exactly(self) -> None:
+        """With the live runner paused: apply up to exactly its checkpoints, and take them over."""
+        self.phase = "catching_up"
+        asked_at = time.monotonic()
+        async with self._live_pool.acquire() as conn:
+            bounds = await tables.checkpoints(conn, self.projection.schema, self.projection.name)
+        await asyncio.gather(*(self._take_over(partition, bound, asked_at) for partition, bound in bounds.items()))
+
+    async def _take_over(self, partition: int, bound: int, asked_at: float) -> None:
+        await self._advance(partition, bound, asked_at)
+        if self._position[partition] != bound:  # nothing in the log up to it (--from-seq past it)
+            await self._commit(partition, [], bound)
+            self._position[partition] = bound
+
+    async def _advance(self, partition: int, bound: int, asked_at: float | None = None) -> int:
+        """Apply the partition's events up to `bound`; stop early when the log holds no more (for
+        certain only for a batch fetched after `asked_at`). Returns how many were read."""
+        reader, read = self._readers[partition], 0
+        while self._position[partition] < bound:
+            msgs, self._held[partition] = self._held[partition], []
+            if not msgs:
+                requested_at, msgs = await reader.next()
+                if not msgs:
+                    if asked_at is None or requested_at >= asked_at:
+                        break
+                    continue
+            within = next((i for i, msg in enumerate(msgs) if stream_seq(msg) > bound), len(msgs))
+            self._held[partition] = msgs[within:]
+            if within:
+                await self._apply(partition, msgs[:within])
+                read += within
+            if self._held[partition]:
+                break
+        return read
+
+    async def _apply(self, partition: int, msgs: Sequence[Msg]) -> None:
+        batch: list[Applied] = []
+        wanted = self._target.event_types
+        for msg in msgs:
+            if subjects.event_type_of(msg.subject) in wanted:
+                try:
+                    batch.append(Applied(stream_seq(msg), decode_event(msg.data)))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    self.skipped += 1
+        last = stream_seq(msgs[-1])
+        try:
+            await self._commit(partition, batch, last)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:  # an event the live projection dead-lettered too: find it, leave it out
+            for item in batch:
+                try:
+                    await self._commit(partition, [item], item.seq)
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as exc:
+                    log.warning("replay of %s: event seq %d left out: %r", self.projection.name, item.seq, exc)
+                    self.skipped += 1
+            await self._commit(partition, [], last)
+        self._position[partition] = last
+        self.read += len(msgs)
+
+    async def _commit(self, partition: int, batch: Sequence[Applied], last_seq: int) -> None:
+        assert self._pool is not None
+        after_commit = None
+        async with self._pool.acquire() as conn, conn.transaction():
+            if batch:
+                after_commit = await self._target.apply(conn, batch)
+            await save_checkpoint(conn, self._target, partition, last_seq)
+        if after_commit is not None:
+            after_commit()  # later batches read the rebuild's own memory
+
+    async def _verify(self) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            snapshot = conn.transaction(isolation="repeatable_read", readonly=True)
+            async with self._paused():
+                await self._catch_up_exactly()
+                await snapshot.start()
+                await conn.execute("SELECT 1")  # the snapshot is taken by the first statement
+            self.phase = "verifying"
+            started = time.monotonic()
+            try:
+                self.differences = await compare(conn, self.projection.schema, self._schema, self.projection.tables)
+            finally:
+                await snapshot.rollback()
+            self.verify_seconds = time.monotonic() - started
+
+    async def _swap(self) -> None:
+        async with self._paused():
+            await self._catch_up_exactly()
+            self.phase = "swapping"
+            async with self._live_pool.acquire() as conn:
+                retired = await tables.swap_tables(conn, self.projection.schema, self._schema, self.projection.tables)
+            self.swapped = True
+            await self._live_pool.expire_connections()  # no statement prepared against the old tables survives
+            async with self._live_pool.acquire() as conn:
+                await self.projection.reload(conn)
+        async with self._live_pool.acquire() as conn:
+            if self.request.keep_old:
+                self.kept_schema = retired
+            else:
+                await tables.drop_schema(conn, retired)
+
+    @asynccontextmanager
+    async def _paused(self) -> AsyncIterator[None]:
+        """The live runner paused (between two of its batches), and the time it stood still counted."""
+        since = time.monotonic()
+        try:
+            async with self.runner.pause.paused():
+                yield
+        finally:
+            self.paused_s += time.monotonic() - since

@@ -1,0 +1,187 @@
+"""`flowplan replay`: every projection rebuilt from the log equals the live one, is swapped in
+while reads go on, and the services go on from the new tables without counting anything twice.
+A projection corrupted by hand is reported table by table and repaired only when asked."""
+
+import asyncio
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from libs.settings import settings_environ
+from tests.e2e.test_extra_usage import HI, payg_key, top_up
+from tests.e2e.test_gateway_sdks import oai
+from tests.stack import Stack, eventually, usage_event
+
+pytestmark = pytest.mark.connected
+FLOWPLAN = str(Path(sys.executable).parent / "flowplan")
+PROJECTIONS = ("billing", "ingress", "keys", "quota")
+
+
+async def flowplan_replay(stack: Stack, *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        FLOWPLAN, "replay", *args, env=settings_environ(stack.settings),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 240)
+    return process.returncode or 0, out.decode()
+
+
+async def settled(stack: Stack) -> bool:
+    """Every live projection has applied everything in the log."""
+    nc = await stack.nats()
+    try:
+        consumers = await nc.jetstream().consumers_info(stack.settings.stream)
+        live = [c for c in consumers if not c.name.startswith("replay-")]
+        return bool(live) and all(c.num_pending == 0 and c.num_ack_pending == 0 for c in live)
+    finally:
+        await nc.close()
+
+
+async def mixed_load(stack: Stack) -> dict[str, Any]:
+    """Accounts, payments with a downgrade, keys created, rotated and revoked, a multiplier and a
+    Flow-rate change, PAYG top-ups and calls through the gateway, and usage with duplicates and
+    late events that open windows before later ones."""
+    admin, now = stack.settings.admin_token, datetime.now(UTC)
+    alice = await stack.create_account("alice")
+    bob = await stack.create_account("bob", multiplier="5/4")
+    await stack.pay(alice["account_id"], "pro", "20.00")
+    await stack.pay(alice["account_id"], "max", "100.00")
+    await stack.pay(alice["account_id"], "pro", "20.00")  # a downgrade, at the end of the paid month
+    await stack.pay(bob["account_id"], "pro", "20.00", paid_at=(now - timedelta(days=3)).isoformat())
+    laptop_key = {"name": "laptop", "kind": "subscription"}
+    status, laptop = await stack.http("POST", "/v1/keys", token=alice["key"], json=laptop_key)
+    assert status == 201
+    status, _ = await stack.http("POST", f"/v1/keys/{laptop['id']}/rotate", token=alice["key"])
+    assert status == 201
+    status, _ = await stack.http("DELETE", f"/v1/keys/{laptop['id']}", token=alice["key"])
+    assert status == 200
+    multiplier = f"/admin/v1/accounts/{bob['account_id']}/multiplier"
+    status, _ = await stack.http("PUT", multiplier, token=admin, json={"multiplier": "1"})
+    assert status == 200
+    payg = await payg_key(stack, bob)
+    await top_up(stack, bob["account_id"], "5.00")
+    extra_usage = {"enabled": True, "payg_key_id": payg["id"]}
+    status, _ = await stack.http("PUT", "/v1/account/extra-usage", token=bob["key"], json=extra_usage)
+    assert status == 200
+    for key in (payg["key"], bob["key"], alice["key"]):
+        await oai(stack, key).chat.completions.create(**HI)
+    events = [
+        usage_event(alice["account_id"], key_id=alice["key_id"], occurred_at=(now - timedelta(hours=h)).isoformat())
+        for h in (0, 2, 9, 30, 80)
+    ] + [
+        usage_event(bob["account_id"], occurred_at=(now - timedelta(hours=h)).isoformat(), billing_mode=mode)
+        for h, mode in ((1, "subscription"), (4, "payg"), (50, "subscription"))
+    ]
+    assert (await stack.post_usage(events))[1] == {"accepted": 8, "duplicates": 0}
+    assert (await stack.post_usage(events[:3]))[1] == {"accepted": 0, "duplicates": 3}
+    late = [usage_event(alice["account_id"], occurred_at=(now - timedelta(hours=h)).isoformat()) for h in (6, 150)]
+    assert (await stack.post_usage(late))[0] == 202  # windows before later ones: the chains are recomputed
+    status, _ = await stack.http("POST", "/admin/v1/flow-rate", token=admin, json={"usd_per_flow": "1/40"})
+    assert status == 200
+    await eventually(lambda: settled(stack))
+    return {"alice": alice, "bob": bob, "revoked": laptop}
+
+
+async def read_views(stack: Stack, key: str) -> dict[str, Any]:
+    views = {}
+    for path in ("/v1/account/usage", "/v1/account/usage/events?limit=100", "/v1/billing/history", "/v1/keys"):
+        status, body = await stack.http("GET", path, token=key)
+        assert status == 200, (path, body)
+        views[path] = body
+    for window in ("window_5h", "weekly", "monthly"):  # what moves with the clock only
+        views["/v1/account/usage"][window].pop("resets_at", None)
+    return views
+
+
+async def test_replay_all_is_identical_swaps_while_reads_go_on_and_counts_nothing_twice(stack: Stack) -> None:
+    load = await mixed_load(stack)
+    alice = load["alice"]
+    before = {name: await read_views(stack, load[name]["key"]) for name in ("alice", "bob")}
+    reads, failures = 0, []
+    replaying = True
+
+    async def keep_reading() -> None:
+        nonlocal reads
+        while replaying:
+            for name in ("alice", "bob"):
+                try:
+                    await read_views(stack, load[name]["key"])
+                    reads += 1
+                except AssertionError as exc:
+                    failures.append(exc)
+
+    reader = asyncio.create_task(keep_reading())
+    code, out = await flowplan_replay(stack, "--projection", "all", "--verify")
+    replaying = False
+    await reader
+    assert code == 0, out
+    for name in PROJECTIONS:
+        [line] = [line for line in out.splitlines() if line.startswith(f"{name}: ")]
+        assert "identical; swapped" in line, out
+    assert failures == [] and reads > 0
+
+    assert {name: await read_views(stack, load[name]["key"]) for name in ("alice", "bob")} == before
+    conn = await stack.db()
+    try:
+        schemas = {r["nspname"] for r in await conn.fetch("SELECT nspname FROM pg_namespace")}
+        assert not any(s.endswith("_rebuild") or "_old_" in s for s in schemas)
+    finally:
+        await conn.close()
+
+    # The services go on from the new tables' checkpoints: new usage counts, and counts once.
+    used = before["alice"]["/v1/account/usage"]["window_5h"]["used_flows"]
+    assert (await stack.post_usage([usage_event(alice["account_id"], key_id=alice["key_id"])]))[0] == 202
+    await oai(stack, alice["key"]).chat.completions.create(**HI)
+    await eventually(lambda: settled(stack))
+    _, events = await stack.http("GET", "/v1/account/usage/events?limit=2", token=alice["key"])
+    expected = round(used + sum(e["flows"] for e in events["data"]), 6)
+    assert (await stack.usage(alice["key"]))["window_5h"]["used_flows"] == expected
+    status, _ = await stack.http("GET", "/v1/account/usage", token=load["revoked"]["key"])
+    assert status == 401  # keys' memory, reloaded from the new table, still knows the revocation
+
+
+async def test_a_corrupted_projection_is_reported_and_repaired_only_when_asked(stack: Stack) -> None:
+    account = await stack.create_account("carol")
+    assert (await stack.post_usage([usage_event(account["account_id"])]))[0] == 202
+    await eventually(lambda: settled(stack))
+    good = (await stack.usage(account["key"]))["window_5h"]["used_flows"]
+    conn = await stack.db()
+    try:
+        await conn.execute(
+            "UPDATE quota.windows SET flows_micros = flows_micros + 7000000 WHERE account_id = $1 AND kind = '5h'",
+            account["account_id"],
+        )
+        stack.quota.stop()  # quota loads its memory from the corrupted table
+        await asyncio.to_thread(stack.quota.start)
+        assert (await stack.usage(account["key"]))["window_5h"]["used_flows"] == good + 7
+
+        code, out = await flowplan_replay(stack, "--projection", "quota", "--verify")
+        assert code == 1, out
+        assert "quota: " in out and "DIFFERENT; NOT swapped" in out
+        assert "table windows: live" in out and f"account_id={account['account_id']}, kind=5h" in out
+        assert "table usage" not in out  # only what differs is listed
+        assert (await stack.usage(account["key"]))["window_5h"]["used_flows"] == good + 7
+
+        swap_anyway = ("--swap-if-different", "--keep-old")
+        code, out = await flowplan_replay(stack, "--projection", "quota", "--verify", *swap_anyway)
+        assert code == 0, out
+        assert "DIFFERENT; swapped" in out and "old tables kept in schema quota_old_" in out
+        assert (await stack.usage(account["key"]))["window_5h"]["used_flows"] == good  # memory reloaded too
+        kept = out.split("old tables kept in schema ")[1].split()[0]
+        corrupted = await conn.fetchval(
+            f"SELECT flows_micros FROM {kept}.windows WHERE account_id = $1 AND kind = '5h'", account["account_id"]
+        )
+        assert corrupted == good * 1_000_000 + 7_000_000
+        await conn.execute(f"DROP SCHEMA {kept} CASCADE")
+    finally:
+        await conn.close()
+
+
+async def test_a_projection_nobody_owns_is_a_clear_error(stack: Stack) -> None:
+    code, out = await flowplan_replay(stack, "--projection", "quotas")
+    assert code == 2 and "no service answers for projection 'quotas'" in out
+    code, out = await flowplan_replay(stack, "--projection", "quota", "--from-seq", "0")
+    assert code == 2 and "--from-seq" in out
