@@ -141,6 +141,8 @@ async def test_replay_all_is_identical_swaps_while_reads_go_on_and_counts_nothin
     assert (await stack.usage(alice["key"]))["window_5h"]["used_flows"] == expected
     status, _ = await stack.http("GET", "/v1/account/usage", token=load["revoked"]["key"])
     assert status == 401  # keys' memory, reloaded from the new table, still knows the revocation
+    upgrade = await stack.pay(load["bob"]["account_id"], "max", "100.00")  # ingress prices it from reloaded plans
+    assert upgrade["previous_plan"] == "pro" and (await stack.usage(load["bob"]["key"]))["plan"] == "max"
 
 
 async def test_a_corrupted_projection_is_reported_and_repaired_only_when_asked(stack: Stack) -> None:
