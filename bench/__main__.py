@@ -9,6 +9,7 @@ Measures, side by side:
 
 Every server is started here, on free ports, with durable settings (fsync on).
 `--part gateway` (or `all`, the default) also measures the gateway: see bench/gateway.py.
+`--part replay` measures `flowplan replay --projection all --verify` over 1,000,000 events: see bench/replay.py.
 """
 
 import argparse
@@ -28,6 +29,7 @@ import nats
 from nats.js import api
 
 from bench import gateway as bench_gateway
+from bench import replay as bench_replay
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings, load_settings, settings_environ
 from libs.setup import set_up
@@ -319,6 +321,7 @@ async def main(args: argparse.Namespace) -> None:
         ingress_port=free_port(),
         quota_port=free_port(),
         keys_port=free_port(),
+        billing_port=free_port(),
     )
     await set_up(settings)
     # --part: the core part (below) and/or the gateway part (bench/gateway.py), on these servers.
@@ -328,6 +331,12 @@ async def main(args: argparse.Namespace) -> None:
         if args.part in ("gateway", "all"):
             servers = {"nats-server": [nats_server.process.pid], "postgres": postgres_pids(postgres.data_dir)}
             await bench_gateway.run(args, work, settings, servers)
+        if args.part == "replay":
+            await bench_replay.run(
+                args.replay_events, args.accounts, work, settings,
+                lambda: {"nats-server": [nats_server.process.pid], "postgres": postgres_pids(postgres.data_dir)},
+                cpu_seconds,
+            )  # fmt: skip
     finally:
         postgres.stop()
         nats_server.stop()
@@ -461,6 +470,8 @@ if __name__ == "__main__":
     parser.add_argument("--paced-rate", type=int, default=15000)
     parser.add_argument("--check-rate", type=int, default=2000)
     parser.add_argument("--check-seconds", type=float, default=5.0)
-    parser.add_argument("--part", choices=("core", "gateway", "all"), default="all")
+    parser.add_argument("--part", choices=("core", "gateway", "replay", "all"), default="all",
+                        help="all = core and gateway; replay (minutes long) only when asked for")  # fmt: skip
+    parser.add_argument("--replay-events", type=int, default=1_000_000)
     bench_gateway.add_arguments(parser)
     asyncio.run(main(parser.parse_args()))

@@ -55,7 +55,7 @@ class ReplayControl:
             await self._refuse(msg, f"a replay of {self._projection.name} is already running")
             return
         self._current = Rebuild(
-            self._projection, self._runner, self._pool, self._nc.jetstream(),
+            self._projection, self._runner, self._pool, self._nc,
             database_url=self._settings.database_url, stream=self._settings.stream,
             partitions=self._settings.partitions, request=request,
         )  # fmt: skip

@@ -16,15 +16,16 @@
 """
 
 import asyncio
+import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Protocol
 
 import asyncpg
 import msgspec
-import nats.js
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs.eventlog import subjects
@@ -36,9 +37,25 @@ from proto.v1 import ReplayProgress, StartReplay, decode_event
 from proto.v1.messages import ReplayPhase, TableDifference
 
 log = logging.getLogger(__name__)
-READ_BATCH = 5000
+READ_BATCH = 10_000
 CLOSE_ENOUGH = 2000
 """Fewer events than this left to catch up with the live projection: pause it and finish."""
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Python's cycle collector, left as it is, takes about a third of a rebuild's CPU: the tens of
+    thousands of messages in flight survive the youngest generation and keep triggering full
+    collections over everything the service holds. So the service's objects are frozen out of
+    collection and the youngest generation is collected 100 times less often, for the rebuild."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(thresholds[0] * 100, *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 class Rebuildable(Projection, Protocol):
@@ -62,7 +79,7 @@ class Rebuild:
         projection: Rebuildable,
         runner: ProjectionRunner,
         live_pool: asyncpg.Pool,
-        js: nats.js.JetStreamContext,
+        nc: Client,
         *,
         database_url: str,
         stream: str,
@@ -70,7 +87,7 @@ class Rebuild:
         request: StartReplay,
     ) -> None:
         self.projection, self.runner, self.request = projection, runner, request
-        self._live_pool, self._js, self._database_url = live_pool, js, database_url
+        self._live_pool, self._nc, self._database_url = live_pool, nc, database_url
         self._stream, self._partitions = stream, partitions
         self._schema = f"{projection.schema}_rebuild"
         self._target = projection.rebuilt_into(self._schema)
@@ -103,7 +120,8 @@ class Rebuild:
 
     async def run(self) -> None:
         try:
-            await self._run()
+            with fewer_collections():
+                await self._run()
         except Exception as exc:
             log.exception("replay of %s failed", self.projection.name)
             self.phase, self.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -126,7 +144,7 @@ class Rebuild:
         async with self._pool.acquire() as conn:
             await tables.clone_tables(conn, self.projection.schema, self._schema, self.projection.tables)
         for partition in range(self._partitions):
-            reader = PartitionReader(self._js, self._stream, partition, self.projection.category, READ_BATCH)
+            reader = PartitionReader(self._nc, self._stream, partition, self.projection.category, READ_BATCH)
             self._readers.append(reader)
             await reader.start(self.request.from_seq)
         await self._follow_live()
@@ -199,7 +217,8 @@ class Rebuild:
             await self._commit(partition, batch, last)
         except TRANSIENT_ERRORS:
             raise
-        except Exception:  # an event the live projection dead-lettered too: find it, leave it out
+        except Exception as exc:  # an event the live projection dead-lettered too: find it, leave it out
+            log.warning("replay of %s: batch failed (%r); applying one by one", self.projection.name, exc)
             for item in batch:
                 try:
                     await self._commit(partition, [item], item.seq)

@@ -27,7 +27,7 @@ from proto.v1 import (
 )
 from services.quota import metrics
 from services.quota.domain.admission import AccountQuota
-from services.quota.domain.periods import Segment, period_at
+from services.quota.domain.periods import Period, Segment, period_at
 from services.quota.domain.windows import FIVE_HOURS, ONE_WEEK, Usage, Window, add_usages, chain
 from services.quota.reservations import Reservations
 
@@ -361,8 +361,10 @@ class QuotaProjection:
                         account.window_5h = latest
                     else:
                         account.weekly = latest
-            for usage in usages:
-                period = period_at(account.segments, usage.at)
+            period: Period | None = None
+            for usage in usages:  # in time order: most fall in the period of the one before
+                if period is None or not period.start <= usage.at < period.end:
+                    period = period_at(account.segments, usage.at)
                 months[(account_id, period.start, period.end)] += usage.flows
                 account.months[period.start] = account.months.get(period.start, 0) + usage.flows
         if upserts:

@@ -1,0 +1,199 @@
+"""Replay part of `python -m bench`: how fast `flowplan replay --projection all --verify` rebuilds.
+
+Publishes --replay-events realistic events straight to the stream (accounts with a key, a
+plan for a third of them, PAYG top-ups, then usage over many accounts: priced, spread over
+the last week, a few percent late, some PAYG), starts ingress, quota, keys and billing, waits
+until their live projections have applied everything, then replays all four at once (each
+in its own service) and verifies each rebuild against the live projection.
+
+events/s = events in the log / wall seconds of the rebuilds (all projections at once); the
+verification and the swap are timed apart. The cores each process used show the limit.
+"""
+
+import asyncio
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import nats
+
+from bench.gateway import write_bench_plans
+from libs.eventlog.publisher import EventPublisher
+from libs.pricing.catalog import load_catalog
+from libs.pricing.flows import price_call
+from libs.replay.command import replay
+from libs.settings import Settings, settings_environ
+from proto.v1 import (
+    AccountCreated,
+    BalanceToppedUp,
+    KeyCreated,
+    PaymentRecorded,
+    PlanChanged,
+    ReplayProgress,
+    StartReplay,
+    UsageRecorded,
+)
+from proto.v1.events import Event
+from tests.stack import ServiceProcess, eventually
+
+SERVICES = ("ingress", "quota", "keys", "billing")
+MODELS = ("deepseek/deepseek-chat", "openai/gpt-5-mini", "anthropic/claude-sonnet-4.5", "qwen/qwen3-coder")
+
+
+def account_events(n_accounts: int, now: datetime) -> list[Event]:
+    events: list[Event] = []
+    for i in range(n_accounts):
+        account, created = f"acc_bench{i:06d}", now - timedelta(days=20)
+        events.append(AccountCreated(event_id=f"ac-{i}", account_id=account, occurred_at=created, name=f"bench {i}"))
+        key = KeyCreated(
+            event_id=f"kc-{i}", account_id=account, occurred_at=created, key_id=f"key_bench{i:06d}",
+            name="default", kind="subscription", key_hash=uuid.uuid4().hex * 2, prefix="sk-ss-v1-", last4="abcd",
+        )  # fmt: skip
+        events.append(key)
+        if i % 3 == 0:
+            paid = now - timedelta(days=10)
+            events.append(PaymentRecorded(event_id=f"pay-{i}", account_id=account, occurred_at=paid,
+                                          payment_ref=f"ref-{i}", plan="pro", amount_micros=20_000_000))  # fmt: skip
+            events.append(PlanChanged(event_id=f"plan-{i}", account_id=account, occurred_at=paid, plan="pro",
+                                      previous_plan="free", period_anchor=paid, reason="payment",
+                                      paid_until=paid + timedelta(days=30)))  # fmt: skip
+        if i % 5 == 0:
+            events.append(BalanceToppedUp(event_id=f"top-{i}", account_id=account, occurred_at=created,
+                                          amount_micros=50_000_000, topup_ref=f"top-{i}"))  # fmt: skip
+    return events
+
+
+def usage_events(n: int, n_accounts: int, now: datetime, seed: int = 1) -> list[Event]:
+    rng, catalog = random.Random(seed), load_catalog()
+    rate = catalog.default_usd_per_flow
+    start = now - timedelta(days=7)
+    events: list[Event] = []
+    for i in range(n):
+        account = rng.randrange(n_accounts)
+        model = catalog.models[MODELS[i % len(MODELS)]]
+        at = start + timedelta(days=7) * i / n
+        if rng.random() < 0.03:  # late: posted hours after it happened
+            at -= timedelta(hours=rng.uniform(0, 30))
+        tokens = {"input_tokens": rng.randint(100, 8000), "output_tokens": rng.randint(10, 2000)}
+        price = price_call(model, **tokens, usd_per_flow=rate, multiplier=1)  # type: ignore[arg-type]
+        call = UsageRecorded(
+            event_id=f"u-{i}", account_id=f"acc_bench{account:06d}", occurred_at=at, model=model.id, **tokens,
+            billing_mode="payg" if account % 5 == 0 and rng.random() < 0.2 else "subscription",
+            key_id=f"key_bench{account:06d}", usd_cost_micros=price.usd_cost_micros,
+            flows_micros=price.flows_micros, usd_per_flow=str(rate), multiplier="1", source="gateway",
+        )  # fmt: skip
+        events.append(call)
+    return events
+
+
+async def publish(settings: Settings, events: list[Event]) -> float:
+    nc = await nats.connect(settings.nats_url)
+    publisher = EventPublisher(nc, settings.stream)
+    await publisher.start()
+    started = time.perf_counter()
+    for chunk in range(0, len(events), 20_000):
+        await asyncio.gather(*(publisher.publish(events[s : s + 1000]) for s in range(chunk, chunk + 20_000, 1000)))
+    elapsed = time.perf_counter() - started
+    await nc.close()
+    return len(events) / elapsed
+
+
+async def settled(settings: Settings) -> bool:
+    nc = await nats.connect(settings.nats_url)
+    try:
+        consumers = await nc.jetstream().consumers_info(settings.stream)
+        names = {c.name.rsplit("-p", 1)[0] for c in consumers}
+        return names >= set(SERVICES) and all(c.num_pending == 0 and c.num_ack_pending == 0 for c in consumers)
+    finally:
+        await nc.close()
+
+
+Pids = dict[str, list[int]]
+
+
+class CpuSampler:
+    """CPU seconds per group of processes over a stretch of time, sampled twice a second, so that
+    processes that come and go meanwhile (the rebuilds' Postgres backends) are counted too."""
+
+    def __init__(self, groups: Callable[[], Pids], cpu_seconds: Callable[[Pids], dict[str, float]]) -> None:
+        self._groups, self._cpu = groups, cpu_seconds
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._group_of: dict[int, str] = {}
+
+    def sample(self, baseline: bool = False) -> None:
+        for group, pids in self._groups().items():
+            for pid in pids:
+                used = self._cpu({"p": [pid]})["p"]
+                self._group_of[pid] = group
+                self._first.setdefault(pid, used if baseline else 0.0)
+                self._last[pid] = max(self._last.get(pid, 0.0), used)
+
+    async def follow(self, done: asyncio.Event) -> None:
+        self.sample(baseline=True)
+        while not done.is_set():
+            await asyncio.sleep(0.5)
+            self.sample()
+
+    def cores(self, wall: float) -> dict[str, float]:
+        used: dict[str, float] = {}
+        for pid, group in self._group_of.items():
+            used[group] = used.get(group, 0.0) + self._last[pid] - self._first[pid]
+        return {group: seconds / wall for group, seconds in used.items()}
+
+
+async def run(
+    events: int,
+    accounts: int,
+    work: Path,
+    settings: Settings,
+    servers: Callable[[], Pids],
+    cpu_seconds: Callable[[Pids], dict[str, float]],
+) -> None:
+    now = datetime.now(UTC)
+    log = account_events(accounts, now)
+    log += usage_events(events - len(log), accounts, now)
+    print(f"\nreplay bench: {len(log):,} events ({accounts:,} accounts), {os.cpu_count()} cores")
+    publish_eps = await publish(settings, log)
+    env = {**settings_environ(settings), "FLOWPLAN_LOG_LEVEL": "WARNING",
+           "FLOWPLAN_PLANS_PATH": str(write_bench_plans(work / "bench-plans.json"))}  # fmt: skip
+    services = [ServiceProcess(name, env, getattr(settings, f"{name}_port"), work) for name in SERVICES]
+    try:
+        for service in services:
+            service.start()
+        waited = time.perf_counter()
+        await eventually(lambda: settled(settings), within=3600, interval=1)
+        live_s = time.perf_counter() - waited
+        pids = {s.name: [s.process.pid] for s in services if s.process}
+        sampler = CpuSampler(lambda: {**servers(), **pids, "bench client": [os.getpid()]}, cpu_seconds)
+        done = asyncio.Event()
+        following = asyncio.create_task(sampler.follow(done))
+        started = time.perf_counter()
+        outcomes = await replay(settings, "all", StartReplay(verify=True))
+        wall = time.perf_counter() - started
+        done.set()
+        await following
+    finally:
+        for service in services:
+            service.stop()
+    report(len(log), publish_eps, live_s, wall, outcomes, sampler.cores(wall))
+
+
+def report(
+    n: int, publish_eps: float, live_s: float, wall: float, outcomes: list[ReplayProgress], cores: dict[str, float]
+) -> None:
+    rebuild = max(o.rebuild_seconds for o in outcomes)
+    print(f"published {n:,} events at {publish_eps:,.0f}/s; the live projections took {live_s:,.0f} s to apply them")
+    print(f"replay --projection all --verify: {wall:,.1f} s in all; rebuilds {rebuild:,.1f} s "
+          f"= {n / rebuild:,.0f} events/s (target >= 50,000)")  # fmt: skip
+    for o in outcomes:
+        state = "identical" if o.verified and not o.differences else f"DIFFERENT ({len(o.differences)} tables)"
+        print(f"  {o.projection:<8} read {o.read:>9,} in {o.rebuild_seconds:6.1f} s = "
+              f"{o.read / max(o.rebuild_seconds, 1e-9):>8,.0f} events/s; verify {o.verify_seconds:5.1f} s, {state}; "
+              f"live paused {o.paused_ms:,.0f} ms; {'swapped' if o.swapped else 'NOT swapped'}"
+              f"{'; ' + o.error if o.error else ''}")  # fmt: skip
+    print("  cores used during the replay: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
