@@ -322,6 +322,7 @@ async def main(args: argparse.Namespace) -> None:
         quota_port=free_port(),
         keys_port=free_port(),
         billing_port=free_port(),
+        refund_port=free_port(),
     )
     await set_up(settings)
     # --part: the core part (below) and/or the gateway part (bench/gateway.py), on these servers.

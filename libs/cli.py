@@ -82,26 +82,22 @@ def replay(
     The service that owns each projection does the rebuild while it goes on serving; its
     projection stands still only for the final catch-up and the swap. With --verify, a
     rebuild that differs from the live projection is listed table by table and NOT swapped
-    (exit code 1) unless --swap-if-different is given. Exit code 2: a replay failed.
+    (exit code 3) unless --swap-if-different is given. Exit code 1: a replay failed (its
+    live projection is untouched) or no service answers for the projection.
     """
     from rich.console import Console
 
-    from libs.replay.command import ReplayFailed, summary
-    from libs.replay.command import replay as run_replay
+    from libs.ops import replay as ops_replay
     from proto.v1 import StartReplay
 
     request = StartReplay(from_seq=from_seq, verify=verify, swap_if_different=swap_if_different, keep_old=keep_old)
-    try:
-        outcomes = asyncio.run(run_replay(load_settings(), projection, request, Console(stderr=True)))
-    except ReplayFailed as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    outcomes = _run(ops_replay.replay(load_settings(), projection, request, Console(stderr=True)))
     for outcome in outcomes:
-        summary(outcome, typer.echo)
+        ops_replay.summary(outcome, typer.echo)
     if any(o.phase == "failed" for o in outcomes):
-        raise typer.Exit(2)
-    if not all(o.swapped for o in outcomes):
         raise typer.Exit(1)
+    if not all(o.swapped for o in outcomes):
+        raise typer.Exit(3)
 
 
 @app.command()

@@ -42,6 +42,7 @@ class Pause:
         if fetching.done():
             return fetching.result()
         fetching.cancel()
+        fetching.add_done_callback(_consume)  # nats-py ends a cancelled fetch with a TimeoutError
         return []
 
     async def park(self) -> None:
@@ -66,3 +67,8 @@ class Pause:
             finally:
                 self._requested.clear()
                 self._resumed.set()
+
+
+def _consume(task: "asyncio.Future[Any]") -> None:
+    if not task.cancelled():
+        task.exception()

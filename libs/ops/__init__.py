@@ -1,4 +1,4 @@
-"""The ops commands behind `flowplan events|dlq|accounts`: each module owns one command group;
+"""The ops commands behind `flowplan events|dlq|accounts|replay`: each module owns one command group;
 libs/cli.py only maps commands to them."""
 
 from collections.abc import AsyncIterator

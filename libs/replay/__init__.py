@@ -2,6 +2,6 @@
 live one, and swap it in atomically while the service goes on.
 
 The service that owns a projection does the work with its own projection code (control.py,
-wired for every projection by Runtime.project); `flowplan replay` (command.py) asks it over
+wired for every projection by Runtime.project); `flowplan replay` (libs/ops/replay.py) asks it over
 NATS and shows the progress. Nothing here imports a service.
 """

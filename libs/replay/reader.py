@@ -25,7 +25,7 @@ from libs.eventlog import subjects
 
 INACTIVE_THRESHOLD_S = 120.0
 """The server forgets the consumer this long after a replay died without deleting it."""
-SILENCE_S = 10.0
+SILENCE_S = 30.0
 IDLE_S = 0.05
 """The pause before asking again when the log held nothing more."""
 
@@ -108,8 +108,8 @@ class PartitionReader:
         """Wait for the batch to be complete, or the log to say it holds no more, for as long as
         messages keep coming (a busy event loop takes its time to deliver them)."""
         received = -1
-        while received < len(self._received):
-            received = len(self._received)
+        while received < self._arrived():
+            received = self._arrived()
             try:
                 await asyncio.wait_for(self._answered.wait(), SILENCE_S)
                 return
@@ -117,6 +117,10 @@ class PartitionReader:
                 continue
         # A replay is cheap to start again; a wrong "nothing more" is not.
         raise RuntimeError(f"the log stopped answering a read of {self._filter}")
+
+    def _arrived(self) -> int:
+        """Messages received, counting those still queued for the callback (on a busy event loop)."""
+        return len(self._received) + (self._sub.pending_msgs if self._sub is not None else 0)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -128,13 +128,21 @@ class Rebuild:
             if self.swapped:  # the tables changed but memory may not have: restart, load from the tables
                 raise
         finally:
-            for reader in self._readers:
-                await reader.close()
+            await self._clean_up()
+
+    async def _clean_up(self) -> None:
+        """Never raises: a failed clean-up must not hide how the replay ended (a leftover schema or
+        consumer goes with the next replay, or by the server's inactivity threshold)."""
+        for reader in self._readers:
+            await reader.close()
+        try:
             if not self.swapped:
                 async with self._live_pool.acquire() as conn:
                     await tables.drop_schema(conn, self._schema)
             if self._pool is not None:
                 await self._pool.close()
+        except Exception:
+            log.exception("replay of %s: clean-up failed", self.projection.name)
 
     async def _run(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -162,10 +170,9 @@ class Rebuild:
         while True:
             async with self._live_pool.acquire() as conn:
                 bounds = await tables.checkpoints(conn, self.projection.schema, self.projection.name)
-            applied = await asyncio.gather(
-                *(self._advance(partition, bounds.get(partition, 0)) for partition in range(self._partitions))
-            )
-            if sum(applied) < CLOSE_ENOUGH:
+            async with asyncio.TaskGroup() as group:  # one failing cancels the others
+                advancing = [group.create_task(self._advance(p, bounds.get(p, 0))) for p in range(self._partitions)]
+            if sum(task.result() for task in advancing) < CLOSE_ENOUGH:
                 return
 
     async def _catch_up_exactly(self) -> None:
@@ -174,7 +181,9 @@ class Rebuild:
         asked_at = time.monotonic()
         async with self._live_pool.acquire() as conn:
             bounds = await tables.checkpoints(conn, self.projection.schema, self.projection.name)
-        await asyncio.gather(*(self._take_over(partition, bound, asked_at) for partition, bound in bounds.items()))
+        async with asyncio.TaskGroup() as group:
+            for partition, bound in bounds.items():
+                group.create_task(self._take_over(partition, bound, asked_at))
 
     async def _take_over(self, partition: int, bound: int, asked_at: float) -> None:
         await self._advance(partition, bound, asked_at)

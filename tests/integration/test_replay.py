@@ -13,11 +13,12 @@ import pytest
 from libs.settings import settings_environ
 from tests.e2e.test_extra_usage import HI, payg_key, top_up
 from tests.e2e.test_gateway_sdks import oai
+from tests.e2e.test_refunds import refund_of
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
 FLOWPLAN = str(Path(sys.executable).parent / "flowplan")
-PROJECTIONS = ("billing", "ingress", "keys", "quota")
+PROJECTIONS = ("billing", "ingress", "keys", "quota", "refund")
 
 
 async def flowplan_replay(stack: Stack, *args: str) -> tuple[int, str]:
@@ -42,8 +43,8 @@ async def settled(stack: Stack) -> bool:
 
 async def mixed_load(stack: Stack) -> dict[str, Any]:
     """Accounts, payments with a downgrade, keys created, rotated and revoked, a multiplier and a
-    Flow-rate change, PAYG top-ups and calls through the gateway, and usage with duplicates and
-    late events that open windows before later ones."""
+    Flow-rate change, PAYG top-ups and calls through the gateway, usage with duplicates and late
+    events that open windows before later ones, and a refund."""
     admin, now = stack.settings.admin_token, datetime.now(UTC)
     alice = await stack.create_account("alice")
     bob = await stack.create_account("bob", multiplier="5/4")
@@ -79,15 +80,22 @@ async def mixed_load(stack: Stack) -> dict[str, Any]:
     assert (await stack.post_usage(events[:3]))[1] == {"accepted": 0, "duplicates": 3}
     late = [usage_event(alice["account_id"], occurred_at=(now - timedelta(hours=h)).isoformat()) for h in (6, 150)]
     assert (await stack.post_usage(late))[0] == 202  # windows before later ones: the chains are recomputed
+    carol = await stack.create_account("carol")
+    await stack.pay(carol["account_id"], "pro", "20.00")
+    assert (await stack.post_usage([usage_event(carol["account_id"])]))[0] == 202
+    status, refund = await stack.http("POST", "/v1/refunds", token=carol["key"])
+    assert status == 202, refund
+    assert (await refund_of(stack, carol["key"], refund["refund_id"]))["status"] == "succeeded"
     status, _ = await stack.http("POST", "/admin/v1/flow-rate", token=admin, json={"usd_per_flow": "1/40"})
     assert status == 200
     await eventually(lambda: settled(stack))
-    return {"alice": alice, "bob": bob, "revoked": laptop}
+    return {"alice": alice, "bob": bob, "carol": carol, "revoked": laptop, "refund": refund}
 
 
 async def read_views(stack: Stack, key: str) -> dict[str, Any]:
     views = {}
-    for path in ("/v1/account/usage", "/v1/account/usage/events?limit=100", "/v1/billing/history", "/v1/keys"):
+    for path in ("/v1/account/usage", "/v1/account/usage/events?limit=100", "/v1/billing/history", "/v1/keys",
+                 "/v1/refunds"):  # fmt: skip
         status, body = await stack.http("GET", path, token=key)
         assert status == 200, (path, body)
         views[path] = body
@@ -99,14 +107,15 @@ async def read_views(stack: Stack, key: str) -> dict[str, Any]:
 async def test_replay_all_is_identical_swaps_while_reads_go_on_and_counts_nothing_twice(stack: Stack) -> None:
     load = await mixed_load(stack)
     alice = load["alice"]
-    before = {name: await read_views(stack, load[name]["key"]) for name in ("alice", "bob")}
+    accounts = ("alice", "bob", "carol")
+    before = {name: await read_views(stack, load[name]["key"]) for name in accounts}
     reads, failures = 0, []
     replaying = True
 
     async def keep_reading() -> None:
         nonlocal reads
         while replaying:
-            for name in ("alice", "bob"):
+            for name in accounts:
                 try:
                     await read_views(stack, load[name]["key"])
                     reads += 1
@@ -123,7 +132,7 @@ async def test_replay_all_is_identical_swaps_while_reads_go_on_and_counts_nothin
         assert "identical; swapped" in line, out
     assert failures == [] and reads > 0
 
-    assert {name: await read_views(stack, load[name]["key"]) for name in ("alice", "bob")} == before
+    assert {name: await read_views(stack, load[name]["key"]) for name in accounts} == before
     conn = await stack.db()
     try:
         schemas = {r["nspname"] for r in await conn.fetch("SELECT nspname FROM pg_namespace")}
@@ -161,7 +170,7 @@ async def test_a_corrupted_projection_is_reported_and_repaired_only_when_asked(s
         assert (await stack.usage(account["key"]))["window_5h"]["used_flows"] == good + 7
 
         code, out = await flowplan_replay(stack, "--projection", "quota", "--verify")
-        assert code == 1, out
+        assert code == 3, out
         assert "quota: " in out and "DIFFERENT; NOT swapped" in out
         assert "table windows: live" in out and f"account_id={account['account_id']}, kind=5h" in out
         assert "table usage" not in out  # only what differs is listed
@@ -184,6 +193,6 @@ async def test_a_corrupted_projection_is_reported_and_repaired_only_when_asked(s
 
 async def test_a_projection_nobody_owns_is_a_clear_error(stack: Stack) -> None:
     code, out = await flowplan_replay(stack, "--projection", "quotas")
-    assert code == 2 and "no service answers for projection 'quotas'" in out
+    assert code == 1 and "error: no service answers for projection 'quotas'" in out
     code, out = await flowplan_replay(stack, "--projection", "quota", "--from-seq", "0")
     assert code == 2 and "--from-seq" in out

@@ -1,5 +1,5 @@
-"""`flowplan replay`'s side: ask the services that own the projections to replay them, follow
-their progress with a bar each, and sum up what happened."""
+"""`flowplan replay`: ask the services that own the projections to replay them (libs/replay
+does the work there), follow their progress with a bar each, and sum up what happened."""
 
 import asyncio
 import time
@@ -12,19 +12,16 @@ from nats.aio.msg import Msg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from libs.connections import close_nats, connect_nats
+from libs.ops import OpsError, connected
 from libs.settings import Settings
 from proto.v1 import ReplayProgress, ReplayStatusRequest, StartReplay, encode, subjects
 
 DISCOVERY_S = 1.0
 POLL_S = 0.25
-SILENCE_S = 15.0
-"""A service that answers no status request for this long is taken to have died."""
+SILENCE_S = 60.0
+"""A service that answers no status request for this long is taken to have died (a rebuild keeps
+its event loop busy: on a loaded machine an answer can take seconds)."""
 _progress = msgspec.json.Decoder(ReplayProgress)
-
-
-class ReplayFailed(Exception):
-    """Nothing was replayed: no service answers for the projection, or it refused to start."""
 
 
 async def discover(nc: Client) -> list[str]:
@@ -46,26 +43,23 @@ async def replay(
     settings: Settings, projection: str, request: StartReplay, console: Console | None = None
 ) -> list[ReplayProgress]:
     """Replay one projection or "all" of them (at once, each in its own service); return how each ended."""
-    nc = await connect_nats(settings.nats_url, "replay")
-    try:
+    async with connected(settings) as nc:
         names = await discover(nc) if projection == "all" else [projection]
         if not names:
-            raise ReplayFailed("no service answers for any projection: are the services running?")
+            raise OpsError("no service answers for any projection: are the services running?")
         for name in names:
             await _start(nc, name, request)
         return await _follow(nc, names, console)
-    finally:
-        await close_nats(nc)
 
 
 async def _start(nc: Client, name: str, request: StartReplay) -> None:
     try:
         reply = await nc.request(subjects.replay_start(name), encode(request), timeout=5)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
-        raise ReplayFailed(f"no service answers for projection {name!r}: is it running, is the name right?") from exc
+        raise OpsError(f"no service answers for projection {name!r}: is it running, is the name right?") from exc
     started = _progress.decode(reply.data)
     if started.error:
-        raise ReplayFailed(f"{name}: {started.error}")
+        raise OpsError(f"{name}: {started.error}")
 
 
 async def _follow(nc: Client, names: list[str], console: Console | None) -> list[ReplayProgress]:
@@ -77,7 +71,7 @@ async def _follow(nc: Client, names: list[str], console: Console | None) -> list
                 if name in latest and latest[name].phase in ("done", "failed"):
                     continue
                 try:
-                    reply = await nc.request(subjects.replay_status(name), encode(ReplayStatusRequest()), timeout=2)
+                    reply = await nc.request(subjects.replay_status(name), encode(ReplayStatusRequest()), timeout=5)
                 except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                     if time.monotonic() - heard[name] > SILENCE_S:
                         latest[name] = ReplayProgress(
