@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import nats
+import nats.errors
 
 from bench.gateway import write_bench_plans
 from libs.eventlog.publisher import EventPublisher
@@ -108,6 +109,8 @@ async def settled(settings: Settings) -> bool:
         consumers = await nc.jetstream().consumers_info(settings.stream)
         names = {c.name.rsplit("-p", 1)[0] for c in consumers}
         return names >= set(SERVICES) and all(c.num_pending == 0 and c.num_ack_pending == 0 for c in consumers)
+    except nats.errors.TimeoutError:  # a busy server: ask again
+        return False
     finally:
         await nc.close()
 
