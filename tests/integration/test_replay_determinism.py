@@ -36,6 +36,7 @@ from services.ingress.projection import IngressProjection
 from services.keys.projection import KeysProjection
 from services.keys.registry import KeyRegistry
 from services.quota.projection import QuotaProjection, QuotaState
+from services.refund.projection import RefundProjection
 
 pytestmark = pytest.mark.connected
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -47,6 +48,7 @@ PROJECTIONS: dict[str, Callable[[], Rebuildable]] = {
     "quota": lambda: QuotaProjection(QuotaState(timedelta(minutes=2), RATE)),
     "keys": lambda: KeysProjection(KeyRegistry()),
     "billing": lambda: BillingProjection(),
+    "refund": lambda: RefundProjection(),
 }
 
 
