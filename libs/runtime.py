@@ -75,7 +75,7 @@ class Runtime:
                                     partitions=partitions)  # fmt: skip
         self.spawn(monitor.run(), f"{self.name}-projection-monitor")
         await DeadLetterRetrier(runner, self.nc.jetstream(), self.settings.dlq_stream).serve(self.nc)
-        await ReplayControl(projection, runner, self.db, self.nc, self.settings).start()
+        await ReplayControl(projection, runner, self.db, self.nc, self.settings, self.spawn).start()
         return runner
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:

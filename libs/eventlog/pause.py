@@ -36,14 +36,15 @@ class Pause:
         new events must not hold the pause up. Messages the dropped fetch was given are not lost:
         on resume the consumer is recreated from the checkpoint."""
         fetching = asyncio.ensure_future(fetch)
-        requested = asyncio.ensure_future(self._requested.wait())
-        await asyncio.wait((fetching, requested), return_when=asyncio.FIRST_COMPLETED)
-        requested.cancel()
-        if fetching.done():
-            return fetching.result()
-        fetching.cancel()
         fetching.add_done_callback(_consume)  # nats-py ends a cancelled fetch with a TimeoutError
-        return []
+        requested = asyncio.ensure_future(self._requested.wait())
+        try:
+            await asyncio.wait((fetching, requested), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            requested.cancel()
+            if not fetching.done():
+                fetching.cancel()
+        return fetching.result() if fetching.done() else []
 
     async def park(self) -> None:
         """Called by the runner once every partition loop has returned: wait for the resume."""

@@ -18,7 +18,7 @@ from proto.v1 import ReplayProgress, ReplayStatusRequest, StartReplay, encode, s
 
 DISCOVERY_S = 1.0
 POLL_S = 0.25
-SILENCE_S = 60.0
+SILENCE_S = 180.0
 """A service that answers no status request for this long is taken to have died (a rebuild keeps
 its event loop busy: on a loaded machine an answer can take seconds)."""
 _progress = msgspec.json.Decoder(ReplayProgress)
@@ -71,7 +71,7 @@ async def _follow(nc: Client, names: list[str], console: Console | None) -> list
                 if name in latest and latest[name].phase in ("done", "failed"):
                     continue
                 try:
-                    reply = await nc.request(subjects.replay_status(name), encode(ReplayStatusRequest()), timeout=5)
+                    reply = await nc.request(subjects.replay_status(name), encode(ReplayStatusRequest()), timeout=10)
                 except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
                     if time.monotonic() - heard[name] > SILENCE_S:
                         latest[name] = ReplayProgress(

@@ -1,8 +1,9 @@
 """A service's side of `flowplan replay`: answers ops.replay.<projection>.* and runs one replay
 at a time, in the background, keeping the last one's outcome for the status requests."""
 
-import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -11,7 +12,6 @@ from nats.aio.msg import Msg
 
 from libs.eventlog.runner import ProjectionRunner
 from libs.replay.rebuild import Rebuild, Rebuildable
-from libs.service import fatal_on_error
 from libs.settings import Settings
 from proto.v1 import ReplayProgress, StartReplay, encode, subjects
 
@@ -21,12 +21,12 @@ _start = msgspec.json.Decoder(StartReplay)
 
 class ReplayControl:
     def __init__(
-        self, projection: Rebuildable, runner: ProjectionRunner, pool: asyncpg.Pool, nc: Client, settings: Settings
-    ) -> None:
+        self, projection: Rebuildable, runner: ProjectionRunner, pool: asyncpg.Pool, nc: Client, settings: Settings,
+        spawn: Callable[[Coroutine[Any, Any, None], str], None],
+    ) -> None:  # fmt: skip
         self._projection, self._runner, self._pool, self._nc = projection, runner, pool, nc
-        self._settings = settings
+        self._settings, self._spawn = settings, spawn
         self._current: Rebuild | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         name = self._projection.name
@@ -60,9 +60,9 @@ class ReplayControl:
             partitions=self._settings.partitions, request=request,
         )  # fmt: skip
         # A replay that fails before its swap says so in its status; one that fails after it takes the
-        # process down, so that memory is loaded afresh from the swapped tables (crash-only).
-        self._task = asyncio.create_task(self._current.run(), name=f"replay-{self._projection.name}")
-        fatal_on_error(self._task)
+        # process down, so that memory is loaded afresh from the swapped tables (crash-only). One
+        # still running when the service stops is cancelled before the pool closes.
+        self._spawn(self._current.run(), f"replay-{self._projection.name}")
         log.info("replay of %s started: %r", self._projection.name, request)
         await msg.respond(encode(self.progress()))
 

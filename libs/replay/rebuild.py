@@ -37,7 +37,12 @@ from proto.v1 import ReplayProgress, StartReplay, decode_event
 from proto.v1.messages import ReplayPhase, TableDifference
 
 log = logging.getLogger(__name__)
-READ_BATCH = 10_000
+READ_BATCH = 5000
+"""Events per fetch and per transaction: big enough to cost little per event, small enough that
+one batch's Python work does not hold the service's event loop for long."""
+APPLYING_AT_ONCE = 2
+"""Partitions applying at once: one's Python work overlaps another's wait for Postgres; more
+would only queue more work ahead of the service's requests."""
 CLOSE_ENOUGH = 2000
 """Fewer events than this left to catch up with the live projection: pause it and finish."""
 
@@ -95,6 +100,7 @@ class Rebuild:
         self._position = [0] * partitions
         self._held: list[list[Msg]] = [[] for _ in range(partitions)]
         self._pool: asyncpg.Pool | None = None
+        self._applying = asyncio.Semaphore(APPLYING_AT_ONCE)
         self.phase: ReplayPhase = "rebuilding"
         self.read = self.skipped = 0
         self.started = time.monotonic()
@@ -223,7 +229,8 @@ class Rebuild:
                     self.skipped += 1
         last = stream_seq(msgs[-1])
         try:
-            await self._commit(partition, batch, last)
+            async with self._applying:
+                await self._commit(partition, batch, last)
         except TRANSIENT_ERRORS:
             raise
         except Exception as exc:  # an event the live projection dead-lettered too: find it, leave it out
