@@ -22,13 +22,15 @@ class BillingProjection:
         "UsageRecorded",
     )
     category: str | None = None
-    tables: tuple[str, ...] = ("checkpoints", "history", "usage_seen", "costs", "ledger")
+    tables: tuple[str, ...] = ("checkpoints", "history", "subscriptions", "usage_seen", "costs", "ledger")
 
-    def __init__(self, schema: str = "billing") -> None:
+    def __init__(self, schema: str = "billing", *, metered: bool = True) -> None:
         self.schema = schema
+        self.metered = metered
+        """False for a rebuild: the payments and spend it applies again were counted on /metrics once."""
 
     def rebuilt_into(self, schema: str) -> "BillingProjection":
-        return BillingProjection(schema)
+        return BillingProjection(schema, metered=False)
 
     async def reload(self, conn: asyncpg.Connection) -> None:
         """billing answers from its tables only: nothing in memory to reload."""
@@ -83,6 +85,9 @@ class BillingProjection:
                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
                 ledger,
             )
+
+        if not self.metered:
+            return None
 
         def after_commit() -> None:
             for plan, amount_micros in payments:

@@ -115,12 +115,15 @@ class QuotaProjection:
         "checkpoints", "accounts", "plan_history", "multipliers", "flow_rates", "ledger", "usage", "windows",
     )  # fmt: skip
 
-    def __init__(self, state: QuotaState, schema: str = "quota") -> None:
+    def __init__(self, state: QuotaState, schema: str = "quota", *, metered: bool = True) -> None:
         self.state = state
         self.schema = schema
+        self.metered = metered
+        """False for a rebuild: the Flows it applies again were counted on /metrics once already."""
 
     def rebuilt_into(self, schema: str) -> "QuotaProjection":
-        return QuotaProjection(QuotaState(self.state.reservation_timeout, self.state.default_usd_per_flow), schema)
+        state = QuotaState(self.state.reservation_timeout, self.state.default_usd_per_flow)
+        return QuotaProjection(state, schema, metered=False)
 
     async def reload(self, conn: asyncpg.Connection) -> None:
         await self.state.load(conn, self.schema)
@@ -158,6 +161,8 @@ class QuotaProjection:
         consumed: dict[tuple[str, str], int] = defaultdict(int)  # micro-Flows by (model, plan)
         if usage:
             released = await self._usage_recorded(conn, usage, pending, consumed)
+        if not self.metered:
+            consumed.clear()
 
         def after_commit() -> None:
             self.state.accounts.update(pending)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from libs.settings import settings_environ
@@ -92,6 +93,18 @@ async def mixed_load(stack: Stack) -> dict[str, Any]:
     return {"alice": alice, "bob": bob, "carol": carol, "revoked": laptop, "refund": refund}
 
 
+async def counted(stack: Stack) -> dict[str, float]:
+    """What quota's and billing's /metrics have counted of the business (Flows, payments)."""
+    totals = {}
+    async with aiohttp.ClientSession() as session:
+        for port, metric in ((stack.settings.quota_port, "flowplan_flows_consumed_total"),
+                             (stack.settings.billing_port, "flowplan_payments_total")):  # fmt: skip
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                lines = (await response.text()).splitlines()
+            totals[metric] = sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.split("{")[0] == metric)
+    return totals
+
+
 async def read_views(stack: Stack, key: str) -> dict[str, Any]:
     views = {}
     for path in ("/v1/account/usage", "/v1/account/usage/events?limit=100", "/v1/billing/history", "/v1/keys",
@@ -109,6 +122,8 @@ async def test_replay_all_is_identical_swaps_while_reads_go_on_and_counts_nothin
     alice = load["alice"]
     accounts = ("alice", "bob", "carol")
     before = {name: await read_views(stack, load[name]["key"]) for name in accounts}
+    metered = await counted(stack)
+    assert all(metered.values()), metered
     reads, failures = 0, []
     replaying = True
 
@@ -133,6 +148,7 @@ async def test_replay_all_is_identical_swaps_while_reads_go_on_and_counts_nothin
     assert failures == [] and reads > 0
 
     assert {name: await read_views(stack, load[name]["key"]) for name in accounts} == before
+    assert await counted(stack) == metered  # a rebuild counts nothing on /metrics again
     conn = await stack.db()
     try:
         schemas = {r["nspname"] for r in await conn.fetch("SELECT nspname FROM pg_namespace")}
@@ -150,7 +166,7 @@ async def test_replay_all_is_identical_swaps_while_reads_go_on_and_counts_nothin
     assert (await stack.usage(alice["key"]))["window_5h"]["used_flows"] == expected
     status, _ = await stack.http("GET", "/v1/account/usage", token=load["revoked"]["key"])
     assert status == 401  # keys' memory, reloaded from the new table, still knows the revocation
-    upgrade = await stack.pay(load["bob"]["account_id"], "max", "100.00")  # ingress prices it from reloaded plans
+    upgrade = await stack.pay(load["bob"]["account_id"], "max", "100.00")  # billing decides it from its swapped tables
     assert upgrade["previous_plan"] == "pro" and (await stack.usage(load["bob"]["key"]))["plan"] == "max"
 
 
