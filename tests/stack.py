@@ -150,6 +150,16 @@ class Stack:
             await nc.close()
 
 
+async def flowplan_replay(stack: Stack, *args: str) -> tuple[int, str]:
+    """Run `flowplan replay ARGS` against the stack; (exit code, output)."""
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "flowplan"), "replay", *args, env=settings_environ(stack.settings),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(process.communicate(), 240)
+    return process.returncode or 0, out.decode()
+
+
 def usage_event(account_id: str, **fields: Any) -> dict[str, Any]:
     event: dict[str, Any] = {
         "event_id": uuid.uuid4().hex,

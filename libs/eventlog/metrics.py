@@ -14,3 +14,6 @@ events_applied = _meter.create_counter(
 dead_letters = _meter.create_counter(
     "flowplan_dead_letters", description="events a projection could not decode or apply, sent to the DLQ"
 )
+replay_events = _meter.create_counter(
+    "flowplan_replay_events", description="events a `flowplan replay` rebuild read from the log, by projection"
+)

@@ -28,7 +28,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from libs.eventlog import subjects
+from libs.eventlog import metrics, subjects
 from libs.eventlog.runner import TRANSIENT_ERRORS, Applied, Projection, ProjectionRunner, save_checkpoint, stream_seq
 from libs.replay import tables
 from libs.replay.reader import PartitionReader
@@ -246,6 +246,7 @@ class Rebuild:
             await self._commit(partition, [], last)
         self._position[partition] = last
         self.read += len(msgs)
+        metrics.replay_events.add(len(msgs), {"projection": self.projection.name})
 
     async def _commit(self, partition: int, batch: Sequence[Applied], last_seq: int) -> None:
         assert self._pool is not None

@@ -3,32 +3,19 @@ while reads go on, and the services go on from the new tables without counting a
 A projection corrupted by hand is reported table by table and repaired only when asked."""
 
 import asyncio
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from libs.settings import settings_environ
 from tests.e2e.test_extra_usage import HI, payg_key, top_up
 from tests.e2e.test_gateway_sdks import oai
 from tests.e2e.test_refunds import refund_of
-from tests.stack import Stack, eventually, usage_event
+from tests.stack import Stack, eventually, flowplan_replay, usage_event
 
 pytestmark = pytest.mark.connected
-FLOWPLAN = str(Path(sys.executable).parent / "flowplan")
 PROJECTIONS = ("billing", "ingress", "keys", "quota", "refund")
-
-
-async def flowplan_replay(stack: Stack, *args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        FLOWPLAN, "replay", *args, env=settings_environ(stack.settings),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(process.communicate(), 240)
-    return process.returncode or 0, out.decode()
 
 
 async def settled(stack: Stack) -> bool:
