@@ -121,12 +121,18 @@ async def bare_insert(database_url: str, n: int, batch: int = 1000) -> float:
 
 
 async def top_up_accounts(base: str, token: str, accounts: list[str]) -> None:
-    """A PAYG balance no bench can spend, so that every PAYG check is admitted."""
+    """A PAYG balance no bench can spend, so that every PAYG check is admitted. Billing decides
+    top-ups once its projection has caught up with the log (503 until then): retried."""
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
         for account_id in accounts:
             url = f"{base}/admin/v1/accounts/{account_id}/balance"
-            async with session.post(url, json={"amount_usd": "1000000.00"}) as r:
-                assert r.status == 201, await r.text()
+            body = {"amount_usd": "1000000.00", "topup_ref": f"bench-{account_id}"}
+            for _ in range(300):
+                async with session.post(url, json=body) as r:
+                    if r.status != 503:
+                        assert r.status == 201, await r.text()
+                        break
+                await asyncio.sleep(1)
 
 
 async def create_accounts(base: str, token: str, n: int) -> list[str]:
@@ -352,6 +358,7 @@ async def core(
     quota = ServiceProcess("quota", env, settings.quota_port, work)
     ingress = ServiceProcess("ingress", env, settings.ingress_port, work)
     keys = ServiceProcess("keys", env, settings.keys_port, work)  # POST /admin/v1/accounts issues a key
+    billing = ServiceProcess("billing", env, settings.billing_port, work)  # decides the PAYG top-ups
     try:
         quota.start()
         keys.start()
@@ -388,11 +395,14 @@ async def core(
         )
         checks = await quota_checks(settings.nats_url, accounts, args.check_rate, args.check_seconds)
         payg_accounts = accounts[:100]
+        billing.start()  # only now: the ingest and projection figures above are ingress and quota alone
         await top_up_accounts(base, settings.admin_token, payg_accounts)
+        billing.stop()
         payg = await quota_checks(settings.nats_url, payg_accounts, args.check_rate, args.check_seconds, "payg")
     finally:
         ingress.stop()
         keys.stop()
+        billing.stop()
         quota.stop()
 
     rows = [

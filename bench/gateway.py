@@ -262,7 +262,7 @@ class GatewayStack:
         }
         self.services = {
             name: ServiceProcess(name, env, getattr(s, f"{name}_port"), work)
-            for name in ("simulator", "keys", "quota", "billing", "ingress", "gateway")
+            for name in ("simulator", "keys", "quota", "billing", "refund", "ingress", "gateway")
         }
         self.proxy_port = free_port()
         self.proxy: subprocess.Popen[bytes] | None = None
