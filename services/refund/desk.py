@@ -135,7 +135,7 @@ class RefundDesk:
         )  # fmt: skip
         async with self._pool.acquire() as conn, conn.transaction():
             if not await insert_refund(conn, self._schema, event):  # waits out a concurrent request, then loses
-                statuses = await self._statuses(conn, account_id, quote.payment_ref)
+                statuses = [status for status, _ in await self._refunds_of(conn, account_id, quote.payment_ref)]
                 raise not_refundable("already_refunded" if "succeeded" in statuses else "refund_in_progress")
             await self._publisher.publish([event])  # the row commits only once the log has the event
         metrics.refunds.add(1, {"status": "requested"})
@@ -205,7 +205,7 @@ class RefundDesk:
             if row is None or row["status"] != "processing":
                 return
             usage = await self._usage(conn, account_id, row["paid_at"], row["cutoff_seq"], row["pending_reservations"])
-            before = await self._refunded_before(conn, account_id, row["payment_ref"])
+            before = domain.refunded_before(await self._refunds_of(conn, account_id, row["payment_ref"]))
             plan_now = domain.plan_at(await self._plans(conn, account_id), self._clock.now())
         result = domain.lines(row["paid_micros"], usage, before)
         now = self._clock.now()
@@ -329,10 +329,10 @@ class RefundDesk:
                 statuses: list[str] = []
                 result: Lines | None = None
             else:
-                statuses = await self._statuses(conn, account_id, payment.payment_ref)
+                refunds = await self._refunds_of(conn, account_id, payment.payment_ref)
+                statuses = [status for status, _ in refunds]
                 usage = await self._usage(conn, account_id, payment.paid_at, cutoff, pending)
-                before = await self._refunded_before(conn, account_id, payment.payment_ref)
-                result = domain.lines(payment.amount_micros, usage, before)
+                result = domain.lines(payment.amount_micros, usage, domain.refunded_before(refunds))
         reason = domain.refusal(payment, plan_now, statuses, result, now)
         if payment is None or result is None:
             return RefundQuote(eligible=False, reason=reason, pending_calls=len(pending))
@@ -362,22 +362,14 @@ class RefundDesk:
         )
         return [PlanSpan(**dict(row)) for row in rows]
 
-    async def _statuses(self, conn: asyncpg.Connection, account_id: str, payment_ref: str) -> list[str]:
+    async def _refunds_of(self, conn: asyncpg.Connection, account_id: str, payment_ref: str) -> list[tuple[str, int]]:
+        """(status, amount) of every refund of the payment."""
         rows = await conn.fetch(
-            f"SELECT status FROM {self._schema}.refunds WHERE account_id = $1 AND payment_ref = $2",
+            f"SELECT status, amount_micros FROM {self._schema}.refunds WHERE account_id = $1 AND payment_ref = $2",
             account_id,
             payment_ref,
         )
-        return [row["status"] for row in rows]
-
-    async def _refunded_before(self, conn: asyncpg.Connection, account_id: str, payment_ref: str) -> int:
-        value = await conn.fetchval(
-            f"""SELECT coalesce(sum(amount_micros), 0) FROM {self._schema}.refunds
-                WHERE account_id = $1 AND payment_ref = $2 AND status = 'succeeded'""",
-            account_id,
-            payment_ref,
-        )
-        return int(value)
+        return [(row["status"], row["amount_micros"]) for row in rows]
 
     async def _usage(
         self, conn: asyncpg.Connection, account_id: str, since: datetime, cutoff: int, pending: Sequence[str]

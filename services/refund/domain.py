@@ -61,6 +61,11 @@ def lines(paid: int, usage: int, refunded_before: int) -> Lines:
     return Lines(paid, usage, refunded_before, refundable, refundable - amount, amount)
 
 
+def refunded_before(refunds: Sequence[tuple[str, int]]) -> int:
+    """What earlier refunds of a payment paid back: the succeeded ones' amounts."""
+    return sum(amount for status, amount in refunds if status == "succeeded")
+
+
 def plan_at(spans: Sequence[PlanSpan], when: datetime) -> str:
     """The plan in force: the latest change at or before `when`; Free before any and after an unpaid end."""
     current = max((s for s in spans if s.effective_at <= when), key=lambda s: s.effective_at, default=None)

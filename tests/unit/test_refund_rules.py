@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from libs.pricing.money import micros_to_usd
-from services.refund.domain import Lines, Payment, PlanSpan, cancel_refusal, lines, plan_at, refusal
+from services.refund.domain import Lines, Payment, PlanSpan, cancel_refusal, lines, plan_at, refunded_before, refusal
 
 USD = 1_000_000
 PAID_AT = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -118,3 +118,9 @@ def test_a_refund_can_be_cancelled_only_before_its_payout_starts(
     status: str, payout_started: bool, reason: str | None
 ) -> None:
     assert cancel_refusal(status, payout_started) == reason
+
+
+def test_only_succeeded_refunds_count_as_refunded_before() -> None:
+    refunds = [("failed", 1_000_000), ("cancelled", 2_000_000), ("succeeded", 3_000_000), ("processing", 4_000_000)]
+    assert refunded_before(refunds) == 3_000_000
+    assert refunded_before([]) == 0
