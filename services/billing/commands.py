@@ -25,9 +25,10 @@ import nats.js.errors
 from nats.aio.msg import Msg
 
 from libs.clock import Clock
+from libs.eventlog.barrier import applied_through
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.eventlog.runner import TRANSIENT_ERRORS
-from libs.eventlog.subjects import ACCOUNT_TOKEN, STORED_PREFIX, partition_of
+from libs.eventlog.subjects import ACCOUNT_TOKEN
 from proto.v1 import (
     BalanceToppedUp,
     BillingCommandFailed,
@@ -162,23 +163,12 @@ class BillingCommands:
     async def _caught_up(self, account_id: str) -> None:
         """Wait until the projection has applied the account's latest account event stored so far
         (usage does not change what billing decides, so the barrier does not wait for it)."""
-        try:
-            last = await self._js.get_last_msg(self._stream, f"{STORED_PREFIX}.*.account.{account_id}.*")
-        except nats.js.errors.NotFoundError:
-            return
-        seq, partition = int(last.seq or 0), partition_of(last.subject or "")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._barrier_wait_s
-        while True:
-            applied = await self._pool.fetchval(
-                f"SELECT last_seq FROM {self._schema}.checkpoints WHERE projection = 'billing' AND partition = $1",
-                partition,
-            )
-            if (applied or 0) >= seq:
-                return
-            if loop.time() > deadline:
-                raise Unavailable(f"the billing projection has not applied stream sequence {seq} yet")
-            await asyncio.sleep(0.01)
+        seq, reached = await applied_through(
+            self._js, self._pool, stream=self._stream, projection="billing", schema=self._schema,
+            account_id=account_id, category="account", timeout_s=self._barrier_wait_s,
+        )  # fmt: skip
+        if not reached:
+            raise Unavailable(f"the billing projection has not applied stream sequence {seq} yet")
 
 
 def _payment_accepted(payment: PaymentRecorded, change: PlanChanged) -> PaymentAccepted:

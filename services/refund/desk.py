@@ -18,14 +18,12 @@ from datetime import datetime, timedelta
 
 import asyncpg
 import msgspec
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from libs import failpoints, tracing
 from libs.clock import Clock
-from libs.eventlog import subjects as log_subjects
+from libs.eventlog.barrier import applied_through
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.eventlog.runner import TRANSIENT_ERRORS
 from proto.v1 import (
@@ -286,20 +284,11 @@ class RefundDesk:
     async def _caught_up(self, account_id: str, timeout_s: float | None) -> int:
         """Wait until this projection has applied every event of the account stored so far (or the
         timeout passes); return that last stream sequence, the cut-off of "recorded before"."""
-        try:
-            last = await self._js.get_last_msg(self._stream, f"{log_subjects.STORED_PREFIX}.*.*.{account_id}.*")
-        except nats.js.errors.NotFoundError:
-            return 0
-        seq, partition = int(last.seq or 0), int((last.subject or "").split(".")[2])
-        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
-        while True:
-            applied = await self._pool.fetchval(
-                f"SELECT last_seq FROM {self._schema}.checkpoints WHERE projection = 'refund' AND partition = $1",
-                partition,
-            )
-            if (applied or 0) >= seq or (deadline is not None and asyncio.get_running_loop().time() > deadline):
-                return seq
-            await asyncio.sleep(0.01)
+        seq, _ = await applied_through(
+            self._js, self._pool, stream=self._stream, projection="refund", schema=self._schema,
+            account_id=account_id, timeout_s=timeout_s,
+        )  # fmt: skip
+        return seq
 
     async def _inflight(self, account_id: str) -> list[str]:
         reply = await self._nc.request(
