@@ -41,11 +41,11 @@ async def mixed_load(stack: Stack) -> dict[str, Any]:
     await stack.pay(alice["account_id"], "pro", "20.00")  # a downgrade, at the end of the paid month
     await stack.pay(bob["account_id"], "pro", "20.00", paid_at=(now - timedelta(days=3)).isoformat())
     laptop_key = {"name": "laptop", "kind": "subscription"}
-    status, laptop = await stack.http("POST", "/v1/keys", token=alice["key"], json=laptop_key)
+    status, laptop = await stack.http("POST", "/v1/keys", token=alice["management_key"], json=laptop_key)
     assert status == 201
-    status, _ = await stack.http("POST", f"/v1/keys/{laptop['id']}/rotate", token=alice["key"])
+    status, _ = await stack.http("POST", f"/v1/keys/{laptop['id']}/rotate", token=alice["management_key"])
     assert status == 201
-    status, _ = await stack.http("DELETE", f"/v1/keys/{laptop['id']}", token=alice["key"])
+    status, _ = await stack.http("DELETE", f"/v1/keys/{laptop['id']}", token=alice["management_key"])
     assert status == 200
     multiplier = f"/admin/v1/accounts/{bob['account_id']}/multiplier"
     status, _ = await stack.http("PUT", multiplier, token=admin, json={"multiplier": "1"})
@@ -53,7 +53,7 @@ async def mixed_load(stack: Stack) -> dict[str, Any]:
     payg = await payg_key(stack, bob)
     await top_up(stack, bob["account_id"], "5.00")
     extra_usage = {"enabled": True, "payg_key_id": payg["id"]}
-    status, _ = await stack.http("PUT", "/v1/account/extra-usage", token=bob["key"], json=extra_usage)
+    status, _ = await stack.http("PUT", "/v1/account/extra-usage", token=bob["management_key"], json=extra_usage)
     assert status == 200
     for key in (payg["key"], bob["key"], alice["key"]):
         await oai(stack, key).chat.completions.create(**HI)
@@ -71,7 +71,7 @@ async def mixed_load(stack: Stack) -> dict[str, Any]:
     carol = await stack.create_account("carol")
     await stack.pay(carol["account_id"], "pro", "20.00")
     assert (await stack.post_usage([usage_event(carol["account_id"])]))[0] == 202
-    status, refund = await stack.http("POST", "/v1/refunds", token=carol["key"])
+    status, refund = await stack.http("POST", "/v1/refunds", token=carol["management_key"])
     assert status == 202, refund
     assert (await refund_of(stack, carol["key"], refund["refund_id"]))["status"] == "succeeded"
     status, _ = await stack.http("POST", "/admin/v1/flow-rate", token=admin, json={"usd_per_flow": "1/40"})
