@@ -91,7 +91,6 @@ class ChangeLimiter:
         tokens, at = self._buckets.get(account_id, (float(self.per_minute), now))
         tokens = min(float(self.per_minute), tokens + max(0.0, (now - at).total_seconds()) * rate)
         if tokens < 1.0:
-            self._buckets[account_id] = (tokens, now)
             raise RateLimited(max(1, math.ceil((1.0 - tokens) / rate)), self.per_minute)
         self._buckets[account_id] = (tokens - 1.0, now)
         if len(self._buckets) > self.MAX_ACCOUNTS:

@@ -30,7 +30,7 @@ async def settled(stack: Stack) -> bool:
 
 
 async def mixed_load(stack: Stack) -> dict[str, Any]:
-    """Accounts, payments with a downgrade, keys created, rotated and revoked, a multiplier and a
+    """Accounts (one suspended), payments with a downgrade, keys created, rotated and revoked, a multiplier and a
     Flow-rate change, PAYG top-ups and calls through the gateway, usage with duplicates and late
     events that open windows before later ones, and a refund."""
     admin, now = stack.settings.admin_token, datetime.now(UTC)
@@ -76,8 +76,12 @@ async def mixed_load(stack: Stack) -> dict[str, Any]:
     assert (await refund_of(stack, carol["key"], refund["refund_id"]))["status"] == "succeeded"
     status, _ = await stack.http("POST", "/admin/v1/flow-rate", token=admin, json={"usd_per_flow": "1/40"})
     assert status == 200
+    dave = await stack.create_account("dave")  # suspended, let back, suspended again
+    for action in ("suspend", "unsuspend", "suspend"):
+        status, _ = await stack.http("POST", f"/admin/v1/accounts/{dave['account_id']}/{action}", token=admin)
+        assert status == 200
     await eventually(lambda: settled(stack))
-    return {"alice": alice, "bob": bob, "carol": carol, "revoked": laptop, "refund": refund}
+    return {"alice": alice, "bob": bob, "carol": carol, "dave": dave, "revoked": laptop, "refund": refund}
 
 
 async def counted(stack: Stack) -> dict[str, float]:
@@ -153,6 +157,8 @@ async def test_replay_all_is_identical_swaps_while_reads_go_on_and_counts_nothin
     assert (await stack.usage(alice["key"]))["window_5h"]["used_flows"] == expected
     status, _ = await stack.http("GET", "/v1/account/usage", token=load["revoked"]["key"])
     assert status == 401  # keys' memory, reloaded from the new table, still knows the revocation
+    status, body = await stack.http("GET", "/v1/account/usage", token=load["dave"]["key"])
+    assert status == 403 and body["error"]["code"] == "account_suspended"  # ... and the suspension
     upgrade = await stack.pay(load["bob"]["account_id"], "max", "100.00")  # billing decides it from its swapped tables
     assert upgrade["previous_plan"] == "pro" and (await stack.usage(load["bob"]["key"]))["plan"] == "max"
 
