@@ -1,4 +1,5 @@
-"""API key secrets: `sk-ss-v1-` (subscription) or `sk-pg-v1-` (pay-as-you-go), 43 base62
+"""API key secrets: `sk-ss-v1-` (subscription) or `sk-pg-v1-` (pay-as-you-go), the model keys,
+and `sk-mg-v1-` (management: changes the account, never calls a model); 43 base62
 characters of randomness and a 6-character checksum, so a mistyped or made-up key is
 refused without any lookup. Only the SHA-256 of a secret is ever stored or logged."""
 
@@ -8,8 +9,10 @@ import string
 import zlib
 from typing import Literal
 
-KeyKind = Literal["subscription", "payg"]
-PREFIXES: dict[KeyKind, str] = {"subscription": "sk-ss-v1-", "payg": "sk-pg-v1-"}
+KeyKind = Literal["subscription", "payg", "management"]
+PREFIXES: dict[KeyKind, str] = {"subscription": "sk-ss-v1-", "payg": "sk-pg-v1-", "management": "sk-mg-v1-"}
+MODEL_KINDS: frozenset[KeyKind] = frozenset({"subscription", "payg"})
+"""The kinds that call models. They are pasted into tools and leak, so they only read the account."""
 _ALPHABET = string.digits + string.ascii_letters
 _BODY = 43  # 43 base62 characters carry 256 bits
 _CHECK = 6

@@ -127,8 +127,8 @@ def _admin(settings: Settings, path: str, body: dict[str, str]) -> dict[str, str
 def _demo_account(settings: Settings, state_dir: Path) -> dict[str, str]:
     """A demo account on a Pro subscription (a demo payment), so every example model works."""
     saved = state_dir / "demo-account.json"
-    if saved.exists():
-        return dict(json.loads(saved.read_text()))
+    if saved.exists() and "management_key" in (known := json.loads(saved.read_text())):
+        return dict(known)  # (one saved before management keys existed cannot change anything: made anew)
     account = _admin(settings, "/admin/v1/accounts", {"name": "demo"})
     payment = {"plan": "pro", "amount_usd": "20.00", "payment_ref": f"demo-{account['account_id']}"}
     _admin(settings, f"/admin/v1/accounts/{account['account_id']}/payments", payment)
@@ -141,6 +141,7 @@ BANNER = """
 flowplan is running: gateway {gateway}, account and admin API {ingress}.{tokens}
   demo account: {account_id} (Pro, from a demo payment)
   demo key:     {key}
+  management:   {management_key}   (changes the account: keys, refunds, Extra Usage; never calls models)
 
 OpenAI SDK (the models answer from the local upstream simulator):
   {python} - <<'EOF'
@@ -166,10 +167,12 @@ curl:
 Claude Code:
   ANTHROPIC_BASE_URL={gateway} ANTHROPIC_AUTH_TOKEN={key} ANTHROPIC_MODEL=anthropic/claude-sonnet-4.5 claude
 
-The account's windows, calls and keys:
+The account's windows, calls and keys (any of its keys reads them):
   curl -s {ingress}/v1/account/usage -H 'Authorization: Bearer {key}'
   curl -s '{ingress}/v1/account/usage/events?limit=5' -H 'Authorization: Bearer {key}'
   curl -s {ingress}/v1/keys -H 'Authorization: Bearer {key}'
+Changes need the management key (a model key gets 403 insufficient_scope):
+  curl -s {ingress}/v1/keys -H 'Authorization: Bearer {management_key}' -d '{{"name": "ci", "kind": "payg"}}'
 
 Usage from a metering client (the ingest API):
   curl -s -X POST {ingress}/v1/usage -H 'Authorization: Bearer {ingest_token}' \\
@@ -179,7 +182,7 @@ Usage from a metering client (the ingest API):
 
 Refunds (of a paid plan, within 24 hours of its payment):
   curl -s {ingress}/v1/refunds/preview -H 'Authorization: Bearer {key}'
-  curl -s -X POST {ingress}/v1/refunds -H 'Authorization: Bearer {key}'
+  curl -s -X POST {ingress}/v1/refunds -H 'Authorization: Bearer {management_key}'
 
 Ops commands (the event log, dead letters, an account; `flowplan --help` lists them all):
   export FLOWPLAN_NATS_URL={nats_url} FLOWPLAN_DATABASE_URL={database_url}
@@ -203,6 +206,7 @@ def _banner(settings: Settings, account: dict[str, str]) -> str:
         tokens=tokens,
         account_id=account["account_id"],
         key=account["key"],
+        management_key=account["management_key"],
         python=Path(sys.executable),
         bin=Path(sys.executable).parent,
         nats_url=settings.nats_url,

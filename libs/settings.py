@@ -43,6 +43,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dedupe_retention_s: int = 9 * 24 * 3600
     reservation_timeout_s: float = 120.0
     request_timeout_s: float = 2.0
+    account_changes_per_minute: int = 60
+    """Changes (non-GET account API requests) one account may make per minute, in a burst or spread out."""
     refund_barrier_wait_s: float = 5.0
     """How long a refund request waits for the refund projection to catch up with the account's events
     before it answers from what is applied (the settling waits for all of it regardless)."""

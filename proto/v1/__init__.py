@@ -3,6 +3,8 @@
 from proto.v1.events import (
     AccountCreated,
     AccountEvent,
+    AccountSuspended,
+    AccountUnsuspended,
     BalanceToppedUp,
     Event,
     ExtraUsageChanged,
@@ -24,6 +26,7 @@ from proto.v1.events import (
     encode,
 )
 from proto.v1.messages import (
+    AccountAccess,
     BillingCommandFailed,
     BillingEntry,
     BillingHistory,
@@ -65,9 +68,11 @@ from proto.v1.messages import (
     ReplayStatusRequest,
     RequestRefund,
     RetryDeadLetter,
+    RevokeAnyKey,
     RevokeKey,
     RotateKey,
     StartReplay,
+    SuspendAccount,
     TableDifference,
     TopUpAccepted,
     TopUpBalance,
@@ -77,8 +82,11 @@ from proto.v1.messages import (
 )
 
 __all__ = [
+    "AccountAccess",
     "AccountCreated",
     "AccountEvent",
+    "AccountSuspended",
+    "AccountUnsuspended",
     "BalanceToppedUp",
     "BillingCommandFailed",
     "BillingEntry",
@@ -136,9 +144,11 @@ __all__ = [
     "ReplayStatusRequest",
     "RequestRefund",
     "RetryDeadLetter",
+    "RevokeAnyKey",
     "RevokeKey",
     "RotateKey",
     "StartReplay",
+    "SuspendAccount",
     "TableDifference",
     "TopUpAccepted",
     "TopUpBalance",

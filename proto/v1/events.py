@@ -12,7 +12,8 @@ import msgspec
 
 BillingMode = Literal["subscription", "payg"]
 PlanId = str
-KeyKind = Literal["subscription", "payg"]
+KeyKind = Literal["subscription", "payg", "management"]
+"""subscription and payg are model keys (call models, read the account); management keys change it."""
 
 SYSTEM_ACCOUNT = "_system"
 """The account token in the subject of events that belong to no account (Flow rate)."""
@@ -66,6 +67,19 @@ class KeyRotated(AccountEvent, frozen=True, kw_only=True):
 class KeyRevoked(AccountEvent, frozen=True, kw_only=True):
     key_id: str
     key_hash: str
+
+
+class AccountSuspended(AccountEvent, frozen=True, kw_only=True):
+    """The operator suspended the account: from occurred_at on its keys are refused (403
+    account_suspended) by the gateway and the account API, until an AccountUnsuspended."""
+
+    reason: str = ""
+
+
+class AccountUnsuspended(AccountEvent, frozen=True, kw_only=True):
+    """The operator lifted the account's suspension: its active keys work again."""
+
+    reason: str = ""
 
 
 class PaymentRecorded(AccountEvent, frozen=True, kw_only=True):
@@ -205,6 +219,8 @@ AnyEvent = (
     | KeyCreated
     | KeyRotated
     | KeyRevoked
+    | AccountSuspended
+    | AccountUnsuspended
     | PaymentRecorded
     | BalanceToppedUp
     | ExtraUsageChanged

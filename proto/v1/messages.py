@@ -105,6 +105,8 @@ class KeyView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+    account_suspended: bool = False
+    """The key's account is suspended (AccountSuspended): its keys are refused with 403."""
 
 
 class LookupKey(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -136,6 +138,29 @@ class ListKeys(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     account_id: str
 
 
+class RevokeAnyKey(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The operator revokes a key of any account (admin API); answered with a KeyList of it."""
+
+    key_id: str
+
+
+class SuspendAccount(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Suspend (suspended=True) or lift the suspension of an account's keys; answered with AccountAccess."""
+
+    account_id: str
+    suspended: bool
+    reason: str = ""
+
+
+class AccountAccess(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    account_id: str
+    suspended: bool
+    changed: bool
+    """False when the account already was in that state (nothing recorded)."""
+    since: datetime | None = None
+    """When the current state began (None: never suspended)."""
+
+
 class KeyIssued(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The answer to CreateKey and RotateKey: the only time a secret travels."""
 
@@ -149,7 +174,7 @@ class KeyList(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 class KeyCommandFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     code: str
-    """key_not_found, key_revoked."""
+    """key_not_found, key_revoked, key_limit_reached, last_management_key."""
     message: str
 
 

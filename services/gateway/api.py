@@ -13,7 +13,7 @@ from aiohttp import web
 from nats.aio.client import Client
 from opentelemetry import trace
 
-from libs import tracing
+from libs import apikeys, tracing
 from libs.clock import Clock
 from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog, Model, model_json
@@ -106,6 +106,12 @@ class GatewayApi:
     async def _authenticate(self, request: web.Request, api: Api) -> KeyView | web.Response:
         header = request.headers.get("Authorization", "")
         secret = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+        if apikeys.kind_of(secret.strip()) == "management":
+            # Refused by its prefix, before any lookup: a 403 that says what to use instead, and the
+            # same answer for a live, revoked or made-up one (no oracle, no load on keys).
+            metrics.refusals.add(1, {"reason": "insufficient_scope"})
+            message = "Management keys (sk-mg-v1-) change the account and cannot call models: use a model key."
+            return refusal(api, "insufficient_scope", message)
         try:
             key = await self.keys.authenticate(secret.strip())
         except KeysUnavailable:
@@ -113,6 +119,9 @@ class GatewayApi:
         if key is None:
             metrics.refusals.add(1, {"reason": "invalid_api_key"})
             return refusal(api, "invalid_api_key", "Incorrect API key provided: it is malformed, unknown or revoked.")
+        if key.account_suspended:
+            metrics.refusals.add(1, {"reason": "account_suspended"})
+            return refusal(api, "account_suspended", "This account is suspended; contact support.")
         return key
 
     async def _admit(

@@ -15,6 +15,8 @@ REFUSALS: dict[str, tuple[int, str, str]] = {
     "model_not_in_plan": (403, "permission_error", "permission_error"),
     "unknown_model": (404, "invalid_request_error", "not_found_error"),
     "unknown_account": (403, "permission_error", "permission_error"),
+    "insufficient_scope": (403, "permission_error", "permission_error"),
+    "account_suspended": (403, "permission_error", "permission_error"),
     "rate_limit_exceeded": (429, "rate_limit_error", "rate_limit_error"),
     "quota_exhausted": (429, "insufficient_quota", "rate_limit_error"),
     "insufficient_balance": (402, "insufficient_balance", "billing_error"),

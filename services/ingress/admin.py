@@ -57,6 +57,10 @@ class SetFlowRate(msgspec.Struct, forbid_unknown_fields=True):
     effective_at: Aware | None = None
 
 
+class Suspension(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
 class PayoutSettings(msgspec.Struct, forbid_unknown_fields=True):
     fail_payouts: bool
 

@@ -22,6 +22,7 @@ from libs.pricing.money import micros_to_str
 from libs.settings import Settings
 from libs.web import ApiError, decode_body, json_response
 from proto.v1 import (
+    AccountAccess,
     BillingCommandFailed,
     BillingHistory,
     BillingHistoryRequest,
@@ -44,8 +45,10 @@ from proto.v1 import (
     RefundRefused,
     RefundReply,
     RequestRefund,
+    RevokeAnyKey,
     RevokeKey,
     RotateKey,
+    SuspendAccount,
     TopUpAccepted,
     UsageEventsReply,
     UsageEventsRequest,
@@ -53,7 +56,7 @@ from proto.v1 import (
     subjects,
 )
 from proto.v1.events import Event
-from services.ingress import admin, metrics, views
+from services.ingress import access, admin, metrics, views
 from services.ingress.directory import Directory
 from services.ingress.usage import decode_batch, price_batch
 
@@ -61,18 +64,21 @@ _status = msgspec.json.Decoder(QuotaStatus)
 _history = msgspec.json.Decoder(BillingHistory)
 _costs = msgspec.json.Decoder(Costs)
 QUOTA_SYNC_S = 2.0
-_key_reply = msgspec.json.Decoder(KeyIssued | KeyList | KeyCommandFailed)
+_key_reply = msgspec.json.Decoder(KeyIssued | KeyList | AccountAccess | KeyCommandFailed)
 KEY_SUBJECTS = {
     CreateKey: subjects.KEYS_CREATE,
     RotateKey: subjects.KEYS_ROTATE,
     RevokeKey: subjects.KEYS_REVOKE,
     ListKeys: subjects.KEYS_LIST,
+    RevokeAnyKey: subjects.KEYS_REVOKE_ANY,
+    SuspendAccount: subjects.KEYS_SUSPEND,
 }
+KEY_ERRORS = {"key_not_found": 404, "key_revoked": 409, "key_limit_reached": 409, "last_management_key": 409}
 
 
 class NewKey(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    kind: Literal["subscription", "payg"] = "subscription"
+    kind: Literal["subscription", "payg", "management"] = "subscription"
 
 
 _events = msgspec.json.Decoder(UsageEventsReply)
@@ -104,6 +110,7 @@ class IngressApi:
         self.nc = nc
         self.keys = keys
         self.clock = clock
+        self.changes = access.ChangeLimiter(settings.account_changes_per_minute)
 
     def routes(self, app: web.Application) -> None:
         r = app.router
@@ -130,6 +137,9 @@ class IngressApi:
         r.add_get("/v1/refunds/{refund_id}", self.get_refund)
         r.add_post("/v1/refunds/{refund_id}/cancel", self.cancel_refund)
         r.add_put("/admin/v1/payment-provider", self.configure_payouts)
+        r.add_post("/admin/v1/accounts/{account_id}/suspend", self.suspend)
+        r.add_post("/admin/v1/accounts/{account_id}/unsuspend", self.unsuspend)
+        r.add_delete("/admin/v1/keys/{key_id}", self.admin_revoke_key)
 
     # -- authentication ---------------------------------------------------------------
 
@@ -146,13 +156,23 @@ class IngressApi:
             raise ApiError(401, "unauthorized", "wrong token", "Authorization")
 
     async def _account_of(self, request: web.Request) -> str:
+        """The account an account-API request acts for, once its credential may do what the request's
+        method asks (access.authorize) and, for a change, the account has a change left this minute."""
+        principal = await self._principal(request)
+        access.authorize(principal, request.method)
+        if access.needed_scope(request.method) == "manage":
+            self.changes.take(principal.account_id, self.clock.now())
+        return principal.account_id
+
+    async def _principal(self, request: web.Request) -> access.Principal:
+        """Who the request's credential is: an API key today (the console's session is to come)."""
         try:
             key = await self.keys.authenticate(self._bearer(request))
         except KeysUnavailable as exc:
             raise ApiError(503, "keys_unavailable", "the keys service did not answer; retry") from exc
         if key is None:
             raise ApiError(401, "invalid_api_key", "the API key is malformed, unknown or revoked", "Authorization")
-        return key.account_id
+        return access.of_key(key)
 
     def _account_exists(self, request: web.Request) -> str:
         account_id = request.match_info["account_id"]
@@ -254,10 +274,45 @@ class IngressApi:
         await self._publish([account])
         issued = await self._key_command(CreateKey(account_id=account.account_id, name="default", kind="subscription"))
         assert isinstance(issued, KeyIssued)
+        management = await self._key_command(
+            CreateKey(account_id=account.account_id, name="management", kind="management")
+        )
+        assert isinstance(management, KeyIssued)
         await self._until_quota_shows(account.account_id, lambda status: status.known)
         return json_response(
-            {"account_id": account.account_id, "name": command.name, "key": issued.secret, "key_id": issued.key.id}, 201
-        )
+            {
+                "account_id": account.account_id, "name": command.name, "key": issued.secret, "key_id": issued.key.id,
+                "management_key": management.secret, "management_key_id": management.key.id,
+            },
+            201,
+        )  # fmt: skip
+
+    async def suspend(self, request: web.Request) -> web.Response:
+        return await self._set_suspended(request, True)
+
+    async def unsuspend(self, request: web.Request) -> web.Response:
+        return await self._set_suspended(request, False)
+
+    async def _set_suspended(self, request: web.Request, suspended: bool) -> web.Response:
+        """The keys service records it and tells every key cache at once (403 account_suspended on the
+        next call, on every gateway)."""
+        self._require_token(request, self.settings.admin_token)
+        account_id = self._account_exists(request)
+        body = await request.read()
+        reason = decode_body(body, admin.Suspension).reason if body.strip() else ""
+        reply = await self._key_command(SuspendAccount(account_id=account_id, suspended=suspended, reason=reason))
+        assert isinstance(reply, AccountAccess)
+        return json_response(
+            {"account_id": account_id, "suspended": reply.suspended, "changed": reply.changed,
+             "since": views.timestamp(reply.since)}
+        )  # fmt: skip
+
+    async def admin_revoke_key(self, request: web.Request) -> web.Response:
+        self._require_token(request, self.settings.admin_token)
+        revoked = await self._key_command(RevokeAnyKey(key_id=request.match_info["key_id"]))
+        assert isinstance(revoked, KeyList)
+        key = revoked.keys[0]
+        return json_response({**views.key(key), "account_id": key.account_id, "revoked": True})
 
     async def _until_quota_shows(self, account_id: str, done: Callable[[QuotaStatus], bool]) -> None:
         """Answer an admin command once quota applies it (its projection lags by milliseconds),
@@ -272,14 +327,14 @@ class IngressApi:
 
     # -- keys -------------------------------------------------------------------------
 
-    async def _key_command(self, command: msgspec.Struct) -> KeyIssued | KeyList:
-        subject = KEY_SUBJECTS
-        reply: KeyIssued | KeyList | KeyCommandFailed = _key_reply.decode(
-            await self._ask(subject[type(command)], command)
+    async def _key_command(self, command: msgspec.Struct) -> KeyIssued | KeyList | AccountAccess:
+        reply: KeyIssued | KeyList | AccountAccess | KeyCommandFailed = _key_reply.decode(
+            await self._ask(KEY_SUBJECTS[type(command)], command)
         )
         if isinstance(reply, KeyCommandFailed):
-            status = {"key_not_found": 404, "key_revoked": 409}.get(reply.code, 400)
-            raise ApiError(status, reply.code, reply.message, "key_id" if status != 400 else None)
+            status = KEY_ERRORS.get(reply.code, 400)
+            field = "key_id" if reply.code in ("key_not_found", "key_revoked", "last_management_key") else None
+            raise ApiError(status, reply.code, reply.message, field)
         return reply
 
     async def list_keys(self, request: web.Request) -> web.Response:

@@ -2,14 +2,18 @@
 
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from libs import apikeys
-from proto.v1 import KeyCreated, KeyRevoked, KeyRotated, KeyView
+from proto.v1 import AccountSuspended, AccountUnsuspended, KeyCreated, KeyRevoked, KeyRotated, KeyView
 from proto.v1.events import KeyKind
 
 KeyEvent = KeyCreated | KeyRotated | KeyRevoked
+AccessEvent = AccountSuspended | AccountUnsuspended
+MAX_ACTIVE_KEYS = 100
+"""Per account: bounds the registry, every key list and the hashes a suspension broadcasts."""
 
 
 class KeyCommandError(Exception):
@@ -42,7 +46,13 @@ class Key:
         )  # fmt: skip
 
 
-def issue(account_id: str, name: str, kind: KeyKind, now: datetime) -> tuple[KeyCreated, str]:
+def issue(
+    account_id: str, name: str, kind: KeyKind, now: datetime, account_keys: Sequence[Key] = ()
+) -> tuple[KeyCreated, str]:
+    if sum(1 for k in account_keys if k.revoked_at is None) >= MAX_ACTIVE_KEYS:
+        raise KeyCommandError(
+            "key_limit_reached", f"an account has at most {MAX_ACTIVE_KEYS} active keys: revoke one first"
+        )
     secret = apikeys.generate(kind)
     event = KeyCreated(
         event_id=str(uuid.uuid4()), account_id=account_id, occurred_at=now, key_id=f"key_{secrets.token_hex(8)}",
@@ -70,8 +80,18 @@ def rotate(key: Key | None, account_id: str, key_id: str, now: datetime) -> tupl
     return event, secret
 
 
-def revoke(key: Key | None, account_id: str, key_id: str, now: datetime) -> KeyRevoked:
+def revoke(
+    key: Key | None, account_id: str, key_id: str, now: datetime, account_keys: Sequence[Key] | None = None
+) -> KeyRevoked:
+    """With account_keys (the owner revoking), the account's last active management key stays: without
+    it nobody could change the account any more. The operator (no account_keys) may revoke any key."""
     current = _owned(key, account_id, key_id)
+    if account_keys is not None and current.kind == "management":
+        others = [k for k in account_keys if k.kind == "management" and k.revoked_at is None and k.key_id != key_id]
+        if not others:
+            raise KeyCommandError(
+                "last_management_key", "this is the account's last management key: create another one first"
+            )
     return KeyRevoked(
         event_id=str(uuid.uuid4()), account_id=account_id, occurred_at=now, key_id=key_id, key_hash=current.key_hash
     )
@@ -93,3 +113,28 @@ def evolve(key: Key | None, event: KeyEvent) -> Key | None:
     if isinstance(event, KeyRotated):
         return replace(key, key_hash=event.key_hash, last4=event.last4, rotated_at=event.occurred_at, applied=applied)
     return replace(key, revoked_at=event.occurred_at, applied=applied)
+
+
+@dataclass(frozen=True)
+class Access:
+    """Whether an account's keys are let in: suspended by the operator, or not."""
+
+    account_id: str
+    suspended: bool = False
+    since: datetime | None = None
+    applied: frozenset[str] = field(default_factory=frozenset)
+
+
+def set_suspended(access: Access, suspended: bool, reason: str, now: datetime) -> AccessEvent | None:
+    """The event that puts the account in that state, or None when it already is."""
+    if access.suspended == suspended:
+        return None
+    kind = AccountSuspended if suspended else AccountUnsuspended
+    return kind(event_id=str(uuid.uuid4()), account_id=access.account_id, occurred_at=now, reason=reason)
+
+
+def evolve_access(access: Access, event: AccessEvent) -> Access:
+    if event.event_id in access.applied:
+        return access
+    applied = access.applied | {event.event_id}
+    return Access(access.account_id, isinstance(event, AccountSuspended), event.occurred_at, applied)

@@ -1,5 +1,6 @@
-"""keys' projection: key events into keys.keys, and last use from usage, one row update per
-key per batch however often the key was used in it (writes are coalesced, not per call).
+"""keys' projection: key events into keys.keys, suspensions into keys.access, and last use from
+usage, one row update per key per batch however often the key was used in it (writes are
+coalesced, not per call).
 
 Last use counts only usage of the key's own account (ingest clients name key ids freely)
 that comes after the key's creation in the log, whatever the batch boundaries: a rebuild
@@ -12,16 +13,18 @@ from datetime import datetime
 import asyncpg
 
 from libs.eventlog.runner import AfterCommit, Applied
-from proto.v1 import KeyCreated, KeyRevoked, KeyRotated, UsageRecorded
-from services.keys.domain import KeyEvent
+from proto.v1 import AccountSuspended, AccountUnsuspended, KeyCreated, KeyRevoked, KeyRotated, UsageRecorded
+from services.keys.domain import AccessEvent, KeyEvent
 from services.keys.registry import KeyRegistry
 
 
 class KeysProjection:
     name: str = "keys"
-    event_types: tuple[str, ...] = ("KeyCreated", "KeyRotated", "KeyRevoked", "UsageRecorded")
+    event_types: tuple[str, ...] = (
+        "KeyCreated", "KeyRotated", "KeyRevoked", "AccountSuspended", "AccountUnsuspended", "UsageRecorded",
+    )  # fmt: skip
     category: str | None = None
-    tables: tuple[str, ...] = ("checkpoints", "keys")
+    tables: tuple[str, ...] = ("checkpoints", "keys", "access")
 
     def __init__(self, registry: KeyRegistry, schema: str = "keys") -> None:
         self.registry = registry
@@ -36,6 +39,7 @@ class KeysProjection:
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
         s = self.schema
         key_events: list[KeyEvent] = []
+        access_events: list[AccessEvent] = []
         last_used: dict[tuple[str, str], datetime] = {}
         """Latest use by (key, account)."""
         for _, event in batch:
@@ -70,6 +74,15 @@ class KeysProjection:
                     event.key_id, event.occurred_at, event.event_id,
                 )  # fmt: skip
                 key_events.append(event)
+            elif isinstance(event, AccountSuspended | AccountUnsuspended):
+                await conn.execute(
+                    f"""INSERT INTO {s}.access AS a (account_id, suspended, since, applied_events)
+                        VALUES ($1, $2, $3, ARRAY[$4]) ON CONFLICT (account_id) DO UPDATE
+                        SET suspended = $2, since = $3, applied_events = a.applied_events || $4
+                        WHERE NOT ($4 = ANY(a.applied_events))""",
+                    event.account_id, isinstance(event, AccountSuspended), event.occurred_at, event.event_id,
+                )  # fmt: skip
+                access_events.append(event)
         if last_used:
             await conn.execute(
                 f"""UPDATE {s}.keys AS k SET last_used_at = greatest(k.last_used_at, u.at)
@@ -81,6 +94,8 @@ class KeysProjection:
         def after_commit() -> None:
             for event in key_events:
                 self.registry.apply(event)
+            for access_event in access_events:
+                self.registry.apply_access(access_event)
             for (key_id, account_id), at in last_used.items():
                 self.registry.used(key_id, account_id, at)
 

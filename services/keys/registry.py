@@ -1,16 +1,20 @@
-"""Every key in memory, by id and by the hash of its current secret: key.lookup reads here."""
+"""Every key in memory, by id and by the hash of its current secret, and which accounts are
+suspended: key.lookup reads here."""
 
 from datetime import datetime
 
 import asyncpg
+import msgspec
 
-from services.keys.domain import Key, KeyEvent, evolve
+from proto.v1 import KeyView
+from services.keys.domain import Access, AccessEvent, Key, KeyEvent, evolve, evolve_access
 
 
 class KeyRegistry:
     def __init__(self) -> None:
         self.by_id: dict[str, Key] = {}
         self.by_hash: dict[str, Key] = {}
+        self.access: dict[str, Access] = {}
 
     def apply(self, event: KeyEvent) -> Key | None:
         before = self.by_id.get(event.key_id)
@@ -26,6 +30,22 @@ class KeyRegistry:
             self.by_hash.pop(after.key_hash, None)
         return after
 
+    def apply_access(self, event: AccessEvent) -> Access:
+        access = evolve_access(self.access_of(event.account_id), event)
+        self.access[event.account_id] = access
+        return access
+
+    def access_of(self, account_id: str) -> Access:
+        return self.access.get(account_id) or Access(account_id)
+
+    def lookup(self, key_hash: str) -> KeyView | None:
+        """The active key with this hash as key.lookup answers it: with its account's suspension."""
+        key = self.by_hash.get(key_hash)
+        if key is None:
+            return None
+        suspended = self.access_of(key.account_id).suspended
+        return msgspec.structs.replace(key.view(), account_suspended=True) if suspended else key.view()
+
     def used(self, key_id: str, account_id: str, at: datetime) -> None:
         key = self.by_id.get(key_id)
         if key is not None and key.account_id == account_id and (key.last_used_at is None or at > key.last_used_at):
@@ -38,9 +58,9 @@ class KeyRegistry:
         return sorted((k for k in self.by_id.values() if k.account_id == account_id), key=lambda k: k.created_at)
 
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
-        """Memory from the projection's table (at start, and after a replay swapped it). A key that
-        memory knows in a later state is kept as memory has it: the responder applies its own
-        events at once, before the projection gets to them (a revocation must not come undone)."""
+        """Memory from the projection's tables (at start, and after a replay swapped them). A key or an
+        account that memory knows in a later state is kept as memory has it: the responder applies its
+        own events at once, before the projection gets to them (a revocation must not come undone)."""
         by_id: dict[str, Key] = {}
         for row in await conn.fetch(
             f"""SELECT key_id, account_id, name, kind, prefix, last4, key_hash, created_at, rotated_at,
@@ -53,5 +73,15 @@ class KeyRegistry:
             loaded = by_id.get(key_id)
             if loaded is None or not known.applied <= loaded.applied:
                 by_id[key_id] = known
+        access: dict[str, Access] = {}
+        for row in await conn.fetch(f"SELECT account_id, suspended, since, applied_events FROM {schema}.access"):
+            access[row["account_id"]] = Access(
+                row["account_id"], row["suspended"], row["since"], frozenset(row["applied_events"])
+            )
+        for account_id, known_access in self.access.items():
+            loaded_access = access.get(account_id)
+            if loaded_access is None or not known_access.applied <= loaded_access.applied:
+                access[account_id] = known_access
         self.by_id = by_id
         self.by_hash = {key.key_hash: key for key in by_id.values() if key.revoked_at is None}
+        self.access = access

@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 from libs.clock import Clock
 from libs.eventlog.publisher import EventPublisher
 from proto.v1 import (
+    AccountAccess,
     CreateKey,
     KeyCommandFailed,
     KeyFound,
@@ -19,8 +20,10 @@ from proto.v1 import (
     KeysChanged,
     ListKeys,
     LookupKey,
+    RevokeAnyKey,
     RevokeKey,
     RotateKey,
+    SuspendAccount,
     encode,
     subjects,
 )
@@ -28,7 +31,7 @@ from services.keys import domain
 from services.keys.domain import KeyCommandError, KeyEvent
 from services.keys.registry import KeyRegistry
 
-Command = CreateKey | RotateKey | RevokeKey | ListKeys
+Command = CreateKey | RotateKey | RevokeKey | ListKeys | RevokeAnyKey | SuspendAccount
 
 
 class KeysResponder:
@@ -44,11 +47,12 @@ class KeysResponder:
     def subjects(self) -> dict[str, Callable[[Msg], Awaitable[None]]]:
         return {subjects.KEY_LOOKUP: self.on_lookup, subjects.KEYS_CREATE: self.on_command,
                 subjects.KEYS_LIST: self.on_command, subjects.KEYS_ROTATE: self.on_command,
-                subjects.KEYS_REVOKE: self.on_command}  # fmt: skip
+                subjects.KEYS_REVOKE: self.on_command, subjects.KEYS_REVOKE_ANY: self.on_command,
+                subjects.KEYS_SUSPEND: self.on_command}  # fmt: skip
 
     async def on_lookup(self, msg: Msg) -> None:
-        key = self._registry.by_hash.get(self._lookup.decode(msg.data).key_hash)
-        await msg.respond(encode(KeyFound(key=key.view() if key else None)))
+        key = self._registry.lookup(self._lookup.decode(msg.data).key_hash)
+        await msg.respond(encode(KeyFound(key=key)))
 
     async def on_command(self, msg: Msg) -> None:
         try:
@@ -65,8 +69,11 @@ class KeysResponder:
         now = self._clock.now()
         if isinstance(command, ListKeys):
             return KeyList(keys=[k.view() for k in self._registry.of_account(command.account_id)])
+        if isinstance(command, SuspendAccount):
+            return await self._suspend(command)
         if isinstance(command, CreateKey):
-            created, secret = domain.issue(command.account_id, command.name, command.kind, now)
+            account_keys = self._registry.of_account(command.account_id)
+            created, secret = domain.issue(command.account_id, command.name, command.kind, now, account_keys)
             key = await self._record(created, [created.key_hash])
             return KeyIssued(key=key.view(), secret=secret)
         current = self._registry.by_id.get(command.key_id)
@@ -74,9 +81,27 @@ class KeysResponder:
             rotated, secret = domain.rotate(current, command.account_id, command.key_id, now)
             key = await self._record(rotated, [rotated.previous_key_hash, rotated.key_hash])
             return KeyIssued(key=key.view(), secret=secret)
-        revoked = domain.revoke(current, command.account_id, command.key_id, now)
+        if isinstance(command, RevokeAnyKey):  # the operator: any account's key, even its last management key
+            owner = current.account_id if current is not None else ""
+            revoked = domain.revoke(current, owner, command.key_id, now)
+        else:
+            owned = self._registry.of_account(command.account_id)
+            revoked = domain.revoke(current, command.account_id, command.key_id, now, owned)
         key = await self._record(revoked, [revoked.key_hash])
         return KeyList(keys=[key.view()])
+
+    async def _suspend(self, command: SuspendAccount) -> AccountAccess:
+        access = self._registry.access_of(command.account_id)
+        event = domain.set_suspended(access, command.suspended, command.reason, self._clock.now())
+        if event is not None:
+            await self._publisher.publish([event])
+            access = self._registry.apply_access(event)
+            # Every cache drops the account's keys now, so the next call meets the new state.
+            hashes = [k.key_hash for k in self._registry.of_account(command.account_id) if k.revoked_at is None]
+            await self._nc.publish(subjects.KEYS_CHANGED, encode(KeysChanged(key_hashes=hashes)))
+        return AccountAccess(
+            account_id=command.account_id, suspended=access.suspended, changed=event is not None, since=access.since
+        )
 
     async def _record(self, event: KeyEvent, hashes: list[str]) -> domain.Key:
         await self._publisher.publish([event])

@@ -14,7 +14,9 @@ HI = {"model": FREE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max
 
 
 async def payg_key(stack: Stack, account: dict[str, str]) -> dict[str, str]:
-    status, key = await stack.http("POST", "/v1/keys", token=account["key"], json={"name": "payg", "kind": "payg"})
+    status, key = await stack.http(
+        "POST", "/v1/keys", token=account["management_key"], json={"name": "payg", "kind": "payg"}
+    )
     assert status == 201
     return dict(key)
 
@@ -79,7 +81,7 @@ async def test_overflow_to_payg_past_the_cap_and_back_when_the_window_resets(sta
         await client.chat.completions.create(**HI)
     assert waiting.value.code == "quota_exhausted"
 
-    status, body = await stack.http("PUT", "/v1/account/extra-usage", token=account["key"],
+    status, body = await stack.http("PUT", "/v1/account/extra-usage", token=account["management_key"],
                                     json={"enabled": True, "payg_key_id": key["id"]})  # fmt: skip
     assert status == 200 and body["enabled"] is True and body["payg_key_id"] == key["id"]
     raw = await client.chat.completions.with_raw_response.create(**HI)
@@ -95,7 +97,7 @@ async def test_overflow_to_payg_past_the_cap_and_back_when_the_window_resets(sta
 async def test_extra_usage_with_an_empty_balance_refuses_with_402(stack: Stack) -> None:
     account = await stack.create_account()
     key = await payg_key(stack, account)
-    status, _ = await stack.http("PUT", "/v1/account/extra-usage", token=account["key"],
+    status, _ = await stack.http("PUT", "/v1/account/extra-usage", token=account["management_key"],
                                  json={"enabled": True, "payg_key_id": key["id"]})  # fmt: skip
     assert status == 200
     heavy = usage_event(account["account_id"], model="z-ai/glm-4.7", input_tokens=200_000, output_tokens=20_000)
@@ -120,7 +122,7 @@ async def test_extra_usage_needs_one_of_the_accounts_own_payg_keys(stack: Stack)
         ({"enabled": True, "payg_key_id": foreign["id"]}, "payg_key_id"),
         ({"enabled": "yes"}, "enabled"),
     ):
-        status, reply = await stack.http("PUT", "/v1/account/extra-usage", token=account["key"], json=body)
+        status, reply = await stack.http("PUT", "/v1/account/extra-usage", token=account["management_key"], json=body)
         assert (status, reply["error"]["field"]) == (400, field), body
 
 

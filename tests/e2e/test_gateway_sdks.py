@@ -163,7 +163,9 @@ async def test_refusals_surface_as_the_sdks_typed_errors(stack: Stack) -> None:
         await claude(stack, free["key"]).messages.create(
             model=PRO_CLAUDE, max_tokens=5, messages=[{"role": "user", "content": "hi"}]
         )
-    status, payg = await stack.http("POST", "/v1/keys", token=free["key"], json={"name": "payg", "kind": "payg"})
+    status, payg = await stack.http(
+        "POST", "/v1/keys", token=free["management_key"], json={"name": "payg", "kind": "payg"}
+    )
     assert status == 201 and payg["key"].startswith("sk-pg-v1-")
     with pytest.raises(openai.APIStatusError) as broke:
         await oai(stack, payg["key"]).chat.completions.create(
@@ -200,13 +202,13 @@ async def test_a_free_account_sees_exactly_the_free_models(stack: Stack) -> None
 async def test_revoked_and_rotated_keys_are_refused_within_a_second(stack: Stack) -> None:
     account = await stack.create_account()
     status, extra = await stack.http(
-        "POST", "/v1/keys", token=account["key"], json={"name": "ci", "kind": "subscription"}
+        "POST", "/v1/keys", token=account["management_key"], json={"name": "ci", "kind": "subscription"}
     )
     assert status == 201
     client = oai(stack, extra["key"])
     hi = {"model": FREE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     await client.chat.completions.create(**hi)  # cached in the gateway now
-    status, _ = await stack.http("DELETE", f"/v1/keys/{extra['id']}", token=account["key"])
+    status, _ = await stack.http("DELETE", f"/v1/keys/{extra['id']}", token=account["management_key"])
     assert status == 200
     revoked_at = time.monotonic()
     with pytest.raises(openai.AuthenticationError):
@@ -214,7 +216,7 @@ async def test_revoked_and_rotated_keys_are_refused_within_a_second(stack: Stack
     assert time.monotonic() - revoked_at < 1.0
 
     await oai(stack, account["key"]).chat.completions.create(**hi)
-    status, rotated = await stack.http("POST", f"/v1/keys/{account['key_id']}/rotate", token=account["key"])
+    status, rotated = await stack.http("POST", f"/v1/keys/{account['key_id']}/rotate", token=account["management_key"])
     assert status == 201 and rotated["key"] != account["key"] and rotated["id"] == account["key_id"]
     rotated_at = time.monotonic()
     with pytest.raises(openai.AuthenticationError):
@@ -318,9 +320,11 @@ async def test_image_generation_is_metered_per_image(stack: Stack) -> None:
 
 async def test_key_secrets_never_reach_postgres_the_stream_or_the_logs(stack: Stack, postgres: LocalPostgres) -> None:
     account = await stack.create_account("secret-keeper")
-    status, created = await stack.http("POST", "/v1/keys", token=account["key"], json={"name": "s", "kind": "payg"})
+    status, created = await stack.http(
+        "POST", "/v1/keys", token=account["management_key"], json={"name": "s", "kind": "payg"}
+    )
     assert status == 201
-    status, rotated = await stack.http("POST", f"/v1/keys/{created['id']}/rotate", token=account["key"])
+    status, rotated = await stack.http("POST", f"/v1/keys/{created['id']}/rotate", token=account["management_key"])
     assert status == 201
     await oai(stack, account["key"]).chat.completions.create(
         model=FREE_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1

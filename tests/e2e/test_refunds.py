@@ -61,7 +61,7 @@ async def test_a_refund_right_after_heavy_usage_counts_that_usage_and_the_call_i
         await running.content.readany()  # admitted and streaming
         for start in range(0, len(heavy), 330):
             assert (await stack.post_usage(heavy[start : start + 330]))[0] == 202
-        status, requested = await stack.http("POST", "/v1/refunds", token=account["key"])
+        status, requested = await stack.http("POST", "/v1/refunds", token=account["management_key"])
         assert status == 202, requested
         assert requested["status"] == "processing"
         conn = await stack.db()
@@ -104,14 +104,16 @@ async def test_the_preview_shows_the_table_line_by_line(stack: Stack) -> None:
 
 async def test_ten_concurrent_refund_requests_yield_one_refund_and_one_payout(stack: Stack) -> None:
     account = await pro_account(stack)
-    answers = await asyncio.gather(*(stack.http("POST", "/v1/refunds", token=account["key"]) for _ in range(10)))
+    answers = await asyncio.gather(
+        *(stack.http("POST", "/v1/refunds", token=account["management_key"]) for _ in range(10))
+    )
     accepted = [body for status, body in answers if status == 202]
     refused = [body for status, body in answers if status == 409]
     assert len(accepted) == 1 and len(refused) == 9, answers
     assert {body["error"]["reason"] for body in refused} <= {"refund_in_progress", "already_refunded"}
     refund = await refund_of(stack, account["key"], accepted[0]["refund_id"])
     assert refund["status"] == "succeeded" and refund["amount_usd"] == "19.00" and refund["fee_usd"] == "1.00"
-    again = await stack.http("POST", "/v1/refunds", token=account["key"])
+    again = await stack.http("POST", "/v1/refunds", token=account["management_key"])
     assert again[0] == 409 and again[1]["error"]["reason"] == "already_refunded"
     assert await payouts_of(stack, account["account_id"]) == (1, 1)
     status, listed = await stack.http("GET", "/v1/refunds", token=account["key"])
@@ -122,7 +124,7 @@ async def test_a_payment_older_than_24_hours_is_not_refundable(stack: Stack) -> 
     account = await stack.create_account()
     paid_at = datetime.now(UTC) - timedelta(hours=25)
     await stack.pay(account["account_id"], "pro", "20.00", paid_at=paid_at.isoformat())
-    status, body = await stack.http("POST", "/v1/refunds", token=account["key"])
+    status, body = await stack.http("POST", "/v1/refunds", token=account["management_key"])
     assert status == 409, body
     assert body["error"]["code"] == "not_refundable" and body["error"]["reason"] == "window_passed"
     assert "24 hours" in body["error"]["message"]
@@ -133,7 +135,7 @@ async def test_usage_beyond_the_payment_is_not_refundable(stack: Stack) -> None:
     await stack.pay(account["account_id"], "pro", "0.01")
     assert (await stack.post_usage([usage_event(account["account_id"], input_tokens=100_000)]))[0] == 202
     await all_usage_usd(stack, account["key"], 1)
-    status, body = await stack.http("POST", "/v1/refunds", token=account["key"])
+    status, body = await stack.http("POST", "/v1/refunds", token=account["management_key"])
     assert status == 409 and body["error"]["reason"] == "usage_exceeds_payment", body
 
 
@@ -142,7 +144,7 @@ async def test_a_succeeded_refund_drops_the_account_to_free_at_once(stack: Stack
     client = oai(stack, account["key"])
     hi = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     await client.chat.completions.create(model=PRO_CLAUDE, **hi)  # Pro may call it
-    status, requested = await stack.http("POST", "/v1/refunds", token=account["key"])
+    status, requested = await stack.http("POST", "/v1/refunds", token=account["management_key"])
     assert status == 202, requested
     refund = await refund_of(stack, account["key"], requested["refund_id"])
     assert refund["status"] == "succeeded" and refund["payout_id"]
@@ -166,7 +168,7 @@ async def test_a_declined_payout_leaves_the_plan_alone_and_can_be_retried(stack:
     status, body = await stack.http("PUT", "/admin/v1/payment-provider", token=admin, json={"fail_payouts": True})
     assert (status, body) == (200, {"provider": "local", "fail_payouts": True})
     try:
-        status, requested = await stack.http("POST", "/v1/refunds", token=account["key"])
+        status, requested = await stack.http("POST", "/v1/refunds", token=account["management_key"])
         assert status == 202, requested
         failed = await refund_of(stack, account["key"], requested["refund_id"])
         assert failed["status"] == "failed" and "declined" in failed["reason"]
@@ -174,7 +176,7 @@ async def test_a_declined_payout_leaves_the_plan_alone_and_can_be_retried(stack:
         assert await payouts_of(stack, account["account_id"]) == (0, 0)
     finally:
         await stack.http("PUT", "/admin/v1/payment-provider", token=admin, json={"fail_payouts": False})
-    status, retried = await stack.http("POST", "/v1/refunds", token=account["key"])
+    status, retried = await stack.http("POST", "/v1/refunds", token=account["management_key"])
     assert status == 202, retried
     assert (await refund_of(stack, account["key"], retried["refund_id"]))["status"] == "succeeded"
     assert (await stack.usage(account["key"]))["plan"] == "free"
@@ -184,7 +186,7 @@ async def test_refund_requests_that_are_wrong_get_clear_4xx(stack: Stack) -> Non
     account = await stack.create_account()
     assert (await stack.http("GET", "/v1/refunds/rf_nope", token=account["key"]))[0] == 404
     assert (await stack.http("POST", "/v1/refunds", token="sk-ss-v1-bad"))[0] == 401
-    status, body = await stack.http("POST", "/v1/refunds", token=account["key"])
+    status, body = await stack.http("POST", "/v1/refunds", token=account["management_key"])
     assert status == 409 and body["error"]["reason"] == "free_plan"
     status, body = await stack.http(
         "PUT", "/admin/v1/payment-provider", token=stack.settings.admin_token, json={"fail_payouts": "yes"}
@@ -197,7 +199,7 @@ async def test_killed_right_after_the_payout_the_refund_service_resumes_without_
     stack.refund.stop()
     stack.refund.start({"FLOWPLAN_FAILPOINT": "after_payout"})
     try:
-        status, requested = await stack.http("POST", "/v1/refunds", token=account["key"])
+        status, requested = await stack.http("POST", "/v1/refunds", token=account["management_key"])
         assert status == 202, requested
         assert await asyncio.to_thread(stack.refund.wait_exit) == 137  # paid out, then gone before recording it
         assert "failpoint after_payout" in stack.refund.log()
@@ -223,10 +225,10 @@ async def test_a_refund_waiting_for_a_call_in_flight_can_be_cancelled_and_pays_n
     async with aiohttp.ClientSession() as session:
         running = await raw_stream(stack, session, account["key"], max_tokens=8000)  # ~4 s: the refund waits for it
         await running.content.readany()
-        status, requested = await stack.http("POST", "/v1/refunds", token=account["key"])
+        status, requested = await stack.http("POST", "/v1/refunds", token=account["management_key"])
         assert status == 202, requested
         path = f"/v1/refunds/{requested['refund_id']}/cancel"
-        status, cancelled = await stack.http("POST", path, token=account["key"])
+        status, cancelled = await stack.http("POST", path, token=account["management_key"])
         assert status == 200, cancelled
         assert cancelled["status"] == "cancelled" and cancelled["reason"] == "cancelled_by_user"
         await running.read()
@@ -234,11 +236,11 @@ async def test_a_refund_waiting_for_a_call_in_flight_can_be_cancelled_and_pays_n
     assert (await refund_of(stack, account["key"], requested["refund_id"]))["status"] == "cancelled"
     assert await payouts_of(stack, account["account_id"]) == (0, 0)
     assert (await stack.usage(account["key"]))["plan"] == "pro"
-    status, body = await stack.http("POST", path, token=account["key"])
+    status, body = await stack.http("POST", path, token=account["management_key"])
     assert status == 409 and body["error"]["code"] == "not_cancellable"
     assert body["error"]["reason"] == "already_cancelled"
-    status, again = await stack.http("POST", "/v1/refunds", token=account["key"])  # may be asked for again
+    status, again = await stack.http("POST", "/v1/refunds", token=account["management_key"])  # may be asked for again
     assert status == 202, again
     assert (await refund_of(stack, account["key"], again["refund_id"]))["status"] == "succeeded"
-    status, body = await stack.http("POST", f"/v1/refunds/{again['refund_id']}/cancel", token=account["key"])
+    status, body = await stack.http("POST", f"/v1/refunds/{again['refund_id']}/cancel", token=account["management_key"])
     assert status == 409 and body["error"]["reason"] == "already_succeeded"

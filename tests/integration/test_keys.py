@@ -11,14 +11,14 @@ pytestmark = pytest.mark.connected
 
 async def test_create_list_rotate_revoke(stack: Stack) -> None:
     account = await stack.create_account()
-    key = account["key"]
+    key = account["management_key"]
     status, created = await stack.http("POST", "/v1/keys", token=key, json={"name": "laptop", "kind": "payg"})
     assert status == 201
     assert created["key"].startswith("sk-pg-v1-") and created["prefix"] == "sk-pg-v1-"
     assert created["last4"] == created["key"][-4:] and created["kind"] == "payg"
     status, listing = await stack.http("GET", "/v1/keys", token=key)
     assert status == 200
-    assert [k["name"] for k in listing["data"]] == ["default", "laptop"]
+    assert [k["name"] for k in listing["data"]] == ["default", "management", "laptop"]
     assert all("key" not in k for k in listing["data"])  # a secret is shown once, at creation
     status, rotated = await stack.http("POST", f"/v1/keys/{created['id']}/rotate", token=key)
     assert status == 201 and rotated["key"] != created["key"] and rotated["id"] == created["id"]
@@ -38,11 +38,13 @@ async def test_keys_of_other_accounts_are_not_found_and_bad_input_is_named(stack
     mine = await stack.create_account()
     theirs = await stack.create_account()
     for method, path in (("POST", f"/v1/keys/{theirs['key_id']}/rotate"), ("DELETE", f"/v1/keys/{theirs['key_id']}")):
-        status, body = await stack.http(method, path, token=mine["key"])
+        status, body = await stack.http(method, path, token=mine["management_key"])
         assert status == 404 and body["error"]["code"] == "key_not_found"
-    status, body = await stack.http("POST", "/v1/keys", token=mine["key"], json={"name": "", "kind": "payg"})
+    status, body = await stack.http("POST", "/v1/keys", token=mine["management_key"], json={"name": "", "kind": "payg"})
     assert status == 400 and body["error"]["field"] == "name"
-    status, body = await stack.http("POST", "/v1/keys", token=mine["key"], json={"name": "x", "kind": "gold"})
+    status, body = await stack.http(
+        "POST", "/v1/keys", token=mine["management_key"], json={"name": "x", "kind": "gold"}
+    )
     assert status == 400 and body["error"]["field"] == "kind"
     status, _ = await stack.http("GET", "/v1/keys", token=theirs["key"][:-2] + "zz")
     assert status == 401

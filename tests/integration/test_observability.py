@@ -129,7 +129,9 @@ async def traffic(stack: Stack, http: aiohttp.ClientSession) -> str:
     assert await call(http, stack, pro["key"], "openai/gpt-5-pro") == 403  # model_not_in_plan
     assert await call(http, stack, "sk-ss-v1-not-a-key", "deepseek/deepseek-chat") == 401
 
-    status, payg = await stack.http("POST", "/v1/keys", token=pro["key"], json={"name": "payg", "kind": "payg"})
+    status, payg = await stack.http(
+        "POST", "/v1/keys", token=pro["management_key"], json={"name": "payg", "kind": "payg"}
+    )
     assert status == 201, payg
     status, body = await stack.http(
         "POST", f"/admin/v1/accounts/{pro['account_id']}/balance", token=admin, json={"amount_usd": "5.00"}
@@ -137,7 +139,7 @@ async def traffic(stack: Stack, http: aiohttp.ClientSession) -> str:
     assert status == 201, body
     assert await call(http, stack, payg["key"], "deepseek/deepseek-chat") == 200
 
-    status, refund = await stack.http("POST", "/v1/refunds", token=pro["key"])
+    status, refund = await stack.http("POST", "/v1/refunds", token=pro["management_key"])
     assert status == 202, refund
 
     async def refunded() -> bool:

@@ -289,14 +289,19 @@ async def test_accounts_show(stack: Stack, account: dict[str, str]) -> None:
     assert human.exit_code == 0, human.output
     assert f"account {account_id}  plan pro" in human.stdout
     assert "5-hour" in human.stdout and "of 50 Flows used" in human.stdout and "PAYG balance $0.00" in human.stdout
-    assert "keys (1)" in human.stdout and "sk-ss-v1-" in human.stdout and "UsageRecorded" in human.stdout
+    assert (
+        "keys (2)" in human.stdout
+        and "sk-ss-v1-" in human.stdout
+        and "sk-mg-v1-" in human.stdout
+        and "UsageRecorded" in human.stdout
+    )
 
     machine = json.loads(
         (await flowplan(stack.settings, "accounts", "show", account_id, "--json", "--events", "3")).stdout
     )
     assert machine["quota"]["plan"] == "pro" and machine["quota"]["window_5h"]["used_flows_micros"] > 0
     assert machine["quota"]["extra_usage"] is False and machine["quota"]["balance_micros"] == 0
-    assert [k["kind"] for k in machine["keys"]] == ["subscription"]
+    assert [k["kind"] for k in machine["keys"]] == ["subscription", "management"]
     assert len(machine["events"]) == 3 and all(e["event"]["account_id"] == account_id for e in machine["events"])
 
     unknown = await flowplan(stack.settings, "accounts", "show", "acc_nobody")

@@ -30,7 +30,7 @@ async def settled(stack: Stack) -> bool:
 
 
 async def mixed_load(stack: Stack) -> dict[str, Any]:
-    """Accounts, payments with a downgrade, keys created, rotated and revoked, a multiplier and a
+    """Accounts (one suspended), payments with a downgrade, keys created, rotated and revoked, a multiplier and a
     Flow-rate change, PAYG top-ups and calls through the gateway, usage with duplicates and late
     events that open windows before later ones, and a refund."""
     admin, now = stack.settings.admin_token, datetime.now(UTC)
@@ -41,11 +41,11 @@ async def mixed_load(stack: Stack) -> dict[str, Any]:
     await stack.pay(alice["account_id"], "pro", "20.00")  # a downgrade, at the end of the paid month
     await stack.pay(bob["account_id"], "pro", "20.00", paid_at=(now - timedelta(days=3)).isoformat())
     laptop_key = {"name": "laptop", "kind": "subscription"}
-    status, laptop = await stack.http("POST", "/v1/keys", token=alice["key"], json=laptop_key)
+    status, laptop = await stack.http("POST", "/v1/keys", token=alice["management_key"], json=laptop_key)
     assert status == 201
-    status, _ = await stack.http("POST", f"/v1/keys/{laptop['id']}/rotate", token=alice["key"])
+    status, _ = await stack.http("POST", f"/v1/keys/{laptop['id']}/rotate", token=alice["management_key"])
     assert status == 201
-    status, _ = await stack.http("DELETE", f"/v1/keys/{laptop['id']}", token=alice["key"])
+    status, _ = await stack.http("DELETE", f"/v1/keys/{laptop['id']}", token=alice["management_key"])
     assert status == 200
     multiplier = f"/admin/v1/accounts/{bob['account_id']}/multiplier"
     status, _ = await stack.http("PUT", multiplier, token=admin, json={"multiplier": "1"})
@@ -53,7 +53,7 @@ async def mixed_load(stack: Stack) -> dict[str, Any]:
     payg = await payg_key(stack, bob)
     await top_up(stack, bob["account_id"], "5.00")
     extra_usage = {"enabled": True, "payg_key_id": payg["id"]}
-    status, _ = await stack.http("PUT", "/v1/account/extra-usage", token=bob["key"], json=extra_usage)
+    status, _ = await stack.http("PUT", "/v1/account/extra-usage", token=bob["management_key"], json=extra_usage)
     assert status == 200
     for key in (payg["key"], bob["key"], alice["key"]):
         await oai(stack, key).chat.completions.create(**HI)
@@ -71,13 +71,17 @@ async def mixed_load(stack: Stack) -> dict[str, Any]:
     carol = await stack.create_account("carol")
     await stack.pay(carol["account_id"], "pro", "20.00")
     assert (await stack.post_usage([usage_event(carol["account_id"])]))[0] == 202
-    status, refund = await stack.http("POST", "/v1/refunds", token=carol["key"])
+    status, refund = await stack.http("POST", "/v1/refunds", token=carol["management_key"])
     assert status == 202, refund
     assert (await refund_of(stack, carol["key"], refund["refund_id"]))["status"] == "succeeded"
     status, _ = await stack.http("POST", "/admin/v1/flow-rate", token=admin, json={"usd_per_flow": "1/40"})
     assert status == 200
+    dave = await stack.create_account("dave")  # suspended, let back, suspended again
+    for action in ("suspend", "unsuspend", "suspend"):
+        status, _ = await stack.http("POST", f"/admin/v1/accounts/{dave['account_id']}/{action}", token=admin)
+        assert status == 200
     await eventually(lambda: settled(stack))
-    return {"alice": alice, "bob": bob, "carol": carol, "revoked": laptop, "refund": refund}
+    return {"alice": alice, "bob": bob, "carol": carol, "dave": dave, "revoked": laptop, "refund": refund}
 
 
 async def counted(stack: Stack) -> dict[str, float]:
@@ -153,6 +157,8 @@ async def test_replay_all_is_identical_swaps_while_reads_go_on_and_counts_nothin
     assert (await stack.usage(alice["key"]))["window_5h"]["used_flows"] == expected
     status, _ = await stack.http("GET", "/v1/account/usage", token=load["revoked"]["key"])
     assert status == 401  # keys' memory, reloaded from the new table, still knows the revocation
+    status, body = await stack.http("GET", "/v1/account/usage", token=load["dave"]["key"])
+    assert status == 403 and body["error"]["code"] == "account_suspended"  # ... and the suspension
     upgrade = await stack.pay(load["bob"]["account_id"], "max", "100.00")  # billing decides it from its swapped tables
     assert upgrade["previous_plan"] == "pro" and (await stack.usage(load["bob"]["key"]))["plan"] == "max"
 

@@ -19,6 +19,8 @@ from libs.replay.verify import compare
 from libs.settings import Settings
 from proto.v1 import (
     AccountCreated,
+    AccountSuspended,
+    AccountUnsuspended,
     BalanceToppedUp,
     FlowRateChanged,
     KeyCreated,
@@ -84,6 +86,11 @@ def history() -> list[AnyEvent]:
                    previous_key_hash="h1", last4="0002"),
         usage(6, a, T0 + 6 * H, key_id=key),
         KeyRevoked(event_id="k3", account_id=a, occurred_at=T0 + 7 * H, key_id=key, key_hash="h2"),
+        AccountSuspended(event_id="s1", account_id=b, occurred_at=T0 + 7 * H, reason="resale"),
+        AccountUnsuspended(event_id="s2", account_id=b, occurred_at=T0 + 8 * H),
+        AccountSuspended(event_id="s3", account_id=b, occurred_at=T0 + 11 * H),
+        AccountSuspended(event_id="s4", account_id=a, occurred_at=T0 + 11 * H),
+        AccountUnsuspended(event_id="s5", account_id=a, occurred_at=T0 + 12 * H),
         BalanceToppedUp(event_id="t1", account_id=b, occurred_at=T0 + H, amount_micros=5_000_000, topup_ref="t"),
         usage(7, b, T0 + 3 * H, mode="payg"),
         usage(8, b, T0 - 100 * H),
@@ -137,6 +144,8 @@ async def test_a_projection_is_a_function_of_the_events_alone(settings: Settings
         for run in list(runs)[1:]:
             assert await compare(conn, f"{name}_one_batch", f"{name}_{run}", live.tables) == [], run
         assert await conn.fetchval(f"SELECT count(*) FROM {name}_one_batch.{live.tables[1]}") > 0
+        if name == "keys":  # suspensions too, both accounts'
+            assert await conn.fetchval(f"SELECT count(*) FROM {name}_one_batch.access WHERE suspended") == 1
     finally:
         for run in runs:
             await drop_schema(conn, f"{name}_{run}")

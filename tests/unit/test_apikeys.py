@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 from libs.apikeys import PREFIXES, generate, hash_secret, kind_of
 
 ALPHABET = string.digits + string.ascii_letters
-KINDS = ["subscription", "payg"]
+KINDS = ["subscription", "payg", "management"]
 
 
-@pytest.mark.parametrize(("kind", "prefix"), [("subscription", "sk-ss-v1-"), ("payg", "sk-pg-v1-")])
+@pytest.mark.parametrize(
+    ("kind", "prefix"), [("subscription", "sk-ss-v1-"), ("payg", "sk-pg-v1-"), ("management", "sk-mg-v1-")]
+)
 def test_generate_has_the_kind_prefix_and_is_recognised(kind, prefix):
     secret = generate(kind)
     assert secret.startswith(prefix)

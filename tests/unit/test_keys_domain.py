@@ -9,15 +9,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libs.apikeys import PREFIXES, hash_secret, kind_of
-from proto.v1 import KeyCreated, KeyRevoked, KeyRotated
-from services.keys.domain import Key, KeyCommandError, evolve, issue, revoke, rotate
+from proto.v1 import AccountSuspended, AccountUnsuspended, KeyCreated, KeyRevoked, KeyRotated
+from services.keys.domain import (
+    MAX_ACTIVE_KEYS,
+    Access,
+    Key,
+    KeyCommandError,
+    evolve,
+    evolve_access,
+    issue,
+    revoke,
+    rotate,
+    set_suspended,
+)
 from services.keys.registry import KeyRegistry
 
 T0 = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
 H = timedelta(hours=1)
 ACCOUNT = "acc_alice"
 OTHER = "acc_bob"
-KINDS = ["subscription", "payg"]
+KINDS = ["subscription", "payg", "management"]
 
 
 def created(account: str = ACCOUNT, kind: str = "subscription", at: datetime = T0) -> tuple[KeyCreated, str, Key]:
@@ -351,3 +362,65 @@ def test_of_account_includes_revoked_keys_in_their_current_state():
         registry.apply(event)
     assert registry.of_account(ACCOUNT) == [final]
     assert registry.of_account(OTHER) == []
+
+
+# --- per-account limits, the last management key, suspension ----------------------------------
+
+
+def test_an_account_has_at_most_100_active_keys_and_revoking_one_makes_room():
+    keys = [created()[2] for _ in range(MAX_ACTIVE_KEYS)]
+    with pytest.raises(KeyCommandError) as full:
+        issue(ACCOUNT, "one too many", "subscription", T0, keys)
+    assert full.value.code == "key_limit_reached"
+    revoked = evolve(keys[0], revoke(keys[0], ACCOUNT, keys[0].key_id, T0 + H))
+    assert revoked is not None
+    event, _ = issue(ACCOUNT, "room again", "management", T0 + H, [revoked, *keys[1:]])
+    assert event.kind == "management"
+    issue(OTHER, "another account", "payg", T0, [])  # the cap is per account
+
+
+def test_the_owner_cannot_revoke_the_last_management_key_the_operator_can():
+    _, _, model = created(kind="subscription")
+    _, _, first = created(kind="management")
+    _, _, second = created(kind="management")
+    keys = [model, first, second]
+    gone = evolve(first, revoke(first, ACCOUNT, first.key_id, T0 + H, keys))  # another one is left
+    assert gone is not None and gone.revoked_at is not None
+    with pytest.raises(KeyCommandError) as last:
+        revoke(second, ACCOUNT, second.key_id, T0 + H, [model, gone, second])
+    assert last.value.code == "last_management_key"
+    assert revoke(second, ACCOUNT, second.key_id, T0 + H).key_id == second.key_id  # the operator: no account_keys
+    assert revoke(model, ACCOUNT, model.key_id, T0 + H, [model, gone, second]).key_id == model.key_id
+
+
+def test_suspension_is_decided_once_and_applied_once_whatever_the_path():
+    access = Access(ACCOUNT)
+    suspended = set_suspended(access, True, "abuse", T0)
+    assert isinstance(suspended, AccountSuspended) and suspended.reason == "abuse"
+    after = evolve_access(access, suspended)
+    assert after.suspended and after.since == T0
+    assert set_suspended(after, True, "again", T0 + H) is None  # already suspended: nothing to record
+    lifted = set_suspended(after, False, "", T0 + H)
+    assert isinstance(lifted, AccountUnsuspended)
+    back = evolve_access(after, lifted)
+    assert not back.suspended and back.since == T0 + H
+    # The responder applies its events at once and the projection again later: the late copy of the
+    # suspension must not suspend the account again.
+    assert evolve_access(back, suspended) == back
+
+
+def test_a_lookup_says_when_the_keys_account_is_suspended():
+    registry = KeyRegistry()
+    event, secret, _ = created()
+    registry.apply(event)
+    other_event, other_secret, _ = created(account=OTHER)
+    registry.apply(other_event)
+    found = registry.lookup(hash_secret(secret))
+    assert found is not None and not found.account_suspended
+    suspended = set_suspended(registry.access_of(ACCOUNT), True, "", T0 + H)
+    assert suspended is not None
+    registry.apply_access(suspended)
+    found = registry.lookup(hash_secret(secret))
+    assert found is not None and found.account_suspended
+    other = registry.lookup(hash_secret(other_secret))
+    assert other is not None and not other.account_suspended

@@ -1,0 +1,103 @@
+"""Who may do what on the account API. Pure: no I/O.
+
+A request carries one credential; it grants scopes. Reading the account's views (`GET`) needs
+`read`, which every active key of the account has; any other method changes the account and
+needs `manage`, which only a management key (`sk-mg-v1-`) has: model keys are pasted into
+tools and CI and leak, so a leaked one reads but never changes anything. The owner's console
+session (to come) is another credential granting both, checked here the same way.
+
+Changes are also rate-limited per account (a token bucket per account, in this process), so
+that one account cannot flood the log or keep the keys service busy for everyone else.
+"""
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from aiohttp import web
+
+from libs.apikeys import MODEL_KINDS
+from libs.web import ApiError
+from proto.v1 import KeyView
+
+Scope = Literal["read", "manage"]
+Credential = Literal["model_key", "management_key"]
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The account a request acts for, with what its credential allows."""
+
+    account_id: str
+    credential: Credential
+    scopes: frozenset[Scope]
+    suspended: bool = False
+
+
+def needed_scope(method: str) -> Scope:
+    return "read" if method.upper() in READ_METHODS else "manage"
+
+
+def of_key(key: KeyView) -> Principal:
+    if key.kind in MODEL_KINDS:
+        return Principal(key.account_id, "model_key", frozenset({"read"}), key.account_suspended)
+    return Principal(key.account_id, "management_key", frozenset({"read", "manage"}), key.account_suspended)
+
+
+def authorize(principal: Principal, method: str) -> None:
+    """Raise the 403 the request gets, if any: a suspended account, or a credential without the scope."""
+    if principal.suspended:
+        raise ApiError(403, "account_suspended", "this account is suspended; contact support", "Authorization")
+    scope = needed_scope(method)
+    if scope not in principal.scopes:
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            f"{method} changes the account and needs a management key (sk-mg-v1-); "
+            "model keys (sk-ss-v1-, sk-pg-v1-) may only read",
+            "Authorization",
+            reason=f"needs scope {scope}",
+        )
+
+
+class RateLimited(ApiError):
+    def __init__(self, retry_after_s: int, per_minute: int) -> None:
+        super().__init__(
+            429, "rate_limit_exceeded", f"at most {per_minute} changes per minute per account; retry later"
+        )
+        self.retry_after_s = retry_after_s
+
+    def response(self) -> web.Response:
+        response = super().response()
+        response.headers["retry-after"] = str(self.retry_after_s)
+        return response
+
+
+class ChangeLimiter:
+    """A token bucket per account: `per_minute` changes at once, then one every 60/per_minute s."""
+
+    MAX_ACCOUNTS = 100_000
+    """Buckets kept; past it the full ones (accounts idle for a minute) are forgotten."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._buckets: dict[str, tuple[float, datetime]] = {}
+
+    def take(self, account_id: str, now: datetime) -> None:
+        """Spend one change of the account's, or raise RateLimited."""
+        rate = self.per_minute / 60.0
+        tokens, at = self._buckets.get(account_id, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + max(0.0, (now - at).total_seconds()) * rate)
+        if tokens < 1.0:
+            raise RateLimited(max(1, math.ceil((1.0 - tokens) / rate)), self.per_minute)
+        self._buckets[account_id] = (tokens - 1.0, now)
+        if len(self._buckets) > self.MAX_ACCOUNTS:
+            self._forget_full(now)
+
+    def _forget_full(self, now: datetime) -> None:
+        rate = self.per_minute / 60.0
+        full = [a for a, (t, at) in self._buckets.items() if t + (now - at).total_seconds() * rate >= self.per_minute]
+        for account_id in full:
+            del self._buckets[account_id]
