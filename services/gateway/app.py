@@ -26,7 +26,7 @@ class GatewayService:
         await runtime.connect()
         self.recorder = UsageRecorder(await runtime.publisher())
         runtime.spawn(self.recorder.run(), "gateway-usage-recorder")
-        keys = KeyCache(runtime.nc)
+        keys = KeyCache.from_settings(runtime.nc, settings)
         await keys.start()
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),

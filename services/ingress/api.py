@@ -147,7 +147,7 @@ class IngressApi:
 
     async def _account_of(self, request: web.Request) -> str:
         try:
-            key = await self.keys.authenticate(self._bearer(request))
+            key = await self.keys.authenticate(self._bearer(request), request.remote)
         except KeysUnavailable as exc:
             raise ApiError(503, "keys_unavailable", "the keys service did not answer; retry") from exc
         if key is None:
