@@ -373,3 +373,26 @@ async def test_a_flood_of_minted_keys_from_one_address_costs_bounded_lookups(gw:
     # The key in use goes on working from the same address.
     await asyncio.sleep(1.1)
     assert [m async for m in client.models.list()]
+
+
+async def test_the_account_api_throttles_minted_keys_the_same_way(gw: Stack) -> None:
+    """Ingress shares the key cache (defaults here: a burst of 20 per address)."""
+    lookups: list[bytes] = []
+
+    async def count(msg: Msg) -> None:
+        lookups.append(msg.data)
+
+    nc = await gw.nats()
+    await nc.subscribe(subjects.KEY_LOOKUP, cb=count)
+    await nc.flush()
+    started = time.monotonic()
+    answers = [await gw.http("GET", "/v1/account/usage", token=apikeys.generate("payg")) for _ in range(60)]
+    elapsed = time.monotonic() - started
+    await nc.flush()
+    await asyncio.sleep(0.5)
+    await nc.close()
+    assert {status for status, _ in answers} == {401, 429}
+    assert answers[-1][1]["error"] == {
+        "code": "too_many_unknown_keys", "field": "Authorization", "message": answers[-1][1]["error"]["message"],
+    }  # fmt: skip
+    assert len(lookups) <= gw.settings.unknown_key_burst + gw.settings.unknown_key_rate_per_s * elapsed + 1
