@@ -239,7 +239,10 @@ class GatewayApi:
             response = await self.session.post(upstream.url + path, data=raw, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._release(admitted)
-            failed = refusal(api, "upstream_unavailable", f"the upstream provider did not answer: {exc!r}")
+            rid = request_id(request)  # the error names the upstream's address: logged, not shown
+            log.warning("upstream for %s did not answer (request id %s): %r", admitted.model.id, rid, exc)
+            message = f"The upstream provider did not answer; retry later (request id {rid})."
+            failed = refusal(api, "upstream_unavailable", message)
             self._count(admitted, failed.status)
             return failed
         if streaming and response.status == 200:
@@ -262,7 +265,10 @@ class GatewayApi:
             payload = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._release(admitted)
-            failed = refusal(admitted.api, "upstream_unavailable", f"the upstream provider broke off: {exc!r}")
+            rid = request_id(request)
+            log.warning("upstream for %s broke off (request id %s): %r", admitted.model.id, rid, exc)
+            message = f"The upstream provider broke off; retry later (request id {rid})."
+            failed = refusal(admitted.api, "upstream_unavailable", message)
             self._count(admitted, failed.status)
             return failed
         if response.status != 200:

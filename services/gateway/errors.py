@@ -17,6 +17,7 @@ from libs.web import json_response
 log = logging.getLogger(__name__)
 Api = Literal["openai", "anthropic"]
 REQUEST_ID = "x-request-id"
+_REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 # our code -> (HTTP status, OpenAI error type, Anthropic error type)
 REFUSALS: dict[str, tuple[int, str, str]] = {
@@ -71,9 +72,9 @@ def api_of(request: web.BaseRequest) -> Api:
 
 def request_id(request: web.BaseRequest) -> str:
     """The id this request's answer carries (`x-request-id`) and its log lines name."""
-    rid = request.get("request_id")
-    if not isinstance(rid, str):
-        rid = request["request_id"] = f"req_{uuid.uuid4().hex}"
+    rid = request.get(_REQUEST_ID_KEY)
+    if rid is None:
+        rid = request[_REQUEST_ID_KEY] = f"req_{uuid.uuid4().hex}"
     return rid
 
 

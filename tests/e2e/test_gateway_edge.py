@@ -29,6 +29,7 @@ FREE_MODEL = "deepseek/deepseek-chat"
 PRO_CLAUDE = "anthropic/claude-sonnet-4.5"
 SECRET_ORG = "org-OPERATORSECRET42"
 SECRET_KEY = "sk-proj-UPSTREAMSECRET...x9Qz"
+DEAD_PORT = free_port()
 HEADER_TIMEOUT_S, BODY_TIMEOUT_S, MAX_DEPTH, UNKNOWN_BURST = 3, 3, 32, 10
 
 
@@ -86,6 +87,7 @@ async def gw(stack: Stack, upstream: MockUpstream) -> Stack:
     """The module's stack with its gateway restarted on tight edge settings and the mock upstream
     serving the deepseek and anthropic models."""
     config = {vendor: {"url": upstream.url, "key": SECRET_KEY} for vendor in ("deepseek", "anthropic")}
+    config["inclusionai"] = {"url": f"http://127.0.0.1:{DEAD_PORT}", "key": SECRET_KEY}  # nobody listens
     env = {
         "FLOWPLAN_UPSTREAMS": json.dumps(config),
         "FLOWPLAN_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
@@ -249,6 +251,16 @@ async def test_upstream_errors_are_mapped_and_never_echoed(gw: Stack, upstream: 
                 await eventually(lambda: asyncio.to_thread(lambda: rid in gw.gateway.log()))  # noqa: B023
                 line = next(line for line in gw.gateway.log().splitlines() if rid in line)
                 assert SECRET_ORG in line and "429" in line
+
+
+async def test_an_upstream_that_does_not_answer_is_a_502_that_does_not_name_it(gw: Stack) -> None:
+    account = await gw.create_account("edge-dead")
+    with pytest.raises(openai.InternalServerError) as failed:
+        await oai(gw, account["key"]).chat.completions.create(**hi("inclusionai/ling-1t"))
+    assert failed.value.status_code == 502
+    text = json.dumps(failed.value.body)
+    assert str(DEAD_PORT) not in text and "127.0.0.1" not in text
+    assert failed.value.response.headers["x-request-id"] in text
 
 
 async def test_upstream_errors_surface_as_the_sdks_typed_errors(gw: Stack) -> None:
