@@ -13,9 +13,8 @@ from typing import Any, NamedTuple
 import msgspec
 
 _decoder = msgspec.json.Decoder()
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_INNERMOST = re.compile(rb"\[\]|\{\}")
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b"[]{}:")
+_INNERMOST = re.compile(rb"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")
 
 
 class BodyError(NamedTuple):
@@ -23,19 +22,37 @@ class BodyError(NamedTuple):
     param: str | None = None
 
 
-def nesting_depth(raw: bytes, limit: int) -> int:
-    """How deep arrays and objects nest in valid JSON, counted up to limit + 1 (then it stops).
-    Strings are cut out and each pass removes the innermost pairs, all at C speed."""
-    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
-    depth = 0
-    while brackets and depth <= limit:
+def shape(raw: bytes, limit: int) -> tuple[int, int]:
+    """(how deep arrays and objects nest, how many keys the outermost object has, duplicates
+    counted) in valid JSON whose top level is an object; the depth is counted up to limit + 1.
+
+    All at C speed, whatever the body: escapes and strings are cut out (valid JSON has
+    backslashes only in strings, and a run of them pairs up from its start), what is left is
+    brackets and the colons after keys; each pass removes the innermost containers with their
+    colons, until only the outermost object's own colons are left."""
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = b"".join(raw.split(b'"')[::2]).translate(None, _NOT_STRUCTURE)
+    depth = 1
+    while structure[1:-1].translate(None, b":"):
         depth += 1
-        brackets = _INNERMOST.sub(b"", brackets)
-    return depth
+        if depth > limit:
+            break
+        structure = b"{" + _INNERMOST.sub(b"", structure[1:-1]) + b"}"
+    return depth, structure.count(b":")
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return pairs  # every object as its (key, value) pairs, duplicates kept
+
+
+def _duplicate(raw: bytes) -> str:
+    seen: set[str] = set()
+    for name, _ in json.loads(raw, object_pairs_hook=_pairs):
+        if name in seen:
+            return str(name)
+        seen.add(name)
+    raise AssertionError("shape() counted a duplicate the parser does not see")
 
 
 def parse_body(raw: bytes, max_depth: int) -> dict[str, Any] | BodyError:
@@ -47,13 +64,12 @@ def parse_body(raw: bytes, max_depth: int) -> dict[str, Any] | BodyError:
         return BodyError(f"the request body nests arrays or objects more than {max_depth} deep")
     if not isinstance(body, dict):
         return BodyError("the request body must be a JSON object")
-    if nesting_depth(raw, max_depth) > max_depth:
+    depth, keys = shape(raw, max_depth)
+    if depth > max_depth:
         return BodyError(f"the request body nests arrays or objects more than {max_depth} deep")
-    seen: set[str] = set()
-    for name, _ in json.loads(raw, object_pairs_hook=_pairs):
-        if name in seen:
-            return BodyError(f"{name}: given more than once", name)
-        seen.add(name)
+    if keys > len(body):
+        name = _duplicate(raw)
+        return BodyError(f"{name}: given more than once", name)
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         return BodyError("stream: must be true or false", "stream")

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.gateway.body import BodyError, nesting_depth, parse_body
+from services.gateway.body import BodyError, parse_body, shape
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(alphabet='ab"\\[]{}\n é'),
@@ -23,10 +23,23 @@ def depth_of(value: object) -> int:
     return 0
 
 
-@given(json_values)
-def test_nesting_depth_counts_what_the_parser_sees(value: object) -> None:
+@given(st.dictionaries(st.text(alphabet='ab"\\:{', max_size=4), json_values, max_size=5))
+def test_shape_sees_the_depth_and_keys_the_parser_sees(value: dict[str, object]) -> None:
     raw = json.dumps(value, ensure_ascii=False).encode()
-    assert nesting_depth(raw, 100) == depth_of(value)
+    assert shape(raw, 100) == (depth_of(value), len(value))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["model", "stream", 'a"\\b', "x"]), json_values), min_size=1, max_size=6))
+def test_shape_counts_every_key_given_also_the_repeated_ones(pairs: list[tuple[str, object]]) -> None:
+    raw = ("{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs) + "}").encode()
+    assert shape(raw, 100)[1] == len(pairs)
+    refused = parse_body(raw, 100)
+    if len({k for k, _ in pairs}) < len(pairs):
+        assert isinstance(refused, BodyError) and refused.message.endswith("given more than once")
+
+
+def test_depth_counting_stops_past_the_limit() -> None:
+    assert shape(b'{"a":' + b"[" * 10_000 + b"]" * 10_000 + b"}", 64)[0] == 65
 
 
 @pytest.mark.parametrize("raw", [b"[" * 1000, b"[" * 1000 + b"]" * 1000, b'{"a":' * 5000 + b"1" + b"}" * 5000])
