@@ -40,7 +40,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 8 * 1024 * 1024
     max_json_depth: int = 64
     """Deepest nesting of arrays and objects the gateway accepts in a request body (deeper: 400)."""
-    header_timeout_s: float = 15.0
+    header_timeout_s: float = 30.0
     """The gateway closes a connection that has not sent a whole request head within this time
     (also how long a kept-alive connection may stay idle): a client trickling headers is cut."""
     body_timeout_s: float = 60.0
