@@ -94,14 +94,14 @@ class Runtime:
             return {"nats": self.nc.is_connected}
         return await health(self.nc, self.pool)
 
-    async def serve(self, port: int, app: web.Application | None = None) -> None:
+    async def serve(self, port: int, app: web.Application | None = None, **server_options: Any) -> None:
         """Serve the app (or a bare one) on the port, with /healthz and /metrics added; the app's
-        own routes are traced."""
+        own routes are traced. `server_options` tune aiohttp's request handler (timeouts)."""
         if app is not None and self.tracer is not None:
             app.middlewares.insert(0, tracing.http_middleware(self.tracer))
         app = app or web.Application()
         add_ops_routes(app, self.health)
-        self._sites.append(await start_site(app, self.settings.host, port))
+        self._sites.append(await start_site(app, self.settings.host, port, **server_options))
         log.info("%s: serving on http://%s:%d", self.name, self.settings.host, port)
 
     async def stop_serving(self) -> None:

@@ -38,6 +38,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """How long the broker waits for a projection's ack before it redelivers (after a crash)."""
     max_usage_batch: int = 5000
     max_body_bytes: int = 8 * 1024 * 1024
+    max_json_depth: int = 64
+    """Deepest nesting of arrays and objects the gateway accepts in a request body (deeper: 400)."""
+    header_timeout_s: float = 30.0
+    """The gateway closes a connection that has not sent a whole request head within this time
+    (also how long a kept-alive connection may stay idle): a client trickling headers is cut."""
+    body_timeout_s: float = 60.0
+    """The gateway answers 408 and closes the connection when a request body takes longer to arrive."""
+    key_cache_size: int = 100_000
+    """Keys the gateway and ingress remember (valid ones, and apart from them unknown ones); least recently used go."""
+    unknown_key_burst: int = 20
+    unknown_key_rate_per_s: float = 0.2
+    """Lookups of keys not known valid, per client address: a burst, then this many per second (else 429)."""
+    unknown_key_global_burst: int = 1000
+    unknown_key_global_rate_per_s: float = 200.0
+    """The same for all clients together, so that many addresses cannot flood the keys service."""
     accepted_lateness_s: int = 8 * 24 * 3600
     accepted_lead_s: int = 5 * 60
     dedupe_retention_s: int = 9 * 24 * 3600

@@ -3,7 +3,7 @@
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -100,8 +100,9 @@ def add_metrics_route(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics_route)
 
 
-async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+async def start_site(app: web.Application, host: str, port: int, **server_options: Any) -> web.AppRunner:
+    """`server_options` go to aiohttp's request handler (keepalive_timeout, max_field_size, ...)."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, **server_options)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

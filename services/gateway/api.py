@@ -15,7 +15,7 @@ from opentelemetry import trace
 
 from libs import apikeys, tracing
 from libs.clock import Clock
-from libs.keycache import KeyCache, KeysUnavailable
+from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
 from libs.pricing.catalog import Catalog, Model, model_json
 from libs.pricing.flows import price_call
 from libs.pricing.money import micros_to_str, parse_fraction
@@ -33,7 +33,8 @@ from proto.v1 import (
     subjects,
 )
 from services.gateway import metrics
-from services.gateway.errors import Api, refusal
+from services.gateway.body import BodyError, parse_body
+from services.gateway.errors import Api, refusal, request_id, upstream_failure
 from services.gateway.estimate import estimate_usd_micros
 from services.gateway.recorder import UsageRecorder
 from services.gateway.upstreams import Upstreams
@@ -45,7 +46,7 @@ _status = msgspec.json.Decoder(QuotaStatus)
 _json = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder()
 FIVE_HOURS = timedelta(hours=5)
-HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+PASSED_HEADERS = {"content-type"}
 
 
 class Admitted(msgspec.Struct):
@@ -113,9 +114,12 @@ class GatewayApi:
             message = "Management keys (sk-mg-v1-) change the account and cannot call models: use a model key."
             return refusal(api, "insufficient_scope", message)
         try:
-            key = await self.keys.authenticate(secret.strip())
+            key = await self.keys.authenticate(secret.strip(), request.remote)
         except KeysUnavailable:
             return refusal(api, "service_unavailable", "the key service did not answer; retry")
+        except UnknownKeysThrottled as exc:
+            metrics.refusals.add(1, {"reason": exc.code})
+            return refusal(api, exc.code, exc.message, {"retry-after": str(exc.retry_after_s)})
         if key is None:
             metrics.refusals.add(1, {"reason": "invalid_api_key"})
             return refusal(api, "invalid_api_key", "Incorrect API key provided: it is malformed, unknown or revoked.")
@@ -125,15 +129,12 @@ class GatewayApi:
         return key
 
     async def _admit(
-        self, request: web.Request, api: Api, route: str, body: dict[str, Any], size: int
+        self, api: Api, route: str, key: KeyView, body: dict[str, Any], size: int
     ) -> Admitted | web.Response:
         started = time.perf_counter()
         model_id = body.get("model")
         model = self.catalog.models.get(model_id) if isinstance(model_id, str) else None
         label = model.id if model is not None else ""  # only catalog ids: a client's typo is no new series
-        key = await self._authenticate(request, api)
-        if isinstance(key, web.Response):
-            return self._refused(route, label, "", key)
         if not isinstance(model_id, str) or not model_id:
             message = "model: required, a model id from GET /v1/models"
             return self._refused(route, "", "", refusal(api, "invalid_request", message, param="model"))
@@ -197,20 +198,34 @@ class GatewayApi:
 
     # -- forwarding ---------------------------------------------------------------------
 
-    async def _call(self, request: web.Request, api: Api, path: str) -> web.StreamResponse:
+    async def _read(self, request: web.Request, api: Api) -> tuple[bytes, dict[str, Any]] | web.Response:
+        """The body, read within its time and size bounds and parsed as the upstream will."""
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                raw = await request.read()
+        except TimeoutError:
+            message = f"the request body did not arrive within {self.settings.body_timeout_s:g} s"
+            response = refusal(api, "request_timeout", message)
+            response.force_close()  # a client trickling its body keeps no connection
+            return response
         except web.HTTPRequestEntityTooLarge:
             message = f"the request body is over {self.settings.max_body_bytes} bytes"
-            return self._refused(path, "", "", refusal(api, "request_too_large", message))
-        try:
-            body = _json.decode(raw)
-        except msgspec.DecodeError:
-            return self._refused(path, "", "", refusal(api, "invalid_request", "the request body is not valid JSON"))
-        if not isinstance(body, dict):
-            message = "the request body must be a JSON object"
-            return self._refused(path, "", "", refusal(api, "invalid_request", message))
-        admitted = await self._admit(request, api, path, body, len(raw))
+            return refusal(api, "request_too_large", message)
+        body = parse_body(raw, self.settings.max_json_depth)
+        if isinstance(body, BodyError):
+            return refusal(api, "invalid_request", body.message, param=body.param)
+        return raw, body
+
+    async def _call(self, request: web.Request, api: Api, path: str) -> web.StreamResponse:
+        # Who is asking comes first: an unauthenticated client never has its body read or parsed.
+        key = await self._authenticate(request, api)
+        if isinstance(key, web.Response):
+            return self._refused(path, "", "", key)
+        read = await self._read(request, api)
+        if isinstance(read, web.Response):
+            return self._refused(path, "", "", read)
+        raw, body = read
+        admitted = await self._admit(api, path, key, body, len(raw))
         if isinstance(admitted, web.Response):
             return admitted
         streaming = body.get("stream") is True and path != "/v1/images/generations"
@@ -233,7 +248,10 @@ class GatewayApi:
             response = await self.session.post(upstream.url + path, data=raw, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._release(admitted)
-            failed = refusal(api, "upstream_unavailable", f"the upstream provider did not answer: {exc!r}")
+            rid = request_id(request)  # the error names the upstream's address: logged, not shown
+            log.warning("upstream for %s did not answer (request id %s): %r", admitted.model.id, rid, exc)
+            message = f"The upstream provider did not answer; retry later (request id {rid})."
+            failed = refusal(api, "upstream_unavailable", message)
             self._count(admitted, failed.status)
             return failed
         if streaming and response.status == 200:
@@ -245,24 +263,38 @@ class GatewayApi:
             pump.add_done_callback(self._pumps.discard)
             return await asyncio.shield(pump)
         try:
-            return await self._whole(admitted, response, path)
+            return await self._whole(request, admitted, response, path)
         finally:
             response.release()
 
-    async def _whole(self, admitted: Admitted, response: aiohttp.ClientResponse, path: str) -> web.Response:
+    async def _whole(
+        self, request: web.Request, admitted: Admitted, response: aiohttp.ClientResponse, path: str
+    ) -> web.Response:
         try:
             payload = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._release(admitted)
-            failed = refusal(admitted.api, "upstream_unavailable", f"the upstream provider broke off: {exc!r}")
+            rid = request_id(request)
+            log.warning("upstream for %s broke off (request id %s): %r", admitted.model.id, rid, exc)
+            message = f"The upstream provider broke off; retry later (request id {rid})."
+            failed = refusal(admitted.api, "upstream_unavailable", message)
             self._count(admitted, failed.status)
             return failed
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_HEADERS}
-        headers.update(admitted.headers)
         if response.status != 200:
             await self._release(admitted)
-            self._count(admitted, response.status)
-            return web.Response(body=payload, status=response.status, headers=headers)
+            rid = request_id(request)
+            log.warning(
+                "upstream answered %d for %s (request id %s, account %s): headers %s body %r",
+                response.status, admitted.model.id, rid, admitted.key.account_id,
+                dict(response.headers), payload[:4096],
+            )  # fmt: skip
+            failed = upstream_failure(admitted.api, response.status, response.headers, rid)
+            failed.headers.update(admitted.headers)
+            self._count(admitted, failed.status)
+            return failed
+        # Only what describes the body goes on: an upstream's ids, org and rate-limit headers stay here.
+        headers = {k: v for k, v in response.headers.items() if k.lower() in PASSED_HEADERS}
+        headers.update(admitted.headers)
         try:
             data = _json.decode(payload)
         except msgspec.DecodeError:

@@ -8,6 +8,7 @@ from libs.keycache import KeyCache
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
 from libs.settings import Settings
+from services.gateway import errors
 from services.gateway.api import GatewayApi
 from services.gateway.recorder import UsageRecorder
 from services.gateway.upstreams import Upstreams
@@ -26,7 +27,7 @@ class GatewayService:
         await runtime.connect()
         self.recorder = UsageRecorder(await runtime.publisher())
         runtime.spawn(self.recorder.run(), "gateway-usage-recorder")
-        keys = KeyCache(runtime.nc)
+        keys = KeyCache.from_settings(runtime.nc, settings)
         await keys.start()
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
@@ -37,9 +38,12 @@ class GatewayService:
         upstreams = Upstreams(settings.upstreams, f"http://{simulator_host}:{settings.simulator_port}")
         catalog = load_catalog(settings.catalog_path, settings.plans_path)
         app = web.Application(client_max_size=settings.max_body_bytes)
+        errors.install(app)
         self.api = GatewayApi(settings, catalog, keys, runtime.nc, self.session, upstreams, self.recorder, self.clock)
         self.api.routes(app)
-        await runtime.serve(settings.gateway_port, app)
+        # aiohttp arms the keep-alive timer when a connection opens and closes the connection if no
+        # whole request head has arrived when it fires: that bounds a client trickling its headers.
+        await runtime.serve(settings.gateway_port, app, keepalive_timeout=settings.header_timeout_s)
 
     async def stop(self) -> None:
         await self.runtime.stop_serving()

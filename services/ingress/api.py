@@ -167,7 +167,7 @@ class IngressApi:
     async def _principal(self, request: web.Request) -> access.Principal:
         """Who the request's credential is: an API key today (the console's session is to come)."""
         try:
-            key = await self.keys.authenticate(self._bearer(request))
+            key = await self.keys.authenticate(self._bearer(request), request.remote)
         except KeysUnavailable as exc:
             raise ApiError(503, "keys_unavailable", "the keys service did not answer; retry") from exc
         if key is None:

@@ -36,7 +36,7 @@ class IngressService:
             await self.directory.load(conn, projection.schema)
         await runtime.project(projection)
         runtime.spawn(self._sweep_dedupe(), "ingress-dedupe-sweep")
-        keys = KeyCache(runtime.nc)
+        keys = KeyCache.from_settings(runtime.nc, settings)
         await keys.start()
         app = web.Application(middlewares=[api_errors], client_max_size=settings.max_body_bytes)
         api = IngressApi(
