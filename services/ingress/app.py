@@ -11,7 +11,7 @@ from libs.keycache import KeyCache
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
 from libs.settings import Settings
-from libs.web import api_errors
+from libs.web import api_errors, refuse_control_characters
 from services.ingress.api import IngressApi
 from services.ingress.directory import Directory
 from services.ingress.projection import IngressProjection
@@ -38,7 +38,9 @@ class IngressService:
         runtime.spawn(self._sweep_dedupe(), "ingress-dedupe-sweep")
         keys = KeyCache(runtime.nc)
         await keys.start()
-        app = web.Application(middlewares=[api_errors], client_max_size=settings.max_body_bytes)
+        app = web.Application(
+            middlewares=[api_errors, refuse_control_characters], client_max_size=settings.max_body_bytes
+        )
         api = IngressApi(
             settings, catalog, self.directory, await runtime.publisher(), runtime.db, runtime.nc, keys, self.clock
         )

@@ -19,6 +19,9 @@ from services.ingress.directory import Directory
 
 Tokens = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]
 EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+MAX_CALL_MICROS = 10**13
+"""The most one call may cost, in micro-USD or micro-Flows (10 million): far above any real call,
+and far enough below Postgres's bigint that sums of calls cannot overflow."""
 
 
 class UsageIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -55,7 +58,8 @@ def price_batch(
     lateness: timedelta,
     lead: timedelta,
 ) -> list[UsageRecorded]:
-    """Check what the types cannot (catalog, accounts, time bounds) and price every record."""
+    """Check what the types cannot (catalog, accounts, time bounds, a price that fits) and price
+    every record."""
     seen: set[str] = set()
     priced = []
     for i, r in enumerate(records):
@@ -89,6 +93,9 @@ def price_batch(
             usd_per_flow=rate,
             multiplier=multiplier,
         )
+        if max(price) > MAX_CALL_MICROS:
+            largest = max(("input_tokens", "output_tokens", "cached_tokens", "images"), key=lambda f: getattr(r, f))
+            raise bad(largest, f"prices the call at more than {MAX_CALL_MICROS // 10**6:,} USD or Flows")
         priced.append(
             UsageRecorded(
                 event_id=r.event_id,
