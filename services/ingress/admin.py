@@ -10,7 +10,7 @@ from typing import Annotated
 import msgspec
 
 from libs.pricing.money import InvalidAmount, fraction_text, parse_fraction, to_micros
-from libs.web import ApiError
+from libs.web import CONTROL, ApiError
 from proto.v1 import (
     AccountCreated,
     ExtraUsageChanged,
@@ -116,10 +116,19 @@ def set_flow_rate(command: SetFlowRate, now: datetime) -> FlowRateChanged:
     )
 
 
-def top_up_command(account_id: str, body: TopUpIn) -> TopUpBalance:
-    return TopUpBalance(
-        account_id=account_id, amount_micros=_micros(body.amount_usd, "amount_usd"), topup_ref=body.topup_ref
-    )
+def top_up_command(account_id: str, body: TopUpIn, idempotency_key: str | None = None) -> TopUpBalance:
+    """A top-up without a topup_ref takes the request's Idempotency-Key as its ref, so that a retry
+    (after a 503, a timeout) is the same top-up: credited once."""
+    ref = body.topup_ref
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= 200 or CONTROL.search(idempotency_key):
+            message = "Idempotency-Key: 1 to 200 characters, no control characters"
+            raise ApiError(400, "invalid_request", message, "Idempotency-Key")
+        if ref is not None and ref != idempotency_key:
+            message = "Idempotency-Key: differs from topup_ref; send one of them, or both the same"
+            raise ApiError(400, "invalid_request", message, "Idempotency-Key")
+        ref = idempotency_key
+    return TopUpBalance(account_id=account_id, amount_micros=_micros(body.amount_usd, "amount_usd"), topup_ref=ref)
 
 
 def _micros(value: str | float | int, field: str) -> int:

@@ -55,7 +55,7 @@ from proto.v1 import (
 from proto.v1.events import Event
 from services.ingress import admin, metrics, views
 from services.ingress.directory import Directory
-from services.ingress.usage import decode_batch, price_batch
+from services.ingress.usage import client_of, decode_batch, ingest_clients, price_batch
 
 _status = msgspec.json.Decoder(QuotaStatus)
 _history = msgspec.json.Decoder(BillingHistory | BillingCommandFailed)
@@ -181,7 +181,11 @@ class IngressApi:
             raise
 
     async def _accept_usage(self, request: web.Request) -> web.Response:
-        self._require_token(request, self.settings.ingest_token)
+        client = client_of(
+            self._bearer(request), ingest_clients(self.settings.ingest_token, self.settings.ingest_tokens)
+        )
+        if client is None:
+            raise ApiError(401, "unauthorized", "wrong token", "Authorization")
         records = decode_batch(await request.read(), self.settings.max_usage_batch)
         events = price_batch(
             records,
@@ -190,6 +194,7 @@ class IngressApi:
             self.clock.now(),
             timedelta(seconds=self.settings.accepted_lateness_s),
             timedelta(seconds=self.settings.accepted_lead_s),
+            client,
         )
         started = time.perf_counter()
         try:
@@ -361,7 +366,8 @@ class IngressApi:
     async def top_up(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)
         account_id = self._account_exists(request)
-        command = admin.top_up_command(account_id, decode_body(await request.read(), admin.TopUpIn))
+        body = decode_body(await request.read(), admin.TopUpIn)
+        command = admin.top_up_command(account_id, body, request.headers.get("Idempotency-Key"))
         before = await self._status(account_id)
         accepted = await self._billing_command(subjects.BILLING_TOP_UP, command)
         assert isinstance(accepted, TopUpAccepted)

@@ -15,6 +15,7 @@ from libs.web import api_errors, refuse_control_characters
 from services.ingress.api import IngressApi
 from services.ingress.directory import Directory
 from services.ingress.projection import IngressProjection
+from services.ingress.usage import ingest_clients
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DEDUPE_SWEEP_S = 600
@@ -28,6 +29,7 @@ class IngressService:
 
     async def start(self) -> None:
         settings, runtime = self.settings, self.runtime
+        ingest_clients(settings.ingest_token, settings.ingest_tokens)  # a bad FLOWPLAN_INGEST_TOKENS stops the start
         await runtime.connect(MIGRATIONS, pool_size=20)
         catalog = load_catalog(settings.catalog_path, settings.plans_path)
         self.directory = Directory(catalog.default_usd_per_flow)
