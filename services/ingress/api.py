@@ -55,7 +55,7 @@ from proto.v1 import (
 from proto.v1.events import Event
 from services.ingress import admin, metrics, views
 from services.ingress.directory import Directory
-from services.ingress.usage import client_of, decode_batch, ingest_clients, price_batch
+from services.ingress.usage import claim, client_of, decode_batch, ingest_clients, price_batch
 
 _status = msgspec.json.Decoder(QuotaStatus)
 _history = msgspec.json.Decoder(BillingHistory | BillingCommandFailed)
@@ -201,13 +201,7 @@ class IngressApi:
             async with self.pool.acquire() as conn, conn.transaction():
                 # Claim the ids; the claim commits only once JetStream has stored the events,
                 # so a failed publish leaves nothing claimed and the client's retry goes through.
-                rows = await conn.fetch(
-                    """INSERT INTO ingress.seen_events (event_id) SELECT unnest($1::text[])
-                       ON CONFLICT DO NOTHING RETURNING event_id""",
-                    [e.event_id for e in events],
-                )
-                claimed = {row["event_id"] for row in rows}
-                fresh = [e for e in events if e.event_id in claimed]
+                fresh = await claim(conn, events, client)
                 await self._publish(fresh)
         except UNAVAILABLE as exc:
             raise ApiError(503, "database_unavailable", "the database is not reachable; retry") from exc

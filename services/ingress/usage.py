@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
+import asyncpg
 import msgspec
 
 from libs.eventlog.subjects import ACCOUNT_TOKEN
@@ -165,3 +166,25 @@ def price_batch(
             )
         )
     return priced
+
+
+async def claim(conn: asyncpg.Connection, events: list[UsageRecorded], client: str) -> list[UsageRecorded]:
+    """Claim the events' ids in the long dedupe window; return the events not seen before.
+
+    Ids claimed before they were scoped (no "/") were all the one ingest token's, the client
+    "default": until they age out of the window (FLOWPLAN_DEDUPE_RETENTION_S), the default client
+    sending one of them again is still a duplicate, so a retry across the upgrade counts once."""
+    rows = await conn.fetch(
+        """INSERT INTO ingress.seen_events (event_id) SELECT unnest($1::text[])
+           ON CONFLICT DO NOTHING RETURNING event_id""",
+        [e.event_id for e in events],
+    )
+    claimed = {row["event_id"] for row in rows}
+    if client == DEFAULT_CLIENT and claimed:
+        legacy = await conn.fetch(
+            "SELECT event_id FROM ingress.seen_events WHERE event_id = ANY($1::text[])",
+            [client_event_id(event_id) for event_id in claimed],
+        )
+        seen_before = {row["event_id"] for row in legacy}
+        claimed = {event_id for event_id in claimed if client_event_id(event_id) not in seen_before}
+    return [e for e in events if e.event_id in claimed]

@@ -67,6 +67,22 @@ async def test_the_same_event_id_from_two_clients_or_for_two_accounts_is_two_eve
     await eventually(listed)  # each account's listing shows the client's own ids
 
 
+async def test_an_id_claimed_before_ids_were_scoped_is_still_a_duplicate_for_the_default_client(stack: Stack) -> None:
+    """Rows in ingress.seen_events from before the upgrade hold the bare id (one ingest token then):
+    a retry that straddles the upgrade must not count twice."""
+    account = await stack.create_account()
+    legacy = "legacy-" + uuid.uuid4().hex
+    conn = await stack.db()
+    try:
+        await conn.execute("INSERT INTO ingress.seen_events (event_id) VALUES ($1)", legacy)
+    finally:
+        await conn.close()
+    event = usage_event(account["account_id"], event_id=legacy)
+    assert await post_usage(stack, stack.settings.ingest_token, [event]) == (202, {"accepted": 0, "duplicates": 1})
+    # The partner client never sent it before: its "legacy-…" is an event of its own.
+    assert await post_usage(stack, PARTNER_TOKEN, [event]) == (202, {"accepted": 1, "duplicates": 0})
+
+
 async def test_an_unknown_ingest_token_is_refused(stack: Stack) -> None:
     account = await stack.create_account()
     status, body = await post_usage(stack, "partner", [usage_event(account["account_id"])])
