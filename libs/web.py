@@ -21,9 +21,9 @@ _NAMED = re.compile(r"(?:missing required|unknown) field `(?P<name>[^`]+)`")
 _INDEX = re.compile(r"^events\[(?P<index>\d+)\]")
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 """Control characters (Unicode Cc): Postgres refuses NUL in text, and none belongs in an id, a name or a ref."""
-_MAYBE_CONTROL = re.compile(rb"\\|\xc2[\x80-\x9f]")
-"""A JSON body can carry a control character only as an escape or as a C1 character's UTF-8 bytes
-(JSON refuses raw C0 characters): without either, no string needs a look."""
+_MAYBE_CONTROL = re.compile(rb"[\\\x7f]|\xc2[\x80-\x9f]")
+"""A JSON body can carry a control character only as an escape, a raw DEL, or a C1 character's
+UTF-8 bytes (JSON refuses raw C0 characters): without any, no string needs a look."""
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 """The times a request may name: far from datetime's limits, so that no arithmetic on them overflows."""

@@ -45,6 +45,14 @@ def test_a_control_character_in_any_string_is_named(text: str) -> None:
     assert refusal({"enabled": False, "payg_key_id": text}, admin.SetExtraUsage).field == "payg_key_id"
 
 
+@pytest.mark.parametrize("raw", ["\x7f", "\u0085", "\u009f"])
+def test_a_raw_control_character_unescaped_in_the_body_is_named_too(raw: str) -> None:
+    body = '{"name": "a' + raw + 'b"}'
+    with pytest.raises(ApiError) as caught:
+        decode_body(body.encode(), admin.CreateAccount)
+    assert (caught.value.status, caught.value.field) == (400, "name")
+
+
 def test_text_without_control_characters_passes() -> None:
     fine = 'Zoë 名前 — émoji 🚀 \\ "quoted" \u00a0'
     assert decode_body(json.dumps({"name": fine}).encode(), admin.CreateAccount).name == fine
