@@ -143,8 +143,8 @@ def requests(draw: Any, method: str, path: str, accounts: dict[str, str]) -> tup
         template = templates(accounts).get((method, path))
         shape = draw(st.sampled_from(["spoiled"] * 4 + ["json", "deep", "bytes"]) if template else
                      st.sampled_from(["json", "deep", "bytes", "empty"]))  # fmt: skip
-        if shape == "spoiled":
-            body = json.dumps(spoil(template, draw)).encode()
+        if shape == "spoiled":  # non-ASCII raw or escaped: a raw DEL or C1 character is valid JSON
+            body = json.dumps(spoil(template, draw), ensure_ascii=draw(st.booleans())).encode()
         elif shape == "json":
             body = json.dumps(draw(json_values)).encode()
         elif shape == "deep":
