@@ -21,9 +21,10 @@ _NAMED = re.compile(r"(?:missing required|unknown) field `(?P<name>[^`]+)`")
 _INDEX = re.compile(r"^events\[(?P<index>\d+)\]")
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 """Control characters (Unicode Cc): Postgres refuses NUL in text, and none belongs in an id, a name or a ref."""
-_MAYBE_CONTROL = re.compile(rb"[\\\x7f]|\xc2[\x80-\x9f]")
-"""A JSON body can carry a control character only as an escape, a raw DEL, or a C1 character's
-UTF-8 bytes (JSON refuses raw C0 characters): without any, no string needs a look."""
+_C1_UTF8 = re.compile(rb"\xc2[\x80-\x9f]")
+_MAYBE_OUT_OF_RANGE = re.compile(rb'"(?:0\d{3}|1[0-8]\d{2}|19[0-7]\d|8999|9\d{3})-')
+"""A time before EARLIEST or from LATEST on is a JSON string starting with such a year (1970 and
+8999 included, for the UTC offsets that carry them across): without one, no time needs a look."""
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 """The times a request may name: far from datetime's limits, so that no arithmetic on them overflows."""
@@ -109,8 +110,10 @@ def decode_body(body: bytes, type_: type[T]) -> T:
         raise validation_error(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
-    texts = _MAYBE_CONTROL.search(body) is not None
-    if _suspect(value, texts):
+    # A JSON body can carry a control character only as an escape, a raw DEL, or a C1 character's
+    # UTF-8 bytes (JSON refuses raw C0 characters): without any, no string needs a look.
+    texts = b"\\" in body or b"\x7f" in body or (b"\xc2" in body and _C1_UTF8.search(body) is not None)
+    if (texts or _MAYBE_OUT_OF_RANGE.search(body)) and _suspect(value, texts):
         _check_values(value, "", texts=texts)  # the slow walk that names the field
     return value
 

@@ -58,7 +58,11 @@ def test_text_without_control_characters_passes() -> None:
     assert decode_body(json.dumps({"name": fine}).encode(), admin.CreateAccount).name == fine
 
 
-@pytest.mark.parametrize("when", ["0001-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "9000-01-01T00:00:00Z"])
+@pytest.mark.parametrize(
+    "when",
+    ["0001-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "9000-01-01T00:00:00Z", "1970-01-01T00:30:00+01:00",
+     "8999-12-31T23:30:00-01:00"],
+)  # fmt: skip
 def test_a_time_out_of_range_is_named(when: str) -> None:
     assert refusal({"events": [{**RECORD, "occurred_at": when}]}, UsageBatch).field == "events[0].occurred_at"
     assert refusal({"multiplier": "1", "effective_at": when}, admin.SetMultiplier).field == "effective_at"
