@@ -11,11 +11,20 @@ from yoyo import get_backend, read_migrations
 
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
-    asyncpg.PostgresError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.OperatorInterventionError,  # admin shutdown, crash shutdown: a server going away
+    asyncpg.InsufficientResourcesError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,  # a pooled connection left in a bad state by a server that went away
 )
-"""What a request may meet when Postgres is down or restarting: answer 503, retry."""
+"""What a request may meet when Postgres is down, restarting or busy: answer 503, retry. Not a data
+error (a value Postgres refuses, asyncpg.DataError and the other PostgresErrors): a retry would fail
+the same way, so that is the client's 4xx, caught before, or a 500 with a request id."""
 
 
 async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:

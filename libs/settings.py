@@ -74,6 +74,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     grafana_db_password: str = ""
     """Password of Grafana's read-only Postgres role (flowplan_grafana); set-up creates the role only when set."""
+    ingest_tokens: str = ""
+    """More metering clients beside FLOWPLAN_INGEST_TOKEN's (named "default"): "name=token,name=token".
+    A usage event_id is the client's own: it is deduplicated per client and account."""
 
 
 def settings_environ(settings: Settings) -> dict[str, str]:

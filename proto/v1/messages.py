@@ -7,6 +7,10 @@ import msgspec
 
 from proto.v1.events import BillingMode, KeyKind, PlanId, UsageRecorded
 
+Text = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
+"""A name, reference or id a command carries into the log or a query: no control characters
+(Postgres refuses NUL in text; none belongs in a name). Refused when the message is decoded."""
+
 
 class QuotaCheck(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """May this account start a call of this model now? Checks the plan's models, the RPM
@@ -120,18 +124,18 @@ class KeyFound(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 class CreateKey(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     account_id: str
-    name: str
+    name: Text
     kind: KeyKind
 
 
 class RotateKey(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     account_id: str
-    key_id: str
+    key_id: Text
 
 
 class RevokeKey(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     account_id: str
-    key_id: str
+    key_id: Text
 
 
 class ListKeys(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -233,7 +237,7 @@ class RecordPayment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     account_id: str
     plan: PlanId
     amount_micros: int
-    payment_ref: str
+    payment_ref: Text
     """The provider's reference: a payment sent again with the same one is recorded once."""
     paid_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     """When it was paid (with its UTC offset); None: now, by billing's clock."""
@@ -258,7 +262,7 @@ class TopUpBalance(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
     account_id: str
     amount_micros: int
-    topup_ref: str | None = None
+    topup_ref: Text | None = None
     """Makes a top-up sent again the same one; None: a new top-up each time."""
 
 
@@ -339,14 +343,14 @@ class RequestRefund(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 class GetRefund(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     account_id: str
-    refund_id: str
+    refund_id: Text
 
 
 class CancelRefund(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Call a processing refund off, if its payout has not started."""
 
     account_id: str
-    refund_id: str
+    refund_id: Text
 
 
 class ListRefunds(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -94,11 +94,15 @@ class BillingCommands:
             reply = await self.handle(_commands.decode(msg.data))
         except Refused as exc:
             reply = BillingCommandFailed(code=exc.code, message=exc.message, field=exc.field)
-        except msgspec.ValidationError as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, asyncpg.DataError) as exc:
             reply = BillingCommandFailed(code="invalid_request", message=str(exc))
         except RETRIED as exc:
             log.warning("billing command failed transiently: %r", exc)
             reply = BillingCommandFailed(code="unavailable", message="billing did not record it; retry")
+        except Exception:
+            # Answer all the same: a command left unanswered costs its caller a timeout and a 503 "retry".
+            log.exception("billing command failed")
+            reply = BillingCommandFailed(code="internal_error", message="billing command failed")
         await msg.respond(encode(reply))
 
     async def handle(self, command: Command) -> PaymentAccepted | TopUpAccepted:

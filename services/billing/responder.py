@@ -1,10 +1,42 @@
-"""billing's request/reply subjects: history and cost analysis, read from its projection."""
+"""billing's request/reply subjects: history and cost analysis, read from its projection.
+
+Every request is answered: one that fails is answered with BillingCommandFailed, never left to
+time out (its caller would take that for an outage and say "retry")."""
+
+import logging
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
-from proto.v1 import BillingEntry, BillingHistory, BillingHistoryRequest, CostLine, Costs, CostsRequest, encode
+from proto.v1 import (
+    BillingCommandFailed,
+    BillingEntry,
+    BillingHistory,
+    BillingHistoryRequest,
+    CostLine,
+    Costs,
+    CostsRequest,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+
+def answering(handler: Callable[[Msg], Awaitable[msgspec.Struct]]) -> Callable[[Msg], Awaitable[None]]:
+    async def answer(msg: Msg) -> None:
+        reply: msgspec.Struct
+        try:
+            reply = await handler(msg)
+        except (msgspec.ValidationError, msgspec.DecodeError, asyncpg.DataError) as exc:
+            reply = BillingCommandFailed(code="invalid_request", message=str(exc))
+        except Exception:
+            log.exception("billing query failed")
+            reply = BillingCommandFailed(code="internal_error", message="billing query failed")
+        await msg.respond(encode(reply))
+
+    return answer
 
 
 class BillingResponder:
@@ -13,8 +45,10 @@ class BillingResponder:
         self._schema = schema
         self._history = msgspec.json.Decoder(BillingHistoryRequest)
         self._costs = msgspec.json.Decoder(CostsRequest)
+        self.on_history = answering(self._on_history)
+        self.on_costs = answering(self._on_costs)
 
-    async def on_history(self, msg: Msg) -> None:
+    async def _on_history(self, msg: Msg) -> BillingHistory:
         request = self._history.decode(msg.data)
         rows = await self._pool.fetch(
             f"""SELECT event_id, kind, occurred_at, amount_micros, plan, previous_plan, reference
@@ -28,9 +62,9 @@ class BillingResponder:
             request.account_id,
         )
         entries = [BillingEntry(**dict(row)) for row in rows]
-        await msg.respond(encode(BillingHistory(entries=entries, balance_micros=int(balance))))
+        return BillingHistory(entries=entries, balance_micros=int(balance))
 
-    async def on_costs(self, msg: Msg) -> None:
+    async def _on_costs(self, msg: Msg) -> Costs:
         request = self._costs.decode(msg.data)
         key = "model" if request.group_by == "model" else "to_char(day, 'YYYY-MM-DD')"
         rows = await self._pool.fetch(
@@ -43,4 +77,4 @@ class BillingResponder:
             request.since,
             request.until,
         )
-        await msg.respond(encode(Costs(lines=[CostLine(**dict(row)) for row in rows])))
+        return Costs(lines=[CostLine(**dict(row)) for row in rows])

@@ -10,7 +10,7 @@ from typing import Annotated
 import msgspec
 
 from libs.pricing.money import InvalidAmount, fraction_text, parse_fraction, to_micros
-from libs.web import ApiError
+from libs.web import CONTROL, ApiError
 from proto.v1 import (
     AccountCreated,
     ExtraUsageChanged,
@@ -65,18 +65,29 @@ class PayoutSettings(msgspec.Struct, forbid_unknown_fields=True):
     fail_payouts: bool
 
 
-def positive(value: str | float | int, field: str) -> Fraction:
+MULTIPLIERS = (Fraction(1, 100), Fraction(100))
+FLOW_RATES = (Fraction(1, 10**4), Fraction(1000))
+"""USD per Flow. With the multipliers' bounds, no call a usage record can describe prices past
+what Postgres's bigint holds (usage.MAX_CALL_MICROS refuses the rest)."""
+MAX_AMOUNT_MICROS = 10**12
+"""One payment or top-up: at most a million USD, so that balances and sums stay far inside a bigint."""
+
+
+def positive(value: str | float | int, field: str, bounds: tuple[Fraction, Fraction] | None = None) -> Fraction:
     try:
         number = parse_fraction(str(value))
     except InvalidAmount as exc:
         raise ApiError(400, "invalid_request", f"{field}: {exc}", field) from exc
     if number <= 0:
         raise ApiError(400, "invalid_request", f"{field}: must be greater than zero", field)
+    if bounds is not None and not bounds[0] <= number <= bounds[1]:
+        low, high = (float(b) for b in bounds)
+        raise ApiError(400, "invalid_request", f"{field}: must lie between {low:g} and {high:g}", field)
     return number
 
 
 def create_account(command: CreateAccount, now: datetime) -> AccountCreated:
-    multiplier = positive(command.multiplier, "multiplier")
+    multiplier = positive(command.multiplier, "multiplier", MULTIPLIERS)
     return AccountCreated(
         event_id=str(uuid.uuid4()), account_id=f"acc_{secrets.token_hex(8)}", occurred_at=now,
         name=command.name, multiplier=fraction_text(multiplier),
@@ -93,7 +104,7 @@ def payment_command(account_id: str, body: PaymentIn) -> RecordPayment:
 
 
 def set_multiplier(account_id: str, command: SetMultiplier, now: datetime) -> MultiplierChanged:
-    value = positive(command.multiplier, "multiplier")
+    value = positive(command.multiplier, "multiplier", MULTIPLIERS)
     return MultiplierChanged(
         event_id=str(uuid.uuid4()),
         account_id=account_id,
@@ -103,23 +114,35 @@ def set_multiplier(account_id: str, command: SetMultiplier, now: datetime) -> Mu
 
 
 def set_flow_rate(command: SetFlowRate, now: datetime) -> FlowRateChanged:
-    value = positive(command.usd_per_flow, "usd_per_flow")
+    value = positive(command.usd_per_flow, "usd_per_flow", FLOW_RATES)
     return FlowRateChanged(
         event_id=str(uuid.uuid4()), occurred_at=command.effective_at or now, usd_per_flow=fraction_text(value)
     )
 
 
-def top_up_command(account_id: str, body: TopUpIn) -> TopUpBalance:
-    return TopUpBalance(
-        account_id=account_id, amount_micros=_micros(body.amount_usd, "amount_usd"), topup_ref=body.topup_ref
-    )
+def top_up_command(account_id: str, body: TopUpIn, idempotency_key: str | None = None) -> TopUpBalance:
+    """A top-up without a topup_ref takes the request's Idempotency-Key as its ref, so that a retry
+    (after a 503, a timeout) is the same top-up: credited once."""
+    ref = body.topup_ref
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= 200 or CONTROL.search(idempotency_key):
+            message = "Idempotency-Key: 1 to 200 characters, no control characters"
+            raise ApiError(400, "invalid_request", message, "Idempotency-Key")
+        if ref is not None and ref != idempotency_key:
+            message = "Idempotency-Key: differs from topup_ref; send one of them, or both the same"
+            raise ApiError(400, "invalid_request", message, "Idempotency-Key")
+        ref = idempotency_key
+    return TopUpBalance(account_id=account_id, amount_micros=_micros(body.amount_usd, "amount_usd"), topup_ref=ref)
 
 
 def _micros(value: str | float | int, field: str) -> int:
     try:
-        return to_micros(str(value))
+        micros = to_micros(str(value))
     except InvalidAmount as exc:
         raise ApiError(400, "invalid_request", f"{field}: {exc}", field) from exc
+    if abs(micros) > MAX_AMOUNT_MICROS:
+        raise ApiError(400, "invalid_request", f"{field}: at most {MAX_AMOUNT_MICROS // 10**6:,} USD", field)
+    return micros
 
 
 def set_extra_usage(

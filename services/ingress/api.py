@@ -5,7 +5,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import asyncpg
 import msgspec
@@ -20,7 +20,7 @@ from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog
 from libs.pricing.money import micros_to_str
 from libs.settings import Settings
-from libs.web import ApiError, decode_body, json_response
+from libs.web import EARLIEST, LATEST, ApiError, decode_body, json_response
 from proto.v1 import (
     AccountAccess,
     BillingCommandFailed,
@@ -58,11 +58,11 @@ from proto.v1 import (
 from proto.v1.events import Event
 from services.ingress import access, admin, metrics, views
 from services.ingress.directory import Directory
-from services.ingress.usage import decode_batch, price_batch
+from services.ingress.usage import claim, client_of, decode_batch, ingest_clients, price_batch
 
 _status = msgspec.json.Decoder(QuotaStatus)
-_history = msgspec.json.Decoder(BillingHistory)
-_costs = msgspec.json.Decoder(Costs)
+_history = msgspec.json.Decoder(BillingHistory | BillingCommandFailed)
+_costs = msgspec.json.Decoder(Costs | BillingCommandFailed)
 QUOTA_SYNC_S = 2.0
 _key_reply = msgspec.json.Decoder(KeyIssued | KeyList | AccountAccess | KeyCommandFailed)
 KEY_SUBJECTS = {
@@ -85,9 +85,9 @@ _events = msgspec.json.Decoder(UsageEventsReply)
 _refund_reply = msgspec.json.Decoder(RefundReply | RefundRefused)
 _payouts_reply = msgspec.json.Decoder(PayoutsConfigured | RefundRefused)
 _billing_reply = msgspec.json.Decoder(PaymentAccepted | TopUpAccepted | BillingCommandFailed)
-BILLING_ERRORS = {"invalid_request": 400, "ref_conflict": 409}
+BILLING_ERRORS = {"invalid_request": 400, "ref_conflict": 409, "internal_error": 500}
 REFUND_ERRORS = {"not_refundable": 409, "not_cancellable": 409, "refund_not_found": 404, "invalid_request": 400,
-                 "not_supported": 409}  # fmt: skip
+                 "not_supported": 409, "internal_error": 500}  # fmt: skip
 
 
 class IngressApi:
@@ -201,7 +201,11 @@ class IngressApi:
             raise
 
     async def _accept_usage(self, request: web.Request) -> web.Response:
-        self._require_token(request, self.settings.ingest_token)
+        client = client_of(
+            self._bearer(request), ingest_clients(self.settings.ingest_token, self.settings.ingest_tokens)
+        )
+        if client is None:
+            raise ApiError(401, "unauthorized", "wrong token", "Authorization")
         records = decode_batch(await request.read(), self.settings.max_usage_batch)
         events = price_batch(
             records,
@@ -210,19 +214,14 @@ class IngressApi:
             self.clock.now(),
             timedelta(seconds=self.settings.accepted_lateness_s),
             timedelta(seconds=self.settings.accepted_lead_s),
+            client,
         )
         started = time.perf_counter()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 # Claim the ids; the claim commits only once JetStream has stored the events,
                 # so a failed publish leaves nothing claimed and the client's retry goes through.
-                rows = await conn.fetch(
-                    """INSERT INTO ingress.seen_events (event_id) SELECT unnest($1::text[])
-                       ON CONFLICT DO NOTHING RETURNING event_id""",
-                    [e.event_id for e in events],
-                )
-                claimed = {row["event_id"] for row in rows}
-                fresh = [e for e in events if e.event_id in claimed]
+                fresh = await claim(conn, events, client)
                 await self._publish(fresh)
         except UNAVAILABLE as exc:
             raise ApiError(503, "database_unavailable", "the database is not reachable; retry") from exc
@@ -416,7 +415,8 @@ class IngressApi:
     async def top_up(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)
         account_id = self._account_exists(request)
-        command = admin.top_up_command(account_id, decode_body(await request.read(), admin.TopUpIn))
+        body = decode_body(await request.read(), admin.TopUpIn)
+        command = admin.top_up_command(account_id, body, request.headers.get("Idempotency-Key"))
         before = await self._status(account_id)
         accepted = await self._billing_command(subjects.BILLING_TOP_UP, command)
         assert isinstance(accepted, TopUpAccepted)
@@ -449,8 +449,10 @@ class IngressApi:
     async def billing_history(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
         limit = _int_query(request, "limit", 100, 1, 1000)
-        reply = _history.decode(
-            await self._ask(subjects.BILLING_HISTORY, BillingHistoryRequest(account_id=account_id, limit=limit))
+        reply = _billing_read(
+            _history.decode(
+                await self._ask(subjects.BILLING_HISTORY, BillingHistoryRequest(account_id=account_id, limit=limit))
+            )
         )
         entries = [views.billing_entry(e) for e in reply.entries]
         return json_response({"object": "list", "data": entries, "balance_usd": micros_to_str(reply.balance_micros)})
@@ -464,9 +466,12 @@ class IngressApi:
         since = _time_query(request, "from", until - timedelta(days=30))
         if since > until:
             raise ApiError(400, "invalid_request", "from: must not be after to", "from")
-        reply = _costs.decode(
-            await self._ask(
-                subjects.BILLING_COSTS, CostsRequest(account_id=account_id, group_by=group_by, since=since, until=until)
+        reply = _billing_read(
+            _costs.decode(
+                await self._ask(
+                    subjects.BILLING_COSTS,
+                    CostsRequest(account_id=account_id, group_by=group_by, since=since, until=until),
+                )
             )
         )
         return json_response(views.costs(group_by, since, until, reply.lines))
@@ -550,4 +555,18 @@ def _time_query(request: web.Request, name: str, default: datetime) -> datetime:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError as exc:
         raise ApiError(400, "invalid_request", f"{name}: not an RFC 3339 time or date: {raw!r}", name) from exc
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not EARLIEST <= value < LATEST:
+        raise ApiError(400, "invalid_request", f"{name}: must lie between {EARLIEST.year} and {LATEST.year}", name)
+    return value
+
+
+R = TypeVar("R")
+
+
+def _billing_read(reply: R | BillingCommandFailed) -> R:
+    """billing's answer to a query, or the error it answered with instead."""
+    if isinstance(reply, BillingCommandFailed):
+        status = BILLING_ERRORS.get(reply.code, 503)
+        raise ApiError(status, reply.code if status != 503 else "billing_unavailable", reply.message, reply.field)
+    return reply

@@ -11,10 +11,11 @@ from libs.keycache import KeyCache
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
 from libs.settings import Settings
-from libs.web import api_errors
+from libs.web import api_errors, refuse_control_characters
 from services.ingress.api import IngressApi
 from services.ingress.directory import Directory
 from services.ingress.projection import IngressProjection
+from services.ingress.usage import ingest_clients
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DEDUPE_SWEEP_S = 600
@@ -28,6 +29,7 @@ class IngressService:
 
     async def start(self) -> None:
         settings, runtime = self.settings, self.runtime
+        ingest_clients(settings.ingest_token, settings.ingest_tokens)  # a bad FLOWPLAN_INGEST_TOKENS stops the start
         await runtime.connect(MIGRATIONS, pool_size=20)
         catalog = load_catalog(settings.catalog_path, settings.plans_path)
         self.directory = Directory(catalog.default_usd_per_flow)
@@ -38,7 +40,9 @@ class IngressService:
         runtime.spawn(self._sweep_dedupe(), "ingress-dedupe-sweep")
         keys = KeyCache.from_settings(runtime.nc, settings)
         await keys.start()
-        app = web.Application(middlewares=[api_errors], client_max_size=settings.max_body_bytes)
+        app = web.Application(
+            middlewares=[api_errors, refuse_control_characters], client_max_size=settings.max_body_bytes
+        )
         api = IngressApi(
             settings, catalog, self.directory, await runtime.publisher(), runtime.db, runtime.nc, keys, self.clock
         )

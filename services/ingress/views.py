@@ -16,6 +16,7 @@ from proto.v1 import (
     UsageRecorded,
     WindowStatus,
 )
+from services.ingress.usage import client_event_id
 
 
 def _decimal(value: Fraction, places: int) -> str:
@@ -79,7 +80,7 @@ def account_usage(status: QuotaStatus) -> dict[str, Any]:
 
 def usage_event(e: UsageRecorded) -> dict[str, Any]:
     return {
-        "event_id": e.event_id,
+        "event_id": client_event_id(e.event_id),
         "model": e.model,
         "input_tokens": e.input_tokens,
         "output_tokens": e.output_tokens,

@@ -4,6 +4,7 @@ for the sequence barrier, and one account's wait must not hold up another's."""
 import asyncio
 import logging
 
+import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
@@ -47,9 +48,15 @@ class RefundResponder:
             reply = RefundRefused(code=exc.code, reason=exc.reason, message=exc.message)
         except msgspec.ValidationError as exc:
             reply = RefundRefused(code="invalid_request", reason="invalid_request", message=str(exc))
+        except (msgspec.DecodeError, asyncpg.DataError) as exc:
+            reply = RefundRefused(code="invalid_request", reason="invalid_request", message=str(exc))
         except RETRIED as exc:
             log.warning("refund request failed transiently: %r", exc)
             reply = RefundRefused(code="unavailable", reason="unavailable", message="refunds are unavailable; retry")
+        except Exception:
+            # Answer all the same: a request left unanswered costs its caller a timeout and a 503 "retry".
+            log.exception("refund request failed")
+            reply = RefundRefused(code="internal_error", reason="internal_error", message="refund request failed")
         await msg.respond(encode(reply))
 
     async def _handle(self, query: Query) -> RefundReply:

@@ -21,6 +21,7 @@ from libs.eventlog.streams import declare_streams
 from libs.localservers import LocalNats
 from libs.settings import Settings, settings_environ
 from proto.v1 import AccountCreated, UsageRecorded, encode
+from services.ingress.usage import stored_event_id
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
@@ -156,11 +157,11 @@ async def test_filters_by_account_type_sequence_and_time(stack: Stack, account: 
             (datetime.now(UTC) - timedelta(days=1)).isoformat(),
         )
     )
-    assert [e["event"]["event_id"] for e in old] == [backfill["event_id"]]
+    assert [e["event"]["event_id"] for e in old] == [stored_event_id("default", account_id, backfill["event_id"])]
 
     last_two = lines_of(await flowplan(stack.settings, "events", "tail", "-n", "2", "-a", account_id))
     assert [e["seq"] for e in last_two] == [e["seq"] for e in mine[-1:]] + [last_two[-1]["seq"]]
-    assert last_two[-1]["event"]["event_id"] == backfill["event_id"]
+    assert last_two[-1]["event"]["event_id"] == stored_event_id("default", account_id, backfill["event_id"])
     recent_by_event_time = lines_of(
         await flowplan(
             stack.settings,
@@ -202,7 +203,8 @@ async def test_tail_follow_prints_new_events_until_interrupted(stack: Stack, acc
         new = usage_event(account_id)
         assert (await stack.post_usage([new]))[0] == 202
         line = json.loads(await asyncio.wait_for(follower.stdout.readline(), 30))
-        assert line["event"]["event_id"] == new["event_id"] and line["seq"] > last["seq"]
+        assert line["event"]["event_id"] == stored_event_id("default", account_id, new["event_id"])
+        assert line["seq"] > last["seq"]
     finally:
         follower.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(follower.wait(), 10)
