@@ -8,13 +8,14 @@ from datetime import UTC, date
 import asyncpg
 
 from libs.eventlog.runner import AfterCommit, Applied
-from proto.v1 import BalanceToppedUp, PaymentRecorded, PlanChanged, RefundSucceeded, UsageRecorded
+from proto.v1 import AccountCreated, BalanceToppedUp, PaymentRecorded, PlanChanged, RefundSucceeded, UsageRecorded
 from services.billing import metrics
 
 
 class BillingProjection:
     name: str = "billing"
     event_types: tuple[str, ...] = (
+        "AccountCreated",
         "PaymentRecorded",
         "PlanChanged",
         "BalanceToppedUp",
@@ -22,7 +23,9 @@ class BillingProjection:
         "UsageRecorded",
     )
     category: str | None = None
-    tables: tuple[str, ...] = ("checkpoints", "history", "subscriptions", "usage_seen", "costs", "ledger")
+    tables: tuple[str, ...] = (
+        "checkpoints", "accounts", "history", "subscriptions", "usage_seen", "costs", "ledger",
+    )  # fmt: skip
 
     def __init__(self, schema: str = "billing", *, metered: bool = True) -> None:
         self.schema = schema
@@ -40,8 +43,11 @@ class BillingProjection:
         ledger: list[tuple[str, str, int, str, object]] = []
         usage: list[UsageRecorded] = []
         subscriptions: list[tuple[str, str, object, str, str, object]] = []
+        accounts: list[tuple[str, object]] = []
         for _, event in batch:
-            if isinstance(event, PaymentRecorded):
+            if isinstance(event, AccountCreated):
+                accounts.append((event.account_id, event.occurred_at))
+            elif isinstance(event, PaymentRecorded):
                 history.append((event.event_id, event.account_id, "payment", event.occurred_at,
                                 event.amount_micros, event.plan, None, event.payment_ref))  # fmt: skip
             elif isinstance(event, PlanChanged):
@@ -58,6 +64,11 @@ class BillingProjection:
                                 event.amount_micros, None, None, event.refund_id))  # fmt: skip
             elif isinstance(event, UsageRecorded):
                 usage.append(event)
+        if accounts:  # when each account began: no plan is in force before it
+            await conn.executemany(
+                f"INSERT INTO {self.schema}.accounts (account_id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                accounts,
+            )
         payments: list[tuple[str, int]] = []
         if history:
             fresh = await conn.fetch(
