@@ -80,6 +80,8 @@ class QuotaState:
             accounts[row["account_id"]].segments.append(
                 Segment(row["effective_at"], row["plan"], row["period_anchor"], row["event_id"], row["paid_until"])
             )
+        for account in accounts.values():  # in the order apply() keeps them: changes at one instant by plan
+            account.segments.sort()
         for row in await conn.fetch(
             f"""SELECT DISTINCT ON (account_id, kind) account_id, kind, started_at, ends_at, flows_micros
                 FROM {schema}.windows WHERE kind IN ('5h', 'week')
