@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -124,14 +125,41 @@ def _admin(settings: Settings, path: str, body: dict[str, str]) -> dict[str, str
         return dict(json.loads(response.read()))
 
 
+def _plan_of(settings: Settings, key: str) -> str | None:
+    """The plan the live stack has for the key's account; None when the stack does not know the key
+    (another database, or one dropped since)."""
+    request = urllib.request.Request(
+        f"http://{settings.host}:{settings.ingress_port}/v1/account/usage", headers={"Authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(json.loads(response.read())["plan"])
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403, 404):
+            return None
+        raise
+
+
+def _demo_payment(settings: Settings, account_id: str) -> None:
+    payment = {"plan": "pro", "amount_usd": "20.00", "payment_ref": f"demo-{account_id}-{int(time.time())}"}
+    _admin(settings, f"/admin/v1/accounts/{account_id}/payments", payment)
+
+
 def _demo_account(settings: Settings, state_dir: Path) -> dict[str, str]:
-    """A demo account on a Pro subscription (a demo payment), so every example model works."""
+    """A demo account on a Pro subscription (a demo payment), so every example model works. The one
+    saved by an earlier run is printed again only when the live stack still knows its key (the
+    database may be another one now); a demo month that has ended is paid again."""
     saved = state_dir / "demo-account.json"
     if saved.exists():
-        return dict(json.loads(saved.read_text()))
+        account = dict(json.loads(saved.read_text()))
+        plan = _plan_of(settings, account["key"])
+        if plan is not None:
+            if plan != "pro":
+                _demo_payment(settings, account["account_id"])
+            return account
+        print(f"  the saved demo account {account['account_id']} is unknown to this database: creating another")
     account = _admin(settings, "/admin/v1/accounts", {"name": "demo"})
-    payment = {"plan": "pro", "amount_usd": "20.00", "payment_ref": f"demo-{account['account_id']}"}
-    _admin(settings, f"/admin/v1/accounts/{account['account_id']}/payments", payment)
+    _demo_payment(settings, account["account_id"])
     saved.write_text(json.dumps(account))
     saved.chmod(0o600)
     return account
