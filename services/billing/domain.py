@@ -92,7 +92,7 @@ def record_payment(
     change = PlanChanged(
         event_id=event_id("plan", account_id, ref), account_id=account_id, occurred_at=starts,
         plan=command.plan, previous_plan=previous, period_anchor=anchor, reason="payment",
-        paid_until=paid_until,
+        paid_until=paid_until, payment_ref=ref,
     )  # fmt: skip
     return payment, change
 

@@ -8,7 +8,15 @@ from datetime import UTC, date
 import asyncpg
 
 from libs.eventlog.runner import AfterCommit, Applied
-from proto.v1 import AccountCreated, BalanceToppedUp, PaymentRecorded, PlanChanged, RefundSucceeded, UsageRecorded
+from proto.v1 import (
+    AccountCreated,
+    BalanceToppedUp,
+    PaymentRecorded,
+    PlanChangeCancelled,
+    PlanChanged,
+    RefundSucceeded,
+    UsageRecorded,
+)
 from services.billing import metrics
 
 
@@ -18,6 +26,7 @@ class BillingProjection:
         "AccountCreated",
         "PaymentRecorded",
         "PlanChanged",
+        "PlanChangeCancelled",
         "BalanceToppedUp",
         "RefundSucceeded",
         "UsageRecorded",
@@ -44,6 +53,7 @@ class BillingProjection:
         usage: list[UsageRecorded] = []
         subscriptions: list[tuple[str, str, object, str, str, object]] = []
         accounts: list[tuple[str, object]] = []
+        withdrawn: list[str] = []  # plan changes cancelled before they took effect
         for _, event in batch:
             if isinstance(event, AccountCreated):
                 accounts.append((event.account_id, event.occurred_at))
@@ -55,6 +65,8 @@ class BillingProjection:
                                 event.plan, event.previous_plan, event.reason))  # fmt: skip
                 subscriptions.append((event.event_id, event.account_id, event.occurred_at, event.plan,
                                       event.previous_plan, event.paid_until))  # fmt: skip
+            elif isinstance(event, PlanChangeCancelled):
+                withdrawn.append(event.plan_change_id)
             elif isinstance(event, BalanceToppedUp):
                 history.append((event.event_id, event.account_id, "top_up", event.occurred_at,
                                 event.amount_micros, None, None, event.topup_ref))  # fmt: skip
@@ -87,6 +99,9 @@ class BillingProjection:
                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
                 subscriptions,
             )
+        if withdrawn:  # after the inserts: the change may be in this very batch
+            for table in ("subscriptions", "history"):
+                await conn.execute(f"DELETE FROM {self.schema}.{table} WHERE event_id = ANY($1::text[])", withdrawn)
         spend: dict[str, int] = defaultdict(int)  # PAYG micro-USD by model
         if usage:
             ledger += await self._costs(conn, usage, spend)
