@@ -39,12 +39,11 @@ async def test_payg_calls_and_calls_outside_the_period_are_not_deducted(stack: S
     assert status in (200, 201)
     paid_at = datetime.now(UTC) - timedelta(hours=2)
     await stack.pay(account_id, "pro", "20.00", paid_at=paid_at.isoformat())
+    before_payment = (paid_at - timedelta(hours=1)).isoformat()
     events = [
-        usage_event(account_id, event_id="on-plan", input_tokens=200_000, output_tokens=50_000),
-        usage_event(account_id, event_id="from-balance", input_tokens=400_000, output_tokens=100_000,
-                    billing_mode="payg"),  # fmt: skip
-        usage_event(account_id, event_id="before-payment", input_tokens=300_000,
-                    occurred_at=(paid_at - timedelta(hours=1)).isoformat()),  # fmt: skip
+        usage_event(account_id, input_tokens=200_000, output_tokens=50_000),  # the one to deduct
+        usage_event(account_id, input_tokens=400_000, output_tokens=100_000, billing_mode="payg"),
+        usage_event(account_id, input_tokens=300_000, occurred_at=before_payment),  # on Free, before it
     ]
     status, body = await stack.post_usage(events)
     assert status == 202, body
