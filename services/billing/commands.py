@@ -124,7 +124,8 @@ class BillingCommands:
                 domain.event_id("plan", command.account_id, command.payment_ref),
             )
             rows = await conn.fetch(
-                f"SELECT effective_at, plan, paid_until FROM {self._schema}.subscriptions WHERE account_id = $1",
+                f"""SELECT effective_at, plan, paid_until FROM {self._schema}.subscriptions
+                    WHERE account_id = $1 AND NOT withdrawn""",
                 command.account_id,
             )
             created_at = await conn.fetchval(

@@ -100,8 +100,10 @@ class BillingProjection:
                 subscriptions,
             )
         if withdrawn:  # after the inserts: the change may be in this very batch
-            for table in ("subscriptions", "history"):
-                await conn.execute(f"DELETE FROM {self.schema}.{table} WHERE event_id = ANY($1::text[])", withdrawn)
+            await conn.execute(
+                f"UPDATE {self.schema}.subscriptions SET withdrawn = true WHERE event_id = ANY($1::text[])", withdrawn
+            )
+            await conn.execute(f"DELETE FROM {self.schema}.history WHERE event_id = ANY($1::text[])", withdrawn)
         spend: dict[str, int] = defaultdict(int)  # PAYG micro-USD by model
         if usage:
             ledger += await self._costs(conn, usage, spend)

@@ -66,7 +66,8 @@ async def test_refunding_a_scheduled_downgrade_keeps_the_plan_in_force(stack: St
     account = await stack.create_account()
     account_id, key = account["account_id"], account["key"]
     upgrade = await stack.pay(account_id, "max", "100.00")
-    downgrade = await stack.pay(account_id, "pro", "20.00")  # from the end of the Max month
+    ref = f"downgrade-{account_id}"
+    downgrade = await stack.pay(account_id, "pro", "20.00", ref=ref)  # from the end of the Max month
     assert downgrade["effective_at"] == upgrade["paid_until"]
     status, body = await stack.post_usage([usage_event(account_id, input_tokens=200_000)])  # on Max, not Pro's
     assert status == 202, body
@@ -95,7 +96,9 @@ async def test_refunding_a_scheduled_downgrade_keeps_the_plan_in_force(stack: St
         return scheduled == [] and len(refunds) == 1 and sorted(r["plan"] for r in plans) == ["free", "max"]
 
     await eventually(withdrawn, within=30)
-    usage = await stack.usage(key)
-    assert usage["plan"] == "max"
+    again = await stack.pay(account_id, "pro", "20.00", ref=ref)  # the provider's webhook, delivered again
+    assert again["effective_at"] == downgrade["effective_at"]  # answered as recorded: nothing new
+    assert await withdrawn()  # and nothing scheduled again
+    assert (await stack.usage(key))["plan"] == "max"
     status, again = await stack.http("GET", "/v1/refunds/preview", token=key)
     assert (status, again["reason"]) == (200, "already_refunded"), again
