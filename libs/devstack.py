@@ -18,7 +18,14 @@ import urllib.request
 from pathlib import Path
 
 from libs.localservers import LocalNats, LocalPostgres, port_is_free, wait_for_port
-from libs.settings import DEV_ADMIN_TOKEN, DEV_INGEST_TOKEN, Settings, load_settings
+from libs.settings import (
+    DEV_ADMIN_TOKEN,
+    DEV_INGEST_TOKEN,
+    Settings,
+    SettingsError,
+    check_exposure,
+    load_settings,
+)
 from libs.setup import set_up
 
 SERVICES = ("simulator", "quota", "keys", "billing", "refund", "ingress", "gateway")
@@ -66,6 +73,10 @@ class DevStack:
     def start_services(self, env: dict[str, str], settings: Settings) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         self._env = env
+        try:  # each service would refuse on its own; say why once, before starting any
+            check_exposure(settings)
+        except SettingsError as exc:
+            raise SystemExit(f"refusing to start: {exc}") from None
         busy = [name for name in SERVICES if not port_is_free(getattr(settings, f"{name}_port"))]
         if busy:
             raise SystemExit(

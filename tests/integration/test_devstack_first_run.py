@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from libs import apikeys
-from libs.devstack import _demo_account
+from libs.devstack import DevStack, _demo_account
 from libs.localservers import free_port, port_is_free
+from libs.settings import load_settings
 from tests.stack import Stack
 
 
@@ -71,3 +72,11 @@ async def test_the_saved_demo_account_is_kept_only_while_the_stack_knows_its_key
     assert (await stack.usage(lapsed["key"]))["plan"] == "free"
     kept = await asyncio.to_thread(_demo_account, stack.settings, tmp_path)
     assert kept == lapsed and (await stack.usage(lapsed["key"]))["plan"] == "pro"
+
+
+def test_make_run_beyond_loopback_with_the_development_tokens_stops_before_starting_anything(tmp_path: Path) -> None:
+    stack = DevStack(tmp_path)
+    settings = load_settings({"FLOWPLAN_HOST": "0.0.0.0", "FLOWPLAN_INGEST_TOKEN": "a-real-one"})
+    with pytest.raises(SystemExit, match="FLOWPLAN_ADMIN_TOKEN"):
+        stack.start_services({}, settings)
+    assert stack.children == {}
