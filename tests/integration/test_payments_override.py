@@ -52,5 +52,5 @@ async def test_a_payment_dated_before_the_account_applies_from_its_creation(stac
     usage = await stack.usage(account["key"])
     assert usage["plan"] == "pro" and usage["window_5h"]["limit_flows"] == 50  # quota's view: Pro, not Free
     # the refund window counts from when it was paid: 25 hours ago
-    status, body = await stack.http("POST", "/v1/refunds", token=account["key"])
-    assert (status, body["error"]["reason"]) == (409, "window_passed"), body
+    status, preview = await stack.http("GET", "/v1/refunds/preview", token=account["key"])
+    assert (status, preview["eligible"], preview["reason"]) == (200, False, "window_passed"), preview
