@@ -13,11 +13,19 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 from libs.localservers import LocalNats, LocalPostgres, port_is_free, wait_for_port
-from libs.settings import DEV_ADMIN_TOKEN, DEV_INGEST_TOKEN, Settings, load_settings
+from libs.settings import (
+    DEV_ADMIN_TOKEN,
+    DEV_INGEST_TOKEN,
+    Settings,
+    SettingsError,
+    check_exposure,
+    load_settings,
+)
 from libs.setup import set_up
 
 SERVICES = ("simulator", "quota", "keys", "billing", "refund", "ingress", "gateway")
@@ -65,6 +73,10 @@ class DevStack:
     def start_services(self, env: dict[str, str], settings: Settings) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         self._env = env
+        try:  # each service would refuse on its own; say why once, before starting any
+            check_exposure(settings)
+        except SettingsError as exc:
+            raise SystemExit(f"refusing to start: {exc}") from None
         busy = [name for name in SERVICES if not port_is_free(getattr(settings, f"{name}_port"))]
         if busy:
             raise SystemExit(
@@ -124,14 +136,41 @@ def _admin(settings: Settings, path: str, body: dict[str, str]) -> dict[str, str
         return dict(json.loads(response.read()))
 
 
+def _plan_of(settings: Settings, key: str) -> str | None:
+    """The plan the live stack has for the key's account; None when the stack does not know the key
+    (another database, or one dropped since)."""
+    request = urllib.request.Request(
+        f"http://{settings.host}:{settings.ingress_port}/v1/account/usage", headers={"Authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(json.loads(response.read())["plan"])
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403, 404):
+            return None
+        raise
+
+
+def _demo_payment(settings: Settings, account_id: str) -> None:
+    payment = {"plan": "pro", "amount_usd": "20.00", "payment_ref": f"demo-{account_id}-{int(time.time())}"}
+    _admin(settings, f"/admin/v1/accounts/{account_id}/payments", payment)
+
+
 def _demo_account(settings: Settings, state_dir: Path) -> dict[str, str]:
-    """A demo account on a Pro subscription (a demo payment), so every example model works."""
+    """A demo account on a Pro subscription (a demo payment), so every example model works. The one
+    saved by an earlier run is printed again only when the live stack still knows its key (the
+    database may be another one now); a demo month that has ended is paid again."""
     saved = state_dir / "demo-account.json"
-    if saved.exists() and "management_key" in (known := json.loads(saved.read_text())):
-        return dict(known)  # (one saved before management keys existed cannot change anything: made anew)
+    if saved.exists() and "management_key" in (account := dict(json.loads(saved.read_text()))):
+        # (one saved before management keys existed cannot change anything: it is made anew)
+        plan = _plan_of(settings, account["key"])
+        if plan is not None:
+            if plan != "pro":
+                _demo_payment(settings, account["account_id"])
+            return account
+        print(f"  the saved demo account {account['account_id']} is unknown to this database: creating another")
     account = _admin(settings, "/admin/v1/accounts", {"name": "demo"})
-    payment = {"plan": "pro", "amount_usd": "20.00", "payment_ref": f"demo-{account['account_id']}"}
-    _admin(settings, f"/admin/v1/accounts/{account['account_id']}/payments", payment)
+    _demo_payment(settings, account["account_id"])
     saved.write_text(json.dumps(account))
     saved.chmod(0o600)
     return account

@@ -26,7 +26,11 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Nothing listens on the port. Bound with SO_REUSEADDR, as the servers themselves bind (aiohttp,
+    nats-server, Postgres): connections of a stopped server still in TIME_WAIT (up to a minute) do
+    not keep it from starting again, so they must not count as a port in use either; a listener does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -4,12 +4,13 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable
 from typing import Protocol
 
 import uvloop
 
-from libs.settings import Settings, load_settings
+from libs.settings import Settings, SettingsError, check_exposure, load_settings
 
 
 class Service(Protocol):
@@ -18,7 +19,11 @@ class Service(Protocol):
 
 
 def run_service(factory: Callable[[Settings], Service]) -> None:
-    settings = load_settings()
+    try:
+        settings = load_settings()
+        check_exposure(settings)
+    except SettingsError as exc:  # refuse to start: a configuration mistake, not a crash to restart
+        sys.exit(f"flowplan: refusing to start: {exc}")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def serve(settings: Settings) -> None:

@@ -1,13 +1,24 @@
 """Typed settings, read from FLOWPLAN_* environment variables in one place."""
 
+import ipaddress
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
 DEV_ADMIN_TOKEN = "dev-admin-token"
 DEV_INGEST_TOKEN = "dev-ingest-token"
+TOKENS = {"admin_token": DEV_ADMIN_TOKEN, "ingest_token": DEV_INGEST_TOKEN}
+"""The bearer tokens and their development defaults, which are public (in this repository)."""
+SECRETS = ("admin_token", "ingest_token", "ingest_tokens", "database_url", "upstreams", "grafana_db_password")
+"""Settings that may be read from a file named by FLOWPLAN_<NAME>_FILE (Docker or Kubernetes secrets),
+so that they need not sit in the environment or in a compose file."""
+
+
+class SettingsError(ValueError):
+    """The configuration cannot be used; the message names the variable to fix."""
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,12 +99,55 @@ def settings_environ(settings: Settings) -> dict[str, str]:
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build Settings from FLOWPLAN_<FIELD> variables; overrides win (tests, composition roots)."""
+    """Build Settings from FLOWPLAN_<FIELD> variables (or FLOWPLAN_<FIELD>_FILE for a secret);
+    overrides win (tests, composition roots). An empty variable means the default, except for a
+    token: an empty token is a mistake (a compose file's unset variable), never the public default."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for field in msgspec.structs.fields(Settings):
-        raw = env.get(f"FLOWPLAN_{field.name.upper()}")
+        name = f"FLOWPLAN_{field.name.upper()}"
+        raw = _secret_file(env, name) if field.name in SECRETS else None
+        if raw is None:
+            raw = env.get(name)
+        if raw == "" and field.name in TOKENS:
+            raise SettingsError(f"{name} is set but empty: set a token (or unset it on a loopback-only machine)")
         if raw is not None and raw != "":
             values[field.name] = raw
     values.update(overrides)
     return msgspec.convert(values, Settings, strict=False)
+
+
+def _secret_file(env: Mapping[str, str], name: str) -> str | None:
+    """The secret in the file FLOWPLAN_<NAME>_FILE names (one trailing newline dropped), if set."""
+    path = env.get(f"{name}_FILE")
+    if not path:
+        return None
+    if env.get(name):
+        raise SettingsError(f"{name} and {name}_FILE are both set: set one of them")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SettingsError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or an interface address: reachable from elsewhere
+
+
+def check_exposure(settings: Settings) -> None:
+    """A service that listens beyond this machine must not accept the public development tokens."""
+    if is_loopback(settings.host):
+        return
+    for field, dev_token in TOKENS.items():
+        if getattr(settings, field) == dev_token:
+            raise SettingsError(
+                f"FLOWPLAN_{field.upper()} is the development default ({dev_token!r}) but FLOWPLAN_HOST is "
+                f"{settings.host!r}, not loopback: set FLOWPLAN_{field.upper()} (or FLOWPLAN_{field.upper()}_FILE) "
+                "to a secret of your own"
+            )

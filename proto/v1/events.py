@@ -99,6 +99,17 @@ class PlanChanged(AccountEvent, frozen=True, kw_only=True):
     reason: Literal["payment", "refund", "period_end", "admin"]
     paid_until: datetime | None = None
     """End of the paid period: past it, without a renewal, the account is on Free."""
+    payment_ref: str | None = None
+    """The payment that bought this change (reason "payment"): a refund of it knows its period."""
+
+
+class PlanChangeCancelled(AccountEvent, frozen=True, kw_only=True):
+    """A plan change that had not taken effect yet is withdrawn (its payment was refunded): the plan
+    in force before it runs on as if it had never been scheduled."""
+
+    plan_change_id: str
+    """The event_id of the PlanChanged withdrawn."""
+    reason: Literal["refund"] = "refund"
 
 
 class BalanceToppedUp(AccountEvent, frozen=True, kw_only=True):
@@ -188,7 +199,9 @@ class RefundPaidOut(AccountEvent, frozen=True, kw_only=True):
 
 
 class RefundSucceeded(AccountEvent, frozen=True, kw_only=True):
-    """The refund was paid out; the account is on Free from occurred_at on (a PlanChanged follows)."""
+    """The refund was paid out; the account is on Free from occurred_at on (a PlanChanged follows), or,
+    when the refunded payment's plan had not started yet, that change is withdrawn (a PlanChangeCancelled
+    follows) and the plan in force runs on."""
 
     refund_id: str
     payout_id: str
@@ -225,6 +238,7 @@ AnyEvent = (
     | BalanceToppedUp
     | ExtraUsageChanged
     | PlanChanged
+    | PlanChangeCancelled
     | MultiplierChanged
     | FlowRateChanged
     | UsageRecorded

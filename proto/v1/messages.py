@@ -241,6 +241,9 @@ class RecordPayment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The provider's reference: a payment sent again with the same one is recorded once."""
     paid_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     """When it was paid (with its UTC offset); None: now, by billing's clock."""
+    override: bool = False
+    """An amount other than the plan's price is recorded only when this says so (a back-office
+    correction: a discount, a partial payment); otherwise it is refused, naming amount_usd."""
 
 
 class PaymentAccepted(msgspec.Struct, frozen=True, kw_only=True, tag=True):

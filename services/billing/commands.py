@@ -128,8 +128,12 @@ class BillingCommands:
                 domain.event_id("plan", command.account_id, command.payment_ref),
             )
             rows = await conn.fetch(
-                f"SELECT effective_at, plan, paid_until FROM {self._schema}.subscriptions WHERE account_id = $1",
+                f"""SELECT effective_at, plan, paid_until FROM {self._schema}.subscriptions
+                    WHERE account_id = $1 AND NOT withdrawn""",
                 command.account_id,
+            )
+            created_at = await conn.fetchval(
+                f"SELECT created_at FROM {self._schema}.accounts WHERE account_id = $1", command.account_id
             )
         if recorded is not None:
             if (recorded["plan"], recorded["amount_micros"]) != (command.plan, command.amount_micros):
@@ -142,7 +146,7 @@ class BillingCommands:
                 account_id=command.account_id, payment_ref=command.payment_ref, duplicate=True, **dict(recorded)
             )
         changes = [Subscription(**dict(row)) for row in rows]
-        payment, change = domain.record_payment(command, changes, self._prices, self._clock.now())
+        payment, change = domain.record_payment(command, changes, self._prices, self._clock.now(), created_at)
         await self._publisher.publish([payment, change])
         return _payment_accepted(payment, change)
 

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from libs.months import add_months
+from libs.pricing.money import micros_to_usd
 from proto.v1 import BalanceToppedUp, PaymentRecorded, PlanChanged, RecordPayment, TopUpBalance
 
 _NAMESPACE = uuid.UUID("6f0c6f7e-3b9e-4a53-9a43-0f9b0d6a1c55")
@@ -44,25 +45,45 @@ def subscription_at(changes: Iterable[Subscription], when: datetime) -> Subscrip
 
 
 def record_payment(
-    command: RecordPayment, changes: Iterable[Subscription], prices: Mapping[str, int], now: datetime
+    command: RecordPayment,
+    changes: Iterable[Subscription],
+    prices: Mapping[str, int],
+    now: datetime,
+    created_at: datetime | None = None,
 ) -> tuple[PaymentRecorded, PlanChanged]:
     """A payment pays one month of a plan. An upgrade (or renewal, or any payment on Free or
     after the paid period ended) takes effect at once and its month counts from paid_at; a
     downgrade takes effect when the month already paid for ends, and its month counts from
-    there: nobody loses what they paid for."""
+    there: nobody loses what they paid for.
+
+    A payment dated before the account existed (a back-office record or a backfill from another
+    system) is decided as of the account's creation and takes effect from then, for what is left
+    of its month, which still counts from paid_at (as does the refund window): a plan cannot be in
+    force before its account, where quota could not see it, and a month that ended before the
+    account began gives none."""
     if prices.get(command.plan, 0) == 0:
         paid = sorted(plan for plan, price in prices.items() if price > 0)
         raise Refused(f"plan: must be one of {paid}", "plan")
     if command.amount_micros < 0:
         raise Refused("amount_usd: must not be negative", "amount_usd")
+    price = prices[command.plan]
+    if command.amount_micros != price and not command.override:
+        raise Refused(
+            f"amount_usd: {micros_to_usd(command.amount_micros)} is not the {command.plan} plan's price "
+            f'({micros_to_usd(price)}); send "override": true to record another amount',
+            "amount_usd",
+        )
     paid_at = command.paid_at or now
     if paid_at > now:
         raise Refused("paid_at: must not be in the future", "paid_at")
-    current = subscription_at(changes, paid_at)
+    decided_at = paid_at if created_at is None else max(paid_at, created_at)
+    current = subscription_at(changes, decided_at)
     previous = current.plan if current is not None else "free"
-    starts = paid_at
+    anchor, paid_until = paid_at, add_months(paid_at, 1)
+    starts = decided_at if decided_at < paid_until else paid_at  # a month over before the account began: as paid
     if current is not None and current.paid_until is not None and prices[command.plan] < prices.get(previous, 0):
-        starts = current.paid_until  # in force at paid_at, so it ends after it
+        starts = anchor = current.paid_until  # in force at decided_at, so it ends after it
+        paid_until = add_months(starts, 1)
     account_id, ref = command.account_id, command.payment_ref
     payment = PaymentRecorded(
         event_id=event_id("payment", account_id, ref), account_id=account_id, occurred_at=paid_at,
@@ -70,8 +91,8 @@ def record_payment(
     )  # fmt: skip
     change = PlanChanged(
         event_id=event_id("plan", account_id, ref), account_id=account_id, occurred_at=starts,
-        plan=command.plan, previous_plan=previous, period_anchor=starts, reason="payment",
-        paid_until=add_months(starts, 1),
+        plan=command.plan, previous_plan=previous, period_anchor=anchor, reason="payment",
+        paid_until=paid_until, payment_ref=ref,
     )  # fmt: skip
     return payment, change
 

@@ -8,21 +8,33 @@ from datetime import UTC, date
 import asyncpg
 
 from libs.eventlog.runner import AfterCommit, Applied
-from proto.v1 import BalanceToppedUp, PaymentRecorded, PlanChanged, RefundSucceeded, UsageRecorded
+from proto.v1 import (
+    AccountCreated,
+    BalanceToppedUp,
+    PaymentRecorded,
+    PlanChangeCancelled,
+    PlanChanged,
+    RefundSucceeded,
+    UsageRecorded,
+)
 from services.billing import metrics
 
 
 class BillingProjection:
     name: str = "billing"
     event_types: tuple[str, ...] = (
+        "AccountCreated",
         "PaymentRecorded",
         "PlanChanged",
+        "PlanChangeCancelled",
         "BalanceToppedUp",
         "RefundSucceeded",
         "UsageRecorded",
     )
     category: str | None = None
-    tables: tuple[str, ...] = ("checkpoints", "history", "subscriptions", "usage_seen", "costs", "ledger")
+    tables: tuple[str, ...] = (
+        "checkpoints", "accounts", "history", "subscriptions", "usage_seen", "costs", "ledger",
+    )  # fmt: skip
 
     def __init__(self, schema: str = "billing", *, metered: bool = True) -> None:
         self.schema = schema
@@ -40,8 +52,12 @@ class BillingProjection:
         ledger: list[tuple[str, str, int, str, object]] = []
         usage: list[UsageRecorded] = []
         subscriptions: list[tuple[str, str, object, str, str, object]] = []
+        accounts: list[tuple[str, object]] = []
+        withdrawn: list[str] = []  # plan changes cancelled before they took effect
         for _, event in batch:
-            if isinstance(event, PaymentRecorded):
+            if isinstance(event, AccountCreated):
+                accounts.append((event.account_id, event.occurred_at))
+            elif isinstance(event, PaymentRecorded):
                 history.append((event.event_id, event.account_id, "payment", event.occurred_at,
                                 event.amount_micros, event.plan, None, event.payment_ref))  # fmt: skip
             elif isinstance(event, PlanChanged):
@@ -49,6 +65,8 @@ class BillingProjection:
                                 event.plan, event.previous_plan, event.reason))  # fmt: skip
                 subscriptions.append((event.event_id, event.account_id, event.occurred_at, event.plan,
                                       event.previous_plan, event.paid_until))  # fmt: skip
+            elif isinstance(event, PlanChangeCancelled):
+                withdrawn.append(event.plan_change_id)
             elif isinstance(event, BalanceToppedUp):
                 history.append((event.event_id, event.account_id, "top_up", event.occurred_at,
                                 event.amount_micros, None, None, event.topup_ref))  # fmt: skip
@@ -58,6 +76,11 @@ class BillingProjection:
                                 event.amount_micros, None, None, event.refund_id))  # fmt: skip
             elif isinstance(event, UsageRecorded):
                 usage.append(event)
+        if accounts:  # when each account began: no plan is in force before it
+            await conn.executemany(
+                f"INSERT INTO {self.schema}.accounts (account_id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                accounts,
+            )
         payments: list[tuple[str, int]] = []
         if history:
             fresh = await conn.fetch(
@@ -76,6 +99,11 @@ class BillingProjection:
                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
                 subscriptions,
             )
+        if withdrawn:  # after the inserts: the change may be in this very batch
+            await conn.execute(
+                f"UPDATE {self.schema}.subscriptions SET withdrawn = true WHERE event_id = ANY($1::text[])", withdrawn
+            )
+            await conn.execute(f"DELETE FROM {self.schema}.history WHERE event_id = ANY($1::text[])", withdrawn)
         spend: dict[str, int] = defaultdict(int)  # PAYG micro-USD by model
         if usage:
             ledger += await self._costs(conn, usage, spend)

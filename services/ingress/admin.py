@@ -35,6 +35,8 @@ class PaymentIn(msgspec.Struct, forbid_unknown_fields=True):
     amount_usd: Number
     payment_ref: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     paid_at: Aware | None = None
+    override: bool = False
+    """Needed to record an amount other than the plan's price (billing checks it)."""
 
 
 class SetMultiplier(msgspec.Struct, forbid_unknown_fields=True):
@@ -99,7 +101,7 @@ def payment_command(account_id: str, body: PaymentIn) -> RecordPayment:
     billing knows."""
     return RecordPayment(
         account_id=account_id, plan=body.plan, amount_micros=_micros(body.amount_usd, "amount_usd"),
-        payment_ref=body.payment_ref, paid_at=body.paid_at,
+        payment_ref=body.payment_ref, paid_at=body.paid_at, override=body.override,
     )  # fmt: skip
 
 

@@ -22,6 +22,7 @@ from proto.v1 import (
     ExtraUsageChanged,
     FlowRateChanged,
     MultiplierChanged,
+    PlanChangeCancelled,
     PlanChanged,
     UsageRecorded,
 )
@@ -80,6 +81,8 @@ class QuotaState:
             accounts[row["account_id"]].segments.append(
                 Segment(row["effective_at"], row["plan"], row["period_anchor"], row["event_id"], row["paid_until"])
             )
+        for account in accounts.values():  # in the order apply() keeps them: changes at one instant by plan
+            account.segments.sort()
         for row in await conn.fetch(
             f"""SELECT DISTINCT ON (account_id, kind) account_id, kind, started_at, ends_at, flows_micros
                 FROM {schema}.windows WHERE kind IN ('5h', 'week')
@@ -104,6 +107,7 @@ class QuotaProjection:
     event_types: tuple[str, ...] = (
         "AccountCreated",
         "PlanChanged",
+        "PlanChangeCancelled",
         "MultiplierChanged",
         "FlowRateChanged",
         "BalanceToppedUp",
@@ -137,6 +141,8 @@ class QuotaProjection:
                 await self._account_created(conn, event, pending)
             elif isinstance(event, PlanChanged):
                 await self._plan_changed(conn, event, pending)
+            elif isinstance(event, PlanChangeCancelled):
+                await self._plan_change_cancelled(conn, event, pending)
             elif isinstance(event, MultiplierChanged):
                 await self._multiplier_changed(conn, event, pending)
             elif isinstance(event, FlowRateChanged):
@@ -246,6 +252,19 @@ class QuotaProjection:
             return
         old_period = period_at(account.segments, event.occurred_at)
         account.segments = sorted([*account.segments, segment])
+        await self._recount_months(conn, event.account_id, account, since=old_period.start)
+
+    async def _plan_change_cancelled(
+        self, conn: asyncpg.Connection, event: PlanChangeCancelled, pending: dict[str, AccountQuota]
+    ) -> None:
+        """A scheduled change withdrawn: the account's plans as if it had never been recorded."""
+        account = self._pending(event.account_id, pending)
+        withdrawn = [s for s in account.segments if s.event_id == event.plan_change_id]
+        if not withdrawn:
+            return
+        await conn.execute(f"DELETE FROM {self.schema}.plan_history WHERE event_id = $1", event.plan_change_id)
+        old_period = period_at(account.segments, withdrawn[0].effective_at)
+        account.segments = [s for s in account.segments if s.event_id != event.plan_change_id]
         await self._recount_months(conn, event.account_id, account, since=old_period.start)
 
     async def _recount_months(

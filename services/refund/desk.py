@@ -7,7 +7,9 @@ the barrier's stream sequence, and the usage of the calls admitted and still run
 then (their quota reservations). Settling waits for those calls to report their usage
 (or time out) and for the barrier again, computes the final lines, pays out through the
 provider with the refund id as idempotency key, and records the outcome: succeeded (and
-the account drops to Free at once), failed, or cancelled when nothing is left to refund.
+the account drops to Free at once; or, for a payment whose plan had not started yet, that
+scheduled change is withdrawn and the plan in force runs on), failed, or cancelled when
+nothing is left to refund.
 """
 
 import asyncio
@@ -29,6 +31,7 @@ from libs.eventlog.runner import TRANSIENT_ERRORS
 from proto.v1 import (
     Inflight,
     InflightRequest,
+    PlanChangeCancelled,
     PlanChanged,
     QuotaStatus,
     QuotaStatusRequest,
@@ -43,7 +46,7 @@ from proto.v1 import (
     subjects,
 )
 from services.refund import domain, metrics
-from services.refund.domain import Lines, Payment, PlanSpan
+from services.refund.domain import Lines, Payment, Period, PlanSpan
 from services.refund.projection import insert_refund, settle_refund, start_payout
 from services.refund.provider import PaymentProvider, PayoutDeclined
 
@@ -202,7 +205,10 @@ class RefundDesk:
             row = await self._row(refund_id, conn)  # a previous run may have settled it; the barrier shows it
             if row is None or row["status"] != "processing":
                 return
-            usage = await self._usage(conn, account_id, row["paid_at"], row["cutoff_seq"], row["pending_reservations"])
+            paid = Payment(row["payment_ref"], row["plan"], row["paid_at"], row["paid_micros"])
+            change_id, change = await self._change_of(conn, account_id, row["payment_ref"])
+            period = domain.payment_period(paid, change)
+            usage = await self._usage(conn, account_id, period, row["cutoff_seq"], row["pending_reservations"])
             before = domain.refunded_before(await self._refunds_of(conn, account_id, row["payment_ref"]))
             plan_now = domain.plan_at(await self._plans(conn, account_id), self._clock.now())
         result = domain.lines(row["paid_micros"], usage, before)
@@ -233,12 +239,19 @@ class RefundDesk:
             payout_id=payout.payout_id, usage_micros=usage, refunded_before_micros=before,
             fee_micros=result.refundable - payout.amount_micros, amount_micros=payout.amount_micros,
         )  # fmt: skip
-        to_free = PlanChanged(
-            event_id=_event_id(refund_id, "plan"), account_id=account_id, occurred_at=now, plan="free",
-            previous_plan=plan_now, period_anchor=now, reason="refund",
-        )  # fmt: skip
-        await self._publisher.publish([succeeded, to_free])
-        await self._until_quota_shows_free(account_id)  # "succeeded" is shown once the gateway refuses Pro
+        if change_id is not None and domain.not_started(change, now):  # a scheduled change: withdrawn
+            withdrawn = PlanChangeCancelled(
+                event_id=_event_id(refund_id, "plan"), account_id=account_id, occurred_at=now,
+                plan_change_id=change_id,
+            )  # fmt: skip
+            await self._publisher.publish([succeeded, withdrawn])
+        else:
+            to_free = PlanChanged(
+                event_id=_event_id(refund_id, "plan"), account_id=account_id, occurred_at=now, plan="free",
+                previous_plan=plan_now, period_anchor=now, reason="refund",
+            )  # fmt: skip
+            await self._publisher.publish([succeeded, to_free])
+            await self._until_quota_shows_free(account_id)  # "succeeded" is shown once the gateway refuses Pro
         await self._record(succeeded, published=True)
 
     async def _start_payout(self, refund_id: str, account_id: str, now: datetime) -> bool:
@@ -320,7 +333,8 @@ class RefundDesk:
             else:
                 refunds = await self._refunds_of(conn, account_id, payment.payment_ref)
                 statuses = [status for status, _ in refunds]
-                usage = await self._usage(conn, account_id, payment.paid_at, cutoff, pending)
+                _, change = await self._change_of(conn, account_id, payment.payment_ref)
+                usage = await self._usage(conn, account_id, domain.payment_period(payment, change), cutoff, pending)
                 result = domain.lines(payment.amount_micros, usage, domain.refunded_before(refunds))
         reason = domain.refusal(payment, plan_now, statuses, result, now)
         if payment is None or result is None:
@@ -351,6 +365,20 @@ class RefundDesk:
         )
         return [PlanSpan(**dict(row)) for row in rows]
 
+    async def _change_of(
+        self, conn: asyncpg.Connection, account_id: str, payment_ref: str
+    ) -> tuple[str | None, PlanSpan | None]:
+        """The plan change the payment bought (its event id and span), unless it is not known."""
+        row = await conn.fetchrow(
+            f"""SELECT event_id, effective_at, plan, paid_until FROM {self._schema}.plans
+                WHERE account_id = $1 AND payment_ref = $2 ORDER BY effective_at DESC LIMIT 1""",
+            account_id,
+            payment_ref,
+        )
+        if row is None:
+            return None, None
+        return row["event_id"], PlanSpan(row["effective_at"], row["plan"], row["paid_until"])
+
     async def _refunds_of(self, conn: asyncpg.Connection, account_id: str, payment_ref: str) -> list[tuple[str, int]]:
         """(status, amount) of every refund of the payment."""
         rows = await conn.fetch(
@@ -361,15 +389,18 @@ class RefundDesk:
         return [(row["status"], row["amount_micros"]) for row in rows]
 
     async def _usage(
-        self, conn: asyncpg.Connection, account_id: str, since: datetime, cutoff: int, pending: Sequence[str]
+        self, conn: asyncpg.Connection, account_id: str, period: Period, cutoff: int, pending: Sequence[str]
     ) -> int:
-        """The API value of the calls since the payment, whatever their billing mode: those stored up to
-        the cut-off, and those that were in flight at the request."""
+        """The API value of the subscription calls in the payment's period (PAYG calls were paid from
+        the balance): those stored up to the cut-off, and those that were in flight at the request."""
         value = await conn.fetchval(
             f"""SELECT coalesce(sum(usd_cost_micros), 0) FROM {self._schema}.usage
-                WHERE account_id = $1 AND occurred_at >= $2 AND (seq <= $3 OR reservation_id = ANY($4::text[]))""",
+                WHERE account_id = $1 AND billing_mode = 'subscription' AND occurred_at >= $2
+                  AND ($3::timestamptz IS NULL OR occurred_at < $3)
+                  AND (seq <= $4 OR reservation_id = ANY($5::text[]))""",
             account_id,
-            since,
+            period.start,
+            period.end,
             cutoff,
             list(pending),
         )

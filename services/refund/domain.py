@@ -3,7 +3,8 @@
 The product page's table, in integer micro-USD:
 
     paid total                 (the refunded payment)
-  − usage                      (equivalent API value of the calls since it was paid, any billing mode)
+  − usage                      (equivalent API value of the subscription calls in the period it paid for;
+                                PAYG calls were paid from the balance already)
   − refunded before            (earlier refunds of the same payment)
   = refundable                 (nothing to refund when ≤ 0)
   − processor fee (5%)
@@ -40,6 +41,28 @@ class PlanSpan:
     effective_at: datetime
     plan: str
     paid_until: datetime | None
+
+
+@dataclass(frozen=True)
+class Period:
+    """What a payment paid for: from when its plan took effect to its paid_until (None: open)."""
+
+    start: datetime
+    end: datetime | None
+
+
+def payment_period(payment: Payment, change: PlanSpan | None) -> Period:
+    """The period of the plan change the payment bought; from paid_at on, open-ended, for a payment
+    whose change is not known (one recorded before plan changes named their payment)."""
+    if change is None:
+        return Period(payment.paid_at, None)
+    return Period(change.effective_at, change.paid_until)
+
+
+def not_started(change: PlanSpan | None, now: datetime) -> bool:
+    """The payment's plan takes effect later (a scheduled downgrade): refunding it withdraws that
+    change, and the plan in force now runs on instead of dropping to Free."""
+    return change is not None and change.effective_at > now
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import asyncpg
 from libs.eventlog.runner import AfterCommit, Applied
 from proto.v1 import (
     PaymentRecorded,
+    PlanChangeCancelled,
     PlanChanged,
     RefundCancelled,
     RefundFailed,
@@ -25,6 +26,7 @@ class RefundProjection:
     event_types: tuple[str, ...] = (
         "PaymentRecorded",
         "PlanChanged",
+        "PlanChangeCancelled",
         "UsageRecorded",
         "RefundRequested",
         "RefundPayoutStarted",
@@ -46,11 +48,11 @@ class RefundProjection:
         """refund answers from its tables only: nothing in memory to reload."""
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
-        usage: list[tuple[str, str, int, object, int, str | None]] = []
+        usage: list[tuple[str, str, int, object, int, str | None, str]] = []
         for seq, event in batch:
             if isinstance(event, UsageRecorded):
                 usage.append((event.event_id, event.account_id, seq, event.occurred_at, event.usd_cost_micros,
-                              event.reservation_id))  # fmt: skip
+                              event.reservation_id, event.billing_mode))  # fmt: skip
             elif isinstance(event, PaymentRecorded):
                 await conn.execute(
                     f"""INSERT INTO {self.schema}.payments (event_id, account_id, payment_ref, plan, amount_micros,
@@ -61,10 +63,14 @@ class RefundProjection:
                 )  # fmt: skip
             elif isinstance(event, PlanChanged):
                 await conn.execute(
-                    f"""INSERT INTO {self.schema}.plans (event_id, account_id, plan, effective_at, paid_until)
-                        VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+                    f"""INSERT INTO {self.schema}.plans (event_id, account_id, plan, effective_at, paid_until,
+                                                         payment_ref)
+                        VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
                     event.event_id, event.account_id, event.plan, event.occurred_at, event.paid_until,
+                    event.payment_ref,
                 )  # fmt: skip
+            elif isinstance(event, PlanChangeCancelled):
+                await conn.execute(f"DELETE FROM {self.schema}.plans WHERE event_id = $1", event.plan_change_id)
             elif isinstance(event, RefundRequested):
                 await insert_refund(conn, self.schema, event)
             elif isinstance(event, RefundPayoutStarted):
@@ -76,9 +82,9 @@ class RefundProjection:
         if usage:  # one statement for the batch: usage is most of the log
             await conn.execute(
                 f"""INSERT INTO {self.schema}.usage (event_id, account_id, seq, occurred_at, usd_cost_micros,
-                                                     reservation_id)
+                                                     reservation_id, billing_mode)
                     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bigint[],
-                                         $6::text[])
+                                         $6::text[], $7::text[])
                     ON CONFLICT DO NOTHING""",
                 *(list(column) for column in zip(*usage, strict=True)),
             )

@@ -132,7 +132,7 @@ async def test_a_payment_older_than_24_hours_is_not_refundable(stack: Stack) -> 
 
 async def test_usage_beyond_the_payment_is_not_refundable(stack: Stack) -> None:
     account = await stack.create_account()
-    await stack.pay(account["account_id"], "pro", "0.01")
+    await stack.pay(account["account_id"], "pro", "0.01", override=True)
     assert (await stack.post_usage([usage_event(account["account_id"], input_tokens=100_000)]))[0] == 202
     await all_usage_usd(stack, account["key"], 1)
     status, body = await stack.http("POST", "/v1/refunds", token=account["management_key"])

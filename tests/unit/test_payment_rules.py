@@ -19,8 +19,14 @@ LAPSED_MAX = Subscription(NOW - timedelta(days=40), "max", NOW - timedelta(days=
 REFUNDED = Subscription(NOW - timedelta(days=1), "free", None)
 
 
-def pay(plan: str, ref: str = "r", amount: str = "1", paid_at: datetime | None = None) -> RecordPayment:
-    return RecordPayment(account_id="acc", plan=plan, amount_micros=to_micros(amount), payment_ref=ref, paid_at=paid_at)
+def pay(
+    plan: str, ref: str = "r", amount: str | None = None, paid_at: datetime | None = None, override: bool = False
+) -> RecordPayment:
+    """A payment of the plan's price, unless another amount is given."""
+    micros = PRICES.get(plan, 0) if amount is None else to_micros(amount)
+    return RecordPayment(
+        account_id="acc", plan=plan, amount_micros=micros, payment_ref=ref, paid_at=paid_at, override=override
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,4 +97,44 @@ def test_a_paid_plan_ends_at_its_paid_until() -> None:
     ])  # fmt: skip
     assert account.plan_at(NOW - timedelta(days=10)) == "pro"
     assert account.plan_at(NOW - timedelta(days=9)) == "free"
+    assert account.plan_at(NOW) == "free"
+
+
+@pytest.mark.parametrize("amount", ["0", "19.99", "20.01", "100.00"])
+def test_an_amount_other_than_the_price_needs_an_override(amount: str) -> None:
+    with pytest.raises(Refused) as refused:
+        record_payment(pay("pro", amount=amount), [], PRICES, NOW)
+    assert refused.value.field == "amount_usd" and "override" in refused.value.message
+    payment, change = record_payment(pay("pro", amount=amount, override=True), [], PRICES, NOW)
+    assert payment.amount_micros == to_micros(amount) and change.plan == "pro"
+    exact, _ = record_payment(pay("pro", amount="20.00"), [], PRICES, NOW)  # the price needs none
+    assert exact.amount_micros == PRICES["pro"]
+
+
+def test_a_payment_dated_before_the_account_takes_effect_from_its_creation() -> None:
+    created = NOW - timedelta(hours=1)
+    paid_at = NOW - timedelta(hours=25)
+    payment, change = record_payment(pay("pro", paid_at=paid_at), [], PRICES, NOW, created)
+    assert payment.occurred_at == paid_at  # the refund window counts from here
+    assert change.occurred_at == created and change.previous_plan == "free"
+    assert change.period_anchor == paid_at and change.paid_until == add_months(paid_at, 1)  # the month paid for
+    account = AccountQuota(created, sorted([
+        Segment(created, "free", created, "created"),
+        Segment(change.occurred_at, change.plan, change.period_anchor, change.event_id, change.paid_until),
+    ]))  # fmt: skip
+    assert account.plan_at(created) == "pro" and account.plan_at(NOW) == "pro"  # what quota will show
+    assert account.plan_at(change.paid_until) == "free"
+    later, later_change = record_payment(pay("pro", paid_at=NOW), [], PRICES, NOW, created)  # after creation: as ever
+    assert later_change.occurred_at == later.occurred_at == NOW
+
+
+def test_a_month_that_ended_before_the_account_began_gives_no_plan() -> None:
+    created = NOW
+    paid_at = NOW - timedelta(days=40)
+    _, change = record_payment(pay("pro", paid_at=paid_at), [], PRICES, NOW, created)
+    assert change.occurred_at == paid_at and change.paid_until == add_months(paid_at, 1) < created
+    account = AccountQuota(created, sorted([
+        Segment(created, "free", created, "created"),
+        Segment(change.occurred_at, change.plan, change.period_anchor, change.event_id, change.paid_until),
+    ]))  # fmt: skip
     assert account.plan_at(NOW) == "free"

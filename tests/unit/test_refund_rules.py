@@ -5,7 +5,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from libs.pricing.money import micros_to_usd
-from services.refund.domain import Lines, Payment, PlanSpan, cancel_refusal, lines, plan_at, refunded_before, refusal
+from services.refund.domain import (
+    Lines,
+    Payment,
+    Period,
+    PlanSpan,
+    cancel_refusal,
+    lines,
+    not_started,
+    payment_period,
+    plan_at,
+    refunded_before,
+    refusal,
+)
 
 USD = 1_000_000
 PAID_AT = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -124,3 +136,23 @@ def test_only_succeeded_refunds_count_as_refunded_before() -> None:
     refunds = [("failed", 1_000_000), ("cancelled", 2_000_000), ("succeeded", 3_000_000), ("processing", 4_000_000)]
     assert refunded_before(refunds) == 3_000_000
     assert refunded_before([]) == 0
+
+
+def test_the_usage_counted_is_that_of_the_period_the_payment_paid_for() -> None:
+    month_end = PAID_AT + timedelta(days=30)
+    assert payment_period(PRO, PlanSpan(PAID_AT, "pro", month_end)) == Period(PAID_AT, month_end)
+    created = PAID_AT + timedelta(hours=25)  # paid before the account existed: from its creation
+    assert payment_period(PRO, PlanSpan(created, "pro", month_end)).start == created
+    scheduled = PlanSpan(PAID_AT + timedelta(days=12), "pro", PAID_AT + timedelta(days=43))  # a downgrade
+    assert payment_period(PRO, scheduled) == Period(scheduled.effective_at, scheduled.paid_until)
+    assert payment_period(PRO, None) == Period(PAID_AT, None)  # a change recorded without its payment
+
+
+def test_a_payment_whose_plan_has_not_started_is_withdrawn_not_dropped_to_free() -> None:
+    scheduled = PlanSpan(PAID_AT + timedelta(days=12), "pro", PAID_AT + timedelta(days=43))
+    assert not_started(scheduled, PAID_AT + timedelta(hours=1))
+    assert not not_started(scheduled, scheduled.effective_at)  # from then on it runs: a refund drops to Free
+    assert not not_started(PlanSpan(PAID_AT, "pro", None), PAID_AT + timedelta(hours=1))
+    assert not not_started(None, PAID_AT)
+    # it is refundable while the plan in force now is a paid one, within 24 hours of its payment
+    assert refusal(PRO, "max", [], lines(PRO.amount_micros, 0, 0), PAID_AT + timedelta(hours=1)) is None
