@@ -9,6 +9,7 @@ from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
 from libs.settings import Settings
 from services.gateway.api import GatewayApi
+from services.gateway.inflight import InflightCalls
 from services.gateway.recorder import UsageRecorder
 from services.gateway.upstreams import Upstreams
 
@@ -37,7 +38,11 @@ class GatewayService:
         upstreams = Upstreams(settings.upstreams, f"http://{simulator_host}:{settings.simulator_port}")
         catalog = load_catalog(settings.catalog_path, settings.plans_path)
         app = web.Application(client_max_size=settings.max_body_bytes)
-        self.api = GatewayApi(settings, catalog, keys, runtime.nc, self.session, upstreams, self.recorder, self.clock)
+        inflight = InflightCalls(self.clock)
+        runtime.spawn(inflight.run(runtime.nc, settings.heartbeat_interval_s), "gateway-heartbeat")
+        self.api = GatewayApi(
+            settings, catalog, keys, runtime.nc, self.session, upstreams, self.recorder, self.clock, inflight
+        )
         self.api.routes(app)
         await runtime.serve(settings.gateway_port, app)
 
