@@ -82,7 +82,7 @@ class GatewayApi:
         self.upstreams = upstreams
         self.recorder = recorder
         self.clock = clock
-        self.inflight = inflight or InflightCalls(clock)
+        self.inflight = inflight if inflight is not None else InflightCalls(clock)
         """The calls admitted and not finished: their reservations are renewed in quota by heartbeat."""
         self._pumps: set[asyncio.Task[web.StreamResponse]] = set()
 
