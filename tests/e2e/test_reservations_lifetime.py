@@ -112,8 +112,8 @@ async def test_concurrent_payg_streams_cannot_overdraw_a_small_balance(paced: St
     await asyncio.sleep(4.0)  # the first wave streams on, past the old 2 s lifetime of its reservations
     assert not first.done()
     second = await wave()
+    assert sorted(second) == [402] * 4, second  # the first wave's reservations still hold the balance
     assert not first.done(), "the first wave ended before the second: the test proves nothing"
-    assert sorted(second) == [402] * 4, second
     assert sorted(await first) == [200, 200, 402, 402]
     events = await metered(paced, account["key"], 2)
     spent = sum(int(e["usd_cost"].replace(".", "")) for e in events)
