@@ -9,7 +9,9 @@ gateway let go of it, but the projection may not have counted it yet: so the res
 dropped then, it waits for a barrier, the stream sequence of the account's latest event stored at
 that moment, and goes once the projection has applied that far (see reservations.py). A lagging
 projection therefore never lets a finished call's cost escape the caps, and a call that never
-reports (its gateway was killed) frees its room as soon as the projection is current.
+reports (its gateway was killed) frees its room as soon as the projection is current. The
+barrier is taken `heartbeat_misses` intervals after the last heartbeat that listed the call, so a
+usage event still on its way to the log when the call ended has those seconds to be stored.
 
 Rebuild. Reservations and the RPM state live in memory only. After a start (a crash, a SIGKILL)
 quota answers quota.check with `not_ready` until it has rebuilt them:
