@@ -2,16 +2,18 @@
 it rebuilds the calls in flight and the RPM state from the gateways' heartbeats before it admits."""
 
 import asyncio
+import contextlib
 import json
 import time
 
+import aiohttp
 import pytest
 
 from libs.localservers import LocalNats, LocalPostgres
 from libs.settings import Settings
 from tests.e2e.test_gateway_sdks import metered
 from tests.e2e.test_reservations_lifetime import CHEAP, GLM, TOKENS_PER_S, call, fill_window_to, reservation_settings
-from tests.stack import Stack
+from tests.stack import Stack, eventually
 
 pytestmark = pytest.mark.connected
 RPM_INTERVAL_S = 6.0  # the Free plan's 10 RPM: one call every 6 s after a burst of 10
@@ -104,3 +106,21 @@ async def fill_account(stack: Stack) -> dict[str, str]:
     account = await stack.create_account()
     assert 4.9 < await fill_window_to(stack, account, 29_000) < 5
     return account
+
+
+async def test_a_killed_gateways_reservations_go_once_its_heartbeats_stop(paced: Stack) -> None:
+    account = await fill_account(paced)
+    stream = asyncio.create_task(call(paced, account["key"], GLM, 4000, stream=True))
+    await asyncio.sleep(1.0)
+    status, _, body = await call(paced, account["key"], GLM, 1)
+    assert status == 429 and b"quota_exhausted" in body  # the stream's reservation fills the window
+    await asyncio.to_thread(paced.gateway.kill)  # the call dies with it and never reports
+    with contextlib.suppress(aiohttp.ClientError):
+        await stream
+    await asyncio.to_thread(paced.gateway.start)
+
+    async def admitted() -> bool:
+        status, _, _ = await call(paced, account["key"], GLM, 1)
+        return status == 200
+
+    await eventually(admitted, within=30, interval=1.0)  # not stuck for good: the room comes back
