@@ -68,6 +68,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     accepted_lead_s: int = 5 * 60
     dedupe_retention_s: int = 9 * 24 * 3600
     reservation_timeout_s: float = 120.0
+    """How long a refund waits for the calls in flight at its request to report (quota itself holds a
+    reservation as long as its gateway renews it: see heartbeat_interval_s)."""
     request_timeout_s: float = 2.0
     account_changes_per_minute: int = 60
     """Changes (non-GET account API requests) one account may make per minute, in a burst or spread out."""
@@ -88,6 +90,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ingest_tokens: str = ""
     """More metering clients beside FLOWPLAN_INGEST_TOKEN's (named "default"): "name=token,name=token".
     A usage event_id is the client's own: it is deduplicated per client and account."""
+    heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    """How often each gateway lists its calls in flight to quota (GatewayHeartbeat), renewing their
+    reservations. The same on every gateway and quota: after a start quota listens this long twice
+    before it admits anything."""
+    heartbeat_misses: Annotated[int, msgspec.Meta(ge=1)] = 3
+    """Heartbeat intervals without a renewal after which quota takes a reservation's call as ended
+    (its gateway finished it, or is gone): the reservation then waits only for the account's events
+    stored so far to be projected."""
 
 
 def settings_environ(settings: Settings) -> dict[str, str]:

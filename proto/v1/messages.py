@@ -44,7 +44,8 @@ class QuotaDecision(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     billing_mode: BillingMode | None
     reason: str | None = None
     """Why not admitted: model_not_in_plan, unknown_model, rate_limit_exceeded, quota_exhausted,
-    insufficient_balance, unknown_account."""
+    insufficient_balance, unknown_account, not_ready (quota is rebuilding its in-flight state after a
+    start: retry after retry_after_s)."""
     plan: PlanId | None = None
     flows_remaining_micros: int = 0
     """Room left in the 5-hour window after this call's reservation."""
@@ -295,6 +296,31 @@ class InflightRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 class Inflight(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     reservation_ids: list[str]
     """Reservations held now (subscription and PAYG), not yet released by usage or timed out."""
+
+
+class InflightCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One call a gateway admitted and has not finished: what quota needs to hold its reservation."""
+
+    account_id: str
+    reservation_id: str
+    billing_mode: BillingMode
+    """The mode quota admitted it in: subscription (reserves Flows) or payg (reserves balance)."""
+    estimated_usd_micros: int
+    """The estimate the gateway asked quota.check with."""
+    admitted_at: datetime
+
+
+class GatewayHeartbeat(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Broadcast by every gateway every `heartbeat_interval_s`: the calls it runs now (a large list
+    comes in several messages of one beat). Quota keeps a reservation alive while a heartbeat lists
+    it, and rebuilds its reservations and rate limits from these after a restart."""
+
+    gateway_id: str
+    sent_at: datetime
+    calls: list[InflightCall]
+    rate_tats: dict[str, datetime] = {}
+    """Per account, the latest RPM state (GCRA theoretical arrival time) quota's answers showed
+    this gateway, while still in the future."""
 
 
 class RefundQuote(msgspec.Struct, frozen=True, kw_only=True):

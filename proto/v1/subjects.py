@@ -5,6 +5,8 @@ QUOTA_STATUS = "quota.status"
 QUOTA_EVENTS = "quota.events"
 QUOTA_RELEASE = "quota.release"
 QUOTA_INFLIGHT = "quota.inflight"
+QUOTA_HEARTBEAT = "quota.heartbeat"
+"""Broadcast (no reply): each gateway's GatewayHeartbeat, its calls in flight."""
 
 KEY_LOOKUP = "key.lookup"
 KEYS_CREATE = "keys.create"

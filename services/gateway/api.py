@@ -22,6 +22,7 @@ from libs.pricing.money import micros_to_str, parse_fraction
 from libs.settings import Settings
 from libs.web import json_response
 from proto.v1 import (
+    InflightCall,
     KeyView,
     QuotaCheck,
     QuotaDecision,
@@ -36,6 +37,7 @@ from services.gateway import metrics
 from services.gateway.body import BodyError, parse_body
 from services.gateway.errors import Api, refusal, request_id, upstream_failure
 from services.gateway.estimate import estimate_usd_micros
+from services.gateway.inflight import InflightCalls
 from services.gateway.recorder import UsageRecorder
 from services.gateway.upstreams import Upstreams
 from services.gateway.usage import SseSplitter, StreamUsage, Tokens, from_anthropic, from_openai
@@ -71,6 +73,7 @@ class GatewayApi:
         upstreams: Upstreams,
         recorder: UsageRecorder,
         clock: Clock,
+        inflight: InflightCalls | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -80,6 +83,8 @@ class GatewayApi:
         self.upstreams = upstreams
         self.recorder = recorder
         self.clock = clock
+        self.inflight = inflight if inflight is not None else InflightCalls(clock)
+        """The calls admitted and not finished: their reservations are renewed in quota by heartbeat."""
         self._pumps: set[asyncio.Task[web.StreamResponse]] = set()
 
     async def drain(self, timeout_s: float = 30.0) -> None:
@@ -155,12 +160,16 @@ class GatewayApi:
             )  # fmt: skip
         except Exception:
             message = "the quota service did not answer; retry"
-            return self._refused(route, label, "", refusal(api, "service_unavailable", message))
+            unavailable = refusal(api, "service_unavailable", message, {"retry-after": "1"})
+            return self._refused(route, label, "", unavailable)
         decision = _decision.decode(reply.data)
         metrics.admission_seconds.record(time.perf_counter() - started)
+        self.inflight.rate_seen(key.account_id, decision.rate_limit, self.clock.now())
         headers = self._rate_headers(decision)
         if not decision.admitted:
             reason = decision.reason or "quota_exhausted"
+            if reason == "not_ready":  # quota is rebuilding its in-flight state after a start
+                reason = "service_unavailable"
             metrics.refusals.add(1, {"reason": reason})
             if decision.retry_after_s is not None:
                 headers["retry-after"] = str(decision.retry_after_s)
@@ -171,6 +180,13 @@ class GatewayApi:
         headers["x-flowplan-flows-remaining"] = micros_to_str(decision.flows_remaining_micros)
         resets = decision.window_resets_at or now + FIVE_HOURS
         headers["x-flowplan-window-resets-at"] = resets.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        self.inflight.admitted(
+            InflightCall(
+                account_id=key.account_id, reservation_id=reservation_id,
+                billing_mode=decision.billing_mode or "subscription",
+                estimated_usd_micros=check.estimated_usd_micros, admitted_at=now,
+            )
+        )  # fmt: skip
         return Admitted(api, route, key, model, decision, reservation_id, now, headers)
 
     @staticmethod
@@ -254,6 +270,9 @@ class GatewayApi:
             failed = refusal(api, "upstream_unavailable", message)
             self._count(admitted, failed.status)
             return failed
+        except BaseException:  # cancelled: no usage; quota lets the reservation go once no beat lists it
+            self.inflight.ended(admitted.reservation_id)
+            raise
         if streaming and response.status == 200:
             # The stream is read to its end and billed in a task of its own, so that nothing
             # that cancels the request's handler (a server stopping, a framework reacting to a
@@ -261,11 +280,13 @@ class GatewayApi:
             pump = asyncio.create_task(self._stream(request, admitted, response, strip_usage))
             self._pumps.add(pump)
             pump.add_done_callback(self._pumps.discard)
+            pump.add_done_callback(lambda _: self.inflight.ended(admitted.reservation_id))
             return await asyncio.shield(pump)
         try:
             return await self._whole(request, admitted, response, path)
         finally:
             response.release()
+            self.inflight.ended(admitted.reservation_id)
 
     async def _whole(
         self, request: web.Request, admitted: Admitted, response: aiohttp.ClientResponse, path: str
@@ -409,10 +430,11 @@ class GatewayApi:
 
     async def _release(self, admitted: Admitted) -> None:
         """The call ends without usage (the upstream failed): give its reserved room back now."""
+        self.inflight.ended(admitted.reservation_id)
         message = ReleaseReservation(account_id=admitted.key.account_id, reservation_id=admitted.reservation_id)
         try:
             await self.nc.publish(subjects.QUOTA_RELEASE, encode(message), headers=tracing.nats_headers())
-        except Exception:  # NATS away: the reservation times out in quota instead
+        except Exception:  # NATS away: quota lets it go once the heartbeats stop listing it
             pass
 
     @staticmethod

@@ -10,6 +10,7 @@ from libs.runtime import Runtime
 from libs.settings import Settings
 from services.gateway import errors
 from services.gateway.api import GatewayApi
+from services.gateway.inflight import InflightCalls
 from services.gateway.recorder import UsageRecorder
 from services.gateway.upstreams import Upstreams
 
@@ -39,7 +40,11 @@ class GatewayService:
         catalog = load_catalog(settings.catalog_path, settings.plans_path)
         app = web.Application(client_max_size=settings.max_body_bytes)
         errors.install(app)
-        self.api = GatewayApi(settings, catalog, keys, runtime.nc, self.session, upstreams, self.recorder, self.clock)
+        inflight = InflightCalls(self.clock)
+        runtime.spawn(inflight.run(runtime.nc, settings.heartbeat_interval_s), "gateway-heartbeat")
+        self.api = GatewayApi(
+            settings, catalog, keys, runtime.nc, self.session, upstreams, self.recorder, self.clock, inflight
+        )
         self.api.routes(app)
         # aiohttp arms the keep-alive timer when a connection opens and closes the connection if no
         # whole request head has arrived when it fires: that bounds a client trickling its headers.

@@ -1,7 +1,6 @@
 """quota's composition root: wires settings, clock, Postgres, NATS, projection and responder."""
 
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -12,6 +11,7 @@ from libs.runtime import Runtime
 from libs.settings import Settings
 from proto.v1 import subjects
 from services.quota.domain.admission import Limits
+from services.quota.inflight import InflightTracker
 from services.quota.projection import QuotaProjection, QuotaState
 from services.quota.responder import QuotaResponder
 
@@ -23,19 +23,23 @@ class QuotaService:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.catalog = load_catalog(settings.catalog_path, settings.plans_path)
-        self.state = QuotaState(timedelta(seconds=settings.reservation_timeout_s), self.catalog.default_usd_per_flow)
+        self.state = QuotaState(self.catalog.default_usd_per_flow)
         self.runtime = Runtime("quota", settings)
 
     async def start(self) -> None:
         runtime = self.runtime
         await runtime.connect(MIGRATIONS)
         projection = QuotaProjection(self.state)
+        tracker = InflightTracker(self.state, self.settings, self.clock, runtime.nc, runtime.db, projection.schema)
+        await tracker.listen()  # first: the heartbeats heard from here on rebuild the calls in flight
         async with runtime.db.acquire() as conn:
             await self.state.load(conn, projection.schema)
         await runtime.project(projection)
         limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
         await store_limits(runtime.db, projection.schema, limits)
-        responder = QuotaResponder(self.state, self.catalog, limits, self.clock, runtime.db, projection.schema)
+        responder = QuotaResponder(
+            self.state, self.catalog, limits, self.clock, runtime.db, projection.schema, tracker.ready
+        )
         for subject, handler in (
             (subjects.QUOTA_CHECK, responder.on_check),
             (subjects.QUOTA_STATUS, responder.on_status),
@@ -44,6 +48,8 @@ class QuotaService:
             (subjects.QUOTA_INFLIGHT, responder.on_inflight),
         ):
             await runtime.answer(subject, handler)
+        runtime.spawn(tracker.run(), "quota-inflight")
+        await tracker.ready.wait()  # healthy (and listening) once it admits
         await runtime.serve(self.settings.quota_port)
 
     async def stop(self) -> None:

@@ -42,15 +42,21 @@ class UnknownAccount(Exception):
 class QuotaState:
     """The in-memory side: accounts by id, and the reservations of calls in flight."""
 
-    def __init__(self, reservation_timeout: timedelta, default_usd_per_flow: Fraction) -> None:
-        self.reservation_timeout, self.default_usd_per_flow = reservation_timeout, default_usd_per_flow
+    def __init__(self, default_usd_per_flow: Fraction) -> None:
+        self.default_usd_per_flow = default_usd_per_flow
         self.accounts: dict[str, AccountQuota] = {}
-        self.reservations = Reservations(reservation_timeout)
-        self.payg_reservations = Reservations(reservation_timeout)
-        """Estimates (micro-USD) of the PAYG calls admitted and still running."""
+        self.reservations = Reservations()
+        """Estimates (micro-Flows) of the subscription calls admitted and not yet counted."""
+        self.payg_reservations = Reservations()
+        """Estimates (micro-USD) of the PAYG calls admitted and not yet counted."""
         self.flow_rate = Versioned(default_usd_per_flow)
         self.rate_limits: dict[str, datetime] = {}
-        """GCRA state per account (the theoretical arrival time); memory only, like reservations."""
+        """GCRA state per account (the theoretical arrival time); memory only, like reservations:
+        after a start both are rebuilt from the gateways' heartbeats (services/quota/inflight.py)."""
+        self.released_while_rebuilding: set[str] | None = None
+        """While quota rebuilds its in-flight state after a start (a set then): the reservations whose
+        usage the projection applied, so that a heartbeat listing such a call a last time does not
+        hold it again."""
 
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
         """Rebuild memory from the projection (at start, and after a replay swapped its tables).
@@ -126,7 +132,7 @@ class QuotaProjection:
         """False for a rebuild: the Flows it applies again were counted on /metrics once already."""
 
     def rebuilt_into(self, schema: str) -> "QuotaProjection":
-        state = QuotaState(self.state.reservation_timeout, self.state.default_usd_per_flow)
+        state = QuotaState(self.state.default_usd_per_flow)
         return QuotaProjection(state, schema, metered=False)
 
     async def reload(self, conn: asyncpg.Connection) -> None:
@@ -177,6 +183,8 @@ class QuotaProjection:
             for account_id, reservation_id in released:
                 self.state.reservations.release(account_id, reservation_id)
                 self.state.payg_reservations.release(account_id, reservation_id)
+                if self.state.released_while_rebuilding is not None:
+                    self.state.released_while_rebuilding.add(reservation_id)
             for (model, plan), flows_micros in consumed.items():
                 metrics.flows_consumed.add(flows_micros / 1_000_000, {"model": model, "plan": plan})
 

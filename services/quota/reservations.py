@@ -1,59 +1,118 @@
-"""In-flight calls' reservations, in memory: held at admission, released by the call's
-usage event or by a timeout. Lost on restart by design: a restarted quota service has
-no calls in flight that it admitted, and their usage still arrives through the log.
+"""In-flight calls' reservations, in memory: held at admission, as long as the call runs and
+until its usage is counted.
 
-Each account keeps its running total and its earliest expiry, so that the total asked
-for on every quota.check costs O(1) unless a reservation has just expired."""
+A reservation ends in one of three ways:
+- its call's usage event is applied by the projection (the usage now counts instead);
+- the gateway releases it (the call ended without usage: the upstream failed);
+- its call is no longer renewed (see services/quota/inflight.py): the gateway finished it, or
+  the gateway is gone. Its usage, if any, was stored before the call ended, so the reservation
+  then waits for a *barrier*: the stream sequence of the account's latest event stored when the
+  renewals stopped. Once the projection has applied its partition through that sequence, the
+  usage (if there was any) counts and the reservation goes, however far the projection lags.
+
+There is no fixed timeout: a 10-minute stream holds its reservation for 10 minutes.
+
+Each account keeps its running total, so the total asked for on every quota.check is O(1)."""
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 
 @dataclass
 class _Held:
-    by_id: dict[str, tuple[int, datetime]] = field(default_factory=dict)
+    amount: int
+    renewed_at: datetime
+    barrier: tuple[int, int] | None = None
+    """(partition, stream sequence) the projection must reach before the reservation goes."""
+
+
+@dataclass
+class _Account:
+    by_id: dict[str, _Held] = field(default_factory=dict)
     total: int = 0
-    earliest: datetime | None = None
 
 
 class Reservations:
-    def __init__(self, timeout: timedelta) -> None:
-        self._timeout = timeout
-        self._held: dict[str, _Held] = {}
+    """One kind of reservation (micro-Flows of the subscription, or micro-USD of the balance)."""
 
-    def hold(self, account_id: str, reservation_id: str, flows: int, now: datetime) -> None:
-        held = self._held.setdefault(account_id, _Held())
-        expires = now + self._timeout
+    def __init__(self) -> None:
+        self._held: dict[str, _Account] = {}
+
+    def hold(self, account_id: str, reservation_id: str, amount: int, now: datetime) -> None:
+        held = self._held.setdefault(account_id, _Account())
         previous = held.by_id.get(reservation_id)
         if previous is not None:
-            held.total -= previous[0]
-        held.by_id[reservation_id] = (flows, expires)
-        held.total += flows
-        if held.earliest is None or expires < held.earliest:
-            held.earliest = expires
+            held.total -= previous.amount
+        held.by_id[reservation_id] = _Held(amount, now)
+        held.total += amount
 
-    def release(self, account_id: str, reservation_id: str) -> None:
+    def renew(self, account_id: str, reservation_id: str, now: datetime) -> bool:
+        """The call is still running: keep it (even if it was waiting for a barrier). False if unknown."""
+        held = self._held.get(account_id)
+        reservation = held.by_id.get(reservation_id) if held else None
+        if reservation is None:
+            return False
+        reservation.renewed_at, reservation.barrier = now, None
+        return True
+
+    def release(self, account_id: str, reservation_id: str) -> bool:
         held = self._held.get(account_id)
         if held is None:
-            return
+            return False
         released = held.by_id.pop(reservation_id, None)
         if released is not None:
-            held.total -= released[0]
+            held.total -= released.amount
         if not held.by_id:
             del self._held[account_id]
+        return released is not None
 
-    def total(self, account_id: str, now: datetime) -> int:
+    def holds(self, account_id: str, reservation_id: str) -> bool:
         held = self._held.get(account_id)
-        if held is None:
-            return 0
-        if held.earliest is not None and held.earliest <= now:
-            held.by_id = {rid: (f, e) for rid, (f, e) in held.by_id.items() if e > now}
-            held.total = sum(f for f, _ in held.by_id.values())
-            held.earliest = min((e for _, e in held.by_id.values()), default=None)
-        return held.total
+        return held is not None and reservation_id in held.by_id
 
-    def held(self, account_id: str, now: datetime) -> list[str]:
-        """The account's reservations still held: calls admitted and not yet reported or timed out."""
-        self.total(account_id, now)  # drops the expired ones
+    def count(self) -> int:
+        return sum(len(held.by_id) for held in self._held.values())
+
+    def total(self, account_id: str) -> int:
+        held = self._held.get(account_id)
+        return held.total if held else 0
+
+    def held(self, account_id: str) -> list[str]:
+        """The account's reservations: calls admitted whose usage is not counted yet."""
         held = self._held.get(account_id)
         return list(held.by_id) if held else []
+
+    def unrenewed(self, since: datetime) -> list[tuple[str, str]]:
+        """(account, reservation) not renewed since `since` and not yet waiting for a barrier."""
+        return [
+            (account_id, reservation_id)
+            for account_id, held in self._held.items()
+            for reservation_id, reservation in held.by_id.items()
+            if reservation.barrier is None and reservation.renewed_at < since
+        ]
+
+    def wait_for(
+        self, account_id: str, reservation_id: str, partition: int, seq: int, *, unrenewed_since: datetime
+    ) -> None:
+        """From now on the reservation waits only for the projection to reach (partition, seq), unless
+        it was renewed after `unrenewed_since` (its call runs after all)."""
+        held = self._held.get(account_id)
+        reservation = held.by_id.get(reservation_id) if held else None
+        if reservation is not None and reservation.renewed_at < unrenewed_since:
+            reservation.barrier = (partition, seq)
+
+    def waiting(self) -> bool:
+        return any(r.barrier is not None for held in self._held.values() for r in held.by_id.values())
+
+    def past_barriers(self, applied: dict[int, int]) -> list[tuple[str, str]]:
+        """Release those whose barrier the projection has reached (`applied`: partition -> last
+        sequence applied); return them."""
+        passed = [
+            (account_id, reservation_id)
+            for account_id, held in self._held.items()
+            for reservation_id, reservation in held.by_id.items()
+            if reservation.barrier is not None and applied.get(reservation.barrier[0], 0) >= reservation.barrier[1]
+        ]
+        for account_id, reservation_id in passed:
+            self.release(account_id, reservation_id)
+        return passed

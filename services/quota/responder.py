@@ -1,5 +1,9 @@
-"""quota's request/reply subjects, answered from memory (usage events from Postgres)."""
+"""quota's request/reply subjects, answered from memory (usage events from Postgres).
 
+Until the in-flight state is rebuilt after a start (services/quota/inflight.py) quota.check
+answers `not_ready` and quota.inflight waits: neither may answer from half the picture."""
+
+import asyncio
 import time
 from collections.abc import Mapping
 from fractions import Fraction
@@ -51,8 +55,10 @@ class QuotaResponder:
         clock: Clock,
         pool: asyncpg.Pool,
         schema: str,
+        ready: asyncio.Event,
     ) -> None:
         self._state = state
+        self._ready = ready
         self._catalog = catalog
         self._limits = limits
         self._clock = clock
@@ -74,6 +80,8 @@ class QuotaResponder:
 
     def check(self, request: QuotaCheck) -> QuotaDecision:
         """Decide (domain.admit), then remember: the RPM slot taken, the reservation held."""
+        if not self._ready.is_set():
+            return QuotaDecision(admitted=False, billing_mode=None, reason="not_ready", retry_after_s=1)
         account = self._state.accounts.get(request.account_id)
         if account is None:
             return QuotaDecision(admitted=False, billing_mode=None, reason="unknown_account")
@@ -89,8 +97,8 @@ class QuotaResponder:
         admission = admit(
             account, plan, self._catalog.models.get(request.model), billing_mode=request.billing_mode,
             rate_tat=self._state.rate_limits.get(request.account_id),
-            reserved=self._state.reservations.total(request.account_id, now),
-            payg_reserved=self._state.payg_reservations.total(request.account_id, now),
+            reserved=self._state.reservations.total(request.account_id),
+            payg_reserved=self._state.payg_reservations.total(request.account_id),
             estimate_usd=estimate_usd, limits_by_plan=self._limits, now=now,
         )  # fmt: skip
         if admission.rate is not None and admission.rate.allowed:
@@ -118,12 +126,15 @@ class QuotaResponder:
         )
 
     async def on_release(self, msg: Msg) -> None:
+        """The call ended without usage: free what it reserved, subscription room or PAYG balance."""
         release = self._release.decode(msg.data)
         self._state.reservations.release(release.account_id, release.reservation_id)
+        self._state.payg_reservations.release(release.account_id, release.reservation_id)
 
     async def on_inflight(self, msg: Msg) -> None:
-        account_id, now = self._inflight.decode(msg.data).account_id, self._clock.now()
-        held = self._state.reservations.held(account_id, now) + self._state.payg_reservations.held(account_id, now)
+        account_id = self._inflight.decode(msg.data).account_id
+        await self._ready.wait()
+        held = self._state.reservations.held(account_id) + self._state.payg_reservations.held(account_id)
         await msg.respond(encode(Inflight(reservation_ids=held)))
 
     async def on_status(self, msg: Msg) -> None:
@@ -135,7 +146,7 @@ class QuotaResponder:
         known = account is not None
         if account is None:
             account = AccountQuota(now, [Segment(now, "free", now, "")])
-        quota: QuotaView = view(account, self._limits, self._state.reservations.total(account_id, now), now)
+        quota: QuotaView = view(account, self._limits, self._state.reservations.total(account_id), now)
         return QuotaStatus(
             account_id=account_id,
             known=known,
@@ -146,7 +157,7 @@ class QuotaResponder:
             extra_usage=account.extra_usage,
             payg_key_id=account.payg_key_id,
             balance_micros=account.balance,
-            payg_reserved_micros=self._state.payg_reservations.total(account_id, now),
+            payg_reserved_micros=self._state.payg_reservations.total(account_id),
         )
 
     async def on_events(self, msg: Msg) -> None:

@@ -48,7 +48,7 @@ RATE = Fraction(5, 198)
 
 PROJECTIONS: dict[str, Callable[[], Rebuildable]] = {
     "ingress": lambda: IngressProjection(Directory(RATE)),
-    "quota": lambda: QuotaProjection(QuotaState(timedelta(minutes=2), RATE)),
+    "quota": lambda: QuotaProjection(QuotaState(RATE)),
     "keys": lambda: KeysProjection(KeyRegistry()),
     "billing": lambda: BillingProjection(),
     "refund": lambda: RefundProjection(),

@@ -32,7 +32,7 @@ operations = st.lists(
 @given(operations)
 def test_balance_is_the_ledger_sum_and_overdraws_only_by_overruns(ops: list[tuple[str, int]]) -> None:
     account = AccountQuota(T0, [Segment(T0, "free", T0, "created")])
-    reservations = Reservations(timedelta(minutes=10))
+    reservations = Reservations()
     ledger: list[int] = []
     in_flight: list[tuple[str, int]] = []
     overrun = 0
@@ -45,9 +45,9 @@ def test_balance_is_the_ledger_sum_and_overdraws_only_by_overruns(ops: list[tupl
         elif op == "call":
             admission = admit(
                 account, PLAN, MODEL, billing_mode="payg", rate_tat=None, reserved=0,
-                payg_reserved=reservations.total("a", now), estimate_usd=value, limits_by_plan=LIMITS, now=now,
+                payg_reserved=reservations.total("a"), estimate_usd=value, limits_by_plan=LIMITS, now=now,
             )  # fmt: skip
-            covered = account.balance - reservations.total("a", now) >= value
+            covered = account.balance - reservations.total("a") >= value
             assert admission.admitted == covered
             assert admission.billing_mode == "payg"
             if admission.admitted:

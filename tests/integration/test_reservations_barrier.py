@@ -1,0 +1,116 @@
+"""Quota's in-flight tracker against a real nats-server and Postgres, with the projection played by
+the test (it moves quota's checkpoints itself): a call no heartbeat renews any more keeps its
+reservation until the projection has applied the account's events stored by then, however long
+that takes; the rebuild after a start waits for heartbeats and for the projection."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+
+import asyncpg
+import pytest
+from nats.aio.client import Client
+
+from libs.clock import ManualClock
+from libs.connections import connect_nats
+from libs.db import create_pool
+from libs.eventlog.publisher import EventPublisher
+from libs.eventlog.runner import save_checkpoint
+from libs.settings import Settings
+from proto.v1 import AccountCreated, GatewayHeartbeat, InflightCall, encode, subjects
+from services.quota.inflight import InflightTracker
+from services.quota.projection import QuotaProjection, QuotaState
+
+pytestmark = pytest.mark.connected
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class World:
+    def __init__(self, settings: Settings, nc: Client, pool: asyncpg.Pool) -> None:
+        self.settings, self.nc, self.pool = settings, nc, pool
+        self.clock = ManualClock(T0)
+        self.state = QuotaState(Fraction(10, 396))
+        self.tracker = InflightTracker(self.state, settings, self.clock, nc, pool, "quota")
+
+    async def store_event(self, account_id: str) -> int:
+        """An event of the account, stored in the log; its stream sequence."""
+        publisher = EventPublisher(self.nc, self.settings.stream)
+        await publisher.start()
+        event = AccountCreated(event_id=uuid.uuid4().hex, account_id=account_id, occurred_at=T0, name="x")
+        [ack] = await publisher.publish([event])
+        return int(ack.seq)
+
+    async def project_through(self, seq: int) -> None:
+        """Play the projection: every partition applied through `seq`."""
+        async with self.pool.acquire() as conn:
+            for partition in range(self.settings.partitions):
+                await save_checkpoint(conn, QuotaProjection(self.state), partition, seq)
+
+
+@pytest.fixture
+async def world(settings: Settings) -> AsyncIterator[World]:
+    nc = await connect_nats(settings.nats_url, "test")
+    pool = await create_pool(settings.database_url, max_size=2)
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM quota.checkpoints")
+    yield World(settings, nc, pool)
+    await pool.close()
+    await nc.close()
+
+
+async def test_an_ended_call_keeps_its_reservation_until_the_projection_catches_up(world: World) -> None:
+    world.tracker.ready.set()
+    account = f"acc_{uuid.uuid4().hex[:8]}"
+    seq = await world.store_event(account)  # stands for the call's usage, stored before it ended
+    world.state.reservations.hold(account, "gw_1", 500, T0)
+    world.state.payg_reservations.hold(account, "gw_2", 70, T0)
+    world.clock.advance(timedelta(minutes=10))  # no heartbeat listed them for 10 minutes: lag of 10 minutes
+    await world.tracker.sweep()
+    await world.tracker.sweep()
+    assert world.state.reservations.total(account) == 500 and world.state.payg_reservations.total(account) == 70
+    await world.project_through(seq - 1)
+    await world.tracker.sweep()
+    assert world.state.reservations.total(account) == 500  # one event short: still held
+    await world.project_through(seq)
+    await world.tracker.sweep()
+    assert world.state.reservations.total(account) == 0 and world.state.payg_reservations.total(account) == 0
+
+
+async def test_a_renewed_call_is_held_and_one_with_nothing_stored_goes_at_once(world: World) -> None:
+    world.tracker.ready.set()
+    running, fresh = f"acc_{uuid.uuid4().hex[:8]}", f"acc_{uuid.uuid4().hex[:8]}"
+    await world.store_event(running)
+    world.state.reservations.hold(running, "gw_run", 500, T0)
+    world.state.reservations.hold(fresh, "gw_new", 9, T0)
+    for _ in range(20):  # an hour-long stream, renewed every few seconds
+        world.clock.advance(timedelta(minutes=3))
+        beat = GatewayHeartbeat(gateway_id="g", sent_at=world.clock.now(), calls=[
+            InflightCall(account_id=running, reservation_id="gw_run", billing_mode="subscription",
+                         estimated_usd_micros=1, admitted_at=T0),
+        ])  # fmt: skip
+        world.tracker.heard(beat)
+        await world.tracker.sweep()
+    assert world.state.reservations.total(running) == 500
+    assert world.state.reservations.total(fresh) == 0  # no event of the account in the log: nothing to wait for
+
+
+async def test_the_rebuild_waits_for_the_heartbeats_and_the_projection(world: World) -> None:
+    account = f"acc_{uuid.uuid4().hex[:8]}"
+    seq = await world.store_event(account)
+    await world.tracker.listen()
+    rebuild = asyncio.create_task(world.tracker.rebuild())
+    beat = GatewayHeartbeat(
+        gateway_id="g", sent_at=T0, rate_tats={account: T0 + timedelta(seconds=40)},
+        calls=[InflightCall(account_id=account, reservation_id="gw_x", billing_mode="payg",
+                            estimated_usd_micros=300, admitted_at=T0)],
+    )  # fmt: skip
+    await world.nc.publish(subjects.QUOTA_HEARTBEAT, encode(beat))
+    await asyncio.sleep(2 * world.settings.heartbeat_interval_s + 0.5)
+    assert not world.tracker.ready.is_set()  # the projection has not applied what was stored before
+    await world.project_through(seq)
+    await asyncio.wait_for(rebuild, 10)
+    assert world.tracker.ready.is_set()
+    assert world.state.payg_reservations.total(account) == 300
+    assert world.state.rate_limits[account] == T0 + timedelta(seconds=40)
