@@ -9,6 +9,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ import msgspec
 import pytest
 from nats.js import api
 
+from libs.eventlog.publisher import EventPublisher, PubAck
 from libs.localservers import LocalNats, LocalPostgres
 from libs.settings import Settings
 from libs.setup import set_up
 from proto.v1 import UsageRecorded
+from services.gateway.recorder import UsageNotStored, UsageRecorder
 from services.gateway.usage import SseSplitter
 from tests.stack import ROOT, Stack, eventually, make_settings
 
@@ -283,3 +286,92 @@ async def test_a_stream_the_gateway_cuts_at_shutdown_is_billed_for_what_the_clie
     assert event.output_tokens == deltas
     if protocol == "anthropic":
         assert event.input_tokens > 0  # as the upstream reported it at the start
+
+
+class CountingPublisher(EventPublisher):
+    """The real publisher, counting its round trips to JetStream."""
+
+    rounds = 0
+
+    async def publish(self, events: Any, parents: Any = None) -> list[PubAck]:
+        self.rounds += 1
+        return await super().publish(events, parents)
+
+
+def a_call(account_id: str) -> UsageRecorded:
+    return UsageRecorded(
+        event_id=f"gw_{uuid.uuid4().hex}", account_id=account_id, occurred_at=datetime.now(UTC), model=MODEL,
+        input_tokens=10, output_tokens=5, billing_mode="subscription", usd_cost_micros=1, flows_micros=40,
+        usd_per_flow="5/198", multiplier="1", reservation_id=None, source="gateway",
+    )  # fmt: skip
+
+
+async def test_concurrent_calls_share_publish_round_trips_and_each_returns_once_stored(stack: Stack) -> None:
+    account_id = (await stack.create_account("group-commit"))["account_id"]
+    nc = await stack.nats()
+    publisher = CountingPublisher(nc, stack.settings.stream)
+    await publisher.start()
+    recorder = UsageRecorder(publisher)
+    flusher = asyncio.create_task(recorder.run())
+    try:
+        await asyncio.gather(*(recorder.store(a_call(account_id)) for _ in range(300)))
+        assert len(await stored_usage(stack, account_id)) == 300  # stored when store() returned
+        assert publisher.rounds <= 5  # not one round trip per call
+    finally:
+        flusher.cancel()
+        await nc.close()
+
+
+async def test_usage_jetstream_will_not_store_is_retried_then_given_up_at_the_bound(stack: Stack) -> None:
+    account_id = (await stack.create_account("bound"))["account_id"]
+    nc = await stack.nats()
+    js = nc.jetstream()
+    publisher = EventPublisher(nc, stack.settings.stream)
+    await publisher.start()
+    recorder = UsageRecorder(publisher, store_timeout_s=2.0)
+    flusher = asyncio.create_task(recorder.run())
+    info = await js.stream_info(stack.settings.stream)
+    try:
+        await js.update_stream(dataclasses.replace(info.config, max_msgs=info.state.messages))
+        call = asyncio.create_task(recorder.store(a_call(account_id)))
+
+        async def refusing() -> bool:
+            return not recorder.accepting
+
+        await eventually(refusing, within=10)  # no new calls admitted meanwhile
+        with pytest.raises(UsageNotStored):
+            await asyncio.wait_for(call, 30)
+        assert recorder.accepting  # half-open: the next call finds out whether JetStream stores again
+    finally:
+        await js.update_stream(dataclasses.replace(info.config, max_msgs=-1))
+    try:
+        await recorder.store(a_call(account_id))  # JetStream stores again: so does the recorder
+        assert recorder.accepting and len(await stored_usage(stack, account_id)) == 1
+    finally:
+        flusher.cancel()
+        await nc.close()
+
+
+async def test_the_queued_design_is_bounded_too(stack: Stack) -> None:
+    account_id = (await stack.create_account("queued"))["account_id"]
+    nc = await stack.nats()
+    js = nc.jetstream()
+    publisher = EventPublisher(nc, stack.settings.stream)
+    await publisher.start()
+    recorder = UsageRecorder(publisher, durable=False, max_pending=2, store_timeout_s=30.0)
+    flusher = asyncio.create_task(recorder.run())
+    info = await js.stream_info(stack.settings.stream)
+    try:
+        await js.update_stream(dataclasses.replace(info.config, max_msgs=info.state.messages))
+        await recorder.store(a_call(account_id))
+        await recorder.store(a_call(account_id))
+        third = asyncio.create_task(recorder.store(a_call(account_id)))
+        done, _ = await asyncio.wait({third}, timeout=1.0)
+        assert not done  # no room: the caller waits instead of growing a queue
+    finally:
+        await js.update_stream(dataclasses.replace(info.config, max_msgs=-1))
+    try:
+        await asyncio.wait_for(third, 30)  # room again once the first two are stored
+    finally:
+        flusher.cancel()
+        await nc.close()
