@@ -34,7 +34,7 @@ from proto.v1 import (
 )
 from services.gateway import metrics
 from services.gateway.errors import Api, refusal
-from services.gateway.estimate import estimate_usd_micros
+from services.gateway.estimate import BYTES_PER_TOKEN, estimate_usd_micros
 from services.gateway.recorder import RETRY_AFTER_S, UsageNotStored, UsageRecorder
 from services.gateway.upstreams import Upstreams
 from services.gateway.usage import SseSplitter, StreamUsage, Tokens, from_anthropic, from_openai
@@ -368,8 +368,11 @@ class GatewayApi:
             log.warning("stream %s cut at shutdown after %d content deltas", admitted.reservation_id, usage.deltas)
         else:
             held += splitter.rest()
+        tokens = usage.final()
+        if not usage.output_reported and not tokens.input:  # OpenAI reports the input only at the end
+            tokens = tokens._replace(input=(request.content_length or 0) // BYTES_PER_TOKEN)
         try:
-            await self._record(admitted, usage.final())
+            await self._record(admitted, tokens)
         except UsageNotStored:
             if request.transport is not None:  # the client must not see a stream that ended well
                 request.transport.close()
