@@ -8,6 +8,11 @@ load goes to three targets in turn:
 and the table shows requests/s, p50 and p99 of each, the latency the gateway adds over the direct
 call, and the gateway's throughput as a share of the bare proxy's.
 
+The same cells also go to a second gateway process in the previous design's mode
+(FLOWPLAN_USAGE_DURABILITY=queue: usage published after the response, lost if the gateway is
+killed), and a table compares it with the durable default (ack: a call's usage is stored in
+JetStream before its last byte), as ratios.
+
 The gateway and quota run with a bench plans file (every plan: rpm 1,000,000 and huge Flow caps)
 so that RPM and the windows never refuse; every call is admitted and metered, which is checked at
 the end (UsageRecorded events in JetStream, the account's window in quota).
@@ -48,6 +53,9 @@ MAX_TOKENS = 16
 CONCURRENCY = (1, 16, 64)
 MODES = ("non-stream", "stream")
 TARGETS = ("direct", "proxy", "gateway")
+QUEUED = "gateway-queue"
+"""The gateway in the previous, queued design (FLOWPLAN_USAGE_DURABILITY=queue), for the comparison."""
+MEASURED = (*TARGETS, QUEUED)
 BENCH_RPM = 1_000_000
 BENCH_FLOWS = "1000000000"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -264,12 +272,17 @@ class GatewayStack:
             name: ServiceProcess(name, env, getattr(s, f"{name}_port"), work)
             for name in ("simulator", "keys", "quota", "billing", "refund", "ingress", "gateway")
         }
+        queued_port = free_port()
+        queued_env = {**env, "FLOWPLAN_GATEWAY_PORT": str(queued_port), "FLOWPLAN_USAGE_DURABILITY": "queue"}
+        self.services[QUEUED] = ServiceProcess("gateway", queued_env, queued_port, work)
+        self.services[QUEUED].log_path = work / f"{QUEUED}.log"
         self.proxy_port = free_port()
         self.proxy: subprocess.Popen[bytes] | None = None
         self.urls = {
             "direct": f"{self.simulator_url}/v1/chat/completions",
             "proxy": f"http://127.0.0.1:{self.proxy_port}/v1/chat/completions",
             "gateway": f"http://127.0.0.1:{s.gateway_port}/v1/chat/completions",
+            QUEUED: f"http://127.0.0.1:{queued_port}/v1/chat/completions",
         }
 
     def start(self) -> None:
@@ -293,7 +306,7 @@ class GatewayStack:
             except subprocess.TimeoutExpired:
                 self.proxy.kill()
             self.proxy = None
-        for name in ("gateway", "ingress", "billing", "quota", "keys", "simulator"):  # gateway first: it flushes usage
+        for name in (QUEUED, "gateway", "ingress", "billing", "refund", "quota", "keys", "simulator"):  # gateways first
             self.services[name].stop()
 
     def pid(self, name: str) -> int:
@@ -389,14 +402,14 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, server_p
         shared.update({name: [stack.pid(name)] for name in ("quota", "ingress", "keys", "billing")})
         for mode in MODES:
             for concurrency in CONCURRENCY:
-                for target in TARGETS:
+                for target in MEASURED:
                     watch = {**shared, "simulator": [stack.pid("simulator")]}
                     if target != "direct":
                         watch[target] = [stack.pid(target)]
                     results[mode, concurrency, target] = await measure(
                         stack.urls[target], key, concurrency, mode == "stream", seconds, warmup, watch
                     )
-        admitted = probes + sum(results[m, c, "gateway"]["ok"] for m in MODES for c in CONCURRENCY)
+        admitted = probes + sum(results[m, c, g]["ok"] for m in MODES for c in CONCURRENCY for g in ("gateway", QUEUED))
         metering = await check_metering(nc, stack, settings, account_id, admitted)
     finally:
         await nc.close()
@@ -473,6 +486,8 @@ def report(results: dict[tuple[str, int, str], dict[str, Any]], metering: dict[s
             listed = ", ".join(f"{k} {v:.2f}" for v, k in busy)
             print(f"  {mode:<10} {t:<8} total {sum(cpu.values()):.2f}: {listed}")
 
+    durability(results)
+
     print("\nerrors (non-200 responses and failed requests, warm-up included)")
     failures = [(key, r) for key, r in results.items() if r["errors"]]
     if not failures:
@@ -482,7 +497,7 @@ def report(results: dict[tuple[str, int, str], dict[str, Any]], metering: dict[s
 
     window = metering["window"]
     metered = metering["stored"] >= metering["admitted"]
-    gateway_errors = sum(r["errors"] for (_, _, t), r in results.items() if t == "gateway")
+    gateway_errors = sum(r["errors"] for (_, _, t), r in results.items() if t in ("gateway", QUEUED))
     print(
         f"\nmetering: {metering['admitted']:,} calls answered 200 by the gateway, {metering['stored']:,} UsageRecorded "
         f"events stored for the account in JetStream; quota's 5-hour window: "
@@ -515,6 +530,30 @@ def report(results: dict[tuple[str, int, str], dict[str, Any]], metering: dict[s
             f"  {mode:<10} admitted calls/s through one gateway process at concurrency 64: {rps:,.0f} "
             f"(>= 1,500: {verdict(rps >= 1500)})"
         )
+
+
+def durability(results: dict[tuple[str, int, str], dict[str, Any]]) -> None:
+    """Durable usage (ack: stored before the call's last byte) beside the previous queued design."""
+    ms = 1000.0
+    print(
+        "\ndurable usage (ack, the default) vs the previous queued design (queue), same run; "
+        "'added' = gateway - direct, in ms"
+    )
+    for mode in MODES:
+        d, a, q = results[mode, 1, "direct"], results[mode, 1, "gateway"], results[mode, 1, QUEUED]
+        for label, key in (("p50", "p50"), ("p99", "p99")):
+            ack, queue = (a[key] - d[key]) * ms, (q[key] - d[key]) * ms
+            print(
+                f"  {mode:<10} conc  1 added {label}: ack {ack:6.2f}  queue {queue:6.2f}  "
+                f"ack/queue {ack / queue if queue > 0 else float('nan'):5.2f}x  (ack - queue {ack - queue:+.2f} ms)"
+            )
+    for mode in MODES:
+        for c in CONCURRENCY:
+            ack, queue = results[mode, c, "gateway"]["rps"], results[mode, c, QUEUED]["rps"]
+            print(
+                f"  {mode:<10} conc {c:>2} throughput: ack {ack:6,.0f}/s  queue {queue:6,.0f}/s  "
+                f"ack/queue {ack / queue if queue else float('nan'):5.2f}x"
+            )
 
 
 def main() -> None:

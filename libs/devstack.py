@@ -29,6 +29,10 @@ from libs.settings import (
 from libs.setup import set_up
 
 SERVICES = ("simulator", "quota", "keys", "billing", "refund", "ingress", "gateway")
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+"""Wait before restarting a service that exited: longer while it keeps exiting soon after a start."""
+STOP_WAIT_S = 10.0
+"""How long a stopping service gets (past the gateway's shutdown grace) before it is killed."""
 
 
 def _pick_port(preferred: int) -> int | None:
@@ -42,6 +46,7 @@ class DevStack:
         self.postgres: LocalPostgres | None = None
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self._env: dict[str, str] = {}
+        self._grace_s = 30.0
 
     def start_servers(self) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -68,6 +73,9 @@ class DevStack:
             env={**os.environ, **self._env},
             stdout=log,
             stderr=log,
+            # Its own session: a Ctrl-C at the terminal reaches `flowplan up` alone, which stops
+            # the services in order; a signal that reaches one service is that service's business.
+            start_new_session=True,
         )
 
     def start_services(self, env: dict[str, str], settings: Settings) -> None:
@@ -77,6 +85,7 @@ class DevStack:
             check_exposure(settings)
         except SettingsError as exc:
             raise SystemExit(f"refusing to start: {exc}") from None
+        self._grace_s = settings.shutdown_grace_s
         busy = [name for name in SERVICES if not port_is_free(getattr(settings, f"{name}_port"))]
         if busy:
             raise SystemExit(
@@ -93,30 +102,44 @@ class DevStack:
         print(f"  services: {', '.join(SERVICES)} (logs in {self.logs})")
 
     def supervise(self) -> None:
-        """Services are crash-only: one that exits is started again, as a process manager would;
-        one that keeps failing at once is a configuration problem, and stops the stack."""
+        """Services are crash-only: one that exits, whatever the reason (a crash, an OOM kill, an
+        orchestrator's SIGTERM for a rolling deploy), is started again after a short backoff, as a
+        process manager would. Only a signal to `flowplan up` itself stops the stack; a service
+        that keeps failing at once is a configuration problem, and stops it too."""
         quick_failures = dict.fromkeys(self.children, 0)
         started = dict.fromkeys(self.children, time.monotonic())
+        due: dict[str, float] = {}
         while True:
-            time.sleep(1)
+            time.sleep(0.2)
+            now = time.monotonic()
             for name, child in list(self.children.items()):
+                if name in due:
+                    if now >= due[name]:
+                        del due[name]
+                        self._spawn(name)
+                        started[name] = time.monotonic()
+                    continue
                 if child.poll() is None:
                     continue
-                if child.returncode == 0:  # it was told to stop (Ctrl-C reaches the whole group)
-                    raise KeyboardInterrupt
-                quick_failures[name] = quick_failures[name] + 1 if time.monotonic() - started[name] < 10 else 1
-                if quick_failures[name] >= 3:
+                quick_failures[name] = quick_failures[name] + 1 if now - started[name] < 10 else 1
+                if quick_failures[name] >= 3 and child.returncode != 0:
                     raise SystemExit(f"{name} keeps failing at start; see {self.logs / name}.log")
-                print(f"  {name} exited with {child.returncode}; restarting (see {self.logs / name}.log)")
-                self._spawn(name)
-                started[name] = time.monotonic()
+                backoff = RESTART_BACKOFF_S[min(quick_failures[name], len(RESTART_BACKOFF_S)) - 1]
+                print(
+                    f"  {name} exited with {child.returncode}; restarting in {backoff:g} s "
+                    f"(see {self.logs / name}.log)",
+                    flush=True,
+                )
+                due[name] = now + backoff
 
     def stop(self) -> None:
         for child in self.children.values():
-            child.send_signal(signal.SIGTERM)
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self._grace_s + STOP_WAIT_S  # the gateway lets its streams end
         for child in self.children.values():
             try:
-                child.wait(10)
+                child.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
         if self.postgres is not None:
@@ -260,6 +283,10 @@ def main() -> None:
     state_dir = Path(os.environ.get("FLOWPLAN_STATE_DIR", ".flowplan")).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     stack = DevStack(state_dir)
+    # SIGINT or SIGTERM to `flowplan up` (and only to it: the services run in sessions of their
+    # own) stops everything, even where a parent shell left SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     try:
         print("Starting flowplan:")
         env = stack.start_servers()
@@ -269,8 +296,6 @@ def main() -> None:
         print(f"  set-up done ({len(applied)} migrations applied)")
         stack.start_services(env, settings)
         print(_banner(settings, _demo_account(settings, state_dir)), flush=True)
-        for sig in (signal.SIGINT, signal.SIGTERM):  # even where a parent shell left SIGINT ignored
-            signal.signal(sig, signal.default_int_handler)
         stack.supervise()
     except KeyboardInterrupt:
         pass

@@ -104,6 +104,14 @@ class Runtime:
         self._sites.append(await start_site(app, self.settings.host, port, **server_options))
         log.info("%s: serving on http://%s:%d", self.name, self.settings.host, port)
 
+    async def stop_listening(self) -> None:
+        """Take no new connections (idle keep-alive ones close); requests in progress go on."""
+        for runner in self._sites:
+            for site in list(runner.sites):
+                await site.stop()
+            if runner.server is not None:
+                runner.server.pre_shutdown()
+
     async def stop_serving(self) -> None:
         """Stop taking requests (waiting for those in progress); the rest keeps running."""
         while self._sites:

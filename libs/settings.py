@@ -4,7 +4,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -98,6 +98,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Heartbeat intervals without a renewal after which quota takes a reservation's call as ended
     (its gateway finished it, or is gone): the reservation then waits only for the account's events
     stored so far to be projected."""
+    shutdown_grace_s: float = 30.0
+    """How long a stopping gateway lets running calls finish; streams still running then are cut and
+    billed for what the client was sent."""
+    usage_durability: Literal["ack", "queue"] = "ack"
+    """ack: a call's last byte waits for JetStream to store its usage; queue: the previous design
+    (usage published after the response, lost if the gateway is killed), kept for `make bench`."""
+    usage_store_timeout_s: float = 60.0
+    """How long a call that ran holds its response while its usage cannot be stored (retried)."""
 
 
 def settings_environ(settings: Settings) -> dict[str, str]:

@@ -36,9 +36,9 @@ from proto.v1 import (
 from services.gateway import metrics
 from services.gateway.body import BodyError, parse_body
 from services.gateway.errors import Api, refusal, request_id, upstream_failure
-from services.gateway.estimate import estimate_usd_micros
+from services.gateway.estimate import BYTES_PER_TOKEN, estimate_usd_micros
 from services.gateway.inflight import InflightCalls
-from services.gateway.recorder import UsageRecorder
+from services.gateway.recorder import RETRY_AFTER_S, UsageNotStored, UsageRecorder
 from services.gateway.upstreams import Upstreams
 from services.gateway.usage import SseSplitter, StreamUsage, Tokens, from_anthropic, from_openai
 
@@ -49,6 +49,8 @@ _json = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder()
 FIVE_HOURS = timedelta(hours=5)
 PASSED_HEADERS = {"content-type"}
+METERED = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/images/generations", "/v1/responses"})
+ANTHROPIC_FINAL = frozenset({"message_delta", "message_stop"})
 
 
 class Admitted(msgspec.Struct):
@@ -86,13 +88,40 @@ class GatewayApi:
         self.inflight = inflight if inflight is not None else InflightCalls(clock)
         """The calls admitted and not finished: their reservations are renewed in quota by heartbeat."""
         self._pumps: set[asyncio.Task[web.StreamResponse]] = set()
+        self._streams: set[_Upstream] = set()
+        self._calls: set[asyncio.Task[Any]] = set()
 
-    async def drain(self, timeout_s: float = 30.0) -> None:
-        """Wait for the streams still being read (and billed) to end."""
+    async def drain(self, grace_s: float) -> None:
+        """Let the calls in progress end within the grace; then cut the streams still running
+        (each is billed for what its client was sent) and wait until their usage is stored."""
+        if self._calls:
+            await asyncio.wait(self._calls, timeout=grace_s)
+        if self._streams:
+            log.warning("shutdown grace of %.0f s over: cutting %d streams", grace_s, len(self._streams))
+            for stream in list(self._streams):
+                stream.cut()
         if self._pumps:
-            await asyncio.wait(self._pumps, timeout=timeout_s)
+            await asyncio.wait(self._pumps, timeout=self.settings.usage_store_timeout_s + 10)
+
+    @web.middleware
+    async def _in_flight(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Counts the calls a stopping gateway waits for, and refuses metered calls while their
+        usage could not be stored."""
+        if request.method == "POST" and request.path in METERED and not self.recorder.accepting:
+            api: Api = "anthropic" if request.path == "/v1/messages" else "openai"
+            message = "usage cannot be recorded right now (the event log refuses writes); retry shortly"
+            headers = {"retry-after": str(RETRY_AFTER_S)}
+            return self._refused(request.path, "", "", refusal(api, "service_unavailable", message, headers))
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls.add(task)
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            self._calls.discard(task)
 
     def routes(self, app: web.Application) -> None:
+        app.middlewares.append(self._in_flight)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_post("/v1/images/generations", self.images)
@@ -328,8 +357,12 @@ class GatewayApi:
             if path == "/v1/images/generations":
                 images = data.get("data") if isinstance(data, dict) else None
                 tokens = tokens._replace(output=0, images=len(images) if isinstance(images, list) else 0)
-        self._record(admitted, tokens)
+        try:
+            await self._record(admitted, tokens)
+        except UsageNotStored:
+            return await self._unrecorded(admitted)
         self._count(admitted, 200)
+        headers["x-flowplan-request-id"] = admitted.reservation_id
         return web.Response(body=payload, status=200, headers=headers)
 
     async def _stream(
@@ -339,6 +372,7 @@ class GatewayApi:
         out.headers["content-type"] = response.headers.get("content-type", "text/event-stream")
         out.headers["cache-control"] = "no-cache"
         out.headers.update(admitted.headers)
+        out.headers["x-flowplan-request-id"] = admitted.reservation_id
         try:
             return await self._pump(request, admitted, response, strip_usage, out)
         finally:
@@ -354,13 +388,17 @@ class GatewayApi:
     ) -> web.StreamResponse:
         usage = StreamUsage(admitted.api)
         splitter = SseSplitter()
+        upstream = _Upstream(response)
+        held = bytearray()  # the stream's final events: the client gets them once the usage is stored
         client_gone = False
         try:
             await out.prepare(request)
         except (ConnectionError, RuntimeError):
             client_gone = True
-        # Every event goes on to the client the moment it is whole; the usage is read on the side.
-        # A client that hangs up does not stop the reading: the upstream generates (and bills) on.
+        # Every other event goes on to the client the moment it is whole; the usage is read on the
+        # side. A client that hangs up does not stop the reading: the upstream generates (and bills)
+        # on. A stopping gateway that cuts the stream stops it: the client is billed for what it got.
+        self._streams.add(upstream)
         try:
             async for chunk in response.content.iter_any():
                 forward = bytearray()
@@ -373,7 +411,10 @@ class GatewayApi:
                         and not event.data.get("choices")
                     ):
                         continue
-                    forward += event.raw
+                    if held or _is_final(admitted.api, event.data, event.raw):
+                        held += event.raw
+                    else:
+                        forward += event.raw
                 if forward and not client_gone:
                     try:
                         await out.write(bytes(forward))
@@ -381,17 +422,29 @@ class GatewayApi:
                         client_gone = True
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The upstream broke off: bill what it reported or streamed so far (StreamUsage.final).
-            log.warning("upstream stream for %s broke off: %r", admitted.model.id, exc)
-        rest = splitter.rest()
-        if rest and not client_gone:
-            try:
-                await out.write(rest)
-            except (ConnectionError, RuntimeError):
-                client_gone = True
-        self._record(admitted, usage.final())
+            if not upstream.was_cut:
+                log.warning("upstream stream for %s broke off: %r", admitted.model.id, exc)
+        finally:
+            self._streams.discard(upstream)
+        if upstream.was_cut:
+            log.warning("stream %s cut at shutdown after %d content deltas", admitted.reservation_id, usage.deltas)
+        else:
+            held += splitter.rest()
+        tokens = usage.final()
+        if not usage.output_reported and not tokens.input:  # OpenAI reports the input only at the end
+            tokens = tokens._replace(input=(request.content_length or 0) // BYTES_PER_TOKEN)
+        try:
+            await self._record(admitted, tokens)
+        except UsageNotStored:
+            if request.transport is not None:  # the client must not see a stream that ended well
+                request.transport.close()
+            await self._unrecorded(admitted)
+            return out
         self._count(admitted, 499 if client_gone else 200)
         if not client_gone:
             try:
+                if held:
+                    await out.write(bytes(held))
                 await out.write_eof()
             except (ConnectionError, RuntimeError):
                 pass
@@ -399,14 +452,16 @@ class GatewayApi:
 
     # -- usage --------------------------------------------------------------------------
 
-    def _record(self, admitted: Admitted, tokens: Tokens) -> None:
+    async def _record(self, admitted: Admitted, tokens: Tokens) -> None:
+        """Store the call's usage in the log: returns once JetStream has it (UsageNotStored if it
+        could not within the bound)."""
         decision = admitted.decision
         price = price_call(
             admitted.model, input_tokens=tokens.input, output_tokens=tokens.output, cached_tokens=tokens.cached,
             images=tokens.images, usd_per_flow=parse_fraction(decision.usd_per_flow),
             multiplier=parse_fraction(decision.multiplier),
         )  # fmt: skip
-        self.recorder.record(
+        await self.recorder.store(
             UsageRecorded(
                 event_id=admitted.reservation_id,
                 account_id=admitted.key.account_id,
@@ -427,6 +482,14 @@ class GatewayApi:
             )
         )
         metrics.flows.add(price.flows_micros / 1_000_000, {"model": admitted.model.id, "plan": decision.plan or ""})
+
+    async def _unrecorded(self, admitted: Admitted) -> web.Response:
+        """The call ran but its usage could not be stored: its client does not get the answer."""
+        await self._release(admitted)
+        self._count(admitted, 503)
+        message = "the call's usage could not be recorded (the event log refuses writes); retry shortly"
+        headers = {"retry-after": str(RETRY_AFTER_S)}
+        return refusal(admitted.api, "service_unavailable", message, headers)
 
     async def _release(self, admitted: Admitted) -> None:
         """The call ends without usage (the upstream failed): give its reserved room back now."""
@@ -464,3 +527,30 @@ class GatewayApi:
         plan = _status.decode(reply.data).plan
         data = [model_json(self.catalog, m) for m in self.catalog.models_in_plan(plan)]
         return json_response({"object": "list", "data": data})
+
+
+class _Upstream:
+    """A stream being forwarded, which a stopping gateway may cut."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.was_cut = False
+
+    def cut(self) -> None:
+        self.was_cut = True
+        self.response.close()  # the pump's read ends; nothing more is read from the upstream
+
+
+def _is_final(api: Api, data: Any, raw: bytes) -> bool:
+    """An event that ends the stream (its stop reason, usage or terminator): held back until the
+    call's usage is stored, so that a client never sees a finished stream that is not billed."""
+    if api == "anthropic":
+        return isinstance(data, dict) and data.get("type") in ANTHROPIC_FINAL
+    if not isinstance(data, dict):
+        return data is None and b"[DONE]" in raw
+    if data.get("type") in ("response.completed", "response.incomplete", "response.failed"):
+        return True
+    choices = data.get("choices")
+    if not choices:
+        return bool(data.get("usage"))
+    return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)

@@ -26,7 +26,10 @@ class GatewayService:
     async def start(self) -> None:
         settings, runtime = self.settings, self.runtime
         await runtime.connect()
-        self.recorder = UsageRecorder(await runtime.publisher())
+        self.recorder = UsageRecorder(
+            await runtime.publisher(), connected=lambda: runtime.nc.is_connected,
+            store_timeout_s=settings.usage_store_timeout_s, durable=settings.usage_durability == "ack",
+        )  # fmt: skip
         runtime.spawn(self.recorder.run(), "gateway-usage-recorder")
         keys = KeyCache.from_settings(runtime.nc, settings)
         await keys.start()
@@ -51,8 +54,11 @@ class GatewayService:
         await runtime.serve(settings.gateway_port, app, keepalive_timeout=settings.header_timeout_s)
 
     async def stop(self) -> None:
+        """No new connections; the calls in progress get the shutdown grace, then the streams still
+        running are cut and billed for what their clients got. Every call's usage is stored first."""
+        await self.runtime.stop_listening()
+        await self.api.drain(self.settings.shutdown_grace_s)
         await self.runtime.stop_serving()
-        await self.api.drain()
-        await self.recorder.flush()  # the last calls' usage reaches the log before the process ends
+        await self.recorder.flush(self.settings.usage_store_timeout_s)  # the queued design's backlog
         await self.runtime.close()
         await self.session.close()

@@ -1,0 +1,376 @@
+"""The gateway's usage survives the gateway: a call's usage is stored before its last byte
+reaches the client, whatever happens to the gateway process (SIGKILL, SIGTERM mid-stream) or to
+JetStream (refusing writes)."""
+
+import asyncio
+import dataclasses
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+from nats.js import api
+
+from libs.eventlog.publisher import EventPublisher, PubAck
+from libs.localservers import LocalNats, LocalPostgres
+from libs.settings import Settings
+from libs.setup import set_up
+from proto.v1 import UsageRecorded
+from services.gateway.recorder import UsageNotStored, UsageRecorder
+from services.gateway.usage import SseSplitter
+from tests.stack import ROOT, Stack, eventually, make_settings
+
+pytestmark = pytest.mark.connected
+MODEL = "deepseek/deepseek-chat"
+_usage = msgspec.json.Decoder(UsageRecorded)
+
+
+@pytest.fixture(scope="module")
+async def settings(nats_server: LocalNats, postgres: LocalPostgres, workdir: Path) -> Settings:
+    """Plans with RPM and caps out of reach: steady load and long streams are never refused."""
+    plans = json.loads((ROOT / "libs" / "catalog" / "plans.json").read_text())
+    for plan in plans["plans"]:
+        plan["rpm"] = 1_000_000
+        plan["window_5h_flows"] = plan["weekly_flows"] = plan["monthly_flows"] = "1000000000"
+    path = workdir / f"plans-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(json.dumps(plans))
+    base = postgres.url.rsplit("/", 1)[0]
+    settings = make_settings(nats_server.url, f"{base}/flowplan_{uuid.uuid4().hex[:10]}")
+    settings = msgspec.structs.replace(settings, plans_path=str(path))
+    await set_up(settings)
+    return settings
+
+
+async def stored_usage(stack: Stack, account_id: str) -> list[UsageRecorded]:
+    """Every UsageRecorded of the account in the event log, duplicates (if any) included."""
+    nc = await stack.nats()
+    events: list[UsageRecorded] = []
+    try:
+        js = nc.jetstream()
+        subject = f"flowplan.p.*.usage.{account_id}.UsageRecorded"
+        config = api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL)
+        sub = await js.pull_subscribe(subject, stream=stack.settings.stream, config=config)
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(500, timeout=1)
+                except TimeoutError:
+                    break
+                events += [_usage.decode(msg.data) for msg in msgs]
+        finally:
+            await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return events
+
+
+def chat(max_tokens: int, stream: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": MODEL, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "go"}]}
+    if stream:
+        body["stream"] = True
+    return body
+
+
+async def test_every_call_answered_200_has_exactly_one_usage_event_across_sigkills(stack: Stack) -> None:
+    account = await stack.create_account("kill-9")
+    headers = {"Authorization": f"Bearer {account['key']}"}
+    answered: list[str | None] = []  # the request ids of the calls answered 200
+    statuses: Counter[str] = Counter()
+    stop = asyncio.Event()
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            try:
+                url = f"{stack.gateway_url}/v1/chat/completions"
+                async with session.post(url, json=chat(8), headers=headers) as response:
+                    await response.read()
+                    statuses[str(response.status)] += 1
+                    if response.status == 200:
+                        answered.append(response.headers.get("x-flowplan-request-id"))
+            except (aiohttp.ClientError, OSError):
+                statuses["connection error"] += 1
+                await asyncio.sleep(0.05)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        load = [asyncio.create_task(client(session)) for _ in range(12)]
+        try:
+            for _ in range(8):
+                before = len(answered)
+                await asyncio.sleep(random.uniform(0.8, 1.6))
+                assert len(answered) > before, statuses  # the load is running when it is killed
+                stack.gateway.kill()  # SIGKILL mid-load: calls in every stage of their life
+                await asyncio.to_thread(stack.gateway.start)
+            await asyncio.sleep(1)
+        finally:
+            stop.set()
+            await asyncio.gather(*load)
+    assert len(answered) > 100, statuses
+    assert statuses["connection error"] > 0, statuses  # the kills did land on calls in flight
+
+    async def all_stored() -> Counter[str]:
+        counts = Counter(event.event_id for event in await stored_usage(stack, account["account_id"]))
+        enough = counts.total() >= len(answered) and all(rid is not None and counts[rid] for rid in answered)
+        return counts if enough else Counter()
+
+    try:
+        counts = await eventually(all_stored, within=30)
+    except AssertionError:
+        counts = Counter(event.event_id for event in await stored_usage(stack, account["account_id"]))
+        lost = [rid for rid in answered if rid is None or not counts[rid]]
+        raise AssertionError(
+            f"{len(answered)} calls answered 200, {counts.total()} usage events stored; "
+            f"{len(lost)} answered calls without theirs: {lost[:5]}"
+        ) from None
+    assert all(rid is not None and counts[rid] == 1 for rid in answered)
+    assert max(counts.values()) == 1  # and nothing stored twice
+    # Calls killed after their usage was stored but before their answer left are billed and got
+    # no 200: at most the calls in flight at each kill.
+    assert len(counts) - len(answered) <= 12 * 8
+
+
+async def test_while_jetstream_refuses_writes_calls_get_503_and_admission_resumes(stack: Stack) -> None:
+    account = await stack.create_account("refused")
+    headers = {"Authorization": f"Bearer {account['key']}"}
+    url = f"{stack.gateway_url}/v1/chat/completions"
+    nc = await stack.nats()
+    js = nc.jetstream()
+    config = (await js.stream_info(stack.settings.stream)).config
+    full = await js.stream_info(stack.settings.stream)
+    async with aiohttp.ClientSession() as session:
+
+        async def call() -> tuple[int, Any, Any]:
+            async with session.post(url, json=chat(8), headers=headers) as response:
+                return response.status, response.headers.copy(), await response.json(content_type=None)
+
+        assert (await call())[0] == 200
+        logged = stack.gateway.log().count("not stored yet")
+        try:
+            # The stream is full (discard=new): JetStream refuses every publish.
+            await js.update_stream(dataclasses.replace(config, max_msgs=full.state.messages))
+            held = asyncio.create_task(call())  # ran before the gateway knew: its answer waits for its usage
+
+            async def held_back() -> bool:  # the gateway found out: JetStream refused its usage
+                return stack.gateway.log().count("not stored yet") > logged
+
+            await eventually(held_back, within=30)
+
+            async def refused() -> tuple[int, Any, Any] | None:
+                status, reply_headers, body = await call()
+                return (status, reply_headers, body) if status == 503 else None
+
+            status, reply_headers, body = await eventually(refused, within=30)
+            assert body["error"]["code"] == "service_unavailable", body
+            assert int(reply_headers.get("retry-after", 0)) > 0, body
+            assert not held.done()  # no 200 for a call whose usage is not stored
+        finally:
+            await js.update_stream(dataclasses.replace(config, max_msgs=-1))
+        status, reply_headers, body = await asyncio.wait_for(held, 30)
+        assert status == 200, body
+        held_id = reply_headers["x-flowplan-request-id"]
+
+        async def admitted() -> bool:
+            return (await call())[0] == 200
+
+        await eventually(admitted, within=30)
+    await nc.close()
+    stored = [event.event_id for event in await stored_usage(stack, account["account_id"])]
+    assert stored.count(held_id) == 1
+
+
+async def received(response: aiohttp.ClientResponse, protocol: str, first: bytes) -> tuple[int, bool]:
+    """Read a stream to its end (or its cut): the content deltas the client got, and whether it
+    got the stream's proper ending."""
+    splitter, deltas, ended = SseSplitter(), 0, False
+
+    async def chunks() -> Any:
+        yield first
+        async for chunk in response.content.iter_any():
+            yield chunk
+
+    try:
+        async for chunk in chunks():
+            for event in splitter.feed(chunk):
+                data = event.data
+                if protocol == "anthropic":
+                    deltas += isinstance(data, dict) and data.get("type") == "content_block_delta"
+                    ended |= isinstance(data, dict) and data.get("type") == "message_stop"
+                else:
+                    ended |= b"[DONE]" in event.raw
+                    choices = data.get("choices") if isinstance(data, dict) else None
+                    deltas += bool(choices and (choices[0].get("delta") or {}).get("content"))
+    except aiohttp.ClientError:
+        pass
+    return deltas, ended
+
+
+async def start_stream(
+    stack: Stack, session: aiohttp.ClientSession, key: str, protocol: str, max_tokens: int
+) -> aiohttp.ClientResponse:
+    if protocol == "anthropic":
+        path, body = "/v1/messages", chat(max_tokens, stream=True)
+    else:
+        path, body = "/v1/chat/completions", chat(max_tokens, stream=True)
+    response = await session.post(stack.gateway_url + path, json=body, headers={"Authorization": f"Bearer {key}"})
+    assert response.status == 200, await response.text()
+    return response
+
+
+async def usage_of(stack: Stack, account_id: str) -> UsageRecorded:
+    """The usage of the account's one call (each test's account makes one)."""
+
+    async def found() -> list[UsageRecorded]:
+        return await stored_usage(stack, account_id)
+
+    events: list[UsageRecorded] = await eventually(found, within=30)
+    [event] = events
+    return event
+
+
+@pytest.fixture
+async def paced(stack: Stack) -> Any:
+    """The upstream at 200 tokens/s, as in the outside run; the gateway restarted with `grace`."""
+    stack.simulator.stop()
+    await asyncio.to_thread(stack.simulator.start, {"FLOWPLAN_SIMULATOR_TOKENS_PER_S": "200"})
+
+    async def restart_gateway(grace_s: float) -> None:
+        stack.gateway.stop()
+        await asyncio.to_thread(stack.gateway.start, {"FLOWPLAN_SHUTDOWN_GRACE_S": str(grace_s)})
+
+    yield restart_gateway
+    stack.simulator.stop()
+    await asyncio.to_thread(stack.simulator.start)
+    if stack.gateway.process is None:
+        await asyncio.to_thread(stack.gateway.start)
+
+
+async def test_sigterm_during_a_stream_lets_it_finish_within_the_grace_and_bills_it(stack: Stack, paced: Any) -> None:
+    await paced(60)
+    account = await stack.create_account("sigterm-finish")
+    async with aiohttp.ClientSession() as session:
+        response = await start_stream(stack, session, account["key"], "openai", 2000)  # 10 s at 200 tokens/s
+        first = await response.content.readany()
+        assert stack.gateway.process is not None
+        stack.gateway.process.terminate()
+        deltas, ended = await received(response, "openai", first)
+    assert (deltas, ended) == (2000, True)  # the whole stream, to its [DONE]
+    assert await asyncio.to_thread(stack.gateway.wait_exit, 60) == 0
+    assert (await usage_of(stack, account["account_id"])).output_tokens == 2000
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+async def test_a_stream_the_gateway_cuts_at_shutdown_is_billed_for_what_the_client_got(
+    stack: Stack, paced: Any, protocol: str
+) -> None:
+    """The 12,000-token stream at 200 tokens/s (a minute) and a SIGTERM: cut at the grace's end,
+    billed for the tokens its client received, never for what the upstream went on generating."""
+    await paced(4)
+    account = await stack.create_account("sigterm-cut")
+    async with aiohttp.ClientSession() as session:
+        response = await start_stream(stack, session, account["key"], protocol, 12_000)
+        first = await response.content.readany()
+        assert stack.gateway.process is not None
+        stack.gateway.process.terminate()
+        started = time.monotonic()
+        deltas, ended = await received(response, protocol, first)
+        cut_after = time.monotonic() - started
+    assert not ended and 0 < deltas < 12_000 and cut_after < 30
+    assert await asyncio.to_thread(stack.gateway.wait_exit, 60) == 0
+    event = await usage_of(stack, account["account_id"])
+    assert event.output_tokens == deltas
+    assert event.input_tokens > 0  # as the upstream reported it at the start, else estimated from the request
+
+
+class CountingPublisher(EventPublisher):
+    """The real publisher, counting its round trips to JetStream."""
+
+    rounds = 0
+
+    async def publish(self, events: Any, parents: Any = None) -> list[PubAck]:
+        self.rounds += 1
+        return await super().publish(events, parents)
+
+
+def a_call(account_id: str) -> UsageRecorded:
+    return UsageRecorded(
+        event_id=f"gw_{uuid.uuid4().hex}", account_id=account_id, occurred_at=datetime.now(UTC), model=MODEL,
+        input_tokens=10, output_tokens=5, billing_mode="subscription", usd_cost_micros=1, flows_micros=40,
+        usd_per_flow="5/198", multiplier="1", reservation_id=None, source="gateway",
+    )  # fmt: skip
+
+
+async def test_concurrent_calls_share_publish_round_trips_and_each_returns_once_stored(stack: Stack) -> None:
+    account_id = (await stack.create_account("group-commit"))["account_id"]
+    nc = await stack.nats()
+    publisher = CountingPublisher(nc, stack.settings.stream)
+    await publisher.start()
+    recorder = UsageRecorder(publisher)
+    flusher = asyncio.create_task(recorder.run())
+    try:
+        await asyncio.gather(*(recorder.store(a_call(account_id)) for _ in range(300)))
+        assert len(await stored_usage(stack, account_id)) == 300  # stored when store() returned
+        assert publisher.rounds <= 5  # not one round trip per call
+    finally:
+        flusher.cancel()
+        await nc.close()
+
+
+async def test_usage_jetstream_will_not_store_is_retried_then_given_up_at_the_bound(stack: Stack) -> None:
+    account_id = (await stack.create_account("bound"))["account_id"]
+    nc = await stack.nats()
+    js = nc.jetstream()
+    publisher = EventPublisher(nc, stack.settings.stream)
+    await publisher.start()
+    recorder = UsageRecorder(publisher, store_timeout_s=2.0)
+    flusher = asyncio.create_task(recorder.run())
+    info = await js.stream_info(stack.settings.stream)
+    try:
+        await js.update_stream(dataclasses.replace(info.config, max_msgs=info.state.messages))
+        call = asyncio.create_task(recorder.store(a_call(account_id)))
+
+        async def refusing() -> bool:
+            return not recorder.accepting
+
+        await eventually(refusing, within=10)  # no new calls admitted meanwhile
+        with pytest.raises(UsageNotStored):
+            await asyncio.wait_for(call, 30)
+        assert recorder.accepting  # half-open: the next call finds out whether JetStream stores again
+    finally:
+        await js.update_stream(dataclasses.replace(info.config, max_msgs=-1))
+    try:
+        await recorder.store(a_call(account_id))  # JetStream stores again: so does the recorder
+        assert recorder.accepting and len(await stored_usage(stack, account_id)) == 1
+    finally:
+        flusher.cancel()
+        await nc.close()
+
+
+async def test_the_queued_design_is_bounded_too(stack: Stack) -> None:
+    account_id = (await stack.create_account("queued"))["account_id"]
+    nc = await stack.nats()
+    js = nc.jetstream()
+    publisher = EventPublisher(nc, stack.settings.stream)
+    await publisher.start()
+    recorder = UsageRecorder(publisher, durable=False, max_pending=2, store_timeout_s=30.0)
+    flusher = asyncio.create_task(recorder.run())
+    info = await js.stream_info(stack.settings.stream)
+    try:
+        await js.update_stream(dataclasses.replace(info.config, max_msgs=info.state.messages))
+        await recorder.store(a_call(account_id))
+        await recorder.store(a_call(account_id))
+        third = asyncio.create_task(recorder.store(a_call(account_id)))
+        done, _ = await asyncio.wait({third}, timeout=1.0)
+        assert not done  # no room: the caller waits instead of growing a queue
+    finally:
+        await js.update_stream(dataclasses.replace(info.config, max_msgs=-1))
+    try:
+        await asyncio.wait_for(third, 30)  # room again once the first two are stored
+    finally:
+        flusher.cancel()
+        await nc.close()
