@@ -67,9 +67,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     accepted_lateness_s: int = 8 * 24 * 3600
     accepted_lead_s: int = 5 * 60
     dedupe_retention_s: int = 9 * 24 * 3600
-    reservation_timeout_s: float = 120.0
-    """How long a refund waits for the calls in flight at its request to report (quota itself holds a
-    reservation as long as its gateway renews it: see heartbeat_interval_s)."""
     request_timeout_s: float = 2.0
     account_changes_per_minute: int = 60
     """Changes (non-GET account API requests) one account may make per minute, in a burst or spread out."""

@@ -206,6 +206,5 @@ def make_settings(nats_url: str, database_url: str) -> Settings:
         simulator_port=free_port(),
         admin_token="test-admin-" + uuid.uuid4().hex,
         ingest_token="test-ingest-" + uuid.uuid4().hex,
-        reservation_timeout_s=30.0,
         ack_wait_s=2.0,
     )

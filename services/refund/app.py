@@ -30,7 +30,6 @@ class RefundService:
         self.desk = RefundDesk(
             runtime.db, projection.schema, runtime.nc, publisher, provider, self.clock, stream=settings.stream,
             request_timeout_s=settings.request_timeout_s, barrier_wait_s=settings.refund_barrier_wait_s,
-            reservation_timeout_s=settings.reservation_timeout_s,
         )  # fmt: skip
         self.responder = RefundResponder(self.desk, provider)
         queries = (subjects.REFUND_PREVIEW, subjects.REFUND_REQUEST, subjects.REFUND_GET, subjects.REFUND_LIST,

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 import msgspec
@@ -82,14 +82,12 @@ class RefundDesk:
         stream: str,
         request_timeout_s: float,
         barrier_wait_s: float,
-        reservation_timeout_s: float,
     ) -> None:
         self._pool, self._schema, self._nc, self._js = pool, schema, nc, nc.jetstream()
         self._publisher, self._provider, self._clock = publisher, provider, clock
         self._stream = stream
         self._request_timeout_s = request_timeout_s
         self._barrier_wait_s = barrier_wait_s
-        self._reservation_timeout = timedelta(seconds=reservation_timeout_s)
         self._settling: dict[str, asyncio.Task[None]] = {}
 
     # -- reads ------------------------------------------------------------------------
@@ -199,7 +197,7 @@ class RefundDesk:
         if row is None or row["status"] != "processing":
             return
         account_id = row["account_id"]
-        await self._calls_reported(account_id, set(row["pending_reservations"]), row["requested_at"])
+        await self._calls_reported(account_id, set(row["pending_reservations"]))
         await self._caught_up(account_id, None)
         async with self._pool.acquire() as conn:
             row = await self._row(refund_id, conn)  # a previous run may have settled it; the barrier shows it
@@ -284,13 +282,16 @@ class RefundDesk:
             metrics.refunded_usd.add(event.amount_micros / 1_000_000)
             metrics.fees_usd.add(event.fee_micros / 1_000_000)
 
-    async def _calls_reported(self, account_id: str, pending: set[str], requested_at: datetime) -> None:
-        """Wait until the calls in flight at the request have reported their usage, or timed out."""
-        give_up = requested_at + self._reservation_timeout + timedelta(seconds=5)
-        while pending and self._clock.now() < give_up:
+    async def _calls_reported(self, account_id: str, pending: set[str]) -> None:
+        """Wait until the calls in flight at the request are no longer held by quota: quota lets a
+        reservation go only once the call's usage is projected, its gateway released it, or its
+        gateway is gone (its heartbeats stopped). However long a stream runs, its usage counts."""
+        delay = 0.1
+        while pending:
             pending &= set(await self._inflight(account_id))
             if pending:
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, 1.0)
 
     # -- the sequence barrier and the other services ----------------------------------
 

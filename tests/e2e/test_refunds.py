@@ -26,13 +26,17 @@ async def refund_of(stack: Stack, key: str, refund_id: str, *, settled: bool = T
     return dict(await eventually(fetched, within=60))  # settling waits for quota and the log: slow CI
 
 
-async def all_usage_usd(stack: Stack, key: str, count: int) -> Decimal:
+async def all_usage_events(stack: Stack, key: str, count: int) -> list[dict[str, Any]]:
     async def listed() -> list[dict[str, Any]]:
         status, body = await stack.http("GET", "/v1/account/usage/events?limit=1000", token=key)
         assert status == 200, body
         return body["data"] if len(body["data"]) >= count else []
 
-    return sum((Decimal(e["usd_cost"]) for e in await eventually(listed)), Decimal(0))
+    return list(await eventually(listed))
+
+
+async def all_usage_usd(stack: Stack, key: str, count: int) -> Decimal:
+    return sum((Decimal(e["usd_cost"]) for e in await all_usage_events(stack, key, count)), Decimal(0))
 
 
 async def payouts_of(stack: Stack, account_id: str) -> tuple[int, int]:
@@ -244,3 +248,27 @@ async def test_a_refund_waiting_for_a_call_in_flight_can_be_cancelled_and_pays_n
     assert (await refund_of(stack, account["key"], again["refund_id"]))["status"] == "succeeded"
     status, body = await stack.http("POST", f"/v1/refunds/{again['refund_id']}/cancel", token=account["management_key"])
     assert status == 409 and body["error"]["reason"] == "already_succeeded"
+
+
+async def test_a_refund_waits_for_a_stream_however_long_it_runs_and_counts_it(stack: Stack) -> None:
+    """A refund used to stop waiting for the calls in flight after a fixed time (30 s + 5 s in
+    these tests, 120 s + 5 s by default) and settle without a longer stream's usage; it now
+    waits as long as quota holds the call's reservation, i.e. as long as the call runs."""
+    stack.simulator.stop()
+    await asyncio.to_thread(stack.simulator.start, {"FLOWPLAN_SIMULATOR_TOKENS_PER_S": "200"})
+    try:
+        account = await pro_account(stack)
+        async with aiohttp.ClientSession() as session:
+            running = await raw_stream(stack, session, account["key"], max_tokens=9000)  # 45 s at 200 tokens/s
+            await running.content.readany()
+            status, requested = await stack.http("POST", "/v1/refunds", token=account["management_key"])
+            assert status == 202, requested
+            await running.read()
+        refund = await refund_of(stack, account["key"], requested["refund_id"])
+        [call] = await all_usage_events(stack, account["key"], 1)
+        assert call["output_tokens"] == 9000
+        assert refund["status"] == "succeeded", refund
+        assert Decimal(refund["usage_usd"]) == Decimal(call["usd_cost"])  # the whole stream, none missed
+    finally:
+        stack.simulator.stop()
+        await asyncio.to_thread(stack.simulator.start)
