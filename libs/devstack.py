@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from libs.localservers import LocalNats, LocalPostgres, port_is_free, wait_for_p
 from libs.settings import DEV_ADMIN_TOKEN, DEV_INGEST_TOKEN, Settings, load_settings
 from libs.setup import set_up
 
-SERVICES = ("simulator", "quota", "keys", "billing", "refund", "ingress", "gateway")
+SERVICES = ("simulator", "quota", "keys", "billing", "refund", "console", "ingress", "gateway")
 
 
 def _pick_port(preferred: int) -> int | None:
@@ -124,12 +125,25 @@ def _admin(settings: Settings, path: str, body: dict[str, str]) -> dict[str, str
         return dict(json.loads(response.read()))
 
 
+DEMO_EMAIL = "demo@flowplan.local"
+
+
 def _demo_account(settings: Settings, state_dir: Path) -> dict[str, str]:
     """A demo account on a Pro subscription (a demo payment), so every example model works."""
     saved = state_dir / "demo-account.json"
     if saved.exists() and "management_key" in (known := json.loads(saved.read_text())):
-        return dict(known)  # (one saved before management keys existed cannot change anything: made anew)
-    account = _admin(settings, "/admin/v1/accounts", {"name": "demo"})
+        # A sign-in link is single use: each start gives the demo owner a fresh one.
+        try:
+            link = _admin(settings, f"/admin/v1/accounts/{known['account_id']}/sign-in-link", {})
+        except urllib.error.HTTPError:  # no console answering: the banner says so
+            return {**known, "sign_in_url": ""}
+        return {**known, "sign_in_url": link["sign_in_url"], "email": link.get("email") or ""}
+    try:
+        account = _admin(settings, "/admin/v1/accounts", {"name": "demo", "email": DEMO_EMAIL})
+    except urllib.error.HTTPError as exc:  # the email is an earlier demo owner's (its state file was removed)
+        if exc.code != 409:
+            raise
+        account = _admin(settings, "/admin/v1/accounts", {"name": "demo"})
     payment = {"plan": "pro", "amount_usd": "20.00", "payment_ref": f"demo-{account['account_id']}"}
     _admin(settings, f"/admin/v1/accounts/{account['account_id']}/payments", payment)
     saved.write_text(json.dumps(account))
@@ -138,8 +152,10 @@ def _demo_account(settings: Settings, state_dir: Path) -> dict[str, str]:
 
 
 BANNER = """
-flowplan is running: gateway {gateway}, account and admin API {ingress}.{tokens}
+flowplan is running: gateway {gateway}, account and admin API {ingress}, console {console}.{tokens}
   demo account: {account_id} (Pro, from a demo payment)
+  console:      {sign_in_url}
+                (one-time sign-in link for {email}, 24 h: it asks for a password; then {console}/sign-in)
   demo key:     {key}
   management:   {management_key}   (changes the account: keys, refunds, Extra Usage; never calls models)
 
@@ -203,6 +219,9 @@ def _banner(settings: Settings, account: dict[str, str]) -> str:
     return BANNER.format(
         gateway=f"http://{settings.host}:{settings.gateway_port}",
         ingress=f"http://{settings.host}:{settings.ingress_port}",
+        console=settings.console_url or f"http://{settings.host}:{settings.console_port}",
+        sign_in_url=account.get("sign_in_url") or "(none: the console did not answer)",
+        email=account.get("email") or "the demo owner",
         tokens=tokens,
         account_id=account["account_id"],
         key=account["key"],

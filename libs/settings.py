@@ -8,6 +8,7 @@ import msgspec
 
 DEV_ADMIN_TOKEN = "dev-admin-token"
 DEV_INGEST_TOKEN = "dev-ingest-token"
+DEV_CONSOLE_SECRET = "dev-console-secret"
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +60,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     grafana_db_password: str = ""
     """Password of Grafana's read-only Postgres role (flowplan_grafana); set-up creates the role only when set."""
+    console_port: int = 8088
+    console_url: str = ""
+    """The console's address as owners reach it (sign-in links point there); default http://host:console_port."""
+    console_secret: str = DEV_CONSOLE_SECRET
+    """Shared by the console and ingress: signs the short-lived credential the console calls the account API with."""
+    ingress_url: str = ""
+    """Where the console reaches ingress's account API; default http://host:ingress_port."""
 
 
 def settings_environ(settings: Settings) -> dict[str, str]:

@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 from nats.aio.client import Client
 
-from libs import tracing
+from libs import ownerpass, tracing
 from libs.clock import Clock
 from libs.db import UNAVAILABLE
 from libs.eventlog.publisher import EventPublisher, PublishFailed
@@ -28,10 +28,12 @@ from proto.v1 import (
     BillingHistoryRequest,
     CancelRefund,
     ConfigurePayouts,
+    ConsoleCommandFailed,
     Costs,
     CostsRequest,
     CreateKey,
     GetRefund,
+    IssueSignInLink,
     KeyCommandFailed,
     KeyIssued,
     KeyList,
@@ -48,6 +50,7 @@ from proto.v1 import (
     RevokeAnyKey,
     RevokeKey,
     RotateKey,
+    SignInLinkIssued,
     SuspendAccount,
     TopUpAccepted,
     UsageEventsReply,
@@ -85,6 +88,8 @@ _events = msgspec.json.Decoder(UsageEventsReply)
 _refund_reply = msgspec.json.Decoder(RefundReply | RefundRefused)
 _payouts_reply = msgspec.json.Decoder(PayoutsConfigured | RefundRefused)
 _billing_reply = msgspec.json.Decoder(PaymentAccepted | TopUpAccepted | BillingCommandFailed)
+_link_reply = msgspec.json.Decoder(SignInLinkIssued | ConsoleCommandFailed)
+CONSOLE_ERRORS = {"email_taken": 409, "invalid_request": 400}
 BILLING_ERRORS = {"invalid_request": 400, "ref_conflict": 409}
 REFUND_ERRORS = {"not_refundable": 409, "not_cancellable": 409, "refund_not_found": 404, "invalid_request": 400,
                  "not_supported": 409}  # fmt: skip
@@ -140,6 +145,7 @@ class IngressApi:
         r.add_post("/admin/v1/accounts/{account_id}/suspend", self.suspend)
         r.add_post("/admin/v1/accounts/{account_id}/unsuspend", self.unsuspend)
         r.add_delete("/admin/v1/keys/{key_id}", self.admin_revoke_key)
+        r.add_post("/admin/v1/accounts/{account_id}/sign-in-link", self.sign_in_link)
 
     # -- authentication ---------------------------------------------------------------
 
@@ -165,7 +171,13 @@ class IngressApi:
         return principal.account_id
 
     async def _principal(self, request: web.Request) -> access.Principal:
-        """Who the request's credential is: an API key today (the console's session is to come)."""
+        """Who the request's credential is: an API key, or the console acting for a signed-in owner."""
+        token = self._bearer(request)
+        if ownerpass.is_owner_pass(token):
+            account_id = ownerpass.verify(self.settings.console_secret, token, self.clock.now())
+            if account_id is None:
+                raise ApiError(401, "invalid_console_pass", "the console's pass is forged or expired", "Authorization")
+            return access.of_console(account_id)
         try:
             key = await self.keys.authenticate(self._bearer(request))
         except KeysUnavailable as exc:
@@ -271,6 +283,8 @@ class IngressApi:
         self._require_token(request, self.settings.admin_token)
         command = decode_body(await request.read(), admin.CreateAccount)
         account = admin.create_account(command, self.clock.now())
+        # The console first: an email another owner has refuses the request before anything is stored.
+        link = await self._sign_in_link(IssueSignInLink(account_id=account.account_id, email=command.email), True)
         await self._publish([account])
         issued = await self._key_command(CreateKey(account_id=account.account_id, name="default", kind="subscription"))
         assert isinstance(issued, KeyIssued)
@@ -283,9 +297,38 @@ class IngressApi:
             {
                 "account_id": account.account_id, "name": command.name, "key": issued.secret, "key_id": issued.key.id,
                 "management_key": management.secret, "management_key_id": management.key.id,
+                "email": link.email if link else None, "sign_in_url": link.url if link else None,
             },
             201,
         )  # fmt: skip
+
+    async def sign_in_link(self, request: web.Request) -> web.Response:
+        """A fresh one-time console link for the account's owner (and, with an email, that email)."""
+        self._require_token(request, self.settings.admin_token)
+        account_id = self._account_exists(request)
+        body = await request.read()
+        email = decode_body(body, admin.SignInLinkIn).email if body.strip() else None
+        link = await self._sign_in_link(IssueSignInLink(account_id=account_id, email=email), False)
+        assert link is not None
+        return json_response(
+            {"account_id": account_id, "email": link.email, "sign_in_url": link.url,
+             "expires_at": views.timestamp(link.expires_at)},
+            201,
+        )  # fmt: skip
+
+    async def _sign_in_link(self, command: IssueSignInLink, optional: bool) -> SignInLinkIssued | None:
+        """Ask the console for the link. An account is created even when no console answers
+        (`sign_in_url` null; `POST .../sign-in-link` issues one later, with the email)."""
+        try:
+            raw = await self._ask(subjects.CONSOLE_SIGN_IN_LINK, command)
+        except ApiError:
+            if optional:
+                return None
+            raise
+        reply: SignInLinkIssued | ConsoleCommandFailed = _link_reply.decode(raw)
+        if isinstance(reply, ConsoleCommandFailed):
+            raise ApiError(CONSOLE_ERRORS.get(reply.code, 400), reply.code, reply.message, reply.field)
+        return reply
 
     async def suspend(self, request: web.Request) -> web.Response:
         return await self._set_suspended(request, True)

@@ -1,0 +1,106 @@
+"""What the subscription page shows, shaped from the account API's answers. Pure: no I/O."""
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+WINDOWS = (("window_5h", "5-hour window"), ("weekly", "This week"), ("monthly", "This month"))
+KIND_NAMES = {"subscription": "Subscription", "payg": "Pay As You Go", "management": "Management"}
+REFUSALS = {
+    "free_plan": "Only a paid plan can be refunded; this account is on Free.",
+    "window_passed": "The 24 hours for a refund of this payment have passed.",
+    "usage_exceeds_payment": "The usage since the payment is worth more than the payment.",
+    "nothing_to_refund": "There is nothing left to refund.",
+    "already_refunded": "This payment was already refunded.",
+    "refund_in_progress": "A refund of this payment is in progress.",
+}
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def when(value: str | None) -> str:
+    moment = parse_time(value)
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
+
+
+def flows(value: float | int | str) -> str:
+    number = Decimal(str(value)).quantize(Decimal("0.01"))
+    return f"{number:,}"
+
+
+def usd(value: str | None) -> str:
+    return "—" if value is None else f"${Decimal(value).quantize(Decimal('0.01')):,}"
+
+
+def usd_exact(value: str) -> str:
+    """A balance to the micro-dollar (PAYG calls cost fractions of a cent), at least to the cent."""
+    whole, _, fraction = f"{Decimal(value):f}".partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def refusal(reason: str, message: str) -> str:
+    return REFUSALS.get(reason, message)
+
+
+FILTERS = {"when": when, "flows": flows, "usd": usd, "usd_exact": usd_exact, "kind_name": KIND_NAMES.get}
+
+
+def _window(usage: dict[str, Any], field: str, title: str) -> dict[str, Any]:
+    window = usage[field]
+    limit = Decimal(str(window["limit_flows"]))
+    used = Decimal(str(window["used_flows"]))
+    percent = int(min(Decimal(100), used * 100 / limit)) if limit else 0
+    return {"id": field, "title": title, "used": window["used_flows"], "limit": window["limit_flows"],
+            "remaining": window["remaining_flows"], "percent": percent, "resets_at": window["resets_at"]}  # fmt: skip
+
+
+def subscription(
+    account_id: str,
+    usage: dict[str, Any],
+    events: list[dict[str, Any]],
+    keys: list[dict[str, Any]],
+    history: list[dict[str, Any]],
+    refunds: list[dict[str, Any]],
+    plans: dict[str, Any],
+    page: int,
+    page_size: int,
+    now: datetime,
+) -> dict[str, Any]:
+    names = {k["id"]: k["name"] for k in keys}
+    active = [k for k in keys if k["revoked_at"] is None]
+    plan_list = plans["plans"]
+    current = next((p for p in plan_list if p["id"] == usage["plan"]), None)
+    price = Decimal(current["price_usd"]) if current else Decimal(0)
+    others = [
+        {**p, "action": ("Upgrade to " if Decimal(p["price_usd"]) > price else "Downgrade to ") + p["name"]}
+        for p in plan_list
+        if p["id"] != usage["plan"] and p["id"] != "free"
+    ]
+    extra = usage["extra_usage"]
+    payg_key = next((k for k in keys if k["id"] == extra["payg_key_id"]), None)
+    start = (page - 1) * page_size
+    spent = sum((Decimal(e["usd_cost"]) for e in events if e["billing_mode"] == "payg"), Decimal(0))
+    latest_refund = max(refunds, key=lambda r: r["requested_at"] or "", default=None)
+    return {
+        "account_id": account_id,
+        "plan": current or {"id": usage["plan"], "name": usage["plan"].title()},
+        "paid_until": usage["monthly"]["resets_at"] if usage["plan"] != "free" else None,
+        "other_plans": others,
+        "windows": [_window(usage, field, title) for field, title in WINDOWS],
+        "events": [{**e, "key_name": names.get(e["key_id"] or "", "—")} for e in events[start : start + page_size]],
+        "page": page,
+        "older": len(events) > start + page_size,
+        "keys": active,
+        "payg_keys": [k for k in active if k["kind"] == "payg"],
+        "extra": {
+            "enabled": extra["enabled"],
+            "key": payg_key,
+            "balance_usd": extra["balance_usd"],
+            "spent_usd": str(spent),
+        },
+        "history": history,
+        "refund": latest_refund,
+        "now": now,
+    }

@@ -1,0 +1,60 @@
+"""The console's pure rules: the owner pass ingress accepts, CSRF tokens, sessions' expiry, the
+wrong-password lockout, and what the subscription page makes of the account API's answers."""
+
+from datetime import UTC, datetime, timedelta
+
+from libs import ownerpass
+from services.console import auth, views
+
+NOW = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
+
+
+def test_owner_pass_names_its_account_until_it_expires_and_only_with_the_secret() -> None:
+    token = ownerpass.mint("s3cret", "acc_0123456789abcdef", NOW, ttl_s=60)
+    assert ownerpass.is_owner_pass(token)
+    assert ownerpass.verify("s3cret", token, NOW + timedelta(seconds=59)) == "acc_0123456789abcdef"
+    assert ownerpass.verify("s3cret", token, NOW + timedelta(seconds=60)) is None
+    assert ownerpass.verify("other", token, NOW) is None
+    forged = token.replace("acc_0123456789abcdef", "acc_fedcba9876543210")
+    assert ownerpass.verify("s3cret", forged, NOW) is None
+    assert ownerpass.verify("s3cret", "cs-v1-garbage", NOW) is None
+
+
+def test_csrf_token_fits_only_its_cookie() -> None:
+    token = auth.csrf_token("k", "cookie-a")
+    assert auth.csrf_ok("k", "cookie-a", token)
+    assert not auth.csrf_ok("k", "cookie-b", token)
+    assert not auth.csrf_ok("k", None, token)
+    assert not auth.csrf_ok("k", "cookie-a", None)
+
+
+def test_sessions_end_when_idle_too_long_too_old_or_signed_out() -> None:
+    assert auth.session_alive(NOW, NOW, None, NOW + timedelta(minutes=5))
+    assert not auth.session_alive(NOW, NOW, None, NOW + auth.SESSION_IDLE)
+    busy = NOW + auth.SESSION_ABSOLUTE - timedelta(minutes=1)
+    assert auth.session_alive(NOW, busy, None, busy + timedelta(seconds=30))
+    assert not auth.session_alive(NOW, busy, None, NOW + auth.SESSION_ABSOLUTE)
+    assert not auth.session_alive(NOW, NOW, NOW, NOW + timedelta(seconds=1))
+
+
+def test_lockout_slows_each_wrong_password_more_then_locks() -> None:
+    rule = auth.Lockout(per_email=5, per_address=20, step_s=0.25, max_delay_s=2.0)
+    assert [rule.delay_s(n) for n in (1, 2, 4, 100)] == [0.25, 0.5, 1.0, 2.0]
+    assert not rule.locked(4, 19)
+    assert rule.locked(5, 0) and rule.locked(0, 20)
+
+
+def test_passwords_are_argon2id_and_checked() -> None:
+    hashed = auth.hash_password("correct horse battery")
+    assert hashed.startswith("$argon2id$")
+    assert auth.password_matches(hashed, "correct horse battery")
+    assert not auth.password_matches(hashed, "wrong")
+    assert not auth.password_matches(None, "anything")
+    assert auth.password_problem("short") and auth.password_problem("long enough!") is None
+
+
+def test_money_and_flows_as_the_page_shows_them() -> None:
+    assert views.usd("18.05") == "$18.05" and views.usd(None) == "—"
+    assert views.usd_exact("9.998765") == "$9.998765" and views.usd_exact("10.000000") == "$10.00"
+    assert views.flows(2160) == "2,160.00" and views.flows(0.123456) == "0.12"
+    assert views.when("2026-11-30T09:00:00Z") == "2026-11-30 09:00 UTC"
