@@ -62,7 +62,7 @@ class ConsolePages:
         r.add_post("/keys/{key_id}/revoke", self.revoke_key)
         r.add_post("/extra-usage", self.extra_usage)
         r.add_post("/refunds", self.request_refund)
-        r.add_static("/static/", HERE / "static", append_version=True)
+        r.add_static("/static/", HERE / "static")
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -213,15 +213,16 @@ class ConsolePages:
     async def _subscription(self, request: web.Request, account_id: str, status: int = 200,
                             **extra: Any) -> web.Response:  # fmt: skip
         page = _page(request)
-        limit = min(MAX_EVENTS, page * PAGE_SIZE + 1)
+        filters = {name: request.query[name] for name in ("key", "model", "chart") if request.query.get(name)}
         try:
-            usage, events, keys, history, refunds, plans = await asyncio.gather(
+            usage, events, keys, history, refunds, plans, costs = await asyncio.gather(
                 self.api.get(account_id, "/v1/account/usage"),
-                self.api.get(account_id, "/v1/account/usage/events", limit=limit),
+                self.api.get(account_id, "/v1/account/usage/events", limit=MAX_EVENTS),
                 self.api.get(account_id, "/v1/keys"),
                 self.api.get(account_id, "/v1/billing/history", limit=50),
                 self.api.get(account_id, "/v1/refunds"),
                 self.api.get(None, "/v1/plans"),
+                self.api.get(account_id, "/v1/account/costs", group_by="model"),
             )
         except AccountApiError as exc:
             return self._render(request, "error.html", exc.status if exc.status >= 500 else 502,
@@ -234,7 +235,7 @@ class ConsolePages:
                 preview_error = views.refusal(exc.reason or exc.code, exc.message)
         context = views.subscription(
             account_id, usage, events["data"], keys["data"], history["data"], refunds["data"], plans, page, PAGE_SIZE,
-            self.clock.now(),
+            self.clock.now(), filters, costs["data"],
         )  # fmt: skip
         context.update(preview=preview, preview_error=preview_error, new_secret=None, error=None)
         context.update(extra)

@@ -1,8 +1,9 @@
 """What the subscription page shows, shaped from the account API's answers. Pure: no I/O."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 WINDOWS = (("window_5h", "5-hour window"), ("weekly", "This week"), ("monthly", "This month"))
 KIND_NAMES = {"subscription": "Subscription", "payg": "Pay As You Go", "management": "Management"}
@@ -47,6 +48,39 @@ def refusal(reason: str, message: str) -> str:
 FILTERS = {"when": when, "flows": flows, "usd": usd, "usd_exact": usd_exact, "kind_name": KIND_NAMES.get}
 
 
+CHART_HEIGHT = 120
+
+
+def chart(events: list[dict[str, Any]], now: datetime, by: str) -> dict[str, Any]:
+    """Flows per hour over the last 5 hours, or per UTC day over the last 7 days, from the calls."""
+    if by == "day":
+        step, count = timedelta(days=1), 7
+        end = now.replace(hour=0, minute=0, second=0, microsecond=0) + step
+        label = "%m-%d"
+    else:
+        step, count = timedelta(hours=1), 5
+        end = now.replace(minute=0, second=0, microsecond=0) + step
+        label = "%H:00"
+    starts = [end - step * (count - i) for i in range(count)]
+    totals = [Decimal(0)] * count
+    for event in events:
+        moment = parse_time(event["occurred_at"])
+        if moment is None or not starts[0] <= moment < end:
+            continue
+        totals[int((moment - starts[0]) / step)] += Decimal(str(event["flows"]))
+    top = max(totals) or Decimal(1)
+    bars = [
+        {"label": start.strftime(label), "flows": str(total), "height": int(total * CHART_HEIGHT / top)}
+        for start, total in zip(starts, totals, strict=True)
+    ]
+    return {
+        "by": by,
+        "bars": bars,
+        "height": CHART_HEIGHT,
+        "title": "Flows per day" if by == "day" else "Flows per hour",
+    }
+
+
 def _window(usage: dict[str, Any], field: str, title: str) -> dict[str, Any]:
     window = usage[field]
     limit = Decimal(str(window["limit_flows"]))
@@ -67,8 +101,15 @@ def subscription(
     page: int,
     page_size: int,
     now: datetime,
+    filters: dict[str, str],
+    costs: list[dict[str, Any]],
 ) -> dict[str, Any]:
+    """The page's context. `filters` (key id, model) narrow the per-call detail; the chart counts every call."""
     names = {k["id"]: k["name"] for k in keys}
+    listed = [
+        e for e in events
+        if e["key_id"] == filters.get("key", e["key_id"]) and e["model"] == filters.get("model", e["model"])
+    ]  # fmt: skip
     active = [k for k in keys if k["revoked_at"] is None]
     plan_list = plans["plans"]
     current = next((p for p in plan_list if p["id"] == usage["plan"]), None)
@@ -89,9 +130,15 @@ def subscription(
         "paid_until": usage["monthly"]["resets_at"] if usage["plan"] != "free" else None,
         "other_plans": others,
         "windows": [_window(usage, field, title) for field, title in WINDOWS],
-        "events": [{**e, "key_name": names.get(e["key_id"] or "", "—")} for e in events[start : start + page_size]],
+        "events": [{**e, "key_name": names.get(e["key_id"] or "", "—")} for e in listed[start : start + page_size]],
         "page": page,
-        "older": len(events) > start + page_size,
+        "older": len(listed) > start + page_size,
+        "filters": filters,
+        "query": urlencode(filters),
+        "models": sorted({e["model"] for e in events}),
+        "all_keys": keys,
+        "chart": chart(events, now, "day" if filters.get("chart") == "day" else "hour"),
+        "costs": costs,
         "keys": active,
         "payg_keys": [k for k in active if k["kind"] == "payg"],
         "extra": {

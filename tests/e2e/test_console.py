@@ -13,7 +13,7 @@ import pytest
 from yarl import URL
 
 from libs import ownerpass
-from tests.stack import Stack, eventually
+from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
 PASSWORD = "correct horse battery"
@@ -240,3 +240,36 @@ async def test_one_owner_sees_and_changes_nothing_of_another_account(console: St
     finally:
         await alice_browser.close()
         await bob_browser.close()
+
+
+async def test_usage_is_paged_filtered_by_key_and_model_and_costed_by_model(console: Stack) -> None:
+    account, browser = await new_owner(console)
+    try:
+        status, second = await console.http(
+            "POST", "/v1/keys", token=account["management_key"], json={"name": "second", "kind": "subscription"}
+        )
+        assert status == 201
+        events = [usage_event(account["account_id"], key_id=account["key_id"]) for _ in range(22)]
+        events += [usage_event(account["account_id"], key_id=second["id"], model="qwen/qwen3-14b") for _ in range(3)]
+        status, body = await console.post_usage(events)
+        assert status == 202, body
+
+        async def all_listed() -> bool:
+            _, page = await browser.get("/subscription?page=2")
+            return page.count("<tr><td><time") == 5
+
+        await eventually(all_listed, within=30, interval=0.5)
+        _, first = await browser.get("/subscription")
+        assert first.count("<tr><td><time") == 20 and ">Older<" in first and ">Newer<" not in first
+        _, by_model = await browser.get("/subscription?model=qwen/qwen3-14b")
+        assert by_model.count("<tr><td><time") == 3 and ">Older<" not in by_model
+        _, by_key = await browser.get(f"/subscription?key={second['id']}")
+        calls = by_key.split("Cost by model", 1)[0]
+        assert calls.count("<tr><td><time") == 3 and "deepseek/deepseek-chat</td>" not in calls
+        costs = first.split('aria-label="Cost by model"', 1)[1].split("</table>", 1)[0]
+        assert "<td>deepseek/deepseek-chat</td><td>22</td>" in costs and "<td>qwen/qwen3-14b</td><td>3</td>" in costs
+        assert 'aria-label="Flows per hour"' in first
+        _, daily = await browser.get("/subscription?chart=day")
+        assert 'aria-label="Flows per day"' in daily
+    finally:
+        await browser.close()

@@ -58,3 +58,21 @@ def test_money_and_flows_as_the_page_shows_them() -> None:
     assert views.usd_exact("9.998765") == "$9.998765" and views.usd_exact("10.000000") == "$10.00"
     assert views.flows(2160) == "2,160.00" and views.flows(0.123456) == "0.12"
     assert views.when("2026-11-30T09:00:00Z") == "2026-11-30 09:00 UTC"
+
+
+def test_the_chart_sums_flows_per_hour_over_five_hours_and_per_day_over_a_week() -> None:
+    now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
+    events = [
+        {"occurred_at": "2026-11-30T10:05:00Z", "flows": 1.5},
+        {"occurred_at": "2026-11-30T10:25:00Z", "flows": 0.5},
+        {"occurred_at": "2026-11-30T06:59:00Z", "flows": 3},
+        {"occurred_at": "2026-11-30T05:59:00Z", "flows": 100},  # before the 5 hours shown
+        {"occurred_at": "2026-11-25T12:00:00Z", "flows": 4},
+    ]
+    hourly = views.chart(events, now, "hour")
+    assert [b["label"] for b in hourly["bars"]] == ["06:00", "07:00", "08:00", "09:00", "10:00"]
+    assert [b["flows"] for b in hourly["bars"]] == ["3", "0", "0", "0", "2.0"]
+    assert [b["height"] for b in hourly["bars"]] == [120, 0, 0, 0, 80]
+    daily = views.chart(events, now, "day")
+    assert [b["label"] for b in daily["bars"]][-1] == "11-30" and len(daily["bars"]) == 7
+    assert daily["bars"][1]["flows"] == "4" and daily["bars"][-1]["flows"] == "105.0"
