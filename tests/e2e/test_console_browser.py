@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.stack import ROOT, Stack, eventually, usage_event
@@ -182,3 +183,41 @@ async def test_a_refund_shows_its_preview_then_succeeds_and_the_plan_is_free(con
     )
     await expect(page.get_by_test_id("refund-status")).to_contain_text("succeeded", timeout=60_000)
     await expect(page.get_by_test_id("current-plan")).to_have_text("Free")
+
+
+async def test_every_page_passes_axe_without_critical_or_serious_violations(console: Stack, page: Page) -> None:
+    """axe-core (4.12, from the axe-playwright-python package on PyPI) run in the browser on each page,
+    with the dialogs open too."""
+    axe = Axe()
+    found: dict[str, list[str]] = {}
+
+    async def check(name: str) -> None:
+        results = await axe.run(page)
+        found[name] = [
+            f"{v['id']} ({v['impact']}): {v['help']}"
+            for v in results.response["violations"]
+            if v["impact"] in ("critical", "serious")
+        ]
+
+    await page.goto(f"{console.console_url}/sign-in")
+    await check("sign-in")
+    status, account = await console.http(
+        "POST", "/admin/v1/accounts", token=console.settings.admin_token, json={"name": "axe"}
+    )
+    assert status == 201
+    await page.goto(account["sign_in_url"])
+    await check("set-password")
+    await page.get_by_label("Email").fill(f"axe-{uuid.uuid4().hex[:8]}@example.com")
+    await page.get_by_label("New password").fill(PASSWORD)
+    await page.get_by_role("button", name="Save").click()
+    await console.pay(account["account_id"], "pro", "20.00")
+    await page.goto(f"{console.console_url}/subscription?refund=preview")
+    await check("subscription")
+    await page.get_by_role("button", name="Create key").click()
+    await check("create-key dialog")
+    await page.keyboard.press("Escape")
+    await page.get_by_role("switch", name="Extra Usage").click()
+    await check("select-a-key dialog")
+    await page.goto(account["sign_in_url"])
+    await check("used link")
+    assert len(found) == 6 and not any(found.values()), found
