@@ -13,13 +13,15 @@ from aiohttp import web
 
 from libs.clock import Clock
 from libs.settings import Settings
-from services.console import auth, views
+from services.console import auth, i18n, views
 from services.console.accountapi import AccountApi, AccountApiError
 from services.console.owners import EmailTaken, Owners
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "fp_session"
 VISITOR_COOKIE = "fp_visitor"
+LANGUAGE_COOKIE = "fp_lang"
+LOCKED = "Too many wrong passwords. Sign-in is locked for a while; try again later."
 PAGE_SIZE = 20
 MAX_EVENTS = 1000
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -62,6 +64,7 @@ class ConsolePages:
         r.add_post("/keys/{key_id}/revoke", self.revoke_key)
         r.add_post("/extra-usage", self.extra_usage)
         r.add_post("/refunds", self.request_refund)
+        r.add_post("/language", self.set_language)
         r.add_static("/static/", HERE / "static")
 
     # -- plumbing -------------------------------------------------------------------------
@@ -95,9 +98,11 @@ class ConsolePages:
         new_visitor = basis is None
         if basis is None:
             basis = auth.new_secret()
+        lang = i18n.choose(request.cookies.get(LANGUAGE_COOKIE), request.headers.get("Accept-Language", ""))
         html = self.templates.get_template(template).render(
-            csrf=auth.csrf_token(self.settings.console_secret, basis), static=self._static, **context
-        )
+            csrf=auth.csrf_token(self.settings.console_secret, basis), static=self._static, lang=lang,
+            _=i18n.translator(lang), here=request.path_qs if request.method == "GET" else "/", **context,
+        )  # fmt: skip
         response = web.Response(text=html, status=status, content_type="text/html")
         if new_visitor:
             self._set_cookie(request, response, VISITOR_COOKIE, basis, max_age=None)
@@ -149,9 +154,7 @@ class ConsolePages:
         email_failures = await self.owners.failures("email", email, since)
         address_failures = await self.owners.failures("address", address, since)
         if self.lockout.locked(email_failures, address_failures):
-            minutes = int(self.lockout.window.total_seconds() // 60)
-            locked = f"Too many wrong passwords. Sign-in is locked for up to {minutes} minutes."
-            return self._render(request, "sign_in.html", 429, email=email, error=locked)
+            return self._render(request, "sign_in.html", 429, email=email, error=LOCKED)
         owner = await self.owners.by_email(email) if email else None
         matches = await asyncio.to_thread(auth.password_matches, owner.password_hash if owner else None, password)
         if owner is None or not matches:
@@ -203,6 +206,18 @@ class ConsolePages:
         response = web.HTTPSeeOther("/sign-in")
         response.del_cookie(SESSION_COOKIE, path="/")
         return response
+
+    async def set_language(self, request: web.Request) -> web.Response:
+        """The language switch: sticks in a cookie for a year, back to the page it was used on."""
+        form = await request.post()
+        lang = str(form.get("lang", ""))
+        back = str(form.get("next", "/"))
+        if not back.startswith("/") or back.startswith("//"):
+            back = "/"
+        response = web.HTTPSeeOther(back)
+        if lang in i18n.LANGUAGES:
+            self._set_cookie(request, response, LANGUAGE_COOKIE, lang, max_age=365 * 24 * 3600)
+        raise response
 
     # -- the subscription page ------------------------------------------------------------
 

@@ -115,9 +115,10 @@ def subscription(
     current = next((p for p in plan_list if p["id"] == usage["plan"]), None)
     price = Decimal(current["price_usd"]) if current else Decimal(0)
     others = [
-        {**p, "action": ("Upgrade to " if Decimal(p["price_usd"]) > price else "Downgrade to ") + p["name"]}
+        {**p, "verb": verb, "action": f"{verb} {p['name']}"}
         for p in plan_list
         if p["id"] != usage["plan"] and p["id"] != "free"
+        for verb in ["Upgrade to" if Decimal(p["price_usd"]) > price else "Downgrade to"]
     ]
     extra = usage["extra_usage"]
     payg_key = next((k for k in keys if k["id"] == extra["payg_key_id"]), None)

@@ -266,7 +266,7 @@ async def test_usage_is_paged_filtered_by_key_and_model_and_costed_by_model(cons
         _, by_key = await browser.get(f"/subscription?key={second['id']}")
         calls = by_key.split("Cost by model", 1)[0]
         assert calls.count("<tr><td><time") == 3 and "deepseek/deepseek-chat</td>" not in calls
-        costs = first.split('aria-label="Cost by model"', 1)[1].split("</table>", 1)[0]
+        costs = first.split('aria-label="Cost by model (30 days)"', 1)[1].split("</table>", 1)[0]
         assert "<td>deepseek/deepseek-chat</td><td>22</td>" in costs and "<td>qwen/qwen3-14b</td><td>3</td>" in costs
         assert 'aria-label="Flows per hour"' in first
         _, daily = await browser.get("/subscription?chart=day")

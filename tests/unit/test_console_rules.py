@@ -4,7 +4,7 @@ wrong-password lockout, and what the subscription page makes of the account API'
 from datetime import UTC, datetime, timedelta
 
 from libs import ownerpass
-from services.console import auth, views
+from services.console import auth, i18n, views
 
 NOW = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
 
@@ -76,3 +76,24 @@ def test_the_chart_sums_flows_per_hour_over_five_hours_and_per_day_over_a_week()
     daily = views.chart(events, now, "day")
     assert [b["label"] for b in daily["bars"]][-1] == "11-30" and len(daily["bars"]) == 7
     assert daily["bars"][1]["flows"] == "4" and daily["bars"][-1]["flows"] == "105.0"
+
+
+def test_language_from_the_switch_else_accept_language() -> None:
+    assert i18n.choose(None, "zh-CN,zh;q=0.9,en;q=0.8") == "zh"
+    assert i18n.choose(None, "en-US,en;q=0.9,zh;q=0.8") == "en"
+    assert i18n.choose(None, "fr-FR, zh-TW;q=0.5") == "zh"
+    assert i18n.choose(None, "en;q=0.2, zh;q=0.7") == "zh"
+    assert i18n.choose(None, "") == "en" and i18n.choose(None, "de") == "en"
+    assert i18n.choose("en", "zh-CN") == "en" and i18n.choose("xx", "zh-CN") == "zh"
+    assert i18n.translator("zh")("Extra Usage") == "额外用量" and i18n.translator("en")("Extra Usage") == "Extra Usage"
+
+
+def test_every_text_the_templates_translate_has_its_chinese() -> None:
+    import re
+    from pathlib import Path
+
+    texts = set()
+    for template in (Path(views.__file__).parent / "templates").glob("*.html"):
+        texts |= set(re.findall(r'_\("([^"]+)"\)', template.read_text()))
+    texts |= {title for _, title in views.WINDOWS} | set(views.KIND_NAMES.values())
+    assert sorted(texts - set(i18n.ZH)) == []

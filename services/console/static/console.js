@@ -17,7 +17,17 @@ function tick() {
   });
 }
 
+function localTimes() {
+  // The owner's own time zone and the page's language (the server writes UTC).
+  const format = new Intl.DateTimeFormat(document.documentElement.lang, { dateStyle: "medium", timeStyle: "short" });
+  document.querySelectorAll("time[datetime]").forEach((el) => {
+    const moment = new Date(el.getAttribute("datetime"));
+    if (!Number.isNaN(moment.getTime())) el.textContent = format.format(moment);
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  localTimes();
   document.querySelectorAll("dialog[data-show-modal]").forEach((d) => d.showModal());
   document.querySelectorAll("[data-open]").forEach((button) => {
     button.addEventListener("click", () => {
@@ -39,7 +49,8 @@ document.addEventListener("DOMContentLoaded", () => {
       const text = document.getElementById(button.dataset.copy).textContent.trim();
       try {
         await navigator.clipboard.writeText(text);
-        button.textContent = "Copied";
+        button.textContent = button.dataset.copied || "Copied";
+        button.setAttribute("aria-label", "Copied");
       } catch (e) {
         const range = document.createRange();
         range.selectNodeContents(document.getElementById(button.dataset.copy));
