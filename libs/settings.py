@@ -67,6 +67,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Shared by the console and ingress: signs the short-lived credential the console calls the account API with."""
     ingress_url: str = ""
     """Where the console reaches ingress's account API; default http://host:ingress_port."""
+    payment_webhook_secret: str = "dev-payment-webhook-secret"
+    """Shared with the payment provider: signs its webhooks (POST /v1/webhooks/payments)."""
+    payment_provider_url: str = ""
+    """The local payment provider's API (served by the simulator); default http://host:simulator_port."""
+    payment_provider_public_url: str = ""
+    """Where browsers reach the local provider's checkout pages, when not at payment_provider_url."""
 
 
 def settings_environ(settings: Settings) -> dict[str, str]:

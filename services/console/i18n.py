@@ -122,6 +122,10 @@ ZH: dict[str, str] = {
     "Not refundable.": "不可退款。",
     "A paid plan can be refunded within 24 hours of its payment, less the value of the usage since.": "付费套餐可在付款后 24 小时内退款，扣除此后用量的价值。",
     "Request refund": "申请退款",
+    "Amount (USD)": "金额（美元）",
+    "Continue to payment": "前往付款",
+    "Payment received.": "已收到付款。",
+    "Checkout cancelled.": "已取消付款。",
 }
 
 

@@ -26,7 +26,6 @@ PAGE_SIZE = 20
 MAX_EVENTS = 1000
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",  # a sign-in link's secret is in its path: never pass it on
@@ -48,6 +47,13 @@ class ConsolePages:
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
         )
         self.templates.filters.update(views.FILTERS)
+        provider = (
+            settings.payment_provider_public_url
+            or settings.payment_provider_url
+            or f"http://{settings.host}:{settings.simulator_port}"
+        )
+        # A checkout form is answered with a redirect to the payment provider's page: allowed there only.
+        self.csp = f"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self' {provider}"
 
     def routes(self, app: web.Application) -> None:
         app.middlewares.extend([self._headers, self._csrf])
@@ -65,6 +71,7 @@ class ConsolePages:
         r.add_post("/extra-usage", self.extra_usage)
         r.add_post("/refunds", self.request_refund)
         r.add_post("/language", self.set_language)
+        r.add_post("/checkout", self.checkout)
         r.add_static("/static/", HERE / "static")
 
     # -- plumbing -------------------------------------------------------------------------
@@ -74,6 +81,7 @@ class ConsolePages:
         response = await handler(request)
         if not request.path.startswith("/static/"):
             response.headers.update(SECURITY_HEADERS)
+            response.headers["Content-Security-Policy"] = self.csp
         return response
 
     @web.middleware
@@ -252,7 +260,10 @@ class ConsolePages:
             account_id, usage, events["data"], keys["data"], history["data"], refunds["data"], plans, page, PAGE_SIZE,
             self.clock.now(), filters, costs["data"],
         )  # fmt: skip
-        context.update(preview=preview, preview_error=preview_error, new_secret=None, error=None)
+        notice = {"paid": "Payment received.", "cancelled": "Checkout cancelled."}.get(
+            request.query.get("checkout", "")
+        )
+        context.update(preview=preview, preview_error=preview_error, new_secret=None, error=None, notice=notice)
         context.update(extra)
         return self._render(request, "subscription.html", status, **context)
 
@@ -304,6 +315,17 @@ class ConsolePages:
             raise web.HTTPSeeOther("/subscription#extra-usage")
 
         return await self._acting(request, change)
+
+    async def checkout(self, request: web.Request) -> web.Response:
+        """A plan's month or a top-up: on to the payment provider's checkout page."""
+        form = await request.post()
+        body = {"plan": str(form["plan"])} if form.get("plan") else {"topup_usd": str(form.get("topup_usd", ""))}
+
+        async def start(account_id: str) -> web.Response:
+            session = await self.api.call(account_id, "POST", "/v1/billing/checkout", json=body)
+            raise web.HTTPSeeOther(session["checkout_url"])
+
+        return await self._acting(request, start)
 
     async def request_refund(self, request: web.Request) -> web.Response:
         async def refund(account_id: str) -> web.Response:

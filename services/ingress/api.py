@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 from nats.aio.client import Client
 
-from libs import ownerpass, tracing
+from libs import ownerpass, paymentwebhooks, tracing
 from libs.clock import Clock
 from libs.db import UNAVAILABLE
 from libs.eventlog.publisher import EventPublisher, PublishFailed
@@ -44,6 +44,7 @@ from proto.v1 import (
     PreviewRefund,
     QuotaStatus,
     QuotaStatusRequest,
+    RecordPayment,
     RefundRefused,
     RefundReply,
     RequestRefund,
@@ -59,7 +60,7 @@ from proto.v1 import (
     subjects,
 )
 from proto.v1.events import Event
-from services.ingress import access, admin, metrics, views
+from services.ingress import access, admin, checkout, metrics, views
 from services.ingress.directory import Directory
 from services.ingress.usage import decode_batch, price_batch
 
@@ -116,6 +117,10 @@ class IngressApi:
         self.keys = keys
         self.clock = clock
         self.changes = access.ChangeLimiter(settings.account_changes_per_minute)
+        self.checkouts: checkout.CheckoutProvider = checkout.LocalCheckoutProvider(
+            settings.payment_provider_url or f"http://{settings.host}:{settings.simulator_port}"
+        )
+        self.console_url = (settings.console_url or f"http://{settings.host}:{settings.console_port}").rstrip("/")
 
     def routes(self, app: web.Application) -> None:
         r = app.router
@@ -146,6 +151,8 @@ class IngressApi:
         r.add_post("/admin/v1/accounts/{account_id}/unsuspend", self.unsuspend)
         r.add_delete("/admin/v1/keys/{key_id}", self.admin_revoke_key)
         r.add_post("/admin/v1/accounts/{account_id}/sign-in-link", self.sign_in_link)
+        r.add_post("/v1/billing/checkout", self.start_checkout)
+        r.add_post("/v1/webhooks/payments", self.payment_webhook)
 
     # -- authentication ---------------------------------------------------------------
 
@@ -440,6 +447,47 @@ class IngressApi:
             code = reply.code if status != 503 else "billing_unavailable"
             raise ApiError(status, code, reply.message, reply.field)
         return reply
+
+    async def start_checkout(self, request: web.Request) -> web.Response:
+        """A checkout on the payment provider's page for a plan's month or a top-up; the owner comes
+        back to the console's subscription page."""
+        account_id = await self._account_of(request)
+        item = checkout.item(self.catalog, decode_body(await request.read(), checkout.CheckoutIn))
+        back = f"{self.console_url}/subscription"
+        session = await self.checkouts.create(account_id, item, f"{back}?checkout=paid", f"{back}?checkout=cancelled")
+        return json_response({"checkout_id": session.id, "checkout_url": session.url, **msgspec.to_builtins(item)}, 201)
+
+    async def payment_webhook(self, request: web.Request) -> web.Response:
+        """The provider's signed word that a checkout was paid. 2xx only once billing recorded it;
+        a bad or stale signature records nothing; a delivery sent again is recorded once (billing
+        keeps one payment or top-up per provider payment id)."""
+        body = await request.read()
+        try:
+            header = request.headers.get(paymentwebhooks.HEADER, "")
+            paymentwebhooks.verify(self.settings.payment_webhook_secret, body, header, self.clock.now().timestamp())
+        except paymentwebhooks.BadSignature as exc:
+            raise ApiError(400, "invalid_signature", f"webhook signature: {exc}", paymentwebhooks.HEADER) from exc
+        event = decode_body(body, checkout.ProviderEvent)
+        if event.data.account_id not in self.directory.accounts:
+            raise ApiError(400, "invalid_request", "data.account_id: no such account", "data.account_id")
+        command = checkout.command(event)
+        if isinstance(command, RecordPayment):
+            accepted = await self._billing_command(subjects.BILLING_RECORD_PAYMENT, command)
+            assert isinstance(accepted, PaymentAccepted)
+            now = self.clock.now()
+            if not accepted.duplicate and accepted.effective_at <= now < accepted.paid_until:
+                await self._until_quota_shows(command.account_id, lambda status: status.plan == accepted.plan)
+            duplicate = accepted.duplicate
+        else:
+            before = await self._status(command.account_id)
+            topped = await self._billing_command(subjects.BILLING_TOP_UP, command)
+            assert isinstance(topped, TopUpAccepted)
+            if not topped.duplicate:
+                await self._until_quota_shows(
+                    command.account_id, lambda s: s.balance_micros >= before.balance_micros + topped.amount_micros
+                )
+            duplicate = topped.duplicate
+        return json_response({"received": event.id, "duplicate": duplicate})
 
     async def set_multiplier(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)

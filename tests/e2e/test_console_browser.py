@@ -247,3 +247,22 @@ async def test_chinese_from_accept_language_and_the_switch_that_sticks(
     await expect(visitor.get_by_role("heading", name="登录")).to_be_visible()
     await expect(visitor.get_by_role("button", name="Sign in")).to_have_text("登录")
     await chinese.close()
+
+
+async def test_upgrade_from_pro_to_max_through_the_providers_pay_button(console: Stack, page: Page) -> None:
+    account = await owner(console, page)
+    await console.pay(account["account_id"], "pro", "20.00")
+    await page.reload()
+    await expect(page.get_by_test_id("current-plan")).to_have_text("Pro")
+    await expect(page.get_by_role("button", name="Downgrade to Pro")).to_have_count(0)
+    await page.get_by_role("region", name="Plan").get_by_role("button", name="Upgrade to Max").click()
+    await expect(page).to_have_url(re.compile(r"/provider/checkout/cs_"))
+    await expect(page.get_by_text("Max plan, one month")).to_be_visible()
+    await expect(page.get_by_text("$100.00")).to_be_visible()
+    await page.get_by_role("button", name="Pay").click()
+    await expect(page).to_have_url(re.compile(r"/subscription\?checkout=paid$"))
+    await expect(page.get_by_role("status").filter(has_text="Payment received.")).to_be_visible()
+    await expect(page.get_by_test_id("current-plan")).to_have_text("Max")
+    await expect(page.get_by_role("button", name="Downgrade to Pro")).to_be_visible()
+    history = page.get_by_role("region", name="Billing history")
+    await expect(history).to_contain_text("$100.00")
