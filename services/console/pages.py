@@ -59,6 +59,7 @@ class ConsolePages:
         app.middlewares.extend([self._headers, self._csrf])
         r = app.router
         r.add_get("/", self.home)
+        r.add_get("/pricing", self.pricing)
         r.add_get("/sign-in", self.sign_in_page)
         r.add_post("/sign-in", self.sign_in)
         r.add_get("/sign-in/link/{secret}", self.link_page)
@@ -148,6 +149,15 @@ class ConsolePages:
 
     async def home(self, request: web.Request) -> web.Response:
         raise web.HTTPSeeOther("/subscription" if await self._account(request) else "/sign-in")
+
+    async def pricing(self, request: web.Request) -> web.Response:
+        """Public: the plans at the Flow rate in force, as the account API's /v1/plans computes them."""
+        try:
+            plans = await self.api.get(None, "/v1/plans")
+        except AccountApiError as exc:
+            return self._render(request, "error.html", 503, title="Not available", message=exc.message)
+        signed_in = await self._account(request) is not None
+        return self._render(request, "pricing.html", signed_in=signed_in, **views.pricing(plans))
 
     async def sign_in_page(self, request: web.Request) -> web.Response:
         return self._render(request, "sign_in.html", email="", error=None)

@@ -31,6 +31,12 @@ def flows(value: float | int | str) -> str:
     return f"{number:,}"
 
 
+def count(value: float | int | str) -> str:
+    """A plan's Flows as written in the plans file, grouped: 2,160 and 50.4."""
+    number = Decimal(str(value))
+    return f"{number:,.0f}" if number == number.to_integral_value() else f"{number.normalize():,}"
+
+
 def usd(value: str | None) -> str:
     return "—" if value is None else f"${Decimal(value).quantize(Decimal('0.01')):,}"
 
@@ -45,7 +51,14 @@ def refusal(reason: str, message: str) -> str:
     return REFUSALS.get(reason, message)
 
 
-FILTERS = {"when": when, "flows": flows, "usd": usd, "usd_exact": usd_exact, "kind_name": KIND_NAMES.get}
+FILTERS = {
+    "when": when,
+    "flows": flows,
+    "count": count,
+    "usd": usd,
+    "usd_exact": usd_exact,
+    "kind_name": KIND_NAMES.get,
+}
 
 
 CHART_HEIGHT = 120
@@ -79,6 +92,20 @@ def chart(events: list[dict[str, Any]], now: datetime, by: str) -> dict[str, Any
         "height": CHART_HEIGHT,
         "title": "Flows per day" if by == "day" else "Flows per hour",
     }
+
+
+def pricing(plans: dict[str, Any]) -> dict[str, Any]:
+    """The plan cards and the chart comparing monthly Flows and their equivalent USD (bars scaled to the largest)."""
+    items = plans["plans"]
+    top_flows = max((Decimal(str(p["monthly_flows"])) for p in items), default=Decimal(1)) or Decimal(1)
+    top_usd = max((Decimal(p["equivalent_usd"]) for p in items), default=Decimal(1)) or Decimal(1)
+    chart = [
+        {"name": p["name"], "flows": p["monthly_flows"], "usd": p["equivalent_usd"],
+         "height": int(Decimal(str(p["monthly_flows"])) * 150 / top_flows),
+         "usd_height": int(Decimal(p["equivalent_usd"]) * 150 / top_usd)}
+        for p in items
+    ]  # fmt: skip
+    return {"plans": items, "chart": chart, "usd_per_flow": plans["usd_per_flow"]}
 
 
 def _window(usage: dict[str, Any], field: str, title: str) -> dict[str, Any]:

@@ -202,6 +202,8 @@ async def test_every_page_passes_axe_without_critical_or_serious_violations(cons
 
     await page.goto(f"{console.console_url}/sign-in")
     await check("sign-in")
+    await page.goto(f"{console.console_url}/pricing")
+    await check("pricing")
     status, account = await console.http(
         "POST", "/admin/v1/accounts", token=console.settings.admin_token, json={"name": "axe"}
     )
@@ -221,7 +223,7 @@ async def test_every_page_passes_axe_without_critical_or_serious_violations(cons
     await check("select-a-key dialog")
     await page.goto(account["sign_in_url"])
     await check("used link")
-    assert len(found) == 6 and not any(found.values()), found
+    assert len(found) == 7 and not any(found.values()), found
 
 
 async def test_chinese_from_accept_language_and_the_switch_that_sticks(
@@ -266,3 +268,30 @@ async def test_upgrade_from_pro_to_max_through_the_providers_pay_button(console:
     await expect(page.get_by_role("button", name="Downgrade to Pro")).to_be_visible()
     history = page.get_by_role("region", name="Billing history")
     await expect(history).to_contain_text("$100.00")
+
+
+async def test_pricing_shows_the_plans_at_the_rate_in_force_and_get_max_leads_to_checkout(
+    console: Stack, page: Page
+) -> None:
+    await page.goto(f"{console.console_url}/pricing")
+    pro = page.get_by_role("region", name="Pro", exact=True)
+    await expect(pro).to_contain_text("$20.00")
+    await expect(pro).to_contain_text("2,160 Flows")
+    await expect(pro).to_contain_text("$54.55")
+    await expect(pro).to_contain_text("2.73×")
+    await expect(page.get_by_role("region", name="Ultra", exact=True)).to_contain_text("$872.73")
+    await expect(page.get_by_role("img", name=re.compile("Plans compared"))).to_be_visible()
+    for name in ("Get Pro", "Get Max", "Get Ultra"):
+        await expect(page.get_by_role("button", name=name)).to_be_visible()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / "pricing.png"), full_page=True)
+    await page.get_by_role("button", name="Get Max").click()
+    await expect(page).to_have_url(re.compile(r"/sign-in$"))  # not signed in yet
+    await owner(console, page)
+    await page.goto(f"{console.console_url}/pricing")
+    await page.get_by_role("button", name="Get Max").click()
+    await expect(page).to_have_url(re.compile(r"/provider/checkout/cs_"))
+    await expect(page.get_by_text("$100.00")).to_be_visible()
+    await page.get_by_role("button", name="Cancel").click()
+    await expect(page).to_have_url(re.compile(r"/subscription\?checkout=cancelled$"))
+    await expect(page.get_by_test_id("current-plan")).to_have_text("Free")

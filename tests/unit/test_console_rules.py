@@ -97,3 +97,7 @@ def test_every_text_the_templates_translate_has_its_chinese() -> None:
         texts |= set(re.findall(r'_\("([^"]+)"\)', template.read_text()))
     texts |= {title for _, title in views.WINDOWS} | set(views.KIND_NAMES.values())
     assert sorted(texts - set(i18n.ZH)) == []
+
+
+def test_plan_flows_as_written() -> None:
+    assert views.count(2160) == "2,160" and views.count(50.4) == "50.4" and views.count("34560") == "34,560"
