@@ -13,7 +13,9 @@ from libs.settings import Settings
 from proto.v1 import ConsoleCommandFailed, IssueSignInLink, SignInLinkIssued, encode, subjects
 from services.console.accountapi import AccountApi
 from services.console.owners import EmailTaken, Owners
-from services.console.pages import ConsolePages
+from services.console.signin import SignInPages
+from services.console.site import Site
+from services.console.subscription import SubscriptionPages
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _issue = msgspec.json.Decoder(IssueSignInLink)
@@ -35,7 +37,10 @@ class ConsoleService:
         await self.api.start()
         await runtime.answer(subjects.CONSOLE_SIGN_IN_LINK, self.on_sign_in_link)
         app = web.Application(client_max_size=64 * 1024)
-        ConsolePages(settings, self.owners, self.api, self.clock).routes(app)
+        site = Site(settings, self.owners, self.clock)
+        site.install(app)
+        SignInPages(site).routes(app)
+        SubscriptionPages(site, self.api).routes(app)
         await runtime.serve(settings.console_port, app)
 
     async def on_sign_in_link(self, msg: Msg) -> None:
