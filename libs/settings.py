@@ -73,6 +73,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The local payment provider's API (served by the simulator); default http://host:simulator_port."""
     payment_provider_public_url: str = ""
     """Where browsers reach the local provider's checkout pages, when not at payment_provider_url."""
+    mail_url: str = ""
+    """Where the console sends mail (the local mail adapter, `POST /mailbox`); default the simulator's."""
+    sign_ups_per_hour: int = 5
+    """Sign-ups the console accepts from one client address per hour."""
 
 
 def settings_environ(settings: Settings) -> dict[str, str]:

@@ -12,8 +12,10 @@ from libs.runtime import Runtime
 from libs.settings import Settings
 from proto.v1 import ConsoleCommandFailed, IssueSignInLink, SignInLinkIssued, encode, subjects
 from services.console.accountapi import AccountApi
+from services.console.mail import Mailer
 from services.console.owners import EmailTaken, Owners
 from services.console.signin import SignInPages
+from services.console.signup import SignUpPages
 from services.console.site import Site
 from services.console.subscription import SubscriptionPages
 
@@ -33,7 +35,7 @@ class ConsoleService:
         await runtime.connect(MIGRATIONS)
         self.owners = Owners(runtime.db)
         ingress = settings.ingress_url or f"http://{settings.host}:{settings.ingress_port}"
-        self.api = AccountApi(ingress, settings.console_secret, self.clock)
+        self.api = AccountApi(ingress, settings.console_secret, self.clock, settings.admin_token)
         await self.api.start()
         await runtime.answer(subjects.CONSOLE_SIGN_IN_LINK, self.on_sign_in_link)
         app = web.Application(client_max_size=64 * 1024)
@@ -41,6 +43,8 @@ class ConsoleService:
         site.install(app)
         SignInPages(site).routes(app)
         SubscriptionPages(site, self.api).routes(app)
+        mailer = Mailer(settings.mail_url or f"http://{settings.host}:{settings.simulator_port}")
+        SignUpPages(site, self.api, mailer, self.base_url, settings.sign_ups_per_hour).routes(app)
         await runtime.serve(settings.console_port, app)
 
     async def on_sign_in_link(self, msg: Msg) -> None:

@@ -73,7 +73,10 @@ class Owners:
             try:
                 await conn.execute(
                     """UPDATE console.owners SET password_hash = $2, password_set_at = $3,
-                       email = COALESCE(email, $4) WHERE account_id = $1""",
+                       email = COALESCE(email, $4),
+                       -- the link reached the owner: the email it was issued for is theirs
+                       email_confirmed_at = CASE WHEN email IS NOT NULL THEN COALESCE(email_confirmed_at, $3) END
+                       WHERE account_id = $1""",
                     account_id, password_hash, now, email,
                 )  # fmt: skip
             except asyncpg.UniqueViolationError as exc:
@@ -135,3 +138,51 @@ class Owners:
             "UPDATE console.sessions SET ended_at = $2 WHERE session_hash = $1 AND ended_at IS NULL",
             auth.digest(session_id), now,
         )  # fmt: skip
+
+    # -- sign-up ----------------------------------------------------------------------------
+
+    async def sign_ups(self, address: str, since: datetime) -> int:
+        count: int = await self.pool.fetchval(
+            "SELECT count(*) FROM console.sign_ups WHERE address = $1 AND signed_up_at > $2", address, since
+        )
+        return count
+
+    async def record_sign_up(self, address: str, now: datetime) -> None:
+        await self.pool.execute("INSERT INTO console.sign_ups (address, signed_up_at) VALUES ($1, $2)", address, now)
+
+    async def set_password(self, account_id: str, password_hash: str, now: datetime) -> None:
+        await self.pool.execute(
+            "UPDATE console.owners SET password_hash = $2, password_set_at = $3 WHERE account_id = $1",
+            account_id, password_hash, now,
+        )  # fmt: skip
+
+    async def new_confirmation(self, account_id: str, email: str, now: datetime) -> str:
+        token = auth.new_secret()
+        await self.pool.execute(
+            """INSERT INTO console.email_confirmations (token_hash, account_id, email, expires_at)
+               VALUES ($1, $2, $3, $4)""",
+            auth.digest(token), account_id, email, now + auth.LINK_TTL,
+        )  # fmt: skip
+        return token
+
+    async def confirm_email(self, token: str, now: datetime) -> bool:
+        """Use a confirmation link (once, unexpired, for the owner's current email)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """UPDATE console.email_confirmations SET used_at = $2
+                   WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 RETURNING account_id, email""",
+                auth.digest(token), now,
+            )  # fmt: skip
+            if row is None:
+                return False
+            done = await conn.execute(
+                "UPDATE console.owners SET email_confirmed_at = $3 WHERE account_id = $1 AND email = $2",
+                row["account_id"], row["email"], now,
+            )  # fmt: skip
+        return bool(done.endswith(" 1"))
+
+    async def email_confirmed(self, account_id: str) -> bool:
+        confirmed = await self.pool.fetchval(
+            "SELECT email_confirmed_at IS NOT NULL FROM console.owners WHERE account_id = $1", account_id
+        )
+        return bool(confirmed)

@@ -12,6 +12,7 @@ from services.console.accountapi import AccountApi, AccountApiError
 from services.console.site import Site
 
 PAGE_SIZE = 20
+UNCONFIRMED = "Confirm your email first: open the link we sent you."
 MAX_EVENTS = 1000
 
 
@@ -134,6 +135,8 @@ class SubscriptionPages:
         body = {"plan": str(form["plan"])} if form.get("plan") else {"topup_usd": str(form.get("topup_usd", ""))}
 
         async def start(account_id: str) -> web.Response:
+            if not await self.site.owners.email_confirmed(account_id):
+                return await self._subscription(request, account_id, 403, error=UNCONFIRMED)
             session = await self.api.call(account_id, "POST", "/v1/billing/checkout", json=body)
             raise web.HTTPSeeOther(session["checkout_url"])
 

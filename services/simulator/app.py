@@ -10,6 +10,7 @@ from libs.web import add_metrics_route
 from services.simulator import metrics
 from services.simulator.anthropic_api import AnthropicApi
 from services.simulator.images import ImagesApi
+from services.simulator.mailbox import Mailbox
 from services.simulator.openai_api import OpenAIApi
 from services.simulator.payments import LocalPaymentProvider
 from services.simulator.settings import SimulatorSettings
@@ -36,6 +37,7 @@ def build_app(settings: SimulatorSettings) -> web.Application:
     AnthropicApi(settings).routes(app)
     ImagesApi(settings).routes(app)
     LocalPaymentProvider(settings).routes(app)
+    Mailbox().routes(app)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(body=_HEALTHY, content_type="application/json")

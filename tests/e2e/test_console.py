@@ -273,3 +273,31 @@ async def test_usage_is_paged_filtered_by_key_and_model_and_costed_by_model(cons
         assert 'aria-label="Flows per day"' in daily
     finally:
         await browser.close()
+
+
+async def test_sign_up_checks_its_input_is_limited_per_address_and_confirms_the_email_once(console: Stack) -> None:
+    visitor = Browser(console)
+    try:
+        assert (await visitor.post("/sign-up", {"email": "not-an-email", "password": PASSWORD})).status == 400
+        assert (await visitor.post("/sign-up", {"email": "a@example.com", "password": "short"})).status == 400
+        emails = [f"signup-{uuid.uuid4().hex[:8]}@example.com" for _ in range(console.settings.sign_ups_per_hour + 1)]
+        for email in emails[:-1]:
+            assert (await visitor.post("/sign-up", {"email": email, "password": PASSWORD})).status == 201
+        refused = await visitor.post("/sign-up", {"email": emails[-1], "password": PASSWORD})
+        assert refused.status == 429
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{console.settings.simulator_port}/mailbox", headers={"Accept": "application/json"}
+            ) as response,
+        ):
+            messages = (await response.json())["messages"]
+        sent = [m for m in messages if m["to"] in emails]
+        assert sorted(m["to"] for m in sent) == sorted(emails[:-1])
+        assert all(set(m) == {"to", "subject", "text", "sent_at"} for m in sent)
+        link = re.search(r"/confirm-email/\S+", sent[0]["text"])
+        assert link is not None
+        assert (await visitor.get(link.group(0)))[0] == 200
+        assert (await visitor.get(link.group(0)))[0] == 410  # once
+    finally:
+        await visitor.close()
