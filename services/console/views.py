@@ -150,7 +150,12 @@ def subscription(
     extra = usage["extra_usage"]
     payg_key = next((k for k in keys if k["id"] == extra["payg_key_id"]), None)
     start = (page - 1) * page_size
-    spent = sum((Decimal(e["usd_cost"]) for e in events if e["billing_mode"] == "payg"), Decimal(0))
+    # Extra Usage is a subscription key's call billed to the balance; a PAYG key's own calls are not overflow.
+    payg_key_ids = {k["id"] for k in keys if k["kind"] == "payg"}
+    spent = sum(
+        (Decimal(e["usd_cost"]) for e in events if e["billing_mode"] == "payg" and e["key_id"] not in payg_key_ids),
+        Decimal(0),
+    )
     latest_refund = max(refunds, key=lambda r: r["requested_at"] or "", default=None)
     return {
         "account_id": account_id,

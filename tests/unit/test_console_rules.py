@@ -101,3 +101,22 @@ def test_every_text_the_templates_translate_has_its_chinese() -> None:
 
 def test_plan_flows_as_written() -> None:
     assert views.count(2160) == "2,160" and views.count(50.4) == "50.4" and views.count("34560") == "34,560"
+
+
+def test_extra_usage_spend_counts_only_subscription_keys_calls_billed_to_the_balance() -> None:
+    window = {"used_flows": 1, "limit_flows": 5, "remaining_flows": 4, "resets_at": None}
+    usage = {"plan": "free", "window_5h": window, "weekly": window, "monthly": window,
+             "extra_usage": {"enabled": True, "payg_key_id": "k_pg", "balance_usd": "5.000000"}}  # fmt: skip
+    keys = [
+        {"id": i, "name": i, "kind": kind, "revoked_at": None}
+        for i, kind in [("k_ss", "subscription"), ("k_pg", "payg")]
+    ]
+    call = {"model": "m", "occurred_at": "2026-11-30T03:00:00Z", "flows": 0}
+    events = [
+        {**call, "key_id": "k_ss", "billing_mode": "payg", "usd_cost": "0.25"},  # overflow: Extra Usage
+        {**call, "key_id": "k_pg", "billing_mode": "payg", "usd_cost": "1.00"},  # the PAYG key itself
+        {**call, "key_id": "k_ss", "billing_mode": "subscription", "usd_cost": "9.00"},
+    ]
+    plans = {"plans": [], "usd_per_flow": "0.025"}
+    context = views.subscription("acc_1", usage, events, keys, [], [], plans, 1, 20, NOW, {}, [])
+    assert context["extra"]["spent_usd"] == "0.25" and context["extra"]["key"]["id"] == "k_pg"
