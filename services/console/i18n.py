@@ -80,6 +80,8 @@ ZH: dict[str, str] = {
     "Plan": "套餐",
     "Current plan": "当前套餐",
     "paid until": "已付至",
+    "Scheduled change": "计划变更",
+    "from": "生效于",
     "/month": "/月",
     "Flows per 5 hours": "Flows / 5 小时",
     "per month": "每月",

@@ -156,11 +156,17 @@ def subscription(
         (Decimal(e["usd_cost"]) for e in events if e["billing_mode"] == "payg" and e["key_id"] not in payg_key_ids),
         Decimal(0),
     )
+    scheduled = min(
+        (h for h in history if h["type"] == "plan_change" and (parse_time(h["occurred_at"]) or now) > now),
+        key=lambda h: h["occurred_at"],
+        default=None,
+    )  # a downgrade waits for the end of the month paid for: billing dates it then
     latest_refund = max(refunds, key=lambda r: r["requested_at"] or "", default=None)
     return {
         "account_id": account_id,
         "plan": current or {"id": usage["plan"], "name": usage["plan"].title()},
         "paid_until": usage["monthly"]["resets_at"] if usage["plan"] != "free" else None,
+        "scheduled": scheduled,
         "other_plans": others,
         "windows": [_window(usage, field, title) for field, title in WINDOWS],
         "events": [{**e, "key_name": names.get(e["key_id"] or "", "—")} for e in listed[start : start + page_size]],

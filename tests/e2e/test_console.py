@@ -301,3 +301,22 @@ async def test_sign_up_checks_its_input_is_limited_per_address_and_confirms_the_
         assert (await visitor.get(link.group(0)))[0] == 410  # once
     finally:
         await visitor.close()
+
+
+async def test_the_plan_shows_a_downgrade_scheduled_for_the_end_of_the_paid_month(console: Stack) -> None:
+    account, browser = await new_owner(console)
+    try:
+        await console.pay(account["account_id"], "max", "100.00")
+        downgrade = await console.pay(account["account_id"], "pro", "20.00")
+        assert downgrade["effective_at"] > datetime.now(UTC).isoformat()
+
+        async def scheduled() -> str:
+            _, page = await browser.get("/subscription")
+            return page if 'data-testid="scheduled-change"' in page else ""
+
+        page = await eventually(scheduled, within=30, interval=0.5)
+        plan = page.split('aria-label="Plan"', 1)[1].split("</section>", 1)[0]
+        assert 'data-testid="current-plan">Max<' in plan
+        assert "Scheduled change: <strong>Pro</strong>" in plan and downgrade["effective_at"] in plan
+    finally:
+        await browser.close()
