@@ -91,7 +91,6 @@ class Stack:
         self.ingress = ServiceProcess("ingress", env, settings.ingress_port, log_dir)
         self.base = f"http://127.0.0.1:{settings.ingress_port}"
         self.console = ServiceProcess("console", env, settings.console_port, log_dir)
-        """Not started by the common fixture: the console's tests start it (accounts are created without it)."""
         self.console_url = f"http://127.0.0.1:{settings.console_port}"
 
     # -- HTTP ---------------------------------------------------------------------------

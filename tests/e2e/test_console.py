@@ -4,7 +4,6 @@ the owner pass ingress accepts from the console, and that one owner sees nothing
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,10 +20,9 @@ _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 @pytest.fixture(scope="module")
-async def console(stack: Stack) -> AsyncIterator[Stack]:
-    stack.console.start()
-    yield stack
-    stack.console.stop()
+def console(stack: Stack) -> Stack:
+    """The stack, console included (the common fixture starts it)."""
+    return stack
 
 
 class Browser:
@@ -318,5 +316,27 @@ async def test_the_plan_shows_a_downgrade_scheduled_for_the_end_of_the_paid_mont
         plan = page.split('aria-label="Plan"', 1)[1].split("</section>", 1)[0]
         assert 'data-testid="current-plan">Max<' in plan
         assert "Scheduled change: <strong>Pro</strong>" in plan and downgrade["effective_at"] in plan
+    finally:
+        await browser.close()
+
+
+async def test_accounts_are_created_while_the_console_is_down_and_get_their_link_later(console: Stack) -> None:
+    admin = console.settings.admin_token
+    console.console.kill()
+    try:
+        status, account = await console.http("POST", "/admin/v1/accounts", token=admin, json={"name": "early"})
+        assert status == 201 and account["sign_in_url"] is None and account["key"].startswith("sk-ss-v1-")
+        path = f"/admin/v1/accounts/{account['account_id']}/sign-in-link"
+        status, error = await console.http("POST", path, token=admin)
+        assert status == 503 and error["error"]["code"] == "console_unavailable"
+    finally:
+        console.console.start()
+    status, link = await console.http("POST", path, token=admin, json={"email": f"late-{uuid.uuid4().hex[:6]}@x.org"})
+    assert status == 201, link
+    browser = Browser(console)
+    try:
+        response = await browser.post(link_path(link["sign_in_url"]), {"password": PASSWORD})
+        assert response.status == 303
+        assert account["account_id"] in (await browser.get("/subscription"))[1]
     finally:
         await browser.close()

@@ -28,10 +28,9 @@ WAIT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
-async def console(stack: Stack) -> AsyncIterator[Stack]:
-    stack.console.start()
-    yield stack
-    stack.console.stop()
+def console(stack: Stack) -> Stack:
+    """The stack, console included (the common fixture starts it)."""
+    return stack
 
 
 @pytest.fixture(scope="session")
