@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench lint schema setup clean
+.PHONY: run test bench lint schema setup clean browser
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "flowplan needs Python 3.11+"'
@@ -19,8 +19,11 @@ run: $(STAMP)
 setup: $(STAMP)
 	$(BIN)/flowplan setup
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+browser:  # Debian's Chromium, for the console's browser tests
+	bash .ci/install-chromium
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

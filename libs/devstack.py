@@ -28,7 +28,7 @@ from libs.settings import (
 )
 from libs.setup import set_up
 
-SERVICES = ("simulator", "quota", "keys", "billing", "refund", "ingress", "gateway")
+SERVICES = ("simulator", "quota", "keys", "billing", "refund", "console", "ingress", "gateway")
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 """Wait before restarting a service that exited: longer while it keeps exiting soon after a start."""
 STOP_WAIT_S = 10.0
@@ -159,6 +159,9 @@ def _admin(settings: Settings, path: str, body: dict[str, str]) -> dict[str, str
         return dict(json.loads(response.read()))
 
 
+DEMO_EMAIL = "demo@flowplan.local"
+
+
 def _plan_of(settings: Settings, key: str) -> str | None:
     """The plan the live stack has for the key's account; None when the stack does not know the key
     (another database, or one dropped since)."""
@@ -179,6 +182,15 @@ def _demo_payment(settings: Settings, account_id: str) -> None:
     _admin(settings, f"/admin/v1/accounts/{account_id}/payments", payment)
 
 
+def _with_sign_in_link(settings: Settings, account: dict[str, str]) -> dict[str, str]:
+    """A sign-in link is single use: each start gives the demo owner a fresh one."""
+    try:
+        link = _admin(settings, f"/admin/v1/accounts/{account['account_id']}/sign-in-link", {})
+    except urllib.error.HTTPError:  # no console answering: the banner says so
+        return {**account, "sign_in_url": ""}
+    return {**account, "sign_in_url": link["sign_in_url"], "email": link.get("email") or ""}
+
+
 def _demo_account(settings: Settings, state_dir: Path) -> dict[str, str]:
     """A demo account on a Pro subscription (a demo payment), so every example model works. The one
     saved by an earlier run is printed again only when the live stack still knows its key (the
@@ -190,9 +202,14 @@ def _demo_account(settings: Settings, state_dir: Path) -> dict[str, str]:
         if plan is not None:
             if plan != "pro":
                 _demo_payment(settings, account["account_id"])
-            return account
+            return _with_sign_in_link(settings, account)
         print(f"  the saved demo account {account['account_id']} is unknown to this database: creating another")
-    account = _admin(settings, "/admin/v1/accounts", {"name": "demo"})
+    try:
+        account = _admin(settings, "/admin/v1/accounts", {"name": "demo", "email": DEMO_EMAIL})
+    except urllib.error.HTTPError as exc:  # the email is an earlier demo owner's (its state file was removed)
+        if exc.code != 409:
+            raise
+        account = _admin(settings, "/admin/v1/accounts", {"name": "demo"})
     _demo_payment(settings, account["account_id"])
     saved.write_text(json.dumps(account))
     saved.chmod(0o600)
@@ -200,8 +217,10 @@ def _demo_account(settings: Settings, state_dir: Path) -> dict[str, str]:
 
 
 BANNER = """
-flowplan is running: gateway {gateway}, account and admin API {ingress}.{tokens}
+flowplan is running: gateway {gateway}, account and admin API {ingress}, console {console}.{tokens}
   demo account: {account_id} (Pro, from a demo payment)
+  console:      {sign_in_url}
+                (one-time sign-in link for {email}, 24 h: it asks for a password; then {console}/sign-in)
   demo key:     {key}
   management:   {management_key}   (changes the account: keys, refunds, Extra Usage; never calls models)
 
@@ -265,6 +284,9 @@ def _banner(settings: Settings, account: dict[str, str]) -> str:
     return BANNER.format(
         gateway=f"http://{settings.host}:{settings.gateway_port}",
         ingress=f"http://{settings.host}:{settings.ingress_port}",
+        console=settings.console_url or f"http://{settings.host}:{settings.console_port}",
+        sign_in_url=account.get("sign_in_url") or "(none: the console did not answer)",
+        email=account.get("email") or "the demo owner",
         tokens=tokens,
         account_id=account["account_id"],
         key=account["key"],

@@ -10,9 +10,25 @@ import msgspec
 
 DEV_ADMIN_TOKEN = "dev-admin-token"
 DEV_INGEST_TOKEN = "dev-ingest-token"
-TOKENS = {"admin_token": DEV_ADMIN_TOKEN, "ingest_token": DEV_INGEST_TOKEN}
+DEV_CONSOLE_SECRET = "dev-console-secret"
+DEV_PAYMENT_WEBHOOK_SECRET = "dev-payment-webhook-secret"
+TOKENS = {
+    "admin_token": DEV_ADMIN_TOKEN,
+    "ingest_token": DEV_INGEST_TOKEN,
+    "console_secret": DEV_CONSOLE_SECRET,
+    "payment_webhook_secret": DEV_PAYMENT_WEBHOOK_SECRET,
+}
 """The bearer tokens and their development defaults, which are public (in this repository)."""
-SECRETS = ("admin_token", "ingest_token", "ingest_tokens", "database_url", "upstreams", "grafana_db_password")
+SECRETS = (
+    "admin_token",
+    "ingest_token",
+    "ingest_tokens",
+    "console_secret",
+    "payment_webhook_secret",
+    "database_url",
+    "upstreams",
+    "grafana_db_password",
+)
 """Settings that may be read from a file named by FLOWPLAN_<NAME>_FILE (Docker or Kubernetes secrets),
 so that they need not sit in the environment or in a compose file."""
 
@@ -103,6 +119,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     (usage published after the response, lost if the gateway is killed), kept for `make bench`."""
     usage_store_timeout_s: float = 60.0
     """How long a call that ran holds its response while its usage cannot be stored (retried)."""
+    console_port: int = 8088
+    console_url: str = ""
+    """The console's address as owners reach it (sign-in links point there); default http://host:console_port."""
+    console_secret: str = DEV_CONSOLE_SECRET
+    """Shared by the console and ingress: signs the short-lived credential the console calls the account API with."""
+    ingress_url: str = ""
+    """Where the console reaches ingress's account API; default http://host:ingress_port."""
+    payment_webhook_secret: str = DEV_PAYMENT_WEBHOOK_SECRET
+    """Shared with the payment provider: signs its webhooks (POST /v1/webhooks/payments)."""
+    payment_provider_url: str = ""
+    """The local payment provider's API (served by the simulator); default http://host:simulator_port."""
+    payment_provider_public_url: str = ""
+    """Where browsers reach the local provider's checkout pages, when not at payment_provider_url."""
+    mail_url: str = ""
+    """Where the console sends mail (the local mail adapter, `POST /mailbox`); default the simulator's."""
+    sign_ups_per_hour: int = 5
+    """Sign-ups the console accepts from one client address per hour."""
 
 
 def settings_environ(settings: Settings) -> dict[str, str]:

@@ -55,7 +55,8 @@ async def stack(settings: Settings, workdir: Path) -> AsyncIterator[Stack]:
     log_dir = workdir / f"logs-{uuid.uuid4().hex[:8]}"
     log_dir.mkdir()
     stack = Stack(settings, log_dir)
-    services = [stack.simulator, stack.quota, stack.keys, stack.billing, stack.refund, stack.ingress, stack.gateway]
+    services = [stack.simulator, stack.quota, stack.keys, stack.billing, stack.refund, stack.console, stack.ingress,
+                stack.gateway]  # fmt: skip
     await asyncio.gather(*(asyncio.to_thread(service.start) for service in services))
     yield stack
     for service in reversed(services):

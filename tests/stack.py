@@ -90,6 +90,8 @@ class Stack:
         self.gateway_url = f"http://127.0.0.1:{settings.gateway_port}"
         self.ingress = ServiceProcess("ingress", env, settings.ingress_port, log_dir)
         self.base = f"http://127.0.0.1:{settings.ingress_port}"
+        self.console = ServiceProcess("console", env, settings.console_port, log_dir)
+        self.console_url = f"http://127.0.0.1:{settings.console_port}"
 
     # -- HTTP ---------------------------------------------------------------------------
 
@@ -204,6 +206,8 @@ def make_settings(nats_url: str, database_url: str) -> Settings:
         refund_port=free_port(),
         gateway_port=free_port(),
         simulator_port=free_port(),
+        console_port=free_port(),
+        console_secret="test-console-" + uuid.uuid4().hex,
         admin_token="test-admin-" + uuid.uuid4().hex,
         ingest_token="test-ingest-" + uuid.uuid4().hex,
         ack_wait_s=2.0,

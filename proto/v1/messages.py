@@ -469,3 +469,25 @@ class ReplayProgress(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     swapped: bool = False
     kept_schema: str | None = None
     error: str | None = None
+
+
+class IssueSignInLink(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Give the account's owner a fresh one-time console link (24 h, single use); with an email,
+    the owner's email becomes that one (it is how they sign in afterwards)."""
+
+    account_id: str
+    email: str | None = None
+
+
+class SignInLinkIssued(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    account_id: str
+    url: str
+    expires_at: datetime
+    email: str | None = None
+
+
+class ConsoleCommandFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    code: str
+    """email_taken, invalid_request."""
+    message: str
+    field: str | None = None

@@ -3,8 +3,9 @@
 A request carries one credential; it grants scopes. Reading the account's views (`GET`) needs
 `read`, which every active key of the account has; any other method changes the account and
 needs `manage`, which only a management key (`sk-mg-v1-`) has: model keys are pasted into
-tools and CI and leak, so a leaked one reads but never changes anything. The owner's console
-session (to come) is another credential granting both, checked here the same way.
+tools and CI and leak, so a leaked one reads but never changes anything. The owner signed in
+to the console is another credential granting both (the console calls with a short-lived pass
+for its session, libs/ownerpass.py), checked here the same way.
 
 Changes are also rate-limited per account (a token bucket per account, in this process), so
 that one account cannot flood the log or keep the keys service busy for everyone else.
@@ -22,7 +23,7 @@ from libs.web import ApiError
 from proto.v1 import KeyView
 
 Scope = Literal["read", "manage"]
-Credential = Literal["model_key", "management_key"]
+Credential = Literal["model_key", "management_key", "console_session"]
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -44,6 +45,11 @@ def of_key(key: KeyView) -> Principal:
     if key.kind in MODEL_KINDS:
         return Principal(key.account_id, "model_key", frozenset({"read"}), key.account_suspended)
     return Principal(key.account_id, "management_key", frozenset({"read", "manage"}), key.account_suspended)
+
+
+def of_console(account_id: str) -> Principal:
+    """The owner, through a console session: the owner's scope, like a management key."""
+    return Principal(account_id, "console_session", frozenset({"read", "manage"}))
 
 
 def authorize(principal: Principal, method: str) -> None:

@@ -25,9 +25,17 @@ Number = Annotated[str, msgspec.Meta(min_length=1, max_length=40)] | float | int
 Aware = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+
+
 class CreateAccount(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
     multiplier: Number = "1"
+    email: Email | None = None
+
+
+class SignInLinkIn(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email | None = None
 
 
 class PaymentIn(msgspec.Struct, forbid_unknown_fields=True):

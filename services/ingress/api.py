@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 from nats.aio.client import Client
 
-from libs import tracing
+from libs import ownerpass, paymentwebhooks, tracing
 from libs.clock import Clock
 from libs.db import UNAVAILABLE
 from libs.eventlog.publisher import EventPublisher, PublishFailed
@@ -28,10 +28,12 @@ from proto.v1 import (
     BillingHistoryRequest,
     CancelRefund,
     ConfigurePayouts,
+    ConsoleCommandFailed,
     Costs,
     CostsRequest,
     CreateKey,
     GetRefund,
+    IssueSignInLink,
     KeyCommandFailed,
     KeyIssued,
     KeyList,
@@ -42,12 +44,14 @@ from proto.v1 import (
     PreviewRefund,
     QuotaStatus,
     QuotaStatusRequest,
+    RecordPayment,
     RefundRefused,
     RefundReply,
     RequestRefund,
     RevokeAnyKey,
     RevokeKey,
     RotateKey,
+    SignInLinkIssued,
     SuspendAccount,
     TopUpAccepted,
     UsageEventsReply,
@@ -56,7 +60,7 @@ from proto.v1 import (
     subjects,
 )
 from proto.v1.events import Event
-from services.ingress import access, admin, metrics, views
+from services.ingress import access, admin, checkout, metrics, views
 from services.ingress.directory import Directory
 from services.ingress.usage import claim, client_of, decode_batch, ingest_clients, price_batch
 
@@ -85,6 +89,8 @@ _events = msgspec.json.Decoder(UsageEventsReply)
 _refund_reply = msgspec.json.Decoder(RefundReply | RefundRefused)
 _payouts_reply = msgspec.json.Decoder(PayoutsConfigured | RefundRefused)
 _billing_reply = msgspec.json.Decoder(PaymentAccepted | TopUpAccepted | BillingCommandFailed)
+_link_reply = msgspec.json.Decoder(SignInLinkIssued | ConsoleCommandFailed)
+CONSOLE_ERRORS = {"email_taken": 409, "invalid_request": 400}
 BILLING_ERRORS = {"invalid_request": 400, "ref_conflict": 409, "internal_error": 500}
 REFUND_ERRORS = {"not_refundable": 409, "not_cancellable": 409, "refund_not_found": 404, "invalid_request": 400,
                  "not_supported": 409, "internal_error": 500}  # fmt: skip
@@ -111,6 +117,10 @@ class IngressApi:
         self.keys = keys
         self.clock = clock
         self.changes = access.ChangeLimiter(settings.account_changes_per_minute)
+        self.checkouts: checkout.CheckoutProvider = checkout.LocalCheckoutProvider(
+            settings.payment_provider_url or f"http://{settings.host}:{settings.simulator_port}"
+        )
+        self.console_url = (settings.console_url or f"http://{settings.host}:{settings.console_port}").rstrip("/")
 
     def routes(self, app: web.Application) -> None:
         r = app.router
@@ -140,6 +150,9 @@ class IngressApi:
         r.add_post("/admin/v1/accounts/{account_id}/suspend", self.suspend)
         r.add_post("/admin/v1/accounts/{account_id}/unsuspend", self.unsuspend)
         r.add_delete("/admin/v1/keys/{key_id}", self.admin_revoke_key)
+        r.add_post("/admin/v1/accounts/{account_id}/sign-in-link", self.sign_in_link)
+        r.add_post("/v1/billing/checkout", self.start_checkout)
+        r.add_post("/v1/webhooks/payments", self.payment_webhook)
 
     # -- authentication ---------------------------------------------------------------
 
@@ -165,7 +178,13 @@ class IngressApi:
         return principal.account_id
 
     async def _principal(self, request: web.Request) -> access.Principal:
-        """Who the request's credential is: an API key today (the console's session is to come)."""
+        """Who the request's credential is: an API key, or the console acting for a signed-in owner."""
+        token = self._bearer(request)
+        if ownerpass.is_owner_pass(token):
+            account_id = ownerpass.verify(self.settings.console_secret, token, self.clock.now())
+            if account_id is None:
+                raise ApiError(401, "invalid_console_pass", "the console's pass is forged or expired", "Authorization")
+            return access.of_console(account_id)
         try:
             key = await self.keys.authenticate(self._bearer(request), request.remote)
         except KeysUnavailable as exc:
@@ -270,6 +289,8 @@ class IngressApi:
         self._require_token(request, self.settings.admin_token)
         command = decode_body(await request.read(), admin.CreateAccount)
         account = admin.create_account(command, self.clock.now())
+        # The console first: an email another owner has refuses the request before anything is stored.
+        link = await self._sign_in_link(IssueSignInLink(account_id=account.account_id, email=command.email), True)
         await self._publish([account])
         issued = await self._key_command(CreateKey(account_id=account.account_id, name="default", kind="subscription"))
         assert isinstance(issued, KeyIssued)
@@ -282,9 +303,38 @@ class IngressApi:
             {
                 "account_id": account.account_id, "name": command.name, "key": issued.secret, "key_id": issued.key.id,
                 "management_key": management.secret, "management_key_id": management.key.id,
+                "email": link.email if link else None, "sign_in_url": link.url if link else None,
             },
             201,
         )  # fmt: skip
+
+    async def sign_in_link(self, request: web.Request) -> web.Response:
+        """A fresh one-time console link for the account's owner (and, with an email, that email)."""
+        self._require_token(request, self.settings.admin_token)
+        account_id = self._account_exists(request)
+        body = await request.read()
+        email = decode_body(body, admin.SignInLinkIn).email if body.strip() else None
+        link = await self._sign_in_link(IssueSignInLink(account_id=account_id, email=email), False)
+        assert link is not None
+        return json_response(
+            {"account_id": account_id, "email": link.email, "sign_in_url": link.url,
+             "expires_at": views.timestamp(link.expires_at)},
+            201,
+        )  # fmt: skip
+
+    async def _sign_in_link(self, command: IssueSignInLink, optional: bool) -> SignInLinkIssued | None:
+        """Ask the console for the link. An account is created even when no console answers
+        (`sign_in_url` null; `POST .../sign-in-link` issues one later, with the email)."""
+        try:
+            raw = await self._ask(subjects.CONSOLE_SIGN_IN_LINK, command)
+        except ApiError:
+            if optional:
+                return None
+            raise
+        reply: SignInLinkIssued | ConsoleCommandFailed = _link_reply.decode(raw)
+        if isinstance(reply, ConsoleCommandFailed):
+            raise ApiError(CONSOLE_ERRORS.get(reply.code, 400), reply.code, reply.message, reply.field)
+        return reply
 
     async def suspend(self, request: web.Request) -> web.Response:
         return await self._set_suspended(request, True)
@@ -396,6 +446,47 @@ class IngressApi:
             code = reply.code if status != 503 else "billing_unavailable"
             raise ApiError(status, code, reply.message, reply.field)
         return reply
+
+    async def start_checkout(self, request: web.Request) -> web.Response:
+        """A checkout on the payment provider's page for a plan's month or a top-up; the owner comes
+        back to the console's subscription page."""
+        account_id = await self._account_of(request)
+        item = checkout.item(self.catalog, decode_body(await request.read(), checkout.CheckoutIn))
+        back = f"{self.console_url}/subscription"
+        session = await self.checkouts.create(account_id, item, f"{back}?checkout=paid", f"{back}?checkout=cancelled")
+        return json_response({"checkout_id": session.id, "checkout_url": session.url, **msgspec.to_builtins(item)}, 201)
+
+    async def payment_webhook(self, request: web.Request) -> web.Response:
+        """The provider's signed word that a checkout was paid. 2xx only once billing recorded it;
+        a bad or stale signature records nothing; a delivery sent again is recorded once (billing
+        keeps one payment or top-up per provider payment id)."""
+        body = await request.read()
+        try:
+            header = request.headers.get(paymentwebhooks.HEADER, "")
+            paymentwebhooks.verify(self.settings.payment_webhook_secret, body, header, self.clock.now().timestamp())
+        except paymentwebhooks.BadSignature as exc:
+            raise ApiError(400, "invalid_signature", f"webhook signature: {exc}", paymentwebhooks.HEADER) from exc
+        event = decode_body(body, checkout.ProviderEvent)
+        if event.data.account_id not in self.directory.accounts:
+            raise ApiError(400, "invalid_request", "data.account_id: no such account", "data.account_id")
+        command = checkout.command(event)
+        if isinstance(command, RecordPayment):
+            accepted = await self._billing_command(subjects.BILLING_RECORD_PAYMENT, command)
+            assert isinstance(accepted, PaymentAccepted)
+            now = self.clock.now()
+            if not accepted.duplicate and accepted.effective_at <= now < accepted.paid_until:
+                await self._until_quota_shows(command.account_id, lambda status: status.plan == accepted.plan)
+            duplicate = accepted.duplicate
+        else:
+            before = await self._status(command.account_id)
+            topped = await self._billing_command(subjects.BILLING_TOP_UP, command)
+            assert isinstance(topped, TopUpAccepted)
+            if not topped.duplicate:
+                await self._until_quota_shows(
+                    command.account_id, lambda s: s.balance_micros >= before.balance_micros + topped.amount_micros
+                )
+            duplicate = topped.duplicate
+        return json_response({"received": event.id, "duplicate": duplicate})
 
     async def set_multiplier(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)

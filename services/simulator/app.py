@@ -10,7 +10,9 @@ from libs.web import add_metrics_route
 from services.simulator import metrics
 from services.simulator.anthropic_api import AnthropicApi
 from services.simulator.images import ImagesApi
+from services.simulator.mailbox import Mailbox
 from services.simulator.openai_api import OpenAIApi
+from services.simulator.payments import LocalPaymentProvider
 from services.simulator.settings import SimulatorSettings
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,8 @@ def build_app(settings: SimulatorSettings) -> web.Application:
     OpenAIApi(settings).routes(app)
     AnthropicApi(settings).routes(app)
     ImagesApi(settings).routes(app)
+    LocalPaymentProvider(settings).routes(app)
+    Mailbox().routes(app)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(body=_HEALTHY, content_type="application/json")

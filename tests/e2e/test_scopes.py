@@ -23,8 +23,9 @@ from tests.stack import Stack
 pytestmark = pytest.mark.connected
 FREE_MODEL = "deepseek/deepseek-chat"
 HI = {"model": FREE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-NOT_ACCOUNT_ROUTES = {"/v1/usage"}
-"""Non-GET /v1 routes that are not the account API (the ingest token's). Anything else is a change."""
+NOT_ACCOUNT_ROUTES = {"/v1/usage", "/v1/webhooks/payments"}
+"""Non-GET /v1 routes that are not the account API (the ingest token's, the payment provider's signed webhook).
+Anything else is a change."""
 
 
 def oai(stack: Stack, key: str) -> openai.AsyncOpenAI:

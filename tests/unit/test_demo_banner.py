@@ -14,3 +14,13 @@ def test_changes_in_the_banner_use_the_management_key() -> None:
     reads = [line for line in text.splitlines() if "curl -s" in line and "-X" not in line and " -d " not in line]
     assert any("/v1/account/usage" in line and "sk-ss-v1-MODEL" in line for line in reads)
     assert "OpenAI(" in text and 'api_key="sk-ss-v1-MODEL"' in text
+
+
+def test_the_banner_gives_the_console_and_the_demo_owners_sign_in_link() -> None:
+    account = {"account_id": "acc_demo", "key": "sk-ss-v1-MODEL", "management_key": "sk-mg-v1-MANAGE",
+               "sign_in_url": "http://127.0.0.1:8088/sign-in/link/SECRET", "email": "demo@flowplan.local"}  # fmt: skip
+    text = _banner(load_settings({}), account)
+    assert "console http://127.0.0.1:8088" in text
+    assert "http://127.0.0.1:8088/sign-in/link/SECRET" in text and "demo@flowplan.local" in text
+    without = _banner(load_settings({}), {**account, "sign_in_url": ""})
+    assert "the console did not answer" in without

@@ -1,0 +1,1 @@
+"""The console: the owner's web pages (sign-in, the subscription page), server-rendered."""

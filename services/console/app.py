@@ -1,0 +1,71 @@
+"""console's composition root: its owners' tables, the sign-in-link responder for the admin API,
+the account API client it acts through, and the pages."""
+
+from pathlib import Path
+
+import msgspec
+from aiohttp import web
+from nats.aio.msg import Msg
+
+from libs.clock import Clock, SystemClock
+from libs.runtime import Runtime
+from libs.settings import Settings
+from proto.v1 import ConsoleCommandFailed, IssueSignInLink, SignInLinkIssued, encode, subjects
+from services.console.accountapi import AccountApi
+from services.console.mail import Mailer
+from services.console.owners import EmailTaken, Owners
+from services.console.signin import SignInPages
+from services.console.signup import SignUpPages
+from services.console.site import Site
+from services.console.subscription import SubscriptionPages
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_issue = msgspec.json.Decoder(IssueSignInLink)
+
+
+class ConsoleService:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.runtime = Runtime("console", settings)
+        self.base_url = (settings.console_url or f"http://{settings.host}:{settings.console_port}").rstrip("/")
+
+    async def start(self) -> None:
+        settings, runtime = self.settings, self.runtime
+        await runtime.connect(MIGRATIONS)
+        self.owners = Owners(runtime.db)
+        ingress = settings.ingress_url or f"http://{settings.host}:{settings.ingress_port}"
+        self.api = AccountApi(ingress, settings.console_secret, self.clock, settings.admin_token)
+        await self.api.start()
+        await runtime.answer(subjects.CONSOLE_SIGN_IN_LINK, self.on_sign_in_link)
+        app = web.Application(client_max_size=64 * 1024)
+        site = Site(settings, self.owners, self.clock)
+        site.install(app)
+        SignInPages(site).routes(app)
+        SubscriptionPages(site, self.api).routes(app)
+        mailer = Mailer(settings.mail_url or f"http://{settings.host}:{settings.simulator_port}")
+        SignUpPages(site, self.api, mailer, self.base_url, settings.sign_ups_per_hour).routes(app)
+        await runtime.serve(settings.console_port, app)
+
+    async def on_sign_in_link(self, msg: Msg) -> None:
+        try:
+            command = _issue.decode(msg.data)
+        except msgspec.ValidationError as exc:
+            await msg.respond(encode(ConsoleCommandFailed(code="invalid_request", message=str(exc))))
+            return
+        email = command.email.strip().lower() if command.email else None
+        try:
+            secret, expires_at, known = await self.owners.issue_link(command.account_id, email, self.clock.now())
+        except EmailTaken:
+            failed = ConsoleCommandFailed(code="email_taken", message="another account's owner has this email",
+                                          field="email")  # fmt: skip
+            await msg.respond(encode(failed))
+            return
+        url = f"{self.base_url}/sign-in/link/{secret}"
+        await msg.respond(
+            encode(SignInLinkIssued(account_id=command.account_id, url=url, expires_at=expires_at, email=known))
+        )
+
+    async def stop(self) -> None:
+        await self.api.close()
+        await self.runtime.close()

@@ -1,0 +1,117 @@
+"""What every console page shares: templates, the language, cookies, the CSRF check, security
+headers, and who is signed in."""
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from libs.clock import Clock
+from libs.settings import Settings
+from services.console import auth, i18n, views
+from services.console.owners import Owners
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "fp_session"
+VISITOR_COOKIE = "fp_visitor"
+LANGUAGE_COOKIE = "fp_lang"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",  # a sign-in link's secret is in its path: never pass it on
+    "Cache-Control": "no-store",
+}
+FORM_EXPIRED = "This form has expired or did not come from this site. Reload the page and try again."
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Site:
+    def __init__(self, settings: Settings, owners: Owners, clock: Clock) -> None:
+        self.settings = settings
+        self.owners = owners
+        self.clock = clock
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
+        )
+        self.templates.filters.update(views.FILTERS)
+        provider = (
+            settings.payment_provider_public_url
+            or settings.payment_provider_url
+            or f"http://{settings.host}:{settings.simulator_port}"
+        )
+        # A checkout form is answered with a redirect to the payment provider's page: allowed there only.
+        self.csp = f"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self' {provider}"
+
+    def install(self, app: web.Application) -> None:
+        app.middlewares.extend([self._headers, self._csrf])
+        app.router.add_static("/static/", HERE / "static")
+
+    @web.middleware
+    async def _headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if not request.path.startswith("/static/"):
+            response.headers.update(SECURITY_HEADERS)
+            response.headers["Content-Security-Policy"] = self.csp
+        return response
+
+    @web.middleware
+    async def _csrf(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every state-changing request carries the token of the cookie it came with."""
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            form = await request.post()
+            token = form.get("csrf")
+            if not auth.csrf_ok(
+                self.settings.console_secret, self.basis(request), token if isinstance(token, str) else None
+            ):
+                return self.render(request, "error.html", 403, title="Form expired", message=FORM_EXPIRED)
+        return await handler(request)
+
+    @staticmethod
+    def basis(request: web.Request) -> str | None:
+        """The cookie a request's CSRF token is derived from: its session's, else its visitor's."""
+        return request.cookies.get(SESSION_COOKIE) or request.cookies.get(VISITOR_COOKIE)
+
+    def render(self, request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+        basis = self.basis(request)
+        new_visitor = basis is None
+        if basis is None:
+            basis = auth.new_secret()
+        lang = i18n.choose(request.cookies.get(LANGUAGE_COOKIE), request.headers.get("Accept-Language", ""))
+        html = self.templates.get_template(template).render(
+            csrf=auth.csrf_token(self.settings.console_secret, basis), static=self._static, lang=lang,
+            _=i18n.translator(lang), here=request.path_qs if request.method == "GET" else "/", **context,
+        )  # fmt: skip
+        response = web.Response(text=html, status=status, content_type="text/html")
+        if new_visitor:
+            self.set_cookie(request, response, VISITOR_COOKIE, basis, max_age=None)
+        return response
+
+    @staticmethod
+    def _static(name: str) -> str:
+        return f"/static/{name}"
+
+    @staticmethod
+    def set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str,
+                    max_age: int | None) -> None:  # fmt: skip
+        response.set_cookie(
+            name, value, httponly=True, samesite="Lax", secure=request.secure, path="/", max_age=max_age
+        )
+
+    async def account(self, request: web.Request) -> str | None:
+        session_id = request.cookies.get(SESSION_COOKIE)
+        if not session_id:
+            return None
+        return await self.owners.session_account(session_id, self.clock.now())
+
+    async def signed_in(self, request: web.Request) -> str:
+        account_id = await self.account(request)
+        if account_id is None:
+            raise web.HTTPSeeOther("/sign-in")
+        return account_id
+
+    def start_session(self, request: web.Request, session_id: str) -> web.Response:
+        response = web.HTTPSeeOther("/subscription")
+        self.set_cookie(request, response, SESSION_COOKIE, session_id, int(auth.SESSION_ABSOLUTE.total_seconds()))
+        return response

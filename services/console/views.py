@@ -1,0 +1,192 @@
+"""What the subscription page shows, shaped from the account API's answers. Pure: no I/O."""
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+WINDOWS = (("window_5h", "5-hour window"), ("weekly", "This week"), ("monthly", "This month"))
+KIND_NAMES = {"subscription": "Subscription", "payg": "Pay As You Go", "management": "Management"}
+REFUSALS = {
+    "free_plan": "Only a paid plan can be refunded; this account is on Free.",
+    "window_passed": "The 24 hours for a refund of this payment have passed.",
+    "usage_exceeds_payment": "The usage since the payment is worth more than the payment.",
+    "nothing_to_refund": "There is nothing left to refund.",
+    "already_refunded": "This payment was already refunded.",
+    "refund_in_progress": "A refund of this payment is in progress.",
+}
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def when(value: str | None) -> str:
+    moment = parse_time(value)
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "—"
+
+
+def flows(value: float | int | str) -> str:
+    number = Decimal(str(value)).quantize(Decimal("0.01"))
+    return f"{number:,}"
+
+
+def count(value: float | int | str) -> str:
+    """A plan's Flows as written in the plans file, grouped: 2,160 and 50.4."""
+    number = Decimal(str(value))
+    return f"{number:,.0f}" if number == number.to_integral_value() else f"{number.normalize():,}"
+
+
+def usd(value: str | None) -> str:
+    return "—" if value is None else f"${Decimal(value).quantize(Decimal('0.01')):,}"
+
+
+def usd_exact(value: str) -> str:
+    """A balance to the micro-dollar (PAYG calls cost fractions of a cent), at least to the cent."""
+    whole, _, fraction = f"{Decimal(value):f}".partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def refusal(reason: str, message: str) -> str:
+    return REFUSALS.get(reason, message)
+
+
+FILTERS = {
+    "when": when,
+    "flows": flows,
+    "count": count,
+    "usd": usd,
+    "usd_exact": usd_exact,
+    "kind_name": KIND_NAMES.get,
+}
+
+
+CHART_HEIGHT = 120
+
+
+def chart(events: list[dict[str, Any]], now: datetime, by: str) -> dict[str, Any]:
+    """Flows per hour over the last 5 hours, or per UTC day over the last 7 days, from the calls."""
+    if by == "day":
+        step, count = timedelta(days=1), 7
+        end = now.replace(hour=0, minute=0, second=0, microsecond=0) + step
+        label = "%m-%d"
+    else:
+        step, count = timedelta(hours=1), 5
+        end = now.replace(minute=0, second=0, microsecond=0) + step
+        label = "%H:00"
+    starts = [end - step * (count - i) for i in range(count)]
+    totals = [Decimal(0)] * count
+    for event in events:
+        moment = parse_time(event["occurred_at"])
+        if moment is None or not starts[0] <= moment < end:
+            continue
+        totals[int((moment - starts[0]) / step)] += Decimal(str(event["flows"]))
+    top = max(totals) or Decimal(1)
+    bars = [
+        {"label": start.strftime(label), "flows": str(total), "height": int(total * CHART_HEIGHT / top)}
+        for start, total in zip(starts, totals, strict=True)
+    ]
+    return {
+        "by": by,
+        "bars": bars,
+        "height": CHART_HEIGHT,
+        "title": "Flows per day" if by == "day" else "Flows per hour",
+    }
+
+
+def pricing(plans: dict[str, Any]) -> dict[str, Any]:
+    """The plan cards and the chart comparing monthly Flows and their equivalent USD (bars scaled to the largest)."""
+    items = plans["plans"]
+    top_flows = max((Decimal(str(p["monthly_flows"])) for p in items), default=Decimal(1)) or Decimal(1)
+    top_usd = max((Decimal(p["equivalent_usd"]) for p in items), default=Decimal(1)) or Decimal(1)
+    chart = [
+        {"name": p["name"], "flows": p["monthly_flows"], "usd": p["equivalent_usd"],
+         "height": int(Decimal(str(p["monthly_flows"])) * 150 / top_flows),
+         "usd_height": int(Decimal(p["equivalent_usd"]) * 150 / top_usd)}
+        for p in items
+    ]  # fmt: skip
+    return {"plans": items, "chart": chart, "usd_per_flow": plans["usd_per_flow"]}
+
+
+def _window(usage: dict[str, Any], field: str, title: str) -> dict[str, Any]:
+    window = usage[field]
+    limit = Decimal(str(window["limit_flows"]))
+    used = Decimal(str(window["used_flows"]))
+    percent = int(min(Decimal(100), used * 100 / limit)) if limit else 0
+    return {"id": field, "title": title, "used": window["used_flows"], "limit": window["limit_flows"],
+            "remaining": window["remaining_flows"], "percent": percent, "resets_at": window["resets_at"]}  # fmt: skip
+
+
+def subscription(
+    account_id: str,
+    usage: dict[str, Any],
+    events: list[dict[str, Any]],
+    keys: list[dict[str, Any]],
+    history: list[dict[str, Any]],
+    refunds: list[dict[str, Any]],
+    plans: dict[str, Any],
+    page: int,
+    page_size: int,
+    now: datetime,
+    filters: dict[str, str],
+    costs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The page's context. `filters` (key id, model) narrow the per-call detail; the chart counts every call."""
+    names = {k["id"]: k["name"] for k in keys}
+    listed = [
+        e for e in events
+        if e["key_id"] == filters.get("key", e["key_id"]) and e["model"] == filters.get("model", e["model"])
+    ]  # fmt: skip
+    active = [k for k in keys if k["revoked_at"] is None]
+    plan_list = plans["plans"]
+    current = next((p for p in plan_list if p["id"] == usage["plan"]), None)
+    price = Decimal(current["price_usd"]) if current else Decimal(0)
+    others = [
+        {**p, "verb": verb, "action": f"{verb} {p['name']}"}
+        for p in plan_list
+        if p["id"] != usage["plan"] and p["id"] != "free"
+        for verb in ["Upgrade to" if Decimal(p["price_usd"]) > price else "Downgrade to"]
+    ]
+    extra = usage["extra_usage"]
+    payg_key = next((k for k in keys if k["id"] == extra["payg_key_id"]), None)
+    start = (page - 1) * page_size
+    # Extra Usage is a subscription key's call billed to the balance; a PAYG key's own calls are not overflow.
+    payg_key_ids = {k["id"] for k in keys if k["kind"] == "payg"}
+    spent = sum(
+        (Decimal(e["usd_cost"]) for e in events if e["billing_mode"] == "payg" and e["key_id"] not in payg_key_ids),
+        Decimal(0),
+    )
+    scheduled = min(
+        (h for h in history if h["type"] == "plan_change" and (parse_time(h["occurred_at"]) or now) > now),
+        key=lambda h: h["occurred_at"],
+        default=None,
+    )  # a downgrade waits for the end of the month paid for: billing dates it then
+    latest_refund = max(refunds, key=lambda r: r["requested_at"] or "", default=None)
+    return {
+        "account_id": account_id,
+        "plan": current or {"id": usage["plan"], "name": usage["plan"].title()},
+        "paid_until": usage["monthly"]["resets_at"] if usage["plan"] != "free" else None,
+        "scheduled": scheduled,
+        "other_plans": others,
+        "windows": [_window(usage, field, title) for field, title in WINDOWS],
+        "events": [{**e, "key_name": names.get(e["key_id"] or "", "—")} for e in listed[start : start + page_size]],
+        "page": page,
+        "older": len(listed) > start + page_size,
+        "filters": filters,
+        "query": urlencode(filters),
+        "models": sorted({e["model"] for e in events}),
+        "all_keys": keys,
+        "chart": chart(events, now, "day" if filters.get("chart") == "day" else "hour"),
+        "costs": costs,
+        "keys": active,
+        "payg_keys": [k for k in active if k["kind"] == "payg"],
+        "extra": {
+            "enabled": extra["enabled"],
+            "key": payg_key,
+            "balance_usd": extra["balance_usd"],
+            "spent_usd": str(spent),
+        },
+        "history": history,
+        "refund": latest_refund,
+        "now": now,
+    }

@@ -1,0 +1,342 @@
+"""The console over plain HTTP, against the whole stack (SPEC §5, issue 12): the admin API's
+one-time links, setting a password, signing in and out, sessions, CSRF, the wrong-password lockout,
+the owner pass ingress accepts from the console, and that one owner sees nothing of another account."""
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from libs import ownerpass
+from tests.stack import Stack, eventually, usage_event
+
+pytestmark = pytest.mark.connected
+PASSWORD = "correct horse battery"
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@pytest.fixture(scope="module")
+def console(stack: Stack) -> Stack:
+    """The stack, console included (the common fixture starts it)."""
+    return stack
+
+
+class Browser:
+    """A cookie-keeping HTTP client, the way a browser talks to the console (no JavaScript)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.base = stack.console_url
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with self.session.get(self.base + path, allow_redirects=True) as response:
+            return response.status, await response.text()
+
+    async def post(self, path: str, form: dict[str, str], *, csrf_from: str | None = None) -> aiohttp.ClientResponse:
+        """POST a form the way the page at `csrf_from` (default: the form's own page) would send it."""
+        if csrf_from is not None or "csrf" not in form:
+            _, page = await self.get(csrf_from or path)
+            form = {"csrf": token(page), **form}
+        response = await self.session.post(self.base + path, data=form, allow_redirects=False)
+        await response.read()
+        return response
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def token(page: str) -> str:
+    match = _CSRF.search(page)
+    assert match, page[:500]
+    return match.group(1)
+
+
+def link_path(url: str) -> str:
+    return "/" + url.split("/", 3)[3]
+
+
+async def new_owner(stack: Stack, email: str | None = None) -> tuple[dict[str, Any], Browser]:
+    """An account whose owner used the one-time link to set a password: signed in."""
+    email = email or f"owner-{uuid.uuid4().hex[:8]}@example.com"
+    status, account = await stack.http(
+        "POST", "/admin/v1/accounts", token=stack.settings.admin_token, json={"name": "o", "email": email}
+    )
+    assert status == 201, account
+    browser = Browser(stack)
+    response = await browser.post(link_path(account["sign_in_url"]), {"password": PASSWORD})
+    assert response.status == 303 and response.headers["Location"] == "/subscription"
+    return {**account, "email": email}, browser
+
+
+async def test_create_account_gives_a_one_time_link_that_sets_a_password_and_signs_in(console: Stack) -> None:
+    email = f"Ann-{uuid.uuid4().hex[:6]}@Example.com"
+    status, account = await console.http(
+        "POST", "/admin/v1/accounts", token=console.settings.admin_token, json={"name": "ann", "email": email}
+    )
+    assert status == 201 and account["email"] == email.lower()
+    assert account["sign_in_url"].startswith(console.console_url + "/sign-in/link/")
+    browser = Browser(console)
+    try:
+        path = link_path(account["sign_in_url"])
+        status, page = await browser.get(path)
+        assert status == 200 and "New password" in page and ">Save<" in page
+        too_short = await browser.post(path, {"password": "short"})
+        assert too_short.status == 400  # the link is not used up by a refused password
+        response = await browser.post(path, {"password": PASSWORD})
+        assert response.status == 303 and response.headers["Location"] == "/subscription"
+        cookie = response.headers["Set-Cookie"]
+        assert "fp_session=" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+        assert "Secure" not in cookie  # plain http here; over https the cookie is Secure
+        status, page = await browser.get("/subscription")
+        assert status == 200 and account["account_id"] in page and "5-hour window" in page
+        # The link works once: looking at it or posting to it again finds it used.
+        assert (await browser.get(path))[0] == 410
+        again = await (stranger := Browser(console)).post(
+            path, {"password": "another password 1"}, csrf_from="/sign-in"
+        )
+        assert again.status == 410
+        await stranger.close()
+    finally:
+        await browser.close()
+
+
+async def test_sign_out_ends_the_session_on_the_server_and_the_password_signs_in_again(console: Stack) -> None:
+    account, browser = await new_owner(console)
+    stolen = browser.session.cookie_jar.filter_cookies(URL(console.console_url))["fp_session"].value
+    try:
+        response = await browser.post("/sign-out", {}, csrf_from="/subscription")
+        assert response.status == 303 and response.headers["Location"] == "/sign-in"
+        # A copy of the old cookie is worth nothing now.
+        replay = Browser(console)
+        replay.session.cookie_jar.update_cookies({"fp_session": stolen})
+        status, page = await replay.get("/subscription")
+        assert status == 200 and "Sign in" in page and account["account_id"] not in page
+        await replay.close()
+        wrong = await browser.post("/sign-in", {"email": account["email"], "password": "not the password"})
+        assert wrong.status == 401
+        right = await browser.post("/sign-in", {"email": account["email"].upper(), "password": PASSWORD})
+        assert right.status == 303 and right.headers["Location"] == "/subscription"
+        assert account["account_id"] in (await browser.get("/subscription"))[1]
+    finally:
+        await browser.close()
+
+
+async def test_a_post_without_the_csrf_token_is_refused(console: Stack) -> None:
+    account, browser = await new_owner(console)
+    try:
+        for path, form in [("/keys", {"name": "x", "kind": "payg"}), ("/sign-out", {}), ("/refunds", {})]:
+            for csrf in (None, "0" * 64):
+                sent = form if csrf is None else {**form, "csrf": csrf}
+                response = await browser.session.post(console.console_url + path, data=sent, allow_redirects=False)
+                assert response.status == 403, path
+        _, keys = await console.http("GET", "/v1/keys", token=account["key"])
+        assert [k["name"] for k in keys["data"]] == ["default", "management"]
+        assert (await browser.get("/subscription"))[0] == 200  # still signed in: the sign-out was refused
+        # Another visitor's token does not fit this session either.
+        stranger = Browser(console)
+        _, page = await stranger.get("/sign-in")
+        response = await browser.post("/keys", {"name": "x", "kind": "payg", "csrf": token(page)})
+        assert response.status == 403
+        await stranger.close()
+    finally:
+        await browser.close()
+
+
+async def test_wrong_passwords_are_slowed_then_locked_per_email(console: Stack) -> None:
+    account, browser = await new_owner(console)
+    await browser.close()
+    visitor = Browser(console)
+    try:
+        for _ in range(5):
+            assert (
+                await visitor.post("/sign-in", {"email": account["email"], "password": "guess-guess"})
+            ).status == 401
+        locked = await visitor.post("/sign-in", {"email": account["email"], "password": PASSWORD})
+        assert locked.status == 429  # even the right password, while locked
+        other, other_browser = await new_owner(console)
+        await other_browser.close()
+        fine = await Browser(console).post("/sign-in", {"email": other["email"], "password": PASSWORD})
+        assert fine.status == 303  # another email from the same address is not locked (yet)
+    finally:
+        await visitor.close()
+
+
+async def test_admin_sign_in_link_is_fresh_and_checks_its_input(console: Stack) -> None:
+    account, browser = await new_owner(console)
+    await browser.close()
+    admin = console.settings.admin_token
+    status, link = await console.http("POST", f"/admin/v1/accounts/{account['account_id']}/sign-in-link", token=admin)
+    assert status == 201 and link["email"] == account["email"] and link["sign_in_url"] != account["sign_in_url"]
+    assert datetime.fromisoformat(link["expires_at"].replace("Z", "+00:00")) > datetime.now(UTC)
+    fresh = Browser(console)
+    assert (await fresh.post(link_path(link["sign_in_url"]), {"password": "a new password!"})).status == 303
+    await fresh.close()
+    other, other_browser = await new_owner(console)
+    await other_browser.close()
+    path = f"/admin/v1/accounts/{account['account_id']}/sign-in-link"
+    status, body = await console.http("POST", path, token=admin, json={"email": other["email"]})
+    assert status == 409 and body["error"]["code"] == "email_taken" and body["error"]["field"] == "email"
+    status, body = await console.http("POST", path, token=admin, json={"email": "not-an-email"})
+    assert status == 400 and body["error"]["field"] == "email"
+    status, body = await console.http("POST", "/admin/v1/accounts/acc_nobody/sign-in-link", token=admin)
+    assert status == 404
+    status, body = await console.http(
+        "POST", "/admin/v1/accounts", token=admin, json={"name": "dup", "email": other["email"]}
+    )
+    assert status == 409 and body["error"]["code"] == "email_taken"
+
+
+async def test_ingress_takes_the_console_pass_for_its_account_only_and_not_forged(console: Stack) -> None:
+    account, browser = await new_owner(console)
+    await browser.close()
+    secret, now = console.settings.console_secret, datetime.now(UTC)
+    good = ownerpass.mint(secret, account["account_id"], now)
+    status, created = await console.http("POST", "/v1/keys", token=good, json={"name": "via console", "kind": "payg"})
+    assert status == 201 and created["key"].startswith("sk-pg-v1-")
+    for bad in (
+        ownerpass.mint("not-the-secret", account["account_id"], now),
+        ownerpass.mint(secret, account["account_id"], now, ttl_s=-1),
+        good[:-2] + ("AA" if not good.endswith("AA") else "BB"),
+    ):
+        status, body = await console.http("GET", "/v1/keys", token=bad)
+        assert status == 401 and body["error"]["field"] == "Authorization"
+
+
+async def test_one_owner_sees_and_changes_nothing_of_another_account(console: Stack) -> None:
+    _, alice_browser = await new_owner(console)
+    bob, bob_browser = await new_owner(console)
+    try:
+        _, bob_page = await bob_browser.get("/subscription")
+        bob_key_ids = re.findall(r'data-key-id="([^"]+)"', bob_page)
+        assert bob["key_id"] in bob_key_ids
+        _, alice_page = await alice_browser.get("/subscription")
+        for key_id in bob_key_ids:
+            assert key_id not in alice_page
+        assert bob["account_id"] not in alice_page
+        for key_id in bob_key_ids:
+            for action in ("rotate", "revoke"):
+                response = await alice_browser.post(f"/keys/{key_id}/{action}", {}, csrf_from="/subscription")
+                assert response.status == 404, (action, key_id)
+        response = await alice_browser.post(
+            "/extra-usage", {"enabled": "true", "payg_key_id": bob_key_ids[0]}, csrf_from="/subscription"
+        )
+        assert response.status == 400
+        status, usage = await console.http("GET", "/v1/account/usage", token=bob["key"])
+        assert status == 200 and usage["extra_usage"]["enabled"] is False
+        _, keys = await console.http("GET", "/v1/keys", token=bob["key"])
+        assert all(k["revoked_at"] is None for k in keys["data"])
+
+        async def bob_key_works() -> bool:
+            status, _ = await console.http("GET", "/v1/account/usage", token=bob["key"])
+            return status == 200
+
+        assert await eventually(bob_key_works)
+    finally:
+        await alice_browser.close()
+        await bob_browser.close()
+
+
+async def test_usage_is_paged_filtered_by_key_and_model_and_costed_by_model(console: Stack) -> None:
+    account, browser = await new_owner(console)
+    try:
+        status, second = await console.http(
+            "POST", "/v1/keys", token=account["management_key"], json={"name": "second", "kind": "subscription"}
+        )
+        assert status == 201
+        events = [usage_event(account["account_id"], key_id=account["key_id"]) for _ in range(22)]
+        events += [usage_event(account["account_id"], key_id=second["id"], model="qwen/qwen3-14b") for _ in range(3)]
+        status, body = await console.post_usage(events)
+        assert status == 202, body
+
+        async def all_listed() -> bool:
+            _, page = await browser.get("/subscription?page=2")
+            return page.count("<tr><td><time") == 5
+
+        await eventually(all_listed, within=30, interval=0.5)
+        _, first = await browser.get("/subscription")
+        assert first.count("<tr><td><time") == 20 and ">Older<" in first and ">Newer<" not in first
+        _, by_model = await browser.get("/subscription?model=qwen/qwen3-14b")
+        assert by_model.count("<tr><td><time") == 3 and ">Older<" not in by_model
+        _, by_key = await browser.get(f"/subscription?key={second['id']}")
+        calls = by_key.split("Cost by model", 1)[0]
+        assert calls.count("<tr><td><time") == 3 and "deepseek/deepseek-chat</td>" not in calls
+        costs = first.split('aria-label="Cost by model (30 days)"', 1)[1].split("</table>", 1)[0]
+        assert "<td>deepseek/deepseek-chat</td><td>22</td>" in costs and "<td>qwen/qwen3-14b</td><td>3</td>" in costs
+        assert 'aria-label="Flows per hour"' in first
+        _, daily = await browser.get("/subscription?chart=day")
+        assert 'aria-label="Flows per day"' in daily
+    finally:
+        await browser.close()
+
+
+async def test_sign_up_checks_its_input_is_limited_per_address_and_confirms_the_email_once(console: Stack) -> None:
+    visitor = Browser(console)
+    try:
+        assert (await visitor.post("/sign-up", {"email": "not-an-email", "password": PASSWORD})).status == 400
+        assert (await visitor.post("/sign-up", {"email": "a@example.com", "password": "short"})).status == 400
+        emails = [f"signup-{uuid.uuid4().hex[:8]}@example.com" for _ in range(console.settings.sign_ups_per_hour + 1)]
+        for email in emails[:-1]:
+            assert (await visitor.post("/sign-up", {"email": email, "password": PASSWORD})).status == 201
+        refused = await visitor.post("/sign-up", {"email": emails[-1], "password": PASSWORD})
+        assert refused.status == 429
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{console.settings.simulator_port}/mailbox", headers={"Accept": "application/json"}
+            ) as response,
+        ):
+            messages = (await response.json())["messages"]
+        sent = [m for m in messages if m["to"] in emails]
+        assert sorted(m["to"] for m in sent) == sorted(emails[:-1])
+        assert all(set(m) == {"to", "subject", "text", "sent_at"} for m in sent)
+        link = re.search(r"/confirm-email/\S+", sent[0]["text"])
+        assert link is not None
+        assert (await visitor.get(link.group(0)))[0] == 200
+        assert (await visitor.get(link.group(0)))[0] == 410  # once
+    finally:
+        await visitor.close()
+
+
+async def test_the_plan_shows_a_downgrade_scheduled_for_the_end_of_the_paid_month(console: Stack) -> None:
+    account, browser = await new_owner(console)
+    try:
+        await console.pay(account["account_id"], "max", "100.00")
+        downgrade = await console.pay(account["account_id"], "pro", "20.00")
+        assert downgrade["effective_at"] > datetime.now(UTC).isoformat()
+
+        async def scheduled() -> str:
+            _, page = await browser.get("/subscription")
+            return page if 'data-testid="scheduled-change"' in page else ""
+
+        page = await eventually(scheduled, within=30, interval=0.5)
+        plan = page.split('aria-label="Plan"', 1)[1].split("</section>", 1)[0]
+        assert 'data-testid="current-plan">Max<' in plan
+        assert "Scheduled change: <strong>Pro</strong>" in plan and downgrade["effective_at"] in plan
+    finally:
+        await browser.close()
+
+
+async def test_accounts_are_created_while_the_console_is_down_and_get_their_link_later(console: Stack) -> None:
+    admin = console.settings.admin_token
+    console.console.kill()
+    try:
+        status, account = await console.http("POST", "/admin/v1/accounts", token=admin, json={"name": "early"})
+        assert status == 201 and account["sign_in_url"] is None and account["key"].startswith("sk-ss-v1-")
+        path = f"/admin/v1/accounts/{account['account_id']}/sign-in-link"
+        status, error = await console.http("POST", path, token=admin)
+        assert status == 503 and error["error"]["code"] == "console_unavailable"
+    finally:
+        console.console.start()
+    status, link = await console.http("POST", path, token=admin, json={"email": f"late-{uuid.uuid4().hex[:6]}@x.org"})
+    assert status == 201, link
+    browser = Browser(console)
+    try:
+        response = await browser.post(link_path(link["sign_in_url"]), {"password": PASSWORD})
+        assert response.status == 303
+        assert account["account_id"] in (await browser.get("/subscription"))[1]
+    finally:
+        await browser.close()

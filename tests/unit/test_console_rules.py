@@ -1,0 +1,122 @@
+"""The console's pure rules: the owner pass ingress accepts, CSRF tokens, sessions' expiry, the
+wrong-password lockout, and what the subscription page makes of the account API's answers."""
+
+from datetime import UTC, datetime, timedelta
+
+from libs import ownerpass
+from services.console import auth, i18n, views
+
+NOW = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
+
+
+def test_owner_pass_names_its_account_until_it_expires_and_only_with_the_secret() -> None:
+    token = ownerpass.mint("s3cret", "acc_0123456789abcdef", NOW, ttl_s=60)
+    assert ownerpass.is_owner_pass(token)
+    assert ownerpass.verify("s3cret", token, NOW + timedelta(seconds=59)) == "acc_0123456789abcdef"
+    assert ownerpass.verify("s3cret", token, NOW + timedelta(seconds=60)) is None
+    assert ownerpass.verify("other", token, NOW) is None
+    forged = token.replace("acc_0123456789abcdef", "acc_fedcba9876543210")
+    assert ownerpass.verify("s3cret", forged, NOW) is None
+    assert ownerpass.verify("s3cret", "cs-v1-garbage", NOW) is None
+
+
+def test_csrf_token_fits_only_its_cookie() -> None:
+    token = auth.csrf_token("k", "cookie-a")
+    assert auth.csrf_ok("k", "cookie-a", token)
+    assert not auth.csrf_ok("k", "cookie-b", token)
+    assert not auth.csrf_ok("k", None, token)
+    assert not auth.csrf_ok("k", "cookie-a", None)
+
+
+def test_sessions_end_when_idle_too_long_too_old_or_signed_out() -> None:
+    assert auth.session_alive(NOW, NOW, None, NOW + timedelta(minutes=5))
+    assert not auth.session_alive(NOW, NOW, None, NOW + auth.SESSION_IDLE)
+    busy = NOW + auth.SESSION_ABSOLUTE - timedelta(minutes=1)
+    assert auth.session_alive(NOW, busy, None, busy + timedelta(seconds=30))
+    assert not auth.session_alive(NOW, busy, None, NOW + auth.SESSION_ABSOLUTE)
+    assert not auth.session_alive(NOW, NOW, NOW, NOW + timedelta(seconds=1))
+
+
+def test_lockout_slows_each_wrong_password_more_then_locks() -> None:
+    rule = auth.Lockout(per_email=5, per_address=20, step_s=0.25, max_delay_s=2.0)
+    assert [rule.delay_s(n) for n in (1, 2, 4, 100)] == [0.25, 0.5, 1.0, 2.0]
+    assert not rule.locked(4, 19)
+    assert rule.locked(5, 0) and rule.locked(0, 20)
+
+
+def test_passwords_are_argon2id_and_checked() -> None:
+    hashed = auth.hash_password("correct horse battery")
+    assert hashed.startswith("$argon2id$")
+    assert auth.password_matches(hashed, "correct horse battery")
+    assert not auth.password_matches(hashed, "wrong")
+    assert not auth.password_matches(None, "anything")
+    assert auth.password_problem("short") and auth.password_problem("long enough!") is None
+
+
+def test_money_and_flows_as_the_page_shows_them() -> None:
+    assert views.usd("18.05") == "$18.05" and views.usd(None) == "—"
+    assert views.usd_exact("9.998765") == "$9.998765" and views.usd_exact("10.000000") == "$10.00"
+    assert views.flows(2160) == "2,160.00" and views.flows(0.123456) == "0.12"
+    assert views.when("2026-11-30T09:00:00Z") == "2026-11-30 09:00 UTC"
+
+
+def test_the_chart_sums_flows_per_hour_over_five_hours_and_per_day_over_a_week() -> None:
+    now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
+    events = [
+        {"occurred_at": "2026-11-30T10:05:00Z", "flows": 1.5},
+        {"occurred_at": "2026-11-30T10:25:00Z", "flows": 0.5},
+        {"occurred_at": "2026-11-30T06:59:00Z", "flows": 3},
+        {"occurred_at": "2026-11-30T05:59:00Z", "flows": 100},  # before the 5 hours shown
+        {"occurred_at": "2026-11-25T12:00:00Z", "flows": 4},
+    ]
+    hourly = views.chart(events, now, "hour")
+    assert [b["label"] for b in hourly["bars"]] == ["06:00", "07:00", "08:00", "09:00", "10:00"]
+    assert [b["flows"] for b in hourly["bars"]] == ["3", "0", "0", "0", "2.0"]
+    assert [b["height"] for b in hourly["bars"]] == [120, 0, 0, 0, 80]
+    daily = views.chart(events, now, "day")
+    assert [b["label"] for b in daily["bars"]][-1] == "11-30" and len(daily["bars"]) == 7
+    assert daily["bars"][1]["flows"] == "4" and daily["bars"][-1]["flows"] == "105.0"
+
+
+def test_language_from_the_switch_else_accept_language() -> None:
+    assert i18n.choose(None, "zh-CN,zh;q=0.9,en;q=0.8") == "zh"
+    assert i18n.choose(None, "en-US,en;q=0.9,zh;q=0.8") == "en"
+    assert i18n.choose(None, "fr-FR, zh-TW;q=0.5") == "zh"
+    assert i18n.choose(None, "en;q=0.2, zh;q=0.7") == "zh"
+    assert i18n.choose(None, "") == "en" and i18n.choose(None, "de") == "en"
+    assert i18n.choose("en", "zh-CN") == "en" and i18n.choose("xx", "zh-CN") == "zh"
+    assert i18n.translator("zh")("Extra Usage") == "额外用量" and i18n.translator("en")("Extra Usage") == "Extra Usage"
+
+
+def test_every_text_the_templates_translate_has_its_chinese() -> None:
+    import re
+    from pathlib import Path
+
+    texts = set()
+    for template in (Path(views.__file__).parent / "templates").glob("*.html"):
+        texts |= set(re.findall(r'_\("([^"]+)"\)', template.read_text()))
+    texts |= {title for _, title in views.WINDOWS} | set(views.KIND_NAMES.values())
+    assert sorted(texts - set(i18n.ZH)) == []
+
+
+def test_plan_flows_as_written() -> None:
+    assert views.count(2160) == "2,160" and views.count(50.4) == "50.4" and views.count("34560") == "34,560"
+
+
+def test_extra_usage_spend_counts_only_subscription_keys_calls_billed_to_the_balance() -> None:
+    window = {"used_flows": 1, "limit_flows": 5, "remaining_flows": 4, "resets_at": None}
+    usage = {"plan": "free", "window_5h": window, "weekly": window, "monthly": window,
+             "extra_usage": {"enabled": True, "payg_key_id": "k_pg", "balance_usd": "5.000000"}}  # fmt: skip
+    keys = [
+        {"id": i, "name": i, "kind": kind, "revoked_at": None}
+        for i, kind in [("k_ss", "subscription"), ("k_pg", "payg")]
+    ]
+    call = {"model": "m", "occurred_at": "2026-11-30T03:00:00Z", "flows": 0}
+    events = [
+        {**call, "key_id": "k_ss", "billing_mode": "payg", "usd_cost": "0.25"},  # overflow: Extra Usage
+        {**call, "key_id": "k_pg", "billing_mode": "payg", "usd_cost": "1.00"},  # the PAYG key itself
+        {**call, "key_id": "k_ss", "billing_mode": "subscription", "usd_cost": "9.00"},
+    ]
+    plans = {"plans": [], "usd_per_flow": "0.025"}
+    context = views.subscription("acc_1", usage, events, keys, [], [], plans, 1, 20, NOW, {}, [])
+    assert context["extra"]["spent_usd"] == "0.25" and context["extra"]["key"]["id"] == "k_pg"
