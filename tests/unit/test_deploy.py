@@ -80,7 +80,8 @@ REQUIRED = re.compile(r"^\$\{(?P<name>[A-Z0-9_]+):\?[^}]+\}$")
 def test_compose_has_no_secret_with_a_default_and_publishes_only_what_must_be_public() -> None:
     """Nothing insecure by default: every token and password is required (`${NAME:?message}`, so
     `docker compose up` stops and says which to set), none has a default or a literal value; only
-    the gateway and ingress (which refuse development tokens off loopback) listen beyond this machine."""
+    the gateway, ingress and the console (which refuse development secrets off loopback) listen beyond
+    this machine."""
     text = (ROOT / "docker-compose.yml").read_text()
     for dev_value in ("dev-admin-token", "dev-ingest-token", "dev-grafana-password"):
         assert dev_value not in text
@@ -94,15 +95,15 @@ def test_compose_has_no_secret_with_a_default_and_publishes_only_what_must_be_pu
                 match = REQUIRED.match(str(value))
                 assert match, f"{where}: {key} = {value!r} is not a required variable"
                 secrets[key] = match["name"]
-    assert {"FLOWPLAN_ADMIN_TOKEN", "FLOWPLAN_INGEST_TOKEN", "FLOWPLAN_GRAFANA_DB_PASSWORD",
-            "GF_SECURITY_ADMIN_PASSWORD"} <= set(secrets)  # fmt: skip
+    assert {"FLOWPLAN_ADMIN_TOKEN", "FLOWPLAN_INGEST_TOKEN", "FLOWPLAN_GRAFANA_DB_PASSWORD", "FLOWPLAN_CONSOLE_SECRET",
+            "FLOWPLAN_PAYMENT_WEBHOOK_SECRET", "GF_SECURITY_ADMIN_PASSWORD"} <= set(secrets)  # fmt: skip
     assert compose["x-flowplan-env"]["FLOWPLAN_HOST"] == "0.0.0.0"  # hence the check in every service
     public = {}
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
             published = str(port).split(":")
             public[name] = len(published) == 2 or published[0] not in ("127.0.0.1", "localhost")
-    assert {name for name, everyone in public.items() if everyone} == {"gateway", "ingress"}
+    assert {name for name, everyone in public.items() if everyone} == {"gateway", "ingress", "console"}
     assert {"prometheus", "grafana"} <= set(public)
     readme = (DEPLOY / "README.md").read_text()
     for variable in set(secrets.values()):
