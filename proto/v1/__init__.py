@@ -84,6 +84,7 @@ from proto.v1.messages import (
     TopUpBalance,
     UsageEventsReply,
     UsageEventsRequest,
+    UsagePosition,
     WindowStatus,
 )
 
@@ -166,6 +167,7 @@ __all__ = [
     "TopUpBalance",
     "UsageEventsReply",
     "UsageEventsRequest",
+    "UsagePosition",
     "UsageRecorded",
     "WindowStatus",
     "decode_event",

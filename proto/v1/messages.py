@@ -89,13 +89,30 @@ class QuotaStatus(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Estimates of PAYG calls admitted and still running."""
 
 
+class UsagePosition(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a call sits in an account's calls, newest first: by time, then by stored event id."""
+
+    occurred_at: datetime
+    event_id: str
+
+
 class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """An account's calls, newest first: `limit` of them, older than `before` or newer than `after`
+    (at most one of the two), of one key and one model when given."""
+
     account_id: str
     limit: int = 50
+    before: UsagePosition | None = None
+    after: UsagePosition | None = None
+    key_id: str | None = None
+    model: str | None = None
 
 
 class UsageEventsReply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     events: list[UsageRecorded]
+    """Newest first, whichever way the request paged."""
+    more: bool = False
+    """More calls lie beyond these in the direction asked (older for `before` or none, newer for `after`)."""
 
 
 class KeyView(msgspec.Struct, frozen=True, kw_only=True):

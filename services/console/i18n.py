@@ -53,7 +53,6 @@ ZH: dict[str, str] = {
     "Billing mode": "计费方式",
     "Newer": "较新",
     "Older": "较早",
-    "Page": "第",
     "No calls yet.": "还没有调用。",
     "Cost by model (30 days)": "按模型的费用（30 天）",
     "Calls": "调用次数",

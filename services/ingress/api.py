@@ -20,7 +20,7 @@ from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog
 from libs.pricing.money import micros_to_str
 from libs.settings import Settings
-from libs.web import EARLIEST, LATEST, ApiError, decode_body, json_response
+from libs.web import CONTROL, EARLIEST, LATEST, ApiError, decode_body, json_response
 from proto.v1 import (
     AccountAccess,
     BillingCommandFailed,
@@ -56,11 +56,12 @@ from proto.v1 import (
     TopUpAccepted,
     UsageEventsReply,
     UsageEventsRequest,
+    UsagePosition,
     encode,
     subjects,
 )
 from proto.v1.events import Event
-from services.ingress import access, admin, checkout, metrics, views
+from services.ingress import access, admin, checkout, cursors, metrics, views
 from services.ingress.directory import Directory
 from services.ingress.usage import claim, client_of, decode_batch, ingest_clients, price_batch
 
@@ -276,12 +277,19 @@ class IngressApi:
         return json_response(body)
 
     async def get_account_usage_events(self, request: web.Request) -> web.Response:
+        """The account's calls, newest first, a page at a time: `before` (older, from next_cursor) or
+        `after` (newer, from prev_cursor), optionally of one key (`key_id`) and one model (`model`)."""
         account_id = await self._account_of(request)
         limit = _int_query(request, "limit", 50, 1, 1000)
-        reply = _events.decode(
-            await self._ask(subjects.QUOTA_EVENTS, UsageEventsRequest(account_id=account_id, limit=limit))
-        )
-        return json_response({"object": "list", "data": [views.usage_event(e) for e in reply.events]})
+        before, after = (_cursor_query(request, name) for name in ("before", "after"))
+        if before is not None and after is not None:
+            raise ApiError(400, "invalid_request", "after: give before or after, not both", "after")
+        asked = UsageEventsRequest(
+            account_id=account_id, limit=limit, before=before, after=after,
+            key_id=_filter_query(request, "key_id", 128), model=_filter_query(request, "model", 200),
+        )  # fmt: skip
+        reply = _events.decode(await self._ask(subjects.QUOTA_EVENTS, asked))
+        return json_response(views.usage_events(reply, paged_back=before is not None, paged_forward=after is not None))
 
     # -- admin ------------------------------------------------------------------------
 
@@ -635,6 +643,22 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise ApiError(400, "invalid_request", f"{name}: must be between {low} and {high}", name)
     return value
+
+
+def _cursor_query(request: web.Request, name: str) -> UsagePosition | None:
+    raw = request.query.get(name)
+    return None if raw is None else cursors.decode(raw, name)
+
+
+def _filter_query(request: web.Request, name: str, max_length: int) -> str | None:
+    """An exact-match filter; empty means none (an HTML form's "all")."""
+    raw = request.query.get(name, "")
+    if not raw:
+        return None
+    if len(raw) > max_length or CONTROL.search(raw):
+        raise ApiError(400, "invalid_request", f"{name}: at most {max_length} characters, none of them control "
+                       "characters", name)  # fmt: skip
+    return raw
 
 
 def _time_query(request: web.Request, name: str, default: datetime) -> datetime:
