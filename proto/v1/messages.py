@@ -174,6 +174,13 @@ class SuspendAccount(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     reason: str = ""
 
 
+class GetAccountAccess(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Is this account suspended? Answered with AccountAccess (changed=False): ingress asks it for
+    the console's owner, whose pass, unlike a key, does not come back from key.lookup with it."""
+
+    account_id: str
+
+
 class AccountAccess(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     account_id: str
     suspended: bool
@@ -204,6 +211,8 @@ class KeysChanged(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Broadcast on `keys.changed` once a key was created, rotated or revoked: caches drop these."""
 
     key_hashes: list[str]
+    account_ids: list[str] = []
+    """Accounts whose suspension changed: caches of GetAccountAccess drop these."""
 
 
 class BillingHistoryRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):

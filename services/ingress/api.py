@@ -63,6 +63,7 @@ from proto.v1 import (
 from proto.v1.events import Event
 from services.ingress import access, admin, checkout, cursors, metrics, views
 from services.ingress.directory import Directory
+from services.ingress.suspensions import Suspensions
 from services.ingress.usage import claim, client_of, decode_batch, ingest_clients, price_batch
 
 _status = msgspec.json.Decoder(QuotaStatus)
@@ -107,6 +108,7 @@ class IngressApi:
         pool: asyncpg.Pool,
         nc: Client,
         keys: KeyCache,
+        suspensions: Suspensions,
         clock: Clock,
     ) -> None:
         self.settings = settings
@@ -116,6 +118,7 @@ class IngressApi:
         self.pool = pool
         self.nc = nc
         self.keys = keys
+        self.suspensions = suspensions
         self.clock = clock
         self.changes = access.ChangeLimiter(settings.account_changes_per_minute)
         self.checkouts: checkout.CheckoutProvider = checkout.LocalCheckoutProvider(
@@ -185,7 +188,7 @@ class IngressApi:
             account_id = ownerpass.verify(self.settings.console_secret, token, self.clock.now())
             if account_id is None:
                 raise ApiError(401, "invalid_console_pass", "the console's pass is forged or expired", "Authorization")
-            return access.of_console(account_id)
+            return access.of_console(account_id, await self.suspensions.suspended(account_id))
         try:
             key = await self.keys.authenticate(self._bearer(request), request.remote)
         except KeysUnavailable as exc:
@@ -359,6 +362,7 @@ class IngressApi:
         reason = decode_body(body, admin.Suspension).reason if body.strip() else ""
         reply = await self._key_command(SuspendAccount(account_id=account_id, suspended=suspended, reason=reason))
         assert isinstance(reply, AccountAccess)
+        self.suspensions.learn(reply)
         return json_response(
             {"account_id": account_id, "suspended": reply.suspended, "changed": reply.changed,
              "since": views.timestamp(reply.since)}
