@@ -168,6 +168,7 @@ def subscription(
     latest_refund = max(refunds, key=lambda r: r["requested_at"] or "", default=None)
     return {
         "account_id": account_id,
+        "suspended": bool(usage.get("account_suspended")),
         "plan": current or {"id": usage["plan"], "name": usage["plan"].title()},
         "paid_until": usage["monthly"]["resets_at"] if usage["plan"] != "free" else None,
         "scheduled": scheduled,

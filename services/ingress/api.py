@@ -173,13 +173,16 @@ class IngressApi:
             raise ApiError(401, "unauthorized", "wrong token", "Authorization")
 
     async def _account_of(self, request: web.Request) -> str:
-        """The account an account-API request acts for, once its credential may do what the request's
-        method asks (access.authorize) and, for a change, the account has a change left this minute."""
+        return (await self._authorized(request)).account_id
+
+    async def _authorized(self, request: web.Request) -> access.Principal:
+        """Who an account-API request acts for, once its credential may do what the request's method
+        asks (access.authorize) and, for a change, the account has a change left this minute."""
         principal = await self._principal(request)
         access.authorize(principal, request.method)
         if access.needed_scope(request.method) == "manage":
             self.changes.take(principal.account_id, self.clock.now())
-        return principal.account_id
+        return principal
 
     async def _principal(self, request: web.Request) -> access.Principal:
         """Who the request's credential is: an API key, or the console acting for a signed-in owner."""
@@ -273,10 +276,12 @@ class IngressApi:
         return reply.data
 
     async def get_account_usage(self, request: web.Request) -> web.Response:
-        account_id = await self._account_of(request)
-        status = await self._status(account_id)
+        principal = await self._authorized(request)
+        status = await self._status(principal.account_id)
         body = views.account_usage(status)
         body["extra_usage"] = views.extra_usage(status)
+        # Only the console's owner reads a suspended account (its keys are refused): the page says so.
+        body["account_suspended"] = principal.suspended
         return json_response(body)
 
     async def get_account_usage_events(self, request: web.Request) -> web.Response:

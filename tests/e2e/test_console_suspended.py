@@ -44,8 +44,8 @@ async def test_a_suspended_owner_changes_nothing_through_the_console_but_still_r
             response = await browser.post(path, form, csrf_from="/subscription")
             assert response.status == 403, path
             assert SUSPENDED in await response.text(), path
-        status, page = await browser.get("/subscription")  # reads stay open to the owner
-        assert status == 200 and account["account_id"] in page
+        status, page = await browser.get("/subscription")  # reads stay open to the owner, who is told
+        assert status == 200 and account["account_id"] in page and 'data-testid="account-suspended"' in page
         _, keys = await stack.http("GET", "/v1/keys", token=account["management_key"])  # the key itself: refused
         assert keys["error"]["code"] == "account_suspended"
 
@@ -59,7 +59,8 @@ async def test_a_suspended_owner_changes_nothing_through_the_console_but_still_r
         # Lifted: the next change goes through (no waiting for a cache to age).
         await set_suspended(stack, account["account_id"], False)
         response = await browser.post("/keys", {"name": "after", "kind": "subscription"}, csrf_from="/subscription")
-        assert response.status == 200 and "sk-ss-v1-" in await response.text()
+        page = await response.text()
+        assert response.status == 200 and "sk-ss-v1-" in page and 'data-testid="account-suspended"' not in page
     finally:
         await browser.close()
 
