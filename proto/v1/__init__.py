@@ -41,6 +41,7 @@ from proto.v1.messages import (
     CreateKey,
     DeadLetterRetried,
     GatewayHeartbeat,
+    GetAccountAccess,
     GetRefund,
     Inflight,
     InflightCall,
@@ -84,6 +85,7 @@ from proto.v1.messages import (
     TopUpBalance,
     UsageEventsReply,
     UsageEventsRequest,
+    UsagePosition,
     WindowStatus,
 )
 
@@ -110,6 +112,7 @@ __all__ = [
     "ExtraUsageChanged",
     "FlowRateChanged",
     "GatewayHeartbeat",
+    "GetAccountAccess",
     "GetRefund",
     "Inflight",
     "InflightCall",
@@ -166,6 +169,7 @@ __all__ = [
     "TopUpBalance",
     "UsageEventsReply",
     "UsageEventsRequest",
+    "UsagePosition",
     "UsageRecorded",
     "WindowStatus",
     "decode_event",

@@ -89,13 +89,30 @@ class QuotaStatus(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Estimates of PAYG calls admitted and still running."""
 
 
+class UsagePosition(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a call sits in an account's calls, newest first: by time, then by stored event id."""
+
+    occurred_at: datetime
+    event_id: str
+
+
 class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """An account's calls, newest first: `limit` of them, older than `before` or newer than `after`
+    (at most one of the two), of one key and one model when given."""
+
     account_id: str
     limit: int = 50
+    before: UsagePosition | None = None
+    after: UsagePosition | None = None
+    key_id: str | None = None
+    model: str | None = None
 
 
 class UsageEventsReply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     events: list[UsageRecorded]
+    """Newest first, whichever way the request paged."""
+    more: bool = False
+    """More calls lie beyond these in the direction asked (older for `before` or none, newer for `after`)."""
 
 
 class KeyView(msgspec.Struct, frozen=True, kw_only=True):
@@ -157,6 +174,13 @@ class SuspendAccount(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     reason: str = ""
 
 
+class GetAccountAccess(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Is this account suspended? Answered with AccountAccess (changed=False): ingress asks it for
+    the console's owner, whose pass, unlike a key, does not come back from key.lookup with it."""
+
+    account_id: str
+
+
 class AccountAccess(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     account_id: str
     suspended: bool
@@ -187,6 +211,8 @@ class KeysChanged(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Broadcast on `keys.changed` once a key was created, rotated or revoked: caches drop these."""
 
     key_hashes: list[str]
+    account_ids: list[str] = []
+    """Accounts whose suspension changed: caches of GetAccountAccess drop these."""
 
 
 class BillingHistoryRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):

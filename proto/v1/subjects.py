@@ -17,6 +17,8 @@ KEYS_REVOKE_ANY = "keys.revoke_any"
 """The operator's revocation of any key (admin API)."""
 KEYS_SUSPEND = "keys.suspend"
 """Suspend an account's keys, or lift the suspension (admin API)."""
+KEYS_ACCESS = "keys.access"
+"""GetAccountAccess -> AccountAccess: whether an account is suspended (ingress, for the console's owner)."""
 KEYS_CHANGED = "keys.changed"
 """Broadcast (no reply) once a key was created, rotated or revoked, or its account (un)suspended."""
 

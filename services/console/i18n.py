@@ -53,7 +53,6 @@ ZH: dict[str, str] = {
     "Billing mode": "计费方式",
     "Newer": "较新",
     "Older": "较早",
-    "Page": "第",
     "No calls yet.": "还没有调用。",
     "Cost by model (30 days)": "按模型的费用（30 天）",
     "Calls": "调用次数",
@@ -155,6 +154,8 @@ ZH: dict[str, str] = {
     "Continue to payment": "前往付款",
     "Payment received.": "已收到付款。",
     "Checkout cancelled.": "已取消付款。",
+    "This account is suspended: you can see it, but not change anything. Contact support.": "此账户已被暂停：您可以查看，但不能做任何更改。请联系客服。",
+    "this account is suspended; contact support": "此账户已被暂停，请联系客服。",
 }
 
 

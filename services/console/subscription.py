@@ -13,7 +13,8 @@ from services.console.site import Site
 
 PAGE_SIZE = 20
 UNCONFIRMED = "Confirm your email first: open the link we sent you."
-MAX_EVENTS = 1000
+RECENT_CALLS = 1000
+"""The chart and what Extra Usage spent are drawn from the latest calls."""
 
 
 class SubscriptionPages:
@@ -48,12 +49,12 @@ class SubscriptionPages:
 
     async def _subscription(self, request: web.Request, account_id: str, status: int = 200,
                             **extra: Any) -> web.Response:  # fmt: skip
-        page = _page(request)
         filters = {name: request.query[name] for name in ("key", "model", "chart") if request.query.get(name)}
         try:
-            usage, events, keys, history, refunds, plans, costs = await asyncio.gather(
+            usage, calls, recent, keys, history, refunds, plans, costs = await asyncio.gather(
                 self.api.get(account_id, "/v1/account/usage"),
-                self.api.get(account_id, "/v1/account/usage/events", limit=MAX_EVENTS),
+                self.api.get(account_id, "/v1/account/usage/events", **_calls_query(request, filters)),
+                self.api.get(account_id, "/v1/account/usage/events", limit=RECENT_CALLS),
                 self.api.get(account_id, "/v1/keys"),
                 self.api.get(account_id, "/v1/billing/history", limit=50),
                 self.api.get(account_id, "/v1/refunds"),
@@ -61,8 +62,9 @@ class SubscriptionPages:
                 self.api.get(account_id, "/v1/account/costs", group_by="model"),
             )
         except AccountApiError as exc:
-            return self.site.render(request, "error.html", exc.status if exc.status >= 500 else 502,
-                                title="Not available", message=exc.message)  # fmt: skip
+            # A 400 is the owner's own query (a cursor or filter edited in the address bar).
+            return self.site.render(request, "error.html", exc.status if exc.status in (400, 503) else 502,
+                                    title="Not available", message=exc.message)  # fmt: skip
         preview, preview_error = None, None
         if request.query.get("refund") == "preview":
             try:
@@ -70,7 +72,7 @@ class SubscriptionPages:
             except AccountApiError as exc:
                 preview_error = views.refusal(exc.reason or exc.code, exc.message)
         context = views.subscription(
-            account_id, usage, events["data"], keys["data"], history["data"], refunds["data"], plans, page, PAGE_SIZE,
+            account_id, usage, calls, recent["data"], keys["data"], history["data"], refunds["data"], plans,
             self.clock.now(), filters, costs["data"],
         )  # fmt: skip
         notice = {"paid": "Payment received.", "cancelled": "Checkout cancelled."}.get(
@@ -150,9 +152,13 @@ class SubscriptionPages:
         return await self._acting(request, refund)
 
 
-def _page(request: web.Request) -> int:
-    try:
-        page = int(request.query.get("page", "1"))
-    except ValueError:
-        return 1
-    return max(1, min(page, MAX_EVENTS // PAGE_SIZE))
+def _calls_query(request: web.Request, filters: dict[str, str]) -> dict[str, str | int]:
+    """One page of the per-call detail: the account API pages by cursor and filters server-side."""
+    query: dict[str, str | int] = {"limit": PAGE_SIZE}
+    for ours, theirs in (("key", "key_id"), ("model", "model")):
+        if ours in filters:
+            query[theirs] = filters[ours]
+    for cursor in ("before", "after"):
+        if cursor in request.query:
+            query[cursor] = request.query[cursor]
+    return query

@@ -117,26 +117,28 @@ def _window(usage: dict[str, Any], field: str, title: str) -> dict[str, Any]:
             "remaining": window["remaining_flows"], "percent": percent, "resets_at": window["resets_at"]}  # fmt: skip
 
 
+def _paged(filters: dict[str, str], direction: str, cursor: str | None) -> str | None:
+    """The query of the next page that way, with the same filters; None when there is none."""
+    return urlencode({**filters, direction: cursor}) if cursor else None
+
+
 def subscription(
     account_id: str,
     usage: dict[str, Any],
+    calls: dict[str, Any],
     events: list[dict[str, Any]],
     keys: list[dict[str, Any]],
     history: list[dict[str, Any]],
     refunds: list[dict[str, Any]],
     plans: dict[str, Any],
-    page: int,
-    page_size: int,
     now: datetime,
     filters: dict[str, str],
     costs: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The page's context. `filters` (key id, model) narrow the per-call detail; the chart counts every call."""
+    """The page's context. `calls` is one page of the per-call detail as the account API gave it
+    (filtered by key and model, with its cursors); `events`, the latest calls, feed the chart, which
+    counts every call."""
     names = {k["id"]: k["name"] for k in keys}
-    listed = [
-        e for e in events
-        if e["key_id"] == filters.get("key", e["key_id"]) and e["model"] == filters.get("model", e["model"])
-    ]  # fmt: skip
     active = [k for k in keys if k["revoked_at"] is None]
     plan_list = plans["plans"]
     current = next((p for p in plan_list if p["id"] == usage["plan"]), None)
@@ -149,7 +151,6 @@ def subscription(
     ]
     extra = usage["extra_usage"]
     payg_key = next((k for k in keys if k["id"] == extra["payg_key_id"]), None)
-    start = (page - 1) * page_size
     # Extra Usage is a subscription key's call billed to the balance; a PAYG key's own calls are not overflow.
     payg_key_ids = {k["id"] for k in keys if k["kind"] == "payg"}
     spent = sum(
@@ -161,20 +162,24 @@ def subscription(
         key=lambda h: h["occurred_at"],
         default=None,
     )  # a downgrade waits for the end of the month paid for: billing dates it then
+    # The filter offers the models of the latest calls and of the last 30 days' costs, and the one chosen.
+    models = {e["model"] for e in events} | {c["model"] for c in costs} | {filters.get("model") or ""}
+    models.discard("")
     latest_refund = max(refunds, key=lambda r: r["requested_at"] or "", default=None)
     return {
         "account_id": account_id,
+        "suspended": bool(usage.get("account_suspended")),
         "plan": current or {"id": usage["plan"], "name": usage["plan"].title()},
         "paid_until": usage["monthly"]["resets_at"] if usage["plan"] != "free" else None,
         "scheduled": scheduled,
         "other_plans": others,
         "windows": [_window(usage, field, title) for field, title in WINDOWS],
-        "events": [{**e, "key_name": names.get(e["key_id"] or "", "—")} for e in listed[start : start + page_size]],
-        "page": page,
-        "older": len(listed) > start + page_size,
+        "events": [{**e, "key_name": names.get(e["key_id"] or "", "—")} for e in calls["data"]],
+        "older": _paged(filters, "before", calls["next_cursor"]),
+        "newer": _paged(filters, "after", calls["prev_cursor"]),
         "filters": filters,
         "query": urlencode(filters),
-        "models": sorted({e["model"] for e in events}),
+        "models": sorted(models),
         "all_keys": keys,
         "chart": chart(events, now, "day" if filters.get("chart") == "day" else "hour"),
         "costs": costs,

@@ -5,7 +5,8 @@ A request carries one credential; it grants scopes. Reading the account's views 
 needs `manage`, which only a management key (`sk-mg-v1-`) has: model keys are pasted into
 tools and CI and leak, so a leaked one reads but never changes anything. The owner signed in
 to the console is another credential granting both (the console calls with a short-lived pass
-for its session, libs/ownerpass.py), checked here the same way.
+for its session, libs/ownerpass.py), checked here the same way, suspension included (see
+authorize).
 
 Changes are also rate-limited per account (a token bucket per account, in this process), so
 that one account cannot flood the log or keep the keys service busy for everyone else.
@@ -47,14 +48,19 @@ def of_key(key: KeyView) -> Principal:
     return Principal(key.account_id, "management_key", frozenset({"read", "manage"}), key.account_suspended)
 
 
-def of_console(account_id: str) -> Principal:
+def of_console(account_id: str, suspended: bool) -> Principal:
     """The owner, through a console session: the owner's scope, like a management key."""
-    return Principal(account_id, "console_session", frozenset({"read", "manage"}))
+    return Principal(account_id, "console_session", frozenset({"read", "manage"}), suspended)
 
 
 def authorize(principal: Principal, method: str) -> None:
-    """Raise the 403 the request gets, if any: a suspended account, or a credential without the scope."""
-    if principal.suspended:
+    """Raise the 403 the request gets, if any: a suspended account, or a credential without the scope.
+
+    A suspended account's keys may do nothing, not even read: keys leak, and a suspension is how a
+    leaked or abused key is stopped. Its owner, signed in to the console with a password, may still
+    read (usage, billing history, a refund's status: what they need to understand the suspension and
+    contest it), but changes nothing: no key, no checkout, no refund, no Extra Usage."""
+    if principal.suspended and (principal.credential != "console_session" or needed_scope(method) == "manage"):
         raise ApiError(403, "account_suspended", "this account is suspended; contact support", "Authorization")
     scope = needed_scope(method)
     if scope not in principal.scopes:

@@ -20,7 +20,7 @@ from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog
 from libs.pricing.money import micros_to_str
 from libs.settings import Settings
-from libs.web import EARLIEST, LATEST, ApiError, decode_body, json_response
+from libs.web import CONTROL, EARLIEST, LATEST, ApiError, decode_body, json_response
 from proto.v1 import (
     AccountAccess,
     BillingCommandFailed,
@@ -56,12 +56,14 @@ from proto.v1 import (
     TopUpAccepted,
     UsageEventsReply,
     UsageEventsRequest,
+    UsagePosition,
     encode,
     subjects,
 )
 from proto.v1.events import Event
-from services.ingress import access, admin, checkout, metrics, views
+from services.ingress import access, admin, checkout, cursors, metrics, views
 from services.ingress.directory import Directory
+from services.ingress.suspensions import Suspensions
 from services.ingress.usage import claim, client_of, decode_batch, ingest_clients, price_batch
 
 _status = msgspec.json.Decoder(QuotaStatus)
@@ -106,6 +108,7 @@ class IngressApi:
         pool: asyncpg.Pool,
         nc: Client,
         keys: KeyCache,
+        suspensions: Suspensions,
         clock: Clock,
     ) -> None:
         self.settings = settings
@@ -115,6 +118,7 @@ class IngressApi:
         self.pool = pool
         self.nc = nc
         self.keys = keys
+        self.suspensions = suspensions
         self.clock = clock
         self.changes = access.ChangeLimiter(settings.account_changes_per_minute)
         self.checkouts: checkout.CheckoutProvider = checkout.LocalCheckoutProvider(
@@ -169,13 +173,16 @@ class IngressApi:
             raise ApiError(401, "unauthorized", "wrong token", "Authorization")
 
     async def _account_of(self, request: web.Request) -> str:
-        """The account an account-API request acts for, once its credential may do what the request's
-        method asks (access.authorize) and, for a change, the account has a change left this minute."""
+        return (await self._authorized(request)).account_id
+
+    async def _authorized(self, request: web.Request) -> access.Principal:
+        """Who an account-API request acts for, once its credential may do what the request's method
+        asks (access.authorize) and, for a change, the account has a change left this minute."""
         principal = await self._principal(request)
         access.authorize(principal, request.method)
         if access.needed_scope(request.method) == "manage":
             self.changes.take(principal.account_id, self.clock.now())
-        return principal.account_id
+        return principal
 
     async def _principal(self, request: web.Request) -> access.Principal:
         """Who the request's credential is: an API key, or the console acting for a signed-in owner."""
@@ -184,7 +191,7 @@ class IngressApi:
             account_id = ownerpass.verify(self.settings.console_secret, token, self.clock.now())
             if account_id is None:
                 raise ApiError(401, "invalid_console_pass", "the console's pass is forged or expired", "Authorization")
-            return access.of_console(account_id)
+            return access.of_console(account_id, await self.suspensions.suspended(account_id))
         try:
             key = await self.keys.authenticate(self._bearer(request), request.remote)
         except KeysUnavailable as exc:
@@ -269,19 +276,28 @@ class IngressApi:
         return reply.data
 
     async def get_account_usage(self, request: web.Request) -> web.Response:
-        account_id = await self._account_of(request)
-        status = await self._status(account_id)
+        principal = await self._authorized(request)
+        status = await self._status(principal.account_id)
         body = views.account_usage(status)
         body["extra_usage"] = views.extra_usage(status)
+        # Only the console's owner reads a suspended account (its keys are refused): the page says so.
+        body["account_suspended"] = principal.suspended
         return json_response(body)
 
     async def get_account_usage_events(self, request: web.Request) -> web.Response:
+        """The account's calls, newest first, a page at a time: `before` (older, from next_cursor) or
+        `after` (newer, from prev_cursor), optionally of one key (`key_id`) and one model (`model`)."""
         account_id = await self._account_of(request)
         limit = _int_query(request, "limit", 50, 1, 1000)
-        reply = _events.decode(
-            await self._ask(subjects.QUOTA_EVENTS, UsageEventsRequest(account_id=account_id, limit=limit))
-        )
-        return json_response({"object": "list", "data": [views.usage_event(e) for e in reply.events]})
+        before, after = (_cursor_query(request, name) for name in ("before", "after"))
+        if before is not None and after is not None:
+            raise ApiError(400, "invalid_request", "after: give before or after, not both", "after")
+        asked = UsageEventsRequest(
+            account_id=account_id, limit=limit, before=before, after=after,
+            key_id=_filter_query(request, "key_id", 128), model=_filter_query(request, "model", 200),
+        )  # fmt: skip
+        reply = _events.decode(await self._ask(subjects.QUOTA_EVENTS, asked))
+        return json_response(views.usage_events(reply, paged_back=before is not None, paged_forward=after is not None))
 
     # -- admin ------------------------------------------------------------------------
 
@@ -351,6 +367,7 @@ class IngressApi:
         reason = decode_body(body, admin.Suspension).reason if body.strip() else ""
         reply = await self._key_command(SuspendAccount(account_id=account_id, suspended=suspended, reason=reason))
         assert isinstance(reply, AccountAccess)
+        self.suspensions.learn(reply)
         return json_response(
             {"account_id": account_id, "suspended": reply.suspended, "changed": reply.changed,
              "since": views.timestamp(reply.since)}
@@ -635,6 +652,22 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise ApiError(400, "invalid_request", f"{name}: must be between {low} and {high}", name)
     return value
+
+
+def _cursor_query(request: web.Request, name: str) -> UsagePosition | None:
+    raw = request.query.get(name)
+    return None if raw is None else cursors.decode(raw, name)
+
+
+def _filter_query(request: web.Request, name: str, max_length: int) -> str | None:
+    """An exact-match filter; empty means none (an HTML form's "all")."""
+    raw = request.query.get(name, "")
+    if not raw:
+        return None
+    if len(raw) > max_length or CONTROL.search(raw):
+        raise ApiError(400, "invalid_request", f"{name}: at most {max_length} characters, none of them control "
+                       "characters", name)  # fmt: skip
+    return raw
 
 
 def _time_query(request: web.Request, name: str, default: datetime) -> datetime:

@@ -15,6 +15,7 @@ from libs.web import api_errors, refuse_control_characters
 from services.ingress.api import IngressApi
 from services.ingress.directory import Directory
 from services.ingress.projection import IngressProjection
+from services.ingress.suspensions import Suspensions
 from services.ingress.usage import ingest_clients
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -40,11 +41,14 @@ class IngressService:
         runtime.spawn(self._sweep_dedupe(), "ingress-dedupe-sweep")
         keys = KeyCache.from_settings(runtime.nc, settings)
         await keys.start()
+        suspensions = Suspensions(runtime.nc)
+        await suspensions.start()
         app = web.Application(
             middlewares=[api_errors, refuse_control_characters], client_max_size=settings.max_body_bytes
         )
+        publisher = await runtime.publisher()
         api = IngressApi(
-            settings, catalog, self.directory, await runtime.publisher(), runtime.db, runtime.nc, keys, self.clock
+            settings, catalog, self.directory, publisher, runtime.db, runtime.nc, keys, suspensions, self.clock
         )
         api.routes(app)
         await runtime.serve(settings.ingress_port, app)

@@ -13,9 +13,11 @@ from proto.v1 import (
     QuotaStatus,
     RefundQuote,
     RefundView,
+    UsageEventsReply,
     UsageRecorded,
     WindowStatus,
 )
+from services.ingress import cursors
 from services.ingress.usage import client_event_id
 
 
@@ -91,6 +93,21 @@ def usage_event(e: UsageRecorded) -> dict[str, Any]:
         "billing_mode": e.billing_mode,
         "key_id": e.key_id,
         "occurred_at": timestamp(e.occurred_at),
+    }
+
+
+def usage_events(reply: UsageEventsReply, *, paged_back: bool, paged_forward: bool) -> dict[str, Any]:
+    """A page of calls with the cursors to the next older page and the next newer one (null where
+    there is none: `more` says so in the direction asked; the other way, the cursor the request
+    came with is a call, so there is one)."""
+    calls = reply.events
+    older = reply.more if not paged_forward else bool(calls)
+    newer = reply.more if paged_forward else paged_back and bool(calls)
+    return {
+        "object": "list",
+        "data": [usage_event(e) for e in calls],
+        "next_cursor": cursors.of_call(calls[-1]) if older and calls else None,
+        "prev_cursor": cursors.of_call(calls[0]) if newer and calls else None,
     }
 
 

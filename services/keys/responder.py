@@ -13,6 +13,7 @@ from libs.eventlog.publisher import EventPublisher
 from proto.v1 import (
     AccountAccess,
     CreateKey,
+    GetAccountAccess,
     KeyCommandFailed,
     KeyFound,
     KeyIssued,
@@ -41,6 +42,7 @@ class KeysResponder:
         self._nc = nc
         self._clock = clock
         self._lookup = msgspec.json.Decoder(LookupKey)
+        self._access = msgspec.json.Decoder(GetAccountAccess)
         self._commands = msgspec.json.Decoder(Command)
         self._lock = asyncio.Lock()
 
@@ -48,11 +50,18 @@ class KeysResponder:
         return {subjects.KEY_LOOKUP: self.on_lookup, subjects.KEYS_CREATE: self.on_command,
                 subjects.KEYS_LIST: self.on_command, subjects.KEYS_ROTATE: self.on_command,
                 subjects.KEYS_REVOKE: self.on_command, subjects.KEYS_REVOKE_ANY: self.on_command,
-                subjects.KEYS_SUSPEND: self.on_command}  # fmt: skip
+                subjects.KEYS_SUSPEND: self.on_command, subjects.KEYS_ACCESS: self.on_access}  # fmt: skip
 
     async def on_lookup(self, msg: Msg) -> None:
         key = self._registry.lookup(self._lookup.decode(msg.data).key_hash)
         await msg.respond(encode(KeyFound(key=key)))
+
+    async def on_access(self, msg: Msg) -> None:
+        access = self._registry.access_of(self._access.decode(msg.data).account_id)
+        await msg.respond(
+            encode(AccountAccess(account_id=access.account_id, suspended=access.suspended, changed=False,
+                                 since=access.since))
+        )  # fmt: skip
 
     async def on_command(self, msg: Msg) -> None:
         try:
@@ -98,7 +107,8 @@ class KeysResponder:
             access = self._registry.apply_access(event)
             # Every cache drops the account's keys now, so the next call meets the new state.
             hashes = [k.key_hash for k in self._registry.of_account(command.account_id) if k.revoked_at is None]
-            await self._nc.publish(subjects.KEYS_CHANGED, encode(KeysChanged(key_hashes=hashes)))
+            changed = KeysChanged(key_hashes=hashes, account_ids=[command.account_id])
+            await self._nc.publish(subjects.KEYS_CHANGED, encode(changed))
         return AccountAccess(
             account_id=command.account_id, suspended=access.suspended, changed=event is not None, since=access.since
         )

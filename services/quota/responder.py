@@ -161,14 +161,32 @@ class QuotaResponder:
         )
 
     async def on_events(self, msg: Msg) -> None:
-        request = self._events.decode(msg.data)
+        await msg.respond(encode(await self.events(self._events.decode(msg.data))))
+
+    async def events(self, request: UsageEventsRequest) -> UsageEventsReply:
+        """A page of the account's calls by keyset on (occurred_at, event_id), which the index
+        usage_account_time_event orders: no OFFSET, so every page costs the same, however deep.
+        One row more than asked says whether there are more."""
+        limit = min(max(request.limit, 1), 1000)
+        newer = request.after is not None
+        bound = request.after or request.before
+        conditions, args = ["account_id = $1"], list[object]([request.account_id])
+        if bound is not None:
+            args += [bound.occurred_at, bound.event_id]
+            conditions.append(f"(occurred_at, event_id) {'>' if newer else '<'} (${len(args) - 1}, ${len(args)})")
+        for column in ("key_id", "model"):
+            if (value := getattr(request, column)) is not None:
+                args.append(value)
+                conditions.append(f"{column} = ${len(args)}")
+        order = "ASC" if newer else "DESC"
         rows = await self._pool.fetch(
             f"""SELECT event_id, account_id, occurred_at, model, input_tokens, output_tokens, cached_tokens,
                        images, billing_mode, key_id, usd_cost_micros, flows_micros, usd_per_flow, multiplier
-                FROM {self._schema}.usage WHERE account_id = $1
-                ORDER BY occurred_at DESC, event_id DESC LIMIT $2""",
-            request.account_id,
-            min(max(request.limit, 1), 1000),
+                FROM {self._schema}.usage WHERE {" AND ".join(conditions)}
+                ORDER BY occurred_at {order}, event_id {order} LIMIT {limit + 1}""",
+            *args,
         )
-        events = [UsageRecorded(**dict(row)) for row in rows]
-        await msg.respond(encode(UsageEventsReply(events=events)))
+        events = [UsageRecorded(**dict(row)) for row in rows[:limit]]
+        if newer:
+            events.reverse()
+        return UsageEventsReply(events=events, more=len(rows) > limit)

@@ -253,12 +253,16 @@ async def test_usage_is_paged_filtered_by_key_and_model_and_costed_by_model(cons
         assert status == 202, body
 
         async def all_listed() -> bool:
-            _, page = await browser.get("/subscription?page=2")
-            return page.count("<tr><td><time") == 5
+            _, body = await console.http("GET", "/v1/account/usage/events?limit=100", token=account["key"])
+            return len(body["data"]) == 25
 
         await eventually(all_listed, within=30, interval=0.5)
         _, first = await browser.get("/subscription")
         assert first.count("<tr><td><time") == 20 and ">Older<" in first and ">Newer<" not in first
+        older = re.search(r'<a href="/subscription\?([^"#]+)#usage" rel="next">', first)
+        assert older is not None
+        _, second_page = await browser.get("/subscription?" + older.group(1).replace("&amp;", "&"))
+        assert second_page.count("<tr><td><time") == 5 and ">Older<" not in second_page and ">Newer<" in second_page
         _, by_model = await browser.get("/subscription?model=qwen/qwen3-14b")
         assert by_model.count("<tr><td><time") == 3 and ">Older<" not in by_model
         _, by_key = await browser.get(f"/subscription?key={second['id']}")

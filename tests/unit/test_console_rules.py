@@ -118,5 +118,21 @@ def test_extra_usage_spend_counts_only_subscription_keys_calls_billed_to_the_bal
         {**call, "key_id": "k_ss", "billing_mode": "subscription", "usd_cost": "9.00"},
     ]
     plans = {"plans": [], "usd_per_flow": "0.025"}
-    context = views.subscription("acc_1", usage, events, keys, [], [], plans, 1, 20, NOW, {}, [])
+    calls = {"data": events[:1], "next_cursor": None, "prev_cursor": None}
+    context = views.subscription("acc_1", usage, calls, events, keys, [], [], plans, NOW, {}, [])
     assert context["extra"]["spent_usd"] == "0.25" and context["extra"]["key"]["id"] == "k_pg"
+
+
+def test_the_pager_links_carry_the_api_cursors_with_the_filters() -> None:
+    window = {"used_flows": 1, "limit_flows": 5, "remaining_flows": 4, "resets_at": None}
+    usage = {"plan": "free", "window_5h": window, "weekly": window, "monthly": window,
+             "extra_usage": {"enabled": False, "payg_key_id": None, "balance_usd": "0"}}  # fmt: skip
+    plans = {"plans": [], "usd_per_flow": "0.025"}
+    filters = {"key": "k_1", "model": "qwen/qwen3-14b"}
+    first = {"data": [], "next_cursor": "b1", "prev_cursor": None}
+    context = views.subscription("acc_1", usage, first, [], [], [], [], plans, NOW, filters, [])
+    assert context["older"] == "key=k_1&model=qwen%2Fqwen3-14b&before=b1" and context["newer"] is None
+    assert context["models"] == ["qwen/qwen3-14b"]
+    last = {"data": [], "next_cursor": None, "prev_cursor": "a1"}
+    context = views.subscription("acc_1", usage, last, [], [], [], [], plans, NOW, {}, [])
+    assert context["older"] is None and context["newer"] == "after=a1"
