@@ -92,6 +92,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     billing_barrier_wait_s: float = 5.0
     """How long a payment or top-up waits for billing's projection to apply the account's events
     stored so far before billing refuses it (retry) rather than decide from an older plan."""
+    insider_sweep_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    """How often billing looks for insiders whose paid subscription lapsed to Free with no payment
+    since (a payment looks at once); the lapse is dated when it happened, whenever it is seen."""
     upstreams: str = ""
     """JSON: vendor (or "default") -> {"url": base URL, "key": API key}. Default: the local simulator."""
     upstream_timeout_s: float = 600.0

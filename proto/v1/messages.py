@@ -87,6 +87,10 @@ class QuotaStatus(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The PAYG balance: the ledger's sum (top-ups less PAYG usage), micro-USD."""
     payg_reserved_micros: int = 0
     """Estimates of PAYG calls admitted and still running."""
+    insider: bool = False
+    """Marked an insider by the operator, and not ended by a lapse to Free."""
+    multiplier: str = "1"
+    """The multiplier that prices the account's calls now (fraction text): libs.pricing.multipliers."""
 
 
 class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -33,10 +33,11 @@ class BillingService:
         self.commands = BillingCommands(
             runtime.db, projection.schema, runtime.nc.jetstream(), await runtime.publisher(),
             {plan.id: to_micros(plan.price_usd) for plan in catalog.plans.values()}, self.clock,
-            stream=settings.stream, barrier_wait_s=settings.billing_barrier_wait_s,
+            stream=settings.stream, barrier_wait_s=settings.billing_barrier_wait_s, sweep_s=settings.insider_sweep_s,
         )  # fmt: skip
         await runtime.answer(subjects.BILLING_RECORD_PAYMENT, self.commands.on_command)
         await runtime.answer(subjects.BILLING_TOP_UP, self.commands.on_command)
+        runtime.spawn(self.commands.sweep_insiders(), "billing-insider-sweep")
         await runtime.serve(settings.billing_port)
 
     async def stop(self) -> None:

@@ -1,5 +1,6 @@
 """billing's projection: money events into the history, plan changes into the subscriptions that
-payments are decided from, usage into per-day, per-model costs."""
+payments are decided from, usage into per-day, per-model costs, and each account's insider mark
+(billing decides when a lapse to Free ends it)."""
 
 from collections import defaultdict
 from collections.abc import Sequence
@@ -11,6 +12,8 @@ from libs.eventlog.runner import AfterCommit, Applied
 from proto.v1 import (
     AccountCreated,
     BalanceToppedUp,
+    InsiderStatusEnded,
+    InsiderStatusSet,
     PaymentRecorded,
     PlanChangeCancelled,
     PlanChanged,
@@ -30,10 +33,12 @@ class BillingProjection:
         "BalanceToppedUp",
         "RefundSucceeded",
         "UsageRecorded",
+        "InsiderStatusSet",
+        "InsiderStatusEnded",
     )
     category: str | None = None
     tables: tuple[str, ...] = (
-        "checkpoints", "accounts", "history", "subscriptions", "usage_seen", "costs", "ledger",
+        "checkpoints", "accounts", "history", "subscriptions", "usage_seen", "costs", "ledger", "insiders",
     )  # fmt: skip
 
     def __init__(self, schema: str = "billing", *, metered: bool = True) -> None:
@@ -76,6 +81,8 @@ class BillingProjection:
                                 event.amount_micros, None, None, event.refund_id))  # fmt: skip
             elif isinstance(event, UsageRecorded):
                 usage.append(event)
+            elif isinstance(event, InsiderStatusSet | InsiderStatusEnded):
+                await self._insider(conn, event)
         if accounts:  # when each account began: no plan is in force before it
             await conn.executemany(
                 f"INSERT INTO {self.schema}.accounts (account_id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -125,6 +132,23 @@ class BillingProjection:
                 metrics.payg_spend_usd.add(usd_micros / 1_000_000, {"model": model})
 
         return after_commit
+
+    async def _insider(self, conn: asyncpg.Connection, event: InsiderStatusSet | InsiderStatusEnded) -> None:
+        """The account's latest mark, and its end. Applied in the account's log order, so the row
+        is the last mark whatever the batches."""
+        if isinstance(event, InsiderStatusSet):
+            await conn.execute(
+                f"""INSERT INTO {self.schema}.insiders (account_id, status_id, marked_at, insider, ended_at)
+                    VALUES ($1, $2, $3, $4, NULL)
+                    ON CONFLICT (account_id) DO UPDATE SET status_id = EXCLUDED.status_id,
+                        marked_at = EXCLUDED.marked_at, insider = EXCLUDED.insider, ended_at = NULL""",
+                event.account_id, event.event_id, event.occurred_at, event.insider,
+            )  # fmt: skip
+        else:
+            await conn.execute(
+                f"UPDATE {self.schema}.insiders SET ended_at = $3 WHERE account_id = $1 AND status_id = $2",
+                event.account_id, event.insider_status_id, event.occurred_at,
+            )  # fmt: skip
 
     async def _costs(
         self, conn: asyncpg.Connection, usage: list[UsageRecorded], spend: dict[str, int]

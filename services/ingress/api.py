@@ -136,6 +136,7 @@ class IngressApi:
         r.add_post("/admin/v1/accounts", self.create_account)
         r.add_post("/admin/v1/accounts/{account_id}/payments", self.record_payment)
         r.add_put("/admin/v1/accounts/{account_id}/multiplier", self.set_multiplier)
+        r.add_put("/admin/v1/accounts/{account_id}/insider", self.set_insider)
         r.add_post("/admin/v1/flow-rate", self.set_flow_rate)
         r.add_post("/admin/v1/accounts/{account_id}/balance", self.top_up)
         r.add_put("/v1/account/extra-usage", self.set_extra_usage)
@@ -501,6 +502,15 @@ class IngressApi:
                 "multiplier": event.multiplier,
                 "effective_at": views.timestamp(event.occurred_at),
             }
+        )
+
+    async def set_insider(self, request: web.Request) -> web.Response:
+        self._require_token(request, self.settings.admin_token)
+        account_id = self._account_exists(request)
+        event = admin.set_insider(account_id, decode_body(await request.read(), admin.SetInsider), self.clock.now())
+        await self._publish([event])
+        return json_response(
+            {"account_id": account_id, "insider": event.insider, "effective_at": views.timestamp(event.occurred_at)}
         )
 
     async def top_up(self, request: web.Request) -> web.Response:

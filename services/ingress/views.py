@@ -75,6 +75,8 @@ def account_usage(status: QuotaStatus) -> dict[str, Any]:
         "window_5h": _window(status.window_5h),
         "weekly": _window(status.weekly),
         "monthly": _window(status.monthly),
+        "insider": status.insider,
+        "multiplier": status.multiplier,
     }
 
 
@@ -89,6 +91,7 @@ def usage_event(e: UsageRecorded) -> dict[str, Any]:
         "flows": micros_to_number(e.flows_micros),
         "usd_cost": micros_to_str(e.usd_cost_micros),
         "billing_mode": e.billing_mode,
+        "multiplier": e.multiplier,
         "key_id": e.key_id,
         "occurred_at": timestamp(e.occurred_at),
     }
