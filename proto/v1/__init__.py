@@ -29,6 +29,10 @@ from proto.v1.events import (
     encode,
 )
 from proto.v1.messages import (
+    AbuseSignal,
+    AbuseSignals,
+    AbuseSignalsRequest,
+    AccountAbuse,
     AccountAccess,
     BillingCommandFailed,
     BillingEntry,
@@ -90,6 +94,10 @@ from proto.v1.messages import (
 )
 
 __all__ = [
+    "AbuseSignal",
+    "AbuseSignals",
+    "AbuseSignalsRequest",
+    "AccountAbuse",
     "AccountAccess",
     "AccountCreated",
     "AccountEvent",

@@ -175,6 +175,10 @@ class UsageRecorded(AccountEvent, frozen=True, kw_only=True):
     reservation_id: str | None = None
     """The quota reservation this call held, released when this event is applied."""
     source: Literal["ingress", "gateway"] = "ingress"
+    client_hash: str | None = None
+    """The gateway's keyed hash (HMAC) of the calling client's address; never the address itself."""
+    agent_hash: str | None = None
+    """The gateway's keyed hash of the call's User-Agent."""
 
 
 class RefundRequested(AccountEvent, frozen=True, kw_only=True):

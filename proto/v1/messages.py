@@ -235,6 +235,37 @@ class Costs(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     lines: list[CostLine]
 
 
+class AbuseSignalsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    min_score: int = 1
+    limit: int = 100
+
+
+class AbuseSignal(msgspec.Struct, frozen=True, kw_only=True):
+    """One signal of an account and the evidence behind it, for the operator to judge."""
+
+    kind: str
+    """shared_client_address, around_the_clock or keys_across_clients."""
+    score: int
+    summary: str
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+    """Calls (or days, for around_the_clock) behind the signal."""
+    accounts: list[str] = []
+    """The other accounts it links this one to."""
+    details: dict[str, str | list[str]] = {}
+
+
+class AccountAbuse(msgspec.Struct, frozen=True, kw_only=True):
+    account_id: str
+    score: int
+    signals: list[AbuseSignal]
+
+
+class AbuseSignals(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    accounts: list[AccountAbuse]
+
+
 class RecordPayment(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Record a successful payment (what a payment provider's webhook delivers): it pays one
     month of a plan and starts or changes the subscription. billing decides when it takes effect."""

@@ -1,6 +1,7 @@
 """billing's projection: money events into the history, plan changes into the subscriptions that
-payments are decided from, usage into per-day, per-model costs, and each account's insider mark
-(billing decides when a lapse to Free ends it)."""
+payments are decided from, usage into per-day, per-model costs and the abuse signals' evidence
+(services/billing/abuse.py), and each account's insider mark (billing decides when a lapse to Free
+ends it)."""
 
 from collections import defaultdict
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from proto.v1 import (
     RefundSucceeded,
     UsageRecorded,
 )
-from services.billing import metrics
+from services.billing import abuse, metrics
 
 
 class BillingProjection:
@@ -39,6 +40,7 @@ class BillingProjection:
     category: str | None = None
     tables: tuple[str, ...] = (
         "checkpoints", "accounts", "history", "subscriptions", "usage_seen", "costs", "ledger", "insiders",
+        "abuse_clients", "abuse_hours",
     )  # fmt: skip
 
     def __init__(self, schema: str = "billing", *, metered: bool = True) -> None:
@@ -113,7 +115,9 @@ class BillingProjection:
             await conn.execute(f"DELETE FROM {self.schema}.history WHERE event_id = ANY($1::text[])", withdrawn)
         spend: dict[str, int] = defaultdict(int)  # PAYG micro-USD by model
         if usage:
-            ledger += await self._costs(conn, usage, spend)
+            counted = await self._fresh(conn, usage)
+            ledger += await self._costs(conn, counted, spend)
+            await abuse.count(conn, self.schema, counted)
         if ledger:
             await conn.executemany(
                 f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)
@@ -150,11 +154,8 @@ class BillingProjection:
                 event.account_id, event.insider_status_id, event.occurred_at,
             )  # fmt: skip
 
-    async def _costs(
-        self, conn: asyncpg.Connection, usage: list[UsageRecorded], spend: dict[str, int]
-    ) -> list[tuple[str, str, int, str, object]]:
-        """Count each usage event once into the costs and the PAYG spend by model; return the PAYG
-        ones' ledger debits."""
+    async def _fresh(self, conn: asyncpg.Connection, usage: list[UsageRecorded]) -> list[UsageRecorded]:
+        """The usage events not counted before (each once, however often the log holds it)."""
         fresh = {
             row["event_id"]
             for row in await conn.fetch(
@@ -163,12 +164,21 @@ class BillingProjection:
                 [e.event_id for e in usage],
             )
         }
+        counted = []
+        for event in usage:
+            if event.event_id in fresh:
+                fresh.discard(event.event_id)
+                counted.append(event)
+        return counted
+
+    async def _costs(
+        self, conn: asyncpg.Connection, usage: list[UsageRecorded], spend: dict[str, int]
+    ) -> list[tuple[str, str, int, str, object]]:
+        """Count each (fresh) usage event into the costs and the PAYG spend by model; return the PAYG
+        ones' ledger debits."""
         totals: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
         debits: list[tuple[str, str, int, str, object]] = []
         for event in usage:
-            if event.event_id not in fresh:
-                continue
-            fresh.discard(event.event_id)
             if event.billing_mode == "payg":
                 debits.append(
                     (event.event_id, event.account_id, -event.usd_cost_micros, "payg_usage", event.occurred_at)

@@ -7,6 +7,7 @@ from typing import Any
 from libs.pricing.catalog import Catalog, model_json
 from libs.pricing.money import MICRO, micros_to_number, micros_to_str, micros_to_usd, round_half_up
 from proto.v1 import (
+    AccountAbuse,
     BillingEntry,
     CostLine,
     KeyView,
@@ -198,4 +199,24 @@ def refund_preview(q: RefundQuote) -> dict[str, Any]:
         "amount_usd": micros_to_usd(q.amount_micros),
         "pending_calls": q.pending_calls,
         "lines": [{"item": item, "usd": micros_to_usd(micros)} for item, micros in table],
+    }
+
+
+def account_abuse(a: AccountAbuse) -> dict[str, Any]:
+    return {
+        "account_id": a.account_id,
+        "score": a.score,
+        "signals": [
+            {
+                "kind": s.kind,
+                "score": s.score,
+                "summary": s.summary,
+                "first_seen": timestamp(s.first_seen),
+                "last_seen": timestamp(s.last_seen),
+                "count": s.count,
+                "accounts": s.accounts,
+                "evidence": s.details,
+            }
+            for s in a.signals
+        ],
     }
