@@ -10,6 +10,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+import aiohttp
 import pytest
 
 from libs.months import add_months
@@ -217,3 +218,36 @@ async def test_billing_ends_a_lapsed_insider_without_waiting_for_a_payment(stack
     assert_priced(await call(stack, account["key"], 1), Fraction(1))
     await asyncio.sleep(1.5)  # a few more sweeps: the end is recorded once
     assert len(await ended_events(stack, account["account_id"])) == 1
+
+
+async def test_a_flow_rate_change_shows_on_the_next_load_of_the_pricing_page(stack: Stack) -> None:
+    async def pricing() -> str:
+        async with aiohttp.ClientSession() as session, session.get(f"{stack.console_url}/pricing") as response:
+            assert response.status == 200
+            return await response.text()
+
+    async def set_rate(usd_per_flow: str) -> None:
+        status, body = await stack.http(
+            "POST", "/admin/v1/flow-rate", token=stack.settings.admin_token, json={"usd_per_flow": usd_per_flow}
+        )
+        assert status in (200, 201), body
+
+    page = await pricing()
+    assert "$54.55" in page and "2.73×" in page and "$327.27" in page
+    await set_rate("1/40")
+    try:
+
+        async def repriced() -> str:
+            page = await pricing()
+            return page if "$54.00" in page else ""
+
+        page = await eventually(repriced)
+        assert "2.70×" in page and "$324.00" in page and "3.24×" in page and "$54.55" not in page
+    finally:
+        await set_rate("10/396")  # back to the default for whatever runs next
+
+    async def restored() -> str:
+        page = await pricing()
+        return page if "$54.55" in page else ""
+
+    await eventually(restored)
