@@ -28,6 +28,7 @@ SECRETS = (
     "console_secret",
     "payment_webhook_secret",
     "client_hash_key",
+    "smtp_url",
     "database_url",
     "upstreams",
     "grafana_db_password",
@@ -147,6 +148,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Where browsers reach the local provider's checkout pages, when not at payment_provider_url."""
     mail_url: str = ""
     """Where the console sends mail (the local mail adapter, `POST /mailbox`); default the simulator's."""
+    smtp_url: str = ""
+    """An SMTP server to send the console's mail through instead (services/console/mail.py): smtp://user:password@host:port
+    (?starttls=true) or smtps://…; empty: the local mail adapter."""
+    mail_from: str = "flowplan <no-reply@localhost>"
+    """The sender of the console's mail through SMTP."""
     sign_ups_per_hour: int = 5
     """Sign-ups the console accepts from one client address per hour."""
 

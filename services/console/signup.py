@@ -12,7 +12,7 @@ from aiohttp import web
 
 from services.console import auth
 from services.console.accountapi import AccountApi, AccountApiError
-from services.console.mail import Mailer, MailFailed
+from services.console.mail import MailFailed, Sender
 from services.console.site import SESSION_COOKIE, Site
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -30,7 +30,7 @@ BAD_EMAIL = "Enter the email you will sign in with."
 
 
 class SignUpPages:
-    def __init__(self, site: Site, api: AccountApi, mailer: Mailer, base_url: str, per_hour: int) -> None:
+    def __init__(self, site: Site, api: AccountApi, mailer: Sender, base_url: str, per_hour: int) -> None:
         self.site = site
         self.owners = site.owners
         self.api = api
