@@ -12,11 +12,13 @@ DEV_ADMIN_TOKEN = "dev-admin-token"
 DEV_INGEST_TOKEN = "dev-ingest-token"
 DEV_CONSOLE_SECRET = "dev-console-secret"
 DEV_PAYMENT_WEBHOOK_SECRET = "dev-payment-webhook-secret"
+DEV_CLIENT_HASH_KEY = "dev-client-hash-key"
 TOKENS = {
     "admin_token": DEV_ADMIN_TOKEN,
     "ingest_token": DEV_INGEST_TOKEN,
     "console_secret": DEV_CONSOLE_SECRET,
     "payment_webhook_secret": DEV_PAYMENT_WEBHOOK_SECRET,
+    "client_hash_key": DEV_CLIENT_HASH_KEY,
 }
 """The bearer tokens and their development defaults, which are public (in this repository)."""
 SECRETS = (
@@ -25,6 +27,8 @@ SECRETS = (
     "ingest_tokens",
     "console_secret",
     "payment_webhook_secret",
+    "client_hash_key",
+    "smtp_url",
     "database_url",
     "upstreams",
     "grafana_db_password",
@@ -92,6 +96,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     billing_barrier_wait_s: float = 5.0
     """How long a payment or top-up waits for billing's projection to apply the account's events
     stored so far before billing refuses it (retry) rather than decide from an older plan."""
+    client_hash_key: str = DEV_CLIENT_HASH_KEY
+    """The HMAC key of the client address and user agent hashes the gateway records with each call
+    (abuse signals): the log never holds an address, and without the key a hash cannot be matched
+    to one."""
+    trusted_proxies: str = ""
+    """Comma-separated addresses or networks of the reverse proxies in front of the gateway: only a
+    call from one of them has its client address taken from X-Forwarded-For."""
+    insider_sweep_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    """How often billing looks for insiders whose paid subscription lapsed to Free with no payment
+    since (a payment looks at once); the lapse is dated when it happened, whenever it is seen."""
     upstreams: str = ""
     """JSON: vendor (or "default") -> {"url": base URL, "key": API key}. Default: the local simulator."""
     upstream_timeout_s: float = 600.0
@@ -134,6 +148,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Where browsers reach the local provider's checkout pages, when not at payment_provider_url."""
     mail_url: str = ""
     """Where the console sends mail (the local mail adapter, `POST /mailbox`); default the simulator's."""
+    smtp_url: str = ""
+    """An SMTP server to send the console's mail through instead (services/console/mail.py): smtp://user:password@host:port
+    (?starttls=true) or smtps://…; empty: the local mail adapter."""
+    mail_from: str = "flowplan <no-reply@localhost>"
+    """The sender of the console's mail through SMTP."""
     sign_ups_per_hour: int = 5
     """Sign-ups the console accepts from one client address per hour."""
 

@@ -84,15 +84,26 @@ class _PlansFile(msgspec.Struct):
     version: int
     default_usd_per_flow: str
     plans: list[Plan]
+    insider_multiplier: str = "1.25"
 
 
 class Catalog:
     """Models and plans, with the lookups pricing and admission need."""
 
-    def __init__(self, models: Iterable[Model], plans: Iterable[Plan], default_usd_per_flow: Fraction):
+    def __init__(
+        self,
+        models: Iterable[Model],
+        plans: Iterable[Plan],
+        default_usd_per_flow: Fraction,
+        insider_multiplier: Fraction = Fraction(5, 4),
+    ):
         self.models = {m.id: m for m in models}
         self.plans = {p.id: p for p in plans}
         self.default_usd_per_flow = default_usd_per_flow
+        if insider_multiplier <= 0:
+            raise ValueError(f"insider_multiplier must be greater than zero, not {insider_multiplier}")
+        self.insider_multiplier = insider_multiplier
+        """An insider's value per Flow over standard, while their paid subscription is unbroken."""
         for model in self.models.values():
             model.pico_prices  # noqa: B018  (validate every price once, at load)
 
@@ -110,7 +121,12 @@ class Catalog:
 def load_catalog(models_path: str | Path = "", plans_path: str | Path = "") -> Catalog:
     models_file = msgspec.json.decode(Path(models_path or DATA_DIR / "models.json").read_bytes(), type=_ModelsFile)
     plans_file = msgspec.json.decode(Path(plans_path or DATA_DIR / "plans.json").read_bytes(), type=_PlansFile)
-    return Catalog(models_file.models, plans_file.plans, parse_fraction(plans_file.default_usd_per_flow))
+    return Catalog(
+        models_file.models,
+        plans_file.plans,
+        parse_fraction(plans_file.default_usd_per_flow),
+        parse_fraction(plans_file.insider_multiplier),
+    )
 
 
 def model_json(catalog: Catalog, m: Model) -> dict[str, object]:

@@ -9,6 +9,8 @@ from proto.v1.events import (
     Event,
     ExtraUsageChanged,
     FlowRateChanged,
+    InsiderStatusEnded,
+    InsiderStatusSet,
     KeyCreated,
     KeyRevoked,
     KeyRotated,
@@ -27,6 +29,10 @@ from proto.v1.events import (
     encode,
 )
 from proto.v1.messages import (
+    AbuseSignal,
+    AbuseSignals,
+    AbuseSignalsRequest,
+    AccountAbuse,
     AccountAccess,
     BillingCommandFailed,
     BillingEntry,
@@ -90,6 +96,10 @@ from proto.v1.messages import (
 )
 
 __all__ = [
+    "AbuseSignal",
+    "AbuseSignals",
+    "AbuseSignalsRequest",
+    "AccountAbuse",
     "AccountAccess",
     "AccountCreated",
     "AccountEvent",
@@ -117,6 +127,8 @@ __all__ = [
     "Inflight",
     "InflightCall",
     "InflightRequest",
+    "InsiderStatusEnded",
+    "InsiderStatusSet",
     "IssueSignInLink",
     "KeyCommandFailed",
     "KeyCreated",

@@ -132,6 +132,24 @@ class MultiplierChanged(AccountEvent, frozen=True, kw_only=True):
     multiplier: str
 
 
+class InsiderStatusSet(AccountEvent, frozen=True, kw_only=True):
+    """The operator marked the account an insider (or took the mark off) from occurred_at on.
+    While marked, and unless an explicit multiplier wins, its calls are priced with the plans
+    file's insider_multiplier."""
+
+    insider: bool
+
+
+class InsiderStatusEnded(AccountEvent, frozen=True, kw_only=True):
+    """The insider's paid subscription lapsed to Free at occurred_at: insider status is over for
+    good (a later payment does not bring it back). Decided by billing, once per mark: its id is
+    derived from the InsiderStatusSet it ends."""
+
+    reason: Literal["lapsed_to_free"] = "lapsed_to_free"
+    insider_status_id: str
+    """The event_id of the InsiderStatusSet this ends."""
+
+
 class FlowRateChanged(Event, frozen=True, kw_only=True):
     """USD per Flow in force from occurred_at on, for every account."""
 
@@ -157,6 +175,10 @@ class UsageRecorded(AccountEvent, frozen=True, kw_only=True):
     reservation_id: str | None = None
     """The quota reservation this call held, released when this event is applied."""
     source: Literal["ingress", "gateway"] = "ingress"
+    client_hash: str | None = None
+    """The gateway's keyed hash (HMAC) of the calling client's address; never the address itself."""
+    agent_hash: str | None = None
+    """The gateway's keyed hash of the call's User-Agent."""
 
 
 class RefundRequested(AccountEvent, frozen=True, kw_only=True):
@@ -240,6 +262,8 @@ AnyEvent = (
     | PlanChanged
     | PlanChangeCancelled
     | MultiplierChanged
+    | InsiderStatusSet
+    | InsiderStatusEnded
     | FlowRateChanged
     | UsageRecorded
     | RefundRequested

@@ -87,6 +87,10 @@ class QuotaStatus(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The PAYG balance: the ledger's sum (top-ups less PAYG usage), micro-USD."""
     payg_reserved_micros: int = 0
     """Estimates of PAYG calls admitted and still running."""
+    insider: bool = False
+    """Marked an insider by the operator, and not ended by a lapse to Free."""
+    multiplier: str = "1"
+    """The multiplier that prices the account's calls now (fraction text): libs.pricing.multipliers."""
 
 
 class UsagePosition(msgspec.Struct, frozen=True, kw_only=True):
@@ -255,6 +259,37 @@ class CostLine(msgspec.Struct, frozen=True, kw_only=True):
 
 class Costs(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     lines: list[CostLine]
+
+
+class AbuseSignalsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    min_score: int = 1
+    limit: int = 100
+
+
+class AbuseSignal(msgspec.Struct, frozen=True, kw_only=True):
+    """One signal of an account and the evidence behind it, for the operator to judge."""
+
+    kind: str
+    """shared_client_address, around_the_clock or keys_across_clients."""
+    score: int
+    summary: str
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+    """Calls (or days, for around_the_clock) behind the signal."""
+    accounts: list[str] = []
+    """The other accounts it links this one to."""
+    details: dict[str, str | list[str]] = {}
+
+
+class AccountAbuse(msgspec.Struct, frozen=True, kw_only=True):
+    account_id: str
+    score: int
+    signals: list[AbuseSignal]
+
+
+class AbuseSignals(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    accounts: list[AccountAbuse]
 
 
 class RecordPayment(msgspec.Struct, frozen=True, kw_only=True, tag=True):

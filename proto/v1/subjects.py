@@ -26,6 +26,8 @@ BILLING_HISTORY = "billing.history"
 BILLING_COSTS = "billing.costs"
 BILLING_RECORD_PAYMENT = "billing.record_payment"
 BILLING_TOP_UP = "billing.top_up"
+BILLING_ABUSE_SIGNALS = "billing.abuse_signals"
+"""AbuseSignalsRequest -> AbuseSignals | BillingCommandFailed (admin API: the accounts' abuse signals)."""
 
 REFUND_PREVIEW = "refund.preview"
 REFUND_REQUEST = "refund.request"

@@ -11,6 +11,10 @@ The lock is in memory: billing runs as one process, as each projection's consume
 
 A payment_ref (or topup_ref) recorded before answers with what was recorded, once the
 barrier shows it: a webhook delivered twice is one payment, however late the second comes.
+
+billing also decides when an insider's paid subscription lapsed to Free (InsiderStatusEnded): at
+a payment (the one after a lapse records the lapse with it) and in a periodic sweep, under the
+same lock and barrier.
 """
 
 import asyncio
@@ -32,6 +36,7 @@ from libs.eventlog.subjects import ACCOUNT_TOKEN
 from proto.v1 import (
     BalanceToppedUp,
     BillingCommandFailed,
+    InsiderStatusEnded,
     PaymentAccepted,
     PaymentRecorded,
     PlanChanged,
@@ -69,10 +74,12 @@ class BillingCommands:
         *,
         stream: str,
         barrier_wait_s: float,
+        sweep_s: float = 30.0,
     ) -> None:
         self._pool, self._schema, self._js, self._publisher = pool, schema, js, publisher
         self._prices, self._clock = prices, clock
         self._stream, self._barrier_wait_s = stream, barrier_wait_s
+        self._sweep_s = sweep_s
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         """One lock per account with a command in progress or waiting; gone with the last of them."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -108,14 +115,59 @@ class BillingCommands:
     async def handle(self, command: Command) -> PaymentAccepted | TopUpAccepted:
         if not ACCOUNT_TOKEN.match(command.account_id):
             raise Refused(f"account_id: not an account id: {command.account_id!r}", "account_id")
-        lock = self._locks.get(command.account_id)
-        if lock is None:
-            lock = self._locks[command.account_id] = asyncio.Lock()
-        async with lock:
+        async with self._lock(command.account_id):
             await self._caught_up(command.account_id)
             if isinstance(command, RecordPayment):
                 return await self._record_payment(command)
             return await self._top_up(command)
+
+    def _lock(self, account_id: str) -> asyncio.Lock:
+        lock = self._locks.get(account_id)
+        if lock is None:
+            lock = self._locks[account_id] = asyncio.Lock()
+        return lock
+
+    async def sweep_insiders(self) -> None:
+        """Forever: end the insider marks whose paid subscription lapsed with no payment since."""
+        while True:
+            await self.end_lapsed_insiders()
+            await asyncio.sleep(self._sweep_s)
+
+    async def end_lapsed_insiders(self) -> int:
+        """Record InsiderStatusEnded for each mark in force whose subscription lapsed by now; how many."""
+        rows = await self._pool.fetch(
+            f"SELECT account_id FROM {self._schema}.insiders WHERE insider AND ended_at IS NULL"
+        )
+        ended = 0
+        for row in rows:
+            try:
+                async with self._lock(row["account_id"]):
+                    await self._caught_up(row["account_id"])
+                    if (event := await self._lapsed_insider(row["account_id"], [])) is not None:
+                        await self._publisher.publish([event])
+                        ended += 1
+            except RETRIED as exc:  # the next sweep tries again
+                log.warning("insider sweep of %s failed transiently: %r", row["account_id"], exc)
+        return ended
+
+    async def _lapsed_insider(self, account_id: str, decided: list[Subscription]) -> InsiderStatusEnded | None:
+        """The end of the account's insider mark in force, if its subscription (with the changes just
+        decided) lapsed to Free by now."""
+        async with self._pool.acquire() as conn:
+            mark = await conn.fetchrow(
+                f"""SELECT status_id, marked_at FROM {self._schema}.insiders
+                    WHERE account_id = $1 AND insider AND ended_at IS NULL""",
+                account_id,
+            )
+            if mark is None:
+                return None
+            rows = await conn.fetch(
+                f"""SELECT effective_at, plan, paid_until FROM {self._schema}.subscriptions
+                    WHERE account_id = $1 AND NOT withdrawn""",
+                account_id,
+            )
+        changes = [Subscription(**dict(row)) for row in rows] + decided
+        return domain.insider_ended(account_id, mark["status_id"], mark["marked_at"], changes, self._clock.now())
 
     async def _record_payment(self, command: RecordPayment) -> PaymentAccepted:
         async with self._pool.acquire() as conn:
@@ -147,7 +199,9 @@ class BillingCommands:
             )
         changes = [Subscription(**dict(row)) for row in rows]
         payment, change = domain.record_payment(command, changes, self._prices, self._clock.now(), created_at)
-        await self._publisher.publish([payment, change])
+        decided = Subscription(change.occurred_at, change.plan, change.paid_until)
+        ended = await self._lapsed_insider(command.account_id, [decided])
+        await self._publisher.publish([payment, change] + ([ended] if ended is not None else []))
         return _payment_accepted(payment, change)
 
     async def _top_up(self, command: TopUpBalance) -> TopUpAccepted:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from libs.months import add_months
 from libs.pricing.money import micros_to_usd
-from proto.v1 import BalanceToppedUp, PaymentRecorded, PlanChanged, RecordPayment, TopUpBalance
+from proto.v1 import BalanceToppedUp, InsiderStatusEnded, PaymentRecorded, PlanChanged, RecordPayment, TopUpBalance
 
 _NAMESPACE = uuid.UUID("6f0c6f7e-3b9e-4a53-9a43-0f9b0d6a1c55")
 """The namespace ingress used when it decided payments: a request retried across the move is the same event."""
@@ -42,6 +42,34 @@ def subscription_at(changes: Iterable[Subscription], when: datetime) -> Subscrip
     if current is None or (current.paid_until is not None and when >= current.paid_until):
         return None
     return current
+
+
+def first_lapse(changes: Iterable[Subscription], since: datetime, until: datetime) -> datetime | None:
+    """The first moment in [since, until] the account fell to Free: a paid month that ended
+    unrenewed, or a change to Free (a refund). None while the paid subscription is unbroken."""
+    changes = list(changes)
+    moments = {c.paid_until for c in changes if c.paid_until is not None}
+    moments |= {c.effective_at for c in changes if c.plan == "free"}
+    for moment in sorted(m for m in moments if since <= m <= until):
+        current = subscription_at(changes, moment)
+        if current is None or current.plan == "free":
+            return moment
+    return None
+
+
+def insider_ended(
+    account_id: str, status_id: str, marked_at: datetime, changes: Iterable[Subscription], now: datetime
+) -> InsiderStatusEnded | None:
+    """The end of an insider mark (InsiderStatusSet status_id, in force from marked_at) if the paid
+    subscription lapsed to Free since, dated at the lapse. Its id is derived from the mark: deciding
+    it again (a retry, a sweep and a payment at once) is the same event."""
+    lapsed_at = first_lapse(changes, marked_at, now)
+    if lapsed_at is None:
+        return None
+    return InsiderStatusEnded(
+        event_id=event_id("insider-ended", account_id, status_id), account_id=account_id, occurred_at=lapsed_at,
+        reason="lapsed_to_free", insider_status_id=status_id,
+    )  # fmt: skip
 
 
 def record_payment(

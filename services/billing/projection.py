@@ -1,5 +1,7 @@
 """billing's projection: money events into the history, plan changes into the subscriptions that
-payments are decided from, usage into per-day, per-model costs."""
+payments are decided from, usage into per-day, per-model costs and the abuse signals' evidence
+(services/billing/abuse.py), and each account's insider mark (billing decides when a lapse to Free
+ends it)."""
 
 from collections import defaultdict
 from collections.abc import Sequence
@@ -11,13 +13,15 @@ from libs.eventlog.runner import AfterCommit, Applied
 from proto.v1 import (
     AccountCreated,
     BalanceToppedUp,
+    InsiderStatusEnded,
+    InsiderStatusSet,
     PaymentRecorded,
     PlanChangeCancelled,
     PlanChanged,
     RefundSucceeded,
     UsageRecorded,
 )
-from services.billing import metrics
+from services.billing import abuse, metrics
 
 
 class BillingProjection:
@@ -30,10 +34,13 @@ class BillingProjection:
         "BalanceToppedUp",
         "RefundSucceeded",
         "UsageRecorded",
+        "InsiderStatusSet",
+        "InsiderStatusEnded",
     )
     category: str | None = None
     tables: tuple[str, ...] = (
-        "checkpoints", "accounts", "history", "subscriptions", "usage_seen", "costs", "ledger",
+        "checkpoints", "accounts", "history", "subscriptions", "usage_seen", "costs", "ledger", "insiders",
+        "abuse_clients", "abuse_hours",
     )  # fmt: skip
 
     def __init__(self, schema: str = "billing", *, metered: bool = True) -> None:
@@ -76,6 +83,8 @@ class BillingProjection:
                                 event.amount_micros, None, None, event.refund_id))  # fmt: skip
             elif isinstance(event, UsageRecorded):
                 usage.append(event)
+            elif isinstance(event, InsiderStatusSet | InsiderStatusEnded):
+                await self._insider(conn, event)
         if accounts:  # when each account began: no plan is in force before it
             await conn.executemany(
                 f"INSERT INTO {self.schema}.accounts (account_id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -106,7 +115,9 @@ class BillingProjection:
             await conn.execute(f"DELETE FROM {self.schema}.history WHERE event_id = ANY($1::text[])", withdrawn)
         spend: dict[str, int] = defaultdict(int)  # PAYG micro-USD by model
         if usage:
-            ledger += await self._costs(conn, usage, spend)
+            counted = await self._fresh(conn, usage)
+            ledger += await self._costs(conn, counted, spend)
+            await abuse.count(conn, self.schema, counted)
         if ledger:
             await conn.executemany(
                 f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)
@@ -126,11 +137,25 @@ class BillingProjection:
 
         return after_commit
 
-    async def _costs(
-        self, conn: asyncpg.Connection, usage: list[UsageRecorded], spend: dict[str, int]
-    ) -> list[tuple[str, str, int, str, object]]:
-        """Count each usage event once into the costs and the PAYG spend by model; return the PAYG
-        ones' ledger debits."""
+    async def _insider(self, conn: asyncpg.Connection, event: InsiderStatusSet | InsiderStatusEnded) -> None:
+        """The account's latest mark, and its end. Applied in the account's log order, so the row
+        is the last mark whatever the batches."""
+        if isinstance(event, InsiderStatusSet):
+            await conn.execute(
+                f"""INSERT INTO {self.schema}.insiders (account_id, status_id, marked_at, insider, ended_at)
+                    VALUES ($1, $2, $3, $4, NULL)
+                    ON CONFLICT (account_id) DO UPDATE SET status_id = EXCLUDED.status_id,
+                        marked_at = EXCLUDED.marked_at, insider = EXCLUDED.insider, ended_at = NULL""",
+                event.account_id, event.event_id, event.occurred_at, event.insider,
+            )  # fmt: skip
+        else:
+            await conn.execute(
+                f"UPDATE {self.schema}.insiders SET ended_at = $3 WHERE account_id = $1 AND status_id = $2",
+                event.account_id, event.insider_status_id, event.occurred_at,
+            )  # fmt: skip
+
+    async def _fresh(self, conn: asyncpg.Connection, usage: list[UsageRecorded]) -> list[UsageRecorded]:
+        """The usage events not counted before (each once, however often the log holds it)."""
         fresh = {
             row["event_id"]
             for row in await conn.fetch(
@@ -139,12 +164,21 @@ class BillingProjection:
                 [e.event_id for e in usage],
             )
         }
+        counted = []
+        for event in usage:
+            if event.event_id in fresh:
+                fresh.discard(event.event_id)
+                counted.append(event)
+        return counted
+
+    async def _costs(
+        self, conn: asyncpg.Connection, usage: list[UsageRecorded], spend: dict[str, int]
+    ) -> list[tuple[str, str, int, str, object]]:
+        """Count each (fresh) usage event into the costs and the PAYG spend by model; return the PAYG
+        ones' ledger debits."""
         totals: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
         debits: list[tuple[str, str, int, str, object]] = []
         for event in usage:
-            if event.event_id not in fresh:
-                continue
-            fresh.discard(event.event_id)
             if event.billing_mode == "payg":
                 debits.append(
                     (event.event_id, event.account_id, -event.usd_cost_micros, "payg_usage", event.occurred_at)

@@ -1,16 +1,20 @@
-"""billing's request/reply subjects: history and cost analysis, read from its projection.
+"""billing's request/reply subjects: history, cost analysis and the abuse signals, read from its
+projection.
 
 Every request is answered: one that fails is answered with BillingCommandFailed, never left to
 time out (its caller would take that for an outage and say "retry")."""
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
+from libs.clock import Clock, SystemClock
 from proto.v1 import (
+    AbuseSignals,
+    AbuseSignalsRequest,
     BillingCommandFailed,
     BillingEntry,
     BillingHistory,
@@ -20,6 +24,7 @@ from proto.v1 import (
     CostsRequest,
     encode,
 )
+from services.billing import abuse, abuse_rules
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +45,29 @@ def answering(handler: Callable[[Msg], Awaitable[msgspec.Struct]]) -> Callable[[
 
 
 class BillingResponder:
-    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, schema: str, weekly_caps: Mapping[str, int] | None = None, clock: Clock | None = None
+    ) -> None:
         self._pool = pool
         self._schema = schema
+        self._weekly_caps = weekly_caps or {}
+        """Each plan's weekly cap in micro-Flows: the around-the-clock rule's measure of a day."""
+        self._clock = clock or SystemClock()
         self._history = msgspec.json.Decoder(BillingHistoryRequest)
         self._costs = msgspec.json.Decoder(CostsRequest)
+        self._abuse = msgspec.json.Decoder(AbuseSignalsRequest)
         self.on_history = answering(self._on_history)
         self.on_costs = answering(self._on_costs)
+        self.on_abuse_signals = answering(self._on_abuse_signals)
+
+    async def _on_abuse_signals(self, msg: Msg) -> AbuseSignals:
+        request = self._abuse.decode(msg.data)
+        async with self._pool.acquire() as conn:
+            clients, hours, accounts, plans = await abuse.evidence(
+                conn, self._schema, self._clock.now(), clients_days=30, hours_days=14
+            )
+        scored = abuse_rules.score(accounts, clients, hours, plans, self._weekly_caps, request.min_score)
+        return AbuseSignals(accounts=scored[: min(max(request.limit, 1), 1000)])
 
     async def _on_history(self, msg: Msg) -> BillingHistory:
         request = self._history.decode(msg.data)

@@ -12,7 +12,7 @@ from libs.runtime import Runtime
 from libs.settings import Settings
 from proto.v1 import ConsoleCommandFailed, IssueSignInLink, SignInLinkIssued, encode, subjects
 from services.console.accountapi import AccountApi
-from services.console.mail import Mailer
+from services.console.mail import Mailer, Sender, SmtpMailer
 from services.console.owners import EmailTaken, Owners
 from services.console.signin import SignInPages
 from services.console.signup import SignUpPages
@@ -43,7 +43,11 @@ class ConsoleService:
         site.install(app)
         SignInPages(site).routes(app)
         SubscriptionPages(site, self.api).routes(app)
-        mailer = Mailer(settings.mail_url or f"http://{settings.host}:{settings.simulator_port}")
+        mailer: Sender = (
+            SmtpMailer(settings.smtp_url, settings.mail_from)
+            if settings.smtp_url
+            else Mailer(settings.mail_url or f"http://{settings.host}:{settings.simulator_port}")
+        )
         SignUpPages(site, self.api, mailer, self.base_url, settings.sign_ups_per_hour).routes(app)
         await runtime.serve(settings.console_port, app)
 

@@ -150,36 +150,54 @@ class Owners:
     async def record_sign_up(self, address: str, now: datetime) -> None:
         await self.pool.execute("INSERT INTO console.sign_ups (address, signed_up_at) VALUES ($1, $2)", address, now)
 
+    async def email_taken(self, email: str) -> bool:
+        taken = await self.pool.fetchval("SELECT true FROM console.owners WHERE email = $1", email)
+        return bool(taken)
+
+    async def new_pending_sign_up(self, email: str, password_hash: str, now: datetime) -> str:
+        token = auth.new_secret()
+        await self.pool.execute(
+            """INSERT INTO console.pending_sign_ups (token_hash, email, password_hash, expires_at)
+               VALUES ($1, $2, $3, $4)""",
+            auth.digest(token), email, password_hash, now + auth.LINK_TTL,
+        )  # fmt: skip
+        return token
+
+    async def pending_sign_up(self, token: str, now: datetime) -> str | None:
+        """The email a sign-up link is for while it is unused and unexpired (looking does not use it)."""
+        email: str | None = await self.pool.fetchval(
+            """SELECT email FROM console.pending_sign_ups
+               WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2""",
+            auth.digest(token), now,
+        )  # fmt: skip
+        return email
+
+    async def use_pending_sign_up(self, token: str, now: datetime) -> tuple[str, str] | None:
+        """Use a sign-up link (once, unexpired): (email, password hash)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """SELECT email, password_hash FROM console.pending_sign_ups
+                   WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 FOR UPDATE""",
+                auth.digest(token), now,
+            )  # fmt: skip
+            if row is None:
+                return None
+            await conn.execute(  # the hash is not kept past its use
+                "UPDATE console.pending_sign_ups SET used_at = $2, password_hash = '' WHERE token_hash = $1",
+                auth.digest(token), now,
+            )  # fmt: skip
+        return row["email"], row["password_hash"]
+
+    async def email_confirmed_now(self, account_id: str, now: datetime) -> None:
+        await self.pool.execute(
+            "UPDATE console.owners SET email_confirmed_at = $2 WHERE account_id = $1", account_id, now
+        )
+
     async def set_password(self, account_id: str, password_hash: str, now: datetime) -> None:
         await self.pool.execute(
             "UPDATE console.owners SET password_hash = $2, password_set_at = $3 WHERE account_id = $1",
             account_id, password_hash, now,
         )  # fmt: skip
-
-    async def new_confirmation(self, account_id: str, email: str, now: datetime) -> str:
-        token = auth.new_secret()
-        await self.pool.execute(
-            """INSERT INTO console.email_confirmations (token_hash, account_id, email, expires_at)
-               VALUES ($1, $2, $3, $4)""",
-            auth.digest(token), account_id, email, now + auth.LINK_TTL,
-        )  # fmt: skip
-        return token
-
-    async def confirm_email(self, token: str, now: datetime) -> bool:
-        """Use a confirmation link (once, unexpired, for the owner's current email)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                """UPDATE console.email_confirmations SET used_at = $2
-                   WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 RETURNING account_id, email""",
-                auth.digest(token), now,
-            )  # fmt: skip
-            if row is None:
-                return False
-            done = await conn.execute(
-                "UPDATE console.owners SET email_confirmed_at = $3 WHERE account_id = $1 AND email = $2",
-                row["account_id"], row["email"], now,
-            )  # fmt: skip
-        return bool(done.endswith(" 1"))
 
     async def email_confirmed(self, account_id: str) -> bool:
         confirmed = await self.pool.fetchval(

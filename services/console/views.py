@@ -51,7 +51,15 @@ def refusal(reason: str, message: str) -> str:
     return REFUSALS.get(reason, message)
 
 
+def ratio(value: str) -> str:
+    """A multiplier's fraction text ("5/4") as a decimal ("1.25")."""
+    numerator, _, denominator = value.partition("/")
+    exact = Decimal(numerator) / Decimal(denominator or 1)
+    return f"{exact.quantize(Decimal('0.0001')).normalize():f}"
+
+
 FILTERS = {
+    "ratio": ratio,
     "when": when,
     "flows": flows,
     "count": count,
@@ -171,6 +179,8 @@ def subscription(
         "suspended": bool(usage.get("account_suspended")),
         "plan": current or {"id": usage["plan"], "name": usage["plan"].title()},
         "paid_until": usage["monthly"]["resets_at"] if usage["plan"] != "free" else None,
+        "insider": bool(usage.get("insider")),
+        "multiplier": usage.get("multiplier", "1"),
         "scheduled": scheduled,
         "other_plans": others,
         "windows": [_window(usage, field, title) for field, title in WINDOWS],

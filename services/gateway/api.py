@@ -35,6 +35,7 @@ from proto.v1 import (
 )
 from services.gateway import metrics
 from services.gateway.body import BodyError, parse_body
+from services.gateway.clients import client_marks, trusted_networks
 from services.gateway.errors import Api, refusal, request_id, upstream_failure
 from services.gateway.estimate import BYTES_PER_TOKEN, estimate_usd_micros
 from services.gateway.inflight import InflightCalls
@@ -62,6 +63,8 @@ class Admitted(msgspec.Struct):
     reservation_id: str
     started: datetime
     headers: dict[str, str]
+    client_hash: str | None = None
+    agent_hash: str | None = None
 
 
 class GatewayApi:
@@ -78,6 +81,7 @@ class GatewayApi:
         inflight: InflightCalls | None = None,
     ) -> None:
         self.settings = settings
+        self.trusted_proxies = trusted_networks(settings.trusted_proxies)
         self.catalog = catalog
         self.keys = keys
         self.nc = nc
@@ -273,6 +277,9 @@ class GatewayApi:
         admitted = await self._admit(api, path, key, body, len(raw))
         if isinstance(admitted, web.Response):
             return admitted
+        admitted.client_hash, admitted.agent_hash = client_marks(
+            self.settings.client_hash_key, request.remote, request.headers, self.trusted_proxies
+        )
         streaming = body.get("stream") is True and path != "/v1/images/generations"
         strip_usage = False
         if streaming and api == "openai":
@@ -479,6 +486,8 @@ class GatewayApi:
                 multiplier=decision.multiplier,
                 reservation_id=admitted.reservation_id,
                 source="gateway",
+                client_hash=admitted.client_hash,
+                agent_hash=admitted.agent_hash,
             )
         )
         metrics.flows.add(price.flows_micros / 1_000_000, {"model": admitted.model.id, "plan": decision.plan or ""})

@@ -15,6 +15,7 @@ from proto.v1 import (
     AccountCreated,
     ExtraUsageChanged,
     FlowRateChanged,
+    InsiderStatusSet,
     MultiplierChanged,
     RecordPayment,
     TopUpBalance,
@@ -49,6 +50,11 @@ class PaymentIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class SetMultiplier(msgspec.Struct, forbid_unknown_fields=True):
     multiplier: Number
+    effective_at: Aware | None = None
+
+
+class SetInsider(msgspec.Struct, forbid_unknown_fields=True):
+    insider: bool
     effective_at: Aware | None = None
 
 
@@ -121,6 +127,13 @@ def set_multiplier(account_id: str, command: SetMultiplier, now: datetime) -> Mu
         occurred_at=command.effective_at or now,
         multiplier=fraction_text(value),
     )
+
+
+def set_insider(account_id: str, command: SetInsider, now: datetime) -> InsiderStatusSet:
+    return InsiderStatusSet(
+        event_id=str(uuid.uuid4()), account_id=account_id, occurred_at=command.effective_at or now,
+        insider=command.insider,
+    )  # fmt: skip
 
 
 def set_flow_rate(command: SetFlowRate, now: datetime) -> FlowRateChanged:

@@ -22,6 +22,8 @@ from libs.pricing.money import micros_to_str
 from libs.settings import Settings
 from libs.web import CONTROL, EARLIEST, LATEST, ApiError, decode_body, json_response
 from proto.v1 import (
+    AbuseSignals,
+    AbuseSignalsRequest,
     AccountAccess,
     BillingCommandFailed,
     BillingHistory,
@@ -69,6 +71,7 @@ from services.ingress.usage import claim, client_of, decode_batch, ingest_client
 _status = msgspec.json.Decoder(QuotaStatus)
 _history = msgspec.json.Decoder(BillingHistory | BillingCommandFailed)
 _costs = msgspec.json.Decoder(Costs | BillingCommandFailed)
+_abuse = msgspec.json.Decoder(AbuseSignals | BillingCommandFailed)
 QUOTA_SYNC_S = 2.0
 _key_reply = msgspec.json.Decoder(KeyIssued | KeyList | AccountAccess | KeyCommandFailed)
 KEY_SUBJECTS = {
@@ -140,6 +143,8 @@ class IngressApi:
         r.add_post("/admin/v1/accounts", self.create_account)
         r.add_post("/admin/v1/accounts/{account_id}/payments", self.record_payment)
         r.add_put("/admin/v1/accounts/{account_id}/multiplier", self.set_multiplier)
+        r.add_put("/admin/v1/accounts/{account_id}/insider", self.set_insider)
+        r.add_get("/admin/v1/abuse/signals", self.abuse_signals)
         r.add_post("/admin/v1/flow-rate", self.set_flow_rate)
         r.add_post("/admin/v1/accounts/{account_id}/balance", self.top_up)
         r.add_put("/v1/account/extra-usage", self.set_extra_usage)
@@ -519,6 +524,26 @@ class IngressApi:
                 "effective_at": views.timestamp(event.occurred_at),
             }
         )
+
+    async def set_insider(self, request: web.Request) -> web.Response:
+        self._require_token(request, self.settings.admin_token)
+        account_id = self._account_exists(request)
+        event = admin.set_insider(account_id, decode_body(await request.read(), admin.SetInsider), self.clock.now())
+        await self._publish([event])
+        return json_response(
+            {"account_id": account_id, "insider": event.insider, "effective_at": views.timestamp(event.occurred_at)}
+        )
+
+    async def abuse_signals(self, request: web.Request) -> web.Response:
+        self._require_token(request, self.settings.admin_token)
+        min_score = _int_query(request, "min_score", 1, 0, 100)
+        limit = _int_query(request, "limit", 100, 1, 1000)
+        reply = _billing_read(
+            _abuse.decode(
+                await self._ask(subjects.BILLING_ABUSE_SIGNALS, AbuseSignalsRequest(min_score=min_score, limit=limit))
+            )
+        )
+        return json_response({"object": "list", "data": [views.account_abuse(a) for a in reply.accounts]})
 
     async def top_up(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)

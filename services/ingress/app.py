@@ -33,7 +33,7 @@ class IngressService:
         ingest_clients(settings.ingest_token, settings.ingest_tokens)  # a bad FLOWPLAN_INGEST_TOKENS stops the start
         await runtime.connect(MIGRATIONS, pool_size=20)
         catalog = load_catalog(settings.catalog_path, settings.plans_path)
-        self.directory = Directory(catalog.default_usd_per_flow)
+        self.directory = Directory(catalog.default_usd_per_flow, catalog.insider_multiplier)
         projection = IngressProjection(self.directory)
         async with runtime.db.acquire() as conn:
             await self.directory.load(conn, projection.schema)

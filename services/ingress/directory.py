@@ -1,12 +1,12 @@
-"""What ingress must know to price, in memory: accounts, their multiplier history, and the
-Flow-rate history.
+"""What ingress must know to price, in memory: accounts, their multiplier and insider history,
+and the Flow-rate history.
 
 Fed by ingress's projection after each commit, and by ingress's own writes as soon as
 JetStream has stored them (read-your-writes). Every change is keyed by its event id,
 so applying the same event twice, from both paths, changes nothing.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
 
@@ -14,7 +14,8 @@ import asyncpg
 
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
-from proto.v1 import AccountCreated, FlowRateChanged, MultiplierChanged
+from libs.pricing.multipliers import InsiderHistory, multiplier_at
+from proto.v1 import AccountCreated, FlowRateChanged, InsiderStatusEnded, InsiderStatusSet, MultiplierChanged
 from proto.v1.events import Event
 
 
@@ -24,11 +25,14 @@ class Account:
     name: str
     created_at: datetime
     multiplier: Versioned
+    """The operator's explicit multiplier over time (1: none set)."""
+    insider: InsiderHistory = field(default_factory=InsiderHistory)
 
 
 class Directory:
-    def __init__(self, default_usd_per_flow: Fraction) -> None:
+    def __init__(self, default_usd_per_flow: Fraction, insider_multiplier: Fraction = Fraction(5, 4)) -> None:
         self.default_usd_per_flow = default_usd_per_flow
+        self.insider_multiplier = insider_multiplier
         self.accounts: dict[str, Account] = {}
         self.flow_rate = Versioned(default_usd_per_flow)
 
@@ -44,6 +48,11 @@ class Directory:
         elif isinstance(event, MultiplierChanged):
             if (account := self.accounts.get(event.account_id)) is not None:
                 account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
+        elif isinstance(event, InsiderStatusSet | InsiderStatusEnded):
+            if (account := self.accounts.get(event.account_id)) is not None:
+                account.insider.add(
+                    event.event_id, event.occurred_at, isinstance(event, InsiderStatusSet) and event.insider
+                )
         elif isinstance(event, FlowRateChanged):
             self.flow_rate.add(event.event_id, event.occurred_at, parse_fraction(event.usd_per_flow))
 
@@ -60,11 +69,18 @@ class Directory:
             accounts[row["account_id"]].multiplier.add(
                 row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])
             )
+        for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, insider FROM {schema}.insider"):
+            accounts[row["account_id"]].insider.add(row["event_id"], row["effective_at"], row["insider"])
         flow_rate = Versioned(self.default_usd_per_flow)
         for row in await conn.fetch(f"SELECT event_id, effective_at, usd_per_flow FROM {schema}.flow_rates"):
             flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))
         for account_id, known in self.accounts.items():
             account = accounts.setdefault(account_id, known)
             account.multiplier.merge(known.multiplier)
+            account.insider.merge(known.insider)
         flow_rate.merge(self.flow_rate)
         self.accounts, self.flow_rate = accounts, flow_rate
+
+    def multiplier(self, account: Account, when: datetime) -> Fraction:
+        """The multiplier that prices the account's call made at `when` (libs.pricing.multipliers)."""
+        return multiplier_at(account.multiplier, account.insider, self.insider_multiplier, when)

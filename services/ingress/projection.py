@@ -1,11 +1,11 @@
-"""ingress's projection of accounts, multipliers and Flow rates (see directory.py)."""
+"""ingress's projection of accounts, multipliers, insider status and Flow rates (see directory.py)."""
 
 from collections.abc import Sequence
 
 import asyncpg
 
 from libs.eventlog.runner import AfterCommit, Applied
-from proto.v1 import AccountCreated, FlowRateChanged, MultiplierChanged
+from proto.v1 import AccountCreated, FlowRateChanged, InsiderStatusEnded, InsiderStatusSet, MultiplierChanged
 from services.ingress.directory import Directory
 
 
@@ -14,10 +14,12 @@ class IngressProjection:
     event_types: tuple[str, ...] = (
         "AccountCreated",
         "MultiplierChanged",
+        "InsiderStatusSet",
+        "InsiderStatusEnded",
         "FlowRateChanged",
     )
     category: str | None = "account"
-    tables: tuple[str, ...] = ("checkpoints", "accounts", "multipliers", "flow_rates")
+    tables: tuple[str, ...] = ("checkpoints", "accounts", "multipliers", "insider", "flow_rates")
     """Not seen_events: ingress's own dedupe claims are not derived from the log."""
 
     def __init__(self, directory: Directory, schema: str = "ingress") -> None:
@@ -25,7 +27,8 @@ class IngressProjection:
         self.schema = schema
 
     def rebuilt_into(self, schema: str) -> "IngressProjection":
-        return IngressProjection(Directory(self.directory.default_usd_per_flow), schema)
+        directory = Directory(self.directory.default_usd_per_flow, self.directory.insider_multiplier)
+        return IngressProjection(directory, schema)
 
     async def reload(self, conn: asyncpg.Connection) -> None:
         await self.directory.load(conn, self.schema)
@@ -50,6 +53,15 @@ class IngressProjection:
                     event.account_id,
                     event.occurred_at,
                     event.multiplier,
+                )
+            elif isinstance(event, InsiderStatusSet | InsiderStatusEnded):
+                await conn.execute(
+                    f"""INSERT INTO {s}.insider (event_id, account_id, effective_at, insider)
+                        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+                    event.event_id,
+                    event.account_id,
+                    event.occurred_at,
+                    isinstance(event, InsiderStatusSet) and event.insider,
                 )
             elif isinstance(event, FlowRateChanged):
                 await conn.execute(

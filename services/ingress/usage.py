@@ -133,7 +133,7 @@ def price_batch(
         if r.images and model.kind != "image":
             raise bad("images", f"{r.model} does not generate images")
         rate = directory.flow_rate.at(r.occurred_at)
-        multiplier = account.multiplier.at(r.occurred_at)
+        multiplier = directory.multiplier(account, r.occurred_at)
         price = price_call(
             model,
             input_tokens=r.input_tokens,

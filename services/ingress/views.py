@@ -7,6 +7,7 @@ from typing import Any
 from libs.pricing.catalog import Catalog, model_json
 from libs.pricing.money import MICRO, micros_to_number, micros_to_str, micros_to_usd, round_half_up
 from proto.v1 import (
+    AccountAbuse,
     BillingEntry,
     CostLine,
     KeyView,
@@ -77,6 +78,8 @@ def account_usage(status: QuotaStatus) -> dict[str, Any]:
         "window_5h": _window(status.window_5h),
         "weekly": _window(status.weekly),
         "monthly": _window(status.monthly),
+        "insider": status.insider,
+        "multiplier": status.multiplier,
     }
 
 
@@ -91,6 +94,7 @@ def usage_event(e: UsageRecorded) -> dict[str, Any]:
         "flows": micros_to_number(e.flows_micros),
         "usd_cost": micros_to_str(e.usd_cost_micros),
         "billing_mode": e.billing_mode,
+        "multiplier": e.multiplier,
         "key_id": e.key_id,
         "occurred_at": timestamp(e.occurred_at),
     }
@@ -212,4 +216,24 @@ def refund_preview(q: RefundQuote) -> dict[str, Any]:
         "amount_usd": micros_to_usd(q.amount_micros),
         "pending_calls": q.pending_calls,
         "lines": [{"item": item, "usd": micros_to_usd(micros)} for item, micros in table],
+    }
+
+
+def account_abuse(a: AccountAbuse) -> dict[str, Any]:
+    return {
+        "account_id": a.account_id,
+        "score": a.score,
+        "signals": [
+            {
+                "kind": s.kind,
+                "score": s.score,
+                "summary": s.summary,
+                "first_seen": timestamp(s.first_seen),
+                "last_seen": timestamp(s.last_seen),
+                "count": s.count,
+                "accounts": s.accounts,
+                "evidence": s.details,
+            }
+            for s in a.signals
+        ],
     }

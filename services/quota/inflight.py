@@ -102,7 +102,7 @@ class InflightTracker:
         if call.billing_mode == "payg":
             return call.estimated_usd_micros
         account = self._state.accounts.get(call.account_id)
-        multiplier = account.multiplier.at(now) if account is not None else Fraction(1)
+        multiplier = self._state.multiplier(account, now) if account is not None else Fraction(1)
         return round_half_up(Fraction(call.estimated_usd_micros) / (self._state.flow_rate.at(now) * multiplier))
 
     # -- the rebuild ----------------------------------------------------------------------

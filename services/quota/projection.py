@@ -16,11 +16,14 @@ import asyncpg
 from libs.eventlog.runner import AfterCommit, Applied
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
+from libs.pricing.multipliers import multiplier_at
 from proto.v1 import (
     AccountCreated,
     BalanceToppedUp,
     ExtraUsageChanged,
     FlowRateChanged,
+    InsiderStatusEnded,
+    InsiderStatusSet,
     MultiplierChanged,
     PlanChangeCancelled,
     PlanChanged,
@@ -42,8 +45,9 @@ class UnknownAccount(Exception):
 class QuotaState:
     """The in-memory side: accounts by id, and the reservations of calls in flight."""
 
-    def __init__(self, default_usd_per_flow: Fraction) -> None:
+    def __init__(self, default_usd_per_flow: Fraction, insider_multiplier: Fraction = Fraction(5, 4)) -> None:
         self.default_usd_per_flow = default_usd_per_flow
+        self.insider_multiplier = insider_multiplier
         self.accounts: dict[str, AccountQuota] = {}
         self.reservations = Reservations()
         """Estimates (micro-Flows) of the subscription calls admitted and not yet counted."""
@@ -78,6 +82,8 @@ class QuotaState:
             accounts[row["account_id"]].multiplier.add(
                 row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])
             )
+        for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, insider FROM {schema}.insider"):
+            accounts[row["account_id"]].insider.add(row["event_id"], row["effective_at"], row["insider"])
         for row in await conn.fetch(f"SELECT event_id, effective_at, usd_per_flow FROM {schema}.flow_rates"):
             flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))
         for row in await conn.fetch(
@@ -107,6 +113,10 @@ class QuotaState:
             accounts[row["account_id"]].months[row["started_at"]] = row["flows_micros"]
         self.accounts, self.flow_rate = accounts, flow_rate
 
+    def multiplier(self, account: AccountQuota, when: datetime) -> Fraction:
+        """The multiplier that prices the account's call made at `when` (libs.pricing.multipliers)."""
+        return multiplier_at(account.multiplier, account.insider, self.insider_multiplier, when)
+
 
 class QuotaProjection:
     name: str = "quota"
@@ -115,6 +125,8 @@ class QuotaProjection:
         "PlanChanged",
         "PlanChangeCancelled",
         "MultiplierChanged",
+        "InsiderStatusSet",
+        "InsiderStatusEnded",
         "FlowRateChanged",
         "BalanceToppedUp",
         "ExtraUsageChanged",
@@ -122,7 +134,7 @@ class QuotaProjection:
     )
     category: str | None = None
     tables: tuple[str, ...] = (
-        "checkpoints", "accounts", "plan_history", "multipliers", "flow_rates", "ledger", "usage", "windows",
+        "checkpoints", "accounts", "plan_history", "multipliers", "insider", "flow_rates", "ledger", "usage", "windows",
     )  # fmt: skip
 
     def __init__(self, state: QuotaState, schema: str = "quota", *, metered: bool = True) -> None:
@@ -132,7 +144,7 @@ class QuotaProjection:
         """False for a rebuild: the Flows it applies again were counted on /metrics once already."""
 
     def rebuilt_into(self, schema: str) -> "QuotaProjection":
-        state = QuotaState(self.state.default_usd_per_flow)
+        state = QuotaState(self.state.default_usd_per_flow, self.state.insider_multiplier)
         return QuotaProjection(state, schema, metered=False)
 
     async def reload(self, conn: asyncpg.Connection) -> None:
@@ -151,6 +163,8 @@ class QuotaProjection:
                 await self._plan_change_cancelled(conn, event, pending)
             elif isinstance(event, MultiplierChanged):
                 await self._multiplier_changed(conn, event, pending)
+            elif isinstance(event, InsiderStatusSet | InsiderStatusEnded):
+                await self._insider_changed(conn, event, pending)
             elif isinstance(event, FlowRateChanged):
                 await conn.execute(
                     f"""INSERT INTO {self.schema}.flow_rates (event_id, effective_at, usd_per_flow)
@@ -236,6 +250,18 @@ class QuotaProjection:
             event.event_id, event.account_id, event.occurred_at, event.multiplier,
         )  # fmt: skip
         account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
+
+    async def _insider_changed(
+        self, conn: asyncpg.Connection, event: InsiderStatusSet | InsiderStatusEnded, pending: dict[str, AccountQuota]
+    ) -> None:
+        account = self._pending(event.account_id, pending)
+        insider = isinstance(event, InsiderStatusSet) and event.insider
+        await conn.execute(
+            f"""INSERT INTO {self.schema}.insider (event_id, account_id, effective_at, insider)
+                VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+            event.event_id, event.account_id, event.occurred_at, insider,
+        )  # fmt: skip
+        account.insider.add(event.event_id, event.occurred_at, insider)
 
     async def _insert_segment(self, conn: asyncpg.Connection, account_id: str, segment: Segment) -> bool:
         inserted = await conn.fetchval(

@@ -87,7 +87,7 @@ class QuotaResponder:
             return QuotaDecision(admitted=False, billing_mode=None, reason="unknown_account")
         now = self._clock.now()
         plan = self._catalog.plan(account.plan_at(now))
-        usd_per_flow, multiplier = self._state.flow_rate.at(now), account.multiplier.at(now)
+        usd_per_flow, multiplier = self._state.flow_rate.at(now), self._state.multiplier(account, now)
         estimate_usd = request.estimated_usd_micros or round_half_up(
             request.estimated_flows_micros * usd_per_flow * multiplier
         )
@@ -158,6 +158,8 @@ class QuotaResponder:
             payg_key_id=account.payg_key_id,
             balance_micros=account.balance,
             payg_reserved_micros=self._state.payg_reservations.total(account_id),
+            insider=account.insider.at(now),
+            multiplier=fraction_text(self._state.multiplier(account, now)),
         )
 
     async def on_events(self, msg: Msg) -> None:

@@ -277,30 +277,60 @@ async def test_usage_is_paged_filtered_by_key_and_model_and_costed_by_model(cons
         await browser.close()
 
 
-async def test_sign_up_checks_its_input_is_limited_per_address_and_confirms_the_email_once(console: Stack) -> None:
+async def mailbox(console: Stack) -> list[dict[str, str]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"http://127.0.0.1:{console.settings.simulator_port}/mailbox", headers={"Accept": "application/json"}
+        ) as response,
+    ):
+        return list((await response.json())["messages"])
+
+
+async def test_sign_up_checks_its_input_is_limited_per_address_and_finishes_from_the_mail_once(console: Stack) -> None:
+    taken, owner_browser = await new_owner(console)
+    await owner_browser.close()
     visitor = Browser(console)
+
+    async def sign_up(email: str) -> tuple[int, str]:
+        """The answer, with what may differ for any two answers (the email, tokens) taken out."""
+        form = {"email": email, "password": PASSWORD, "csrf": token((await visitor.get("/sign-up"))[1])}
+        async with visitor.session.post(console.console_url + "/sign-up", data=form) as response:
+            text = (await response.text()).replace(email, "EMAIL")
+            return response.status, re.sub(r'value="[^"]*"', "", text)
+
     try:
         assert (await visitor.post("/sign-up", {"email": "not-an-email", "password": PASSWORD})).status == 400
         assert (await visitor.post("/sign-up", {"email": "a@example.com", "password": "short"})).status == 400
-        emails = [f"signup-{uuid.uuid4().hex[:8]}@example.com" for _ in range(console.settings.sign_ups_per_hour + 1)]
-        for email in emails[:-1]:
-            assert (await visitor.post("/sign-up", {"email": email, "password": PASSWORD})).status == 201
-        refused = await visitor.post("/sign-up", {"email": emails[-1], "password": PASSWORD})
-        assert refused.status == 429
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(
-                f"http://127.0.0.1:{console.settings.simulator_port}/mailbox", headers={"Accept": "application/json"}
-            ) as response,
-        ):
-            messages = (await response.json())["messages"]
+        emails = [f"signup-{uuid.uuid4().hex[:8]}@example.com" for _ in range(console.settings.sign_ups_per_hour)]
+        pages = {email: await sign_up(email) for email in [taken["email"], *emails[:-1]]}  # the taken one counts
+        assert {status for status, _ in pages.values()} == {202}
+        # A taken email is answered exactly as a new one: only its mail differs.
+        assert pages[taken["email"]] == pages[emails[0]] and "Check your email" in pages[emails[0]][1]
+        assert (await sign_up(emails[-1]))[0] == 429
+        messages = await mailbox(console)
+        [taken_mail] = [m for m in messages if m["to"] == taken["email"]]
+        assert taken_mail["subject"] == "Your flowplan account" and "/sign-up/finish/" not in taken_mail["text"]
         sent = [m for m in messages if m["to"] in emails]
         assert sorted(m["to"] for m in sent) == sorted(emails[:-1])
         assert all(set(m) == {"to", "subject", "text", "sent_at"} for m in sent)
-        link = re.search(r"/confirm-email/\S+", sent[0]["text"])
-        assert link is not None
-        assert (await visitor.get(link.group(0)))[0] == 200
-        assert (await visitor.get(link.group(0)))[0] == 410  # once
+        assert all(m["subject"] == "Finish creating your flowplan account" for m in sent)
+
+        finishing = Browser(console)  # the link may be opened in another browser
+        try:
+            link = re.search(r"/sign-up/finish/\S+", sent[0]["text"])
+            assert link is not None
+            status, page = await finishing.get(link.group(0))  # looking creates nothing (mail scanners)
+            assert status == 200 and sent[0]["to"] in page
+            assert (await finishing.get(link.group(0)))[0] == 200
+            created = await finishing.post(link.group(0), {}, csrf_from=link.group(0))
+            assert created.status == 201
+            status, subscription = await finishing.get("/subscription")
+            assert status == 200 and 'data-testid="current-plan">Free<' in subscription
+            assert (await finishing.get(link.group(0)))[0] == 410  # once
+            assert (await finishing.post(link.group(0), {}, csrf_from="/sign-up")).status == 410
+        finally:
+            await finishing.close()
     finally:
         await visitor.close()
 

@@ -92,6 +92,7 @@ def templates(accounts: dict[str, str]) -> dict[tuple[str, str], Any]:
             "payment_ref": "r",
         },
         ("PUT", "/admin/v1/accounts/{account_id}/multiplier"): {"multiplier": "1"},
+        ("PUT", "/admin/v1/accounts/{account_id}/insider"): {"insider": False},
         ("POST", "/admin/v1/flow-rate"): {"usd_per_flow": "5/198"},
         ("POST", "/admin/v1/accounts/{account_id}/balance"): {"amount_usd": "1.00"},
         ("PUT", "/admin/v1/payment-provider"): {"fail_payouts": False},

@@ -23,6 +23,8 @@ from proto.v1 import (
     AccountUnsuspended,
     BalanceToppedUp,
     FlowRateChanged,
+    InsiderStatusEnded,
+    InsiderStatusSet,
     KeyCreated,
     KeyRevoked,
     KeyRotated,
@@ -59,7 +61,8 @@ def usage(n: int, account: str, at: datetime, key_id: str | None = None, mode: s
     return UsageRecorded(
         event_id=f"u{n}", account_id=account, occurred_at=at, model="deepseek/deepseek-chat", input_tokens=1000,
         output_tokens=500, billing_mode=mode, key_id=key_id, usd_cost_micros=700 + n, flows_micros=30_000 + n,
-        usd_per_flow="5/198", multiplier="1",
+        usd_per_flow="5/198", multiplier="1", client_hash=f"client{n % 3}" if n % 2 else None,
+        agent_hash="agent" if n % 4 == 1 else None,
     )  # type: ignore[arg-type]  # fmt: skip
 
 
@@ -112,6 +115,12 @@ def history() -> list[AnyEvent]:
                     period_anchor=pro_until, reason="period_end"),
         FlowRateChanged(event_id="f1", occurred_at=T0 + 10 * H, usd_per_flow="1/40"),
         usage(10, a, T0 + 30 * H),
+        # a: an insider from before its Pro month, ended by the lapse to Free; b: marked, then unmarked
+        InsiderStatusSet(event_id="i1", account_id=a, occurred_at=T0 + 2 * H, insider=True),
+        InsiderStatusSet(event_id="i2", account_id=b, occurred_at=T0 + 2 * H, insider=True),
+        usage(11, a, T0 + 31 * H),
+        InsiderStatusSet(event_id="i3", account_id=b, occurred_at=T0 + 12 * H, insider=False),
+        InsiderStatusEnded(event_id="i4", account_id=a, occurred_at=pro_until, insider_status_id="i1"),
     ]  # fmt: skip
 
 
@@ -158,6 +167,15 @@ async def test_a_projection_is_a_function_of_the_events_alone(settings: Settings
         assert await conn.fetchval(f"SELECT count(*) FROM {name}_one_batch.{live.tables[1]}") > 0
         if name == "keys":  # suspensions too, both accounts'
             assert await conn.fetchval(f"SELECT count(*) FROM {name}_one_batch.access WHERE suspended") == 1
+        if name in ("ingress", "quota"):  # every insider mark and its end
+            assert await conn.fetchval(f"SELECT count(*) FROM {name}_one_batch.insider") == 4
+        if name == "billing":  # each account's latest mark; a's ended by the lapse
+            rows = await conn.fetch(f"SELECT account_id, insider, ended_at FROM {name}_one_batch.insiders ORDER BY 1")
+            assert [tuple(r) for r in rows] == [("acc_a", True, T0 + timedelta(days=31)), ("acc_b", False, None)]
+            assert (
+                await conn.fetchval(f"SELECT sum(calls) FROM {name}_one_batch.abuse_clients") == 6
+            )  # the odd-numbered calls
+            assert await conn.fetchval(f"SELECT count(*) FROM {name}_one_batch.abuse_hours") > 0
     finally:
         for run in runs:
             await drop_schema(conn, f"{name}_{run}")

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from libs.pricing.catalog import Model, Plan
 from libs.pricing.flows import Versioned
+from libs.pricing.multipliers import InsiderHistory
 from proto.v1.events import BillingMode
 from services.quota.domain.periods import Period, Segment, period_at, segment_at
 from services.quota.domain.ratelimit import RateDecision, gcra
@@ -32,16 +33,18 @@ class AccountQuota:
     months: dict[datetime, int] = field(default_factory=dict)
     """Flows per monthly period, by the period's start."""
     multiplier: Versioned = field(default_factory=lambda: Versioned(Fraction(1)))
+    """The operator's explicit multiplier over time (1: none set)."""
     balance: int = 0
     """The PAYG balance in micro-USD: the sum of the account's ledger."""
     extra_usage: bool = False
     payg_key_id: str | None = None
+    insider: InsiderHistory = field(default_factory=InsiderHistory)
 
     def copy(self) -> "AccountQuota":
         """A copy that can change without touching this one (windows are immutable tuples)."""
         return AccountQuota(
             self.created_at, list(self.segments), self.window_5h, self.weekly, dict(self.months),
-            self.multiplier.copy(), self.balance, self.extra_usage, self.payg_key_id,
+            self.multiplier.copy(), self.balance, self.extra_usage, self.payg_key_id, self.insider.copy(),
         )  # fmt: skip
 
     def plan_at(self, when: datetime) -> str:
