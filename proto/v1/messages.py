@@ -270,7 +270,7 @@ class AbuseSignal(msgspec.Struct, frozen=True, kw_only=True):
     """One signal of an account and the evidence behind it, for the operator to judge."""
 
     kind: str
-    """shared_client_address, around_the_clock or keys_across_clients."""
+    """shared_client_address, around_the_clock, keys_across_clients or identical_usage."""
     score: int
     summary: str
     first_seen: datetime

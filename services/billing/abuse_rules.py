@@ -4,7 +4,9 @@ They show the operator what the log says; the operator decides (a multiplier, a 
 - shared_client_address: one client address (keyed hash) calling for several accounts in turn;
 - around_the_clock: days with use in nearly every hour, near the plan's sustainable daily use
   (its weekly cap / 7);
-- keys_across_clients: many of the account's keys used from many clients.
+- keys_across_clients: many of the account's keys used from many clients;
+- identical_usage: accounts whose hour-by-hour calls are the same, hour for hour (one script
+  driving several accounts).
 An account's score is the sum of its signals' scores, at most 100."""
 
 from collections import defaultdict
@@ -23,6 +25,8 @@ CLOCK_NEAR_CAP = (4, 5)
 CLOCK_MIN_DAYS = 3
 KEYS_MIN = 3
 """Keys, and clients, an account must spread its calls over before it is a signal."""
+PATTERN_MIN_HOURS = 12
+"""Active hours an account's pattern must span before two accounts alike in it mean something."""
 MAX_SCORE = 100
 
 
@@ -151,6 +155,36 @@ def keys_across_clients(clients: list[ClientUse]) -> dict[str, list[AbuseSignal]
     return signals
 
 
+def identical_usage(hours: list[HourUse]) -> dict[str, list[AbuseSignal]]:
+    """Accounts whose calls per hour are identical over PATTERN_MIN_HOURS or more active hours: by
+    chance that does not happen; one script running several accounts makes it happen."""
+    series: dict[str, list[HourUse]] = defaultdict(list)
+    for use in hours:
+        series[use.account_id].append(use)
+    by_pattern: dict[tuple[tuple[datetime, int], ...], list[str]] = defaultdict(list)
+    for account, uses in series.items():
+        if len({u.hour for u in uses}) >= PATTERN_MIN_HOURS:
+            by_pattern[tuple(sorted((u.hour, u.calls) for u in uses))].append(account)
+    signals: dict[str, list[AbuseSignal]] = {}
+    for pattern, alike in by_pattern.items():
+        if len(alike) < 2:
+            continue
+        for account in alike:
+            signals[account] = [
+                AbuseSignal(
+                    kind="identical_usage",
+                    score=min(40, 20 * (len(alike) - 1)),
+                    summary=f"the same calls hour for hour as {len(alike) - 1} others over {len(pattern)} hours",
+                    first_seen=pattern[0][0],
+                    last_seen=pattern[-1][0] + timedelta(hours=1),
+                    count=sum(calls for _, calls in pattern),
+                    accounts=sorted(a for a in alike if a != account),
+                    details={"hours": [f"{hour.isoformat()}={calls}" for hour, calls in pattern[:48]]},
+                )
+            ]
+    return signals
+
+
 def score(
     accounts: Iterable[str],
     clients: list[ClientUse],
@@ -161,7 +195,13 @@ def score(
 ) -> list[AccountAbuse]:
     """Every account scoring at least min_score, highest first (then by id), each signal with its evidence."""
     found: dict[str, list[AbuseSignal]] = defaultdict(list)
-    for rule in (shared_clients(clients), around_the_clock(hours, plans, weekly_caps), keys_across_clients(clients)):
+    rules = (
+        shared_clients(clients),
+        around_the_clock(hours, plans, weekly_caps),
+        keys_across_clients(clients),
+        identical_usage(hours),
+    )
+    for rule in rules:
         for account, signals in rule.items():
             found[account] += signals
     listed = [

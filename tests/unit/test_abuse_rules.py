@@ -70,3 +70,16 @@ def test_many_keys_across_many_clients_and_the_ranking() -> None:
     ranked = score(list("abcder"), pooled + spread, [], {}, CAPS, 1)
     assert [a.account_id for a in ranked] == ["a", "b", "c", "d", "e", "r"]
     assert [a.score for a in ranked] == [60] * 5 + [15]
+
+
+def test_accounts_calling_the_same_hour_for_hour_are_linked_and_near_misses_are_not() -> None:
+    pattern = [(T0 + i * H, 3 + i % 4) for i in range(14)]  # 14 active hours, calls varying by hour
+    hours = [HourUse(a, hour, calls, 1_000_000) for a in ("acc_s1", "acc_s2", "acc_s3") for hour, calls in pattern]
+    hours += [HourUse("acc_near", hour, calls + (i == 5), 1_000_000) for i, (hour, calls) in enumerate(pattern)]
+    hours += [HourUse(a, hour, calls, 1_000_000) for a in ("acc_few1", "acc_few2") for hour, calls in pattern[:11]]
+    listed = {a.account_id: a for a in score([], [], hours, {}, CAPS, min_score=1)}
+    assert set(listed) == {"acc_s1", "acc_s2", "acc_s3"}  # one call off, or fewer than 12 hours: nothing
+    [signal] = listed["acc_s1"].signals
+    assert signal.kind == "identical_usage" and signal.score == 40
+    assert signal.accounts == ["acc_s2", "acc_s3"] and signal.count == sum(c for _, c in pattern)
+    assert (signal.first_seen, signal.last_seen) == (T0, T0 + 14 * H)
