@@ -279,7 +279,10 @@ async def test_pricing_shows_the_plans_at_the_rate_in_force_and_get_max_leads_to
     await expect(pro).to_contain_text("2,160 Flows")
     await expect(pro).to_contain_text("$54.55")
     await expect(pro).to_contain_text("2.73×")
-    await expect(page.get_by_role("region", name="Ultra", exact=True)).to_contain_text("$872.73")
+    for plan, value, leverage in (("Max", "$327.27", "3.27×"), ("Ultra", "$872.73", "4.36×")):
+        region = page.get_by_role("region", name=plan, exact=True)
+        await expect(region).to_contain_text(value)
+        await expect(region).to_contain_text(leverage)
     await expect(page.get_by_role("img", name=re.compile("Plans compared"))).to_be_visible()
     for name in ("Get Pro", "Get Max", "Get Ultra"):
         await expect(page.get_by_role("button", name=name)).to_be_visible()
