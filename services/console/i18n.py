@@ -151,6 +151,7 @@ ZH: dict[str, str] = {
     "Weekly": "每周",
     "Monthly": "每月",
     "Requests per minute": "每分钟请求数",
+    "Models": "模型数",
     "Equivalent API value": "等值 API 价值",
     "Value leverage": "价值倍数",
     "Get": "购买",

@@ -279,6 +279,11 @@ async def test_pricing_shows_the_plans_at_the_rate_in_force_and_get_max_leads_to
     await expect(pro).to_contain_text("2,160 Flows")
     await expect(pro).to_contain_text("$54.55")
     await expect(pro).to_contain_text("2.73×")
+    plans = {p["id"]: p for p in (await console.http("GET", "/v1/plans"))[1]["plans"]}
+    for plan in ("free", "pro", "max"):  # the model count per plan, as GET /v1/plans lists them
+        region = page.get_by_role("region", name=plans[plan]["name"], exact=True)
+        await expect(region.get_by_text("Models")).to_be_visible()
+        await expect(region).to_contain_text(f"Models{len(plans[plan]['models'])}")
     for plan, value, leverage in (("Max", "$327.27", "3.27×"), ("Ultra", "$872.73", "4.36×")):
         region = page.get_by_role("region", name=plan, exact=True)
         await expect(region).to_contain_text(value)
