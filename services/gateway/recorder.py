@@ -1,11 +1,11 @@
 """Stores calls' usage in the log before the calls end: group commit.
 
 A call puts its UsageRecorded in the current batch and awaits it; one flusher publishes the
-batch (Nats-Msg-Id = the event id) and wakes every caller once JetStream has stored it. While
-one batch is in flight the next one fills, so concurrent calls share a round trip and the
-batch size follows the load. Nothing waits here that is not a call holding its response back
-(bounded by `max_pending`), so a gateway killed outright loses no usage of a call its client
-saw finish.
+batch (Nats-Msg-Id = the event id) and wakes every caller once JetStream has stored it. Up to
+`max_in_flight` batches wait for their acks at once; while they do the next one fills, so
+concurrent calls share a round trip and the batch size follows the load. Nothing waits here
+that is not a call holding its response back (bounded by `max_pending`), so a gateway killed
+outright loses no usage of a call its client saw finish.
 
 While JetStream refuses (or NATS is away), `accepting` is false and the gateway admits no
 metered calls; usage of calls that already ran is retried with backoff for `store_timeout_s`
@@ -17,6 +17,7 @@ process), kept only so that `make bench` can measure both side by side.
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -52,6 +53,7 @@ class UsageRecorder:
         store_timeout_s: float = 60.0,
         durable: bool = True,
         max_batch: int = 1000,
+        max_in_flight: int = 4,
         max_pending: int = 20_000,
     ) -> None:
         self._publisher = publisher
@@ -59,6 +61,8 @@ class UsageRecorder:
         self._store_timeout_s = store_timeout_s
         self.durable = durable
         self._max_batch = max_batch
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._room = asyncio.Semaphore(max_pending)
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
@@ -92,13 +96,29 @@ class UsageRecorder:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
+            # A batch goes out as soon as a slot is free; while every slot waits for its ack the
+            # next batch grows, so a call waits about one round trip, not the one before it too.
+            await self._slots.acquire()
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             if not self._pending:
                 self._wake.clear()
-            if batch:
-                await self._store_batch(batch)
-            if not self._pending:
-                self._idle.set()
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._store_batch(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(functools.partial(self._batch_done, batch))
+
+    def _batch_done(self, batch: list[_Pending], task: "asyncio.Task[None]") -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:  # a bug, not JetStream: say so
+            log.error("storing a batch of %d usage events failed: %r", len(batch), exc)
+            for pending in batch:
+                if not pending.stored.done():
+                    pending.stored.set_exception(UsageNotStored(repr(exc)))
+        self._in_flight.discard(task)
+        self._slots.release()
+        if not self._pending and not self._in_flight:
+            self._idle.set()
 
     async def _store_batch(self, batch: list[_Pending]) -> None:
         delay = 0.05

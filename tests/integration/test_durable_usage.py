@@ -321,6 +321,51 @@ async def test_concurrent_calls_share_publish_round_trips_and_each_returns_once_
         await nc.close()
 
 
+class GatedPublisher(EventPublisher):
+    """The real publisher, holding every publish until the gate opens, counting those waiting."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def publish(self, events: Any, parents: Any = None) -> list[PubAck]:
+        self.waiting += 1
+        await self.gate.wait()
+        return await super().publish(events, parents)
+
+
+async def test_a_batch_goes_out_while_another_waits_for_its_ack(stack: Stack) -> None:
+    """A call's usage waits about one round trip, not also for the batch ahead of it."""
+    account_id = (await stack.create_account("in-flight"))["account_id"]
+    nc = await stack.nats()
+    publisher = GatedPublisher(nc, stack.settings.stream)
+    await publisher.start()
+    recorder = UsageRecorder(publisher, max_in_flight=2)
+    flusher = asyncio.create_task(recorder.run())
+
+    async def publishing(n: int) -> Any:
+        async def check() -> bool:
+            return publisher.waiting == n
+
+        return await eventually(check, within=5)
+
+    try:
+        first = asyncio.create_task(recorder.store(a_call(account_id)))
+        await publishing(1)
+        second = asyncio.create_task(recorder.store(a_call(account_id)))
+        await publishing(2)  # the second batch did not wait for the first one's ack
+        third = asyncio.create_task(recorder.store(a_call(account_id)))
+        await asyncio.sleep(0.3)
+        assert publisher.waiting == 2  # both slots taken: the third waits in the next batch
+        publisher.gate.set()
+        await asyncio.gather(first, second, third)
+        assert publisher.waiting == 3 and len(await stored_usage(stack, account_id)) == 3
+    finally:
+        flusher.cancel()
+        await nc.close()
+
+
 async def test_usage_jetstream_will_not_store_is_retried_then_given_up_at_the_bound(stack: Stack) -> None:
     account_id = (await stack.create_account("bound"))["account_id"]
     nc = await stack.nats()
