@@ -115,6 +115,8 @@ class IngressApi:
         clock: Clock,
     ) -> None:
         self.settings = settings
+        self._ingest_clients = ingest_clients(settings.ingest_token, settings.ingest_tokens)
+        """Metering clients by token, parsed once (app.start has already refused a bad list)."""
         self.catalog = catalog
         self.directory = directory
         self.publisher = publisher
@@ -232,9 +234,7 @@ class IngressApi:
             raise
 
     async def _accept_usage(self, request: web.Request) -> web.Response:
-        client = client_of(
-            self._bearer(request), ingest_clients(self.settings.ingest_token, self.settings.ingest_tokens)
-        )
+        client = client_of(self._bearer(request), self._ingest_clients)
         if client is None:
             raise ApiError(401, "unauthorized", "wrong token", "Authorization")
         records = decode_batch(await request.read(), self.settings.max_usage_batch)
