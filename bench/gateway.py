@@ -65,7 +65,7 @@ def request_body(stream: bool) -> bytes:
     body: dict[str, Any] = {
         "model": MODEL,
         "max_tokens": MAX_TOKENS,
-        "messages": [{"role": "user", "content": "hello there"}],
+        "messages": [{"role": "user", "content": f"hello there [[tokens:{MAX_TOKENS}]]"}],  # an exact length
     }
     if stream:
         body["stream"] = True

@@ -13,7 +13,8 @@ from services.simulator import text
 from services.simulator.common import MAX_TOKENS, BadRequest, decode, generation_time, key_ok, read_body, stream_out
 from services.simulator.settings import SimulatorSettings
 
-DEFAULT_MAX_TOKENS = 16
+DEFAULT_MAX_TOKENS = 4096
+"""max_tokens when a chat request names none (replies end by themselves well before it)."""
 MODELS = ("sim-chat", "gpt-4o-mini", "gpt-4.1", "claude-sonnet-4-5", "gpt-image-1")
 """Listed by GET /v1/models; any model name is accepted in requests."""
 MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS)]
