@@ -36,7 +36,7 @@ from proto.v1 import (
 from services.gateway import metrics
 from services.gateway.body import BodyError, parse_body
 from services.gateway.errors import Api, refusal, request_id, upstream_failure
-from services.gateway.estimate import BYTES_PER_TOKEN, estimate_usd_micros
+from services.gateway.estimate import BYTES_PER_TOKEN, estimate_input_tokens, estimate_usd_micros
 from services.gateway.inflight import InflightCalls
 from services.gateway.recorder import RETRY_AFTER_S, UsageNotStored, UsageRecorder
 from services.gateway.upstreams import Upstreams
@@ -51,6 +51,8 @@ FIVE_HOURS = timedelta(hours=5)
 PASSED_HEADERS = {"content-type"}
 METERED = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/images/generations", "/v1/responses"})
 ANTHROPIC_FINAL = frozenset({"message_delta", "message_stop"})
+MODELS_CREATED_AT = "2025-01-01T00:00:00Z"
+"""Anthropic's model list dates each model; the catalog does not, so one fixed date."""
 
 
 class Admitted(msgspec.Struct):
@@ -126,6 +128,7 @@ class GatewayApi:
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_post("/v1/images/generations", self.images)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._call(request, "openai", "/v1/chat/completions")
@@ -514,7 +517,8 @@ class GatewayApi:
     # -- models -------------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.Response:
-        key = await self._authenticate(request, "openai")
+        api: Api = "anthropic" if "anthropic-version" in request.headers else "openai"
+        key = await self._authenticate(request, api)
         if isinstance(key, web.Response):
             return key
         try:
@@ -523,10 +527,97 @@ class GatewayApi:
                 timeout=self.settings.request_timeout_s, headers=tracing.nats_headers(),
             )  # fmt: skip
         except Exception:
-            return refusal("openai", "service_unavailable", "the quota service did not answer; retry")
+            return refusal(api, "service_unavailable", "the quota service did not answer; retry")
         plan = _status.decode(reply.data).plan
-        data = [model_json(self.catalog, m) for m in self.catalog.models_in_plan(plan)]
+        models = self.catalog.models_in_plan(plan)
+        if "anthropic-version" in request.headers:
+            return anthropic_model_list(models, request.query)
+        data = [model_json(self.catalog, m) for m in models]
         return json_response({"object": "list", "data": data})
+
+    # -- token counting -----------------------------------------------------------------
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        """Anthropic's `POST /v1/messages/count_tokens`: not a model call, so neither admitted nor
+        billed nor counted against RPM; the upstream counts when it speaks it, else an estimate."""
+        route = "/v1/messages/count_tokens"
+        key = await self._authenticate(request, "anthropic")
+        if isinstance(key, web.Response):
+            return self._refused(route, "", "", key)
+        read = await self._read(request, "anthropic")
+        if isinstance(read, web.Response):
+            return self._refused(route, "", "", read)
+        raw, body = read
+        model_id = body.get("model")
+        if not isinstance(model_id, str) or not model_id:
+            message = "model: required, a model id from GET /v1/models"
+            return self._refused(route, "", "", refusal("anthropic", "invalid_request", message, param="model"))
+        model = self.catalog.models.get(model_id)
+        if model is None:
+            message = f"The model `{model_id}` does not exist."
+            return self._refused(route, "", "", refusal("anthropic", "unknown_model", message, param="model"))
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            message = "messages: required, a non-empty list of messages"
+            return self._refused(route, "", "", refusal("anthropic", "invalid_request", message, param="messages"))
+        counted = await self._count_upstream(request, model, raw)
+        if isinstance(counted, web.Response):
+            return counted
+        source = "upstream" if counted is not None else "estimate"
+        tokens = counted if counted is not None else estimate_input_tokens(body)
+        metrics.calls.add(1, {"route": route, "model": model.id, "plan": "", "status": "200"})
+        return json_response({"input_tokens": tokens}, headers={"x-flowplan-token-count": source})
+
+    async def _count_upstream(self, request: web.Request, model: Model, raw: bytes) -> int | web.Response | None:
+        """The upstream's count; None when it does not count tokens (not an Anthropic-protocol
+        model, no such route there, or no answer), an error response when it refused the request."""
+        if model.api != "anthropic":
+            return None
+        upstream = self.upstreams.for_vendor(model.vendor)
+        headers = {
+            "content-type": "application/json", "accept-encoding": "identity", "x-api-key": upstream.key,
+            "anthropic-version": request.headers.get("anthropic-version", "2023-06-01"),
+        }  # fmt: skip
+        if beta := request.headers.get("anthropic-beta"):
+            headers["anthropic-beta"] = beta
+        try:
+            async with self.session.post(
+                upstream.url + "/v1/messages/count_tokens", data=raw, headers=headers
+            ) as response:
+                payload = await response.read()
+                if response.status in (404, 405, 501):
+                    return None
+                if response.status != 200:
+                    rid = request_id(request)
+                    log.warning("upstream count_tokens answered %d (request id %s)", response.status, rid)
+                    return upstream_failure("anthropic", response.status, response.headers, rid)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("upstream count_tokens for %s did not answer: %r", model.id, exc)
+            return None
+        try:
+            counted = _json.decode(payload).get("input_tokens")
+        except (msgspec.DecodeError, AttributeError):
+            return None
+        return counted if isinstance(counted, int) and counted >= 0 else None
+
+
+def anthropic_model_list(models: list[Model], query: Any) -> web.Response:
+    """GET /v1/models as Anthropic lists models: `data` of {type, id, display_name, created_at},
+    paged by `limit` and `after_id` / `before_id` with `has_more`, `first_id`, `last_id`."""
+    items = [{"type": "model", "id": m.id, "display_name": m.name, "created_at": MODELS_CREATED_AT} for m in models]
+    ids = [m.id for m in models]
+    if (after := query.get("after_id")) in ids:
+        items = items[ids.index(after) + 1 :]
+    elif (before := query.get("before_id")) in ids:
+        items = items[: ids.index(before)]
+    raw_limit = query.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        return refusal("anthropic", "invalid_request", "limit: a whole number from 1 to 1000", param="limit")
+    page = items[: int(raw_limit)]
+    return json_response({
+        "data": page, "has_more": len(items) > len(page),
+        "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None,
+    })  # fmt: skip
 
 
 class _Upstream:

@@ -1,4 +1,5 @@
-"""`POST /v1/messages`, in the Anthropic Messages API's shapes (streamed: its exact event sequence)."""
+"""`POST /v1/messages` (streamed: its exact event sequence) and `POST /v1/messages/count_tokens`,
+in the Anthropic Messages API's shapes."""
 
 import itertools
 import re
@@ -30,6 +31,12 @@ class MessagesRequest(msgspec.Struct):
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
     system: str | list[Block] | None = None
     stream: bool | None = None
+
+
+class CountTokensRequest(msgspec.Struct):
+    model: Annotated[str, msgspec.Meta(min_length=1)]
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    system: str | list[Block] | None = None
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -66,6 +73,7 @@ class ErrorBody(msgspec.Struct, kw_only=True):
 
 
 _decoder = msgspec.json.Decoder(MessagesRequest)
+_count_decoder = msgspec.json.Decoder(CountTokensRequest)
 _encoder = msgspec.json.Encoder()
 _PREFIX = secrets.token_hex(6)
 _ids = itertools.count()
@@ -94,13 +102,17 @@ def _pieces(content: str | list[Block] | None, where: str) -> list[str]:
 
 def parse(body: bytes) -> tuple[MessagesRequest, text.Prompt]:
     request = decode(_decoder, body)
+    return request, _prompt(request)
+
+
+def _prompt(request: MessagesRequest | CountTokensRequest) -> text.Prompt:
     messages = [_pieces(m.content, f"messages.{i}.content") for i, m in enumerate(request.messages)]
     last_user: list[str] = next(
         (messages[i] for i in range(len(messages) - 1, -1, -1) if request.messages[i].role == "user"), []
     )
     if request.system is not None:
         messages.insert(0, _pieces(request.system, "system"))
-    return request, text.analyse(request.model, messages, last_user)
+    return text.analyse(request.model, messages, last_user)
 
 
 def _event(name: bytes, data: bytes) -> bytes:
@@ -113,6 +125,18 @@ class AnthropicApi:
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        """The prompt's tokens as /v1/messages would count them (cached ones included)."""
+        if not key_ok(request, self.settings.require_key):
+            return error(401, "authentication_error", "invalid x-api-key")
+        try:
+            prompt = _prompt(decode(_count_decoder, await read_body(request)))
+        except BadRequest as exc:
+            kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
+            return error(exc.status, kind, _INDEX.sub(r".\1", exc.message))
+        return web.Response(body=_encoder.encode({"input_tokens": prompt.tokens}), content_type="application/json")
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         if not key_ok(request, self.settings.require_key):
