@@ -209,6 +209,56 @@ async def test_tokens_marker_asks_for_an_exact_long_reply(oai: openai.AsyncOpenA
     assert longer.usage.completion_tokens == 500 and longer.choices[0].finish_reason == "stop"
 
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}},
+    },
+}
+
+
+async def test_tool_call_when_the_prompt_names_an_offered_tool(oai: openai.AsyncOpenAI) -> None:
+    asked = [{"role": "user", "content": "Use get_weather for Paris"}]
+    reply = await oai.chat.completions.create(model=MODEL, messages=asked, tools=[WEATHER], max_tokens=100)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+    assert json.loads(call.function.arguments) == {"city": "flowplan", "days": 1}
+    assert reply.usage.completion_tokens == 1 + (len("get_weather") + len(call.function.arguments)) // 4
+
+    exact = [{"role": "user", "content": 'get_weather please [[args:{"city": "Oslo"}]]'}]
+    stream = await oai.chat.completions.create(
+        model=MODEL, messages=exact, tools=[WEATHER], stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert deltas[0].tool_calls[0].function.name == "get_weather"
+    arguments = "".join(d.tool_calls[0].function.arguments for d in deltas if d.tool_calls)
+    assert json.loads(arguments) == {"city": "Oslo"}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert chunks[-1].usage.completion_tokens == 1 + (len("get_weather") + len(arguments)) // 4
+
+    # After the tool's result the turn ends in text; unnamed or refused tools get text too.
+    result = [
+        *asked,
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": call.id, "type": "function", "function": call.function.model_dump()}],
+        },
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+    ]
+    answer = await oai.chat.completions.create(model=MODEL, messages=result, tools=[WEATHER])
+    assert answer.choices[0].finish_reason == "stop" and answer.choices[0].message.content
+    plain = await oai.chat.completions.create(model=MODEL, messages=QUESTION, tools=[WEATHER])
+    assert plain.choices[0].message.tool_calls is None
+    refused = await oai.chat.completions.create(model=MODEL, messages=asked, tools=[WEATHER], tool_choice="none")
+    assert refused.choices[0].message.tool_calls is None
+    forced = await oai.chat.completions.create(model=MODEL, messages=QUESTION, tools=[WEATHER], tool_choice="required")
+    assert forced.choices[0].message.tool_calls[0].function.name == "get_weather"
+
+
 async def test_openai_models(oai: openai.AsyncOpenAI) -> None:
     models = [m.id async for m in oai.models.list()]
     assert MODEL in models
