@@ -39,6 +39,7 @@ from services.gateway.errors import Api, refusal, request_id, upstream_failure
 from services.gateway.estimate import BYTES_PER_TOKEN, estimate_input_tokens, estimate_usd_micros
 from services.gateway.inflight import InflightCalls
 from services.gateway.recorder import RETRY_AFTER_S, UsageNotStored, UsageRecorder
+from services.gateway.translate import responses
 from services.gateway.upstreams import Upstreams
 from services.gateway.usage import SseSplitter, StreamUsage, Tokens, from_anthropic, from_openai
 
@@ -127,6 +128,7 @@ class GatewayApi:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_post("/v1/images/generations", self.images)
+        app.router.add_post("/v1/responses", self.create_response)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
 
@@ -138,6 +140,10 @@ class GatewayApi:
 
     async def images(self, request: web.Request) -> web.StreamResponse:
         return await self._call(request, "openai", "/v1/images/generations")
+
+    async def create_response(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API, translated to chat completions for the upstream (translate.responses)."""
+        return await self._call(request, "openai", "/v1/responses")
 
     # -- authentication and admission ---------------------------------------------------
 
@@ -273,12 +279,21 @@ class GatewayApi:
         if isinstance(read, web.Response):
             return self._refused(path, "", "", read)
         raw, body = read
-        admitted = await self._admit(api, path, key, body, len(raw))
+        asked: dict[str, Any] | None = None  # a Responses request, answered from the chat it becomes
+        upstream_path = path
+        if path == "/v1/responses":
+            chat = responses.to_chat(body)
+            if isinstance(chat, responses.Refused):
+                return self._refused(path, "", "", refusal(api, "invalid_request", chat.message, param=chat.param))
+            asked, body, upstream_path = body, chat, "/v1/chat/completions"
+        admitted = await self._admit(api, path, key, asked or body, len(raw))
         if isinstance(admitted, web.Response):
             return admitted
+        if asked is not None:
+            raw = _encode.encode(body)
         streaming = body.get("stream") is True and path != "/v1/images/generations"
         strip_usage = False
-        if streaming and api == "openai":
+        if streaming and api == "openai" and asked is None:
             options = body.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
@@ -293,7 +308,7 @@ class GatewayApi:
         else:
             headers["authorization"] = f"Bearer {upstream.key}"
         try:
-            response = await self.session.post(upstream.url + path, data=raw, headers=headers)
+            response = await self.session.post(upstream.url + upstream_path, data=raw, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._release(admitted)
             rid = request_id(request)  # the error names the upstream's address: logged, not shown
@@ -309,19 +324,24 @@ class GatewayApi:
             # The stream is read to its end and billed in a task of its own, so that nothing
             # that cancels the request's handler (a server stopping, a framework reacting to a
             # hang-up) can cut the metering short.
-            pump = asyncio.create_task(self._stream(request, admitted, response, strip_usage))
+            pump = asyncio.create_task(self._stream(request, admitted, response, strip_usage, asked))
             self._pumps.add(pump)
             pump.add_done_callback(self._pumps.discard)
             pump.add_done_callback(lambda _: self.inflight.ended(admitted.reservation_id))
             return await asyncio.shield(pump)
         try:
-            return await self._whole(request, admitted, response, path)
+            return await self._whole(request, admitted, response, upstream_path, asked)
         finally:
             response.release()
             self.inflight.ended(admitted.reservation_id)
 
     async def _whole(
-        self, request: web.Request, admitted: Admitted, response: aiohttp.ClientResponse, path: str
+        self,
+        request: web.Request,
+        admitted: Admitted,
+        response: aiohttp.ClientResponse,
+        path: str,
+        asked: dict[str, Any] | None = None,
     ) -> web.Response:
         try:
             payload = await response.read()
@@ -366,10 +386,18 @@ class GatewayApi:
             return await self._unrecorded(admitted)
         self._count(admitted, 200)
         headers["x-flowplan-request-id"] = admitted.reservation_id
+        if asked is not None and isinstance(data, dict):
+            answer = responses.from_chat(data, asked, _response_id(admitted), int(admitted.started.timestamp()))
+            payload = _encode.encode(answer)
         return web.Response(body=payload, status=200, headers=headers)
 
     async def _stream(
-        self, request: web.Request, admitted: Admitted, response: aiohttp.ClientResponse, strip_usage: bool
+        self,
+        request: web.Request,
+        admitted: Admitted,
+        response: aiohttp.ClientResponse,
+        strip_usage: bool,
+        asked: dict[str, Any] | None = None,
     ) -> web.StreamResponse:
         out = web.StreamResponse(status=200)
         out.headers["content-type"] = response.headers.get("content-type", "text/event-stream")
@@ -377,7 +405,11 @@ class GatewayApi:
         out.headers.update(admitted.headers)
         out.headers["x-flowplan-request-id"] = admitted.reservation_id
         try:
-            return await self._pump(request, admitted, response, strip_usage, out)
+            translator = None
+            if asked is not None:
+                created = int(admitted.started.timestamp())
+                translator = responses.StreamToResponses(asked, _response_id(admitted), created)
+            return await self._pump(request, admitted, response, strip_usage, out, translator)
         finally:
             response.release()
 
@@ -388,6 +420,7 @@ class GatewayApi:
         response: aiohttp.ClientResponse,
         strip_usage: bool,
         out: web.StreamResponse,
+        translator: responses.StreamToResponses | None = None,
     ) -> web.StreamResponse:
         usage = StreamUsage(admitted.api)
         splitter = SseSplitter()
@@ -407,6 +440,9 @@ class GatewayApi:
                 forward = bytearray()
                 for event in splitter.feed(chunk):
                     usage.observe(event.data)
+                    if translator is not None:  # its final events come from translator.finish, below
+                        forward += responses.sse(translator.feed(event.data), _encode.encode)
+                        continue
                     if (
                         strip_usage
                         and isinstance(event.data, dict)
@@ -431,7 +467,7 @@ class GatewayApi:
             self._streams.discard(upstream)
         if upstream.was_cut:
             log.warning("stream %s cut at shutdown after %d content deltas", admitted.reservation_id, usage.deltas)
-        else:
+        elif translator is None:
             held += splitter.rest()
         tokens = usage.final()
         if not usage.output_reported and not tokens.input:  # OpenAI reports the input only at the end
@@ -444,6 +480,9 @@ class GatewayApi:
             await self._unrecorded(admitted)
             return out
         self._count(admitted, 499 if client_gone else 200)
+        if translator is not None:  # what it ends with carries the usage just stored
+            billed = responses.usage(tokens.input + tokens.cached, tokens.cached, tokens.output)
+            held = bytearray(responses.sse(translator.finish(billed), _encode.encode))
         if not client_gone:
             try:
                 if held:
@@ -630,6 +669,11 @@ class _Upstream:
     def cut(self) -> None:
         self.was_cut = True
         self.response.close()  # the pump's read ends; nothing more is read from the upstream
+
+
+def _response_id(admitted: Admitted) -> str:
+    """A translated Response's id: the call's own, as its usage event names it."""
+    return "resp_" + admitted.reservation_id.removeprefix("gw_")
 
 
 def _is_final(api: Api, data: Any, raw: bytes) -> bool:

@@ -17,7 +17,8 @@ def estimate_usd_micros(model: Model, body: dict[str, Any], body_bytes: int) -> 
         n = body.get("n", 1)
         images = n if isinstance(n, int) and 0 < n <= 10 else 1
         return max(1, usd_cost_pico(model, body_bytes // BYTES_PER_TOKEN, 0, 0, images) // 10**6)
-    asked = [v for v in (body.get("max_tokens"), body.get("max_completion_tokens")) if _count(v)]
+    limits = (body.get("max_tokens"), body.get("max_completion_tokens"), body.get("max_output_tokens"))
+    asked = [v for v in limits if _count(v)]
     output = asked[0] if asked else DEFAULT_MAX_OUTPUT
     return max(1, usd_cost_pico(model, body_bytes // BYTES_PER_TOKEN, output, 0, 0) // 10**6)
 

@@ -4,7 +4,7 @@ FLOWPLAN_UPSTREAMS='{"default": {"url": "https://api.example.com", "key": "..."}
                      "anthropic": {"url": "https://api.anthropic.com", "key": "..."}}'
 Requests are forwarded in the protocol the client spoke (OpenAI chat, images or Anthropic
 messages), to `<url>/v1/...`: an upstream must speak the protocols its models are called
-with. Unset, every vendor goes to the local simulator."""
+with; a Responses API call goes as chat completions (services.gateway.translate.responses). Unset, every vendor goes to the local simulator."""
 
 import msgspec
 
