@@ -5,12 +5,12 @@ import itertools
 import re
 import secrets
 from collections.abc import Iterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
 
-from services.simulator import text
+from services.simulator import text, tools
 from services.simulator.common import MAX_TOKENS, BadRequest, decode, generation_time, key_ok, read_body, stream_out
 from services.simulator.settings import SimulatorSettings
 
@@ -25,12 +25,24 @@ class Message(msgspec.Struct):
     content: str | list[Block]
 
 
+class Tool(msgspec.Struct):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    input_schema: Any = None
+
+
+class ToolChoice(msgspec.Struct):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+
+
 class MessagesRequest(msgspec.Struct):
     model: Annotated[str, msgspec.Meta(min_length=1)]
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS)]
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
     system: str | list[Block] | None = None
     stream: bool | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
 
 
 class CountTokensRequest(msgspec.Struct):
@@ -51,12 +63,19 @@ class TextBlock(msgspec.Struct, kw_only=True):
     text: str
 
 
+class ToolUseBlock(msgspec.Struct, kw_only=True):
+    type: str = "tool_use"
+    id: str
+    name: str
+    input: Any
+
+
 class MessageOut(msgspec.Struct, kw_only=True):
     id: str
     type: str = "message"
     role: str = "assistant"
     model: str
-    content: list[TextBlock]
+    content: list[TextBlock | ToolUseBlock]
     stop_reason: str | None
     stop_sequence: None = None
     usage: Usage
@@ -150,14 +169,71 @@ class AnthropicApi:
         stop_reason = "max_tokens" if n == call.max_tokens else "end_turn"
         message_id = f"msg_sim{_PREFIX}{next(_ids):012x}"
         input_tokens = prompt.tokens - prompt.cached
+        if (tool_call := _tool_call(call)) is not None:
+            return await self._tool_use(request, call, prompt, tool_call, message_id)
         if call.stream:
             head, chunks, tail = _stream_parts(message_id, call.model, prompt, input_tokens, n, stop_reason)
             return await stream_out(request, self.settings, head, chunks, n, tail)
         await generation_time(self.settings, n)
         usage = Usage(input_tokens=input_tokens, cache_read_input_tokens=prompt.cached, output_tokens=n)
-        content = [TextBlock(text=text.completion_text(prompt.start, n))]
+        content: list[TextBlock | ToolUseBlock] = [TextBlock(text=text.completion_text(prompt.start, n))]
         body = MessageOut(id=message_id, model=call.model, content=content, stop_reason=stop_reason, usage=usage)
         return web.Response(body=_encoder.encode(body), content_type="application/json")
+
+    async def _tool_use(
+        self, request: web.Request, call: MessagesRequest, prompt: text.Prompt, tool: tools.ToolCall, message_id: str
+    ) -> web.StreamResponse:
+        usage = Usage(
+            input_tokens=prompt.tokens - prompt.cached, cache_read_input_tokens=prompt.cached, output_tokens=tool.tokens
+        )
+        block = ToolUseBlock(id=f"toolu_sim{_PREFIX}{next(_ids):012x}", name=tool.name, input={})
+        if not call.stream:
+            await generation_time(self.settings, tool.tokens)
+            block.input = msgspec.json.decode(tool.arguments)
+            body = MessageOut(id=message_id, model=call.model, content=[block], stop_reason="tool_use", usage=usage)
+            return web.Response(body=_encoder.encode(body), content_type="application/json")
+        start = MessageOut(
+            id=message_id, model=call.model, content=[], stop_reason=None,
+            usage=msgspec.structs.replace(usage, output_tokens=1),
+        )  # fmt: skip
+        head = _event(b"message_start", b'{"type":"message_start","message":' + _encoder.encode(start) + b"}")
+        head += _event(
+            b"content_block_start",
+            b'{"type":"content_block_start","index":0,"content_block":' + _encoder.encode(block) + b"}",
+        )
+        pieces = [tool.arguments[i : i + 8] for i in range(0, len(tool.arguments), 8)]
+        chunks = (
+            _event(b"content_block_delta", _encoder.encode(
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": p}}
+            ))
+            for p in pieces
+        )  # fmt: skip
+        delta = {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                 "usage": {"output_tokens": tool.tokens}}  # fmt: skip
+        tail = (
+            _event(b"content_block_stop", b'{"type":"content_block_stop","index":0}')
+            + _event(b"message_delta", _encoder.encode(delta))
+            + _event(b"message_stop", b'{"type":"message_stop"}')
+        )
+        return await stream_out(request, self.settings, head, chunks, len(pieces), tail)
+
+
+def _tool_call(call: MessagesRequest) -> tools.ToolCall | None:
+    """services.simulator.tools' rule, with Anthropic's tool_choice and its tool results (a user
+    message of tool_result blocks is no question from the user)."""
+    offered = [tools.Offered(t.name, t.input_schema) for t in call.tools or ()]
+    choice = call.tool_choice
+    forced = (
+        None if choice is None or choice.type == "auto"
+        else "*" if choice.type == "any"
+        else "none" if choice.type == "none"
+        else choice.name
+    )  # fmt: skip
+    last = call.messages[-1]
+    blocks = last.content if isinstance(last.content, list) else []
+    last_is_user = last.role == "user" and not any(b.type == "tool_result" for b in blocks)
+    said = last.content if isinstance(last.content, str) else " ".join(b.text or "" for b in blocks)
+    return tools.choose(offered, forced, last_is_user, said)
 
 
 def _stream_parts(

@@ -259,6 +259,30 @@ async def test_tool_call_when_the_prompt_names_an_offered_tool(oai: openai.Async
     assert forced.choices[0].message.tool_calls[0].function.name == "get_weather"
 
 
+async def test_anthropic_tool_use_when_the_prompt_names_an_offered_tool(claude: anthropic.AsyncAnthropic) -> None:
+    tool = {"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}  # type: ignore[index]
+    asked = [{"role": "user", "content": 'Use get_weather [[args:{"city": "Oslo"}]]'}]
+    message = await claude.messages.create(model=MODEL, max_tokens=100, messages=asked, tools=[tool])
+    [block] = message.content
+    assert message.stop_reason == "tool_use" and block.type == "tool_use" and block.id.startswith("toolu_")
+    assert block.name == "get_weather" and block.input == {"city": "Oslo"}
+    async with claude.messages.stream(model=MODEL, max_tokens=100, messages=asked, tools=[tool]) as stream:
+        final = await stream.get_final_message()
+    assert final.stop_reason == "tool_use" and final.content[0].input == {"city": "Oslo"}
+    assert final.usage.output_tokens == message.usage.output_tokens == 1 + (11 + len('{"city":"Oslo"}')) // 4
+    result = [
+        *asked,
+        {"role": "assistant", "content": [block.model_dump()]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id, "content": "sunny"}]},
+    ]
+    answer = await claude.messages.create(model=MODEL, max_tokens=100, messages=result, tools=[tool])
+    assert answer.stop_reason == "end_turn" and answer.content[0].type == "text"
+    forced = await claude.messages.create(
+        model=MODEL, max_tokens=100, messages=QUESTION, tools=[tool], tool_choice={"type": "any"}
+    )
+    assert forced.stop_reason == "tool_use"
+
+
 async def test_openai_models(oai: openai.AsyncOpenAI) -> None:
     models = [m.id async for m in oai.models.list()]
     assert MODEL in models
