@@ -33,13 +33,13 @@ from proto.v1 import (
     encode,
     subjects,
 )
-from services.gateway import metrics
+from services.gateway import metrics, translate
 from services.gateway.body import BodyError, parse_body
 from services.gateway.errors import Api, refusal, request_id, upstream_failure
 from services.gateway.estimate import BYTES_PER_TOKEN, estimate_input_tokens, estimate_usd_micros
 from services.gateway.inflight import InflightCalls
 from services.gateway.recorder import RETRY_AFTER_S, UsageNotStored, UsageRecorder
-from services.gateway.translate import responses
+from services.gateway.translate import Translation
 from services.gateway.upstreams import Upstreams
 from services.gateway.usage import SseSplitter, StreamUsage, Tokens, from_anthropic, from_openai
 
@@ -279,28 +279,31 @@ class GatewayApi:
         if isinstance(read, web.Response):
             return self._refused(path, "", "", read)
         raw, body = read
-        asked: dict[str, Any] | None = None  # a Responses request, answered from the chat it becomes
-        upstream_path = path
-        if path == "/v1/responses":
-            chat = responses.to_chat(body)
-            if isinstance(chat, responses.Refused):
-                return self._refused(path, "", "", refusal(api, "invalid_request", chat.message, param=chat.param))
-            asked, body, upstream_path = body, chat, "/v1/chat/completions"
-        admitted = await self._admit(api, path, key, asked or body, len(raw))
+        # When the model's upstream does not speak the client's protocol (or it is the Responses
+        # API), the call is translated: decided before admission, so a call that cannot be is a 400.
+        model_id = body.get("model")
+        model = self.catalog.models.get(model_id) if isinstance(model_id, str) else None
+        translation = translate.plan(path, body, self.upstreams.for_vendor(model.vendor).speaks) if model else None
+        if isinstance(translation, translate.Refused):
+            message, param = translation
+            return self._refused(path, "", "", refusal(api, "invalid_request", message, param=param))
+        admitted = await self._admit(api, path, key, body, len(raw))
         if isinstance(admitted, web.Response):
             return admitted
-        if asked is not None:
-            raw = _encode.encode(body)
+        upstream_path, upstream_api = path, api
+        if translation is not None:
+            raw = _encode.encode(translation.body)
+            upstream_path, upstream_api = translation.upstream_path, translation.upstream_api
         streaming = body.get("stream") is True and path != "/v1/images/generations"
         strip_usage = False
-        if streaming and api == "openai" and asked is None:
+        if streaming and api == "openai" and translation is None:
             options = body.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
                 raw, strip_usage = _encode.encode(body), True
         upstream = self.upstreams.for_vendor(admitted.model.vendor)
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
-        if api == "anthropic":
+        if upstream_api == "anthropic":
             headers["x-api-key"] = upstream.key
             headers["anthropic-version"] = request.headers.get("anthropic-version", "2023-06-01")
             if beta := request.headers.get("anthropic-beta"):
@@ -324,13 +327,13 @@ class GatewayApi:
             # The stream is read to its end and billed in a task of its own, so that nothing
             # that cancels the request's handler (a server stopping, a framework reacting to a
             # hang-up) can cut the metering short.
-            pump = asyncio.create_task(self._stream(request, admitted, response, strip_usage, asked))
+            pump = asyncio.create_task(self._stream(request, admitted, response, strip_usage, translation))
             self._pumps.add(pump)
             pump.add_done_callback(self._pumps.discard)
             pump.add_done_callback(lambda _: self.inflight.ended(admitted.reservation_id))
             return await asyncio.shield(pump)
         try:
-            return await self._whole(request, admitted, response, upstream_path, asked)
+            return await self._whole(request, admitted, response, upstream_path, translation)
         finally:
             response.release()
             self.inflight.ended(admitted.reservation_id)
@@ -341,7 +344,7 @@ class GatewayApi:
         admitted: Admitted,
         response: aiohttp.ClientResponse,
         path: str,
-        asked: dict[str, Any] | None = None,
+        translation: Translation | None = None,
     ) -> web.Response:
         try:
             payload = await response.read()
@@ -373,7 +376,7 @@ class GatewayApi:
         except msgspec.DecodeError:
             data = {}
         usage = data.get("usage") if isinstance(data, dict) else None
-        if admitted.api == "anthropic":
+        if (translation.upstream_api if translation else admitted.api) == "anthropic":
             tokens = from_anthropic(usage)
         else:
             tokens = from_openai(usage)
@@ -386,8 +389,8 @@ class GatewayApi:
             return await self._unrecorded(admitted)
         self._count(admitted, 200)
         headers["x-flowplan-request-id"] = admitted.reservation_id
-        if asked is not None and isinstance(data, dict):
-            answer = responses.from_chat(data, asked, _response_id(admitted), int(admitted.started.timestamp()))
+        if translation is not None and isinstance(data, dict):
+            answer = translation.answer(data, _call_id(admitted), int(admitted.started.timestamp()), tokens)
             payload = _encode.encode(answer)
         return web.Response(body=payload, status=200, headers=headers)
 
@@ -397,7 +400,7 @@ class GatewayApi:
         admitted: Admitted,
         response: aiohttp.ClientResponse,
         strip_usage: bool,
-        asked: dict[str, Any] | None = None,
+        translation: Translation | None = None,
     ) -> web.StreamResponse:
         out = web.StreamResponse(status=200)
         out.headers["content-type"] = response.headers.get("content-type", "text/event-stream")
@@ -406,10 +409,11 @@ class GatewayApi:
         out.headers["x-flowplan-request-id"] = admitted.reservation_id
         try:
             translator = None
-            if asked is not None:
-                created = int(admitted.started.timestamp())
-                translator = responses.StreamToResponses(asked, _response_id(admitted), created)
-            return await self._pump(request, admitted, response, strip_usage, out, translator)
+            if translation is not None:
+                out.headers["content-type"] = "text/event-stream"
+                translator = translation.stream(_call_id(admitted), int(admitted.started.timestamp()))
+            upstream_api = translation.upstream_api if translation else admitted.api
+            return await self._pump(request, admitted, response, strip_usage, out, translator, upstream_api)
         finally:
             response.release()
 
@@ -420,9 +424,10 @@ class GatewayApi:
         response: aiohttp.ClientResponse,
         strip_usage: bool,
         out: web.StreamResponse,
-        translator: responses.StreamToResponses | None = None,
+        translator: translate.StreamTranslator | None = None,
+        upstream_api: Api | None = None,
     ) -> web.StreamResponse:
-        usage = StreamUsage(admitted.api)
+        usage = StreamUsage(upstream_api or admitted.api)
         splitter = SseSplitter()
         upstream = _Upstream(response)
         held = bytearray()  # the stream's final events: the client gets them once the usage is stored
@@ -441,7 +446,7 @@ class GatewayApi:
                 for event in splitter.feed(chunk):
                     usage.observe(event.data)
                     if translator is not None:  # its final events come from translator.finish, below
-                        forward += responses.sse(translator.feed(event.data), _encode.encode)
+                        forward += translator.feed(event.data)
                         continue
                     if (
                         strip_usage
@@ -481,8 +486,7 @@ class GatewayApi:
             return out
         self._count(admitted, 499 if client_gone else 200)
         if translator is not None:  # what it ends with carries the usage just stored
-            billed = responses.usage(tokens.input + tokens.cached, tokens.cached, tokens.output)
-            held = bytearray(responses.sse(translator.finish(billed), _encode.encode))
+            held = bytearray(translator.finish(tokens))
         if not client_gone:
             try:
                 if held:
@@ -671,9 +675,9 @@ class _Upstream:
         self.response.close()  # the pump's read ends; nothing more is read from the upstream
 
 
-def _response_id(admitted: Admitted) -> str:
-    """A translated Response's id: the call's own, as its usage event names it."""
-    return "resp_" + admitted.reservation_id.removeprefix("gw_")
+def _call_id(admitted: Admitted) -> str:
+    """What a translated answer's id is made of: the call's own, as its usage event names it."""
+    return admitted.reservation_id.removeprefix("gw_")
 
 
 def _is_final(api: Api, data: Any, raw: bytes) -> bool:

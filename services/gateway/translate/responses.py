@@ -241,17 +241,30 @@ def response(
 ) -> dict[str, Any]:
     """A Response object, echoing the request's settings as the Responses API does."""
     return {
-        "id": response_id, "object": "response", "created_at": created, "status": status, "error": error,
+        "id": response_id,
+        "object": "response",
+        "created_at": created,
+        "status": status,
+        "error": error,
         "incomplete_details": {"reason": incomplete} if incomplete else None,
-        "instructions": request.get("instructions"), "max_output_tokens": request.get("max_output_tokens"),
-        "model": request.get("model"), "output": output,
-        "parallel_tool_calls": request.get("parallel_tool_calls", True), "previous_response_id": None,
-        "reasoning": {"effort": None, "summary": None}, "store": False,
-        "temperature": request.get("temperature", 1.0), "text": request.get("text") or {"format": {"type": "text"}},
-        "tool_choice": request.get("tool_choice", "auto"), "tools": request.get("tools") or [],
-        "top_p": request.get("top_p", 1.0), "truncation": "disabled", "usage": usage_block, "user": None,
+        "instructions": request.get("instructions"),
+        "max_output_tokens": request.get("max_output_tokens"),
+        "model": request.get("model"),
+        "output": output,
+        "parallel_tool_calls": request.get("parallel_tool_calls", True),
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "store": False,
+        "temperature": request.get("temperature", 1.0),
+        "text": request.get("text") or {"format": {"type": "text"}},
+        "tool_choice": request.get("tool_choice", "auto"),
+        "tools": request.get("tools") or [],
+        "top_p": request.get("top_p", 1.0),
+        "truncation": "disabled",
+        "usage": usage_block,
+        "user": None,
         "metadata": {},
-    }  # fmt: skip
+    }
 
 
 def from_chat(chat: dict[str, Any], request: dict[str, Any], response_id: str, created: int) -> dict[str, Any]:
@@ -267,9 +280,14 @@ def from_chat(chat: dict[str, Any], request: dict[str, Any], response_id: str, c
         function = _dict(call.get("function")) if isinstance(call, dict) else {}
         call_id = call.get("id", "") if isinstance(call, dict) else ""
         output.append(
-            _call_item(f"fc_{response_id[5:]}_{n}", call_id, function.get("name", ""),
-                       function.get("arguments", ""), "completed")
-        )  # fmt: skip
+            _call_item(
+                f"fc_{response_id[5:]}_{n}",
+                call_id,
+                function.get("name", ""),
+                function.get("arguments", ""),
+                "completed",
+            )
+        )
     status, incomplete = FINISH.get(choice.get("finish_reason"), ("completed", None))
     return response(request, response_id, created, status, output, chat_usage(chat.get("usage")), incomplete)
 
@@ -280,8 +298,14 @@ def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
 
 
 def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
-    return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": arguments,
-            "status": status}  # fmt: skip
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
 
 
 class StreamToResponses:
@@ -322,14 +346,21 @@ class StreamToResponses:
         events = self._start() + self._close_text()
         for item in self._open_calls:
             item["status"] = "completed"
-            events.append(self._event("response.function_call_arguments.done", item_id=item["id"],
-                                      output_index=self._output.index(item), arguments=item["arguments"]))  # fmt: skip
+            events.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=self._output.index(item),
+                    arguments=item["arguments"],
+                )
+            )
             events.append(self._event("response.output_item.done", output_index=self._output.index(item), item=item))
         self._open_calls = []
         if self.finish_reason is None:
             error = {"code": "server_error", "message": "the upstream provider broke off the answer"}
-            final = response(self.request, self.response_id, self.created, "failed", self._output, usage_block,
-                             error=error)  # fmt: skip
+            final = response(
+                self.request, self.response_id, self.created, "failed", self._output, usage_block, error=error
+            )
             return [*events, self._event("response.failed", response=final)]
         status, incomplete = FINISH.get(self.finish_reason, ("completed", None))
         final = response(self.request, self.response_id, self.created, status, self._output, usage_block, incomplete)
@@ -349,15 +380,28 @@ class StreamToResponses:
             self._text = item
             self._output.append(item)
             index = len(self._output) - 1
-            events.append(self._event("response.output_item.added", output_index=index,
-                                      item={**item, "content": []}))  # fmt: skip
-            events.append(self._event("response.content_part.added", item_id=item["id"], output_index=index,
-                                      content_index=0, part={**item["content"][0], "text": ""}))  # fmt: skip
+            events.append(self._event("response.output_item.added", output_index=index, item={**item, "content": []}))
+            events.append(
+                self._event(
+                    "response.content_part.added",
+                    item_id=item["id"],
+                    output_index=index,
+                    content_index=0,
+                    part={**item["content"][0], "text": ""},
+                )
+            )
         item = self._text
         item["content"][0]["text"] += content
-        events.append(self._event("response.output_text.delta", item_id=item["id"],
-                                  output_index=self._output.index(item), content_index=0, delta=content,
-                                  logprobs=[]))  # fmt: skip
+        events.append(
+            self._event(
+                "response.output_text.delta",
+                item_id=item["id"],
+                output_index=self._output.index(item),
+                content_index=0,
+                delta=content,
+                logprobs=[],
+            )
+        )
         return events
 
     def _close_text(self) -> list[dict[str, Any]]:
@@ -367,12 +411,19 @@ class StreamToResponses:
         index, part = self._output.index(item), item["content"][0]
         item["status"] = "completed"
         return [
-            self._event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                        text=part["text"], logprobs=[]),
-            self._event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
-                        part=part),
+            self._event(
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=index,
+                content_index=0,
+                text=part["text"],
+                logprobs=[],
+            ),
+            self._event(
+                "response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part
+            ),
             self._event("response.output_item.done", output_index=index, item=item),
-        ]  # fmt: skip
+        ]
 
     def _call_delta(self, call: dict[str, Any]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -381,18 +432,30 @@ class StreamToResponses:
         item = self._calls.get(index)
         if item is None:
             events += self._close_text()  # the text before a call is done when the call begins
-            item = _call_item(f"fc_{self.response_id[5:]}_{len(self._output)}", call.get("id") or "",
-                              function.get("name") or "", "", "in_progress")  # fmt: skip
+            item = _call_item(
+                f"fc_{self.response_id[5:]}_{len(self._output)}",
+                call.get("id") or "",
+                function.get("name") or "",
+                "",
+                "in_progress",
+            )
             self._calls[index] = item
             self._open_calls.append(item)
             self._output.append(item)
-            events.append(self._event("response.output_item.added", output_index=len(self._output) - 1,
-                                      item=dict(item)))  # fmt: skip
+            events.append(
+                self._event("response.output_item.added", output_index=len(self._output) - 1, item=dict(item))
+            )
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
             item["arguments"] += arguments
-            events.append(self._event("response.function_call_arguments.delta", item_id=item["id"],
-                                      output_index=self._output.index(item), delta=arguments))  # fmt: skip
+            events.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=self._output.index(item),
+                    delta=arguments,
+                )
+            )
         return events
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
