@@ -125,7 +125,7 @@ async def test_refusals_are_openai_errors_naming_the_field(stack: Stack) -> None
         await client.responses.create(model=FREE_MODEL, input=[{"type": "computer_call_output", "call_id": "x"}])
     assert bad_item.value.param == "input[0].type"
     with pytest.raises(openai.BadRequestError) as bad_tool:
-        await client.responses.create(model=FREE_MODEL, input="hi", tools=[{"type": "web_search"}])
+        await client.responses.create(model=FREE_MODEL, input="hi", tools=[{"type": "custom", "name": "patch"}])
     assert bad_tool.value.param == "tools[0]"
     with pytest.raises(openai.BadRequestError) as no_input:
         await client.responses.create(model=FREE_MODEL, input=[])

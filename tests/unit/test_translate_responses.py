@@ -77,7 +77,8 @@ def test_requests_translate_to_chat(request_body: dict[str, Any], chat: dict[str
         ({"input": [{"type": "function_call", "name": "f"}]}, "input[0]"),
         ({"input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
-        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0]"),
+        ({"input": "x", "tools": [{"type": "custom", "name": "apply_patch"}]}, "tools[0]"),
+        ({"input": "x", "tools": [{"type": "namespace", "tools": [{"type": "local_shell"}]}]}, "tools[0].tools[0]"),
         ({"input": "x", "tool_choice": "sometimes"}, "tool_choice"),
         ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
         ({"input": "x", "max_output_tokens": True}, "max_output_tokens"),
@@ -174,3 +175,11 @@ def test_a_stream_cut_short_ends_failed_and_one_cut_by_max_tokens_incomplete() -
     assert cut[-1].response.incomplete_details.reason == "max_output_tokens"
     empty = run([], responses.usage(5, 0, 0))
     assert [e.type for e in empty] == ["response.created", "response.in_progress", "response.failed"]
+
+
+def test_codex_tools_namespaces_flattened_hosted_dropped() -> None:
+    group = {"type": "namespace", "name": "agents", "tools": [{**TOOL, "name": "spawn"}, {**TOOL, "name": "close"}]}
+    chat = responses.to_chat({"model": "m", "input": "x", "tools": [TOOL, group, {"type": "web_search"}]})
+    assert isinstance(chat, dict) and [t["function"]["name"] for t in chat["tools"]] == ["f", "spawn", "close"]
+    only_hosted = responses.to_chat({"model": "m", "input": "x", "tools": [{"type": "web_search"}]})
+    assert isinstance(only_hosted, dict) and "tools" not in only_hosted

@@ -6,7 +6,10 @@ What is translated: `input` as a string or items (messages with text / image par
 `function_call`, `function_call_output`; `reasoning` items are dropped: chat cannot carry them),
 `instructions` (a system message first), function `tools`, `tool_choice`, `max_output_tokens`,
 `temperature`, `top_p`, `parallel_tool_calls`, `text.format` (JSON schema / object) and
-`reasoning.effort`. The gateway stores no responses, so `previous_response_id` and
+`reasoning.effort`. A `namespace` of function tools (Codex groups some) is offered as its
+functions by their own names; hosted tools (`web_search`, `file_search`, ...) are dropped,
+since only OpenAI's servers run them; other tool types (custom, local_shell, computer) are
+refused. The gateway stores no responses, so `previous_response_id` and
 `store: true` are refused (400), as is anything else it cannot carry over faithfully.
 """
 
@@ -19,6 +22,8 @@ ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develope
 """Responses message role -> chat role."""
 TEXT_PARTS = frozenset({"input_text", "output_text", "text", "refusal"})
 TOOL_CHOICES = frozenset({"auto", "none", "required"})
+HOSTED_TOOLS = frozenset({"web_search", "web_search_preview", "file_search", "code_interpreter", "image_generation"})
+"""Tools OpenAI's servers run (Codex offers web_search): dropped, as chat cannot ask for them."""
 PASSED = ("temperature", "top_p", "parallel_tool_calls", "user")
 """Request fields with the same name and meaning in both protocols."""
 FINISH: dict[str | None, tuple[str, str | None]] = {
@@ -150,13 +155,21 @@ def _tools(body: dict[str, Any], chat: dict[str, Any]) -> Refused | None:
         return None
     if not isinstance(tools, list):
         return Refused("tools: must be a list", "tools")
-    out = []
+    out: list[dict[str, Any]] = []
     for i, tool in enumerate(tools):
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("name"), str):
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            return Refused(f"tools[{i}]: only function tools with a name are supported (got {kind!r})", f"tools[{i}]")
-        function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
-        out.append({"type": "function", "function": function})
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind in HOSTED_TOOLS:
+            continue  # run by OpenAI's servers, which chat cannot ask for: the model does without
+        group = tool.get("tools") if kind == "namespace" and isinstance(tool, dict) else [tool]
+        for j, function in enumerate(group if isinstance(group, list) else [None]):
+            where = f"tools[{i}]" if kind != "namespace" else f"tools[{i}].tools[{j}]"
+            if not isinstance(function, dict) or function.get("type") != "function" or not function.get("name"):
+                found = function.get("type") if isinstance(function, dict) else None
+                return Refused(f"{where}: only function tools with a name are supported (got {found!r})", where)
+            keep = {
+                k: function[k] for k in ("name", "description", "parameters", "strict") if function.get(k) is not None
+            }
+            out.append({"type": "function", "function": keep})
     if out:
         chat["tools"] = out
     return None
