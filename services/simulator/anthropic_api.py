@@ -21,7 +21,7 @@ class Block(msgspec.Struct):
 
 
 class Message(msgspec.Struct):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]  # Claude Code sends system turns among its messages
     content: str | list[Block]
 
 
@@ -229,7 +229,7 @@ def _tool_call(call: MessagesRequest) -> tools.ToolCall | None:
         else "none" if choice.type == "none"
         else choice.name
     )  # fmt: skip
-    last = call.messages[-1]
+    last = next((m for m in reversed(call.messages) if m.role != "system"), call.messages[-1])
     blocks = last.content if isinstance(last.content, list) else []
     last_is_user = last.role == "user" and not any(b.type == "tool_result" for b in blocks)
     said = last.content if isinstance(last.content, str) else " ".join(b.text or "" for b in blocks)

@@ -19,6 +19,7 @@ MODELS = ("sim-chat", "gpt-4o-mini", "gpt-4.1", "claude-sonnet-4-5", "gpt-image-
 """Listed by GET /v1/models; any model name is accepted in requests."""
 MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS)]
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+SYSTEM = ("system", "developer")
 
 
 class Part(msgspec.Struct):
@@ -176,8 +177,10 @@ def parse(body: bytes) -> tuple[ChatRequest, text.Prompt, int, tools.ToolCall | 
         else choice.function.name if isinstance(choice, ToolChoice) and choice.function
         else None
     )  # fmt: skip
-    last_is_user = request.messages[-1].role == "user"
-    call = tools.choose(offered, forced, last_is_user, " ".join(messages[-1]))
+    # System turns after the question (Claude Code adds its environment last) do not answer it.
+    last = next((i for i in range(len(messages) - 1, -1, -1) if request.messages[i].role not in SYSTEM), -1)
+    last_is_user = request.messages[last].role == "user"
+    call = tools.choose(offered, forced, last_is_user, " ".join(messages[last]))
     return request, prompt, request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS, call
 
 

@@ -3,7 +3,8 @@
 The rule (so that an agent loop, Claude Code or Codex, can complete a turn against it):
 
 - A tool is called only when the request offers tools, `tool_choice` is not `none`, and the
-  last message is the user's (after a tool's result the model answers in text, ending its turn).
+  last message (system turns after it aside) is the user's: after a tool's result the model
+  answers in text, ending its turn.
 - Which tool: the one `tool_choice` names; else, with `tool_choice` `required` / `any`, the
   first offered; else the first offered tool whose name appears as a word in the text of the
   last user message. No such tool: a text reply.

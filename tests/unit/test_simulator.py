@@ -417,7 +417,7 @@ async def test_openai_400_shape(base: str, http: aiohttp.ClientSession, body: by
         (b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}', "max_tokens: Field required"),
         (b'{"model": "m", "max_tokens": 5}', "messages: Field required"),
         (b'{"model": "m", "max_tokens": 5, "messages": []}', "messages"),
-        (b'{"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}', "messages.0.role"),
+        (b'{"model": "m", "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}', "messages.0.role"),
         (b'{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "system": 3}', "system"),
         (b'{"model": "m", "max_tokens": -1, "messages": [{"role": "user", "content": "x"}]}', "max_tokens"),
     ],

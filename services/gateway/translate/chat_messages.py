@@ -57,8 +57,11 @@ def messages_to_chat(body: dict[str, Any]) -> dict[str, Any] | Refused:
         return Refused("messages: required, a non-empty list", "messages")
     for i, message in enumerate(messages):
         role, content = _dict(message).get("role"), _dict(message).get("content")
+        if role == "system":  # a system turn in the conversation (Claude Code sends them)
+            out.append({"role": "system", "content": _text(content)})
+            continue
         if role not in ("user", "assistant"):
-            return Refused(f"messages.{i}.role: user or assistant", f"messages.{i}.role")
+            return Refused(f"messages.{i}.role: user, assistant or system, not {role!r}", f"messages.{i}.role")
         if isinstance(content, str):
             out.append({"role": role, "content": content})
             continue
