@@ -139,3 +139,38 @@ async def test_openai_sdk_tool_call_round_trip_on_a_messages_upstream(vendors: S
     assert reply.choices[0].finish_reason == "stop" and reply.choices[0].message.content
     events = await metered(vendors, account["key"], 3)
     assert len(events) == 3 and all(e["model"] == PRO_CLAUDE for e in events)
+
+
+async def test_responses_api_on_a_messages_upstream_codex_on_claude(vendors: Stack) -> None:
+    """Responses -> chat -> messages and back, streamed and not, with a function tool."""
+    account = await pro_account(vendors)
+    client = oai(vendors, account["key"])
+    answer = await client.responses.create(
+        model=PRO_CLAUDE, input="Explain GCRA [[cached:1]]", instructions="Be brief.", max_output_tokens=500
+    )
+    message = await claude(vendors, account["key"]).messages.create(
+        model=PRO_CLAUDE,
+        max_tokens=500,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "Explain GCRA [[cached:1]]"}],
+    )
+    assert answer.status == "completed" and answer.output_text == message.content[0].text
+    assert answer.usage is not None and answer.usage.input_tokens_details.cached_tokens == 1
+    assert answer.usage.input_tokens == message.usage.input_tokens + 1
+    assert answer.usage.output_tokens == message.usage.output_tokens
+    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA}
+    stream = await client.responses.create(model=PRO_CLAUDE, input=ASK_TOOL, tools=[tool], stream=True)  # type: ignore[list-item]
+    events = [event async for event in stream]
+    arguments = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert json.loads(arguments) == {"city": "Paris"} and events[-1].type == "response.completed"
+    [call] = [item for item in events[-1].response.output if item.type == "function_call"]
+    assert call.name == "get_weather" and events[-1].response.usage.output_tokens > 0
+    follow_up = [
+        {"role": "user", "content": ASK_TOOL},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+    ]
+    done = await client.responses.create(model=PRO_CLAUDE, input=follow_up, tools=[tool])  # type: ignore[list-item]
+    assert done.status == "completed" and done.output_text
+    events_metered = await metered(vendors, account["key"], 4)
+    assert len(events_metered) == 4 and all(e["model"] == PRO_CLAUDE for e in events_metered)

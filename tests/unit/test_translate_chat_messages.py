@@ -23,6 +23,7 @@ BOTH = frozenset({"chat", "messages", "images"})
         ("/v1/messages", CHAT, "/v1/chat/completions"),
         ("/v1/responses", BOTH, "/v1/chat/completions"),
         ("/v1/responses", frozenset({"chat", "responses"}), "/v1/chat/completions"),
+        ("/v1/responses", MESSAGES, "/v1/messages"),
     ],
 )
 def test_a_call_is_translated_only_when_its_upstream_does_not_speak_its_protocol(
@@ -34,7 +35,7 @@ def test_a_call_is_translated_only_when_its_upstream_does_not_speak_its_protocol
 
 
 def test_what_no_upstream_protocol_can_carry_is_refused() -> None:
-    refused = translate.plan("/v1/responses", {"model": "m", "input": "x"}, MESSAGES)
+    refused = translate.plan("/v1/responses", {"model": "m", "input": "x"}, frozenset({"images"}))
     assert isinstance(refused, translate.Refused) and refused.param == "model"
     server_tool = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}],
                    "tools": [{"type": "web_search_20250305", "name": "web_search"}]}  # fmt: skip

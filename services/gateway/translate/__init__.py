@@ -65,27 +65,54 @@ class _ResponsesStream:
         return responses.sse(self._events.finish(usage), _encode)
 
 
-def plan(path: str, body: dict[str, Any], speaks: frozenset[str]) -> Translation | Refused | None:
-    """None when the upstream speaks the client's protocol (the call passes through as it is)."""
-    protocol = PROTOCOL_OF.get(path)
-    if protocol is None or (protocol in speaks and protocol != "responses"):
-        return None
-    if protocol == "responses":  # always over chat: the gateway reads usage from chat's stream
-        if "chat" not in speaks:
-            return Refused(
-                "model: this model's upstream does not speak chat completions, which the "
-                "Responses API is translated to; use /v1/chat/completions or /v1/messages",
-                "model",
-            )
-        chat = responses.to_chat(body)
-        if isinstance(chat, Refused):
-            return chat
+class _ResponsesOverMessages:
+    """Messages events -> chat chunks -> Responses events, chunk by chunk."""
+
+    def __init__(self, request: dict[str, Any], chat: dict[str, Any], call_id: str, created: int) -> None:
+        self._chunks = chat_messages.MessagesStreamToChat(chat, "chatcmpl-" + call_id, created)
+        self._responses = _ResponsesStream(request, call_id, created)
+
+    def feed(self, data: Any) -> bytes:
+        return b"".join(self._responses.feed(chunk) for chunk in self._chunks.chunks(data))
+
+    def finish(self, tokens: Tokens) -> bytes:
+        closing = b"".join(self._responses.feed(chunk) for chunk in self._chunks.final_chunks(tokens))
+        return closing + self._responses.finish(tokens)
+
+
+def _responses(body: dict[str, Any], speaks: frozenset[str]) -> Translation | Refused:
+    chat = responses.to_chat(body)
+    if isinstance(chat, Refused):
+        return chat
+    if "chat" in speaks:
         return Translation(
             "chat",
             chat,
             lambda data, call_id, created, _: responses.from_chat(data, body, "resp_" + call_id, created),
             lambda call_id, created: _ResponsesStream(body, call_id, created),
         )
+    if "messages" not in speaks:
+        return Refused("model: this model's upstream speaks neither chat completions nor messages", "model")
+    call = chat_messages.chat_to_messages(chat)
+    if isinstance(call, Refused):
+        return call
+
+    def answer(data: dict[str, Any], call_id: str, created: int, tokens: Tokens) -> dict[str, Any]:
+        completion = chat_messages.message_to_chat(data, chat, "chatcmpl-" + call_id, created, tokens)
+        return responses.from_chat(completion, body, "resp_" + call_id, created)
+
+    return Translation(
+        "messages", call, answer, lambda call_id, created: _ResponsesOverMessages(body, chat, call_id, created)
+    )
+
+
+def plan(path: str, body: dict[str, Any], speaks: frozenset[str]) -> Translation | Refused | None:
+    """None when the upstream speaks the client's protocol (the call passes through as it is)."""
+    protocol = PROTOCOL_OF.get(path)
+    if protocol is None or (protocol in speaks and protocol != "responses"):
+        return None
+    if protocol == "responses":  # always by way of chat: the gateway reads usage from chat's stream
+        return _responses(body, speaks)
     if protocol == "messages" and "chat" in speaks:
         chat = chat_messages.messages_to_chat(body)
         if isinstance(chat, Refused):

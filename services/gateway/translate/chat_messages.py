@@ -405,7 +405,7 @@ class MessagesStreamToChat:
         self._count = itertools.count()
         self.stop_reason: str | None = None
 
-    def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> bytes:
+    def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
             "id": self.completion_id,
             "object": "chat.completion.chunk",
@@ -418,13 +418,14 @@ class MessagesStreamToChat:
         }
         if self.include_usage:
             chunk["usage"] = usage
-        return f"data: {_encode(chunk)}\n\n".encode()
+        return chunk
 
-    def feed(self, event: Any) -> bytes:
+    def chunks(self, event: Any) -> list[dict[str, Any]]:
+        """The chat chunks for one Messages event (none for most bookkeeping events)."""
         data = _dict(event)
         kind = data.get("type")
         if kind == "message_start":
-            return self._chunk({"role": "assistant", "content": ""})
+            return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content_block_start" and _dict(data.get("content_block")).get("type") == "tool_use":
             block = data["content_block"]
             index = self._tools[_int(data.get("index"))] = next(self._count)
@@ -434,22 +435,29 @@ class MessagesStreamToChat:
                 "type": "function",
                 "function": {"name": block.get("name"), "arguments": ""},
             }
-            return self._chunk({"tool_calls": [opening]})
+            return [self._chunk({"tool_calls": [opening]})]
         if kind == "content_block_delta":
             delta = _dict(data.get("delta"))
             if delta.get("type") == "text_delta" and delta.get("text"):
-                return self._chunk({"content": delta["text"]})
+                return [self._chunk({"content": delta["text"]})]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
                 index = self._tools.get(_int(data.get("index")), 0)
                 piece = {"index": index, "function": {"arguments": delta["partial_json"]}}
-                return self._chunk({"tool_calls": [piece]})
+                return [self._chunk({"tool_calls": [piece]})]
         if kind == "message_delta":
             self.stop_reason = _dict(data.get("delta")).get("stop_reason") or self.stop_reason
-        return b""
+        return []
+
+    def final_chunks(self, tokens: Tokens) -> list[dict[str, Any]]:
+        """The finish reason (unless the upstream broke off before it) and the asked-for usage."""
+        finish = TO_CHAT_FINISH.get(self.stop_reason or "", "stop") if self.stop_reason else None
+        out = [self._chunk({}, finish)] if finish else []
+        if self.include_usage:
+            out.append(self._chunk(None, usage=openai_usage(tokens)))
+        return out
+
+    def feed(self, event: Any) -> bytes:
+        return b"".join(f"data: {_encode(c)}\n\n".encode() for c in self.chunks(event))
 
     def finish(self, tokens: Tokens) -> bytes:
-        finish = TO_CHAT_FINISH.get(self.stop_reason or "", "stop") if self.stop_reason else None
-        out = self._chunk({}, finish) if finish else b""
-        if self.include_usage:
-            out += self._chunk(None, usage=openai_usage(tokens))
-        return out + b"data: [DONE]\n\n"
+        return b"".join(f"data: {_encode(c)}\n\n".encode() for c in self.final_chunks(tokens)) + b"data: [DONE]\n\n"
