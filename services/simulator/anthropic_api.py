@@ -43,6 +43,7 @@ class MessagesRequest(msgspec.Struct):
     stream: bool | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
+    stop_sequences: list[str] | None = None
 
 
 class CountTokensRequest(msgspec.Struct):
@@ -77,7 +78,7 @@ class MessageOut(msgspec.Struct, kw_only=True):
     model: str
     content: list[TextBlock | ToolUseBlock]
     stop_reason: str | None
-    stop_sequence: None = None
+    stop_sequence: str | None = None
     usage: Usage
 
 
@@ -167,17 +168,25 @@ class AnthropicApi:
             return error(exc.status, kind, _INDEX.sub(r".\1", exc.message))  # Anthropic writes messages.0.role
         n = text.completion_length(prompt, call.max_tokens)
         stop_reason = "max_tokens" if n == call.max_tokens else "end_turn"
+        stop_sequence = None
+        if (cut := text.stop_at(prompt.start, n, call.stop_sequences or [])) is not None:
+            n, stop_sequence, stop_reason = cut[0], cut[1], "stop_sequence"
         message_id = f"msg_sim{_PREFIX}{next(_ids):012x}"
         input_tokens = prompt.tokens - prompt.cached
         if (tool_call := _tool_call(call)) is not None:
             return await self._tool_use(request, call, prompt, tool_call, message_id)
         if call.stream:
-            head, chunks, tail = _stream_parts(message_id, call.model, prompt, input_tokens, n, stop_reason)
+            head, chunks, tail = _stream_parts(
+                message_id, call.model, prompt, input_tokens, n, stop_reason, stop_sequence
+            )
             return await stream_out(request, self.settings, head, chunks, n, tail)
         await generation_time(self.settings, n)
         usage = Usage(input_tokens=input_tokens, cache_read_input_tokens=prompt.cached, output_tokens=n)
         content: list[TextBlock | ToolUseBlock] = [TextBlock(text=text.completion_text(prompt.start, n))]
-        body = MessageOut(id=message_id, model=call.model, content=content, stop_reason=stop_reason, usage=usage)
+        body = MessageOut(
+            id=message_id, model=call.model, content=content, stop_reason=stop_reason, stop_sequence=stop_sequence,
+            usage=usage,
+        )  # fmt: skip
         return web.Response(body=_encoder.encode(body), content_type="application/json")
 
     async def _tool_use(
@@ -237,7 +246,13 @@ def _tool_call(call: MessagesRequest) -> tools.ToolCall | None:
 
 
 def _stream_parts(
-    message_id: str, model: str, prompt: text.Prompt, input_tokens: int, n: int, stop_reason: str
+    message_id: str,
+    model: str,
+    prompt: text.Prompt,
+    input_tokens: int,
+    n: int,
+    stop_reason: str,
+    stop_sequence: str | None = None,
 ) -> tuple[bytes, Iterator[bytes], bytes]:
     """message_start, content_block_start, ping; a text_delta per token; content_block_stop,
     message_delta (stop reason, output tokens), message_stop: the sequence the Messages API sends."""
@@ -265,7 +280,9 @@ def _stream_parts(
                 b"message_delta",
                 b'{"type":"message_delta","delta":{"stop_reason":"'
                 + stop_reason.encode()
-                + b'","stop_sequence":null},"usage":{"output_tokens":'
+                + b'","stop_sequence":'
+                + _encoder.encode(stop_sequence)
+                + b'},"usage":{"output_tokens":'
                 + str(n).encode()
                 + b"}}",
             ),

@@ -63,6 +63,7 @@ class ChatRequest(msgspec.Struct):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     tools: list[ToolDef] | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
     tool_choice: Literal["none", "auto", "required"] | ToolChoice | None = None
 
 
@@ -211,6 +212,9 @@ class OpenAIApi:
         except BadRequest as exc:
             return bad_request(exc)
         finish = "length" if n == limit else "stop"
+        stops = [chat.stop] if isinstance(chat.stop, str) else chat.stop or []
+        if (cut := text.stop_at(prompt.start, n, stops)) is not None:
+            n, finish = cut[0], "stop"
         usage = _usage(prompt, n)
         completion_id = f"chatcmpl-{_PREFIX}{next(_ids):012x}"
         created = int(time.time())

@@ -13,6 +13,9 @@ The rules (both APIs, documented for whoever reads a usage block):
   words, and the natural length, are fixed by a CRC-32 of the model name and the text of the
   messages, so the same request always gets the same text, streamed or not. A client that
   asks for 32,000 tokens gets a few dozen, as from a real model, not 32,000 of filler.
+- **Stop sequences** (`stop` / `stop_sequences`): the reply ends before the first token in
+  which one of them begins, with finish reason `stop` / `stop_sequence` (Anthropic also names
+  the sequence); the sequence itself is not part of the reply.
 - Markers, read from the text of the **last user message** only:
   - `[[cached:N]]`: N of the prompt tokens are reported as cache reads (capped at the
     prompt tokens): OpenAI `usage.prompt_tokens_details.cached_tokens = N` (included in
@@ -126,3 +129,17 @@ def completion_tokens(start: int, n: int) -> Iterable[bytes]:
     """The same n tokens one by one, UTF-8 encoded."""
     for i in range(start, start + n):
         yield TOKEN_BYTES[i % CYCLE]
+
+
+def stop_at(start: int, n: int, stops: Sequence[str]) -> tuple[int, str] | None:
+    """Where a stop sequence cuts the n tokens from `start`: (tokens kept, the sequence), or None."""
+    found = [(i, stop) for stop in stops if stop and (i := completion_text(start, n).find(stop)) >= 0]
+    if not found:
+        return None
+    first, stop = min(found)
+    position = 0
+    for kept in range(n):
+        position += len(TOKENS[(start + kept) % CYCLE])
+        if position > first:
+            return kept, stop
+    return n, stop

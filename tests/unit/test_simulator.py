@@ -283,6 +283,29 @@ async def test_anthropic_tool_use_when_the_prompt_names_an_offered_tool(claude: 
     assert forced.stop_reason == "tool_use"
 
 
+async def test_stop_sequences_end_the_reply_before_them(
+    oai: openai.AsyncOpenAI, claude: anthropic.AsyncAnthropic
+) -> None:
+    messages = [{"role": "user", "content": "a long one [[tokens:200]]"}]
+    whole = (await oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=200)).choices[0].message
+    text_ = whole.content
+    # A word whose first occurrence starts a token, a few tokens in: the reply ends right before it.
+    stop = next(w for w in text_.split()[3:] if text_.find(w) > 0 and text_[text_.find(w) - 1] == " ")
+    before = text_[: text_.find(stop)]
+    chat = await oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=200, stop=[stop])
+    assert chat.choices[0].finish_reason == "stop" and chat.choices[0].message.content == before
+    assert chat.usage.completion_tokens == len(before.split())
+    message = await claude.messages.create(model=MODEL, messages=messages, max_tokens=200, stop_sequences=[stop])
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == stop
+    assert message.content[0].text == before and message.usage.output_tokens == len(before.split())
+    async with claude.messages.stream(model=MODEL, messages=messages, max_tokens=200, stop_sequences=[stop]) as s:
+        final = await s.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
+    assert final.content[0].text == message.content[0].text
+    never = await oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=200, stop="zzz")
+    assert never.usage.completion_tokens == 200
+
+
 async def test_openai_models(oai: openai.AsyncOpenAI) -> None:
     models = [m.id async for m in oai.models.list()]
     assert MODEL in models
