@@ -613,10 +613,11 @@ class GatewayApi:
 
     async def _count_upstream(self, request: web.Request, model: Model, raw: bytes) -> int | web.Response | None:
         """The upstream's count; None when it does not count tokens (not an Anthropic-protocol
-        model, no such route there, or no answer), an error response when it refused the request."""
-        if model.api != "anthropic":
-            return None
+        model, an upstream that does not speak messages, no such route there, or no answer), an
+        error response when it refused the request."""
         upstream = self.upstreams.for_vendor(model.vendor)
+        if model.api != "anthropic" or "messages" not in upstream.speaks:
+            return None
         headers = {
             "content-type": "application/json", "accept-encoding": "identity", "x-api-key": upstream.key,
             "anthropic-version": request.headers.get("anthropic-version", "2023-06-01"),

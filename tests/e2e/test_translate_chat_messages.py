@@ -174,3 +174,28 @@ async def test_responses_api_on_a_messages_upstream_codex_on_claude(vendors: Sta
     assert done.status == "completed" and done.output_text
     events_metered = await metered(vendors, account["key"], 4)
     assert len(events_metered) == 4 and all(e["model"] == PRO_CLAUDE for e in events_metered)
+
+
+async def test_a_claude_model_behind_a_chat_only_upstream(vendors: Stack) -> None:
+    """count_tokens is estimated when the model's upstream does not speak messages, and the
+    anthropic SDK's calls are translated to chat even for a Claude model."""
+    simulator = f"http://127.0.0.1:{vendors.settings.simulator_port}"
+    everything_chat = {"default": {"url": simulator, "protocols": ["chat"]}}
+    vendors.gateway.stop()
+    vendors.gateway.start({"FLOWPLAN_UPSTREAMS": json.dumps(everything_chat)})
+    try:
+        account = await pro_account(vendors)
+        client = claude(vendors, account["key"])
+        question = [{"role": "user", "content": "Count me"}]
+        raw = await client.messages.with_raw_response.count_tokens(model=PRO_CLAUDE, messages=question)
+        assert raw.headers["x-flowplan-token-count"] == "estimate"
+        message = await client.messages.create(model=PRO_CLAUDE, max_tokens=100, messages=question)
+        chat = await oai(vendors, account["key"]).chat.completions.create(
+            model=PRO_CLAUDE, max_tokens=100, messages=question
+        )
+        assert message.content[0].text == chat.choices[0].message.content and message.stop_reason == "end_turn"
+    finally:
+        upstreams = {"default": {"url": simulator, "protocols": ["chat"]},
+                     "anthropic": {"url": simulator, "protocols": ["messages"]}}  # fmt: skip
+        vendors.gateway.stop()
+        vendors.gateway.start({"FLOWPLAN_UPSTREAMS": json.dumps(upstreams)})
