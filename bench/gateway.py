@@ -8,6 +8,10 @@ load goes to three targets in turn:
 and the table shows requests/s, p50 and p99 of each, the latency the gateway adds over the direct
 call, and the gateway's throughput as a share of the bare proxy's.
 
+The same cells also go to a gateway whose upstream speaks only messages (FLOWPLAN_UPSTREAMS
+"protocols": ["messages"]), so every chat call is translated chat -> messages and back, and a
+table puts it beside the passed-through calls.
+
 The same cells also go to a second gateway process in the previous design's mode
 (FLOWPLAN_USAGE_DURABILITY=queue: usage published after the response, lost if the gateway is
 killed), and a table compares it with the durable default (ack: a call's usage is stored in
@@ -55,7 +59,9 @@ MODES = ("non-stream", "stream")
 TARGETS = ("direct", "proxy", "gateway")
 QUEUED = "gateway-queue"
 """The gateway in the previous, queued design (FLOWPLAN_USAGE_DURABILITY=queue), for the comparison."""
-MEASURED = (*TARGETS, QUEUED)
+TRANSLATED = "gateway-translated"
+"""A gateway whose upstream speaks only messages: the same chat calls, translated both ways."""
+MEASURED = (*TARGETS, QUEUED, TRANSLATED)
 BENCH_RPM = 1_000_000
 BENCH_FLOWS = "1000000000"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -65,7 +71,7 @@ def request_body(stream: bool) -> bytes:
     body: dict[str, Any] = {
         "model": MODEL,
         "max_tokens": MAX_TOKENS,
-        "messages": [{"role": "user", "content": "hello there"}],
+        "messages": [{"role": "user", "content": f"hello there [[tokens:{MAX_TOKENS}]]"}],  # an exact length
     }
     if stream:
         body["stream"] = True
@@ -276,6 +282,11 @@ class GatewayStack:
         queued_env = {**env, "FLOWPLAN_GATEWAY_PORT": str(queued_port), "FLOWPLAN_USAGE_DURABILITY": "queue"}
         self.services[QUEUED] = ServiceProcess("gateway", queued_env, queued_port, work)
         self.services[QUEUED].log_path = work / f"{QUEUED}.log"
+        translated_port = free_port()
+        messages_only = json.dumps({"default": {"url": self.simulator_url, "key": "bench", "protocols": ["messages"]}})
+        translated_env = {**env, "FLOWPLAN_GATEWAY_PORT": str(translated_port), "FLOWPLAN_UPSTREAMS": messages_only}
+        self.services[TRANSLATED] = ServiceProcess("gateway", translated_env, translated_port, work)
+        self.services[TRANSLATED].log_path = work / f"{TRANSLATED}.log"
         self.proxy_port = free_port()
         self.proxy: subprocess.Popen[bytes] | None = None
         self.urls = {
@@ -283,6 +294,7 @@ class GatewayStack:
             "proxy": f"http://127.0.0.1:{self.proxy_port}/v1/chat/completions",
             "gateway": f"http://127.0.0.1:{s.gateway_port}/v1/chat/completions",
             QUEUED: f"http://127.0.0.1:{queued_port}/v1/chat/completions",
+            TRANSLATED: f"http://127.0.0.1:{translated_port}/v1/chat/completions",
         }
 
     def start(self) -> None:
@@ -306,7 +318,8 @@ class GatewayStack:
             except subprocess.TimeoutExpired:
                 self.proxy.kill()
             self.proxy = None
-        for name in (QUEUED, "gateway", "ingress", "billing", "refund", "quota", "keys", "simulator"):  # gateways first
+        gateways_first = (TRANSLATED, QUEUED, "gateway", "ingress", "billing", "refund", "quota", "keys", "simulator")
+        for name in gateways_first:
             self.services[name].stop()
 
     def pid(self, name: str) -> int:
@@ -409,7 +422,8 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, server_p
                     results[mode, concurrency, target] = await measure(
                         stack.urls[target], key, concurrency, mode == "stream", seconds, warmup, watch
                     )
-        admitted = probes + sum(results[m, c, g]["ok"] for m in MODES for c in CONCURRENCY for g in ("gateway", QUEUED))
+        gateways = ("gateway", QUEUED, TRANSLATED)
+        admitted = probes + sum(results[m, c, g]["ok"] for m in MODES for c in CONCURRENCY for g in gateways)
         metering = await check_metering(nc, stack, settings, account_id, admitted)
     finally:
         await nc.close()
@@ -487,6 +501,7 @@ def report(results: dict[tuple[str, int, str], dict[str, Any]], metering: dict[s
             print(f"  {mode:<10} {t:<8} total {sum(cpu.values()):.2f}: {listed}")
 
     durability(results)
+    translation(results)
 
     print("\nerrors (non-200 responses and failed requests, warm-up included)")
     failures = [(key, r) for key, r in results.items() if r["errors"]]
@@ -497,7 +512,7 @@ def report(results: dict[tuple[str, int, str], dict[str, Any]], metering: dict[s
 
     window = metering["window"]
     metered = metering["stored"] >= metering["admitted"]
-    gateway_errors = sum(r["errors"] for (_, _, t), r in results.items() if t in ("gateway", QUEUED))
+    gateway_errors = sum(r["errors"] for (_, _, t), r in results.items() if t in ("gateway", QUEUED, TRANSLATED))
     print(
         f"\nmetering: {metering['admitted']:,} calls answered 200 by the gateway, {metering['stored']:,} UsageRecorded "
         f"events stored for the account in JetStream; quota's 5-hour window: "
@@ -553,6 +568,22 @@ def durability(results: dict[tuple[str, int, str], dict[str, Any]]) -> None:
             print(
                 f"  {mode:<10} conc {c:>2} throughput: ack {ack:6,.0f}/s  queue {queue:6,.0f}/s  "
                 f"ack/queue {ack / queue if queue else float('nan'):5.2f}x"
+            )
+
+
+def translation(results: dict[tuple[str, int, str], dict[str, Any]]) -> None:
+    """The same chat calls passed through (the upstream speaks chat) and translated chat -> messages ->
+    chat (the upstream speaks only messages), same run; 'added' = gateway - direct, in ms."""
+    ms = 1000.0
+    print("\ntranslated (upstream speaks only messages) vs passed through (upstream speaks chat), same run")
+    for mode in MODES:
+        for c in CONCURRENCY:
+            d, a, t = results[mode, c, "direct"], results[mode, c, "gateway"], results[mode, c, TRANSLATED]
+            print(
+                f"  {mode:<10} conc {c:>2}: added p50 passed {(a['p50'] - d['p50']) * ms:6.2f} "
+                f"translated {(t['p50'] - d['p50']) * ms:6.2f} | added p99 passed {(a['p99'] - d['p99']) * ms:6.2f} "
+                f"translated {(t['p99'] - d['p99']) * ms:6.2f} | throughput passed {a['rps']:6,.0f}/s "
+                f"translated {t['rps']:6,.0f}/s ({t['rps'] / a['rps'] if a['rps'] else float('nan'):.0%})"
             )
 
 

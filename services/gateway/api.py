@@ -33,13 +33,14 @@ from proto.v1 import (
     encode,
     subjects,
 )
-from services.gateway import metrics
+from services.gateway import metrics, translate
 from services.gateway.body import BodyError, parse_body
 from services.gateway.clients import client_marks, trusted_networks
 from services.gateway.errors import Api, refusal, request_id, upstream_failure
-from services.gateway.estimate import BYTES_PER_TOKEN, estimate_usd_micros
+from services.gateway.estimate import BYTES_PER_TOKEN, estimate_input_tokens, estimate_usd_micros
 from services.gateway.inflight import InflightCalls
 from services.gateway.recorder import RETRY_AFTER_S, UsageNotStored, UsageRecorder
+from services.gateway.translate import Translation
 from services.gateway.upstreams import Upstreams
 from services.gateway.usage import SseSplitter, StreamUsage, Tokens, from_anthropic, from_openai
 
@@ -52,6 +53,8 @@ FIVE_HOURS = timedelta(hours=5)
 PASSED_HEADERS = {"content-type"}
 METERED = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/images/generations", "/v1/responses"})
 ANTHROPIC_FINAL = frozenset({"message_delta", "message_stop"})
+MODELS_CREATED_AT = "2025-01-01T00:00:00Z"
+"""Anthropic's model list dates each model; the catalog does not, so one fixed date."""
 
 
 class Admitted(msgspec.Struct):
@@ -129,7 +132,9 @@ class GatewayApi:
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_post("/v1/images/generations", self.images)
+        app.router.add_post("/v1/responses", self.create_response)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._call(request, "openai", "/v1/chat/completions")
@@ -139,6 +144,10 @@ class GatewayApi:
 
     async def images(self, request: web.Request) -> web.StreamResponse:
         return await self._call(request, "openai", "/v1/images/generations")
+
+    async def create_response(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API, translated to chat completions for the upstream (translate.responses)."""
+        return await self._call(request, "openai", "/v1/responses")
 
     # -- authentication and admission ---------------------------------------------------
 
@@ -274,22 +283,34 @@ class GatewayApi:
         if isinstance(read, web.Response):
             return self._refused(path, "", "", read)
         raw, body = read
+        # When the model's upstream does not speak the client's protocol (or it is the Responses
+        # API), the call is translated: decided before admission, so a call that cannot be is a 400.
+        model_id = body.get("model")
+        model = self.catalog.models.get(model_id) if isinstance(model_id, str) else None
+        translation = translate.plan(path, body, self.upstreams.for_vendor(model.vendor).speaks) if model else None
+        if isinstance(translation, translate.Refused):
+            message, param = translation
+            return self._refused(path, "", "", refusal(api, "invalid_request", message, param=param))
         admitted = await self._admit(api, path, key, body, len(raw))
         if isinstance(admitted, web.Response):
             return admitted
         admitted.client_hash, admitted.agent_hash = client_marks(
             self.settings.client_hash_key, request.remote, request.headers, self.trusted_proxies
         )
+        upstream_path, upstream_api = path, api
+        if translation is not None:
+            raw = _encode.encode(translation.body)
+            upstream_path, upstream_api = translation.upstream_path, translation.upstream_api
         streaming = body.get("stream") is True and path != "/v1/images/generations"
         strip_usage = False
-        if streaming and api == "openai":
+        if streaming and api == "openai" and translation is None:
             options = body.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
                 raw, strip_usage = _encode.encode(body), True
         upstream = self.upstreams.for_vendor(admitted.model.vendor)
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
-        if api == "anthropic":
+        if upstream_api == "anthropic":
             headers["x-api-key"] = upstream.key
             headers["anthropic-version"] = request.headers.get("anthropic-version", "2023-06-01")
             if beta := request.headers.get("anthropic-beta"):
@@ -297,7 +318,7 @@ class GatewayApi:
         else:
             headers["authorization"] = f"Bearer {upstream.key}"
         try:
-            response = await self.session.post(upstream.url + path, data=raw, headers=headers)
+            response = await self.session.post(upstream.url + upstream_path, data=raw, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self._release(admitted)
             rid = request_id(request)  # the error names the upstream's address: logged, not shown
@@ -313,19 +334,24 @@ class GatewayApi:
             # The stream is read to its end and billed in a task of its own, so that nothing
             # that cancels the request's handler (a server stopping, a framework reacting to a
             # hang-up) can cut the metering short.
-            pump = asyncio.create_task(self._stream(request, admitted, response, strip_usage))
+            pump = asyncio.create_task(self._stream(request, admitted, response, strip_usage, translation))
             self._pumps.add(pump)
             pump.add_done_callback(self._pumps.discard)
             pump.add_done_callback(lambda _: self.inflight.ended(admitted.reservation_id))
             return await asyncio.shield(pump)
         try:
-            return await self._whole(request, admitted, response, path)
+            return await self._whole(request, admitted, response, upstream_path, translation)
         finally:
             response.release()
             self.inflight.ended(admitted.reservation_id)
 
     async def _whole(
-        self, request: web.Request, admitted: Admitted, response: aiohttp.ClientResponse, path: str
+        self,
+        request: web.Request,
+        admitted: Admitted,
+        response: aiohttp.ClientResponse,
+        path: str,
+        translation: Translation | None = None,
     ) -> web.Response:
         try:
             payload = await response.read()
@@ -357,7 +383,7 @@ class GatewayApi:
         except msgspec.DecodeError:
             data = {}
         usage = data.get("usage") if isinstance(data, dict) else None
-        if admitted.api == "anthropic":
+        if (translation.upstream_api if translation else admitted.api) == "anthropic":
             tokens = from_anthropic(usage)
         else:
             tokens = from_openai(usage)
@@ -370,10 +396,18 @@ class GatewayApi:
             return await self._unrecorded(admitted)
         self._count(admitted, 200)
         headers["x-flowplan-request-id"] = admitted.reservation_id
+        if translation is not None and isinstance(data, dict):
+            answer = translation.answer(data, _call_id(admitted), int(admitted.started.timestamp()), tokens)
+            payload = _encode.encode(answer)
         return web.Response(body=payload, status=200, headers=headers)
 
     async def _stream(
-        self, request: web.Request, admitted: Admitted, response: aiohttp.ClientResponse, strip_usage: bool
+        self,
+        request: web.Request,
+        admitted: Admitted,
+        response: aiohttp.ClientResponse,
+        strip_usage: bool,
+        translation: Translation | None = None,
     ) -> web.StreamResponse:
         out = web.StreamResponse(status=200)
         out.headers["content-type"] = response.headers.get("content-type", "text/event-stream")
@@ -381,7 +415,12 @@ class GatewayApi:
         out.headers.update(admitted.headers)
         out.headers["x-flowplan-request-id"] = admitted.reservation_id
         try:
-            return await self._pump(request, admitted, response, strip_usage, out)
+            translator = None
+            if translation is not None:
+                out.headers["content-type"] = "text/event-stream"
+                translator = translation.stream(_call_id(admitted), int(admitted.started.timestamp()))
+            upstream_api = translation.upstream_api if translation else admitted.api
+            return await self._pump(request, admitted, response, strip_usage, out, translator, upstream_api)
         finally:
             response.release()
 
@@ -392,8 +431,10 @@ class GatewayApi:
         response: aiohttp.ClientResponse,
         strip_usage: bool,
         out: web.StreamResponse,
+        translator: translate.StreamTranslator | None = None,
+        upstream_api: Api | None = None,
     ) -> web.StreamResponse:
-        usage = StreamUsage(admitted.api)
+        usage = StreamUsage(upstream_api or admitted.api)
         splitter = SseSplitter()
         upstream = _Upstream(response)
         held = bytearray()  # the stream's final events: the client gets them once the usage is stored
@@ -411,6 +452,9 @@ class GatewayApi:
                 forward = bytearray()
                 for event in splitter.feed(chunk):
                     usage.observe(event.data)
+                    if translator is not None:  # its final events come from translator.finish, below
+                        forward += translator.feed(event.data)
+                        continue
                     if (
                         strip_usage
                         and isinstance(event.data, dict)
@@ -435,7 +479,7 @@ class GatewayApi:
             self._streams.discard(upstream)
         if upstream.was_cut:
             log.warning("stream %s cut at shutdown after %d content deltas", admitted.reservation_id, usage.deltas)
-        else:
+        elif translator is None:
             held += splitter.rest()
         tokens = usage.final()
         if not usage.output_reported and not tokens.input:  # OpenAI reports the input only at the end
@@ -448,6 +492,8 @@ class GatewayApi:
             await self._unrecorded(admitted)
             return out
         self._count(admitted, 499 if client_gone else 200)
+        if translator is not None:  # what it ends with carries the usage just stored
+            held = bytearray(translator.finish(tokens))
         if not client_gone:
             try:
                 if held:
@@ -523,7 +569,8 @@ class GatewayApi:
     # -- models -------------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.Response:
-        key = await self._authenticate(request, "openai")
+        api: Api = "anthropic" if "anthropic-version" in request.headers else "openai"
+        key = await self._authenticate(request, api)
         if isinstance(key, web.Response):
             return key
         try:
@@ -532,10 +579,98 @@ class GatewayApi:
                 timeout=self.settings.request_timeout_s, headers=tracing.nats_headers(),
             )  # fmt: skip
         except Exception:
-            return refusal("openai", "service_unavailable", "the quota service did not answer; retry")
+            return refusal(api, "service_unavailable", "the quota service did not answer; retry")
         plan = _status.decode(reply.data).plan
-        data = [model_json(self.catalog, m) for m in self.catalog.models_in_plan(plan)]
+        models = self.catalog.models_in_plan(plan)
+        if "anthropic-version" in request.headers:
+            return anthropic_model_list(models, request.query)
+        data = [model_json(self.catalog, m) for m in models]
         return json_response({"object": "list", "data": data})
+
+    # -- token counting -----------------------------------------------------------------
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        """Anthropic's `POST /v1/messages/count_tokens`: not a model call, so neither admitted nor
+        billed nor counted against RPM; the upstream counts when it speaks it, else an estimate."""
+        route = "/v1/messages/count_tokens"
+        key = await self._authenticate(request, "anthropic")
+        if isinstance(key, web.Response):
+            return self._refused(route, "", "", key)
+        read = await self._read(request, "anthropic")
+        if isinstance(read, web.Response):
+            return self._refused(route, "", "", read)
+        raw, body = read
+        model_id = body.get("model")
+        if not isinstance(model_id, str) or not model_id:
+            message = "model: required, a model id from GET /v1/models"
+            return self._refused(route, "", "", refusal("anthropic", "invalid_request", message, param="model"))
+        model = self.catalog.models.get(model_id)
+        if model is None:
+            message = f"The model `{model_id}` does not exist."
+            return self._refused(route, "", "", refusal("anthropic", "unknown_model", message, param="model"))
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            message = "messages: required, a non-empty list of messages"
+            return self._refused(route, "", "", refusal("anthropic", "invalid_request", message, param="messages"))
+        counted = await self._count_upstream(request, model, raw)
+        if isinstance(counted, web.Response):
+            return counted
+        source = "upstream" if counted is not None else "estimate"
+        tokens = counted if counted is not None else estimate_input_tokens(body)
+        metrics.calls.add(1, {"route": route, "model": model.id, "plan": "", "status": "200"})
+        return json_response({"input_tokens": tokens}, headers={"x-flowplan-token-count": source})
+
+    async def _count_upstream(self, request: web.Request, model: Model, raw: bytes) -> int | web.Response | None:
+        """The upstream's count; None when it does not count tokens (not an Anthropic-protocol
+        model, an upstream that does not speak messages, no such route there, or no answer), an
+        error response when it refused the request."""
+        upstream = self.upstreams.for_vendor(model.vendor)
+        if model.api != "anthropic" or "messages" not in upstream.speaks:
+            return None
+        headers = {
+            "content-type": "application/json", "accept-encoding": "identity", "x-api-key": upstream.key,
+            "anthropic-version": request.headers.get("anthropic-version", "2023-06-01"),
+        }  # fmt: skip
+        if beta := request.headers.get("anthropic-beta"):
+            headers["anthropic-beta"] = beta
+        try:
+            async with self.session.post(
+                upstream.url + "/v1/messages/count_tokens", data=raw, headers=headers
+            ) as response:
+                payload = await response.read()
+                if response.status in (404, 405, 501):
+                    return None
+                if response.status != 200:
+                    rid = request_id(request)
+                    log.warning("upstream count_tokens answered %d (request id %s)", response.status, rid)
+                    return upstream_failure("anthropic", response.status, response.headers, rid)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("upstream count_tokens for %s did not answer: %r", model.id, exc)
+            return None
+        try:
+            counted = _json.decode(payload).get("input_tokens")
+        except (msgspec.DecodeError, AttributeError):
+            return None
+        return counted if isinstance(counted, int) and counted >= 0 else None
+
+
+def anthropic_model_list(models: list[Model], query: Any) -> web.Response:
+    """GET /v1/models as Anthropic lists models: `data` of {type, id, display_name, created_at},
+    paged by `limit` and `after_id` / `before_id` with `has_more`, `first_id`, `last_id`."""
+    items = [{"type": "model", "id": m.id, "display_name": m.name, "created_at": MODELS_CREATED_AT} for m in models]
+    ids = [m.id for m in models]
+    if (after := query.get("after_id")) in ids:
+        items = items[ids.index(after) + 1 :]
+    elif (before := query.get("before_id")) in ids:
+        items = items[: ids.index(before)]
+    raw_limit = query.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        return refusal("anthropic", "invalid_request", "limit: a whole number from 1 to 1000", param="limit")
+    page = items[: int(raw_limit)]
+    return json_response({
+        "data": page, "has_more": len(items) > len(page),
+        "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None,
+    })  # fmt: skip
 
 
 class _Upstream:
@@ -548,6 +683,11 @@ class _Upstream:
     def cut(self) -> None:
         self.was_cut = True
         self.response.close()  # the pump's read ends; nothing more is read from the upstream
+
+
+def _call_id(admitted: Admitted) -> str:
+    """What a translated answer's id is made of: the call's own, as its usage event names it."""
+    return admitted.reservation_id.removeprefix("gw_")
 
 
 def _is_final(api: Api, data: Any, raw: bytes) -> bool:

@@ -4,20 +4,22 @@ import itertools
 import secrets
 import time
 from collections.abc import Iterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
 
-from services.simulator import text
+from services.simulator import text, tools
 from services.simulator.common import MAX_TOKENS, BadRequest, decode, generation_time, key_ok, read_body, stream_out
 from services.simulator.settings import SimulatorSettings
 
-DEFAULT_MAX_TOKENS = 16
+DEFAULT_MAX_TOKENS = 4096
+"""max_tokens when a chat request names none (replies end by themselves well before it)."""
 MODELS = ("sim-chat", "gpt-4o-mini", "gpt-4.1", "claude-sonnet-4-5", "gpt-image-1")
 """Listed by GET /v1/models; any model name is accepted in requests."""
 MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS)]
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+SYSTEM = ("system", "developer")
 
 
 class Part(msgspec.Struct):
@@ -28,6 +30,25 @@ class Part(msgspec.Struct):
 class ChatMessage(msgspec.Struct):
     role: Role
     content: str | list[Part] | None = None
+
+
+class FunctionDef(msgspec.Struct):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    parameters: Any = None
+
+
+class ToolDef(msgspec.Struct):
+    type: str
+    function: FunctionDef | None = None
+
+
+class NamedFunction(msgspec.Struct):
+    name: str
+
+
+class ToolChoice(msgspec.Struct):
+    type: str
+    function: NamedFunction | None = None
 
 
 class StreamOptions(msgspec.Struct):
@@ -41,6 +62,9 @@ class ChatRequest(msgspec.Struct):
     max_completion_tokens: MaxTokens | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
+    tools: list[ToolDef] | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoice | None = None
 
 
 class PromptTokensDetails(msgspec.Struct):
@@ -54,10 +78,22 @@ class Usage(msgspec.Struct):
     prompt_tokens_details: PromptTokensDetails
 
 
+class CalledFunction(msgspec.Struct):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(msgspec.Struct, kw_only=True):
+    id: str
+    type: str = "function"
+    function: CalledFunction
+
+
 class AssistantMessage(msgspec.Struct, kw_only=True):
     role: str = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class Choice(msgspec.Struct, kw_only=True):
@@ -124,15 +160,29 @@ def _pieces(content: str | list[Part] | None, where: str) -> list[str]:
     return pieces
 
 
-def parse(body: bytes) -> tuple[ChatRequest, text.Prompt, int]:
-    """The request, its prompt and its max_tokens; a BadRequest when it is not valid."""
+def parse(body: bytes) -> tuple[ChatRequest, text.Prompt, int, tools.ToolCall | None]:
+    """The request, its prompt, its max_tokens and the tool call it gets (services.simulator.tools'
+    rule) if any; a BadRequest when it is not valid."""
     request = decode(_decoder, body)
     messages = [_pieces(m.content, f"messages[{i}].content") for i, m in enumerate(request.messages)]
     last_user: list[str] = next(
         (messages[i] for i in range(len(messages) - 1, -1, -1) if request.messages[i].role == "user"), []
     )
     prompt = text.analyse(request.model, messages, last_user)
-    return request, prompt, request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS
+    offered = [tools.Offered(t.function.name, t.function.parameters) for t in request.tools or () if t.function]
+    choice = request.tool_choice
+    forced = (
+        None if choice is None or choice == "auto"
+        else "*" if choice == "required"
+        else "none" if choice == "none"
+        else choice.function.name if isinstance(choice, ToolChoice) and choice.function
+        else None
+    )  # fmt: skip
+    # System turns after the question (Claude Code adds its environment last) do not answer it.
+    last = next((i for i in range(len(messages) - 1, -1, -1) if request.messages[i].role not in SYSTEM), -1)
+    last_is_user = request.messages[last].role == "user"
+    call = tools.choose(offered, forced, last_is_user, " ".join(messages[last]))
+    return request, prompt, request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS, call
 
 
 def _usage(prompt: text.Prompt, completion: int) -> Usage:
@@ -157,14 +207,19 @@ class OpenAIApi:
         if not key_ok(request, self.settings.require_key):
             return unauthorized()
         try:
-            chat, prompt, limit = parse(await read_body(request))
+            chat, prompt, limit, call = parse(await read_body(request))
             n = text.completion_length(prompt, limit)
         except BadRequest as exc:
             return bad_request(exc)
         finish = "length" if n == limit else "stop"
+        stops = [chat.stop] if isinstance(chat.stop, str) else chat.stop or []
+        if (cut := text.stop_at(prompt.start, n, stops)) is not None:
+            n, finish = cut[0], "stop"
         usage = _usage(prompt, n)
         completion_id = f"chatcmpl-{_PREFIX}{next(_ids):012x}"
         created = int(time.time())
+        if call is not None:
+            return await self._tool_call(request, chat, prompt, call, completion_id, created)
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
             head, chunks, tail = _stream_parts(
@@ -176,6 +231,45 @@ class OpenAIApi:
         choice = Choice(message=message, finish_reason=finish)
         body = ChatCompletion(id=completion_id, created=created, model=chat.model, choices=[choice], usage=usage)
         return web.Response(body=_encoder.encode(body), content_type="application/json")
+
+    async def _tool_call(
+        self,
+        request: web.Request,
+        chat: ChatRequest,
+        prompt: text.Prompt,
+        call: tools.ToolCall,
+        completion_id: str,
+        created: int,
+    ) -> web.StreamResponse:
+        usage = _usage(prompt, call.tokens)
+        call_id = f"call_{_PREFIX}{next(_ids):012x}"
+        if not chat.stream:
+            await generation_time(self.settings, call.tokens)
+            function = CalledFunction(call.name, call.arguments)
+            message = AssistantMessage(content=None, tool_calls=[ToolCallOut(id=call_id, function=function)])
+            choice = Choice(message=message, finish_reason="tool_calls")
+            body = ChatCompletion(id=completion_id, created=created, model=chat.model, choices=[choice], usage=usage)
+            return web.Response(body=_encoder.encode(body), content_type="application/json")
+        include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+
+        def chunk(delta: dict[str, Any] | None, finish: str | None, usage_out: Usage | None = None) -> bytes:
+            body: dict[str, Any] = {
+                "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": chat.model,
+                "system_fingerprint": None,
+                "choices": [] if delta is None else [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }  # fmt: skip
+            if include_usage:
+                body["usage"] = usage_out
+            return b"data: " + _encoder.encode(body) + b"\n\n"
+
+        opening = {"index": 0, "id": call_id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        head = chunk({"role": "assistant", "content": None, "tool_calls": [opening]}, None)
+        pieces = [call.arguments[i : i + 8] for i in range(0, len(call.arguments), 8)]
+        chunks = (chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}, None) for p in pieces)
+        tail = chunk({}, "tool_calls") + (chunk(None, None, usage) if include_usage else b"") + b"data: [DONE]\n\n"
+        return await stream_out(request, self.settings, head, chunks, len(pieces), tail)
 
 
 def _stream_parts(

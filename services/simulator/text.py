@@ -6,17 +6,24 @@ The rules (both APIs, documented for whoever reads a usage block):
   text (`str.split()` over a string content, or over every `text` part / block of a list
   content; other parts such as images or tool calls count no words) + 3. Anthropic's
   `system` prompt, when present, counts as one more message.
-- **Completion tokens**: a completion is exactly `max_tokens` tokens, each token one word
-  of a fixed vocabulary followed by a space. Which words is fixed by a CRC-32 of the model
-  name and the text of the messages, so the same request always gets the same text,
-  streamed or not. The finish reason is therefore `length` / `max_tokens`.
+- **Completion tokens**: a reply ends by itself, like a model's, after a *natural length*
+  of NATURAL_MIN to NATURAL_MAX tokens derived from the prompt (finish reason `stop` /
+  `end_turn`), or is cut at `max_tokens` when that is shorter (finish reason `length` /
+  `max_tokens`). Each token is one word of a fixed vocabulary followed by a space. Which
+  words, and the natural length, are fixed by a CRC-32 of the model name and the text of the
+  messages, so the same request always gets the same text, streamed or not. A client that
+  asks for 32,000 tokens gets a few dozen, as from a real model, not 32,000 of filler.
+- **Stop sequences** (`stop` / `stop_sequences`): the reply ends before the first token in
+  which one of them begins, with finish reason `stop` / `stop_sequence` (Anthropic also names
+  the sequence); the sequence itself is not part of the reply.
 - Markers, read from the text of the **last user message** only:
   - `[[cached:N]]`: N of the prompt tokens are reported as cache reads (capped at the
     prompt tokens): OpenAI `usage.prompt_tokens_details.cached_tokens = N` (included in
     `prompt_tokens`), Anthropic `usage.cache_read_input_tokens = N` with `input_tokens`
     the remaining uncached tokens.
-  - `[[tokens:N]]`: the completion stops after N tokens when N < max_tokens, with finish
-    reason `stop` / `end_turn` (a model that ended its turn by itself).
+  - `[[tokens:N]]`: the reply is N tokens long instead of its natural length (still cut at
+    max_tokens): how tests and benches ask for an exact length or a long stream. N >=
+    max_tokens gives exactly max_tokens tokens with finish reason `length` / `max_tokens`.
 """
 
 import itertools
@@ -61,6 +68,8 @@ _OFFSETS: tuple[int, ...] = tuple(itertools.accumulate((len(t) for t in TOKENS *
 _CACHED = re.compile(r"\[\[cached:(\d+)\]\]")
 _LIMIT = re.compile(r"\[\[tokens:(\d+)\]\]")
 PER_MESSAGE = 3
+NATURAL_MIN = 8
+NATURAL_MAX = 64
 
 
 class Prompt(NamedTuple):
@@ -96,8 +105,16 @@ def analyse(model: str, messages: Iterable[Sequence[str]], last_user: Sequence[s
     return Prompt(tokens, min(cached, tokens), crc % CYCLE, limit)
 
 
+def natural_length(prompt: Prompt) -> int:
+    """How long the reply to this prompt is when nothing cuts it: NATURAL_MIN..NATURAL_MAX tokens."""
+    return NATURAL_MIN + prompt.start % (NATURAL_MAX - NATURAL_MIN + 1)
+
+
 def completion_length(prompt: Prompt, max_tokens: int) -> int:
-    return max_tokens if prompt.limit is None else min(prompt.limit, max_tokens)
+    """The reply's length: its natural (or `[[tokens:N]]`) length, cut at max_tokens; the reply
+    was cut (finish reason `length`) exactly when this equals max_tokens."""
+    wanted = natural_length(prompt) if prompt.limit is None else prompt.limit
+    return min(wanted, max_tokens)
 
 
 def completion_text(start: int, n: int) -> str:
@@ -112,3 +129,17 @@ def completion_tokens(start: int, n: int) -> Iterable[bytes]:
     """The same n tokens one by one, UTF-8 encoded."""
     for i in range(start, start + n):
         yield TOKEN_BYTES[i % CYCLE]
+
+
+def stop_at(start: int, n: int, stops: Sequence[str]) -> tuple[int, str] | None:
+    """Where a stop sequence cuts the n tokens from `start`: (tokens kept, the sequence), or None."""
+    found = [(i, stop) for stop in stops if stop and (i := completion_text(start, n).find(stop)) >= 0]
+    if not found:
+        return None
+    first, stop = min(found)
+    position = 0
+    for kept in range(n):
+        position += len(TOKENS[(start + kept) % CYCLE])
+        if position > first:
+            return kept, stop
+    return n, stop

@@ -131,7 +131,8 @@ async def test_concurrent_payg_calls_cannot_overdraw_a_small_balance(stack: Stac
     key = await payg_key(stack, account)
     await top_up(stack, account["account_id"], "0.001")
     client = oai(stack, key["key"])
-    long_call = {**HI, "max_tokens": 1000}  # each reserves 0.000427 USD, costs about 0.000421
+    long = [{"role": "user", "content": "hi [[tokens:1000]]"}]
+    long_call = {**HI, "max_tokens": 1000, "messages": long}  # each reserves 0.000427 USD, costs about 0.000421
 
     async def call() -> bool:
         try:

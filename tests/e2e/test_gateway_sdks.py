@@ -48,7 +48,7 @@ async def raw_stream(stack: Stack, session: aiohttp.ClientSession, key: str, max
         f"{stack.gateway_url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {key}"},
         json={"model": FREE_MODEL, "stream": True, "max_tokens": max_tokens,
-              "messages": [{"role": "user", "content": "go on"}]},
+              "messages": [{"role": "user", "content": f"go on [[tokens:{max_tokens}]]"}]},
     )  # fmt: skip
     assert response.status == 200
     return response
@@ -77,7 +77,7 @@ async def pro_account(stack: Stack) -> dict[str, str]:
 async def test_openai_calls_are_metered_to_the_exact_flows(stack: Stack) -> None:
     account = await stack.create_account()
     client = oai(stack, account["key"])
-    messages = [{"role": "user", "content": "Write a haiku about event sourcing [[cached:2]]"}]
+    messages = [{"role": "user", "content": "Write a haiku about event sourcing [[cached:2]] [[tokens:40]]"}]
     raw = await client.chat.completions.with_raw_response.create(model=FREE_MODEL, messages=messages, max_tokens=40)
     completion = raw.parse()
     assert completion.usage is not None and completion.usage.completion_tokens == 40
@@ -116,11 +116,11 @@ async def test_anthropic_calls_stream_and_not_are_metered(stack: Stack) -> None:
     account = await pro_account(stack)
     client = claude(stack, account["key"])
     message = await client.messages.create(
-        model=PRO_CLAUDE, max_tokens=30, messages=[{"role": "user", "content": "Explain GCRA briefly"}]
+        model=PRO_CLAUDE, max_tokens=30, messages=[{"role": "user", "content": "Explain GCRA briefly [[tokens:30]]"}]
     )
     assert message.usage.output_tokens == 30
     async with client.messages.stream(
-        model=PRO_CLAUDE, max_tokens=30, messages=[{"role": "user", "content": "Explain GCRA briefly"}]
+        model=PRO_CLAUDE, max_tokens=30, messages=[{"role": "user", "content": "Explain GCRA briefly [[tokens:30]]"}]
     ) as stream:
         text = "".join([t async for t in stream.text_stream])
         final = await stream.get_final_message()
@@ -284,9 +284,8 @@ async def test_concurrent_calls_cannot_run_far_past_an_almost_empty_window(stack
 
     async def call() -> bool:
         try:
-            await client.chat.completions.create(
-                model="z-ai/glm-4.7", messages=[{"role": "user", "content": "write a long story"}], max_tokens=3000
-            )
+            story = [{"role": "user", "content": "a long story [[tokens:3000]]"}]
+            await client.chat.completions.create(model="z-ai/glm-4.7", messages=story, max_tokens=3000)
             return True
         except openai.RateLimitError:
             return False

@@ -54,8 +54,9 @@ async def call(
     stack: Stack, key: str, model: str, max_tokens: int, *, stream: bool = False, messages: Any = None
 ) -> tuple[int, Mapping[str, str], bytes]:
     """One chat call over plain HTTP: (status, headers (case-insensitive), body read to its end)."""
+    go_on = [{"role": "user", "content": f"go on [[tokens:{max_tokens}]]"}]  # an exact length
     body = {"model": model, "max_tokens": max_tokens, "stream": stream,
-            "messages": messages if messages is not None else [{"role": "user", "content": "go on"}]}  # fmt: skip
+            "messages": messages if messages is not None else go_on}  # fmt: skip
     async with (
         aiohttp.ClientSession() as session,
         session.post(

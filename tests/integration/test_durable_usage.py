@@ -72,7 +72,8 @@ async def stored_usage(stack: Stack, account_id: str) -> list[UsageRecorded]:
 
 
 def chat(max_tokens: int, stream: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": MODEL, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "go"}]}
+    go = [{"role": "user", "content": f"go [[tokens:{max_tokens}]]"}]  # an exact length
+    body: dict[str, Any] = {"model": MODEL, "max_tokens": max_tokens, "messages": go}
     if stream:
         body["stream"] = True
     return body
