@@ -20,6 +20,7 @@ from typing import Literal
 from aiohttp import web
 
 from libs.apikeys import MODEL_KINDS
+from libs.keycache import TokenBucket
 from libs.web import ApiError
 from proto.v1 import KeyView
 
@@ -88,28 +89,29 @@ class RateLimited(ApiError):
 
 
 class ChangeLimiter:
-    """A token bucket per account: `per_minute` changes at once, then one every 60/per_minute s."""
+    """A token bucket per account (libs.keycache.TokenBucket, as for unknown-key lookups):
+    `per_minute` changes at once, then one every 60/per_minute s."""
 
     MAX_ACCOUNTS = 100_000
     """Buckets kept; past it the full ones (accounts idle for a minute) are forgotten."""
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
-        self._buckets: dict[str, tuple[float, datetime]] = {}
+        self._buckets: dict[str, TokenBucket] = {}
 
     def take(self, account_id: str, now: datetime) -> None:
         """Spend one change of the account's, or raise RateLimited."""
-        rate = self.per_minute / 60.0
-        tokens, at = self._buckets.get(account_id, (float(self.per_minute), now))
-        tokens = min(float(self.per_minute), tokens + max(0.0, (now - at).total_seconds()) * rate)
-        if tokens < 1.0:
-            raise RateLimited(max(1, math.ceil((1.0 - tokens) / rate)), self.per_minute)
-        self._buckets[account_id] = (tokens - 1.0, now)
+        at = now.timestamp()
+        bucket = self._buckets.get(account_id)
+        if bucket is None:
+            bucket = self._buckets[account_id] = TokenBucket(self.per_minute, self.per_minute / 60.0, at)
+        if (wait_s := bucket.wait_s(at)) > 0:
+            raise RateLimited(max(1, math.ceil(wait_s)), self.per_minute)
+        bucket.take()
         if len(self._buckets) > self.MAX_ACCOUNTS:
-            self._forget_full(now)
+            self._forget_full(at)
 
-    def _forget_full(self, now: datetime) -> None:
-        rate = self.per_minute / 60.0
-        full = [a for a, (t, at) in self._buckets.items() if t + (now - at).total_seconds() * rate >= self.per_minute]
+    def _forget_full(self, at: float) -> None:
+        full = [a for a, bucket in self._buckets.items() if bucket.wait_s(at) == 0 and bucket.tokens >= bucket.burst]
         for account_id in full:
             del self._buckets[account_id]
