@@ -175,19 +175,23 @@ class GatewayApi:
             return refusal(api, "account_suspended", "This account is suspended; contact support.")
         return key
 
-    async def _admit(
-        self, api: Api, route: str, key: KeyView, body: dict[str, Any], size: int
-    ) -> Admitted | web.Response:
-        started = time.perf_counter()
+    def _model_of(self, api: Api, route: str, body: dict[str, Any]) -> Model | web.Response:
+        """The catalog model the body names, or the (counted) refusal naming `model`."""
         model_id = body.get("model")
-        model = self.catalog.models.get(model_id) if isinstance(model_id, str) else None
-        label = model.id if model is not None else ""  # only catalog ids: a client's typo is no new series
         if not isinstance(model_id, str) or not model_id:
             message = "model: required, a model id from GET /v1/models"
             return self._refused(route, "", "", refusal(api, "invalid_request", message, param="model"))
+        model = self.catalog.models.get(model_id)
         if model is None:
             message = f"The model `{model_id}` does not exist."
             return self._refused(route, "", "", refusal(api, "unknown_model", message, param="model"))
+        return model
+
+    async def _admit(
+        self, api: Api, route: str, key: KeyView, model: Model, body: dict[str, Any], size: int
+    ) -> Admitted | web.Response:
+        started = time.perf_counter()
+        model_id = label = model.id  # only catalog ids label metrics: a client's typo is no new series
         trace.get_current_span().set_attributes({"flowplan.account_id": key.account_id, "flowplan.model": model_id})
         reservation_id = f"gw_{uuid.uuid4().hex}"
         check = QuotaCheck(
@@ -285,13 +289,14 @@ class GatewayApi:
         raw, body = read
         # When the model's upstream does not speak the client's protocol (or it is the Responses
         # API), the call is translated: decided before admission, so a call that cannot be is a 400.
-        model_id = body.get("model")
-        model = self.catalog.models.get(model_id) if isinstance(model_id, str) else None
-        translation = translate.plan(path, body, self.upstreams.for_vendor(model.vendor).speaks) if model else None
+        model = self._model_of(api, path, body)
+        if isinstance(model, web.Response):
+            return model
+        translation = translate.plan(path, body, self.upstreams.for_vendor(model.vendor).speaks)
         if isinstance(translation, translate.Refused):
             message, param = translation
             return self._refused(path, "", "", refusal(api, "invalid_request", message, param=param))
-        admitted = await self._admit(api, path, key, body, len(raw))
+        admitted = await self._admit(api, path, key, model, body, len(raw))
         if isinstance(admitted, web.Response):
             return admitted
         admitted.client_hash, admitted.agent_hash = client_marks(
@@ -600,14 +605,9 @@ class GatewayApi:
         if isinstance(read, web.Response):
             return self._refused(route, "", "", read)
         raw, body = read
-        model_id = body.get("model")
-        if not isinstance(model_id, str) or not model_id:
-            message = "model: required, a model id from GET /v1/models"
-            return self._refused(route, "", "", refusal("anthropic", "invalid_request", message, param="model"))
-        model = self.catalog.models.get(model_id)
-        if model is None:
-            message = f"The model `{model_id}` does not exist."
-            return self._refused(route, "", "", refusal("anthropic", "unknown_model", message, param="model"))
+        model = self._model_of("anthropic", route, body)
+        if isinstance(model, web.Response):
+            return model
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             message = "messages: required, a non-empty list of messages"
