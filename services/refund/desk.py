@@ -243,14 +243,18 @@ class RefundDesk:
                 plan_change_id=change_id,
             )  # fmt: skip
             await self._publisher.publish([succeeded, withdrawn])
-        else:
-            to_free = PlanChanged(
-                event_id=_event_id(refund_id, "plan"), account_id=account_id, occurred_at=now, plan="free",
-                previous_plan=plan_now, period_anchor=now, reason="refund",
-            )  # fmt: skip
-            await self._publisher.publish([succeeded, to_free])
-            await self._until_quota_shows_free(account_id)  # "succeeded" is shown once the gateway refuses Pro
-        await self._record(succeeded, published=True)
+            await self._record(succeeded, published=True)
+            return
+        to_free = PlanChanged(
+            event_id=_event_id(refund_id, "plan"), account_id=account_id, occurred_at=now, plan="free",
+            previous_plan=plan_now, period_anchor=now, reason="refund",
+        )  # fmt: skip
+        # Free first, then "succeeded": this projection settles the refund from the log too, so a
+        # RefundSucceeded stored before quota shows Free would say succeeded while Pro still works.
+        # A crash in between settles again on the next start (the payout and the event ids repeat).
+        await self._publisher.publish([to_free])
+        await self._until_quota_shows_free(account_id)
+        await self._record(succeeded)
 
     async def _start_payout(self, refund_id: str, account_id: str, now: datetime) -> bool:
         """Mark the payout started unless the refund was cancelled; False when it was."""
@@ -321,6 +325,7 @@ class RefundDesk:
             if _status.decode(reply.data).plan == "free":
                 return
             await asyncio.sleep(0.01)
+        log.warning("refund: quota did not show %s on Free within %.0f s; settling anyway", account_id, QUOTA_SYNC_S)
 
     # -- the projection's tables ------------------------------------------------------
 
