@@ -3,7 +3,7 @@ wrong-password lockout, and what the subscription page makes of the account API'
 
 from datetime import UTC, datetime, timedelta
 
-from libs import ownerpass
+from libs import chatpass, ownerpass
 from services.console import auth, i18n, views
 
 NOW = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
@@ -18,6 +18,27 @@ def test_owner_pass_names_its_account_until_it_expires_and_only_with_the_secret(
     forged = token.replace("acc_0123456789abcdef", "acc_fedcba9876543210")
     assert ownerpass.verify("s3cret", forged, NOW) is None
     assert ownerpass.verify("s3cret", "cs-v1-garbage", NOW) is None
+
+
+def test_chat_pass_grants_its_account_mode_and_conversation_until_it_expires_and_nothing_altered() -> None:
+    chat = chatpass.ChatPass("acc_0123456789abcdef", "subscription", "conv_abc123")
+    token = chatpass.mint("s3cret", chat, NOW, ttl_s=60)
+    assert chatpass.is_chat_pass(token) and not ownerpass.is_owner_pass(token)
+    assert chatpass.verify("s3cret", token, NOW + timedelta(seconds=59)) == chat
+    assert chatpass.verify("s3cret", token, NOW + timedelta(seconds=60)) is None  # expired
+    assert chatpass.verify("other", token, NOW) is None  # not the console's secret
+    for altered in (
+        token.replace(".subscription.", ".payg."),  # another billing mode
+        token.replace("conv_abc123", "conv_abc124"),  # another conversation
+        token.replace("acc_0123456789abcdef", "acc_fedcba9876543210"),  # another account
+        token.replace(f".{int(NOW.timestamp()) + 60}.", f".{int(NOW.timestamp()) + 6000}."),  # a longer life
+    ):
+        assert altered != token and chatpass.verify("s3cret", altered, NOW) is None
+    # Neither credential passes for the other, though both are signed with the same secret.
+    owner = ownerpass.mint("s3cret", chat.account_id, NOW)
+    assert chatpass.verify("s3cret", owner, NOW) is None
+    assert ownerpass.verify("s3cret", token, NOW) is None
+    assert chatpass.verify("s3cret", "cc-v1-garbage", NOW) is None
 
 
 def test_csrf_token_fits_only_its_cookie() -> None:
