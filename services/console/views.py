@@ -205,3 +205,33 @@ def subscription(
         "refund": latest_refund,
         "now": now,
     }
+
+
+def conversation_cost(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a Studio Chat conversation has cost, from its calls' usage events: Flows for the calls
+    billed to the subscription, USD for those billed to the PAYG balance (PAYG conversations, and
+    subscription ones that overflowed through Extra Usage)."""
+    flows_used = sum((Decimal(str(e["flows"])) for e in events if e["billing_mode"] == "subscription"), Decimal(0))
+    usd_spent = sum((Decimal(e["usd_cost"]) for e in events if e["billing_mode"] == "payg"), Decimal(0))
+    return {"flows": str(flows_used), "usd": str(usd_spent), "calls": len(events)}
+
+
+def chat_models(catalog: list[dict[str, Any]], plan: str) -> list[dict[str, Any]]:
+    """Every model, marked whether the plan includes it: Subscription offers those, Pay As You Go all."""
+    return [{"id": m["id"], "in_plan": plan in (m.get("plans") or [])} for m in catalog]
+
+
+MESSAGE_MAX = 32_000
+
+
+def chat_problem(text: str, billing_mode: str, model: str, model_ids: set[str]) -> str | None:
+    """What is wrong with a message form, naming the field; None when nothing is."""
+    if not text:
+        return "message: write a message to send"
+    if len(text) > MESSAGE_MAX:
+        return f"message: at most {MESSAGE_MAX:,} characters"
+    if billing_mode not in ("subscription", "payg"):
+        return "billing_mode: Subscription or Pay As You Go"
+    if model not in model_ids:
+        return "model: choose one of the listed models"
+    return None
