@@ -33,14 +33,19 @@ function message(log, role, label, text) {
 }
 
 async function refreshCost(form) {
-  for (const wait of [250, 750, 1500, 3000]) {
+  // Until the conversation's count of calls changes (this one is counted), for at most about 20 s.
+  const calls = document.getElementById("chat-cost")?.dataset.calls;
+  for (const wait of [200, 300, 500, 1000, 2000, 4000, 4000, 4000, 4000]) {
     await sleep(wait);
     try {
       const response = await fetch(form.dataset.cost);
       if (!response.ok) continue;
-      const current = document.getElementById("chat-cost");
-      const html = await response.text();
-      if (current && current.outerHTML !== html) current.outerHTML = html;
+      const holder = document.createElement("template");
+      holder.innerHTML = (await response.text()).trim();
+      const fresh = holder.content.firstElementChild;
+      if (!fresh || fresh.dataset.calls === calls) continue;
+      document.getElementById("chat-cost")?.replaceWith(fresh);
+      return;
     } catch (e) {
       return;
     }
