@@ -43,8 +43,13 @@ def usd(value: str | None) -> str:
 
 def usd_exact(value: str) -> str:
     """A balance to the micro-dollar (PAYG calls cost fractions of a cent), at least to the cent."""
-    whole, _, fraction = f"{Decimal(value):f}".partition(".")
-    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+    return f"${flows_exact(value)}"
+
+
+def flows_exact(value: float | int | str) -> str:
+    """To the micro-unit (a chat message costs hundredths of a Flow), at least to two decimals."""
+    whole, _, fraction = f"{Decimal(str(value)):f}".partition(".")
+    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 def refusal(reason: str, message: str) -> str:
@@ -65,6 +70,7 @@ FILTERS = {
     "count": count,
     "usd": usd,
     "usd_exact": usd_exact,
+    "flows_exact": flows_exact,
     "kind_name": KIND_NAMES.get,
 }
 

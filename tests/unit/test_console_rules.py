@@ -157,3 +157,28 @@ def test_the_pager_links_carry_the_api_cursors_with_the_filters() -> None:
     last = {"data": [], "next_cursor": None, "prev_cursor": "a1"}
     context = views.subscription("acc_1", usage, last, [], [], [], [], plans, NOW, {}, [])
     assert context["older"] is None and context["newer"] == "after=a1"
+
+
+def test_a_conversation_costs_flows_for_its_subscription_calls_and_usd_for_its_payg_ones() -> None:
+    events = [
+        {"billing_mode": "subscription", "flows": 0.012345, "usd_cost": "0.000311"},
+        {"billing_mode": "payg", "flows": 0.5, "usd_cost": "0.012600"},  # overflow or a PAYG message
+        {"billing_mode": "subscription", "flows": 1, "usd_cost": "0.025000"},
+    ]
+    cost = views.conversation_cost(events)
+    assert cost == {"flows": "1.012345", "usd": "0.012600", "calls": 3}
+    assert views.flows_exact(cost["flows"]) == "1.012345" and views.flows_exact("0") == "0.00"
+    assert views.conversation_cost([]) == {"flows": "0", "usd": "0", "calls": 0}
+
+
+def test_chat_offers_the_plans_models_on_subscription_and_checks_the_form_naming_the_field() -> None:
+    catalog = [{"id": "a/free", "plans": ["free", "pro"]}, {"id": "b/pro", "plans": ["pro"]}, {"id": "c/none"}]
+    assert views.chat_models(catalog, "free") == [
+        {"id": "a/free", "in_plan": True}, {"id": "b/pro", "in_plan": False}, {"id": "c/none", "in_plan": False},
+    ]  # fmt: skip
+    ids = {"a/free", "b/pro"}
+    assert views.chat_problem("hi", "payg", "b/pro", ids) is None
+    bad = [("", "payg", "a/free", "message"), ("x" * 32_001, "payg", "a/free", "message"),
+           ("hi", "free", "a/free", "billing_mode"), ("hi", "payg", "z/z", "model")]  # fmt: skip
+    for text, mode, model, field in bad:
+        assert (views.chat_problem(text, mode, model, ids) or "").startswith(f"{field}:")
