@@ -137,9 +137,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     console_url: str = ""
     """The console's address as owners reach it (sign-in links point there); default http://host:console_port."""
     console_secret: str = DEV_CONSOLE_SECRET
-    """Shared by the console and ingress: signs the short-lived credential the console calls the account API with."""
+    """Shared by the console, ingress and the gateway: signs the short-lived credentials the console calls
+    the account API (libs/ownerpass.py) and, for Studio Chat, the gateway (libs/chatpass.py) with."""
     ingress_url: str = ""
     """Where the console reaches ingress's account API; default http://host:ingress_port."""
+    gateway_url: str = ""
+    """Where the console's Studio Chat reaches the gateway; default http://host:gateway_port."""
     payment_webhook_secret: str = DEV_PAYMENT_WEBHOOK_SECRET
     """Shared with the payment provider: signs its webhooks (POST /v1/webhooks/payments)."""
     payment_provider_url: str = ""

@@ -102,7 +102,7 @@ class UsagePosition(msgspec.Struct, frozen=True, kw_only=True):
 
 class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """An account's calls, newest first: `limit` of them, older than `before` or newer than `after`
-    (at most one of the two), of one key and one model when given."""
+    (at most one of the two), of one key, one model and one Studio Chat conversation when given."""
 
     account_id: str
     limit: int = 50
@@ -110,6 +110,7 @@ class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     after: UsagePosition | None = None
     key_id: str | None = None
     model: str | None = None
+    conversation_id: str | None = None
 
 
 class UsageEventsReply(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -12,6 +12,9 @@ from libs.runtime import Runtime
 from libs.settings import Settings
 from proto.v1 import ConsoleCommandFailed, IssueSignInLink, SignInLinkIssued, encode, subjects
 from services.console.accountapi import AccountApi
+from services.console.chat import ChatPages
+from services.console.chatcalls import ChatCalls
+from services.console.conversations import Conversations
 from services.console.mail import Mailer, Sender, SmtpMailer
 from services.console.owners import EmailTaken, Owners
 from services.console.signin import SignInPages
@@ -37,12 +40,17 @@ class ConsoleService:
         ingress = settings.ingress_url or f"http://{settings.host}:{settings.ingress_port}"
         self.api = AccountApi(ingress, settings.console_secret, self.clock, settings.admin_token)
         await self.api.start()
+        gateway = settings.gateway_url or f"http://{settings.host}:{settings.gateway_port}"
+        self.chat_calls = ChatCalls(gateway, settings.console_secret, self.clock)
+        await self.chat_calls.start()
+        conversations = Conversations(runtime.db)
         await runtime.answer(subjects.CONSOLE_SIGN_IN_LINK, self.on_sign_in_link)
         app = web.Application(client_max_size=64 * 1024)
         site = Site(settings, self.owners, self.clock)
         site.install(app)
         SignInPages(site).routes(app)
-        SubscriptionPages(site, self.api).routes(app)
+        SubscriptionPages(site, self.api, conversations).routes(app)
+        ChatPages(site, self.api, conversations, self.chat_calls).routes(app)
         mailer: Sender = (
             SmtpMailer(settings.smtp_url, settings.mail_from)
             if settings.smtp_url
@@ -72,4 +80,5 @@ class ConsoleService:
 
     async def stop(self) -> None:
         await self.api.close()
+        await self.chat_calls.close()
         await self.runtime.close()

@@ -13,7 +13,7 @@ from aiohttp import web
 from nats.aio.client import Client
 from opentelemetry import trace
 
-from libs import apikeys, tracing
+from libs import apikeys, chatpass, tracing
 from libs.clock import Clock
 from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
 from libs.pricing.catalog import Catalog, Model, model_json
@@ -33,13 +33,14 @@ from proto.v1 import (
     encode,
     subjects,
 )
-from services.gateway import metrics, translate
+from services.gateway import metrics, studio, translate
 from services.gateway.body import BodyError, parse_body
 from services.gateway.clients import client_marks, trusted_networks
 from services.gateway.errors import Api, refusal, request_id, upstream_failure
 from services.gateway.estimate import BYTES_PER_TOKEN, estimate_input_tokens, estimate_usd_micros
 from services.gateway.inflight import InflightCalls
 from services.gateway.recorder import RETRY_AFTER_S, UsageNotStored, UsageRecorder
+from services.gateway.studio import StudioCaller
 from services.gateway.translate import Translation
 from services.gateway.upstreams import Upstreams
 from services.gateway.usage import SseSplitter, StreamUsage, Tokens, from_anthropic, from_openai
@@ -68,6 +69,8 @@ class Admitted(msgspec.Struct):
     headers: dict[str, str]
     client_hash: str | None = None
     agent_hash: str | None = None
+    conversation_id: str | None = None
+    """Set for Studio Chat's calls (services/gateway/studio.py): their usage names it, not a key."""
 
 
 class GatewayApi:
@@ -151,9 +154,26 @@ class GatewayApi:
 
     # -- authentication and admission ---------------------------------------------------
 
+    async def _caller(self, request: web.Request, api: Api) -> KeyView | StudioCaller | web.Response:
+        """A model call's caller: a model key, or Studio Chat's pass (accepted for model calls only)."""
+        secret = _secret(request)
+        if not chatpass.is_chat_pass(secret):
+            return await self._authenticate(request, api)
+        caller = studio.caller_of(self.settings.console_secret, secret, self.clock.now())
+        if caller is None:
+            metrics.refusals.add(1, {"reason": "invalid_api_key"})
+            return refusal(api, "invalid_api_key", "The Studio Chat pass is forged, altered or expired.")
+        try:
+            suspended = await studio.suspended(self.nc, caller.key.account_id, self.settings.request_timeout_s)
+        except Exception:
+            return refusal(api, "service_unavailable", "the key service did not answer; retry")
+        if suspended:
+            metrics.refusals.add(1, {"reason": "account_suspended"})
+            return refusal(api, "account_suspended", "This account is suspended; contact support.")
+        return caller
+
     async def _authenticate(self, request: web.Request, api: Api) -> KeyView | web.Response:
-        header = request.headers.get("Authorization", "")
-        secret = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+        secret = _secret(request)
         if apikeys.kind_of(secret.strip()) == "management":
             # Refused by its prefix, before any lookup: a 403 that says what to use instead, and the
             # same answer for a live, revoked or made-up one (no oracle, no load on keys).
@@ -280,9 +300,10 @@ class GatewayApi:
 
     async def _call(self, request: web.Request, api: Api, path: str) -> web.StreamResponse:
         # Who is asking comes first: an unauthenticated client never has its body read or parsed.
-        key = await self._authenticate(request, api)
-        if isinstance(key, web.Response):
-            return self._refused(path, "", "", key)
+        caller = await self._caller(request, api)
+        if isinstance(caller, web.Response):
+            return self._refused(path, "", "", caller)
+        key, conversation_id = caller if isinstance(caller, StudioCaller) else (caller, None)
         read = await self._read(request, api)
         if isinstance(read, web.Response):
             return self._refused(path, "", "", read)
@@ -299,9 +320,12 @@ class GatewayApi:
         admitted = await self._admit(api, path, key, model, body, len(raw))
         if isinstance(admitted, web.Response):
             return admitted
-        admitted.client_hash, admitted.agent_hash = client_marks(
-            self.settings.client_hash_key, request.remote, request.headers, self.trusted_proxies
-        )
+        if conversation_id is None:
+            admitted.client_hash, admitted.agent_hash = client_marks(
+                self.settings.client_hash_key, request.remote, request.headers, self.trusted_proxies
+            )
+        else:  # the console's address is every owner's: no client marks, which the abuse signals would misread
+            admitted.conversation_id = conversation_id
         upstream_path, upstream_api = path, api
         if translation is not None:
             raw = _encode.encode(translation.body)
@@ -530,7 +554,7 @@ class GatewayApi:
                 cached_tokens=tokens.cached,
                 images=tokens.images,
                 billing_mode=decision.billing_mode or "subscription",
-                key_id=admitted.key.id,
+                key_id=admitted.key.id if admitted.conversation_id is None else None,
                 usd_cost_micros=price.usd_cost_micros,
                 flows_micros=price.flows_micros,
                 usd_per_flow=decision.usd_per_flow,
@@ -539,6 +563,7 @@ class GatewayApi:
                 source="gateway",
                 client_hash=admitted.client_hash,
                 agent_hash=admitted.agent_hash,
+                conversation_id=admitted.conversation_id,
             )
         )
         metrics.flows.add(price.flows_micros / 1_000_000, {"model": admitted.model.id, "plan": decision.plan or ""})
@@ -683,6 +708,11 @@ class _Upstream:
     def cut(self) -> None:
         self.was_cut = True
         self.response.close()  # the pump's read ends; nothing more is read from the upstream
+
+
+def _secret(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    return (header[7:] if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")).strip()
 
 
 def _call_id(admitted: Admitted) -> str:

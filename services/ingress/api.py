@@ -291,7 +291,8 @@ class IngressApi:
 
     async def get_account_usage_events(self, request: web.Request) -> web.Response:
         """The account's calls, newest first, a page at a time: `before` (older, from next_cursor) or
-        `after` (newer, from prev_cursor), optionally of one key (`key_id`) and one model (`model`)."""
+        `after` (newer, from prev_cursor), optionally of one key (`key_id`), one model (`model`) and one
+        Studio Chat conversation (`conversation_id`)."""
         account_id = await self._account_of(request)
         limit = _int_query(request, "limit", 50, 1, 1000)
         before, after = (_cursor_query(request, name) for name in ("before", "after"))
@@ -300,6 +301,7 @@ class IngressApi:
         asked = UsageEventsRequest(
             account_id=account_id, limit=limit, before=before, after=after,
             key_id=_filter_query(request, "key_id", 128), model=_filter_query(request, "model", 200),
+            conversation_id=_filter_query(request, "conversation_id", 128),
         )  # fmt: skip
         reply = _events.decode(await self._ask(subjects.QUOTA_EVENTS, asked))
         return json_response(views.usage_events(reply, paged_back=before is not None, paged_forward=after is not None))

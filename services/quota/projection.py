@@ -336,10 +336,10 @@ class QuotaProjection:
         inserted = await conn.fetch(
             f"""INSERT INTO {self.schema}.usage (event_id, account_id, occurred_at, model, input_tokens,
                     output_tokens, cached_tokens, images, billing_mode, key_id, usd_cost_micros,
-                    flows_micros, usd_per_flow, multiplier, stream_seq)
+                    flows_micros, usd_per_flow, multiplier, stream_seq, conversation_id)
                 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[],
                     $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bigint[],
-                    $12::bigint[], $13::text[], $14::text[], $15::bigint[])
+                    $12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::text[])
                 ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
             *zip(
                 *(
@@ -359,6 +359,7 @@ class QuotaProjection:
                         e.usd_per_flow,
                         e.multiplier,
                         seq,
+                        e.conversation_id,
                     )
                     for seq, e in usage
                 ),

@@ -176,14 +176,15 @@ class QuotaResponder:
         if bound is not None:
             args += [bound.occurred_at, bound.event_id]
             conditions.append(f"(occurred_at, event_id) {'>' if newer else '<'} (${len(args) - 1}, ${len(args)})")
-        for column in ("key_id", "model"):
+        for column in ("key_id", "model", "conversation_id"):
             if (value := getattr(request, column)) is not None:
                 args.append(value)
                 conditions.append(f"{column} = ${len(args)}")
         order = "ASC" if newer else "DESC"
         rows = await self._pool.fetch(
             f"""SELECT event_id, account_id, occurred_at, model, input_tokens, output_tokens, cached_tokens,
-                       images, billing_mode, key_id, usd_cost_micros, flows_micros, usd_per_flow, multiplier
+                       images, billing_mode, key_id, usd_cost_micros, flows_micros, usd_per_flow, multiplier,
+                       conversation_id
                 FROM {self._schema}.usage WHERE {" AND ".join(conditions)}
                 ORDER BY occurred_at {order}, event_id {order} LIMIT {limit + 1}""",
             *args,

@@ -146,14 +146,16 @@ def admit(
     now: datetime,
 ) -> Admission:
     """The plan's models, then the RPM limit, then the subscription's windows; past a cap, with
-    Extra Usage on, the PAYG balance. A PAYG call (key or posted mode) bills the balance directly.
+    Extra Usage on, the PAYG balance. A PAYG call (key, posted mode or a Pay As You Go Studio Chat
+    conversation) bills the balance directly and may call every model: the plan limits what the
+    subscription pays for, not what the balance may buy (SPEC §5: "every model on PAYG").
 
     PAYG admission needs the balance, less the estimates of PAYG calls still running, to
     cover this call's estimate: so the balance can go below zero only by what calls admitted
     while it still covered them cost beyond their estimates."""
     if model is None:
         return Admission(False, None, "unknown_model", None, None, None)
-    if model.tier not in plan.tiers:
+    if model.tier not in plan.tiers and billing_mode != "payg":
         return Admission(False, None, "model_not_in_plan", None, None, None)
     rate = gcra(rate_tat, now, plan.rpm)
     if not rate.allowed:
