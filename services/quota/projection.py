@@ -8,11 +8,13 @@ the transaction that wrote the same change has committed.
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
 
 import asyncpg
 
+from libs.eventlog.dispatch import EventHandlers, handles
 from libs.eventlog.runner import AfterCommit, Applied
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
@@ -118,20 +120,18 @@ class QuotaState:
         return multiplier_at(account.multiplier, account.insider, self.insider_multiplier, when)
 
 
-class QuotaProjection:
+@dataclass(slots=True)
+class QuotaBatch:
+    """One batch's changes: accounts as they will be after commit, and the usage and rates collected."""
+
+    conn: asyncpg.Connection
+    pending: dict[str, AccountQuota] = field(default_factory=dict)
+    usage: list[tuple[int, UsageRecorded]] = field(default_factory=list)
+    rates: list[FlowRateChanged] = field(default_factory=list)
+
+
+class QuotaProjection(EventHandlers[QuotaBatch]):
     name: str = "quota"
-    event_types: tuple[str, ...] = (
-        "AccountCreated",
-        "PlanChanged",
-        "PlanChangeCancelled",
-        "MultiplierChanged",
-        "InsiderStatusSet",
-        "InsiderStatusEnded",
-        "FlowRateChanged",
-        "BalanceToppedUp",
-        "ExtraUsageChanged",
-        "UsageRecorded",
-    )
     category: str | None = None
     tables: tuple[str, ...] = (
         "checkpoints", "accounts", "plan_history", "multipliers", "insider", "flow_rates", "ledger", "usage", "windows",
@@ -151,38 +151,9 @@ class QuotaProjection:
         await self.state.load(conn, self.schema)
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
-        pending: dict[str, AccountQuota] = {}
-        usage: list[tuple[int, UsageRecorded]] = []
-        rates: list[FlowRateChanged] = []
-        for seq, event in batch:
-            if isinstance(event, AccountCreated):
-                await self._account_created(conn, event, pending)
-            elif isinstance(event, PlanChanged):
-                await self._plan_changed(conn, event, pending)
-            elif isinstance(event, PlanChangeCancelled):
-                await self._plan_change_cancelled(conn, event, pending)
-            elif isinstance(event, MultiplierChanged):
-                await self._multiplier_changed(conn, event, pending)
-            elif isinstance(event, InsiderStatusSet | InsiderStatusEnded):
-                await self._insider_changed(conn, event, pending)
-            elif isinstance(event, FlowRateChanged):
-                await conn.execute(
-                    f"""INSERT INTO {self.schema}.flow_rates (event_id, effective_at, usd_per_flow)
-                        VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",
-                    event.event_id, event.occurred_at, event.usd_per_flow,
-                )  # fmt: skip
-                rates.append(event)
-            elif isinstance(event, BalanceToppedUp):
-                await self._topped_up(conn, event, pending)
-            elif isinstance(event, ExtraUsageChanged):
-                account = self._pending(event.account_id, pending)
-                await conn.execute(
-                    f"UPDATE {self.schema}.accounts SET extra_usage = $2, payg_key_id = $3 WHERE account_id = $1",
-                    event.account_id, event.enabled, event.payg_key_id,
-                )  # fmt: skip
-                account.extra_usage, account.payg_key_id = event.enabled, event.payg_key_id
-            elif isinstance(event, UsageRecorded):
-                usage.append((seq, event))
+        b = QuotaBatch(conn)
+        await self.dispatch(b, batch)
+        pending, usage, rates = b.pending, b.usage, b.rates
         released: list[tuple[str, str]] = []
         consumed: dict[tuple[str, str], int] = defaultdict(int)  # micro-Flows by (model, plan)
         if usage:
@@ -212,9 +183,31 @@ class QuotaProjection:
             pending[account_id] = known.copy()
         return pending[account_id]
 
-    async def _account_created(
-        self, conn: asyncpg.Connection, event: AccountCreated, pending: dict[str, AccountQuota]
-    ) -> None:
+    @handles(UsageRecorded)
+    async def _usage(self, b: QuotaBatch, seq: int, event: UsageRecorded) -> None:
+        b.usage.append((seq, event))
+
+    @handles(FlowRateChanged)
+    async def _flow_rate_changed(self, b: QuotaBatch, _seq: int, event: FlowRateChanged) -> None:
+        await b.conn.execute(
+            f"""INSERT INTO {self.schema}.flow_rates (event_id, effective_at, usd_per_flow)
+                VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",
+            event.event_id, event.occurred_at, event.usd_per_flow,
+        )  # fmt: skip
+        b.rates.append(event)
+
+    @handles(ExtraUsageChanged)
+    async def _extra_usage_changed(self, b: QuotaBatch, _seq: int, event: ExtraUsageChanged) -> None:
+        account = self._pending(event.account_id, b.pending)
+        await b.conn.execute(
+            f"UPDATE {self.schema}.accounts SET extra_usage = $2, payg_key_id = $3 WHERE account_id = $1",
+            event.account_id, event.enabled, event.payg_key_id,
+        )  # fmt: skip
+        account.extra_usage, account.payg_key_id = event.enabled, event.payg_key_id
+
+    @handles(AccountCreated)
+    async def _account_created(self, b: QuotaBatch, _seq: int, event: AccountCreated) -> None:
+        conn, pending = b.conn, b.pending
         if event.account_id in pending or event.account_id in self.state.accounts:
             return
         await conn.execute(
@@ -228,9 +221,9 @@ class QuotaProjection:
             event.occurred_at, [segment], multiplier=Versioned(parse_fraction(event.multiplier))
         )
 
-    async def _topped_up(
-        self, conn: asyncpg.Connection, event: BalanceToppedUp, pending: dict[str, AccountQuota]
-    ) -> None:
+    @handles(BalanceToppedUp)
+    async def _topped_up(self, b: QuotaBatch, _seq: int, event: BalanceToppedUp) -> None:
+        conn, pending = b.conn, b.pending
         account = self._pending(event.account_id, pending)
         credited = await conn.fetchval(
             f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)
@@ -240,9 +233,9 @@ class QuotaProjection:
         if credited:
             account.balance += event.amount_micros
 
-    async def _multiplier_changed(
-        self, conn: asyncpg.Connection, event: MultiplierChanged, pending: dict[str, AccountQuota]
-    ) -> None:
+    @handles(MultiplierChanged)
+    async def _multiplier_changed(self, b: QuotaBatch, _seq: int, event: MultiplierChanged) -> None:
+        conn, pending = b.conn, b.pending
         account = self._pending(event.account_id, pending)
         await conn.execute(
             f"""INSERT INTO {self.schema}.multipliers (event_id, account_id, effective_at, multiplier)
@@ -251,9 +244,9 @@ class QuotaProjection:
         )  # fmt: skip
         account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
 
-    async def _insider_changed(
-        self, conn: asyncpg.Connection, event: InsiderStatusSet | InsiderStatusEnded, pending: dict[str, AccountQuota]
-    ) -> None:
+    @handles(InsiderStatusSet, InsiderStatusEnded)
+    async def _insider_changed(self, b: QuotaBatch, _seq: int, event: InsiderStatusSet | InsiderStatusEnded) -> None:
+        conn, pending = b.conn, b.pending
         account = self._pending(event.account_id, pending)
         insider = isinstance(event, InsiderStatusSet) and event.insider
         await conn.execute(
@@ -277,9 +270,9 @@ class QuotaProjection:
         )
         return bool(inserted)
 
-    async def _plan_changed(
-        self, conn: asyncpg.Connection, event: PlanChanged, pending: dict[str, AccountQuota]
-    ) -> None:
+    @handles(PlanChanged)
+    async def _plan_changed(self, b: QuotaBatch, _seq: int, event: PlanChanged) -> None:
+        conn, pending = b.conn, b.pending
         account = self._pending(event.account_id, pending)
         segment = Segment(event.occurred_at, event.plan, event.period_anchor, event.event_id, event.paid_until)
         if not await self._insert_segment(conn, event.account_id, segment):
@@ -288,10 +281,10 @@ class QuotaProjection:
         account.segments = sorted([*account.segments, segment])
         await self._recount_months(conn, event.account_id, account, since=old_period.start)
 
-    async def _plan_change_cancelled(
-        self, conn: asyncpg.Connection, event: PlanChangeCancelled, pending: dict[str, AccountQuota]
-    ) -> None:
+    @handles(PlanChangeCancelled)
+    async def _plan_change_cancelled(self, b: QuotaBatch, _seq: int, event: PlanChangeCancelled) -> None:
         """A scheduled change withdrawn: the account's plans as if it had never been recorded."""
+        conn, pending = b.conn, b.pending
         account = self._pending(event.account_id, pending)
         withdrawn = [s for s in account.segments if s.event_id == event.plan_change_id]
         if not withdrawn:
