@@ -23,7 +23,7 @@ class QuotaService:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.catalog = load_catalog(settings.catalog_path, settings.plans_path)
-        self.state = QuotaState(self.catalog.default_usd_per_flow, self.catalog.insider_multiplier)
+        self.state = QuotaState(self.catalog.default_usd_per_flow, self.catalog.insider_multiplier, self.clock)
         self.runtime = Runtime("quota", settings)
 
     async def start(self) -> None:

@@ -14,6 +14,7 @@ from fractions import Fraction
 
 import asyncpg
 
+from libs.clock import Clock, SystemClock
 from libs.eventlog.dispatch import EventHandlers, handles
 from libs.eventlog.runner import AfterCommit, Applied
 from libs.pricing.flows import Versioned
@@ -47,8 +48,12 @@ class UnknownAccount(Exception):
 class QuotaState:
     """The in-memory side: accounts by id, and the reservations of calls in flight."""
 
-    def __init__(self, default_usd_per_flow: Fraction, insider_multiplier: Fraction = Fraction(5, 4)) -> None:
+    def __init__(
+        self, default_usd_per_flow: Fraction, insider_multiplier: Fraction = Fraction(5, 4), clock: Clock | None = None
+    ) -> None:
         self.default_usd_per_flow = default_usd_per_flow
+        self.clock = clock or SystemClock()
+        """What load() reads the recent months by (the responder reads the same service clock)."""
         self.insider_multiplier = insider_multiplier
         self.accounts: dict[str, AccountQuota] = {}
         self.reservations = Reservations()
@@ -110,7 +115,8 @@ class QuotaState:
                 account.weekly = window
         for row in await conn.fetch(
             f"""SELECT account_id, started_at, flows_micros FROM {schema}.windows
-                WHERE kind = 'month' AND ends_at > now() - interval '40 days'"""
+                WHERE kind = 'month' AND ends_at > $1""",
+            self.clock.now() - timedelta(days=40),
         ):
             accounts[row["account_id"]].months[row["started_at"]] = row["flows_micros"]
         self.accounts, self.flow_rate = accounts, flow_rate
@@ -144,7 +150,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
         """False for a rebuild: the Flows it applies again were counted on /metrics once already."""
 
     def rebuilt_into(self, schema: str) -> "QuotaProjection":
-        state = QuotaState(self.state.default_usd_per_flow, self.state.insider_multiplier)
+        state = QuotaState(self.state.default_usd_per_flow, self.state.insider_multiplier, self.state.clock)
         return QuotaProjection(state, schema, metered=False)
 
     async def reload(self, conn: asyncpg.Connection) -> None:

@@ -17,8 +17,7 @@ import pytest
 from libs.localservers import LocalNats, LocalPostgres
 from libs.settings import Settings
 from libs.setup import set_up
-from tests.e2e.test_extra_usage import balance, payg_key, top_up
-from tests.e2e.test_gateway_sdks import metered
+from tests.e2e.conftest import balance, metered, payg_key, top_up
 from tests.stack import Stack, eventually, make_settings, usage_event
 
 pytestmark = pytest.mark.connected
