@@ -17,6 +17,7 @@ import asyncpg
 from libs.clock import Clock, SystemClock
 from libs.eventlog.dispatch import EventHandlers, handles
 from libs.eventlog.runner import AfterCommit, Applied
+from libs.pricing.catalog import FREE
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
 from libs.pricing.multipliers import multiplier_at
@@ -221,7 +222,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
                 ON CONFLICT DO NOTHING""",
             event.account_id, event.occurred_at, event.multiplier,
         )  # fmt: skip
-        segment = Segment(event.occurred_at, "free", event.occurred_at, event.event_id)
+        segment = Segment(event.occurred_at, FREE, event.occurred_at, event.event_id)
         await self._insert_segment(conn, event.account_id, segment)
         pending[event.account_id] = AccountQuota(
             event.occurred_at, [segment], multiplier=Versioned(parse_fraction(event.multiplier))

@@ -12,7 +12,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from libs.clock import Clock
-from libs.pricing.catalog import Catalog
+from libs.pricing.catalog import FREE, Catalog
 from libs.pricing.money import fraction_text
 from proto.v1 import (
     Inflight,
@@ -145,7 +145,7 @@ class QuotaResponder:
         account = self._state.accounts.get(account_id)
         known = account is not None
         if account is None:
-            account = AccountQuota(now, [Segment(now, "free", now, "")])
+            account = AccountQuota(now, [Segment(now, FREE, now, "")])
         quota: QuotaView = view(account, self._limits, self._state.reservations.total(account_id), now)
         return QuotaStatus(
             account_id=account_id,

@@ -13,7 +13,7 @@ from datetime import datetime
 from fractions import Fraction
 from typing import NamedTuple
 
-from libs.pricing.catalog import Model, Plan
+from libs.pricing.catalog import FREE, Model, Plan
 from libs.pricing.flows import Versioned
 from libs.pricing.money import round_half_up
 from libs.pricing.multipliers import InsiderHistory
@@ -51,7 +51,7 @@ class AccountQuota:
     def plan_at(self, when: datetime) -> str:
         segment = self.segments[segment_at(self.segments, when)]
         if segment.paid_until is not None and when >= segment.paid_until:
-            return "free"  # the paid period ended unpaid
+            return FREE  # the paid period ended unpaid
         return segment.plan
 
 
