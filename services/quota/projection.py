@@ -21,6 +21,7 @@ from libs.pricing.catalog import FREE
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
 from libs.pricing.multipliers import multiplier_at
+from libs.pricing.ratebook import load_rate_book
 from proto.v1 import (
     AccountCreated,
     BalanceToppedUp,
@@ -73,27 +74,19 @@ class QuotaState:
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
         """Rebuild memory from the projection (at start, and after a replay swapped its tables).
         Reservations and rate limits are not in the tables: they stay as they are."""
+        book = await load_rate_book(conn, schema, self.default_usd_per_flow)
         accounts: dict[str, AccountQuota] = {}
-        flow_rate = Versioned(self.default_usd_per_flow)
-        for row in await conn.fetch(
-            f"SELECT account_id, created_at, multiplier, extra_usage, payg_key_id FROM {schema}.accounts"
-        ):
-            accounts[row["account_id"]] = AccountQuota(
-                row["created_at"], [], multiplier=Versioned(parse_fraction(row["multiplier"])),
+        for row in await conn.fetch(f"SELECT account_id, created_at, extra_usage, payg_key_id FROM {schema}.accounts"):
+            account_id = row["account_id"]
+            accounts[account_id] = AccountQuota(
+                row["created_at"], [], multiplier=book.multipliers[account_id], insider=book.insiders[account_id],
                 extra_usage=row["extra_usage"], payg_key_id=row["payg_key_id"],
             )  # fmt: skip
+        flow_rate = book.flow_rate
         for row in await conn.fetch(
             f"SELECT account_id, sum(amount_micros) AS balance FROM {schema}.ledger GROUP BY account_id"
         ):
             accounts[row["account_id"]].balance = int(row["balance"])
-        for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers"):
-            accounts[row["account_id"]].multiplier.add(
-                row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])
-            )
-        for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, insider FROM {schema}.insider"):
-            accounts[row["account_id"]].insider.add(row["event_id"], row["effective_at"], row["insider"])
-        for row in await conn.fetch(f"SELECT event_id, effective_at, usd_per_flow FROM {schema}.flow_rates"):
-            flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))
         for row in await conn.fetch(
             f"""SELECT event_id, account_id, effective_at, plan, period_anchor, paid_until FROM {schema}.plan_history
                 ORDER BY account_id, effective_at, event_id"""

@@ -14,6 +14,7 @@ from proto.v1 import (
     AccountSuspended,
     BalanceToppedUp,
     FlowRateChanged,
+    InsiderStatusSet,
     KeyCreated,
     MultiplierChanged,
     PaymentRecorded,
@@ -207,3 +208,32 @@ async def test_refund_usage_and_settlement(pool: asyncpg.Pool, clock: ManualCloc
     )  # fmt: skip
     await feed.apply(requested, succeeded, succeeded)
     assert await pool.fetchval("SELECT status FROM refund.refunds WHERE refund_id = $1", refund_id) == "succeeded"
+
+
+async def test_ingress_and_quota_load_the_same_rate_book_they_applied(pool: asyncpg.Pool, clock: ManualClock) -> None:
+    """Both price calls: what each reloads from its tables (libs/pricing/ratebook.py) prices as live."""
+    directory, state = Directory(RATE), QuotaState(RATE, clock=clock)
+    ingress, quota, account = Feed(pool, IngressProjection(directory)), Feed(pool, QuotaProjection(state)), ids()
+    start = clock.now()
+    clock.advance(timedelta(hours=1))
+    events = (
+        created(account, ManualClock(start)),
+        MultiplierChanged(event_id=ids(), account_id=account, occurred_at=clock.now(), multiplier="3/2"),
+        InsiderStatusSet(event_id=ids(), account_id=account, occurred_at=clock.now(), insider=True),
+        FlowRateChanged(event_id=ids(), occurred_at=clock.now(), usd_per_flow="1/40"),
+    )
+    await ingress.apply(*events)
+    await quota.apply(*events)
+    fresh_directory, fresh_state = Directory(RATE), QuotaState(RATE, clock=clock)
+    async with pool.acquire() as conn:
+        await fresh_directory.load(conn, "ingress")
+        await fresh_state.load(conn, "quota")
+    for when in (start, clock.now()):  # the multiplier at creation, and since its change
+        live = directory.multiplier(directory.accounts[account], when)
+        assert fresh_directory.multiplier(fresh_directory.accounts[account], when) == live
+        assert fresh_state.multiplier(fresh_state.accounts[account], when) == live
+    now = clock.now()  # the Flow rate is everyone's: other tests of the module changed it before
+    assert fresh_directory.flow_rate.at(now) == fresh_state.flow_rate.at(now) == directory.flow_rate.at(now)
+    live = (directory.flow_rate.at(now), directory.multiplier(directory.accounts[account], now))
+    assert live == (Fraction(1, 40), Fraction(3, 2))
+    assert fresh_state.accounts[account].insider.at(clock.now())
