@@ -37,10 +37,8 @@ from proto.v1 import (
 from services.quota import metrics
 from services.quota.domain.admission import AccountQuota
 from services.quota.domain.periods import Period, Segment, period_at
-from services.quota.domain.windows import FIVE_HOURS, ONE_WEEK, Usage, Window, add_usages, chain
+from services.quota.domain.windows import CHAINS, ChainKind, Usage, Window, add_usages, chain
 from services.quota.reservations import Reservations
-
-CHAINS: dict[str, timedelta] = {"5h": FIVE_HOURS, "week": ONE_WEEK}
 
 
 class UnknownAccount(Exception):
@@ -393,7 +391,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
         for events in counted.values():
             events.sort(key=lambda e: (e.occurred_at, e.event_id))
         suffixes = await self._load_suffixes(conn, {a: events[0].occurred_at for a, events in counted.items()})
-        upserts: list[tuple[str, str, Window]] = []
+        upserts: list[tuple[str, ChainKind, Window]] = []
         months: dict[tuple[str, datetime, datetime], int] = defaultdict(int)
         for account_id, events in counted.items():
             account = pending[account_id]
@@ -454,7 +452,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
         return suffixes
 
     async def _rechain(
-        self, conn: asyncpg.Connection, account_id: str, kind: str, duration: timedelta, since: datetime
+        self, conn: asyncpg.Connection, account_id: str, kind: ChainKind, duration: timedelta, since: datetime
     ) -> list[Window]:
         """A late event opened a window before later ones: rebuild the chain from it."""
         await conn.execute(
