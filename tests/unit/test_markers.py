@@ -1,23 +1,30 @@
 """Each test folder is a marker too (tests/conftest.py), so a tier runs by itself with -m."""
 
-import subprocess
-import sys
+import tomllib
 from pathlib import Path
+
+from tests.conftest import TIERS, pytest_collection_modifyitems
 
 ROOT = Path(__file__).parents[2]
 
 
-def collected(marker: str) -> set[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", "-m", marker,
-         "tests/unit/test_markers.py", "tests/component/test_projections.py"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    return {line.split("/")[1] for line in result.stdout.splitlines() if line.startswith("tests/")}
+class Collected:
+    """What the hook reads and changes of a collected test: its file, and its markers."""
+
+    def __init__(self, path: str) -> None:
+        self.path = ROOT / path
+        self.markers: list[str] = []
+
+    def add_marker(self, marker: str) -> None:
+        self.markers.append(marker)
 
 
-def test_each_tier_is_selected_by_its_marker() -> None:
-    assert collected("component") == {"component"}
-    assert collected("unit") == {"unit"}
-    assert collected("unit or component") == {"unit", "component"}
-    assert collected("e2e") == set()
+def test_each_test_is_marked_with_its_folder() -> None:
+    items = [Collected(f"tests/{tier}/test_x.py") for tier in TIERS] + [Collected("tests/test_top.py")]
+    pytest_collection_modifyitems(items)  # type: ignore[arg-type]
+    assert [item.markers for item in items] == [[tier] for tier in TIERS] + [[]]
+
+
+def test_the_tier_markers_are_registered() -> None:
+    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    assert {marker.split(":")[0] for marker in markers} >= set(TIERS)
