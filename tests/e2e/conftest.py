@@ -4,17 +4,22 @@ fixture. Modules import these from here, never from one another's tests."""
 
 import re
 import uuid
+from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
 import aiohttp
 import anthropic
+import msgspec
 import openai
 import pytest
 
+from libs.localservers import LocalNats, LocalPostgres
 from libs.pricing.catalog import load_catalog
 from libs.pricing.flows import price_call
-from tests.stack import Stack, eventually
+from libs.settings import Settings
+from libs.setup import set_up
+from tests.stack import Stack, eventually, make_settings, usage_event
 
 CATALOG = load_catalog()
 FREE_MODEL = "deepseek/deepseek-chat"
@@ -155,3 +160,44 @@ async def new_owner(stack: Stack, email: str | None = None) -> tuple[dict[str, A
     response = await browser.post(link_path(account["sign_in_url"]), {"password": PASSWORD})
     assert response.status == 303 and response.headers["Location"] == "/subscription"
     return {**account, "email": email}, browser
+
+
+GLM = "z-ai/glm-4.7"
+CHEAP = "deepseek/deepseek-chat"
+TOKENS_PER_S = 200
+
+
+async def reservation_settings(nats_server: LocalNats, postgres: LocalPostgres) -> Settings:
+    base = postgres.url.rsplit("/", 1)[0]
+    settings = make_settings(nats_server.url, f"{base}/flowplan_{uuid.uuid4().hex[:10]}")
+    settings = msgspec.structs.replace(settings, heartbeat_interval_s=0.5, heartbeat_misses=3)
+    await set_up(settings)
+    return settings
+
+
+async def call(
+    stack: Stack, key: str, model: str, max_tokens: int, *, stream: bool = False, messages: Any = None
+) -> tuple[int, Mapping[str, str], bytes]:
+    """One chat call over plain HTTP: (status, headers (case-insensitive), body read to its end)."""
+    go_on = [{"role": "user", "content": f"go on [[tokens:{max_tokens}]]"}]  # an exact length
+    body = {"model": model, "max_tokens": max_tokens, "stream": stream,
+            "messages": messages if messages is not None else go_on}  # fmt: skip
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{stack.gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+        ) as response,
+    ):
+        return response.status, response.headers.copy(), await response.read()
+
+
+async def fill_window_to(stack: Stack, account: dict[str, str], output_tokens: int) -> float:
+    """Seed the account's 5-hour window with one heavy call (GLM, 100k in); return the Flows used."""
+    seed = usage_event(account["account_id"], model=GLM, input_tokens=100_000, output_tokens=output_tokens)
+    assert (await stack.post_usage([seed]))[0] == 202
+
+    async def seeded() -> float:
+        used = (await stack.usage(account["key"]))["window_5h"]["used_flows"]
+        return float(used) if used > 4 else 0.0
+
+    return float(await eventually(seeded))
