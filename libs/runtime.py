@@ -26,7 +26,7 @@ from libs.observability import install as install_metrics
 from libs.replay.control import ReplayControl
 from libs.replay.rebuild import Rebuildable
 from libs.service import fatal_on_error
-from libs.settings import Settings
+from libs.settings import RuntimeSettings
 from libs.web import add_ops_routes, start_site
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ SHUTDOWN_STEP_S = 5.0
 
 
 class Runtime:
-    def __init__(self, name: str, settings: Settings) -> None:
+    def __init__(self, name: str, settings: RuntimeSettings) -> None:
         self.name = name
         self.settings = settings
         self.pool: asyncpg.Pool | None = None

@@ -35,6 +35,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from libs import failpoints, tracing
 from libs.eventlog import metrics, subjects
+from libs.eventlog.dispatch import unknown_event_types
 from libs.eventlog.pause import Pause
 from proto.v1 import decode_event
 from proto.v1.events import AnyEvent
@@ -83,7 +84,8 @@ class Projection(Protocol):
     name: str
     schema: str
     event_types: tuple[str, ...]
-    """The events apply() is given; the runner checkpoints past the others."""
+    """The events apply() is given; the runner checkpoints past the others. Derived from the
+    projection's handlers (libs/eventlog/dispatch.py); a name the log does not have is refused."""
     category: str | None
     """The one subject category to read, or None for every event of the partition."""
 
@@ -116,6 +118,8 @@ class ProjectionRunner:
         linger_s: float = 0.0,
         tracer: Tracer | None = None,
     ) -> None:
+        if unknown := unknown_event_types(projection.event_types):
+            raise ValueError(f"projection {projection.name} reads event types the log does not have: {unknown}")
         self.projection = projection
         self._tracer = tracer
         self._pool = pool

@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 
 from libs.eventlog.runner import ProjectionRunner
 from libs.replay.rebuild import Rebuild, Rebuildable
-from libs.settings import Settings
+from libs.settings import RuntimeSettings
 from proto.v1 import ReplayProgress, StartReplay, encode, subjects
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,8 @@ _start = msgspec.json.Decoder(StartReplay)
 
 class ReplayControl:
     def __init__(
-        self, projection: Rebuildable, runner: ProjectionRunner, pool: asyncpg.Pool, nc: Client, settings: Settings,
-        spawn: Callable[[Coroutine[Any, Any, None], str], None],
+        self, projection: Rebuildable, runner: ProjectionRunner, pool: asyncpg.Pool, nc: Client,
+        settings: RuntimeSettings, spawn: Callable[[Coroutine[Any, Any, None], str], None],
     ) -> None:  # fmt: skip
         self._projection, self._runner, self._pool, self._nc = projection, runner, pool, nc
         self._settings, self._spawn = settings, spawn

@@ -6,7 +6,7 @@ from libs.clock import Clock, SystemClock
 from libs.pricing.catalog import load_catalog
 from libs.pricing.money import to_micros
 from libs.runtime import Runtime
-from libs.settings import Settings
+from libs.settings import BillingSettings
 from proto.v1 import subjects
 from services.billing.commands import BillingCommands
 from services.billing.projection import BillingProjection
@@ -16,7 +16,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class BillingService:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: BillingSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.runtime = Runtime("billing", settings)

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from libs.months import add_months
+from libs.pricing.catalog import FREE
 from libs.pricing.money import micros_to_usd
 from proto.v1 import BalanceToppedUp, InsiderStatusEnded, PaymentRecorded, PlanChanged, RecordPayment, TopUpBalance
 
@@ -49,10 +50,10 @@ def first_lapse(changes: Iterable[Subscription], since: datetime, until: datetim
     unrenewed, or a change to Free (a refund). None while the paid subscription is unbroken."""
     changes = list(changes)
     moments = {c.paid_until for c in changes if c.paid_until is not None}
-    moments |= {c.effective_at for c in changes if c.plan == "free"}
+    moments |= {c.effective_at for c in changes if c.plan == FREE}
     for moment in sorted(m for m in moments if since <= m <= until):
         current = subscription_at(changes, moment)
-        if current is None or current.plan == "free":
+        if current is None or current.plan == FREE:
             return moment
     return None
 
@@ -106,7 +107,7 @@ def record_payment(
         raise Refused("paid_at: must not be in the future", "paid_at")
     decided_at = paid_at if created_at is None else max(paid_at, created_at)
     current = subscription_at(changes, decided_at)
-    previous = current.plan if current is not None else "free"
+    previous = current.plan if current is not None else FREE
     anchor, paid_until = paid_at, add_months(paid_at, 1)
     starts = decided_at if decided_at < paid_until else paid_at  # a month over before the account began: as paid
     if current is not None and current.paid_until is not None and prices[command.plan] < prices.get(previous, 0):

@@ -17,8 +17,8 @@ from libs import apikeys, chatpass, tracing
 from libs.clock import Clock
 from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
 from libs.pricing.catalog import Catalog, Model, model_json
-from libs.pricing.flows import price_call
 from libs.pricing.money import micros_to_str, parse_fraction
+from libs.pricing.usage import usage_recorded
 from libs.settings import Settings
 from libs.web import json_response
 from proto.v1 import (
@@ -29,7 +29,6 @@ from proto.v1 import (
     QuotaStatus,
     QuotaStatusRequest,
     ReleaseReservation,
-    UsageRecorded,
     encode,
     subjects,
 )
@@ -538,35 +537,17 @@ class GatewayApi:
         """Store the call's usage in the log: returns once JetStream has it (UsageNotStored if it
         could not within the bound)."""
         decision = admitted.decision
-        price = price_call(
-            admitted.model, input_tokens=tokens.input, output_tokens=tokens.output, cached_tokens=tokens.cached,
-            images=tokens.images, usd_per_flow=parse_fraction(decision.usd_per_flow),
-            multiplier=parse_fraction(decision.multiplier),
+        event = usage_recorded(
+            admitted.model, event_id=admitted.reservation_id, account_id=admitted.key.account_id,
+            occurred_at=admitted.started, input_tokens=tokens.input, output_tokens=tokens.output,
+            cached_tokens=tokens.cached, images=tokens.images, billing_mode=decision.billing_mode or "subscription",
+            key_id=admitted.key.id if admitted.conversation_id is None else None,
+            usd_per_flow=parse_fraction(decision.usd_per_flow), multiplier=parse_fraction(decision.multiplier),
+            source="gateway", reservation_id=admitted.reservation_id, client_hash=admitted.client_hash,
+            agent_hash=admitted.agent_hash, conversation_id=admitted.conversation_id,
         )  # fmt: skip
-        await self.recorder.store(
-            UsageRecorded(
-                event_id=admitted.reservation_id,
-                account_id=admitted.key.account_id,
-                occurred_at=admitted.started,
-                model=admitted.model.id,
-                input_tokens=tokens.input,
-                output_tokens=tokens.output,
-                cached_tokens=tokens.cached,
-                images=tokens.images,
-                billing_mode=decision.billing_mode or "subscription",
-                key_id=admitted.key.id if admitted.conversation_id is None else None,
-                usd_cost_micros=price.usd_cost_micros,
-                flows_micros=price.flows_micros,
-                usd_per_flow=decision.usd_per_flow,
-                multiplier=decision.multiplier,
-                reservation_id=admitted.reservation_id,
-                source="gateway",
-                client_hash=admitted.client_hash,
-                agent_hash=admitted.agent_hash,
-                conversation_id=admitted.conversation_id,
-            )
-        )
-        metrics.flows.add(price.flows_micros / 1_000_000, {"model": admitted.model.id, "plan": decision.plan or ""})
+        await self.recorder.store(event)
+        metrics.flows.add(event.flows_micros / 1_000_000, {"model": admitted.model.id, "plan": decision.plan or ""})
 
     async def _unrecorded(self, admitted: Admitted) -> web.Response:
         """The call ran but its usage could not be stored: its client does not get the answer."""

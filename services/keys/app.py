@@ -4,7 +4,7 @@ from pathlib import Path
 
 from libs.clock import Clock, SystemClock
 from libs.runtime import Runtime
-from libs.settings import Settings
+from libs.settings import KeysSettings
 from services.keys.projection import KeysProjection
 from services.keys.registry import KeyRegistry
 from services.keys.responder import KeysResponder
@@ -13,7 +13,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class KeysService:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: KeysSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.registry = KeyRegistry()

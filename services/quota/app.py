@@ -8,7 +8,7 @@ import asyncpg
 from libs.clock import Clock, SystemClock
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
-from libs.settings import Settings
+from libs.settings import QuotaSettings
 from proto.v1 import subjects
 from services.quota.domain.admission import Limits
 from services.quota.inflight import InflightTracker
@@ -19,11 +19,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class QuotaService:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: QuotaSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.catalog = load_catalog(settings.catalog_path, settings.plans_path)
-        self.state = QuotaState(self.catalog.default_usd_per_flow, self.catalog.insider_multiplier)
+        self.state = QuotaState(self.catalog.default_usd_per_flow, self.catalog.insider_multiplier, self.clock)
         self.runtime = Runtime("quota", settings)
 
     async def start(self) -> None:

@@ -6,15 +6,14 @@ answers `not_ready` and quota.inflight waits: neither may answer from half the p
 import asyncio
 import time
 from collections.abc import Mapping
-from fractions import Fraction
 
 import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
 from libs.clock import Clock
-from libs.pricing.catalog import Catalog
-from libs.pricing.money import fraction_text, round_half_up
+from libs.pricing.catalog import FREE, Catalog
+from libs.pricing.money import fraction_text
 from proto.v1 import (
     Inflight,
     InflightRequest,
@@ -31,7 +30,16 @@ from proto.v1 import (
     encode,
 )
 from services.quota import metrics
-from services.quota.domain.admission import AccountQuota, Limits, QuotaView, WindowView, admit, view
+from services.quota.domain.admission import (
+    AccountQuota,
+    Limits,
+    QuotaView,
+    WindowView,
+    admit,
+    estimate,
+    flows_remaining,
+    view,
+)
 from services.quota.domain.periods import Segment
 from services.quota.projection import QuotaState
 
@@ -88,36 +96,28 @@ class QuotaResponder:
         now = self._clock.now()
         plan = self._catalog.plan(account.plan_at(now))
         usd_per_flow, multiplier = self._state.flow_rate.at(now), self._state.multiplier(account, now)
-        estimate_usd = request.estimated_usd_micros or round_half_up(
-            request.estimated_flows_micros * usd_per_flow * multiplier
-        )
-        estimate = request.estimated_flows_micros
-        if request.estimated_usd_micros > 0:
-            estimate = round_half_up(Fraction(request.estimated_usd_micros) / (usd_per_flow * multiplier))
+        cost = estimate(request.estimated_flows_micros, request.estimated_usd_micros, usd_per_flow, multiplier)
         admission = admit(
             account, plan, self._catalog.models.get(request.model), billing_mode=request.billing_mode,
             rate_tat=self._state.rate_limits.get(request.account_id),
             reserved=self._state.reservations.total(request.account_id),
             payg_reserved=self._state.payg_reservations.total(request.account_id),
-            estimate_usd=estimate_usd, limits_by_plan=self._limits, now=now,
+            estimate_usd=cost.usd, limits_by_plan=self._limits, now=now,
         )  # fmt: skip
         if admission.rate is not None and admission.rate.allowed:
             self._state.rate_limits[request.account_id] = admission.rate.tat
         if admission.admitted and admission.billing_mode == "payg":
-            self._state.payg_reservations.hold(request.account_id, request.reservation_id, estimate_usd, now)
+            self._state.payg_reservations.hold(request.account_id, request.reservation_id, cost.usd, now)
         elif admission.admitted:
-            self._state.reservations.hold(request.account_id, request.reservation_id, estimate, now)
+            self._state.reservations.hold(request.account_id, request.reservation_id, cost.flows, now)
         window = admission.quota.window_5h if admission.quota else None
-        room = window.limit - window.used - window.reserved if window else 0
-        if admission.admitted and admission.billing_mode == "subscription":
-            room -= estimate
         rate = admission.rate
         return QuotaDecision(
             admitted=admission.admitted,
             billing_mode=admission.billing_mode,
             reason=admission.reason,
             plan=plan.id,
-            flows_remaining_micros=max(0, room),
+            flows_remaining_micros=flows_remaining(admission, cost.flows),
             window_resets_at=window.resets_at if window else None,
             retry_after_s=admission.retry_after_s,
             rate_limit=RateLimit(limit=plan.rpm, remaining=rate.remaining, reset_s=rate.reset_s) if rate else None,
@@ -145,7 +145,7 @@ class QuotaResponder:
         account = self._state.accounts.get(account_id)
         known = account is not None
         if account is None:
-            account = AccountQuota(now, [Segment(now, "free", now, "")])
+            account = AccountQuota(now, [Segment(now, FREE, now, "")])
         quota: QuotaView = view(account, self._limits, self._state.reservations.total(account_id), now)
         return QuotaStatus(
             account_id=account_id,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from libs.clock import Clock, SystemClock
 from libs.runtime import Runtime
-from libs.settings import Settings
+from libs.settings import RefundSettings
 from proto.v1 import subjects
 from services.refund.desk import RefundDesk
 from services.refund.projection import RefundProjection
@@ -15,7 +15,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class RefundService:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: RefundSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.runtime = Runtime("refund", settings)

@@ -12,64 +12,10 @@ import pytest
 from yarl import URL
 
 from libs import chatpass, ownerpass
+from tests.e2e.conftest import PASSWORD, Browser, link_path, new_owner, token
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
-PASSWORD = "correct horse battery"
-_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-@pytest.fixture(scope="module")
-def console(stack: Stack) -> Stack:
-    """The stack, console included (the common fixture starts it)."""
-    return stack
-
-
-class Browser:
-    """A cookie-keeping HTTP client, the way a browser talks to the console (no JavaScript)."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.base = stack.console_url
-        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-    async def get(self, path: str) -> tuple[int, str]:
-        async with self.session.get(self.base + path, allow_redirects=True) as response:
-            return response.status, await response.text()
-
-    async def post(self, path: str, form: dict[str, str], *, csrf_from: str | None = None) -> aiohttp.ClientResponse:
-        """POST a form the way the page at `csrf_from` (default: the form's own page) would send it."""
-        if csrf_from is not None or "csrf" not in form:
-            _, page = await self.get(csrf_from or path)
-            form = {"csrf": token(page), **form}
-        response = await self.session.post(self.base + path, data=form, allow_redirects=False)
-        await response.read()
-        return response
-
-    async def close(self) -> None:
-        await self.session.close()
-
-
-def token(page: str) -> str:
-    match = _CSRF.search(page)
-    assert match, page[:500]
-    return match.group(1)
-
-
-def link_path(url: str) -> str:
-    return "/" + url.split("/", 3)[3]
-
-
-async def new_owner(stack: Stack, email: str | None = None) -> tuple[dict[str, Any], Browser]:
-    """An account whose owner used the one-time link to set a password: signed in."""
-    email = email or f"owner-{uuid.uuid4().hex[:8]}@example.com"
-    status, account = await stack.http(
-        "POST", "/admin/v1/accounts", token=stack.settings.admin_token, json={"name": "o", "email": email}
-    )
-    assert status == 201, account
-    browser = Browser(stack)
-    response = await browser.post(link_path(account["sign_in_url"]), {"password": PASSWORD})
-    assert response.status == 303 and response.headers["Location"] == "/subscription"
-    return {**account, "email": email}, browser
 
 
 async def test_create_account_gives_a_one_time_link_that_sets_a_password_and_signs_in(console: Stack) -> None:

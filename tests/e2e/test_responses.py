@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from libs.pricing.money import MICRO
-from tests.e2e.test_gateway_sdks import FREE_MODEL, flows_of, metered, oai
+from tests.e2e.conftest import FREE_MODEL, flows_of, metered, oai
 from tests.stack import Stack
 
 pytestmark = pytest.mark.connected
