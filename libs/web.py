@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from libs.observability import prometheus_text
+from libs.rpc import Unavailable
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -64,6 +65,10 @@ async def api_errors(
         return await handler(request)
     except ApiError as exc:
         return exc.response()
+    except Unavailable as exc:  # another service did not answer: nothing is known, retry
+        response = ApiError(503, f"{exc.service}_unavailable", f"the {exc.service} service did not answer; retry")
+        return json_response({"error": {"code": response.code, "message": response.message}}, 503,
+                             headers={"Retry-After": str(exc.retry_after_s)})  # fmt: skip
     except web.HTTPRequestEntityTooLarge:
         return ApiError(413, "payload_too_large", "request body is too large").response()
     except web.HTTPException as exc:

@@ -5,100 +5,64 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
 import msgspec
 from aiohttp import web
 from nats.aio.client import Client
 
-from libs import ownerpass, paymentwebhooks, tracing
+from libs import ownerpass, paymentwebhooks
 from libs.clock import Clock
 from libs.db import UNAVAILABLE
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog
 from libs.pricing.money import micros_to_str
+from libs.refusal import Refusal
+from libs.rpc import Unavailable, ask
 from libs.settings import Settings
 from libs.web import CONTROL, EARLIEST, LATEST, ApiError, decode_body, json_response
 from proto.v1 import (
-    AbuseSignals,
     AbuseSignalsRequest,
-    AccountAccess,
-    BillingCommandFailed,
-    BillingHistory,
     BillingHistoryRequest,
     CancelRefund,
     ConfigurePayouts,
-    ConsoleCommandFailed,
-    Costs,
     CostsRequest,
     CreateKey,
     GetRefund,
     IssueSignInLink,
-    KeyCommandFailed,
-    KeyIssued,
-    KeyList,
     ListKeys,
     ListRefunds,
-    PaymentAccepted,
-    PayoutsConfigured,
     PreviewRefund,
     QuotaStatus,
     QuotaStatusRequest,
     RecordPayment,
-    RefundRefused,
-    RefundReply,
     RequestRefund,
     RevokeAnyKey,
     RevokeKey,
     RotateKey,
     SignInLinkIssued,
     SuspendAccount,
-    TopUpAccepted,
-    UsageEventsReply,
     UsageEventsRequest,
     UsagePosition,
-    encode,
-    subjects,
+    rpc,
 )
 from proto.v1.events import Event
+from proto.v1.rpc import Rpc
 from services.ingress import access, admin, checkout, cursors, metrics, views
 from services.ingress.directory import Directory
 from services.ingress.suspensions import Suspensions
 from services.ingress.usage import claim, client_of, decode_batch, ingest_clients, price_batch
 
-_status = msgspec.json.Decoder(QuotaStatus)
-_history = msgspec.json.Decoder(BillingHistory | BillingCommandFailed)
-_costs = msgspec.json.Decoder(Costs | BillingCommandFailed)
-_abuse = msgspec.json.Decoder(AbuseSignals | BillingCommandFailed)
 QUOTA_SYNC_S = 2.0
-_key_reply = msgspec.json.Decoder(KeyIssued | KeyList | AccountAccess | KeyCommandFailed)
-KEY_SUBJECTS = {
-    CreateKey: subjects.KEYS_CREATE,
-    RotateKey: subjects.KEYS_ROTATE,
-    RevokeKey: subjects.KEYS_REVOKE,
-    ListKeys: subjects.KEYS_LIST,
-    RevokeAnyKey: subjects.KEYS_REVOKE_ANY,
-    SuspendAccount: subjects.KEYS_SUSPEND,
-}
-KEY_ERRORS = {"key_not_found": 404, "key_revoked": 409, "key_limit_reached": 409, "last_management_key": 409}
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
 
 
 class NewKey(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     kind: Literal["subscription", "payg", "management"] = "subscription"
-
-
-_events = msgspec.json.Decoder(UsageEventsReply)
-_refund_reply = msgspec.json.Decoder(RefundReply | RefundRefused)
-_payouts_reply = msgspec.json.Decoder(PayoutsConfigured | RefundRefused)
-_billing_reply = msgspec.json.Decoder(PaymentAccepted | TopUpAccepted | BillingCommandFailed)
-_link_reply = msgspec.json.Decoder(SignInLinkIssued | ConsoleCommandFailed)
-CONSOLE_ERRORS = {"email_taken": 409, "invalid_request": 400}
-BILLING_ERRORS = {"invalid_request": 400, "ref_conflict": 409, "internal_error": 500}
-REFUND_ERRORS = {"not_refundable": 409, "not_cancellable": 409, "refund_not_found": 404, "invalid_request": 400,
-                 "not_supported": 409, "internal_error": 500}  # fmt: skip
 
 
 class IngressApi:
@@ -129,6 +93,8 @@ class IngressApi:
         self.checkouts: checkout.CheckoutProvider = checkout.LocalCheckoutProvider(
             settings.payment_provider_url or f"http://{settings.host}:{settings.simulator_port}"
         )
+        self._barrier_wait_s = {"billing": settings.billing_barrier_wait_s, "refund": settings.refund_barrier_wait_s}
+        """How long billing's and refund's commands may wait for their projections, on top of the timeout."""
         self.console_url = (settings.console_url or f"http://{settings.host}:{settings.console_port}").rstrip("/")
 
     def routes(self, app: web.Application) -> None:
@@ -271,14 +237,14 @@ class IngressApi:
 
     # -- account ----------------------------------------------------------------------
 
-    async def _ask(self, subject: str, message: msgspec.Struct, timeout_s: float | None = None) -> bytes:
+    async def _ask(self, call: Rpc[Req, Rep], message: Req) -> Rep:
+        """Ask another service (libs.rpc.ask): its refusal becomes the 4xx proto maps its code to;
+        no answer becomes a 503 "retry" (libs.web answers Unavailable with Retry-After)."""
+        timeout = self.settings.request_timeout_s + self._barrier_wait_s.get(call.wait_s or "", 0.0)
         try:
-            timeout = timeout_s or self.settings.request_timeout_s
-            reply = await self.nc.request(subject, encode(message), timeout=timeout, headers=tracing.nats_headers())
-        except Exception as exc:
-            service = subject.split(".", 1)[0]
-            raise ApiError(503, f"{service}_unavailable", f"the {service} service did not answer; retry") from exc
-        return reply.data
+            return await ask(self.nc, call, message, timeout)
+        except Refusal as refused:
+            raise _http_error(call, refused) from refused
 
     async def get_account_usage(self, request: web.Request) -> web.Response:
         principal = await self._authorized(request)
@@ -301,7 +267,7 @@ class IngressApi:
             account_id=account_id, limit=limit, before=before, after=after,
             key_id=_filter_query(request, "key_id", 128), model=_filter_query(request, "model", 200),
         )  # fmt: skip
-        reply = _events.decode(await self._ask(subjects.QUOTA_EVENTS, asked))
+        reply = await self._ask(rpc.QUOTA_EVENTS, asked)
         return json_response(views.usage_events(reply, paged_back=before is not None, paged_forward=after is not None))
 
     # -- admin ------------------------------------------------------------------------
@@ -313,12 +279,11 @@ class IngressApi:
         # The console first: an email another owner has refuses the request before anything is stored.
         link = await self._sign_in_link(IssueSignInLink(account_id=account.account_id, email=command.email), True)
         await self._publish([account])
-        issued = await self._key_command(CreateKey(account_id=account.account_id, name="default", kind="subscription"))
-        assert isinstance(issued, KeyIssued)
-        management = await self._key_command(
-            CreateKey(account_id=account.account_id, name="management", kind="management")
+        issued = await self._ask(rpc.KEYS_CREATE, CreateKey(account_id=account.account_id, name="default",
+                                                            kind="subscription"))  # fmt: skip
+        management = await self._ask(
+            rpc.KEYS_CREATE, CreateKey(account_id=account.account_id, name="management", kind="management")
         )
-        assert isinstance(management, KeyIssued)
         await self._until_quota_shows(account.account_id, lambda status: status.known)
         return json_response(
             {
@@ -347,15 +312,11 @@ class IngressApi:
         """Ask the console for the link. An account is created even when no console answers
         (`sign_in_url` null; `POST .../sign-in-link` issues one later, with the email)."""
         try:
-            raw = await self._ask(subjects.CONSOLE_SIGN_IN_LINK, command)
-        except ApiError:
+            return await self._ask(rpc.CONSOLE_SIGN_IN_LINK, command)
+        except Unavailable:
             if optional:
                 return None
             raise
-        reply: SignInLinkIssued | ConsoleCommandFailed = _link_reply.decode(raw)
-        if isinstance(reply, ConsoleCommandFailed):
-            raise ApiError(CONSOLE_ERRORS.get(reply.code, 400), reply.code, reply.message, reply.field)
-        return reply
 
     async def suspend(self, request: web.Request) -> web.Response:
         return await self._set_suspended(request, True)
@@ -370,8 +331,8 @@ class IngressApi:
         account_id = self._account_exists(request)
         body = await request.read()
         reason = decode_body(body, admin.Suspension).reason if body.strip() else ""
-        reply = await self._key_command(SuspendAccount(account_id=account_id, suspended=suspended, reason=reason))
-        assert isinstance(reply, AccountAccess)
+        reply = await self._ask(rpc.KEYS_SUSPEND, SuspendAccount(account_id=account_id, suspended=suspended,
+                                                                 reason=reason))  # fmt: skip
         self.suspensions.learn(reply)
         return json_response(
             {"account_id": account_id, "suspended": reply.suspended, "changed": reply.changed,
@@ -380,8 +341,7 @@ class IngressApi:
 
     async def admin_revoke_key(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)
-        revoked = await self._key_command(RevokeAnyKey(key_id=request.match_info["key_id"]))
-        assert isinstance(revoked, KeyList)
+        revoked = await self._ask(rpc.KEYS_REVOKE_ANY, RevokeAnyKey(key_id=request.match_info["key_id"]))
         key = revoked.keys[0]
         return json_response({**views.key(key), "account_id": key.account_id, "revoked": True})
 
@@ -398,38 +358,26 @@ class IngressApi:
 
     # -- keys -------------------------------------------------------------------------
 
-    async def _key_command(self, command: msgspec.Struct) -> KeyIssued | KeyList | AccountAccess:
-        reply: KeyIssued | KeyList | AccountAccess | KeyCommandFailed = _key_reply.decode(
-            await self._ask(KEY_SUBJECTS[type(command)], command)
-        )
-        if isinstance(reply, KeyCommandFailed):
-            status = KEY_ERRORS.get(reply.code, 400)
-            field = "key_id" if reply.code in ("key_not_found", "key_revoked", "last_management_key") else None
-            raise ApiError(status, reply.code, reply.message, field)
-        return reply
-
     async def list_keys(self, request: web.Request) -> web.Response:
-        listed = await self._key_command(ListKeys(account_id=await self._account_of(request)))
-        assert isinstance(listed, KeyList)
+        listed = await self._ask(rpc.KEYS_LIST, ListKeys(account_id=await self._account_of(request)))
         return json_response({"object": "list", "data": [views.key(k) for k in listed.keys]})
 
     async def create_key(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
         body = decode_body(await request.read(), NewKey)
-        issued = await self._key_command(CreateKey(account_id=account_id, name=body.name, kind=body.kind))
-        assert isinstance(issued, KeyIssued)
+        issued = await self._ask(rpc.KEYS_CREATE, CreateKey(account_id=account_id, name=body.name, kind=body.kind))
         return json_response({**views.key(issued.key), "key": issued.secret}, 201)
 
     async def rotate_key(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
-        issued = await self._key_command(RotateKey(account_id=account_id, key_id=request.match_info["key_id"]))
-        assert isinstance(issued, KeyIssued)
+        issued = await self._ask(rpc.KEYS_ROTATE, RotateKey(account_id=account_id,
+                                                            key_id=request.match_info["key_id"]))  # fmt: skip
         return json_response({**views.key(issued.key), "key": issued.secret}, 201)
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
-        revoked = await self._key_command(RevokeKey(account_id=account_id, key_id=request.match_info["key_id"]))
-        assert isinstance(revoked, KeyList)
+        revoked = await self._ask(rpc.KEYS_REVOKE, RevokeKey(account_id=account_id,
+                                                             key_id=request.match_info["key_id"]))  # fmt: skip
         return json_response({**views.key(revoked.keys[0]), "revoked": True})
 
     # -- admin ------------------------------------------------------------------------
@@ -438,8 +386,7 @@ class IngressApi:
         self._require_token(request, self.settings.admin_token)
         account_id = self._account_exists(request)
         command = admin.payment_command(account_id, decode_body(await request.read(), admin.PaymentIn))
-        accepted = await self._billing_command(subjects.BILLING_RECORD_PAYMENT, command)
-        assert isinstance(accepted, PaymentAccepted)
+        accepted = await self._ask(rpc.BILLING_RECORD_PAYMENT, command)
         now = self.clock.now()
         if not accepted.duplicate and accepted.effective_at <= now < accepted.paid_until:
             await self._until_quota_shows(account_id, lambda status: status.plan == accepted.plan)
@@ -456,18 +403,6 @@ class IngressApi:
             },
             201,
         )
-
-    async def _billing_command(self, subject: str, command: msgspec.Struct) -> PaymentAccepted | TopUpAccepted:
-        """Ask billing to decide and record; it may first wait for its projection (its barrier)."""
-        timeout = self.settings.request_timeout_s + self.settings.billing_barrier_wait_s
-        reply: PaymentAccepted | TopUpAccepted | BillingCommandFailed = _billing_reply.decode(
-            await self._ask(subject, command, timeout)
-        )
-        if isinstance(reply, BillingCommandFailed):
-            status = BILLING_ERRORS.get(reply.code, 503)
-            code = reply.code if status != 503 else "billing_unavailable"
-            raise ApiError(status, code, reply.message, reply.field)
-        return reply
 
     async def start_checkout(self, request: web.Request) -> web.Response:
         """A checkout on the payment provider's page for a plan's month or a top-up; the owner comes
@@ -493,16 +428,14 @@ class IngressApi:
             raise ApiError(400, "invalid_request", "data.account_id: no such account", "data.account_id")
         command = checkout.command(event)
         if isinstance(command, RecordPayment):
-            accepted = await self._billing_command(subjects.BILLING_RECORD_PAYMENT, command)
-            assert isinstance(accepted, PaymentAccepted)
+            accepted = await self._ask(rpc.BILLING_RECORD_PAYMENT, command)
             now = self.clock.now()
             if not accepted.duplicate and accepted.effective_at <= now < accepted.paid_until:
                 await self._until_quota_shows(command.account_id, lambda status: status.plan == accepted.plan)
             duplicate = accepted.duplicate
         else:
             before = await self._status(command.account_id)
-            topped = await self._billing_command(subjects.BILLING_TOP_UP, command)
-            assert isinstance(topped, TopUpAccepted)
+            topped = await self._ask(rpc.BILLING_TOP_UP, command)
             if not topped.duplicate:
                 await self._until_quota_shows(
                     command.account_id, lambda s: s.balance_micros >= before.balance_micros + topped.amount_micros
@@ -538,11 +471,7 @@ class IngressApi:
         self._require_token(request, self.settings.admin_token)
         min_score = _int_query(request, "min_score", 1, 0, 100)
         limit = _int_query(request, "limit", 100, 1, 1000)
-        reply = _billing_read(
-            _abuse.decode(
-                await self._ask(subjects.BILLING_ABUSE_SIGNALS, AbuseSignalsRequest(min_score=min_score, limit=limit))
-            )
-        )
+        reply = await self._ask(rpc.BILLING_ABUSE_SIGNALS, AbuseSignalsRequest(min_score=min_score, limit=limit))
         return json_response({"object": "list", "data": [views.account_abuse(a) for a in reply.accounts]})
 
     async def top_up(self, request: web.Request) -> web.Response:
@@ -551,8 +480,7 @@ class IngressApi:
         body = decode_body(await request.read(), admin.TopUpIn)
         command = admin.top_up_command(account_id, body, request.headers.get("Idempotency-Key"))
         before = await self._status(account_id)
-        accepted = await self._billing_command(subjects.BILLING_TOP_UP, command)
-        assert isinstance(accepted, TopUpAccepted)
+        accepted = await self._ask(rpc.BILLING_TOP_UP, command)
         if not accepted.duplicate:
             await self._until_quota_shows(
                 account_id, lambda s: s.balance_micros >= before.balance_micros + accepted.amount_micros
@@ -569,8 +497,7 @@ class IngressApi:
     async def set_extra_usage(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
         command = decode_body(await request.read(), admin.SetExtraUsage)
-        listed = await self._key_command(ListKeys(account_id=account_id))
-        assert isinstance(listed, KeyList)
+        listed = await self._ask(rpc.KEYS_LIST, ListKeys(account_id=account_id))
         payg = {k.id for k in listed.keys if k.kind == "payg" and k.revoked_at is None}
         event = admin.set_extra_usage(account_id, command, payg, self.clock.now())
         await self._publish([event])
@@ -582,11 +509,7 @@ class IngressApi:
     async def billing_history(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
         limit = _int_query(request, "limit", 100, 1, 1000)
-        reply = _billing_read(
-            _history.decode(
-                await self._ask(subjects.BILLING_HISTORY, BillingHistoryRequest(account_id=account_id, limit=limit))
-            )
-        )
+        reply = await self._ask(rpc.BILLING_HISTORY, BillingHistoryRequest(account_id=account_id, limit=limit))
         entries = [views.billing_entry(e) for e in reply.entries]
         return json_response({"object": "list", "data": entries, "balance_usd": micros_to_str(reply.balance_micros)})
 
@@ -599,54 +522,39 @@ class IngressApi:
         since = _time_query(request, "from", until - timedelta(days=30))
         if since > until:
             raise ApiError(400, "invalid_request", "from: must not be after to", "from")
-        reply = _billing_read(
-            _costs.decode(
-                await self._ask(
-                    subjects.BILLING_COSTS,
-                    CostsRequest(account_id=account_id, group_by=group_by, since=since, until=until),
-                )
-            )
+        reply = await self._ask(
+            rpc.BILLING_COSTS, CostsRequest(account_id=account_id, group_by=group_by, since=since, until=until)
         )
         return json_response(views.costs(group_by, since, until, reply.lines))
 
     # -- refunds ----------------------------------------------------------------------
 
-    async def _refund(self, subject: str, message: msgspec.Struct) -> RefundReply:
-        """Ask the refund service; it may first wait for its projection to catch up (the barrier)."""
-        timeout = self.settings.request_timeout_s + self.settings.refund_barrier_wait_s
-        reply: RefundReply | RefundRefused = _refund_reply.decode(await self._ask(subject, message, timeout))
-        if isinstance(reply, RefundRefused):
-            status = REFUND_ERRORS.get(reply.code, 503)
-            field = "refund_id" if reply.code == "refund_not_found" else None
-            raise ApiError(status, reply.code, reply.message, field, reason=reply.reason if status == 409 else None)
-        return reply
-
     async def refund_preview(self, request: web.Request) -> web.Response:
-        reply = await self._refund(subjects.REFUND_PREVIEW, PreviewRefund(account_id=await self._account_of(request)))
+        reply = await self._ask(rpc.REFUND_PREVIEW, PreviewRefund(account_id=await self._account_of(request)))
         assert reply.quote is not None
         return json_response(views.refund_preview(reply.quote))
 
     async def request_refund(self, request: web.Request) -> web.Response:
-        reply = await self._refund(subjects.REFUND_REQUEST, RequestRefund(account_id=await self._account_of(request)))
+        reply = await self._ask(rpc.REFUND_REQUEST, RequestRefund(account_id=await self._account_of(request)))
         assert reply.refund is not None
         return json_response(views.refund(reply.refund), 202)
 
     async def get_refund(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
         refund_id = request.match_info["refund_id"]
-        reply = await self._refund(subjects.REFUND_GET, GetRefund(account_id=account_id, refund_id=refund_id))
+        reply = await self._ask(rpc.REFUND_GET, GetRefund(account_id=account_id, refund_id=refund_id))
         assert reply.refund is not None
         return json_response(views.refund(reply.refund))
 
     async def cancel_refund(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
         refund_id = request.match_info["refund_id"]
-        reply = await self._refund(subjects.REFUND_CANCEL, CancelRefund(account_id=account_id, refund_id=refund_id))
+        reply = await self._ask(rpc.REFUND_CANCEL, CancelRefund(account_id=account_id, refund_id=refund_id))
         assert reply.refund is not None
         return json_response(views.refund(reply.refund))
 
     async def list_refunds(self, request: web.Request) -> web.Response:
-        reply = await self._refund(subjects.REFUND_LIST, ListRefunds(account_id=await self._account_of(request)))
+        reply = await self._ask(rpc.REFUND_LIST, ListRefunds(account_id=await self._account_of(request)))
         return json_response({"object": "list", "data": [views.refund(r) for r in reply.refunds]})
 
     async def configure_payouts(self, request: web.Request) -> web.Response:
@@ -654,13 +562,11 @@ class IngressApi:
         self._require_token(request, self.settings.admin_token)
         body = decode_body(await request.read(), admin.PayoutSettings)
         command = ConfigurePayouts(fail_payouts=body.fail_payouts)
-        reply = _payouts_reply.decode(await self._ask(subjects.REFUND_PAYOUTS, command))
-        if isinstance(reply, RefundRefused):
-            raise ApiError(409, reply.code, reply.message)
+        reply = await self._ask(rpc.REFUND_PAYOUTS, command)
         return json_response({"provider": reply.provider, "fail_payouts": reply.fail_payouts})
 
     async def _status(self, account_id: str) -> QuotaStatus:
-        return _status.decode(await self._ask(subjects.QUOTA_STATUS, QuotaStatusRequest(account_id=account_id)))
+        return await self._ask(rpc.QUOTA_STATUS, QuotaStatusRequest(account_id=account_id))
 
     async def set_flow_rate(self, request: web.Request) -> web.Response:
         self._require_token(request, self.settings.admin_token)
@@ -710,12 +616,16 @@ def _time_query(request: web.Request, name: str, default: datetime) -> datetime:
     return value
 
 
-R = TypeVar("R")
-
-
-def _billing_read(reply: R | BillingCommandFailed) -> R:
-    """billing's answer to a query, or the error it answered with instead."""
-    if isinstance(reply, BillingCommandFailed):
-        status = BILLING_ERRORS.get(reply.code, 503)
-        raise ApiError(status, reply.code if status != 503 else "billing_unavailable", reply.message, reply.field)
-    return reply
+def _http_error(call: Rpc[Any, Any], refused: Refusal) -> ApiError:
+    """A service's refusal as ingress answers it: the status proto maps its code to, and the field
+    (or the reason) the client needs to fix or understand it."""
+    status = refused.status or 503
+    code, field, reason = refused.code, refused.field, refused.reason
+    if call.service == "keys":
+        field = "key_id" if code in ("key_not_found", "key_revoked", "last_management_key") else None
+    elif call.service == "billing" and status == 503:
+        code = "billing_unavailable"
+    elif call.service == "refund":
+        field = "refund_id" if code == "refund_not_found" else None
+        reason = reason if status == 409 else None
+    return ApiError(status, code, refused.message, field, reason=reason)

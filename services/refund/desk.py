@@ -28,6 +28,7 @@ from libs.clock import Clock
 from libs.eventlog.barrier import applied_through
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.eventlog.runner import TRANSIENT_ERRORS
+from libs.refusal import Refusal
 from proto.v1 import (
     Inflight,
     InflightRequest,
@@ -59,14 +60,8 @@ QUOTA_SYNC_S = 30.0
 """How long a settled refund waits for quota to show Free before it says succeeded anyway."""
 
 
-class Refused(Exception):
-    def __init__(self, code: str, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.reason, self.message = code, reason, message
-
-
-def not_refundable(reason: str) -> Refused:
-    return Refused("not_refundable", reason, domain.MESSAGES[reason])
+def not_refundable(reason: str) -> Refusal:
+    return Refusal("not_refundable", domain.MESSAGES[reason], reason=reason)
 
 
 class RefundDesk:
@@ -103,7 +98,7 @@ class RefundDesk:
             f"SELECT * FROM {self._schema}.refunds WHERE refund_id = $1 AND account_id = $2", refund_id, account_id
         )
         if row is None:
-            raise Refused("refund_not_found", "refund_not_found", f"no refund {refund_id!r} for this account")
+            raise Refusal("refund_not_found", f"no refund {refund_id!r} for this account", "refund_id")
         return _view(row)
 
     async def refunds(self, account_id: str) -> list[RefundView]:
@@ -150,10 +145,10 @@ class RefundDesk:
                 account_id,
             )
             if row is None:
-                raise Refused("refund_not_found", "refund_not_found", f"no refund {refund_id!r} for this account")
+                raise Refusal("refund_not_found", f"no refund {refund_id!r} for this account", "refund_id")
             reason = domain.cancel_refusal(row["status"], row["payout_started"])
             if reason is not None:
-                raise Refused("not_cancellable", reason, domain.MESSAGES[reason])
+                raise Refusal("not_cancellable", domain.MESSAGES[reason], reason=reason)
             event = RefundCancelled(
                 event_id=_event_id(refund_id, "cancelled"), account_id=account_id, occurred_at=self._clock.now(),
                 refund_id=refund_id, reason="cancelled_by_user", usage_micros=row["usage_micros"],

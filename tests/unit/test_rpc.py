@@ -1,0 +1,102 @@
+"""Commands and queries served by faststream (libs.rpc), in memory through TestNatsBroker: a
+handler's return value is the reply, and a refusal or a request that does not decode is answered
+with the rpc's refusal reply, never left to time out."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from faststream.nats import TestNatsBroker
+
+from libs.clock import ManualClock
+from libs.refusal import Refusal
+from libs.rpc import Responders, refusal_of
+from proto.v1 import (
+    AccountAccess,
+    GetAccountAccess,
+    KeyCommandFailed,
+    KeyList,
+    ListKeys,
+    RevokeKey,
+    RotateKey,
+    encode,
+    rpc,
+)
+from services.keys import domain
+from services.keys.registry import KeyRegistry
+from services.keys.responder import KeysResponder
+
+NOW = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+
+
+def keys_responders() -> tuple[Responders, str]:
+    registry = KeyRegistry()
+    created, _ = domain.issue("acc_1", "ci", "payg", NOW)
+    registry.apply(created)
+    responders = Responders("keys", "nats://127.0.0.1:1")  # never connected: TestNatsBroker patches it
+    # No publisher or connection: these requests are answered before anything would be published.
+    KeysResponder(registry, None, None, ManualClock(NOW)).serve(responders)  # type: ignore[arg-type]
+    return responders, created.key_id
+
+
+async def ask(broker: Any, call: rpc.Rpc[Any, Any], body: bytes) -> Any:
+    reply = await broker.request(body, call.subject, timeout=1)
+    return call.decoder().decode(reply.body)
+
+
+async def test_a_query_is_answered_with_its_typed_reply() -> None:
+    responders, key_id = keys_responders()
+    async with TestNatsBroker(responders.broker) as broker:
+        listed = await ask(broker, rpc.KEYS_LIST, encode(ListKeys(account_id="acc_1")))
+        access = await ask(broker, rpc.KEYS_ACCESS, encode(GetAccountAccess(account_id="acc_1")))
+    assert isinstance(listed, KeyList) and [k.id for k in listed.keys] == [key_id]
+    assert access == AccountAccess(account_id="acc_1", suspended=False, changed=False)
+
+
+async def test_a_refusal_is_a_typed_reply_with_its_code() -> None:
+    responders, key_id = keys_responders()
+    async with TestNatsBroker(responders.broker) as broker:
+        other = await ask(broker, rpc.KEYS_ROTATE, encode(RotateKey(account_id="acc_2", key_id=key_id)))
+        revoked = await ask(broker, rpc.KEYS_REVOKE, encode(RevokeKey(account_id="acc_2", key_id=key_id)))
+    assert isinstance(other, KeyCommandFailed) and other.code == "key_not_found"
+    assert isinstance(revoked, KeyCommandFailed) and revoked.code == "key_not_found"
+    refused = refusal_of(rpc.KEYS_ROTATE, other)
+    assert (refused.code, refused.status) == ("key_not_found", 404)
+
+
+async def test_a_request_that_does_not_decode_is_refused_naming_what_is_wrong() -> None:
+    responders, _ = keys_responders()
+    bad_name = b'{"type": "CreateKey", "account_id": "acc_1", "name": "a\\u0000b", "kind": "payg"}'
+    async with TestNatsBroker(responders.broker) as broker:
+        garbage = await ask(broker, rpc.KEYS_LIST, b"not json")
+        missing = await ask(broker, rpc.KEYS_LIST, b'{"type": "ListKeys"}')
+        control = await ask(broker, rpc.KEYS_CREATE, bad_name)
+    assert isinstance(garbage, KeyCommandFailed) and garbage.code == "invalid_request"
+    assert isinstance(missing, KeyCommandFailed) and "account_id" in missing.message
+    assert isinstance(control, KeyCommandFailed) and "name" in control.message
+
+
+async def test_a_handler_that_fails_answers_internal_error_and_a_refusal_keeps_its_field() -> None:
+    responders = Responders("billing", "nats://127.0.0.1:1")
+
+    async def history(request: Any) -> Any:
+        if request.account_id == "acc_conflict":
+            raise Refusal("ref_conflict", "recorded with another amount", "topup_ref")
+        raise RuntimeError("boom")
+
+    responders.reply(rpc.BILLING_HISTORY, history)
+    async with TestNatsBroker(responders.broker) as broker:
+        failed = await ask(broker, rpc.BILLING_HISTORY, b'{"type": "BillingHistoryRequest", "account_id": "acc_1"}')
+        conflict = await ask(
+            broker, rpc.BILLING_HISTORY, b'{"type": "BillingHistoryRequest", "account_id": "acc_conflict"}'
+        )
+    assert msgspec.structs.asdict(failed)["code"] == "internal_error"
+    assert (conflict.code, conflict.field) == ("ref_conflict", "topup_ref")
+    assert refusal_of(rpc.BILLING_HISTORY, conflict).status == 409
+
+
+def test_every_command_and_query_subject_is_declared_once() -> None:
+    subjects = [call.subject for call in rpc.RPCS]
+    assert len(subjects) == len(set(subjects))
+    for call in rpc.RPCS:
+        assert set(call.status) <= set(call.codes) and (call.refusal is None) == (not call.status)
