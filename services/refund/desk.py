@@ -19,22 +19,20 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
-import msgspec
 from nats.aio.client import Client
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from libs import failpoints, tracing
+from libs import failpoints
 from libs.clock import Clock
 from libs.eventlog.barrier import applied_through
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.eventlog.runner import TRANSIENT_ERRORS
 from libs.refusal import Refusal
+from libs.rpc import Unavailable, ask
 from proto.v1 import (
-    Inflight,
     InflightRequest,
     PlanChangeCancelled,
     PlanChanged,
-    QuotaStatus,
     QuotaStatusRequest,
     RefundCancelled,
     RefundFailed,
@@ -43,8 +41,7 @@ from proto.v1 import (
     RefundRequested,
     RefundSucceeded,
     RefundView,
-    encode,
-    subjects,
+    rpc,
 )
 from services.refund import domain, metrics
 from services.refund.domain import Lines, Payment, Period, PlanSpan
@@ -53,9 +50,7 @@ from services.refund.provider import PaymentProvider, PayoutDeclined
 
 log = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("2d6f0f0e-8c1a-4a4b-9d55-0b7e1f3c9a10")
-_inflight = msgspec.json.Decoder(Inflight)
-_status = msgspec.json.Decoder(QuotaStatus)
-RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, PublishFailed)
+RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, PublishFailed, Unavailable)
 QUOTA_SYNC_S = 30.0
 """How long a settled refund waits for quota to show Free before it says succeeded anyway."""
 
@@ -304,20 +299,16 @@ class RefundDesk:
         return seq
 
     async def _inflight(self, account_id: str) -> list[str]:
-        reply = await self._nc.request(
-            subjects.QUOTA_INFLIGHT, encode(InflightRequest(account_id=account_id)), timeout=self._request_timeout_s,
-            headers=tracing.nats_headers(),
-        )  # fmt: skip
-        return _inflight.decode(reply.data).reservation_ids
+        inflight = await ask(self._nc, rpc.QUOTA_INFLIGHT, InflightRequest(account_id=account_id),
+                             self._request_timeout_s)  # fmt: skip
+        return inflight.reservation_ids
 
     async def _until_quota_shows_free(self, account_id: str) -> None:
         deadline = asyncio.get_running_loop().time() + QUOTA_SYNC_S
         while asyncio.get_running_loop().time() < deadline:
-            reply = await self._nc.request(
-                subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=account_id)),
-                timeout=self._request_timeout_s, headers=tracing.nats_headers(),
-            )  # fmt: skip
-            if _status.decode(reply.data).plan == "free":
+            status = await ask(self._nc, rpc.QUOTA_STATUS, QuotaStatusRequest(account_id=account_id),
+                               self._request_timeout_s)  # fmt: skip
+            if status.plan == "free":
                 return
             await asyncio.sleep(0.01)
         log.warning("refund: quota did not show %s on Free within %.0f s; settling anyway", account_id, QUOTA_SYNC_S)
