@@ -72,6 +72,10 @@ def refusal_of(rpc: Rpc[Any, Any], reply: Any) -> Refusal:
 def refusal_reply(rpc: Rpc[Any, Any], refused: Refusal) -> msgspec.Struct:
     """The rpc's own refusal reply for a Refusal: the fields it has of code, message, field, reason."""
     assert rpc.refusal is not None, f"{rpc.subject} declares no refusal reply"
+    if refused.code not in rpc.status:  # its caller could not decode it: a bug here, not the client's
+        log.error("%s: refusal code %r is not one of %s; answering internal_error", rpc.subject, refused.code,
+                  ", ".join(rpc.status))  # fmt: skip
+        refused = Refusal("internal_error", f"{rpc.subject} failed")
     fields = rpc.refusal.__struct_fields__
     values: dict[str, Any] = {"code": refused.code, "message": refused.message}
     if "field" in fields:

@@ -14,33 +14,10 @@ import msgspec
 
 from proto.v1 import messages as m
 from proto.v1 import subjects
+from proto.v1.messages import BILLING_STATUS, CONSOLE_STATUS, KEY_STATUS, REFUND_STATUS
 
 Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep")
-
-# -- refusal codes, next to the HTTP status each one means at ingress -------------------------------
-
-KeyRefusalCode = Literal["key_not_found", "key_revoked", "key_limit_reached", "last_management_key",
-                         "invalid_request"]  # fmt: skip
-KEY_STATUS: Mapping[KeyRefusalCode, int] = {
-    "key_not_found": 404, "key_revoked": 409, "key_limit_reached": 409, "last_management_key": 409,
-    "invalid_request": 400,
-}  # fmt: skip
-
-BillingRefusalCode = Literal["invalid_request", "ref_conflict", "unavailable", "internal_error"]
-BILLING_STATUS: Mapping[BillingRefusalCode, int] = {
-    "invalid_request": 400, "ref_conflict": 409, "unavailable": 503, "internal_error": 500,
-}  # fmt: skip
-
-RefundRefusalCode = Literal["not_refundable", "not_cancellable", "refund_not_found", "invalid_request",
-                            "not_supported", "unavailable", "internal_error"]  # fmt: skip
-REFUND_STATUS: Mapping[RefundRefusalCode, int] = {
-    "not_refundable": 409, "not_cancellable": 409, "refund_not_found": 404, "invalid_request": 400,
-    "not_supported": 409, "unavailable": 503, "internal_error": 500,
-}  # fmt: skip
-
-ConsoleRefusalCode = Literal["email_taken", "invalid_request"]
-CONSOLE_STATUS: Mapping[ConsoleRefusalCode, int] = {"email_taken": 409, "invalid_request": 400}
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,19 @@ handler's return value is the reply, and a refusal or a request that does not de
 with the rpc's refusal reply, never left to time out."""
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from faststream.nats import TestNatsBroker
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from libs.clock import ManualClock
 from libs.refusal import Refusal
 from libs.rpc import Responders, refusal_of
+from libs.tracing import nats_headers as tracing_headers
 from proto.v1 import (
     AccountAccess,
     GetAccountAccess,
@@ -99,4 +104,25 @@ def test_every_command_and_query_subject_is_declared_once() -> None:
     subjects = [call.subject for call in rpc.RPCS]
     assert len(subjects) == len(set(subjects))
     for call in rpc.RPCS:
-        assert set(call.status) <= set(call.codes) and (call.refusal is None) == (not call.status)
+        assert (call.refusal is None) == (not call.status)
+        if call.refusal is not None:  # every code its refusal reply may carry has its HTTP status
+            assert set(call.status) == set(get_args(call.refusal.__annotations__["code"]))
+
+
+async def test_a_request_carrying_a_trace_context_is_handled_in_a_server_span_of_it() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    responders = Responders("keys", "nats://127.0.0.1:1", tracer)
+    registry = KeyRegistry()
+    KeysResponder(registry, None, None, ManualClock(NOW)).serve(responders)  # type: ignore[arg-type]
+    with tracer.start_as_current_span("caller") as caller:
+        headers = tracing_headers()
+    async with TestNatsBroker(responders.broker) as broker:
+        await broker.request(encode(ListKeys(account_id="acc_1")), rpc.KEYS_LIST.subject, headers=headers, timeout=1)
+        await broker.request(encode(ListKeys(account_id="acc_1")), rpc.KEYS_LIST.subject, timeout=1)  # untraced
+    spans = [s for s in exporter.get_finished_spans() if s.name == rpc.KEYS_LIST.subject]
+    assert len(spans) == 1 and spans[0].kind == SpanKind.SERVER
+    assert spans[0].parent is not None and spans[0].parent.span_id == caller.get_span_context().span_id
+    assert spans[0].context is not None and spans[0].context.trace_id == caller.get_span_context().trace_id
