@@ -133,7 +133,8 @@ class Responders:
         # apply_types=False: each subscriber decodes its request Struct with msgspec itself (below),
         # so a request that does not decode is answered with a refusal instead of dropped.
         self.broker = NatsBroker(
-            servers, name=f"{name}-rpc", logger=log, apply_types=False, middlewares=middlewares,
+            servers, name=f"{name}-rpc", logger=log, log_level=logging.DEBUG, apply_types=False,
+            middlewares=middlewares,  # log_level: each message's received/processed lines, not at INFO
             serializer=MsgSpecSerializer(),  # encodes the reply Struct (with its tag)
         )  # fmt: skip
 
