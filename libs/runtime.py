@@ -98,10 +98,16 @@ class Runtime:
 
     def reply(self, rpc: Rpc[Req, Rep], handler: Callable[[Req], Awaitable[Rep]], **options: Any) -> None:
         """Answer a command or query with a typed handler (faststream, libs.rpc), in the service's
-        queue group; the responders start with `serve`."""
+        queue group; the responders start with `start_responders` or `serve`."""
         if self._responders is None:
             self._responders = Responders(self.name, self.settings.nats_url, self.tracer)
         self._responders.reply(rpc, handler, **options)
+
+    async def start_responders(self) -> None:
+        """Start answering the commands and queries registered so far (`serve` does it too)."""
+        if self._responders is not None and not self._responding:
+            await self._responders.start()
+            self._responding = True
 
     async def health(self) -> dict[str, bool]:
         if self.pool is None:
@@ -113,9 +119,7 @@ class Runtime:
         own routes are traced. `server_options` tune aiohttp's request handler (timeouts)."""
         if app is not None and self.tracer is not None:
             app.middlewares.insert(0, tracing.http_middleware(self.tracer))
-        if self._responders is not None and not self._responding:
-            await self._responders.start()
-            self._responding = True
+        await self.start_responders()
         app = app or web.Application()
         add_ops_routes(app, self.health)
         self._sites.append(await start_site(app, self.settings.host, port, **server_options))

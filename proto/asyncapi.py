@@ -2,8 +2,8 @@
 (`make schema` writes it with proto/schema.json; a test fails when either drifts).
 
 Every event on its log subject, every command and query (proto/v1/rpc.py) on its subject with its
-reply channel, and the two broadcasts. Derived from proto, never listed by hand: a new event or a
-new descriptor appears here by itself.
+reply channel, and the messages sent without a reply (broadcasts, quota.release). Derived from
+proto, never listed by hand: a new event or a new descriptor appears here by itself.
 """
 
 import json
@@ -20,7 +20,9 @@ from proto.v1.rpc import OPERATIONS, RPCS, Rpc
 BROADCASTS: tuple[tuple[str, type, str], ...] = (
     (subjects.KEYS_CHANGED, messages.KeysChanged, "keys: a key or an account's suspension changed; caches drop it."),
     (subjects.QUOTA_HEARTBEAT, messages.GatewayHeartbeat, "Each gateway: its calls in flight, for quota."),
-)
+    (subjects.QUOTA_RELEASE, messages.ReleaseReservation, "A gateway: an admitted call ended without usage; "
+     "quota frees its reservation (no reply)."),
+)  # fmt: skip
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:

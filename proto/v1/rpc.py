@@ -61,10 +61,6 @@ QUOTA_CHECK = Rpc[m.QuotaCheck, m.QuotaDecision](
     subjects.QUOTA_CHECK, m.QuotaCheck, m.QuotaDecision, "quota",
     "May this account start a call of this model now (and hold a reservation)?", hot=True,
 )  # fmt: skip
-QUOTA_RELEASE = Rpc[m.ReleaseReservation, m.QuotaDecision](
-    subjects.QUOTA_RELEASE, m.ReleaseReservation, m.QuotaDecision, "quota",
-    "An admitted call ended without usage: free its reservation now.", hot=True,
-)  # fmt: skip
 QUOTA_STATUS = Rpc[m.QuotaStatusRequest, m.QuotaStatus](
     subjects.QUOTA_STATUS, m.QuotaStatusRequest, m.QuotaStatus, "quota",
     "The account's plan, windows, PAYG balance and Extra Usage as quota sees them.",

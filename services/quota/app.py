@@ -43,11 +43,12 @@ class QuotaService:
         for subject, handler in (
             (subjects.QUOTA_CHECK, responder.on_check),
             (subjects.QUOTA_RELEASE, responder.on_release),
-            (subjects.QUOTA_INFLIGHT, responder.on_inflight),
         ):
             await runtime.answer(subject, handler)
         runtime.reply(rpc.QUOTA_STATUS, responder.status_of)
         runtime.reply(rpc.QUOTA_EVENTS, responder.events)
+        runtime.reply(rpc.QUOTA_INFLIGHT, responder.inflight, max_workers=16)  # each waits until quota is ready
+        await runtime.start_responders()  # status and events are answered while in-flight state rebuilds
         runtime.spawn(tracker.run(), "quota-inflight")
         await tracker.ready.wait()  # healthy (and listening) once it admits
         await runtime.serve(self.settings.quota_port)

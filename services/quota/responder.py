@@ -66,7 +66,6 @@ class QuotaResponder:
         self._schema = schema
         self._check = msgspec.json.Decoder(QuotaCheck)
         self._release = msgspec.json.Decoder(ReleaseReservation)
-        self._inflight = msgspec.json.Decoder(InflightRequest)
 
     async def on_check(self, msg: Msg) -> None:
         started = time.perf_counter()
@@ -129,11 +128,11 @@ class QuotaResponder:
         self._state.reservations.release(release.account_id, release.reservation_id)
         self._state.payg_reservations.release(release.account_id, release.reservation_id)
 
-    async def on_inflight(self, msg: Msg) -> None:
-        account_id = self._inflight.decode(msg.data).account_id
+    async def inflight(self, request: InflightRequest) -> Inflight:
         await self._ready.wait()
+        account_id = request.account_id
         held = self._state.reservations.held(account_id) + self._state.payg_reservations.held(account_id)
-        await msg.respond(encode(Inflight(reservation_ids=held)))
+        return Inflight(reservation_ids=held)
 
     async def status_of(self, request: QuotaStatusRequest) -> QuotaStatus:
         return self.status(request.account_id)

@@ -32,6 +32,7 @@ class RefundService:
         )  # fmt: skip
         self.responder = RefundResponder(self.desk, provider)
         self.responder.serve(runtime)
+        await runtime.start_responders()
         await self.desk.resume()
         await runtime.serve(settings.refund_port)
 
