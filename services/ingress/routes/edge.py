@@ -41,6 +41,9 @@ Rep = TypeVar("Rep")
 
 
 class Edge:
+    """The dependencies and the helpers every context's routes use (they subclass it; IngressApi
+    mixes them into one object)."""
+
     def __init__(
         self,
         settings: Settings,
