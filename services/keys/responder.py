@@ -44,7 +44,7 @@ class KeysResponder:
         self._lock = asyncio.Lock()
 
     def serve(self, runtime: Replier) -> None:
-        """key.lookup is on every model call's path: raw nats-py (answer_lookup); the rest is typed."""
+        """key.lookup is on every model call's path: raw nats-py (on_lookup, app.py); the rest is typed."""
         runtime.reply(rpc.KEYS_ACCESS, self.access)
         runtime.reply(rpc.KEYS_LIST, self.list_keys)
         runtime.reply(rpc.KEYS_CREATE, self.create)
