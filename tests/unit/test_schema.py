@@ -4,6 +4,9 @@ AsyncAPI document from proto/, the OpenAPI document from ingress's route table."
 import json
 from pathlib import Path
 
+import jsonschema
+from openapi_spec_validator import validate as validate_openapi
+
 from proto import asyncapi
 from proto.schema import CONTRACT, render
 from proto.v1 import events, rpc
@@ -69,3 +72,16 @@ def test_openapi_documents_every_route_with_who_may_call_it_and_the_refusals_of_
     assert document["paths"]["/v1/keys"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/NewKey"
     }
+
+
+def test_the_asyncapi_document_is_valid_asyncapi_3_0():
+    """Against the specification's own JSON Schema (schemas/asyncapi-3.0.0.json: schemas/3.0.0.json of
+    the npm package @asyncapi/specs 6.11.1, Apache-2.0)."""
+    specification = json.loads((ROOT / "tests" / "unit" / "schemas" / "asyncapi-3.0.0.json").read_text())
+    errors = [f"{list(e.absolute_path)}: {e.message[:200]}" for e in jsonschema.Draft7Validator(specification)
+              .iter_errors(json.loads(asyncapi.render()))]  # fmt: skip
+    assert errors == []
+
+
+def test_the_openapi_document_is_valid_openapi_3_1():
+    validate_openapi(json.loads(openapi.render(ROUTES)))
