@@ -2,13 +2,14 @@
 with instead (their codes, and the HTTP status each maps to at the edge).
 
 A caller sends with `libs.rpc.ask(nc, RPC, message)` and gets the reply, or a `libs.refusal.Refusal`
-raised from the refusal reply; a responder serves it with `libs.rpc.Responder`. The AsyncAPI document
-(proto/asyncapi.json) is generated from `RPCS`, so a descriptor left out here is left out there too.
+raised from the refusal reply; a responder serves it with `runtime.reply(RPC, handler)` (libs.rpc).
+The AsyncAPI document (proto/asyncapi.json) is generated from `RPCS`: nothing declared here is left
+out of it.
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar, get_args
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -40,19 +41,11 @@ class Rpc(Generic[Req, Rep]):
     hot: bool = False
     """On the call path of every model call: served on raw nats-py, not faststream (README: why)."""
 
-    @property
-    def codes(self) -> tuple[str, ...]:
-        return tuple(self.status)
-
     def decoder(self) -> "msgspec.json.Decoder[Any]":
         return msgspec.json.Decoder(self.reply if self.refusal is None else self.reply | self.refusal)
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # the status map is a dict: the subject names the descriptor
         return hash(self.subject)
-
-
-def codes_of(literal: Any) -> tuple[str, ...]:
-    return tuple(get_args(literal))
 
 
 # -- quota --------------------------------------------------------------------------------------------
