@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from typing import Any, get_args
 
 import msgspec
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from faststream.nats import TestNatsBroker
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -14,8 +16,9 @@ from opentelemetry.trace import SpanKind
 
 from libs.clock import ManualClock
 from libs.refusal import Refusal
-from libs.rpc import Responders, refusal_of
+from libs.rpc import Responders, Unavailable, refusal_of
 from libs.tracing import nats_headers as tracing_headers
+from libs.web import api_errors
 from proto.v1 import (
     AccountAccess,
     GetAccountAccess,
@@ -126,3 +129,16 @@ async def test_a_request_carrying_a_trace_context_is_handled_in_a_server_span_of
     assert len(spans) == 1 and spans[0].kind == SpanKind.SERVER
     assert spans[0].parent is not None and spans[0].parent.span_id == caller.get_span_context().span_id
     assert spans[0].context is not None and spans[0].context.trace_id == caller.get_span_context().trace_id
+
+
+async def test_a_service_that_does_not_answer_is_a_503_with_retry_after_naming_it() -> None:
+    async def handler(_: web.Request) -> web.Response:
+        raise Unavailable("billing", rpc.BILLING_HISTORY.subject)
+
+    app = web.Application(middlewares=[api_errors])
+    app.router.add_get("/", handler)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/")
+        body = await response.json()
+    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    assert body["error"]["code"] == "billing_unavailable"
