@@ -25,6 +25,7 @@ from proto.v1 import (
     KeyCommandFailed,
     KeyList,
     ListKeys,
+    PreviewRefund,
     RevokeKey,
     RotateKey,
     encode,
@@ -142,3 +143,24 @@ async def test_a_service_that_does_not_answer_is_a_503_with_retry_after_naming_i
         body = await response.json()
     assert response.status == 503 and response.headers["Retry-After"] == "1"
     assert body["error"]["code"] == "billing_unavailable"
+
+
+async def test_transient_and_invalid_failures_and_a_code_the_reply_cannot_carry() -> None:
+    responders = Responders("refund", "nats://127.0.0.1:1")
+
+    async def preview(request: Any) -> Any:
+        if request.account_id == "acc_down":
+            raise ConnectionRefusedError("postgres is away")
+        if request.account_id == "acc_bad":
+            raise ValueError("the database refused a value")
+        raise Refusal("no_such_code", "a code RefundRefused cannot carry")
+
+    responders.reply(rpc.REFUND_PREVIEW, preview, invalid=(ValueError,), transient=(OSError,), retry_message="retry")
+    async with TestNatsBroker(responders.broker) as broker:
+        down, bad, bogus = [
+            await ask(broker, rpc.REFUND_PREVIEW, encode(PreviewRefund(account_id=account)))
+            for account in ("acc_down", "acc_bad", "acc_bogus")
+        ]
+    assert (down.code, down.message, refusal_of(rpc.REFUND_PREVIEW, down).status) == ("unavailable", "retry", 503)
+    assert (bad.code, refusal_of(rpc.REFUND_PREVIEW, bad).status) == ("invalid_request", 400)
+    assert (bogus.code, refusal_of(rpc.REFUND_PREVIEW, bogus).status) == ("internal_error", 500)
