@@ -21,11 +21,13 @@ from libs.tracing import nats_headers as tracing_headers
 from libs.web import api_errors
 from proto.v1 import (
     AccountAccess,
+    DeadLetterRetried,
     GetAccountAccess,
     KeyCommandFailed,
     KeyList,
     ListKeys,
     PreviewRefund,
+    RetryDeadLetter,
     RevokeKey,
     RotateKey,
     encode,
@@ -164,3 +166,21 @@ async def test_transient_and_invalid_failures_and_a_code_the_reply_cannot_carry(
     assert (down.code, down.message, refusal_of(rpc.REFUND_PREVIEW, down).status) == ("unavailable", "retry", 503)
     assert (bad.code, refusal_of(rpc.REFUND_PREVIEW, bad).status) == ("invalid_request", 400)
     assert (bogus.code, refusal_of(rpc.REFUND_PREVIEW, bogus).status) == ("internal_error", 500)
+
+
+async def test_an_rpc_whose_reply_says_it_failed_answers_an_undecodable_request_with_that_reply() -> None:
+    responders = Responders("quota", "nats://127.0.0.1:1")
+    retry = rpc.dlq_retry("quota")
+
+    async def retried(request: RetryDeadLetter) -> DeadLetterRetried:
+        return DeadLetterRetried(dlq_seq=request.dlq_seq, applied=True)
+
+    def undecodable(error: str) -> DeadLetterRetried:
+        return DeadLetterRetried(dlq_seq=0, applied=False, error=f"bad request: {error}")
+
+    responders.reply(retry, retried, undecodable=undecodable)
+    async with TestNatsBroker(responders.broker) as broker:
+        fine = await ask(broker, retry, encode(RetryDeadLetter(dlq_seq=7)))
+        bad = await ask(broker, retry, b'{"type": "RetryDeadLetter", "dlq_seq": "seven"}')
+    assert fine == DeadLetterRetried(dlq_seq=7, applied=True)
+    assert not bad.applied and bad.error.startswith("bad request: Expected `int`")
