@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import msgspec
-from fast_depends.msgspec import MsgSpecSerializer
 from faststream import BaseMiddleware
 from faststream.message import StreamMessage
 from faststream.nats import NatsBroker
@@ -34,6 +33,7 @@ log = logging.getLogger(__name__)
 Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep")
 _decoders: dict[str, "msgspec.json.Decoder[Any]"] = {}
+_encoder = msgspec.json.Encoder()
 
 
 class Unavailable(Exception):
@@ -135,7 +135,6 @@ class Responders:
         self.broker = NatsBroker(
             servers, name=f"{name}-rpc", logger=log, log_level=logging.DEBUG, apply_types=False,
             middlewares=middlewares,  # log_level: each message's received/processed lines, not at INFO
-            serializer=MsgSpecSerializer(),  # encodes the reply Struct (with its tag)
         )  # fmt: skip
 
     def reply(
@@ -157,7 +156,11 @@ class Responders:
         it failed itself. `options` go to faststream's subscriber (max_workers: requests handled at
         once, for handlers that wait)."""
 
-        async def answer(request: Req | _Undecodable) -> Rep | msgspec.Struct:
+        async def answer(request: Req | _Undecodable) -> bytes:
+            """The reply, encoded here (msgspec, with its tag): faststream sends bytes as they are."""
+            return _encoder.encode(await reply_to(request))
+
+        async def reply_to(request: Req | _Undecodable) -> Rep | msgspec.Struct:
             if isinstance(request, _Undecodable):
                 if undecodable is not None:
                     return undecodable(request.error)
