@@ -19,6 +19,7 @@ from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
 from libs.pricing.catalog import Catalog, Model, model_json
 from libs.pricing.money import micros_to_str, parse_fraction
 from libs.pricing.usage import usage_recorded
+from libs.rpc import Unavailable, ask
 from libs.settings import Settings
 from libs.web import json_response
 from proto.v1 import (
@@ -26,10 +27,10 @@ from proto.v1 import (
     KeyView,
     QuotaCheck,
     QuotaDecision,
-    QuotaStatus,
     QuotaStatusRequest,
     ReleaseReservation,
     encode,
+    rpc,
     subjects,
 )
 from services.gateway import metrics, studio, translate
@@ -46,7 +47,6 @@ from services.gateway.usage import SseSplitter, StreamUsage, Tokens, from_anthro
 
 log = logging.getLogger(__name__)
 _decision = msgspec.json.Decoder(QuotaDecision)
-_status = msgspec.json.Decoder(QuotaStatus)
 _json = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder()
 FIVE_HOURS = timedelta(hours=5)
@@ -585,13 +585,11 @@ class GatewayApi:
         if isinstance(key, web.Response):
             return key
         try:
-            reply = await self.nc.request(
-                subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=key.account_id)),
-                timeout=self.settings.request_timeout_s, headers=tracing.nats_headers(),
-            )  # fmt: skip
-        except Exception:
+            status = await ask(self.nc, rpc.QUOTA_STATUS, QuotaStatusRequest(account_id=key.account_id),
+                               self.settings.request_timeout_s)  # fmt: skip
+        except Unavailable:
             return refusal(api, "service_unavailable", "the quota service did not answer; retry")
-        plan = _status.decode(reply.data).plan
+        plan = status.plan
         models = self.catalog.models_in_plan(plan)
         if "anthropic-version" in request.headers:
             return anthropic_model_list(models, request.query)

@@ -9,7 +9,7 @@ from libs.clock import Clock, SystemClock
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
 from libs.settings import QuotaSettings
-from proto.v1 import subjects
+from proto.v1 import rpc, subjects
 from services.quota.domain.admission import Limits
 from services.quota.inflight import InflightTracker
 from services.quota.projection import QuotaProjection, QuotaState
@@ -42,12 +42,13 @@ class QuotaService:
         )
         for subject, handler in (
             (subjects.QUOTA_CHECK, responder.on_check),
-            (subjects.QUOTA_STATUS, responder.on_status),
-            (subjects.QUOTA_EVENTS, responder.on_events),
             (subjects.QUOTA_RELEASE, responder.on_release),
-            (subjects.QUOTA_INFLIGHT, responder.on_inflight),
         ):
             await runtime.answer(subject, handler)
+        runtime.reply(rpc.QUOTA_STATUS, responder.status_of)
+        runtime.reply(rpc.QUOTA_EVENTS, responder.events)
+        runtime.reply(rpc.QUOTA_INFLIGHT, responder.inflight, max_workers=16)  # each waits until quota is ready
+        await runtime.start_responders()  # status and events are answered while in-flight state rebuilds
         runtime.spawn(tracker.run(), "quota-inflight")
         await tracker.ready.wait()  # healthy (and listening) once it admits
         await runtime.serve(self.settings.quota_port)

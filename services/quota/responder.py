@@ -73,10 +73,7 @@ class QuotaResponder:
         self._pool = pool
         self._schema = schema
         self._check = msgspec.json.Decoder(QuotaCheck)
-        self._status = msgspec.json.Decoder(QuotaStatusRequest)
-        self._events = msgspec.json.Decoder(UsageEventsRequest)
         self._release = msgspec.json.Decoder(ReleaseReservation)
-        self._inflight = msgspec.json.Decoder(InflightRequest)
 
     async def on_check(self, msg: Msg) -> None:
         started = time.perf_counter()
@@ -131,14 +128,14 @@ class QuotaResponder:
         self._state.reservations.release(release.account_id, release.reservation_id)
         self._state.payg_reservations.release(release.account_id, release.reservation_id)
 
-    async def on_inflight(self, msg: Msg) -> None:
-        account_id = self._inflight.decode(msg.data).account_id
+    async def inflight(self, request: InflightRequest) -> Inflight:
         await self._ready.wait()
+        account_id = request.account_id
         held = self._state.reservations.held(account_id) + self._state.payg_reservations.held(account_id)
-        await msg.respond(encode(Inflight(reservation_ids=held)))
+        return Inflight(reservation_ids=held)
 
-    async def on_status(self, msg: Msg) -> None:
-        await msg.respond(encode(self.status(self._status.decode(msg.data).account_id)))
+    async def status_of(self, request: QuotaStatusRequest) -> QuotaStatus:
+        return self.status(request.account_id)
 
     def status(self, account_id: str) -> QuotaStatus:
         now = self._clock.now()
@@ -161,9 +158,6 @@ class QuotaResponder:
             insider=account.insider.at(now),
             multiplier=fraction_text(self._state.multiplier(account, now)),
         )
-
-    async def on_events(self, msg: Msg) -> None:
-        await msg.respond(encode(await self.events(self._events.decode(msg.data))))
 
     async def events(self, request: UsageEventsRequest) -> UsageEventsReply:
         """A page of the account's calls by keyset on (occurred_at, event_id), which the index

@@ -10,6 +10,7 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
+from libs.refusal import Refusal
 from services.simulator.settings import SimulatorSettings
 
 T = TypeVar("T")
@@ -24,12 +25,15 @@ _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
 
 
-class BadRequest(Exception):
-    """A request the client got wrong; each API renders it in its own error shape."""
+class BadRequest(Refusal):
+    """A request the client got wrong (a Refusal naming the parameter); each API renders it in its
+    own error shape."""
+
+    status: int
 
     def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.message, self.param, self.status = message, param, status
+        super().__init__("invalid_request", message, param)
+        self.param, self.status = param, status
 
 
 def decode(decoder: "msgspec.json.Decoder[T]", body: bytes) -> T:
