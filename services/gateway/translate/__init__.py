@@ -41,6 +41,8 @@ class Translation:
         answer: Callable[[dict[str, Any], str, int, Tokens], dict[str, Any]],
         stream: Callable[[str, int], StreamTranslator],
     ) -> None:
+        self.upstream = upstream
+        """The protocol the upstream is sent (services.gateway.protocols names its adapter)."""
         self.upstream_path, self.upstream_api = PATH_OF[upstream], WIRE_OF[upstream]
         self.body = body
         """The request in the upstream's protocol."""
