@@ -180,7 +180,8 @@ async def test_a_claude_model_behind_a_chat_only_upstream(vendors: Stack) -> Non
     """count_tokens is estimated when the model's upstream does not speak messages, and the
     anthropic SDK's calls are translated to chat even for a Claude model."""
     simulator = f"http://127.0.0.1:{vendors.settings.simulator_port}"
-    everything_chat = {"default": {"url": simulator, "protocols": ["chat"]}}
+    aggregator = f"{simulator}/any"  # one chat endpoint serving every vendor's models
+    everything_chat = {"default": {"url": aggregator, "protocols": ["chat"]}}
     vendors.gateway.stop()
     vendors.gateway.start({"FLOWPLAN_UPSTREAMS": json.dumps(everything_chat)})
     try:

@@ -22,7 +22,7 @@ BOTH = frozenset({"chat", "messages", "images"})
         ("/v1/chat/completions", MESSAGES, "/v1/messages"),
         ("/v1/messages", CHAT, "/v1/chat/completions"),
         ("/v1/responses", BOTH, "/v1/chat/completions"),
-        ("/v1/responses", frozenset({"chat", "responses"}), "/v1/chat/completions"),
+        ("/v1/responses", frozenset({"chat", "responses"}), None),
         ("/v1/responses", MESSAGES, "/v1/messages"),
     ],
 )

@@ -111,9 +111,9 @@ def _responses(body: dict[str, Any], speaks: frozenset[str]) -> Translation | Re
 def plan(path: str, body: dict[str, Any], speaks: frozenset[str]) -> Translation | Refused | None:
     """None when the upstream speaks the client's protocol (the call passes through as it is)."""
     protocol = PROTOCOL_OF.get(path)
-    if protocol is None or (protocol in speaks and protocol != "responses"):
+    if protocol is None or protocol in speaks:
         return None
-    if protocol == "responses":  # always by way of chat: the gateway reads usage from chat's stream
+    if protocol == "responses":
         return _responses(body, speaks)
     if protocol == "messages" and "chat" in speaks:
         chat = chat_messages.messages_to_chat(body)
