@@ -638,37 +638,36 @@ def durability(results: dict[tuple[str, int, str], dict[str, Any]]) -> None:
 
 
 def translation(results: dict[tuple[str, int, str], dict[str, Any]]) -> None:
-    """The same calls passed through and translated, same run; 'added' = gateway - direct, in ms:
-    chat calls (translated chat -> messages -> chat: the upstream speaks only messages), Responses
-    calls (translated Responses -> chat -> Responses: the upstream speaks only chat), and, with
-    --gateway-before, the chat calls through the earlier checkout's gateway ('passed' = this one)."""
+    """The same calls two ways, same run; 'added' = gateway - direct, in ms: chat calls passed
+    through and translated chat -> messages -> chat (the upstream speaks only messages), Responses
+    calls passed through and translated Responses -> chat -> Responses (the upstream speaks only
+    chat), and, with --gateway-before, the chat calls through this gateway and the earlier one's."""
     tables = [
-        ("chat: translated (upstream speaks only messages) vs passed through (upstream speaks chat)",
-         ("direct", "gateway", TRANSLATED)),
-        ("Responses: translated (upstream speaks only chat) vs passed through (upstream speaks Responses)",
-         RESPONSES_TARGETS),
-        (f"chat: this gateway ('passed') vs the earlier checkout's ('translated' column = {BEFORE})",
-         ("direct", "gateway", BEFORE)),
+        ("chat: passed through (upstream speaks chat) vs translated (upstream speaks only messages)",
+         ("direct", "gateway", TRANSLATED), ("passed", "translated")),
+        ("Responses: passed through (upstream speaks Responses) vs translated (upstream speaks only chat)",
+         RESPONSES_TARGETS, ("passed", "translated")),
+        ("chat: this checkout's gateway ('now') vs the earlier checkout's ('before', --gateway-before)",
+         ("direct", "gateway", BEFORE), ("now", "before")),
     ]  # fmt: skip
-    for title, (direct, passed, translated) in tables:
-        if not any(key[2] == translated for key in results):
-            continue
-        print(f"\n{title}, same run")
-        _passed_vs_translated(results, direct, passed, translated)
+    for title, (direct, first, second), names in tables:
+        if any(key[2] == second for key in results):
+            print(f"\n{title}, same run")
+            side_by_side(results, direct, first, second, names)
 
 
-def _passed_vs_translated(
-    results: dict[tuple[str, int, str], dict[str, Any]], direct: str, passed: str, translated: str
+def side_by_side(
+    results: dict[tuple[str, int, str], dict[str, Any]], direct: str, first: str, second: str, names: tuple[str, str]
 ) -> None:
-    ms = 1000.0
+    ms, (one, two) = 1000.0, names
     for mode in MODES:
         for c in CONCURRENCY:
-            d, a, t = results[mode, c, direct], results[mode, c, passed], results[mode, c, translated]
+            d, a, t = results[mode, c, direct], results[mode, c, first], results[mode, c, second]
             print(
-                f"  {mode:<10} conc {c:>2}: added p50 passed {(a['p50'] - d['p50']) * ms:6.2f} "
-                f"translated {(t['p50'] - d['p50']) * ms:6.2f} | added p99 passed {(a['p99'] - d['p99']) * ms:6.2f} "
-                f"translated {(t['p99'] - d['p99']) * ms:6.2f} | throughput passed {a['rps']:6,.0f}/s "
-                f"translated {t['rps']:6,.0f}/s ({t['rps'] / a['rps'] if a['rps'] else float('nan'):.0%})"
+                f"  {mode:<10} conc {c:>2}: added p50 {one} {(a['p50'] - d['p50']) * ms:6.2f} "
+                f"{two} {(t['p50'] - d['p50']) * ms:6.2f} | added p99 {one} {(a['p99'] - d['p99']) * ms:6.2f} "
+                f"{two} {(t['p99'] - d['p99']) * ms:6.2f} | throughput {one} {a['rps']:6,.0f}/s "
+                f"{two} {t['rps']:6,.0f}/s ({two}/{one} {t['rps'] / a['rps'] if a['rps'] else float('nan'):.0%})"
             )
 
 
