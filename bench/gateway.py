@@ -667,8 +667,16 @@ def side_by_side(
                 f"  {mode:<10} conc {c:>2}: added p50 {one} {(a['p50'] - d['p50']) * ms:6.2f} "
                 f"{two} {(t['p50'] - d['p50']) * ms:6.2f} | added p99 {one} {(a['p99'] - d['p99']) * ms:6.2f} "
                 f"{two} {(t['p99'] - d['p99']) * ms:6.2f} | throughput {one} {a['rps']:6,.0f}/s "
-                f"{two} {t['rps']:6,.0f}/s ({two}/{one} {t['rps'] / a['rps'] if a['rps'] else float('nan'):.0%})"
+                f"{two} {t['rps']:6,.0f}/s ({two}/{one} {t['rps'] / a['rps'] if a['rps'] else float('nan'):.0%}) | "
+                f"gateway CPU ms/call {one} {cpu_per_call(a, first):5.2f} {two} {cpu_per_call(t, second):5.2f}"
             )
+
+
+def cpu_per_call(result: dict[str, Any], target: str) -> float:
+    """The gateway process's CPU milliseconds per measured call: what a busy machine disturbs
+    least (the other processes slow the calls, not the work each one takes)."""
+    rps = result["rps"]
+    return float(result["cpu"].get(target, 0.0)) / rps * 1000.0 if rps else float("nan")
 
 
 def main() -> None:
