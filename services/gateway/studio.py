@@ -10,15 +10,14 @@ suspended is asked of the keys service (keys.access), which owns suspensions.
 from datetime import datetime
 from typing import NamedTuple
 
-import msgspec
 from nats.aio.client import Client
 
-from libs import chatpass, tracing
-from proto.v1 import AccountAccess, GetAccountAccess, KeyView, encode, subjects
+from libs import chatpass
+from libs.rpc import ask
+from proto.v1 import GetAccountAccess, KeyView, rpc
 
 STUDIO_KEY_ID = "studio-chat"
 """The caller's id inside the gateway only: never stored (usage events carry key_id None)."""
-_access = msgspec.json.Decoder(AccountAccess)
 
 
 class StudioCaller(NamedTuple):
@@ -39,9 +38,5 @@ def caller_of(secret: str, token: str, now: datetime) -> StudioCaller | None:
 
 
 async def suspended(nc: Client, account_id: str, timeout_s: float) -> bool:
-    """Raises what nc.request raises when keys does not answer: not knowing is not "no"."""
-    reply = await nc.request(
-        subjects.KEYS_ACCESS, encode(GetAccountAccess(account_id=account_id)), timeout=timeout_s,
-        headers=tracing.nats_headers(),
-    )  # fmt: skip
-    return _access.decode(reply.data).suspended
+    """Raises Unavailable when keys does not answer: not knowing is not "no"."""
+    return (await ask(nc, rpc.KEYS_ACCESS, GetAccountAccess(account_id=account_id), timeout_s)).suspended

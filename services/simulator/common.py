@@ -1,4 +1,5 @@
-"""What both APIs share: strict body decoding into a 400, the key check, and the output pace."""
+"""What the APIs share: strict body decoding into a 400, the key check, which vendor speaks which
+protocol, and the output pace."""
 
 import asyncio
 import hmac
@@ -23,6 +24,21 @@ BATCH = 256
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
+
+
+VENDOR_PROTOCOLS = {"anthropic": frozenset({"messages"}), "openai": frozenset({"chat", "responses", "images"})}
+"""What each vendor's real API speaks; the other vendors speak chat completions (and images)."""
+OTHER_VENDORS = frozenset({"chat", "images"})
+ANY_VENDOR = "/any"
+"""The prefix under which the simulator answers every model in every protocol, as an aggregator
+(one endpoint for all vendors, like OpenRouter or LiteLLM) would."""
+
+
+def vendor_speaks(model: str, protocol: str) -> bool:
+    """Whether the vendor a model id names (`anthropic/claude-...`) answers it in this protocol;
+    a bare model name (no vendor) is answered in any."""
+    vendor, slash, _ = model.partition("/")
+    return not slash or protocol in VENDOR_PROTOCOLS.get(vendor, OTHER_VENDORS)
 
 
 class BadRequest(Refusal):
