@@ -14,6 +14,7 @@ from libs.settings import Settings
 from libs.web import api_errors, refuse_control_characters
 from services.ingress.api import IngressApi
 from services.ingress.directory import Directory
+from services.ingress.follower import DirectoryFollower, loaded_from
 from services.ingress.projection import IngressProjection
 from services.ingress.suspensions import Suspensions
 from services.ingress.usage import ingest_clients
@@ -36,8 +37,11 @@ class IngressService:
         self.directory = Directory(catalog.default_usd_per_flow, catalog.insider_multiplier)
         projection = IngressProjection(self.directory)
         async with runtime.db.acquire() as conn:
+            loaded = await loaded_from(conn, projection.schema, projection.name, settings.partitions)
             await self.directory.load(conn, projection.schema)
         await runtime.project(projection)
+        # what the other instances project too (follower.py)
+        await DirectoryFollower(runtime.nc.jetstream(), settings.stream, self.directory).start(loaded)
         runtime.spawn(self._sweep_dedupe(), "ingress-dedupe-sweep")
         keys = KeyCache.from_settings(runtime.nc, settings)
         await keys.start()
