@@ -58,9 +58,13 @@ class PartitionLeases:
         lease_s: float = 3.0,
         margin_s: float | None = None,
         replicas: int = 1,
+        rebalance: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """rebalance=False: no assignment; every instance takes whatever is free and keeps what it
+        holds until it stops or dies (one partition so: a leader, for one active instance)."""
         self.service, self.instance, self.partitions = service, instance, partitions
+        self.rebalance = rebalance
         self.lease_s, self.margin_s = lease_s, lease_s / 3 if margin_s is None else margin_s
         self._js, self._replicas, self._clock = js, replicas, clock
         self._held: dict[int, int] = {}  # partition -> revision of our owner key
@@ -116,7 +120,11 @@ class PartitionLeases:
         is desired here and free."""
         assert self.kv is not None
         self._member_rev = await self._put(self._member_key, self._member_rev)
-        desired = {p for p in range(self.partitions) if rendezvous(p, await self._members()) == self.instance}
+        if self.rebalance:
+            members = await self._members()
+            desired = {p for p in range(self.partitions) if rendezvous(p, members) == self.instance}
+        else:
+            desired = set(range(self.partitions))
         for partition in list(self._held):
             if partition not in desired:
                 await self._release(partition)

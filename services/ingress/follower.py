@@ -1,15 +1,21 @@
-"""Every ingress instance's directory follows the whole log of account events.
+"""Several ingress instances: each one's directory follows the whole log of account events, and
+one of them at a time writes the ingress projection to Postgres.
 
-The ingress projection (projection.py) has one durable consumer per partition, shared by all
-instances: with two ingresses each event reaches one of them, which writes it to Postgres and to
-its own memory. The other instance's directory would never learn of an account or a multiplier
-the first one projected, and would refuse that account's usage (400) or price it at an old
-multiplier. So each instance also reads every account event itself, with an ephemeral ordered
-consumer (in memory, one replica, gone with the instance), from the checkpoint its directory was
-loaded at: Directory.apply is idempotent, so the overlap with the load and with the projection is
-harmless.
+The ingress projection (projection.py) has one durable consumer per partition. Shared by two
+instances, each event would reach one of them only: the other's directory would never learn of
+an account or a multiplier and would refuse that account's usage (400) or price it at an old
+multiplier, and two runners on one consumer see each other's deliveries as lost ones. So:
+
+* each instance reads every account event itself into its directory, with an ephemeral ordered
+  consumer (in memory, one replica, gone with the instance), from the checkpoint its directory
+  was loaded at (Directory.apply is idempotent: the overlap with the load is harmless);
+* the projection (the Postgres copy the directory is loaded from at start) runs in the instance
+  that holds the lease `owner.ingress-projection.0` (libs/leases.py): another instance takes it
+  over within seconds when that one dies, and an instance that loses the lease (NATS away longer
+  than the lease) pauses its runner until it holds it again.
 """
 
+import asyncio
 import logging
 
 import asyncpg
@@ -19,10 +25,15 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from libs.eventlog import subjects
+from libs.leases import PartitionLeases
+from libs.runtime import Runtime
 from proto.v1 import decode_event
 from services.ingress.directory import Directory
+from services.ingress.projection import IngressProjection
 
 log = logging.getLogger(__name__)
+LEASE_S = 3.0
+CHECK_S = 0.2
 
 
 async def loaded_from(conn: asyncpg.Connection, schema: str, projection: str, partitions: int) -> int:
@@ -62,3 +73,24 @@ class DirectoryFollower:
             return  # the projection dead-letters it; nothing for the directory
         self._directory.apply(event)
         self.applied += 1
+
+
+async def held(leases: PartitionLeases, want: bool) -> None:
+    """Return once holding the lease is `want` (polled: a lease also ends by time passing)."""
+    while True:
+        if leases.owns(0) == want:
+            return
+        await asyncio.sleep(CHECK_S)
+
+
+async def project_while_owner(runtime: Runtime, projection: IngressProjection, leases: PartitionLeases) -> None:
+    """Start the projection once this instance holds the lease; pause it while it does not."""
+    await held(leases, True)
+    log.info("ingress projection: runs in this instance (%s)", leases.instance)
+    runner = await runtime.project(projection)
+    while True:
+        await held(leases, False)
+        log.warning("ingress projection: lease lost; paused until it is held again")
+        async with runner.pause.paused(timeout_s=86400):
+            await held(leases, True)
+        log.info("ingress projection: lease held again; resumed")

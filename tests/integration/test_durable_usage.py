@@ -522,21 +522,44 @@ async def test_two_gateways_and_two_ingresses_share_the_load_and_one_of_each_kil
             load = [*(asyncio.create_task(caller(i)) for i in range(8)), asyncio.create_task(metering(0))]
             try:
                 await eventually(lambda: _true(all(len(v) > 10 for v in [*answered.values(), *acked.values()])))
-                gateway2.kill()  # SIGKILL mid-load: calls in every stage of their life
-                ingress2.kill()
-                alive[gateways[1]] = alive[ingresses[1]] = False  # what the balancer's health check finds
-                served = len(answered[gateways[0]]), len(acked[ingresses[0]])
+                # SIGKILL mid-load: the second gateway, and the first ingress, which runs the ingress
+                # projection (it started first and holds its lease)
+                gateway2.kill()
+                stack.ingress.kill()
+                alive[gateways[1]] = alive[ingresses[0]] = False  # what the balancer's health check finds
+                served = len(answered[gateways[0]]), len(acked[ingresses[1]])
 
                 async def survivors_serve() -> bool:
-                    return len(answered[gateways[0]]) > served[0] + 30 and len(acked[ingresses[0]]) > served[1] + 50
+                    return len(answered[gateways[0]]) > served[0] + 30 and len(acked[ingresses[1]]) > served[1] + 50
 
                 await eventually(survivors_serve)
             finally:
                 stop.set()
                 await asyncio.gather(*load)
+        # The surviving ingress took the projection over: what it records reaches Postgres.
+        assert stack.ingress.process is None
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{ingresses[1]}/admin/v1/accounts", json={"name": "after-the-kill"}, headers=admin
+            ) as response:
+                assert response.status == 201
+                created = (await response.json())["account_id"]
+
+        async def projected() -> bool:
+            conn = await stack.db()
+            try:
+                return bool(await conn.fetchval("SELECT count(*) FROM ingress.accounts WHERE account_id = $1", created))
+            finally:
+                await conn.close()
+
+        await eventually(projected, within=15)
+        assert "ingress projection: runs in this instance" in stack.ingress.log()
+        assert "ingress projection: runs in this instance" in ingress2.log()
     finally:
         gateway2.stop()
         ingress2.stop()
+        if stack.ingress.process is None:
+            await asyncio.to_thread(stack.ingress.start)  # the module's stack, for what runs after
 
     everything = [rid for calls in answered.values() for rid in calls] + [e for ids in acked.values() for e in ids]
     counts: Counter[str] = Counter()
@@ -549,8 +572,9 @@ async def test_two_gateways_and_two_ingresses_share_the_load_and_one_of_each_kil
 
     await eventually(all_stored, within=30)
     print(
-        f"\ntwo gateways and two ingresses, the second of each killed ({dict(statuses)}): 200s per gateway "
-        f"{[len(v) for v in answered.values()]}, events acknowledged per ingress {[len(v) for v in acked.values()]}"
+        f"\ntwo gateways and two ingresses, the second gateway and the first ingress killed ({dict(statuses)}): "
+        f"200s per gateway {[len(v) for v in answered.values()]}, "
+        f"events acknowledged per ingress {[len(v) for v in acked.values()]}"
     )
     assert all(counts[event_id] == 1 for event_id in everything)  # every 200 and every 202 once
     assert max(counts.values()) == 1
