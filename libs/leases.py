@@ -1,6 +1,7 @@
 """Partition leases: which instance of a service owns which partitions of the event log, through
-leases in a NATS KV bucket (docs/scaling.md). Not wired into the services yet: the building
-block of step 1 of that plan.
+leases in a NATS KV bucket (docs/scaling.md, step 1 of its plan). Used today by ingress, whose
+instances elect the one that runs the ingress projection (rebalance=False, one partition);
+quota, keys, billing and refund do not use it yet.
 
 Every instance keeps a member key alive and computes, from the live members, the same desired
 assignment (rendezvous hashing: a member leaving moves only its partitions, one joining takes
