@@ -71,6 +71,8 @@ class PartitionLeases:
         self._held: dict[int, int] = {}  # partition -> revision of our owner key
         self._valid_until: dict[int, float] = {}
         self._member_rev = 0
+        self.members = 1
+        """Live members (instances) of the service at the last tick, this one included."""
         self._task: asyncio.Task[None] | None = None
         self.kv: KeyValue | None = None
 
@@ -121,8 +123,9 @@ class PartitionLeases:
         is desired here and free."""
         assert self.kv is not None
         self._member_rev = await self._put(self._member_key, self._member_rev)
+        members = await self._members()
+        self.members = len(members)
         if self.rebalance:
-            members = await self._members()
             desired = {p for p in range(self.partitions) if rendezvous(p, members) == self.instance}
         else:
             desired = set(range(self.partitions))

@@ -238,6 +238,7 @@ class IngressApi:
         if client is None:
             raise ApiError(401, "unauthorized", "wrong token", "Authorization")
         records = decode_batch(await request.read(), self.settings.max_usage_batch)
+        await self.directory.synced()  # several instances: what another one changed, this one knows
         events = price_batch(
             records,
             self.catalog,

@@ -17,7 +17,13 @@ from libs.settings import Settings
 from libs.web import api_errors, refuse_control_characters
 from services.ingress.api import IngressApi
 from services.ingress.directory import Directory
-from services.ingress.follower import LEASE_S, DirectoryFollower, loaded_from, project_while_owner
+from services.ingress.follower import (
+    LEASE_S,
+    DirectoryFollower,
+    loaded_from,
+    project_while_owner,
+    sync_when_several,
+)
 from services.ingress.projection import IngressProjection
 from services.ingress.suspensions import Suspensions
 from services.ingress.usage import ingest_clients
@@ -44,12 +50,14 @@ class IngressService:
             loaded = await loaded_from(conn, projection.schema, projection.name, settings.partitions)
             await self.directory.load(conn, projection.schema)
         # Several instances (follower.py): each follows the account events; one runs the projection.
-        await DirectoryFollower(runtime.nc.jetstream(), settings.stream, self.directory).start(loaded)
+        follower = DirectoryFollower(runtime.nc.jetstream(), settings.stream, self.directory)
+        await follower.start(loaded)
         self.leases = PartitionLeases(
             runtime.nc.jetstream(), "ingress-projection", f"{socket.gethostname()}-{os.getpid()}", 1,
             lease_s=LEASE_S, replicas=settings.stream_replicas, rebalance=False,
         )  # fmt: skip
         await self.leases.start()
+        self.directory.sync = sync_when_several(follower, self.leases)
         runtime.spawn(project_while_owner(runtime, projection, self.leases), "ingress-projection-owner")
         runtime.spawn(self._sweep_dedupe(), "ingress-dedupe-sweep")
         keys = KeyCache.from_settings(runtime.nc, settings)

@@ -17,6 +17,8 @@ multiplier, and two runners on one consumer see each other's deliveries as lost 
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import msgspec
@@ -34,6 +36,7 @@ from services.ingress.projection import IngressProjection
 log = logging.getLogger(__name__)
 LEASE_S = 3.0
 CHECK_S = 0.2
+SYNC_TIMEOUT_S = 2.0
 
 
 async def loaded_from(conn: asyncpg.Connection, schema: str, projection: str, partitions: int) -> int:
@@ -49,7 +52,9 @@ async def loaded_from(conn: asyncpg.Connection, schema: str, projection: str, pa
 class DirectoryFollower:
     def __init__(self, js: nats.js.JetStreamContext, stream: str, directory: Directory) -> None:
         self._js, self._stream, self._directory = js, stream, directory
+        self._sub: nats.js.JetStreamContext.PushSubscription | None = None
         self.applied = 0
+        self.applied_seq = 0
 
     async def start(self, after_seq: int) -> None:
         """Follow the account events stored after after_seq."""
@@ -57,7 +62,7 @@ class DirectoryFollower:
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=after_seq + 1,
         )
-        await self._js.subscribe(
+        self._sub = await self._js.subscribe(
             f"{subjects.STORED_PREFIX}.*.account.>",
             stream=self._stream,
             config=config,
@@ -68,11 +73,38 @@ class DirectoryFollower:
 
     async def _on_event(self, msg: Msg) -> None:
         try:
-            event = decode_event(msg.data)
+            self._directory.apply(decode_event(msg.data))
+            self.applied += 1
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return  # the projection dead-letters it; nothing for the directory
-        self._directory.apply(event)
-        self.applied += 1
+            pass  # the projection dead-letters it; nothing for the directory
+        self.applied_seq = msg.metadata.sequence.stream
+
+    async def synced(self, timeout_s: float = SYNC_TIMEOUT_S) -> None:
+        """Return once every account event stored before the call is applied here (the follower's
+        consumer has nothing pending and all it delivered was applied): one JetStream API round
+        trip when it is so. Past the timeout, go on with what is known (logged)."""
+        assert self._sub is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = await self._sub.consumer_info()
+            delivered = info.delivered.stream_seq if info.delivered is not None else 0
+            if not info.num_pending and self.applied_seq >= (delivered or 0):
+                return
+            if time.monotonic() > deadline:
+                log.warning("directory: %s account events not applied after %.1f s", info.num_pending, timeout_s)
+                return
+            await asyncio.sleep(0.005)
+
+
+def sync_when_several(follower: DirectoryFollower, leases: PartitionLeases) -> Callable[[], Awaitable[None]]:
+    """The directory's sync: a barrier on the follower while other ingress instances are members of
+    the lease bucket, nothing while this one is alone (its own changes it applies at once)."""
+
+    async def sync() -> None:
+        if leases.members > 1:
+            await follower.synced()
+
+    return sync
 
 
 async def held(leases: PartitionLeases, want: bool) -> None:
