@@ -9,6 +9,9 @@ multiplier, and two runners on one consumer see each other's deliveries as lost 
 * each instance reads every account event itself into its directory, with an ephemeral ordered
   consumer (in memory, one replica, gone with the instance), from the checkpoint its directory
   was loaded at (Directory.apply is idempotent: the overlap with the load is harmless);
+* while several instances run, usage is priced only once the follower has applied every account
+  event stored before the request (`synced`: one consumer-info round trip), so a multiplier set
+  through one instance prices usage posted to another at once;
 * the projection (the Postgres copy the directory is loaded from at start) runs in the instance
   that holds the lease `owner.ingress-projection.0` (libs/leases.py): another instance takes it
   over within seconds when that one dies, and an instance that loses the lease (NATS away longer
