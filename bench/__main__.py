@@ -10,6 +10,7 @@ Measures, side by side:
 Every server is started here, on free ports, with durable settings (fsync on).
 `--part gateway` (or `all`, the default) also measures the gateway: see bench/gateway.py.
 `--part replay` measures `flowplan replay --projection all --verify` over 1,000,000 events: see bench/replay.py.
+`--part scale` measures one gateway against two, and the CPU per call of each process: see bench/scale.py.
 """
 
 import argparse
@@ -30,6 +31,7 @@ from nats.js import api
 
 from bench import gateway as bench_gateway
 from bench import replay as bench_replay
+from bench import scale as bench_scale
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings, load_settings, settings_environ
 from libs.setup import set_up
@@ -338,6 +340,9 @@ async def main(args: argparse.Namespace) -> None:
         if args.part in ("gateway", "all"):
             servers = {"nats-server": [nats_server.process.pid], "postgres": postgres_pids(postgres.data_dir)}
             await bench_gateway.run(args, work, settings, servers)
+        if args.part == "scale":
+            servers = {"nats-server": [nats_server.process.pid], "postgres": postgres_pids(postgres.data_dir)}
+            await bench_scale.run(args, work, settings, servers)
         if args.part == "replay":
             await bench_replay.run(
                 args.replay_events, args.accounts, work, settings,
@@ -481,8 +486,9 @@ if __name__ == "__main__":
     parser.add_argument("--paced-rate", type=int, default=15000)
     parser.add_argument("--check-rate", type=int, default=2000)
     parser.add_argument("--check-seconds", type=float, default=5.0)
-    parser.add_argument("--part", choices=("core", "gateway", "replay", "all"), default="all",
-                        help="all = core and gateway; replay (minutes long) only when asked for")  # fmt: skip
+    parser.add_argument("--part", choices=("core", "gateway", "replay", "scale", "all"), default="all",
+                        help="all = core and gateway; replay (minutes long) and scale only when asked for")  # fmt: skip
     parser.add_argument("--replay-events", type=int, default=1_000_000)
     bench_gateway.add_arguments(parser)
+    bench_scale.add_arguments(parser)
     asyncio.run(main(parser.parse_args()))

@@ -6,6 +6,7 @@ JetStream has stored them (read-your-writes). Every change is keyed by its event
 so applying the same event twice, from both paths, changes nothing.
 """
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
@@ -34,8 +35,15 @@ class Directory:
     def __init__(self, default_usd_per_flow: Fraction, insider_multiplier: Fraction = Fraction(5, 4)) -> None:
         self.default_usd_per_flow = default_usd_per_flow
         self.insider_multiplier = insider_multiplier
+        self.sync: Callable[[], Awaitable[None]] | None = None
+        """Set when several ingress instances run (follower.py): waits until this one holds every
+        account event stored so far, so a change made through another prices usage here at once."""
         self.accounts: dict[str, Account] = {}
         self.flow_rate = Versioned(default_usd_per_flow)
+
+    async def synced(self) -> None:
+        if self.sync is not None:
+            await self.sync()
 
     def apply(self, event: Event) -> None:
         if isinstance(event, AccountCreated):

@@ -28,6 +28,7 @@ class MeteringRoutes(Edge):
         if client is None:
             raise ApiError(401, "unauthorized", "wrong token", "Authorization")
         records = decode_batch(await request.read(), self.settings.max_usage_batch)
+        await self.directory.synced()  # several instances: what another one changed, this one knows
         events = price_batch(
             records,
             self.catalog,
