@@ -7,8 +7,11 @@ working within that time even if a broadcast was missed.
 The key format's checksum is public, so anyone can mint well-formed keys: the cache is
 bounded (two LRUs, so that a flood of unknown keys cannot evict the known ones), and
 lookups of keys not known to be valid are rate-limited per client address and overall.
-A key once seen valid is always re-checked, so a flood never locks out keys in use."""
+A key once seen valid is always re-checked, so a flood never locks out keys in use.
+Concurrent calls with the same key share one lookup: a client fanning out on a brand-new key
+(Claude Code starting several requests at once) costs one lookup and one token, not one each."""
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -84,6 +87,8 @@ class KeyCache:
         self._known: LRUCache[str, tuple[float, KeyView]] = LRUCache(max_entries)
         self._unknown: LRUCache[str, float] = LRUCache(max_entries)
         self._clients: LRUCache[str, TokenBucket] = LRUCache(max_entries)
+        self._looking_up: dict[str, asyncio.Future[KeyView | None]] = {}
+        """The lookups on their way, by key hash: a second caller with the same key waits for the first's."""
         self._per_client = per_client
         self._overall = TokenBucket(*overall, clock())
         self._clock = clock
@@ -118,10 +123,13 @@ class KeyCache:
         key_hash = apikeys.hash_secret(secret)
         now = self._clock()
         known = self._known.get(key_hash)
+        if known is not None and now - known[0] < self._max_age_s:
+            return known[1]
+        pending = self._looking_up.get(key_hash)
+        if pending is not None:
+            return await asyncio.shield(pending)
         if known is not None:
-            if now - known[0] < self._max_age_s:
-                return known[1]
-            return await self._lookup(key_hash, now, [])
+            return await self._shared_lookup(key_hash, now, [])
         checked_at = self._unknown.get(key_hash)
         if checked_at is not None and now - checked_at < self._max_age_s:
             return None
@@ -138,7 +146,20 @@ class KeyCache:
             raise UnknownKeysThrottled(wait_s)
         for bucket in buckets:
             bucket.take()
-        return await self._lookup(key_hash, now, buckets)
+        return await self._shared_lookup(key_hash, now, buckets)
+
+    async def _shared_lookup(self, key_hash: str, now: float, taken: list[TokenBucket]) -> KeyView | None:
+        """One lookup that callers with the same key arriving meanwhile wait for too (shielded: one
+        caller hanging up does not cancel the others' answer)."""
+        lookup = asyncio.ensure_future(self._lookup(key_hash, now, taken))
+        self._looking_up[key_hash] = lookup
+        lookup.add_done_callback(lambda _: self._forget_lookup(key_hash))
+        return await asyncio.shield(lookup)
+
+    def _forget_lookup(self, key_hash: str) -> None:
+        lookup = self._looking_up.pop(key_hash)
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: when every caller hung up, nobody else will have
 
     async def _lookup(self, key_hash: str, now: float, taken: list[TokenBucket]) -> KeyView | None:
         try:

@@ -1,6 +1,7 @@
 """The key cache against a real nats-server: minted well-formed keys cannot grow its memory
 or the keys service's load without bound, and keys in use keep working through a flood."""
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -123,3 +124,18 @@ async def test_a_lookup_that_fails_does_not_count_against_the_client(nc: Client)
     for _ in range(3):  # nobody answers key.lookup here
         with pytest.raises(KeysUnavailable):
             await cache.authenticate(apikeys.generate("subscription"), "192.0.2.50")
+
+
+async def test_fifty_calls_at_once_on_a_brand_new_key_share_one_lookup_and_none_is_throttled(
+    nc: Client, keys: KeysResponder
+) -> None:
+    # A client fanning out on a key it has just created (an agent starting its requests at once):
+    # more calls than the client's burst of unknown-key lookups, all before the first answer.
+    cache = KeyCache(nc, per_client=(5, 0.2), overall=(5, 0.2))
+    secret = valid_key(keys)
+    found = await asyncio.gather(*(cache.authenticate(secret, "192.0.2.7") for _ in range(50)))
+    assert all(key is not None and key.id == "key_1" for key in found)
+    assert keys.lookups == 1
+    minted = apikeys.generate("subscription")  # an unknown key shares its one lookup the same way
+    assert await asyncio.gather(*(cache.authenticate(minted, "192.0.2.8") for _ in range(50))) == [None] * 50
+    assert keys.lookups == 2
