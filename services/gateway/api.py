@@ -105,13 +105,15 @@ class GatewayApi:
         key = await self.pipeline.authenticate(request, api)
         if isinstance(key, web.Response):
             return key
-        try:
-            status = await ask(self.nc, rpc.QUOTA_STATUS, QuotaStatusRequest(account_id=key.account_id),
-                               self.settings.request_timeout_s)  # fmt: skip
-        except Unavailable:
-            return refusal(api, "service_unavailable", "the quota service did not answer; retry")
-        plan = status.plan
-        models = self.catalog.models_in_plan(plan)
+        if key.kind == "payg":  # billed to the balance, which may buy every model (quota admits them)
+            models = list(self.catalog.models.values())
+        else:
+            try:
+                status = await ask(self.nc, rpc.QUOTA_STATUS, QuotaStatusRequest(account_id=key.account_id),
+                                   self.settings.request_timeout_s)  # fmt: skip
+            except Unavailable:
+                return refusal(api, "service_unavailable", "the quota service did not answer; retry")
+            models = self.catalog.models_in_plan(status.plan)
         if "anthropic-version" in request.headers:
             return anthropic_model_list(models, request.query)
         data = [model_json(self.catalog, m) for m in models]

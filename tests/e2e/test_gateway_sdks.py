@@ -16,7 +16,18 @@ from libs.eventlog.publisher import EventPublisher
 from libs.localservers import LocalPostgres
 from libs.pricing.money import MICRO
 from proto.v1 import KeyRevoked
-from tests.e2e.conftest import CATALOG, FREE_MODEL, PRO_CLAUDE, claude, flows_of, metered, oai, pro_account, raw_stream
+from tests.e2e.conftest import (
+    CATALOG,
+    FREE_MODEL,
+    PRO_CLAUDE,
+    claude,
+    flows_of,
+    metered,
+    oai,
+    payg_key,
+    pro_account,
+    raw_stream,
+)  # fmt: skip
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
@@ -145,6 +156,8 @@ async def test_a_free_account_sees_exactly_the_free_models(stack: Stack) -> None
     free = {m.id for m in CATALOG.models.values() if m.tier == "free"}
     assert {m.id for m in models} == free and len(models) == 12
     assert all(set(m.pricing) >= {"prompt", "completion", "input_cache_read", "image", "request_flows"} for m in models)
+    payg = await payg_key(stack, account)  # the balance may buy every model: its key lists them all
+    assert {m.id async for m in oai(stack, payg["key"]).models.list()} == set(CATALOG.models)
 
 
 async def test_revoked_and_rotated_keys_are_refused_within_a_second(stack: Stack) -> None:
