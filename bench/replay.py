@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+from rich.console import Console
 
 from bench.gateway import write_bench_plans
 from libs.eventlog.publisher import EventPublisher
@@ -176,7 +177,7 @@ async def run(
         done = asyncio.Event()
         following = asyncio.create_task(sampler.follow(done))
         started = time.perf_counter()
-        outcomes = await replay(settings, "all", StartReplay(verify=True))
+        outcomes = await replay(settings, "all", StartReplay(verify=True), Console(stderr=True))  # a bar each
         wall = time.perf_counter() - started
         done.set()
         await following
