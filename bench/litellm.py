@@ -154,6 +154,7 @@ def burst_body() -> bytes:
 async def burst(url: str, key: str, price: tuple[Decimal, Decimal]) -> tuple[int, dict[str, int], list[Decimal]]:
     """BURST calls at once; the 200s' costs (from their usage blocks, at the catalog's prices)."""
     statuses: dict[str, int] = {}
+    reasons: dict[str, str] = {}
     costs: list[Decimal] = []
     headers = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
     body = burst_body()
@@ -162,13 +163,26 @@ async def burst(url: str, key: str, price: tuple[Decimal, Decimal]) -> tuple[int
         async def one() -> None:
             async with session.post(url, data=body, headers=headers) as response:
                 reply = await response.read()
-                statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
+                status = str(response.status)
+                if response.status != 200 and status not in statuses:  # the first refusal of each kind, named
+                    reasons[status] = _reason(reply)
+                statuses[status] = statuses.get(status, 0) + 1
                 if response.status == 200:
                     usage = json.loads(reply)["usage"]
                     costs.append(usage["prompt_tokens"] * price[0] + usage["completion_tokens"] * price[1])
 
         await asyncio.gather(*(one() for _ in range(BURST)))
-    return len(costs), statuses, costs
+    named = {f"{status} {reasons[status]}" if status in reasons else status: n for status, n in statuses.items()}
+    return len(costs), named, costs
+
+
+def _reason(reply: bytes) -> str:
+    """The error's code (OpenAI's error.code or type), for the report."""
+    try:
+        error = json.loads(reply).get("error", {})
+    except (ValueError, AttributeError):
+        return ""
+    return str(error.get("code") or error.get("type") or "") if isinstance(error, dict) else ""
 
 
 def covered(costs: list[Decimal], budget: Decimal) -> int:

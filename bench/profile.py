@@ -19,6 +19,23 @@ import nats
 from bench import wrk as bench_wrk
 from proto.v1 import QuotaCheck, encode, subjects
 
+ROOT = Path(__file__).resolve().parent.parent
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    # issue 14's suspects, each a set of frames (function and/or file, or source text of the sampled line):
+    # the share of samples whose stack holds one of them is the most the suspect can cost.
+    "OpenTelemetry metric instruments (add/record, attribute hashing)": ("opentelemetry", "metrics/_internal"),
+    "JSON encode/decode on flowplan's own lines (msgspec; body re-encoding)": (
+        "src:_encode.encode(", "src:_json.decode(", "src:json.decode(", "src:encode("),
+    "nats-py request/reply (quota.check, key.lookup)": ("Client.request ", "Client._request_new_style"),
+    "header dicts (flowplan's lines; aiohttp's header preparation)": ("_prepare_headers", "src:headers", "multidict"),
+    "usage recording (recorder, publisher, their futures)": ("gateway/recorder.py", "eventlog/publisher.py"),
+    "asyncio task creation": ("create_task ",),
+    "authentication (key cache, key.lookup)": ("GatewayApi._authenticate",),
+    "admission (quota.check and its reply)": ("GatewayApi._admit",),
+    "the upstream call (aiohttp client)": ("ClientSession._request",),
+    "writing the response (aiohttp server)": ("finish_response", "StreamResponse.write", "_send_headers"),
+    "reading the request (aiohttp server, JSON parse)": ("GatewayApi._read",),
+}  # fmt: skip
 ADMITTED = 0
 """Gateway calls answered 200 during the profile run: metered like the others, counted by the check."""
 TOP = 20
@@ -68,6 +85,42 @@ def top_items(collapsed: str, n: int = 2 * TOP) -> tuple[int, list[tuple[str, in
     return total, own.most_common(n), cumulative.most_common(n)
 
 
+def _source(path: str, line: int, cache: dict[str, list[str]]) -> str:
+    if path not in cache:
+        try:
+            cache[path] = (ROOT / path).read_text().splitlines()
+        except (OSError, ValueError):
+            cache[path] = []
+    lines = cache[path]
+    return lines[line - 1] if 0 < line <= len(lines) else ""
+
+
+def candidates(collapsed: str) -> list[tuple[str, float]]:
+    """Each suspect's share of the samples (stacks holding one of its frames); "src:..." matches the
+    source text of the sampled line when it is the innermost frame and in the project's own code."""
+    hits: Counter[str] = Counter()
+    total, cache = 0, {}  # type: ignore[var-annotated]
+    for row in collapsed.splitlines():
+        stack, _, count_text = row.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count, frames = int(count_text), stack.split(";")
+        total += count
+        texts = []
+        for frame in frames:
+            where = frame.partition(" (")[2].rstrip(")")
+            path, _, line = where.rpartition(":")
+            source = (
+                _source(path, int(line), cache) if line.isdigit() and path.startswith(("services/", "libs/")) else ""
+            )
+            texts.append((frame, source))
+        leaf = texts[-1][1]  # C code (msgspec, dict building) shows as the time of the line that calls it
+        for name, patterns in CANDIDATES.items():
+            if any((p[4:] in leaf) if p.startswith("src:") else any(p in f for f, _ in texts) for p in patterns):
+                hits[name] += count
+    return [(name, hits[name] / total if total else 0.0) for name in CANDIDATES]
+
+
 def show(title: str, path: Path) -> None:
     total, own, cumulative = top_items(path.read_text() if path.exists() else "")
     print(f"\n{title}: {total:,} samples (200/s, idle excluded); raw stacks: {path}")
@@ -80,6 +133,9 @@ def show(title: str, path: Path) -> None:
     print(f"  {'cum':>6}  top by cumulative time (without the frames on nearly every stack: the loop, runpy)")
     for name, count in [(n, c) for n, c in cumulative if c < 0.9 * total][:TOP]:
         print(f"  {count / total:>6.1%}  {name}")
+    print(f"  {'share':>6}  issue 14's suspects (samples whose stack holds one of their frames; they overlap)")
+    for name, share in candidates(path.read_text()):
+        print(f"  {share:>6.1%}  {name}")
 
 
 async def closed_loop_checks(nats_url: str, account_id: str, seconds: float, clients: int = 32) -> int:
