@@ -27,6 +27,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "JSON encode/decode on flowplan's own lines (msgspec; body re-encoding)": (
         "src:_encode.encode(", "src:_json.decode(", "src:json.decode(", "src:encode("),
     "nats-py request/reply (quota.check, key.lookup)": ("Client.request ", "Client._request_new_style"),
+    "nats-py's flusher (its socket writes)": ("Client._flusher",),
+    "nats-py's reading (parser, message dispatch)": ("Client._read_loop", "Subscription._wait_for_msgs"),
     "header dicts (flowplan's lines; aiohttp's header preparation)": ("_prepare_headers", "src:headers", "multidict"),
     "usage recording (recorder, publisher, their futures)": ("gateway/recorder.py", "eventlog/publisher.py"),
     "asyncio task creation": ("create_task ",),
