@@ -212,6 +212,11 @@ async def flowplan_budget(stack: Any, price: tuple[Decimal, Decimal]) -> BudgetO
             if Decimal(balance) >= BUDGET_USD or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
+        # The gateway learns the new key once (GET /v1/models, not billed): a burst on a key it has
+        # never seen is mostly refused as too many unknown keys (429), which is not the budget at work.
+        models = stack.urls["gateway"].replace("/v1/chat/completions", "/v1/models")
+        async with session.get(models, headers={"Authorization": f"Bearer {payg_key}"}) as r:
+            assert r.status == 200, await r.text()
     admitted, statuses, costs = await burst(stack.urls["gateway"], payg_key, price)
     return BudgetOutcome("flowplan", f"PAYG balance ${BUDGET_USD}", admitted, BURST - admitted, statuses,
                          sum(costs, Decimal(0)), covered(costs, BUDGET_USD))  # fmt: skip

@@ -56,6 +56,17 @@ def record(pid: int, seconds: float, output: Path) -> "subprocess.Popen[bytes]":
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def syscw(pid: int) -> int:
+    """Write syscalls the process made so far (write, writev: its socket writes go through them)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("syscw:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def frame_name(frame: str) -> str:
     """'handle (services/gateway/app.py:120)' -> 'handle (services/gateway/app.py)': one row per function."""
     name, _, where = frame.partition(" (")
@@ -165,6 +176,7 @@ async def gateway_and_quota(
     whose reservations then wait for the heartbeats to lapse: not the metered bench account)."""
     global ADMITTED
     gateway_out, quota_out = work / "profile-gateway.txt", work / "profile-quota.txt"
+    writes = syscw(gateway_pid)
     spy = record(gateway_pid, seconds, gateway_out)
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     from bench.gateway import request_body
@@ -173,10 +185,15 @@ async def gateway_and_quota(
         bench_wrk.measure, wrk, url, request_body(False), headers, 64, seconds + 2, 0, {"gateway": [gateway_pid]}
     )
     ADMITTED += cell.ok
+    gateway_writes = (syscw(gateway_pid) - writes) / max(1, cell.result["requests"] + cell.warmup_ok)
     await asyncio.to_thread(spy.wait)
+    writes = syscw(quota_pid)
     spy_q = record(quota_pid, seconds, quota_out)
     checks = await closed_loop_checks(nats_url, check_account, seconds + 2)
+    quota_writes = (syscw(quota_pid) - writes) / max(1, checks)
     await asyncio.to_thread(spy_q.wait)
     show(f"py-spy: the gateway process under wrk (64 connections, non-stream, {cell.rps:,.0f} calls/s)", gateway_out)
     show(f"py-spy: the quota process under quota.check (32 closed-loop clients, {checks / (seconds + 2):,.0f}/s)",
          quota_out)  # fmt: skip
+    print(f"\nwrite syscalls (/proc/<pid>/io syscw, sockets and logs): gateway {gateway_writes:.2f} per call "
+          f"under wrk, quota {quota_writes:.2f} per quota.check (its reply and whatever else it wrote)")  # fmt: skip
