@@ -10,6 +10,7 @@ Measures, side by side:
 Every server is started here, on free ports, with durable settings (fsync on).
 `--part gateway` (or `all`, the default) also measures the gateway: see bench/gateway.py.
 `--part replay` measures `flowplan replay --projection all --verify` over 1,000,000 events: see bench/replay.py.
+`--part scale` measures one gateway against two, and the CPU per call of each process: see bench/scale.py.
 """
 
 import argparse
@@ -30,6 +31,7 @@ from nats.js import api
 
 from bench import gateway as bench_gateway
 from bench import replay as bench_replay
+from bench import scale as bench_scale
 from bench.gateway import postgres_pids
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings, load_settings, settings_environ
@@ -329,18 +331,23 @@ async def main(args: argparse.Namespace) -> None:
         refund_port=free_port(),
     )
     await set_up(settings)
-    # --part: the core part (below) and/or the gateway part (bench/gateway.py), on these servers.
+
+    def servers() -> dict[str, list[int]]:
+        """The bench's NATS and Postgres processes, read afresh at each call (every new connection
+        to Postgres is a new backend process): what every part counts beside its services."""
+        assert nats_server.process is not None
+        return {"nats-server": [nats_server.process.pid], "postgres": postgres_pids(postgres.data_dir)}
+
+    # --part: the core part (below), the gateway, scale or replay part (bench/*.py), on these servers.
     try:
         if args.part in ("core", "quota", "all"):
             await core(args, work, nats_server, postgres, settings)
         if args.part in ("gateway", "all"):
-            await bench_gateway.run(args, work, settings, nats_server.process.pid, postgres.data_dir)
+            await bench_gateway.run(args, work, settings, servers)
+        if args.part == "scale":
+            await bench_scale.run(args, work, settings, servers)
         if args.part == "replay":
-            await bench_replay.run(
-                args.replay_events, args.accounts, work, settings,
-                lambda: {"nats-server": [nats_server.process.pid], "postgres": postgres_pids(postgres.data_dir)},
-                cpu_seconds,
-            )  # fmt: skip
+            await bench_replay.run(args.replay_events, args.accounts, work, settings, servers, cpu_seconds)
     finally:
         postgres.stop()
         nats_server.stop()
@@ -460,9 +467,10 @@ if __name__ == "__main__":
     parser.add_argument("--paced-rate", type=int, default=15000)
     parser.add_argument("--check-rates", default="2000,5000", help="paced quota.check rates, comma-separated")
     parser.add_argument("--check-seconds", type=float, default=5.0)
-    parser.add_argument("--part", choices=("core", "quota", "gateway", "replay", "all"), default="all",
+    parser.add_argument("--part", choices=("core", "quota", "gateway", "replay", "scale", "all"), default="all",
                         help="all = core and gateway; quota = core's quota.check rows only; "
-                             "replay (minutes long) only when asked for")  # fmt: skip
+                             "replay (minutes long) and scale only when asked for")  # fmt: skip
     parser.add_argument("--replay-events", type=int, default=1_000_000)
     bench_gateway.add_arguments(parser)
+    bench_scale.add_arguments(parser)
     asyncio.run(main(parser.parse_args()))

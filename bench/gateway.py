@@ -10,7 +10,14 @@ call, and the gateway's throughput as a share of the bare proxy's.
 
 The same cells also go to a gateway whose upstream speaks only messages (FLOWPLAN_UPSTREAMS
 "protocols": ["messages"]), so every chat call is translated chat -> messages and back, and a
-table puts it beside the passed-through calls.
+table puts it beside the passed-through calls. Likewise for the Responses API: the same
+Responses calls (RESPONSES_MODEL) go to the simulator directly, to the gateway, whose OpenAI
+upstream speaks Responses (passed through), and to the translating gateway, whose OpenAI upstream
+speaks only chat (translated Responses -> chat and back).
+
+With `--gateway-before DIR` (a checkout of an earlier commit, e.g. `git archive <commit> | tar -x
+-C DIR`), the same chat cells also go to that code's gateway, started the same way on the same
+stack, and a table puts the two side by side: a refactor's cost, measured in one run.
 
 The same cells also go to a second gateway process in the previous design's mode
 (FLOWPLAN_USAGE_DURABILITY=queue: usage published after the response, lost if the gateway is
@@ -35,6 +42,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +74,25 @@ QUEUED = "gateway-queue"
 """The gateway in the previous, queued design (FLOWPLAN_USAGE_DURABILITY=queue), for the comparison."""
 TRANSLATED = "gateway-translated"
 """A gateway whose upstream speaks only messages: the same chat calls, translated both ways."""
-MEASURED = (*TARGETS, QUEUED, TRANSLATED)
+RESPONSES_MODEL = "openai/gpt-5-mini"
+RESPONSES_TARGETS = ("responses-direct", "responses-passed", "responses-translated")
+"""The Responses cells: the simulator directly, the gateway passing them through, the gateway translating."""
+BEFORE = "gateway-before"
+"""The gateway of an earlier checkout (--gateway-before), on the same stack."""
+MEASURED = (*TARGETS, QUEUED, TRANSLATED, *RESPONSES_TARGETS)
+GATEWAYS = ("gateway", QUEUED, TRANSLATED, BEFORE, "responses-passed", "responses-translated")
 BENCH_RPM = 1_000_000
 BENCH_FLOWS = "1000000000"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def request_body(stream: bool) -> bytes:
-    body: dict[str, Any] = {
-        "model": MODEL,
-        "max_tokens": MAX_TOKENS,
-        "messages": [{"role": "user", "content": f"hello there [[tokens:{MAX_TOKENS}]]"}],  # an exact length
-    }
+def request_body(stream: bool, protocol: str = "chat") -> bytes:
+    ask = f"hello there [[tokens:{MAX_TOKENS}]]"  # an exact length
+    body: dict[str, Any] = (
+        {"model": RESPONSES_MODEL, "max_output_tokens": MAX_TOKENS, "input": ask}
+        if protocol == "responses"
+        else {"model": MODEL, "max_tokens": MAX_TOKENS, "messages": [{"role": "user", "content": ask}]}
+    )
     if stream:
         body["stream"] = True
     return json.dumps(body).encode()
@@ -195,10 +210,11 @@ async def generate_load(
     seconds: float,
     warmup: float,
     watch: dict[str, list[int]],
+    protocol: str = "chat",
 ) -> dict[str, Any]:
     """Closed loop: `concurrency` clients back to back. Calls that complete within the `seconds`
     after the warm-up are measured; the CPU of the watched processes is read over the same window."""
-    body = request_body(stream)
+    body = request_body(stream, protocol)
     headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
     latencies: list[float] = []
     firsts: list[float] = []
@@ -269,11 +285,28 @@ async def generate_load(
 # -- the part run from bench/__main__ --------------------------------------------------------
 
 
+class CheckoutProcess(ServiceProcess):
+    """A service run from another checkout of the code (its own folder), with this one's Python."""
+
+    def __init__(self, root: Path, name: str, env: dict[str, str], port: int, log_dir: Path) -> None:
+        super().__init__(name, env, port, log_dir)
+        self.root = root.resolve()
+
+    def start(self, extra_env: dict[str, str] | None = None, *, wait: bool = True) -> None:
+        log = open(self.log_path, "ab")
+        env = {**os.environ, **self.env, **(extra_env or {}), "PYTHONPATH": str(self.root)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"], env=env, stdout=log, stderr=log, cwd=self.root
+        )
+        if wait:
+            wait_for_port(self.port, timeout=60, process=self.process)
+
+
 class GatewayStack:
     """Simulator (unpaced), keys, quota, ingress and gateway with the bench plans, plus the bare
     proxy: all child processes, on free ports, on the NATS and Postgres the bench started."""
 
-    def __init__(self, settings: Settings, work: Path) -> None:
+    def __init__(self, settings: Settings, work: Path, before: Path | None = None) -> None:
         self.work = work
         self.settings = msgspec.structs.replace(
             settings,
@@ -290,7 +323,12 @@ class GatewayStack:
             **settings_environ(s),
             "FLOWPLAN_SIMULATOR_TOKENS_PER_S": "0",
             "FLOWPLAN_SIMULATOR_FIRST_TOKEN_MS": "0",
-            "FLOWPLAN_UPSTREAMS": json.dumps({"default": {"url": self.simulator_url, "key": "bench"}}),
+            "FLOWPLAN_UPSTREAMS": json.dumps(
+                {
+                    "default": {"url": self.simulator_url, "key": "bench"},
+                    "openai": {"url": self.simulator_url, "key": "bench", "protocols": ["chat", "responses"]},
+                }
+            ),
             "FLOWPLAN_PLANS_PATH": str(self.plans_path),
             "FLOWPLAN_LOG_LEVEL": "WARNING",
         }
@@ -303,7 +341,12 @@ class GatewayStack:
         self.services[QUEUED] = ServiceProcess("gateway", queued_env, queued_port, work)
         self.services[QUEUED].log_path = work / f"{QUEUED}.log"
         translated_port = free_port()
-        messages_only = json.dumps({"default": {"url": self.simulator_url, "key": "bench", "protocols": ["messages"]}})
+        messages_only = json.dumps(
+            {  # the simulator's /any serves deepseek's models in messages too
+                "default": {"url": f"{self.simulator_url}/any", "key": "bench", "protocols": ["messages"]},
+                "openai": {"url": self.simulator_url, "key": "bench", "protocols": ["chat"]},
+            }
+        )
         translated_env = {**env, "FLOWPLAN_GATEWAY_PORT": str(translated_port), "FLOWPLAN_UPSTREAMS": messages_only}
         self.services[TRANSLATED] = ServiceProcess("gateway", translated_env, translated_port, work)
         self.services[TRANSLATED].log_path = work / f"{TRANSLATED}.log"
@@ -315,7 +358,18 @@ class GatewayStack:
             "gateway": f"http://127.0.0.1:{s.gateway_port}/v1/chat/completions",
             QUEUED: f"http://127.0.0.1:{queued_port}/v1/chat/completions",
             TRANSLATED: f"http://127.0.0.1:{translated_port}/v1/chat/completions",
+            "responses-direct": f"{self.simulator_url}/v1/responses",
+            "responses-passed": f"http://127.0.0.1:{s.gateway_port}/v1/responses",
+            "responses-translated": f"http://127.0.0.1:{translated_port}/v1/responses",
         }
+        self.pids = {"responses-passed": "gateway", "responses-translated": TRANSLATED}
+        """The process behind a target that shares another's."""
+        if before is not None:
+            before_port = free_port()
+            before_env = {**env, "FLOWPLAN_GATEWAY_PORT": str(before_port)}
+            self.services[BEFORE] = CheckoutProcess(before, "gateway", before_env, before_port, work)
+            self.services[BEFORE].log_path = work / f"{BEFORE}.log"
+            self.urls[BEFORE] = f"http://127.0.0.1:{before_port}/v1/chat/completions"
 
     def start(self) -> None:
         for service in self.services.values():
@@ -338,11 +392,13 @@ class GatewayStack:
             except subprocess.TimeoutExpired:
                 self.proxy.kill()
             self.proxy = None
-        gateways_first = (TRANSLATED, QUEUED, "gateway", "ingress", "billing", "refund", "quota", "keys", "simulator")
-        for name in gateways_first:
-            self.services[name].stop()
+        gateways_first = (BEFORE, TRANSLATED, QUEUED, "gateway", "ingress", "billing", "refund", "quota", "keys")
+        for name in (*gateways_first, "simulator"):
+            if name in self.services:
+                self.services[name].stop()
 
     def pid(self, name: str) -> int:
+        name = self.pids.get(name, name)
         process = self.proxy if name == "proxy" else self.services[name].process
         assert process is not None
         return process.pid
@@ -391,9 +447,16 @@ class GatewayStack:
 
 
 async def measure(
-    url: str, key: str, concurrency: int, stream: bool, seconds: float, warmup: float, watch: dict[str, list[int]]
+    url: str,
+    key: str,
+    concurrency: int,
+    stream: bool,
+    seconds: float,
+    warmup: float,
+    watch: dict[str, list[int]],
+    protocol: str = "chat",
 ) -> dict[str, Any]:
-    command = [sys.executable, "-m", "bench.gateway", "load", "--url", url, "--key", key]
+    command = [sys.executable, "-m", "bench.gateway", "load", "--url", url, "--key", key, "--protocol", protocol]
     command += ["--concurrency", str(concurrency), "--seconds", str(seconds), "--warmup", str(warmup)]
     command += ["--watch", json.dumps(watch)] + (["--stream"] if stream else [])
     child = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, cwd=ROOT)
@@ -406,6 +469,10 @@ async def measure(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gateway-seconds", type=float, default=4.0, help="measured seconds per gateway cell")
     parser.add_argument("--gateway-warmup", type=float, default=0.5, help="warm-up seconds per gateway cell")
+    parser.add_argument(
+        "--gateway-before", type=Path, default=None,
+        help="a checkout of an earlier commit whose gateway the same chat cells also go to, side by side",
+    )  # fmt: skip
     loadgen = "gateway part: wrk (C; apt-get installs it if missing), the Python one, or both"
     parser.add_argument("--loadgen", choices=("both", "wrk", "python"), default="both", help=loadgen)
     parser.add_argument("--wrk-seconds", type=float, default=5.0, help="measured seconds per wrk cell")
@@ -417,16 +484,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile-seconds", type=float, default=15.0)
 
 
-async def run(args: argparse.Namespace, work: Path, settings: Settings, nats_pid: int, postgres_data: Path) -> None:
+async def run(
+    args: argparse.Namespace, work: Path, settings: Settings, servers: Callable[[], dict[str, list[int]]]
+) -> None:
     """Start the gateway stack on the bench's NATS and Postgres (and the peer, if asked for), measure
-    every cell with the Python load generator and with wrk, print the tables."""
+    every cell with the Python load generator and with wrk, print the tables. `servers()` gives the
+    pids of the bench's NATS and Postgres at the time it is called (Postgres's backends come and go)."""
     seconds, warmup = args.gateway_seconds, args.gateway_warmup
     loadgens = ("python", "wrk") if args.loadgen == "both" else (args.loadgen,)
     wrk = bench_wrk.ensure_wrk() if "wrk" in loadgens else ""
     peer = bench_litellm.LiteLLM(work, ROOT / ".flowplan") if args.peer == "litellm" else None
     if peer is not None:
         peer.install()
-    stack = GatewayStack(settings, work)
+    stack = GatewayStack(settings, work, args.gateway_before)
     nc = await nats.connect(settings.nats_url)
     results: dict[tuple[str, int, str], dict[str, Any]] = {}
     cells: dict[tuple[str, int, str], bench_wrk.Cell] = {}
@@ -452,11 +522,11 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, nats_pid
 
         def watch(target: str) -> dict[str, list[int]]:
             """The processes whose CPU a cell reports: the servers, every service, and the target."""
-            pids = {"nats-server": [nats_pid], "postgres": postgres_pids(postgres_data)}
+            pids = servers()
             pids |= {name: [stack.pid(name)] for name in ("simulator", "quota", "keys", "ingress", "billing", "refund")}
             if target == "litellm" and peer is not None:
                 pids[target] = peer.pids()
-            elif target != "direct":
+            elif target not in ("direct", "responses-direct"):
                 pids[target] = [stack.pid(target)]
             return pids
 
@@ -465,10 +535,12 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, nats_pid
                   "in its own process.", flush=True)  # fmt: skip
             for mode in MODES:
                 for concurrency in CONCURRENCY:
-                    for target in MEASURED:
+                    for target in (t for t in (*MEASURED, BEFORE) if t in stack.urls):
+                        protocol = "responses" if target in RESPONSES_TARGETS else "chat"
                         results[mode, concurrency, target] = await measure(
-                            stack.urls[target], key, concurrency, mode == "stream", seconds, warmup, watch(target)
-                        )
+                            stack.urls[target], key, concurrency, mode == "stream", seconds, warmup, watch(target),
+                            protocol,
+                        )  # fmt: skip
         if wrk:
             targets = (*TARGETS, "litellm") if peer is not None else TARGETS
             print(f"  wrk: {args.wrk_seconds:g} s per cell after a {args.wrk_warmup:g} s warm-up, connections "
@@ -491,9 +563,8 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, nats_pid
                 wrk or bench_wrk.ensure_wrk(), stack.urls["gateway"], key, stack.pid("gateway"), stack.pid("quota"),
                 settings.nats_url, check_account, args.profile_seconds, work,
             )  # fmt: skip
-        gateways = ("gateway", QUEUED, TRANSLATED)
-        admitted = probes + sum(r["ok"] for (_, _, t), r in results.items() if t in gateways)
-        admitted += sum(c.ok for (_, _, t), c in cells.items() if t == "gateway")
+        admitted = probes + sum(r["ok"] for (_, _, t), r in results.items() if t in GATEWAYS)
+        admitted += sum(c.ok for (_, _, t), c in cells.items() if t in GATEWAYS)
         admitted += bench_profile.ADMITTED
         metering = await check_metering(nc, stack, settings, account_id, admitted)
         if peer is not None:
@@ -507,8 +578,8 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, nats_pid
         report(results)
     if cells:
         bench_wrk.report(cells, "litellm" if peer is not None else None)
-    gateway_errors = sum(r["errors"] for (_, _, t), r in results.items() if t in gateways)
-    gateway_errors += sum(c.result["errors"] for (_, _, t), c in cells.items() if t == "gateway")
+    gateway_errors = sum(r["errors"] for (_, _, t), r in results.items() if t in GATEWAYS)
+    gateway_errors += sum(c.result["errors"] for (_, _, t), c in cells.items() if t in GATEWAYS)
     report_metering(metering, gateway_errors)
     if budget:
         bench_litellm.report_budget(budget)
@@ -624,7 +695,7 @@ def report_metering(metering: dict[str, Any], gateway_errors: int) -> None:
     window = metering["window"]
     metered = metering["stored"] >= metering["admitted"]
     print(
-        f"\nmetering: {metering['admitted']:,} calls answered 200 by the gateway (both load generators), "
+        f"\nmetering: {metering['admitted']:,} calls answered 200 by the gateway processes (every load generator), "
         f"{metering['stored']:,} UsageRecorded events stored for the account in JetStream; quota's 5-hour window: "
         f"{window.used_flows_micros / 1e6:,.2f} Flows used, {window.reserved_flows_micros / 1e6:,.2f} still reserved, "
         f"{gateway_errors} gateway errors -> "
@@ -657,19 +728,45 @@ def durability(results: dict[tuple[str, int, str], dict[str, Any]]) -> None:
 
 
 def translation(results: dict[tuple[str, int, str], dict[str, Any]]) -> None:
-    """The same chat calls passed through (the upstream speaks chat) and translated chat -> messages ->
-    chat (the upstream speaks only messages), same run; 'added' = gateway - direct, in ms."""
-    ms = 1000.0
-    print("\ntranslated (upstream speaks only messages) vs passed through (upstream speaks chat), same run")
+    """The same calls two ways, same run; 'added' = gateway - direct, in ms: chat calls passed
+    through and translated chat -> messages -> chat (the upstream speaks only messages), Responses
+    calls passed through and translated Responses -> chat -> Responses (the upstream speaks only
+    chat), and, with --gateway-before, the chat calls through this gateway and the earlier one's."""
+    tables = [
+        ("chat: passed through (upstream speaks chat) vs translated (upstream speaks only messages)",
+         ("direct", "gateway", TRANSLATED), ("passed", "translated")),
+        ("Responses: passed through (upstream speaks Responses) vs translated (upstream speaks only chat)",
+         RESPONSES_TARGETS, ("passed", "translated")),
+        ("chat: this checkout's gateway ('now') vs the earlier checkout's ('before', --gateway-before)",
+         ("direct", "gateway", BEFORE), ("now", "before")),
+    ]  # fmt: skip
+    for title, (direct, first, second), names in tables:
+        if any(key[2] == second for key in results):
+            print(f"\n{title}, same run")
+            side_by_side(results, direct, first, second, names)
+
+
+def side_by_side(
+    results: dict[tuple[str, int, str], dict[str, Any]], direct: str, first: str, second: str, names: tuple[str, str]
+) -> None:
+    ms, (one, two) = 1000.0, names
     for mode in MODES:
         for c in CONCURRENCY:
-            d, a, t = results[mode, c, "direct"], results[mode, c, "gateway"], results[mode, c, TRANSLATED]
+            d, a, t = results[mode, c, direct], results[mode, c, first], results[mode, c, second]
             print(
-                f"  {mode:<10} conc {c:>2}: added p50 passed {(a['p50'] - d['p50']) * ms:6.2f} "
-                f"translated {(t['p50'] - d['p50']) * ms:6.2f} | added p99 passed {(a['p99'] - d['p99']) * ms:6.2f} "
-                f"translated {(t['p99'] - d['p99']) * ms:6.2f} | throughput passed {a['rps']:6,.0f}/s "
-                f"translated {t['rps']:6,.0f}/s ({t['rps'] / a['rps'] if a['rps'] else float('nan'):.0%})"
+                f"  {mode:<10} conc {c:>2}: added p50 {one} {(a['p50'] - d['p50']) * ms:6.2f} "
+                f"{two} {(t['p50'] - d['p50']) * ms:6.2f} | added p99 {one} {(a['p99'] - d['p99']) * ms:6.2f} "
+                f"{two} {(t['p99'] - d['p99']) * ms:6.2f} | throughput {one} {a['rps']:6,.0f}/s "
+                f"{two} {t['rps']:6,.0f}/s ({two}/{one} {t['rps'] / a['rps'] if a['rps'] else float('nan'):.0%}) | "
+                f"gateway CPU ms/call {one} {cpu_per_call(a, first):5.2f} {two} {cpu_per_call(t, second):5.2f}"
             )
+
+
+def cpu_per_call(result: dict[str, Any], target: str) -> float:
+    """The gateway process's CPU milliseconds per measured call: what a busy machine disturbs
+    least (the other processes slow the calls, not the work each one takes)."""
+    rps = result["rps"]
+    return float(result["cpu"].get(target, 0.0)) / rps * 1000.0 if rps else float("nan")
 
 
 def main() -> None:
@@ -685,6 +782,7 @@ def main() -> None:
     load.add_argument("--seconds", type=float, default=4.0)
     load.add_argument("--warmup", type=float, default=0.5)
     load.add_argument("--stream", action="store_true")
+    load.add_argument("--protocol", choices=("chat", "responses"), default="chat")
     load.add_argument("--watch", default="{}", help='JSON {"name": [pid, ...]}: processes whose CPU to report')
     args = parser.parse_args()
     if args.command == "proxy":
@@ -692,7 +790,14 @@ def main() -> None:
     else:
         result = uvloop.run(
             generate_load(
-                args.url, args.key, args.concurrency, args.stream, args.seconds, args.warmup, json.loads(args.watch)
+                args.url,
+                args.key,
+                args.concurrency,
+                args.stream,
+                args.seconds,
+                args.warmup,
+                json.loads(args.watch),
+                args.protocol,
             )
         )
         print(json.dumps(result))

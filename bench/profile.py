@@ -22,7 +22,8 @@ from proto.v1 import QuotaCheck, encode, subjects
 ROOT = Path(__file__).resolve().parent.parent
 CANDIDATES: dict[str, tuple[str, ...]] = {
     # issue 14's suspects, each a set of frames (function and/or file, or source text of the sampled line):
-    # the share of samples whose stack holds one of them is the most the suspect can cost.
+    # the share of samples whose stack holds one of them is the most the suspect can cost. The gateway's
+    # own steps are the call pipeline's (services/gateway/pipeline.py), the body's bytes its protocols'.
     "OpenTelemetry metric instruments (add/record, attribute hashing)": ("opentelemetry", "metrics/_internal"),
     "JSON encode/decode on flowplan's own lines (msgspec; body re-encoding)": (
         "src:_encode.encode(", "src:_json.decode(", "src:json.decode(", "src:encode("),
@@ -32,11 +33,11 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "header dicts (flowplan's lines; aiohttp's header preparation)": ("_prepare_headers", "src:headers", "multidict"),
     "usage recording (recorder, publisher, their futures)": ("gateway/recorder.py", "eventlog/publisher.py"),
     "asyncio task creation": ("create_task ",),
-    "authentication (key cache, key.lookup)": ("GatewayApi._authenticate",),
-    "admission (quota.check and its reply)": ("GatewayApi._admit",),
+    "authentication (key cache, key.lookup)": ("CallPipeline.authenticate ",),
+    "admission (quota.check and its reply)": ("CallPipeline.admit ",),
     "the upstream call (aiohttp client)": ("ClientSession._request",),
     "writing the response (aiohttp server)": ("finish_response", "StreamResponse.write", "_send_headers"),
-    "reading the request (aiohttp server, JSON parse)": ("GatewayApi._read",),
+    "reading the request (aiohttp server, JSON parse)": ("CallPipeline.read ",),
 }  # fmt: skip
 ADMITTED = 0
 """Gateway calls answered 200 during the profile run: metered like the others, counted by the check."""

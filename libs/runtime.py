@@ -6,11 +6,12 @@ site that serves its API or just /healthz and /metrics. A service's composition 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+import msgspec
 from aiohttp import web
 from nats.aio.client import Client
 
@@ -25,21 +26,27 @@ from libs.eventlog.streams import require_streams
 from libs.observability import install as install_metrics
 from libs.replay.control import ReplayControl
 from libs.replay.rebuild import Rebuildable
+from libs.rpc import Responders
 from libs.service import fatal_on_error
-from libs.settings import Settings
+from libs.settings import RuntimeSettings
 from libs.web import add_ops_routes, start_site
+from proto.v1.rpc import Rpc
 
 log = logging.getLogger(__name__)
 SHUTDOWN_STEP_S = 5.0
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
 
 
 class Runtime:
-    def __init__(self, name: str, settings: Settings) -> None:
+    def __init__(self, name: str, settings: RuntimeSettings) -> None:
         self.name = name
         self.settings = settings
         self.pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sites: list[web.AppRunner] = []
+        self._responders: Responders | None = None
+        self._responding = False
         install_metrics(name)
         self.tracer = tracing.tracer(name)
 
@@ -74,8 +81,8 @@ class Runtime:
         monitor = ProjectionMonitor(runner, self.db, self.nc.jetstream(), stream=self.settings.stream,
                                     partitions=partitions)  # fmt: skip
         self.spawn(monitor.run(), f"{self.name}-projection-monitor")
-        await DeadLetterRetrier(runner, self.nc.jetstream(), self.settings.dlq_stream).serve(self.nc)
-        await ReplayControl(projection, runner, self.db, self.nc, self.settings, self.spawn).start()
+        DeadLetterRetrier(runner, self.nc.jetstream(), self.settings.dlq_stream).serve(self)
+        ReplayControl(projection, runner, self.db, self.nc, self.settings, self.spawn).serve(self)
         return runner
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -89,6 +96,19 @@ class Runtime:
         trace context is handled in a server span of it."""
         await self.nc.subscribe(subject, queue=self.name, cb=tracing.answering(self.tracer, subject, handler))
 
+    def reply(self, rpc: Rpc[Req, Rep], handler: Callable[[Req], Awaitable[Rep]], **options: Any) -> None:
+        """Answer a command or query with a typed handler (faststream, libs.rpc), in the service's
+        queue group; the responders start with `start_responders` or `serve`."""
+        if self._responders is None:
+            self._responders = Responders(self.name, self.settings.nats_url, self.tracer)
+        self._responders.reply(rpc, handler, **options)
+
+    async def start_responders(self) -> None:
+        """Start answering the commands and queries registered so far (`serve` does it too)."""
+        if self._responders is not None and not self._responding:
+            await self._responders.start()
+            self._responding = True
+
     async def health(self) -> dict[str, bool]:
         if self.pool is None:
             return {"nats": self.nc.is_connected}
@@ -99,6 +119,7 @@ class Runtime:
         own routes are traced. `server_options` tune aiohttp's request handler (timeouts)."""
         if app is not None and self.tracer is not None:
             app.middlewares.insert(0, tracing.http_middleware(self.tracer))
+        await self.start_responders()
         app = app or web.Application()
         add_ops_routes(app, self.health)
         self._sites.append(await start_site(app, self.settings.host, port, **server_options))
@@ -114,6 +135,9 @@ class Runtime:
 
     async def stop_serving(self) -> None:
         """Stop taking requests (waiting for those in progress); the rest keeps running."""
+        if self._responders is not None and self._responding:
+            self._responding = False
+            await self._responders.stop()
         while self._sites:
             await self._sites.pop().cleanup()
 

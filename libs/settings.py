@@ -4,7 +4,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -137,9 +137,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     console_url: str = ""
     """The console's address as owners reach it (sign-in links point there); default http://host:console_port."""
     console_secret: str = DEV_CONSOLE_SECRET
-    """Shared by the console and ingress: signs the short-lived credential the console calls the account API with."""
+    """Shared by the console, ingress and the gateway: signs the short-lived credentials the console calls
+    the account API (libs/ownerpass.py) and, for Studio Chat, the gateway (libs/chatpass.py) with."""
     ingress_url: str = ""
     """Where the console reaches ingress's account API; default http://host:ingress_port."""
+    gateway_url: str = ""
+    """Where the console's Studio Chat reaches the gateway; default http://host:gateway_port."""
     payment_webhook_secret: str = DEV_PAYMENT_WEBHOOK_SECRET
     """Shared with the payment provider: signs its webhooks (POST /v1/webhooks/payments)."""
     payment_provider_url: str = ""
@@ -218,3 +221,87 @@ def check_exposure(settings: Settings) -> None:
                 f"{settings.host!r}, not loopback: set FLOWPLAN_{field.upper()} (or FLOWPLAN_{field.upper()}_FILE) "
                 "to a secret of your own"
             )
+
+
+# -- what each service reads ----------------------------------------------------------------
+# Every process loads the one Settings above; each service and the libs it runs on are typed by
+# the view of it they use, so that (strict mypy) a service reads only its own settings, and
+# this file says which service reads which FLOWPLAN_* variable. A Settings satisfies them all.
+
+
+@runtime_checkable
+class StreamSettings(Protocol):
+    """What declares and checks the event log's streams (libs/eventlog/streams.py)."""
+
+    @property
+    def stream(self) -> str: ...
+    @property
+    def dlq_stream(self) -> str: ...
+    @property
+    def partitions(self) -> int: ...
+    @property
+    def stream_max_bytes(self) -> int: ...
+    @property
+    def stream_replicas(self) -> int: ...
+
+
+@runtime_checkable
+class RuntimeSettings(StreamSettings, Protocol):
+    """What every service process's Runtime reads: its connections, its projection, its site."""
+
+    @property
+    def nats_url(self) -> str: ...
+    @property
+    def database_url(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def projection_batch(self) -> int: ...
+    @property
+    def projection_linger_s(self) -> float: ...
+    @property
+    def ack_wait_s(self) -> float: ...
+
+
+@runtime_checkable
+class CatalogSettings(Protocol):
+    @property
+    def catalog_path(self) -> str: ...
+    @property
+    def plans_path(self) -> str: ...
+
+
+@runtime_checkable
+class QuotaSettings(RuntimeSettings, CatalogSettings, Protocol):
+    @property
+    def quota_port(self) -> int: ...
+    @property
+    def heartbeat_interval_s(self) -> float: ...
+    @property
+    def heartbeat_misses(self) -> int: ...
+
+
+@runtime_checkable
+class KeysSettings(RuntimeSettings, Protocol):
+    @property
+    def keys_port(self) -> int: ...
+
+
+@runtime_checkable
+class BillingSettings(RuntimeSettings, CatalogSettings, Protocol):
+    @property
+    def billing_port(self) -> int: ...
+    @property
+    def billing_barrier_wait_s(self) -> float: ...
+    @property
+    def insider_sweep_s(self) -> float: ...
+
+
+@runtime_checkable
+class RefundSettings(RuntimeSettings, Protocol):
+    @property
+    def refund_port(self) -> int: ...
+    @property
+    def refund_barrier_wait_s(self) -> float: ...
+    @property
+    def request_timeout_s(self) -> float: ...

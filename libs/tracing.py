@@ -75,7 +75,7 @@ def nats_headers() -> dict[str, str] | None:
     return headers
 
 
-def _incoming(headers: dict[str, str] | None) -> context.Context | None:
+def incoming(headers: dict[str, str] | None) -> context.Context | None:
     """The trace context a NATS message carries, or None (no traceparent, or an invalid one)."""
     if not headers or TRACEPARENT not in headers:
         return None
@@ -134,7 +134,7 @@ def answering(tracer: Tracer | None, subject: str, handler: MsgHandler) -> MsgHa
         return handler
 
     async def answer(msg: Msg) -> None:
-        parent = _incoming(msg.headers)
+        parent = incoming(msg.headers)
         if parent is None:
             return await handler(msg)
         attributes = {**NATS, "messaging.destination.name": subject}
@@ -200,7 +200,7 @@ def consuming(
         if event_type not in event_types:
             continue
         if traceparent not in by_parent:
-            if (parent := _incoming(msg.headers)) is None:
+            if (parent := incoming(msg.headers)) is None:
                 continue
             attributes = {**NATS, "flowplan.projection": projection}
             by_parent[traceparent] = tracer.start_span(

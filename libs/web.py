@@ -12,6 +12,8 @@ import msgspec
 from aiohttp import web
 
 from libs.observability import prometheus_text
+from libs.refusal import Refusal
+from libs.rpc import Unavailable
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -34,14 +36,16 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
     return web.Response(body=_json.encode(body), status=status, content_type="application/json", headers=headers)
 
 
-class ApiError(Exception):
-    """An error the client caused or must know of, with the field at fault when there is one."""
+class ApiError(Refusal):
+    """A Refusal as an HTTP service answers it: with its status (and the field at fault, when there is one)."""
+
+    status: int
 
     def __init__(
         self, status: int, code: str, message: str, field: str | None = None, *, reason: str | None = None
     ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field, self.reason = status, code, message, field, reason
+        super().__init__(code, message, field, reason=reason)
+        self.status = status
 
     def response(self) -> web.Response:
         error: dict[str, str] = {"code": self.code, "message": self.message}
@@ -64,6 +68,10 @@ async def api_errors(
         return await handler(request)
     except ApiError as exc:
         return exc.response()
+    except Unavailable as exc:  # another service did not answer: nothing is known, retry
+        response = ApiError(503, f"{exc.service}_unavailable", f"the {exc.service} service did not answer; retry")
+        return json_response({"error": {"code": response.code, "message": response.message}}, 503,
+                             headers={"Retry-After": str(exc.retry_after_s)})  # fmt: skip
     except web.HTTPRequestEntityTooLarge:
         return ApiError(413, "payload_too_large", "request body is too large").response()
     except web.HTTPException as exc:

@@ -15,6 +15,16 @@ from libs.settings import Settings
 from libs.setup import set_up
 from tests.stack import Stack, make_settings
 
+TIERS = ("unit", "component", "integration", "e2e")
+"""The test folders, each also a marker: `pytest -m "unit or component"` runs the fast tiers."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(tier)
+
 
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:

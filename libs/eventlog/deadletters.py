@@ -22,16 +22,13 @@ import logging
 import msgspec
 import nats.errors
 import nats.js
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from libs.eventlog import subjects
 from libs.eventlog.runner import Applied, ProjectionRunner
-from proto.v1 import DeadLetterRetried, RetryDeadLetter, decode_event, encode
-from proto.v1 import subjects as request_subjects
+from libs.rpc import Replier
+from proto.v1 import DeadLetterRetried, RetryDeadLetter, decode_event, rpc
 
 log = logging.getLogger(__name__)
-_request = msgspec.json.Decoder(RetryDeadLetter)
 
 
 class DeadLetterRetrier:
@@ -40,17 +37,16 @@ class DeadLetterRetrier:
         self._js = js
         self._dlq_stream = dlq_stream
 
-    async def serve(self, nc: Client) -> None:
+    def serve(self, responders: Replier) -> None:
         name = self._runner.projection.name
-        await nc.subscribe(f"{request_subjects.DLQ_RETRY}.{name}", queue=f"{name}-dlq", cb=self.on_retry)
 
-    async def on_retry(self, msg: Msg) -> None:
-        try:
-            dlq_seq = _request.decode(msg.data).dlq_seq
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await msg.respond(encode(DeadLetterRetried(dlq_seq=0, applied=False, error=f"bad request: {exc}")))
-            return
-        await msg.respond(encode(await self.retry(dlq_seq)))
+        async def on_retry(request: RetryDeadLetter) -> DeadLetterRetried:
+            return await self.retry(request.dlq_seq)
+
+        def undecodable(error: str) -> DeadLetterRetried:
+            return DeadLetterRetried(dlq_seq=0, applied=False, error=f"bad request: {error}")
+
+        responders.reply(rpc.dlq_retry(name), on_retry, queue=f"{name}-dlq", undecodable=undecodable)
 
     async def retry(self, dlq_seq: int) -> DeadLetterRetried:
         name = self._runner.projection.name

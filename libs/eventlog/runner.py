@@ -11,6 +11,9 @@ The checkpoint in Postgres, not the broker, says where a partition stands: each 
 left unacked can be overtaken by newer events. While running, the consumer allows no
 more unacked messages than one batch (max_ack_pending), so a lost ack is redelivered
 before anything newer: sequences are never applied out of order, and none is skipped.
+A delivery lost on the way (a NATS node or connection gone while a batch was in transit) shows
+as a jump in the consumer's own sequence: the runner then applies nothing past it and recreates
+the consumer from its checkpoint, rather than ack (AckPolicy.ALL) past an event it never got.
 
 Transient failures (Postgres or NATS away) are retried with backoff on the same batch,
 forever, without losing its place. An event that cannot be decoded or applied is sent
@@ -35,6 +38,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from libs import failpoints, tracing
 from libs.eventlog import metrics, subjects
+from libs.eventlog.dispatch import unknown_event_types
 from libs.eventlog.pause import Pause
 from proto.v1 import decode_event
 from proto.v1.events import AnyEvent
@@ -69,6 +73,27 @@ def stream_seq(msg: Msg) -> int:
     return int(msg.metadata.sequence.stream)
 
 
+def consumer_seq(msg: Msg) -> int:
+    """The message's delivery sequence in its consumer (1, 2, ... with no gap unless a delivery was lost)."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[6])
+    if len(tokens) >= 12:
+        return int(tokens[8])
+    return int(msg.metadata.sequence.consumer)
+
+
+def next_delivery(msgs: Sequence[Msg], expected: int) -> int | None:
+    """The consumer sequence to expect after msgs, or None if one before them never arrived
+    (redeliveries of earlier ones, at or below what came already, are no gap)."""
+    for msg in msgs:
+        seq = consumer_seq(msg)
+        if seq > expected:
+            return None
+        expected = max(expected, seq + 1)
+    return expected
+
+
 class Applied(NamedTuple):
     seq: int
     event: AnyEvent
@@ -83,7 +108,8 @@ class Projection(Protocol):
     name: str
     schema: str
     event_types: tuple[str, ...]
-    """The events apply() is given; the runner checkpoints past the others."""
+    """The events apply() is given; the runner checkpoints past the others. Derived from the
+    projection's handlers (libs/eventlog/dispatch.py); a name the log does not have is refused."""
     category: str | None
     """The one subject category to read, or None for every event of the partition."""
 
@@ -116,6 +142,8 @@ class ProjectionRunner:
         linger_s: float = 0.0,
         tracer: Tracer | None = None,
     ) -> None:
+        if unknown := unknown_event_types(projection.event_types):
+            raise ValueError(f"projection {projection.name} reads event types the log does not have: {unknown}")
         self.projection = projection
         self._tracer = tracer
         self._pool = pool
@@ -142,6 +170,7 @@ class ProjectionRunner:
     async def _run_partition(self, partition: int) -> None:
         last_seq = await self._retry_forever(lambda: self._load_checkpoint(partition), "load checkpoint")
         sub = await self._retry_forever(lambda: self._subscribe(partition, last_seq), "subscribe")
+        expected = 1  # a new consumer's first delivery
         while not self.pause.requested:
             try:
                 msgs = await self.pause.unless_requested(sub.fetch(self._batch, timeout=1.0))
@@ -153,8 +182,21 @@ class ProjectionRunner:
                 continue
             if not msgs:
                 continue
+            if failpoints.fires("lose_delivery"):  # a fault test: the batch's first message lost in transit
+                msgs = msgs[1:]
             if len(msgs) < self._batch and self._linger_s > 0:
                 msgs += await self._more(sub, self._batch - len(msgs))
+            if not msgs:  # the failpoint took the only one
+                continue
+            after = next_delivery(msgs, expected)
+            if after is None:
+                log.warning("%s p%d: a delivery was lost; resuming at the checkpoint", self.projection.name, partition)
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+                sub = await self._retry_forever(partial(self._subscribe, partition, last_seq), "subscribe")
+                expected = 1
+                continue
+            expected = after
             fresh = [m for m in msgs if stream_seq(m) > last_seq]
             if fresh:
                 with tracing.consuming(self._tracer, self.projection.name, self.projection.event_types, fresh):

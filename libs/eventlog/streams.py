@@ -10,12 +10,12 @@ import nats.js
 from nats.js import api
 
 from libs.eventlog import subjects
-from libs.settings import Settings
+from libs.settings import StreamSettings
 
 DUPLICATE_WINDOW_S = 10 * 60
 
 
-def event_stream_config(settings: Settings) -> api.StreamConfig:
+def event_stream_config(settings: StreamSettings) -> api.StreamConfig:
     return api.StreamConfig(
         name=settings.stream,
         description="flowplan event log: the source of truth",
@@ -38,7 +38,7 @@ def event_stream_config(settings: Settings) -> api.StreamConfig:
     )
 
 
-def dlq_stream_config(settings: Settings) -> api.StreamConfig:
+def dlq_stream_config(settings: StreamSettings) -> api.StreamConfig:
     return api.StreamConfig(
         name=settings.dlq_stream,
         description="flowplan dead letters: events a projection could not apply",
@@ -52,7 +52,7 @@ def dlq_stream_config(settings: Settings) -> api.StreamConfig:
     )
 
 
-async def declare_streams(js: nats.js.JetStreamContext, settings: Settings) -> None:
+async def declare_streams(js: nats.js.JetStreamContext, settings: StreamSettings) -> None:
     """Create the streams, or bring their settings up to date; safe to run any number of times."""
     for config in (event_stream_config(settings), dlq_stream_config(settings)):
         try:
@@ -70,7 +70,7 @@ async def declare_streams(js: nats.js.JetStreamContext, settings: Settings) -> N
         await js.update_stream(config)
 
 
-async def require_streams(js: nats.js.JetStreamContext, settings: Settings) -> int:
+async def require_streams(js: nats.js.JetStreamContext, settings: StreamSettings) -> int:
     """Fail fast, with the fix in the message, when the set-up step has not run. Returns partitions."""
     try:
         info = await js.stream_info(settings.stream)

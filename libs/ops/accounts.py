@@ -2,18 +2,23 @@
 Extra Usage) and keys over request/reply, and its latest events straight from the log."""
 
 from datetime import datetime
+from typing import TypeVar
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client
 
 from libs.eventlog import subjects
 from libs.ops import OpsError, connected
 from libs.ops.events import Line, Selection, last_events, to_line
 from libs.pricing.money import micros_to_str
+from libs.refusal import Refusal
+from libs.rpc import Unavailable, ask
 from libs.settings import Settings
-from proto.v1 import KeyCommandFailed, KeyList, KeyView, ListKeys, QuotaStatus, QuotaStatusRequest, WindowStatus, encode
-from proto.v1 import subjects as request_subjects
+from proto.v1 import KeyView, ListKeys, QuotaStatus, QuotaStatusRequest, WindowStatus, rpc
+from proto.v1.rpc import Rpc
+
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
 
 
 class AccountReport(msgspec.Struct, kw_only=True):
@@ -25,31 +30,24 @@ class AccountReport(msgspec.Struct, kw_only=True):
     events: list[Line]
 
 
-async def _ask(nc: Client, settings: Settings, subject: str, message: msgspec.Struct) -> bytes:
+async def _ask(nc: Client, settings: Settings, call: Rpc[Req, Rep], message: Req) -> Rep:
     try:
-        reply = await nc.request(subject, encode(message), timeout=settings.request_timeout_s)
-    except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError) as exc:
-        service = subject.split(".", 1)[0]
-        raise OpsError(f"the {service} service did not answer {subject} ({exc.__class__.__name__})") from exc
-    return reply.data
+        return await ask(nc, call, message, settings.request_timeout_s)
+    except Unavailable as exc:
+        cause = exc.__cause__.__class__.__name__
+        raise OpsError(f"the {call.service} service did not answer {call.subject} ({cause})") from exc
+    except Refusal as exc:
+        raise OpsError(f"{call.service} service: {exc.message}") from exc
 
 
 async def report(settings: Settings, account_id: str, n_events: int = 10) -> AccountReport:
     if not subjects.ACCOUNT_TOKEN.match(account_id):
         raise OpsError(f"{account_id!r}: not an account id (letters, digits, '_' and '-')")
     async with connected(settings) as nc:
-        status = msgspec.json.decode(
-            await _ask(nc, settings, request_subjects.QUOTA_STATUS, QuotaStatusRequest(account_id=account_id)),
-            type=QuotaStatus,
-        )
+        status = await _ask(nc, settings, rpc.QUOTA_STATUS, QuotaStatusRequest(account_id=account_id))
         if not status.known:
             raise OpsError(f"unknown account {account_id}")
-        keys = msgspec.json.decode(
-            await _ask(nc, settings, request_subjects.KEYS_LIST, ListKeys(account_id=account_id)),
-            type=KeyList | KeyCommandFailed,
-        )
-        if isinstance(keys, KeyCommandFailed):
-            raise OpsError(f"keys service: {keys.message}")
+        keys = await _ask(nc, settings, rpc.KEYS_LIST, ListKeys(account_id=account_id))
         recent, _ = await last_events(nc.jetstream(), settings.stream, Selection(accounts=(account_id,)), n_events)
     return AccountReport(
         account_id=account_id, quota=status, keys=keys.keys, events=[to_line(stored) for stored in recent]

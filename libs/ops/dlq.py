@@ -11,11 +11,9 @@ from nats.aio.client import Client
 from libs.eventlog import subjects
 from libs.ops import OpsError, connected
 from libs.ops.logreader import Stored, read
+from libs.rpc import Unavailable, ask
 from libs.settings import Settings
-from proto.v1 import DeadLetterRetried, RetryDeadLetter, encode
-from proto.v1 import subjects as request_subjects
-
-_retried = msgspec.json.Decoder(DeadLetterRetried)
+from proto.v1 import DeadLetterRetried, RetryDeadLetter, rpc
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,13 +72,11 @@ async def retry(
 
 
 async def _ask(nc: Client, letter: DeadLetter, timeout_s: float) -> DeadLetterRetried:
-    subject = f"{request_subjects.DLQ_RETRY}.{letter.projection}"
     try:
-        reply = await nc.request(subject, encode(RetryDeadLetter(dlq_seq=letter.dlq_seq)), timeout=timeout_s)
-    except nats.errors.NoRespondersError:
-        error = f"no service with the {letter.projection} projection is running to apply it"
-    except (TimeoutError, nats.errors.TimeoutError):
-        error = f"the {letter.projection} projection did not answer within {timeout_s:g}s"
-    else:
-        return _retried.decode(reply.data)
+        return await ask(nc, rpc.dlq_retry(letter.projection), RetryDeadLetter(dlq_seq=letter.dlq_seq), timeout_s)
+    except Unavailable as exc:
+        if isinstance(exc.__cause__, nats.errors.NoRespondersError):
+            error = f"no service with the {letter.projection} projection is running to apply it"
+        else:
+            error = f"the {letter.projection} projection did not answer within {timeout_s:g}s"
     return DeadLetterRetried(dlq_seq=letter.dlq_seq, applied=False, error=error)

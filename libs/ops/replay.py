@@ -6,15 +6,15 @@ import time
 from collections.abc import Callable
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from libs.ops import OpsError, connected
+from libs.rpc import Unavailable, ask
 from libs.settings import Settings
-from proto.v1 import ReplayProgress, ReplayStatusRequest, StartReplay, encode, subjects
+from proto.v1 import ReplayProgress, ReplayStatusRequest, StartReplay, encode, rpc, subjects
 
 DISCOVERY_S = 1.0
 POLL_S = 0.25
@@ -54,10 +54,9 @@ async def replay(
 
 async def _start(nc: Client, name: str, request: StartReplay) -> None:
     try:
-        reply = await nc.request(subjects.replay_start(name), encode(request), timeout=5)
-    except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+        started = await ask(nc, rpc.replay_start(name), request, 5)
+    except Unavailable as exc:
         raise OpsError(f"no service answers for projection {name!r}: is it running, is the name right?") from exc
-    started = _progress.decode(reply.data)
     if started.error:
         raise OpsError(f"{name}: {started.error}")
 
@@ -71,15 +70,15 @@ async def _follow(nc: Client, names: list[str], console: Console | None) -> list
                 if name in latest and latest[name].phase in ("done", "failed"):
                     continue
                 try:
-                    reply = await nc.request(subjects.replay_status(name), encode(ReplayStatusRequest()), timeout=10)
-                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                    progress = await ask(nc, rpc.replay_status(name), ReplayStatusRequest(), 10)
+                except Unavailable:
                     if time.monotonic() - heard[name] > SILENCE_S:
                         latest[name] = ReplayProgress(
                             projection=name, phase="failed", error=f"the {name} service stopped answering"
                         )
                     continue
                 heard[name] = time.monotonic()
-                latest[name] = _progress.decode(reply.data)
+                latest[name] = progress
                 bars.show(latest[name])
             if len(latest) == len(names) and all(p.phase in ("done", "failed") for p in latest.values()):
                 return [latest[name] for name in names]

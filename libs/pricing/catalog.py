@@ -4,7 +4,7 @@ from collections.abc import Iterable
 from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -73,6 +73,11 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True, dict=True):
             round_half_up(parse_fraction(self.weekly_flows) * MICRO),
             round_half_up(parse_fraction(self.monthly_flows) * MICRO),
         )
+
+
+FREE: Final = "free"
+"""The plan every account starts on, and is on again once a paid period ends unrenewed or is refunded
+(plans.json names its caps and models like any other plan's)."""
 
 
 class _ModelsFile(msgspec.Struct):

@@ -179,6 +179,8 @@ class UsageRecorded(AccountEvent, frozen=True, kw_only=True):
     """The gateway's keyed hash (HMAC) of the calling client's address; never the address itself."""
     agent_hash: str | None = None
     """The gateway's keyed hash of the call's User-Agent."""
+    conversation_id: str | None = None
+    """The Studio Chat conversation the call came from (the console's id); None for API calls."""
 
 
 class RefundRequested(AccountEvent, frozen=True, kw_only=True):

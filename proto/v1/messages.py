@@ -1,5 +1,6 @@
 """Request/reply messages: commands are imperative, replies are answers."""
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -10,6 +11,31 @@ from proto.v1.events import BillingMode, KeyKind, PlanId, UsageRecorded
 Text = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
 """A name, reference or id a command carries into the log or a query: no control characters
 (Postgres refuses NUL in text; none belongs in a name). Refused when the message is decoded."""
+
+KeyRefusalCode = Literal["key_not_found", "key_revoked", "key_limit_reached", "last_management_key",
+                         "invalid_request", "internal_error"]  # fmt: skip
+BillingRefusalCode = Literal["invalid_request", "ref_conflict", "unavailable", "internal_error"]
+RefundRefusalCode = Literal["not_refundable", "not_cancellable", "refund_not_found", "invalid_request",
+                            "not_supported", "unavailable", "internal_error"]  # fmt: skip
+ConsoleRefusalCode = Literal["email_taken", "invalid_request", "internal_error"]
+"""The codes each refusal reply may carry; below, the HTTP status each one means at ingress.
+internal_error: the responder failed unexpectedly (libs.rpc answers so rather than not at all);
+unavailable: nothing was done, retry."""
+
+# proto/v1/rpc.py names these maps in its descriptors; libs.rpc.refusal_of reads them.
+
+KEY_STATUS: Mapping[KeyRefusalCode, int] = {
+    "key_not_found": 404, "key_revoked": 409, "key_limit_reached": 409, "last_management_key": 409,
+    "invalid_request": 400, "internal_error": 500,
+}  # fmt: skip
+BILLING_STATUS: Mapping[BillingRefusalCode, int] = {
+    "invalid_request": 400, "ref_conflict": 409, "unavailable": 503, "internal_error": 500,
+}  # fmt: skip
+REFUND_STATUS: Mapping[RefundRefusalCode, int] = {
+    "not_refundable": 409, "not_cancellable": 409, "refund_not_found": 404, "invalid_request": 400,
+    "not_supported": 409, "unavailable": 503, "internal_error": 500,
+}  # fmt: skip
+CONSOLE_STATUS: Mapping[ConsoleRefusalCode, int] = {"email_taken": 409, "invalid_request": 400, "internal_error": 500}
 
 
 class QuotaCheck(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -102,7 +128,7 @@ class UsagePosition(msgspec.Struct, frozen=True, kw_only=True):
 
 class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """An account's calls, newest first: `limit` of them, older than `before` or newer than `after`
-    (at most one of the two), of one key and one model when given."""
+    (at most one of the two), of one key, one model and one Studio Chat conversation when given."""
 
     account_id: str
     limit: int = 50
@@ -110,6 +136,7 @@ class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     after: UsagePosition | None = None
     key_id: str | None = None
     model: str | None = None
+    conversation_id: str | None = None
 
 
 class UsageEventsReply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -206,8 +233,7 @@ class KeyList(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class KeyCommandFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    code: str
-    """key_not_found, key_revoked, key_limit_reached, last_management_key."""
+    code: KeyRefusalCode
     message: str
 
 
@@ -341,7 +367,7 @@ class TopUpAccepted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class BillingCommandFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    code: str
+    code: BillingRefusalCode
     """invalid_request (field names what), ref_conflict (the payment_ref or topup_ref was recorded
     with another plan or amount), unavailable (nothing was recorded; retry)."""
     message: str
@@ -454,8 +480,7 @@ class RefundReply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class RefundRefused(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    code: str
-    """not_refundable, not_cancellable or refund_not_found."""
+    code: RefundRefusalCode
     reason: str
     message: str
 
@@ -548,7 +573,6 @@ class SignInLinkIssued(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class ConsoleCommandFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    code: str
-    """email_taken, invalid_request."""
+    code: ConsoleRefusalCode
     message: str
     field: str | None = None

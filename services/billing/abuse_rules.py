@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta
 from typing import NamedTuple
 
+from libs.pricing.catalog import FREE
 from proto.v1 import AbuseSignal, AccountAbuse
 
 SHARED_MIN_ACCOUNTS = 3
@@ -54,7 +55,7 @@ PlanSpan = tuple[datetime, str, datetime | None]
 def plan_on(spans: Iterable[PlanSpan], when: datetime) -> str:
     current = max((s for s in spans if s[0] <= when), default=None, key=lambda s: (s[0], s[1]))
     if current is None or (current[2] is not None and when >= current[2]):
-        return "free"
+        return FREE
     return current[1]
 
 

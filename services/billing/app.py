@@ -6,8 +6,7 @@ from libs.clock import Clock, SystemClock
 from libs.pricing.catalog import load_catalog
 from libs.pricing.money import to_micros
 from libs.runtime import Runtime
-from libs.settings import Settings
-from proto.v1 import subjects
+from libs.settings import BillingSettings
 from services.billing.commands import BillingCommands
 from services.billing.projection import BillingProjection
 from services.billing.responder import BillingResponder
@@ -16,7 +15,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class BillingService:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: BillingSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.runtime = Runtime("billing", settings)
@@ -29,20 +28,16 @@ class BillingService:
         catalog = load_catalog(settings.catalog_path, settings.plans_path)
         weekly_caps = {plan.id: plan.limits_micros[1] for plan in catalog.plans.values()}
         responder = BillingResponder(runtime.db, projection.schema, weekly_caps, self.clock)
-        await runtime.answer(subjects.BILLING_HISTORY, responder.on_history)
-        await runtime.answer(subjects.BILLING_COSTS, responder.on_costs)
-        await runtime.answer(subjects.BILLING_ABUSE_SIGNALS, responder.on_abuse_signals)
+        responder.serve(runtime)
         self.commands = BillingCommands(
             runtime.db, projection.schema, runtime.nc.jetstream(), await runtime.publisher(),
             {plan.id: to_micros(plan.price_usd) for plan in catalog.plans.values()}, self.clock,
             stream=settings.stream, barrier_wait_s=settings.billing_barrier_wait_s, sweep_s=settings.insider_sweep_s,
         )  # fmt: skip
-        await runtime.answer(subjects.BILLING_RECORD_PAYMENT, self.commands.on_command)
-        await runtime.answer(subjects.BILLING_TOP_UP, self.commands.on_command)
+        self.commands.serve(runtime)
         runtime.spawn(self.commands.sweep_insiders(), "billing-insider-sweep")
         await runtime.serve(settings.billing_port)
 
     async def stop(self) -> None:
         await self.runtime.stop_serving()
-        await self.commands.close()
         await self.runtime.close()

@@ -21,21 +21,21 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Mapping
+from typing import Any
 
 import asyncpg
-import msgspec
 import nats.js
 import nats.js.errors
-from nats.aio.msg import Msg
 
 from libs.clock import Clock
 from libs.eventlog.barrier import applied_through
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.eventlog.runner import TRANSIENT_ERRORS
 from libs.eventlog.subjects import ACCOUNT_TOKEN
+from libs.refusal import Refusal
+from libs.rpc import Replier
 from proto.v1 import (
     BalanceToppedUp,
-    BillingCommandFailed,
     InsiderStatusEnded,
     PaymentAccepted,
     PaymentRecorded,
@@ -43,14 +43,13 @@ from proto.v1 import (
     RecordPayment,
     TopUpAccepted,
     TopUpBalance,
-    encode,
+    rpc,
 )
 from services.billing import domain
-from services.billing.domain import Refused, Subscription
+from services.billing.domain import Subscription
 
 log = logging.getLogger(__name__)
 Command = RecordPayment | TopUpBalance
-_commands = msgspec.json.Decoder(Command)
 
 
 class Unavailable(Exception):
@@ -82,39 +81,28 @@ class BillingCommands:
         self._sweep_s = sweep_s
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         """One lock per account with a command in progress or waiting; gone with the last of them."""
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def on_command(self, msg: Msg) -> None:
-        """Each command in its own task: one account's wait must not hold up another's."""
-        task = asyncio.create_task(self._answer(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def serve(self, runtime: Replier) -> None:
+        """Many at once (max_workers): a command may wait for the projection (the barrier), and one
+        account's wait must not hold up another's."""
+        options: dict[str, Any] = {"invalid": (asyncpg.DataError,), "transient": RETRIED, "max_workers": 64,
+                                   "retry_message": "billing did not record it; retry"}  # fmt: skip
+        runtime.reply(rpc.BILLING_RECORD_PAYMENT, self.record_payment, **options)
+        runtime.reply(rpc.BILLING_TOP_UP, self.top_up, **options)
 
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def record_payment(self, command: RecordPayment) -> PaymentAccepted:
+        accepted = await self.handle(command)
+        assert isinstance(accepted, PaymentAccepted)
+        return accepted
 
-    async def _answer(self, msg: Msg) -> None:
-        reply: msgspec.Struct
-        try:
-            reply = await self.handle(_commands.decode(msg.data))
-        except Refused as exc:
-            reply = BillingCommandFailed(code=exc.code, message=exc.message, field=exc.field)
-        except (msgspec.ValidationError, msgspec.DecodeError, asyncpg.DataError) as exc:
-            reply = BillingCommandFailed(code="invalid_request", message=str(exc))
-        except RETRIED as exc:
-            log.warning("billing command failed transiently: %r", exc)
-            reply = BillingCommandFailed(code="unavailable", message="billing did not record it; retry")
-        except Exception:
-            # Answer all the same: a command left unanswered costs its caller a timeout and a 503 "retry".
-            log.exception("billing command failed")
-            reply = BillingCommandFailed(code="internal_error", message="billing command failed")
-        await msg.respond(encode(reply))
+    async def top_up(self, command: TopUpBalance) -> TopUpAccepted:
+        accepted = await self.handle(command)
+        assert isinstance(accepted, TopUpAccepted)
+        return accepted
 
     async def handle(self, command: Command) -> PaymentAccepted | TopUpAccepted:
         if not ACCOUNT_TOKEN.match(command.account_id):
-            raise Refused(f"account_id: not an account id: {command.account_id!r}", "account_id")
+            raise Refusal("invalid_request", f"account_id: not an account id: {command.account_id!r}", "account_id")
         async with self._lock(command.account_id):
             await self._caught_up(command.account_id)
             if isinstance(command, RecordPayment):
@@ -189,10 +177,10 @@ class BillingCommands:
             )
         if recorded is not None:
             if (recorded["plan"], recorded["amount_micros"]) != (command.plan, command.amount_micros):
-                raise Refused(
+                raise Refusal(
+                    "ref_conflict",
                     f"payment_ref: {command.payment_ref!r} was recorded for another plan or amount",
                     "payment_ref",
-                    "ref_conflict",
                 )
             return PaymentAccepted(
                 account_id=command.account_id, payment_ref=command.payment_ref, duplicate=True, **dict(recorded)
@@ -213,7 +201,7 @@ class BillingCommands:
             if recorded is not None:
                 if recorded["amount_micros"] != command.amount_micros:
                     message = f"topup_ref: {command.topup_ref!r} was recorded with another amount"
-                    raise Refused(message, "topup_ref", "ref_conflict")
+                    raise Refusal("ref_conflict", message, "topup_ref")
                 return TopUpAccepted(
                     account_id=command.account_id, topup_ref=command.topup_ref, amount_micros=command.amount_micros,
                     topped_up_at=recorded["occurred_at"], duplicate=True,

@@ -7,19 +7,13 @@ from datetime import datetime
 from typing import NamedTuple
 
 from libs.months import add_months
+from libs.pricing.catalog import FREE
 from libs.pricing.money import micros_to_usd
+from libs.refusal import Refusal
 from proto.v1 import BalanceToppedUp, InsiderStatusEnded, PaymentRecorded, PlanChanged, RecordPayment, TopUpBalance
 
 _NAMESPACE = uuid.UUID("6f0c6f7e-3b9e-4a53-9a43-0f9b0d6a1c55")
 """The namespace ingress used when it decided payments: a request retried across the move is the same event."""
-
-
-class Refused(Exception):
-    """The command is not carried out; nothing is recorded. `field` names what is wrong."""
-
-    def __init__(self, message: str, field: str, code: str = "invalid_request") -> None:
-        super().__init__(message)
-        self.message, self.field, self.code = message, field, code
 
 
 class Subscription(NamedTuple):
@@ -49,10 +43,10 @@ def first_lapse(changes: Iterable[Subscription], since: datetime, until: datetim
     unrenewed, or a change to Free (a refund). None while the paid subscription is unbroken."""
     changes = list(changes)
     moments = {c.paid_until for c in changes if c.paid_until is not None}
-    moments |= {c.effective_at for c in changes if c.plan == "free"}
+    moments |= {c.effective_at for c in changes if c.plan == FREE}
     for moment in sorted(m for m in moments if since <= m <= until):
         current = subscription_at(changes, moment)
-        if current is None or current.plan == "free":
+        if current is None or current.plan == FREE:
             return moment
     return None
 
@@ -91,22 +85,23 @@ def record_payment(
     account began gives none."""
     if prices.get(command.plan, 0) == 0:
         paid = sorted(plan for plan, price in prices.items() if price > 0)
-        raise Refused(f"plan: must be one of {paid}", "plan")
+        raise Refusal("invalid_request", f"plan: must be one of {paid}", "plan")
     if command.amount_micros < 0:
-        raise Refused("amount_usd: must not be negative", "amount_usd")
+        raise Refusal("invalid_request", "amount_usd: must not be negative", "amount_usd")
     price = prices[command.plan]
     if command.amount_micros != price and not command.override:
-        raise Refused(
+        raise Refusal(
+            "invalid_request",
             f"amount_usd: {micros_to_usd(command.amount_micros)} is not the {command.plan} plan's price "
             f'({micros_to_usd(price)}); send "override": true to record another amount',
             "amount_usd",
         )
     paid_at = command.paid_at or now
     if paid_at > now:
-        raise Refused("paid_at: must not be in the future", "paid_at")
+        raise Refusal("invalid_request", "paid_at: must not be in the future", "paid_at")
     decided_at = paid_at if created_at is None else max(paid_at, created_at)
     current = subscription_at(changes, decided_at)
-    previous = current.plan if current is not None else "free"
+    previous = current.plan if current is not None else FREE
     anchor, paid_until = paid_at, add_months(paid_at, 1)
     starts = decided_at if decided_at < paid_until else paid_at  # a month over before the account began: as paid
     if current is not None and current.paid_until is not None and prices[command.plan] < prices.get(previous, 0):
@@ -128,7 +123,7 @@ def record_payment(
 def top_up(command: TopUpBalance, now: datetime) -> BalanceToppedUp:
     """A credit to the PAYG balance; a topup_ref makes a retried command the same event."""
     if command.amount_micros <= 0:
-        raise Refused("amount_usd: must be greater than zero", "amount_usd")
+        raise Refusal("invalid_request", "amount_usd: must be greater than zero", "amount_usd")
     ref = command.topup_ref or str(uuid.uuid4())
     return BalanceToppedUp(
         event_id=event_id("topup", command.account_id, ref), account_id=command.account_id, occurred_at=now,

@@ -5,10 +5,12 @@ ends it)."""
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date
 
 import asyncpg
 
+from libs.eventlog.dispatch import EventHandlers, handles
 from libs.eventlog.runner import AfterCommit, Applied
 from proto.v1 import (
     AccountCreated,
@@ -24,19 +26,22 @@ from proto.v1 import (
 from services.billing import abuse, metrics
 
 
-class BillingProjection:
+@dataclass(slots=True)
+class BillingBatch:
+    """What one batch collects, written with one statement per table after dispatch."""
+
+    conn: asyncpg.Connection
+    history: list[tuple[str, str, str, object, int, str | None, str | None, str | None]] = field(default_factory=list)
+    ledger: list[tuple[str, str, int, str, object]] = field(default_factory=list)
+    usage: list[UsageRecorded] = field(default_factory=list)
+    subscriptions: list[tuple[str, str, object, str, str, object]] = field(default_factory=list)
+    accounts: list[tuple[str, object]] = field(default_factory=list)
+    withdrawn: list[str] = field(default_factory=list)
+    """Plan changes cancelled before they took effect."""
+
+
+class BillingProjection(EventHandlers[BillingBatch]):
     name: str = "billing"
-    event_types: tuple[str, ...] = (
-        "AccountCreated",
-        "PaymentRecorded",
-        "PlanChanged",
-        "PlanChangeCancelled",
-        "BalanceToppedUp",
-        "RefundSucceeded",
-        "UsageRecorded",
-        "InsiderStatusSet",
-        "InsiderStatusEnded",
-    )
     category: str | None = None
     tables: tuple[str, ...] = (
         "checkpoints", "accounts", "history", "subscriptions", "usage_seen", "costs", "ledger", "insiders",
@@ -55,36 +60,16 @@ class BillingProjection:
         """billing answers from its tables only: nothing in memory to reload."""
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
-        history: list[tuple[str, str, str, object, int, str | None, str | None, str | None]] = []
-        ledger: list[tuple[str, str, int, str, object]] = []
-        usage: list[UsageRecorded] = []
-        subscriptions: list[tuple[str, str, object, str, str, object]] = []
-        accounts: list[tuple[str, object]] = []
-        withdrawn: list[str] = []  # plan changes cancelled before they took effect
-        for _, event in batch:
-            if isinstance(event, AccountCreated):
-                accounts.append((event.account_id, event.occurred_at))
-            elif isinstance(event, PaymentRecorded):
-                history.append((event.event_id, event.account_id, "payment", event.occurred_at,
-                                event.amount_micros, event.plan, None, event.payment_ref))  # fmt: skip
-            elif isinstance(event, PlanChanged):
-                history.append((event.event_id, event.account_id, "plan_change", event.occurred_at, 0,
-                                event.plan, event.previous_plan, event.reason))  # fmt: skip
-                subscriptions.append((event.event_id, event.account_id, event.occurred_at, event.plan,
-                                      event.previous_plan, event.paid_until))  # fmt: skip
-            elif isinstance(event, PlanChangeCancelled):
-                withdrawn.append(event.plan_change_id)
-            elif isinstance(event, BalanceToppedUp):
-                history.append((event.event_id, event.account_id, "top_up", event.occurred_at,
-                                event.amount_micros, None, None, event.topup_ref))  # fmt: skip
-                ledger.append((event.event_id, event.account_id, event.amount_micros, "top_up", event.occurred_at))
-            elif isinstance(event, RefundSucceeded):
-                history.append((event.event_id, event.account_id, "refund", event.occurred_at,
-                                event.amount_micros, None, None, event.refund_id))  # fmt: skip
-            elif isinstance(event, UsageRecorded):
-                usage.append(event)
-            elif isinstance(event, InsiderStatusSet | InsiderStatusEnded):
-                await self._insider(conn, event)
+        b = BillingBatch(conn)
+        await self.dispatch(b, batch)
+        history, ledger, usage, subscriptions, accounts, withdrawn = (
+            b.history,
+            b.ledger,
+            b.usage,
+            b.subscriptions,
+            b.accounts,
+            b.withdrawn,
+        )
         if accounts:  # when each account began: no plan is in force before it
             await conn.executemany(
                 f"INSERT INTO {self.schema}.accounts (account_id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -137,11 +122,47 @@ class BillingProjection:
 
         return after_commit
 
-    async def _insider(self, conn: asyncpg.Connection, event: InsiderStatusSet | InsiderStatusEnded) -> None:
+    @handles(AccountCreated)
+    async def _account_created(self, b: BillingBatch, _seq: int, event: AccountCreated) -> None:
+        b.accounts.append((event.account_id, event.occurred_at))
+
+    @handles(PaymentRecorded)
+    async def _payment(self, b: BillingBatch, _seq: int, event: PaymentRecorded) -> None:
+        b.history.append((event.event_id, event.account_id, "payment", event.occurred_at,
+                          event.amount_micros, event.plan, None, event.payment_ref))  # fmt: skip
+
+    @handles(PlanChanged)
+    async def _plan_changed(self, b: BillingBatch, _seq: int, event: PlanChanged) -> None:
+        b.history.append((event.event_id, event.account_id, "plan_change", event.occurred_at, 0,
+                          event.plan, event.previous_plan, event.reason))  # fmt: skip
+        b.subscriptions.append((event.event_id, event.account_id, event.occurred_at, event.plan,
+                                event.previous_plan, event.paid_until))  # fmt: skip
+
+    @handles(PlanChangeCancelled)
+    async def _plan_change_cancelled(self, b: BillingBatch, _seq: int, event: PlanChangeCancelled) -> None:
+        b.withdrawn.append(event.plan_change_id)
+
+    @handles(BalanceToppedUp)
+    async def _topped_up(self, b: BillingBatch, _seq: int, event: BalanceToppedUp) -> None:
+        b.history.append((event.event_id, event.account_id, "top_up", event.occurred_at,
+                          event.amount_micros, None, None, event.topup_ref))  # fmt: skip
+        b.ledger.append((event.event_id, event.account_id, event.amount_micros, "top_up", event.occurred_at))
+
+    @handles(RefundSucceeded)
+    async def _refunded(self, b: BillingBatch, _seq: int, event: RefundSucceeded) -> None:
+        b.history.append((event.event_id, event.account_id, "refund", event.occurred_at,
+                          event.amount_micros, None, None, event.refund_id))  # fmt: skip
+
+    @handles(UsageRecorded)
+    async def _usage(self, b: BillingBatch, _seq: int, event: UsageRecorded) -> None:
+        b.usage.append(event)
+
+    @handles(InsiderStatusSet, InsiderStatusEnded)
+    async def _insider(self, b: BillingBatch, _seq: int, event: InsiderStatusSet | InsiderStatusEnded) -> None:
         """The account's latest mark, and its end. Applied in the account's log order, so the row
         is the last mark whatever the batches."""
         if isinstance(event, InsiderStatusSet):
-            await conn.execute(
+            await b.conn.execute(
                 f"""INSERT INTO {self.schema}.insiders (account_id, status_id, marked_at, insider, ended_at)
                     VALUES ($1, $2, $3, $4, NULL)
                     ON CONFLICT (account_id) DO UPDATE SET status_id = EXCLUDED.status_id,
@@ -149,7 +170,7 @@ class BillingProjection:
                 event.account_id, event.event_id, event.occurred_at, event.insider,
             )  # fmt: skip
         else:
-            await conn.execute(
+            await b.conn.execute(
                 f"UPDATE {self.schema}.insiders SET ended_at = $3 WHERE account_id = $1 AND status_id = $2",
                 event.account_id, event.insider_status_id, event.occurred_at,
             )  # fmt: skip

@@ -3,15 +3,17 @@ the account API client it acts through, and the pages."""
 
 from pathlib import Path
 
-import msgspec
 from aiohttp import web
-from nats.aio.msg import Msg
 
 from libs.clock import Clock, SystemClock
+from libs.refusal import Refusal
 from libs.runtime import Runtime
 from libs.settings import Settings
-from proto.v1 import ConsoleCommandFailed, IssueSignInLink, SignInLinkIssued, encode, subjects
+from proto.v1 import IssueSignInLink, SignInLinkIssued, rpc
 from services.console.accountapi import AccountApi
+from services.console.chat import ChatPages
+from services.console.chatcalls import ChatCalls
+from services.console.conversations import Conversations
 from services.console.mail import Mailer, Sender, SmtpMailer
 from services.console.owners import EmailTaken, Owners
 from services.console.signin import SignInPages
@@ -20,7 +22,6 @@ from services.console.site import Site
 from services.console.subscription import SubscriptionPages
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-_issue = msgspec.json.Decoder(IssueSignInLink)
 
 
 class ConsoleService:
@@ -37,12 +38,17 @@ class ConsoleService:
         ingress = settings.ingress_url or f"http://{settings.host}:{settings.ingress_port}"
         self.api = AccountApi(ingress, settings.console_secret, self.clock, settings.admin_token)
         await self.api.start()
-        await runtime.answer(subjects.CONSOLE_SIGN_IN_LINK, self.on_sign_in_link)
+        gateway = settings.gateway_url or f"http://{settings.host}:{settings.gateway_port}"
+        self.chat_calls = ChatCalls(gateway, settings.console_secret, self.clock)
+        await self.chat_calls.start()
+        conversations = Conversations(runtime.db)
+        runtime.reply(rpc.CONSOLE_SIGN_IN_LINK, self.sign_in_link)
         app = web.Application(client_max_size=64 * 1024)
         site = Site(settings, self.owners, self.clock)
         site.install(app)
         SignInPages(site).routes(app)
-        SubscriptionPages(site, self.api).routes(app)
+        SubscriptionPages(site, self.api, conversations).routes(app)
+        ChatPages(site, self.api, conversations, self.chat_calls).routes(app)
         mailer: Sender = (
             SmtpMailer(settings.smtp_url, settings.mail_from)
             if settings.smtp_url
@@ -51,25 +57,16 @@ class ConsoleService:
         SignUpPages(site, self.api, mailer, self.base_url, settings.sign_ups_per_hour).routes(app)
         await runtime.serve(settings.console_port, app)
 
-    async def on_sign_in_link(self, msg: Msg) -> None:
-        try:
-            command = _issue.decode(msg.data)
-        except msgspec.ValidationError as exc:
-            await msg.respond(encode(ConsoleCommandFailed(code="invalid_request", message=str(exc))))
-            return
+    async def sign_in_link(self, command: IssueSignInLink) -> SignInLinkIssued:
         email = command.email.strip().lower() if command.email else None
         try:
             secret, expires_at, known = await self.owners.issue_link(command.account_id, email, self.clock.now())
-        except EmailTaken:
-            failed = ConsoleCommandFailed(code="email_taken", message="another account's owner has this email",
-                                          field="email")  # fmt: skip
-            await msg.respond(encode(failed))
-            return
+        except EmailTaken as exc:
+            raise Refusal("email_taken", "another account's owner has this email", "email") from exc
         url = f"{self.base_url}/sign-in/link/{secret}"
-        await msg.respond(
-            encode(SignInLinkIssued(account_id=command.account_id, url=url, expires_at=expires_at, email=known))
-        )
+        return SignInLinkIssued(account_id=command.account_id, url=url, expires_at=expires_at, email=known)
 
     async def stop(self) -> None:
         await self.api.close()
+        await self.chat_calls.close()
         await self.runtime.close()

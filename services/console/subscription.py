@@ -9,6 +9,7 @@ from aiohttp import web
 
 from services.console import views
 from services.console.accountapi import AccountApi, AccountApiError
+from services.console.conversations import Conversations
 from services.console.site import Site
 
 PAGE_SIZE = 20
@@ -18,9 +19,10 @@ RECENT_CALLS = 1000
 
 
 class SubscriptionPages:
-    def __init__(self, site: Site, api: AccountApi) -> None:
+    def __init__(self, site: Site, api: AccountApi, conversations: Conversations) -> None:
         self.site = site
         self.api = api
+        self.conversations = conversations
         self.clock = site.clock
 
     def routes(self, app: web.Application) -> None:
@@ -79,6 +81,7 @@ class SubscriptionPages:
             request.query.get("checkout", "")
         )
         context.update(preview=preview, preview_error=preview_error, new_secret=None, error=None, notice=notice)
+        context["conversation_titles"] = await self.conversations.titles(account_id)  # the calls from Studio Chat
         context.update(extra)
         return self.site.render(request, "subscription.html", status, **context)
 

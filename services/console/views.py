@@ -43,8 +43,13 @@ def usd(value: str | None) -> str:
 
 def usd_exact(value: str) -> str:
     """A balance to the micro-dollar (PAYG calls cost fractions of a cent), at least to the cent."""
-    whole, _, fraction = f"{Decimal(value):f}".partition(".")
-    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+    return f"${flows_exact(value)}"
+
+
+def flows_exact(value: float | int | str) -> str:
+    """To the micro-unit (a chat message costs hundredths of a Flow), at least to two decimals."""
+    whole, _, fraction = f"{Decimal(str(value)):f}".partition(".")
+    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 def refusal(reason: str, message: str) -> str:
@@ -65,6 +70,7 @@ FILTERS = {
     "count": count,
     "usd": usd,
     "usd_exact": usd_exact,
+    "flows_exact": flows_exact,
     "kind_name": KIND_NAMES.get,
 }
 
@@ -205,3 +211,33 @@ def subscription(
         "refund": latest_refund,
         "now": now,
     }
+
+
+def conversation_cost(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a Studio Chat conversation has cost, from its calls' usage events: Flows for the calls
+    billed to the subscription, USD for those billed to the PAYG balance (PAYG conversations, and
+    subscription ones that overflowed through Extra Usage)."""
+    flows_used = sum((Decimal(str(e["flows"])) for e in events if e["billing_mode"] == "subscription"), Decimal(0))
+    usd_spent = sum((Decimal(e["usd_cost"]) for e in events if e["billing_mode"] == "payg"), Decimal(0))
+    return {"flows": str(flows_used), "usd": str(usd_spent), "calls": len(events)}
+
+
+def chat_models(catalog: list[dict[str, Any]], plan: str) -> list[dict[str, Any]]:
+    """Every model, marked whether the plan includes it: Subscription offers those, Pay As You Go all."""
+    return [{"id": m["id"], "in_plan": plan in (m.get("plans") or [])} for m in catalog]
+
+
+MESSAGE_MAX = 32_000
+
+
+def chat_problem(text: str, billing_mode: str, model: str, model_ids: set[str]) -> str | None:
+    """What is wrong with a message form, naming the field; None when nothing is."""
+    if not text:
+        return "message: write a message to send"
+    if len(text) > MESSAGE_MAX:
+        return f"message: at most {MESSAGE_MAX:,} characters"
+    if billing_mode not in ("subscription", "payg"):
+        return "billing_mode: Subscription or Pay As You Go"
+    if model not in model_ids:
+        return "model: choose one of the listed models"
+    return None

@@ -28,7 +28,7 @@ def _int(value: Any) -> int:
 def from_openai(usage: Any) -> Tokens:
     if not isinstance(usage, dict):
         return Tokens()
-    details = usage.get("prompt_tokens_details") or {}
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
     output = _int(usage.get("completion_tokens", usage.get("output_tokens")))
@@ -88,12 +88,17 @@ def _data_of(raw: bytes) -> Any:
         return None
 
 
+RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+RESPONSES_DELTAS = frozenset({"response.output_text.delta", "response.function_call_arguments.delta"})
+
+
 class StreamUsage:
     """Follows a stream's events and keeps the usage they report. Where a stream broke off
     before its final report, the output is counted as one token per content delta seen."""
 
     def __init__(self, api: str) -> None:
         self.api = api
+        """Whose events: "openai" (chat completions), "anthropic" (messages) or "responses"."""
         self.tokens = Tokens()
         self.output_reported = False
         self.deltas = 0
@@ -109,6 +114,15 @@ class StreamUsage:
                 self.tokens = from_anthropic(data.get("usage"), self.tokens)
                 self.output_reported = True
             elif kind == "content_block_delta":
+                self.deltas += 1
+        elif self.api == "responses":  # the usage comes whole with the final response
+            kind = data.get("type")
+            if kind in RESPONSES_FINAL:
+                usage = (data.get("response") or {}).get("usage")
+                if isinstance(usage, dict):
+                    self.tokens = from_openai(usage)
+                    self.output_reported = True
+            elif kind in RESPONSES_DELTAS:
                 self.deltas += 1
         elif data.get("usage"):
             self.tokens = from_openai(data["usage"])

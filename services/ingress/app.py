@@ -2,18 +2,28 @@
 
 import asyncio
 import contextlib
+import os
+import socket
 from pathlib import Path
 
 from aiohttp import web
 
 from libs.clock import Clock, SystemClock
 from libs.keycache import KeyCache
+from libs.leases import PartitionLeases
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
 from libs.settings import Settings
 from libs.web import api_errors, refuse_control_characters
 from services.ingress.api import IngressApi
 from services.ingress.directory import Directory
+from services.ingress.follower import (
+    LEASE_S,
+    DirectoryFollower,
+    loaded_from,
+    project_while_owner,
+    sync_when_several,
+)
 from services.ingress.projection import IngressProjection
 from services.ingress.suspensions import Suspensions
 from services.ingress.usage import ingest_clients
@@ -27,6 +37,7 @@ class IngressService:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.runtime = Runtime("ingress", settings)
+        self.leases: PartitionLeases | None = None
 
     async def start(self) -> None:
         settings, runtime = self.settings, self.runtime
@@ -36,8 +47,18 @@ class IngressService:
         self.directory = Directory(catalog.default_usd_per_flow, catalog.insider_multiplier)
         projection = IngressProjection(self.directory)
         async with runtime.db.acquire() as conn:
+            loaded = await loaded_from(conn, projection.schema, projection.name, settings.partitions)
             await self.directory.load(conn, projection.schema)
-        await runtime.project(projection)
+        # Several instances (follower.py): each follows the account events; one runs the projection.
+        follower = DirectoryFollower(runtime.nc.jetstream(), settings.stream, self.directory)
+        await follower.start(loaded)
+        self.leases = PartitionLeases(
+            runtime.nc.jetstream(), "ingress-projection", f"{socket.gethostname()}-{os.getpid()}", 1,
+            lease_s=LEASE_S, replicas=settings.stream_replicas, rebalance=False,
+        )  # fmt: skip
+        await self.leases.start()
+        self.directory.sync = sync_when_several(follower, self.leases)
+        runtime.spawn(project_while_owner(runtime, projection, self.leases), "ingress-projection-owner")
         runtime.spawn(self._sweep_dedupe(), "ingress-dedupe-sweep")
         keys = KeyCache.from_settings(runtime.nc, settings)
         await keys.start()
@@ -64,4 +85,7 @@ class IngressService:
             await asyncio.sleep(DEDUPE_SWEEP_S)
 
     async def stop(self) -> None:
+        if self.leases is not None:
+            with contextlib.suppress(Exception):
+                await self.leases.stop()  # hand the projection over at once
         await self.runtime.close()

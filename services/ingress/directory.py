@@ -6,6 +6,7 @@ JetStream has stored them (read-your-writes). Every change is keyed by its event
 so applying the same event twice, from both paths, changes nothing.
 """
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
@@ -15,6 +16,7 @@ import asyncpg
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
 from libs.pricing.multipliers import InsiderHistory, multiplier_at
+from libs.pricing.ratebook import load_rate_book
 from proto.v1 import AccountCreated, FlowRateChanged, InsiderStatusEnded, InsiderStatusSet, MultiplierChanged
 from proto.v1.events import Event
 
@@ -33,8 +35,15 @@ class Directory:
     def __init__(self, default_usd_per_flow: Fraction, insider_multiplier: Fraction = Fraction(5, 4)) -> None:
         self.default_usd_per_flow = default_usd_per_flow
         self.insider_multiplier = insider_multiplier
+        self.sync: Callable[[], Awaitable[None]] | None = None
+        """Set when several ingress instances run (follower.py): waits until this one holds every
+        account event stored so far, so a change made through another prices usage here at once."""
         self.accounts: dict[str, Account] = {}
         self.flow_rate = Versioned(default_usd_per_flow)
+
+    async def synced(self) -> None:
+        if self.sync is not None:
+            await self.sync()
 
     def apply(self, event: Event) -> None:
         if isinstance(event, AccountCreated):
@@ -60,20 +69,15 @@ class Directory:
         """Memory from the projection's tables (at start, and after a replay swapped them). What
         memory knows and the tables do not yet is kept: ingress applies its own writes at once,
         before its projection gets to them, and every change is keyed by its event id."""
-        accounts: dict[str, Account] = {}
-        for row in await conn.fetch(f"SELECT account_id, name, created_at, multiplier FROM {schema}.accounts"):
-            accounts[row["account_id"]] = Account(
-                row["account_id"], row["name"], row["created_at"], Versioned(parse_fraction(row["multiplier"]))
+        book = await load_rate_book(conn, schema, self.default_usd_per_flow)
+        accounts = {
+            row["account_id"]: Account(
+                row["account_id"], row["name"], row["created_at"], book.multipliers[row["account_id"]],
+                book.insiders[row["account_id"]],
             )
-        for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers"):
-            accounts[row["account_id"]].multiplier.add(
-                row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])
-            )
-        for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, insider FROM {schema}.insider"):
-            accounts[row["account_id"]].insider.add(row["event_id"], row["effective_at"], row["insider"])
-        flow_rate = Versioned(self.default_usd_per_flow)
-        for row in await conn.fetch(f"SELECT event_id, effective_at, usd_per_flow FROM {schema}.flow_rates"):
-            flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))
+            for row in await conn.fetch(f"SELECT account_id, name, created_at FROM {schema}.accounts")
+        }  # fmt: skip
+        flow_rate = book.flow_rate
         for account_id, known in self.accounts.items():
             account = accounts.setdefault(account_id, known)
             account.multiplier.merge(known.multiplier)

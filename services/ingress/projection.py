@@ -1,23 +1,23 @@
 """ingress's projection of accounts, multipliers, insider status and Flow rates (see directory.py)."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
+from libs.eventlog.dispatch import EventHandlers, handles
 from libs.eventlog.runner import AfterCommit, Applied
 from proto.v1 import AccountCreated, FlowRateChanged, InsiderStatusEnded, InsiderStatusSet, MultiplierChanged
 from services.ingress.directory import Directory
 
 
-class IngressProjection:
+@dataclass(slots=True)
+class IngressBatch:
+    conn: asyncpg.Connection
+
+
+class IngressProjection(EventHandlers[IngressBatch]):
     name: str = "ingress"
-    event_types: tuple[str, ...] = (
-        "AccountCreated",
-        "MultiplierChanged",
-        "InsiderStatusSet",
-        "InsiderStatusEnded",
-        "FlowRateChanged",
-    )
     category: str | None = "account"
     tables: tuple[str, ...] = ("checkpoints", "accounts", "multipliers", "insider", "flow_rates")
     """Not seen_events: ingress's own dedupe claims are not derived from the log."""
@@ -34,46 +34,45 @@ class IngressProjection:
         await self.directory.load(conn, self.schema)
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
-        s = self.schema
-        for _, event in batch:
-            if isinstance(event, AccountCreated):
-                await conn.execute(
-                    f"""INSERT INTO {s}.accounts (account_id, name, created_at, multiplier)
-                        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
-                    event.account_id,
-                    event.name,
-                    event.occurred_at,
-                    event.multiplier,
-                )
-            elif isinstance(event, MultiplierChanged):
-                await conn.execute(
-                    f"""INSERT INTO {s}.multipliers (event_id, account_id, effective_at, multiplier)
-                        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
-                    event.event_id,
-                    event.account_id,
-                    event.occurred_at,
-                    event.multiplier,
-                )
-            elif isinstance(event, InsiderStatusSet | InsiderStatusEnded):
-                await conn.execute(
-                    f"""INSERT INTO {s}.insider (event_id, account_id, effective_at, insider)
-                        VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
-                    event.event_id,
-                    event.account_id,
-                    event.occurred_at,
-                    isinstance(event, InsiderStatusSet) and event.insider,
-                )
-            elif isinstance(event, FlowRateChanged):
-                await conn.execute(
-                    f"""INSERT INTO {s}.flow_rates (event_id, effective_at, usd_per_flow) VALUES ($1, $2, $3)
-                        ON CONFLICT DO NOTHING""",
-                    event.event_id,
-                    event.occurred_at,
-                    event.usd_per_flow,
-                )
+        await self.dispatch(IngressBatch(conn), batch)
 
         def after_commit() -> None:
             for _, event in batch:
                 self.directory.apply(event)
 
         return after_commit
+
+    @handles(AccountCreated)
+    async def _account_created(self, batch: IngressBatch, _seq: int, event: AccountCreated) -> None:
+        await batch.conn.execute(
+            f"""INSERT INTO {self.schema}.accounts (account_id, name, created_at, multiplier)
+                VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+            event.account_id, event.name, event.occurred_at, event.multiplier,
+        )  # fmt: skip
+
+    @handles(MultiplierChanged)
+    async def _multiplier_changed(self, batch: IngressBatch, _seq: int, event: MultiplierChanged) -> None:
+        await batch.conn.execute(
+            f"""INSERT INTO {self.schema}.multipliers (event_id, account_id, effective_at, multiplier)
+                VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+            event.event_id, event.account_id, event.occurred_at, event.multiplier,
+        )  # fmt: skip
+
+    @handles(InsiderStatusSet, InsiderStatusEnded)
+    async def _insider_changed(
+        self, batch: IngressBatch, _seq: int, event: InsiderStatusSet | InsiderStatusEnded
+    ) -> None:
+        await batch.conn.execute(
+            f"""INSERT INTO {self.schema}.insider (event_id, account_id, effective_at, insider)
+                VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+            event.event_id, event.account_id, event.occurred_at,
+            isinstance(event, InsiderStatusSet) and event.insider,
+        )  # fmt: skip
+
+    @handles(FlowRateChanged)
+    async def _flow_rate_changed(self, batch: IngressBatch, _seq: int, event: FlowRateChanged) -> None:
+        await batch.conn.execute(
+            f"""INSERT INTO {self.schema}.flow_rates (event_id, effective_at, usd_per_flow) VALUES ($1, $2, $3)
+                ON CONFLICT DO NOTHING""",
+            event.event_id, event.occurred_at, event.usd_per_flow,
+        )  # fmt: skip

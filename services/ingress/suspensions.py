@@ -17,9 +17,8 @@ from cachetools import LRUCache
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from libs import tracing
-from libs.web import ApiError
-from proto.v1 import AccountAccess, GetAccountAccess, KeysChanged, encode, subjects
+from libs.rpc import ask
+from proto.v1 import AccountAccess, GetAccountAccess, KeysChanged, rpc, subjects
 
 
 class Suspensions:
@@ -40,7 +39,6 @@ class Suspensions:
         self._asking: dict[str, asyncio.Future[bool]] = {}
         self._broadcasts = 0
         """Counts keys.changed naming accounts: an answer asked for before one arrived may be stale."""
-        self._access = msgspec.json.Decoder(AccountAccess)
         self._changed = msgspec.json.Decoder(KeysChanged)
 
     async def start(self) -> None:
@@ -74,14 +72,9 @@ class Suspensions:
 
     async def _ask(self, account_id: str) -> bool:
         asked_at, broadcasts = self._clock(), self._broadcasts
-        try:
-            reply = await self._nc.request(
-                subjects.KEYS_ACCESS, encode(GetAccountAccess(account_id=account_id)),
-                timeout=self._timeout_s, headers=tracing.nats_headers(),
-            )  # fmt: skip
-        except Exception as exc:
-            raise ApiError(503, "keys_unavailable", "the keys service did not answer; retry") from exc
-        suspended = self._access.decode(reply.data).suspended
+        # No answer raises libs.rpc.Unavailable: a 503 keys_unavailable with Retry-After.
+        access = await ask(self._nc, rpc.KEYS_ACCESS, GetAccountAccess(account_id=account_id), self._timeout_s)
+        suspended = access.suspended
         if broadcasts == self._broadcasts:  # else keep nothing: the next request asks again
             self._known[account_id] = (asked_at, suspended)
         return suspended

@@ -22,8 +22,7 @@ import msgspec
 
 from libs.eventlog.subjects import ACCOUNT_TOKEN
 from libs.pricing.catalog import Catalog
-from libs.pricing.flows import price_call
-from libs.pricing.money import fraction_text
+from libs.pricing.usage import usage_recorded
 from libs.web import ApiError, decode_body
 from proto.v1 import UsageRecorded
 from services.ingress.directory import Directory
@@ -132,39 +131,17 @@ def price_batch(
             raise bad("occurred_at", f"more than {int(lead.total_seconds() // 60)} minutes in the future")
         if r.images and model.kind != "image":
             raise bad("images", f"{r.model} does not generate images")
-        rate = directory.flow_rate.at(r.occurred_at)
-        multiplier = directory.multiplier(account, r.occurred_at)
-        price = price_call(
-            model,
-            input_tokens=r.input_tokens,
-            output_tokens=r.output_tokens,
-            cached_tokens=r.cached_tokens,
-            images=r.images,
-            usd_per_flow=rate,
-            multiplier=multiplier,
-        )
-        if max(price) > MAX_CALL_MICROS:
+        event = usage_recorded(
+            model, event_id=stored_event_id(client, r.account_id, r.event_id), account_id=r.account_id,
+            occurred_at=r.occurred_at, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
+            cached_tokens=r.cached_tokens, images=r.images, billing_mode=r.billing_mode, key_id=r.key_id,
+            usd_per_flow=directory.flow_rate.at(r.occurred_at), multiplier=directory.multiplier(account, r.occurred_at),
+            source="ingress",
+        )  # fmt: skip
+        if max(event.usd_cost_micros, event.flows_micros) > MAX_CALL_MICROS:
             largest = max(("input_tokens", "output_tokens", "cached_tokens", "images"), key=lambda f: getattr(r, f))
             raise bad(largest, f"prices the call at more than {MAX_CALL_MICROS // 10**6:,} USD or Flows")
-        priced.append(
-            UsageRecorded(
-                event_id=stored_event_id(client, r.account_id, r.event_id),
-                account_id=r.account_id,
-                occurred_at=r.occurred_at,
-                model=r.model,
-                input_tokens=r.input_tokens,
-                output_tokens=r.output_tokens,
-                cached_tokens=r.cached_tokens,
-                images=r.images,
-                billing_mode=r.billing_mode,
-                key_id=r.key_id,
-                usd_cost_micros=price.usd_cost_micros,
-                flows_micros=price.flows_micros,
-                usd_per_flow=fraction_text(rate),
-                multiplier=fraction_text(multiplier),
-                source="ingress",
-            )
-        )
+        priced.append(event)
     return priced
 
 

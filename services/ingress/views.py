@@ -96,6 +96,7 @@ def usage_event(e: UsageRecorded) -> dict[str, Any]:
         "billing_mode": e.billing_mode,
         "multiplier": e.multiplier,
         "key_id": e.key_id,
+        "conversation_id": e.conversation_id,
         "occurred_at": timestamp(e.occurred_at),
     }
 

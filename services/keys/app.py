@@ -4,7 +4,8 @@ from pathlib import Path
 
 from libs.clock import Clock, SystemClock
 from libs.runtime import Runtime
-from libs.settings import Settings
+from libs.settings import KeysSettings
+from proto.v1 import subjects
 from services.keys.projection import KeysProjection
 from services.keys.registry import KeyRegistry
 from services.keys.responder import KeysResponder
@@ -13,7 +14,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class KeysService:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: KeysSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.registry = KeyRegistry()
@@ -27,8 +28,8 @@ class KeysService:
             await self.registry.load(conn, projection.schema)
         await runtime.project(projection)
         responder = KeysResponder(self.registry, await runtime.publisher(), runtime.nc, self.clock)
-        for subject, handler in responder.subjects().items():
-            await runtime.answer(subject, handler)
+        await runtime.answer(subjects.KEY_LOOKUP, responder.on_lookup)
+        responder.serve(runtime)
         await runtime.serve(self.settings.keys_port)
 
     async def stop(self) -> None:

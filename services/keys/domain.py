@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from libs import apikeys
+from libs.refusal import Refusal
 from proto.v1 import AccountSuspended, AccountUnsuspended, KeyCreated, KeyRevoked, KeyRotated, KeyView
 from proto.v1.events import KeyKind
 
@@ -14,12 +15,6 @@ KeyEvent = KeyCreated | KeyRotated | KeyRevoked
 AccessEvent = AccountSuspended | AccountUnsuspended
 MAX_ACTIVE_KEYS = 100
 """Per account: bounds the registry, every key list and the hashes a suspension broadcasts."""
-
-
-class KeyCommandError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 @dataclass(frozen=True)
@@ -50,9 +45,7 @@ def issue(
     account_id: str, name: str, kind: KeyKind, now: datetime, account_keys: Sequence[Key] = ()
 ) -> tuple[KeyCreated, str]:
     if sum(1 for k in account_keys if k.revoked_at is None) >= MAX_ACTIVE_KEYS:
-        raise KeyCommandError(
-            "key_limit_reached", f"an account has at most {MAX_ACTIVE_KEYS} active keys: revoke one first"
-        )
+        raise Refusal("key_limit_reached", f"an account has at most {MAX_ACTIVE_KEYS} active keys: revoke one first")
     secret = apikeys.generate(kind)
     event = KeyCreated(
         event_id=str(uuid.uuid4()), account_id=account_id, occurred_at=now, key_id=f"key_{secrets.token_hex(8)}",
@@ -64,9 +57,9 @@ def issue(
 
 def _owned(key: Key | None, account_id: str, key_id: str) -> Key:
     if key is None or key.account_id != account_id:
-        raise KeyCommandError("key_not_found", f"no key {key_id!r} on this account")
+        raise Refusal("key_not_found", f"no key {key_id!r} on this account")
     if key.revoked_at is not None:
-        raise KeyCommandError("key_revoked", f"key {key_id!r} is revoked")
+        raise Refusal("key_revoked", f"key {key_id!r} is revoked")
     return key
 
 
@@ -89,9 +82,7 @@ def revoke(
     if account_keys is not None and current.kind == "management":
         others = [k for k in account_keys if k.kind == "management" and k.revoked_at is None and k.key_id != key_id]
         if not others:
-            raise KeyCommandError(
-                "last_management_key", "this is the account's last management key: create another one first"
-            )
+            raise Refusal("last_management_key", "this is the account's last management key: create another one first")
     return KeyRevoked(
         event_id=str(uuid.uuid4()), account_id=account_id, occurred_at=now, key_id=key_id, key_hash=current.key_hash
     )

@@ -1,8 +1,8 @@
-"""keys' request/reply subjects. Commands publish their event, apply it to memory at once
-(read-your-writes: the new key works on the next call), and tell every cache."""
+"""keys' commands and queries (libs.rpc; key.lookup on raw nats-py: the hot path). Commands publish
+their event, apply it to memory at once (read-your-writes: the new key works on the next call), and
+tell every cache."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.aio.client import Client
@@ -10,11 +10,11 @@ from nats.aio.msg import Msg
 
 from libs.clock import Clock
 from libs.eventlog.publisher import EventPublisher
+from libs.rpc import Replier
 from proto.v1 import (
     AccountAccess,
     CreateKey,
     GetAccountAccess,
-    KeyCommandFailed,
     KeyFound,
     KeyIssued,
     KeyList,
@@ -26,13 +26,12 @@ from proto.v1 import (
     RotateKey,
     SuspendAccount,
     encode,
+    rpc,
     subjects,
 )
 from services.keys import domain
-from services.keys.domain import KeyCommandError, KeyEvent
+from services.keys.domain import KeyEvent
 from services.keys.registry import KeyRegistry
-
-Command = CreateKey | RotateKey | RevokeKey | ListKeys | RevokeAnyKey | SuspendAccount
 
 
 class KeysResponder:
@@ -42,62 +41,65 @@ class KeysResponder:
         self._nc = nc
         self._clock = clock
         self._lookup = msgspec.json.Decoder(LookupKey)
-        self._access = msgspec.json.Decoder(GetAccountAccess)
-        self._commands = msgspec.json.Decoder(Command)
         self._lock = asyncio.Lock()
 
-    def subjects(self) -> dict[str, Callable[[Msg], Awaitable[None]]]:
-        return {subjects.KEY_LOOKUP: self.on_lookup, subjects.KEYS_CREATE: self.on_command,
-                subjects.KEYS_LIST: self.on_command, subjects.KEYS_ROTATE: self.on_command,
-                subjects.KEYS_REVOKE: self.on_command, subjects.KEYS_REVOKE_ANY: self.on_command,
-                subjects.KEYS_SUSPEND: self.on_command, subjects.KEYS_ACCESS: self.on_access}  # fmt: skip
+    def serve(self, runtime: Replier) -> None:
+        """key.lookup is on every model call's path: raw nats-py (on_lookup, app.py); the rest is typed."""
+        runtime.reply(rpc.KEYS_ACCESS, self.access)
+        runtime.reply(rpc.KEYS_LIST, self.list_keys)
+        runtime.reply(rpc.KEYS_CREATE, self.create)
+        runtime.reply(rpc.KEYS_ROTATE, self.rotate)
+        runtime.reply(rpc.KEYS_REVOKE, self.revoke)
+        runtime.reply(rpc.KEYS_REVOKE_ANY, self.revoke_any)
+        runtime.reply(rpc.KEYS_SUSPEND, self.suspend)
 
     async def on_lookup(self, msg: Msg) -> None:
         key = self._registry.lookup(self._lookup.decode(msg.data).key_hash)
         await msg.respond(encode(KeyFound(key=key)))
 
-    async def on_access(self, msg: Msg) -> None:
-        access = self._registry.access_of(self._access.decode(msg.data).account_id)
-        await msg.respond(
-            encode(AccountAccess(account_id=access.account_id, suspended=access.suspended, changed=False,
-                                 since=access.since))
-        )  # fmt: skip
+    async def access(self, request: GetAccountAccess) -> AccountAccess:
+        access = self._registry.access_of(request.account_id)
+        return AccountAccess(account_id=access.account_id, suspended=access.suspended, changed=False,
+                             since=access.since)  # fmt: skip
 
-    async def on_command(self, msg: Msg) -> None:
-        try:
-            command = self._commands.decode(msg.data)
-            async with self._lock:
-                reply: msgspec.Struct = await self._handle(command)
-        except KeyCommandError as exc:
-            reply = KeyCommandFailed(code=exc.code, message=exc.message)
-        except msgspec.ValidationError as exc:
-            reply = KeyCommandFailed(code="invalid_request", message=str(exc))
-        await msg.respond(encode(reply))
+    async def list_keys(self, command: ListKeys) -> KeyList:
+        return KeyList(keys=[k.view() for k in self._registry.of_account(command.account_id)])
 
-    async def _handle(self, command: Command) -> msgspec.Struct:
-        now = self._clock.now()
-        if isinstance(command, ListKeys):
-            return KeyList(keys=[k.view() for k in self._registry.of_account(command.account_id)])
-        if isinstance(command, SuspendAccount):
-            return await self._suspend(command)
-        if isinstance(command, CreateKey):
+    async def create(self, command: CreateKey) -> KeyIssued:
+        async with self._lock:
             account_keys = self._registry.of_account(command.account_id)
-            created, secret = domain.issue(command.account_id, command.name, command.kind, now, account_keys)
+            created, secret = domain.issue(command.account_id, command.name, command.kind, self._clock.now(),
+                                           account_keys)  # fmt: skip
             key = await self._record(created, [created.key_hash])
-            return KeyIssued(key=key.view(), secret=secret)
-        current = self._registry.by_id.get(command.key_id)
-        if isinstance(command, RotateKey):
-            rotated, secret = domain.rotate(current, command.account_id, command.key_id, now)
+        return KeyIssued(key=key.view(), secret=secret)
+
+    async def rotate(self, command: RotateKey) -> KeyIssued:
+        async with self._lock:
+            current = self._registry.by_id.get(command.key_id)
+            rotated, secret = domain.rotate(current, command.account_id, command.key_id, self._clock.now())
             key = await self._record(rotated, [rotated.previous_key_hash, rotated.key_hash])
-            return KeyIssued(key=key.view(), secret=secret)
-        if isinstance(command, RevokeAnyKey):  # the operator: any account's key, even its last management key
-            owner = current.account_id if current is not None else ""
-            revoked = domain.revoke(current, owner, command.key_id, now)
-        else:
+        return KeyIssued(key=key.view(), secret=secret)
+
+    async def revoke(self, command: RevokeKey) -> KeyList:
+        async with self._lock:
             owned = self._registry.of_account(command.account_id)
-            revoked = domain.revoke(current, command.account_id, command.key_id, now, owned)
-        key = await self._record(revoked, [revoked.key_hash])
+            current = self._registry.by_id.get(command.key_id)
+            revoked = domain.revoke(current, command.account_id, command.key_id, self._clock.now(), owned)
+            key = await self._record(revoked, [revoked.key_hash])
         return KeyList(keys=[key.view()])
+
+    async def revoke_any(self, command: RevokeAnyKey) -> KeyList:
+        """The operator: any account's key, even its last management key."""
+        async with self._lock:
+            current = self._registry.by_id.get(command.key_id)
+            owner = current.account_id if current is not None else ""
+            revoked = domain.revoke(current, owner, command.key_id, self._clock.now())
+            key = await self._record(revoked, [revoked.key_hash])
+        return KeyList(keys=[key.view()])
+
+    async def suspend(self, command: SuspendAccount) -> AccountAccess:
+        async with self._lock:
+            return await self._suspend(command)
 
     async def _suspend(self, command: SuspendAccount) -> AccountAccess:
         access = self._registry.access_of(command.account_id)

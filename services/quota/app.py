@@ -8,8 +8,8 @@ import asyncpg
 from libs.clock import Clock, SystemClock
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
-from libs.settings import Settings
-from proto.v1 import subjects
+from libs.settings import QuotaSettings
+from proto.v1 import rpc, subjects
 from services.quota.domain.admission import Limits
 from services.quota.inflight import InflightTracker
 from services.quota.projection import QuotaProjection, QuotaState
@@ -19,11 +19,11 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class QuotaService:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: QuotaSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.catalog = load_catalog(settings.catalog_path, settings.plans_path)
-        self.state = QuotaState(self.catalog.default_usd_per_flow, self.catalog.insider_multiplier)
+        self.state = QuotaState(self.catalog.default_usd_per_flow, self.catalog.insider_multiplier, self.clock)
         self.runtime = Runtime("quota", settings)
 
     async def start(self) -> None:
@@ -42,12 +42,13 @@ class QuotaService:
         )
         for subject, handler in (
             (subjects.QUOTA_CHECK, responder.on_check),
-            (subjects.QUOTA_STATUS, responder.on_status),
-            (subjects.QUOTA_EVENTS, responder.on_events),
             (subjects.QUOTA_RELEASE, responder.on_release),
-            (subjects.QUOTA_INFLIGHT, responder.on_inflight),
         ):
             await runtime.answer(subject, handler)
+        runtime.reply(rpc.QUOTA_STATUS, responder.status_of)
+        runtime.reply(rpc.QUOTA_EVENTS, responder.events)
+        runtime.reply(rpc.QUOTA_INFLIGHT, responder.inflight, max_workers=16)  # each waits until quota is ready
+        await runtime.start_responders()  # status and events are answered while in-flight state rebuilds
         runtime.spawn(tracker.run(), "quota-inflight")
         await tracker.ready.wait()  # healthy (and listening) once it admits
         await runtime.serve(self.settings.quota_port)

@@ -44,9 +44,10 @@ from nats.aio.msg import Msg
 
 from libs.clock import Clock
 from libs.eventlog import subjects as log_subjects
+from libs.eventlog.barrier import applied_by_partition, latest_stored
 from libs.eventlog.streams import require_streams
 from libs.pricing.money import round_half_up
-from libs.settings import Settings
+from libs.settings import QuotaSettings
 from proto.v1 import GatewayHeartbeat, InflightCall, subjects
 from services.quota.projection import QuotaState
 from services.quota.reservations import Reservations
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 
 class InflightTracker:
     def __init__(
-        self, state: QuotaState, settings: Settings, clock: Clock, nc: Client, pool: asyncpg.Pool, schema: str
+        self, state: QuotaState, settings: QuotaSettings, clock: Clock, nc: Client, pool: asyncpg.Pool, schema: str
     ) -> None:
         self._state, self._settings, self._clock = state, settings, clock
         self._nc, self._pool, self._schema = nc, pool, schema
@@ -136,10 +137,7 @@ class InflightTracker:
 
     async def _applied(self) -> dict[int, int]:
         """The last sequence quota's projection applied, per partition."""
-        rows = await self._pool.fetch(
-            f"SELECT partition, last_seq FROM {self._schema}.checkpoints WHERE projection = 'quota'"
-        )
-        return {row["partition"]: row["last_seq"] for row in rows}
+        return await applied_by_partition(self._pool, self._schema, "quota")
 
     # -- letting go -----------------------------------------------------------------------
 
@@ -172,9 +170,4 @@ class InflightTracker:
 
     async def _latest_event(self, account_id: str) -> tuple[int, int] | None:
         """(partition, sequence) of the account's latest event stored now, or None."""
-        pattern = f"{log_subjects.STORED_PREFIX}.*.*.{account_id}.*"
-        try:
-            last = await self._nc.jetstream().get_last_msg(self._settings.stream, pattern)
-        except nats.js.errors.NotFoundError:
-            return None
-        return log_subjects.partition_of(last.subject or ""), int(last.seq or 0)
+        return await latest_stored(self._nc.jetstream(), self._settings.stream, account_id)

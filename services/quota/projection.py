@@ -8,15 +8,20 @@ the transaction that wrote the same change has committed.
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
 
 import asyncpg
 
+from libs.clock import Clock, SystemClock
+from libs.eventlog.dispatch import EventHandlers, handles
 from libs.eventlog.runner import AfterCommit, Applied
+from libs.pricing.catalog import FREE
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
 from libs.pricing.multipliers import multiplier_at
+from libs.pricing.ratebook import load_rate_book
 from proto.v1 import (
     AccountCreated,
     BalanceToppedUp,
@@ -32,10 +37,8 @@ from proto.v1 import (
 from services.quota import metrics
 from services.quota.domain.admission import AccountQuota
 from services.quota.domain.periods import Period, Segment, period_at
-from services.quota.domain.windows import FIVE_HOURS, ONE_WEEK, Usage, Window, add_usages, chain
+from services.quota.domain.windows import CHAINS, ChainKind, Usage, Window, add_usages, chain
 from services.quota.reservations import Reservations
-
-CHAINS: dict[str, timedelta] = {"5h": FIVE_HOURS, "week": ONE_WEEK}
 
 
 class UnknownAccount(Exception):
@@ -45,8 +48,12 @@ class UnknownAccount(Exception):
 class QuotaState:
     """The in-memory side: accounts by id, and the reservations of calls in flight."""
 
-    def __init__(self, default_usd_per_flow: Fraction, insider_multiplier: Fraction = Fraction(5, 4)) -> None:
+    def __init__(
+        self, default_usd_per_flow: Fraction, insider_multiplier: Fraction = Fraction(5, 4), clock: Clock | None = None
+    ) -> None:
         self.default_usd_per_flow = default_usd_per_flow
+        self.clock = clock or SystemClock()
+        """What load() reads the recent months by (the responder reads the same service clock)."""
         self.insider_multiplier = insider_multiplier
         self.accounts: dict[str, AccountQuota] = {}
         self.reservations = Reservations()
@@ -65,27 +72,19 @@ class QuotaState:
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
         """Rebuild memory from the projection (at start, and after a replay swapped its tables).
         Reservations and rate limits are not in the tables: they stay as they are."""
+        book = await load_rate_book(conn, schema, self.default_usd_per_flow)
         accounts: dict[str, AccountQuota] = {}
-        flow_rate = Versioned(self.default_usd_per_flow)
-        for row in await conn.fetch(
-            f"SELECT account_id, created_at, multiplier, extra_usage, payg_key_id FROM {schema}.accounts"
-        ):
-            accounts[row["account_id"]] = AccountQuota(
-                row["created_at"], [], multiplier=Versioned(parse_fraction(row["multiplier"])),
+        for row in await conn.fetch(f"SELECT account_id, created_at, extra_usage, payg_key_id FROM {schema}.accounts"):
+            account_id = row["account_id"]
+            accounts[account_id] = AccountQuota(
+                row["created_at"], [], multiplier=book.multipliers[account_id], insider=book.insiders[account_id],
                 extra_usage=row["extra_usage"], payg_key_id=row["payg_key_id"],
             )  # fmt: skip
+        flow_rate = book.flow_rate
         for row in await conn.fetch(
             f"SELECT account_id, sum(amount_micros) AS balance FROM {schema}.ledger GROUP BY account_id"
         ):
             accounts[row["account_id"]].balance = int(row["balance"])
-        for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers"):
-            accounts[row["account_id"]].multiplier.add(
-                row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])
-            )
-        for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, insider FROM {schema}.insider"):
-            accounts[row["account_id"]].insider.add(row["event_id"], row["effective_at"], row["insider"])
-        for row in await conn.fetch(f"SELECT event_id, effective_at, usd_per_flow FROM {schema}.flow_rates"):
-            flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))
         for row in await conn.fetch(
             f"""SELECT event_id, account_id, effective_at, plan, period_anchor, paid_until FROM {schema}.plan_history
                 ORDER BY account_id, effective_at, event_id"""
@@ -108,7 +107,8 @@ class QuotaState:
                 account.weekly = window
         for row in await conn.fetch(
             f"""SELECT account_id, started_at, flows_micros FROM {schema}.windows
-                WHERE kind = 'month' AND ends_at > now() - interval '40 days'"""
+                WHERE kind = 'month' AND ends_at > $1""",
+            self.clock.now() - timedelta(days=40),
         ):
             accounts[row["account_id"]].months[row["started_at"]] = row["flows_micros"]
         self.accounts, self.flow_rate = accounts, flow_rate
@@ -118,20 +118,18 @@ class QuotaState:
         return multiplier_at(account.multiplier, account.insider, self.insider_multiplier, when)
 
 
-class QuotaProjection:
+@dataclass(slots=True)
+class QuotaBatch:
+    """One batch's changes: accounts as they will be after commit, and the usage and rates collected."""
+
+    conn: asyncpg.Connection
+    pending: dict[str, AccountQuota] = field(default_factory=dict)
+    usage: list[tuple[int, UsageRecorded]] = field(default_factory=list)
+    rates: list[FlowRateChanged] = field(default_factory=list)
+
+
+class QuotaProjection(EventHandlers[QuotaBatch]):
     name: str = "quota"
-    event_types: tuple[str, ...] = (
-        "AccountCreated",
-        "PlanChanged",
-        "PlanChangeCancelled",
-        "MultiplierChanged",
-        "InsiderStatusSet",
-        "InsiderStatusEnded",
-        "FlowRateChanged",
-        "BalanceToppedUp",
-        "ExtraUsageChanged",
-        "UsageRecorded",
-    )
     category: str | None = None
     tables: tuple[str, ...] = (
         "checkpoints", "accounts", "plan_history", "multipliers", "insider", "flow_rates", "ledger", "usage", "windows",
@@ -144,45 +142,16 @@ class QuotaProjection:
         """False for a rebuild: the Flows it applies again were counted on /metrics once already."""
 
     def rebuilt_into(self, schema: str) -> "QuotaProjection":
-        state = QuotaState(self.state.default_usd_per_flow, self.state.insider_multiplier)
+        state = QuotaState(self.state.default_usd_per_flow, self.state.insider_multiplier, self.state.clock)
         return QuotaProjection(state, schema, metered=False)
 
     async def reload(self, conn: asyncpg.Connection) -> None:
         await self.state.load(conn, self.schema)
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
-        pending: dict[str, AccountQuota] = {}
-        usage: list[tuple[int, UsageRecorded]] = []
-        rates: list[FlowRateChanged] = []
-        for seq, event in batch:
-            if isinstance(event, AccountCreated):
-                await self._account_created(conn, event, pending)
-            elif isinstance(event, PlanChanged):
-                await self._plan_changed(conn, event, pending)
-            elif isinstance(event, PlanChangeCancelled):
-                await self._plan_change_cancelled(conn, event, pending)
-            elif isinstance(event, MultiplierChanged):
-                await self._multiplier_changed(conn, event, pending)
-            elif isinstance(event, InsiderStatusSet | InsiderStatusEnded):
-                await self._insider_changed(conn, event, pending)
-            elif isinstance(event, FlowRateChanged):
-                await conn.execute(
-                    f"""INSERT INTO {self.schema}.flow_rates (event_id, effective_at, usd_per_flow)
-                        VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",
-                    event.event_id, event.occurred_at, event.usd_per_flow,
-                )  # fmt: skip
-                rates.append(event)
-            elif isinstance(event, BalanceToppedUp):
-                await self._topped_up(conn, event, pending)
-            elif isinstance(event, ExtraUsageChanged):
-                account = self._pending(event.account_id, pending)
-                await conn.execute(
-                    f"UPDATE {self.schema}.accounts SET extra_usage = $2, payg_key_id = $3 WHERE account_id = $1",
-                    event.account_id, event.enabled, event.payg_key_id,
-                )  # fmt: skip
-                account.extra_usage, account.payg_key_id = event.enabled, event.payg_key_id
-            elif isinstance(event, UsageRecorded):
-                usage.append((seq, event))
+        b = QuotaBatch(conn)
+        await self.dispatch(b, batch)
+        pending, usage, rates = b.pending, b.usage, b.rates
         released: list[tuple[str, str]] = []
         consumed: dict[tuple[str, str], int] = defaultdict(int)  # micro-Flows by (model, plan)
         if usage:
@@ -212,9 +181,31 @@ class QuotaProjection:
             pending[account_id] = known.copy()
         return pending[account_id]
 
-    async def _account_created(
-        self, conn: asyncpg.Connection, event: AccountCreated, pending: dict[str, AccountQuota]
-    ) -> None:
+    @handles(UsageRecorded)
+    async def _usage(self, b: QuotaBatch, seq: int, event: UsageRecorded) -> None:
+        b.usage.append((seq, event))
+
+    @handles(FlowRateChanged)
+    async def _flow_rate_changed(self, b: QuotaBatch, _seq: int, event: FlowRateChanged) -> None:
+        await b.conn.execute(
+            f"""INSERT INTO {self.schema}.flow_rates (event_id, effective_at, usd_per_flow)
+                VALUES ($1, $2, $3) ON CONFLICT DO NOTHING""",
+            event.event_id, event.occurred_at, event.usd_per_flow,
+        )  # fmt: skip
+        b.rates.append(event)
+
+    @handles(ExtraUsageChanged)
+    async def _extra_usage_changed(self, b: QuotaBatch, _seq: int, event: ExtraUsageChanged) -> None:
+        account = self._pending(event.account_id, b.pending)
+        await b.conn.execute(
+            f"UPDATE {self.schema}.accounts SET extra_usage = $2, payg_key_id = $3 WHERE account_id = $1",
+            event.account_id, event.enabled, event.payg_key_id,
+        )  # fmt: skip
+        account.extra_usage, account.payg_key_id = event.enabled, event.payg_key_id
+
+    @handles(AccountCreated)
+    async def _account_created(self, b: QuotaBatch, _seq: int, event: AccountCreated) -> None:
+        conn, pending = b.conn, b.pending
         if event.account_id in pending or event.account_id in self.state.accounts:
             return
         await conn.execute(
@@ -222,15 +213,15 @@ class QuotaProjection:
                 ON CONFLICT DO NOTHING""",
             event.account_id, event.occurred_at, event.multiplier,
         )  # fmt: skip
-        segment = Segment(event.occurred_at, "free", event.occurred_at, event.event_id)
+        segment = Segment(event.occurred_at, FREE, event.occurred_at, event.event_id)
         await self._insert_segment(conn, event.account_id, segment)
         pending[event.account_id] = AccountQuota(
             event.occurred_at, [segment], multiplier=Versioned(parse_fraction(event.multiplier))
         )
 
-    async def _topped_up(
-        self, conn: asyncpg.Connection, event: BalanceToppedUp, pending: dict[str, AccountQuota]
-    ) -> None:
+    @handles(BalanceToppedUp)
+    async def _topped_up(self, b: QuotaBatch, _seq: int, event: BalanceToppedUp) -> None:
+        conn, pending = b.conn, b.pending
         account = self._pending(event.account_id, pending)
         credited = await conn.fetchval(
             f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)
@@ -240,9 +231,9 @@ class QuotaProjection:
         if credited:
             account.balance += event.amount_micros
 
-    async def _multiplier_changed(
-        self, conn: asyncpg.Connection, event: MultiplierChanged, pending: dict[str, AccountQuota]
-    ) -> None:
+    @handles(MultiplierChanged)
+    async def _multiplier_changed(self, b: QuotaBatch, _seq: int, event: MultiplierChanged) -> None:
+        conn, pending = b.conn, b.pending
         account = self._pending(event.account_id, pending)
         await conn.execute(
             f"""INSERT INTO {self.schema}.multipliers (event_id, account_id, effective_at, multiplier)
@@ -251,9 +242,9 @@ class QuotaProjection:
         )  # fmt: skip
         account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
 
-    async def _insider_changed(
-        self, conn: asyncpg.Connection, event: InsiderStatusSet | InsiderStatusEnded, pending: dict[str, AccountQuota]
-    ) -> None:
+    @handles(InsiderStatusSet, InsiderStatusEnded)
+    async def _insider_changed(self, b: QuotaBatch, _seq: int, event: InsiderStatusSet | InsiderStatusEnded) -> None:
+        conn, pending = b.conn, b.pending
         account = self._pending(event.account_id, pending)
         insider = isinstance(event, InsiderStatusSet) and event.insider
         await conn.execute(
@@ -277,9 +268,9 @@ class QuotaProjection:
         )
         return bool(inserted)
 
-    async def _plan_changed(
-        self, conn: asyncpg.Connection, event: PlanChanged, pending: dict[str, AccountQuota]
-    ) -> None:
+    @handles(PlanChanged)
+    async def _plan_changed(self, b: QuotaBatch, _seq: int, event: PlanChanged) -> None:
+        conn, pending = b.conn, b.pending
         account = self._pending(event.account_id, pending)
         segment = Segment(event.occurred_at, event.plan, event.period_anchor, event.event_id, event.paid_until)
         if not await self._insert_segment(conn, event.account_id, segment):
@@ -288,10 +279,10 @@ class QuotaProjection:
         account.segments = sorted([*account.segments, segment])
         await self._recount_months(conn, event.account_id, account, since=old_period.start)
 
-    async def _plan_change_cancelled(
-        self, conn: asyncpg.Connection, event: PlanChangeCancelled, pending: dict[str, AccountQuota]
-    ) -> None:
+    @handles(PlanChangeCancelled)
+    async def _plan_change_cancelled(self, b: QuotaBatch, _seq: int, event: PlanChangeCancelled) -> None:
         """A scheduled change withdrawn: the account's plans as if it had never been recorded."""
+        conn, pending = b.conn, b.pending
         account = self._pending(event.account_id, pending)
         withdrawn = [s for s in account.segments if s.event_id == event.plan_change_id]
         if not withdrawn:
@@ -336,10 +327,10 @@ class QuotaProjection:
         inserted = await conn.fetch(
             f"""INSERT INTO {self.schema}.usage (event_id, account_id, occurred_at, model, input_tokens,
                     output_tokens, cached_tokens, images, billing_mode, key_id, usd_cost_micros,
-                    flows_micros, usd_per_flow, multiplier, stream_seq)
+                    flows_micros, usd_per_flow, multiplier, stream_seq, conversation_id)
                 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[],
                     $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bigint[],
-                    $12::bigint[], $13::text[], $14::text[], $15::bigint[])
+                    $12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::text[])
                 ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
             *zip(
                 *(
@@ -359,6 +350,7 @@ class QuotaProjection:
                         e.usd_per_flow,
                         e.multiplier,
                         seq,
+                        e.conversation_id,
                     )
                     for seq, e in usage
                 ),
@@ -400,7 +392,7 @@ class QuotaProjection:
         for events in counted.values():
             events.sort(key=lambda e: (e.occurred_at, e.event_id))
         suffixes = await self._load_suffixes(conn, {a: events[0].occurred_at for a, events in counted.items()})
-        upserts: list[tuple[str, str, Window]] = []
+        upserts: list[tuple[str, ChainKind, Window]] = []
         months: dict[tuple[str, datetime, datetime], int] = defaultdict(int)
         for account_id, events in counted.items():
             account = pending[account_id]
@@ -461,7 +453,7 @@ class QuotaProjection:
         return suffixes
 
     async def _rechain(
-        self, conn: asyncpg.Connection, account_id: str, kind: str, duration: timedelta, since: datetime
+        self, conn: asyncpg.Connection, account_id: str, kind: ChainKind, duration: timedelta, since: datetime
     ) -> list[Window]:
         """A late event opened a window before later ones: rebuild the chain from it."""
         await conn.execute(

@@ -6,15 +6,14 @@ answers `not_ready` and quota.inflight waits: neither may answer from half the p
 import asyncio
 import time
 from collections.abc import Mapping
-from fractions import Fraction
 
 import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
 from libs.clock import Clock
-from libs.pricing.catalog import Catalog
-from libs.pricing.money import fraction_text, round_half_up
+from libs.pricing.catalog import FREE, Catalog
+from libs.pricing.money import fraction_text
 from proto.v1 import (
     Inflight,
     InflightRequest,
@@ -31,7 +30,16 @@ from proto.v1 import (
     encode,
 )
 from services.quota import metrics
-from services.quota.domain.admission import AccountQuota, Limits, QuotaView, WindowView, admit, view
+from services.quota.domain.admission import (
+    AccountQuota,
+    Limits,
+    QuotaView,
+    WindowView,
+    admit,
+    estimate,
+    flows_remaining,
+    view,
+)
 from services.quota.domain.periods import Segment
 from services.quota.projection import QuotaState
 
@@ -65,10 +73,7 @@ class QuotaResponder:
         self._pool = pool
         self._schema = schema
         self._check = msgspec.json.Decoder(QuotaCheck)
-        self._status = msgspec.json.Decoder(QuotaStatusRequest)
-        self._events = msgspec.json.Decoder(UsageEventsRequest)
         self._release = msgspec.json.Decoder(ReleaseReservation)
-        self._inflight = msgspec.json.Decoder(InflightRequest)
 
     async def on_check(self, msg: Msg) -> None:
         started = time.perf_counter()
@@ -88,36 +93,28 @@ class QuotaResponder:
         now = self._clock.now()
         plan = self._catalog.plan(account.plan_at(now))
         usd_per_flow, multiplier = self._state.flow_rate.at(now), self._state.multiplier(account, now)
-        estimate_usd = request.estimated_usd_micros or round_half_up(
-            request.estimated_flows_micros * usd_per_flow * multiplier
-        )
-        estimate = request.estimated_flows_micros
-        if request.estimated_usd_micros > 0:
-            estimate = round_half_up(Fraction(request.estimated_usd_micros) / (usd_per_flow * multiplier))
+        cost = estimate(request.estimated_flows_micros, request.estimated_usd_micros, usd_per_flow, multiplier)
         admission = admit(
             account, plan, self._catalog.models.get(request.model), billing_mode=request.billing_mode,
             rate_tat=self._state.rate_limits.get(request.account_id),
             reserved=self._state.reservations.total(request.account_id),
             payg_reserved=self._state.payg_reservations.total(request.account_id),
-            estimate_usd=estimate_usd, limits_by_plan=self._limits, now=now,
+            estimate_usd=cost.usd, limits_by_plan=self._limits, now=now,
         )  # fmt: skip
         if admission.rate is not None and admission.rate.allowed:
             self._state.rate_limits[request.account_id] = admission.rate.tat
         if admission.admitted and admission.billing_mode == "payg":
-            self._state.payg_reservations.hold(request.account_id, request.reservation_id, estimate_usd, now)
+            self._state.payg_reservations.hold(request.account_id, request.reservation_id, cost.usd, now)
         elif admission.admitted:
-            self._state.reservations.hold(request.account_id, request.reservation_id, estimate, now)
+            self._state.reservations.hold(request.account_id, request.reservation_id, cost.flows, now)
         window = admission.quota.window_5h if admission.quota else None
-        room = window.limit - window.used - window.reserved if window else 0
-        if admission.admitted and admission.billing_mode == "subscription":
-            room -= estimate
         rate = admission.rate
         return QuotaDecision(
             admitted=admission.admitted,
             billing_mode=admission.billing_mode,
             reason=admission.reason,
             plan=plan.id,
-            flows_remaining_micros=max(0, room),
+            flows_remaining_micros=flows_remaining(admission, cost.flows),
             window_resets_at=window.resets_at if window else None,
             retry_after_s=admission.retry_after_s,
             rate_limit=RateLimit(limit=plan.rpm, remaining=rate.remaining, reset_s=rate.reset_s) if rate else None,
@@ -131,21 +128,21 @@ class QuotaResponder:
         self._state.reservations.release(release.account_id, release.reservation_id)
         self._state.payg_reservations.release(release.account_id, release.reservation_id)
 
-    async def on_inflight(self, msg: Msg) -> None:
-        account_id = self._inflight.decode(msg.data).account_id
+    async def inflight(self, request: InflightRequest) -> Inflight:
         await self._ready.wait()
+        account_id = request.account_id
         held = self._state.reservations.held(account_id) + self._state.payg_reservations.held(account_id)
-        await msg.respond(encode(Inflight(reservation_ids=held)))
+        return Inflight(reservation_ids=held)
 
-    async def on_status(self, msg: Msg) -> None:
-        await msg.respond(encode(self.status(self._status.decode(msg.data).account_id)))
+    async def status_of(self, request: QuotaStatusRequest) -> QuotaStatus:
+        return self.status(request.account_id)
 
     def status(self, account_id: str) -> QuotaStatus:
         now = self._clock.now()
         account = self._state.accounts.get(account_id)
         known = account is not None
         if account is None:
-            account = AccountQuota(now, [Segment(now, "free", now, "")])
+            account = AccountQuota(now, [Segment(now, FREE, now, "")])
         quota: QuotaView = view(account, self._limits, self._state.reservations.total(account_id), now)
         return QuotaStatus(
             account_id=account_id,
@@ -162,9 +159,6 @@ class QuotaResponder:
             multiplier=fraction_text(self._state.multiplier(account, now)),
         )
 
-    async def on_events(self, msg: Msg) -> None:
-        await msg.respond(encode(await self.events(self._events.decode(msg.data))))
-
     async def events(self, request: UsageEventsRequest) -> UsageEventsReply:
         """A page of the account's calls by keyset on (occurred_at, event_id), which the index
         usage_account_time_event orders: no OFFSET, so every page costs the same, however deep.
@@ -176,14 +170,15 @@ class QuotaResponder:
         if bound is not None:
             args += [bound.occurred_at, bound.event_id]
             conditions.append(f"(occurred_at, event_id) {'>' if newer else '<'} (${len(args) - 1}, ${len(args)})")
-        for column in ("key_id", "model"):
+        for column in ("key_id", "model", "conversation_id"):
             if (value := getattr(request, column)) is not None:
                 args.append(value)
                 conditions.append(f"{column} = ${len(args)}")
         order = "ASC" if newer else "DESC"
         rows = await self._pool.fetch(
             f"""SELECT event_id, account_id, occurred_at, model, input_tokens, output_tokens, cached_tokens,
-                       images, billing_mode, key_id, usd_cost_micros, flows_micros, usd_per_flow, multiplier
+                       images, billing_mode, key_id, usd_cost_micros, flows_micros, usd_per_flow, multiplier,
+                       conversation_id
                 FROM {self._schema}.usage WHERE {" AND ".join(conditions)}
                 ORDER BY occurred_at {order}, event_id {order} LIMIT {limit + 1}""",
             *args,

@@ -4,8 +4,7 @@ from pathlib import Path
 
 from libs.clock import Clock, SystemClock
 from libs.runtime import Runtime
-from libs.settings import Settings
-from proto.v1 import subjects
+from libs.settings import RefundSettings
 from services.refund.desk import RefundDesk
 from services.refund.projection import RefundProjection
 from services.refund.provider import LocalPaymentProvider
@@ -15,7 +14,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class RefundService:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: RefundSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.runtime = Runtime("refund", settings)
@@ -32,16 +31,12 @@ class RefundService:
             request_timeout_s=settings.request_timeout_s, barrier_wait_s=settings.refund_barrier_wait_s,
         )  # fmt: skip
         self.responder = RefundResponder(self.desk, provider)
-        queries = (subjects.REFUND_PREVIEW, subjects.REFUND_REQUEST, subjects.REFUND_GET, subjects.REFUND_LIST,
-                   subjects.REFUND_CANCEL)  # fmt: skip
-        for subject in queries:
-            await runtime.answer(subject, self.responder.on_query)
-        await runtime.nc.subscribe(subjects.REFUND_PAYOUTS, cb=self.responder.on_configure)  # every instance
+        self.responder.serve(runtime)
+        await runtime.start_responders()
         await self.desk.resume()
         await runtime.serve(settings.refund_port)
 
     async def stop(self) -> None:
         await self.runtime.stop_serving()
-        await self.responder.close()
         await self.desk.close()
         await self.runtime.close()

@@ -19,21 +19,20 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
-import msgspec
 from nats.aio.client import Client
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from libs import failpoints, tracing
+from libs import failpoints
 from libs.clock import Clock
 from libs.eventlog.barrier import applied_through
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.eventlog.runner import TRANSIENT_ERRORS
+from libs.refusal import Refusal
+from libs.rpc import Unavailable, ask
 from proto.v1 import (
-    Inflight,
     InflightRequest,
     PlanChangeCancelled,
     PlanChanged,
-    QuotaStatus,
     QuotaStatusRequest,
     RefundCancelled,
     RefundFailed,
@@ -42,8 +41,7 @@ from proto.v1 import (
     RefundRequested,
     RefundSucceeded,
     RefundView,
-    encode,
-    subjects,
+    rpc,
 )
 from services.refund import domain, metrics
 from services.refund.domain import Lines, Payment, Period, PlanSpan
@@ -52,21 +50,13 @@ from services.refund.provider import PaymentProvider, PayoutDeclined
 
 log = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("2d6f0f0e-8c1a-4a4b-9d55-0b7e1f3c9a10")
-_inflight = msgspec.json.Decoder(Inflight)
-_status = msgspec.json.Decoder(QuotaStatus)
-RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, PublishFailed)
+RETRIED: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, PublishFailed, Unavailable)
 QUOTA_SYNC_S = 30.0
 """How long a settled refund waits for quota to show Free before it says succeeded anyway."""
 
 
-class Refused(Exception):
-    def __init__(self, code: str, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.reason, self.message = code, reason, message
-
-
-def not_refundable(reason: str) -> Refused:
-    return Refused("not_refundable", reason, domain.MESSAGES[reason])
+def not_refundable(reason: str) -> Refusal:
+    return Refusal("not_refundable", domain.MESSAGES[reason], reason=reason)
 
 
 class RefundDesk:
@@ -103,7 +93,7 @@ class RefundDesk:
             f"SELECT * FROM {self._schema}.refunds WHERE refund_id = $1 AND account_id = $2", refund_id, account_id
         )
         if row is None:
-            raise Refused("refund_not_found", "refund_not_found", f"no refund {refund_id!r} for this account")
+            raise Refusal("refund_not_found", f"no refund {refund_id!r} for this account", "refund_id")
         return _view(row)
 
     async def refunds(self, account_id: str) -> list[RefundView]:
@@ -150,10 +140,10 @@ class RefundDesk:
                 account_id,
             )
             if row is None:
-                raise Refused("refund_not_found", "refund_not_found", f"no refund {refund_id!r} for this account")
+                raise Refusal("refund_not_found", f"no refund {refund_id!r} for this account", "refund_id")
             reason = domain.cancel_refusal(row["status"], row["payout_started"])
             if reason is not None:
-                raise Refused("not_cancellable", reason, domain.MESSAGES[reason])
+                raise Refusal("not_cancellable", domain.MESSAGES[reason], reason=reason)
             event = RefundCancelled(
                 event_id=_event_id(refund_id, "cancelled"), account_id=account_id, occurred_at=self._clock.now(),
                 refund_id=refund_id, reason="cancelled_by_user", usage_micros=row["usage_micros"],
@@ -309,20 +299,16 @@ class RefundDesk:
         return seq
 
     async def _inflight(self, account_id: str) -> list[str]:
-        reply = await self._nc.request(
-            subjects.QUOTA_INFLIGHT, encode(InflightRequest(account_id=account_id)), timeout=self._request_timeout_s,
-            headers=tracing.nats_headers(),
-        )  # fmt: skip
-        return _inflight.decode(reply.data).reservation_ids
+        inflight = await ask(self._nc, rpc.QUOTA_INFLIGHT, InflightRequest(account_id=account_id),
+                             self._request_timeout_s)  # fmt: skip
+        return inflight.reservation_ids
 
     async def _until_quota_shows_free(self, account_id: str) -> None:
         deadline = asyncio.get_running_loop().time() + QUOTA_SYNC_S
         while asyncio.get_running_loop().time() < deadline:
-            reply = await self._nc.request(
-                subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=account_id)),
-                timeout=self._request_timeout_s, headers=tracing.nats_headers(),
-            )  # fmt: skip
-            if _status.decode(reply.data).plan == "free":
+            status = await ask(self._nc, rpc.QUOTA_STATUS, QuotaStatusRequest(account_id=account_id),
+                               self._request_timeout_s)  # fmt: skip
+            if status.plan == "free":
                 return
             await asyncio.sleep(0.01)
         log.warning("refund: quota did not show %s on Free within %.0f s; settling anyway", account_id, QUOTA_SYNC_S)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fractions import Fraction
 
+from libs.pricing.catalog import FREE
 from libs.pricing.money import round_half_up
 
 REFUND_WINDOW = timedelta(hours=24)
@@ -93,7 +94,7 @@ def plan_at(spans: Sequence[PlanSpan], when: datetime) -> str:
     """The plan in force: the latest change at or before `when`; Free before any and after an unpaid end."""
     current = max((s for s in spans if s.effective_at <= when), key=lambda s: s.effective_at, default=None)
     if current is None or (current.paid_until is not None and when >= current.paid_until):
-        return "free"
+        return FREE
     return current.plan
 
 
@@ -112,7 +113,7 @@ def refusal(
         return "already_refunded"
     if "processing" in refund_statuses:
         return "refund_in_progress"
-    if plan_now == "free":
+    if plan_now == FREE:
         return "free_plan"
     if now > payment.paid_at + REFUND_WINDOW:
         return "window_passed"

@@ -3,9 +3,11 @@ and the refunds and payouts themselves, from the events. Every write is idempote
 rows the command paths wrote first are written again harmlessly."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import asyncpg
 
+from libs.eventlog.dispatch import EventHandlers, handles
 from libs.eventlog.runner import AfterCommit, Applied
 from proto.v1 import (
     PaymentRecorded,
@@ -20,21 +22,17 @@ from proto.v1 import (
     UsageRecorded,
 )
 
+UsageRow = tuple[str, str, int, object, int, str | None, str]
 
-class RefundProjection:
+
+@dataclass(slots=True)
+class RefundBatch:
+    conn: asyncpg.Connection
+    usage: list[UsageRow] = field(default_factory=list)
+
+
+class RefundProjection(EventHandlers[RefundBatch]):
     name: str = "refund"
-    event_types: tuple[str, ...] = (
-        "PaymentRecorded",
-        "PlanChanged",
-        "PlanChangeCancelled",
-        "UsageRecorded",
-        "RefundRequested",
-        "RefundPayoutStarted",
-        "RefundPaidOut",
-        "RefundSucceeded",
-        "RefundFailed",
-        "RefundCancelled",
-    )
     category: str | None = None
     tables: tuple[str, ...] = ("checkpoints", "payments", "plans", "usage", "refunds", "payouts")
 
@@ -48,47 +46,61 @@ class RefundProjection:
         """refund answers from its tables only: nothing in memory to reload."""
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
-        usage: list[tuple[str, str, int, object, int, str | None, str]] = []
-        for seq, event in batch:
-            if isinstance(event, UsageRecorded):
-                usage.append((event.event_id, event.account_id, seq, event.occurred_at, event.usd_cost_micros,
-                              event.reservation_id, event.billing_mode))  # fmt: skip
-            elif isinstance(event, PaymentRecorded):
-                await conn.execute(
-                    f"""INSERT INTO {self.schema}.payments (event_id, account_id, payment_ref, plan, amount_micros,
-                                                            paid_at)
-                        VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
-                    event.event_id, event.account_id, event.payment_ref, event.plan, event.amount_micros,
-                    event.occurred_at,
-                )  # fmt: skip
-            elif isinstance(event, PlanChanged):
-                await conn.execute(
-                    f"""INSERT INTO {self.schema}.plans (event_id, account_id, plan, effective_at, paid_until,
-                                                         payment_ref)
-                        VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
-                    event.event_id, event.account_id, event.plan, event.occurred_at, event.paid_until,
-                    event.payment_ref,
-                )  # fmt: skip
-            elif isinstance(event, PlanChangeCancelled):
-                await conn.execute(f"DELETE FROM {self.schema}.plans WHERE event_id = $1", event.plan_change_id)
-            elif isinstance(event, RefundRequested):
-                await insert_refund(conn, self.schema, event)
-            elif isinstance(event, RefundPayoutStarted):
-                await start_payout(conn, self.schema, event)
-            elif isinstance(event, RefundPaidOut):
-                await insert_payout(conn, self.schema, event)
-            elif isinstance(event, RefundSucceeded | RefundFailed | RefundCancelled):
-                await settle_refund(conn, self.schema, event)
-        if usage:  # one statement for the batch: usage is most of the log
+        b = RefundBatch(conn)
+        await self.dispatch(b, batch)
+        if b.usage:  # one statement for the batch: usage is most of the log
             await conn.execute(
                 f"""INSERT INTO {self.schema}.usage (event_id, account_id, seq, occurred_at, usd_cost_micros,
                                                      reservation_id, billing_mode)
                     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bigint[],
                                          $6::text[], $7::text[])
                     ON CONFLICT DO NOTHING""",
-                *(list(column) for column in zip(*usage, strict=True)),
+                *(list(column) for column in zip(*b.usage, strict=True)),
             )
         return None
+
+    @handles(UsageRecorded)
+    async def _usage(self, b: RefundBatch, seq: int, event: UsageRecorded) -> None:
+        b.usage.append((event.event_id, event.account_id, seq, event.occurred_at, event.usd_cost_micros,
+                        event.reservation_id, event.billing_mode))  # fmt: skip
+
+    @handles(PaymentRecorded)
+    async def _payment(self, b: RefundBatch, _seq: int, event: PaymentRecorded) -> None:
+        await b.conn.execute(
+            f"""INSERT INTO {self.schema}.payments (event_id, account_id, payment_ref, plan, amount_micros, paid_at)
+                VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+            event.event_id, event.account_id, event.payment_ref, event.plan, event.amount_micros, event.occurred_at,
+        )  # fmt: skip
+
+    @handles(PlanChanged)
+    async def _plan_changed(self, b: RefundBatch, _seq: int, event: PlanChanged) -> None:
+        await b.conn.execute(
+            f"""INSERT INTO {self.schema}.plans (event_id, account_id, plan, effective_at, paid_until, payment_ref)
+                VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+            event.event_id, event.account_id, event.plan, event.occurred_at, event.paid_until, event.payment_ref,
+        )  # fmt: skip
+
+    @handles(PlanChangeCancelled)
+    async def _plan_change_cancelled(self, b: RefundBatch, _seq: int, event: PlanChangeCancelled) -> None:
+        await b.conn.execute(f"DELETE FROM {self.schema}.plans WHERE event_id = $1", event.plan_change_id)
+
+    @handles(RefundRequested)
+    async def _requested(self, b: RefundBatch, _seq: int, event: RefundRequested) -> None:
+        await insert_refund(b.conn, self.schema, event)
+
+    @handles(RefundPayoutStarted)
+    async def _payout_started(self, b: RefundBatch, _seq: int, event: RefundPayoutStarted) -> None:
+        await start_payout(b.conn, self.schema, event)
+
+    @handles(RefundPaidOut)
+    async def _paid_out(self, b: RefundBatch, _seq: int, event: RefundPaidOut) -> None:
+        await insert_payout(b.conn, self.schema, event)
+
+    @handles(RefundSucceeded, RefundFailed, RefundCancelled)
+    async def _settled(
+        self, b: RefundBatch, _seq: int, event: RefundSucceeded | RefundFailed | RefundCancelled
+    ) -> None:
+        await settle_refund(b.conn, self.schema, event)
 
 
 async def insert_refund(conn: asyncpg.Connection, schema: str, event: RefundRequested) -> bool:

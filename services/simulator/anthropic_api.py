@@ -11,7 +11,16 @@ import msgspec
 from aiohttp import web
 
 from services.simulator import text, tools
-from services.simulator.common import MAX_TOKENS, BadRequest, decode, generation_time, key_ok, read_body, stream_out
+from services.simulator.common import (
+    MAX_TOKENS,
+    BadRequest,
+    decode,
+    generation_time,
+    key_ok,
+    read_body,
+    stream_out,
+    vendor_speaks,
+)
 from services.simulator.settings import SimulatorSettings
 
 
@@ -139,23 +148,32 @@ def _event(name: bytes, data: bytes) -> bytes:
     return b"event: " + name + b"\ndata: " + data + b"\n\n"
 
 
-class AnthropicApi:
-    def __init__(self, settings: SimulatorSettings) -> None:
-        self.settings = settings
+def wrong_vendor(model: str) -> web.Response:
+    """What Anthropic's API answers for a model it does not serve (another vendor's)."""
+    return error(404, "not_found_error", f"model: {model}")
 
-    def routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/messages", self.messages)
-        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+
+class AnthropicApi:
+    def __init__(self, settings: SimulatorSettings, any_vendor: bool = False) -> None:
+        self.settings = settings
+        self.any_vendor = any_vendor
+
+    def routes(self, app: web.Application, prefix: str = "") -> None:
+        app.router.add_post(prefix + "/v1/messages", self.messages)
+        app.router.add_post(prefix + "/v1/messages/count_tokens", self.count_tokens)
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         """The prompt's tokens as /v1/messages would count them (cached ones included)."""
         if not key_ok(request, self.settings.require_key):
             return error(401, "authentication_error", "invalid x-api-key")
         try:
-            prompt = _prompt(decode(_count_decoder, await read_body(request)))
+            counted = decode(_count_decoder, await read_body(request))
+            prompt = _prompt(counted)
         except BadRequest as exc:
             kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
             return error(exc.status, kind, _INDEX.sub(r".\1", exc.message))
+        if not self.any_vendor and not vendor_speaks(counted.model, "messages"):
+            return wrong_vendor(counted.model)
         return web.Response(body=_encoder.encode({"input_tokens": prompt.tokens}), content_type="application/json")
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
@@ -166,6 +184,8 @@ class AnthropicApi:
         except BadRequest as exc:
             kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
             return error(exc.status, kind, _INDEX.sub(r".\1", exc.message))  # Anthropic writes messages.0.role
+        if not self.any_vendor and not vendor_speaks(call.model, "messages"):
+            return wrong_vendor(call.model)
         n = text.completion_length(prompt, call.max_tokens)
         stop_reason = "max_tokens" if n == call.max_tokens else "end_turn"
         stop_sequence = None

@@ -9,10 +9,12 @@ from libs.observability import install as install_metrics
 from libs.web import add_metrics_route
 from services.simulator import metrics
 from services.simulator.anthropic_api import AnthropicApi
+from services.simulator.common import ANY_VENDOR
 from services.simulator.images import ImagesApi
 from services.simulator.mailbox import Mailbox
 from services.simulator.openai_api import OpenAIApi
 from services.simulator.payments import LocalPaymentProvider
+from services.simulator.responses_api import ResponsesApi
 from services.simulator.settings import SimulatorSettings
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,9 @@ async def count_requests(
 
 def build_app(settings: SimulatorSettings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[count_requests])
-    OpenAIApi(settings).routes(app)
-    AnthropicApi(settings).routes(app)
-    ImagesApi(settings).routes(app)
+    for api in (OpenAIApi, ResponsesApi, AnthropicApi, ImagesApi):
+        api(settings).routes(app)  # each model in its vendor's protocols only
+        api(settings, any_vendor=True).routes(app, ANY_VENDOR)  # every model in every protocol
     LocalPaymentProvider(settings).routes(app)
     Mailbox().routes(app)
 

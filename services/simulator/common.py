@@ -1,4 +1,5 @@
-"""What both APIs share: strict body decoding into a 400, the key check, and the output pace."""
+"""What the APIs share: strict body decoding into a 400, the key check, which vendor speaks which
+protocol, and the output pace."""
 
 import asyncio
 import hmac
@@ -10,6 +11,7 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
+from libs.refusal import Refusal
 from services.simulator.settings import SimulatorSettings
 
 T = TypeVar("T")
@@ -24,12 +26,30 @@ _PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
 
 
-class BadRequest(Exception):
-    """A request the client got wrong; each API renders it in its own error shape."""
+VENDOR_PROTOCOLS = {"anthropic": frozenset({"messages"}), "openai": frozenset({"chat", "responses", "images"})}
+"""What each vendor's real API speaks; the other vendors speak chat completions (and images)."""
+OTHER_VENDORS = frozenset({"chat", "images"})
+ANY_VENDOR = "/any"
+"""The prefix under which the simulator answers every model in every protocol, as an aggregator
+(one endpoint for all vendors, like OpenRouter or LiteLLM) would."""
+
+
+def vendor_speaks(model: str, protocol: str) -> bool:
+    """Whether the vendor a model id names (`anthropic/claude-...`) answers it in this protocol;
+    a bare model name (no vendor) is answered in any."""
+    vendor, slash, _ = model.partition("/")
+    return not slash or protocol in VENDOR_PROTOCOLS.get(vendor, OTHER_VENDORS)
+
+
+class BadRequest(Refusal):
+    """A request the client got wrong (a Refusal naming the parameter); each API renders it in its
+    own error shape."""
+
+    status: int
 
     def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.message, self.param, self.status = message, param, status
+        super().__init__("invalid_request", message, param)
+        self.param, self.status = param, status
 
 
 def decode(decoder: "msgspec.json.Decoder[T]", body: bytes) -> T:

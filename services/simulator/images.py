@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import web
 
 from services.simulator import openai_api, text
-from services.simulator.common import BadRequest, decode, generation_time, key_ok, read_body
+from services.simulator.common import BadRequest, decode, generation_time, key_ok, read_body, vendor_speaks
 from services.simulator.settings import SimulatorSettings
 
 
@@ -60,12 +60,13 @@ _encoder = msgspec.json.Encoder()
 
 
 class ImagesApi:
-    def __init__(self, settings: SimulatorSettings) -> None:
+    def __init__(self, settings: SimulatorSettings, any_vendor: bool = False) -> None:
         self.settings = settings
+        self.any_vendor = any_vendor
 
-    def routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/images/generations", self.generate)
-        app.router.add_get("/images/{name}.png", self.image)
+    def routes(self, app: web.Application, prefix: str = "") -> None:
+        app.router.add_post(prefix + "/v1/images/generations", self.generate)
+        app.router.add_get(prefix + "/images/{name}.png", self.image)
 
     async def generate(self, request: web.Request) -> web.Response:
         """n images of the same PNG; input tokens are the prompt's words (no per-message overhead)."""
@@ -75,6 +76,8 @@ class ImagesApi:
             call = decode(_decoder, await read_body(request))
         except BadRequest as exc:
             return openai_api.bad_request(exc)
+        if call.model and not self.any_vendor and not vendor_speaks(call.model, "images"):
+            return openai_api.wrong_vendor(call.model)
         await generation_time(self.settings, 0)  # the first-token delay stands for the generation time
         words = text.words(call.prompt)
         seed = zlib.crc32(call.prompt.encode(errors="surrogatepass"))

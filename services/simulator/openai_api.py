@@ -10,7 +10,16 @@ import msgspec
 from aiohttp import web
 
 from services.simulator import text, tools
-from services.simulator.common import MAX_TOKENS, BadRequest, decode, generation_time, key_ok, read_body, stream_out
+from services.simulator.common import (
+    MAX_TOKENS,
+    BadRequest,
+    decode,
+    generation_time,
+    key_ok,
+    read_body,
+    stream_out,
+    vendor_speaks,
+)
 from services.simulator.settings import SimulatorSettings
 
 DEFAULT_MAX_TOKENS = 4096
@@ -142,6 +151,12 @@ def unauthorized() -> web.Response:
     return error(401, "Incorrect API key provided.", code="invalid_api_key")
 
 
+def wrong_vendor(model: str) -> web.Response:
+    """What OpenAI's API answers for a model it does not serve (another vendor's)."""
+    message = f"The model `{model}` does not exist or you do not have access to it."
+    return error(404, message, code="model_not_found")
+
+
 def bad_request(exc: BadRequest) -> web.Response:
     return error(exc.status, exc.message, exc.param)
 
@@ -190,13 +205,14 @@ def _usage(prompt: text.Prompt, completion: int) -> Usage:
 
 
 class OpenAIApi:
-    def __init__(self, settings: SimulatorSettings) -> None:
+    def __init__(self, settings: SimulatorSettings, any_vendor: bool = False) -> None:
         self.settings = settings
+        self.any_vendor = any_vendor
         self._models = _encoder.encode(ModelList(data=[ModelCard(id=m) for m in MODELS]))
 
-    def routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_get("/v1/models", self.models)
+    def routes(self, app: web.Application, prefix: str = "") -> None:
+        app.router.add_post(prefix + "/v1/chat/completions", self.chat)
+        app.router.add_get(prefix + "/v1/models", self.models)
 
     async def models(self, request: web.Request) -> web.Response:
         if not key_ok(request, self.settings.require_key):
@@ -211,6 +227,8 @@ class OpenAIApi:
             n = text.completion_length(prompt, limit)
         except BadRequest as exc:
             return bad_request(exc)
+        if not self.any_vendor and not vendor_speaks(chat.model, "chat"):
+            return wrong_vendor(chat.model)
         finish = "length" if n == limit else "stop"
         stops = [chat.stop] if isinstance(chat.stop, str) else chat.stop or []
         if (cut := text.stop_at(prompt.start, n, stops)) is not None:

@@ -15,7 +15,7 @@ import pytest
 
 from libs.pricing.flows import price_call
 from proto.v1 import UsageRecorded, decode_event
-from tests.e2e.test_gateway_sdks import CATALOG, FREE_MODEL, metered
+from tests.e2e.conftest import CATALOG, FREE_MODEL, metered
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected

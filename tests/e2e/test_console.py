@@ -11,65 +11,11 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from libs import ownerpass
+from libs import chatpass, ownerpass
+from tests.e2e.conftest import PASSWORD, Browser, link_path, new_owner, token
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
-PASSWORD = "correct horse battery"
-_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-@pytest.fixture(scope="module")
-def console(stack: Stack) -> Stack:
-    """The stack, console included (the common fixture starts it)."""
-    return stack
-
-
-class Browser:
-    """A cookie-keeping HTTP client, the way a browser talks to the console (no JavaScript)."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.base = stack.console_url
-        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-    async def get(self, path: str) -> tuple[int, str]:
-        async with self.session.get(self.base + path, allow_redirects=True) as response:
-            return response.status, await response.text()
-
-    async def post(self, path: str, form: dict[str, str], *, csrf_from: str | None = None) -> aiohttp.ClientResponse:
-        """POST a form the way the page at `csrf_from` (default: the form's own page) would send it."""
-        if csrf_from is not None or "csrf" not in form:
-            _, page = await self.get(csrf_from or path)
-            form = {"csrf": token(page), **form}
-        response = await self.session.post(self.base + path, data=form, allow_redirects=False)
-        await response.read()
-        return response
-
-    async def close(self) -> None:
-        await self.session.close()
-
-
-def token(page: str) -> str:
-    match = _CSRF.search(page)
-    assert match, page[:500]
-    return match.group(1)
-
-
-def link_path(url: str) -> str:
-    return "/" + url.split("/", 3)[3]
-
-
-async def new_owner(stack: Stack, email: str | None = None) -> tuple[dict[str, Any], Browser]:
-    """An account whose owner used the one-time link to set a password: signed in."""
-    email = email or f"owner-{uuid.uuid4().hex[:8]}@example.com"
-    status, account = await stack.http(
-        "POST", "/admin/v1/accounts", token=stack.settings.admin_token, json={"name": "o", "email": email}
-    )
-    assert status == 201, account
-    browser = Browser(stack)
-    response = await browser.post(link_path(account["sign_in_url"]), {"password": PASSWORD})
-    assert response.status == 303 and response.headers["Location"] == "/subscription"
-    return {**account, "email": email}, browser
 
 
 async def test_create_account_gives_a_one_time_link_that_sets_a_password_and_signs_in(console: Stack) -> None:
@@ -372,5 +318,193 @@ async def test_accounts_are_created_while_the_console_is_down_and_get_their_link
         response = await browser.post(link_path(link["sign_in_url"]), {"password": PASSWORD})
         assert response.status == 303
         assert account["account_id"] in (await browser.get("/subscription"))[1]
+    finally:
+        await browser.close()
+
+
+# -- Studio Chat ------------------------------------------------------------------------------
+
+
+async def new_chat(browser: Browser) -> str:
+    response = await browser.post("/chat", {}, csrf_from="/chat")
+    assert response.status == 303 and response.headers["Location"].startswith("/chat/conv_"), response.status
+    return response.headers["Location"].removeprefix("/chat/")
+
+
+async def chat_send(browser: Browser, conversation: str, form: dict[str, str]) -> tuple[int, str, Any]:
+    """A message as the page's script sends it: the reply streams back as text."""
+    _, page = await browser.get(f"/chat/{conversation}")
+    async with browser.session.post(
+        f"{browser.base}/chat/{conversation}/messages", data={"csrf": token(page), **form},
+        headers={"x-studio-stream": "1"}, allow_redirects=False,
+    ) as response:  # fmt: skip
+        return response.status, await response.text(), response.headers
+
+
+async def test_studio_chat_routes_refuse_no_session_no_csrf_bad_input_and_another_owners_conversation(
+    console: Stack,
+) -> None:
+    alice, alice_browser = await new_owner(console)
+    _, bob_browser = await new_owner(console)
+    stranger = Browser(console)
+    try:
+        conversation = await new_chat(alice_browser)
+        # No session: every route sends to sign-in, whoever's conversation it names.
+        for path in ("/chat", f"/chat/{conversation}", f"/chat/{conversation}/cost"):
+            async with stranger.session.get(console.console_url + path, allow_redirects=False) as response:
+                assert response.status == 303 and response.headers["Location"] == "/sign-in", path
+        for path in ("/chat", f"/chat/{conversation}/messages", f"/chat/{conversation}/rename",
+                     f"/chat/{conversation}/delete"):  # fmt: skip
+            response = await stranger.post(path, {"message": "hi", "title": "x"}, csrf_from="/sign-in")
+            assert response.status == 303 and response.headers["Location"] == "/sign-in", path
+        # No CSRF token, or another's: 403, nothing changes.
+        for path in ("/chat", f"/chat/{conversation}/messages", f"/chat/{conversation}/rename",
+                     f"/chat/{conversation}/delete"):  # fmt: skip
+            for csrf in (None, "0" * 64):
+                form = {"title": "renamed", "message": "hi", "billing_mode": "payg", "model": "deepseek/deepseek-chat"}
+                sent = form if csrf is None else {**form, "csrf": csrf}
+                response = await alice_browser.session.post(console.console_url + path, data=sent,
+                                                            allow_redirects=False)  # fmt: skip
+                assert response.status == 403, (path, csrf)
+        # Another owner's conversation is as absent as one that does not exist.
+        for owner_browser, name in ((bob_browser, conversation), (alice_browser, "conv_0000000000000000")):
+            assert (await owner_browser.get(f"/chat/{name}"))[0] == 404
+            assert (await owner_browser.get(f"/chat/{name}/cost"))[0] == 404
+            for action in ("messages", "rename", "delete"):
+                form = {"title": "mine now", "message": "hi", "billing_mode": "payg", "model": "deepseek/deepseek-chat"}
+                response = await owner_browser.post(f"/chat/{name}/{action}", form, csrf_from="/chat")
+                assert response.status == 404, (name, action)
+        assert conversation not in (await bob_browser.get("/chat"))[1]
+        status, page = await alice_browser.get(f"/chat/{conversation}")
+        assert status == 200 and "New chat" in page and 'aria-label="You"' not in page
+        # Bad input: a 400 naming the field, and nothing sent to the gateway.
+        good = {"message": "hello", "billing_mode": "subscription", "model": "deepseek/deepseek-chat"}
+        for field, bad in (("message", "  "), ("billing_mode", "free"), ("model", "no/such-model"),
+                           ("message", "x" * 32_001)):  # fmt: skip
+            status, text, _ = await chat_send(alice_browser, conversation, {**good, field: bad})
+            assert status == 400 and text.startswith(f"{field}:"), (field, status, text)
+        response = await alice_browser.post(f"/chat/{conversation}/rename", {"title": " "}, csrf_from="/chat")
+        assert response.status == 400
+        _, calls = await console.http("GET", "/v1/account/usage/events", token=alice["key"])
+        assert calls["data"] == []
+        # Renamed and deleted by its owner.
+        response = await alice_browser.post(f"/chat/{conversation}/rename", {"title": "Trip plans"},
+                                            csrf_from=f"/chat/{conversation}")  # fmt: skip
+        assert response.status == 303
+        assert "Trip plans" in (await alice_browser.get("/chat"))[1]
+        response = await alice_browser.post(f"/chat/{conversation}/delete", {}, csrf_from=f"/chat/{conversation}")
+        assert response.status == 303 and response.headers["Location"] == "/chat"
+        assert (await alice_browser.get(f"/chat/{conversation}"))[0] == 404
+    finally:
+        for b in (alice_browser, bob_browser, stranger):
+            await b.close()
+
+
+async def gateway_call(stack: Stack, token: str, path: str = "/v1/chat/completions",
+                       **headers: str) -> tuple[int, Any, Any]:  # fmt: skip
+    body = {"model": "deepseek/deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            stack.gateway_url + path, json=body, headers={"Authorization": f"Bearer {token}", **headers}
+        ) as response,  # fmt: skip
+    ):
+        return response.status, await response.json(content_type=None), response.headers
+
+
+async def test_the_gateway_takes_a_chat_pass_for_model_calls_only_never_forged_altered_expired_or_elsewhere(
+    console: Stack,
+) -> None:
+    alice, alice_browser = await new_owner(console)
+    bob, bob_browser = await new_owner(console)
+    await alice_browser.close()
+    await bob_browser.close()
+    secret, now = console.settings.console_secret, datetime.now(UTC)
+    chat = chatpass.ChatPass(alice["account_id"], "subscription", "conv_0123456789abcdef")
+    good = chatpass.mint(secret, chat, now)
+    status, body, headers = await gateway_call(console, good)
+    assert status == 200 and headers["x-flowplan-billing-mode"] == "subscription", body
+
+    async def metered() -> Any:
+        path = f"/v1/account/usage/events?conversation_id={chat.conversation_id}"
+        _, calls = await console.http("GET", path, token=alice["key"])
+        return calls["data"]
+
+    [call] = await eventually(metered)
+    assert call["conversation_id"] == chat.conversation_id and call["key_id"] is None
+    assert call["billing_mode"] == "subscription" and call["flows"] > 0
+    for bad in (
+        chatpass.mint("not-the-secret", chat, now),  # forged
+        chatpass.mint(secret, chat, now, ttl_s=-1),  # expired
+        good.replace(".subscription.", ".payg."),  # another billing mode
+        good.replace(alice["account_id"], bob["account_id"]),  # another account
+        chatpass.mint(secret, chat, now)[:-2] + "AA",
+        ownerpass.mint(secret, alice["account_id"], now),  # the account API's pass is no model credential
+    ):
+        status, body, _ = await gateway_call(console, bad)
+        assert status == 401 and body["error"]["code"] == "invalid_api_key", (bad, body)
+    # Model calls only: not the model list, not token counting, not the account API.
+    async with aiohttp.ClientSession() as session:
+        async with session.get(console.gateway_url + "/v1/models", headers={"Authorization": f"Bearer {good}"}) as r:
+            assert r.status == 401
+    status, _, _ = await gateway_call(console, good, "/v1/messages/count_tokens", **{"anthropic-version": "2023-06-01"})
+    assert status == 401
+    status, body = await console.http("GET", "/v1/account/usage", token=good)
+    assert status == 401
+    # A model key's billing follows its kind, whatever the request says.
+    status, _, headers = await gateway_call(console, alice["key"], **{"x-flowplan-billing-mode": "payg"})
+    assert status == 200 and headers["x-flowplan-billing-mode"] == "subscription"
+    # A PAYG conversation on an empty balance is refused as a PAYG key is.
+    status, body, _ = await gateway_call(console, chatpass.mint(secret, chat._replace(billing_mode="payg"), now))
+    assert status == 402 and body["error"]["code"] == "insufficient_balance"
+
+
+async def test_studio_chat_shows_a_refusal_with_its_reason_and_reset_then_overflows_to_payg_with_extra_usage(
+    console: Stack,
+) -> None:
+    account, browser = await new_owner(console)
+    try:
+        conversation = await new_chat(browser)
+        form = {"message": "hello there", "billing_mode": "subscription", "model": "deepseek/deepseek-chat"}
+        status, text, headers = await chat_send(browser, conversation, form)
+        assert status == 200 and text and headers["x-flowplan-billing-mode"] == "subscription"
+        # A metering client uses up the 5-hour window: the next message is refused, saying why and when.
+        heavy = usage_event(account["account_id"], model="z-ai/glm-4.7", input_tokens=200_000, output_tokens=20_000)
+        assert (await console.post_usage([heavy]))[0] == 202
+
+        async def exhausted() -> bool:
+            _, usage = await console.http("GET", "/v1/account/usage", token=account["key"])
+            return bool(usage["window_5h"]["remaining_flows"] == 0)
+
+        await eventually(exhausted)
+        status, text, _ = await chat_send(browser, conversation, {**form, "message": "and again"})
+        assert status == 429 and "quota_exhausted" in text and "The window resets at" in text, text
+        _, page = await browser.get(f"/chat/{conversation}")
+        assert 'role="alert"' in page and "quota_exhausted" in page  # kept with the conversation
+        # With Extra Usage on, the subscription conversation overflows to PAYG as the API does.
+        status, key = await console.http("POST", "/v1/keys", token=account["management_key"],
+                                         json={"name": "overflow", "kind": "payg"})  # fmt: skip
+        assert status == 201
+        status, _ = await console.http(
+            "POST", f"/admin/v1/accounts/{account['account_id']}/balance", token=console.settings.admin_token,
+            json={"amount_usd": "1.00"},
+        )  # fmt: skip
+        assert status == 201
+        status, _ = await console.http("PUT", "/v1/account/extra-usage", token=account["management_key"],
+                                       json={"enabled": True, "payg_key_id": key["id"]})  # fmt: skip
+        assert status == 200
+        status, text, headers = await chat_send(browser, conversation, {**form, "message": "overflow please"})
+        assert status == 200 and text and headers["x-flowplan-billing-mode"] == "payg"
+
+        async def costed() -> Any:
+            _, calls = await console.http(
+                "GET", f"/v1/account/usage/events?conversation_id={conversation}", token=account["key"]
+            )
+            return calls["data"] if len(calls["data"]) == 2 else None
+
+        calls = await eventually(costed)
+        assert [c["billing_mode"] for c in calls] == ["payg", "subscription"]
+        _, page = await browser.get(f"/chat/{conversation}")
+        assert f"${calls[0]['usd_cost']}".rstrip("0") in page
     finally:
         await browser.close()

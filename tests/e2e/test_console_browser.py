@@ -351,3 +351,89 @@ async def test_sign_up_by_the_mailed_link_shows_the_first_key_once_and_pays_for_
     assert sorted(m["subject"] for m in await mailed_to(console, email)) == [
         "Finish creating your flowplan account", "Your flowplan account"
     ]  # fmt: skip
+
+
+async def test_studio_chat_bills_each_conversation_as_its_mode_says_and_a_switch_applies_to_the_next_message(
+    console: Stack, page: Page
+) -> None:
+    """A Subscription conversation consumes Flows and no balance, a Pay As You Go one debits the
+    balance and consumes no Flows, and switching a conversation's mode applies to its next message."""
+    account = await owner(console, page)
+    status, _ = await console.http(
+        "POST", f"/admin/v1/accounts/{account['account_id']}/balance", token=console.settings.admin_token,
+        json={"amount_usd": "1.00"},
+    )  # fmt: skip
+    assert status == 201
+    messages = page.get_by_role("log", name="Messages")
+
+    async def spent() -> tuple[float, str]:
+        usage = await console.usage(account["key"])
+        return usage["window_5h"]["used_flows"], usage["extra_usage"]["balance_usd"]
+
+    async def send(text: str) -> None:
+        count = await messages.get_by_role("article", name="Assistant").count()
+        await page.get_by_label("Message", exact=True).fill(text)
+        await page.get_by_role("button", name="Send").click()
+        replies = messages.get_by_role("article", name="Assistant")
+        await expect(replies).to_have_count(count + 1)
+        await expect(page.locator("article[aria-busy]")).to_have_count(0)  # the stream has ended
+        await expect(replies.last).to_have_text(re.compile(r"\S"))
+
+    async def changed(before: tuple[float, str]) -> tuple[float, str]:
+        async def moved() -> tuple[float, str] | None:
+            now = await spent()
+            return now if now != before else None
+
+        return await eventually(moved, within=30, interval=0.2)
+
+    await page.get_by_role("link", name="Studio Chat").click()
+    await page.get_by_role("button", name="New chat").click()
+    await expect(page).to_have_url(re.compile(r"/chat/conv_"))
+    subscription_chat = page.url
+    mode = page.get_by_role("radiogroup", name="Billing mode")
+    await expect(mode.get_by_role("radio", name="Subscription")).to_be_checked()
+    model = page.get_by_label("Model")
+    # Subscription offers the Free plan's models only; Pay As You Go offers every model.
+    await expect(model.locator("option[value='google/gemini-2.5-flash-lite']")).to_be_disabled()
+    await model.select_option("deepseek/deepseek-chat")
+    before = await spent()
+    await send("Hello from a subscription chat")
+    flows, balance = await changed(before)
+    assert flows > before[0] and balance == before[1] == "1.000000"
+    await expect(page.get_by_test_id("chat-cost-flows")).not_to_have_text("0.00")
+    await expect(page.get_by_test_id("chat-cost-usd")).to_have_text("$0.00")
+
+    await page.get_by_role("button", name="New chat").click()
+    await expect(page).not_to_have_url(subscription_chat)
+    await mode.get_by_role("radio", name="Pay As You Go").check()
+    await expect(model.locator("option[value='google/gemini-2.5-flash-lite']")).to_be_enabled()
+    await model.select_option("google/gemini-2.5-flash-lite")
+    before = await spent()
+    await send("Hello from a pay-as-you-go chat")
+    flows, balance = await changed(before)
+    assert flows == before[0] and balance < before[1]
+    await expect(page.get_by_test_id("chat-cost-usd")).not_to_have_text("$0.00")
+    await expect(page.get_by_test_id("chat-cost-flows")).to_have_text("0.00")
+
+    # The same conversation switched to Subscription: its next message is billed to the plan.
+    await mode.get_by_role("radio", name="Subscription").check()
+    await model.select_option("deepseek/deepseek-chat")
+    before = await spent()
+    await send("Now on the subscription, please")
+    flows, balance = await changed(before)
+    assert flows > before[0] and balance == before[1]
+    await expect(page.get_by_test_id("chat-cost-flows")).not_to_have_text("0.00")
+    await page.reload()  # the mode the conversation keeps, and its messages, come back from the server
+    await expect(mode.get_by_role("radio", name="Subscription")).to_be_checked()
+    await expect(messages.get_by_role("article", name="You")).to_have_count(2)
+
+    results = await Axe().run(page)
+    serious = [v["id"] for v in results.response["violations"] if v["impact"] in ("critical", "serious")]
+    assert serious == []
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / "studio-chat.png"), full_page=True)  # the chat itself, to look at
+    # The subscription page's usage detail says which conversation each call came from.
+    await page.get_by_role("link", name="Subscription", exact=True).click()
+    usage = page.get_by_role("region", name="Usage", exact=True)
+    await expect(usage.get_by_role("link", name="Hello from a subscription chat")).to_have_count(1)
+    await expect(usage.get_by_role("link", name="Hello from a pay-as-you-go chat")).to_have_count(2)

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.e2e.test_console import new_owner
+from tests.e2e.conftest import new_owner
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.e2e.test_console import Browser, console, new_owner  # noqa: F401  (the module's console fixture)
+from tests.e2e.conftest import new_owner
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
@@ -16,7 +16,7 @@ CALLS = 10_000
 BATCH = 5_000
 
 
-async def test_the_page_with_10000_calls_is_fast_and_light(console: Stack) -> None:  # noqa: F811
+async def test_the_page_with_10000_calls_is_fast_and_light(console: Stack) -> None:
     account, browser = await new_owner(console)
     try:
         start = datetime.now(UTC) - timedelta(hours=4)

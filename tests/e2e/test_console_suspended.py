@@ -9,7 +9,7 @@ import pytest
 
 from libs import ownerpass
 from services.ingress.suspensions import Suspensions
-from tests.e2e.test_console import new_owner
+from tests.e2e.conftest import new_owner
 from tests.stack import Stack
 
 pytestmark = pytest.mark.connected

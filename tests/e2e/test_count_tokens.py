@@ -5,7 +5,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.e2e.test_gateway_sdks import FREE_MODEL, PRO_CLAUDE, claude, metered, oai, pro_account
+from tests.e2e.conftest import FREE_MODEL, PRO_CLAUDE, claude, metered, oai, pro_account
 from tests.stack import Stack
 
 pytestmark = pytest.mark.connected

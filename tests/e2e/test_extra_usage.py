@@ -6,31 +6,10 @@ from datetime import UTC, datetime, timedelta
 import openai
 import pytest
 
-from tests.e2e.test_gateway_sdks import FREE_MODEL, metered, oai
+from tests.e2e.conftest import FREE_MODEL, HI, balance, metered, oai, payg_key, top_up
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
-HI = {"model": FREE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-
-
-async def payg_key(stack: Stack, account: dict[str, str]) -> dict[str, str]:
-    status, key = await stack.http(
-        "POST", "/v1/keys", token=account["management_key"], json={"name": "payg", "kind": "payg"}
-    )
-    assert status == 201
-    return dict(key)
-
-
-async def top_up(stack: Stack, account_id: str, amount: str) -> None:
-    status, body = await stack.http(
-        "POST", f"/admin/v1/accounts/{account_id}/balance", token=stack.settings.admin_token,
-        json={"amount_usd": amount},
-    )  # fmt: skip
-    assert status == 201, body
-
-
-async def balance(stack: Stack, key: str) -> str:
-    return str((await stack.usage(key))["extra_usage"]["balance_usd"])
 
 
 async def test_a_payg_key_bills_the_balance_exactly_and_not_the_windows(stack: Stack) -> None:

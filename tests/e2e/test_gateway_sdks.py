@@ -5,7 +5,6 @@ import subprocess
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from fractions import Fraction
 
 import aiohttp
 import anthropic
@@ -15,63 +14,12 @@ import pytest
 from libs import apikeys
 from libs.eventlog.publisher import EventPublisher
 from libs.localservers import LocalPostgres
-from libs.pricing.catalog import load_catalog
-from libs.pricing.flows import price_call
 from libs.pricing.money import MICRO
 from proto.v1 import KeyRevoked
+from tests.e2e.conftest import CATALOG, FREE_MODEL, PRO_CLAUDE, claude, flows_of, metered, oai, pro_account, raw_stream
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
-CATALOG = load_catalog()
-FREE_MODEL = "deepseek/deepseek-chat"
-PRO_CLAUDE = "anthropic/claude-sonnet-4.5"
-
-
-def oai(stack: Stack, key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{stack.gateway_url}/v1", api_key=key, max_retries=0)
-
-
-def claude(stack: Stack, key: str) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(base_url=stack.gateway_url, api_key=key, max_retries=0)
-
-
-def flows_of(model: str, input_tokens: int, output_tokens: int, cached: int = 0, images: int = 0) -> int:
-    return price_call(
-        CATALOG.models[model], input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached,
-        images=images, usd_per_flow=CATALOG.default_usd_per_flow, multiplier=Fraction(1),
-    ).flows_micros  # fmt: skip
-
-
-async def raw_stream(stack: Stack, session: aiohttp.ClientSession, key: str, max_tokens: int) -> aiohttp.ClientResponse:
-    """A streamed chat call over plain HTTP, so that a test can hang up or break it mid-stream."""
-    response = await session.post(
-        f"{stack.gateway_url}/v1/chat/completions",
-        headers={"Authorization": f"Bearer {key}"},
-        json={"model": FREE_MODEL, "stream": True, "max_tokens": max_tokens,
-              "messages": [{"role": "user", "content": f"go on [[tokens:{max_tokens}]]"}]},
-    )  # fmt: skip
-    assert response.status == 200
-    return response
-
-
-async def metered(stack: Stack, key: str, count: int) -> list[dict]:
-    async def listed() -> list[dict]:
-        status, body = await stack.http("GET", "/v1/account/usage/events?limit=100", token=key)
-        assert status == 200, body
-        return body["data"] if len(body["data"]) >= count else []
-
-    return list(await eventually(listed))
-
-
-async def pro_account(stack: Stack) -> dict[str, str]:
-    account = await stack.create_account("pro-user")
-    await stack.pay(account["account_id"], "pro", "20.00")
-
-    async def is_pro() -> bool:
-        return (await stack.usage(account["key"]))["plan"] == "pro"
-
-    await eventually(is_pro)
-    return account
 
 
 async def test_openai_calls_are_metered_to_the_exact_flows(stack: Stack) -> None:

@@ -17,9 +17,7 @@ from libs.months import add_months
 from libs.pricing.flows import price_call
 from libs.pricing.money import parse_fraction
 from proto.v1 import InsiderStatusEnded, decode_event
-from tests.e2e.test_console import new_owner
-from tests.e2e.test_extra_usage import HI
-from tests.e2e.test_gateway_sdks import CATALOG, metered, oai
+from tests.e2e.conftest import CATALOG, HI, metered, new_owner, oai
 from tests.stack import Stack, eventually, flowplan_replay, usage_event
 
 pytestmark = pytest.mark.connected

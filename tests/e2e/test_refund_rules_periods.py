@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_refunds import refund_of
+from tests.e2e.conftest import refund_of
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected

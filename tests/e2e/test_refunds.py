@@ -11,19 +11,10 @@ import openai
 import pytest
 
 from libs.eventlog.subjects import STORED_PREFIX
-from tests.e2e.test_gateway_sdks import FREE_MODEL, PRO_CLAUDE, oai, pro_account, raw_stream
+from tests.e2e.conftest import FREE_MODEL, PRO_CLAUDE, oai, pro_account, raw_stream, refund_of
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
-
-
-async def refund_of(stack: Stack, key: str, refund_id: str, *, settled: bool = True) -> dict[str, Any]:
-    async def fetched() -> dict[str, Any] | None:
-        status, body = await stack.http("GET", f"/v1/refunds/{refund_id}", token=key)
-        assert status == 200, body
-        return body if body["status"] != "processing" or not settled else None
-
-    return dict(await eventually(fetched, within=60))  # settling waits for quota and the log: slow CI
 
 
 async def all_usage_events(stack: Stack, key: str, count: int) -> list[dict[str, Any]]:

@@ -6,35 +6,28 @@ reservation before (as this module used to configure it), and twenty heartbeats.
 
 import asyncio
 import time
-import uuid
-from collections.abc import Mapping
-from typing import Any
 
-import aiohttp
-import msgspec
 import pytest
 
 from libs.localservers import LocalNats, LocalPostgres
 from libs.settings import Settings
-from libs.setup import set_up
-from tests.e2e.test_extra_usage import balance, payg_key, top_up
-from tests.e2e.test_gateway_sdks import metered
-from tests.stack import Stack, eventually, make_settings, usage_event
+from tests.e2e.conftest import (
+    CHEAP,
+    GLM,
+    TOKENS_PER_S,
+    balance,
+    call,
+    fill_window_to,
+    metered,
+    payg_key,
+    reservation_settings,
+    top_up,
+)
+from tests.stack import Stack, eventually
 
 pytestmark = pytest.mark.connected
-GLM = "z-ai/glm-4.7"
-CHEAP = "deepseek/deepseek-chat"
-TOKENS_PER_S = 200
 LONG = 2000  # output tokens of a long call: about 10 s at the simulator's pace
 OLD_LIFETIME_S = 2.0
-
-
-async def reservation_settings(nats_server: LocalNats, postgres: LocalPostgres) -> Settings:
-    base = postgres.url.rsplit("/", 1)[0]
-    settings = make_settings(nats_server.url, f"{base}/flowplan_{uuid.uuid4().hex[:10]}")
-    settings = msgspec.structs.replace(settings, heartbeat_interval_s=0.5, heartbeat_misses=3)
-    await set_up(settings)
-    return settings
 
 
 @pytest.fixture(scope="module")
@@ -48,34 +41,6 @@ async def paced(stack: Stack) -> Stack:
     await asyncio.to_thread(stack.simulator.stop)
     await asyncio.to_thread(stack.simulator.start, {"FLOWPLAN_SIMULATOR_TOKENS_PER_S": str(TOKENS_PER_S)})
     return stack
-
-
-async def call(
-    stack: Stack, key: str, model: str, max_tokens: int, *, stream: bool = False, messages: Any = None
-) -> tuple[int, Mapping[str, str], bytes]:
-    """One chat call over plain HTTP: (status, headers (case-insensitive), body read to its end)."""
-    go_on = [{"role": "user", "content": f"go on [[tokens:{max_tokens}]]"}]  # an exact length
-    body = {"model": model, "max_tokens": max_tokens, "stream": stream,
-            "messages": messages if messages is not None else go_on}  # fmt: skip
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{stack.gateway_url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
-        ) as response,
-    ):
-        return response.status, response.headers.copy(), await response.read()
-
-
-async def fill_window_to(stack: Stack, account: dict[str, str], output_tokens: int) -> float:
-    """Seed the account's 5-hour window with one heavy call (GLM, 100k in); return the Flows used."""
-    seed = usage_event(account["account_id"], model=GLM, input_tokens=100_000, output_tokens=output_tokens)
-    assert (await stack.post_usage([seed]))[0] == 202
-
-    async def seeded() -> float:
-        used = (await stack.usage(account["key"]))["window_5h"]["used_flows"]
-        return float(used) if used > 4 else 0.0
-
-    return float(await eventually(seeded))
 
 
 async def test_reservations_hold_while_a_stream_outlasts_the_old_timeout(paced: Stack) -> None:

@@ -11,8 +11,7 @@ import pytest
 
 from libs.localservers import LocalNats, LocalPostgres
 from libs.settings import Settings
-from tests.e2e.test_gateway_sdks import metered
-from tests.e2e.test_reservations_lifetime import CHEAP, GLM, TOKENS_PER_S, call, fill_window_to, reservation_settings
+from tests.e2e.conftest import CHEAP, GLM, TOKENS_PER_S, call, fill_window_to, metered, reservation_settings
 from tests.stack import Stack, eventually
 
 pytestmark = pytest.mark.connected

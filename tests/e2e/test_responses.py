@@ -1,6 +1,8 @@
 """`POST /v1/responses` (the OpenAI Responses API, what Codex speaks) through the official openai
-SDK: translated to chat for the upstream, answered and streamed in the Responses shapes, billed
-from the usage it reports like any call (same admission, headers and error shapes)."""
+SDK: translated to chat for an upstream that does not speak it (deepseek's), answered and
+streamed in the Responses shapes, billed from the usage it reports like any call (same admission,
+headers and error shapes); passed through as it is to one that does (OpenAI's), metered from
+the Responses usage (`response.completed` when streamed)."""
 
 import asyncio
 import json
@@ -10,7 +12,7 @@ import openai
 import pytest
 
 from libs.pricing.money import MICRO
-from tests.e2e.test_gateway_sdks import FREE_MODEL, flows_of, metered, oai
+from tests.e2e.conftest import FREE_MODEL, flows_of, metered, oai, pro_account
 from tests.stack import Stack
 
 pytestmark = pytest.mark.connected
@@ -22,8 +24,12 @@ WEATHER = {
 }
 
 
-def billed(event: dict) -> int:
-    return flows_of(FREE_MODEL, event["input_tokens"], event["output_tokens"], event["cached_tokens"])
+GPT = "openai/gpt-5-mini"
+"""A Pro model whose upstream (the simulator as OpenAI) speaks Responses: passed through."""
+
+
+def billed(event: dict, model: str = FREE_MODEL) -> int:
+    return flows_of(model, event["input_tokens"], event["output_tokens"], event["cached_tokens"])
 
 
 async def test_text_answer_is_the_chat_answer_and_billed_from_its_usage(stack: Stack) -> None:
@@ -153,3 +159,76 @@ async def test_a_client_hanging_up_mid_stream_is_billed_for_the_whole_answer(sta
     await asyncio.sleep(0.1)
     [event] = await metered(stack, account["key"], 1)
     assert event["output_tokens"] == 3000  # the upstream generated (and billed) on
+
+
+# -- passed through to an upstream that speaks Responses -------------------------------------------
+
+
+async def test_passed_through_answers_are_the_upstreams_and_billed_from_their_usage(stack: Stack) -> None:
+    account = await pro_account(stack)
+    client = oai(stack, account["key"])
+    prompt = "Summarise event sourcing [[cached:3]] [[tokens:30]]"
+    raw = await client.responses.with_raw_response.create(model=GPT, input=prompt, instructions="Be brief.")
+    answer = raw.parse()
+    assert raw.headers["x-flowplan-billing-mode"] == "subscription" and "x-flowplan-flows-remaining" in raw.headers
+    # The upstream's own Response (its id, not one the gateway makes when it translates).
+    assert answer.id.startswith("resp_") and not answer.id.startswith(
+        "resp_" + raw.headers["x-flowplan-request-id"][3:]
+    )
+    assert answer.status == "completed" and answer.usage is not None and answer.usage.output_tokens == 30
+    stream = await client.responses.create(model=GPT, input=prompt, instructions="Be brief.", stream=True)
+    events = [event async for event in stream]
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == answer.output_text
+    assert events[-1].response.usage == answer.usage
+    used = await metered(stack, account["key"], 2)
+    assert {(e["input_tokens"], e["cached_tokens"], e["output_tokens"]) for e in used} == {
+        (answer.usage.input_tokens - 3, 3, 30)
+    }
+    assert [e["flows"] for e in used] == [billed(used[0], GPT) / MICRO] * 2 and used[0]["model"] == GPT
+
+
+async def test_passed_through_tool_calls_and_hang_ups_are_billed(stack: Stack) -> None:
+    account = await pro_account(stack)
+    client = oai(stack, account["key"])
+    ask = 'What is the weather? Use get_weather [[args:{"city": "Oslo"}]]'
+    called = await client.responses.create(model=GPT, input=ask, tools=[WEATHER])
+    [call] = called.output
+    assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Oslo"}
+    async with client.responses.stream(model=GPT, input=ask, tools=[WEATHER]) as helper:
+        arguments = "".join([e.delta async for e in helper if e.type == "response.function_call_arguments.delta"])
+    assert arguments == call.arguments
+    body = {"model": GPT, "input": "go on [[tokens:3000]]", "stream": True}
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            f"{stack.gateway_url}/v1/responses", json=body, headers={"Authorization": f"Bearer {account['key']}"}
+        )
+        assert response.status == 200 and await response.content.readline() == b"event: response.created\n"
+        response.close()  # hang up: the upstream generates (and bills) on
+    used = await metered(stack, account["key"], 3)
+    assert sorted(e["output_tokens"] for e in used) == sorted([called.usage.output_tokens] * 2 + [3000])
+
+
+async def test_a_passed_through_stream_the_upstream_breaks_off_is_billed_for_what_it_streamed(stack: Stack) -> None:
+    account = await pro_account(stack)
+    body = {"model": GPT, "input": "go on [[tokens:4000]]", "stream": True}
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(
+            f"{stack.gateway_url}/v1/responses", json=body, headers={"Authorization": f"Bearer {account['key']}"}
+        )
+        received = await response.content.readany()
+        while received.count(b"response.output_text.delta") < 100:  # each delta names its type twice
+            received += await response.content.readany()
+        stack.simulator.kill()  # the provider goes away mid-stream
+        try:
+            received += await response.read()
+        except aiohttp.ClientError:
+            pass
+        response.close()
+    try:
+        assert b"response.completed" not in received  # the client never sees an answer end well
+        [event] = await metered(stack, account["key"], 1)
+        assert 40 < event["output_tokens"] < 4000  # what was streamed before the break, counted
+    finally:
+        await asyncio.to_thread(stack.simulator.start)

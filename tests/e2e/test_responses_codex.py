@@ -1,6 +1,8 @@
 """The real Codex CLI (`@openai/codex` from the npm registry) against the gateway's Responses API:
 `codex exec` with a model provider pointing at the gateway (`wire_api = "responses"`) completes
-a prompt, and every call it made is metered exactly once with its tokens."""
+a prompt, and every call it made is metered exactly once with its tokens: on a deepseek model
+(its upstream speaks chat: translated) and on an OpenAI one (its upstream speaks Responses:
+passed through as Codex sent it)."""
 
 import asyncio
 import os
@@ -10,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_gateway_sdks import FREE_MODEL, metered
+from tests.e2e.conftest import FREE_MODEL, metered, pro_account
 from tests.stack import Stack
 
 pytestmark = pytest.mark.connected
 CODEX_VERSION = "0.171.0"
+CODEX_MODEL = "openai/gpt-5.2-codex"
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +35,12 @@ def codex(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "node_modules" / ".bin" / "codex"
 
 
-def run_codex(codex: Path, home: Path, gateway_url: str, key: str, prompt: str) -> subprocess.CompletedProcess[str]:
+def run_codex(
+    codex: Path, home: Path, gateway_url: str, key: str, prompt: str, model: str = FREE_MODEL
+) -> subprocess.CompletedProcess[str]:
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(
-        f'model = "{FREE_MODEL}"\n'
+        f'model = "{model}"\n'
         'model_provider = "flowplan"\n'
         "[model_providers.flowplan]\n"
         'name = "flowplan"\n'
@@ -75,3 +80,20 @@ async def test_codex_exec_tool_call_round_trip(stack: Stack, codex: Path, tmp_pa
     events = await metered(stack, account["key"], 2)
     assert len(events) == 2  # the call that asked for the tool, the one that answered after it
     assert all(e["output_tokens"] > 0 for e in events)
+
+
+async def test_codex_on_an_openai_model_is_passed_through_tool_call_and_all(
+    stack: Stack, codex: Path, tmp_path: Path
+) -> None:
+    """The upstream (the simulator as OpenAI) speaks Responses: Codex's own requests go to it as
+    they are, and each call is metered from the usage of its `response.completed`."""
+    account = await pro_account(stack)
+    prompt = 'Use exec_command to print a word [[args:{"cmd": "echo flowplan-native"}]]'
+    done = await asyncio.to_thread(
+        run_codex, codex, tmp_path / "home", stack.gateway_url, account["key"], prompt, CODEX_MODEL
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert "echo flowplan-native" in done.stderr
+    events = await metered(stack, account["key"], 2)
+    assert len(events) == 2 and all(e["model"] == CODEX_MODEL and e["output_tokens"] > 0 for e in events)
+    assert all(e["input_tokens"] + e["cached_tokens"] > 0 for e in events)

@@ -3,8 +3,10 @@ read, management keys change and never call models, suspended accounts are shut 
 second, the operator revokes any key, and one account's changes are bounded."""
 
 import asyncio
+import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,6 +28,7 @@ HI = {"model": FREE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max
 NOT_ACCOUNT_ROUTES = {"/v1/usage", "/v1/webhooks/payments"}
 """Non-GET /v1 routes that are not the account API (the ingest token's, the payment provider's signed webhook).
 Anything else is a change."""
+COMMITTED_OPENAPI = (Path(__file__).resolve().parents[2] / "services" / "ingress" / "openapi.json").read_text()
 
 
 def oai(stack: Stack, key: str) -> openai.AsyncOpenAI:
@@ -275,3 +278,32 @@ async def test_one_accounts_changes_are_rate_limited_and_others_are_not(stack: S
     assert (await stack.http("GET", "/v1/keys", token=flooder["management_key"]))[0] == 200  # reads are not limited
     status, _ = await stack.http("POST", "/v1/keys", token=other["management_key"], json={"name": "mine"})
     assert status == 201  # another account is not slowed
+
+
+async def test_ingress_serves_its_openapi_document_and_every_route_in_it_refuses_a_missing_credential(
+    stack: Stack,
+) -> None:
+    """The contract test: the document ingress serves is the committed one, and every route it lists
+    exists on the running ingress and answers a request without a credential with the status the
+    document gives for that (401; the webhook: 400 for its missing signature; public routes: 200)."""
+    status, served = await stack.http("GET", "/openapi.json")
+    assert status == 200
+    committed = json.loads(COMMITTED_OPENAPI)
+    assert served == committed
+    called = 0
+    for path, methods in served["paths"].items():
+        concrete = re.sub(r"\{(\w+)\}", "ref_0000", path)
+        for method, operation in methods.items():
+            status, body = await stack.http(method.upper(), concrete, data=b"{}")
+            if not operation["security"]:
+                expected = next(code for code in operation["responses"] if code.startswith("2"))
+            elif {"providerSignature": []} in operation["security"]:
+                expected = "400"
+            else:
+                expected = "401"
+            assert expected in operation["responses"], (method, path)
+            assert str(status) == expected, (method, path, status, body)
+            if expected != "200":
+                assert body["error"]["code"] in ("unauthorized", "invalid_signature"), (method, path, body)
+            called += 1
+    assert called == sum(len(methods) for methods in committed["paths"].values()) >= 30

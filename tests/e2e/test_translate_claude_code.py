@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_gateway_sdks import FREE_MODEL, metered
+from tests.e2e.conftest import FREE_MODEL, metered
 from tests.stack import Stack
 
 pytestmark = pytest.mark.connected

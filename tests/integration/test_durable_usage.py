@@ -19,13 +19,13 @@ import pytest
 from nats.js import api
 
 from libs.eventlog.publisher import EventPublisher, PubAck
-from libs.localservers import LocalNats, LocalPostgres
+from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings
 from libs.setup import set_up
 from proto.v1 import UsageRecorded
 from services.gateway.recorder import UsageNotStored, UsageRecorder
 from services.gateway.usage import SseSplitter
-from tests.stack import ROOT, Stack, eventually, make_settings
+from tests.stack import ROOT, ServiceProcess, Stack, eventually, make_settings, usage_event
 
 pytestmark = pytest.mark.connected
 MODEL = "deepseek/deepseek-chat"
@@ -420,3 +420,167 @@ async def test_the_queued_design_is_bounded_too(stack: Stack) -> None:
     finally:
         flusher.cancel()
         await nc.close()
+
+
+# -- two instances of each stateless service -------------------------------------------------------
+
+
+def second_instance(stack: Stack, service: ServiceProcess, port_variable: str) -> ServiceProcess:
+    """Another process of the same service on its own port (its log beside the first one's)."""
+    port = free_port()
+    other = ServiceProcess(service.name, {**service.env, port_variable: str(port)}, port, service.log_path.parent)
+    other.log_path = service.log_path.with_name(f"{service.name}-2.log")
+    return other
+
+
+async def test_two_gateways_and_two_ingresses_share_the_load_and_one_of_each_killed_loses_nothing(
+    stack: Stack,
+) -> None:
+    gateway2 = second_instance(stack, stack.gateway, "FLOWPLAN_GATEWAY_PORT")
+    ingress2 = second_instance(stack, stack.ingress, "FLOWPLAN_INGRESS_PORT")
+    await asyncio.gather(asyncio.to_thread(gateway2.start), asyncio.to_thread(ingress2.start))
+    gateways = [stack.gateway_url, f"http://127.0.0.1:{gateway2.port}"]
+    ingresses = [stack.base, f"http://127.0.0.1:{ingress2.port}"]
+    admin = {"Authorization": f"Bearer {stack.settings.admin_token}"}
+    ingest = {"Authorization": f"Bearer {stack.settings.ingest_token}"}
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+            async def post(url: str, body: Any, headers: dict[str, str], method: str = "POST") -> tuple[int, Any]:
+                async with session.request(method, url, json=body, headers=headers) as response:
+                    return response.status, await response.json(content_type=None)
+
+            # What one instance changed, the other knows: accounts and multipliers set through the
+            # first are used by the second to price usage (a metering client may reach either).
+            accounts, priced = [], {}
+            for i in range(6):
+                first, other = ingresses[i % 2], ingresses[(i + 1) % 2]
+                status, account = await post(f"{first}/admin/v1/accounts", {"name": f"two-{i}"}, admin)
+                assert status == 201, account
+                accounts.append(account)
+                url = f"{first}/admin/v1/accounts/{account['account_id']}/multiplier"
+                status, body = await post(url, {"multiplier": "2"}, admin, "PUT")
+                assert status == 200, body
+                event = usage_event(account["account_id"], model=MODEL)
+
+                async def accepted(other: str = other, event: dict[str, Any] = event) -> bool:
+                    status, body = await post(f"{other}/v1/usage", {"events": [event]}, ingest)
+                    assert status in (202, 400), body  # 400: not known there (yet)
+                    return status == 202
+
+                await eventually(accepted, within=10)
+                priced[f"default/{account['account_id']}/{event['event_id']}"] = account["account_id"]
+            for stored_id, account_id in priced.items():
+                [usage] = [e for e in await stored_usage(stack, account_id) if e.event_id == stored_id]
+                assert usage.multiplier == "2", usage
+
+            answered: dict[str, list[str]] = {url: [] for url in gateways}
+            acked: dict[str, list[str]] = {url: [] for url in ingresses}
+            alive = {url: True for url in gateways + ingresses}
+            statuses: Counter[str] = Counter()
+            stop = asyncio.Event()
+
+            async def caller(n: int) -> None:
+                while not stop.is_set():
+                    n += 1
+                    account = accounts[n % len(accounts)]
+                    # the tests' round-robin: the next live instance; a refused connection goes to the other
+                    for url in sorted(gateways, key=lambda u: (not alive[u], (gateways.index(u) + n) % 2)):
+                        try:
+                            async with session.post(
+                                f"{url}/v1/chat/completions",
+                                json=chat(8),
+                                headers={"Authorization": f"Bearer {account['key']}"},
+                            ) as response:
+                                await response.read()
+                                statuses[f"gateway {response.status}"] += 1
+                                if response.status == 200:
+                                    answered[url].append(response.headers["x-flowplan-request-id"])
+                                break
+                        except (aiohttp.ClientError, OSError):
+                            statuses["gateway connection error"] += 1
+
+            async def metering(n: int) -> None:
+                while not stop.is_set():
+                    n += 1
+                    batch = [usage_event(accounts[(n + i) % len(accounts)]["account_id"]) for i in range(10)]
+                    for attempt in range(100):
+                        url = sorted(ingresses, key=lambda u: (not alive[u], (ingresses.index(u) + n + attempt) % 2))[0]
+                        try:
+                            status, body = await post(f"{url}/v1/usage", {"events": batch}, ingest)
+                        except (aiohttp.ClientError, OSError):
+                            status, body = 0, None
+                        statuses[f"ingest {status}"] += 1
+                        if status == 202:
+                            acked[url] += [f"default/{e['account_id']}/{e['event_id']}" for e in batch]
+                            break
+                        assert status in (0, 503), body
+                        await asyncio.sleep(0.05)
+                    else:
+                        raise AssertionError("a usage batch was never stored")
+
+            load = [*(asyncio.create_task(caller(i)) for i in range(8)), asyncio.create_task(metering(0))]
+            try:
+                await eventually(lambda: _true(all(len(v) > 10 for v in [*answered.values(), *acked.values()])))
+                # SIGKILL mid-load: the second gateway, and the first ingress, which runs the ingress
+                # projection (it started first and holds its lease)
+                gateway2.kill()
+                stack.ingress.kill()
+                alive[gateways[1]] = alive[ingresses[0]] = False  # what the balancer's health check finds
+                served = len(answered[gateways[0]]), len(acked[ingresses[1]])
+
+                async def survivors_serve() -> bool:
+                    return len(answered[gateways[0]]) > served[0] + 30 and len(acked[ingresses[1]]) > served[1] + 50
+
+                await eventually(survivors_serve)
+            finally:
+                stop.set()
+                await asyncio.gather(*load)
+        # The surviving ingress took the projection over: what it records reaches Postgres.
+        assert stack.ingress.process is None
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{ingresses[1]}/admin/v1/accounts", json={"name": "after-the-kill"}, headers=admin
+            ) as response:
+                assert response.status == 201
+                created = (await response.json())["account_id"]
+
+        async def projected() -> bool:
+            conn = await stack.db()
+            try:
+                return bool(await conn.fetchval("SELECT count(*) FROM ingress.accounts WHERE account_id = $1", created))
+            finally:
+                await conn.close()
+
+        await eventually(projected, within=15)
+        assert "ingress projection: runs in this instance" in stack.ingress.log()
+        assert "ingress projection: runs in this instance" in ingress2.log()
+    finally:
+        gateway2.stop()
+        ingress2.stop()
+        if stack.ingress.process is None:
+            await asyncio.to_thread(stack.ingress.start)  # the module's stack, for what runs after
+
+    everything = [rid for calls in answered.values() for rid in calls] + [e for ids in acked.values() for e in ids]
+    counts: Counter[str] = Counter()
+
+    async def all_stored() -> bool:
+        counts.clear()
+        for account in accounts:
+            counts.update(e.event_id for e in await stored_usage(stack, account["account_id"]))
+        return all(counts[event_id] for event_id in everything)
+
+    await eventually(all_stored, within=30)
+    print(
+        f"\ntwo gateways and two ingresses, the second gateway and the first ingress killed ({dict(statuses)}): "
+        f"200s per gateway {[len(v) for v in answered.values()]}, "
+        f"events acknowledged per ingress {[len(v) for v in acked.values()]}"
+    )
+    assert all(counts[event_id] == 1 for event_id in everything)  # every 200 and every 202 once
+    assert max(counts.values()) == 1
+    # usage stored for calls the kill cut before their answer: at most those in flight then
+    assert len(set(counts) - set(everything) - set(priced)) <= 8
+
+
+async def _true(value: bool) -> bool:
+    return value

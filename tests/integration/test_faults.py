@@ -191,3 +191,19 @@ async def test_poison_events_go_to_the_dead_letter_stream_and_the_consumer_goes_
     finally:
         await nc.close()
     assert msgspec  # the DLQ keeps the original bytes; see Flowplan-* headers
+
+
+async def test_a_delivery_lost_in_transit_is_fetched_again_never_acked_past(stack: Stack) -> None:
+    """A batch that never reaches the projector (a NATS node or connection lost while it was in
+    transit, as when a cluster node dies: test_stream_replicas.py) must not be acked past by the
+    next one (AckPolicy.ALL): the projector sees the jump in the consumer's sequence and fetches
+    again from its checkpoint."""
+    account_ids = await accounts(stack, 3)
+    await eventually(lambda: _all_known(stack, account_ids))
+    stack.quota.stop()
+    await asyncio.to_thread(stack.quota.start, {"FLOWPLAN_FAILPOINT": "lose_delivery:2"})
+    sent = batches(account_ids, 12, 40)
+    await steady_load(stack, sent)
+    await expect_exact(stack, sent, account_ids)
+    assert "failpoint lose_delivery: fired" in stack.quota.log()
+    assert "a delivery was lost; resuming at the checkpoint" in stack.quota.log()

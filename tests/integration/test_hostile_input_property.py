@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.ingress.api import IngressApi
-from tests.integration.test_hostile_input import dead_letters, settled
+from tests.integration.conftest import dead_letters, settled
 from tests.stack import Stack, usage_event
 
 pytestmark = pytest.mark.connected

@@ -9,9 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.test_extra_usage import HI, payg_key, top_up
-from tests.e2e.test_gateway_sdks import oai
-from tests.e2e.test_refunds import refund_of
+from tests.e2e.conftest import HI, oai, payg_key, refund_of, top_up
 from tests.stack import Stack, eventually, flowplan_replay, usage_event
 
 pytestmark = pytest.mark.connected

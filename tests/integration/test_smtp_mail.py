@@ -15,7 +15,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from libs.localservers import free_port
 from services.console.mail import MailFailed, SmtpMailer
-from tests.e2e.test_console import PASSWORD, Browser, token
+from tests.e2e.conftest import PASSWORD, Browser, token
 from tests.stack import Stack, eventually
 
 pytestmark = pytest.mark.connected

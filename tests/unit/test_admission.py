@@ -174,3 +174,25 @@ def test_limits_follow_the_plan_in_force_now():
     before = decide(upgraded, LIMITS, 0, NOW - timedelta(hours=3))
     assert before.view.plan == "free"
     assert before.view.window_5h.limit == 5 * M
+
+
+def test_estimate_in_usd_gives_flows_at_the_rate_and_multiplier_and_the_other_way() -> None:
+    from fractions import Fraction
+
+    from services.quota.domain.admission import Estimate, estimate
+
+    rate, twice = Fraction(1, 100), Fraction(2)  # $0.01 per Flow, a multiplier of 2
+    assert estimate(0, 20_000, rate, twice) == Estimate(flows=1_000_000, usd=20_000)
+    assert estimate(1_000_000, 0, rate, twice) == Estimate(flows=1_000_000, usd=20_000)
+    assert estimate(0, 1, Fraction(3, 1000), Fraction(1)) == Estimate(flows=333, usd=1)  # half up
+
+
+def test_room_left_counts_this_calls_reservation_only_on_the_subscription() -> None:
+    from services.quota.domain.admission import Admission, QuotaView, WindowView, flows_remaining
+
+    w5 = WindowView(used=10 * M, limit=50 * M, reserved=5 * M, started_at=None, resets_at=None)
+    quota = QuotaView("pro", w5, w5, w5)
+    assert flows_remaining(Admission(True, "subscription", None, None, quota, None), 2 * M) == 33 * M
+    assert flows_remaining(Admission(True, "payg", None, None, quota, None), 2 * M) == 35 * M
+    assert flows_remaining(Admission(True, "subscription", None, None, quota, None), 40 * M) == 0  # never below 0
+    assert flows_remaining(Admission(False, None, "unknown_model", None, None, None), 2 * M) == 0

@@ -126,16 +126,21 @@ def test_wrk_is_not_installed_by_a_user_who_cannot(monkeypatch: pytest.MonkeyPat
 
 
 def test_the_suspects_are_found_by_frame_and_by_the_sampled_line() -> None:
-    api = Path(bench_profile.ROOT / "services/gateway/api.py").read_text().splitlines()
-    line = next(i for i, text in enumerate(api, 1) if "_encode.encode(" in text)
-    root = "run (asyncio/runners.py:118);_call (services/gateway/api.py:1)"
+    protocols = Path(bench_profile.ROOT / "services/gateway/protocols.py").read_text().splitlines()
+    line = next(i for i, text in enumerate(protocols, 1) if "_encode.encode(" in text)
+    pipeline = Path(bench_profile.ROOT / "services/gateway/pipeline.py").read_text().splitlines()
+    admit = next(i for i, text in enumerate(pipeline, 1) if "async def admit(" in text) + 5
+    root = "run (asyncio/runners.py:118);CallPipeline.handle (services/gateway/pipeline.py:1)"
     collapsed = (
-        f"{root};_call (services/gateway/api.py:{line}) 2\n"  # the body re-encoded: its own line
+        f"{root};Exchange.upstream_request (services/gateway/protocols.py:{line}) 2\n"  # the body re-encoded
         f"{root};Counter.add (opentelemetry/sdk/metrics/_internal/instrument.py:40) 1\n"
         f"{root};create_task (asyncio/tasks.py:370) 1\n"
+        f"{root};CallPipeline.admit (services/gateway/pipeline.py:{admit});Client.request (nats/aio/client.py:9) 4\n"
     )
     shares = dict(bench_profile.candidates(collapsed))
-    assert shares["JSON encode/decode on flowplan's own lines (msgspec; body re-encoding)"] == 0.5
-    assert shares["OpenTelemetry metric instruments (add/record, attribute hashing)"] == 0.25
-    assert shares["asyncio task creation"] == 0.25
+    assert shares["JSON encode/decode on flowplan's own lines (msgspec; body re-encoding)"] == 0.25
+    assert shares["OpenTelemetry metric instruments (add/record, attribute hashing)"] == 0.125
+    assert shares["asyncio task creation"] == 0.125
+    assert shares["admission (quota.check and its reply)"] == 0.5
+    assert shares["nats-py request/reply (quota.check, key.lookup)"] == 0.5
     assert shares["the upstream call (aiohttp client)"] == 0.0

@@ -3,7 +3,7 @@ wrong-password lockout, and what the subscription page makes of the account API'
 
 from datetime import UTC, datetime, timedelta
 
-from libs import ownerpass
+from libs import chatpass, ownerpass
 from services.console import auth, i18n, views
 
 NOW = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
@@ -18,6 +18,27 @@ def test_owner_pass_names_its_account_until_it_expires_and_only_with_the_secret(
     forged = token.replace("acc_0123456789abcdef", "acc_fedcba9876543210")
     assert ownerpass.verify("s3cret", forged, NOW) is None
     assert ownerpass.verify("s3cret", "cs-v1-garbage", NOW) is None
+
+
+def test_chat_pass_grants_its_account_mode_and_conversation_until_it_expires_and_nothing_altered() -> None:
+    chat = chatpass.ChatPass("acc_0123456789abcdef", "subscription", "conv_abc123")
+    token = chatpass.mint("s3cret", chat, NOW, ttl_s=60)
+    assert chatpass.is_chat_pass(token) and not ownerpass.is_owner_pass(token)
+    assert chatpass.verify("s3cret", token, NOW + timedelta(seconds=59)) == chat
+    assert chatpass.verify("s3cret", token, NOW + timedelta(seconds=60)) is None  # expired
+    assert chatpass.verify("other", token, NOW) is None  # not the console's secret
+    for altered in (
+        token.replace(".subscription.", ".payg."),  # another billing mode
+        token.replace("conv_abc123", "conv_abc124"),  # another conversation
+        token.replace("acc_0123456789abcdef", "acc_fedcba9876543210"),  # another account
+        token.replace(f".{int(NOW.timestamp()) + 60}.", f".{int(NOW.timestamp()) + 6000}."),  # a longer life
+    ):
+        assert altered != token and chatpass.verify("s3cret", altered, NOW) is None
+    # Neither credential passes for the other, though both are signed with the same secret.
+    owner = ownerpass.mint("s3cret", chat.account_id, NOW)
+    assert chatpass.verify("s3cret", owner, NOW) is None
+    assert ownerpass.verify("s3cret", token, NOW) is None
+    assert chatpass.verify("s3cret", "cc-v1-garbage", NOW) is None
 
 
 def test_csrf_token_fits_only_its_cookie() -> None:
@@ -136,3 +157,28 @@ def test_the_pager_links_carry_the_api_cursors_with_the_filters() -> None:
     last = {"data": [], "next_cursor": None, "prev_cursor": "a1"}
     context = views.subscription("acc_1", usage, last, [], [], [], [], plans, NOW, {}, [])
     assert context["older"] is None and context["newer"] == "after=a1"
+
+
+def test_a_conversation_costs_flows_for_its_subscription_calls_and_usd_for_its_payg_ones() -> None:
+    events = [
+        {"billing_mode": "subscription", "flows": 0.012345, "usd_cost": "0.000311"},
+        {"billing_mode": "payg", "flows": 0.5, "usd_cost": "0.012600"},  # overflow or a PAYG message
+        {"billing_mode": "subscription", "flows": 1, "usd_cost": "0.025000"},
+    ]
+    cost = views.conversation_cost(events)
+    assert cost == {"flows": "1.012345", "usd": "0.012600", "calls": 3}
+    assert views.flows_exact(cost["flows"]) == "1.012345" and views.flows_exact("0") == "0.00"
+    assert views.conversation_cost([]) == {"flows": "0", "usd": "0", "calls": 0}
+
+
+def test_chat_offers_the_plans_models_on_subscription_and_checks_the_form_naming_the_field() -> None:
+    catalog = [{"id": "a/free", "plans": ["free", "pro"]}, {"id": "b/pro", "plans": ["pro"]}, {"id": "c/none"}]
+    assert views.chat_models(catalog, "free") == [
+        {"id": "a/free", "in_plan": True}, {"id": "b/pro", "in_plan": False}, {"id": "c/none", "in_plan": False},
+    ]  # fmt: skip
+    ids = {"a/free", "b/pro"}
+    assert views.chat_problem("hi", "payg", "b/pro", ids) is None
+    bad = [("", "payg", "a/free", "message"), ("x" * 32_001, "payg", "a/free", "message"),
+           ("hi", "free", "a/free", "billing_mode"), ("hi", "payg", "z/z", "model")]  # fmt: skip
+    for text, mode, model, field in bad:
+        assert (views.chat_problem(text, mode, model, ids) or "").startswith(f"{field}:")

@@ -371,6 +371,34 @@ def test_anthropic_stream_broken_after_message_start_bills_the_deltas_streamed()
     assert usage.final().output >= len(WORDS)
 
 
+def responses_event(kind: str, **fields) -> str:
+    return anthropic_event(kind, sequence_number=0, **fields)  # the same named-event framing
+
+
+RESPONSES_USAGE = {"input_tokens": 1200, "input_tokens_details": {"cached_tokens": 1024}, "output_tokens": 3}
+RESPONSES_DELTAS = [responses_event("response.output_text.delta", item_id="msg_1", delta=w) for w in WORDS]
+RESPONSES_CREATED = responses_event(
+    "response.created", response={"id": "resp_1", "status": "in_progress", "usage": None}
+)
+
+
+def test_responses_stream_takes_the_usage_of_its_final_response():
+    for final in ("response.completed", "response.incomplete", "response.failed"):
+        done = responses_event(final, response={"id": "resp_1", "usage": RESPONSES_USAGE})
+        usage = follow("responses", sse(RESPONSES_CREATED, *RESPONSES_DELTAS, done))
+        assert usage.output_reported and usage.final() == Tokens(input=176, output=3, cached=1024)
+
+
+def test_responses_stream_broken_off_before_its_final_response_bills_the_deltas_streamed():
+    arguments = responses_event("response.function_call_arguments.delta", item_id="fc_1", delta='{"a"')
+    usage = follow("responses", sse(RESPONSES_CREATED, *RESPONSES_DELTAS, arguments))
+    assert not usage.output_reported and usage.final() == Tokens(output=len(WORDS) + 1)
+
+
+def test_responses_usage_reads_cached_tokens_from_input_tokens_details():
+    assert from_openai(RESPONSES_USAGE) == Tokens(input=176, output=3, cached=1024)
+
+
 # --- estimate_usd_micros -------------------------------------------------------------------
 
 

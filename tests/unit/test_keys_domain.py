@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libs.apikeys import PREFIXES, hash_secret, kind_of
+from libs.refusal import Refusal
 from proto.v1 import AccountSuspended, AccountUnsuspended, KeyCreated, KeyRevoked, KeyRotated
 from services.keys.domain import (
     MAX_ACTIVE_KEYS,
     Access,
     Key,
-    KeyCommandError,
     evolve,
     evolve_access,
     issue,
@@ -108,7 +108,7 @@ def command(name: str, key: Key | None, account: str, key_id: str):
 
 @pytest.mark.parametrize("name", ["rotate", "revoke"])
 def test_commands_on_an_unknown_key_are_key_not_found(name):
-    with pytest.raises(KeyCommandError) as error:
+    with pytest.raises(Refusal) as error:
         command(name, None, ACCOUNT, "key_0000000000000000")
     assert error.value.code == "key_not_found"
     assert "key_0000000000000000" in error.value.message
@@ -117,7 +117,7 @@ def test_commands_on_an_unknown_key_are_key_not_found(name):
 @pytest.mark.parametrize("name", ["rotate", "revoke"])
 def test_commands_on_another_accounts_key_are_key_not_found(name):
     _, _, key = created(account=OTHER)
-    with pytest.raises(KeyCommandError) as error:
+    with pytest.raises(Refusal) as error:
         command(name, key, ACCOUNT, key.key_id)
     assert error.value.code == "key_not_found"
 
@@ -126,11 +126,11 @@ def test_commands_on_another_accounts_key_are_key_not_found(name):
 def test_commands_on_a_revoked_key_are_key_revoked(name):
     _, _, key = created()
     key = evolve(key, revoke(key, ACCOUNT, key.key_id, T0 + H))
-    with pytest.raises(KeyCommandError) as error:
+    with pytest.raises(Refusal) as error:
         command(name, key, ACCOUNT, key.key_id)
     assert error.value.code == "key_revoked"
     # another account learns nothing, not even that it is revoked
-    with pytest.raises(KeyCommandError) as error:
+    with pytest.raises(Refusal) as error:
         command(name, key, OTHER, key.key_id)
     assert error.value.code == "key_not_found"
 
@@ -369,7 +369,7 @@ def test_of_account_includes_revoked_keys_in_their_current_state():
 
 def test_an_account_has_at_most_100_active_keys_and_revoking_one_makes_room():
     keys = [created()[2] for _ in range(MAX_ACTIVE_KEYS)]
-    with pytest.raises(KeyCommandError) as full:
+    with pytest.raises(Refusal) as full:
         issue(ACCOUNT, "one too many", "subscription", T0, keys)
     assert full.value.code == "key_limit_reached"
     revoked = evolve(keys[0], revoke(keys[0], ACCOUNT, keys[0].key_id, T0 + H))
@@ -386,7 +386,7 @@ def test_the_owner_cannot_revoke_the_last_management_key_the_operator_can():
     keys = [model, first, second]
     gone = evolve(first, revoke(first, ACCOUNT, first.key_id, T0 + H, keys))  # another one is left
     assert gone is not None and gone.revoked_at is not None
-    with pytest.raises(KeyCommandError) as last:
+    with pytest.raises(Refusal) as last:
         revoke(second, ACCOUNT, second.key_id, T0 + H, [model, gone, second])
     assert last.value.code == "last_management_key"
     assert revoke(second, ACCOUNT, second.key_id, T0 + H).key_id == second.key_id  # the operator: no account_keys

@@ -64,3 +64,22 @@ def test_balance_is_the_ledger_sum_and_overdraws_only_by_overruns(ops: list[tupl
             overrun += max(0, cost - estimate)
         assert account.balance == sum(ledger)
         assert account.balance >= -overrun
+
+
+def test_payg_calls_may_use_every_model_and_subscription_calls_only_the_plans() -> None:
+    account = AccountQuota(T0, [Segment(T0, "free", T0, "created")])
+    account.balance = 1_000_000
+    outside = CATALOG.models["anthropic/claude-sonnet-4.5"]
+    assert outside.tier not in PLAN.tiers
+
+    def ask(billing_mode: str) -> tuple[bool, str | None, str | None]:
+        admission = admit(
+            account, PLAN, outside, billing_mode=billing_mode, rate_tat=None, reserved=0, payg_reserved=0,
+            estimate_usd=1_000, limits_by_plan=LIMITS, now=T0,
+        )  # fmt: skip
+        return admission.admitted, admission.billing_mode, admission.reason
+
+    assert ask("payg") == (True, "payg", None)
+    assert ask("subscription") == (False, None, "model_not_in_plan")
+    account.extra_usage = True  # overflow bills the balance, but only for the plan's own models
+    assert ask("subscription") == (False, None, "model_not_in_plan")

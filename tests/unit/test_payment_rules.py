@@ -6,8 +6,9 @@ import pytest
 
 from libs.months import add_months
 from libs.pricing.money import to_micros
+from libs.refusal import Refusal
 from proto.v1 import RecordPayment, TopUpBalance
-from services.billing.domain import Refused, Subscription, record_payment, subscription_at, top_up
+from services.billing.domain import Subscription, record_payment, subscription_at, top_up
 from services.quota.domain.admission import AccountQuota
 from services.quota.domain.periods import Segment
 
@@ -67,7 +68,7 @@ def test_a_payment_is_decided_at_its_paid_at_and_its_ids_come_from_its_ref() -> 
     ],
 )
 def test_a_bad_payment_is_refused_naming_the_field(command: RecordPayment, field: str) -> None:
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(Refusal) as refused:
         record_payment(command, [], PRICES, NOW)
     assert refused.value.field == field and refused.value.code == "invalid_request"
 
@@ -77,7 +78,7 @@ def test_a_top_up_credits_a_positive_amount_and_its_ref_makes_it_one_event() -> 
     assert first == top_up(TopUpBalance(account_id="acc", amount_micros=5, topup_ref="t"), NOW)
     unnamed = [top_up(TopUpBalance(account_id="acc", amount_micros=5), NOW) for _ in range(2)]
     assert unnamed[0].event_id != unnamed[1].event_id
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(Refusal) as refused:
         top_up(TopUpBalance(account_id="acc", amount_micros=0), NOW)
     assert refused.value.field == "amount_usd"
 
@@ -102,7 +103,7 @@ def test_a_paid_plan_ends_at_its_paid_until() -> None:
 
 @pytest.mark.parametrize("amount", ["0", "19.99", "20.01", "100.00"])
 def test_an_amount_other_than_the_price_needs_an_override(amount: str) -> None:
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(Refusal) as refused:
         record_payment(pay("pro", amount=amount), [], PRICES, NOW)
     assert refused.value.field == "amount_usd" and "override" in refused.value.message
     payment, change = record_payment(pay("pro", amount=amount, override=True), [], PRICES, NOW)

@@ -1,11 +1,20 @@
-"""The committed JSON Schema of the wire contract is generated from proto/ and must not drift."""
+"""The committed contract documents are generated and must not drift: the JSON Schema and the
+AsyncAPI document from proto/, the OpenAPI document from ingress's route table."""
 
 import json
 from pathlib import Path
 
-from proto.schema import CONTRACT, render
+import jsonschema
+from openapi_spec_validator import validate as validate_openapi
 
-SCHEMA = Path(__file__).resolve().parents[2] / "proto" / "schema.json"
+from proto import asyncapi
+from proto.schema import CONTRACT, render
+from proto.v1 import events, rpc
+from services.ingress import openapi
+from services.ingress.routes import ROUTES
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "proto" / "schema.json"
 
 
 def test_committed_schema_matches_the_proto_structs():
@@ -22,3 +31,57 @@ def test_schema_names_every_message_of_the_contract():
     assert len(document["oneOf"]) == len(CONTRACT)
     usage = document["$defs"]["UsageRecorded"]
     assert {"event_id", "account_id", "occurred_at", "flows_micros", "billing_mode"} <= set(usage["properties"])
+
+
+def test_committed_asyncapi_matches_proto():
+    assert asyncapi.render() == (ROOT / "proto" / "asyncapi.json").read_text(), (
+        "proto/asyncapi.json is out of date with proto/v1: run make schema"
+    )
+
+
+def test_asyncapi_has_every_event_and_every_command_and_query_with_its_reply_channel():
+    document = json.loads(asyncapi.render())
+    assert document["asyncapi"].startswith("3.")
+    addresses = {channel["address"] for channel in document["channels"].values()}
+    assert {call.subject for call in rpc.RPCS} <= addresses
+    for call in rpc.RPCS:
+        operation = document["operations"][call.subject]
+        assert operation["action"] == "receive"
+        reply = document["channels"][operation["reply"]["channel"]["$ref"].rsplit("/", 1)[-1]]
+        assert reply["address"] is None and (call.refusal is None or call.refusal.__name__ in reply["messages"])
+    assert "flowplan.events.usage.{account_id}.UsageRecorded" in addresses
+    assert {e.__name__ for e in asyncapi._tagged(events)} <= set(document["components"]["messages"])
+
+
+def test_committed_openapi_matches_the_route_table():
+    assert openapi.render(ROUTES) == (ROOT / "services" / "ingress" / "openapi.json").read_text(), (
+        "services/ingress/openapi.json is out of date with ingress's route table: run make schema"
+    )
+
+
+def test_openapi_documents_every_route_with_who_may_call_it_and_the_refusals_of_what_it_asks():
+    document = json.loads(openapi.render(ROUTES))
+    assert document["openapi"] == "3.1.0"
+    for route in ROUTES:
+        operation = document["paths"][route.path][route.method.lower()]
+        assert operation["security"] == openapi.SECURITY[route.who]
+        for call in route.asks:
+            assert {str(s) for s in call.status.values() if s < 500} <= set(operation["responses"])
+    refund = document["paths"]["/v1/refunds/{refund_id}"]["get"]["responses"]
+    assert {"401", "403", "404", "503"} <= set(refund)
+    assert document["paths"]["/v1/keys"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/NewKey"
+    }
+
+
+def test_the_asyncapi_document_is_valid_asyncapi_3_0():
+    """Against the specification's own JSON Schema (schemas/asyncapi-3.0.0.json: schemas/3.0.0.json of
+    the npm package @asyncapi/specs 6.11.1, Apache-2.0)."""
+    specification = json.loads((ROOT / "tests" / "unit" / "schemas" / "asyncapi-3.0.0.json").read_text())
+    errors = [f"{list(e.absolute_path)}: {e.message[:200]}" for e in jsonschema.Draft7Validator(specification)
+              .iter_errors(json.loads(asyncapi.render()))]  # fmt: skip
+    assert errors == []
+
+
+def test_the_openapi_document_is_valid_openapi_3_1():
+    validate_openapi(json.loads(openapi.render(ROUTES)))

@@ -539,3 +539,93 @@ async def test_stream_is_paced() -> None:
     assert arrivals[-1] - arrivals[0] >= 0.09  # 20 more tokens at 200/s: 0.1 s
     assert arrivals[-1] < 2.0
     assert non_stream_s >= 0.17  # a non-streamed answer waits as long
+
+
+# --- Responses, and each vendor's protocols ---------------------------------------------------
+
+GPT = "openai/gpt-5-mini"
+CLAUDE = "anthropic/claude-sonnet-4.5"
+DEEPSEEK = "deepseek/deepseek-chat"
+WEATHER_FUNCTION = {
+    "type": "function", "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}  # fmt: skip
+
+
+async def test_responses_answer_is_the_chat_answer_with_its_usage(oai: openai.AsyncOpenAI) -> None:
+    prompt = "Summarise event sourcing [[cached:3]]"
+    answer = await oai.responses.create(model=GPT, input=prompt, instructions="Be brief.")
+    chat = await oai.chat.completions.create(
+        model=GPT, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}]
+    )
+    assert answer.status == "completed" and answer.output_text == chat.choices[0].message.content
+    assert answer.usage is not None and chat.usage is not None
+    assert (
+        answer.usage.input_tokens == chat.usage.prompt_tokens and answer.usage.input_tokens_details.cached_tokens == 3
+    )
+    assert answer.usage.output_tokens == chat.usage.completion_tokens == len(answer.output_text.split())
+    cut = await oai.responses.create(model=GPT, input="long [[tokens:50]]", max_output_tokens=20)
+    assert cut.status == "incomplete" and cut.incomplete_details is not None
+    assert cut.incomplete_details.reason == "max_output_tokens" and cut.usage and cut.usage.output_tokens == 20
+
+
+async def test_responses_stream_is_the_event_sequence_the_sdk_accumulates(oai: openai.AsyncOpenAI) -> None:
+    items = [{"role": "user", "content": [{"type": "input_text", "text": "Tell me about windows [[tokens:12]]"}]}]
+    whole = await oai.responses.create(model=GPT, input=items)
+    async with oai.responses.stream(model=GPT, input=items) as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert kinds.count("response.output_text.delta") == 12
+    assert final.output_text == whole.output_text and final.usage == whole.usage
+
+
+async def test_responses_function_call_round_trip(oai: openai.AsyncOpenAI) -> None:
+    ask = 'Use get_weather please [[args:{"city": "Paris"}]]'
+    called = await oai.responses.create(model=GPT, input=ask, tools=[WEATHER_FUNCTION])
+    [call] = called.output
+    assert (
+        call.type == "function_call" and call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    )
+    async with oai.responses.stream(model=GPT, input=ask, tools=[WEATHER_FUNCTION]) as stream:
+        deltas = [e.delta async for e in stream if e.type == "response.function_call_arguments.delta"]
+        streamed = await stream.get_final_response()
+    assert "".join(deltas) == call.arguments and streamed.output[0].type == "function_call"
+    follow_up = [
+        {"role": "user", "content": ask},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 21 C"},
+    ]
+    answer = await oai.responses.create(model=GPT, input=follow_up, tools=[WEATHER_FUNCTION])
+    assert answer.output[0].type == "message" and answer.output_text
+
+
+async def test_each_vendor_answers_only_its_own_protocols(base: str, http: aiohttp.ClientSession) -> None:
+    question = [{"role": "user", "content": "hi"}]
+    chat = {"messages": question, "max_tokens": 8}
+    messages = {"messages": question, "max_tokens": 8}
+    calls = {
+        "/v1/chat/completions": chat, "/v1/responses": {"input": "hi"}, "/v1/messages": messages,
+        "/v1/messages/count_tokens": {"messages": question}, "/v1/images/generations": {"prompt": "a cat"},
+    }  # fmt: skip
+    spoken = {
+        GPT: {"/v1/chat/completions", "/v1/responses", "/v1/images/generations"},
+        CLAUDE: {"/v1/messages", "/v1/messages/count_tokens"},
+        DEEPSEEK: {"/v1/chat/completions", "/v1/images/generations"},
+        MODEL: set(calls),  # a bare model name: every protocol, as before
+    }
+    for model, paths in spoken.items():
+        for path, body in calls.items():
+            async with http.post(base + path, json={**body, "model": model}) as response:
+                refusal = await response.json()
+            if path in paths:
+                assert response.status == 200, (model, path, refusal)
+            elif path.startswith("/v1/messages"):  # as Anthropic refuses a model it does not serve
+                assert response.status == 404 and refusal["error"] == {
+                    "type": "not_found_error",
+                    "message": f"model: {model}",
+                }
+            else:  # as OpenAI does
+                assert response.status == 404 and refusal["error"]["code"] == "model_not_found", (model, path)
+            async with http.post(f"{base}/any{path}", json={**body, "model": model}) as anywhere:
+                assert anywhere.status == 200, (model, path)  # an aggregator's endpoint serves every model

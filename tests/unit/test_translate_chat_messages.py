@@ -22,8 +22,11 @@ BOTH = frozenset({"chat", "messages", "images"})
         ("/v1/chat/completions", MESSAGES, "/v1/messages"),
         ("/v1/messages", CHAT, "/v1/chat/completions"),
         ("/v1/responses", BOTH, "/v1/chat/completions"),
-        ("/v1/responses", frozenset({"chat", "responses"}), "/v1/chat/completions"),
+        ("/v1/responses", frozenset({"chat", "responses"}), None),
         ("/v1/responses", MESSAGES, "/v1/messages"),
+        ("/v1/chat/completions", frozenset({"responses"}), "/v1/responses"),
+        ("/v1/messages", frozenset({"responses"}), "/v1/responses"),
+        ("/v1/messages", frozenset({"chat", "responses"}), "/v1/chat/completions"),
     ],
 )
 def test_a_call_is_translated_only_when_its_upstream_does_not_speak_its_protocol(

@@ -7,7 +7,8 @@ import pytest
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response, ResponseStreamEvent
 
-from services.gateway.translate import responses
+from services.gateway.translate import chat_responses, responses
+from services.gateway.usage import Tokens
 
 STREAM_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponseStreamEvent)
 FILE = [{"type": "input_file", "file_id": "f"}]
@@ -183,3 +184,95 @@ def test_codex_tools_namespaces_flattened_hosted_dropped() -> None:
     assert isinstance(chat, dict) and [t["function"]["name"] for t in chat["tools"]] == ["f", "spawn", "close"]
     only_hosted = responses.to_chat({"model": "m", "input": "x", "tools": [{"type": "web_search"}]})
     assert isinstance(only_hosted, dict) and "tools" not in only_hosted
+
+
+# -- chat (client) over a Responses upstream: chat_responses --------------------------------------
+
+CHAT_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_a_chat_request_is_the_responses_request_that_asks_the_same() -> None:
+    chat = {
+        "model": "m", "max_tokens": 40, "temperature": 0.2, "stream": True, "stream_options": {"include_usage": True},
+        "tools": [CHAT_TOOL], "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "look"},
+                                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]},
+            {"role": "assistant", "content": "calling", "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "done"},
+        ],
+    }  # fmt: skip
+    assert chat_responses.chat_to_responses(chat) == {
+        "model": "m", "store": False, "temperature": 0.2, "max_output_tokens": 40, "stream": True,
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}],
+        "tool_choice": {"type": "function", "name": "f"},
+        "input": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "input_text", "text": "look"},
+                                         {"type": "input_image", "image_url": "data:image/png;base64,AA"}]},
+            {"role": "assistant", "content": "calling"},
+            {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "done"},
+        ],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [({"stop": ["\n"]}, "stop"), ({"n": 2}, "n"), ({"tools": [{"type": "custom"}]}, "tools[0]"),
+     ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"), ({"messages": []}, "messages")],
+)  # fmt: skip
+def test_what_the_responses_api_cannot_carry_is_refused(change: dict[str, Any], param: str) -> None:
+    refused = chat_responses.chat_to_responses({"model": "m", "messages": [{"role": "user", "content": "x"}], **change})
+    assert isinstance(refused, responses.Refused) and refused.param == param
+
+
+def test_a_response_is_the_chat_completion_it_answers() -> None:
+    response = {
+        "status": "completed",
+        "output": [
+            {"type": "message", "content": [
+                {"type": "output_text", "text": "It is "}, {"type": "output_text", "text": "sunny"}]},
+            {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": '{"a":1}'},
+        ],
+    }  # fmt: skip
+    chat = chat_responses.response_to_chat(response, {"model": "m"}, "chatcmpl-1", 7, Tokens(5, 3, 2))
+    completion = ChatCompletion.model_validate(chat)
+    assert (
+        completion.choices[0].message.content == "It is sunny" and completion.choices[0].finish_reason == "tool_calls"
+    )
+    [call] = completion.choices[0].message.tool_calls or []
+    assert call.id == "call_1" and call.function.arguments == '{"a":1}'  # type: ignore[union-attr]
+    assert completion.usage and (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (7, 3)
+    cut = chat_responses.response_to_chat(
+        {"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}, "output": []},
+        {"model": "m"}, "chatcmpl-1", 7, Tokens(),
+    )  # fmt: skip
+    assert cut["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_responses_stream_is_chat_chunks_event_by_event() -> None:
+    stream = chat_responses.ResponsesStreamToChat({"model": "m", "stream_options": {"include_usage": True}}, "c", 7)
+    events = [
+        {"type": "response.created", "response": {}},
+        {"type": "response.output_text.delta", "output_index": 0, "delta": "Hi"},
+        {"type": "response.output_item.added", "output_index": 1,
+         "item": {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": ""}},
+        {"type": "response.function_call_arguments.delta", "output_index": 1, "delta": '{"a"'},
+        {"type": "response.function_call_arguments.delta", "output_index": 1, "delta": ":1}"},
+    ]  # fmt: skip
+    chunks = [chunk for event in events for chunk in stream.chunks(event)]
+    assert [c["choices"][0]["delta"] for c in chunks] == [
+        {"role": "assistant", "content": ""}, {"content": "Hi"},
+        {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"a"'}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]},
+    ]  # fmt: skip
+    broken = stream.final_chunks(Tokens(5, 3))  # no response.completed yet: no finish reason, only the usage
+    assert [c["choices"] for c in broken] == [[]] and broken[0]["usage"]["completion_tokens"] == 3
+    stream.chunks({"type": "response.completed", "response": {"status": "completed"}})
+    closing = stream.final_chunks(Tokens(5, 3))
+    assert closing[0]["choices"][0]["finish_reason"] == "tool_calls" and closing[1]["usage"]["prompt_tokens"] == 5
+    assert stream.finish(Tokens(5, 3)).endswith(b"data: [DONE]\n\n")

@@ -13,8 +13,9 @@ from datetime import datetime
 from fractions import Fraction
 from typing import NamedTuple
 
-from libs.pricing.catalog import Model, Plan
+from libs.pricing.catalog import FREE, Model, Plan
 from libs.pricing.flows import Versioned
+from libs.pricing.money import round_half_up
 from libs.pricing.multipliers import InsiderHistory
 from proto.v1.events import BillingMode
 from services.quota.domain.periods import Period, Segment, period_at, segment_at
@@ -50,7 +51,7 @@ class AccountQuota:
     def plan_at(self, when: datetime) -> str:
         segment = self.segments[segment_at(self.segments, when)]
         if segment.paid_until is not None and when >= segment.paid_until:
-            return "free"  # the paid period ended unpaid
+            return FREE  # the paid period ended unpaid
         return segment.plan
 
 
@@ -146,14 +147,16 @@ def admit(
     now: datetime,
 ) -> Admission:
     """The plan's models, then the RPM limit, then the subscription's windows; past a cap, with
-    Extra Usage on, the PAYG balance. A PAYG call (key or posted mode) bills the balance directly.
+    Extra Usage on, the PAYG balance. A PAYG call (key, posted mode or a Pay As You Go Studio Chat
+    conversation) bills the balance directly and may call every model: the plan limits what the
+    subscription pays for, not what the balance may buy (SPEC §5: "every model on PAYG").
 
     PAYG admission needs the balance, less the estimates of PAYG calls still running, to
     cover this call's estimate: so the balance can go below zero only by what calls admitted
     while it still covered them cost beyond their estimates."""
     if model is None:
         return Admission(False, None, "unknown_model", None, None, None)
-    if model.tier not in plan.tiers:
+    if model.tier not in plan.tiers and billing_mode != "payg":
         return Admission(False, None, "model_not_in_plan", None, None, None)
     rate = gcra(rate_tat, now, plan.rpm)
     if not rate.allowed:
@@ -171,3 +174,30 @@ def admit(
             return Admission(True, "payg", None, rate, decision.view, None)
         return Admission(False, "payg", "insufficient_balance", rate, decision.view, decision.retry_after_s)
     return Admission(False, None, decision.reason, rate, decision.view, decision.retry_after_s)
+
+
+class Estimate(NamedTuple):
+    """A call's estimated cost in both units: what a subscription call (micro-Flows) or a PAYG call
+    (micro-USD) reserves."""
+
+    flows: int
+    usd: int
+
+
+def estimate(flows_micros: int, usd_micros: int, usd_per_flow: Fraction, multiplier: Fraction) -> Estimate:
+    """The gateway estimates in USD when it can (the model's prices), else in Flows: the other unit
+    follows at the Flow rate and the account's multiplier in force now."""
+    usd = usd_micros or round_half_up(flows_micros * usd_per_flow * multiplier)
+    flows = round_half_up(Fraction(usd_micros) / (usd_per_flow * multiplier)) if usd_micros > 0 else flows_micros
+    return Estimate(flows, usd)
+
+
+def flows_remaining(admission: Admission, estimate_flows: int) -> int:
+    """The 5-hour window's room once this call holds its reservation (0 without a window view)."""
+    window = admission.quota.window_5h if admission.quota else None
+    if window is None:
+        return 0
+    room = window.limit - window.used - window.reserved
+    if admission.admitted and admission.billing_mode == "subscription":
+        room -= estimate_flows
+    return max(0, room)

@@ -9,10 +9,16 @@ makes late, out-of-order and replayed events land in the window they belong to.
 import bisect
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 FIVE_HOURS = timedelta(hours=5)
 ONE_WEEK = timedelta(days=7)
+
+WindowKind = Literal["5h", "week", "month"]
+"""The kinds of quota.windows rows: the two chains of rolling windows, and monthly periods."""
+ChainKind = Literal["5h", "week"]
+CHAINS: dict[ChainKind, timedelta] = {"5h": FIVE_HOURS, "week": ONE_WEEK}
+"""The rolling windows' chains and each window's length."""
 
 
 class Window(NamedTuple):

@@ -1,0 +1,177 @@
+"""Partition leases: which instance of a service owns which partitions of the event log, through
+leases in a NATS KV bucket (docs/scaling.md, step 1 of its plan). Used today by ingress, whose
+instances elect the one that runs the ingress projection (rebalance=False, one partition);
+quota, keys, billing and refund do not use it yet.
+
+Every instance keeps a member key alive and computes, from the live members, the same desired
+assignment (rendezvous hashing: a member leaving moves only its partitions, one joining takes
+about 1/N). It acquires a desired partition with `create` (only if nobody holds it), renews what
+it holds with a compare-and-set `update` every lease/3, and releases (`delete`) what is desired
+elsewhere. The bucket's max age is the lease: a key nobody renews disappears after it, and the
+next tick of the desired owner creates it again.
+
+`owns(p)` is true only until `sent + lease - margin`, where `sent` is this instance's monotonic
+time when it sent the last successful acquire or renewal: the server's copy of the key lives at
+least until `sent + lease`, so an instance that stops renewing (paused, cut off, killed) has
+stopped answering for the partition before anybody else can acquire it. No clocks are compared
+across machines.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import nats.errors
+import nats.js
+import nats.js.errors
+from nats.js import api
+from nats.js.kv import KeyValue
+
+log = logging.getLogger(__name__)
+BUCKET = "FLOWPLAN_LEASES"
+
+
+def rendezvous(partition: int, members: Sequence[str]) -> str:
+    """The member with the highest hash of (partition, member): every instance that sees the same
+    members picks the same owner."""
+    return max(members, key=lambda m: hashlib.blake2b(f"{partition}/{m}".encode(), digest_size=8).digest())
+
+
+async def lease_bucket(js: nats.js.JetStreamContext, lease_s: float, replicas: int = 1) -> KeyValue:
+    try:
+        return await js.key_value(BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        # No limit markers: a key that ran out leaves nothing, so `create` finds it free.
+        return await js.create_key_value(api.KeyValueConfig(bucket=BUCKET, history=1, ttl=lease_s, replicas=replicas))
+
+
+class PartitionLeases:
+    def __init__(
+        self,
+        js: nats.js.JetStreamContext,
+        service: str,
+        instance: str,
+        partitions: int,
+        *,
+        lease_s: float = 3.0,
+        margin_s: float | None = None,
+        replicas: int = 1,
+        rebalance: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """rebalance=False: no assignment; every instance takes whatever is free and keeps what it
+        holds until it stops or dies (one partition so: a leader, for one active instance)."""
+        self.service, self.instance, self.partitions = service, instance, partitions
+        self.rebalance = rebalance
+        self.lease_s, self.margin_s = lease_s, lease_s / 3 if margin_s is None else margin_s
+        self._js, self._replicas, self._clock = js, replicas, clock
+        self._held: dict[int, int] = {}  # partition -> revision of our owner key
+        self._valid_until: dict[int, float] = {}
+        self._member_rev = 0
+        self.members = 1
+        """Live members (instances) of the service at the last tick, this one included."""
+        self._task: asyncio.Task[None] | None = None
+        self.kv: KeyValue | None = None
+
+    def _owner_key(self, partition: int) -> str:
+        return f"owner.{self.service}.{partition}"
+
+    @property
+    def _member_key(self) -> str:
+        return f"member.{self.service}.{self.instance}"
+
+    def owns(self, partition: int) -> bool:
+        return partition in self._held and self._clock() < self._valid_until[partition]
+
+    def owned(self) -> set[int]:
+        return {p for p in self._held if self.owns(p)}
+
+    async def start(self) -> None:
+        self.kv = await lease_bucket(self._js, self.lease_s, self._replicas)
+        await self.tick()
+        self._task = asyncio.create_task(self._loop(), name=f"leases-{self.service}")
+
+    async def stop(self, release: bool = True) -> None:
+        """Stop renewing; with release, hand every partition over at once (a clean shutdown).
+        Without, the leases run out by themselves, as a killed or frozen instance's do, and owns()
+        stays true only until its deadline, before anybody else can acquire them."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if release:
+            for partition in list(self._held):
+                await self._release(partition)
+            assert self.kv is not None
+            with contextlib.suppress(nats.errors.Error):
+                await self.kv.delete(self._member_key, last=self._member_rev)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                await self.tick()
+            except nats.errors.Error as exc:  # NATS away: what we hold runs out by owns()'s deadline
+                log.warning("%s leases: %r", self.service, exc)
+
+    async def tick(self) -> None:
+        """Renew the membership and what is held, release what is desired elsewhere, acquire what
+        is desired here and free."""
+        assert self.kv is not None
+        self._member_rev = await self._put(self._member_key, self._member_rev)
+        members = await self._members()
+        self.members = len(members)
+        if self.rebalance:
+            desired = {p for p in range(self.partitions) if rendezvous(p, members) == self.instance}
+        else:
+            desired = set(range(self.partitions))
+        for partition in list(self._held):
+            if partition not in desired:
+                await self._release(partition)
+                continue
+            sent = self._clock()
+            try:
+                self._held[partition] = await self.kv.update(
+                    self._owner_key(partition), self.instance.encode(), last=self._held[partition]
+                )
+                self._valid_until[partition] = sent + self.lease_s - self.margin_s
+            except nats.js.errors.KeyWrongLastSequenceError:  # it ran out and somebody else has it
+                log.warning("%s leases: lost partition %d", self.service, partition)
+                self._held.pop(partition)
+                self._valid_until.pop(partition)
+        for partition in sorted(desired - set(self._held)):
+            sent = self._clock()
+            try:
+                self._held[partition] = await self.kv.create(self._owner_key(partition), self.instance.encode())
+                self._valid_until[partition] = sent + self.lease_s - self.margin_s
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass  # still held by its previous owner: until it releases it or its lease runs out
+
+    async def _put(self, key: str, revision: int) -> int:
+        """Create the key, or renew our revision of it (created again if it ran out)."""
+        assert self.kv is not None
+        if revision:
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                return await self.kv.update(key, self.instance.encode(), last=revision)
+        return await self.kv.create(key, self.instance.encode())
+
+    async def _members(self) -> list[str]:
+        assert self.kv is not None
+        prefix = f"member.{self.service}."
+        try:
+            keys = await self.kv.keys()
+        except nats.js.errors.NoKeysError:
+            keys = []
+        members = sorted(k[len(prefix) :] for k in keys if k.startswith(prefix))
+        return members or [self.instance]
+
+    async def _release(self, partition: int) -> None:
+        assert self.kv is not None
+        revision = self._held.pop(partition)
+        self._valid_until.pop(partition, None)  # stop answering first, then hand over
+        with contextlib.suppress(nats.errors.Error):
+            await self.kv.delete(self._owner_key(partition), last=revision)

@@ -1,0 +1,538 @@
+"""One metered model call, as one pipeline: authenticate -> read -> choose the exchange ->
+admit -> forward -> meter -> record (or release).
+
+Each stage is a method that takes what the stages before it produced and returns either the
+next step's input or the client's refusal. Nothing here knows a protocol: the client's and the
+upstream's are adapters (services.gateway.protocols) that say how the upstream is addressed, how
+usage is read from a reply or a stream and in whose shape errors go back; a translation between
+them (services.gateway.translate) reshapes the request, the answer and the stream.
+
+Where to extend: who the caller is (another kind of credential) is `authenticate`; what a
+call's usage event carries (more context from the request) is `Call` and `usage_event`."""
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+from nats.aio.client import Client
+from opentelemetry import trace
+
+from libs import apikeys, chatpass, tracing
+from libs.clock import Clock
+from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
+from libs.pricing.catalog import Catalog, Model
+from libs.pricing.money import micros_to_str, parse_fraction
+from libs.pricing.usage import usage_recorded
+from libs.rpc import Unavailable
+from libs.settings import Settings
+from proto.v1 import (
+    InflightCall,
+    KeyView,
+    QuotaCheck,
+    QuotaDecision,
+    ReleaseReservation,
+    UsageRecorded,
+    encode,
+    subjects,
+)
+from services.gateway import metrics, protocols, studio
+from services.gateway.body import BodyError, parse_body
+from services.gateway.clients import client_marks, trusted_networks
+from services.gateway.errors import Api, refusal, request_id, upstream_failure
+from services.gateway.estimate import BYTES_PER_TOKEN, estimate_usd_micros
+from services.gateway.inflight import InflightCalls
+from services.gateway.protocols import Exchange, Protocol
+from services.gateway.recorder import RETRY_AFTER_S, UsageNotStored, UsageRecorder
+from services.gateway.translate import Refused
+from services.gateway.upstreams import Upstreams
+from services.gateway.usage import SseSplitter, Tokens
+
+log = logging.getLogger(__name__)
+_decision = msgspec.json.Decoder(QuotaDecision)
+_json = msgspec.json.Decoder()
+FIVE_HOURS = timedelta(hours=5)
+PASSED_HEADERS = {"content-type"}
+
+
+@dataclass(slots=True)
+class Call:
+    """An admitted call, as every stage after admission sees it."""
+
+    exchange: Exchange
+    key: KeyView
+    model: Model
+    decision: QuotaDecision
+    reservation_id: str
+    started: datetime
+    headers: dict[str, str]
+    """The client's answer carries them, success or failure: rate limits, billing mode, Flows left."""
+    client_hash: str | None = None
+    agent_hash: str | None = None
+    conversation_id: str | None = None
+    """Set for Studio Chat's calls (services/gateway/studio.py): their usage names it, not a key."""
+
+    @property
+    def api(self) -> Api:
+        return self.exchange.client.api
+
+    @property
+    def route(self) -> str:
+        return self.exchange.client.path
+
+    @property
+    def call_id(self) -> str:
+        """What a translated answer's id is made of: the call's own, as its usage event names it."""
+        return self.reservation_id.removeprefix("gw_")
+
+
+class CallPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        keys: KeyCache,
+        nc: Client,
+        session: aiohttp.ClientSession,
+        upstreams: Upstreams,
+        recorder: UsageRecorder,
+        clock: Clock,
+        inflight: InflightCalls,
+    ) -> None:
+        self.settings = settings
+        self.trusted_proxies = trusted_networks(settings.trusted_proxies)
+        self.catalog, self.keys, self.nc, self.session = catalog, keys, nc, session
+        self.upstreams, self.recorder, self.clock = upstreams, recorder, clock
+        self.inflight = inflight
+        """The calls admitted and not finished: their reservations are renewed in quota by heartbeat."""
+        self.pumps: set[asyncio.Task[web.StreamResponse]] = set()
+        self.streams: set[_Upstream] = set()
+
+    async def run(self, request: web.Request, client: Protocol) -> web.StreamResponse:
+        route, api = client.path, client.api
+        # Who is asking comes first: an unauthenticated client never has its body read or parsed.
+        caller = await self.caller(request, api)
+        if isinstance(caller, web.Response):
+            return refused(route, caller)
+        key, conversation_id = caller if isinstance(caller, studio.StudioCaller) else (caller, None)
+        read = await self.read(request, api)
+        if isinstance(read, web.Response):
+            return refused(route, read)
+        raw, body = read
+        model = self.model_of(api, route, body)
+        if isinstance(model, web.Response):
+            return model
+        exchange = protocols.exchange(client, body, self.upstreams.for_vendor(model.vendor).speaks)
+        if isinstance(exchange, Refused):
+            return refused(route, refusal(api, "invalid_request", exchange.message, param=exchange.param))
+        call = await self.admit(exchange, key, model, body, len(raw))
+        if isinstance(call, web.Response):
+            return call
+        if conversation_id is None:
+            call.client_hash, call.agent_hash = client_marks(
+                self.settings.client_hash_key, request.remote, request.headers, self.trusted_proxies
+            )
+        else:  # the console's address is every owner's: no client marks, which the abuse signals would misread
+            call.conversation_id = conversation_id
+        streaming = body.get("stream") is True and client.streams
+        raw, strip_usage = exchange.upstream_request(raw, body, streaming)
+        response = await self.forward(request, call, raw)
+        if isinstance(response, web.Response):
+            return response
+        if streaming and response.status == 200:
+            # The stream is read to its end and billed in a task of its own, so that nothing
+            # that cancels the request's handler (a server stopping, a framework reacting to a
+            # hang-up) can cut the metering short.
+            pump = asyncio.create_task(self.stream(request, call, response, strip_usage))
+            self.pumps.add(pump)
+            pump.add_done_callback(self.pumps.discard)
+            pump.add_done_callback(lambda _: self.inflight.ended(call.reservation_id))
+            return await asyncio.shield(pump)
+        try:
+            return await self.whole(request, call, response)
+        finally:
+            response.release()
+            self.inflight.ended(call.reservation_id)
+
+    async def drain(self, grace_s: float) -> None:
+        """Cut the streams still running (each is billed for what its client was sent) and wait
+        until their usage is stored."""
+        if self.streams:
+            log.warning("shutdown grace of %.0f s over: cutting %d streams", grace_s, len(self.streams))
+            for stream in list(self.streams):
+                stream.cut()
+        if self.pumps:
+            await asyncio.wait(self.pumps, timeout=self.settings.usage_store_timeout_s + 10)
+
+    # -- authenticate and read ------------------------------------------------------------
+
+    async def caller(self, request: web.Request, api: Api) -> KeyView | studio.StudioCaller | web.Response:
+        """A model call's caller: a model key, or Studio Chat's pass (accepted for model calls only)."""
+        secret = _secret(request)
+        if not chatpass.is_chat_pass(secret):
+            return await self.authenticate(request, api)
+        caller = studio.caller_of(self.settings.console_secret, secret, self.clock.now())
+        if caller is None:
+            metrics.refusals.add(1, {"reason": "invalid_api_key"})
+            return refusal(api, "invalid_api_key", "The Studio Chat pass is forged, altered or expired.")
+        try:
+            suspended = await studio.suspended(self.nc, caller.key.account_id, self.settings.request_timeout_s)
+        except Unavailable:
+            return refusal(api, "service_unavailable", "the key service did not answer; retry")
+        if suspended:
+            metrics.refusals.add(1, {"reason": "account_suspended"})
+            return refusal(api, "account_suspended", "This account is suspended; contact support.")
+        return caller
+
+    async def authenticate(self, request: web.Request, api: Api) -> KeyView | web.Response:
+        """A model key's caller (the model list and token counting take keys only)."""
+        secret = _secret(request)
+        if apikeys.kind_of(secret) == "management":
+            # Refused by its prefix, before any lookup: a 403 that says what to use instead, and the
+            # same answer for a live, revoked or made-up one (no oracle, no load on keys).
+            metrics.refusals.add(1, {"reason": "insufficient_scope"})
+            message = "Management keys (sk-mg-v1-) change the account and cannot call models: use a model key."
+            return refusal(api, "insufficient_scope", message)
+        try:
+            key = await self.keys.authenticate(secret, request.remote)
+        except KeysUnavailable:
+            return refusal(api, "service_unavailable", "the key service did not answer; retry")
+        except UnknownKeysThrottled as exc:
+            metrics.refusals.add(1, {"reason": exc.code})
+            return refusal(api, exc.code, exc.message, {"retry-after": str(exc.retry_after_s)})
+        if key is None:
+            metrics.refusals.add(1, {"reason": "invalid_api_key"})
+            return refusal(api, "invalid_api_key", "Incorrect API key provided: it is malformed, unknown or revoked.")
+        if key.account_suspended:
+            metrics.refusals.add(1, {"reason": "account_suspended"})
+            return refusal(api, "account_suspended", "This account is suspended; contact support.")
+        return key
+
+    async def read(self, request: web.Request, api: Api) -> tuple[bytes, dict[str, Any]] | web.Response:
+        """The body, read within its time and size bounds and parsed as the upstream will."""
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                raw = await request.read()
+        except TimeoutError:
+            message = f"the request body did not arrive within {self.settings.body_timeout_s:g} s"
+            response = refusal(api, "request_timeout", message)
+            response.force_close()  # a client trickling its body keeps no connection
+            return response
+        except web.HTTPRequestEntityTooLarge:
+            message = f"the request body is over {self.settings.max_body_bytes} bytes"
+            return refusal(api, "request_too_large", message)
+        body = parse_body(raw, self.settings.max_json_depth)
+        if isinstance(body, BodyError):
+            return refusal(api, "invalid_request", body.message, param=body.param)
+        return raw, body
+
+    def model_of(self, api: Api, route: str, body: dict[str, Any]) -> Model | web.Response:
+        """The catalog model the body names, or the (counted) refusal naming `model`."""
+        model_id = body.get("model")
+        if not isinstance(model_id, str) or not model_id:
+            message = "model: required, a model id from GET /v1/models"
+            return refused(route, refusal(api, "invalid_request", message, param="model"))
+        model = self.catalog.models.get(model_id)
+        if model is None:
+            message = f"The model `{model_id}` does not exist."
+            return refused(route, refusal(api, "unknown_model", message, param="model"))
+        return model
+
+    # -- admit ------------------------------------------------------------------------------
+
+    async def admit(
+        self, exchange: Exchange, key: KeyView, model: Model, body: dict[str, Any], size: int
+    ) -> Call | web.Response:
+        api, route = exchange.client.api, exchange.client.path
+        started = time.perf_counter()
+        model_id = label = model.id  # only catalog ids label metrics: a client's typo is no new series
+        trace.get_current_span().set_attributes({"flowplan.account_id": key.account_id, "flowplan.model": model_id})
+        reservation_id = f"gw_{uuid.uuid4().hex}"
+        check = QuotaCheck(
+            account_id=key.account_id, reservation_id=reservation_id, model=model_id,
+            estimated_usd_micros=estimate_usd_micros(model, body, size),
+            billing_mode="payg" if key.kind == "payg" else "subscription",
+        )  # fmt: skip
+        try:
+            reply = await self.nc.request(
+                subjects.QUOTA_CHECK, encode(check), timeout=self.settings.request_timeout_s,
+                headers=tracing.nats_headers(),
+            )  # fmt: skip
+        except Exception:
+            message = "the quota service did not answer; retry"
+            unavailable = refusal(api, "service_unavailable", message, {"retry-after": "1"})
+            return refused(route, unavailable, label)
+        decision = _decision.decode(reply.data)
+        metrics.admission_seconds.record(time.perf_counter() - started)
+        self.inflight.rate_seen(key.account_id, decision.rate_limit, self.clock.now())
+        headers = rate_headers(decision)
+        if not decision.admitted:
+            reason = decision.reason or "quota_exhausted"
+            if reason == "not_ready":  # quota is rebuilding its in-flight state after a start
+                reason = "service_unavailable"
+            metrics.refusals.add(1, {"reason": reason})
+            if decision.retry_after_s is not None:
+                headers["retry-after"] = str(decision.retry_after_s)
+            response = refusal(api, reason, explain(decision, model_id), headers)
+            return refused(route, response, label, decision.plan or "")
+        now = self.clock.now()
+        headers["x-flowplan-billing-mode"] = decision.billing_mode or "subscription"
+        headers["x-flowplan-flows-remaining"] = micros_to_str(decision.flows_remaining_micros)
+        resets = decision.window_resets_at or now + FIVE_HOURS
+        headers["x-flowplan-window-resets-at"] = resets.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        self.inflight.admitted(
+            InflightCall(
+                account_id=key.account_id, reservation_id=reservation_id,
+                billing_mode=decision.billing_mode or "subscription",
+                estimated_usd_micros=check.estimated_usd_micros, admitted_at=now,
+            )
+        )  # fmt: skip
+        return Call(exchange, key, model, decision, reservation_id, now, headers)
+
+    # -- forward ----------------------------------------------------------------------------
+
+    async def forward(self, request: web.Request, call: Call, raw: bytes) -> aiohttp.ClientResponse | web.Response:
+        """The upstream's answer (its head: the body is read by the meter), or the client's 502."""
+        upstream, protocol = self.upstreams.for_vendor(call.model.vendor), call.exchange.upstream
+        headers = protocol.headers(upstream.key, request.headers)
+        try:
+            return await self.session.post(upstream.url + protocol.path, data=raw, headers=headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self.release(call)
+            rid = request_id(request)  # the error names the upstream's address: logged, not shown
+            log.warning("upstream for %s did not answer (request id %s): %r", call.model.id, rid, exc)
+            message = f"The upstream provider did not answer; retry later (request id {rid})."
+            failed = refusal(call.api, "upstream_unavailable", message)
+            count(call, failed.status)
+            return failed
+        except BaseException:  # cancelled: no usage; quota lets the reservation go once no beat lists it
+            self.inflight.ended(call.reservation_id)
+            raise
+
+    # -- meter: a whole answer ----------------------------------------------------------------
+
+    async def whole(self, request: web.Request, call: Call, response: aiohttp.ClientResponse) -> web.Response:
+        try:
+            payload = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self.release(call)
+            rid = request_id(request)
+            log.warning("upstream for %s broke off (request id %s): %r", call.model.id, rid, exc)
+            message = f"The upstream provider broke off; retry later (request id {rid})."
+            failed = refusal(call.api, "upstream_unavailable", message)
+            count(call, failed.status)
+            return failed
+        if response.status != 200:
+            await self.release(call)
+            rid = request_id(request)
+            log.warning(
+                "upstream answered %d for %s (request id %s, account %s): headers %s body %r",
+                response.status, call.model.id, rid, call.key.account_id,
+                dict(response.headers), payload[:4096],
+            )  # fmt: skip
+            failed = upstream_failure(call.api, response.status, response.headers, rid)
+            failed.headers.update(call.headers)
+            count(call, failed.status)
+            return failed
+        # Only what describes the body goes on: an upstream's ids, org and rate-limit headers stay here.
+        headers = {k: v for k, v in response.headers.items() if k.lower() in PASSED_HEADERS}
+        headers.update(call.headers)
+        try:
+            data = _json.decode(payload)
+        except msgspec.DecodeError:
+            data = {}
+        tokens = call.exchange.upstream.tokens(data)
+        try:
+            await self.record(call, tokens)
+        except UsageNotStored:
+            return await self.unrecorded(call)
+        count(call, 200)
+        headers["x-flowplan-request-id"] = call.reservation_id
+        payload = call.exchange.answer(data, payload, call.call_id, int(call.started.timestamp()), tokens)
+        return web.Response(body=payload, status=200, headers=headers)
+
+    # -- meter: a stream ------------------------------------------------------------------------
+
+    async def stream(
+        self, request: web.Request, call: Call, response: aiohttp.ClientResponse, strip_usage: bool
+    ) -> web.StreamResponse:
+        out = web.StreamResponse(status=200)
+        out.headers["content-type"] = response.headers.get("content-type", "text/event-stream")
+        out.headers["cache-control"] = "no-cache"
+        out.headers.update(call.headers)
+        out.headers["x-flowplan-request-id"] = call.reservation_id
+        try:
+            return await self._pump(request, call, response, strip_usage, out)
+        finally:
+            response.release()
+
+    async def _pump(
+        self,
+        request: web.Request,
+        call: Call,
+        response: aiohttp.ClientResponse,
+        strip_usage: bool,
+        out: web.StreamResponse,
+    ) -> web.StreamResponse:
+        translator = call.exchange.stream(call.call_id, int(call.started.timestamp()))
+        if translator is not None:
+            out.headers["content-type"] = "text/event-stream"
+        client, usage = call.exchange.client, call.exchange.upstream.meter()
+        splitter = SseSplitter()
+        upstream = _Upstream(response)
+        held = bytearray()  # the stream's final events: the client gets them once the usage is stored
+        client_gone = False
+        try:
+            await out.prepare(request)
+        except (ConnectionError, RuntimeError):
+            client_gone = True
+        # Every other event goes on to the client the moment it is whole; the usage is read on the
+        # side. A client that hangs up does not stop the reading: the upstream generates (and bills)
+        # on. A stopping gateway that cuts the stream stops it: the client is billed for what it got.
+        self.streams.add(upstream)
+        try:
+            async for chunk in response.content.iter_any():
+                forward = bytearray()
+                for event in splitter.feed(chunk):
+                    usage.observe(event.data)
+                    if translator is not None:  # its final events come from translator.finish, below
+                        forward += translator.feed(event.data)
+                    elif strip_usage and client.usage_only(event.data):
+                        continue
+                    elif held or client.is_final(event.data, event.raw):
+                        held += event.raw
+                    else:
+                        forward += event.raw
+                if forward and not client_gone:
+                    try:
+                        await out.write(bytes(forward))
+                    except (ConnectionError, RuntimeError):
+                        client_gone = True
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The upstream broke off: bill what it reported or streamed so far (StreamUsage.final).
+            if not upstream.was_cut:
+                log.warning("upstream stream for %s broke off: %r", call.model.id, exc)
+        finally:
+            self.streams.discard(upstream)
+        if upstream.was_cut:
+            log.warning("stream %s cut at shutdown after %d content deltas", call.reservation_id, usage.deltas)
+        elif translator is None:
+            held += splitter.rest()
+        tokens = usage.final()
+        if not usage.output_reported and not tokens.input:  # OpenAI reports the input only at the end
+            tokens = tokens._replace(input=(request.content_length or 0) // BYTES_PER_TOKEN)
+        try:
+            await self.record(call, tokens)
+        except UsageNotStored:
+            if request.transport is not None:  # the client must not see a stream that ended well
+                request.transport.close()
+            await self.unrecorded(call)
+            return out
+        count(call, 499 if client_gone else 200)
+        if translator is not None:  # what it ends with carries the usage just stored
+            held = bytearray(translator.finish(tokens))
+        if not client_gone:
+            try:
+                if held:
+                    await out.write(bytes(held))
+                await out.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass
+        return out
+
+    # -- record or release --------------------------------------------------------------------
+
+    async def record(self, call: Call, tokens: Tokens) -> None:
+        """Store the call's usage in the log: returns once JetStream has it (UsageNotStored if it
+        could not within the bound)."""
+        event = usage_event(call, tokens)
+        await self.recorder.store(event)
+        metrics.flows.add(event.flows_micros / 1_000_000, {"model": call.model.id, "plan": call.decision.plan or ""})
+
+    async def unrecorded(self, call: Call) -> web.Response:
+        """The call ran but its usage could not be stored: its client does not get the answer."""
+        await self.release(call)
+        count(call, 503)
+        message = "the call's usage could not be recorded (the event log refuses writes); retry shortly"
+        headers = {"retry-after": str(RETRY_AFTER_S)}
+        return refusal(call.api, "service_unavailable", message, headers)
+
+    async def release(self, call: Call) -> None:
+        """The call ends without usage (the upstream failed): give its reserved room back now."""
+        self.inflight.ended(call.reservation_id)
+        message = ReleaseReservation(account_id=call.key.account_id, reservation_id=call.reservation_id)
+        try:
+            await self.nc.publish(subjects.QUOTA_RELEASE, encode(message), headers=tracing.nats_headers())
+        except Exception:  # NATS away: quota lets it go once the heartbeats stop listing it
+            pass
+
+
+def usage_event(call: Call, tokens: Tokens) -> UsageRecorded:
+    """The call's usage as the event the log keeps, priced at the rates admission saw."""
+    decision = call.decision
+    return usage_recorded(
+        call.model, event_id=call.reservation_id, account_id=call.key.account_id, occurred_at=call.started,
+        input_tokens=tokens.input, output_tokens=tokens.output, cached_tokens=tokens.cached, images=tokens.images,
+        billing_mode=decision.billing_mode or "subscription",
+        key_id=call.key.id if call.conversation_id is None else None,
+        usd_per_flow=parse_fraction(decision.usd_per_flow), multiplier=parse_fraction(decision.multiplier),
+        source="gateway", reservation_id=call.reservation_id, client_hash=call.client_hash,
+        agent_hash=call.agent_hash, conversation_id=call.conversation_id,
+    )  # fmt: skip
+
+
+def rate_headers(decision: QuotaDecision) -> dict[str, str]:
+    limit = decision.rate_limit
+    if limit is None:
+        return {}
+    return {
+        "x-ratelimit-limit-requests": str(limit.limit),
+        "x-ratelimit-remaining-requests": str(limit.remaining),
+        "x-ratelimit-reset-requests": f"{limit.reset_s:.3f}s",
+    }
+
+
+def explain(decision: QuotaDecision, model_id: str) -> str:
+    plan = decision.plan or "current"
+    return {
+        "model_not_in_plan": f"The {plan} plan does not include {model_id}; upgrade to call it.",
+        "rate_limit_exceeded": f"Rate limit of the {plan} plan reached; retry in {decision.retry_after_s} s.",
+        "quota_exhausted": f"Your {plan} plan's Flows are used up until the window resets "
+        f"(in {decision.retry_after_s} s); enable Extra Usage to continue on pay-as-you-go.",
+        "insufficient_balance": "Your pay-as-you-go balance cannot cover this call; top it up.",
+        "unknown_account": "This key's account is not known (yet); retry in a moment.",
+    }.get(decision.reason or "", decision.reason or "refused")
+
+
+def count(call: Call, status: int) -> None:
+    labels = {"route": call.route, "model": call.model.id, "plan": call.decision.plan or ""}
+    metrics.calls.add(1, {**labels, "status": str(status)})
+
+
+def refused(route: str, response: web.Response, model: str = "", plan: str = "") -> web.Response:
+    """A call refused before it reached the upstream counts too: traffic and error rates include it."""
+    metrics.calls.add(1, {"route": route, "model": model, "plan": plan, "status": str(response.status)})
+    return response
+
+
+class _Upstream:
+    """A stream being forwarded, which a stopping gateway may cut."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.was_cut = False
+
+    def cut(self) -> None:
+        self.was_cut = True
+        self.response.close()  # the pump's read ends; nothing more is read from the upstream
+
+
+def _secret(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    return (header[7:] if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")).strip()

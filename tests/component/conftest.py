@@ -1,0 +1,65 @@
+"""The component tier: one component (a projection's apply, a domain service) driven against a real
+Postgres only: no nats-server, no service processes. Each module gets a fresh database with every
+service's migrations (the session's Postgres is tests/conftest.py's); time comes from a ManualClock."""
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from libs.clock import ManualClock
+from libs.db import create_pool, ensure_database, migrate_async
+from libs.eventlog.runner import AfterCommit, Applied, Projection, save_checkpoint
+from libs.localservers import LocalPostgres
+from libs.setup import migration_dirs
+from proto.v1.events import AnyEvent
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+"""Where every ManualClock of this tier starts: a Monday morning, mid-month."""
+
+
+@pytest.fixture(scope="module")
+async def database_url(postgres: LocalPostgres) -> str:
+    url = f"{postgres.url.rsplit('/', 1)[0]}/flowplan_c_{uuid.uuid4().hex[:10]}"
+    ensure_database(url)
+    for folder in migration_dirs():
+        await migrate_async(url, folder)
+    return url
+
+
+@pytest.fixture(scope="module")
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+class Feed:
+    """Drives a projection as the runner does: each batch applied in one transaction together with
+    the checkpoint, then its after-commit step; sequences numbered on from the last batch."""
+
+    def __init__(self, pool: asyncpg.Pool, projection: Projection, partition: int = 0) -> None:
+        self.pool, self.projection, self.partition = pool, projection, partition
+        self.seq = 0
+
+    async def apply(self, *events: AnyEvent) -> Sequence[Applied]:
+        batch = []
+        for event in events:
+            self.seq += 1
+            if type(event).__name__ in self.projection.event_types:  # the runner's filter by subject
+                batch.append(Applied(self.seq, event))
+        after: AfterCommit | None = None
+        async with self.pool.acquire() as conn, conn.transaction():
+            if batch:
+                after = await self.projection.apply(conn, batch)
+            await save_checkpoint(conn, self.projection, self.partition, self.seq)
+        if after is not None:
+            after()
+        return batch

@@ -1,0 +1,97 @@
+"""Partition leases in a NATS KV bucket (libs/leases.py, docs/scaling.md) on a real nats-server:
+every partition has exactly one owner, a killed owner's partitions are taken within 5 s and never
+owned by two instances at once, a joining instance gets its share and a leaving one hands over."""
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from libs.leases import PartitionLeases, rendezvous
+from libs.localservers import LocalNats
+
+pytestmark = pytest.mark.connected
+PARTITIONS = 16
+
+
+@pytest.fixture
+async def connections(nats_server: LocalNats) -> AsyncIterator[Callable[[], asyncio.Future[Client]]]:
+    opened: list[Client] = []
+
+    async def connect() -> Client:
+        nc = await nats.connect(nats_server.url)
+        opened.append(nc)
+        return nc
+
+    yield connect  # type: ignore[misc]
+    for nc in opened:
+        await nc.close()
+
+
+async def holder(
+    connect: Callable[[], "asyncio.Future[Client]"], service: str, name: str, lease_s: float
+) -> PartitionLeases:
+    nc = await connect()
+    leases = PartitionLeases(nc.jetstream(), service, name, PARTITIONS, lease_s=lease_s)
+    await leases.start()
+    return leases
+
+
+async def watch_exclusive(holders: list[PartitionLeases], until: Callable[[], bool], within: float) -> float:
+    """Sample ownership every 20 ms until `until()`; fail at once if two holders own one partition."""
+    started = time.monotonic()
+    while not until():
+        owners = [p for h in holders for p in h.owned()]
+        assert len(owners) == len(set(owners)), f"a partition with two owners: {sorted(owners)}"
+        assert time.monotonic() - started < within, [sorted(h.owned()) for h in holders]
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def settled(holders: list[PartitionLeases]) -> Callable[[], bool]:
+    return lambda: sorted(p for h in holders for p in h.owned()) == list(range(PARTITIONS))
+
+
+def balanced(holders: list[PartitionLeases]) -> Callable[[], bool]:
+    """Each holder owns exactly the partitions the rendezvous hash gives it among them all."""
+    names = [h.instance for h in holders]
+    share = {h.instance: {p for p in range(PARTITIONS) if rendezvous(p, names) == h.instance} for h in holders}
+    return lambda: all(h.owned() == share[h.instance] for h in holders)
+
+
+async def test_a_killed_owner_s_partitions_are_taken_within_5_s_and_never_owned_twice(connections) -> None:
+    service = f"quota-{uuid.uuid4().hex[:6]}"
+    a = await holder(connections, service, "a", lease_s=3.0)
+    b = await holder(connections, service, "b", lease_s=3.0)
+    await watch_exclusive([a, b], balanced([a, b]), within=10)
+    assert a.owned() and b.owned()  # both got a share
+
+    lost = a.owned()
+    # What SIGKILL (or a frozen process) leaves: a's leases run out by themselves, and a, were it
+    # still running, believes it owns them until its deadline, which passes before b can have them.
+    await a.stop(release=False)
+    assert a.owned() == lost
+    took = await watch_exclusive([a, b], lambda: b.owned() == set(range(PARTITIONS)), within=5)
+    assert not a.owned()
+    print(f"\n{len(lost)} partitions of a killed owner taken over after {took:.1f} s (lease 3 s)")
+    await b.stop()
+
+
+async def test_a_joining_instance_gets_its_share_and_a_leaving_one_hands_over_at_once(connections) -> None:
+    service = f"keys-{uuid.uuid4().hex[:6]}"
+    a = await holder(connections, service, "a", lease_s=1.5)
+    await watch_exclusive([a], settled([a]), within=5)
+    b = await holder(connections, service, "b", lease_s=1.5)
+    c = await holder(connections, service, "c", lease_s=1.5)
+    everyone = [a, b, c]
+
+    await watch_exclusive(everyone, balanced(everyone), within=10)
+    await c.stop()  # a clean shutdown releases at once: no wait for the lease to run out
+    took = await watch_exclusive(everyone, settled([a, b]), within=5)
+    assert took < 1.5
+    await a.stop()
+    await b.stop()
