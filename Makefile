@@ -25,8 +25,9 @@ test: $(STAMP) browser
 browser:  # Debian's Chromium, for the console's browser tests
 	bash .ci/install-chromium
 
+# make bench [PEER=litellm] [BENCH_ARGS="--part gateway --profile"]; wrk is installed (apt-get) if missing
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(if $(PEER),--peer $(PEER)) $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

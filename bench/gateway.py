@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ import uvloop
 from aiohttp import web
 from nats.aio.client import Client
 
+from bench import litellm as bench_litellm
+from bench import profile as bench_profile
+from bench import wrk as bench_wrk
 from libs.localservers import free_port, wait_for_port
 from libs.settings import Settings, settings_environ
 from proto.v1 import QuotaStatus, QuotaStatusRequest, encode, subjects
@@ -62,6 +66,8 @@ PLANS = ROOT / "libs" / "catalog" / "plans.json"
 MODEL = "deepseek/deepseek-chat"
 MAX_TOKENS = 16
 CONCURRENCY = (1, 16, 64)
+WRK_CONCURRENCY = (1, 64)
+BUDGET_MODEL = "deepseek/deepseek-chat"
 MODES = ("non-stream", "stream")
 TARGETS = ("direct", "proxy", "gateway")
 QUEUED = "gateway-queue"
@@ -114,17 +120,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def postgres_pids() -> list[int]:
-    """Every postgres process: the server and its backends (one per connection)."""
-    pids = []
+def postgres_pids(data_dir: Path) -> list[int]:
+    """The bench's Postgres: its postmaster (from postmaster.pid) and every process it started (one
+    backend per connection, the writers). Not the other Postgres servers on the machine."""
+    try:
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    return process_tree(postmaster)
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all its descendants (from /proc/*/stat parent ids)."""
+    children: dict[int, list[int]] = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if (proc / "exe").resolve().name == "postgres":
-                    pids.append(int(proc.name))
-            except OSError:
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-    return pids
+            children.setdefault(parent, []).append(int(proc.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
 
 
 # -- the bare pass-through proxy (a child process) -------------------------------------------
@@ -452,21 +473,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gateway-before", type=Path, default=None,
         help="a checkout of an earlier commit whose gateway the same chat cells also go to, side by side",
     )  # fmt: skip
+    loadgen = "gateway part: wrk (C; apt-get installs it if missing), the Python one, or both"
+    parser.add_argument("--loadgen", choices=("both", "wrk", "python"), default="both", help=loadgen)
+    parser.add_argument("--wrk-seconds", type=float, default=5.0, help="measured seconds per wrk cell")
+    parser.add_argument("--wrk-warmup", type=float, default=1.0, help="warm-up seconds per wrk cell")
+    peer = "litellm: LiteLLM's proxy too (installed under .flowplan/), and the budget test"
+    parser.add_argument("--peer", choices=("none", "litellm"), default="none", help=peer)
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy profiles of the gateway under wrk and of quota under quota.check")  # fmt: skip
+    parser.add_argument("--profile-seconds", type=float, default=15.0)
 
 
-async def run(args: argparse.Namespace, work: Path, settings: Settings, server_pids: dict[str, list[int]]) -> None:
-    """Start the gateway stack on the bench's NATS and Postgres, measure every cell, print the tables."""
+async def run(
+    args: argparse.Namespace, work: Path, settings: Settings, servers: Callable[[], dict[str, list[int]]]
+) -> None:
+    """Start the gateway stack on the bench's NATS and Postgres (and the peer, if asked for), measure
+    every cell with the Python load generator and with wrk, print the tables. `servers()` gives the
+    pids of the bench's NATS and Postgres at the time it is called (Postgres's backends come and go)."""
     seconds, warmup = args.gateway_seconds, args.gateway_warmup
+    loadgens = ("python", "wrk") if args.loadgen == "both" else (args.loadgen,)
+    wrk = bench_wrk.ensure_wrk() if "wrk" in loadgens else ""
+    peer = bench_litellm.LiteLLM(work, ROOT / ".flowplan") if args.peer == "litellm" else None
+    if peer is not None:
+        peer.install()
     stack = GatewayStack(settings, work, args.gateway_before)
     nc = await nats.connect(settings.nats_url)
     results: dict[tuple[str, int, str], dict[str, Any]] = {}
+    cells: dict[tuple[str, int, str], bench_wrk.Cell] = {}
+    budget: list[bench_litellm.BudgetOutcome] = []
     try:
         stack.start()
+        if peer is not None:
+            peer.start(stack.simulator_url, bench_litellm.catalog_prices(MODEL, BUDGET_MODEL))
+            stack.urls["litellm"] = peer.url + "/v1/chat/completions"
         account_id, key, probes = await stack.create_account(nc)
         settled = await settle(nc, settings)
         print(
-            f"\nflowplan gateway bench: {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
-            f"{seconds:g} s per cell after a {warmup:g} s warm-up, closed loop, load generator in its own process.\n"
+            f"\nflowplan gateway bench: {os.cpu_count()} cores, Python {sys.version.split()[0]}; load generators: "
+            f"{', '.join(loadgens)}.\n"
             f"  plans: {stack.plans_path} = libs/catalog/plans.json with rpm {BENCH_RPM:,} and {int(BENCH_FLOWS):,} "
             "Flows per window for every plan,\n"
             "         so RPM and quota never refuse (every gateway call still makes every check).\n"
@@ -475,26 +519,70 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, server_p
             f"  account {account_id} on Pro (admin payment); projections caught up with the log in {settled:.1f} s.",
             flush=True,
         )
-        shared = {name: pids for name, pids in server_pids.items()}
-        if "postgres" in shared:  # the backends of the services' pools started since
-            shared["postgres"] = sorted(set(shared["postgres"]) | set(postgres_pids()))
-        shared.update({name: [stack.pid(name)] for name in ("quota", "ingress", "keys", "billing")})
-        for mode in MODES:
-            for concurrency in CONCURRENCY:
-                for target in (t for t in (*MEASURED, BEFORE) if t in stack.urls):
-                    watch = {**shared, "simulator": [stack.pid("simulator")]}
-                    if target not in ("direct", "responses-direct"):
-                        watch[target] = [stack.pid(target)]
-                    protocol = "responses" if target in RESPONSES_TARGETS else "chat"
-                    results[mode, concurrency, target] = await measure(
-                        stack.urls[target], key, concurrency, mode == "stream", seconds, warmup, watch, protocol
-                    )
-        admitted = probes + sum(r["ok"] for (_, _, target), r in results.items() if target in GATEWAYS)
+
+        def watch(target: str) -> dict[str, list[int]]:
+            """The processes whose CPU a cell reports: the servers, every service, and the target."""
+            pids = servers()
+            pids |= {name: [stack.pid(name)] for name in ("simulator", "quota", "keys", "ingress", "billing", "refund")}
+            if target == "litellm" and peer is not None:
+                pids[target] = peer.pids()
+            elif target not in ("direct", "responses-direct"):
+                pids[target] = [stack.pid(target)]
+            return pids
+
+        if "python" in loadgens:
+            print(f"  Python load generator: {seconds:g} s per cell after a {warmup:g} s warm-up, closed loop, "
+                  "in its own process.", flush=True)  # fmt: skip
+            for mode in MODES:
+                for concurrency in CONCURRENCY:
+                    for target in (t for t in (*MEASURED, BEFORE) if t in stack.urls):
+                        protocol = "responses" if target in RESPONSES_TARGETS else "chat"
+                        results[mode, concurrency, target] = await measure(
+                            stack.urls[target], key, concurrency, mode == "stream", seconds, warmup, watch(target),
+                            protocol,
+                        )  # fmt: skip
+        if wrk:
+            targets = (*TARGETS, "litellm") if peer is not None else TARGETS
+            print(f"  wrk: {args.wrk_seconds:g} s per cell after a {args.wrk_warmup:g} s warm-up, connections "
+                  f"{', '.join(map(str, WRK_CONCURRENCY))}, targets {', '.join(targets)}.", flush=True)  # fmt: skip
+            for mode in MODES:
+                for concurrency in WRK_CONCURRENCY:
+                    for target in targets:
+                        auth = peer.master_key if target == "litellm" and peer is not None else key
+                        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {auth}"}
+                        # LiteLLM answers 64 connections in seconds each: a cell long enough to count its calls
+                        slow = target == "litellm" and concurrency > 1
+                        length = max(args.wrk_seconds, 15.0) if slow else args.wrk_seconds
+                        cells[mode, concurrency, target] = await asyncio.to_thread(
+                            bench_wrk.measure, wrk, stack.urls[target], request_body(mode == "stream"), headers,
+                            concurrency, length, max(args.wrk_warmup, 5.0) if slow else args.wrk_warmup, watch(target),
+                        )  # fmt: skip
+        if args.profile:
+            check_account, _, _ = await stack.create_account(nc)  # not the metered account: its reservations linger
+            await bench_profile.gateway_and_quota(
+                wrk or bench_wrk.ensure_wrk(), stack.urls["gateway"], key, stack.pid("gateway"), stack.pid("quota"),
+                settings.nats_url, check_account, args.profile_seconds, work,
+            )  # fmt: skip
+        admitted = probes + sum(r["ok"] for (_, _, t), r in results.items() if t in GATEWAYS)
+        admitted += sum(c.ok for (_, _, t), c in cells.items() if t in GATEWAYS)
+        admitted += bench_profile.ADMITTED
         metering = await check_metering(nc, stack, settings, account_id, admitted)
+        if peer is not None:
+            budget = await bench_litellm.budget_test(stack, peer, nc, BUDGET_MODEL)
     finally:
         await nc.close()
+        if peer is not None:
+            peer.stop()
         stack.stop()
-    report(results, metering)
+    if results:
+        report(results)
+    if cells:
+        bench_wrk.report(cells, "litellm" if peer is not None else None)
+    gateway_errors = sum(r["errors"] for (_, _, t), r in results.items() if t in GATEWAYS)
+    gateway_errors += sum(c.result["errors"] for (_, _, t), c in cells.items() if t in GATEWAYS)
+    report_metering(metering, gateway_errors)
+    if budget:
+        bench_litellm.report_budget(budget)
 
 
 async def settle(nc: Client, settings: Settings, within_s: float = 120.0) -> float:
@@ -532,7 +620,7 @@ async def check_metering(
     return {"admitted": admitted, "stored": stored, "window": status.window_5h}
 
 
-def report(results: dict[tuple[str, int, str], dict[str, Any]], metering: dict[str, Any]) -> None:
+def report(results: dict[tuple[str, int, str], dict[str, Any]]) -> None:
     ms = 1000.0
     head = (
         f"{'':<10} {'conc':>4} | {'direct: req/s':>13} {'p50':>6} {'p99':>6} | {'bare proxy: req/s':>17} "
@@ -576,16 +664,6 @@ def report(results: dict[tuple[str, int, str], dict[str, Any]], metering: dict[s
     for (mode, c, t), r in failures:
         print(f"  {mode} conc {c} {t}: {r['errors']:,} errors {r['statuses']}")
 
-    window = metering["window"]
-    metered = metering["stored"] >= metering["admitted"]
-    gateway_errors = sum(r["errors"] for (_, _, t), r in results.items() if t in GATEWAYS)
-    print(
-        f"\nmetering: {metering['admitted']:,} calls answered 200 by the gateway, {metering['stored']:,} UsageRecorded "
-        f"events stored for the account in JetStream; quota's 5-hour window: "
-        f"{window.used_flows_micros / 1e6:,.2f} Flows used, {window.reserved_flows_micros / 1e6:,.2f} still reserved "
-        f"-> {'OK' if metered and gateway_errors == 0 and metering['admitted'] > 0 else 'NOT OK'}"
-    )
-
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
@@ -611,6 +689,18 @@ def report(results: dict[tuple[str, int, str], dict[str, Any]], metering: dict[s
             f"  {mode:<10} admitted calls/s through one gateway process at concurrency 64: {rps:,.0f} "
             f"(>= 1,500: {verdict(rps >= 1500)})"
         )
+
+
+def report_metering(metering: dict[str, Any], gateway_errors: int) -> None:
+    window = metering["window"]
+    metered = metering["stored"] >= metering["admitted"]
+    print(
+        f"\nmetering: {metering['admitted']:,} calls answered 200 by the gateway processes (every load generator), "
+        f"{metering['stored']:,} UsageRecorded events stored for the account in JetStream; quota's 5-hour window: "
+        f"{window.used_flows_micros / 1e6:,.2f} Flows used, {window.reserved_flows_micros / 1e6:,.2f} still reserved, "
+        f"{gateway_errors} gateway errors -> "
+        f"{'OK' if metered and gateway_errors == 0 and metering['admitted'] > 0 else 'NOT OK'}"
+    )
 
 
 def durability(results: dict[tuple[str, int, str], dict[str, Any]]) -> None:

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import nats
 import nats.errors
+from rich.console import Console
 
 from bench.gateway import write_bench_plans
 from libs.eventlog.publisher import EventPublisher
+from libs.localservers import wait_for_port
 from libs.ops.replay import replay
 from libs.pricing.catalog import load_catalog
 from libs.pricing.flows import price_call
@@ -166,9 +168,11 @@ async def run(
            "FLOWPLAN_PLANS_PATH": str(write_bench_plans(work / "bench-plans.json"))}  # fmt: skip
     services = [ServiceProcess(name, env, getattr(settings, f"{name}_port"), work) for name in SERVICES]
     try:
-        for service in services:
-            service.start()
         waited = time.perf_counter()
+        for service in services:  # with a long log, a service may apply it before it listens (quota does)
+            service.start(wait=False)
+        for service in services:
+            await asyncio.to_thread(wait_for_port, service.port, timeout=3600, process=service.process)
         await eventually(lambda: settled(settings), within=3600, interval=1)
         live_s = time.perf_counter() - waited
         pids = {s.name: [s.process.pid] for s in services if s.process}
@@ -176,7 +180,7 @@ async def run(
         done = asyncio.Event()
         following = asyncio.create_task(sampler.follow(done))
         started = time.perf_counter()
-        outcomes = await replay(settings, "all", StartReplay(verify=True))
+        outcomes = await replay(settings, "all", StartReplay(verify=True), Console(stderr=True))  # a bar each
         wall = time.perf_counter() - started
         done.set()
         await following

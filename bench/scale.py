@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,21 +37,7 @@ from tests.stack import ServiceProcess
 
 MODES = ("non-stream", "stream")
 Watch = dict[str, list[int]]
-
-
-def own_postgres(work: Path) -> list[int]:
-    """The bench's Postgres: its postmaster (work/postgres/postmaster.pid) and the processes it
-    started, backends included; not the machine's other Postgres servers."""
-    postmaster = int((work / "postgres" / "postmaster.pid").read_text().split()[0])
-    pids = [postmaster]
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                    pids.append(int(proc.name))
-            except (OSError, ValueError, IndexError):
-                continue
-    return pids
+Servers = Callable[[], Watch]
 
 
 PROCESSES = ("gateway", "quota", "keys", "simulator", "nats-server", "postgres")
@@ -61,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale-events", type=int, default=30_000, help="usage events for the CPU per ingested event")
 
 
-async def ingest_cell(stack: GatewayStack, nc: Client, settings: Settings, n: int, watch: Watch) -> dict[str, Any]:
+async def ingest_cell(
+    stack: GatewayStack, nc: Client, settings: Settings, n: int, watch: Watch, servers: Servers
+) -> dict[str, Any]:
     """n usage events in batches of 1,000 through POST /v1/usage (4 clients), until quota (and every
     other projection) applied them: the CPU each process used per event, over that whole time."""
     async with aiohttp.ClientSession() as session:
@@ -100,7 +89,7 @@ async def ingest_cell(stack: GatewayStack, nc: Client, settings: Settings, n: in
     await settle(nc, settings)
     wall = time.perf_counter() - started
     if "postgres" in watch:  # the backends started since count from 0; those gone since are not counted
-        watch["postgres"] = own_postgres(stack.work)
+        watch["postgres"] = servers()["postgres"]
     used = {name: sum(cpu_seconds(pid) - before.get(pid, 0.0) for pid in pids) for name, pids in watch.items()}
     events = len(bodies) * 1000
     return {"events": events, "ingest_eps": events / ingested, "wall": wall, "us_per_event": {
@@ -126,7 +115,8 @@ async def cell(
     }
 
 
-async def run(args: argparse.Namespace, work: Path, settings: Settings, server_pids: dict[str, list[int]]) -> None:
+async def run(args: argparse.Namespace, work: Path, settings: Settings, servers: Servers) -> None:
+    """`servers()` gives the pids of the bench's NATS and Postgres at the time it is called."""
     seconds, warmup, concurrency = args.gateway_seconds, args.gateway_warmup, args.scale_concurrency
     stack = GatewayStack(settings, work)
     port = free_port()
@@ -142,8 +132,7 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, server_p
         account_id, key, _ = await stack.create_account(nc)
         settled = await settle(nc, settings)
         urls = [stack.urls["gateway"], f"http://127.0.0.1:{port}/v1/chat/completions"]
-        watch = {name: list(pids) for name, pids in server_pids.items()}
-        watch["postgres"] = own_postgres(work)
+        watch = servers()  # after the services started: their Postgres backends included
         watch.update({name: [stack.pid(name)] for name in ("quota", "keys", "simulator")})
         for mode in MODES:
             for gateways in (1, 2):
@@ -152,10 +141,10 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, server_p
                 results[mode, gateways] = await cell(
                     urls[:gateways], key, concurrency, mode == "stream", seconds, warmup, cpu_of
                 )
-        servers = ("nats-server", "postgres", "quota", "keys")
-        ingest_watch: Watch = {name: watch[name] for name in servers if name in watch}
+        shared = ("nats-server", "postgres", "quota", "keys")
+        ingest_watch: Watch = {name: watch[name] for name in shared if name in watch}
         ingest_watch.update({name: [stack.pid(name)] for name in ("ingress", "billing")})
-        ingest = await ingest_cell(stack, nc, settings, args.scale_events, ingest_watch)
+        ingest = await ingest_cell(stack, nc, settings, args.scale_events, ingest_watch, servers)
     finally:
         await nc.close()
         second.stop()
