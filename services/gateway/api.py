@@ -14,7 +14,7 @@ from libs.pricing.catalog import Model, model_json
 from libs.rpc import Unavailable, ask
 from libs.web import json_response
 from proto.v1 import QuotaStatusRequest, rpc
-from services.gateway import metrics, protocols
+from services.gateway import metrics, openapi, protocols
 from services.gateway.errors import Api, refusal, request_id, upstream_failure
 from services.gateway.estimate import estimate_input_tokens
 from services.gateway.pipeline import CallPipeline, refused
@@ -36,6 +36,7 @@ class GatewayApi:
         self.settings, self.catalog, self.nc = pipeline.settings, pipeline.catalog, pipeline.nc
         self.session, self.upstreams, self.recorder = pipeline.session, pipeline.upstreams, pipeline.recorder
         self._calls: set[asyncio.Task[Any]] = set()
+        self._openapi = openapi.render().encode()
 
     async def drain(self, grace_s: float) -> None:
         """Let the calls in progress end within the grace; then cut the streams still running
@@ -67,6 +68,11 @@ class GatewayApi:
             app.router.add_post(protocol.path, self._call_in(protocol))
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+        app.router.add_get("/openapi.json", self.openapi)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """This API's OpenAPI document (services/gateway/openapi.py): public, like the model list of ingress."""
+        return web.Response(body=self._openapi, content_type="application/json")
 
     def _call_in(self, protocol: Protocol) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def call(request: web.Request) -> web.StreamResponse:
