@@ -65,9 +65,8 @@ class ChunkStream:
 
     def __init__(self, request: dict[str, Any], completion_id: str, created: int) -> None:
         self.request, self.completion_id, self.created = request, completion_id, created
-        self.include_usage = isinstance(options := request.get("stream_options"), dict) and (
-            options.get("include_usage") is True
-        )
+        options = request.get("stream_options")
+        self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
         self._calls: dict[int, int] = {}  # the upstream's index of a tool call -> its chat index
         self._count = itertools.count()
 
