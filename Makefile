@@ -37,6 +37,7 @@ schema: $(STAMP)  # the committed contract documents; tests/unit/test_schema.py 
 	$(BIN)/python -m proto.schema > proto/schema.json
 	$(BIN)/python -m proto.asyncapi > proto/asyncapi.json
 	$(BIN)/python -m services.ingress.openapi > services/ingress/openapi.json
+	$(BIN)/python -m services.gateway.openapi > services/gateway/openapi.json
 
 clean:
 	rm -rf $(VENV) .flowplan

@@ -10,24 +10,20 @@ The billing mode and the conversation are inside the signature, so a holder of a
 change neither; a model key carries no mode at all (its kind decides), so a leaked key cannot
 pick another billing mode. The MAC covers the `cc-v1-` prefix, so an owner pass for the account
 API (`cs-v1-`, libs/ownerpass.py) is no chat pass, and a chat pass is no owner pass: each
-service accepts only its own. The gateway accepts a chat pass for model calls only. Pure: no I/O.
+service accepts only its own. The gateway accepts a chat pass for model calls only. Pure: no I/O
+(the signing is libs/signedpass.py).
 """
 
-import base64
-import hashlib
-import hmac
-import re
 from datetime import datetime
 from typing import Literal, NamedTuple, get_args
+
+from libs.signedpass import SignedPass
 
 PREFIX = "cc-v1-"
 TTL_S = 60
 ChatBillingMode = Literal["subscription", "payg"]
 MODES: tuple[ChatBillingMode, ...] = get_args(ChatBillingMode)
-_FORM = re.compile(
-    r"^cc-v1-(?P<account>acc_[A-Za-z0-9_-]{1,64})\.(?P<mode>subscription|payg)\.(?P<conversation>conv_[A-Za-z0-9]{1,64})"
-    r"\.(?P<until>\d{1,12})\.(?P<mac>[A-Za-z0-9_-]{43})$"
-)
+_PASS = SignedPass(PREFIX, (r"acc_[A-Za-z0-9_-]{1,64}", "subscription|payg", r"conv_[A-Za-z0-9]{1,64}"))
 
 
 class ChatPass(NamedTuple):
@@ -36,29 +32,18 @@ class ChatPass(NamedTuple):
     conversation_id: str
 
 
-def _mac(secret: str, signed: str) -> str:
-    digest = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
 def mint(secret: str, chat: ChatPass, now: datetime, ttl_s: int = TTL_S) -> str:
-    signed = f"{PREFIX}{chat.account_id}.{chat.billing_mode}.{chat.conversation_id}.{int(now.timestamp()) + ttl_s}"
-    return f"{signed}.{_mac(secret, signed)}"
+    return _PASS.mint(secret, chat, now, ttl_s)
 
 
 def is_chat_pass(token: str) -> bool:
-    return token.startswith(PREFIX)
+    return _PASS.owns(token)
 
 
 def verify(secret: str, token: str, now: datetime) -> ChatPass | None:
     """What the pass grants, or None: malformed, forged, altered, or expired."""
-    match = _FORM.match(token)
-    if match is None:
+    fields = _PASS.verify(secret, token, now)
+    if fields is None:
         return None
-    signed, _, mac = token.rpartition(".")
-    if not hmac.compare_digest(mac, _mac(secret, signed)):
-        return None
-    if now.timestamp() >= int(match.group("until")):
-        return None
-    mode: ChatBillingMode = "payg" if match.group("mode") == "payg" else "subscription"
-    return ChatPass(match.group("account"), mode, match.group("conversation"))
+    account_id, mode, conversation_id = fields
+    return ChatPass(account_id, "payg" if mode == "payg" else "subscription", conversation_id)

@@ -11,6 +11,7 @@ import aiohttp
 
 from libs import ownerpass
 from libs.clock import Clock
+from services.console.passclient import PassClient
 
 
 class AccountApiError(Exception):
@@ -19,23 +20,12 @@ class AccountApiError(Exception):
         self.status, self.code, self.message, self.field, self.reason = status, code, message, field, reason
 
 
-class AccountApi:
+class AccountApi(PassClient):
     def __init__(
         self, base_url: str, secret: str, clock: Clock, admin_token: str = "", timeout_s: float = 15.0
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.secret = secret
+        super().__init__(base_url, secret, clock, aiohttp.ClientTimeout(total=timeout_s))
         self.admin_token = admin_token
-        self.clock = clock
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=self.timeout)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
     async def get(self, account_id: str | None, path: str, **query: str | int) -> Any:
         return await self.call(account_id, "GET", path, params=query or None)
@@ -48,14 +38,13 @@ class AccountApi:
     async def call(self, account_id: str | None, method: str, path: str, *, json: Any = None,
                    params: Any = None, token: str | None = None) -> Any:  # fmt: skip
         """The JSON answer, or AccountApiError with the API's own code (503 when ingress is away)."""
-        assert self._session is not None
         headers = {}
         if account_id is not None:
             token = ownerpass.mint(self.secret, account_id, self.clock.now())
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            async with self._session.request(
+            async with self.session.request(
                 method, self.base_url + path, json=json, params=params, headers=headers
             ) as response:
                 body = await response.json(content_type=None)

@@ -16,6 +16,7 @@ import msgspec
 
 from libs import chatpass
 from libs.clock import Clock
+from services.console.passclient import PassClient
 
 _json = msgspec.json.Decoder()
 
@@ -73,29 +74,18 @@ def _delta_text(event: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-class ChatCalls:
+class ChatCalls(PassClient):
     def __init__(self, gateway_url: str, secret: str, clock: Clock, timeout_s: float = 300.0) -> None:
-        self.url = gateway_url.rstrip("/") + "/v1/chat/completions"
-        self.secret = secret
-        self.clock = clock
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=self.timeout)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        super().__init__(gateway_url, secret, clock, aiohttp.ClientTimeout(total=timeout_s, sock_connect=10))
+        self.url = self.base_url + "/v1/chat/completions"
 
     @asynccontextmanager
     async def call(self, chat: chatpass.ChatPass, model: str, messages: list[dict[str, str]]) -> AsyncIterator[Answer]:
         """The admitted call's answer; GatewayRefused when it was not admitted."""
-        assert self._session is not None
         token = chatpass.mint(self.secret, chat, self.clock.now())
         body = {"model": model, "messages": messages, "stream": True, "stream_options": {"include_usage": True}}
         try:
-            response = await self._session.post(self.url, json=body, headers={"Authorization": f"Bearer {token}"})
+            response = await self.session.post(self.url, json=body, headers={"Authorization": f"Bearer {token}"})
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise GatewayRefused(503, "gateway_unavailable", "The model gateway did not answer; retry.") from exc
         try:

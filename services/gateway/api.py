@@ -9,23 +9,17 @@ from typing import Any
 import aiohttp
 import msgspec
 from aiohttp import web
-from nats.aio.client import Client
 
-from libs.clock import Clock
-from libs.keycache import KeyCache
-from libs.pricing.catalog import Catalog, Model, model_json
+from libs.pricing.catalog import Model, model_json
 from libs.rpc import Unavailable, ask
-from libs.settings import Settings
 from libs.web import json_response
 from proto.v1 import QuotaStatusRequest, rpc
-from services.gateway import metrics, protocols
+from services.gateway import metrics, openapi, protocols
 from services.gateway.errors import Api, refusal, request_id, upstream_failure
 from services.gateway.estimate import estimate_input_tokens
-from services.gateway.inflight import InflightCalls
 from services.gateway.pipeline import CallPipeline, refused
 from services.gateway.protocols import Protocol
-from services.gateway.recorder import RETRY_AFTER_S, UsageRecorder
-from services.gateway.upstreams import Upstreams
+from services.gateway.recorder import RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Decoder()
@@ -37,36 +31,19 @@ MODELS_CREATED_AT = "2025-01-01T00:00:00Z"
 class GatewayApi:
     """The routes: each metered one runs the call's pipeline in its client's protocol."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        catalog: Catalog,
-        keys: KeyCache,
-        nc: Client,
-        session: aiohttp.ClientSession,
-        upstreams: Upstreams,
-        recorder: UsageRecorder,
-        clock: Clock,
-        inflight: InflightCalls | None = None,
-    ) -> None:
-        self.settings = settings
-        self.catalog = catalog
-        self.nc = nc
-        self.session = session
-        self.upstreams = upstreams
-        self.recorder = recorder
-        self.pipeline = CallPipeline(
-            settings, catalog, keys, nc, session, upstreams, recorder, clock,
-            inflight if inflight is not None else InflightCalls(clock),
-        )  # fmt: skip
+    def __init__(self, pipeline: CallPipeline) -> None:
+        self.pipeline = pipeline
+        self.settings, self.catalog, self.nc = pipeline.settings, pipeline.catalog, pipeline.nc
+        self.session, self.upstreams, self.recorder = pipeline.session, pipeline.upstreams, pipeline.recorder
         self._calls: set[asyncio.Task[Any]] = set()
+        self._openapi = openapi.render().encode()
 
     async def drain(self, grace_s: float) -> None:
         """Let the calls in progress end within the grace; then cut the streams still running
         (each is billed for what its client was sent) and wait until their usage is stored."""
         if self._calls:
             await asyncio.wait(self._calls, timeout=grace_s)
-        await self.pipeline.drain(grace_s)
+        await self.pipeline.meter.drain(grace_s)
 
     @web.middleware
     async def _in_flight(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -91,6 +68,11 @@ class GatewayApi:
             app.router.add_post(protocol.path, self._call_in(protocol))
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+        app.router.add_get("/openapi.json", self.openapi)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """This API's OpenAPI document (services/gateway/openapi.py): public, like the model list of ingress."""
+        return web.Response(body=self._openapi, content_type="application/json")
 
     def _call_in(self, protocol: Protocol) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def call(request: web.Request) -> web.StreamResponse:

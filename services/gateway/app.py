@@ -11,6 +11,7 @@ from libs.settings import Settings
 from services.gateway import errors
 from services.gateway.api import GatewayApi
 from services.gateway.inflight import InflightCalls
+from services.gateway.pipeline import CallPipeline
 from services.gateway.recorder import UsageRecorder
 from services.gateway.upstreams import Upstreams
 
@@ -45,9 +46,10 @@ class GatewayService:
         errors.install(app)
         inflight = InflightCalls(self.clock)
         runtime.spawn(inflight.run(runtime.nc, settings.heartbeat_interval_s), "gateway-heartbeat")
-        self.api = GatewayApi(
+        pipeline = CallPipeline(
             settings, catalog, keys, runtime.nc, self.session, upstreams, self.recorder, self.clock, inflight
         )
+        self.api = GatewayApi(pipeline)
         self.api.routes(app)
         # aiohttp arms the keep-alive timer when a connection opens and closes the connection if no
         # whole request head has arrived when it fires: that bounds a client trickling its headers.

@@ -7,15 +7,18 @@ upstream's are adapters (services.gateway.protocols) that say how the upstream i
 usage is read from a reply or a stream and in whose shape errors go back; a translation between
 them (services.gateway.translate) reshapes the request, the answer and the stream.
 
+The meter and record stages (a whole reply or a stream, its usage stored before the client gets
+its end, or the reservation released) are services.gateway.meter.
+
 Where to extend: who the caller is (another kind of credential) is `authenticate`; what a
-call's usage event carries (more context from the request) is `Call` and `usage_event`."""
+call's usage event carries (more context from the request) is `meter.Call` and
+`meter.usage_event`."""
 
 import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 import aiohttp
@@ -28,8 +31,7 @@ from libs import apikeys, chatpass, tracing
 from libs.clock import Clock
 from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
 from libs.pricing.catalog import Catalog, Model
-from libs.pricing.money import micros_to_str, parse_fraction
-from libs.pricing.usage import usage_recorded
+from libs.pricing.money import micros_to_str
 from libs.rpc import Unavailable
 from libs.settings import Settings
 from proto.v1 import (
@@ -37,62 +39,30 @@ from proto.v1 import (
     KeyView,
     QuotaCheck,
     QuotaDecision,
-    ReleaseReservation,
-    UsageRecorded,
     encode,
     subjects,
 )
 from services.gateway import metrics, protocols, studio
 from services.gateway.body import BodyError, parse_body
 from services.gateway.clients import client_marks, trusted_networks
-from services.gateway.errors import Api, refusal, request_id, upstream_failure
-from services.gateway.estimate import BYTES_PER_TOKEN, estimate_usd_micros
+from services.gateway.errors import Api, refusal, request_id
+from services.gateway.estimate import estimate_usd_micros
 from services.gateway.inflight import InflightCalls
+from services.gateway.meter import Call, Meter, count
 from services.gateway.protocols import Exchange, Protocol
-from services.gateway.recorder import RETRY_AFTER_S, UsageNotStored, UsageRecorder
+from services.gateway.recorder import UsageRecorder
 from services.gateway.translate import Refused
 from services.gateway.upstreams import Upstreams
-from services.gateway.usage import SseSplitter, Tokens
 
 log = logging.getLogger(__name__)
 _decision = msgspec.json.Decoder(QuotaDecision)
-_json = msgspec.json.Decoder()
 FIVE_HOURS = timedelta(hours=5)
-PASSED_HEADERS = {"content-type"}
-
-
-@dataclass(slots=True)
-class Call:
-    """An admitted call, as every stage after admission sees it."""
-
-    exchange: Exchange
-    key: KeyView
-    model: Model
-    decision: QuotaDecision
-    reservation_id: str
-    started: datetime
-    headers: dict[str, str]
-    """The client's answer carries them, success or failure: rate limits, billing mode, Flows left."""
-    client_hash: str | None = None
-    agent_hash: str | None = None
-    conversation_id: str | None = None
-    """Set for Studio Chat's calls (services/gateway/studio.py): their usage names it, not a key."""
-
-    @property
-    def api(self) -> Api:
-        return self.exchange.client.api
-
-    @property
-    def route(self) -> str:
-        return self.exchange.client.path
-
-    @property
-    def call_id(self) -> str:
-        """What a translated answer's id is made of: the call's own, as its usage event names it."""
-        return self.reservation_id.removeprefix("gw_")
 
 
 class CallPipeline:
+    """The gateway's metered calls, stage by stage; the model list and token counting use its
+    authenticate, read and model_of stages too."""
+
     def __init__(
         self,
         settings: Settings,
@@ -111,8 +81,7 @@ class CallPipeline:
         self.upstreams, self.recorder, self.clock = upstreams, recorder, clock
         self.inflight = inflight
         """The calls admitted and not finished: their reservations are renewed in quota by heartbeat."""
-        self.pumps: set[asyncio.Task[web.StreamResponse]] = set()
-        self.streams: set[_Upstream] = set()
+        self.meter = Meter(settings, nc, recorder, inflight)
 
     async def run(self, request: web.Request, client: Protocol) -> web.StreamResponse:
         route, api = client.path, client.api
@@ -145,30 +114,7 @@ class CallPipeline:
         response = await self.forward(request, call, raw)
         if isinstance(response, web.Response):
             return response
-        if streaming and response.status == 200:
-            # The stream is read to its end and billed in a task of its own, so that nothing
-            # that cancels the request's handler (a server stopping, a framework reacting to a
-            # hang-up) can cut the metering short.
-            pump = asyncio.create_task(self.stream(request, call, response, strip_usage))
-            self.pumps.add(pump)
-            pump.add_done_callback(self.pumps.discard)
-            pump.add_done_callback(lambda _: self.inflight.ended(call.reservation_id))
-            return await asyncio.shield(pump)
-        try:
-            return await self.whole(request, call, response)
-        finally:
-            response.release()
-            self.inflight.ended(call.reservation_id)
-
-    async def drain(self, grace_s: float) -> None:
-        """Cut the streams still running (each is billed for what its client was sent) and wait
-        until their usage is stored."""
-        if self.streams:
-            log.warning("shutdown grace of %.0f s over: cutting %d streams", grace_s, len(self.streams))
-            for stream in list(self.streams):
-                stream.cut()
-        if self.pumps:
-            await asyncio.wait(self.pumps, timeout=self.settings.usage_store_timeout_s + 10)
+        return await self.meter.answer(request, call, response, streaming, strip_usage)
 
     # -- authenticate and read ------------------------------------------------------------
 
@@ -304,7 +250,7 @@ class CallPipeline:
         try:
             return await self.session.post(upstream.url + protocol.path, data=raw, headers=headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            await self.release(call)
+            await self.meter.release(call)
             rid = request_id(request)  # the error names the upstream's address: logged, not shown
             log.warning("upstream for %s did not answer (request id %s): %r", call.model.id, rid, exc)
             message = f"The upstream provider did not answer; retry later (request id {rid})."
@@ -314,177 +260,6 @@ class CallPipeline:
         except BaseException:  # cancelled: no usage; quota lets the reservation go once no beat lists it
             self.inflight.ended(call.reservation_id)
             raise
-
-    # -- meter: a whole answer ----------------------------------------------------------------
-
-    async def whole(self, request: web.Request, call: Call, response: aiohttp.ClientResponse) -> web.Response:
-        try:
-            payload = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            await self.release(call)
-            rid = request_id(request)
-            log.warning("upstream for %s broke off (request id %s): %r", call.model.id, rid, exc)
-            message = f"The upstream provider broke off; retry later (request id {rid})."
-            failed = refusal(call.api, "upstream_unavailable", message)
-            count(call, failed.status)
-            return failed
-        if response.status != 200:
-            await self.release(call)
-            rid = request_id(request)
-            log.warning(
-                "upstream answered %d for %s (request id %s, account %s): headers %s body %r",
-                response.status, call.model.id, rid, call.key.account_id,
-                dict(response.headers), payload[:4096],
-            )  # fmt: skip
-            failed = upstream_failure(call.api, response.status, response.headers, rid)
-            failed.headers.update(call.headers)
-            count(call, failed.status)
-            return failed
-        # Only what describes the body goes on: an upstream's ids, org and rate-limit headers stay here.
-        headers = {k: v for k, v in response.headers.items() if k.lower() in PASSED_HEADERS}
-        headers.update(call.headers)
-        try:
-            data = _json.decode(payload)
-        except msgspec.DecodeError:
-            data = {}
-        tokens = call.exchange.upstream.tokens(data)
-        try:
-            await self.record(call, tokens)
-        except UsageNotStored:
-            return await self.unrecorded(call)
-        count(call, 200)
-        headers["x-flowplan-request-id"] = call.reservation_id
-        payload = call.exchange.answer(data, payload, call.call_id, int(call.started.timestamp()), tokens)
-        return web.Response(body=payload, status=200, headers=headers)
-
-    # -- meter: a stream ------------------------------------------------------------------------
-
-    async def stream(
-        self, request: web.Request, call: Call, response: aiohttp.ClientResponse, strip_usage: bool
-    ) -> web.StreamResponse:
-        out = web.StreamResponse(status=200)
-        out.headers["content-type"] = response.headers.get("content-type", "text/event-stream")
-        out.headers["cache-control"] = "no-cache"
-        out.headers.update(call.headers)
-        out.headers["x-flowplan-request-id"] = call.reservation_id
-        try:
-            return await self._pump(request, call, response, strip_usage, out)
-        finally:
-            response.release()
-
-    async def _pump(
-        self,
-        request: web.Request,
-        call: Call,
-        response: aiohttp.ClientResponse,
-        strip_usage: bool,
-        out: web.StreamResponse,
-    ) -> web.StreamResponse:
-        translator = call.exchange.stream(call.call_id, int(call.started.timestamp()))
-        if translator is not None:
-            out.headers["content-type"] = "text/event-stream"
-        client, usage = call.exchange.client, call.exchange.upstream.meter()
-        splitter = SseSplitter()
-        upstream = _Upstream(response)
-        held = bytearray()  # the stream's final events: the client gets them once the usage is stored
-        client_gone = False
-        try:
-            await out.prepare(request)
-        except (ConnectionError, RuntimeError):
-            client_gone = True
-        # Every other event goes on to the client the moment it is whole; the usage is read on the
-        # side. A client that hangs up does not stop the reading: the upstream generates (and bills)
-        # on. A stopping gateway that cuts the stream stops it: the client is billed for what it got.
-        self.streams.add(upstream)
-        try:
-            async for chunk in response.content.iter_any():
-                forward = bytearray()
-                for event in splitter.feed(chunk):
-                    usage.observe(event.data)
-                    if translator is not None:  # its final events come from translator.finish, below
-                        forward += translator.feed(event.data)
-                    elif strip_usage and client.usage_only(event.data):
-                        continue
-                    elif held or client.is_final(event.data, event.raw):
-                        held += event.raw
-                    else:
-                        forward += event.raw
-                if forward and not client_gone:
-                    try:
-                        await out.write(bytes(forward))
-                    except (ConnectionError, RuntimeError):
-                        client_gone = True
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # The upstream broke off: bill what it reported or streamed so far (StreamUsage.final).
-            if not upstream.was_cut:
-                log.warning("upstream stream for %s broke off: %r", call.model.id, exc)
-        finally:
-            self.streams.discard(upstream)
-        if upstream.was_cut:
-            log.warning("stream %s cut at shutdown after %d content deltas", call.reservation_id, usage.deltas)
-        elif translator is None:
-            held += splitter.rest()
-        tokens = usage.final()
-        if not usage.output_reported and not tokens.input:  # OpenAI reports the input only at the end
-            tokens = tokens._replace(input=(request.content_length or 0) // BYTES_PER_TOKEN)
-        try:
-            await self.record(call, tokens)
-        except UsageNotStored:
-            if request.transport is not None:  # the client must not see a stream that ended well
-                request.transport.close()
-            await self.unrecorded(call)
-            return out
-        count(call, 499 if client_gone else 200)
-        if translator is not None:  # what it ends with carries the usage just stored
-            held = bytearray(translator.finish(tokens))
-        if not client_gone:
-            try:
-                if held:
-                    await out.write(bytes(held))
-                await out.write_eof()
-            except (ConnectionError, RuntimeError):
-                pass
-        return out
-
-    # -- record or release --------------------------------------------------------------------
-
-    async def record(self, call: Call, tokens: Tokens) -> None:
-        """Store the call's usage in the log: returns once JetStream has it (UsageNotStored if it
-        could not within the bound)."""
-        event = usage_event(call, tokens)
-        await self.recorder.store(event)
-        metrics.flows.add(event.flows_micros / 1_000_000, {"model": call.model.id, "plan": call.decision.plan or ""})
-
-    async def unrecorded(self, call: Call) -> web.Response:
-        """The call ran but its usage could not be stored: its client does not get the answer."""
-        await self.release(call)
-        count(call, 503)
-        message = "the call's usage could not be recorded (the event log refuses writes); retry shortly"
-        headers = {"retry-after": str(RETRY_AFTER_S)}
-        return refusal(call.api, "service_unavailable", message, headers)
-
-    async def release(self, call: Call) -> None:
-        """The call ends without usage (the upstream failed): give its reserved room back now."""
-        self.inflight.ended(call.reservation_id)
-        message = ReleaseReservation(account_id=call.key.account_id, reservation_id=call.reservation_id)
-        try:
-            await self.nc.publish(subjects.QUOTA_RELEASE, encode(message), headers=tracing.nats_headers())
-        except Exception:  # NATS away: quota lets it go once the heartbeats stop listing it
-            pass
-
-
-def usage_event(call: Call, tokens: Tokens) -> UsageRecorded:
-    """The call's usage as the event the log keeps, priced at the rates admission saw."""
-    decision = call.decision
-    return usage_recorded(
-        call.model, event_id=call.reservation_id, account_id=call.key.account_id, occurred_at=call.started,
-        input_tokens=tokens.input, output_tokens=tokens.output, cached_tokens=tokens.cached, images=tokens.images,
-        billing_mode=decision.billing_mode or "subscription",
-        key_id=call.key.id if call.conversation_id is None else None,
-        usd_per_flow=parse_fraction(decision.usd_per_flow), multiplier=parse_fraction(decision.multiplier),
-        source="gateway", reservation_id=call.reservation_id, client_hash=call.client_hash,
-        agent_hash=call.agent_hash, conversation_id=call.conversation_id,
-    )  # fmt: skip
 
 
 def rate_headers(decision: QuotaDecision) -> dict[str, str]:
@@ -510,27 +285,10 @@ def explain(decision: QuotaDecision, model_id: str) -> str:
     }.get(decision.reason or "", decision.reason or "refused")
 
 
-def count(call: Call, status: int) -> None:
-    labels = {"route": call.route, "model": call.model.id, "plan": call.decision.plan or ""}
-    metrics.calls.add(1, {**labels, "status": str(status)})
-
-
 def refused(route: str, response: web.Response, model: str = "", plan: str = "") -> web.Response:
     """A call refused before it reached the upstream counts too: traffic and error rates include it."""
     metrics.calls.add(1, {"route": route, "model": model, "plan": plan, "status": str(response.status)})
     return response
-
-
-class _Upstream:
-    """A stream being forwarded, which a stopping gateway may cut."""
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self.response = response
-        self.was_cut = False
-
-    def cut(self) -> None:
-        self.was_cut = True
-        self.response.close()  # the pump's read ends; nothing more is read from the upstream
 
 
 def _secret(request: web.Request) -> str:

@@ -14,14 +14,12 @@ from services.simulator import text, tools
 from services.simulator.common import (
     MAX_TOKENS,
     BadRequest,
+    ProtocolApi,
+    Refusals,
     decode,
     generation_time,
-    key_ok,
-    read_body,
     stream_out,
-    vendor_speaks,
 )
-from services.simulator.settings import SimulatorSettings
 
 
 class Block(msgspec.Struct):
@@ -153,10 +151,21 @@ def wrong_vendor(model: str) -> web.Response:
     return error(404, "not_found_error", f"model: {model}")
 
 
-class AnthropicApi:
-    def __init__(self, settings: SimulatorSettings, any_vendor: bool = False) -> None:
-        self.settings = settings
-        self.any_vendor = any_vendor
+def bad_request(exc: BadRequest) -> web.Response:
+    kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
+    return error(exc.status, kind, _INDEX.sub(r".\1", exc.message))  # Anthropic writes messages.0.role
+
+
+REFUSALS = Refusals(lambda: error(401, "authentication_error", "invalid x-api-key"), bad_request, wrong_vendor)
+
+
+def _parse_count(body: bytes) -> tuple[CountTokensRequest, text.Prompt]:
+    counted = decode(_count_decoder, body)
+    return counted, _prompt(counted)
+
+
+class AnthropicApi(ProtocolApi):
+    refusals = REFUSALS
 
     def routes(self, app: web.Application, prefix: str = "") -> None:
         app.router.add_post(prefix + "/v1/messages", self.messages)
@@ -164,28 +173,17 @@ class AnthropicApi:
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         """The prompt's tokens as /v1/messages would count them (cached ones included)."""
-        if not key_ok(request, self.settings.require_key):
-            return error(401, "authentication_error", "invalid x-api-key")
-        try:
-            counted = decode(_count_decoder, await read_body(request))
-            prompt = _prompt(counted)
-        except BadRequest as exc:
-            kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
-            return error(exc.status, kind, _INDEX.sub(r".\1", exc.message))
-        if not self.any_vendor and not vendor_speaks(counted.model, "messages"):
-            return wrong_vendor(counted.model)
+        opened = await self.opening(request, "messages", _parse_count, lambda parsed: parsed[0].model)
+        if isinstance(opened, web.Response):
+            return opened
+        _, prompt = opened
         return web.Response(body=_encoder.encode({"input_tokens": prompt.tokens}), content_type="application/json")
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
-        if not key_ok(request, self.settings.require_key):
-            return error(401, "authentication_error", "invalid x-api-key")
-        try:
-            call, prompt = parse(await read_body(request))
-        except BadRequest as exc:
-            kind = "request_too_large" if exc.status == 413 else "invalid_request_error"
-            return error(exc.status, kind, _INDEX.sub(r".\1", exc.message))  # Anthropic writes messages.0.role
-        if not self.any_vendor and not vendor_speaks(call.model, "messages"):
-            return wrong_vendor(call.model)
+        opened = await self.opening(request, "messages", parse, lambda parsed: parsed[0].model)
+        if isinstance(opened, web.Response):
+            return opened
+        call, prompt = opened
         n = text.completion_length(prompt, call.max_tokens)
         stop_reason = "max_tokens" if n == call.max_tokens else "end_turn"
         stop_sequence = None

@@ -1,12 +1,13 @@
 """What the APIs share: strict body decoding into a 400, the key check, which vendor speaks which
-protocol, and the output pace."""
+protocol, each model call's opening (those three, refused in the protocol's own error shape:
+`ProtocolApi`), and the output pace."""
 
 import asyncio
 import hmac
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
-from typing import TypeVar
+from typing import ClassVar, NamedTuple, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -85,6 +86,40 @@ def key_ok(request: web.Request, required: str) -> bool:
     if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(), required.encode()):
         return True
     return hmac.compare_digest(headers.get("x-api-key", "").encode(), required.encode())
+
+
+class Refusals(NamedTuple):
+    """A protocol's refusals of a call's opening, in its own error shape."""
+
+    unauthorized: Callable[[], web.Response]
+    bad_request: Callable[[BadRequest], web.Response]
+    wrong_vendor: Callable[[str], web.Response]
+
+
+class ProtocolApi:
+    """One protocol's routes (under `/any` too, answering every vendor's models in it)."""
+
+    refusals: ClassVar[Refusals]
+
+    def __init__(self, settings: SimulatorSettings, any_vendor: bool = False) -> None:
+        self.settings = settings
+        self.any_vendor = any_vendor
+
+    async def opening(
+        self, request: web.Request, protocol: str, parse: Callable[[bytes], T], model: Callable[[T], str | None]
+    ) -> T | web.Response:
+        """The parsed request, or its refusal: no key, a bad body, a model its vendor does not
+        answer in this protocol."""
+        if not key_ok(request, self.settings.require_key):
+            return self.refusals.unauthorized()
+        try:
+            parsed = parse(await read_body(request))
+        except BadRequest as exc:
+            return self.refusals.bad_request(exc)
+        name = model(parsed)
+        if name and not self.any_vendor and not vendor_speaks(name, protocol):
+            return self.refusals.wrong_vendor(name)
+        return parsed
 
 
 async def generation_time(settings: SimulatorSettings, tokens: int) -> None:

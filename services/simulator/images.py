@@ -10,8 +10,7 @@ import msgspec
 from aiohttp import web
 
 from services.simulator import openai_api, text
-from services.simulator.common import BadRequest, decode, generation_time, key_ok, read_body, vendor_speaks
-from services.simulator.settings import SimulatorSettings
+from services.simulator.common import ProtocolApi, decode, generation_time
 
 
 def _png() -> bytes:
@@ -59,10 +58,8 @@ _decoder = msgspec.json.Decoder(ImageRequest)
 _encoder = msgspec.json.Encoder()
 
 
-class ImagesApi:
-    def __init__(self, settings: SimulatorSettings, any_vendor: bool = False) -> None:
-        self.settings = settings
-        self.any_vendor = any_vendor
+class ImagesApi(ProtocolApi):
+    refusals = openai_api.REFUSALS
 
     def routes(self, app: web.Application, prefix: str = "") -> None:
         app.router.add_post(prefix + "/v1/images/generations", self.generate)
@@ -70,14 +67,9 @@ class ImagesApi:
 
     async def generate(self, request: web.Request) -> web.Response:
         """n images of the same PNG; input tokens are the prompt's words (no per-message overhead)."""
-        if not key_ok(request, self.settings.require_key):
-            return openai_api.unauthorized()
-        try:
-            call = decode(_decoder, await read_body(request))
-        except BadRequest as exc:
-            return openai_api.bad_request(exc)
-        if call.model and not self.any_vendor and not vendor_speaks(call.model, "images"):
-            return openai_api.wrong_vendor(call.model)
+        call = await self.opening(request, "images", lambda body: decode(_decoder, body), lambda parsed: parsed.model)
+        if isinstance(call, web.Response):
+            return call
         await generation_time(self.settings, 0)  # the first-token delay stands for the generation time
         words = text.words(call.prompt)
         seed = zlib.crc32(call.prompt.encode(errors="surrogatepass"))

@@ -13,12 +13,12 @@ from services.simulator import text, tools
 from services.simulator.common import (
     MAX_TOKENS,
     BadRequest,
+    ProtocolApi,
+    Refusals,
     decode,
     generation_time,
     key_ok,
-    read_body,
     stream_out,
-    vendor_speaks,
 )
 from services.simulator.settings import SimulatorSettings
 
@@ -204,10 +204,19 @@ def _usage(prompt: text.Prompt, completion: int) -> Usage:
     return Usage(prompt.tokens, completion, prompt.tokens + completion, PromptTokensDetails(prompt.cached))
 
 
-class OpenAIApi:
+REFUSALS = Refusals(unauthorized, bad_request, wrong_vendor)
+
+
+def _parse_chat(body: bytes) -> tuple[ChatRequest, text.Prompt, int, tools.ToolCall | None, int]:
+    chat, prompt, limit, call = parse(body)
+    return chat, prompt, limit, call, text.completion_length(prompt, limit)
+
+
+class OpenAIApi(ProtocolApi):
+    refusals = REFUSALS
+
     def __init__(self, settings: SimulatorSettings, any_vendor: bool = False) -> None:
-        self.settings = settings
-        self.any_vendor = any_vendor
+        super().__init__(settings, any_vendor)
         self._models = _encoder.encode(ModelList(data=[ModelCard(id=m) for m in MODELS]))
 
     def routes(self, app: web.Application, prefix: str = "") -> None:
@@ -220,15 +229,10 @@ class OpenAIApi:
         return web.Response(body=self._models, content_type="application/json")
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        if not key_ok(request, self.settings.require_key):
-            return unauthorized()
-        try:
-            chat, prompt, limit, call = parse(await read_body(request))
-            n = text.completion_length(prompt, limit)
-        except BadRequest as exc:
-            return bad_request(exc)
-        if not self.any_vendor and not vendor_speaks(chat.model, "chat"):
-            return wrong_vendor(chat.model)
+        opened = await self.opening(request, "chat", _parse_chat, lambda parsed: parsed[0].model)
+        if isinstance(opened, web.Response):
+            return opened
+        chat, prompt, limit, call, n = opened
         finish = "length" if n == limit else "stop"
         stops = [chat.stop] if isinstance(chat.stop, str) else chat.stop or []
         if (cut := text.stop_at(prompt.start, n, stops)) is not None:

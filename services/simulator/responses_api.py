@@ -22,15 +22,12 @@ from services.simulator import text, tools
 from services.simulator.common import (
     MAX_TOKENS,
     BadRequest,
+    ProtocolApi,
     decode,
     generation_time,
-    key_ok,
-    read_body,
     stream_out,
-    vendor_speaks,
 )
-from services.simulator.openai_api import DEFAULT_MAX_TOKENS, bad_request, error, unauthorized, wrong_vendor
-from services.simulator.settings import SimulatorSettings
+from services.simulator.openai_api import DEFAULT_MAX_TOKENS, REFUSALS, error
 
 MaxTokens = Annotated[int, msgspec.Meta(ge=16, le=MAX_TOKENS)]
 TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
@@ -138,24 +135,22 @@ def _sse(event: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + _encoder.encode(event) + b"\n\n"
 
 
-class ResponsesApi:
-    def __init__(self, settings: SimulatorSettings, any_vendor: bool = False) -> None:
-        self.settings = settings
-        self.any_vendor = any_vendor
+def _parse(body: bytes) -> tuple[ResponsesRequest, list[list[str]], list[str]]:
+    call = decode(_decoder, body)
+    return call, *conversation(call)
+
+
+class ResponsesApi(ProtocolApi):
+    refusals = REFUSALS
 
     def routes(self, app: web.Application, prefix: str = "") -> None:
         app.router.add_post(prefix + "/v1/responses", self.create)
 
     async def create(self, request: web.Request) -> web.StreamResponse:
-        if not key_ok(request, self.settings.require_key):
-            return unauthorized()
-        try:
-            call = decode(_decoder, await read_body(request))
-            pieces, roles = conversation(call)
-        except BadRequest as exc:
-            return bad_request(exc)
-        if not self.any_vendor and not vendor_speaks(call.model, "responses"):
-            return wrong_vendor(call.model)
+        opened = await self.opening(request, "responses", _parse, lambda parsed: parsed[0].model)
+        if isinstance(opened, web.Response):
+            return opened
+        call, pieces, roles = opened
         if call.previous_response_id is not None:
             message = f"Previous response with id '{call.previous_response_id}' not found."
             return error(404, message, "previous_response_id", code="previous_response_not_found")

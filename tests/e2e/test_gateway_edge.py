@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from libs import apikeys
 from libs.localservers import free_port
 from proto.v1 import subjects
-from tests.stack import Stack, eventually
+from tests.stack import ROOT, Stack, eventually
 
 pytestmark = pytest.mark.connected
 FREE_MODEL = "deepseek/deepseek-chat"
@@ -174,6 +174,12 @@ async def test_the_servers_own_errors_are_in_the_sdk_shape(gw: Stack) -> None:
             assert response.status == 413 and (await response.json())["error"]["code"] == "request_too_large"
     with pytest.raises(openai.NotFoundError):
         await oai(gw, account["key"]).get("/no-such-route", cast_to=object)
+
+
+async def test_the_gateway_serves_its_openapi_document_to_anyone(gw: Stack) -> None:
+    async with aiohttp.ClientSession() as session, session.get(f"{gw.gateway_url}/openapi.json") as response:
+        assert response.status == 200 and response.content_type == "application/json"
+        assert await response.read() == (ROOT / "services" / "gateway" / "openapi.json").read_bytes()
 
 
 # -- parsing the body as the upstream will ---------------------------------------------

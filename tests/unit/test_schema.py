@@ -1,5 +1,6 @@
 """The committed contract documents are generated and must not drift: the JSON Schema and the
-AsyncAPI document from proto/, the OpenAPI document from ingress's route table."""
+AsyncAPI document from proto/, the OpenAPI documents from ingress's route table and from the
+gateway's protocol adapters and refusal table."""
 
 import json
 from pathlib import Path
@@ -10,6 +11,9 @@ from openapi_spec_validator import validate as validate_openapi
 from proto import asyncapi
 from proto.schema import CONTRACT, render
 from proto.v1 import events, rpc
+from services.gateway import errors as gateway_errors
+from services.gateway import openapi as gateway_openapi
+from services.gateway import protocols
 from services.ingress import openapi
 from services.ingress.routes import ROUTES
 
@@ -85,3 +89,37 @@ def test_the_asyncapi_document_is_valid_asyncapi_3_0():
 
 def test_the_openapi_document_is_valid_openapi_3_1():
     validate_openapi(json.loads(openapi.render(ROUTES)))
+
+
+def test_committed_gateway_openapi_matches_its_protocols_and_refusals():
+    assert gateway_openapi.render() == (ROOT / "services" / "gateway" / "openapi.json").read_text(), (
+        "services/gateway/openapi.json is out of date with the gateway's protocols or refusals: run make schema"
+    )
+
+
+def test_the_gateway_openapi_document_is_valid_and_says_what_the_gateway_adds():
+    document = json.loads(gateway_openapi.render())
+    validate_openapi(document)
+    for protocol in protocols.BY_NAME.values():
+        operation = document["paths"][protocol.path]["post"]
+        assert operation["security"] == gateway_openapi.SECURITY
+        ok = operation["responses"]["200"]
+        assert {"x-flowplan-billing-mode", "x-flowplan-flows-remaining", "x-flowplan-window-resets-at"} <= set(
+            ok["headers"]
+        )
+        assert ("text/event-stream" in ok["content"]) == protocol.streams
+        shape = "AnthropicError" if protocol.api == "anthropic" else "OpenAIError"
+        for status, code in (
+            ("401", "invalid_api_key"),
+            ("403", "model_not_in_plan"),
+            ("402", "insufficient_balance"),
+            ("429", "rate_limit_exceeded"),
+            ("429", "quota_exhausted"),
+        ):  # SPEC §4's refusals
+            answer = operation["responses"][status]
+            assert f"`{code}`" in answer["description"]
+            assert answer["content"]["application/json"]["schema"]["$ref"].endswith(shape)
+        assert "retry-after" in operation["responses"]["429"]["headers"]
+    codes = document["components"]["schemas"]["OpenAIError"]["properties"]["error"]["properties"]["code"]["enum"]
+    assert codes == list(gateway_errors.REFUSALS)
+    assert document["paths"]["/openapi.json"]["get"]["security"] == []

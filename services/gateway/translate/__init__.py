@@ -8,11 +8,11 @@ chat <-> messages (chat_messages), Responses -> chat and, by way of chat, Respon
 whether and how the call is translated."""
 
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
 
-from services.gateway.translate import chat_messages, chat_responses, responses
+from services.gateway.translate import chat_messages, chat_responses, completions, responses
 from services.gateway.translate.responses import Refused
 
 __all__ = ["Refused", "StreamTranslator", "Translation", "plan"]
@@ -69,121 +69,111 @@ class _ResponsesStream:
         return responses.sse(self._events.finish(usage), _encode)
 
 
-class _ResponsesOverMessages:
-    """Messages events -> chat chunks -> Responses events, chunk by chunk."""
+class _ByWayOfChat:
+    """Upstream events -> chat chunks -> the client's events, event by event."""
 
-    def __init__(self, request: dict[str, Any], chat: dict[str, Any], call_id: str, created: int) -> None:
-        self._chunks = chat_messages.MessagesStreamToChat(chat, "chatcmpl-" + call_id, created)
-        self._responses = _ResponsesStream(request, call_id, created)
+    def __init__(self, chunks: completions.ChunkStream, client: StreamTranslator) -> None:
+        self._chunks, self._client = chunks, client
 
     def feed(self, data: Any) -> bytes:
-        return b"".join(self._responses.feed(chunk) for chunk in self._chunks.chunks(data))
+        return b"".join(self._client.feed(chunk) for chunk in self._chunks.chunks(data))
 
     def finish(self, tokens: Tokens) -> bytes:
-        closing = b"".join(self._responses.feed(chunk) for chunk in self._chunks.final_chunks(tokens))
-        return closing + self._responses.finish(tokens)
+        closing = b"".join(self._client.feed(chunk) for chunk in self._chunks.final_chunks(tokens))
+        return closing + self._client.finish(tokens)
 
 
-def _responses(body: dict[str, Any], speaks: frozenset[str]) -> Translation | Refused:
-    chat = responses.to_chat(body)
-    if isinstance(chat, Refused):
-        return chat
-    if "chat" in speaks:
-        return Translation(
-            "chat",
-            chat,
-            lambda data, call_id, created, _: responses.from_chat(data, body, "resp_" + call_id, created),
+class _Back(NamedTuple):
+    """How a chat answer goes back to a client speaking another protocol."""
+
+    answer: Callable[[dict[str, Any], str, int, Tokens], dict[str, Any]]
+    stream: Callable[[str, int], StreamTranslator]
+
+
+def _back(protocol: str, body: dict[str, Any]) -> _Back:
+    if protocol == "responses":
+        return _Back(
+            lambda completion, call_id, created, _: responses.from_chat(completion, body, "resp_" + call_id, created),
             lambda call_id, created: _ResponsesStream(body, call_id, created),
         )
-    if "messages" not in speaks:
-        return Refused("model: this model's upstream speaks neither chat completions nor messages", "model")
-    call = chat_messages.chat_to_messages(chat)
-    if isinstance(call, Refused):
-        return call
-
-    def answer(data: dict[str, Any], call_id: str, created: int, tokens: Tokens) -> dict[str, Any]:
-        completion = chat_messages.message_to_chat(data, chat, "chatcmpl-" + call_id, created, tokens)
-        return responses.from_chat(completion, body, "resp_" + call_id, created)
-
-    return Translation(
-        "messages", call, answer, lambda call_id, created: _ResponsesOverMessages(body, chat, call_id, created)
+    return _Back(
+        lambda completion, call_id, _, tokens: chat_messages.chat_to_message(
+            completion, body, "msg_" + call_id, tokens
+        ),
+        lambda call_id, _: chat_messages.ChatStreamToMessages(body, "msg_" + call_id),
     )
 
 
+OVER = {"chat": ("messages", "responses"), "messages": ("chat", "responses"), "responses": ("chat", "messages")}
+"""A client's protocol -> the upstream protocols it is translated to, the first one spoken."""
+TO_CHAT: dict[str, Callable[[dict[str, Any]], dict[str, Any] | Refused]] = {
+    "messages": chat_messages.messages_to_chat,
+    "responses": responses.to_chat,
+}
+
+
+class _Over(NamedTuple):
+    """Chat over one upstream protocol: the request in it, its answer as a chat completion and
+    its stream as chat chunks."""
+
+    request: Callable[[dict[str, Any]], dict[str, Any] | Refused]
+    answer: Callable[[dict[str, Any], dict[str, Any], str, int, Tokens], dict[str, Any]]
+    chunks: Callable[[dict[str, Any], str, int], completions.ChunkStream]
+
+
+CHAT_OVER = {
+    "messages": _Over(
+        chat_messages.chat_to_messages, chat_messages.message_to_chat, chat_messages.MessagesStreamToChat
+    ),
+    "responses": _Over(
+        chat_responses.chat_to_responses, chat_responses.response_to_chat, chat_responses.ResponsesStreamToChat
+    ),
+}
+
+
 def plan(path: str, body: dict[str, Any], speaks: frozenset[str]) -> Translation | Refused | None:
-    """None when the upstream speaks the client's protocol (the call passes through as it is)."""
+    """None when the upstream speaks the client's protocol (the call passes through as it is).
+    Every translation goes by way of chat: the client's request to chat, chat to the upstream's
+    protocol, and its answer back the same way."""
     protocol = PROTOCOL_OF.get(path)
     if protocol is None or protocol in speaks:
         return None
-    if protocol == "responses":
-        return _responses(body, speaks)
-    if protocol == "messages" and "chat" in speaks:
-        chat = chat_messages.messages_to_chat(body)
-        if isinstance(chat, Refused):
-            return chat
-        return Translation(
-            "chat",
-            chat,
-            lambda data, call_id, _, tokens: chat_messages.chat_to_message(data, body, "msg_" + call_id, tokens),
-            lambda call_id, _: chat_messages.ChatStreamToMessages(body, "msg_" + call_id),
+    upstream = next((p for p in OVER[protocol] if p in speaks), None)
+    if upstream is None and protocol != "responses":  # a Responses request is checked first
+        return Refused(
+            f"model: this model's upstream speaks neither {protocol} nor a protocol it translates to", "model"
         )
-    if protocol == "messages" and "responses" in speaks:
-        return _messages_over_responses(body)
-    if protocol == "chat" and "messages" in speaks:
-        call = chat_messages.chat_to_messages(body)
-        if isinstance(call, Refused):
-            return call
-        return Translation(
-            "messages",
-            call,
-            lambda data, call_id, created, tokens: chat_messages.message_to_chat(
-                data, body, "chatcmpl-" + call_id, created, tokens
-            ),
-            lambda call_id, created: chat_messages.MessagesStreamToChat(body, "chatcmpl-" + call_id, created),
-        )
-    if protocol == "chat" and "responses" in speaks:
-        call = chat_responses.chat_to_responses(body)
-        if isinstance(call, Refused):
-            return call
-        return Translation(
-            "responses",
-            call,
-            lambda data, call_id, created, tokens: chat_responses.response_to_chat(
-                data, body, "chatcmpl-" + call_id, created, tokens
-            ),
-            lambda call_id, created: chat_responses.ResponsesStreamToChat(body, "chatcmpl-" + call_id, created),
-        )
-    return Refused(f"model: this model's upstream speaks neither {protocol} nor a protocol it translates to", "model")
-
-
-class _MessagesOverResponses:
-    """Responses events -> chat chunks -> Messages events, event by event."""
-
-    def __init__(self, request: dict[str, Any], chat: dict[str, Any], call_id: str, created: int) -> None:
-        self._chunks = chat_responses.ResponsesStreamToChat(chat, "chatcmpl-" + call_id, created)
-        self._messages = chat_messages.ChatStreamToMessages(request, "msg_" + call_id)
-
-    def feed(self, data: Any) -> bytes:
-        return b"".join(self._messages.feed(chunk) for chunk in self._chunks.chunks(data))
-
-    def finish(self, tokens: Tokens) -> bytes:
-        closing = b"".join(self._messages.feed(chunk) for chunk in self._chunks.final_chunks(tokens))
-        return closing + self._messages.finish(tokens)
-
-
-def _messages_over_responses(body: dict[str, Any]) -> Translation | Refused:
-    """A messages client to an upstream speaking only Responses: by way of chat, both ways."""
-    chat = chat_messages.messages_to_chat(body)
+    chat = TO_CHAT[protocol](body) if protocol in TO_CHAT else body
     if isinstance(chat, Refused):
         return chat
-    call = chat_responses.chat_to_responses(chat)
+    if upstream is None:
+        return Refused("model: this model's upstream speaks neither chat completions nor messages", "model")
+    if upstream == "chat":
+        back = _back(protocol, body)
+        return Translation("chat", chat, back.answer, back.stream)
+    return _chat_over(upstream, chat, _back(protocol, body) if protocol != "chat" else None)
+
+
+def _chat_over(upstream: str, chat: dict[str, Any], back: _Back | None) -> Translation | Refused:
+    """A chat request to an upstream speaking `upstream`; with `back`, the answer goes on from chat."""
+    over = CHAT_OVER[upstream]
+    call = over.request(chat)
     if isinstance(call, Refused):
         return call
 
-    def answer(data: dict[str, Any], call_id: str, created: int, tokens: Tokens) -> dict[str, Any]:
-        completion = chat_responses.response_to_chat(data, chat, "chatcmpl-" + call_id, created, tokens)
-        return chat_messages.chat_to_message(completion, body, "msg_" + call_id, tokens)
+    def completion(data: dict[str, Any], call_id: str, created: int, tokens: Tokens) -> dict[str, Any]:
+        return over.answer(data, chat, "chatcmpl-" + call_id, created, tokens)
 
+    def chunks(call_id: str, created: int) -> completions.ChunkStream:
+        return over.chunks(chat, "chatcmpl-" + call_id, created)
+
+    if back is None:
+        return Translation(upstream, call, completion, chunks)
     return Translation(
-        "responses", call, answer, lambda call_id, created: _MessagesOverResponses(body, chat, call_id, created)
+        upstream,
+        call,
+        lambda data, call_id, created, tokens: back.answer(
+            completion(data, call_id, created, tokens), call_id, created, tokens
+        ),
+        lambda call_id, created: _ByWayOfChat(chunks(call_id, created), back.stream(call_id, created)),
     )

@@ -6,10 +6,10 @@ usage). Pure: the gateway does the I/O and bills from the upstream's own usage r
 `ChatOverMessages`: a client speaking chat (the openai SDK) to an upstream speaking messages.
 """
 
-import itertools
 import json
 from typing import Any
 
+from services.gateway.translate import completions
 from services.gateway.translate.responses import Refused, _dict, _int
 from services.gateway.usage import Tokens
 
@@ -356,108 +356,42 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any] | Refused:
     return call
 
 
-def openai_usage(tokens: Tokens) -> dict[str, Any]:
-    prompt = tokens.input + tokens.cached
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": tokens.output,
-        "total_tokens": prompt + tokens.output,
-        "prompt_tokens_details": {"cached_tokens": tokens.cached},
-    }
-
-
 def message_to_chat(
     message: dict[str, Any], request: dict[str, Any], completion_id: str, created: int, tokens: Tokens
 ) -> dict[str, Any]:
     text = "".join(b.get("text", "") for b in message.get("content") or () if _dict(b).get("type") == "text")
     calls = [
-        {
-            "id": b.get("id"),
-            "type": "function",
-            "function": {"name": b.get("name"), "arguments": _encode(b.get("input") or {})},
-        }
+        completions.tool_call(b.get("id"), b.get("name"), _encode(b.get("input") or {}))
         for b in message.get("content") or ()
         if _dict(b).get("type") == "tool_use"
     ]
-    reply: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
-    if calls:
-        reply["tool_calls"] = calls
     finish = TO_CHAT_FINISH.get(message.get("stop_reason") or "end_turn", "stop")
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": request.get("model"),
-        "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}],
-        "usage": openai_usage(tokens),
-    }
+    return completions.completion(request, completion_id, created, text, calls, finish, tokens)
 
 
-class MessagesStreamToChat:
-    """A Messages event stream as chat completion chunks, event by event; the usage chunk only
-    when the client asked for it (stream_options.include_usage), as OpenAI does."""
+class MessagesStreamToChat(completions.ChunkStream):
+    """A Messages event stream as chat completion chunks, event by event."""
 
-    def __init__(self, request: dict[str, Any], completion_id: str, created: int) -> None:
-        self.request, self.completion_id, self.created = request, completion_id, created
-        options = _dict(request.get("stream_options"))
-        self.include_usage = options.get("include_usage") is True
-        self._tools: dict[int, int] = {}  # Anthropic block index -> chat tool call index
-        self._count = itertools.count()
-        self.stop_reason: str | None = None
-
-    def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> dict[str, Any]:
-        chunk: dict[str, Any] = {
-            "id": self.completion_id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.request.get("model"),
-            "system_fingerprint": None,
-            "choices": []
-            if delta is None
-            else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        if self.include_usage:
-            chunk["usage"] = usage
-        return chunk
+    stop_reason: str | None = None
 
     def chunks(self, event: Any) -> list[dict[str, Any]]:
         """The chat chunks for one Messages event (none for most bookkeeping events)."""
         data = _dict(event)
         kind = data.get("type")
         if kind == "message_start":
-            return [self._chunk({"role": "assistant", "content": ""})]
+            return [self._role()]
         if kind == "content_block_start" and _dict(data.get("content_block")).get("type") == "tool_use":
             block = data["content_block"]
-            index = self._tools[_int(data.get("index"))] = next(self._count)
-            opening = {
-                "index": index,
-                "id": block.get("id"),
-                "type": "function",
-                "function": {"name": block.get("name"), "arguments": ""},
-            }
-            return [self._chunk({"tool_calls": [opening]})]
+            return [self._call_opened(_int(data.get("index")), block.get("id"), block.get("name"), "")]
         if kind == "content_block_delta":
             delta = _dict(data.get("delta"))
             if delta.get("type") == "text_delta" and delta.get("text"):
-                return [self._chunk({"content": delta["text"]})]
+                return [self._text(delta["text"])]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
-                index = self._tools.get(_int(data.get("index")), 0)
-                piece = {"index": index, "function": {"arguments": delta["partial_json"]}}
-                return [self._chunk({"tool_calls": [piece]})]
+                return [self._arguments(_int(data.get("index")), delta["partial_json"])]
         if kind == "message_delta":
             self.stop_reason = _dict(data.get("delta")).get("stop_reason") or self.stop_reason
         return []
 
-    def final_chunks(self, tokens: Tokens) -> list[dict[str, Any]]:
-        """The finish reason (unless the upstream broke off before it) and the asked-for usage."""
-        finish = TO_CHAT_FINISH.get(self.stop_reason or "", "stop") if self.stop_reason else None
-        out = [self._chunk({}, finish)] if finish else []
-        if self.include_usage:
-            out.append(self._chunk(None, usage=openai_usage(tokens)))
-        return out
-
-    def feed(self, event: Any) -> bytes:
-        return b"".join(f"data: {_encode(c)}\n\n".encode() for c in self.chunks(event))
-
-    def finish(self, tokens: Tokens) -> bytes:
-        return b"".join(f"data: {_encode(c)}\n\n".encode() for c in self.final_chunks(tokens)) + b"data: [DONE]\n\n"
+    def closing_reason(self) -> str | None:
+        return TO_CHAT_FINISH.get(self.stop_reason or "", "stop") if self.stop_reason else None

@@ -11,17 +11,14 @@ tool results (`function_call_output`), function `tools`, `tool_choice`, `max_tok
 Nothing is stored upstream (`store: false`). The Responses API has no stop sequences and one
 answer per request, so `stop` and `n` > 1 are refused (400), not silently dropped."""
 
-import itertools
-import json
 from typing import Any
 
-from services.gateway.translate.chat_messages import openai_usage
+from services.gateway.translate import completions
 from services.gateway.translate.responses import Refused, _dict, _int
 from services.gateway.usage import Tokens
 
 PASSED = ("temperature", "top_p", "parallel_tool_calls", "user")
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 # -- the request ---------------------------------------------------------------------------
@@ -169,81 +166,39 @@ def response_to_chat(
         if item.get("type") == "message":
             text += "".join(_dict(p).get("text", "") for p in item.get("content") or () if _is_text(p))
         elif item.get("type") == "function_call":
-            function = {"name": item.get("name"), "arguments": item.get("arguments") or ""}
-            calls.append({"id": item.get("call_id"), "type": "function", "function": function})
-    reply: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
-    if calls:
-        reply["tool_calls"] = calls
+            calls.append(completions.tool_call(item.get("call_id"), item.get("name"), item.get("arguments") or ""))
     finish = finish_reason(response.get("status"), response.get("incomplete_details"), bool(calls))
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": request.get("model"),
-        "choices": [{"index": 0, "message": reply, "logprobs": None, "finish_reason": finish}],
-        "usage": openai_usage(tokens),
-    }
+    return completions.completion(request, completion_id, created, text, calls, finish, tokens)
 
 
 def _is_text(part: Any) -> bool:
     return _dict(part).get("type") == "output_text"
 
 
-class ResponsesStreamToChat:
-    """A Responses event stream as chat completion chunks, event by event; the usage chunk only
-    when the client asked for it (stream_options.include_usage), as OpenAI does."""
+class ResponsesStreamToChat(completions.ChunkStream):
+    """A Responses event stream as chat completion chunks, event by event."""
 
-    def __init__(self, request: dict[str, Any], completion_id: str, created: int) -> None:
-        self.request, self.completion_id, self.created = request, completion_id, created
-        self.include_usage = _dict(request.get("stream_options")).get("include_usage") is True
-        self._calls: dict[int, int] = {}  # Responses output_index -> chat tool call index
-        self._count = itertools.count()
-        self.finish_reason: str | None = None
-
-    def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> dict[str, Any]:
-        chunk: dict[str, Any] = {
-            "id": self.completion_id, "object": "chat.completion.chunk", "created": self.created,
-            "model": self.request.get("model"), "system_fingerprint": None,
-            "choices": [] if delta is None else [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            ],
-        }  # fmt: skip
-        if self.include_usage:
-            chunk["usage"] = usage
-        return chunk
+    finish_reason: str | None = None
 
     def chunks(self, event: Any) -> list[dict[str, Any]]:
         """The chat chunks for one Responses event (none for most bookkeeping events)."""
         data = _dict(event)
         kind = data.get("type")
         if kind == "response.created":
-            return [self._chunk({"role": "assistant", "content": ""})]
+            return [self._role()]
         if kind == "response.output_text.delta" and data.get("delta"):
-            return [self._chunk({"content": data["delta"]})]
+            return [self._text(data["delta"])]
         if kind == "response.output_item.added" and _dict(data.get("item")).get("type") == "function_call":
             item = data["item"]
-            index = self._calls[_int(data.get("output_index"))] = next(self._count)
-            opening = {"index": index, "id": item.get("call_id"), "type": "function",
-                       "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}}  # fmt: skip
-            return [self._chunk({"tool_calls": [opening]})]
+            index = _int(data.get("output_index"))
+            return [self._call_opened(index, item.get("call_id"), item.get("name"), item.get("arguments") or "")]
         if kind == "response.function_call_arguments.delta" and data.get("delta"):
-            index = self._calls.get(_int(data.get("output_index")), 0)
-            return [self._chunk({"tool_calls": [{"index": index, "function": {"arguments": data["delta"]}}]})]
+            return [self._arguments(_int(data.get("output_index")), data["delta"])]
         if kind in ("response.completed", "response.incomplete"):
             answer = _dict(data.get("response"))
             calls = bool(self._calls)
             self.finish_reason = finish_reason(answer.get("status"), answer.get("incomplete_details"), calls)
         return []
 
-    def final_chunks(self, tokens: Tokens) -> list[dict[str, Any]]:
-        """The finish reason (unless the upstream broke off or failed before it) and the asked-for usage."""
-        out = [self._chunk({}, self.finish_reason)] if self.finish_reason else []
-        if self.include_usage:
-            out.append(self._chunk(None, usage=openai_usage(tokens)))
-        return out
-
-    def feed(self, event: Any) -> bytes:
-        return b"".join(f"data: {_encode(c)}\n\n".encode() for c in self.chunks(event))
-
-    def finish(self, tokens: Tokens) -> bytes:
-        return b"".join(f"data: {_encode(c)}\n\n".encode() for c in self.final_chunks(tokens)) + b"data: [DONE]\n\n"
+    def closing_reason(self) -> str | None:
+        return self.finish_reason
