@@ -37,7 +37,7 @@ from proto.v1 import (
 from services.quota import metrics
 from services.quota.domain.admission import AccountQuota
 from services.quota.domain.periods import Period, Segment, period_at
-from services.quota.domain.windows import CHAINS, ChainKind, Usage, Window, add_usages, chain
+from services.quota.domain.windows import CHAINS, ChainKind, Usage, Window, WindowKind, add_usages, chain
 from services.quota.reservations import Reservations
 
 
@@ -240,7 +240,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
             event.event_id, event.account_id, event.occurred_at, event.multiplier,
         )  # fmt: skip
-        account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
+        account.with_multiplier(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
 
     @handles(InsiderStatusSet, InsiderStatusEnded)
     async def _insider_changed(self, b: QuotaBatch, _seq: int, event: InsiderStatusSet | InsiderStatusEnded) -> None:
@@ -252,7 +252,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
             event.event_id, event.account_id, event.occurred_at, insider,
         )  # fmt: skip
-        account.insider.add(event.event_id, event.occurred_at, insider)
+        account.with_insider(event.event_id, event.occurred_at, insider)
 
     async def _insert_segment(self, conn: asyncpg.Connection, account_id: str, segment: Segment) -> bool:
         inserted = await conn.fetchval(
@@ -322,8 +322,9 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
         pending: dict[str, AccountQuota],
         consumed: dict[tuple[str, str], int],
     ) -> list[tuple[str, str]]:
-        for _, event in usage:
-            self._pending(event.account_id, pending)
+        events = [e for _, e in usage]
+        for account_id in dict.fromkeys(e.account_id for e in events):
+            self._pending(account_id, pending)
         inserted = await conn.fetch(
             f"""INSERT INTO {self.schema}.usage (event_id, account_id, occurred_at, model, input_tokens,
                     output_tokens, cached_tokens, images, billing_mode, key_id, usd_cost_micros,
@@ -332,45 +333,26 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
                     $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bigint[],
                     $12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::text[])
                 ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
-            *zip(
-                *(
-                    (
-                        e.event_id,
-                        e.account_id,
-                        e.occurred_at,
-                        e.model,
-                        e.input_tokens,
-                        e.output_tokens,
-                        e.cached_tokens,
-                        e.images,
-                        e.billing_mode,
-                        e.key_id,
-                        e.usd_cost_micros,
-                        e.flows_micros,
-                        e.usd_per_flow,
-                        e.multiplier,
-                        seq,
-                        e.conversation_id,
-                    )
-                    for seq, e in usage
-                ),
-                strict=True,
-            ),
-        )
-        fresh_ids = {row["event_id"] for row in inserted}
+            [e.event_id for e in events], [e.account_id for e in events], [e.occurred_at for e in events],
+            [e.model for e in events], [e.input_tokens for e in events], [e.output_tokens for e in events],
+            [e.cached_tokens for e in events], [e.images for e in events], [e.billing_mode for e in events],
+            [e.key_id for e in events], [e.usd_cost_micros for e in events], [e.flows_micros for e in events],
+            [e.usd_per_flow for e in events], [e.multiplier for e in events], [seq for seq, _ in usage],
+            [e.conversation_id for e in events],
+        )  # fmt: skip
+        fresh_ids = {row[0] for row in inserted}
         counted: dict[str, list[UsageRecorded]] = defaultdict(list)
         debits: list[UsageRecorded] = []
-        for _, event in usage:
+        for event in events:
             if event.event_id not in fresh_ids:
                 continue
             fresh_ids.discard(event.event_id)  # a duplicate inside the batch counts once too
             if event.billing_mode == "subscription":
                 counted[event.account_id].append(event)
-                consumed[(event.model, pending[event.account_id].plan_at(event.occurred_at))] += event.flows_micros
             else:
                 debits.append(event)
         if counted:
-            await self._count(conn, counted, pending)
+            await self._count(conn, counted, pending, consumed)
         if debits:
             await conn.execute(
                 f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)
@@ -381,24 +363,41 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
             )  # fmt: skip
             for event in debits:
                 pending[event.account_id].balance -= event.usd_cost_micros
-        return [(e.account_id, e.reservation_id) for _, e in usage if e.reservation_id]
+        return [(e.account_id, e.reservation_id) for e in events if e.reservation_id]
 
     async def _count(
         self,
         conn: asyncpg.Connection,
         counted: dict[str, list[UsageRecorded]],
         pending: dict[str, AccountQuota],
+        consumed: dict[tuple[str, str], int],
     ) -> None:
-        for events in counted.values():
+        """Add the batch's subscription usage to the windows, aggregated per account and window: one
+        row per window changed, written with one statement for the whole batch.
+
+        Memory holds each chain's latest window, which is all of the chain's suffix unless a call
+        falls before that window's start (a late call): only then are the earlier windows read."""
+        late: dict[str, datetime] = {}
+        for account_id, events in counted.items():
             events.sort(key=lambda e: (e.occurred_at, e.event_id))
-        suffixes = await self._load_suffixes(conn, {a: events[0].occurred_at for a, events in counted.items()})
-        upserts: list[tuple[str, ChainKind, Window]] = []
+            account, first = pending[account_id], events[0].occurred_at
+            if (account.window_5h is not None and first < account.window_5h.start) or (
+                account.weekly is not None and first < account.weekly.start
+            ):
+                late[account_id] = first
+        suffixes = await self._load_suffixes(conn, late) if late else {}
+        upserts: list[tuple[str, WindowKind, Window]] = []
         months: dict[tuple[str, datetime, datetime], int] = defaultdict(int)
         for account_id, events in counted.items():
             account = pending[account_id]
             usages = [Usage(e.occurred_at, e.flows_micros) for e in events]
+            first = usages[0].at
             for kind, duration in CHAINS.items():
-                loaded = suffixes.get((account_id, kind), [])
+                if account_id in late:
+                    loaded = suffixes.get((account_id, kind), [])
+                else:
+                    latest = account.window_5h if kind == "5h" else account.weekly
+                    loaded = [latest] if latest is not None and latest.end > first else []
                 windows, rechain_from = add_usages(loaded, usages, duration)
                 unchanged = set(loaded)
                 if rechain_from is not None:
@@ -412,24 +411,27 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
                     else:
                         account.weekly = latest
             period: Period | None = None
-            for usage in usages:  # in time order: most fall in the period of the one before
-                if period is None or not period.start <= usage.at < period.end:
-                    period = period_at(account.segments, usage.at)
-                months[(account_id, period.start, period.end)] += usage.flows
-                account.months[period.start] = account.months.get(period.start, 0) + usage.flows
-        if upserts:
-            await conn.execute(
-                f"""INSERT INTO {self.schema}.windows (account_id, kind, started_at, ends_at, flows_micros)
-                    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
-                    ON CONFLICT (account_id, kind, started_at)
-                    DO UPDATE SET ends_at = EXCLUDED.ends_at, flows_micros = EXCLUDED.flows_micros""",
-                [a for a, _, _ in upserts],
-                [k for _, k, _ in upserts],
-                [w.start for _, _, w in upserts],
-                [w.end for _, _, w in upserts],
-                [w.flows for _, _, w in upserts],
-            )
-        await self._add_months(conn, months)
+            for event in events:  # in time order: most fall in the period of the one before
+                at = event.occurred_at
+                if period is None or not period.start <= at < period.end:
+                    period = period_at(account.segments, at)
+                months[(account_id, period.start, period.end)] += event.flows_micros
+                account.months[period.start] = account.months.get(period.start, 0) + event.flows_micros
+                consumed[(event.model, account.plan_at(at))] += event.flows_micros
+        upserts += [(a, "month", Window(start, end, flows)) for (a, start, end), flows in months.items()]
+        await conn.execute(
+            f"""INSERT INTO {self.schema}.windows AS w (account_id, kind, started_at, ends_at, flows_micros)
+                SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
+                ON CONFLICT (account_id, kind, started_at) DO UPDATE SET
+                    ends_at = CASE WHEN w.kind = 'month' THEN w.ends_at ELSE EXCLUDED.ends_at END,
+                    flows_micros = CASE WHEN w.kind = 'month' THEN w.flows_micros + EXCLUDED.flows_micros
+                                        ELSE EXCLUDED.flows_micros END""",
+            [a for a, _, _ in upserts],
+            [k for _, k, _ in upserts],
+            [w.start for _, _, w in upserts],
+            [w.end for _, _, w in upserts],
+            [w.flows for _, _, w in upserts],
+        )
 
     async def _load_suffixes(
         self, conn: asyncpg.Connection, since: dict[str, datetime]

@@ -42,11 +42,24 @@ class AccountQuota:
     insider: InsiderHistory = field(default_factory=InsiderHistory)
 
     def copy(self) -> "AccountQuota":
-        """A copy that can change without touching this one (windows are immutable tuples)."""
+        """A copy that can change without touching this one. Windows and segments are immutable
+        tuples; the multiplier and insider histories are shared: whoever changes one replaces it
+        with a changed copy (`with_multiplier`, `with_insider`), so a batch of usage (most of the
+        log) copies neither."""
         return AccountQuota(
             self.created_at, list(self.segments), self.window_5h, self.weekly, dict(self.months),
-            self.multiplier.copy(), self.balance, self.extra_usage, self.payg_key_id, self.insider.copy(),
+            self.multiplier, self.balance, self.extra_usage, self.payg_key_id, self.insider,
         )  # fmt: skip
+
+    def with_multiplier(self, version_id: str, effective_at: datetime, value: Fraction) -> None:
+        changed = self.multiplier.copy()
+        changed.add(version_id, effective_at, value)
+        self.multiplier = changed
+
+    def with_insider(self, event_id: str, effective_at: datetime, insider: bool) -> None:
+        changed = self.insider.copy()
+        changed.add(event_id, effective_at, insider)
+        self.insider = changed
 
     def plan_at(self, when: datetime) -> str:
         segment = self.segments[segment_at(self.segments, when)]

@@ -1,0 +1,94 @@
+"""What one batch costs a projection in statements (issue 14: projections that keep up with ingest),
+and that the work saved changes nothing of what the batch leaves in the tables and in memory."""
+
+import asyncio
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from libs.clock import ManualClock
+from libs.eventlog.runner import Applied, Projection, save_checkpoint
+from proto.v1 import MultiplierChanged
+from proto.v1.events import AnyEvent
+from services.quota.domain.windows import FIVE_HOURS
+from services.quota.projection import QuotaProjection, QuotaState, UnknownAccount
+from tests.component.conftest import Feed
+from tests.component.test_projections import RATE, created, ids, to_pro, usage, windows
+
+
+async def statements(pool: asyncpg.Pool, feed: Feed, *events: AnyEvent) -> list[str]:
+    """Apply one batch as Feed does, and return the statements the projection's apply() sent."""
+    projection: Projection = feed.projection
+    sent: list[str] = []
+    batch = []
+    for event in events:
+        feed.seq += 1
+        batch.append(Applied(feed.seq, event))
+
+    def log(record: asyncpg.connection.LoggedQuery) -> None:
+        sent.append(" ".join(record.query.split()))
+
+    async with pool.acquire() as conn:
+        conn.add_query_logger(log)
+        try:
+            async with conn.transaction():
+                await asyncio.sleep(0)
+                sent.clear()  # BEGIN
+                after = await projection.apply(conn, batch)
+                await asyncio.sleep(0)  # the logger is called soon after each statement
+                applied = list(sent)
+                await save_checkpoint(conn, projection, feed.partition, feed.seq)
+        finally:
+            conn.remove_query_logger(log)
+    if after is not None:
+        after()
+    return applied
+
+
+async def test_quota_writes_on_time_usage_of_any_number_of_accounts_with_two_statements(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    """The usage rows, then every window it changed (5-hour, week, month; aggregated per account and
+    window in memory) in one upsert: the windows already open are known from memory, not read."""
+    state = QuotaState(RATE, clock=clock)
+    feed, accounts = Feed(pool, QuotaProjection(state)), [ids() for _ in range(20)]
+    await feed.apply(*(e for a in accounts for e in (created(a, clock), to_pro(a, clock))))
+    clock.advance(timedelta(minutes=1))
+    await feed.apply(*(usage(a, clock) for a in accounts))  # opens each account's windows
+    clock.advance(timedelta(minutes=1))
+    sent = await statements(pool, feed, *(usage(a, clock, 500_000) for a in accounts for _ in range(3)))
+    assert [s.split(" (")[0] for s in sent] == ["INSERT INTO quota.usage", "INSERT INTO quota.windows AS w"]
+    for account in accounts:
+        assert await windows(pool, account) == [("5h", 2_500_000), ("month", 2_500_000), ("week", 2_500_000)]
+        memory = state.accounts[account]
+        assert memory.window_5h is not None and memory.window_5h.flows == 2_500_000
+        assert memory.weekly is not None and memory.weekly.flows == 2_500_000
+        assert sum(memory.months.values()) == 2_500_000
+
+    # A second 5-hour window, then a late call back in the first: only then are windows read
+    clock.advance(FIVE_HOURS)
+    await feed.apply(usage(accounts[0], clock, 100_000))
+    late = usage(accounts[0], ManualClock(clock.now() - FIVE_HOURS), 1_000_000)
+    sent = await statements(pool, feed, late, usage(accounts[1], clock, 100_000))
+    assert any(s.startswith("SELECT w.account_id") for s in sent)
+    assert await windows(pool, accounts[0]) == [("5h", 3_500_000), ("5h", 100_000), ("month", 3_600_000),
+                                                ("week", 3_600_000)]  # fmt: skip
+    assert await windows(pool, accounts[1]) == [("5h", 2_500_000), ("5h", 100_000), ("month", 2_600_000),
+                                                ("week", 2_600_000)]  # fmt: skip
+
+
+async def test_quota_a_batch_that_fails_leaves_the_multiplier_in_memory_as_it_was(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    """A batch's changes to an account are made on a copy that is kept only once committed: the
+    multiplier history the copy shares with memory is replaced, never changed in place."""
+    state = QuotaState(RATE, clock=clock)
+    feed, account = Feed(pool, QuotaProjection(state)), ids()
+    await feed.apply(created(account, clock))
+    doubled = MultiplierChanged(event_id=ids(), account_id=account, occurred_at=clock.now(), multiplier="2")
+    with pytest.raises(UnknownAccount):
+        await feed.apply(doubled, usage("acc_never_created", clock))
+    assert state.multiplier(state.accounts[account], clock.now()) == 1
+    await feed.apply(doubled)
+    assert state.multiplier(state.accounts[account], clock.now()) == 2
