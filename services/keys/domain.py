@@ -22,8 +22,10 @@ class KeyCommandError(Exception):
         self.code, self.message = code, message
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Key:
+    """One key as the registry keeps it (a million of them at scale: slots)."""
+
     key_id: str
     account_id: str
     name: str

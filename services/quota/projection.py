@@ -6,8 +6,9 @@ the latest 5-hour and weekly window and the monthly totals. Memory changes only 
 the transaction that wrote the same change has committed.
 """
 
+import gc
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -20,7 +21,7 @@ from libs.eventlog.runner import AfterCommit, Applied
 from libs.pricing.catalog import FREE
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
-from libs.pricing.multipliers import multiplier_at
+from libs.pricing.multipliers import multiplier_at, unchanged_multiplier
 from libs.pricing.ratebook import load_rate_book
 from proto.v1 import (
     AccountCreated,
@@ -39,6 +40,16 @@ from services.quota.domain.admission import AccountQuota
 from services.quota.domain.periods import Period, Segment, period_at
 from services.quota.domain.windows import CHAINS, ChainKind, Usage, Window, WindowKind, add_usages, chain
 from services.quota.reservations import Reservations
+
+LOAD_CHUNK = 10_000
+"""Rows fetched at a time when memory is loaded from the tables."""
+
+
+async def chunks(conn: asyncpg.Connection, query: str, *args: object) -> AsyncIterator[list[asyncpg.Record]]:
+    """The rows of a query, LOAD_CHUNK at a time (inside a transaction)."""
+    cursor = await conn.cursor(query, *args)
+    while rows := await cursor.fetch(LOAD_CHUNK):
+        yield rows
 
 
 class UnknownAccount(Exception):
@@ -71,47 +82,80 @@ class QuotaState:
 
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
         """Rebuild memory from the projection (at start, and after a replay swapped its tables).
-        Reservations and rate limits are not in the tables: they stay as they are."""
-        book = await load_rate_book(conn, schema, self.default_usd_per_flow)
+        Reservations and rate limits are not in the tables: they stay as they are.
+
+        Read in one snapshot, a chunk of rows at a time (a million accounts' rows fetched at once
+        would hold twice the memory the state needs), with the cyclic garbage collector paused: the
+        state is millions of objects without cycles, and each collection while they are created
+        would walk all those made before once more."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            if conn.is_in_transaction():
+                self.accounts, self.flow_rate = await self._read(conn, schema)
+            else:
+                async with conn.transaction(readonly=True, isolation="repeatable_read"):
+                    self.accounts, self.flow_rate = await self._read(conn, schema)
+        finally:
+            if collecting:
+                gc.enable()
+
+    async def _read(self, conn: asyncpg.Connection, schema: str) -> tuple[dict[str, AccountQuota], Versioned]:
+        book = await load_rate_book(conn, schema, self.default_usd_per_flow, share_unchanged=True)
         accounts: dict[str, AccountQuota] = {}
-        for row in await conn.fetch(f"SELECT account_id, created_at, extra_usage, payg_key_id FROM {schema}.accounts"):
-            account_id = row["account_id"]
-            accounts[account_id] = AccountQuota(
-                row["created_at"], [], multiplier=book.multipliers[account_id], insider=book.insiders[account_id],
-                extra_usage=row["extra_usage"], payg_key_id=row["payg_key_id"],
-            )  # fmt: skip
-        flow_rate = book.flow_rate
-        for row in await conn.fetch(
-            f"SELECT account_id, sum(amount_micros) AS balance FROM {schema}.ledger GROUP BY account_id"
+        plans: dict[str, str] = {}  # one str per plan name, not one per row
+        multipliers, insiders = book.multipliers, book.insiders
+        async for rows in chunks(
+            conn, f"SELECT account_id, created_at, extra_usage, payg_key_id FROM {schema}.accounts"
         ):
-            accounts[row["account_id"]].balance = int(row["balance"])
-        for row in await conn.fetch(
+            for account_id, created_at, extra_usage, payg_key_id in rows:
+                multiplier, insider = multipliers.pop(account_id), insiders.pop(account_id)
+                accounts[account_id] = AccountQuota(
+                    created_at, [], multiplier=multiplier, insider=insider, extra_usage=extra_usage,
+                    payg_key_id=payg_key_id,
+                )  # fmt: skip
+        async for rows in chunks(conn, f"SELECT account_id, sum(amount_micros) FROM {schema}.ledger GROUP BY 1"):
+            for account_id, balance in rows:
+                accounts[account_id].balance = int(balance)
+        async for rows in chunks(
+            conn,
             f"""SELECT event_id, account_id, effective_at, plan, period_anchor, paid_until FROM {schema}.plan_history
-                ORDER BY account_id, effective_at, event_id"""
+                ORDER BY account_id, effective_at, event_id""",
         ):
-            accounts[row["account_id"]].segments.append(
-                Segment(row["effective_at"], row["plan"], row["period_anchor"], row["event_id"], row["paid_until"])
-            )
+            for event_id, account_id, effective_at, plan, anchor, paid_until in rows:
+                account = accounts[account_id]
+                if effective_at == account.created_at:  # most accounts' first plan: one datetime, not three
+                    effective_at = account.created_at
+                if anchor == effective_at:
+                    anchor = effective_at
+                plan = plans.setdefault(plan, plan)
+                account.segments.append(Segment(effective_at, plan, anchor, event_id, paid_until))
         for account in accounts.values():  # in the order apply() keeps them: changes at one instant by plan
             account.segments.sort()
-        for row in await conn.fetch(
-            f"""SELECT DISTINCT ON (account_id, kind) account_id, kind, started_at, ends_at, flows_micros
+        async for rows in chunks(
+            conn,
+            f"""SELECT DISTINCT ON (account_id, kind) account_id, kind = '5h', started_at, ends_at, flows_micros
                 FROM {schema}.windows WHERE kind IN ('5h', 'week')
-                ORDER BY account_id, kind, started_at DESC"""
+                ORDER BY account_id, kind, started_at DESC""",
         ):
-            window = Window(row["started_at"], row["ends_at"], row["flows_micros"])
-            account = accounts[row["account_id"]]
-            if row["kind"] == "5h":
-                account.window_5h = window
-            else:
-                account.weekly = window
-        for row in await conn.fetch(
+            for account_id, five_hours, started_at, ends_at, flows in rows:
+                if five_hours:
+                    accounts[account_id].window_5h = Window(started_at, ends_at, flows)
+                else:
+                    accounts[account_id].weekly = Window(started_at, ends_at, flows)
+        async for rows in chunks(
+            conn,
             f"""SELECT account_id, started_at, flows_micros FROM {schema}.windows
                 WHERE kind = 'month' AND ends_at > $1""",
             self.clock.now() - timedelta(days=40),
         ):
-            accounts[row["account_id"]].months[row["started_at"]] = row["flows_micros"]
-        self.accounts, self.flow_rate = accounts, flow_rate
+            for account_id, started_at, flows in rows:
+                account = accounts[account_id]
+                for segment in account.segments:  # a first period starts at its anchor: that datetime object
+                    if segment.anchor == started_at:
+                        started_at = segment.anchor
+                account.months[started_at] = flows
+        return accounts, book.flow_rate
 
     def multiplier(self, account: AccountQuota, when: datetime) -> Fraction:
         """The multiplier that prices the account's call made at `when` (libs.pricing.multipliers)."""
@@ -216,7 +260,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
         segment = Segment(event.occurred_at, FREE, event.occurred_at, event.event_id)
         await self._insert_segment(conn, event.account_id, segment)
         pending[event.account_id] = AccountQuota(
-            event.occurred_at, [segment], multiplier=Versioned(parse_fraction(event.multiplier))
+            event.occurred_at, [segment], multiplier=unchanged_multiplier(parse_fraction(event.multiplier))
         )
 
     @handles(BalanceToppedUp)

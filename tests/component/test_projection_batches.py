@@ -1,7 +1,9 @@
 """What one batch costs a projection in statements (issue 14: projections that keep up with ingest),
-and that the work saved changes nothing of what the batch leaves in the tables and in memory."""
+and that the work saved changes nothing of what the batch leaves in the tables and in memory; what
+quota's memory shares between accounts (issue 14: memory at scale)."""
 
 import asyncio
+import gc
 from datetime import timedelta
 
 import asyncpg
@@ -9,7 +11,7 @@ import pytest
 
 from libs.clock import ManualClock
 from libs.eventlog.runner import Applied, Projection, save_checkpoint
-from proto.v1 import MultiplierChanged
+from proto.v1 import InsiderStatusSet, MultiplierChanged
 from proto.v1.events import AnyEvent
 from services.quota.domain.windows import FIVE_HOURS
 from services.quota.projection import QuotaProjection, QuotaState, UnknownAccount
@@ -92,3 +94,31 @@ async def test_quota_a_batch_that_fails_leaves_the_multiplier_in_memory_as_it_wa
     assert state.multiplier(state.accounts[account], clock.now()) == 1
     await feed.apply(doubled)
     assert state.multiplier(state.accounts[account], clock.now()) == 2
+
+
+async def test_quota_load_shares_the_histories_that_never_changed(pool: asyncpg.Pool, clock: ManualClock) -> None:
+    """At scale memory holds a million accounts: those whose multiplier never changed share one history
+    per value, those never marked insiders one insider history; a change after the load gives only that
+    account a history of its own. The garbage collector, paused while loading, runs again after."""
+    live = QuotaState(RATE, clock=clock)
+    feed, plain, other, changed = Feed(pool, QuotaProjection(live)), ids(), ids(), ids()
+    await feed.apply(created(plain, clock), created(other, clock), created(changed, clock))
+    await feed.apply(MultiplierChanged(event_id=ids(), account_id=changed, occurred_at=clock.now(), multiplier="3"))
+    loaded = QuotaState(RATE, clock=clock)
+    async with pool.acquire() as conn:
+        await loaded.load(conn, "quota")
+    assert gc.isenabled()
+    accounts = loaded.accounts
+    assert accounts[plain].multiplier is accounts[other].multiplier is not accounts[changed].multiplier
+    assert accounts[plain].insider is accounts[other].insider is accounts[changed].insider
+    assert [loaded.multiplier(accounts[a], clock.now()) for a in (plain, other, changed)] == [1, 1, 3]
+
+    reloaded = QuotaProjection(loaded)
+    again = Feed(pool, reloaded)
+    again.seq = feed.seq
+    await again.apply(
+        MultiplierChanged(event_id=ids(), account_id=plain, occurred_at=clock.now(), multiplier="2"),
+        InsiderStatusSet(event_id=ids(), account_id=plain, occurred_at=clock.now(), insider=True),
+    )
+    assert [loaded.multiplier(accounts[a], clock.now()) for a in (plain, other, changed)] == [2, 1, 3]
+    assert [accounts[a].insider.at(clock.now()) for a in (plain, other)] == [True, False]

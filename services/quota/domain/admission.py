@@ -16,16 +16,17 @@ from typing import NamedTuple
 from libs.pricing.catalog import FREE, Model, Plan
 from libs.pricing.flows import Versioned
 from libs.pricing.money import round_half_up
-from libs.pricing.multipliers import InsiderHistory
+from libs.pricing.multipliers import NEVER_INSIDER, InsiderHistory, unchanged_multiplier
 from proto.v1.events import BillingMode
 from services.quota.domain.periods import Period, Segment, period_at, segment_at
 from services.quota.domain.ratelimit import RateDecision, gcra
 from services.quota.domain.windows import Window, current
 
 
-@dataclass
+@dataclass(slots=True)
 class AccountQuota:
-    """What admission needs to know of one account, kept in memory."""
+    """What admission needs to know of one account, kept in memory (a million of them at scale:
+    slots, and the shared histories of unchanged multipliers and insider marks)."""
 
     created_at: datetime
     segments: list[Segment]
@@ -33,13 +34,13 @@ class AccountQuota:
     weekly: Window | None = None
     months: dict[datetime, int] = field(default_factory=dict)
     """Flows per monthly period, by the period's start."""
-    multiplier: Versioned = field(default_factory=lambda: Versioned(Fraction(1)))
+    multiplier: Versioned = field(default_factory=lambda: unchanged_multiplier(Fraction(1)))
     """The operator's explicit multiplier over time (1: none set)."""
     balance: int = 0
     """The PAYG balance in micro-USD: the sum of the account's ledger."""
     extra_usage: bool = False
     payg_key_id: str | None = None
-    insider: InsiderHistory = field(default_factory=InsiderHistory)
+    insider: InsiderHistory = field(default_factory=lambda: NEVER_INSIDER)
 
     def copy(self) -> "AccountQuota":
         """A copy that can change without touching this one. Windows and segments are immutable
