@@ -29,6 +29,8 @@ import nats
 from nats.js import api
 
 from bench import gateway as bench_gateway
+from bench import memory as bench_memory
+from bench import projections as bench_projections
 from bench import replay as bench_replay
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings, load_settings, settings_environ
@@ -338,6 +340,10 @@ async def main(args: argparse.Namespace) -> None:
         if args.part in ("gateway", "all"):
             servers = {"nats-server": [nats_server.process.pid], "postgres": postgres_pids(postgres.data_dir)}
             await bench_gateway.run(args, work, settings, servers)
+        if args.part == "projections":
+            await bench_projections.run(args, work, settings)
+        if args.part == "memory":
+            await bench_memory.run(args, settings.database_url)
         if args.part == "replay":
             await bench_replay.run(
                 args.replay_events, args.accounts, work, settings,
@@ -481,8 +487,11 @@ if __name__ == "__main__":
     parser.add_argument("--paced-rate", type=int, default=15000)
     parser.add_argument("--check-rate", type=int, default=2000)
     parser.add_argument("--check-seconds", type=float, default=5.0)
-    parser.add_argument("--part", choices=("core", "gateway", "replay", "all"), default="all",
-                        help="all = core and gateway; replay (minutes long) only when asked for")  # fmt: skip
+    parser.add_argument("--part", choices=("core", "gateway", "replay", "projections", "memory", "all"),
+                        default="all", help="all = core and gateway; replay, projections and memory (minutes "
+                        "long) only when asked for")  # fmt: skip
     parser.add_argument("--replay-events", type=int, default=1_000_000)
     bench_gateway.add_arguments(parser)
+    bench_projections.add_arguments(parser)
+    bench_memory.add_arguments(parser)
     asyncio.run(main(parser.parse_args()))

@@ -31,13 +31,17 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import msgspec
+import nats
 
-from libs.db import create_pool
+from libs.db import create_pool, ensure_database, migrate_async
 from libs.eventlog.runner import AfterCommit, Applied, Projection, save_checkpoint
 from libs.pricing.catalog import load_catalog
 from libs.pricing.flows import price_call
+from libs.settings import Settings, settings_environ
+from libs.setup import migration_dirs
 from proto.v1 import AccountCreated, KeyCreated, PlanChanged, UsageRecorded, decode_event, encode
 from proto.v1.events import Event
 from services.billing.projection import BillingProjection
@@ -45,6 +49,7 @@ from services.keys.projection import KeysProjection
 from services.keys.registry import KeyRegistry
 from services.quota.projection import QuotaProjection, QuotaState
 from services.refund.projection import RefundProjection
+from tests.stack import ServiceProcess
 
 MODELS = ("deepseek/deepseek-chat", "openai/gpt-5-mini", "anthropic/claude-sonnet-4.5", "qwen/qwen3-coder")
 
@@ -204,50 +209,157 @@ async def apply_rates(
 
 def report_apply(events: int, batch: int, floor: float, rates: dict[str, tuple[float, float]]) -> None:
     print(f"\nprojection apply, {events:,} usage events in batches of {batch:,}, one projection at a time:")
-    print(f"  {'bare asyncpg batched insert':<28} {floor:>9,.0f} events/s")
+    print(f"  {'bare asyncpg batched insert':<28} {floor:>9,.0f} events/s  (same run, same Postgres)")
     for name, (eps, python) in rates.items():
         print(f"  {name + ' apply':<28} {eps:>9,.0f} events/s  {eps / floor:>4.0%} of bare insert"
               f"  (Python {python:.0%} of the wall time; target >= 50%)")  # fmt: skip
 
 
-async def run(args: argparse.Namespace, work: Path, database_url: str) -> None:
+LIVE = ("quota", "keys", "billing", "refund")
+"""The projections that read every usage event, each in its own service."""
+
+
+async def create_accounts(base: str, token: str, n: int) -> list[tuple[str, str]]:
+    """(account id, key id) of n new accounts, through the admin API."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+
+        async def one(i: int) -> tuple[str, str]:
+            async with session.post(f"{base}/admin/v1/accounts", json={"name": f"bench-{i}"}) as r:
+                body = await r.json()
+                return str(body["account_id"]), str(body["key_id"])
+
+        made: list[tuple[str, str]] = []
+        for start in range(0, n, 50):
+            made += await asyncio.gather(*(one(i) for i in range(start, min(n, start + 50))))
+        return made
+
+
+async def follow(
+    base: str, settings: Settings, accounts: list[tuple[str, str]], n: int, batch: int, rate: float | None
+) -> dict[str, dict[str, float]]:
+    """Ingest n events (4 clients flat out, or paced at `rate` events/s) and follow each projection until
+    it applied them all: its events/s (n / seconds from the first post until applied) and its lag
+    (from the time the stream held an event to the time the projection's checkpoints passed it)."""
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    pg = await asyncpg.connect(settings.database_url)
+    start_seq = (await js.stream_info(settings.stream)).state.last_seq
+    stream: list[tuple[float, int]] = []
+    applied: dict[str, list[tuple[float, int]]] = {name: [] for name in LIVE}
+    finished: dict[str, float] = {}
+    now = datetime.now(UTC).isoformat()
+    bodies = [
+        msgspec.json.encode({"events": [
+            {"event_id": uuid.uuid4().hex, "account_id": account, "key_id": key, "model": MODELS[i % len(MODELS)],
+             "input_tokens": 1000 + i, "output_tokens": 200, "billing_mode": "subscription", "occurred_at": now}
+            for i in range(batch)
+            for account, key in [accounts[(b * batch + i) % len(accounts)]]
+        ]})
+        for b in range(n // batch)
+    ]  # fmt: skip
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            stream.append((time.perf_counter(), (await js.stream_info(settings.stream)).state.last_seq))
+            for name in LIVE:
+                if name in finished:
+                    continue
+                seq = await pg.fetchval(f"SELECT min(last_seq) FROM {name}.checkpoints WHERE projection = $1", name)
+                applied[name].append((time.perf_counter(), int(seq or 0)))
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.create_task(sample())
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {settings.ingest_token}"}) as session:
+
+        async def post(body: bytes) -> None:
+            async with session.post(f"{base}/v1/usage", data=body) as r:
+                assert r.status == 202, await r.text()
+
+        if rate is None:
+            queue = list(reversed(bodies))
+
+            async def client() -> None:
+                while queue:
+                    await post(queue.pop())
+
+            await asyncio.gather(*(client() for _ in range(4)))
+        else:
+            sent = []
+            for i, body in enumerate(bodies):
+                delay = started + i * batch / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent.append(asyncio.create_task(post(body)))
+            await asyncio.gather(*sent)
+    ingest_s = time.perf_counter() - started
+    end_seq = (await js.stream_info(settings.stream)).state.last_seq
+    while len(finished) < len(LIVE):
+        consumers = await js.consumers_info(settings.stream)
+        for name in LIVE:
+            mine = [c for c in consumers if c.name.startswith(f"{name}-p")]
+            if name not in finished and mine and all(c.num_pending + c.num_ack_pending == 0 for c in mine):
+                finished[name] = time.perf_counter() - started
+        await asyncio.sleep(0.02)
+    done.set()
+    await sampler
+    await pg.close()
+    await nc.close()
+    result = {"ingest": {"eps": n / ingest_s}}
+    for name in LIVE:
+        lags = []
+        for t_stored, seq in stream:
+            if start_seq < seq <= end_seq:
+                t_applied = next((t for t, at in applied[name] if at >= seq and t >= t_stored), None)
+                if t_applied is not None:
+                    lags.append(t_applied - t_stored)
+        result[name] = {"eps": n / finished[name], "p50": pct(lags, 0.5), "p99": pct(lags, 0.99)}
+    return result
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def live(args: argparse.Namespace, work: Path, settings: Settings, floor: float) -> None:
+    """The four services following ingest through ingress, with everything on this machine's cores."""
+    env = {**settings_environ(settings), "FLOWPLAN_LOG_LEVEL": "WARNING"}
+    services = [ServiceProcess(name, env, getattr(settings, f"{name}_port"), work) for name in ("ingress", *LIVE)]
+    try:
+        for service in services:
+            service.start()
+        base = f"http://127.0.0.1:{settings.ingress_port}"
+        accounts = await create_accounts(base, settings.admin_token, args.accounts)
+        flat = await follow(base, settings, accounts, args.events, args.batch, None)
+        paced = await follow(base, settings, accounts, args.events // 2, args.batch // 4, args.paced_rate)
+    finally:
+        for service in services:
+            service.stop()
+    print(f"\nlive projections (ingress, {', '.join(LIVE)}, nats-server and Postgres on the same cores):")
+    for label, run_ in (
+        (f"flat out, ingest {flat['ingest']['eps']:,.0f} events/s", flat),
+        (f"paced at {args.paced_rate:,}/s, ingest {paced['ingest']['eps']:,.0f} events/s", paced),
+    ):
+        print(f"  {label}:")
+        for name in LIVE:
+            r = run_[name]
+            print(f"    {name:<8} {r['eps']:>8,.0f} events/s ({r['eps'] / floor:>4.0%} of bare insert)"
+                  f"  lag p50 {r['p50'] * 1000:>6,.0f} ms, p99 {r['p99'] * 1000:>6,.0f} ms")  # fmt: skip
+    print("  targets: paced lag p99 < 1 s; flat out >= 50% of the bare insert")
+
+
+async def run(args: argparse.Namespace, work: Path, settings: Settings) -> None:
     print(f"\nprojections bench: {os.cpu_count()} cores (shared: other processes may run meanwhile)")
-    floor, rates, profiled = await apply_rates(database_url, args.events, args.accounts, args.batch, args.profile)
+    apply_url = f"{settings.database_url.rsplit('/', 1)[0]}/flowplan_bench_apply"  # not the live services' one
+    ensure_database(apply_url)
+    for folder in migration_dirs():
+        await migrate_async(apply_url, folder)
+    floor, rates, profiled = await apply_rates(apply_url, args.events, args.accounts, args.batch, args.profile)
     report_apply(args.events, args.batch, floor, rates)
     if profiled:
         print("\ncProfile of quota's apply (by own time):")
         print(profiled)
-
-
-def main() -> None:
-    """`python -m bench.projections`: this part alone, on a Postgres of its own."""
-    import tempfile
-
-    from libs.db import migrate_async
-    from libs.localservers import LocalPostgres
-    from libs.setup import migration_dirs
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--accounts", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=1000)
-    add_arguments(parser)
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="flowplan-bench-"))
-    os.chmod(work, 0o755)
-    postgres = LocalPostgres(work / "postgres", durable=True)
-    postgres.start()
-
-    async def go() -> None:
-        for folder in migration_dirs():
-            await migrate_async(postgres.url, folder)
-        await run(args, work, postgres.url)
-
-    try:
-        asyncio.run(go())
-    finally:
-        postgres.stop()
-
-
-if __name__ == "__main__":
-    main()
+    if args.live:
+        await live(args, work, settings, floor)

@@ -11,8 +11,10 @@ import pytest
 
 from libs.clock import ManualClock
 from libs.eventlog.runner import Applied, Projection, save_checkpoint
-from proto.v1 import InsiderStatusSet, MultiplierChanged
+from proto.v1 import InsiderStatusSet, KeyCreated, MultiplierChanged
 from proto.v1.events import AnyEvent
+from services.keys.projection import KeysProjection
+from services.keys.registry import KeyRegistry
 from services.quota.domain.windows import FIVE_HOURS
 from services.quota.projection import QuotaProjection, QuotaState, UnknownAccount
 from tests.component.conftest import Feed
@@ -122,3 +124,24 @@ async def test_quota_load_shares_the_histories_that_never_changed(pool: asyncpg.
     )
     assert [loaded.multiplier(accounts[a], clock.now()) for a in (plain, other, changed)] == [2, 1, 3]
     assert [accounts[a].insider.at(clock.now()) for a in (plain, other)] == [True, False]
+
+
+async def test_keys_load_keeps_one_str_per_name_kind_and_prefix(pool: asyncpg.Pool, clock: ManualClock) -> None:
+    """At scale the registry holds a million keys: slotted, and the few names, kinds and prefixes of
+    the keys one str object each, not one per key as the rows bring them."""
+    account = ids()
+    keys = [
+        KeyCreated(event_id=ids(), account_id=account, occurred_at=clock.now(), key_id=ids(), name="default",
+                   kind="subscription", prefix="sk-ss-v1-", last4="abcd", key_hash=ids() * 5)
+        for _ in range(3)
+    ]  # fmt: skip
+    await Feed(pool, KeysProjection(KeyRegistry())).apply(*keys)
+    registry = KeyRegistry()
+    async with pool.acquire() as conn:
+        await registry.load(conn, "keys")
+    assert gc.isenabled()
+    loaded = [registry.by_id[k.key_id] for k in keys]
+    assert [k.key_hash for k in loaded] == [k.key_hash for k in keys]
+    assert loaded[0].name is loaded[1].name is loaded[2].name
+    assert loaded[0].kind is loaded[1].kind and loaded[0].prefix is loaded[2].prefix
+    assert not hasattr(loaded[0], "__dict__")
