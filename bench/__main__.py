@@ -341,7 +341,8 @@ async def main(args: argparse.Namespace) -> None:
             servers = {"nats-server": [nats_server.process.pid], "postgres": postgres_pids(postgres.data_dir)}
             await bench_gateway.run(args, work, settings, servers)
         if args.part == "projections":
-            await bench_projections.run(args, work, settings)
+            await bench_projections.run(args, work, settings, lambda: {
+                "nats-server": [nats_server.process.pid], "postgres": postgres_pids(postgres.data_dir)})  # fmt: skip
         if args.part == "memory":
             await bench_memory.run(args, settings.database_url)
         if args.part == "replay":

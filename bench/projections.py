@@ -184,17 +184,18 @@ async def apply_rates(
             driver = Driver(pool, make())
             for i in range(0, len(setup), 1000):
                 await driver.apply(setup[i : i + 1000])
-            profiler = cProfile.Profile() if profile and name == "quota" else None
             cpu, started = time.process_time(), time.perf_counter()
-            if profiler:
-                profiler.enable()
             for wire in batches:
                 await driver.apply(wire)
-            if profiler:
-                profiler.disable()
             wall = time.perf_counter() - started
             rates[name] = (events / wall, (time.process_time() - cpu) / wall)
-            if profiler:
+            if profile and name == "quota":  # a pass of its own: the profiler slows what it watches
+                again = [encode(msgspec.structs.replace(decode_event(b), event_id=uuid.uuid4().hex)) for b in usage]
+                profiler = cProfile.Profile()
+                profiler.enable()
+                for i in range(0, len(again), batch):
+                    await driver.apply(again[i : i + batch])
+                profiler.disable()
                 out = io.StringIO()
                 pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
                 if os.environ.get("BENCH_PROFILE_CALLERS"):
@@ -323,8 +324,12 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def live(args: argparse.Namespace, work: Path, settings: Settings, floor: float) -> None:
+async def live(
+    args: argparse.Namespace, work: Path, settings: Settings, floor: float, servers: Callable[[], dict[str, list[int]]]
+) -> None:
     """The four services following ingest through ingress, with everything on this machine's cores."""
+    from bench.__main__ import cpu_seconds
+
     env = {**settings_environ(settings), "FLOWPLAN_LOG_LEVEL": "WARNING"}
     services = [ServiceProcess(name, env, getattr(settings, f"{name}_port"), work) for name in ("ingress", *LIVE)]
     try:
@@ -332,11 +337,15 @@ async def live(args: argparse.Namespace, work: Path, settings: Settings, floor: 
             service.start()
         base = f"http://127.0.0.1:{settings.ingress_port}"
         accounts = await create_accounts(base, settings.admin_token, args.accounts)
+        groups = {s.name: [s.process.pid] for s in services if s.process} | servers() | {"bench": [os.getpid()]}
+        before, wall = cpu_seconds(groups), time.perf_counter()
         flat = await follow(base, settings, accounts, args.events, args.batch, None)
+        after, wall = cpu_seconds(groups), time.perf_counter() - wall
         paced = await follow(base, settings, accounts, args.events // 2, args.batch // 4, args.paced_rate)
     finally:
         for service in services:
             service.stop()
+    cpu = {name: (after[name] - before[name]) / wall for name in groups}
     print(f"\nlive projections (ingress, {', '.join(LIVE)}, nats-server and Postgres on the same cores):")
     for label, run_ in (
         (f"flat out, ingest {flat['ingest']['eps']:,.0f} events/s", flat),
@@ -348,9 +357,15 @@ async def live(args: argparse.Namespace, work: Path, settings: Settings, floor: 
             print(f"    {name:<8} {r['eps']:>8,.0f} events/s ({r['eps'] / floor:>4.0%} of bare insert)"
                   f"  lag p50 {r['p50'] * 1000:>6,.0f} ms, p99 {r['p99'] * 1000:>6,.0f} ms")  # fmt: skip
     print("  targets: paced lag p99 < 1 s; flat out >= 50% of the bare insert")
+    print(f"  cores used flat out (of {os.cpu_count()}): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    per_event = {name: (after[name] - before[name]) / args.events * 1e6 for name in (*LIVE, "ingress")}
+    print("  CPU per event flat out: " + ", ".join(f"{k} {v:.0f} µs" for k, v in per_event.items()))
 
 
-async def run(args: argparse.Namespace, work: Path, settings: Settings) -> None:
+async def run(
+    args: argparse.Namespace, work: Path, settings: Settings, servers: Callable[[], dict[str, list[int]]]
+) -> None:
+    """`servers`: the pids of nats-server and Postgres by name, as the core part counts their CPU."""
     print(f"\nprojections bench: {os.cpu_count()} cores (shared: other processes may run meanwhile)")
     apply_url = f"{settings.database_url.rsplit('/', 1)[0]}/flowplan_bench_apply"  # not the live services' one
     ensure_database(apply_url)
@@ -362,4 +377,4 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings) -> None:
         print("\ncProfile of quota's apply (by own time):")
         print(profiled)
     if args.live:
-        await live(args, work, settings, floor)
+        await live(args, work, settings, floor, servers)
