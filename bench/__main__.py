@@ -30,6 +30,8 @@ import nats
 from nats.js import api
 
 from bench import gateway as bench_gateway
+from bench import memory as bench_memory
+from bench import projections as bench_projections
 from bench import replay as bench_replay
 from bench import scale as bench_scale
 from bench.gateway import postgres_pids
@@ -346,6 +348,10 @@ async def main(args: argparse.Namespace) -> None:
             await bench_gateway.run(args, work, settings, servers)
         if args.part == "scale":
             await bench_scale.run(args, work, settings, servers)
+        if args.part == "projections":
+            await bench_projections.run(args, work, settings, servers)
+        if args.part == "memory":
+            await bench_memory.run(args, settings.database_url)
         if args.part == "replay":
             await bench_replay.run(args.replay_events, args.accounts, work, settings, servers, cpu_seconds)
     finally:
@@ -467,10 +473,13 @@ if __name__ == "__main__":
     parser.add_argument("--paced-rate", type=int, default=15000)
     parser.add_argument("--check-rates", default="2000,5000", help="paced quota.check rates, comma-separated")
     parser.add_argument("--check-seconds", type=float, default=5.0)
-    parser.add_argument("--part", choices=("core", "quota", "gateway", "replay", "scale", "all"), default="all",
-                        help="all = core and gateway; quota = core's quota.check rows only; "
-                             "replay (minutes long) and scale only when asked for")  # fmt: skip
+    parser.add_argument("--part", choices=("core", "quota", "gateway", "replay", "scale", "projections", "memory",
+                                           "all"), default="all",
+                        help="all = core and gateway; quota = core's quota.check rows only; replay, scale, "
+                             "projections and memory (minutes long) only when asked for")  # fmt: skip
     parser.add_argument("--replay-events", type=int, default=1_000_000)
     bench_gateway.add_arguments(parser)
     bench_scale.add_arguments(parser)
+    bench_projections.add_arguments(parser)
+    bench_memory.add_arguments(parser)
     asyncio.run(main(parser.parse_args()))

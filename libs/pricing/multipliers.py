@@ -41,6 +41,36 @@ class InsiderHistory:
         return self._versions.at(when) == 1
 
 
+class _SharedMultiplier(Versioned):
+    """The multiplier history of every account whose multiplier never changed, one per value: shared
+    (a million accounts at scale, some 600 bytes each otherwise), so it cannot change in place: its
+    owner replaces it with a changed copy (quota's AccountQuota.with_multiplier)."""
+
+    def add(self, version_id: str, effective_at: datetime, value: Fraction) -> None:
+        raise TypeError("a shared multiplier history never changes: replace it with a changed copy")
+
+
+class _SharedInsider(InsiderHistory):
+    """The insider history of every account never marked: shared, see _SharedMultiplier."""
+
+    def add(self, event_id: str, effective_at: datetime, insider: bool) -> None:
+        raise TypeError("a shared insider history never changes: replace it with a changed copy")
+
+
+NEVER_INSIDER: InsiderHistory = _SharedInsider()
+_SHARED_MULTIPLIERS: dict[tuple[int, int], Versioned] = {}
+"""By numerator and denominator (a Fraction's own hash costs a modular inverse)."""
+
+
+def unchanged_multiplier(value: Fraction) -> Versioned:
+    """The shared history of a multiplier that never changed from `value`."""
+    key = (value.numerator, value.denominator)
+    shared = _SHARED_MULTIPLIERS.get(key)
+    if shared is None:
+        shared = _SHARED_MULTIPLIERS[key] = _SharedMultiplier(value)
+    return shared
+
+
 def multiplier_at(
     explicit: Versioned, insider: InsiderHistory, insider_multiplier: Fraction, when: datetime
 ) -> Fraction:

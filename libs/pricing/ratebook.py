@@ -3,14 +3,16 @@ and insider history, and the Flow rate's history. Quota (for the gateway) and in
 usage) keep the same four tables (accounts, multipliers, insider, flow_rates) in their own schemas,
 and load them into memory with this one loader, so that both price a call from the same book."""
 
+from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from fractions import Fraction
 
 import asyncpg
 
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
-from libs.pricing.multipliers import InsiderHistory
+from libs.pricing.multipliers import NEVER_INSIDER, InsiderHistory, unchanged_multiplier
 
 
 @dataclass
@@ -22,15 +24,34 @@ class RateBook:
     """By account (every account has one, empty when never marked)."""
 
 
-async def load_rate_book(conn: asyncpg.Connection, schema: str, default_usd_per_flow: Fraction) -> RateBook:
+async def load_rate_book(
+    conn: asyncpg.Connection, schema: str, default_usd_per_flow: Fraction, *, share_unchanged: bool = False
+) -> RateBook:
+    """With share_unchanged, an account whose multiplier never changed gets the shared history of its
+    value, and one never marked the shared insider history (libs/pricing/multipliers.py): for an owner
+    that replaces a history to change it rather than adding to it in place (quota's memory, a million
+    accounts at scale)."""
     book = RateBook(Versioned(default_usd_per_flow))
-    for row in await conn.fetch(f"SELECT account_id, multiplier FROM {schema}.accounts"):
-        book.multipliers[row["account_id"]] = Versioned(parse_fraction(row["multiplier"]))
-        book.insiders[row["account_id"]] = InsiderHistory()
+    changes: dict[str, list[tuple[str, datetime, Fraction]]] = defaultdict(list)
     for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers"):
-        book.multipliers[row["account_id"]].add(row["event_id"], row["effective_at"], parse_fraction(row["multiplier"]))
+        changes[row["account_id"]].append((row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])))
+    marks: dict[str, list[tuple[str, datetime, bool]]] = defaultdict(list)
     for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, insider FROM {schema}.insider"):
-        book.insiders[row["account_id"]].add(row["event_id"], row["effective_at"], row["insider"])
+        marks[row["account_id"]].append((row["event_id"], row["effective_at"], row["insider"]))
+    for account_id, initial in await conn.fetch(f"SELECT account_id, multiplier FROM {schema}.accounts"):
+        value = parse_fraction(initial)
+        if share_unchanged and account_id not in changes:
+            book.multipliers[account_id] = unchanged_multiplier(value)
+        else:
+            multiplier = book.multipliers[account_id] = Versioned(value)
+            for change in changes.get(account_id, ()):
+                multiplier.add(*change)
+        if share_unchanged and account_id not in marks:
+            book.insiders[account_id] = NEVER_INSIDER
+        else:
+            insider = book.insiders[account_id] = InsiderHistory()
+            for mark in marks.get(account_id, ()):
+                insider.add(*mark)
     for row in await conn.fetch(f"SELECT event_id, effective_at, usd_per_flow FROM {schema}.flow_rates"):
         book.flow_rate.add(row["event_id"], row["effective_at"], parse_fraction(row["usd_per_flow"]))
     return book

@@ -17,8 +17,10 @@ MAX_ACTIVE_KEYS = 100
 """Per account: bounds the registry, every key list and the hashes a suspension broadcasts."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Key:
+    """One key as the registry keeps it (a million of them at scale: slots)."""
+
     key_id: str
     account_id: str
     name: str

@@ -1,12 +1,16 @@
 """Every key in memory, by id and by the hash of its current secret, and which accounts are
 suspended: key.lookup reads here."""
 
+import dataclasses
+import gc
 from datetime import datetime
+from typing import cast
 
 import asyncpg
 import msgspec
 
 from proto.v1 import KeyView
+from proto.v1.events import KeyKind
 from services.keys.domain import Access, AccessEvent, Key, KeyEvent, evolve, evolve_access
 
 
@@ -49,7 +53,7 @@ class KeyRegistry:
     def used(self, key_id: str, account_id: str, at: datetime) -> None:
         key = self.by_id.get(key_id)
         if key is not None and key.account_id == account_id and (key.last_used_at is None or at > key.last_used_at):
-            updated = Key(**{**key.__dict__, "last_used_at": at})
+            updated = dataclasses.replace(key, last_used_at=at)
             self.by_id[key_id] = updated
             if key.key_hash in self.by_hash:
                 self.by_hash[key.key_hash] = updated
@@ -60,15 +64,38 @@ class KeyRegistry:
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
         """Memory from the projection's tables (at start, and after a replay swapped them). A key or an
         account that memory knows in a later state is kept as memory has it: the responder applies its
-        own events at once, before the projection gets to them (a revocation must not come undone)."""
+        own events at once, before the projection gets to them (a revocation must not come undone).
+
+        Read a chunk of rows at a time in one snapshot, with the cyclic garbage collector paused (a
+        million keys: see QuotaState.load), and one str object for each of the few names, kinds and
+        prefixes rather than one per key."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            if conn.is_in_transaction():
+                await self._load(conn, schema)
+            else:
+                async with conn.transaction(readonly=True, isolation="repeatable_read"):
+                    await self._load(conn, schema)
+        finally:
+            if collecting:
+                gc.enable()
+
+    async def _load(self, conn: asyncpg.Connection, schema: str) -> None:
         by_id: dict[str, Key] = {}
-        for row in await conn.fetch(
+        common: dict[str, str] = {}
+        async for row in conn.cursor(
             f"""SELECT key_id, account_id, name, kind, prefix, last4, key_hash, created_at, rotated_at,
-                       revoked_at, last_used_at, applied_events FROM {schema}.keys"""
+                       revoked_at, last_used_at, applied_events FROM {schema}.keys""",
+            prefetch=10_000,
         ):
-            fields = dict(row)
-            fields["applied"] = frozenset(fields.pop("applied_events"))
-            by_id[row["key_id"]] = Key(**fields)
+            name, kind, prefix = (common.setdefault(row[f], row[f]) for f in ("name", "kind", "prefix"))
+            kind = cast(KeyKind, kind)
+            by_id[row["key_id"]] = Key(
+                row["key_id"], row["account_id"], name, kind, prefix, row["last4"], row["key_hash"],
+                row["created_at"], row["rotated_at"], row["revoked_at"], row["last_used_at"],
+                frozenset(row["applied_events"]),
+            )  # fmt: skip
         for key_id, known in self.by_id.items():
             loaded = by_id.get(key_id)
             if loaded is None or not known.applied <= loaded.applied:

@@ -6,8 +6,9 @@ the latest 5-hour and weekly window and the monthly totals. Memory changes only 
 the transaction that wrote the same change has committed.
 """
 
+import gc
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
@@ -20,7 +21,7 @@ from libs.eventlog.runner import AfterCommit, Applied
 from libs.pricing.catalog import FREE
 from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
-from libs.pricing.multipliers import multiplier_at
+from libs.pricing.multipliers import multiplier_at, unchanged_multiplier
 from libs.pricing.ratebook import load_rate_book
 from proto.v1 import (
     AccountCreated,
@@ -37,8 +38,18 @@ from proto.v1 import (
 from services.quota import metrics
 from services.quota.domain.admission import AccountQuota
 from services.quota.domain.periods import Period, Segment, period_at
-from services.quota.domain.windows import CHAINS, ChainKind, Usage, Window, add_usages, chain
+from services.quota.domain.windows import CHAINS, ChainKind, Usage, Window, WindowKind, add_usages, chain
 from services.quota.reservations import Reservations
+
+LOAD_CHUNK = 10_000
+"""Rows fetched at a time when memory is loaded from the tables."""
+
+
+async def chunks(conn: asyncpg.Connection, query: str, *args: object) -> AsyncIterator[list[asyncpg.Record]]:
+    """The rows of a query, LOAD_CHUNK at a time (inside a transaction)."""
+    cursor = await conn.cursor(query, *args)
+    while rows := await cursor.fetch(LOAD_CHUNK):
+        yield rows
 
 
 class UnknownAccount(Exception):
@@ -71,47 +82,80 @@ class QuotaState:
 
     async def load(self, conn: asyncpg.Connection, schema: str) -> None:
         """Rebuild memory from the projection (at start, and after a replay swapped its tables).
-        Reservations and rate limits are not in the tables: they stay as they are."""
-        book = await load_rate_book(conn, schema, self.default_usd_per_flow)
+        Reservations and rate limits are not in the tables: they stay as they are.
+
+        Read in one snapshot, a chunk of rows at a time (a million accounts' rows fetched at once
+        would hold twice the memory the state needs), with the cyclic garbage collector paused: the
+        state is millions of objects without cycles, and each collection while they are created
+        would walk all those made before once more."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            if conn.is_in_transaction():
+                self.accounts, self.flow_rate = await self._read(conn, schema)
+            else:
+                async with conn.transaction(readonly=True, isolation="repeatable_read"):
+                    self.accounts, self.flow_rate = await self._read(conn, schema)
+        finally:
+            if collecting:
+                gc.enable()
+
+    async def _read(self, conn: asyncpg.Connection, schema: str) -> tuple[dict[str, AccountQuota], Versioned]:
+        book = await load_rate_book(conn, schema, self.default_usd_per_flow, share_unchanged=True)
         accounts: dict[str, AccountQuota] = {}
-        for row in await conn.fetch(f"SELECT account_id, created_at, extra_usage, payg_key_id FROM {schema}.accounts"):
-            account_id = row["account_id"]
-            accounts[account_id] = AccountQuota(
-                row["created_at"], [], multiplier=book.multipliers[account_id], insider=book.insiders[account_id],
-                extra_usage=row["extra_usage"], payg_key_id=row["payg_key_id"],
-            )  # fmt: skip
-        flow_rate = book.flow_rate
-        for row in await conn.fetch(
-            f"SELECT account_id, sum(amount_micros) AS balance FROM {schema}.ledger GROUP BY account_id"
+        plans: dict[str, str] = {}  # one str per plan name, not one per row
+        multipliers, insiders = book.multipliers, book.insiders
+        async for rows in chunks(
+            conn, f"SELECT account_id, created_at, extra_usage, payg_key_id FROM {schema}.accounts"
         ):
-            accounts[row["account_id"]].balance = int(row["balance"])
-        for row in await conn.fetch(
+            for account_id, created_at, extra_usage, payg_key_id in rows:
+                multiplier, insider = multipliers.pop(account_id), insiders.pop(account_id)
+                accounts[account_id] = AccountQuota(
+                    created_at, [], multiplier=multiplier, insider=insider, extra_usage=extra_usage,
+                    payg_key_id=payg_key_id,
+                )  # fmt: skip
+        async for rows in chunks(conn, f"SELECT account_id, sum(amount_micros) FROM {schema}.ledger GROUP BY 1"):
+            for account_id, balance in rows:
+                accounts[account_id].balance = int(balance)
+        async for rows in chunks(
+            conn,
             f"""SELECT event_id, account_id, effective_at, plan, period_anchor, paid_until FROM {schema}.plan_history
-                ORDER BY account_id, effective_at, event_id"""
+                ORDER BY account_id, effective_at, event_id""",
         ):
-            accounts[row["account_id"]].segments.append(
-                Segment(row["effective_at"], row["plan"], row["period_anchor"], row["event_id"], row["paid_until"])
-            )
+            for event_id, account_id, effective_at, plan, anchor, paid_until in rows:
+                account = accounts[account_id]
+                if effective_at == account.created_at:  # most accounts' first plan: one datetime, not three
+                    effective_at = account.created_at
+                if anchor == effective_at:
+                    anchor = effective_at
+                plan = plans.setdefault(plan, plan)
+                account.segments.append(Segment(effective_at, plan, anchor, event_id, paid_until))
         for account in accounts.values():  # in the order apply() keeps them: changes at one instant by plan
             account.segments.sort()
-        for row in await conn.fetch(
-            f"""SELECT DISTINCT ON (account_id, kind) account_id, kind, started_at, ends_at, flows_micros
+        async for rows in chunks(
+            conn,
+            f"""SELECT DISTINCT ON (account_id, kind) account_id, kind = '5h', started_at, ends_at, flows_micros
                 FROM {schema}.windows WHERE kind IN ('5h', 'week')
-                ORDER BY account_id, kind, started_at DESC"""
+                ORDER BY account_id, kind, started_at DESC""",
         ):
-            window = Window(row["started_at"], row["ends_at"], row["flows_micros"])
-            account = accounts[row["account_id"]]
-            if row["kind"] == "5h":
-                account.window_5h = window
-            else:
-                account.weekly = window
-        for row in await conn.fetch(
+            for account_id, five_hours, started_at, ends_at, flows in rows:
+                if five_hours:
+                    accounts[account_id].window_5h = Window(started_at, ends_at, flows)
+                else:
+                    accounts[account_id].weekly = Window(started_at, ends_at, flows)
+        async for rows in chunks(
+            conn,
             f"""SELECT account_id, started_at, flows_micros FROM {schema}.windows
                 WHERE kind = 'month' AND ends_at > $1""",
             self.clock.now() - timedelta(days=40),
         ):
-            accounts[row["account_id"]].months[row["started_at"]] = row["flows_micros"]
-        self.accounts, self.flow_rate = accounts, flow_rate
+            for account_id, started_at, flows in rows:
+                account = accounts[account_id]
+                for segment in account.segments:  # a first period starts at its anchor: that datetime object
+                    if segment.anchor == started_at:
+                        started_at = segment.anchor
+                account.months[started_at] = flows
+        return accounts, book.flow_rate
 
     def multiplier(self, account: AccountQuota, when: datetime) -> Fraction:
         """The multiplier that prices the account's call made at `when` (libs.pricing.multipliers)."""
@@ -216,7 +260,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
         segment = Segment(event.occurred_at, FREE, event.occurred_at, event.event_id)
         await self._insert_segment(conn, event.account_id, segment)
         pending[event.account_id] = AccountQuota(
-            event.occurred_at, [segment], multiplier=Versioned(parse_fraction(event.multiplier))
+            event.occurred_at, [segment], multiplier=unchanged_multiplier(parse_fraction(event.multiplier))
         )
 
     @handles(BalanceToppedUp)
@@ -240,7 +284,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
             event.event_id, event.account_id, event.occurred_at, event.multiplier,
         )  # fmt: skip
-        account.multiplier.add(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
+        account.with_multiplier(event.event_id, event.occurred_at, parse_fraction(event.multiplier))
 
     @handles(InsiderStatusSet, InsiderStatusEnded)
     async def _insider_changed(self, b: QuotaBatch, _seq: int, event: InsiderStatusSet | InsiderStatusEnded) -> None:
@@ -252,7 +296,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
             event.event_id, event.account_id, event.occurred_at, insider,
         )  # fmt: skip
-        account.insider.add(event.event_id, event.occurred_at, insider)
+        account.with_insider(event.event_id, event.occurred_at, insider)
 
     async def _insert_segment(self, conn: asyncpg.Connection, account_id: str, segment: Segment) -> bool:
         inserted = await conn.fetchval(
@@ -322,8 +366,9 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
         pending: dict[str, AccountQuota],
         consumed: dict[tuple[str, str], int],
     ) -> list[tuple[str, str]]:
-        for _, event in usage:
-            self._pending(event.account_id, pending)
+        events = [e for _, e in usage]
+        for account_id in dict.fromkeys(e.account_id for e in events):
+            self._pending(account_id, pending)
         inserted = await conn.fetch(
             f"""INSERT INTO {self.schema}.usage (event_id, account_id, occurred_at, model, input_tokens,
                     output_tokens, cached_tokens, images, billing_mode, key_id, usd_cost_micros,
@@ -332,45 +377,26 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
                     $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bigint[],
                     $12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::text[])
                 ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
-            *zip(
-                *(
-                    (
-                        e.event_id,
-                        e.account_id,
-                        e.occurred_at,
-                        e.model,
-                        e.input_tokens,
-                        e.output_tokens,
-                        e.cached_tokens,
-                        e.images,
-                        e.billing_mode,
-                        e.key_id,
-                        e.usd_cost_micros,
-                        e.flows_micros,
-                        e.usd_per_flow,
-                        e.multiplier,
-                        seq,
-                        e.conversation_id,
-                    )
-                    for seq, e in usage
-                ),
-                strict=True,
-            ),
-        )
-        fresh_ids = {row["event_id"] for row in inserted}
+            [e.event_id for e in events], [e.account_id for e in events], [e.occurred_at for e in events],
+            [e.model for e in events], [e.input_tokens for e in events], [e.output_tokens for e in events],
+            [e.cached_tokens for e in events], [e.images for e in events], [e.billing_mode for e in events],
+            [e.key_id for e in events], [e.usd_cost_micros for e in events], [e.flows_micros for e in events],
+            [e.usd_per_flow for e in events], [e.multiplier for e in events], [seq for seq, _ in usage],
+            [e.conversation_id for e in events],
+        )  # fmt: skip
+        fresh_ids = {row[0] for row in inserted}
         counted: dict[str, list[UsageRecorded]] = defaultdict(list)
         debits: list[UsageRecorded] = []
-        for _, event in usage:
+        for event in events:
             if event.event_id not in fresh_ids:
                 continue
             fresh_ids.discard(event.event_id)  # a duplicate inside the batch counts once too
             if event.billing_mode == "subscription":
                 counted[event.account_id].append(event)
-                consumed[(event.model, pending[event.account_id].plan_at(event.occurred_at))] += event.flows_micros
             else:
                 debits.append(event)
         if counted:
-            await self._count(conn, counted, pending)
+            await self._count(conn, counted, pending, consumed)
         if debits:
             await conn.execute(
                 f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)
@@ -381,24 +407,41 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
             )  # fmt: skip
             for event in debits:
                 pending[event.account_id].balance -= event.usd_cost_micros
-        return [(e.account_id, e.reservation_id) for _, e in usage if e.reservation_id]
+        return [(e.account_id, e.reservation_id) for e in events if e.reservation_id]
 
     async def _count(
         self,
         conn: asyncpg.Connection,
         counted: dict[str, list[UsageRecorded]],
         pending: dict[str, AccountQuota],
+        consumed: dict[tuple[str, str], int],
     ) -> None:
-        for events in counted.values():
+        """Add the batch's subscription usage to the windows, aggregated per account and window: one
+        row per window changed, written with one statement for the whole batch.
+
+        Memory holds each chain's latest window, which is all of the chain's suffix unless a call
+        falls before that window's start (a late call): only then are the earlier windows read."""
+        late: dict[str, datetime] = {}
+        for account_id, events in counted.items():
             events.sort(key=lambda e: (e.occurred_at, e.event_id))
-        suffixes = await self._load_suffixes(conn, {a: events[0].occurred_at for a, events in counted.items()})
-        upserts: list[tuple[str, ChainKind, Window]] = []
+            account, first = pending[account_id], events[0].occurred_at
+            if (account.window_5h is not None and first < account.window_5h.start) or (
+                account.weekly is not None and first < account.weekly.start
+            ):
+                late[account_id] = first
+        suffixes = await self._load_suffixes(conn, late) if late else {}
+        upserts: list[tuple[str, WindowKind, Window]] = []
         months: dict[tuple[str, datetime, datetime], int] = defaultdict(int)
         for account_id, events in counted.items():
             account = pending[account_id]
             usages = [Usage(e.occurred_at, e.flows_micros) for e in events]
+            first = usages[0].at
             for kind, duration in CHAINS.items():
-                loaded = suffixes.get((account_id, kind), [])
+                if account_id in late:
+                    loaded = suffixes.get((account_id, kind), [])
+                else:
+                    latest = account.window_5h if kind == "5h" else account.weekly
+                    loaded = [latest] if latest is not None and latest.end > first else []
                 windows, rechain_from = add_usages(loaded, usages, duration)
                 unchanged = set(loaded)
                 if rechain_from is not None:
@@ -412,24 +455,27 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
                     else:
                         account.weekly = latest
             period: Period | None = None
-            for usage in usages:  # in time order: most fall in the period of the one before
-                if period is None or not period.start <= usage.at < period.end:
-                    period = period_at(account.segments, usage.at)
-                months[(account_id, period.start, period.end)] += usage.flows
-                account.months[period.start] = account.months.get(period.start, 0) + usage.flows
-        if upserts:
-            await conn.execute(
-                f"""INSERT INTO {self.schema}.windows (account_id, kind, started_at, ends_at, flows_micros)
-                    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
-                    ON CONFLICT (account_id, kind, started_at)
-                    DO UPDATE SET ends_at = EXCLUDED.ends_at, flows_micros = EXCLUDED.flows_micros""",
-                [a for a, _, _ in upserts],
-                [k for _, k, _ in upserts],
-                [w.start for _, _, w in upserts],
-                [w.end for _, _, w in upserts],
-                [w.flows for _, _, w in upserts],
-            )
-        await self._add_months(conn, months)
+            for event in events:  # in time order: most fall in the period of the one before
+                at = event.occurred_at
+                if period is None or not period.start <= at < period.end:
+                    period = period_at(account.segments, at)
+                months[(account_id, period.start, period.end)] += event.flows_micros
+                account.months[period.start] = account.months.get(period.start, 0) + event.flows_micros
+                consumed[(event.model, account.plan_at(at))] += event.flows_micros
+        upserts += [(a, "month", Window(start, end, flows)) for (a, start, end), flows in months.items()]
+        await conn.execute(
+            f"""INSERT INTO {self.schema}.windows AS w (account_id, kind, started_at, ends_at, flows_micros)
+                SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
+                ON CONFLICT (account_id, kind, started_at) DO UPDATE SET
+                    ends_at = CASE WHEN w.kind = 'month' THEN w.ends_at ELSE EXCLUDED.ends_at END,
+                    flows_micros = CASE WHEN w.kind = 'month' THEN w.flows_micros + EXCLUDED.flows_micros
+                                        ELSE EXCLUDED.flows_micros END""",
+            [a for a, _, _ in upserts],
+            [k for _, k, _ in upserts],
+            [w.start for _, _, w in upserts],
+            [w.end for _, _, w in upserts],
+            [w.flows for _, _, w in upserts],
+        )
 
     async def _load_suffixes(
         self, conn: asyncpg.Connection, since: dict[str, datetime]

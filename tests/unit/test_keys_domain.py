@@ -1,6 +1,7 @@
 """The key lifecycle, pure: issue / rotate / revoke commands, evolve (idempotent under replays)
 and the in-memory KeyRegistry that key lookups read (by id and by the current secret's hash)."""
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -301,7 +302,7 @@ def test_used_ends_at_the_latest_time_whatever_the_order(minutes):
     for minute in minutes:
         registry.used(event.key_id, event.account_id, T0 + timedelta(minutes=minute))
     latest = T0 + timedelta(minutes=max(minutes))
-    assert registry.by_id[event.key_id] == Key(**{**key.__dict__, "last_used_at": latest})
+    assert registry.by_id[event.key_id] == dataclasses.replace(key, last_used_at=latest)
     assert registry.by_hash[event.key_hash] == registry.by_id[event.key_id]
 
 

@@ -35,7 +35,7 @@ def tracker(state: QuotaState, clock: ManualClock) -> InflightTracker:
 def state_with_account(multiplier: Fraction = Fraction(1)) -> QuotaState:
     state = QuotaState(RATE)
     account = AccountQuota(T0, [Segment(T0, "free", T0, "e0")])
-    account.multiplier.add("m", T0, multiplier)
+    account.with_multiplier("m", T0, multiplier)
     state.accounts["acc"] = account
     return state
 

@@ -16,16 +16,17 @@ from typing import NamedTuple
 from libs.pricing.catalog import FREE, Model, Plan
 from libs.pricing.flows import Versioned
 from libs.pricing.money import round_half_up
-from libs.pricing.multipliers import InsiderHistory
+from libs.pricing.multipliers import NEVER_INSIDER, InsiderHistory, unchanged_multiplier
 from proto.v1.events import BillingMode
 from services.quota.domain.periods import Period, Segment, period_at, segment_at
 from services.quota.domain.ratelimit import RateDecision, gcra
 from services.quota.domain.windows import Window, current
 
 
-@dataclass
+@dataclass(slots=True)
 class AccountQuota:
-    """What admission needs to know of one account, kept in memory."""
+    """What admission needs to know of one account, kept in memory (a million of them at scale:
+    slots, and the shared histories of unchanged multipliers and insider marks)."""
 
     created_at: datetime
     segments: list[Segment]
@@ -33,20 +34,33 @@ class AccountQuota:
     weekly: Window | None = None
     months: dict[datetime, int] = field(default_factory=dict)
     """Flows per monthly period, by the period's start."""
-    multiplier: Versioned = field(default_factory=lambda: Versioned(Fraction(1)))
+    multiplier: Versioned = field(default_factory=lambda: unchanged_multiplier(Fraction(1)))
     """The operator's explicit multiplier over time (1: none set)."""
     balance: int = 0
     """The PAYG balance in micro-USD: the sum of the account's ledger."""
     extra_usage: bool = False
     payg_key_id: str | None = None
-    insider: InsiderHistory = field(default_factory=InsiderHistory)
+    insider: InsiderHistory = field(default_factory=lambda: NEVER_INSIDER)
 
     def copy(self) -> "AccountQuota":
-        """A copy that can change without touching this one (windows are immutable tuples)."""
+        """A copy that can change without touching this one. Windows and segments are immutable
+        tuples; the multiplier and insider histories are shared: whoever changes one replaces it
+        with a changed copy (`with_multiplier`, `with_insider`), so a batch of usage (most of the
+        log) copies neither."""
         return AccountQuota(
             self.created_at, list(self.segments), self.window_5h, self.weekly, dict(self.months),
-            self.multiplier.copy(), self.balance, self.extra_usage, self.payg_key_id, self.insider.copy(),
+            self.multiplier, self.balance, self.extra_usage, self.payg_key_id, self.insider,
         )  # fmt: skip
+
+    def with_multiplier(self, version_id: str, effective_at: datetime, value: Fraction) -> None:
+        changed = self.multiplier.copy()
+        changed.add(version_id, effective_at, value)
+        self.multiplier = changed
+
+    def with_insider(self, event_id: str, effective_at: datetime, insider: bool) -> None:
+        changed = self.insider.copy()
+        changed.add(event_id, effective_at, insider)
+        self.insider = changed
 
     def plan_at(self, when: datetime) -> str:
         segment = self.segments[segment_at(self.segments, when)]

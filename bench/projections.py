@@ -1,0 +1,380 @@
+"""Projections part of `python -m bench` (`--part projections`): how fast each projection that reads
+every usage event (quota, keys, billing, refund) applies batches, beside the bare batched insert
+measured in the same run on the same Postgres.
+
+Two measurements:
+  * apply: each projection's `apply` driven as the runner drives it (decode each event from its
+    wire bytes, one transaction per batch with the checkpoint, the after-commit step), against a
+    real Postgres and nothing else, one projection at a time: events/s and the share of the bench
+    process's own CPU (the Python side) in the wall time. `--profile` prints cProfile's top items
+    of quota's apply.
+  * live (`--live`): the services themselves, each following the log while ingress takes usage,
+    flat out and paced at --paced-rate: each projection's events/s and lag (p50/p99), with all four
+    services, nats-server, Postgres and ingress sharing the machine's cores.
+
+The usage is realistic: --accounts accounts on the Pro plan with a key each, calls spread over
+the accounts, event time advancing at the rate the events are generated, 3 % of them late.
+"""
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import msgspec
+import nats
+
+from libs.db import create_pool, ensure_database, migrate_async
+from libs.eventlog.runner import AfterCommit, Applied, Projection, save_checkpoint
+from libs.pricing.catalog import load_catalog
+from libs.pricing.flows import price_call
+from libs.settings import Settings, settings_environ
+from libs.setup import migration_dirs
+from proto.v1 import AccountCreated, KeyCreated, PlanChanged, UsageRecorded, decode_event, encode
+from proto.v1.events import Event
+from services.billing.projection import BillingProjection
+from services.keys.projection import KeysProjection
+from services.keys.registry import KeyRegistry
+from services.quota.projection import QuotaProjection, QuotaState
+from services.refund.projection import RefundProjection
+from tests.stack import ServiceProcess
+
+MODELS = ("deepseek/deepseek-chat", "openai/gpt-5-mini", "anthropic/claude-sonnet-4.5", "qwen/qwen3-coder")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", action="store_true", help="projections: cProfile quota's apply")
+    parser.add_argument("--live", action="store_true", help="projections: also the services following ingest")
+
+
+def account_events(n_accounts: int, start: datetime) -> list[Event]:
+    """Each account created, with a key, on Pro from `start`, and a first call then (which opens its
+    windows: the late calls of the bench land in them, as they do in a steady log)."""
+    events: list[Event] = []
+    for i in range(n_accounts):
+        account = f"acc_pb{i:07d}"
+        events.append(AccountCreated(event_id=f"ac-{i}", account_id=account, occurred_at=start, name=f"bench {i}"))
+        events.append(
+            KeyCreated(
+                event_id=f"kc-{i}", account_id=account, occurred_at=start, key_id=f"key_pb{i:07d}", name="default",
+                kind="subscription", key_hash=uuid.uuid4().hex * 2, prefix="sk-ss-v1-", last4="abcd",
+            )
+        )  # fmt: skip
+        events.append(
+            PlanChanged(
+                event_id=f"plan-{i}", account_id=account, occurred_at=start, plan="pro", previous_plan="free",
+                period_anchor=start, reason="payment", paid_until=start + timedelta(days=30),
+            )
+        )  # fmt: skip
+    first = usage_events(n_accounts, n_accounts, start, per_second=n_accounts, late=0.0)
+    return events + [msgspec.structs.replace(e, account_id=f"acc_pb{i:07d}", key_id=f"key_pb{i:07d}")
+                     for i, e in enumerate(first)]  # fmt: skip
+
+
+def usage_events(
+    n: int, n_accounts: int, start: datetime, per_second: float, late: float = 0.03, seed: int = 1
+) -> list[UsageRecorded]:
+    """n calls from `start` on at `per_second` of event time, over the accounts; `late` of them late by
+    up to an hour."""
+    rng, catalog = random.Random(seed), load_catalog()
+    rate = catalog.default_usd_per_flow
+    prices: dict[tuple[str, int, int], Any] = {}
+    events: list[UsageRecorded] = []
+    for i in range(n):
+        account = rng.randrange(n_accounts)
+        model = catalog.models[MODELS[i % len(MODELS)]]
+        at = start + timedelta(seconds=i / per_second)
+        if rng.random() < late:
+            at -= timedelta(minutes=rng.uniform(0, 60))
+        tokens = (rng.randrange(100, 8000, 100), rng.randrange(10, 2000, 10))
+        price = prices.get((model.id, *tokens))
+        if price is None:
+            price = prices[(model.id, *tokens)] = price_call(
+                model, input_tokens=tokens[0], output_tokens=tokens[1], usd_per_flow=rate, multiplier=Fraction(1)
+            )
+        events.append(
+            UsageRecorded(
+                event_id=f"gw_{uuid.uuid4().hex}", account_id=f"acc_pb{account:07d}", occurred_at=at, model=model.id,
+                input_tokens=tokens[0], output_tokens=tokens[1], billing_mode="subscription",
+                key_id=f"key_pb{account:07d}", usd_cost_micros=price.usd_cost_micros, flows_micros=price.flows_micros,
+                usd_per_flow=str(rate), multiplier="1", source="gateway", reservation_id=uuid.uuid4().hex,
+                client_hash=f"c{account % 97:031x}", agent_hash="a" * 32,
+            )
+        )  # fmt: skip
+    return events
+
+
+class Driver:
+    """Applies batches to a projection as the runner does: decode, one transaction with the checkpoint,
+    then the after-commit step."""
+
+    def __init__(self, pool: asyncpg.Pool, projection: Projection) -> None:
+        self.pool, self.projection, self.seq = pool, projection, 0
+
+    async def apply(self, wire: Sequence[bytes]) -> None:
+        batch = []
+        for data in wire:
+            self.seq += 1
+            batch.append(Applied(self.seq, decode_event(data)))
+        after: AfterCommit | None = None
+        async with self.pool.acquire() as conn, conn.transaction():
+            after = await self.projection.apply(conn, batch)
+            await save_checkpoint(conn, self.projection, 0, self.seq)
+        if after is not None:
+            after()
+
+
+def projections(rate: Fraction) -> dict[str, Callable[[], Projection]]:
+    return {
+        "quota": lambda: QuotaProjection(QuotaState(rate)),
+        "keys": lambda: KeysProjection(KeyRegistry()),
+        "billing": lambda: BillingProjection(),
+        "refund": lambda: RefundProjection(),
+    }
+
+
+async def bare_insert(pool: asyncpg.Pool, n: int, batch: int) -> float:
+    """The floor: 5 columns, one primary key, one unnest INSERT and one transaction per batch."""
+    await pool.execute("""CREATE TABLE IF NOT EXISTS bench_rows (event_id text PRIMARY KEY, account_id text,
+                          occurred_at timestamptz, flows_micros bigint, model text)""")
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    async with pool.acquire() as conn:
+        for start in range(0, n, batch):
+            ids = [uuid.uuid4().hex for _ in range(batch)]
+            async with conn.transaction():
+                await conn.execute(
+                    """INSERT INTO bench_rows SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[],
+                       $4::bigint[], $5::text[]) ON CONFLICT DO NOTHING""",
+                    ids, [f"acc_{i % 1000}" for i in range(batch)], [now] * batch, [start] * batch,
+                    ["deepseek/deepseek-chat"] * batch,
+                )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    await pool.execute("DROP TABLE bench_rows")
+    return n / elapsed
+
+
+async def apply_rates(
+    database_url: str, events: int, accounts: int, batch: int, profile: bool
+) -> tuple[float, dict[str, tuple[float, float]], str]:
+    """The bare insert's events/s, each projection's (events/s, Python share of wall time), and the profile."""
+    start = datetime.now(UTC) - timedelta(days=1)
+    setup = [encode(e) for e in account_events(accounts, start)]
+    usage = [encode(e) for e in usage_events(events, accounts, start + timedelta(hours=2), per_second=15_000)]
+    batches = [usage[i : i + batch] for i in range(0, len(usage), batch)]
+    rate = load_catalog().default_usd_per_flow
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    rates: dict[str, tuple[float, float]] = {}
+    profiled = ""
+    try:
+        floor = await bare_insert(pool, events, batch)
+        for name, make in projections(rate).items():
+            driver = Driver(pool, make())
+            for i in range(0, len(setup), 1000):
+                await driver.apply(setup[i : i + 1000])
+            cpu, started = time.process_time(), time.perf_counter()
+            for wire in batches:
+                await driver.apply(wire)
+            wall = time.perf_counter() - started
+            rates[name] = (events / wall, (time.process_time() - cpu) / wall)
+            if profile and name == "quota":  # a pass of its own: the profiler slows what it watches
+                again = [encode(msgspec.structs.replace(decode_event(b), event_id=uuid.uuid4().hex)) for b in usage]
+                profiler = cProfile.Profile()
+                profiler.enable()
+                for i in range(0, len(again), batch):
+                    await driver.apply(again[i : i + batch])
+                profiler.disable()
+                out = io.StringIO()
+                pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+                if os.environ.get("BENCH_PROFILE_CALLERS"):
+                    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_callers(
+                        os.environ["BENCH_PROFILE_CALLERS"]
+                    )
+                profiled = out.getvalue()
+    finally:
+        await pool.close()
+    return floor, rates, profiled
+
+
+def report_apply(events: int, batch: int, floor: float, rates: dict[str, tuple[float, float]]) -> None:
+    print(f"\nprojection apply, {events:,} usage events in batches of {batch:,}, one projection at a time:")
+    print(f"  {'bare asyncpg batched insert':<28} {floor:>9,.0f} events/s  (same run, same Postgres)")
+    for name, (eps, python) in rates.items():
+        print(f"  {name + ' apply':<28} {eps:>9,.0f} events/s  {eps / floor:>4.0%} of bare insert"
+              f"  (Python {python:.0%} of the wall time; target >= 50%)")  # fmt: skip
+
+
+LIVE = ("quota", "keys", "billing", "refund")
+"""The projections that read every usage event, each in its own service."""
+
+
+async def create_accounts(base: str, token: str, n: int) -> list[tuple[str, str]]:
+    """(account id, key id) of n new accounts, through the admin API."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+
+        async def one(i: int) -> tuple[str, str]:
+            async with session.post(f"{base}/admin/v1/accounts", json={"name": f"bench-{i}"}) as r:
+                body = await r.json()
+                return str(body["account_id"]), str(body["key_id"])
+
+        made: list[tuple[str, str]] = []
+        for start in range(0, n, 50):
+            made += await asyncio.gather(*(one(i) for i in range(start, min(n, start + 50))))
+        return made
+
+
+async def follow(
+    base: str, settings: Settings, accounts: list[tuple[str, str]], n: int, batch: int, rate: float | None
+) -> dict[str, dict[str, float]]:
+    """Ingest n events (4 clients flat out, or paced at `rate` events/s) and follow each projection until
+    it applied them all: its events/s (n / seconds from the first post until applied) and its lag
+    (from the time the stream held an event to the time the projection's checkpoints passed it)."""
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    pg = await asyncpg.connect(settings.database_url)
+    start_seq = (await js.stream_info(settings.stream)).state.last_seq
+    stream: list[tuple[float, int]] = []
+    applied: dict[str, list[tuple[float, int]]] = {name: [] for name in LIVE}
+    finished: dict[str, float] = {}
+    now = datetime.now(UTC).isoformat()
+    bodies = [
+        msgspec.json.encode({"events": [
+            {"event_id": uuid.uuid4().hex, "account_id": account, "key_id": key, "model": MODELS[i % len(MODELS)],
+             "input_tokens": 1000 + i, "output_tokens": 200, "billing_mode": "subscription", "occurred_at": now}
+            for i in range(batch)
+            for account, key in [accounts[(b * batch + i) % len(accounts)]]
+        ]})
+        for b in range(n // batch)
+    ]  # fmt: skip
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            stream.append((time.perf_counter(), (await js.stream_info(settings.stream)).state.last_seq))
+            for name in LIVE:
+                if name in finished:
+                    continue
+                seq = await pg.fetchval(f"SELECT min(last_seq) FROM {name}.checkpoints WHERE projection = $1", name)
+                applied[name].append((time.perf_counter(), int(seq or 0)))
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.create_task(sample())
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {settings.ingest_token}"}) as session:
+
+        async def post(body: bytes) -> None:
+            async with session.post(f"{base}/v1/usage", data=body) as r:
+                assert r.status == 202, await r.text()
+
+        if rate is None:
+            queue = list(reversed(bodies))
+
+            async def client() -> None:
+                while queue:
+                    await post(queue.pop())
+
+            await asyncio.gather(*(client() for _ in range(4)))
+        else:
+            sent = []
+            for i, body in enumerate(bodies):
+                delay = started + i * batch / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent.append(asyncio.create_task(post(body)))
+            await asyncio.gather(*sent)
+    ingest_s = time.perf_counter() - started
+    end_seq = (await js.stream_info(settings.stream)).state.last_seq
+    while len(finished) < len(LIVE):
+        consumers = await js.consumers_info(settings.stream)
+        for name in LIVE:
+            mine = [c for c in consumers if c.name.startswith(f"{name}-p")]
+            if name not in finished and mine and all(c.num_pending + c.num_ack_pending == 0 for c in mine):
+                finished[name] = time.perf_counter() - started
+        await asyncio.sleep(0.02)
+    done.set()
+    await sampler
+    await pg.close()
+    await nc.close()
+    result = {"ingest": {"eps": n / ingest_s}}
+    for name in LIVE:
+        lags = []
+        for t_stored, seq in stream:
+            if start_seq < seq <= end_seq:
+                t_applied = next((t for t, at in applied[name] if at >= seq and t >= t_stored), None)
+                if t_applied is not None:
+                    lags.append(t_applied - t_stored)
+        result[name] = {"eps": n / finished[name], "p50": pct(lags, 0.5), "p99": pct(lags, 0.99)}
+    return result
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def live(
+    args: argparse.Namespace, work: Path, settings: Settings, floor: float, servers: Callable[[], dict[str, list[int]]]
+) -> None:
+    """The four services following ingest through ingress, with everything on this machine's cores."""
+    from bench.__main__ import cpu_seconds
+
+    env = {**settings_environ(settings), "FLOWPLAN_LOG_LEVEL": "WARNING"}
+    services = [ServiceProcess(name, env, getattr(settings, f"{name}_port"), work) for name in ("ingress", *LIVE)]
+    try:
+        for service in services:
+            service.start()
+        base = f"http://127.0.0.1:{settings.ingress_port}"
+        accounts = await create_accounts(base, settings.admin_token, args.accounts)
+        groups = {s.name: [s.process.pid] for s in services if s.process} | servers() | {"bench": [os.getpid()]}
+        before, wall = cpu_seconds(groups), time.perf_counter()
+        flat = await follow(base, settings, accounts, args.events, args.batch, None)
+        after, wall = cpu_seconds(groups), time.perf_counter() - wall
+        paced = await follow(base, settings, accounts, args.events // 2, args.batch // 4, args.paced_rate)
+    finally:
+        for service in services:
+            service.stop()
+    cpu = {name: (after[name] - before[name]) / wall for name in groups}
+    print(f"\nlive projections (ingress, {', '.join(LIVE)}, nats-server and Postgres on the same cores):")
+    for label, run_ in (
+        (f"flat out, ingest {flat['ingest']['eps']:,.0f} events/s", flat),
+        (f"paced at {args.paced_rate:,}/s, ingest {paced['ingest']['eps']:,.0f} events/s", paced),
+    ):
+        print(f"  {label}:")
+        for name in LIVE:
+            r = run_[name]
+            print(f"    {name:<8} {r['eps']:>8,.0f} events/s ({r['eps'] / floor:>4.0%} of bare insert)"
+                  f"  lag p50 {r['p50'] * 1000:>6,.0f} ms, p99 {r['p99'] * 1000:>6,.0f} ms")  # fmt: skip
+    print("  targets: paced lag p99 < 1 s; flat out >= 50% of the bare insert")
+    print(f"  cores used flat out (of {os.cpu_count()}): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    per_event = {name: (after[name] - before[name]) / args.events * 1e6 for name in (*LIVE, "ingress")}
+    print("  CPU per event flat out: " + ", ".join(f"{k} {v:.0f} µs" for k, v in per_event.items()))
+
+
+async def run(
+    args: argparse.Namespace, work: Path, settings: Settings, servers: Callable[[], dict[str, list[int]]]
+) -> None:
+    """`servers`: the pids of nats-server and Postgres by name, as the core part counts their CPU."""
+    print(f"\nprojections bench: {os.cpu_count()} cores (shared: other processes may run meanwhile)")
+    apply_url = f"{settings.database_url.rsplit('/', 1)[0]}/flowplan_bench_apply"  # not the live services' one
+    ensure_database(apply_url)
+    for folder in migration_dirs():
+        await migrate_async(apply_url, folder)
+    floor, rates, profiled = await apply_rates(apply_url, args.events, args.accounts, args.batch, args.profile)
+    report_apply(args.events, args.batch, floor, rates)
+    if profiled:
+        print("\ncProfile of quota's apply (by own time):")
+        print(profiled)
+    if args.live:
+        await live(args, work, settings, floor, servers)
