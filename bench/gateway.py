@@ -480,7 +480,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     peer = "litellm: LiteLLM's proxy too (installed under .flowplan/), and the budget test"
     parser.add_argument("--peer", choices=("none", "litellm"), default="none", help=peer)
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy profiles of the gateway under wrk and of quota under quota.check")  # fmt: skip
+                        help="gateway part: py-spy of the gateway under wrk and of quota under quota.check; "
+                             "projections part: cProfile of quota's apply")  # fmt: skip
     parser.add_argument("--profile-seconds", type=float, default=15.0)
 
 

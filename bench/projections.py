@@ -55,7 +55,7 @@ MODELS = ("deepseek/deepseek-chat", "openai/gpt-5-mini", "anthropic/claude-sonne
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", action="store_true", help="projections: cProfile quota's apply")
+    # --profile (bench/gateway.py's: py-spy of gateway and quota there) also has this part cProfile quota's apply
     parser.add_argument("--live", action="store_true", help="projections: also the services following ingest")
 
 
