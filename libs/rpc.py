@@ -195,6 +195,9 @@ class Responders:
 
     async def start(self) -> None:
         await self.broker.start()
+        # Subscribing only sends SUB: a flush returns once the server has them all, so whatever is
+        # asked after start() reaches every instance (a scatter-gather right after start missed one).
+        await (await self.broker.connect()).flush()
 
     async def stop(self) -> None:
         await self.broker.stop()
