@@ -136,6 +136,10 @@ class Responders:
             servers, name=f"{name}-rpc", logger=log, log_level=logging.DEBUG, apply_types=False,
             middlewares=middlewares,  # log_level: each message's received/processed lines, not at INFO
         )  # fmt: skip
+        self._started = False
+        self._unstarted: list[Any] = []
+        """Subscribers registered since the broker started (a projection whose instance got its lease
+        later registers its replay and dead-letter commands then): start() starts them."""
 
     def reply(
         self,
@@ -192,9 +196,18 @@ class Responders:
             description=rpc.summary, **options,
         )  # fmt: skip
         subscriber(answer, decoder=_decoding(rpc))
+        self._unstarted.append(subscriber)
 
     async def start(self) -> None:
-        await self.broker.start()
+        """Start answering everything registered so far: the broker the first time, afterwards the
+        subscribers registered since."""
+        if not self._started:
+            await self.broker.start()
+            self._started = True
+        else:
+            for subscriber in self._unstarted:
+                await subscriber.start()
+        self._unstarted.clear()
         # Subscribing only sends SUB: a flush returns once the server has them all, so whatever is
         # asked after start() reaches every instance (a scatter-gather right after start missed one).
         await (await self.broker.connect()).flush()

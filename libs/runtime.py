@@ -47,6 +47,9 @@ class Runtime:
         self._sites: list[web.AppRunner] = []
         self._responders: Responders | None = None
         self._responding = False
+        self._starting = asyncio.Lock()
+        """Held while the responders start, and while a projection registers its commands: one started
+        concurrently (ingress's, once its instance holds the lease) is never half-registered."""
         install_metrics(name)
         self.tracer = tracing.tracer(name)
 
@@ -81,8 +84,11 @@ class Runtime:
         monitor = ProjectionMonitor(runner, self.db, self.nc.jetstream(), stream=self.settings.stream,
                                     partitions=partitions)  # fmt: skip
         self.spawn(monitor.run(), f"{self.name}-projection-monitor")
-        DeadLetterRetrier(runner, self.nc.jetstream(), self.settings.dlq_stream).serve(self)
-        ReplayControl(projection, runner, self.db, self.nc, self.settings, self.spawn).serve(self)
+        async with self._starting:
+            DeadLetterRetrier(runner, self.nc.jetstream(), self.settings.dlq_stream).serve(self)
+            ReplayControl(projection, runner, self.db, self.nc, self.settings, self.spawn).serve(self)
+            if self._responding:  # a projection started after the others: its commands are answered now
+                await self._start_responders()
         return runner
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -104,10 +110,15 @@ class Runtime:
         self._responders.reply(rpc, handler, **options)
 
     async def start_responders(self) -> None:
-        """Start answering the commands and queries registered so far (`serve` does it too)."""
-        if self._responders is not None and not self._responding:
+        """Start answering the commands and queries registered so far (`serve` does it too; `project`
+        again for a projection started later, as ingress's once its instance holds the lease)."""
+        async with self._starting:
+            await self._start_responders()
+
+    async def _start_responders(self) -> None:
+        if self._responders is not None:
             await self._responders.start()
-            self._responding = True
+        self._responding = True  # from now on, what registers later starts at once
 
     async def health(self) -> dict[str, bool]:
         if self.pool is None:
