@@ -35,6 +35,7 @@ from bench import projections as bench_projections
 from bench import replay as bench_replay
 from bench import scale as bench_scale
 from bench.gateway import postgres_pids
+from bench.ingest import post_batches
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings, load_settings, settings_environ
 from libs.setup import set_up
@@ -192,32 +193,9 @@ async def ingest_and_project(
                 }
             )
         )
-    queue: asyncio.Queue = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
     sampler = asyncio.create_task(sample())
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
-
-        async def post(body: bytes) -> None:
-            async with session.post(f"{base}/v1/usage", data=body) as r:
-                assert r.status == 202, await r.text()
-
-        async def worker() -> None:
-            while not queue.empty():
-                await post(queue.get_nowait())
-
-        started = time.perf_counter()
-        if rate is None:
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        else:
-            sent = []
-            for i, body in enumerate(bodies):
-                delay = started + i * batch / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                sent.append(asyncio.create_task(post(body)))
-            await asyncio.gather(*sent)
-        ingest_elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    ingest_elapsed = await post_batches(base, token, bodies, events_per_body=batch, rate=rate, clients=concurrency)
     end_seq = (await js.stream_info(settings.stream)).state.last_seq
     while True:
         ckpts = await pg.fetch("SELECT partition, last_seq FROM quota.checkpoints WHERE projection = 'quota'")

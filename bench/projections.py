@@ -36,6 +36,7 @@ import asyncpg
 import msgspec
 import nats
 
+from bench.ingest import post_batches
 from libs.db import create_pool, ensure_database, migrate_async
 from libs.eventlog.runner import AfterCommit, Applied, Projection, save_checkpoint
 from libs.pricing.catalog import load_catalog
@@ -272,29 +273,7 @@ async def follow(
 
     sampler = asyncio.create_task(sample())
     started = time.perf_counter()
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {settings.ingest_token}"}) as session:
-
-        async def post(body: bytes) -> None:
-            async with session.post(f"{base}/v1/usage", data=body) as r:
-                assert r.status == 202, await r.text()
-
-        if rate is None:
-            queue = list(reversed(bodies))
-
-            async def client() -> None:
-                while queue:
-                    await post(queue.pop())
-
-            await asyncio.gather(*(client() for _ in range(4)))
-        else:
-            sent = []
-            for i, body in enumerate(bodies):
-                delay = started + i * batch / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                sent.append(asyncio.create_task(post(body)))
-            await asyncio.gather(*sent)
-    ingest_s = time.perf_counter() - started
+    ingest_s = await post_batches(base, settings.ingest_token, bodies, events_per_body=batch, rate=rate, clients=4)
     end_seq = (await js.stream_info(settings.stream)).state.last_seq
     while len(finished) < len(LIVE):
         consumers = await js.consumers_info(settings.stream)
