@@ -8,6 +8,7 @@ that say only which chunks an upstream event makes and what its finish reason is
 
 import itertools
 import json
+from abc import ABC, abstractmethod
 from typing import Any
 
 from services.gateway.usage import Tokens
@@ -58,7 +59,7 @@ def sse(chunks: list[dict[str, Any]]) -> bytes:
     return b"".join(f"data: {_encode(c)}\n\n".encode() for c in chunks)
 
 
-class ChunkStream:
+class ChunkStream(ABC):
     """An upstream's event stream as chat completion chunks, event by event. A subclass says
     which chunks one event makes (`chunks`, building them with the helpers here) and, at the
     end, the finish reason (`closing_reason`: None when the upstream broke off before it)."""
@@ -70,11 +71,13 @@ class ChunkStream:
         self._calls: dict[int, int] = {}  # the upstream's index of a tool call -> its chat index
         self._count = itertools.count()
 
+    @abstractmethod
     def chunks(self, event: Any) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The chat chunks one upstream event makes."""
 
+    @abstractmethod
     def closing_reason(self) -> str | None:
-        raise NotImplementedError
+        """The finish reason at the end, None when the upstream broke off before it."""
 
     def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
