@@ -1,9 +1,34 @@
-"""What the integration modules share: waits on the event log's consumers and dead letters.
-Modules import these from here, never from one another's tests."""
+"""What the integration modules share: waits on the event log's consumers and dead letters, on
+quota knowing accounts, and plans that load never exhausts. Modules import these from here, never
+from one another's tests."""
 
 import asyncio
+import json
+import uuid
+from pathlib import Path
 
-from tests.stack import Stack
+from tests.stack import ROOT, Stack
+
+
+def out_of_reach_plans(workdir: Path) -> str:
+    """A plans file whose RPM and caps steady load and long streams never reach: its path."""
+    plans = json.loads((ROOT / "libs" / "catalog" / "plans.json").read_text())
+    for plan in plans["plans"]:
+        plan["rpm"] = 1_000_000
+        plan["window_5h_flows"] = plan["weekly_flows"] = plan["monthly_flows"] = "1000000000"
+    path = workdir / f"plans-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(json.dumps(plans))
+    return str(path)
+
+
+async def all_known(stack: Stack, account_ids: list[str]) -> bool:
+    """Quota's projection has every one of the accounts."""
+    conn = await stack.db()
+    try:
+        n = await conn.fetchval("SELECT count(*) FROM quota.accounts WHERE account_id = ANY($1)", account_ids)
+        return bool(n == len(account_ids))
+    finally:
+        await conn.close()
 
 
 async def dead_letters(stack: Stack) -> int:

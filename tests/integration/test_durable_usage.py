@@ -4,7 +4,6 @@ JetStream (refusing writes)."""
 
 import asyncio
 import dataclasses
-import json
 import random
 import time
 import uuid
@@ -25,7 +24,8 @@ from libs.setup import set_up
 from proto.v1 import UsageRecorded
 from services.gateway.recorder import UsageNotStored, UsageRecorder
 from services.gateway.usage import SseSplitter
-from tests.stack import ROOT, ServiceProcess, Stack, eventually, make_settings, usage_event
+from tests.integration.conftest import out_of_reach_plans
+from tests.stack import ServiceProcess, Stack, eventually, make_settings, usage_event
 
 pytestmark = pytest.mark.connected
 MODEL = "deepseek/deepseek-chat"
@@ -35,15 +35,10 @@ _usage = msgspec.json.Decoder(UsageRecorded)
 @pytest.fixture(scope="module")
 async def settings(nats_server: LocalNats, postgres: LocalPostgres, workdir: Path) -> Settings:
     """Plans with RPM and caps out of reach: steady load and long streams are never refused."""
-    plans = json.loads((ROOT / "libs" / "catalog" / "plans.json").read_text())
-    for plan in plans["plans"]:
-        plan["rpm"] = 1_000_000
-        plan["window_5h_flows"] = plan["weekly_flows"] = plan["monthly_flows"] = "1000000000"
-    path = workdir / f"plans-{uuid.uuid4().hex[:8]}.json"
-    path.write_text(json.dumps(plans))
+    path = out_of_reach_plans(workdir)
     base = postgres.url.rsplit("/", 1)[0]
     settings = make_settings(nats_server.url, f"{base}/flowplan_{uuid.uuid4().hex[:10]}")
-    settings = msgspec.structs.replace(settings, plans_path=str(path))
+    settings = msgspec.structs.replace(settings, plans_path=path)
     await set_up(settings)
     return settings
 

@@ -13,6 +13,7 @@ from libs.localservers import LocalPostgres
 from libs.pricing.catalog import load_catalog
 from libs.pricing.flows import price_call
 from proto.v1 import UsageRecorded, encode
+from tests.integration.conftest import all_known
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
@@ -89,7 +90,7 @@ async def expect_exact(stack: Stack, sent: list[list[dict]], account_ids: list[s
 @pytest.mark.parametrize("failpoint", ["after_commit:2", "before_commit:2"])
 async def test_projector_killed_between_commit_and_ack_or_mid_batch(stack: Stack, failpoint: str) -> None:
     account_ids = await accounts(stack, 5)
-    await eventually(lambda: _all_known(stack, account_ids))
+    await eventually(lambda: all_known(stack, account_ids))
     stack.quota.stop()
     sent = batches(account_ids, 6, 300)
     for batch in sent:
@@ -105,15 +106,6 @@ async def test_projector_killed_between_commit_and_ack_or_mid_batch(stack: Stack
     assert f"failpoint {failpoint.split(':')[0]}" in stack.quota.log()
     await asyncio.to_thread(stack.quota.start)
     await expect_exact(stack, sent, account_ids)
-
-
-async def _all_known(stack: Stack, account_ids: list[str]) -> bool:
-    conn = await stack.db()
-    try:
-        n = await conn.fetchval("SELECT count(*) FROM quota.accounts WHERE account_id = ANY($1)", account_ids)
-        return bool(n == len(account_ids))
-    finally:
-        await conn.close()
 
 
 async def test_projector_killed_repeatedly_under_load(stack: Stack) -> None:
@@ -146,7 +138,7 @@ async def test_postgres_stopped_and_restarted_under_load_loses_nothing(stack: St
 
 async def test_poison_events_go_to_the_dead_letter_stream_and_the_consumer_goes_on(stack: Stack) -> None:
     account_id = (await stack.create_account())["account_id"]
-    await eventually(lambda: _all_known(stack, [account_id]))
+    await eventually(lambda: all_known(stack, [account_id]))
     nc = await stack.nats()
     js = nc.jetstream()
     try:
@@ -199,7 +191,7 @@ async def test_a_delivery_lost_in_transit_is_fetched_again_never_acked_past(stac
     next one (AckPolicy.ALL): the projector sees the jump in the consumer's sequence and fetches
     again from its checkpoint."""
     account_ids = await accounts(stack, 3)
-    await eventually(lambda: _all_known(stack, account_ids))
+    await eventually(lambda: all_known(stack, account_ids))
     stack.quota.stop()
     await asyncio.to_thread(stack.quota.start, {"FLOWPLAN_FAILPOINT": "lose_delivery:2"})
     sent = batches(account_ids, 12, 40)

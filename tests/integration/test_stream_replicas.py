@@ -5,7 +5,6 @@ to the other nodes by themselves, and the node rejoins and catches up."""
 
 import asyncio
 import contextlib
-import json
 import random
 import re
 import subprocess
@@ -29,6 +28,7 @@ from libs.localservers import LocalPostgres, free_port, nats_server_binary, stop
 from libs.settings import Settings, load_settings
 from libs.setup import set_up
 from proto.v1 import UsageRecorded
+from tests.integration.conftest import all_known, out_of_reach_plans
 from tests.stack import ROOT, Stack, eventually, make_settings, usage_event
 
 pytestmark = pytest.mark.connected
@@ -134,15 +134,10 @@ LOADED = ("simulator", "quota", "keys", "ingress", "gateway")
 async def cluster_settings(nodes: Cluster, postgres: LocalPostgres, workdir: Path) -> Settings:
     """Settings on the cluster (services bootstrap from nats-1 only, as from one Service name), R3
     streams, and plans whose RPM and caps the load never reaches."""
-    plans = json.loads((ROOT / "libs" / "catalog" / "plans.json").read_text())
-    for plan in plans["plans"]:
-        plan["rpm"] = 1_000_000
-        plan["window_5h_flows"] = plan["weekly_flows"] = plan["monthly_flows"] = "1000000000"
-    path = workdir / f"plans-{uuid.uuid4().hex[:8]}.json"
-    path.write_text(json.dumps(plans))
+    path = out_of_reach_plans(workdir)
     base = postgres.url.rsplit("/", 1)[0]
     settings = make_settings(nodes.url("nats-1"), f"{base}/flowplan_{uuid.uuid4().hex[:10]}")
-    settings = msgspec.structs.replace(settings, plans_path=str(path), stream_replicas=3)
+    settings = msgspec.structs.replace(settings, plans_path=path, stream_replicas=3)
     deadline = time.monotonic() + 30
     while True:  # the cluster elects its JetStream leader first
         try:
@@ -195,15 +190,7 @@ async def test_a_node_killed_under_ingest_and_gateway_load_loses_and_duplicates_
         accounts = [await stack.create_account(f"node-loss-{i}") for i in range(3)]
         account_ids = [a["account_id"] for a in accounts]
 
-        async def known() -> bool:
-            conn = await stack.db()
-            try:
-                n = await conn.fetchval("SELECT count(*) FROM quota.accounts WHERE account_id = ANY($1)", account_ids)
-                return bool(n == len(account_ids))
-            finally:
-                await conn.close()
-
-        await eventually(known)
+        await eventually(lambda: all_known(stack, account_ids))
 
         acked: list[str] = []  # ingest events stored, as ingress acknowledged them (202)
         answered: list[str] = []  # gateway calls answered 200: their request ids
