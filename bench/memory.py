@@ -25,6 +25,7 @@ import sys
 import time
 import tracemalloc
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -124,47 +125,51 @@ def top_sites(snapshot: tracemalloc.Snapshot, limit: int = 8) -> list[str]:
     return [f"{s.size / KIB / 1024:8.1f} MiB {s.count:>10,} blocks  {s.traceback[0]}" for s in stats]
 
 
+Loader = Callable[[asyncpg.Connection], Awaitable[int]]
+
+
+async def measured_load(url: str, trace: bool, load: Loader) -> dict[str, object]:
+    """Resident memory and time of `load` (which returns how many items it loaded) in this process."""
+    conn = await asyncpg.connect(url)
+    gc.collect()
+    before, _ = rss_kib()
+    if trace:
+        tracemalloc.start()
+    started = time.perf_counter()
+    items = await load(conn)
+    seconds = time.perf_counter() - started
+    await conn.close()
+    gc.collect()
+    sites = top_sites(tracemalloc.take_snapshot()) if trace else []
+    after, peak = rss_kib()
+    return {"items": items, "seconds": seconds, "kib": after - before, "peak_kib": peak - before, "sites": sites}
+
+
 async def child_quota(url: str, trace: bool) -> dict[str, object]:
     from libs.pricing.catalog import load_catalog
     from services.quota.projection import QuotaState
 
     catalog = load_catalog()
     state = QuotaState(catalog.default_usd_per_flow, catalog.insider_multiplier)
-    conn = await asyncpg.connect(url)
-    gc.collect()
-    before, _ = rss_kib()
-    if trace:
-        tracemalloc.start()
-    started = time.perf_counter()
-    async with conn.transaction(readonly=True, isolation="repeatable_read"):
-        await state.load(conn, "quota")
-    seconds = time.perf_counter() - started
-    await conn.close()
-    gc.collect()
-    sites = top_sites(tracemalloc.take_snapshot()) if trace else []
-    after, peak = rss_kib()
-    return {"items": len(state.accounts), "seconds": seconds, "kib": after - before, "peak_kib": peak - before,
-            "sites": sites}  # fmt: skip
+
+    async def load(conn: asyncpg.Connection) -> int:
+        async with conn.transaction(readonly=True, isolation="repeatable_read"):
+            await state.load(conn, "quota")
+        return len(state.accounts)
+
+    return await measured_load(url, trace, load)
 
 
 async def child_keys(url: str, trace: bool) -> dict[str, object]:
     from services.keys.registry import KeyRegistry
 
     registry = KeyRegistry()
-    conn = await asyncpg.connect(url)
-    gc.collect()
-    before, _ = rss_kib()
-    if trace:
-        tracemalloc.start()
-    started = time.perf_counter()
-    await registry.load(conn, "keys")
-    seconds = time.perf_counter() - started
-    await conn.close()
-    gc.collect()
-    sites = top_sites(tracemalloc.take_snapshot()) if trace else []
-    after, peak = rss_kib()
-    return {"items": len(registry.by_id), "seconds": seconds, "kib": after - before, "peak_kib": peak - before,
-            "sites": sites}  # fmt: skip
+
+    async def load(conn: asyncpg.Connection) -> int:
+        await registry.load(conn, "keys")
+        return len(registry.by_id)
+
+    return await measured_load(url, trace, load)
 
 
 async def child_keycache(n: int, trace: bool) -> dict[str, object]:
