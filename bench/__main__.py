@@ -36,34 +36,14 @@ from bench import replay as bench_replay
 from bench import scale as bench_scale
 from bench.gateway import postgres_pids
 from bench.ingest import post_batches
+from bench.procstat import cpu_of, pct
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings, load_settings, settings_environ
 from libs.setup import set_up
 from proto.v1 import QuotaCheck, QuotaDecision, encode, subjects
 from tests.stack import ServiceProcess
 
-TICKS = os.sysconf("SC_CLK_TCK")
 CHECK_TIMEOUT_S = 5.0
-
-
-def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
-    """CPU time (user + system) used so far by each group of processes, from /proc."""
-    used: dict[str, float] = {}
-    for name, group in pids.items():
-        total = 0
-        for pid in group:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-        used[name] = total / TICKS
-    return used
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 async def bare_publish(url: str, n: int) -> float:
@@ -331,7 +311,7 @@ async def main(args: argparse.Namespace) -> None:
         if args.part == "memory":
             await bench_memory.run(args, settings.database_url)
         if args.part == "replay":
-            await bench_replay.run(args.replay_events, args.accounts, work, settings, servers, cpu_seconds)
+            await bench_replay.run(args.replay_events, args.accounts, work, settings, servers)
     finally:
         postgres.stop()
         nats_server.stop()
@@ -350,10 +330,10 @@ async def ingest_rows(
         "quota": [quota.process.pid],
         "bench client": [os.getpid()],
     }
-    cpu_before, wall = cpu_seconds(groups), time.perf_counter()
+    cpu_before, wall = cpu_of(groups), time.perf_counter()
     flow = await ingest_and_project(base, settings.ingest_token, settings, accounts, args.events, args.batch,
                                     args.concurrency)  # fmt: skip
-    cpu_after, wall = cpu_seconds(groups), time.perf_counter() - wall
+    cpu_after, wall = cpu_of(groups), time.perf_counter() - wall
     cores = {name: (cpu_after[name] - cpu_before[name]) / wall for name in groups}
     paced = await ingest_and_project(base, settings.ingest_token, settings, accounts, args.events // 2,
                                      args.batch // 4, args.concurrency, rate=args.paced_rate)  # fmt: skip

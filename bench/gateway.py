@@ -56,6 +56,7 @@ from nats.aio.client import Client
 from bench import litellm as bench_litellm
 from bench import profile as bench_profile
 from bench import wrk as bench_wrk
+from bench.procstat import cpu_of, pct
 from libs.localservers import free_port, wait_for_port
 from libs.settings import Settings, settings_environ
 from proto.v1 import QuotaStatus, QuotaStatusRequest, encode, subjects
@@ -83,7 +84,6 @@ MEASURED = (*TARGETS, QUEUED, TRANSLATED, *RESPONSES_TARGETS)
 GATEWAYS = ("gateway", QUEUED, TRANSLATED, BEFORE, "responses-passed", "responses-translated")
 BENCH_RPM = 1_000_000
 BENCH_FLOWS = "1000000000"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def request_body(stream: bool, protocol: str = "chat") -> bytes:
@@ -106,18 +106,6 @@ def write_bench_plans(path: Path) -> Path:
         plan["window_5h_flows"] = plan["weekly_flows"] = plan["monthly_flows"] = BENCH_FLOWS
     path.write_text(json.dumps(plans, indent=2))
     return path
-
-
-def pct(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def postgres_pids(data_dir: Path) -> list[int]:
@@ -255,11 +243,11 @@ async def generate_load(
 
         async def cpu_window() -> dict[str, float]:
             await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-            before = {name: sum(cpu_seconds(p) for p in pids) for name, pids in watch.items()}
+            before = cpu_of(watch)
             own, wall = time.process_time(), time.perf_counter()
             await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
             wall = time.perf_counter() - wall
-            used = {name: (sum(cpu_seconds(p) for p in pids) - before[name]) / wall for name, pids in watch.items()}
+            used = {name: (spent - before[name]) / wall for name, spent in cpu_of(watch).items()}
             used["loadgen"] = (time.process_time() - own) / wall
             return used
 

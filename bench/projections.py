@@ -37,6 +37,7 @@ import msgspec
 import nats
 
 from bench.ingest import post_batches
+from bench.procstat import cpu_of, pct
 from libs.db import create_pool, ensure_database, migrate_async
 from libs.eventlog.runner import AfterCommit, Applied, Projection, save_checkpoint
 from libs.pricing.catalog import load_catalog
@@ -298,16 +299,10 @@ async def follow(
     return result
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 async def live(
     args: argparse.Namespace, work: Path, settings: Settings, floor: float, servers: Callable[[], dict[str, list[int]]]
 ) -> None:
     """The four services following ingest through ingress, with everything on this machine's cores."""
-    from bench.__main__ import cpu_seconds
 
     env = {**settings_environ(settings), "FLOWPLAN_LOG_LEVEL": "WARNING"}
     services = [ServiceProcess(name, env, getattr(settings, f"{name}_port"), work) for name in ("ingress", *LIVE)]
@@ -317,9 +312,9 @@ async def live(
         base = f"http://127.0.0.1:{settings.ingress_port}"
         accounts = await create_accounts(base, settings.admin_token, args.accounts)
         groups = {s.name: [s.process.pid] for s in services if s.process} | servers() | {"bench": [os.getpid()]}
-        before, wall = cpu_seconds(groups), time.perf_counter()
+        before, wall = cpu_of(groups), time.perf_counter()
         flat = await follow(base, settings, accounts, args.events, args.batch, None)
-        after, wall = cpu_seconds(groups), time.perf_counter() - wall
+        after, wall = cpu_of(groups), time.perf_counter() - wall
         paced = await follow(base, settings, accounts, args.events // 2, args.batch // 4, args.paced_rate)
     finally:
         for service in services:

@@ -24,6 +24,7 @@ import nats.errors
 from rich.console import Console
 
 from bench.gateway import write_bench_plans
+from bench.procstat import cpu_seconds
 from libs.eventlog.publisher import EventPublisher
 from libs.localservers import wait_for_port
 from libs.ops.replay import replay
@@ -124,8 +125,8 @@ class CpuSampler:
     """CPU seconds per group of processes over a stretch of time, sampled twice a second, so that
     processes that come and go meanwhile (the rebuilds' Postgres backends) are counted too."""
 
-    def __init__(self, groups: Callable[[], Pids], cpu_seconds: Callable[[Pids], dict[str, float]]) -> None:
-        self._groups, self._cpu = groups, cpu_seconds
+    def __init__(self, groups: Callable[[], Pids]) -> None:
+        self._groups = groups
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._group_of: dict[int, str] = {}
@@ -133,7 +134,7 @@ class CpuSampler:
     def sample(self, baseline: bool = False) -> None:
         for group, pids in self._groups().items():
             for pid in pids:
-                used = self._cpu({"p": [pid]})["p"]
+                used = cpu_seconds(pid)
                 self._group_of[pid] = group
                 self._first.setdefault(pid, used if baseline else 0.0)
                 self._last[pid] = max(self._last.get(pid, 0.0), used)
@@ -157,7 +158,6 @@ async def run(
     work: Path,
     settings: Settings,
     servers: Callable[[], Pids],
-    cpu_seconds: Callable[[Pids], dict[str, float]],
 ) -> None:
     now = datetime.now(UTC)
     log = account_events(accounts, now)
@@ -176,7 +176,7 @@ async def run(
         await eventually(lambda: settled(settings), within=3600, interval=1)
         live_s = time.perf_counter() - waited
         pids = {s.name: [s.process.pid] for s in services if s.process}
-        sampler = CpuSampler(lambda: {**servers(), **pids, "bench client": [os.getpid()]}, cpu_seconds)
+        sampler = CpuSampler(lambda: {**servers(), **pids, "bench client": [os.getpid()]})
         done = asyncio.Event()
         following = asyncio.create_task(sampler.follow(done))
         started = time.perf_counter()

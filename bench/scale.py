@@ -30,7 +30,8 @@ import msgspec
 import nats
 from nats.aio.client import Client
 
-from bench.gateway import GatewayStack, cpu_seconds, measure, settle
+from bench.gateway import GatewayStack, measure, settle
+from bench.procstat import cpu_seconds
 from libs.localservers import free_port
 from libs.settings import Settings
 from tests.stack import ServiceProcess

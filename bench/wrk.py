@@ -18,10 +18,9 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-TICKS = os.sysconf("SC_CLK_TCK")
+from bench.procstat import cpu_of
 
 DONE_HOOK = """
 done = function(summary, latency, requests)
@@ -77,18 +76,6 @@ def ensure_wrk() -> str:
     if not found:
         raise SystemExit("apt-get did not install wrk")
     return found
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def cpu_of(groups: dict[str, list[int]]) -> dict[str, float]:
-    return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
 
 
 @dataclass
