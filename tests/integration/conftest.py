@@ -5,9 +5,23 @@ from one another's tests."""
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats
+import pytest
+from nats.aio.client import Client
+
+from libs.localservers import LocalNats
 from tests.stack import ROOT, Stack
+
+
+@pytest.fixture
+async def nc(nats_server: LocalNats) -> AsyncIterator[Client]:
+    """A client of the module's nats-server, for tests that talk to NATS without a stack."""
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
 
 
 def out_of_reach_plans(workdir: Path) -> str:

@@ -8,14 +8,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs import apikeys
 from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
-from libs.localservers import LocalNats
 from proto.v1 import KeyFound, KeyView, LookupKey, encode, subjects
 
 pytestmark = pytest.mark.connected
@@ -32,13 +30,6 @@ class KeysResponder:
         self.lookups += 1
         key_hash = msgspec.json.decode(msg.data, type=LookupKey).key_hash
         await msg.respond(encode(KeyFound(key=self.valid.get(key_hash))))
-
-
-@pytest.fixture
-async def nc(nats_server: LocalNats) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -16,13 +15,6 @@ from libs.rpc import Responders, Unavailable, ask
 from proto.v1 import BillingHistory, BillingHistoryRequest, ReplayProgress, ReplayStatusRequest, encode, rpc
 
 pytestmark = pytest.mark.connected
-
-
-@pytest.fixture
-async def nc(nats_server: LocalNats) -> AsyncIterator[Client]:
-    client = await nats.connect(nats_server.url)
-    yield client
-    await client.close()
 
 
 @pytest.fixture
