@@ -1,7 +1,7 @@
 """Partition leases: which instance of a service owns which partitions of the event log, through
-leases in a NATS KV bucket (docs/scaling.md, step 1 of its plan). Used today by ingress, whose
-instances elect the one that runs the ingress projection (rebalance=False, one partition);
-quota, keys, billing and refund do not use it yet.
+leases in a NATS KV bucket (docs/scaling.md, step 1 of its plan). Used by ingress, whose
+instances elect the one that runs the ingress projection (rebalance=False, one partition), and by
+quota, whose instances share the partitions (services/quota/partitions.py).
 
 Every instance keeps a member key alive and computes, from the live members, the same desired
 assignment (rendezvous hashing: a member leaving moves only its partitions, one joining takes
@@ -73,6 +73,8 @@ class PartitionLeases:
         self._member_rev = 0
         self.members = 1
         """Live members (instances) of the service at the last tick, this one included."""
+        self.desired: set[int] = set()
+        """The partitions this instance should own among the live members at the last tick."""
         self._task: asyncio.Task[None] | None = None
         self.kv: KeyValue | None = None
 
@@ -129,6 +131,7 @@ class PartitionLeases:
             desired = {p for p in range(self.partitions) if rendezvous(p, members) == self.instance}
         else:
             desired = set(range(self.partitions))
+        self.desired = desired
         for partition in list(self._held):
             if partition not in desired:
                 await self._release(partition)

@@ -191,11 +191,17 @@ class ProjectionRunner:
             await asyncio.gather(*(self._run_partition(p) for p in range(self._partitions)))
             await self.pause.park()
 
-    async def _run_partition(self, partition: int) -> None:
+    async def run_partition(self, partition: int, stop: asyncio.Event) -> None:
+        """Run one partition until `stop` is set (within a fetch's second): for a service whose
+        instances own partitions through leases (libs/leases.py), which runs the partitions it
+        owns, each from its checkpoint, instead of `run()`'s every one."""
+        await self._run_partition(partition, stop)
+
+    async def _run_partition(self, partition: int, stop: asyncio.Event | None = None) -> None:
         last_seq = await self._retry_forever(lambda: self._load_checkpoint(partition), "load checkpoint")
         sub = await self._retry_forever(lambda: self._subscribe(partition, last_seq), "subscribe")
         expected = 1  # a new consumer's first delivery
-        while not self.pause.requested:
+        while not self.pause.requested and not (stop is not None and stop.is_set()):
             try:
                 msgs = await self.pause.unless_requested(sub.fetch(self._batch, timeout=1.0))
             except TimeoutError:  # nats.errors.TimeoutError, or asyncio's when the pull request expires

@@ -1,0 +1,137 @@
+"""Two quota instances share the partitions (services/quota/partitions.py): one killed with SIGKILL
+during a burst against an almost-full window has its partitions taken over by the other within
+5 s; no call is admitted past the caps (the Flow window, held full by a running stream's
+reservation, and the RPM), during the gap the gateway answers 503 with retry-after, and every call
+answered 200 is metered exactly once."""
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats.js.errors
+import pytest
+
+from libs.eventlog.subjects import partition_for
+from libs.leases import BUCKET
+from libs.localservers import LocalNats, LocalPostgres, free_port
+from libs.settings import Settings
+from tests.e2e.conftest import CHEAP, GLM, TOKENS_PER_S, Burst, call, fill_window_to, metered, reservation_settings
+from tests.stack import ServiceProcess, Stack, eventually
+
+pytestmark = pytest.mark.connected
+RPM_INTERVAL_S = 6.0  # the Free plan's 10 RPM: one call every 6 s after a burst of 10
+
+
+@pytest.fixture(scope="module")
+async def settings(nats_server: LocalNats, postgres: LocalPostgres) -> Settings:
+    return await reservation_settings(nats_server, postgres)
+
+
+@pytest.fixture(scope="module")
+async def two(stack: Stack, workdir: Path) -> AsyncIterator[tuple[Stack, ServiceProcess]]:
+    """The stack with a second quota instance, and the simulator paced (streams take seconds)."""
+    await asyncio.to_thread(stack.simulator.stop)
+    await asyncio.to_thread(stack.simulator.start, {"FLOWPLAN_SIMULATOR_TOKENS_PER_S": str(TOKENS_PER_S)})
+    port = free_port()
+    second = ServiceProcess("quota", {**stack.quota.env, "FLOWPLAN_QUOTA_PORT": str(port)}, port, workdir)
+    second.log_path = workdir / f"quota-second-{port}.log"
+    await asyncio.to_thread(second.start)
+    yield stack, second
+    second.stop()
+
+
+def instance(process: ServiceProcess) -> str:
+    assert process.process is not None
+    return f"{socket.gethostname()}-{process.process.pid}"
+
+
+async def owners(stack: Stack) -> dict[int, str]:
+    """Partition -> the instance holding its quota lease now."""
+    nc = await stack.nats()
+    try:
+        kv = await nc.jetstream().key_value(BUCKET)
+        held = {}
+        for partition in range(stack.settings.partitions):
+            try:
+                entry = await kv.get(f"owner.quota.{partition}")
+            except nats.js.errors.KeyNotFoundError:
+                continue
+            if entry.value:
+                held[partition] = entry.value.decode()
+        return held
+    finally:
+        await nc.close()
+
+
+async def account_owned_by(stack: Stack, owner: str, held: dict[int, str]) -> dict[str, str]:
+    while True:
+        account = await stack.create_account()
+        if held[partition_for(account["account_id"], stack.settings.partitions)] == owner:
+            return account
+
+
+async def test_a_killed_quota_instance_s_partitions_are_taken_over_without_admitting_past_the_caps(
+    two: tuple[Stack, ServiceProcess],
+) -> None:
+    stack, second = two
+    first_id, second_id = instance(stack.quota), instance(second)
+
+    async def shared() -> dict[int, str] | None:
+        held = await owners(stack)
+        both = len(held) == stack.settings.partitions and set(held.values()) == {first_id, second_id}
+        return held if both else None
+
+    held = await eventually(shared, within=20, interval=0.2)  # the second instance got its share
+    victim, survivor = stack.quota, second_id
+    full = await account_owned_by(stack, first_id, held)  # its window: full once a stream runs
+    paced = await account_owned_by(stack, first_id, held)  # its RPM: 10 calls, then one every 6 s
+    assert 4.9 < await fill_window_to(stack, full, 29_000) < 5
+    # A GLM stream of 3,000 tokens (about 15 s) reserves about 0.26 Flows: the window is full while it runs.
+    stream = asyncio.create_task(call(stack, full["key"], GLM, 3000, stream=True))
+    started = time.monotonic()
+    for _ in range(7):
+        status, _, body = await call(stack, paced["key"], CHEAP, 1)
+        assert status == 200, body
+    await asyncio.sleep(0.5)
+    against_full = Burst(stack, full["key"], GLM, workers=1, pause_s=0.3)
+    against_rpm = Burst(stack, paced["key"], CHEAP, workers=2, pause_s=0.1)
+    await asyncio.sleep(1.0)
+
+    killed = time.monotonic()
+    await asyncio.to_thread(victim.kill)
+
+    async def taken() -> bool:
+        return set((await owners(stack)).values()) == {survivor} and len(await owners(stack)) == len(held)
+
+    await eventually(taken, within=10, interval=0.05)
+    took = time.monotonic() - killed
+    await asyncio.sleep(3.0)  # the burst goes on against the new owner
+    full_answers, rpm_answers = await against_full.stop(), await against_rpm.stop()
+    elapsed = time.monotonic() - started
+    print(f"\npartitions of the killed quota instance taken over after {took:.2f} s (lease 3 s)")
+    assert took < 5.0, took
+    assert not stream.done(), "the stream ended before the burst did: the test proves nothing"
+
+    statuses = [status for status, _, _ in full_answers]
+    assert 200 not in statuses, full_answers  # nothing past the full window, before, during or after
+    assert 503 in statuses, full_answers  # the fail-over was met
+    assert all(retry is not None for status, retry, _ in full_answers if status in (429, 503)), full_answers
+    assert "quota_exhausted" in [code for _, _, code in full_answers[statuses.index(503) :]], full_answers
+
+    admitted = 7 + sum(status == 200 for status, _, _ in rpm_answers)
+    # GCRA at 10 RPM: a burst of 10, then one every 6 s. A fresh rate limit would admit 10 more.
+    assert admitted <= 10 + int(elapsed / RPM_INTERVAL_S), (admitted, elapsed, rpm_answers)
+    assert any(status == 503 for status, _, _ in rpm_answers), rpm_answers
+    assert all(retry is not None for status, retry, _ in rpm_answers if status in (429, 503)), rpm_answers
+    assert "rate_limit_exceeded" in [code for _, _, code in rpm_answers], rpm_answers
+
+    status, _, _ = await stream
+    assert status == 200
+    # Every 200 metered exactly once: the seed and the stream; the 7 calls and the burst's 200s.
+    assert len(await metered(stack, full["key"], 2)) == 2
+    assert len(await metered(stack, paced["key"], admitted)) == admitted
+    await asyncio.sleep(1.0)  # nothing more comes
+    assert len(await metered(stack, full["key"], 2)) == 2
+    assert len(await metered(stack, paced["key"], admitted)) == admitted
