@@ -182,6 +182,8 @@ class ProjectionRunner:
         self._partition_locks = [asyncio.Lock() for _ in range(partitions)]
         """Held while a partition's batch is applied, and by reapply(): one change at a time."""
         self.pause = Pause()
+        self._looping: set[int] = set()
+        """The partitions run by run_partition whose loop is running (not parked, not stopped)."""
 
     def consumer_name(self, partition: int) -> str:
         return f"{self.projection.name}-p{partition}"
@@ -194,8 +196,19 @@ class ProjectionRunner:
     async def run_partition(self, partition: int, stop: asyncio.Event) -> None:
         """Run one partition until `stop` is set (within a fetch's second): for a service whose
         instances own partitions through leases (libs/leases.py), which runs the partitions it
-        owns, each from its checkpoint, instead of `run()`'s every one."""
-        await self._run_partition(partition, stop)
+        owns, each from its checkpoint, instead of `run()`'s every one. A pause (a replay) holds
+        once every partition running so has parked."""
+        while not stop.is_set():
+            self._looping.add(partition)
+            try:
+                await self._run_partition(partition, stop)
+            finally:
+                self._looping.discard(partition)
+                if not self._looping:
+                    self.pause.all_parked()
+            if stop.is_set():
+                return
+            await self.pause.park(last=False)
 
     async def _run_partition(self, partition: int, stop: asyncio.Event | None = None) -> None:
         last_seq = await self._retry_forever(lambda: self._load_checkpoint(partition), "load checkpoint")

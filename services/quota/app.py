@@ -19,7 +19,7 @@ from libs.settings import QuotaSettings
 from proto.v1 import rpc, subjects
 from services.quota.domain.admission import Limits
 from services.quota.inflight import InflightTracker
-from services.quota.partitions import LEASE_S, QuotaPartitions
+from services.quota.partitions import LEASE_S, FlowRates, QuotaPartitions
 from services.quota.projection import QuotaProjection, QuotaState
 from services.quota.responder import QuotaResponder
 
@@ -43,6 +43,7 @@ class QuotaService:
         await tracker.listen()  # first: the heartbeats heard from here on rebuild the calls in flight
         async with runtime.db.acquire() as conn:
             await self.state.load(conn, projection.schema)
+        await FlowRates(runtime.nc.jetstream(), settings.stream, self.state).start()
         runner = await runtime.project(projection, every_partition=False)
         limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
         await store_limits(runtime.db, projection.schema, limits)

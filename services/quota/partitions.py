@@ -31,22 +31,55 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
+import msgspec
 import nats.errors
+import nats.js
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import api
 
 from libs.eventlog import subjects as log_subjects
 from libs.eventlog.barrier import applied_by_partition
 from libs.eventlog.runner import ProjectionRunner
 from libs.leases import PartitionLeases
+from libs.pricing.money import parse_fraction
+from proto.v1 import FlowRateChanged
+from proto.v1.events import SYSTEM_ACCOUNT
 from services.quota.projection import QuotaState
 
 log = logging.getLogger(__name__)
 LEASE_S = 3.0
 """The partition lease: a killed owner's partitions are free this long after its last renewal."""
 CHECK_S = 0.1
+
+
+class FlowRates:
+    """The Flow rate is for every account, and its events (account `_system`) live in one partition:
+    every instance follows them (an ephemeral ordered consumer of those events only, from the start
+    of the log: they are few), so an instance prices calls at the rate in force whatever partitions
+    it owns. Applying a rate twice (here and in the owner's projection) is one rate: by event id."""
+
+    def __init__(self, js: nats.js.JetStreamContext, stream: str, state: QuotaState) -> None:
+        self._js, self._stream, self._state = js, stream, state
+        self._decode = msgspec.json.Decoder(FlowRateChanged)
+
+    async def start(self) -> None:
+        await self._js.subscribe(
+            f"{log_subjects.STORED_PREFIX}.*.*.{SYSTEM_ACCOUNT}.FlowRateChanged",
+            stream=self._stream,
+            config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL),
+            ordered_consumer=True,
+            cb=self._on_rate,
+        )
+
+    async def _on_rate(self, msg: Msg) -> None:
+        try:
+            rate = self._decode.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return  # the owner's projection dead-letters it
+        self._state.flow_rate.add(rate.event_id, rate.occurred_at, parse_fraction(rate.usd_per_flow))
 
 
 class QuotaPartitions:

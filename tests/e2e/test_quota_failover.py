@@ -8,6 +8,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
+from fractions import Fraction
 from pathlib import Path
 
 import nats.js.errors
@@ -72,10 +73,8 @@ async def account_owned_by(stack: Stack, owner: str, held: dict[int, str]) -> di
             return account
 
 
-async def test_a_killed_quota_instance_s_partitions_are_taken_over_without_admitting_past_the_caps(
-    two: tuple[Stack, ServiceProcess],
-) -> None:
-    stack, second = two
+async def both_own(stack: Stack, second: ServiceProcess) -> dict[int, str]:
+    """Partition -> owner, once the two instances share the partitions."""
     first_id, second_id = instance(stack.quota), instance(second)
 
     async def shared() -> dict[int, str] | None:
@@ -83,8 +82,47 @@ async def test_a_killed_quota_instance_s_partitions_are_taken_over_without_admit
         both = len(held) == stack.settings.partitions and set(held.values()) == {first_id, second_id}
         return held if both else None
 
-    held = await eventually(shared, within=20, interval=0.2)  # the second instance got its share
-    victim, survivor = stack.quota, second_id
+    return dict(await eventually(shared, within=20, interval=0.2))
+
+
+async def test_every_instance_prices_at_the_flow_rate_in_force(two: tuple[Stack, ServiceProcess]) -> None:
+    """The Flow rate's events live in one partition: the instance that does not own it prices at
+    the new rate all the same."""
+    stack, second = two
+    held = await both_own(stack, second)
+    accounts = [await account_owned_by(stack, instance(process), held) for process in (stack.quota, second)]
+
+    async def set_rate(usd_per_flow: str) -> None:
+        status, body = await stack.http(
+            "POST", "/admin/v1/flow-rate", token=stack.settings.admin_token, json={"usd_per_flow": usd_per_flow}
+        )
+        assert status in (200, 201), body
+
+    await set_rate("1/40")
+    try:
+        await asyncio.sleep(1.0)
+        for account in accounts:
+            status, _, body = await call(stack, account["key"], CHEAP, 1)
+            assert status == 200, body
+            await metered(stack, account["key"], 1)
+            db = await stack.db()
+            try:
+                rate = await db.fetchval("SELECT usd_per_flow FROM quota.usage WHERE account_id = $1",
+                                         account["account_id"])  # fmt: skip
+            finally:
+                await db.close()
+            assert Fraction(rate) == Fraction(1, 40), (account, rate)
+    finally:
+        await set_rate("10/396")
+
+
+async def test_a_killed_quota_instance_s_partitions_are_taken_over_without_admitting_past_the_caps(
+    two: tuple[Stack, ServiceProcess],
+) -> None:
+    stack, second = two
+    first_id, survivor = instance(stack.quota), instance(second)
+    held = await both_own(stack, second)
+    victim = stack.quota
     full = await account_owned_by(stack, first_id, held)  # its window: full once a stream runs
     paced = await account_owned_by(stack, first_id, held)  # its RPM: 10 calls, then one every 6 s
     assert 4.9 < await fill_window_to(stack, full, 29_000) < 5
