@@ -178,3 +178,11 @@ class PartitionLeases:
         self._valid_until.pop(partition, None)  # stop answering first, then hand over
         with contextlib.suppress(nats.errors.Error):
             await self.kv.delete(self._owner_key(partition), last=revision)
+
+
+async def held(leases: PartitionLeases, want: bool, partition: int = 0, every_s: float = 0.2) -> None:
+    """Return once holding the partition is `want` (polled: a lease also ends by time passing)."""
+    while True:
+        if leases.owns(partition) == want:
+            return
+        await asyncio.sleep(every_s)

@@ -1,8 +1,13 @@
-"""Two quota instances share the partitions (services/quota/partitions.py): one killed with SIGKILL
-during a burst against an almost-full window has its partitions taken over by the other within
-5 s; no call is admitted past the caps (the Flow window, held full by a running stream's
-reservation, and the RPM), during the gap the gateway answers 503 with retry-after, and every call
-answered 200 is metered exactly once."""
+"""Services as several instances, one killed with SIGKILL (docs/scaling.md).
+
+quota: two instances share the partitions (services/quota/partitions.py); one killed during a
+burst against an almost-full window has its partitions taken over by the other within 5 s; no call
+is admitted past the caps (the Flow window, held full by a running stream's reservation, and the
+RPM), during the gap the gateway answers 503 with retry-after, and every call answered 200 is
+metered exactly once.
+
+keys: two instances answer lookups from their own memory; the one that leads (projects, decides
+key commands) killed, lookups go on with no gap and the other leads within 5 s."""
 
 import asyncio
 import socket
@@ -11,13 +16,16 @@ from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
 
+import msgspec
 import nats.js.errors
 import pytest
 
+from libs.apikeys import hash_secret
 from libs.eventlog.subjects import partition_for
 from libs.leases import BUCKET
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings
+from proto.v1 import KeyFound, LookupKey, encode, subjects
 from tests.e2e.conftest import CHEAP, GLM, TOKENS_PER_S, Burst, call, fill_window_to, metered, reservation_settings
 from tests.stack import ServiceProcess, Stack, eventually
 
@@ -173,3 +181,62 @@ async def test_a_killed_quota_instance_s_partitions_are_taken_over_without_admit
     await asyncio.sleep(1.0)  # nothing more comes
     assert len(await metered(stack, full["key"], 2)) == 2
     assert len(await metered(stack, paced["key"], admitted)) == admitted
+
+
+async def test_key_lookups_go_on_when_the_leading_keys_instance_is_killed(stack: Stack, workdir: Path) -> None:
+    port = free_port()
+    second = ServiceProcess("keys", {**stack.keys.env, "FLOWPLAN_KEYS_PORT": str(port)}, port, workdir)
+    second.log_path = workdir / f"keys-second-{port}.log"
+    await asyncio.to_thread(second.start)
+    account = await stack.create_account()
+    nc = await stack.nats()
+    try:
+        kv = await nc.jetstream().key_value(BUCKET)
+        leader_id = (await kv.get("owner.keys-leader.0")).value or b""
+        leader = next(p for p in (stack.keys, second) if instance(p) == leader_id.decode())
+        lookup = encode(LookupKey(key_hash=hash_secret(account["key"])))
+        answers: list[bool] = []
+
+        async def look_up() -> None:
+            reply = await nc.request(subjects.KEY_LOOKUP, lookup, timeout=1.0)
+            answers.append(msgspec.json.decode(reply.data, type=KeyFound).key is not None)
+
+        for _ in range(10):
+            await look_up()
+        killed = time.monotonic()
+        await asyncio.to_thread(leader.kill)
+        while time.monotonic() - killed < 1.0:  # every lookup answered, found, while nobody leads
+            await look_up()
+            await asyncio.sleep(0.02)
+
+        async def led() -> bool:
+            try:
+                entry = await kv.get("owner.keys-leader.0")
+            except nats.js.errors.KeyNotFoundError:  # run out, not taken yet
+                return False
+            return entry.value is not None and entry.value.decode() != leader_id.decode()
+
+        await eventually(led, within=10, interval=0.05)
+        took = time.monotonic() - killed
+        print(f"\nkeys: leadership taken over after {took:.2f} s; {len(answers)} lookups, all answered")
+        assert took < 5.0
+        assert all(answers), answers
+
+        # Key commands are decided by the new leader once it projects (until then: 503, retry): a new
+        # account gets its key, which is looked up.
+        async def create() -> dict[str, str] | None:
+            status, body = await stack.http(
+                "POST", "/admin/v1/accounts", token=stack.settings.admin_token, json={"name": "after"}
+            )
+            assert status in (201, 503), body
+            return dict(body) if status == 201 else None
+
+        created = await eventually(create, within=10, interval=0.2)
+        print(f"keys: commands answered again {time.monotonic() - killed:.2f} s after the kill")
+        reply = await nc.request(subjects.KEY_LOOKUP, encode(LookupKey(key_hash=hash_secret(created["key"]))))
+        assert msgspec.json.decode(reply.data, type=KeyFound).key is not None
+    finally:
+        await nc.close()
+        if stack.keys.process is None:  # the module's own instance was the one killed
+            await asyncio.to_thread(stack.keys.start)
+        second.stop()
