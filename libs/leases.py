@@ -21,8 +21,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import nats.errors
 import nats.js
@@ -186,3 +188,39 @@ async def held(leases: PartitionLeases, want: bool, partition: int = 0, every_s:
         if leases.owns(partition) == want:
             return
         await asyncio.sleep(every_s)
+
+
+LEADER_LEASE_S = 3.0
+
+
+def leader_leases(js: nats.js.JetStreamContext, service: str, replicas: int = 1) -> PartitionLeases:
+    """One lease, `owner.<service>-leader.0`, for a service of which one instance at a time decides
+    (projects, answers the commands) while the others stand by (keys, billing, refund)."""
+    return PartitionLeases(
+        js, f"{service}-leader", f"{socket.gethostname()}-{os.getpid()}", 1,
+        lease_s=LEADER_LEASE_S, replicas=replicas, rebalance=False,
+    )  # fmt: skip
+
+
+async def lead(
+    leases: PartitionLeases, begin: Callable[[], Awaitable[None]], leading: asyncio.Event | None = None
+) -> None:
+    """Once this instance holds the leader lease, begin (project, answer the commands, resume what
+    the previous leader left); when it is lost, raise: the process exits (crash-only, run it as a
+    spawned task) and its supervisor starts it again as a standby, so two instances never decide at
+    once for longer than the lease's margin."""
+    await held(leases, True)
+    log.info("%s: this instance (%s) leads", leases.service, leases.instance)
+    await begin()
+    if leading is not None:
+        leading.set()
+    await held(leases, False)
+    raise RuntimeError(f"{leases.service}: the leader's lease was lost; exiting so that only one instance decides")
+
+
+async def until_leading(leading: asyncio.Event) -> None:
+    """At start: wait until this instance leads, or until a lease held by another instance would
+    have run out (a SIGKILLed predecessor's): the sole instance of a service serves /healthz only
+    once it answers, as before; a standby serves it after these seconds."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(leading.wait(), LEADER_LEASE_S * 4 / 3 + 0.5)

@@ -9,14 +9,12 @@ commands (create, rotate, revoke, suspend: decided from its memory, one at a tim
 over within seconds when it dies. An instance that loses the lease while running exits (crash-only:
 its supervisor starts it again as a standby), so two never decide at once."""
 
-import logging
-import os
-import socket
+import asyncio
 from pathlib import Path
 
 from libs.clock import Clock, SystemClock
 from libs.eventlog.follower import LogFollower, loaded_from
-from libs.leases import PartitionLeases, held
+from libs.leases import PartitionLeases, lead, leader_leases, until_leading
 from libs.runtime import Runtime
 from libs.settings import KeysSettings
 from proto.v1 import subjects
@@ -27,8 +25,6 @@ from services.keys.registry import KeyRegistry
 from services.keys.responder import KeysResponder
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-LEASE_S = 3.0
-log = logging.getLogger(__name__)
 
 
 class KeysService:
@@ -48,17 +44,16 @@ class KeysService:
             await self.registry.load(conn, projection.schema)
         follower = LogFollower(runtime.nc.jetstream(), settings.stream, projection.event_types, self._apply)
         await follower.start(loaded)
-        self.leases = PartitionLeases(
-            runtime.nc.jetstream(), "keys-leader", f"{socket.gethostname()}-{os.getpid()}", 1,
-            lease_s=LEASE_S, replicas=settings.stream_replicas, rebalance=False,
-        )  # fmt: skip
+        self.leases = leader_leases(runtime.nc.jetstream(), "keys", settings.stream_replicas)
         await self.leases.start()
         responder = KeysResponder(
             self.registry, await runtime.publisher(), runtime.nc, self.clock, follower, self.leases
         )
         await responder.follow_changes()
         await runtime.answer(subjects.KEY_LOOKUP, responder.on_lookup)
-        runtime.spawn(self._lead(projection, responder), "keys-leader")
+        leading = asyncio.Event()
+        runtime.spawn(lead(self.leases, lambda: self._begin(projection, responder), leading), "keys-leader")
+        await until_leading(leading)
         await runtime.serve(settings.keys_port)
 
     def _apply(self, event: AnyEvent) -> None:
@@ -67,16 +62,11 @@ class KeysService:
         elif isinstance(event, AccessEvent):
             self.registry.apply_access(event)
 
-    async def _lead(self, projection: KeysProjection, responder: KeysResponder) -> None:
-        """Once this instance holds the lease: project and answer the commands, until it is lost."""
-        assert self.leases is not None
-        await held(self.leases, True)
-        log.info("keys: this instance (%s) projects and answers the key commands", self.leases.instance)
+    async def _begin(self, projection: KeysProjection, responder: KeysResponder) -> None:
+        """Leading: project, and answer the key commands."""
         await self.runtime.project(projection)
         responder.serve(self.runtime)
         await self.runtime.start_responders()
-        await held(self.leases, False)
-        raise RuntimeError("keys: the leader's lease was lost; exiting so that only one instance decides")
 
     async def stop(self) -> None:
         if self.leases is not None:

@@ -16,6 +16,7 @@ import msgspec
 import openai
 import pytest
 
+from libs.eventlog.subjects import STORED_PREFIX
 from libs.localservers import LocalNats, LocalPostgres
 from libs.pricing.catalog import load_catalog
 from libs.pricing.flows import price_call
@@ -225,3 +226,21 @@ class Burst:
         self._stop.set()
         await asyncio.gather(*self._tasks)
         return self.answers
+
+
+async def payouts_of(stack: Stack, account_id: str) -> tuple[int, int]:
+    """(payout rows in the provider's books, RefundPaidOut events in the stream) for the account."""
+    conn = await stack.db()
+    try:
+        rows = await conn.fetchval("SELECT count(*) FROM refund.payouts WHERE account_id = $1", account_id)
+    finally:
+        await conn.close()
+    nc = await stack.nats()
+    try:
+        info = await nc.jetstream().stream_info(
+            stack.settings.stream, subjects_filter=f"{STORED_PREFIX}.*.account.{account_id}.RefundPaidOut"
+        )
+        events = sum((info.state.subjects or {}).values())
+    finally:
+        await nc.close()
+    return int(rows), events

@@ -7,7 +7,10 @@ RPM), during the gap the gateway answers 503 with retry-after, and every call an
 metered exactly once.
 
 keys: two instances answer lookups from their own memory; the one that leads (projects, decides
-key commands) killed, lookups go on with no gap and the other leads within 5 s."""
+key commands) killed, lookups go on with no gap and the other leads within 5 s.
+
+refund: the leading instance dies right after paying a refund out, before recording it; the standby
+leads, settles it again, and the provider's idempotency key (the refund id) pays it once."""
 
 import asyncio
 import socket
@@ -15,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats.js.errors
@@ -26,7 +30,18 @@ from libs.leases import BUCKET
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings
 from proto.v1 import KeyFound, LookupKey, encode, subjects
-from tests.e2e.conftest import CHEAP, GLM, TOKENS_PER_S, Burst, call, fill_window_to, metered, reservation_settings
+from tests.e2e.conftest import (
+    CHEAP,
+    GLM,
+    TOKENS_PER_S,
+    Burst,
+    call,
+    fill_window_to,
+    metered,
+    payouts_of,
+    pro_account,
+    reservation_settings,
+)
 from tests.stack import ServiceProcess, Stack, eventually
 
 pytestmark = pytest.mark.connected
@@ -240,3 +255,35 @@ async def test_key_lookups_go_on_when_the_leading_keys_instance_is_killed(stack:
         if stack.keys.process is None:  # the module's own instance was the one killed
             await asyncio.to_thread(stack.keys.start)
         second.stop()
+
+
+async def test_a_refund_whose_leading_instance_dies_mid_settlement_is_paid_once(stack: Stack, workdir: Path) -> None:
+    account = await pro_account(stack)
+    await asyncio.to_thread(stack.refund.stop)  # hands its lease over at once
+    await asyncio.to_thread(stack.refund.start, {"FLOWPLAN_FAILPOINT": "after_payout"})  # it leads
+    port = free_port()
+    second = ServiceProcess("refund", {**stack.refund.env, "FLOWPLAN_REFUND_PORT": str(port)}, port, workdir)
+    second.log_path = workdir / f"refund-second-{port}.log"
+    await asyncio.to_thread(second.start)  # a standby
+    try:
+        status, requested = await stack.http("POST", "/v1/refunds", token=account["management_key"])
+        assert status == 202, requested
+        assert await asyncio.to_thread(stack.refund.wait_exit) == 137  # paid out, then gone before recording it
+        died = time.monotonic()
+        assert await payouts_of(stack, account["account_id"]) == (1, 1)
+
+        async def settled() -> dict[str, Any] | None:  # 503 (retry) while nobody leads
+            status, body = await stack.http("GET", f"/v1/refunds/{requested['refund_id']}", token=account["key"])
+            assert status in (200, 503), body
+            return dict(body) if status == 200 and body["status"] != "processing" else None
+
+        refund = await eventually(settled, within=30, interval=0.2)  # settled by the standby, now leading
+        print(f"\nrefund: settled by the standby {time.monotonic() - died:.2f} s after the leader died")
+        assert refund["status"] == "succeeded" and refund["amount_usd"] == "19.00"
+        assert await payouts_of(stack, account["account_id"]) == (1, 1)  # exactly one payout across the fail-over
+        assert (await stack.usage(account["key"]))["plan"] == "free"
+    finally:
+        if stack.refund.process is not None:
+            await asyncio.to_thread(stack.refund.stop)
+        second.stop()
+        await asyncio.to_thread(stack.refund.start)
