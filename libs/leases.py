@@ -62,12 +62,17 @@ class PartitionLeases:
         margin_s: float | None = None,
         replicas: int = 1,
         rebalance: bool = True,
+        hand_over: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """rebalance=False: no assignment; every instance takes whatever is free and keeps what it
         holds until it stops or dies (one partition so: a leader, for one active instance)."""
         self.service, self.instance, self.partitions = service, instance, partitions
         self.rebalance = rebalance
+        self.hand_over = hand_over
+        """True: a partition desired elsewhere is kept (renewed) until the holder calls release(),
+        once it has stopped working on it (quota: its projection's last batch committed), so that
+        the next owner never starts while this one still writes. It is listed in `leaving()`."""
         self.lease_s, self.margin_s = lease_s, lease_s / 3 if margin_s is None else margin_s
         self._js, self._replicas, self._clock = js, replicas, clock
         self._held: dict[int, int] = {}  # partition -> revision of our owner key
@@ -92,6 +97,15 @@ class PartitionLeases:
 
     def owned(self) -> set[int]:
         return {p for p in self._held if self.owns(p)}
+
+    def leaving(self) -> set[int]:
+        """Partitions held here but desired elsewhere (hand_over=True): to release() once let go."""
+        return set(self._held) - self.desired
+
+    async def release(self, partition: int) -> None:
+        """Hand a partition over now (hand_over=True, once this instance stopped working on it)."""
+        if partition in self._held:
+            await self._release(partition)
 
     async def start(self) -> None:
         self.kv = await lease_bucket(self._js, self.lease_s, self._replicas)
@@ -135,7 +149,7 @@ class PartitionLeases:
             desired = set(range(self.partitions))
         self.desired = desired
         for partition in list(self._held):
-            if partition not in desired:
+            if partition not in desired and not self.hand_over:
                 await self._release(partition)
                 continue
             sent = self._clock()

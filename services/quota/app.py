@@ -49,7 +49,7 @@ class QuotaService:
         await store_limits(runtime.db, projection.schema, limits)
         leases = PartitionLeases(
             runtime.nc.jetstream(), "quota", self.instance, settings.partitions,
-            lease_s=LEASE_S, replicas=settings.stream_replicas,
+            lease_s=LEASE_S, replicas=settings.stream_replicas, hand_over=True,
         )  # fmt: skip
         partitions = QuotaPartitions(
             runtime.nc, leases, runner, self.state, runtime.db, projection.schema, stream=settings.stream,

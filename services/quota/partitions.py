@@ -122,8 +122,9 @@ class QuotaPartitions:
         return {p for p in self._ready if self.leases.owns(p)}
 
     def settled(self) -> bool:
-        """Every partition this instance should own among the live instances is owned and ready."""
-        return bool(self.leases.desired) and self.leases.desired <= self.ready()
+        """Every partition this instance should own among the live instances is owned and ready
+        (none, when the others hold them all: it stands by)."""
+        return self.leases.desired <= self.ready()
 
     async def until_settled(self) -> None:
         while True:
@@ -135,11 +136,13 @@ class QuotaPartitions:
         """Follow the leases: take over what is owned, let go of what is not (every CHECK_S)."""
         self._handlers = handlers
         while not self._stopping:
-            owned = self.leases.owned()
-            for partition in sorted(owned - set(self._running)):
+            owned, leaving = self.leases.owned(), self.leases.leaving()
+            for partition in sorted(owned - leaving - set(self._running)):
                 self._taking[partition] = asyncio.create_task(self._take(partition), name=f"quota-take-p{partition}")
-            for partition in sorted(set(self._running) - owned):
+            for partition in sorted(set(self._running) - (owned - leaving)):
                 await self._let_go(partition)
+            for partition in sorted(leaving - set(self._running)):  # a rebalance: handed over once let go
+                await self.leases.release(partition)
             for partition, task in list(self._taking.items()):
                 if task.done():
                     del self._taking[partition]
@@ -193,11 +196,12 @@ class QuotaPartitions:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await taking
         running = self._running.pop(partition, None)
-        if running is not None:
-            stop, task = running
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if running is None:
+            return
+        stop, task = running
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
         log.info("quota p%d: let go", partition)
 
     async def _head(self, partition: int) -> int:

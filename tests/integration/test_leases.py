@@ -95,3 +95,24 @@ async def test_a_joining_instance_gets_its_share_and_a_leaving_one_hands_over_at
     assert took < 1.5
     await a.stop()
     await b.stop()
+
+
+async def test_with_hand_over_a_partition_desired_elsewhere_moves_only_once_released(connections) -> None:
+    """quota lets a partition go (its projection's last batch committed) before the next owner may
+    take it: the holder keeps renewing it, listed in leaving(), until it calls release()."""
+    service = f"quota-{uuid.uuid4().hex[:6]}"
+    nc = await connections()
+    a = PartitionLeases(nc.jetstream(), service, "a", PARTITIONS, lease_s=1.5, hand_over=True)
+    await a.start()
+    await watch_exclusive([a], settled([a]), within=5)
+    b = await holder(connections, service, "b", lease_s=1.5)
+    await watch_exclusive([a, b], lambda: bool(a.leaving()), within=5)
+    leaving = a.leaving()
+    await asyncio.sleep(3.5)  # more than two leases: kept by renewals, not taken
+    assert a.owned() == set(range(PARTITIONS)) and not b.owned() and a.leaving() == leaving
+    for partition in leaving:
+        await a.release(partition)
+    await watch_exclusive([a, b], balanced([a, b]), within=5)
+    assert b.owned() == leaving
+    await a.stop()
+    await b.stop()
