@@ -136,7 +136,10 @@ class QuotaPartitions:
         """Follow the leases: take over what is owned, let go of what is not (every CHECK_S)."""
         self._handlers = handlers
         while not self._stopping:
-            owned, leaving = self.leases.owned(), self.leases.leaving()
+            # Held, not owns(): a renewal late under load stops the admissions (ready_for checks
+            # owns()) but not the partition's projection, which a take-over would redo at length.
+            owned = {p for p in range(self.partitions) if self.leases.holds(p)}
+            leaving = self.leases.leaving()
             for partition in sorted(owned - leaving - set(self._running)):
                 self._taking[partition] = asyncio.create_task(self._take(partition), name=f"quota-take-p{partition}")
             for partition in sorted(set(self._running) - (owned - leaving)):
@@ -173,7 +176,7 @@ class QuotaPartitions:
             if (await applied_by_partition(self._pool, self._schema, "quota")).get(partition, 0) >= head:
                 break
             await asyncio.sleep(0.05)
-        if not self.leases.owns(partition):
+        if not self.leases.holds(partition):
             return  # lost meanwhile: the run loop lets go
         subs = [
             await self._nc.subscribe(log_subjects.partitioned(subject, partition), cb=handler)

@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from libs.leases import PartitionLeases, rendezvous
+from libs.leases import PartitionLeases, lease_bucket, rendezvous
 from libs.localservers import LocalNats
 
 pytestmark = pytest.mark.connected
@@ -116,3 +116,30 @@ async def test_with_hand_over_a_partition_desired_elsewhere_moves_only_once_rele
     assert b.owned() == leaving
     await a.stop()
     await b.stop()
+
+
+async def test_a_late_renewal_stops_owning_but_not_holding_and_the_next_one_proves_it(connections) -> None:
+    """A leader (libs/leases.lead) starved of CPU past its deadline must stop answering, not give
+    up: if the next renewal succeeds, nobody else held the key meanwhile."""
+    now = [0.0]
+    nc = await connections()
+    leases = PartitionLeases(
+        nc.jetstream(), f"billing-{uuid.uuid4().hex[:6]}-leader", "a", 1, lease_s=3.0, rebalance=False,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    leases.kv = await lease_bucket(nc.jetstream(), 3.0)
+    await leases.tick()
+    assert leases.owns(0) and leases.holds(0)
+    now[0] += 2.5  # the renewal is late: past the deadline (lease - margin), the key not yet expired
+    assert not leases.owns(0) and leases.holds(0)
+    await leases.tick()
+    assert leases.owns(0) and leases.holds(0)
+    await leases.kv.delete(f"owner.{leases.service}.0")  # as if it had run out, renewals too late
+    await leases.tick()  # nobody took it: a leader's lease is taken again, not given up
+    assert leases.owns(0) and leases.holds(0)
+    other = PartitionLeases(nc.jetstream(), leases.service, "b", 1, lease_s=3.0, rebalance=False)
+    other.kv = leases.kv
+    await leases.kv.delete(f"owner.{leases.service}.0")  # ran out again
+    await other.tick()  # and another instance took it this time
+    await leases.tick()
+    assert not leases.holds(0) and other.owns(0)
