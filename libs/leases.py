@@ -36,10 +36,20 @@ log = logging.getLogger(__name__)
 BUCKET = "FLOWPLAN_LEASES"
 
 
+def _weight(partition: int, member: str) -> bytes:
+    return hashlib.blake2b(f"{partition}/{member}".encode(), digest_size=8).digest()
+
+
 def rendezvous(partition: int, members: Sequence[str]) -> str:
     """The member with the highest hash of (partition, member): every instance that sees the same
     members picks the same owner."""
-    return max(members, key=lambda m: hashlib.blake2b(f"{partition}/{m}".encode(), digest_size=8).digest())
+    return max(members, key=lambda m: _weight(partition, m))
+
+
+def runner_up(partition: int, members: Sequence[str]) -> str | None:
+    """The member that would own the partition if its owner left (None with fewer than two)."""
+    ranked = sorted(members, key=lambda m: _weight(partition, m), reverse=True)
+    return ranked[1] if len(ranked) > 1 else None
 
 
 async def lease_bucket(js: nats.js.JetStreamContext, lease_s: float, replicas: int = 1) -> KeyValue:
@@ -80,6 +90,8 @@ class PartitionLeases:
         self._member_rev = 0
         self.members = 1
         """Live members (instances) of the service at the last tick, this one included."""
+        self.member_names: list[str] = [instance]
+        """The live members at the last tick."""
         self.desired: set[int] = set()
         """The partitions this instance should own among the live members at the last tick."""
         self._task: asyncio.Task[None] | None = None
@@ -148,6 +160,7 @@ class PartitionLeases:
         self._member_rev = await self._put(self._member_key, self._member_rev)
         members = await self._members()
         self.members = len(members)
+        self.member_names = members
         if self.rebalance:
             desired = {p for p in range(self.partitions) if rendezvous(p, members) == self.instance}
         else:

@@ -56,7 +56,7 @@ class QuotaService:
             heartbeat_interval_s=settings.heartbeat_interval_s, listening_since=tracker.listening_since,
         )  # fmt: skip
         self.partitions = partitions
-        tracker.ready_for = partitions.ready_for
+        tracker.ready_for, tracker.copying = partitions.ready_for, partitions.copying
         responder = QuotaResponder(
             self.state, self.catalog, limits, self.clock, runtime.db, projection.schema, runtime.nc,
             partitions.ready_for, partitions.partition_of,

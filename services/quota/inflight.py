@@ -14,9 +14,10 @@ barrier is taken `heartbeat_misses` intervals after the last heartbeat that list
 usage event still on its way to the log when the call ended has those seconds to be stored.
 
 Rebuild. Reservations and the RPM state live in memory only, in the instance that owns the
-account's partition (services/quota/partitions.py). Every quota instance hears every heartbeat, and
-holds (at the gateway's estimate) each listed call of an account whose partition it does not own
-and answer for, and keeps the latest RPM state a gateway saw for such an account: a standby's copy,
+account's partition (services/quota/partitions.py). Every quota instance hears every heartbeat; the
+partition's runner-up (and an instance taking the partition over) holds (at the gateway's
+estimate) each listed call of an account whose partition it does not answer for, and keeps the
+latest RPM state a gateway saw for such an account: a standby's copy,
 let go by the same barrier as the owner's once the gateways stop listing the call. When the instance
 takes a partition over (its owner died, or left), it waits for the heartbeats that list what the old
 owner admitted last, and for its projection to apply what was stored before, and only then admits:
@@ -64,6 +65,9 @@ class InflightTracker:
         """Whether this instance owns and answers for the account's partition (partitions.py): its
         quota.check holds that account's calls, and its heartbeats only renew them. Until then
         (standby, or taking over) the heartbeats hold them."""
+        self.copying: Callable[[str], bool] = lambda _account_id: True
+        """Whether to hold the account's calls as a standby (partitions.py: this instance is its
+        partition's runner-up, or takes it over); where it answers, ready_for decides."""
         self.listening_since = 0.0
         """Monotonic time from which the heartbeats are heard."""
         self._released_before: set[str] = set()
@@ -89,10 +93,12 @@ class InflightTracker:
             held = self._kind(call)
             if held.renew(call.account_id, call.reservation_id, now) or self.ready_for(call.account_id):
                 continue  # where quota answers, every call it admitted is held from its quota.check
+            if not self.copying(call.account_id):
+                continue
             if call.reservation_id not in released and call.reservation_id not in self._released_before:
                 held.hold(call.account_id, call.reservation_id, self._amount(call, now), now)
         for account_id, tat in beat.rate_tats.items():
-            if self.ready_for(account_id):
+            if self.ready_for(account_id) or not self.copying(account_id):
                 continue
             known = self._state.rate_limits.get(account_id)
             if tat > now and (known is None or tat > known):

@@ -13,10 +13,10 @@ it here):
 1. note the partition's head in the log;
 2. read the partition's accounts from Postgres again (another instance projected them since this one
    loaded them) and run the partition's projection from its checkpoint;
-3. wait for the gateways' heartbeats: every instance hears them all along and holds the calls in
-   flight of the partitions it does not own (services/quota/inflight.py), so a warm instance waits
-   one interval after the lease for the calls the previous owner admitted last; a cold one two
-   intervals after it started listening, as after a restart;
+3. wait for the gateways' heartbeats: the partition's runner-up (the instance rendezvous hashing
+   gives it to when its owner leaves) holds the calls in flight of its accounts from the heartbeats
+   all along (services/quota/inflight.py), so it waits one interval after the lease for the calls
+   the previous owner admitted last; any other instance two intervals, as after a restart;
 4. wait until the projection has applied the head noted in 1;
 5. subscribe to the partition's subjects: only now does it admit.
 The previous owner stopped answering before its lease could expire (libs/leases.py: `owns`), so no
@@ -43,7 +43,7 @@ from nats.js import api
 from libs.eventlog import subjects as log_subjects
 from libs.eventlog.barrier import applied_by_partition
 from libs.eventlog.runner import ProjectionRunner
-from libs.leases import PartitionLeases
+from libs.leases import PartitionLeases, runner_up
 from libs.pricing.money import parse_fraction
 from proto.v1 import FlowRateChanged
 from proto.v1.events import SYSTEM_ACCOUNT
@@ -107,6 +107,9 @@ class QuotaPartitions:
         self._subs: dict[int, list[Subscription]] = {}
         self._handlers: Mapping[str, Callable[[Msg], Awaitable[None]]] = {}
         self._stopping = False
+        self._copying_since: dict[int, float] = {}
+        """Partitions whose calls in flight this instance holds copies of from the heartbeats (it is
+        their runner-up, or takes them over), and since when."""
         self.took_over_s: dict[int, float] = {}
         """Seconds from acquiring each partition to admitting for it (the last take-over of each)."""
 
@@ -117,6 +120,21 @@ class QuotaPartitions:
         """This instance owns the account's partition and has rebuilt its state: it may admit."""
         partition = self.partition_of(account_id)
         return partition in self._ready and self.leases.owns(partition)
+
+    def copying(self, account_id: str) -> bool:
+        """Hold the account's calls from the heartbeats: this instance would take its partition over
+        if the owner left (the rendezvous runner-up), or takes it over now. Only one standby per
+        partition does this work, not every instance."""
+        return self.partition_of(account_id) in self._copying_since
+
+    def _refresh_copying(self) -> None:
+        members, me = self.leases.member_names, self.leases.instance
+        copy = {p for p in range(self.partitions) if runner_up(p, members) == me} | set(self._taking)
+        now = time.monotonic()
+        for partition in copy - set(self._copying_since):
+            self._copying_since[partition] = now
+        for partition in set(self._copying_since) - copy - set(self._running):
+            del self._copying_since[partition]
 
     def ready(self) -> set[int]:
         return {p for p in self._ready if self.leases.owns(p)}
@@ -146,6 +164,7 @@ class QuotaPartitions:
                 await self._let_go(partition)
             for partition in sorted(leaving - set(self._running)):  # a rebalance: handed over once let go
                 await self.leases.release(partition)
+            self._refresh_copying()
             for partition, task in list(self._taking.items()):
                 if task.done():
                     del self._taking[partition]
@@ -170,7 +189,12 @@ class QuotaPartitions:
             await self._state.load(conn, self._schema, only=lambda account: self.partition_of(account) == partition)
         task = asyncio.create_task(self._runner.run_partition(partition, stop), name=f"quota-projection-p{partition}")
         self._running[partition] = (stop, task)
-        heard_enough = max(self._listening_since + 2 * self._interval, acquired + self._interval)
+        # Every call the old owner admitted is listed by its gateway within an interval of its
+        # admission, and it admitted nothing after its deadline, before this lease could be had:
+        # a runner-up that held the partition's copies for two intervals needs one more; any
+        # other instance, two from now (copies start with the take-over).
+        since = max(self._copying_since.setdefault(partition, acquired), self._listening_since)
+        heard_enough = max(since + 2 * self._interval, acquired + self._interval)
         await asyncio.sleep(max(0.0, heard_enough - time.monotonic()))
         while True:
             if (await applied_by_partition(self._pool, self._schema, "quota")).get(partition, 0) >= head:

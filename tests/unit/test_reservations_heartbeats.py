@@ -112,3 +112,18 @@ def test_the_rate_limit_state_rebuilt_from_the_gateways_refuses_what_the_old_one
         allowed_after += b.allowed
         old, new = (a.tat if a.allowed else old), (b.tat if b.allowed else new)
     assert allowed_before == allowed_after == 3  # 10 per burst, 7 taken
+
+
+def test_only_the_partitions_runner_up_holds_copies_of_its_calls() -> None:
+    """One standby per partition (the instance that takes it over if its owner leaves) does the work
+    of holding its calls from the heartbeats; every other instance ignores them."""
+    beat = GatewayHeartbeat(
+        gateway_id="g", sent_at=T0, calls=[call("sub")], rate_tats={"acc": T0 + timedelta(seconds=9)}
+    )
+    elsewhere, runner_up = state_with_account(), state_with_account()
+    for state, copying in ((elsewhere, False), (runner_up, True)):
+        t = tracker(state, ManualClock(T0))
+        t.copying = lambda _account, copying=copying: copying  # type: ignore[misc]
+        t.heard(beat)
+    assert elsewhere.reservations.held("acc") == [] and "acc" not in elsewhere.rate_limits
+    assert runner_up.reservations.held("acc") == ["sub"] and runner_up.rate_limits["acc"] == T0 + timedelta(seconds=9)
