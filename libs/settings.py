@@ -295,6 +295,8 @@ class BillingSettings(RuntimeSettings, CatalogSettings, Protocol):
     def billing_barrier_wait_s(self) -> float: ...
     @property
     def insider_sweep_s(self) -> float: ...
+    @property
+    def request_timeout_s(self) -> float: ...  # billing asks quota for the PAYG balance (quota's)
 
 
 @runtime_checkable

@@ -110,13 +110,17 @@ class QuotaStatus(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     extra_usage: bool = False
     payg_key_id: str | None = None
     balance_micros: int = 0
-    """The PAYG balance: the ledger's sum (top-ups less PAYG usage), micro-USD."""
+    """The PAYG balance: quota.ledger's sum (top-ups less PAYG usage), micro-USD. quota owns it (it
+    admits PAYG calls against it); billing's history reads it from here."""
     payg_reserved_micros: int = 0
     """Estimates of PAYG calls admitted and still running."""
     insider: bool = False
     """Marked an insider by the operator, and not ended by a lapse to Free."""
     multiplier: str = "1"
     """The multiplier that prices the account's calls now (fraction text): libs.pricing.multipliers."""
+    applied: dict[int, int] = msgspec.field(default_factory=dict)
+    """The last stream sequence quota's projection applied per partition, all shown in this reply:
+    a caller that published an event waits until its partition passes it (libs/eventlog/barrier.py)."""
 
 
 class UsagePosition(msgspec.Struct, frozen=True, kw_only=True):
@@ -346,6 +350,9 @@ class PaymentAccepted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     paid_until: datetime
     duplicate: bool = False
     """The payment_ref was recorded before: this is that payment, nothing new was recorded."""
+    seq: int = 0
+    """The stream sequence of the last event recorded (0 for a duplicate): what a caller waits for
+    quota to pass before it answers (libs/eventlog/barrier.py)."""
 
 
 class TopUpBalance(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -364,6 +371,9 @@ class TopUpAccepted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     topped_up_at: datetime
     duplicate: bool = False
     """The topup_ref was recorded before: this is that top-up, nothing new was credited."""
+    seq: int = 0
+    """The stream sequence of the BalanceToppedUp (0 for a duplicate): what a caller waits for quota
+    to pass before it answers (libs/eventlog/barrier.py)."""
 
 
 class BillingCommandFailed(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -34,11 +34,11 @@ class QuotaService:
         await tracker.listen()  # first: the heartbeats heard from here on rebuild the calls in flight
         async with runtime.db.acquire() as conn:
             await self.state.load(conn, projection.schema)
-        await runtime.project(projection)
+        runner = await runtime.project(projection)
         limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
         await store_limits(runtime.db, projection.schema, limits)
         responder = QuotaResponder(
-            self.state, self.catalog, limits, self.clock, runtime.db, projection.schema, tracker.ready
+            self.state, self.catalog, limits, self.clock, runtime.db, projection.schema, tracker.ready, runner.applied
         )
         for subject, handler in (
             (subjects.QUOTA_CHECK, responder.on_check),

@@ -24,7 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from libs import failpoints
 from libs.clock import Clock
-from libs.eventlog.barrier import applied_through
+from libs.eventlog.barrier import applied_through, until_quota_applied
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.eventlog.runner import TRANSIENT_ERRORS
 from libs.refusal import Refusal
@@ -33,7 +33,6 @@ from proto.v1 import (
     InflightRequest,
     PlanChangeCancelled,
     PlanChanged,
-    QuotaStatusRequest,
     RefundCancelled,
     RefundFailed,
     RefundPayoutStarted,
@@ -242,8 +241,8 @@ class RefundDesk:
         # Free first, then "succeeded": this projection settles the refund from the log too, so a
         # RefundSucceeded stored before quota shows Free would say succeeded while Pro still works.
         # A crash in between settles again on the next start (the payout and the event ids repeat).
-        await self._publisher.publish([to_free])
-        await self._until_quota_shows_free(account_id)
+        [stored] = await self._publisher.publish([to_free])
+        await self._until_quota_applied(account_id, stored.seq)
         await self._record(succeeded)
 
     async def _start_payout(self, refund_id: str, account_id: str, now: datetime) -> bool:
@@ -303,15 +302,13 @@ class RefundDesk:
                              self._request_timeout_s)  # fmt: skip
         return inflight.reservation_ids
 
-    async def _until_quota_shows_free(self, account_id: str) -> None:
-        deadline = asyncio.get_running_loop().time() + QUOTA_SYNC_S
-        while asyncio.get_running_loop().time() < deadline:
-            status = await ask(self._nc, rpc.QUOTA_STATUS, QuotaStatusRequest(account_id=account_id),
-                               self._request_timeout_s)  # fmt: skip
-            if status.plan == "free":
-                return
-            await asyncio.sleep(0.01)
-        log.warning("refund: quota did not show %s on Free within %.0f s; settling anyway", account_id, QUOTA_SYNC_S)
+    async def _until_quota_applied(self, account_id: str, seq: int) -> None:
+        """The sequence barrier on quota: wait until its projection has applied the PlanChanged to
+        Free stored at `seq` (bounded: past QUOTA_SYNC_S the refund settles anyway)."""
+        if not await until_quota_applied(
+            self._nc, self._stream, seq, account_id, timeout_s=QUOTA_SYNC_S, request_timeout_s=self._request_timeout_s
+        ):
+            log.warning("refund: quota did not apply %s's Free in %.0f s; settling anyway", account_id, QUOTA_SYNC_S)
 
     # -- the projection's tables ------------------------------------------------------
 
