@@ -27,6 +27,7 @@ from libs.clock import Clock
 from libs.eventlog.barrier import applied_through, until_quota_applied
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.eventlog.runner import TRANSIENT_ERRORS
+from libs.pricing.catalog import FREE
 from libs.refusal import Refusal
 from libs.rpc import Unavailable, ask
 from proto.v1 import (
@@ -235,7 +236,7 @@ class RefundDesk:
             await self._record(succeeded, published=True)
             return
         to_free = PlanChanged(
-            event_id=_event_id(refund_id, "plan"), account_id=account_id, occurred_at=now, plan="free",
+            event_id=_event_id(refund_id, "plan"), account_id=account_id, occurred_at=now, plan=FREE,
             previous_plan=plan_now, period_anchor=now, reason="refund",
         )  # fmt: skip
         # Free first, then "succeeded": this projection settles the refund from the log too, so a

@@ -1,23 +1,26 @@
-"""The simulator's settings, read from FLOWPLAN_* environment variables."""
+"""The simulator's settings: its part of the one Settings (libs/settings.py, FLOWPLAN_*), under the
+names its code uses."""
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-_ENV = {
-    "host": "FLOWPLAN_HOST",
-    "port": "FLOWPLAN_SIMULATOR_PORT",
-    "tokens_per_s": "FLOWPLAN_SIMULATOR_TOKENS_PER_S",
-    "first_token_ms": "FLOWPLAN_SIMULATOR_FIRST_TOKEN_MS",
-    "require_key": "FLOWPLAN_SIMULATOR_REQUIRE_KEY",
-    "max_body_bytes": "FLOWPLAN_SIMULATOR_MAX_BODY_BYTES",
-    "payment_webhook_secret": "FLOWPLAN_PAYMENT_WEBHOOK_SECRET",
-    "payment_webhook_url": "FLOWPLAN_PAYMENT_WEBHOOK_URL",
-    "ingress_port": "FLOWPLAN_INGRESS_PORT",
-    "payment_provider_public_url": "FLOWPLAN_PAYMENT_PROVIDER_PUBLIC_URL",
+from libs.settings import Settings, load_settings
+
+_FROM = {
+    "host": "host",
+    "port": "simulator_port",
+    "tokens_per_s": "simulator_tokens_per_s",
+    "first_token_ms": "simulator_first_token_ms",
+    "require_key": "simulator_require_key",
+    "max_body_bytes": "simulator_max_body_bytes",
+    "payment_webhook_secret": "payment_webhook_secret",
+    "payment_webhook_url": "payment_webhook_url",
+    "ingress_port": "ingress_port",
+    "payment_provider_public_url": "payment_provider_public_url",
 }
+"""Each simulator setting and the Settings field (FLOWPLAN_<FIELD>) it is."""
 
 
 class SimulatorSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,18 +42,18 @@ class SimulatorSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Where browsers reach the checkout pages; default the address the session was created at."""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "SimulatorSettings":
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for field, name in _ENV.items():
-            raw = env.get(name)
-            if raw is not None and raw != "":
-                values[field] = raw
+    def from_settings(cls, settings: Settings, **overrides: Any) -> "SimulatorSettings":
+        values = {name: getattr(settings, field) for name, field in _FROM.items()}
         values.update(overrides)
-        settings = msgspec.convert(values, cls, strict=False)
-        if not settings.payment_webhook_url:
-            url = f"http://127.0.0.1:{settings.ingress_port}/v1/webhooks/payments"
-            settings = msgspec.structs.replace(settings, payment_webhook_url=url)
-        if settings.tokens_per_s < 0 or settings.first_token_ms < 0:
+        simulator = msgspec.convert(values, cls, strict=False)
+        if not simulator.payment_webhook_url:
+            url = f"http://127.0.0.1:{simulator.ingress_port}/v1/webhooks/payments"
+            simulator = msgspec.structs.replace(simulator, payment_webhook_url=url)
+        if simulator.tokens_per_s < 0 or simulator.first_token_ms < 0:
             raise ValueError("FLOWPLAN_SIMULATOR_TOKENS_PER_S and _FIRST_TOKEN_MS must not be negative")
-        return settings
+        return simulator
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "SimulatorSettings":
+        """From FLOWPLAN_* through the one loader (load_settings)."""
+        return cls.from_settings(load_settings(environ), **overrides)

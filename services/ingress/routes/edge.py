@@ -19,7 +19,7 @@ from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog
 from libs.refusal import Refusal
 from libs.rpc import ask
-from libs.settings import Settings
+from libs.settings import IngressSettings
 from libs.web import CONTROL, EARLIEST, LATEST, ApiError
 from proto.v1 import (
     QuotaStatus,
@@ -45,7 +45,7 @@ class Edge:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: IngressSettings,
         catalog: Catalog,
         directory: Directory,
         publisher: EventPublisher,
