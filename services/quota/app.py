@@ -12,8 +12,9 @@ from libs.settings import QuotaSettings
 from proto.v1 import rpc, subjects
 from services.quota.domain.admission import Limits
 from services.quota.inflight import InflightTracker
-from services.quota.projection import QuotaProjection, QuotaState
+from services.quota.projection import QuotaProjection
 from services.quota.responder import QuotaResponder
+from services.quota.state import QuotaState
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -41,7 +41,7 @@ from services.quota.domain.admission import (
     view,
 )
 from services.quota.domain.periods import Segment
-from services.quota.projection import QuotaState
+from services.quota.state import QuotaState
 
 
 def _window(w: WindowView) -> WindowStatus:

@@ -37,7 +37,8 @@ from services.ingress.projection import IngressProjection
 from services.keys.projection import KeysProjection
 from services.keys.registry import KeyRegistry
 from services.quota.domain.windows import FIVE_HOURS
-from services.quota.projection import QuotaProjection, QuotaState, UnknownAccount
+from services.quota.projection import QuotaProjection, UnknownAccount
+from services.quota.state import QuotaState
 from tests.component.conftest import Feed
 
 RATE = Fraction(1, 100)

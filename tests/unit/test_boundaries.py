@@ -40,7 +40,7 @@ def test_the_free_plan_and_the_settings_are_named_in_one_place() -> None:
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Constant) and node.value == "free":
                     free.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:  # .get("FLOWPLAN_…")
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:  # .get(…)
                     first = node.args[0]
                     if isinstance(first, ast.Constant) and str(first.value).startswith("FLOWPLAN_"):
                         environ.append(f"{path.relative_to(ROOT)}:{node.lineno} {first.value}")
