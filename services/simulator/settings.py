@@ -24,22 +24,18 @@ _FROM = {
 
 
 class SimulatorSettings(msgspec.Struct, frozen=True, kw_only=True):
-    host: str = "127.0.0.1"
-    port: int = 8090
-    tokens_per_s: float = 2000.0
-    """Output pace of a completion; 0 = as fast as possible (non-streamed answers wait for it too)."""
-    first_token_ms: float = 0.0
-    """Delay before the first output token (time to first token)."""
-    require_key: str = ""
-    """When set, requests must carry it as `Authorization: Bearer <key>` or `x-api-key: <key>`."""
-    max_body_bytes: int = 32 * 1024 * 1024
-    payment_webhook_secret: str = "dev-payment-webhook-secret"
-    """The local payment provider signs its webhooks with it (flowplan's FLOWPLAN_PAYMENT_WEBHOOK_SECRET)."""
-    payment_webhook_url: str = ""
-    """Where the local payment provider sends them; default ingress on this host."""
-    ingress_port: int = 8081
-    payment_provider_public_url: str = ""
-    """Where browsers reach the checkout pages; default the address the session was created at."""
+    """What each means, and its default: the Settings field _FROM names (libs/settings.py)."""
+
+    host: str
+    port: int
+    tokens_per_s: float
+    first_token_ms: float
+    require_key: str
+    max_body_bytes: int
+    payment_webhook_secret: str
+    payment_webhook_url: str
+    ingress_port: int
+    payment_provider_public_url: str
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> "SimulatorSettings":
