@@ -36,7 +36,7 @@ from bench import replay as bench_replay
 from bench import scale as bench_scale
 from bench.gateway import postgres_pids
 from bench.ingest import post_batches
-from bench.procstat import cpu_of, pct
+from bench.procstat import cpu_of, cpu_seconds, pct
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings, load_settings, settings_environ
 from libs.setup import set_up
@@ -209,7 +209,7 @@ async def ingest_and_project(
 
 
 async def quota_checks(
-    url: str, accounts: list[str], rate: int, seconds: float, billing_mode: str = "subscription"
+    url: str, accounts: list[str], rate: int, seconds: float, billing_mode: str = "subscription", quota_pid: int = 0
 ) -> dict[str, float]:
     nc = await nats.connect(url)
     latencies: list[float] = []
@@ -265,9 +265,10 @@ async def quota_checks(
             await one(accounts[(k * 7919 + count) % len(accounts)])
             count += 1
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds(quota_pid)
     await asyncio.gather(*(client(k) for k in range(32)))
     fixed["max_per_s"] = (count - len(timeouts) + fixed["timeouts"]) / (time.perf_counter() - t0)
+    fixed["cpu_us"] = (cpu_seconds(quota_pid) - cpu0) / (count or 1) * 1e6  # quota's CPU per check, load-robust
     fixed["admitted"] = admitted / (len(latencies) or 1)
     await nc.close()
     return fixed
@@ -384,13 +385,16 @@ async def core(
             rows += await ingest_rows(args, base, settings, accounts, nats_server, postgres, ingress, quota,
                                       publish_eps, insert_eps)  # fmt: skip
         rates = [int(r) for r in str(args.check_rates).split(",") if r.strip()]
-        checks = {rate: await quota_checks(settings.nats_url, accounts, rate, args.check_seconds) for rate in rates}
+        assert quota.process is not None
+        pid = quota.process.pid
+        checks = {rate: await quota_checks(settings.nats_url, accounts, rate, args.check_seconds, quota_pid=pid)
+                  for rate in rates}  # fmt: skip
         payg_accounts = accounts[:100]
         billing.start()  # only now: the ingest and projection figures above are ingress and quota alone
         await top_up_accounts(base, settings.admin_token, payg_accounts)
         billing.stop()
         payg = {
-            rate: await quota_checks(settings.nats_url, payg_accounts, rate, args.check_seconds, "payg")
+            rate: await quota_checks(settings.nats_url, payg_accounts, rate, args.check_seconds, "payg", pid)
             for rate in rates
         }
     finally:
@@ -412,9 +416,10 @@ async def core(
     sub, pg = checks[rates[0]], payg[rates[0]]
     rows += [
         ("quota.check closed loop (32 clients)", f"{sub['max_per_s']:,.0f} checks/s", f"{sub['admitted']:.0%} admitted",
-         ""),
+         f"quota CPU {sub['cpu_us']:,.0f} us/check"),
         ("PAYG quota.check closed loop", f"{pg['max_per_s']:,.0f} checks/s",
-         f"{pg['admitted']:.0%} admitted, {pg['max_per_s'] / sub['max_per_s']:.2f}x subscription's rate", ""),
+         f"{pg['admitted']:.0%} admitted, {pg['max_per_s'] / sub['max_per_s']:.2f}x subscription's rate",
+         f"quota CPU {pg['cpu_us']:,.0f} us/check"),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     print()
