@@ -25,6 +25,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
+from nats.aio.client import Client
 
 from libs import apikeys
 from libs.localservers import LocalNats, LocalPostgres
@@ -174,7 +175,7 @@ def requests(draw: Any, method: str, path: str, accounts: dict[str, str]) -> tup
     return method, url, token, body
 
 
-async def stream_seq(nc: nats.aio.client.Client, stream: str) -> int:
+async def stream_seq(nc: Client, stream: str) -> int:
     return int((await nc.jetstream().stream_info(stream)).state.last_seq)
 
 
@@ -264,7 +265,7 @@ GATEWAY_TEMPLATES: dict[str, dict[str, Any]] = {
     },
 }  # fmt: skip
 MODELS = ["deepseek/deepseek-chat", "anthropic/claude-sonnet-4.5", "openai/gpt-5-mini", "nanobanana/nanobanana-pro"]
-gateway_values = st.one_of(
+gateway_values: st.SearchStrategy[Any] = st.one_of(
     values,
     st.sampled_from(MODELS),
     st.sampled_from([True, False, 0, 1, -1, 2**31, 10**30, 1e308, "true", None, [], {}]),
@@ -342,7 +343,7 @@ def gateway_requests(
     return method, url, headers, body
 
 
-async def usage_events_of(nc: nats.aio.client.Client, stack: Stack, account_ids: list[str]) -> int:
+async def usage_events_of(nc: Client, stack: Stack, account_ids: list[str]) -> int:
     """How many usage events of the accounts the log holds."""
     js = nc.jetstream()
     total = 0
