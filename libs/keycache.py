@@ -117,7 +117,7 @@ class KeyCache:
     async def authenticate(self, secret: str, client: str | None = None) -> KeyView | None:
         """The active key with this secret, or None (malformed, unknown, rotated away, revoked).
         Raises UnknownKeysThrottled when a key not known valid would cost a lookup over the limit
-        of `client` (the peer address) or of all clients."""
+        of `client` (its address: the peer, or the client a trusted proxy names) or of all clients."""
         if apikeys.kind_of(secret) is None:
             return None
         key_hash = apikeys.hash_secret(secret)

@@ -104,7 +104,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     to one."""
     trusted_proxies: str = ""
     """Comma-separated addresses or networks of the reverse proxies in front of the gateway: only a
-    call from one of them has its client address taken from X-Forwarded-For."""
+    call from one of them has its client address taken from X-Forwarded-For (for the abuse signals'
+    client hash and the gateway's per-client limit on unknown-key lookups)."""
     insider_sweep_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     """How often billing looks for insiders whose paid subscription lapsed to Free with no payment
     since (a payment looks at once); the lapse is dated when it happened, whenever it is seen."""

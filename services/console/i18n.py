@@ -26,6 +26,8 @@ ZH: dict[str, str] = {
     "Link no longer valid": "链接已失效",
     "This sign-in link was already used or has expired. Sign in with your password, or ask for a new link.": "此登录链接已被使用或已过期。请使用密码登录，或申请新的链接。",
     "Form expired": "表单已过期",
+    "Not allowed": "不允许",
+    "The address or the form holds control characters. Go back, remove them and try again.": "地址或表单中含有控制字符。请返回，删除后重试。",
     "This form has expired or did not come from this site. Reload the page and try again.": "此表单已过期或并非来自本站。请刷新页面后重试。",
     "Not available": "暂不可用",
     "Subscription": "订阅",

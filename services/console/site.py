@@ -1,6 +1,7 @@
 """What every console page shares: templates, the language, cookies, the CSRF check, security
-headers, and who is signed in."""
+headers, the refusal of control characters, and who is signed in."""
 
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from libs.clock import Clock
 from libs.settings import ConsoleSettings
+from libs.web import CONTROL
 from services.console import auth, i18n, views
 from services.console.owners import Owners
 
@@ -24,6 +26,10 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 FORM_EXPIRED = "This form has expired or did not come from this site. Reload the page and try again."
+NOT_TEXT = "The address or the form holds control characters. Go back, remove them and try again."
+CONTROL_IN_FORM = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""C0 control characters but tab and line breaks (a chat message has those), and DEL: Postgres
+refuses NUL, and none belongs in an email, a name or a title."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -45,7 +51,7 @@ class Site:
         self.csp = f"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self' {provider}"
 
     def install(self, app: web.Application) -> None:
-        app.middlewares.extend([self._headers, self._csrf])
+        app.middlewares.extend([self._headers, self._csrf, self._plain_text])
         app.router.add_static("/static/", HERE / "static")
 
     @web.middleware
@@ -66,6 +72,19 @@ class Site:
                 self.settings.console_secret, self.basis(request), token if isinstance(token, str) else None
             ):
                 return self.render(request, "error.html", 403, title="Form expired", message=FORM_EXPIRED)
+        return await handler(request)
+
+    @web.middleware
+    async def _plain_text(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A control character in the path, the query or a form is a 400 page before any handler
+        takes it to Postgres (a NUL in the sign-in email or a conversation id was a 500)."""
+        texts = [*request.match_info.items(), *request.query.items()]
+        if request.method == "POST":
+            form = [(name, value) for name, value in (await request.post()).items() if isinstance(value, str)]
+            if any(CONTROL_IN_FORM.search(name) or CONTROL_IN_FORM.search(value) for name, value in form):
+                return self.render(request, "error.html", 400, title="Not allowed", message=NOT_TEXT)
+        if any(CONTROL.search(name) or CONTROL.search(value) for name, value in texts):
+            return self.render(request, "error.html", 400, title="Not allowed", message=NOT_TEXT)
         return await handler(request)
 
     @staticmethod

@@ -400,6 +400,34 @@ async def test_studio_chat_routes_refuse_no_session_no_csrf_bad_input_and_anothe
             await b.close()
 
 
+async def test_a_control_character_in_an_address_or_a_form_is_a_400_page_never_a_500(console: Stack) -> None:
+    """A NUL reaching Postgres was a 500: in the sign-in or sign-up email (no session needed) and in
+    a conversation's id or title. Tabs and line breaks stay allowed in a form (a chat message)."""
+    _, owner = await new_owner(console)
+    anyone = Browser(console)
+    try:
+        conversation = await new_chat(owner)
+        refused = [
+            await anyone.post("/sign-in", {"email": "a\x00@example.com", "password": PASSWORD}),
+            await anyone.post("/sign-up", {"email": "a\x00@example.com", "password": PASSWORD}),
+            await owner.post(f"/chat/{conversation}/rename", {"title": "a\x00b"}, csrf_from="/chat"),
+            await owner.post(f"/chat/{conversation}/rename", {"title": "a\x1bb"}, csrf_from="/chat"),
+            await owner.post("/chat/%00/rename", {"title": "x"}, csrf_from="/chat"),
+            await owner.post(f"/chat/{conversation}/messages", {"message": "hi\x00"}, csrf_from="/chat"),
+        ]
+        assert [r.status for r in refused] == [400] * len(refused)
+        for path in ("/chat/%00", "/chat/%00/cost", "/pricing?lang=%00", "/sign-in/link/%01"):
+            status, page = await owner.get(path)
+            assert status == 400 and "control characters" in page, (path, status)
+        response = await owner.post(f"/chat/{conversation}/rename", {"title": "Trip\tplans\n"}, csrf_from="/chat")
+        assert response.status == 303
+        titles = (await owner.get("/chat"))[1]
+        assert "Trip plans" in titles and "a\x1bb" not in titles  # the tab passed; the refused titles did not
+    finally:
+        await anyone.close()
+        await owner.close()
+
+
 async def gateway_call(stack: Stack, token: str, path: str = "/v1/chat/completions",
                        **headers: str) -> tuple[int, Any, Any]:  # fmt: skip
     body = {"model": "deepseek/deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}

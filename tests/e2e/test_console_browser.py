@@ -437,3 +437,12 @@ async def test_studio_chat_bills_each_conversation_as_its_mode_says_and_a_switch
     usage = page.get_by_role("region", name="Usage", exact=True)
     await expect(usage.get_by_role("link", name="Hello from a subscription chat")).to_have_count(1)
     await expect(usage.get_by_role("link", name="Hello from a pay-as-you-go chat")).to_have_count(2)
+
+
+async def test_a_control_character_in_the_address_shows_the_not_allowed_page(console: Stack, page: Page) -> None:
+    await owner(console, page)
+    response = await page.goto(f"{console.console_url}/chat/%00")
+    assert response is not None and response.status == 400
+    await expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
+    await expect(page.get_by_role("alert")).to_contain_text("control characters")
+    await expect(page.get_by_role("link", name="Sign in")).to_have_attribute("href", "/sign-in")  # it leads on
