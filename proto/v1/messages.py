@@ -128,7 +128,8 @@ class UsagePosition(msgspec.Struct, frozen=True, kw_only=True):
 
 class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """An account's calls, newest first: `limit` of them, older than `before` or newer than `after`
-    (at most one of the two), of one key, one model and one Studio Chat conversation when given."""
+    (at most one of the two), of one key, one model, one Studio Chat conversation and one billing
+    mode when given."""
 
     account_id: str
     limit: int = 50
@@ -137,6 +138,8 @@ class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     key_id: str | None = None
     model: str | None = None
     conversation_id: str | None = None
+    billing_mode: str | None = None
+    """subscription or payg."""
 
 
 class UsageEventsReply(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -270,14 +273,14 @@ class BillingHistory(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 class CostsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     account_id: str
     group_by: str
-    """model or day."""
+    """model, day, or hour (the subscription's Flows per UTC hour)."""
     since: datetime
     until: datetime
 
 
 class CostLine(msgspec.Struct, frozen=True, kw_only=True):
     key: str
-    """The model id, or the UTC day (YYYY-MM-DD)."""
+    """The model id, the UTC day (YYYY-MM-DD), or the UTC hour (RFC 3339)."""
     calls: int
     flows_micros: int
     usd_micros: int
