@@ -22,8 +22,6 @@ EMAIL_NOTICES = {
 }
 RECENT_CALLS = 1000
 """What Extra Usage spent is summed from the latest calls billed to the balance."""
-CHART_DAYS = 8
-"""The chart's hours come from this far back: its week in the owner's zone, whatever the zone."""
 
 
 class SubscriptionPages:
@@ -60,7 +58,8 @@ class SubscriptionPages:
     async def _subscription(self, request: web.Request, account_id: str, status: int = 200,
                             **extra: Any) -> web.Response:  # fmt: skip
         filters = {name: request.query[name] for name in ("key", "model", "chart") if request.query.get(name)}
-        chart_from = f"{self.clock.now() - timedelta(days=CHART_DAYS):%Y-%m-%dT%H:%M:%SZ}"
+        back = timedelta(days=views.CHART_DAYS.get(views.chart_view(filters.get("chart")), 0) + 1)
+        chart_from = f"{self.clock.now() - back:%Y-%m-%dT%H:%M:%SZ}"  # a day more: the first day in any zone
         try:
             usage, calls, payg, hours, keys, history, refunds, plans, costs = await asyncio.gather(
                 self.api.get(account_id, "/v1/account/usage"),

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 WINDOWS = (("window_5h", "5-hour window"), ("weekly", "This week"), ("monthly", "This month"))
 KIND_NAMES = {"subscription": "Subscription", "payg": "Pay As You Go", "management": "Management"}
+ENTRY_NAMES = {"payment": "Payment", "plan_change": "Plan change", "top_up": "Top-up", "refund": "Refund"}
 REFUSALS = {
     "free_plan": "Only a paid plan can be refunded; this account is on Free.",
     "window_passed": "The 24 hours for a refund of this payment have passed.",
@@ -103,20 +104,29 @@ FILTERS = {
     "usd_exact": usd_exact,
     "flows_exact": flows_exact,
     "kind_name": KIND_NAMES.get,
+    "entry_name": lambda kind: ENTRY_NAMES.get(kind, kind),
 }
 
 
 CHART_HEIGHT = 120
 
 
+CHART_VIEWS = {"hour": "Per hour (5-hour view)", "day": "Per day (week view)", "month": "Per day (month view)"}
+CHART_DAYS = {"day": 7, "month": 30}
+
+
+def chart_view(asked: str | None) -> str:
+    return asked if asked in CHART_VIEWS else "hour"
+
+
 def chart(hours: list[dict[str, Any]], now: datetime, by: str, tz: ZoneInfo = UTC_ZONE) -> dict[str, Any]:
-    """The subscription's Flows per hour over the last 5 hours, or per day over the last 7 days,
-    from its Flows per UTC hour (the account API's costs by hour); the hours and days are the
+    """The subscription's Flows per hour over the last 5 hours, or per day over the last 7 or 30
+    days, from its Flows per UTC hour (the account API's costs by hour); the hours and days are the
     owner's, in their time zone (a day is midnight to midnight there)."""
     local = now.astimezone(tz)
-    if by == "day":
-        today = local.date()
-        days = [today - timedelta(days=6 - i) for i in range(8)]  # the 7 days shown, and the next midnight
+    if by in CHART_DAYS:
+        shown, today = CHART_DAYS[by], local.date()
+        days = [today - timedelta(days=shown - 1 - i) for i in range(shown + 1)]  # and the next midnight
         edges = [datetime(d.year, d.month, d.day, tzinfo=tz).astimezone(UTC_ZONE) for d in days]
         labels = [f"{d:%m-%d}" for d in days[:-1]]
     else:  # whole hours of absolute time, labelled by the owner's clock
@@ -131,16 +141,30 @@ def chart(hours: list[dict[str, Any]], now: datetime, by: str, tz: ZoneInfo = UT
             continue
         totals[bisect_right(starts, moment) - 1] += Decimal(str(row["flows"]))
     top = max(totals) or Decimal(1)
+    step = 60 if len(starts) <= 7 else 24  # a month's 30 bars narrower, every fifth day named
     bars = [
-        {"label": label, "flows": str(total), "height": int(total * CHART_HEIGHT / top)}
-        for label, total in zip(labels, totals, strict=True)
-    ]
+        {"label": label, "tick": label if step == 60 or (len(starts) - 1 - i) % 5 == 0 else "",
+         "flows": str(total), "height": int(total * CHART_HEIGHT / top), "x": i * step}
+        for i, (label, total) in enumerate(zip(labels, totals, strict=True))
+    ]  # fmt: skip
     return {
         "by": by,
         "bars": bars,
         "height": CHART_HEIGHT,
-        "title": "Flows per day" if by == "day" else "Flows per hour",
+        "width": len(bars) * step,
+        "bar_width": step * 2 // 3,
+        "title": "Flows per hour" if by == "hour" else "Flows per day",
     }
+
+
+def chart_links(filters: dict[str, str], shown: str) -> list[dict[str, str]]:
+    """The other views of the chart, keeping the key and model filters."""
+    kept = {name: value for name, value in filters.items() if name != "chart"}
+    return [
+        {"label": label, "query": urlencode({**kept, **({"chart": view} if view != "hour" else {})})}
+        for view, label in CHART_VIEWS.items()
+        if view != shown
+    ]
 
 
 def pricing(plans: dict[str, Any]) -> dict[str, Any]:
@@ -232,7 +256,8 @@ def subscription(
         "query": urlencode(filters),
         "models": sorted(models),
         "all_keys": keys,
-        "chart": chart(hours, now, "day" if filters.get("chart") == "day" else "hour", tz),
+        "chart": chart(hours, now, chart_view(filters.get("chart")), tz),
+        "chart_links": chart_links(filters, chart_view(filters.get("chart"))),
         "costs": costs,
         "keys": active,
         "payg_keys": [k for k in active if k["kind"] == "payg"],

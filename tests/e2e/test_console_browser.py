@@ -125,6 +125,21 @@ async def test_the_windows_move_after_a_metered_call(console: Stack, page: Page)
     await expect(usage).to_contain_text("deepseek/deepseek-chat")
     await expect(usage).to_contain_text("default")  # the key, by name
     await expect(usage).to_contain_text("subscription")
+    # The chart: per hour over 5 hours, per day over a week or a month; the call is in today's bar.
+    bars = usage.locator("svg rect.bar-fill")
+    await expect(bars).to_have_count(5)
+    await usage.get_by_role("link", name="Per day (month view)").click()
+    await expect(page).to_have_url(re.compile(r"chart=month"))
+    await expect(bars).to_have_count(30)
+
+    async def charted() -> bool:  # billing sums the hours a moment after quota lists the call
+        await page.reload()
+        return await bars.last.get_attribute("height") == "120"
+
+    await eventually(charted, within=30, interval=0.5)
+    assert await bars.first.get_attribute("height") == "0"
+    await usage.get_by_role("link", name="Per day (week view)").click()
+    await expect(bars).to_have_count(7)
 
 
 async def test_a_payg_key_is_created_its_secret_shown_once_and_copied(console: Stack, page: Page) -> None:
@@ -339,6 +354,8 @@ async def test_upgrade_from_pro_to_max_through_the_providers_pay_button(console:
     await expect(page.get_by_role("button", name="Downgrade to Pro")).to_be_visible()
     history = page.get_by_role("region", name="Billing history")
     await expect(history).to_contain_text("$100.00")
+    await expect(history.get_by_role("row").filter(has_text="Plan change").first).to_contain_text("Pro → Max")
+    await expect(history.get_by_role("row").filter(has_text="$100.00")).to_contain_text("Payment")
 
 
 async def test_pricing_shows_the_plans_at_the_rate_in_force_and_get_max_leads_to_checkout(

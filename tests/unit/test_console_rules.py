@@ -111,6 +111,20 @@ def test_the_chart_sums_flows_per_hour_over_five_hours_and_per_day_over_a_week()
     assert daily["bars"][1]["flows"] == "4" and daily["bars"][-1]["flows"] == "105.0"
 
 
+def test_the_month_view_shows_thirty_days_naming_every_fifth_and_the_links_keep_the_filters() -> None:
+    now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
+    hours = [{"hour": "2026-11-01T00:00:00Z", "flows": 2}, {"hour": "2026-10-31T23:00:00Z", "flows": 9}]
+    month = views.chart(hours, now, "month")
+    assert len(month["bars"]) == 30 and month["bars"][0]["label"] == "11-01" and month["bars"][0]["flows"] == "2"
+    assert [b["tick"] for b in month["bars"] if b["tick"]] == ["11-05", "11-10", "11-15", "11-20", "11-25", "11-30"]
+    assert month["title"] == "Flows per day" and month["width"] == 30 * 24
+    assert views.chart_view("month") == "month" and views.chart_view("year") == views.chart_view(None) == "hour"
+    links = views.chart_links({"key": "k_1", "chart": "month"}, "month")
+    assert [(link["label"], link["query"]) for link in links] == [
+        ("Per hour (5-hour view)", "key=k_1"), ("Per day (week view)", "key=k_1&chart=day")
+    ]  # fmt: skip
+
+
 def test_the_chart_counts_the_owners_hours_and_days_in_their_time_zone() -> None:
     now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)  # 18:30 in Shanghai, 05:30 in New York
     events = [
@@ -147,7 +161,7 @@ def test_every_text_the_templates_translate_has_its_chinese() -> None:
     texts = set()
     for template in (Path(views.__file__).parent / "templates").glob("*.html"):
         texts |= set(re.findall(r'_\("([^"]+)"\)', template.read_text()))
-    texts |= {title for _, title in views.WINDOWS} | set(views.KIND_NAMES.values())
+    texts |= {title for _, title in views.WINDOWS} | set(views.KIND_NAMES.values()) | set(views.ENTRY_NAMES.values())
     assert sorted(texts - set(i18n.ZH)) == []
 
 
