@@ -347,6 +347,7 @@ async def test_upgrade_from_pro_to_max_through_the_providers_pay_button(console:
     await expect(page).to_have_url(re.compile(r"/provider/checkout/cs_"))
     await expect(page.get_by_text("Max plan, one month")).to_be_visible()
     await expect(page.get_by_text("$100.00")).to_be_visible()
+    assert await serious_violations(page) == []  # the local provider's page, on the owner's way
     await page.get_by_role("button", name="Pay").click()
     await expect(page).to_have_url(re.compile(r"/subscription\?checkout=paid$"))
     await expect(page.get_by_role("status").filter(has_text="Payment received.")).to_be_visible()
@@ -411,6 +412,9 @@ async def test_sign_up_by_the_mailed_link_shows_the_first_key_once_and_pays_for_
     await expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
     found = {"check your email": await serious_violations(page)}
     [mail] = await mailed_to(console, email)
+    await page.goto(f"http://127.0.0.1:{console.settings.simulator_port}/mailbox")
+    await expect(page.get_by_text(mail["subject"]).first).to_be_visible()
+    found["mailbox"] = await serious_violations(page)
     link = re.search(r"http\S+/sign-up/finish/\S+", mail["text"])
     assert link and mail["subject"] == "Finish creating your flowplan account"
     await page.goto(link.group(0))
