@@ -107,12 +107,12 @@ class Site:
     def _static(name: str) -> str:
         return f"/static/{name}"
 
-    @staticmethod
-    def set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str,
-                    max_age: int | None) -> None:  # fmt: skip
-        response.set_cookie(
-            name, value, httponly=True, samesite="Lax", secure=request.secure, path="/", max_age=max_age
-        )
+    def set_cookie(self, request: web.Request, response: web.StreamResponse, name: str, value: str,
+                   max_age: int | None) -> None:  # fmt: skip
+        """HttpOnly, SameSite=Lax, and Secure when the owner reaches the console over https: TLS here,
+        or (the usual deployment) at a proxy in front, which FLOWPLAN_CONSOLE_URL names."""
+        secure = request.secure or self.settings.console_url.startswith("https://")
+        response.set_cookie(name, value, httponly=True, samesite="Lax", secure=secure, path="/", max_age=max_age)
 
     async def account(self, request: web.Request) -> str | None:
         session_id = request.cookies.get(SESSION_COOKIE)

@@ -226,3 +226,22 @@ def test_chat_offers_the_plans_models_on_subscription_and_checks_the_form_naming
            ("hi", "free", "a/free", "billing_mode"), ("hi", "payg", "z/z", "model")]  # fmt: skip
     for text, mode, model, field in bad:
         assert (views.chat_problem(text, mode, model, ids) or "").startswith(f"{field}:")
+
+
+def test_cookies_are_secure_when_owners_reach_the_console_over_https_even_through_a_proxy() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from libs.clock import SystemClock
+    from libs.settings import load_settings
+    from services.console.site import Site
+
+    def cookie(console_url: str) -> str:
+        site = Site(load_settings({}, console_url=console_url), None, SystemClock())  # type: ignore[arg-type]
+        response = web.Response()
+        site.set_cookie(make_mocked_request("GET", "/"), response, "fp_session", "s", 60)  # plain http here
+        return response.cookies["fp_session"].output()
+
+    behind_tls = cookie("https://console.example.com")
+    assert "Secure" in behind_tls and "HttpOnly" in behind_tls and "SameSite=Lax" in behind_tls
+    assert "Secure" not in cookie("http://127.0.0.1:8088") and "Secure" not in cookie("")
