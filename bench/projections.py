@@ -49,7 +49,8 @@ from proto.v1.events import Event
 from services.billing.projection import BillingProjection
 from services.keys.projection import KeysProjection
 from services.keys.registry import KeyRegistry
-from services.quota.projection import QuotaProjection, QuotaState
+from services.quota.projection import QuotaProjection
+from services.quota.state import QuotaState
 from services.refund.projection import RefundProjection
 from tests.stack import ServiceProcess
 

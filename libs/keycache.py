@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs import apikeys, tracing
-from libs.settings import Settings
+from libs.settings import KeyCacheSettings
 from libs.web import ApiError
 from proto.v1 import KeyFound, KeysChanged, KeyView, LookupKey, encode, subjects
 
@@ -96,7 +96,7 @@ class KeyCache:
         self._changed = msgspec.json.Decoder(KeysChanged)
 
     @classmethod
-    def from_settings(cls, nc: Client, settings: Settings) -> "KeyCache":
+    def from_settings(cls, nc: Client, settings: KeyCacheSettings) -> "KeyCache":
         return cls(
             nc, max_entries=settings.key_cache_size,
             per_client=(settings.unknown_key_burst, settings.unknown_key_rate_per_s),

@@ -3,7 +3,7 @@
 Every request is answered (libs.rpc): one that fails is answered with BillingCommandFailed, never
 left to time out (its caller would take that for an outage and say "retry")."""
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
 
@@ -22,13 +22,23 @@ from proto.v1 import (
 )
 from services.billing import abuse, abuse_rules
 
+BalanceOf = Callable[[str], Awaitable[int]]
+"""The account's PAYG balance, micro-USD, as its owner (quota) has it."""
+
 
 class BillingResponder:
     def __init__(
-        self, pool: asyncpg.Pool, schema: str, weekly_caps: Mapping[str, int] | None = None, clock: Clock | None = None
+        self,
+        pool: asyncpg.Pool,
+        schema: str,
+        balance_of: BalanceOf,
+        weekly_caps: Mapping[str, int] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._pool = pool
         self._schema = schema
+        self._balance_of = balance_of
+        """quota owns the balance (it admits PAYG calls against it): billing reads it, keeps no copy."""
         self._weekly_caps = weekly_caps or {}
         """Each plan's weekly cap in micro-Flows: the around-the-clock rule's measure of a day."""
         self._clock = clock or SystemClock()
@@ -54,12 +64,8 @@ class BillingResponder:
             request.account_id,
             min(max(request.limit, 1), 1000),
         )
-        balance = await self._pool.fetchval(
-            f"SELECT coalesce(sum(amount_micros), 0) FROM {self._schema}.ledger WHERE account_id = $1",
-            request.account_id,
-        )
         entries = [BillingEntry(**dict(row)) for row in rows]
-        return BillingHistory(entries=entries, balance_micros=int(balance))
+        return BillingHistory(entries=entries, balance_micros=await self._balance_of(request.account_id))
 
     async def costs(self, request: CostsRequest) -> Costs:
         if request.group_by == "hour":

@@ -8,7 +8,7 @@ from aiohttp import web
 from libs.clock import Clock, SystemClock
 from libs.refusal import Refusal
 from libs.runtime import Runtime
-from libs.settings import Settings
+from libs.settings import ConsoleSettings
 from proto.v1 import IssueSignInLink, SignInLinkIssued, rpc
 from services.console.accountapi import AccountApi
 from services.console.chat import ChatPages
@@ -26,7 +26,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class ConsoleService:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: ConsoleSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.runtime = Runtime("console", settings)

@@ -11,7 +11,7 @@ import jinja2
 from aiohttp import web
 
 from libs.clock import Clock
-from libs.settings import Settings
+from libs.settings import ConsoleSettings
 from services.console import auth, i18n, views
 from services.console.owners import Owners
 
@@ -32,7 +32,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Site:
-    def __init__(self, settings: Settings, owners: Owners, clock: Clock) -> None:
+    def __init__(self, settings: ConsoleSettings, owners: Owners, clock: Clock) -> None:
         self.settings = settings
         self.owners = owners
         self.clock = clock

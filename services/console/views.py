@@ -8,9 +8,12 @@ how a date and time are written."""
 from bisect import bisect_right
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from libs.pricing.catalog import FREE
+from proto.v1.events import BillingMode
 
 WINDOWS = (("window_5h", "5-hour window"), ("weekly", "This week"), ("monthly", "This month"))
 KIND_NAMES = {"subscription": "Subscription", "payg": "Pay As You Go", "management": "Management"}
@@ -222,7 +225,7 @@ def subscription(
     others = [
         {**p, "verb": verb, "action": f"{verb} {p['name']}"}
         for p in plan_list
-        if p["id"] != usage["plan"] and p["id"] != "free"
+        if p["id"] != usage["plan"] and p["id"] != FREE
         for verb in ["Upgrade to" if Decimal(p["price_usd"]) > price else "Downgrade to"]
     ]
     extra = usage["extra_usage"]
@@ -243,7 +246,7 @@ def subscription(
         "account_id": account_id,
         "suspended": bool(usage.get("account_suspended")),
         "plan": current or {"id": usage["plan"], "name": usage["plan"].title()},
-        "paid_until": usage["monthly"]["resets_at"] if usage["plan"] != "free" else None,
+        "paid_until": usage["monthly"]["resets_at"] if usage["plan"] != FREE else None,
         "insider": bool(usage.get("insider")),
         "multiplier": usage.get("multiplier", "1"),
         "scheduled": scheduled,
@@ -296,7 +299,7 @@ def chat_problem(text: str, billing_mode: str, model: str, model_ids: set[str]) 
         return "message: write a message to send"
     if len(text) > MESSAGE_MAX:
         return f"message: at most {MESSAGE_MAX:,} characters"
-    if billing_mode not in ("subscription", "payg"):
+    if billing_mode not in get_args(BillingMode):
         return "billing_mode: Subscription or Pay As You Go"
     if model not in model_ids:
         return "model: choose one of the listed models"

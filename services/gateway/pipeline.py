@@ -33,7 +33,7 @@ from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
 from libs.pricing.catalog import Catalog, Model
 from libs.pricing.money import micros_to_str
 from libs.rpc import Unavailable
-from libs.settings import Settings
+from libs.settings import GatewaySettings
 from proto.v1 import (
     InflightCall,
     KeyView,
@@ -65,7 +65,7 @@ class CallPipeline:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: GatewaySettings,
         catalog: Catalog,
         keys: KeyCache,
         nc: Client,

@@ -12,8 +12,9 @@ from libs.settings import QuotaSettings
 from proto.v1 import rpc, subjects
 from services.quota.domain.admission import Limits
 from services.quota.inflight import InflightTracker
-from services.quota.projection import QuotaProjection, QuotaState
+from services.quota.projection import QuotaProjection
 from services.quota.responder import QuotaResponder
+from services.quota.state import QuotaState
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -34,11 +35,11 @@ class QuotaService:
         await tracker.listen()  # first: the heartbeats heard from here on rebuild the calls in flight
         async with runtime.db.acquire() as conn:
             await self.state.load(conn, projection.schema)
-        await runtime.project(projection)
+        runner = await runtime.project(projection)
         limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
         await store_limits(runtime.db, projection.schema, limits)
         responder = QuotaResponder(
-            self.state, self.catalog, limits, self.clock, runtime.db, projection.schema, tracker.ready
+            self.state, self.catalog, limits, self.clock, runtime.db, projection.schema, tracker.ready, runner.applied
         )
         for subject, handler in (
             (subjects.QUOTA_CHECK, responder.on_check),

@@ -41,7 +41,7 @@ from services.quota.domain.admission import (
     view,
 )
 from services.quota.domain.periods import Segment
-from services.quota.projection import QuotaState
+from services.quota.state import QuotaState
 
 
 def _window(w: WindowView) -> WindowStatus:
@@ -64,8 +64,11 @@ class QuotaResponder:
         pool: asyncpg.Pool,
         schema: str,
         ready: asyncio.Event,
+        applied: Mapping[int, int] | None = None,
     ) -> None:
         self._state = state
+        self._applied = applied if applied is not None else {}
+        """The projection runner's last applied sequence per partition (ProjectionRunner.applied)."""
         self._ready = ready
         self._catalog = catalog
         self._limits = limits
@@ -157,6 +160,7 @@ class QuotaResponder:
             payg_reserved_micros=self._state.payg_reservations.total(account_id),
             insider=account.insider.at(now),
             multiplier=fraction_text(self._state.multiplier(account, now)),
+            applied=dict(self._applied),
         )
 
     async def events(self, request: UsageEventsRequest) -> UsageEventsReply:

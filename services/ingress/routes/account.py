@@ -48,8 +48,5 @@ class AccountRoutes(Edge):
         listed = await self._ask(rpc.KEYS_LIST, ListKeys(account_id=account_id))
         payg = {k.id for k in listed.keys if k.kind == "payg" and k.revoked_at is None}
         event = admin.set_extra_usage(account_id, command, payg, self.clock.now())
-        await self._publish([event])
-        await self._until_quota_shows(
-            account_id, lambda s: (s.extra_usage, s.payg_key_id) == (event.enabled, event.payg_key_id)
-        )
+        await self._until_quota_applied(account_id, await self._publish([event]))
         return json_response(views.extra_usage(await self._status(account_id)))
