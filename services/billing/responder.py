@@ -68,6 +68,8 @@ class BillingResponder:
         return BillingHistory(entries=entries, balance_micros=await self._balance_of(request.account_id))
 
     async def costs(self, request: CostsRequest) -> Costs:
+        if request.group_by == "hour":
+            return await self._hours(request)
         key = "model" if request.group_by == "model" else "to_char(day, 'YYYY-MM-DD')"
         rows = await self._pool.fetch(
             f"""SELECT {key} AS key, sum(calls)::bigint AS calls, sum(flows_micros)::bigint AS flows_micros,
@@ -75,6 +77,22 @@ class BillingResponder:
                 FROM {self._schema}.costs
                 WHERE account_id = $1 AND day >= $2::timestamptz::date AND day < $3::timestamptz::date + 1
                 GROUP BY 1 ORDER BY 1""",
+            request.account_id,
+            request.since,
+            request.until,
+        )
+        return Costs(lines=[CostLine(**dict(row)) for row in rows])
+
+    async def _hours(self, request: CostsRequest) -> Costs:
+        """The subscription's Flows per UTC hour (the hours the abuse evidence counts, every call
+        billed to the subscription): what the console's usage chart draws, in the owner's zone.
+        No USD: the hours keep Flows only."""
+        rows = await self._pool.fetch(
+            f"""SELECT to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:00:00"Z"') AS key, calls,
+                       flows_micros, 0::bigint AS usd_micros
+                FROM {self._schema}.abuse_hours
+                WHERE account_id = $1 AND hour >= date_trunc('hour', $2::timestamptz) AND hour <= $3
+                ORDER BY hour""",
             request.account_id,
             request.since,
             request.until,

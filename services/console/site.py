@@ -5,6 +5,8 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
+from zoneinfo import ZoneInfo
 
 import jinja2
 from aiohttp import web
@@ -19,6 +21,8 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "fp_session"
 VISITOR_COOKIE = "fp_visitor"
 LANGUAGE_COOKIE = "fp_lang"
+ZONE_COOKIE = "fp_tz"
+"""The owner's time zone, as the browser names it (console.js sets it): times are shown in it."""
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -42,6 +46,11 @@ class Site:
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
         )
         self.templates.filters.update(views.FILTERS)
+        self.templates.filters.update(
+            when=_localized(lambda c, value: views.when(value, c["lang"], c["zone"])),
+            usd=_localized(lambda c, value: views.usd(value, c["lang"])),
+            usd_exact=_localized(lambda c, value: views.usd_exact(value, c["lang"])),
+        )
         provider = (
             settings.payment_provider_public_url
             or settings.payment_provider_url
@@ -100,7 +109,8 @@ class Site:
         lang = i18n.choose(request.cookies.get(LANGUAGE_COOKIE), request.headers.get("Accept-Language", ""))
         html = self.templates.get_template(template).render(
             csrf=auth.csrf_token(self.settings.console_secret, basis), static=self._static, lang=lang,
-            _=i18n.translator(lang), here=request.path_qs if request.method == "GET" else "/", **context,
+            _=i18n.translator(lang), here=request.path_qs if request.method == "GET" else "/", zone=self.zone(request),
+            **context,
         )  # fmt: skip
         response = web.Response(text=html, status=status, content_type="text/html")
         if new_visitor:
@@ -108,15 +118,20 @@ class Site:
         return response
 
     @staticmethod
+    def zone(request: web.Request) -> ZoneInfo:
+        """The owner's zone; the script writes the cookie URL-encoded ("Asia%2FShanghai")."""
+        return views.zone(unquote(request.cookies.get(ZONE_COOKIE, "")))
+
+    @staticmethod
     def _static(name: str) -> str:
         return f"/static/{name}"
 
-    @staticmethod
-    def set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str,
-                    max_age: int | None) -> None:  # fmt: skip
-        response.set_cookie(
-            name, value, httponly=True, samesite="Lax", secure=request.secure, path="/", max_age=max_age
-        )
+    def set_cookie(self, request: web.Request, response: web.StreamResponse, name: str, value: str,
+                   max_age: int | None) -> None:  # fmt: skip
+        """HttpOnly, SameSite=Lax, and Secure when the owner reaches the console over https: TLS here,
+        or (the usual deployment) at a proxy in front, which FLOWPLAN_CONSOLE_URL names."""
+        secure = request.secure or self.settings.console_url.startswith("https://")
+        response.set_cookie(name, value, httponly=True, samesite="Lax", secure=secure, path="/", max_age=max_age)
 
     async def account(self, request: web.Request) -> str | None:
         session_id = request.cookies.get(SESSION_COOKIE)
@@ -134,3 +149,13 @@ class Site:
         response = web.HTTPSeeOther("/subscription")
         self.set_cookie(request, response, SESSION_COOKIE, session_id, int(auth.SESSION_ABSOLUTE.total_seconds()))
         return response
+
+
+def _localized(write: Callable[[Any, Any], str]) -> Callable[..., str]:
+    """A template filter that writes its value for the page's language and the owner's time zone."""
+
+    @jinja2.pass_context
+    def localized(context: Any, value: Any) -> str:
+        return write(context, value)
+
+    return localized

@@ -174,7 +174,7 @@ class QuotaResponder:
         if bound is not None:
             args += [bound.occurred_at, bound.event_id]
             conditions.append(f"(occurred_at, event_id) {'>' if newer else '<'} (${len(args) - 1}, ${len(args)})")
-        for column in ("key_id", "model", "conversation_id"):
+        for column in ("key_id", "model", "conversation_id", "billing_mode"):
             if (value := getattr(request, column)) is not None:
                 args.append(value)
                 conditions.append(f"{column} = ${len(args)}")

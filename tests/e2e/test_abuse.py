@@ -6,6 +6,7 @@ lists the accounts highest first, each signal with its evidence, and ordinary ac
 import asyncio
 import hashlib
 import hmac
+import json
 from datetime import UTC, datetime, time, timedelta
 from fractions import Fraction
 from typing import Any
@@ -17,7 +18,7 @@ from libs import apikeys
 from libs.pricing.flows import price_call
 from proto.v1 import UsageRecorded, decode_event
 from tests.e2e.conftest import CATALOG, FREE_MODEL, metered
-from tests.stack import Stack, eventually, usage_event
+from tests.stack import ROOT, Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
 POOL_ADDRESS = "203.0.113.7"  # a documentation address: only ever a header value here
@@ -127,6 +128,18 @@ async def test_pooled_accounts_and_round_the_clock_use_top_the_signals_with_thei
         }  # fmt: skip
     status, high = await signals(stack, "?min_score=50")
     assert {a["account_id"] for a in high["data"]} == pooled
+
+    # The Grafana panel of top accounts shows the same two at its top, from the projection's tables.
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "billing.json").read_text())
+    [panel] = [p for p in dashboard["panels"] if p["title"].startswith("Abuse evidence: top accounts")]
+    conn = await stack.db()
+    try:
+        rows = await conn.fetch(panel["targets"][0]["rawSql"])
+    finally:
+        await conn.close()
+    assert {r["account_id"] for r in rows[:5]} == pooled and {r["accounts_sharing_clients"] for r in rows[:5]} == {4}
+    assert rows[5]["account_id"] == clock["account_id"] and rows[5]["active_hours_7d"] == 4 * 24
+    assert {r["account_id"] for r in rows if r["accounts_sharing_clients"]} == pooled
 
 
 async def test_the_log_holds_keyed_hashes_of_the_client_never_its_address(proxied: Stack) -> None:

@@ -37,14 +37,14 @@ class BillingHistory(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 class CostsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     account_id: str
     group_by: str
-    """model or day."""
+    """model, day, or hour (the subscription's Flows per UTC hour)."""
     since: datetime
     until: datetime
 
 
 class CostLine(msgspec.Struct, frozen=True, kw_only=True):
     key: str
-    """The model id, or the UTC day (YYYY-MM-DD)."""
+    """The model id, the UTC day (YYYY-MM-DD), or the UTC hour (RFC 3339)."""
     calls: int
     flows_micros: int
     usd_micros: int

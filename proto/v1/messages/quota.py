@@ -101,7 +101,8 @@ class UsagePosition(msgspec.Struct, frozen=True, kw_only=True):
 
 class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """An account's calls, newest first: `limit` of them, older than `before` or newer than `after`
-    (at most one of the two), of one key, one model and one Studio Chat conversation when given."""
+    (at most one of the two), of one key, one model, one Studio Chat conversation and one billing
+    mode when given."""
 
     account_id: str
     limit: int = 50
@@ -110,6 +111,8 @@ class UsageEventsRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     key_id: str | None = None
     model: str | None = None
     conversation_id: str | None = None
+    billing_mode: str | None = None
+    """subscription or payg."""
 
 
 class UsageEventsReply(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -29,8 +29,8 @@ class BillingRoutes(Edge):
     async def costs(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
         group_by = request.query.get("group_by", "model")
-        if group_by not in ("model", "day"):
-            raise ApiError(400, "invalid_request", "group_by: must be model or day", "group_by")
+        if group_by not in ("model", "day", "hour"):
+            raise ApiError(400, "invalid_request", "group_by: must be model, day or hour", "group_by")
         until = time_query(request, "to", self.clock.now())
         since = time_query(request, "from", until - timedelta(days=30))
         if since > until:
