@@ -36,7 +36,7 @@ from bench import replay as bench_replay
 from bench import scale as bench_scale
 from bench.gateway import postgres_pids
 from bench.ingest import post_batches
-from bench.procstat import cpu_of, pct
+from bench.procstat import cpu_of, cpu_seconds, pct, system_seconds
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings, load_settings, settings_environ
 from libs.setup import set_up
@@ -111,16 +111,8 @@ async def top_up_accounts(base: str, token: str, accounts: list[str]) -> None:
 
 
 async def create_accounts(base: str, token: str, n: int) -> list[str]:
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
-
-        async def one(i: int) -> str:
-            async with session.post(f"{base}/admin/v1/accounts", json={"name": f"bench-{i}"}) as r:
-                return str((await r.json())["account_id"])
-
-        ids: list[str] = []
-        for start in range(0, n, 50):
-            ids += await asyncio.gather(*(one(i) for i in range(start, min(n, start + 50))))
-        return ids
+    """n new accounts' ids (bench/projections.py's creation, which retries a service's first 503s)."""
+    return [account_id for account_id, _ in await bench_projections.create_accounts(base, token, n)]
 
 
 async def ingest_and_project(
@@ -209,7 +201,7 @@ async def ingest_and_project(
 
 
 async def quota_checks(
-    url: str, accounts: list[str], rate: int, seconds: float, billing_mode: str = "subscription"
+    url: str, accounts: list[str], rate: int, seconds: float, billing_mode: str = "subscription", quota_pid: int = 0
 ) -> dict[str, float]:
     nc = await nats.connect(url)
     latencies: list[float] = []
@@ -265,9 +257,11 @@ async def quota_checks(
             await one(accounts[(k * 7919 + count) % len(accounts)])
             count += 1
 
-    t0 = time.perf_counter()
+    t0, cpu0, sys0 = time.perf_counter(), cpu_seconds(quota_pid), system_seconds(quota_pid)
     await asyncio.gather(*(client(k) for k in range(32)))
     fixed["max_per_s"] = (count - len(timeouts) + fixed["timeouts"]) / (time.perf_counter() - t0)
+    fixed["cpu_us"] = (cpu_seconds(quota_pid) - cpu0) / (count or 1) * 1e6  # quota's CPU per check
+    fixed["system_us"] = (system_seconds(quota_pid) - sys0) / (count or 1) * 1e6  # of which in the kernel
     fixed["admitted"] = admitted / (len(latencies) or 1)
     await nc.close()
     return fixed
@@ -384,13 +378,16 @@ async def core(
             rows += await ingest_rows(args, base, settings, accounts, nats_server, postgres, ingress, quota,
                                       publish_eps, insert_eps)  # fmt: skip
         rates = [int(r) for r in str(args.check_rates).split(",") if r.strip()]
-        checks = {rate: await quota_checks(settings.nats_url, accounts, rate, args.check_seconds) for rate in rates}
+        assert quota.process is not None
+        pid = quota.process.pid
+        checks = {rate: await quota_checks(settings.nats_url, accounts, rate, args.check_seconds, quota_pid=pid)
+                  for rate in rates}  # fmt: skip
         payg_accounts = accounts[:100]
         billing.start()  # only now: the ingest and projection figures above are ingress and quota alone
         await top_up_accounts(base, settings.admin_token, payg_accounts)
         billing.stop()
         payg = {
-            rate: await quota_checks(settings.nats_url, payg_accounts, rate, args.check_seconds, "payg")
+            rate: await quota_checks(settings.nats_url, payg_accounts, rate, args.check_seconds, "payg", pid)
             for rate in rates
         }
     finally:
@@ -412,9 +409,10 @@ async def core(
     sub, pg = checks[rates[0]], payg[rates[0]]
     rows += [
         ("quota.check closed loop (32 clients)", f"{sub['max_per_s']:,.0f} checks/s", f"{sub['admitted']:.0%} admitted",
-         ""),
+         f"quota CPU {sub['cpu_us']:,.0f} us/check, {sub['system_us']:,.0f} of it system"),
         ("PAYG quota.check closed loop", f"{pg['max_per_s']:,.0f} checks/s",
-         f"{pg['admitted']:.0%} admitted, {pg['max_per_s'] / sub['max_per_s']:.2f}x subscription's rate", ""),
+         f"{pg['admitted']:.0%} admitted, {pg['max_per_s'] / sub['max_per_s']:.2f}x subscription's rate",
+         f"quota CPU {pg['cpu_us']:,.0f} us/check, {pg['system_us']:,.0f} of it system"),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     print()

@@ -531,7 +531,7 @@ async def run(
                             protocol,
                         )  # fmt: skip
         if wrk:
-            targets = (*TARGETS, "litellm") if peer is not None else TARGETS
+            targets = (*TARGETS, *((BEFORE,) if BEFORE in stack.urls else ()), *(("litellm",) if peer else ()))
             print(f"  wrk: {args.wrk_seconds:g} s per cell after a {args.wrk_warmup:g} s warm-up, connections "
                   f"{', '.join(map(str, WRK_CONCURRENCY))}, targets {', '.join(targets)}.", flush=True)  # fmt: skip
             for mode in MODES:

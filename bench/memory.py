@@ -147,7 +147,7 @@ async def measured_load(url: str, trace: bool, load: Loader) -> dict[str, object
 
 async def child_quota(url: str, trace: bool) -> dict[str, object]:
     from libs.pricing.catalog import load_catalog
-    from services.quota.projection import QuotaState
+    from services.quota.state import QuotaState
 
     catalog = load_catalog()
     state = QuotaState(catalog.default_usd_per_flow, catalog.insider_multiplier)

@@ -24,7 +24,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     # issue 14's suspects, each a set of frames (function and/or file, or source text of the sampled line):
     # the share of samples whose stack holds one of them is the most the suspect can cost. The gateway's
     # own steps are the call pipeline's (services/gateway/pipeline.py), the body's bytes its protocols'.
-    "OpenTelemetry metric instruments (add/record, attribute hashing)": ("opentelemetry", "metrics/_internal"),
+    "metric instruments (OTel add/record, attribute hashing; libs/observability.py)": (
+        "opentelemetry", "metrics/_internal", "libs/observability.py"),
     "JSON encode/decode on flowplan's own lines (msgspec; body re-encoding)": (
         "src:_encode.encode(", "src:_json.decode(", "src:json.decode(", "src:encode("),
     "nats-py request/reply (quota.check, key.lookup)": ("Client.request ", "Client._request_new_style"),

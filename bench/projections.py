@@ -49,7 +49,8 @@ from proto.v1.events import Event
 from services.billing.projection import BillingProjection
 from services.keys.projection import KeysProjection
 from services.keys.registry import KeyRegistry
-from services.quota.projection import QuotaProjection, QuotaState
+from services.quota.projection import QuotaProjection
+from services.quota.state import QuotaState
 from services.refund.projection import RefundProjection
 from tests.stack import ServiceProcess
 
@@ -59,6 +60,12 @@ MODELS = ("deepseek/deepseek-chat", "openai/gpt-5-mini", "anthropic/claude-sonne
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # --profile (bench/gateway.py's: py-spy of gateway and quota there) also has this part cProfile quota's apply
     parser.add_argument("--live", action="store_true", help="projections: also the services following ingest")
+    parser.add_argument("--trickle", action="store_true",
+                        help="projections: the services following single-event posts at --trickle-rate (the "
+                             "gateway's pace), once per --lingers value: CPU per event and lag")  # fmt: skip
+    parser.add_argument("--trickle-rate", type=float, default=500.0, help="events/s, one event per POST")
+    parser.add_argument("--trickle-seconds", type=float, default=20.0)
+    parser.add_argument("--lingers", default="0.02,0.1", help="FLOWPLAN_PROJECTION_LINGER_S values, comma-separated")
 
 
 def account_events(n_accounts: int, start: datetime) -> list[Event]:
@@ -227,9 +234,14 @@ async def create_accounts(base: str, token: str, n: int) -> list[tuple[str, str]
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
 
         async def one(i: int) -> tuple[str, str]:
-            async with session.post(f"{base}/admin/v1/accounts", json={"name": f"bench-{i}"}) as r:
-                body = await r.json()
-                return str(body["account_id"]), str(body["key_id"])
+            for attempt in range(10):  # a service just started, on a loaded machine, may answer 503 at first
+                async with session.post(f"{base}/admin/v1/accounts", json={"name": f"bench-{i}"}) as r:
+                    body = await r.json()
+                    if r.status < 300 or attempt == 9:
+                        break
+                await asyncio.sleep(1)
+            assert "account_id" in body, body
+            return str(body["account_id"]), str(body["key_id"])
 
         made: list[tuple[str, str]] = []
         for start in range(0, n, 50):
@@ -345,6 +357,9 @@ async def run(
     ensure_database(apply_url)
     for folder in migration_dirs():
         await migrate_async(apply_url, folder)
+    if args.trickle and not args.live and args.events == 0:  # the trickle alone: `--trickle --events 0`
+        await trickle(args, work, settings, servers)
+        return
     floor, rates, profiled = await apply_rates(apply_url, args.events, args.accounts, args.batch, args.profile)
     report_apply(args.events, args.batch, floor, rates)
     if profiled:
@@ -352,3 +367,47 @@ async def run(
         print(profiled)
     if args.live:
         await live(args, work, settings, floor, servers)
+    if args.trickle:
+        await trickle(args, work, settings, servers)
+
+
+async def trickle(
+    args: argparse.Namespace, work: Path, settings: Settings, servers: Callable[[], dict[str, list[int]]]
+) -> None:
+    """The four services following a trickle: one usage event per POST at --trickle-rate, as a
+    gateway's calls arrive, rather than ingest's batches. Each service's CPU per event and lag, once
+    per projection linger (the services restarted with it, on the same database and log): at this
+    pace a projection's batches are as big as the linger lets them grow, and its CPU per event is
+    mostly the per-batch cost (fetch, transaction, checkpoint, ack) over the events in a batch."""
+    lingers = [float(x) for x in str(args.lingers).split(",") if x.strip()]
+    n = int(args.trickle_rate * args.trickle_seconds)
+    base = f"http://127.0.0.1:{settings.ingress_port}"
+    accounts: list[tuple[str, str]] = []
+    rows = []
+    for linger in lingers:
+        env = {**settings_environ(settings), "FLOWPLAN_LOG_LEVEL": "WARNING",
+               "FLOWPLAN_PROJECTION_LINGER_S": str(linger)}  # fmt: skip
+        services = [ServiceProcess(name, env, getattr(settings, f"{name}_port"), work) for name in ("ingress", *LIVE)]
+        try:
+            for service in services:
+                service.start()
+            accounts = accounts or await create_accounts(base, settings.admin_token, args.accounts)
+            await asyncio.sleep(2)  # the accounts applied everywhere before the measured events
+            groups = {s.name: [s.process.pid] for s in services if s.process} | servers()
+            before = cpu_of(groups)
+            result = await follow(base, settings, accounts, n, 1, args.trickle_rate)
+            after = cpu_of(groups)
+        finally:
+            for service in services:
+                service.stop()
+        rows.append((linger, result, {name: (after[name] - before[name]) / n * 1e6 for name in groups}))
+    print(f"\ntrickle: {n:,} usage events, one per POST at {args.trickle_rate:,.0f}/s, the services restarted "
+          "for each projection linger; CPU in µs per event (/proc), lag from stored to applied")  # fmt: skip
+    for linger, result, cpu in rows:
+        print(
+            f"  linger {linger * 1000:>4.0f} ms: ingest {result['ingest']['eps']:,.0f} events/s; "
+            + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+        )
+        for name in LIVE:
+            r = result[name]
+            print(f"    {name:<8} lag p50 {r['p50'] * 1000:>6,.0f} ms, p99 {r['p99'] * 1000:>6,.0f} ms")

@@ -169,7 +169,8 @@ MODES = ("non-stream", "stream")
 
 def report(cells: dict[tuple[str, int, str], Cell], peer: str | None) -> None:
     """One table: each target's calls/s, latency and CPU per call of every process, as ratios to the bare proxy."""
-    targets = ["direct", "proxy", "gateway"] + ([peer] if peer else [])
+    # then the earlier checkout's gateway (--gateway-before) and the peer, when they were measured
+    targets = ["direct", "proxy", "gateway", *sorted({t for _, _, t in cells} - {"direct", "proxy", "gateway"})]
     conc = sorted({c for _, c, _ in cells})
     ms = 1000.0
     print(
@@ -178,7 +179,7 @@ def report(cells: dict[tuple[str, int, str], Cell], peer: str | None) -> None:
         "'target' = the proxy/gateway/peer process"
     )
     head = (
-        f"{'mode':<10} {'conc':>4} {'target':<8} {'calls/s':>8} {'x proxy':>7} {'p50':>7} {'p99':>7} "
+        f"{'mode':<10} {'conc':>4} {'target':<14} {'calls/s':>8} {'x proxy':>7} {'p50':>7} {'p99':>7} "
         f"{'+p50':>6} {'+p99':>6} | " + " ".join(f"{name[:8]:>8}" for name in COLUMNS) + f" {'total':>7} {'err':>4}"
     )
     print(head + "\n" + "-" * len(head))
@@ -198,7 +199,7 @@ def report(cells: dict[tuple[str, int, str], Cell], peer: str | None) -> None:
                     for name in COLUMNS
                 )  # fmt: skip
                 print(
-                    f"{mode:<10} {c:>4} {t:<8} {cell.rps:>8,.0f} {cell.rps / proxy.rps if proxy.rps else 0:>7.0%} "
+                    f"{mode:<10} {c:>4} {t:<14} {cell.rps:>8,.0f} {cell.rps / proxy.rps if proxy.rps else 0:>7.0%} "
                     f"{r['p50_us'] / ms:>7.2f} {r['p99_us'] / ms:>7.2f} {(r['p50_us'] - d['p50_us']) / ms:>6.2f} "
                     f"{(r['p99_us'] - d['p99_us']) / ms:>6.2f} | {cpu} {cell.total_us():>7.0f} {r['errors']:>4}"
                 )

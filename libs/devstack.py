@@ -24,7 +24,9 @@ from libs.settings import (
     Settings,
     SettingsError,
     check_exposure,
+    is_set,
     load_settings,
+    read_setting,
 )
 from libs.setup import set_up
 
@@ -50,12 +52,12 @@ class DevStack:
 
     def start_servers(self) -> dict[str, str]:
         env: dict[str, str] = {}
-        if not os.environ.get("FLOWPLAN_NATS_URL"):
+        if not is_set("nats_url"):
             self.nats = LocalNats(self.state_dir / "nats", _pick_port(14222))
             self.nats.start()
             env["FLOWPLAN_NATS_URL"] = self.nats.url
             print(f"  nats-server (JetStream) on {self.nats.url}")
-        if not os.environ.get("FLOWPLAN_DATABASE_URL"):
+        if not is_set("database_url"):
             self.postgres = LocalPostgres(self.state_dir / "postgres", _pick_port(15432))
             self.postgres.start()
             env["FLOWPLAN_DATABASE_URL"] = self.postgres.url
@@ -160,6 +162,8 @@ def _admin(settings: Settings, path: str, body: dict[str, str]) -> dict[str, str
 
 
 DEMO_EMAIL = "demo@flowplan.local"
+DEMO_PLAN = "pro"
+"""The demo account's plan: a demo payment buys it, so that every example model works."""
 
 
 def _plan_of(settings: Settings, key: str) -> str | None:
@@ -178,7 +182,7 @@ def _plan_of(settings: Settings, key: str) -> str | None:
 
 
 def _demo_payment(settings: Settings, account_id: str) -> None:
-    payment = {"plan": "pro", "amount_usd": "20.00", "payment_ref": f"demo-{account_id}-{int(time.time())}"}
+    payment = {"plan": DEMO_PLAN, "amount_usd": "20.00", "payment_ref": f"demo-{account_id}-{int(time.time())}"}
     _admin(settings, f"/admin/v1/accounts/{account_id}/payments", payment)
 
 
@@ -200,7 +204,7 @@ def _demo_account(settings: Settings, state_dir: Path) -> dict[str, str]:
         # (one saved before management keys existed cannot change anything: it is made anew)
         plan = _plan_of(settings, account["key"])
         if plan is not None:
-            if plan != "pro":
+            if plan != DEMO_PLAN:
                 _demo_payment(settings, account["account_id"])
             return _with_sign_in_link(settings, account)
         print(f"  the saved demo account {account['account_id']} is unknown to this database: creating another")
@@ -302,7 +306,7 @@ def _banner(settings: Settings, account: dict[str, str]) -> str:
 
 
 def main() -> None:
-    state_dir = Path(os.environ.get("FLOWPLAN_STATE_DIR", ".flowplan")).resolve()
+    state_dir = Path(read_setting("state_dir")).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     stack = DevStack(state_dir)
     # SIGINT or SIGTERM to `flowplan up` (and only to it: the services run in sessions of their

@@ -10,8 +10,10 @@ itself (a message lost in transit).
 import os
 import sys
 
+from libs.settings import read_setting
+
 _armed: dict[str, int] = {}
-for spec in filter(None, os.environ.get("FLOWPLAN_FAILPOINT", "").split(",")):
+for spec in filter(None, str(read_setting("failpoint")).split(",")):
     name, _, count = spec.partition(":")
     _armed[name.strip()] = int(count or "1")
 

@@ -22,7 +22,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs import apikeys, tracing
-from libs.settings import Settings
+from libs.settings import KeyCacheSettings
 from libs.web import ApiError
 from proto.v1 import KeyFound, KeysChanged, KeyView, LookupKey, encode, subjects
 
@@ -96,7 +96,7 @@ class KeyCache:
         self._changed = msgspec.json.Decoder(KeysChanged)
 
     @classmethod
-    def from_settings(cls, nc: Client, settings: Settings) -> "KeyCache":
+    def from_settings(cls, nc: Client, settings: KeyCacheSettings) -> "KeyCache":
         return cls(
             nc, max_entries=settings.key_cache_size,
             per_client=(settings.unknown_key_burst, settings.unknown_key_rate_per_s),
@@ -117,7 +117,7 @@ class KeyCache:
     async def authenticate(self, secret: str, client: str | None = None) -> KeyView | None:
         """The active key with this secret, or None (malformed, unknown, rotated away, revoked).
         Raises UnknownKeysThrottled when a key not known valid would cost a lookup over the limit
-        of `client` (the peer address) or of all clients."""
+        of `client` (its address: the peer, or the client a trusted proxy names) or of all clients."""
         if apikeys.kind_of(secret) is None:
             return None
         key_hash = apikeys.hash_secret(secret)

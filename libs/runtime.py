@@ -28,7 +28,7 @@ from libs.replay.control import ReplayControl
 from libs.replay.rebuild import Rebuildable
 from libs.rpc import Responders
 from libs.service import fatal_on_error
-from libs.settings import RuntimeSettings
+from libs.settings import DatabaseSettings, ProjectionSettings, RuntimeSettings
 from libs.web import add_ops_routes, start_site
 from proto.v1.rpc import Rpc
 
@@ -56,6 +56,8 @@ class Runtime:
     async def connect(self, migrations: Path | None = None, pool_size: int = 10) -> None:
         """NATS always; Postgres (after the service's migrations) when the service has tables."""
         if migrations is not None:
+            if not isinstance(self.settings, DatabaseSettings):
+                raise TypeError(f"{self.name}: migrations given but its settings hold no database_url")
             await migrate_async(self.settings.database_url, migrations)
             self.pool = await create_pool(self.settings.database_url, max_size=pool_size)
         self.nc: Client = await connect_nats(self.settings.nats_url, self.name)
@@ -75,7 +77,10 @@ class Runtime:
         background, and answer `flowplan dlq retry` for the events it dead-letters and `flowplan
         replay` for the projection. every_partition=False: the caller runs the partitions it owns
         (`runner.run_partition`, services/quota/partitions.py)."""
-        partitions = await require_streams(self.nc.jetstream(), self.settings)
+        if not isinstance(self.settings, ProjectionSettings):
+            raise TypeError(f"{self.name}: a projection needs a database_url in its settings")
+        settings = self.settings
+        partitions = await require_streams(self.nc.jetstream(), settings)
         runner = ProjectionRunner(
             projection, self.db, self.nc.jetstream(), stream=self.settings.stream, partitions=partitions,
             batch=self.settings.projection_batch, ack_wait_s=self.settings.ack_wait_s,
@@ -88,7 +93,7 @@ class Runtime:
         self.spawn(monitor.run(), f"{self.name}-projection-monitor")
         async with self._starting:
             DeadLetterRetrier(runner, self.nc.jetstream(), self.settings.dlq_stream).serve(self)
-            ReplayControl(projection, runner, self.db, self.nc, self.settings, self.spawn).serve(self)
+            ReplayControl(projection, runner, self.db, self.nc, settings, self.spawn).serve(self)
             if self._responding:  # a projection started after the others: its commands are answered now
                 await self._start_responders()
         return runner

@@ -63,8 +63,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     """Copies JetStream keeps of each stream: 3 on a three-node cluster in production, 1 on a single server."""
     projection_batch: int = 1000
-    projection_linger_s: float = 0.02
-    """How long a projection waits for more events when a fetch returned a partial batch."""
+    projection_linger_s: float = 0.1
+    """How long a projection waits for more events when a fetch returned a partial batch: at a
+    gateway's pace each batch costs the same fetch, transaction, checkpoint and ack however few
+    events it holds, so a longer wait is less CPU per event, for at most this much more lag."""
     ack_wait_s: float = 10.0
     """How long the broker waits for a projection's ack before it redelivers (after a crash)."""
     max_usage_batch: int = 5000
@@ -102,7 +104,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     to one."""
     trusted_proxies: str = ""
     """Comma-separated addresses or networks of the reverse proxies in front of the gateway: only a
-    call from one of them has its client address taken from X-Forwarded-For."""
+    call from one of them has its client address taken from X-Forwarded-For (for the abuse signals'
+    client hash and the gateway's per-client limit on unknown-key lookups)."""
     insider_sweep_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     """How often billing looks for insiders whose paid subscription lapsed to Free with no payment
     since (a payment looks at once); the lapse is dated when it happened, whenever it is seen."""
@@ -158,6 +161,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """The sender of the console's mail through SMTP."""
     sign_ups_per_hour: int = 5
     """Sign-ups the console accepts from one client address per hour."""
+    simulator_tokens_per_s: float = 2000.0
+    """The simulator's output pace; 0 = as fast as possible (non-streamed answers wait for it too)."""
+    simulator_first_token_ms: float = 0.0
+    """The simulator's delay before the first output token (time to first token)."""
+    simulator_require_key: str = ""
+    """When set, the simulator's requests must carry it as `Authorization: Bearer <key>` or `x-api-key`."""
+    simulator_max_body_bytes: int = 32 * 1024 * 1024
+    payment_webhook_url: str = ""
+    """Where the local payment provider (the simulator) sends its webhooks; default ingress on this host."""
+    state_dir: str = ".flowplan"
+    """Where `make run` (libs/devstack.py) keeps its local nats-server's and Postgres's data, the demo account."""
+    failpoint: str = ""
+    """Fault tests only: "name:count,…" arms libs/failpoints.py (the count-th pass ends the process)."""
 
 
 def settings_environ(settings: Settings) -> dict[str, str]:
@@ -173,18 +189,36 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     overrides win (tests, composition roots). An empty variable means the default, except for a
     token: an empty token is a mistake (a compose file's unset variable), never the public default."""
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for field in msgspec.structs.fields(Settings):
-        name = f"FLOWPLAN_{field.name.upper()}"
-        raw = _secret_file(env, name) if field.name in SECRETS else None
-        if raw is None:
-            raw = env.get(name)
-        if raw == "" and field.name in TOKENS:
-            raise SettingsError(f"{name} is set but empty: set a token (or unset it on a loopback-only machine)")
-        if raw is not None and raw != "":
-            values[field.name] = raw
+    values = _raw(env, [field.name for field in msgspec.structs.fields(Settings)])
     values.update(overrides)
     return msgspec.convert(values, Settings, strict=False)
+
+
+def read_setting(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """One setting by the rules of load_settings, the others not read (for what reads its setting
+    at import time: libs/failpoints.py)."""
+    env = os.environ if environ is None else environ
+    return getattr(msgspec.convert(_raw(env, [name]), Settings, strict=False), name)
+
+
+def is_set(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether FLOWPLAN_<NAME> (or its _FILE) is set: `make run` starts a local server otherwise."""
+    return name in _raw(os.environ if environ is None else environ, [name])
+
+
+def _raw(env: Mapping[str, str], names: list[str]) -> dict[str, Any]:
+    """The FLOWPLAN_<NAME> (or FLOWPLAN_<NAME>_FILE) text of each setting that is set."""
+    values: dict[str, Any] = {}
+    for field in names:
+        name = f"FLOWPLAN_{field.upper()}"
+        raw = _secret_file(env, name) if field in SECRETS else None
+        if raw is None:
+            raw = env.get(name)
+        if raw == "" and field in TOKENS:
+            raise SettingsError(f"{name} is set but empty: set a token (or unset it on a loopback-only machine)")
+        if raw is not None and raw != "":
+            values[field] = raw
+    return values
 
 
 def _secret_file(env: Mapping[str, str], name: str) -> str | None:
@@ -247,12 +281,11 @@ class StreamSettings(Protocol):
 
 @runtime_checkable
 class RuntimeSettings(StreamSettings, Protocol):
-    """What every service process's Runtime reads: its connections, its projection, its site."""
+    """What every service process's Runtime reads: NATS, its projection, its site. Postgres is
+    DatabaseSettings: a service without tables (the gateway) is not handed its address."""
 
     @property
     def nats_url(self) -> str: ...
-    @property
-    def database_url(self) -> str: ...
     @property
     def host(self) -> str: ...
     @property
@@ -264,6 +297,19 @@ class RuntimeSettings(StreamSettings, Protocol):
 
 
 @runtime_checkable
+class DatabaseSettings(Protocol):
+    """Postgres: for the services that have tables (Runtime.connect with migrations)."""
+
+    @property
+    def database_url(self) -> str: ...
+
+
+@runtime_checkable
+class ProjectionSettings(RuntimeSettings, DatabaseSettings, Protocol):
+    """A service that projects the log into its tables (and rebuilds them: libs/replay)."""
+
+
+@runtime_checkable
 class CatalogSettings(Protocol):
     @property
     def catalog_path(self) -> str: ...
@@ -272,7 +318,7 @@ class CatalogSettings(Protocol):
 
 
 @runtime_checkable
-class QuotaSettings(RuntimeSettings, CatalogSettings, Protocol):
+class QuotaSettings(RuntimeSettings, DatabaseSettings, CatalogSettings, Protocol):
     @property
     def quota_port(self) -> int: ...
     @property
@@ -282,26 +328,181 @@ class QuotaSettings(RuntimeSettings, CatalogSettings, Protocol):
 
 
 @runtime_checkable
-class KeysSettings(RuntimeSettings, Protocol):
+class KeysSettings(RuntimeSettings, DatabaseSettings, Protocol):
     @property
     def keys_port(self) -> int: ...
 
 
 @runtime_checkable
-class BillingSettings(RuntimeSettings, CatalogSettings, Protocol):
+class BillingSettings(RuntimeSettings, DatabaseSettings, CatalogSettings, Protocol):
     @property
     def billing_port(self) -> int: ...
     @property
     def billing_barrier_wait_s(self) -> float: ...
     @property
     def insider_sweep_s(self) -> float: ...
+    @property
+    def request_timeout_s(self) -> float: ...  # billing asks quota for the PAYG balance (quota's)
 
 
 @runtime_checkable
-class RefundSettings(RuntimeSettings, Protocol):
+class RefundSettings(RuntimeSettings, DatabaseSettings, Protocol):
     @property
     def refund_port(self) -> int: ...
     @property
     def refund_barrier_wait_s(self) -> float: ...
     @property
     def request_timeout_s(self) -> float: ...
+
+
+@runtime_checkable
+class KeyCacheSettings(Protocol):
+    """What a KeyCache of key.lookup answers is sized and throttled by (the gateway's, ingress's)."""
+
+    @property
+    def key_cache_size(self) -> int: ...
+    @property
+    def unknown_key_burst(self) -> int: ...
+    @property
+    def unknown_key_rate_per_s(self) -> float: ...
+    @property
+    def unknown_key_global_burst(self) -> int: ...
+    @property
+    def unknown_key_global_rate_per_s(self) -> float: ...
+
+
+@runtime_checkable
+class GatewaySettings(RuntimeSettings, CatalogSettings, KeyCacheSettings, Protocol):
+    """The gateway: no database_url (it has no tables), no admin or ingest token."""
+
+    @property
+    def gateway_port(self) -> int: ...
+    @property
+    def simulator_port(self) -> int: ...
+    @property
+    def upstreams(self) -> str: ...
+    @property
+    def upstream_timeout_s(self) -> float: ...
+    @property
+    def request_timeout_s(self) -> float: ...
+    @property
+    def max_body_bytes(self) -> int: ...
+    @property
+    def max_json_depth(self) -> int: ...
+    @property
+    def header_timeout_s(self) -> float: ...
+    @property
+    def body_timeout_s(self) -> float: ...
+    @property
+    def trusted_proxies(self) -> str: ...
+    @property
+    def client_hash_key(self) -> str: ...
+    @property
+    def console_secret(self) -> str: ...
+    @property
+    def heartbeat_interval_s(self) -> float: ...
+    @property
+    def shutdown_grace_s(self) -> float: ...
+    @property
+    def usage_durability(self) -> Literal["ack", "queue"]: ...
+    @property
+    def usage_store_timeout_s(self) -> float: ...
+
+
+@runtime_checkable
+class IngressSettings(ProjectionSettings, CatalogSettings, KeyCacheSettings, Protocol):
+    """ingress: the HTTP API's tokens and limits, where it sends owners (console) and checkouts."""
+
+    @property
+    def accepted_lateness_s(self) -> int: ...
+    @property
+    def accepted_lead_s(self) -> int: ...
+    @property
+    def account_changes_per_minute(self) -> int: ...
+    @property
+    def admin_token(self) -> str: ...
+    @property
+    def billing_barrier_wait_s(self) -> float: ...
+    @property
+    def console_port(self) -> int: ...
+    @property
+    def console_secret(self) -> str: ...
+    @property
+    def console_url(self) -> str: ...
+    @property
+    def dedupe_retention_s(self) -> int: ...
+    @property
+    def ingest_token(self) -> str: ...
+    @property
+    def ingest_tokens(self) -> str: ...
+    @property
+    def ingress_port(self) -> int: ...
+    @property
+    def max_body_bytes(self) -> int: ...
+    @property
+    def max_usage_batch(self) -> int: ...
+    @property
+    def payment_provider_url(self) -> str: ...
+    @property
+    def payment_webhook_secret(self) -> str: ...
+    @property
+    def refund_barrier_wait_s(self) -> float: ...
+    @property
+    def request_timeout_s(self) -> float: ...
+    @property
+    def simulator_port(self) -> int: ...
+
+
+@runtime_checkable
+class ConsoleSettings(RuntimeSettings, DatabaseSettings, Protocol):
+    """The console: its pages' addresses, where it reaches ingress and the gateway, its mail."""
+
+    @property
+    def admin_token(self) -> str: ...
+    @property
+    def console_port(self) -> int: ...
+    @property
+    def console_secret(self) -> str: ...
+    @property
+    def console_url(self) -> str: ...
+    @property
+    def gateway_port(self) -> int: ...
+    @property
+    def gateway_url(self) -> str: ...
+    @property
+    def ingress_port(self) -> int: ...
+    @property
+    def ingress_url(self) -> str: ...
+    @property
+    def mail_from(self) -> str: ...
+    @property
+    def mail_url(self) -> str: ...
+    @property
+    def payment_provider_public_url(self) -> str: ...
+    @property
+    def payment_provider_url(self) -> str: ...
+    @property
+    def sign_ups_per_hour(self) -> int: ...
+    @property
+    def simulator_port(self) -> int: ...
+    @property
+    def smtp_url(self) -> str: ...
+
+
+_NARROWED: dict[type, type] = {}
+
+
+def view_members(view: type) -> set[str]:
+    """The settings a view names (its properties, its bases' too)."""
+    return {name for klass in view.__mro__ for name, value in vars(klass).items() if isinstance(value, property)}
+
+
+def narrowed(settings: object, view: type) -> Any:
+    """Only what `view` (a Protocol above) names, as a frozen struct of its own that satisfies it: a
+    service handed it cannot read the rest even past the type checker (the gateway never holds
+    database_url or the admin token). Annotate the result with the view."""
+    cls = _NARROWED.get(view)
+    if cls is None:
+        fields = [(name, Any) for name in sorted(view_members(view))]
+        cls = _NARROWED[view] = msgspec.defstruct(f"{view.__name__}Values", fields, frozen=True, kw_only=True)
+    return cls(**{name: getattr(settings, name) for name in view_members(view)})

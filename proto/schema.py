@@ -15,7 +15,8 @@ def _tagged(module: object) -> tuple[type, ...]:
         for value in vars(module).values()
         if isinstance(value, type)
         and issubclass(value, msgspec.Struct)
-        and value.__module__ == getattr(module, "__name__", None)
+        and value.__module__.split(".")[: len(getattr(module, "__name__", "").split("."))]
+        == getattr(module, "__name__", "").split(".")  # the module's own, or its package's modules'
         and value.__struct_config__.tag is not None
         and not value.__name__.endswith("Event")  # the Event and AccountEvent bases
     )

@@ -1,19 +1,19 @@
 """The event log's metrics, the same in every service that publishes or projects: names and
 labels are an API (no per-account labels)."""
 
-from libs.observability import meter
+from libs.observability import Counter
 
-_meter = meter("eventlog")
+SCOPE = "eventlog"
 
-events_published = _meter.create_counter(
-    "flowplan_events_published", description="events JetStream stored (duplicates not counted), by event type"
+events_published = Counter(
+    SCOPE, "flowplan_events_published", description="events JetStream stored (duplicates not counted), by event type"
 )
-events_applied = _meter.create_counter(
-    "flowplan_projection_events_applied", description="events a projection applied and committed"
+events_applied = Counter(
+    SCOPE, "flowplan_projection_events_applied", description="events a projection applied and committed"
 )
-dead_letters = _meter.create_counter(
-    "flowplan_dead_letters", description="events a projection could not decode or apply, sent to the DLQ"
+dead_letters = Counter(
+    SCOPE, "flowplan_dead_letters", description="events a projection could not decode or apply, sent to the DLQ"
 )
-replay_events = _meter.create_counter(
-    "flowplan_replay_events", description="events a `flowplan replay` rebuild read from the log, by projection"
+replay_events = Counter(
+    SCOPE, "flowplan_replay_events", description="events a `flowplan replay` rebuild read from the log, by projection"
 )

@@ -184,6 +184,10 @@ class ProjectionRunner:
         self.pause = Pause()
         self._looping: set[int] = set()
         """The partitions run by run_partition whose loop is running (not parked, not stopped)."""
+        self.applied: dict[int, int] = {}
+        """The last stream sequence applied per partition, set once its batch is committed and its
+        after-commit step (the service's memory) ran: what the projection shows is at least this.
+        A service answers it to callers waiting on the barrier (libs/eventlog/barrier.py)."""
 
     def consumer_name(self, partition: int) -> str:
         return f"{self.projection.name}-p{partition}"
@@ -212,6 +216,7 @@ class ProjectionRunner:
 
     async def _run_partition(self, partition: int, stop: asyncio.Event | None = None) -> None:
         last_seq = await self._retry_forever(lambda: self._load_checkpoint(partition), "load checkpoint")
+        self.applied[partition] = max(self.applied.get(partition, 0), last_seq)
         sub = await self._retry_forever(lambda: self._subscribe(partition, last_seq), "subscribe")
         expected = 1  # a new consumer's first delivery
         while not self.pause.requested and not (stop is not None and stop.is_set()):
@@ -336,6 +341,7 @@ class ProjectionRunner:
             metrics.events_applied.add(len(batch), {"projection": self.projection.name})
         if after_commit is not None:
             after_commit()
+        self.applied[partition] = max(self.applied.get(partition, 0), last_seq)
 
     async def reapply(self, partition: int, item: Applied) -> None:
         """Apply one dead-lettered event again (`flowplan dlq retry`), between the partition's

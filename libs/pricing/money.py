@@ -33,6 +33,7 @@ def _exact(text: str) -> Fraction:
     return Fraction(number)
 
 
+@functools.lru_cache(maxsize=4096)  # quota.check writes the same rate and multiplier into every answer
 def fraction_text(value: Fraction) -> str:
     """The exact, canonical text of a Fraction ("5/198", "1")."""
     return str(value)
@@ -40,7 +41,13 @@ def fraction_text(value: Fraction) -> str:
 
 def round_half_up(value: Fraction) -> int:
     """Round to the nearest integer, halves away from zero."""
-    n, d = value.numerator, value.denominator
+    return round_half_up_ratio(value.numerator, value.denominator)
+
+
+def round_half_up_ratio(n: int, d: int) -> int:
+    """round_half_up(Fraction(n, d)) without building the Fraction (its gcd, on a hot path); d != 0."""
+    if d < 0:
+        n, d = -n, -d
     if n >= 0:
         return (2 * n + d) // (2 * d)
     return -((-2 * n + d) // (2 * d))

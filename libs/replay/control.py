@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from libs.eventlog.runner import ProjectionRunner
 from libs.replay.rebuild import Rebuild, Rebuildable
 from libs.rpc import Replier
-from libs.settings import RuntimeSettings
+from libs.settings import ProjectionSettings
 from proto.v1 import ReplayProgress, ReplayStatusRequest, StartReplay, rpc
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class ReplayControl:
     def __init__(
         self, projection: Rebuildable, runner: ProjectionRunner, pool: asyncpg.Pool, nc: Client,
-        settings: RuntimeSettings, spawn: Callable[[Coroutine[Any, Any, None], str], None],
+        settings: ProjectionSettings, spawn: Callable[[Coroutine[Any, Any, None], str], None],
     ) -> None:  # fmt: skip
         self._projection, self._runner, self._pool, self._nc = projection, runner, pool, nc
         self._settings, self._spawn = settings, spawn

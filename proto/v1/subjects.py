@@ -53,5 +53,6 @@ def replay_status(projection: str) -> str:
     """ReplayStatusRequest -> ReplayProgress of the running (or the last) replay."""
     return f"ops.replay.{projection}.status"
 
+
 CONSOLE_SIGN_IN_LINK = "console.sign_in_link"
 """IssueSignInLink -> SignInLinkIssued | ConsoleCommandFailed (admin API: a new owner, or a fresh link)."""

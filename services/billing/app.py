@@ -12,8 +12,10 @@ from libs.clock import Clock, SystemClock
 from libs.leases import lead, leader_leases, until_leading
 from libs.pricing.catalog import load_catalog
 from libs.pricing.money import to_micros
+from libs.rpc import ask
 from libs.runtime import Runtime
 from libs.settings import BillingSettings
+from proto.v1 import QuotaStatusRequest, rpc
 from services.billing.commands import BillingCommands
 from services.billing.projection import BillingProjection
 from services.billing.responder import BillingResponder
@@ -33,7 +35,7 @@ class BillingService:
         projection = BillingProjection()
         catalog = load_catalog(settings.catalog_path, settings.plans_path)
         weekly_caps = {plan.id: plan.limits_micros[1] for plan in catalog.plans.values()}
-        responder = BillingResponder(runtime.db, projection.schema, weekly_caps, self.clock)
+        responder = BillingResponder(runtime.db, projection.schema, self._balance_of, weekly_caps, self.clock)
         self.commands = BillingCommands(
             runtime.db, projection.schema, runtime.nc.jetstream(), await runtime.publisher(),
             {plan.id: to_micros(plan.price_usd) for plan in catalog.plans.values()}, self.clock,
@@ -53,6 +55,12 @@ class BillingService:
         self.commands.serve(self.runtime)
         await self.runtime.start_responders()
         self.runtime.spawn(self.commands.sweep_insiders(), "billing-insider-sweep")
+
+    async def _balance_of(self, account_id: str) -> int:
+        """The PAYG balance from its owner, quota (billing keeps no ledger of its own)."""
+        status = await ask(self.runtime.nc, rpc.QUOTA_STATUS, QuotaStatusRequest(account_id=account_id),
+                           self.settings.request_timeout_s)  # fmt: skip
+        return status.balance_micros
 
     async def stop(self) -> None:
         await self.runtime.stop_serving()

@@ -189,8 +189,8 @@ class BillingCommands:
         payment, change = domain.record_payment(command, changes, self._prices, self._clock.now(), created_at)
         decided = Subscription(change.occurred_at, change.plan, change.paid_until)
         ended = await self._lapsed_insider(command.account_id, [decided])
-        await self._publisher.publish([payment, change] + ([ended] if ended is not None else []))
-        return _payment_accepted(payment, change)
+        acks = await self._publisher.publish([payment, change] + ([ended] if ended is not None else []))
+        return _payment_accepted(payment, change, max(ack.seq for ack in acks))
 
     async def _top_up(self, command: TopUpBalance) -> TopUpAccepted:
         if command.topup_ref is not None:
@@ -207,8 +207,8 @@ class BillingCommands:
                     topped_up_at=recorded["occurred_at"], duplicate=True,
                 )  # fmt: skip
         event = domain.top_up(command, self._clock.now())
-        await self._publisher.publish([event])
-        return _topped_up(event)
+        [ack] = await self._publisher.publish([event])
+        return _topped_up(event, ack.seq)
 
     async def _caught_up(self, account_id: str) -> None:
         """Wait until the projection has applied the account's latest account event stored so far
@@ -221,17 +221,17 @@ class BillingCommands:
             raise Unavailable(f"the billing projection has not applied stream sequence {seq} yet")
 
 
-def _payment_accepted(payment: PaymentRecorded, change: PlanChanged) -> PaymentAccepted:
+def _payment_accepted(payment: PaymentRecorded, change: PlanChanged, seq: int) -> PaymentAccepted:
     assert change.paid_until is not None
     return PaymentAccepted(
         account_id=payment.account_id, payment_ref=payment.payment_ref, plan=change.plan,
         previous_plan=change.previous_plan, amount_micros=payment.amount_micros, paid_at=payment.occurred_at,
-        effective_at=change.occurred_at, paid_until=change.paid_until,
+        effective_at=change.occurred_at, paid_until=change.paid_until, seq=seq,
     )  # fmt: skip
 
 
-def _topped_up(event: BalanceToppedUp) -> TopUpAccepted:
+def _topped_up(event: BalanceToppedUp, seq: int) -> TopUpAccepted:
     return TopUpAccepted(
         account_id=event.account_id, topup_ref=event.topup_ref, amount_micros=event.amount_micros,
-        topped_up_at=event.occurred_at,
+        topped_up_at=event.occurred_at, seq=seq,
     )  # fmt: skip

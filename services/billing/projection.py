@@ -32,7 +32,6 @@ class BillingBatch:
 
     conn: asyncpg.Connection
     history: list[tuple[str, str, str, object, int, str | None, str | None, str | None]] = field(default_factory=list)
-    ledger: list[tuple[str, str, int, str, object]] = field(default_factory=list)
     usage: list[UsageRecorded] = field(default_factory=list)
     subscriptions: list[tuple[str, str, object, str, str, object]] = field(default_factory=list)
     accounts: list[tuple[str, object]] = field(default_factory=list)
@@ -44,7 +43,7 @@ class BillingProjection(EventHandlers[BillingBatch]):
     name: str = "billing"
     category: str | None = None
     tables: tuple[str, ...] = (
-        "checkpoints", "accounts", "history", "subscriptions", "usage_seen", "costs", "ledger", "insiders",
+        "checkpoints", "accounts", "history", "subscriptions", "usage_seen", "costs", "insiders",
         "abuse_clients", "abuse_hours",
     )  # fmt: skip
 
@@ -62,9 +61,8 @@ class BillingProjection(EventHandlers[BillingBatch]):
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
         b = BillingBatch(conn)
         await self.dispatch(b, batch)
-        history, ledger, usage, subscriptions, accounts, withdrawn = (
+        history, usage, subscriptions, accounts, withdrawn = (
             b.history,
-            b.ledger,
             b.usage,
             b.subscriptions,
             b.accounts,
@@ -101,14 +99,8 @@ class BillingProjection(EventHandlers[BillingBatch]):
         spend: dict[str, int] = defaultdict(int)  # PAYG micro-USD by model
         if usage:
             counted = await self._fresh(conn, usage)
-            ledger += await self._costs(conn, counted, spend)
+            await self._costs(conn, counted, spend)
             await abuse.count(conn, self.schema, counted)
-        if ledger:
-            await conn.executemany(
-                f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)
-                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
-                ledger,
-            )
 
         if not self.metered:
             return None
@@ -146,7 +138,6 @@ class BillingProjection(EventHandlers[BillingBatch]):
     async def _topped_up(self, b: BillingBatch, _seq: int, event: BalanceToppedUp) -> None:
         b.history.append((event.event_id, event.account_id, "top_up", event.occurred_at,
                           event.amount_micros, None, None, event.topup_ref))  # fmt: skip
-        b.ledger.append((event.event_id, event.account_id, event.amount_micros, "top_up", event.occurred_at))
 
     @handles(RefundSucceeded)
     async def _refunded(self, b: BillingBatch, _seq: int, event: RefundSucceeded) -> None:
@@ -192,18 +183,13 @@ class BillingProjection(EventHandlers[BillingBatch]):
                 counted.append(event)
         return counted
 
-    async def _costs(
-        self, conn: asyncpg.Connection, usage: list[UsageRecorded], spend: dict[str, int]
-    ) -> list[tuple[str, str, int, str, object]]:
-        """Count each (fresh) usage event into the costs and the PAYG spend by model; return the PAYG
-        ones' ledger debits."""
+    async def _costs(self, conn: asyncpg.Connection, usage: list[UsageRecorded], spend: dict[str, int]) -> None:
+        """Count each (fresh) usage event into the costs and the PAYG spend by model. The PAYG
+        balance is not billing's: quota owns it (it admits PAYG calls against it on the hot path)
+        and billing's history asks quota for it."""
         totals: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
-        debits: list[tuple[str, str, int, str, object]] = []
         for event in usage:
             if event.billing_mode == "payg":
-                debits.append(
-                    (event.event_id, event.account_id, -event.usd_cost_micros, "payg_usage", event.occurred_at)
-                )
                 spend[event.model] += event.usd_cost_micros
             line = totals[(event.account_id, event.occurred_at.astimezone(UTC).date(), event.model)]
             line[0] += 1
@@ -219,4 +205,3 @@ class BillingProjection(EventHandlers[BillingBatch]):
                 [k[0] for k in totals], [k[1] for k in totals], [k[2] for k in totals],
                 [v[0] for v in totals.values()], [v[1] for v in totals.values()], [v[2] for v in totals.values()],
             )  # fmt: skip
-        return debits

@@ -8,11 +8,12 @@ from aiohttp import web
 from libs.clock import Clock, SystemClock
 from libs.refusal import Refusal
 from libs.runtime import Runtime
-from libs.settings import Settings
+from libs.settings import ConsoleSettings
 from proto.v1 import IssueSignInLink, SignInLinkIssued, rpc
 from services.console.accountapi import AccountApi
 from services.console.chat import ChatPages
 from services.console.chatcalls import ChatCalls
+from services.console.confirm import EmailConfirmations
 from services.console.conversations import Conversations
 from services.console.mail import Mailer, Sender, SmtpMailer
 from services.console.owners import EmailTaken, Owners
@@ -25,7 +26,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class ConsoleService:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: ConsoleSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.runtime = Runtime("console", settings)
@@ -46,14 +47,16 @@ class ConsoleService:
         app = web.Application(client_max_size=64 * 1024)
         site = Site(settings, self.owners, self.clock)
         site.install(app)
-        SignInPages(site).routes(app)
-        SubscriptionPages(site, self.api, conversations).routes(app)
-        ChatPages(site, self.api, conversations, self.chat_calls).routes(app)
         mailer: Sender = (
             SmtpMailer(settings.smtp_url, settings.mail_from)
             if settings.smtp_url
             else Mailer(settings.mail_url or f"http://{settings.host}:{settings.simulator_port}")
         )
+        confirmations = EmailConfirmations(site, mailer, self.base_url)
+        confirmations.routes(app)
+        SignInPages(site, confirmations).routes(app)
+        SubscriptionPages(site, self.api, conversations).routes(app)
+        ChatPages(site, self.api, conversations, self.chat_calls).routes(app)
         SignUpPages(site, self.api, mailer, self.base_url, settings.sign_ups_per_hour).routes(app)
         await runtime.serve(settings.console_port, app)
 

@@ -204,3 +204,58 @@ class Owners:
             "SELECT email_confirmed_at IS NOT NULL FROM console.owners WHERE account_id = $1", account_id
         )
         return bool(confirmed)
+
+    async def new_confirmation(self, account_id: str, email: str, now: datetime, unless_since: datetime) -> str | None:
+        """A one-time link's secret confirming `email` for the account (valid LINK_TTL); None when
+        one was issued since `unless_since`."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT 1 FROM console.owners WHERE account_id = $1 FOR UPDATE", account_id)
+            recent = await conn.fetchval(
+                """SELECT true FROM console.email_confirmations
+                   WHERE account_id = $1 AND expires_at - $3::interval > $2""",
+                account_id, unless_since, auth.LINK_TTL,
+            )  # fmt: skip
+            if recent:
+                return None
+            token = auth.new_secret()
+            await conn.execute(
+                """INSERT INTO console.email_confirmations (token_hash, account_id, email, expires_at)
+                   VALUES ($1, $2, $3, $4)""",
+                auth.digest(token), account_id, email, now + auth.LINK_TTL,
+            )  # fmt: skip
+        return token
+
+    async def confirmation(self, token: str, now: datetime) -> str | None:
+        """The email a confirmation link is for while it is unused and unexpired (looking does not use it)."""
+        email: str | None = await self.pool.fetchval(
+            """SELECT email FROM console.email_confirmations
+               WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2""",
+            auth.digest(token), now,
+        )  # fmt: skip
+        return email
+
+    async def use_confirmation(self, token: str, now: datetime) -> str | None:
+        """Use a confirmation link (once, unexpired) for the email it was sent to, if the owner still
+        has that email. Returns the account, or None."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """UPDATE console.email_confirmations SET used_at = $2
+                   WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 RETURNING account_id, email""",
+                auth.digest(token), now,
+            )  # fmt: skip
+            if row is None:
+                return None
+            await conn.execute(
+                """UPDATE console.owners SET email_confirmed_at = COALESCE(email_confirmed_at, $3)
+                   WHERE account_id = $1 AND email = $2""",
+                row["account_id"], row["email"], now,
+            )  # fmt: skip
+        account_id: str = row["account_id"]
+        return account_id
+
+    async def unconfirmed_email(self, account_id: str) -> str | None:
+        """The owner's email while it is not confirmed."""
+        email: str | None = await self.pool.fetchval(
+            "SELECT email FROM console.owners WHERE account_id = $1 AND email_confirmed_at IS NULL", account_id
+        )
+        return email

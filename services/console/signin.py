@@ -6,6 +6,7 @@ import re
 from aiohttp import web
 
 from services.console import auth, i18n
+from services.console.confirm import EmailConfirmations
 from services.console.owners import EmailTaken
 from services.console.site import LANGUAGE_COOKIE, SESSION_COOKIE, Site
 
@@ -14,8 +15,9 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 class SignInPages:
-    def __init__(self, site: Site, lockout: auth.Lockout | None = None) -> None:
+    def __init__(self, site: Site, confirmations: EmailConfirmations, lockout: auth.Lockout | None = None) -> None:
         self.site = site
+        self.confirmations = confirmations
         self.owners = site.owners
         self.clock = site.clock
         self.lockout = lockout or auth.Lockout()
@@ -89,6 +91,8 @@ class SignInPages:
                                 error="That email belongs to another account.")  # fmt: skip
         if account_id is None:
             return self._expired_link(request)
+        if email is not None:  # typed here, not the one the link was sent to: confirmed by a mailed link
+            await self.confirmations.send(account_id, email)
         return self.site.start_session(request, await self.owners.start_session(account_id, now))
 
     async def sign_out(self, request: web.Request) -> web.Response:

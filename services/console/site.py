@@ -1,15 +1,19 @@
 """What every console page shares: templates, the language, cookies, the CSRF check, security
-headers, and who is signed in."""
+headers, the refusal of control characters, and who is signed in."""
 
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
+from zoneinfo import ZoneInfo
 
 import jinja2
 from aiohttp import web
 
 from libs.clock import Clock
-from libs.settings import Settings
+from libs.settings import ConsoleSettings
+from libs.web import CONTROL
 from services.console import auth, i18n, views
 from services.console.owners import Owners
 
@@ -17,6 +21,8 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "fp_session"
 VISITOR_COOKIE = "fp_visitor"
 LANGUAGE_COOKIE = "fp_lang"
+ZONE_COOKIE = "fp_tz"
+"""The owner's time zone, as the browser names it (console.js sets it): times are shown in it."""
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -24,11 +30,15 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 FORM_EXPIRED = "This form has expired or did not come from this site. Reload the page and try again."
+NOT_TEXT = "The address or the form holds control characters. Go back, remove them and try again."
+CONTROL_IN_FORM = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""C0 control characters but tab and line breaks (a chat message has those), and DEL: Postgres
+refuses NUL, and none belongs in an email, a name or a title."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Site:
-    def __init__(self, settings: Settings, owners: Owners, clock: Clock) -> None:
+    def __init__(self, settings: ConsoleSettings, owners: Owners, clock: Clock) -> None:
         self.settings = settings
         self.owners = owners
         self.clock = clock
@@ -36,6 +46,11 @@ class Site:
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
         )
         self.templates.filters.update(views.FILTERS)
+        self.templates.filters.update(
+            when=_localized(lambda c, value: views.when(value, c["lang"], c["zone"])),
+            usd=_localized(lambda c, value: views.usd(value, c["lang"])),
+            usd_exact=_localized(lambda c, value: views.usd_exact(value, c["lang"])),
+        )
         provider = (
             settings.payment_provider_public_url
             or settings.payment_provider_url
@@ -45,7 +60,7 @@ class Site:
         self.csp = f"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self' {provider}"
 
     def install(self, app: web.Application) -> None:
-        app.middlewares.extend([self._headers, self._csrf])
+        app.middlewares.extend([self._headers, self._csrf, self._plain_text])
         app.router.add_static("/static/", HERE / "static")
 
     @web.middleware
@@ -68,6 +83,19 @@ class Site:
                 return self.render(request, "error.html", 403, title="Form expired", message=FORM_EXPIRED)
         return await handler(request)
 
+    @web.middleware
+    async def _plain_text(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A control character in the path, the query or a form is a 400 page before any handler
+        takes it to Postgres (a NUL in the sign-in email or a conversation id was a 500)."""
+        texts = [*request.match_info.items(), *request.query.items()]
+        if request.method == "POST":
+            form = [(name, value) for name, value in (await request.post()).items() if isinstance(value, str)]
+            if any(CONTROL_IN_FORM.search(name) or CONTROL_IN_FORM.search(value) for name, value in form):
+                return self.render(request, "error.html", 400, title="Not allowed", message=NOT_TEXT)
+        if any(CONTROL.search(name) or CONTROL.search(value) for name, value in texts):
+            return self.render(request, "error.html", 400, title="Not allowed", message=NOT_TEXT)
+        return await handler(request)
+
     @staticmethod
     def basis(request: web.Request) -> str | None:
         """The cookie a request's CSRF token is derived from: its session's, else its visitor's."""
@@ -81,7 +109,8 @@ class Site:
         lang = i18n.choose(request.cookies.get(LANGUAGE_COOKIE), request.headers.get("Accept-Language", ""))
         html = self.templates.get_template(template).render(
             csrf=auth.csrf_token(self.settings.console_secret, basis), static=self._static, lang=lang,
-            _=i18n.translator(lang), here=request.path_qs if request.method == "GET" else "/", **context,
+            _=i18n.translator(lang), here=request.path_qs if request.method == "GET" else "/", zone=self.zone(request),
+            **context,
         )  # fmt: skip
         response = web.Response(text=html, status=status, content_type="text/html")
         if new_visitor:
@@ -89,15 +118,20 @@ class Site:
         return response
 
     @staticmethod
+    def zone(request: web.Request) -> ZoneInfo:
+        """The owner's zone; the script writes the cookie URL-encoded ("Asia%2FShanghai")."""
+        return views.zone(unquote(request.cookies.get(ZONE_COOKIE, "")))
+
+    @staticmethod
     def _static(name: str) -> str:
         return f"/static/{name}"
 
-    @staticmethod
-    def set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str,
-                    max_age: int | None) -> None:  # fmt: skip
-        response.set_cookie(
-            name, value, httponly=True, samesite="Lax", secure=request.secure, path="/", max_age=max_age
-        )
+    def set_cookie(self, request: web.Request, response: web.StreamResponse, name: str, value: str,
+                   max_age: int | None) -> None:  # fmt: skip
+        """HttpOnly, SameSite=Lax, and Secure when the owner reaches the console over https: TLS here,
+        or (the usual deployment) at a proxy in front, which FLOWPLAN_CONSOLE_URL names."""
+        secure = request.secure or self.settings.console_url.startswith("https://")
+        response.set_cookie(name, value, httponly=True, samesite="Lax", secure=secure, path="/", max_age=max_age)
 
     async def account(self, request: web.Request) -> str | None:
         session_id = request.cookies.get(SESSION_COOKIE)
@@ -115,3 +149,13 @@ class Site:
         response = web.HTTPSeeOther("/subscription")
         self.set_cookie(request, response, SESSION_COOKIE, session_id, int(auth.SESSION_ABSOLUTE.total_seconds()))
         return response
+
+
+def _localized(write: Callable[[Any, Any], str]) -> Callable[..., str]:
+    """A template filter that writes its value for the page's language and the owner's time zone."""
+
+    @jinja2.pass_context
+    def localized(context: Any, value: Any) -> str:
+        return write(context, value)
+
+    return localized

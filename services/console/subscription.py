@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -14,8 +15,13 @@ from services.console.site import Site
 
 PAGE_SIZE = 20
 UNCONFIRMED = "Confirm your email first: open the link we sent you."
+EMAIL_NOTICES = {
+    "confirmed": "Your email is confirmed. You can buy a paid plan whenever you like.",
+    "sent": "We sent you a new confirmation link.",
+    "not-sent": "No new link was sent: one went out less than a minute ago, or the mail could not be sent.",
+}
 RECENT_CALLS = 1000
-"""The chart and what Extra Usage spent are drawn from the latest calls."""
+"""What Extra Usage spent is summed from the latest calls billed to the balance."""
 
 
 class SubscriptionPages:
@@ -52,11 +58,14 @@ class SubscriptionPages:
     async def _subscription(self, request: web.Request, account_id: str, status: int = 200,
                             **extra: Any) -> web.Response:  # fmt: skip
         filters = {name: request.query[name] for name in ("key", "model", "chart") if request.query.get(name)}
+        back = timedelta(days=views.CHART_DAYS.get(views.chart_view(filters.get("chart")), 0) + 1)
+        chart_from = f"{self.clock.now() - back:%Y-%m-%dT%H:%M:%SZ}"  # a day more: the first day in any zone
         try:
-            usage, calls, recent, keys, history, refunds, plans, costs = await asyncio.gather(
+            usage, calls, payg, hours, keys, history, refunds, plans, costs = await asyncio.gather(
                 self.api.get(account_id, "/v1/account/usage"),
                 self.api.get(account_id, "/v1/account/usage/events", **_calls_query(request, filters)),
-                self.api.get(account_id, "/v1/account/usage/events", limit=RECENT_CALLS),
+                self.api.get(account_id, "/v1/account/usage/events", limit=RECENT_CALLS, billing_mode="payg"),
+                self.api.get(account_id, "/v1/account/costs", group_by="hour", **{"from": chart_from}),
                 self.api.get(account_id, "/v1/keys"),
                 self.api.get(account_id, "/v1/billing/history", limit=50),
                 self.api.get(account_id, "/v1/refunds"),
@@ -74,12 +83,13 @@ class SubscriptionPages:
             except AccountApiError as exc:
                 preview_error = views.refusal(exc.reason or exc.code, exc.message)
         context = views.subscription(
-            account_id, usage, calls, recent["data"], keys["data"], history["data"], refunds["data"], plans,
-            self.clock.now(), filters, costs["data"],
+            account_id, usage, calls, payg["data"], hours["data"], keys["data"], history["data"], refunds["data"],
+            plans, self.clock.now(), filters, costs["data"], self.site.zone(request),
         )  # fmt: skip
         notice = {"paid": "Payment received.", "cancelled": "Checkout cancelled."}.get(
             request.query.get("checkout", "")
-        )
+        ) or EMAIL_NOTICES.get(request.query.get("email", ""))
+        context["unconfirmed_email"] = await self.site.owners.unconfirmed_email(account_id)
         context.update(preview=preview, preview_error=preview_error, new_secret=None, error=None, notice=notice)
         context["conversation_titles"] = await self.conversations.titles(account_id)  # the calls from Studio Chat
         context.update(extra)

@@ -7,7 +7,7 @@ from libs.clock import Clock, SystemClock
 from libs.keycache import KeyCache
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
-from libs.settings import Settings
+from libs.settings import GatewaySettings, narrowed
 from services.gateway import errors
 from services.gateway.api import GatewayApi
 from services.gateway.inflight import InflightCalls
@@ -19,10 +19,11 @@ from services.gateway.upstreams import Upstreams
 class GatewayService:
     """Stateless: no database. Keys come from the keys service, admission from quota."""
 
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
-        self.settings = settings
+    def __init__(self, settings: GatewaySettings, clock: Clock | None = None) -> None:
+        self.settings: GatewaySettings = narrowed(settings, GatewaySettings)
+        """Only the gateway's settings: never database_url, nor the admin and ingest tokens."""
         self.clock = clock or SystemClock()
-        self.runtime = Runtime("gateway", settings)
+        self.runtime = Runtime("gateway", self.settings)
 
     async def start(self) -> None:
         settings, runtime = self.settings, self.runtime

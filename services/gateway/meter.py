@@ -18,7 +18,7 @@ from libs.eventlog.subjects import owner_subject
 from libs.pricing.catalog import Model
 from libs.pricing.money import parse_fraction
 from libs.pricing.usage import usage_recorded
-from libs.settings import Settings
+from libs.settings import GatewaySettings
 from proto.v1 import KeyView, QuotaDecision, ReleaseReservation, UsageRecorded, encode, subjects
 from services.gateway import metrics
 from services.gateway.errors import Api, refusal, request_id, upstream_failure
@@ -68,7 +68,7 @@ class Meter:
     """Meters admitted calls' answers and keeps the streams in progress, which a stopping
     gateway cuts (each billed for what its client was sent)."""
 
-    def __init__(self, settings: Settings, nc: Client, recorder: UsageRecorder, inflight: InflightCalls) -> None:
+    def __init__(self, settings: GatewaySettings, nc: Client, recorder: UsageRecorder, inflight: InflightCalls) -> None:
         self.settings, self.nc, self.recorder, self.inflight = settings, nc, recorder, inflight
         self.pumps: set[asyncio.Task[web.StreamResponse]] = set()
         self.streams: set[_Upstream] = set()

@@ -12,14 +12,15 @@ with its code."""
 
 import json
 import sys
-from typing import Any
+from typing import Any, get_args
 
+from proto.v1.events import BillingMode
 from services.gateway import errors, protocols
 
 SECURITY: list[dict[str, list[str]]] = [{"bearerKey": []}, {"apiKeyHeader": []}]
 """A model key as `Authorization: Bearer` or as `x-api-key` (Anthropic's SDK), on every route."""
 ADMITTED_HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "x-flowplan-billing-mode": ("subscription or payg: who pays for the call.", {"enum": ["subscription", "payg"]}),
+    "x-flowplan-billing-mode": ("subscription or payg: who pays for the call.", {"enum": list(get_args(BillingMode))}),
     "x-flowplan-flows-remaining": ("The Flows left in the 5-hour window after admission (decimal).", {}),
     "x-flowplan-window-resets-at": ("When the 5-hour window resets (RFC 3339, UTC).", {"format": "date-time"}),
     "x-flowplan-request-id": ("The call's id, as its usage event names it.", {}),

@@ -34,7 +34,7 @@ from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
 from libs.pricing.catalog import Catalog, Model
 from libs.pricing.money import micros_to_str
 from libs.rpc import Unavailable
-from libs.settings import Settings
+from libs.settings import GatewaySettings
 from proto.v1 import (
     InflightCall,
     KeyView,
@@ -45,7 +45,7 @@ from proto.v1 import (
 )
 from services.gateway import metrics, protocols, studio
 from services.gateway.body import BodyError, parse_body
-from services.gateway.clients import client_marks, trusted_networks
+from services.gateway.clients import client_address, client_marks, trusted_networks
 from services.gateway.errors import Api, refusal, request_id
 from services.gateway.estimate import estimate_usd_micros
 from services.gateway.inflight import InflightCalls
@@ -66,7 +66,7 @@ class CallPipeline:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: GatewaySettings,
         catalog: Catalog,
         keys: KeyCache,
         nc: Client,
@@ -147,7 +147,10 @@ class CallPipeline:
             message = "Management keys (sk-mg-v1-) change the account and cannot call models: use a model key."
             return refusal(api, "insufficient_scope", message)
         try:
-            key = await self.keys.authenticate(secret, request.remote)
+            # Behind a trusted proxy every client shares the proxy's address: the unknown-key limit
+            # counts per client as the proxy names it, so one flooder cannot refuse everyone's new keys.
+            client = client_address(request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
+            key = await self.keys.authenticate(secret, client)
         except KeysUnavailable:
             return refusal(api, "service_unavailable", "the key service did not answer; retry")
         except UnknownKeysThrottled as exc:

@@ -13,7 +13,7 @@ from libs.keycache import KeyCache
 from libs.leases import PartitionLeases
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
-from libs.settings import Settings
+from libs.settings import IngressSettings
 from libs.web import api_errors, refuse_control_characters
 from services.ingress.api import IngressApi
 from services.ingress.directory import Directory
@@ -33,7 +33,7 @@ DEDUPE_SWEEP_S = 600
 
 
 class IngressService:
-    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+    def __init__(self, settings: IngressSettings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.runtime = Runtime("ingress", settings)

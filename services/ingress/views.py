@@ -153,24 +153,21 @@ def billing_entry(e: BillingEntry) -> dict[str, Any]:
 
 
 def costs(group_by: str, since: datetime, until: datetime, lines: list[CostLine]) -> dict[str, Any]:
+    """By model or day: calls, Flows and USD. By hour: the subscription's calls and Flows (no USD)."""
+    priced = group_by != "hour"
+
+    def sums(calls: int, flows_micros: int, usd_micros: int) -> dict[str, Any]:
+        shown: dict[str, Any] = {"calls": calls, "flows": micros_to_number(flows_micros)}
+        return {**shown, "usd": micros_to_str(usd_micros)} if priced else shown
+
     return {
         "group_by": group_by,
         "from": timestamp(since),
         "to": timestamp(until),
-        "data": [
-            {
-                group_by: line.key,
-                "calls": line.calls,
-                "flows": micros_to_number(line.flows_micros),
-                "usd": micros_to_str(line.usd_micros),
-            }
-            for line in lines
-        ],
-        "total": {
-            "calls": sum(line.calls for line in lines),
-            "flows": micros_to_number(sum(line.flows_micros for line in lines)),
-            "usd": micros_to_str(sum(line.usd_micros for line in lines)),
-        },
+        "data": [{group_by: x.key, **sums(x.calls, x.flows_micros, x.usd_micros)} for x in lines],
+        "total": sums(
+            sum(x.calls for x in lines), sum(x.flows_micros for x in lines), sum(x.usd_micros for x in lines)
+        ),
     }
 
 

@@ -20,8 +20,9 @@ from proto.v1 import rpc, subjects
 from services.quota.domain.admission import Limits
 from services.quota.inflight import InflightTracker
 from services.quota.partitions import LEASE_S, FlowRates, QuotaPartitions
-from services.quota.projection import QuotaProjection, QuotaState
+from services.quota.projection import QuotaProjection
 from services.quota.responder import QuotaResponder
+from services.quota.state import QuotaState
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -59,7 +60,7 @@ class QuotaService:
         tracker.ready_for, tracker.copying = partitions.ready_for, partitions.copying
         responder = QuotaResponder(
             self.state, self.catalog, limits, self.clock, runtime.db, projection.schema, runtime.nc,
-            partitions.ready_for, partitions.partition_of,
+            partitions.ready_for, partitions.partition_of, runner.applied,
         )  # fmt: skip
         for subject, handler in (
             (subjects.QUOTA_CHECK, responder.on_check),

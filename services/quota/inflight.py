@@ -47,8 +47,8 @@ from libs.eventlog.barrier import applied_by_partition, latest_stored
 from libs.pricing.money import round_half_up
 from libs.settings import QuotaSettings
 from proto.v1 import GatewayHeartbeat, InflightCall, subjects
-from services.quota.projection import QuotaState
 from services.quota.reservations import Reservations
+from services.quota.state import QuotaState
 
 log = logging.getLogger(__name__)
 

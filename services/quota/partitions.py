@@ -47,7 +47,7 @@ from libs.leases import PartitionLeases, runner_up
 from libs.pricing.money import parse_fraction
 from proto.v1 import FlowRateChanged
 from proto.v1.events import SYSTEM_ACCOUNT
-from services.quota.projection import QuotaState
+from services.quota.state import QuotaState
 
 log = logging.getLogger(__name__)
 LEASE_S = 3.0

@@ -1,4 +1,4 @@
-"""quota's projection: usage and plan events into Postgres, then into memory after commit.
+"""quota's projection: usage and plan events into Postgres, then into memory (state.py) after commit.
 
 Postgres holds every usage event (unique by event_id: duplicates count once, forever)
 and every window. Memory holds, per account, what admission reads: the plan history,
@@ -6,23 +6,17 @@ the latest 5-hour and weekly window and the monthly totals. Memory changes only 
 the transaction that wrote the same change has committed.
 """
 
-import gc
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from fractions import Fraction
 
 import asyncpg
 
-from libs.clock import Clock, SystemClock
 from libs.eventlog.dispatch import EventHandlers, handles
 from libs.eventlog.runner import AfterCommit, Applied
 from libs.pricing.catalog import FREE
-from libs.pricing.flows import Versioned
 from libs.pricing.money import parse_fraction
-from libs.pricing.multipliers import multiplier_at, unchanged_multiplier
-from libs.pricing.ratebook import load_rate_book
+from libs.pricing.multipliers import unchanged_multiplier
 from proto.v1 import (
     AccountCreated,
     BalanceToppedUp,
@@ -37,148 +31,13 @@ from proto.v1 import (
 )
 from services.quota import metrics
 from services.quota.domain.admission import AccountQuota
-from services.quota.domain.periods import Period, Segment, period_at
-from services.quota.domain.windows import CHAINS, ChainKind, Usage, Window, WindowKind, add_usages, chain
-from services.quota.reservations import Reservations
-
-LOAD_CHUNK = 10_000
-"""Rows fetched at a time when memory is loaded from the tables."""
-
-
-async def chunks(conn: asyncpg.Connection, query: str, *args: object) -> AsyncIterator[list[asyncpg.Record]]:
-    """The rows of a query, LOAD_CHUNK at a time (inside a transaction)."""
-    cursor = await conn.cursor(query, *args)
-    while rows := await cursor.fetch(LOAD_CHUNK):
-        yield rows
+from services.quota.domain.periods import Segment, period_at
+from services.quota.state import QuotaState
+from services.quota.windows_tables import WindowTables
 
 
 class UnknownAccount(Exception):
     """Usage for an account the log never created: a poison event, not a retry."""
-
-
-class QuotaState:
-    """The in-memory side: accounts by id, and the reservations of calls in flight."""
-
-    def __init__(
-        self, default_usd_per_flow: Fraction, insider_multiplier: Fraction = Fraction(5, 4), clock: Clock | None = None
-    ) -> None:
-        self.default_usd_per_flow = default_usd_per_flow
-        self.clock = clock or SystemClock()
-        """What load() reads the recent months by (the responder reads the same service clock)."""
-        self.insider_multiplier = insider_multiplier
-        self.accounts: dict[str, AccountQuota] = {}
-        self.reservations = Reservations()
-        """Estimates (micro-Flows) of the subscription calls admitted and not yet counted."""
-        self.payg_reservations = Reservations()
-        """Estimates (micro-USD) of the PAYG calls admitted and not yet counted."""
-        self.flow_rate = Versioned(default_usd_per_flow)
-        self.rate_limits: dict[str, datetime] = {}
-        """GCRA state per account (the theoretical arrival time); memory only, like reservations:
-        after a start both are rebuilt from the gateways' heartbeats (services/quota/inflight.py)."""
-        self.released_while_rebuilding: set[str] | None = None
-        """Once quota hears heartbeats (a set then): the reservations whose usage the projection
-        applied lately, so that a heartbeat listing such a call a last time does not hold it again
-        (services/quota/inflight.py forgets them after a few intervals)."""
-
-    async def load(self, conn: asyncpg.Connection, schema: str, only: Callable[[str], bool] | None = None) -> None:
-        """Rebuild memory from the projection (at start, and after a replay swapped its tables).
-        Reservations and rate limits are not in the tables: they stay as they are. With `only`,
-        the accounts it accepts (a partition taken over from another instance) are read again and
-        replace those in memory; the others stay as they are, and the Flow rates are merged.
-
-        Read in one snapshot, a chunk of rows at a time (a million accounts' rows fetched at once
-        would hold twice the memory the state needs), with the cyclic garbage collector paused: the
-        state is millions of objects without cycles, and each collection while they are created
-        would walk all those made before once more."""
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            if conn.is_in_transaction():
-                accounts, flow_rate = await self._read(conn, schema, only)
-            else:
-                async with conn.transaction(readonly=True, isolation="repeatable_read"):
-                    accounts, flow_rate = await self._read(conn, schema, only)
-            if only is None:
-                self.accounts, self.flow_rate = accounts, flow_rate
-            else:
-                self.accounts.update(accounts)
-                self.flow_rate.merge(flow_rate)
-        finally:
-            if collecting:
-                gc.enable()
-
-    async def _read(
-        self, conn: asyncpg.Connection, schema: str, only: Callable[[str], bool] | None = None
-    ) -> tuple[dict[str, AccountQuota], Versioned]:
-        book = await load_rate_book(conn, schema, self.default_usd_per_flow, share_unchanged=True)
-        accounts: dict[str, AccountQuota] = {}
-        plans: dict[str, str] = {}  # one str per plan name, not one per row
-        multipliers, insiders = book.multipliers, book.insiders
-        async for rows in chunks(
-            conn, f"SELECT account_id, created_at, extra_usage, payg_key_id FROM {schema}.accounts"
-        ):
-            for account_id, created_at, extra_usage, payg_key_id in rows:
-                if only is not None and not only(account_id):
-                    continue
-                multiplier, insider = multipliers.pop(account_id), insiders.pop(account_id)
-                accounts[account_id] = AccountQuota(
-                    created_at, [], multiplier=multiplier, insider=insider, extra_usage=extra_usage,
-                    payg_key_id=payg_key_id,
-                )  # fmt: skip
-        async for rows in chunks(conn, f"SELECT account_id, sum(amount_micros) FROM {schema}.ledger GROUP BY 1"):
-            for account_id, balance in rows:
-                if only is not None and account_id not in accounts:
-                    continue
-                accounts[account_id].balance = int(balance)
-        async for rows in chunks(
-            conn,
-            f"""SELECT event_id, account_id, effective_at, plan, period_anchor, paid_until FROM {schema}.plan_history
-                ORDER BY account_id, effective_at, event_id""",
-        ):
-            for event_id, account_id, effective_at, plan, anchor, paid_until in rows:
-                if only is not None and account_id not in accounts:
-                    continue
-                account = accounts[account_id]
-                if effective_at == account.created_at:  # most accounts' first plan: one datetime, not three
-                    effective_at = account.created_at
-                if anchor == effective_at:
-                    anchor = effective_at
-                plan = plans.setdefault(plan, plan)
-                account.segments.append(Segment(effective_at, plan, anchor, event_id, paid_until))
-        for account in accounts.values():  # in the order apply() keeps them: changes at one instant by plan
-            account.segments.sort()
-        async for rows in chunks(
-            conn,
-            f"""SELECT DISTINCT ON (account_id, kind) account_id, kind = '5h', started_at, ends_at, flows_micros
-                FROM {schema}.windows WHERE kind IN ('5h', 'week')
-                ORDER BY account_id, kind, started_at DESC""",
-        ):
-            for account_id, five_hours, started_at, ends_at, flows in rows:
-                if only is not None and account_id not in accounts:
-                    continue
-                if five_hours:
-                    accounts[account_id].window_5h = Window(started_at, ends_at, flows)
-                else:
-                    accounts[account_id].weekly = Window(started_at, ends_at, flows)
-        async for rows in chunks(
-            conn,
-            f"""SELECT account_id, started_at, flows_micros FROM {schema}.windows
-                WHERE kind = 'month' AND ends_at > $1""",
-            self.clock.now() - timedelta(days=40),
-        ):
-            for account_id, started_at, flows in rows:
-                if only is not None and account_id not in accounts:
-                    continue
-                account = accounts[account_id]
-                for segment in account.segments:  # a first period starts at its anchor: that datetime object
-                    if segment.anchor == started_at:
-                        started_at = segment.anchor
-                account.months[started_at] = flows
-        return accounts, book.flow_rate
-
-    def multiplier(self, account: AccountQuota, when: datetime) -> Fraction:
-        """The multiplier that prices the account's call made at `when` (libs.pricing.multipliers)."""
-        return multiplier_at(account.multiplier, account.insider, self.insider_multiplier, when)
 
 
 @dataclass(slots=True)
@@ -201,6 +60,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
     def __init__(self, state: QuotaState, schema: str = "quota", *, metered: bool = True) -> None:
         self.state = state
         self.schema = schema
+        self.windows = WindowTables(schema)
         self.metered = metered
         """False for a rebuild: the Flows it applies again were counted on /metrics once already."""
 
@@ -340,7 +200,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
             return
         old_period = period_at(account.segments, event.occurred_at)
         account.segments = sorted([*account.segments, segment])
-        await self._recount_months(conn, event.account_id, account, since=old_period.start)
+        await self.windows.recount_months(conn, event.account_id, account, since=old_period.start)
 
     @handles(PlanChangeCancelled)
     async def _plan_change_cancelled(self, b: QuotaBatch, _seq: int, event: PlanChangeCancelled) -> None:
@@ -353,30 +213,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
         await conn.execute(f"DELETE FROM {self.schema}.plan_history WHERE event_id = $1", event.plan_change_id)
         old_period = period_at(account.segments, withdrawn[0].effective_at)
         account.segments = [s for s in account.segments if s.event_id != event.plan_change_id]
-        await self._recount_months(conn, event.account_id, account, since=old_period.start)
-
-    async def _recount_months(
-        self, conn: asyncpg.Connection, account_id: str, account: AccountQuota, since: datetime
-    ) -> None:
-        """Periods from `since` on were cut differently by a plan change: count them again."""
-        rows = await conn.fetch(
-            f"""SELECT occurred_at, flows_micros FROM {self.schema}.usage
-                WHERE account_id = $1 AND billing_mode = 'subscription' AND occurred_at >= $2""",
-            account_id,
-            since,
-        )
-        totals: dict[tuple[datetime, datetime], int] = defaultdict(int)
-        for row in rows:
-            totals[period_at(account.segments, row["occurred_at"])] += row["flows_micros"]
-        await conn.execute(
-            f"DELETE FROM {self.schema}.windows WHERE account_id = $1 AND kind = 'month' AND started_at >= $2",
-            account_id,
-            since,
-        )
-        account.months = {start: flows for start, flows in account.months.items() if start < since}
-        await self._add_months(conn, {(account_id, start, end): flows for (start, end), flows in totals.items()})
-        for (start, _), flows in totals.items():
-            account.months[start] = account.months.get(start, 0) + flows
+        await self.windows.recount_months(conn, event.account_id, account, since=old_period.start)
 
     async def _usage_recorded(
         self,
@@ -415,7 +252,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
             else:
                 debits.append(event)
         if counted:
-            await self._count(conn, counted, pending, consumed)
+            await self.windows.count(conn, counted, pending, consumed)
         if debits:
             await conn.execute(
                 f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)
@@ -427,126 +264,3 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
             for event in debits:
                 pending[event.account_id].balance -= event.usd_cost_micros
         return [(e.account_id, e.reservation_id) for e in events if e.reservation_id]
-
-    async def _count(
-        self,
-        conn: asyncpg.Connection,
-        counted: dict[str, list[UsageRecorded]],
-        pending: dict[str, AccountQuota],
-        consumed: dict[tuple[str, str], int],
-    ) -> None:
-        """Add the batch's subscription usage to the windows, aggregated per account and window: one
-        row per window changed, written with one statement for the whole batch.
-
-        Memory holds each chain's latest window, which is all of the chain's suffix unless a call
-        falls before that window's start (a late call): only then are the earlier windows read."""
-        late: dict[str, datetime] = {}
-        for account_id, events in counted.items():
-            events.sort(key=lambda e: (e.occurred_at, e.event_id))
-            account, first = pending[account_id], events[0].occurred_at
-            if (account.window_5h is not None and first < account.window_5h.start) or (
-                account.weekly is not None and first < account.weekly.start
-            ):
-                late[account_id] = first
-        suffixes = await self._load_suffixes(conn, late) if late else {}
-        upserts: list[tuple[str, WindowKind, Window]] = []
-        months: dict[tuple[str, datetime, datetime], int] = defaultdict(int)
-        for account_id, events in counted.items():
-            account = pending[account_id]
-            usages = [Usage(e.occurred_at, e.flows_micros) for e in events]
-            first = usages[0].at
-            for kind, duration in CHAINS.items():
-                if account_id in late:
-                    loaded = suffixes.get((account_id, kind), [])
-                else:
-                    latest = account.window_5h if kind == "5h" else account.weekly
-                    loaded = [latest] if latest is not None and latest.end > first else []
-                windows, rechain_from = add_usages(loaded, usages, duration)
-                unchanged = set(loaded)
-                if rechain_from is not None:
-                    windows += await self._rechain(conn, account_id, kind, duration, rechain_from)
-                    unchanged = {w for w in unchanged if w.start < rechain_from}
-                upserts += [(account_id, kind, w) for w in windows if w not in unchanged]
-                if windows:
-                    latest = windows[-1]
-                    if kind == "5h":
-                        account.window_5h = latest
-                    else:
-                        account.weekly = latest
-            period: Period | None = None
-            for event in events:  # in time order: most fall in the period of the one before
-                at = event.occurred_at
-                if period is None or not period.start <= at < period.end:
-                    period = period_at(account.segments, at)
-                months[(account_id, period.start, period.end)] += event.flows_micros
-                account.months[period.start] = account.months.get(period.start, 0) + event.flows_micros
-                consumed[(event.model, account.plan_at(at))] += event.flows_micros
-        upserts += [(a, "month", Window(start, end, flows)) for (a, start, end), flows in months.items()]
-        await conn.execute(
-            f"""INSERT INTO {self.schema}.windows AS w (account_id, kind, started_at, ends_at, flows_micros)
-                SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
-                ON CONFLICT (account_id, kind, started_at) DO UPDATE SET
-                    ends_at = CASE WHEN w.kind = 'month' THEN w.ends_at ELSE EXCLUDED.ends_at END,
-                    flows_micros = CASE WHEN w.kind = 'month' THEN w.flows_micros + EXCLUDED.flows_micros
-                                        ELSE EXCLUDED.flows_micros END""",
-            [a for a, _, _ in upserts],
-            [k for _, k, _ in upserts],
-            [w.start for _, _, w in upserts],
-            [w.end for _, _, w in upserts],
-            [w.flows for _, _, w in upserts],
-        )
-
-    async def _load_suffixes(
-        self, conn: asyncpg.Connection, since: dict[str, datetime]
-    ) -> dict[tuple[str, str], list[Window]]:
-        """Per account and chain kind, every window that ends after the account's earliest new usage."""
-        rows = await conn.fetch(
-            f"""SELECT w.account_id, w.kind, w.started_at, w.ends_at, w.flows_micros
-                FROM {self.schema}.windows w
-                JOIN unnest($1::text[], $2::timestamptz[]) AS s(account_id, since)
-                  ON w.account_id = s.account_id AND w.ends_at > s.since
-                WHERE w.kind IN ('5h', 'week')
-                ORDER BY w.account_id, w.kind, w.started_at""",
-            list(since),
-            list(since.values()),
-        )
-        suffixes: dict[tuple[str, str], list[Window]] = defaultdict(list)
-        for row in rows:
-            suffixes[(row["account_id"], row["kind"])].append(
-                Window(row["started_at"], row["ends_at"], row["flows_micros"])
-            )
-        return suffixes
-
-    async def _rechain(
-        self, conn: asyncpg.Connection, account_id: str, kind: ChainKind, duration: timedelta, since: datetime
-    ) -> list[Window]:
-        """A late event opened a window before later ones: rebuild the chain from it."""
-        await conn.execute(
-            f"DELETE FROM {self.schema}.windows WHERE account_id = $1 AND kind = $2 AND started_at >= $3",
-            account_id,
-            kind,
-            since,
-        )
-        rows = await conn.fetch(
-            f"""SELECT occurred_at, flows_micros FROM {self.schema}.usage
-                WHERE account_id = $1 AND billing_mode = 'subscription' AND occurred_at >= $2
-                ORDER BY occurred_at""",
-            account_id,
-            since,
-        )
-        return chain((Usage(r["occurred_at"], r["flows_micros"]) for r in rows), duration)
-
-    async def _add_months(self, conn: asyncpg.Connection, months: dict[tuple[str, datetime, datetime], int]) -> None:
-        if not months:
-            return
-        await conn.execute(
-            f"""INSERT INTO {self.schema}.windows AS w (account_id, kind, started_at, ends_at, flows_micros)
-                SELECT a, 'month', s, e, f FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[],
-                    $4::bigint[]) AS m(a, s, e, f)
-                ON CONFLICT (account_id, kind, started_at)
-                DO UPDATE SET flows_micros = w.flows_micros + EXCLUDED.flows_micros""",
-            [a for a, _, _ in months],
-            [s for _, s, _ in months],
-            [e for _, _, e in months],
-            list(months.values()),
-        )

@@ -51,7 +51,7 @@ from services.quota.domain.admission import (
     view,
 )
 from services.quota.domain.periods import Segment
-from services.quota.projection import QuotaState
+from services.quota.state import QuotaState
 
 log = logging.getLogger(__name__)
 FORWARD_TIMEOUT_S = 2.0
@@ -80,9 +80,12 @@ class QuotaResponder:
         nc: Client,
         ready_for: Callable[[str], bool],
         partition_of: Callable[[str], int],
+        applied: Mapping[int, int] | None = None,
     ) -> None:
         self._state = state
         self._ready_for, self._partition_of, self._nc = ready_for, partition_of, nc
+        self._applied = applied if applied is not None else {}
+        """The projection runner's last applied sequence per partition (ProjectionRunner.applied)."""
         self._catalog = catalog
         self._limits = limits
         self._clock = clock
@@ -229,6 +232,7 @@ class QuotaResponder:
             payg_reserved_micros=self._state.payg_reservations.total(account_id),
             insider=account.insider.at(now),
             multiplier=fraction_text(self._state.multiplier(account, now)),
+            applied=dict(self._applied),
         )
 
     async def events(self, request: UsageEventsRequest) -> UsageEventsReply:
@@ -242,7 +246,7 @@ class QuotaResponder:
         if bound is not None:
             args += [bound.occurred_at, bound.event_id]
             conditions.append(f"(occurred_at, event_id) {'>' if newer else '<'} (${len(args) - 1}, ${len(args)})")
-        for column in ("key_id", "model", "conversation_id"):
+        for column in ("key_id", "model", "conversation_id", "billing_mode"):
             if (value := getattr(request, column)) is not None:
                 args.append(value)
                 conditions.append(f"{column} = ${len(args)}")

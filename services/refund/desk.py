@@ -24,16 +24,16 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from libs import failpoints
 from libs.clock import Clock
-from libs.eventlog.barrier import applied_through
+from libs.eventlog.barrier import applied_through, until_quota_applied
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.eventlog.runner import TRANSIENT_ERRORS
+from libs.pricing.catalog import FREE
 from libs.refusal import Refusal
 from libs.rpc import Unavailable, ask
 from proto.v1 import (
     InflightRequest,
     PlanChangeCancelled,
     PlanChanged,
-    QuotaStatusRequest,
     RefundCancelled,
     RefundFailed,
     RefundPayoutStarted,
@@ -43,8 +43,8 @@ from proto.v1 import (
     RefundView,
     rpc,
 )
-from services.refund import domain, metrics
-from services.refund.domain import Lines, Payment, Period, PlanSpan
+from services.refund import domain, metrics, tables
+from services.refund.domain import Lines, Payment
 from services.refund.projection import insert_refund, settle_refund, start_payout
 from services.refund.provider import PaymentProvider, PayoutDeclined
 
@@ -124,7 +124,9 @@ class RefundDesk:
         )  # fmt: skip
         async with self._pool.acquire() as conn, conn.transaction():
             if not await insert_refund(conn, self._schema, event):  # waits out a concurrent request, then loses
-                statuses = [status for status, _ in await self._refunds_of(conn, account_id, quote.payment_ref)]
+                statuses = [
+                    status for status, _ in await tables.refunds_of(conn, self._schema, account_id, quote.payment_ref)
+                ]
                 raise not_refundable("already_refunded" if "succeeded" in statuses else "refund_in_progress")
             await self._publisher.publish([event])  # the row commits only once the log has the event
         metrics.refunds.add(1, {"status": "requested"})
@@ -194,11 +196,13 @@ class RefundDesk:
             if row is None or row["status"] != "processing":
                 return
             paid = Payment(row["payment_ref"], row["plan"], row["paid_at"], row["paid_micros"])
-            change_id, change = await self._change_of(conn, account_id, row["payment_ref"])
+            change_id, change = await tables.change_of(conn, self._schema, account_id, row["payment_ref"])
             period = domain.payment_period(paid, change)
-            usage = await self._usage(conn, account_id, period, row["cutoff_seq"], row["pending_reservations"])
-            before = domain.refunded_before(await self._refunds_of(conn, account_id, row["payment_ref"]))
-            plan_now = domain.plan_at(await self._plans(conn, account_id), self._clock.now())
+            usage = await tables.usage(
+                conn, self._schema, account_id, period, row["cutoff_seq"], row["pending_reservations"]
+            )
+            before = domain.refunded_before(await tables.refunds_of(conn, self._schema, account_id, row["payment_ref"]))
+            plan_now = domain.plan_at(await tables.plans(conn, self._schema, account_id), self._clock.now())
         result = domain.lines(row["paid_micros"], usage, before)
         now = self._clock.now()
         if result.amount <= 0:
@@ -236,14 +240,14 @@ class RefundDesk:
             await self._record(succeeded, published=True)
             return
         to_free = PlanChanged(
-            event_id=_event_id(refund_id, "plan"), account_id=account_id, occurred_at=now, plan="free",
+            event_id=_event_id(refund_id, "plan"), account_id=account_id, occurred_at=now, plan=FREE,
             previous_plan=plan_now, period_anchor=now, reason="refund",
         )  # fmt: skip
         # Free first, then "succeeded": this projection settles the refund from the log too, so a
         # RefundSucceeded stored before quota shows Free would say succeeded while Pro still works.
         # A crash in between settles again on the next start (the payout and the event ids repeat).
-        await self._publisher.publish([to_free])
-        await self._until_quota_shows_free(account_id)
+        [stored] = await self._publisher.publish([to_free])
+        await self._until_quota_applied(account_id, stored.seq)
         await self._record(succeeded)
 
     async def _start_payout(self, refund_id: str, account_id: str, now: datetime) -> bool:
@@ -303,30 +307,30 @@ class RefundDesk:
                              self._request_timeout_s)  # fmt: skip
         return inflight.reservation_ids
 
-    async def _until_quota_shows_free(self, account_id: str) -> None:
-        deadline = asyncio.get_running_loop().time() + QUOTA_SYNC_S
-        while asyncio.get_running_loop().time() < deadline:
-            status = await ask(self._nc, rpc.QUOTA_STATUS, QuotaStatusRequest(account_id=account_id),
-                               self._request_timeout_s)  # fmt: skip
-            if status.plan == "free":
-                return
-            await asyncio.sleep(0.01)
-        log.warning("refund: quota did not show %s on Free within %.0f s; settling anyway", account_id, QUOTA_SYNC_S)
+    async def _until_quota_applied(self, account_id: str, seq: int) -> None:
+        """The sequence barrier on quota: wait until its projection has applied the PlanChanged to
+        Free stored at `seq` (bounded: past QUOTA_SYNC_S the refund settles anyway)."""
+        if not await until_quota_applied(
+            self._nc, self._stream, seq, account_id, timeout_s=QUOTA_SYNC_S, request_timeout_s=self._request_timeout_s
+        ):
+            log.warning("refund: quota did not apply %s's Free in %.0f s; settling anyway", account_id, QUOTA_SYNC_S)
 
     # -- the projection's tables ------------------------------------------------------
 
     async def _quote(self, account_id: str, cutoff: int, pending: Sequence[str], now: datetime) -> RefundQuote:
         async with self._pool.acquire() as conn:
-            payment = await self._latest_payment(conn, account_id)
-            plan_now = domain.plan_at(await self._plans(conn, account_id), now)
+            payment = await tables.latest_payment(conn, self._schema, account_id)
+            plan_now = domain.plan_at(await tables.plans(conn, self._schema, account_id), now)
             if payment is None:
                 statuses: list[str] = []
                 result: Lines | None = None
             else:
-                refunds = await self._refunds_of(conn, account_id, payment.payment_ref)
+                refunds = await tables.refunds_of(conn, self._schema, account_id, payment.payment_ref)
                 statuses = [status for status, _ in refunds]
-                _, change = await self._change_of(conn, account_id, payment.payment_ref)
-                usage = await self._usage(conn, account_id, domain.payment_period(payment, change), cutoff, pending)
+                _, change = await tables.change_of(conn, self._schema, account_id, payment.payment_ref)
+                usage = await tables.usage(
+                    conn, self._schema, account_id, domain.payment_period(payment, change), cutoff, pending
+                )
                 result = domain.lines(payment.amount_micros, usage, domain.refunded_before(refunds))
         reason = domain.refusal(payment, plan_now, statuses, result, now)
         if payment is None or result is None:
@@ -342,61 +346,6 @@ class RefundDesk:
     async def _row(self, refund_id: str, conn: asyncpg.Connection | None = None) -> asyncpg.Record | None:
         query = f"SELECT * FROM {self._schema}.refunds WHERE refund_id = $1"
         return await (conn or self._pool).fetchrow(query, refund_id)
-
-    async def _latest_payment(self, conn: asyncpg.Connection, account_id: str) -> Payment | None:
-        row = await conn.fetchrow(
-            f"""SELECT payment_ref, plan, paid_at, amount_micros FROM {self._schema}.payments
-                WHERE account_id = $1 ORDER BY paid_at DESC, event_id DESC LIMIT 1""",
-            account_id,
-        )
-        return Payment(**dict(row)) if row else None
-
-    async def _plans(self, conn: asyncpg.Connection, account_id: str) -> list[PlanSpan]:
-        rows = await conn.fetch(
-            f"SELECT effective_at, plan, paid_until FROM {self._schema}.plans WHERE account_id = $1", account_id
-        )
-        return [PlanSpan(**dict(row)) for row in rows]
-
-    async def _change_of(
-        self, conn: asyncpg.Connection, account_id: str, payment_ref: str
-    ) -> tuple[str | None, PlanSpan | None]:
-        """The plan change the payment bought (its event id and span), unless it is not known."""
-        row = await conn.fetchrow(
-            f"""SELECT event_id, effective_at, plan, paid_until FROM {self._schema}.plans
-                WHERE account_id = $1 AND payment_ref = $2 ORDER BY effective_at DESC LIMIT 1""",
-            account_id,
-            payment_ref,
-        )
-        if row is None:
-            return None, None
-        return row["event_id"], PlanSpan(row["effective_at"], row["plan"], row["paid_until"])
-
-    async def _refunds_of(self, conn: asyncpg.Connection, account_id: str, payment_ref: str) -> list[tuple[str, int]]:
-        """(status, amount) of every refund of the payment."""
-        rows = await conn.fetch(
-            f"SELECT status, amount_micros FROM {self._schema}.refunds WHERE account_id = $1 AND payment_ref = $2",
-            account_id,
-            payment_ref,
-        )
-        return [(row["status"], row["amount_micros"]) for row in rows]
-
-    async def _usage(
-        self, conn: asyncpg.Connection, account_id: str, period: Period, cutoff: int, pending: Sequence[str]
-    ) -> int:
-        """The API value of the subscription calls in the payment's period (PAYG calls were paid from
-        the balance): those stored up to the cut-off, and those that were in flight at the request."""
-        value = await conn.fetchval(
-            f"""SELECT coalesce(sum(usd_cost_micros), 0) FROM {self._schema}.usage
-                WHERE account_id = $1 AND billing_mode = 'subscription' AND occurred_at >= $2
-                  AND ($3::timestamptz IS NULL OR occurred_at < $3)
-                  AND (seq <= $4 OR reservation_id = ANY($5::text[]))""",
-            account_id,
-            period.start,
-            period.end,
-            cutoff,
-            list(pending),
-        )
-        return int(value)
 
 
 def _event_id(refund_id: str, outcome: str) -> str:

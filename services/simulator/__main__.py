@@ -4,4 +4,4 @@ from libs.service import run_service
 from services.simulator.app import SimulatorService
 from services.simulator.settings import SimulatorSettings
 
-run_service(lambda _: SimulatorService(SimulatorSettings.from_env()))
+run_service(lambda settings: SimulatorService(SimulatorSettings.from_settings(settings)))

@@ -1,7 +1,7 @@
 """The simulator's metrics: what the gateway sent upstream, to compare with its own counts."""
 
-from libs.observability import meter
+from libs.observability import Counter
 
-_meter = meter("simulator")
+SCOPE = "simulator"
 
-requests = _meter.create_counter("flowplan_simulator_requests", description="requests served, by route and status")
+requests = Counter(SCOPE, "flowplan_simulator_requests", description="requests served, by route and status")

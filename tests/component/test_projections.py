@@ -17,6 +17,7 @@ from proto.v1 import (
     AccountCreated,
     AccountSuspended,
     BalanceToppedUp,
+    BillingHistoryRequest,
     FlowRateChanged,
     InsiderStatusSet,
     KeyCreated,
@@ -30,12 +31,14 @@ from proto.v1 import (
 )
 from proto.v1.events import AnyEvent
 from services.billing.projection import BillingProjection
+from services.billing.responder import BillingResponder
 from services.ingress.directory import Directory
 from services.ingress.projection import IngressProjection
 from services.keys.projection import KeysProjection
 from services.keys.registry import KeyRegistry
 from services.quota.domain.windows import FIVE_HOURS
-from services.quota.projection import QuotaProjection, QuotaState, UnknownAccount
+from services.quota.projection import QuotaProjection, UnknownAccount
+from services.quota.state import QuotaState
 from tests.component.conftest import Feed
 
 RATE = Fraction(1, 100)
@@ -171,26 +174,41 @@ async def test_keys_last_use_counts_only_use_after_the_key_existed(pool: asyncpg
     assert await pool.fetchval("SELECT suspended FROM keys.access WHERE account_id = $1", account) is True
 
 
-async def test_billing_history_ledger_and_costs_from_one_batch(pool: asyncpg.Pool, clock: ManualClock) -> None:
-    feed, account = Feed(pool, BillingProjection(metered=False)), ids()
+async def test_billing_history_and_costs_from_one_batch_with_the_balance_quota_owns(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    """billing keeps no PAYG ledger: its history reports the balance of quota, which owns it (it
+    admits PAYG calls against it). The same events fed to both: history and costs from billing's
+    tables, the balance from quota's memory (top-up less PAYG usage, each usage counted once)."""
+    account, state = ids(), QuotaState(RATE, clock=clock)
+    billing, quota = Feed(pool, BillingProjection(metered=False)), Feed(pool, QuotaProjection(state))
     payment = PaymentRecorded(event_id=ids(), account_id=account, occurred_at=clock.now(), payment_ref="p-" + account,
                               plan="pro", amount_micros=20_000_000)  # fmt: skip
     payg = usage(account, clock, billing_mode="payg", usd_cost_micros=300_000)
-    await feed.apply(
+    events = (
         created(account, clock), payment, to_pro(account, clock),
         BalanceToppedUp(event_id=ids(), account_id=account, occurred_at=clock.now(), amount_micros=1_000_000,
                         topup_ref="t-" + account),
         payg, payg, usage(account, clock),
     )  # fmt: skip
+    await billing.apply(*events)
+    await quota.apply(*events)
+    assert await pool.fetchval("SELECT to_regclass('billing.ledger')") is None
     kinds = await pool.fetch("SELECT kind FROM billing.history WHERE account_id = $1 ORDER BY kind", account)
     assert [r["kind"] for r in kinds] == ["payment", "plan_change", "top_up"]
-    assert (
-        await pool.fetchval("SELECT sum(amount_micros) FROM billing.ledger WHERE account_id = $1", account) == 700_000
-    )
     costs = await pool.fetchrow(
         "SELECT calls, flows_micros, usd_micros FROM billing.costs WHERE account_id = $1", account
     )
     assert tuple(costs) == (2, 1_000_000, 310_000)
+
+    async def balance_of(account_id: str) -> int:  # what billing's app asks quota.status for
+        return int(state.accounts[account_id].balance)
+
+    history = await BillingResponder(pool, "billing", balance_of, clock=clock).history(
+        BillingHistoryRequest(account_id=account, limit=10)
+    )
+    assert history.balance_micros == 700_000
+    assert [e.kind for e in history.entries].count("top_up") == 1
 
 
 async def test_refund_usage_and_settlement(pool: asyncpg.Pool, clock: ManualClock) -> None:

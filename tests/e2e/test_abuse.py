@@ -6,6 +6,7 @@ lists the accounts highest first, each signal with its evidence, and ordinary ac
 import asyncio
 import hashlib
 import hmac
+import json
 from datetime import UTC, datetime, time, timedelta
 from fractions import Fraction
 from typing import Any
@@ -13,10 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from libs import apikeys
 from libs.pricing.flows import price_call
 from proto.v1 import UsageRecorded, decode_event
 from tests.e2e.conftest import CATALOG, FREE_MODEL, metered
-from tests.stack import Stack, eventually, usage_event
+from tests.stack import ROOT, Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
 POOL_ADDRESS = "203.0.113.7"  # a documentation address: only ever a header value here
@@ -127,6 +129,18 @@ async def test_pooled_accounts_and_round_the_clock_use_top_the_signals_with_thei
     status, high = await signals(stack, "?min_score=50")
     assert {a["account_id"] for a in high["data"]} == pooled
 
+    # The Grafana panel of top accounts shows the same two at its top, from the projection's tables.
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "billing.json").read_text())
+    [panel] = [p for p in dashboard["panels"] if p["title"].startswith("Abuse evidence: top accounts")]
+    conn = await stack.db()
+    try:
+        rows = await conn.fetch(panel["targets"][0]["rawSql"])
+    finally:
+        await conn.close()
+    assert {r["account_id"] for r in rows[:5]} == pooled and {r["accounts_sharing_clients"] for r in rows[:5]} == {4}
+    assert rows[5]["account_id"] == clock["account_id"] and rows[5]["active_hours_7d"] == 4 * 24
+    assert {r["account_id"] for r in rows if r["accounts_sharing_clients"]} == pooled
+
 
 async def test_the_log_holds_keyed_hashes_of_the_client_never_its_address(proxied: Stack) -> None:
     stack = proxied
@@ -156,3 +170,28 @@ async def test_bad_signal_queries_are_4xx_naming_the_field(proxied: Stack) -> No
         assert body["error"]["field"] == query[1:].split("=")[0]
     status, body = await proxied.http("GET", "/admin/v1/abuse/signals")
     assert status == 401, body
+
+
+async def test_behind_a_trusted_proxy_minted_keys_throttle_their_own_client_not_the_proxys_others(
+    proxied: Stack,
+) -> None:
+    """The unknown-key limit counts per client as the trusted proxy names it: a flood of minted keys
+    from one client behind the proxy does not refuse the first call of a new key from another."""
+    flooder, other = "198.51.100.200", "198.51.100.201"
+    burst = proxied.settings.unknown_key_burst
+
+    async def minted_call(address: str) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {apikeys.generate('subscription')}", "X-Forwarded-For": address}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{proxied.gateway_url}/v1/chat/completions", data=b"{}", headers=headers) as response,
+        ):
+            return response.status, await response.json()
+
+    answers = [await minted_call(f"10.1.1.1, {flooder}") for _ in range(burst + 10)]  # its own claim comes first
+    assert [status for status, _ in answers].count(429) >= 9, answers
+    assert answers[-1][1]["error"]["code"] == "too_many_unknown_keys"
+    status, body = await minted_call(other)
+    assert (status, body["error"]["code"]) == (401, "invalid_api_key"), body  # looked up: not the flooder's bucket
+    status, body = await minted_call(f"{other}, {flooder}")  # the proxy named the flooder: its bucket
+    assert status == 429, body

@@ -281,6 +281,68 @@ async def test_sign_up_checks_its_input_is_limited_per_address_and_finishes_from
         await visitor.close()
 
 
+async def test_an_email_typed_on_the_set_password_page_is_confirmed_by_a_mailed_link_before_a_paid_checkout(
+    console: Stack,
+) -> None:
+    """The operator gave no email: the owner types one when setting the password. A paid checkout
+    needs it confirmed, so the console mails a confirmation link (looking at it confirms nothing;
+    its button does, once); until then checkout is refused and the page offers the link again."""
+    status, account = await console.http(
+        "POST", "/admin/v1/accounts", token=console.settings.admin_token, json={"name": "no-email"}
+    )
+    assert status == 201, account
+    email = f"typed-{uuid.uuid4().hex[:8]}@example.com"
+    browser, stranger = Browser(console), Browser(console)
+    try:
+        path = link_path(account["sign_in_url"])
+        response = await browser.post(path, {"email": email, "password": PASSWORD})
+        assert response.status == 303
+        refused = await browser.post("/checkout", {"plan": "max"}, csrf_from="/subscription")
+        assert refused.status == 403 and "Location" not in refused.headers
+        status, page = await browser.get("/subscription")
+        assert 'data-testid="email-unconfirmed"' in page and email in page
+        [mail] = [m for m in await mailbox(console) if m["to"] == email]
+        assert mail["subject"] == "Confirm your email for flowplan"
+        link = re.search(r"/confirm-email/\S+", mail["text"])
+        assert link is not None
+        status, page = await stranger.get(link.group(0))  # a mail scanner, or the owner's other browser
+        assert status == 200 and email in page and "Confirm email" in page
+        assert (await browser.post("/checkout", {"plan": "max"}, csrf_from="/subscription")).status == 403
+        assert (await stranger.post(link.group(0), {}, csrf_from=link.group(0))).status == 303
+        assert (await stranger.get(link.group(0)))[0] == 410  # once
+        assert (await stranger.post(link.group(0), {}, csrf_from="/sign-in")).status == 410
+        paid = await browser.post("/checkout", {"plan": "max"}, csrf_from="/subscription")
+        assert paid.status == 303 and "/provider/checkout/" in paid.headers["Location"]
+        assert 'data-testid="email-unconfirmed"' not in (await browser.get("/subscription"))[1]
+        # Confirmed owners are sent no more links; a forged link is gone.
+        again = await browser.post("/confirm-email", {}, csrf_from="/subscription")
+        assert again.status == 303 and again.headers["Location"].startswith("/subscription?email=not-sent")
+        assert len([m for m in await mailbox(console) if m["to"] == email]) == 1
+        assert (await stranger.get("/confirm-email/not-a-token"))[0] == 410
+    finally:
+        await browser.close()
+        await stranger.close()
+
+
+async def test_an_unconfirmed_owner_may_ask_for_the_link_again_at_most_once_a_minute(console: Stack) -> None:
+    status, account = await console.http(
+        "POST", "/admin/v1/accounts", token=console.settings.admin_token, json={"name": "resend"}
+    )
+    assert status == 201, account
+    email = f"resend-{uuid.uuid4().hex[:8]}@example.com"
+    browser = Browser(console)
+    try:
+        assert (
+            await browser.post(link_path(account["sign_in_url"]), {"email": email, "password": PASSWORD})
+        ).status == 303
+        soon = await browser.post("/confirm-email", {}, csrf_from="/subscription")
+        assert soon.headers["Location"].startswith("/subscription?email=not-sent")  # the first went out just now
+        assert len([m for m in await mailbox(console) if m["to"] == email]) == 1
+        assert (await browser.post("/confirm-email", {"csrf": "forged"})).status == 403  # a forged token: refused
+    finally:
+        await browser.close()
+
+
 async def test_the_plan_shows_a_downgrade_scheduled_for_the_end_of_the_paid_month(console: Stack) -> None:
     account, browser = await new_owner(console)
     try:
@@ -398,6 +460,34 @@ async def test_studio_chat_routes_refuse_no_session_no_csrf_bad_input_and_anothe
     finally:
         for b in (alice_browser, bob_browser, stranger):
             await b.close()
+
+
+async def test_a_control_character_in_an_address_or_a_form_is_a_400_page_never_a_500(console: Stack) -> None:
+    """A NUL reaching Postgres was a 500: in the sign-in or sign-up email (no session needed) and in
+    a conversation's id or title. Tabs and line breaks stay allowed in a form (a chat message)."""
+    _, owner = await new_owner(console)
+    anyone = Browser(console)
+    try:
+        conversation = await new_chat(owner)
+        refused = [
+            await anyone.post("/sign-in", {"email": "a\x00@example.com", "password": PASSWORD}),
+            await anyone.post("/sign-up", {"email": "a\x00@example.com", "password": PASSWORD}),
+            await owner.post(f"/chat/{conversation}/rename", {"title": "a\x00b"}, csrf_from="/chat"),
+            await owner.post(f"/chat/{conversation}/rename", {"title": "a\x1bb"}, csrf_from="/chat"),
+            await owner.post("/chat/%00/rename", {"title": "x"}, csrf_from="/chat"),
+            await owner.post(f"/chat/{conversation}/messages", {"message": "hi\x00"}, csrf_from="/chat"),
+        ]
+        assert [r.status for r in refused] == [400] * len(refused)
+        for path in ("/chat/%00", "/chat/%00/cost", "/pricing?lang=%00", "/sign-in/link/%01"):
+            status, page = await owner.get(path)
+            assert status == 400 and "control characters" in page, (path, status)
+        response = await owner.post(f"/chat/{conversation}/rename", {"title": "Trip\tplans\n"}, csrf_from="/chat")
+        assert response.status == 303
+        titles = (await owner.get("/chat"))[1]
+        assert "Trip plans" in titles and "a\x1bb" not in titles  # the tab passed; the refused titles did not
+    finally:
+        await anyone.close()
+        await owner.close()
 
 
 async def gateway_call(stack: Stack, token: str, path: str = "/v1/chat/completions",

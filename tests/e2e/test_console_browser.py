@@ -7,8 +7,10 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -57,6 +59,13 @@ async def page(browser: Browser, request: pytest.FixtureRequest) -> AsyncIterato
     SHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SHOTS / f"{request.node.name}.png"), full_page=True)
     await context.close()
+
+
+async def serious_violations(page: Page) -> list[str]:
+    """axe-core's critical and serious findings on the page as it is now."""
+    results = await Axe().run(page)
+    return [f"{v['id']} ({v['impact']}): {v['help']}" for v in results.response["violations"]
+            if v["impact"] in ("critical", "serious")]  # fmt: skip
 
 
 async def owner(stack: Stack, page: Page, **extra: Any) -> dict[str, Any]:
@@ -116,6 +125,21 @@ async def test_the_windows_move_after_a_metered_call(console: Stack, page: Page)
     await expect(usage).to_contain_text("deepseek/deepseek-chat")
     await expect(usage).to_contain_text("default")  # the key, by name
     await expect(usage).to_contain_text("subscription")
+    # The chart: per hour over 5 hours, per day over a week or a month; the call is in today's bar.
+    bars = usage.locator("svg rect.bar-fill")
+    await expect(bars).to_have_count(5)
+    await usage.get_by_role("link", name="Per day (month view)").click()
+    await expect(page).to_have_url(re.compile(r"chart=month"))
+    await expect(bars).to_have_count(30)
+
+    async def charted() -> bool:  # billing sums the hours a moment after quota lists the call
+        await page.reload()
+        return await bars.last.get_attribute("height") == "120"
+
+    await eventually(charted, within=30, interval=0.5)
+    assert await bars.first.get_attribute("height") == "0"
+    await usage.get_by_role("link", name="Per day (week view)").click()
+    await expect(bars).to_have_count(7)
 
 
 async def test_a_payg_key_is_created_its_secret_shown_once_and_copied(console: Stack, page: Page) -> None:
@@ -188,22 +212,25 @@ async def test_a_refund_shows_its_preview_then_succeeds_and_the_plan_is_free(con
 
 async def test_every_page_passes_axe_without_critical_or_serious_violations(console: Stack, page: Page) -> None:
     """axe-core (4.12, from the axe-playwright-python package on PyPI) run in the browser on each page,
-    with the dialogs open too."""
-    axe = Axe()
+    with the dialogs open too, and in Chinese. (The sign-up mail's pages are checked in the sign-up
+    test, a conversation in the Studio Chat test.)"""
     found: dict[str, list[str]] = {}
 
     async def check(name: str) -> None:
-        results = await axe.run(page)
-        found[name] = [
-            f"{v['id']} ({v['impact']}): {v['help']}"
-            for v in results.response["violations"]
-            if v["impact"] in ("critical", "serious")
-        ]
+        found[name] = await serious_violations(page)
 
     await page.goto(f"{console.console_url}/sign-in")
     await check("sign-in")
     await page.goto(f"{console.console_url}/pricing")
     await check("pricing")
+    await page.goto(f"{console.console_url}/sign-up")
+    await check("sign-up")
+    await page.get_by_label("Email").fill("not-an-address@")
+    await page.get_by_label("Password").fill("short")
+    await page.evaluate("document.querySelector('form[action=\"/sign-up\"]').noValidate = true")
+    await page.get_by_role("button", name="Create account").click()
+    await expect(page.get_by_role("alert")).to_be_visible()  # the server's answer, naming what is wrong
+    await check("sign-up refused")
     status, account = await console.http(
         "POST", "/admin/v1/accounts", token=console.settings.admin_token, json={"name": "axe"}
     )
@@ -221,9 +248,17 @@ async def test_every_page_passes_axe_without_critical_or_serious_violations(cons
     await page.keyboard.press("Escape")
     await page.get_by_role("switch", name="Extra Usage").click()
     await check("select-a-key dialog")
+    await page.goto(f"{console.console_url}/chat")
+    await check("chat")
+    await page.goto(f"{console.console_url}/subscription")
+    await page.get_by_role("button", name="中文").click()
+    await expect(page.locator("html")).to_have_attribute("lang", "zh-Hans")
+    await check("subscription in Chinese")
+    await page.goto(f"{console.console_url}/pricing")
+    await check("pricing in Chinese")
     await page.goto(account["sign_in_url"])
     await check("used link")
-    assert len(found) == 7 and not any(found.values()), found
+    assert len(found) == 12 and not any(found.values()), found
 
 
 async def test_chinese_from_accept_language_and_the_switch_that_sticks(
@@ -251,6 +286,57 @@ async def test_chinese_from_accept_language_and_the_switch_that_sticks(
     await chinese.close()
 
 
+async def test_times_are_the_owners_time_zone_and_numbers_and_money_are_written_for_the_language(
+    console: Stack, browser: Browser
+) -> None:
+    """A browser in Shanghai (UTC+8): the server writes the times, and the chart's hours, in the zone
+    the browser told it (the fp_tz cookie), in the page as served, not only after a script ran.
+    Flows and money are grouped and the dollar written as each language writes them."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id="Asia/Shanghai")
+    page = await context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    try:
+        account = await owner(console, page)
+        assert {c["name"]: c["value"] for c in await context.cookies()}["fp_tz"] == "Asia%2FShanghai"
+        status, _ = await console.post_usage([usage_event(account["account_id"], key_id=account["key_id"],
+                                                          input_tokens=12_345, output_tokens=6_789)])  # fmt: skip
+        assert status == 202
+        usage = page.get_by_role("region", name="Usage", exact=True)
+
+        async def shown() -> bool:
+            await page.reload()
+            return await usage.get_by_text("12,345 / 6,789 / 0").count() == 1
+
+        await eventually(shown, within=30, interval=0.5)
+        status, keys = await console.http("GET", "/v1/keys", token=account["key"])
+        [default] = [k for k in keys["data"] if k["name"] == "default"]
+        created = datetime.fromisoformat(default["created_at"].replace("Z", "+00:00"))
+        local = created.astimezone(ZoneInfo("Asia/Shanghai"))
+        written = f"{local:%b} {local.day}, {local.year}, {local.hour % 12 or 12}:{local:%M} {local:%p}"
+        served = await (await context.request.get(f"{console.console_url}/subscription")).text()
+        assert written in served  # the server's own text: Shanghai's clock, not UTC's
+        row = page.get_by_role("region", name="API keys").get_by_role("row").filter(has_text="default")
+        await expect(row).to_contain_text(written)
+        now = datetime.now(ZoneInfo("Asia/Shanghai"))
+        await expect(usage.locator("svg text").last).to_have_text(f"{now:%H}:00")  # the chart's hours are hers
+        plan = page.get_by_role("region", name="Plan")
+        await expect(plan).to_contain_text("Pro: $20.00/month, 50 Flows per 5 hours, 2,160 Flows per month")
+        await expect(plan).to_contain_text("34,560 Flows per month")
+        await page.get_by_role("button", name="中文").click()
+        await expect(plan).to_contain_text("Pro: US$20.00/月, 50 Flows / 5 小时, 2,160 Flows / 月")
+        await expect(row).to_contain_text(f"{local.year}年{local.month}月{local.day}日 {local:%H:%M}")
+        countdown = page.get_by_role("region", name="5-hour window").locator("[data-countdown]")
+        await expect(countdown).to_have_text(re.compile(r"^4小时 \d\d分 \d\d秒$"))
+        await page.goto(f"{console.console_url}/pricing")
+        await expect(page.get_by_role("region", name="Max", exact=True)).to_contain_text("US$327.27")
+        await expect(page.get_by_role("region", name="Max", exact=True)).to_contain_text("12,960 Flows")
+    finally:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.goto(f"{console.console_url}/subscription")
+        await page.screenshot(path=str(SHOTS / "shanghai-chinese-subscription.png"), full_page=True)
+        await context.close()
+
+
 async def test_upgrade_from_pro_to_max_through_the_providers_pay_button(console: Stack, page: Page) -> None:
     account = await owner(console, page)
     await console.pay(account["account_id"], "pro", "20.00")
@@ -261,6 +347,7 @@ async def test_upgrade_from_pro_to_max_through_the_providers_pay_button(console:
     await expect(page).to_have_url(re.compile(r"/provider/checkout/cs_"))
     await expect(page.get_by_text("Max plan, one month")).to_be_visible()
     await expect(page.get_by_text("$100.00")).to_be_visible()
+    assert await serious_violations(page) == []  # the local provider's page, on the owner's way
     await page.get_by_role("button", name="Pay").click()
     await expect(page).to_have_url(re.compile(r"/subscription\?checkout=paid$"))
     await expect(page.get_by_role("status").filter(has_text="Payment received.")).to_be_visible()
@@ -268,6 +355,8 @@ async def test_upgrade_from_pro_to_max_through_the_providers_pay_button(console:
     await expect(page.get_by_role("button", name="Downgrade to Pro")).to_be_visible()
     history = page.get_by_role("region", name="Billing history")
     await expect(history).to_contain_text("$100.00")
+    await expect(history.get_by_role("row").filter(has_text="Plan change").first).to_contain_text("Pro → Max")
+    await expect(history.get_by_role("row").filter(has_text="$100.00")).to_contain_text("Payment")
 
 
 async def test_pricing_shows_the_plans_at_the_rate_in_force_and_get_max_leads_to_checkout(
@@ -321,12 +410,19 @@ async def test_sign_up_by_the_mailed_link_shows_the_first_key_once_and_pays_for_
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Create account").click()
     await expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
+    found = {"check your email": await serious_violations(page)}
     [mail] = await mailed_to(console, email)
+    await page.goto(f"http://127.0.0.1:{console.settings.simulator_port}/mailbox")
+    await expect(page.get_by_text(mail["subject"]).first).to_be_visible()
+    found["mailbox"] = await serious_violations(page)
     link = re.search(r"http\S+/sign-up/finish/\S+", mail["text"])
     assert link and mail["subject"] == "Finish creating your flowplan account"
     await page.goto(link.group(0))
+    found["finish sign-up"] = await serious_violations(page)
     await page.get_by_role("button", name="Create account").click()
     await expect(page.get_by_role("heading", name="Your account is ready")).to_be_visible()
+    found["welcome"] = await serious_violations(page)
+    assert not any(found.values()), found
     key = (await page.locator("#new-secret").inner_text()).strip()
     assert key.startswith("sk-ss-v1-")
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -437,3 +533,12 @@ async def test_studio_chat_bills_each_conversation_as_its_mode_says_and_a_switch
     usage = page.get_by_role("region", name="Usage", exact=True)
     await expect(usage.get_by_role("link", name="Hello from a subscription chat")).to_have_count(1)
     await expect(usage.get_by_role("link", name="Hello from a pay-as-you-go chat")).to_have_count(2)
+
+
+async def test_a_control_character_in_the_address_shows_the_not_allowed_page(console: Stack, page: Page) -> None:
+    await owner(console, page)
+    response = await page.goto(f"{console.console_url}/chat/%00")
+    assert response is not None and response.status == 400
+    await expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
+    await expect(page.get_by_role("alert")).to_contain_text("control characters")
+    await expect(page.get_by_role("link", name="Sign in")).to_have_attribute("href", "/sign-in")  # it leads on

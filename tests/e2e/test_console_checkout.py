@@ -2,6 +2,7 @@
 a checkout for a plan or a top-up on the local provider's page, "Pay" sending the signed webhook,
 and the webhook recorded once, never when forged, signed with another secret, or stale."""
 
+import asyncio
 import json
 import re
 import time
@@ -119,3 +120,22 @@ async def test_forged_stale_or_replayed_webhooks_record_nothing_more(stack: Stac
     status, error = await deliver(stack, unknown, paymentwebhooks.sign(secret, unknown, now))
     assert status == 400 and error["error"]["field"] == "data.account_id"
     assert re.fullmatch(r"t=\d+,v1=[0-9a-f]{64}", good)
+
+
+async def test_the_webhook_is_answered_2xx_only_once_billing_recorded_it(stack: Stack) -> None:
+    """With billing away, a good delivery gets a 5xx (the provider retries it) and nothing is
+    recorded; once billing is back the same delivery is recorded, once."""
+    account = await stack.create_account("webhook-retry")
+    body, payment_id = delivery(account["account_id"])
+    signature = paymentwebhooks.sign(stack.settings.payment_webhook_secret, body, int(time.time()))
+    await asyncio.to_thread(stack.billing.stop)
+    try:
+        status, error = await deliver(stack, body, signature)
+        assert status == 503, error
+    finally:
+        await asyncio.to_thread(stack.billing.start)
+    assert await payments(stack, account) == [] and (await stack.usage(account["key"]))["plan"] == "free"
+    status, reply = await deliver(stack, body, signature)  # the provider's retry
+    assert status == 200 and reply["duplicate"] is False, reply
+    [payment] = await eventually(lambda: payments(stack, account))
+    assert payment["reference"] == payment_id and (await stack.usage(account["key"]))["plan"] == "max"

@@ -16,7 +16,7 @@ from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
 EVENTS = "/v1/account/usage/events"
-_TOKENS = re.compile(r"<td>(\d+) / \d+ / \d+</td>")
+_TOKENS = re.compile(r"<td>([\d,]+) / [\d,]+ / [\d,]+</td>")  # grouped: 1,030
 _LINK = re.compile(r'<a href="(/subscription\?[^"#]*)#usage" rel="(next|prev)">')
 
 
@@ -108,6 +108,48 @@ async def test_filters_by_key_and_model_page_server_side(stack: Stack) -> None:
     assert len(every["data"]) == 55
 
 
+async def test_calls_by_billing_mode_and_the_subscriptions_flows_per_hour(stack: Stack) -> None:
+    """What the console's page reads besides a page of calls: the latest calls billed to the balance
+    (what Extra Usage spent) and the subscription's Flows per UTC hour (its chart), summed by the
+    API however many calls there are."""
+    account = await stack.create_account("modes")
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    on_plan = [usage_event(account["account_id"], occurred_at=(hour + timedelta(minutes=i)).isoformat())
+               for i in range(12)]  # fmt: skip
+    later = [usage_event(account["account_id"], occurred_at=(hour + timedelta(hours=1, minutes=1)).isoformat())]
+    balance = [usage_event(account["account_id"], billing_mode="payg",
+                           occurred_at=(hour + timedelta(minutes=30 + i)).isoformat()) for i in range(3)]  # fmt: skip
+    status, body = await stack.post_usage(on_plan + later + balance)
+    assert status == 202, body
+
+    async def all_projected() -> bool:
+        return len((await listed(stack, account["key"], "limit=100"))["data"]) == 16
+
+    await eventually(all_projected, within=60, interval=0.5)
+    payg = await listed(stack, account["key"], "limit=100&billing_mode=payg")
+    assert sorted(e["event_id"] for e in payg["data"]) == sorted(e["event_id"] for e in balance)
+    plan = await listed(stack, account["key"], "limit=100&billing_mode=subscription")
+    assert len(plan["data"]) == 13 and {e["billing_mode"] for e in plan["data"]} == {"subscription"}
+
+    async def hours() -> dict[str, Any]:
+        status, body = await stack.http("GET", "/v1/account/costs?group_by=hour", token=account["key"])
+        assert status == 200, body
+        return dict(body) if body["total"]["calls"] == 13 else {}
+
+    by_hour = await eventually(hours, within=30, interval=0.5)
+    flows = {e["event_id"]: e["flows"] for e in plan["data"]}
+    first = f"{hour:%Y-%m-%dT%H}:00:00Z"
+    second = f"{hour + timedelta(hours=1):%Y-%m-%dT%H}:00:00Z"
+    assert [(line["hour"], line["calls"]) for line in by_hour["data"]] == [(first, 12), (second, 1)]
+    assert by_hour["data"][0]["flows"] == pytest.approx(sum(flows[e["event_id"]] for e in on_plan))
+    assert "usd" not in by_hour["data"][0]  # the hours keep Flows only
+    for query, field in (("billing_mode=both", "billing_mode"),):
+        status, error = await stack.http("GET", f"{EVENTS}?{query}", token=account["key"])
+        assert status == 400 and error["error"]["field"] == field, error
+    status, error = await stack.http("GET", "/v1/account/costs?group_by=minute", token=account["key"])
+    assert status == 400 and error["error"]["field"] == "group_by", error
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [
@@ -148,7 +190,7 @@ async def test_the_console_pages_beyond_the_latest_1000_calls(stack: Stack) -> N
             status, page = await browser.get(path)
             assert status == 200
             pages.append(page)
-            seen += [int(tokens) for tokens in _TOKENS.findall(page)]
+            seen += [int(tokens.replace(",", "")) for tokens in _TOKENS.findall(page)]
             links = {rel: href.replace("&amp;", "&") for href, rel in _LINK.findall(page)}
             assert ("prev" in links) == (len(pages) > 1)
             if "next" not in links:
@@ -158,7 +200,7 @@ async def test_the_console_pages_beyond_the_latest_1000_calls(stack: Stack) -> N
         # "Newer" from the oldest page shows the page before it again.
         newer = {rel: href.replace("&amp;", "&") for href, rel in _LINK.findall(pages[-1])}["prev"]
         status, page = await browser.get(newer)
-        assert status == 200 and [int(t) for t in _TOKENS.findall(page)] == seen[-30:-10]
+        assert status == 200 and [int(t.replace(",", "")) for t in _TOKENS.findall(page)] == seen[-30:-10]
         # A cursor edited in the address bar: the account API's 400, shown as such.
         status, _ = await browser.get("/subscription?before=garbage")
         assert status == 400

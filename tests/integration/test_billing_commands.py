@@ -67,6 +67,8 @@ async def test_a_payment_waits_for_the_projection_and_is_refused_while_it_lags(
     try:
         paid = await commands.handle(first)
         downgrade = await commands.handle(second)  # right after: sees the Max month it must wait for
+        again = await commands.handle(first)
+        applied = max(runner.applied.values())  # the barrier of `second` waited for `paid` to be applied
     finally:
         projecting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -74,3 +76,8 @@ async def test_a_payment_waits_for_the_projection_and_is_refused_while_it_lags(
     assert isinstance(paid, PaymentAccepted) and isinstance(downgrade, PaymentAccepted)
     assert paid.previous_plan == "free"
     assert (downgrade.previous_plan, downgrade.effective_at) == ("max", paid.paid_until)
+    # what a caller waits on quota for: the stream sequence of the last event stored (1 is the
+    # AccountCreated; a payment stores PaymentRecorded and PlanChanged), none for a duplicate
+    assert (paid.seq, downgrade.seq) == (3, 5)
+    assert isinstance(again, PaymentAccepted) and (again.duplicate, again.seq) == (True, 0)
+    assert applied >= paid.seq

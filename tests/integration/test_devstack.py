@@ -2,10 +2,12 @@
 rolling deploy, a crash) is restarted; only a signal to `flowplan up` itself stops the stack."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +60,13 @@ def test_a_service_stopped_alone_is_restarted_and_only_flowplan_up_stops_the_sta
     )
     try:
         wait_until(lambda: "flowplan is running" in (tmp_path / "up.log").read_text(), 180, "running")
+        # `make run` prints the console and the demo owner's one-time sign-in link, which works.
+        banner = (tmp_path / "up.log").read_text()
+        assert f"console http://{settings.host}:{settings.console_port}" in banner
+        link = re.search(r"console: +(http://\S+/sign-in/link/\S+)", banner)
+        assert link, banner
+        with urllib.request.urlopen(link.group(1), timeout=30) as page:
+            assert page.status == 200 and "New password" in page.read().decode()
         services = children(up.pid)
         assert set(services) >= {"gateway", "quota", "keys", "ingress"}, services
 

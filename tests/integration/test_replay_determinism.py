@@ -40,7 +40,8 @@ from services.ingress.directory import Directory
 from services.ingress.projection import IngressProjection
 from services.keys.projection import KeysProjection
 from services.keys.registry import KeyRegistry
-from services.quota.projection import QuotaProjection, QuotaState
+from services.quota.projection import QuotaProjection
+from services.quota.state import QuotaState
 from services.refund.projection import RefundProjection
 
 pytestmark = pytest.mark.connected

@@ -21,7 +21,8 @@ from libs.eventlog.runner import save_checkpoint
 from libs.settings import Settings
 from proto.v1 import AccountCreated, GatewayHeartbeat, InflightCall
 from services.quota.inflight import InflightTracker
-from services.quota.projection import QuotaProjection, QuotaState
+from services.quota.projection import QuotaProjection
+from services.quota.state import QuotaState
 
 pytestmark = pytest.mark.connected
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,17 +1,24 @@
 """The projection runner's fetch against a real nats-server (issue 14: projections that keep up): a
 batch already delivered to the subscription's queue is taken without a wait per message (nats-py's
 own next_msg starts two tasks per message), every message in log order, and an empty consumer still
-times out as before."""
+times out as before; a trickle of events is applied several to a transaction."""
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
+import asyncpg
 import nats
 import pytest
 from nats.aio.msg import Msg
 from nats.js import api
 
-from libs.eventlog.runner import take_queued_first
+from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner, take_queued_first
+from libs.eventlog.subjects import publish_subject
 from libs.localservers import LocalNats
+from libs.settings import Settings
+from proto.v1 import UsageRecorded, encode
 
 pytestmark = pytest.mark.connected
 
@@ -45,3 +52,52 @@ async def test_a_fetch_takes_the_queued_messages_of_a_batch_without_waiting_for_
     finally:
         await js.delete_stream("RUNNER_FETCH")
         await nc.close()
+
+
+class BatchProbe:
+    """A projection that only notes the size of each batch the runner applies (one transaction each)."""
+
+    name, schema, category = "linger_probe", "refund", "usage"
+    event_types = ("UsageRecorded",)
+
+    def __init__(self, expected: int) -> None:
+        self.batches: list[int] = []
+        self.expected, self.all_applied = expected, asyncio.Event()
+
+    async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
+        self.batches.append(len(batch))
+        if sum(self.batches) >= self.expected:
+            self.all_applied.set()
+        return None
+
+
+async def test_a_trickle_at_a_gateways_pace_is_applied_several_events_to_a_transaction(settings: Settings) -> None:
+    """An event every 30 ms on one partition (one account): with the default linger the runner waits
+    for more after a partial batch, so 12 events take a few transactions. Each batch costs the same
+    fetch, transaction, checkpoint and ack however few events it holds (20 ms of linger took 6 here)."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    probe = BatchProbe(12)
+    runner = ProjectionRunner(probe, pool, js, stream=settings.stream, partitions=settings.partitions,
+                              linger_s=settings.projection_linger_s)  # fmt: skip
+    running = asyncio.create_task(runner.run())
+    account = f"acc_{uuid.uuid4().hex[:12]}"
+    try:
+        await asyncio.sleep(1.0)  # every partition's consumer made and fetching
+        for _ in range(12):
+            event = UsageRecorded(
+                event_id=uuid.uuid4().hex, account_id=account, occurred_at=datetime.now(UTC),
+                model="deepseek/deepseek-chat", input_tokens=10, output_tokens=10, billing_mode="subscription",
+                usd_cost_micros=10, flows_micros=20_000, usd_per_flow="5/198", multiplier="1",
+            )  # fmt: skip
+            await js.publish(publish_subject("usage", account, "UsageRecorded"), encode(event))
+            await asyncio.sleep(0.03)
+        await asyncio.wait_for(probe.all_applied.wait(), 15)
+        assert sum(probe.batches) == 12
+        assert len(probe.batches) <= 4, probe.batches
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await nc.close()
+        await pool.close()

@@ -187,6 +187,30 @@ def test_estimate_in_usd_gives_flows_at_the_rate_and_multiplier_and_the_other_wa
     assert estimate(0, 1, Fraction(3, 1000), Fraction(1)) == Estimate(flows=333, usd=1)  # half up
 
 
+def test_estimate_in_integers_rounds_exactly_as_the_fractions_did() -> None:
+    """estimate() works on the rate's numerator and denominator (no Fraction per operation): over
+    random rates, multipliers and amounts, halves included, it gives what the Fraction formula gave."""
+    import random
+    from fractions import Fraction
+
+    from libs.pricing.money import round_half_up
+    from services.quota.domain.admission import Estimate, estimate
+
+    rng = random.Random(14)
+    rates = [Fraction(5, 198), Fraction(1, 100), Fraction(3, 1000), Fraction(10, 396), Fraction(1, 2)]
+    multipliers = [Fraction(1), Fraction(2), Fraction(1, 2), Fraction(3, 2), Fraction(7, 10)]
+    for _ in range(5000):
+        rate, multiplier = rng.choice(rates), rng.choice(multipliers)
+        flows, usd = rng.randrange(0, 10**9), rng.choice([0, rng.randrange(1, 10**7)])
+        by_fractions = Estimate(
+            round_half_up(Fraction(usd) / (rate * multiplier)) if usd > 0 else flows,
+            usd or round_half_up(flows * rate * multiplier),
+        )
+        assert estimate(flows, usd, rate, multiplier) == by_fractions, (flows, usd, rate, multiplier)
+    assert estimate(0, 1, Fraction(1, 2), Fraction(1)) == Estimate(flows=2, usd=1)  # 2 exactly
+    assert estimate(1, 0, Fraction(1, 2), Fraction(1)) == Estimate(flows=1, usd=1)  # 0.5 rounds up
+
+
 def test_room_left_counts_this_calls_reservation_only_on_the_subscription() -> None:
     from services.quota.domain.admission import Admission, QuotaView, WindowView, flows_remaining
 

@@ -74,21 +74,33 @@ def test_passwords_are_argon2id_and_checked() -> None:
     assert auth.password_problem("short") and auth.password_problem("long enough!") is None
 
 
-def test_money_and_flows_as_the_page_shows_them() -> None:
-    assert views.usd("18.05") == "$18.05" and views.usd(None) == "—"
+def test_money_and_flows_as_the_page_shows_them_in_each_language() -> None:
+    assert views.usd("18.05") == "$18.05" and views.usd(None) == "—" and views.usd("1234.5") == "$1,234.50"
+    assert views.usd("54.55", "zh") == "US$54.55"  # CLDR's dollar in Simplified Chinese
     assert views.usd_exact("9.998765") == "$9.998765" and views.usd_exact("10.000000") == "$10.00"
+    assert views.usd_exact("1250.5", "zh") == "US$1,250.50" and views.flows_exact("-0.25") == "-0.25"
     assert views.flows(2160) == "2,160.00" and views.flows(0.123456) == "0.12"
-    assert views.when("2026-11-30T09:00:00Z") == "2026-11-30 09:00 UTC"
+    assert views.count(12000) == "12,000" and views.count(0) == "0"
+
+
+def test_times_are_written_in_the_owners_zone_as_the_language_writes_them() -> None:
+    shanghai = views.zone("Asia/Shanghai")
+    assert views.when("2026-11-30T09:00:00Z") == "Nov 30, 2026, 9:00 AM"
+    assert views.when("2026-11-30T17:05:00Z", "en", shanghai) == "Dec 1, 2026, 1:05 AM"
+    assert views.when("2026-11-30T17:05:00Z", "zh", shanghai) == "2026年12月1日 01:05"
+    assert views.when("2026-11-30T12:30:00Z", "en", views.zone("America/New_York")) == "Nov 30, 2026, 7:30 AM"
+    assert views.when(None) == "—"
+    for bad in (None, "", "Mars/Olympus", "../../etc/passwd", "/etc/localtime", "x" * 100):
+        assert views.zone(bad) == views.UTC_ZONE, bad
 
 
 def test_the_chart_sums_flows_per_hour_over_five_hours_and_per_day_over_a_week() -> None:
     now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
-    events = [
-        {"occurred_at": "2026-11-30T10:05:00Z", "flows": 1.5},
-        {"occurred_at": "2026-11-30T10:25:00Z", "flows": 0.5},
-        {"occurred_at": "2026-11-30T06:59:00Z", "flows": 3},
-        {"occurred_at": "2026-11-30T05:59:00Z", "flows": 100},  # before the 5 hours shown
-        {"occurred_at": "2026-11-25T12:00:00Z", "flows": 4},
+    events = [  # the subscription's Flows per UTC hour, as the account API's costs by hour give them
+        {"hour": "2026-11-30T10:00:00Z", "flows": 2.0},
+        {"hour": "2026-11-30T06:00:00Z", "flows": 3},
+        {"hour": "2026-11-30T05:00:00Z", "flows": 100},  # before the 5 hours shown
+        {"hour": "2026-11-25T12:00:00Z", "flows": 4},
     ]
     hourly = views.chart(events, now, "hour")
     assert [b["label"] for b in hourly["bars"]] == ["06:00", "07:00", "08:00", "09:00", "10:00"]
@@ -97,6 +109,39 @@ def test_the_chart_sums_flows_per_hour_over_five_hours_and_per_day_over_a_week()
     daily = views.chart(events, now, "day")
     assert [b["label"] for b in daily["bars"]][-1] == "11-30" and len(daily["bars"]) == 7
     assert daily["bars"][1]["flows"] == "4" and daily["bars"][-1]["flows"] == "105.0"
+
+
+def test_the_month_view_shows_thirty_days_naming_every_fifth_and_the_links_keep_the_filters() -> None:
+    now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
+    hours = [{"hour": "2026-11-01T00:00:00Z", "flows": 2}, {"hour": "2026-10-31T23:00:00Z", "flows": 9}]
+    month = views.chart(hours, now, "month")
+    assert len(month["bars"]) == 30 and month["bars"][0]["label"] == "11-01" and month["bars"][0]["flows"] == "2"
+    assert [b["tick"] for b in month["bars"] if b["tick"]] == ["11-05", "11-10", "11-15", "11-20", "11-25", "11-30"]
+    assert month["title"] == "Flows per day" and month["width"] == 30 * 24
+    assert views.chart_view("month") == "month" and views.chart_view("year") == views.chart_view(None) == "hour"
+    links = views.chart_links({"key": "k_1", "chart": "month"}, "month")
+    assert [(link["label"], link["query"]) for link in links] == [
+        ("Per hour (5-hour view)", "key=k_1"), ("Per day (week view)", "key=k_1&chart=day")
+    ]  # fmt: skip
+
+
+def test_the_chart_counts_the_owners_hours_and_days_in_their_time_zone() -> None:
+    now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)  # 18:30 in Shanghai, 05:30 in New York
+    events = [
+        {"hour": "2026-11-30T10:00:00Z", "flows": 1},  # Shanghai's 18:00 hour, its Nov 30
+        {"hour": "2026-11-29T17:00:00Z", "flows": 2},  # Shanghai's Nov 30 01:00, UTC's Nov 29
+        {"hour": "2026-11-29T15:00:00Z", "flows": 4},  # Shanghai's Nov 29 23:00
+    ]
+    shanghai = views.zone("Asia/Shanghai")
+    hourly = views.chart(events, now, "hour", shanghai)
+    assert [b["label"] for b in hourly["bars"]] == ["14:00", "15:00", "16:00", "17:00", "18:00"]
+    assert hourly["bars"][-1]["flows"] == "1"
+    daily = views.chart(events, now, "day", shanghai)
+    assert [b["label"] for b in daily["bars"]][-2:] == ["11-29", "11-30"]
+    assert [b["flows"] for b in daily["bars"]][-2:] == ["4", "3"]
+    assert [b["flows"] for b in views.chart(events, now, "day")["bars"]][-2:] == ["6", "1"]  # UTC's days
+    india = views.chart(events, now, "hour", views.zone("Asia/Kolkata"))  # half-hour offset: hours labelled so
+    assert [b["label"] for b in india["bars"]] == ["11:30", "12:30", "13:30", "14:30", "15:30"]
 
 
 def test_language_from_the_switch_else_accept_language() -> None:
@@ -116,7 +161,7 @@ def test_every_text_the_templates_translate_has_its_chinese() -> None:
     texts = set()
     for template in (Path(views.__file__).parent / "templates").glob("*.html"):
         texts |= set(re.findall(r'_\("([^"]+)"\)', template.read_text()))
-    texts |= {title for _, title in views.WINDOWS} | set(views.KIND_NAMES.values())
+    texts |= {title for _, title in views.WINDOWS} | set(views.KIND_NAMES.values()) | set(views.ENTRY_NAMES.values())
     assert sorted(texts - set(i18n.ZH)) == []
 
 
@@ -133,14 +178,13 @@ def test_extra_usage_spend_counts_only_subscription_keys_calls_billed_to_the_bal
         for i, kind in [("k_ss", "subscription"), ("k_pg", "payg")]
     ]
     call = {"model": "m", "occurred_at": "2026-11-30T03:00:00Z", "flows": 0}
-    events = [
+    payg = [  # the latest calls billed to the balance
         {**call, "key_id": "k_ss", "billing_mode": "payg", "usd_cost": "0.25"},  # overflow: Extra Usage
         {**call, "key_id": "k_pg", "billing_mode": "payg", "usd_cost": "1.00"},  # the PAYG key itself
-        {**call, "key_id": "k_ss", "billing_mode": "subscription", "usd_cost": "9.00"},
     ]
     plans = {"plans": [], "usd_per_flow": "0.025"}
-    calls = {"data": events[:1], "next_cursor": None, "prev_cursor": None}
-    context = views.subscription("acc_1", usage, calls, events, keys, [], [], plans, NOW, {}, [])
+    calls = {"data": payg[:1], "next_cursor": None, "prev_cursor": None}
+    context = views.subscription("acc_1", usage, calls, payg, [], keys, [], [], plans, NOW, {}, [])
     assert context["extra"]["spent_usd"] == "0.25" and context["extra"]["key"]["id"] == "k_pg"
 
 
@@ -151,11 +195,11 @@ def test_the_pager_links_carry_the_api_cursors_with_the_filters() -> None:
     plans = {"plans": [], "usd_per_flow": "0.025"}
     filters = {"key": "k_1", "model": "qwen/qwen3-14b"}
     first = {"data": [], "next_cursor": "b1", "prev_cursor": None}
-    context = views.subscription("acc_1", usage, first, [], [], [], [], plans, NOW, filters, [])
+    context = views.subscription("acc_1", usage, first, [], [], [], [], [], plans, NOW, filters, [])
     assert context["older"] == "key=k_1&model=qwen%2Fqwen3-14b&before=b1" and context["newer"] is None
     assert context["models"] == ["qwen/qwen3-14b"]
     last = {"data": [], "next_cursor": None, "prev_cursor": "a1"}
-    context = views.subscription("acc_1", usage, last, [], [], [], [], plans, NOW, {}, [])
+    context = views.subscription("acc_1", usage, last, [], [], [], [], [], plans, NOW, {}, [])
     assert context["older"] is None and context["newer"] == "after=a1"
 
 
@@ -182,3 +226,22 @@ def test_chat_offers_the_plans_models_on_subscription_and_checks_the_form_naming
            ("hi", "free", "a/free", "billing_mode"), ("hi", "payg", "z/z", "model")]  # fmt: skip
     for text, mode, model, field in bad:
         assert (views.chat_problem(text, mode, model, ids) or "").startswith(f"{field}:")
+
+
+def test_cookies_are_secure_when_owners_reach_the_console_over_https_even_through_a_proxy() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from libs.clock import SystemClock
+    from libs.settings import load_settings
+    from services.console.site import Site
+
+    def cookie(console_url: str) -> str:
+        site = Site(load_settings({}, console_url=console_url), None, SystemClock())  # type: ignore[arg-type]
+        response = web.Response()
+        site.set_cookie(make_mocked_request("GET", "/"), response, "fp_session", "s", 60)  # plain http here
+        return response.cookies["fp_session"].output()
+
+    behind_tls = cookie("https://console.example.com")
+    assert "Secure" in behind_tls and "HttpOnly" in behind_tls and "SameSite=Lax" in behind_tls
+    assert "Secure" not in cookie("http://127.0.0.1:8088") and "Secure" not in cookie("")

@@ -2,16 +2,19 @@
 out-of-range times in any body, numbers whose products overflow a bigint, data errors not "retry"."""
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
 import asyncpg
 import msgspec
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from libs.db import UNAVAILABLE
 from libs.pricing.catalog import load_catalog
-from libs.web import ApiError, check_text, decode_body
+from libs.web import ApiError, api_errors, check_text, decode_body, refuse_control_characters
 from proto.v1 import AccountCreated, CreateKey, GetRefund, RecordPayment, TopUpBalance
 from services.ingress import admin
 from services.ingress.directory import Directory
@@ -122,6 +125,26 @@ def test_a_call_priced_past_what_a_bigint_sums_is_refused_naming_the_largest_cou
     (event,) = price_batch(decode_batch(json.dumps({"events": [small]}).encode(), 10), catalog, directory, NOW,
                            timedelta(days=8), timedelta(minutes=5))  # fmt: skip
     assert 0 < event.flows_micros <= MAX_CALL_MICROS
+
+
+async def test_a_database_data_error_at_ingress_is_a_500_with_a_request_id_never_a_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What ingress answers when Postgres refuses a value that got past the checks: its own
+    middlewares (services/ingress/app.py), a handler meeting the error Postgres raises for a NUL."""
+
+    async def stores(_: web.Request) -> web.Response:
+        raise asyncpg.CharacterNotInRepertoireError('invalid byte sequence for encoding "UTF8": 0x00')
+
+    app = web.Application(middlewares=[api_errors, refuse_control_characters])
+    app.router.add_post("/v1/keys", stores)
+    with caplog.at_level(logging.ERROR):
+        async with TestClient(TestServer(app)) as client:
+            response = await client.post("/v1/keys", json={"name": "x"})
+            body = await response.json()
+    assert response.status == 500 and "retry-after" not in response.headers
+    assert body["error"]["code"] == "internal_error" and body["error"]["request_id"] == response.headers["x-request-id"]
+    assert body["error"]["request_id"] in caplog.text and "0x00" in caplog.text
 
 
 def test_a_data_error_is_not_an_outage_to_retry() -> None:

@@ -15,7 +15,7 @@ from services.quota.domain.admission import AccountQuota
 from services.quota.domain.periods import Segment
 from services.quota.domain.ratelimit import gcra
 from services.quota.inflight import InflightTracker
-from services.quota.projection import QuotaState
+from services.quota.state import QuotaState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 RATE = Fraction(10, 396)  # 1/39.6 USD per Flow

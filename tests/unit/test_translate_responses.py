@@ -7,7 +7,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response, ResponseStreamEvent
 
-from services.gateway.translate import chat_responses, responses
+from services.gateway.translate import chat_responses, responses, responses_stream
 from services.gateway.usage import Tokens
 
 STREAM_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponseStreamEvent)
@@ -127,7 +127,7 @@ def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, usage:
 
 
 def run(chunks: list[Any], usage: dict[str, Any]) -> list[Any]:
-    translator = responses.StreamToResponses({"model": "m", "input": "x", "stream": True}, "resp_1", 5)
+    translator = responses_stream.StreamToResponses({"model": "m", "input": "x", "stream": True}, "resp_1", 5)
     events = [e for c in chunks for e in translator.feed(c)] + translator.finish(usage)
     return [STREAM_EVENT.validate_python(e) for e in events]  # each one a valid SDK event
 

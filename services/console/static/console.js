@@ -1,14 +1,17 @@
 // The console's only script: what just the browser can do (dialogs, copy, a countdown, a
-// confirmation, following a refund's status). Every page works as plain forms without it too.
+// confirmation, following a refund's status, telling the server the owner's time zone). Every page works as plain forms without it too.
 "use strict";
+
+const UNITS = document.documentElement.lang.startsWith("zh")
+  ? { d: "天 ", h: "小时 ", m: "分 ", s: "秒" } : { d: "d ", h: "h ", m: "m ", s: "s" };
 
 function countdown(until) {
   let seconds = Math.max(0, Math.floor((Date.parse(until) - Date.now()) / 1000));
   const days = Math.floor(seconds / 86400); seconds %= 86400;
   const hours = Math.floor(seconds / 3600); seconds %= 3600;
   const minutes = Math.floor(seconds / 60); seconds %= 60;
-  return (days ? days + "d " : "") + hours + "h " + String(minutes).padStart(2, "0") + "m " +
-    String(seconds).padStart(2, "0") + "s";
+  return (days ? days + UNITS.d : "") + hours + UNITS.h + String(minutes).padStart(2, "0") + UNITS.m +
+    String(seconds).padStart(2, "0") + UNITS.s;
 }
 
 function tick() {
@@ -17,8 +20,13 @@ function tick() {
   });
 }
 
-function localTimes() {
-  // The owner's own time zone and the page's language (the server writes UTC).
+function ownZone() {
+  // The server writes times in the zone the fp_tz cookie names. Tell it the browser's; until it
+  // knows (the first page), rewrite this page's times in that zone here.
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  const known = document.cookie.split("; ").find((c) => c.startsWith("fp_tz="));
+  if (!zone || (known && decodeURIComponent(known.slice(6)) === zone)) return;
+  document.cookie = "fp_tz=" + encodeURIComponent(zone) + "; path=/; max-age=31536000; samesite=lax";
   const format = new Intl.DateTimeFormat(document.documentElement.lang, { dateStyle: "medium", timeStyle: "short" });
   document.querySelectorAll("time[datetime]").forEach((el) => {
     const moment = new Date(el.getAttribute("datetime"));
@@ -27,7 +35,7 @@ function localTimes() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  localTimes();
+  ownZone();
   document.querySelectorAll("dialog[data-show-modal]").forEach((d) => d.showModal());
   document.querySelectorAll("[data-open]").forEach((button) => {
     button.addEventListener("click", () => {

@@ -12,7 +12,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
 
-from services.gateway.translate import chat_messages, chat_responses, completions, responses
+from services.gateway.translate import chat_messages, chat_responses, completions, responses, responses_stream
 from services.gateway.translate.responses import Refused
 
 __all__ = ["Refused", "StreamTranslator", "Translation", "plan"]
@@ -59,14 +59,14 @@ class Translation:
 
 class _ResponsesStream:
     def __init__(self, request: dict[str, Any], call_id: str, created: int) -> None:
-        self._events = responses.StreamToResponses(request, "resp_" + call_id, created)
+        self._events = responses_stream.StreamToResponses(request, "resp_" + call_id, created)
 
     def feed(self, data: Any) -> bytes:
-        return responses.sse(self._events.feed(data), _encode)
+        return responses_stream.sse(self._events.feed(data), _encode)
 
     def finish(self, tokens: Tokens) -> bytes:
         usage = responses.usage(tokens.input + tokens.cached, tokens.cached, tokens.output)
-        return responses.sse(self._events.finish(usage), _encode)
+        return responses_stream.sse(self._events.finish(usage), _encode)
 
 
 class _ByWayOfChat:

@@ -13,9 +13,6 @@ refused. The gateway stores no responses, so `previous_response_id` and
 `store: true` are refused (400), as is anything else it cannot carry over faithfully.
 """
 
-import itertools
-import json
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "developer"}
@@ -288,12 +285,12 @@ def from_chat(chat: dict[str, Any], request: dict[str, Any], response_id: str, c
     output: list[dict[str, Any]] = []
     content = message.get("content")
     if isinstance(content, str) and content:
-        output.append(_message_item(f"msg_{response_id[5:]}", content, "completed"))
+        output.append(message_item(f"msg_{response_id[5:]}", content, "completed"))
     for n, call in enumerate(message.get("tool_calls") or ()):
         function = _dict(call.get("function")) if isinstance(call, dict) else {}
         call_id = call.get("id", "") if isinstance(call, dict) else ""
         output.append(
-            _call_item(
+            call_item(
                 f"fc_{response_id[5:]}_{n}",
                 call_id,
                 function.get("name", ""),
@@ -305,12 +302,12 @@ def from_chat(chat: dict[str, Any], request: dict[str, Any], response_id: str, c
     return response(request, response_id, created, status, output, chat_usage(chat.get("usage")), incomplete)
 
 
-def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+def message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
     part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": [part]}
 
 
-def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+def call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
     return {
         "type": "function_call",
         "id": item_id,
@@ -319,162 +316,3 @@ def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: st
         "arguments": arguments,
         "status": status,
     }
-
-
-class StreamToResponses:
-    """A chat completion stream, chunk by chunk, as the Responses event stream: each chunk's
-    text and tool call arguments go out as their deltas at once; `finish` closes the open items
-    and ends with `response.completed` (or `.incomplete`, or `.failed` when the upstream broke
-    off before its finish reason) carrying the usage the call was billed for."""
-
-    def __init__(self, request: dict[str, Any], response_id: str, created: int) -> None:
-        self.request, self.response_id, self.created = request, response_id, created
-        self._seq = itertools.count()
-        self._output: list[dict[str, Any]] = []
-        self._text: dict[str, Any] | None = None  # the message item being written
-        self._calls: dict[int, dict[str, Any]] = {}  # chat tool call index -> its function_call item
-        self._open_calls: list[dict[str, Any]] = []
-        self.finish_reason: str | None = None
-        self._started = False
-
-    def feed(self, chunk: Any) -> list[dict[str, Any]]:
-        events = self._start()
-        if not isinstance(chunk, dict):
-            return events
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = _dict(choice.get("delta"))
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                events += self._text_delta(content)
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    events += self._call_delta(call)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-        return events
-
-    def finish(self, usage_block: dict[str, Any]) -> list[dict[str, Any]]:
-        events = self._start() + self._close_text()
-        for item in self._open_calls:
-            item["status"] = "completed"
-            events.append(
-                self._event(
-                    "response.function_call_arguments.done",
-                    item_id=item["id"],
-                    output_index=self._output.index(item),
-                    arguments=item["arguments"],
-                )
-            )
-            events.append(self._event("response.output_item.done", output_index=self._output.index(item), item=item))
-        self._open_calls = []
-        if self.finish_reason is None:
-            error = {"code": "server_error", "message": "the upstream provider broke off the answer"}
-            final = response(
-                self.request, self.response_id, self.created, "failed", self._output, usage_block, error=error
-            )
-            return [*events, self._event("response.failed", response=final)]
-        status, incomplete = FINISH.get(self.finish_reason, ("completed", None))
-        final = response(self.request, self.response_id, self.created, status, self._output, usage_block, incomplete)
-        return [*events, self._event(f"response.{status}", response=final)]
-
-    def _start(self) -> list[dict[str, Any]]:
-        if self._started:
-            return []
-        self._started = True
-        begun = response(self.request, self.response_id, self.created, "in_progress", [], None)
-        return [self._event("response.created", response=begun), self._event("response.in_progress", response=begun)]
-
-    def _text_delta(self, content: str) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        if self._text is None:
-            item = _message_item(f"msg_{self.response_id[5:]}_{len(self._output)}", "", "in_progress")
-            self._text = item
-            self._output.append(item)
-            index = len(self._output) - 1
-            events.append(self._event("response.output_item.added", output_index=index, item={**item, "content": []}))
-            events.append(
-                self._event(
-                    "response.content_part.added",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    part={**item["content"][0], "text": ""},
-                )
-            )
-        item = self._text
-        item["content"][0]["text"] += content
-        events.append(
-            self._event(
-                "response.output_text.delta",
-                item_id=item["id"],
-                output_index=self._output.index(item),
-                content_index=0,
-                delta=content,
-                logprobs=[],
-            )
-        )
-        return events
-
-    def _close_text(self) -> list[dict[str, Any]]:
-        item, self._text = self._text, None
-        if item is None:
-            return []
-        index, part = self._output.index(item), item["content"][0]
-        item["status"] = "completed"
-        return [
-            self._event(
-                "response.output_text.done",
-                item_id=item["id"],
-                output_index=index,
-                content_index=0,
-                text=part["text"],
-                logprobs=[],
-            ),
-            self._event(
-                "response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part
-            ),
-            self._event("response.output_item.done", output_index=index, item=item),
-        ]
-
-    def _call_delta(self, call: dict[str, Any]) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        index = call.get("index", 0)
-        function = _dict(call.get("function"))
-        item = self._calls.get(index)
-        if item is None:
-            events += self._close_text()  # the text before a call is done when the call begins
-            item = _call_item(
-                f"fc_{self.response_id[5:]}_{len(self._output)}",
-                call.get("id") or "",
-                function.get("name") or "",
-                "",
-                "in_progress",
-            )
-            self._calls[index] = item
-            self._open_calls.append(item)
-            self._output.append(item)
-            events.append(
-                self._event("response.output_item.added", output_index=len(self._output) - 1, item=dict(item))
-            )
-        arguments = function.get("arguments")
-        if isinstance(arguments, str) and arguments:
-            item["arguments"] += arguments
-            events.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    item_id=item["id"],
-                    output_index=self._output.index(item),
-                    delta=arguments,
-                )
-            )
-        return events
-
-    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
-        return {"type": kind, "sequence_number": next(self._seq), **json.loads(json.dumps(fields))}
-
-
-def sse(events: list[dict[str, Any]], encode: Callable[[Any], bytes]) -> bytes:
-    """Events as Server-Sent Events, each named by its type (as the Responses API sends them)."""
-    return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + encode(e) + b"\n\n" for e in events)

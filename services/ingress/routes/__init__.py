@@ -81,6 +81,7 @@ ROUTES: tuple[Route, ...] = (
           Query("after", "string", "Newer than this cursor (prev_cursor)."),
           Query("key_id", "string", "Only this key's calls."), Query("model", "string", "Only this model's calls."),
           Query("conversation_id", "string", "Only this Studio Chat conversation's calls."),
+          Query("billing_mode", "string", "Only the calls billed this way: subscription or payg."),
       ), asks=(rpc.QUOTA_EVENTS,)),
     R("GET", "/v1/keys", KeyRoutes.list_keys, "account", "The account's keys (never their secrets).",
       asks=(rpc.KEYS_LIST,)),
@@ -109,8 +110,10 @@ ROUTES: tuple[Route, ...] = (
       body=SetExtraUsage, asks=(rpc.KEYS_LIST, rpc.QUOTA_STATUS)),
     R("GET", "/v1/billing/history", BillingRoutes.billing_history, "account", "Payments, plan changes, top-ups and "
       "refunds, newest first.", query=(LIMIT,), asks=(rpc.BILLING_HISTORY,)),
-    R("GET", "/v1/account/costs", BillingRoutes.costs, "account", "Cost analysis by model or day.", query=(
-        Query("group_by", "string", "model or day."), Query("from", "date-time", "From (default: 30 days back)."),
+    R("GET", "/v1/account/costs", BillingRoutes.costs, "account", "Cost analysis by model or day, and the "
+      "subscription's Flows per hour.", query=(
+        Query("group_by", "string", "model, day, or hour (the subscription's Flows per UTC hour)."),
+        Query("from", "date-time", "From (default: 30 days back)."),
         Query("to", "date-time", "Until (default: now)."),
     ), asks=(rpc.BILLING_COSTS,)),
     R("GET", "/v1/refunds/preview", RefundRoutes.refund_preview, "account", "The refund of the latest payment as it "

@@ -24,8 +24,8 @@ class AccountRoutes(Edge):
 
     async def get_account_usage_events(self, request: web.Request) -> web.Response:
         """The account's calls, newest first, a page at a time: `before` (older, from next_cursor) or
-        `after` (newer, from prev_cursor), optionally of one key (`key_id`), one model (`model`) and one
-        Studio Chat conversation (`conversation_id`)."""
+        `after` (newer, from prev_cursor), optionally of one key (`key_id`), one model (`model`), one
+        Studio Chat conversation (`conversation_id`) and one billing mode (`billing_mode`)."""
         account_id = await self._account_of(request)
         limit = int_query(request, "limit", 50, 1, 1000)
         before, after = (cursor_query(request, name) for name in ("before", "after"))
@@ -35,7 +35,10 @@ class AccountRoutes(Edge):
             account_id=account_id, limit=limit, before=before, after=after,
             key_id=filter_query(request, "key_id", 128), model=filter_query(request, "model", 200),
             conversation_id=filter_query(request, "conversation_id", 128),
+            billing_mode=filter_query(request, "billing_mode", 12),
         )  # fmt: skip
+        if asked.billing_mode not in (None, "subscription", "payg"):
+            raise ApiError(400, "invalid_request", "billing_mode: subscription or payg", "billing_mode")
         reply = await self._ask(rpc.QUOTA_EVENTS, asked)
         return json_response(views.usage_events(reply, paged_back=before is not None, paged_forward=after is not None))
 
@@ -45,8 +48,5 @@ class AccountRoutes(Edge):
         listed = await self._ask(rpc.KEYS_LIST, ListKeys(account_id=account_id))
         payg = {k.id for k in listed.keys if k.kind == "payg" and k.revoked_at is None}
         event = admin.set_extra_usage(account_id, command, payg, self.clock.now())
-        await self._publish([event])
-        await self._until_quota_shows(
-            account_id, lambda s: (s.extra_usage, s.payg_key_id) == (event.enabled, event.payg_key_id)
-        )
+        await self._until_quota_applied(account_id, await self._publish([event]))
         return json_response(views.extra_usage(await self._status(account_id)))

@@ -26,13 +26,13 @@ class AdminRoutes(Edge):
         account = admin.create_account(command, self.clock.now())
         # The console first: an email another owner has refuses the request before anything is stored.
         link = await self._sign_in_link(IssueSignInLink(account_id=account.account_id, email=command.email), True)
-        await self._publish([account])
+        seq = await self._publish([account])
         issued = await self._ask(rpc.KEYS_CREATE, CreateKey(account_id=account.account_id, name="default",
                                                             kind="subscription"))  # fmt: skip
         management = await self._ask(
             rpc.KEYS_CREATE, CreateKey(account_id=account.account_id, name="management", kind="management")
         )
-        await self._until_quota_shows(account.account_id, lambda status: status.known)
+        await self._until_quota_applied(account.account_id, seq)
         return json_response(
             {
                 "account_id": account.account_id, "name": command.name, "key": issued.secret, "key_id": issued.key.id,
@@ -98,9 +98,7 @@ class AdminRoutes(Edge):
         account_id = self._account_exists(request)
         command = admin.payment_command(account_id, decode_body(await request.read(), admin.PaymentIn))
         accepted = await self._ask(rpc.BILLING_RECORD_PAYMENT, command)
-        now = self.clock.now()
-        if not accepted.duplicate and accepted.effective_at <= now < accepted.paid_until:
-            await self._until_quota_shows(account_id, lambda status: status.plan == accepted.plan)
+        await self._until_quota_applied(account_id, accepted.seq)
         return json_response(
             {
                 "account_id": account_id,
@@ -151,12 +149,8 @@ class AdminRoutes(Edge):
         account_id = self._account_exists(request)
         body = decode_body(await request.read(), admin.TopUpIn)
         command = admin.top_up_command(account_id, body, request.headers.get("Idempotency-Key"))
-        before = await self._status(account_id)
         accepted = await self._ask(rpc.BILLING_TOP_UP, command)
-        if not accepted.duplicate:
-            await self._until_quota_shows(
-                account_id, lambda s: s.balance_micros >= before.balance_micros + accepted.amount_micros
-            )
+        await self._until_quota_applied(account_id, accepted.seq)
         return json_response(
             {
                 "account_id": account_id,

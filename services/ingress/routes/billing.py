@@ -29,8 +29,8 @@ class BillingRoutes(Edge):
     async def costs(self, request: web.Request) -> web.Response:
         account_id = await self._account_of(request)
         group_by = request.query.get("group_by", "model")
-        if group_by not in ("model", "day"):
-            raise ApiError(400, "invalid_request", "group_by: must be model or day", "group_by")
+        if group_by not in ("model", "day", "hour"):
+            raise ApiError(400, "invalid_request", "group_by: must be model, day or hour", "group_by")
         until = time_query(request, "to", self.clock.now())
         since = time_query(request, "from", until - timedelta(days=30))
         if since > until:
@@ -65,16 +65,10 @@ class BillingRoutes(Edge):
         command = checkout.command(event)
         if isinstance(command, RecordPayment):
             accepted = await self._ask(rpc.BILLING_RECORD_PAYMENT, command)
-            now = self.clock.now()
-            if not accepted.duplicate and accepted.effective_at <= now < accepted.paid_until:
-                await self._until_quota_shows(command.account_id, lambda status: status.plan == accepted.plan)
+            await self._until_quota_applied(command.account_id, accepted.seq)
             duplicate = accepted.duplicate
         else:
-            before = await self._status(command.account_id)
             topped = await self._ask(rpc.BILLING_TOP_UP, command)
-            if not topped.duplicate:
-                await self._until_quota_shows(
-                    command.account_id, lambda s: s.balance_micros >= before.balance_micros + topped.amount_micros
-                )
+            await self._until_quota_applied(command.account_id, topped.seq)
             duplicate = topped.duplicate
         return json_response({"received": event.id, "duplicate": duplicate})

@@ -1,10 +1,8 @@
 """What every route of ingress shares: its dependencies, who a request's credential is and what
 it may do, asking the other services (libs.rpc), publishing to the log, and the query parameters."""
 
-import asyncio
 import secrets
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -15,12 +13,13 @@ from nats.aio.client import Client
 
 from libs import ownerpass
 from libs.clock import Clock
+from libs.eventlog.barrier import until_quota_applied
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog
 from libs.refusal import Refusal
 from libs.rpc import ask
-from libs.settings import Settings
+from libs.settings import IngressSettings
 from libs.web import CONTROL, EARLIEST, LATEST, ApiError
 from proto.v1 import (
     QuotaStatus,
@@ -46,7 +45,7 @@ class Edge:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: IngressSettings,
         catalog: Catalog,
         directory: Directory,
         publisher: EventPublisher,
@@ -121,13 +120,15 @@ class Edge:
             raise ApiError(404, "account_not_found", f"no account {account_id!r}", "account_id")
         return account_id
 
-    async def _publish(self, events: Sequence[Event]) -> None:
+    async def _publish(self, events: Sequence[Event]) -> int:
+        """Store the events; the stream sequence of the last one (what the barrier waits for)."""
         try:
-            await self.publisher.publish(events)
+            acks = await self.publisher.publish(events)
         except PublishFailed as exc:
             raise ApiError(503, "event_log_unavailable", "the event log did not confirm; retry") from exc
         for event in events:
             self.directory.apply(event)  # read-your-writes; the projection applies it again harmlessly
+        return max((ack.seq for ack in acks), default=0)
 
     async def _ask(self, call: Rpc[Req, Rep], message: Req) -> Rep:
         """Ask another service (libs.rpc.ask): its refusal becomes the 4xx proto maps its code to;
@@ -141,16 +142,15 @@ class Edge:
     async def _status(self, account_id: str) -> QuotaStatus:
         return await self._ask(rpc.QUOTA_STATUS, QuotaStatusRequest(account_id=account_id))
 
-    async def _until_quota_shows(self, account_id: str, done: Callable[[QuotaStatus], bool]) -> None:
-        """Answer an admin command once quota applies it (its projection lags by milliseconds),
-        so that the account's next call already meets the new account or plan. Bounded: past
+    async def _until_quota_applied(self, account_id: str, seq: int) -> None:
+        """Answer an admin command once quota has applied the event it stored at `seq` (its
+        projection lags by milliseconds), so that the account's next call already meets the new
+        account, plan or balance: the sequence barrier (libs/eventlog/barrier.py). Bounded: past
         QUOTA_SYNC_S the events are stored all the same and the answer goes out."""
-        deadline = time.monotonic() + QUOTA_SYNC_S
-        while time.monotonic() < deadline:
-            status = await self._status(account_id)
-            if done(status):
-                return
-            await asyncio.sleep(0.01)
+        await until_quota_applied(
+            self.nc, self.settings.stream, seq, account_id, timeout_s=QUOTA_SYNC_S,
+            request_timeout_s=self.settings.request_timeout_s,
+        )  # fmt: skip
 
 
 def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from libs.pricing.catalog import FREE, Model, Plan
 from libs.pricing.flows import Versioned
-from libs.pricing.money import round_half_up
+from libs.pricing.money import round_half_up_ratio
 from libs.pricing.multipliers import NEVER_INSIDER, InsiderHistory, unchanged_multiplier
 from proto.v1.events import BillingMode
 from services.quota.domain.periods import Period, Segment, period_at, segment_at
@@ -201,8 +201,12 @@ class Estimate(NamedTuple):
 def estimate(flows_micros: int, usd_micros: int, usd_per_flow: Fraction, multiplier: Fraction) -> Estimate:
     """The gateway estimates in USD when it can (the model's prices), else in Flows: the other unit
     follows at the Flow rate and the account's multiplier in force now."""
-    usd = usd_micros or round_half_up(flows_micros * usd_per_flow * multiplier)
-    flows = round_half_up(Fraction(usd_micros) / (usd_per_flow * multiplier)) if usd_micros > 0 else flows_micros
+    # USD per Flow at this multiplier as n/d, in integers: exact like the Fractions, without their
+    # normalising gcd per operation (a quarter of quota's own work per check).
+    n = usd_per_flow.numerator * multiplier.numerator
+    d = usd_per_flow.denominator * multiplier.denominator
+    usd = usd_micros or round_half_up_ratio(flows_micros * n, d)
+    flows = round_half_up_ratio(usd_micros * d, n) if usd_micros > 0 else flows_micros
     return Estimate(flows, usd)
 
 

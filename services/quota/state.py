@@ -1,0 +1,155 @@
+"""quota's memory: what admission reads, per account (the plan history, the latest 5-hour and
+weekly window, the monthly totals, the PAYG balance), the reservations of calls in flight, and
+how it is loaded from the projection's tables at start and after a replay. The projection
+(projection.py) changes it only after the transaction that wrote the same change committed."""
+
+import gc
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+from fractions import Fraction
+
+import asyncpg
+
+from libs.clock import Clock, SystemClock
+from libs.pricing.flows import Versioned
+from libs.pricing.multipliers import multiplier_at
+from libs.pricing.ratebook import load_rate_book
+from services.quota.domain.admission import AccountQuota
+from services.quota.domain.periods import Segment
+from services.quota.domain.windows import Window
+from services.quota.reservations import Reservations
+
+LOAD_CHUNK = 10_000
+"""Rows fetched at a time when memory is loaded from the tables."""
+
+
+async def chunks(conn: asyncpg.Connection, query: str, *args: object) -> AsyncIterator[list[asyncpg.Record]]:
+    """The rows of a query, LOAD_CHUNK at a time (inside a transaction)."""
+    cursor = await conn.cursor(query, *args)
+    while rows := await cursor.fetch(LOAD_CHUNK):
+        yield rows
+
+
+class QuotaState:
+    """The in-memory side: accounts by id, and the reservations of calls in flight."""
+
+    def __init__(
+        self, default_usd_per_flow: Fraction, insider_multiplier: Fraction = Fraction(5, 4), clock: Clock | None = None
+    ) -> None:
+        self.default_usd_per_flow = default_usd_per_flow
+        self.clock = clock or SystemClock()
+        """What load() reads the recent months by (the responder reads the same service clock)."""
+        self.insider_multiplier = insider_multiplier
+        self.accounts: dict[str, AccountQuota] = {}
+        self.reservations = Reservations()
+        """Estimates (micro-Flows) of the subscription calls admitted and not yet counted."""
+        self.payg_reservations = Reservations()
+        """Estimates (micro-USD) of the PAYG calls admitted and not yet counted."""
+        self.flow_rate = Versioned(default_usd_per_flow)
+        self.rate_limits: dict[str, datetime] = {}
+        """GCRA state per account (the theoretical arrival time); memory only, like reservations:
+        after a start both are rebuilt from the gateways' heartbeats (services/quota/inflight.py)."""
+        self.released_while_rebuilding: set[str] | None = None
+        """Once quota hears heartbeats (a set then): the reservations whose usage the projection
+        applied lately, so that a heartbeat listing such a call a last time does not hold it again
+        (services/quota/inflight.py forgets them after a few intervals)."""
+
+    async def load(self, conn: asyncpg.Connection, schema: str, only: Callable[[str], bool] | None = None) -> None:
+        """Rebuild memory from the projection (at start, and after a replay swapped its tables).
+        Reservations and rate limits are not in the tables: they stay as they are. With `only`,
+        the accounts it accepts (a partition taken over from another instance) are read again and
+        replace those in memory; the others stay as they are, and the Flow rates are merged.
+
+        Read in one snapshot, a chunk of rows at a time (a million accounts' rows fetched at once
+        would hold twice the memory the state needs), with the cyclic garbage collector paused: the
+        state is millions of objects without cycles, and each collection while they are created
+        would walk all those made before once more."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            if conn.is_in_transaction():
+                accounts, flow_rate = await self._read(conn, schema, only)
+            else:
+                async with conn.transaction(readonly=True, isolation="repeatable_read"):
+                    accounts, flow_rate = await self._read(conn, schema, only)
+            if only is None:
+                self.accounts, self.flow_rate = accounts, flow_rate
+            else:
+                self.accounts.update(accounts)
+                self.flow_rate.merge(flow_rate)
+        finally:
+            if collecting:
+                gc.enable()
+
+    async def _read(
+        self, conn: asyncpg.Connection, schema: str, only: Callable[[str], bool] | None = None
+    ) -> tuple[dict[str, AccountQuota], Versioned]:
+        book = await load_rate_book(conn, schema, self.default_usd_per_flow, share_unchanged=True)
+        accounts: dict[str, AccountQuota] = {}
+        plans: dict[str, str] = {}  # one str per plan name, not one per row
+        multipliers, insiders = book.multipliers, book.insiders
+        async for rows in chunks(
+            conn, f"SELECT account_id, created_at, extra_usage, payg_key_id FROM {schema}.accounts"
+        ):
+            for account_id, created_at, extra_usage, payg_key_id in rows:
+                if only is not None and not only(account_id):
+                    continue
+                multiplier, insider = multipliers.pop(account_id), insiders.pop(account_id)
+                accounts[account_id] = AccountQuota(
+                    created_at, [], multiplier=multiplier, insider=insider, extra_usage=extra_usage,
+                    payg_key_id=payg_key_id,
+                )  # fmt: skip
+        async for rows in chunks(conn, f"SELECT account_id, sum(amount_micros) FROM {schema}.ledger GROUP BY 1"):
+            for account_id, balance in rows:
+                if only is not None and account_id not in accounts:
+                    continue
+                accounts[account_id].balance = int(balance)
+        async for rows in chunks(
+            conn,
+            f"""SELECT event_id, account_id, effective_at, plan, period_anchor, paid_until FROM {schema}.plan_history
+                ORDER BY account_id, effective_at, event_id""",
+        ):
+            for event_id, account_id, effective_at, plan, anchor, paid_until in rows:
+                if only is not None and account_id not in accounts:
+                    continue
+                account = accounts[account_id]
+                if effective_at == account.created_at:  # most accounts' first plan: one datetime, not three
+                    effective_at = account.created_at
+                if anchor == effective_at:
+                    anchor = effective_at
+                plan = plans.setdefault(plan, plan)
+                account.segments.append(Segment(effective_at, plan, anchor, event_id, paid_until))
+        for account in accounts.values():  # in the order apply() keeps them: changes at one instant by plan
+            account.segments.sort()
+        async for rows in chunks(
+            conn,
+            f"""SELECT DISTINCT ON (account_id, kind) account_id, kind = '5h', started_at, ends_at, flows_micros
+                FROM {schema}.windows WHERE kind IN ('5h', 'week')
+                ORDER BY account_id, kind, started_at DESC""",
+        ):
+            for account_id, five_hours, started_at, ends_at, flows in rows:
+                if only is not None and account_id not in accounts:
+                    continue
+                if five_hours:
+                    accounts[account_id].window_5h = Window(started_at, ends_at, flows)
+                else:
+                    accounts[account_id].weekly = Window(started_at, ends_at, flows)
+        async for rows in chunks(
+            conn,
+            f"""SELECT account_id, started_at, flows_micros FROM {schema}.windows
+                WHERE kind = 'month' AND ends_at > $1""",
+            self.clock.now() - timedelta(days=40),
+        ):
+            for account_id, started_at, flows in rows:
+                if only is not None and account_id not in accounts:
+                    continue
+                account = accounts[account_id]
+                for segment in account.segments:  # a first period starts at its anchor: that datetime object
+                    if segment.anchor == started_at:
+                        started_at = segment.anchor
+                account.months[started_at] = flows
+        return accounts, book.flow_rate
+
+    def multiplier(self, account: AccountQuota, when: datetime) -> Fraction:
+        """The multiplier that prices the account's call made at `when` (libs.pricing.multipliers)."""
+        return multiplier_at(account.multiplier, account.insider, self.insider_multiplier, when)

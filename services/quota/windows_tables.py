@@ -1,0 +1,165 @@
+"""quota's windows in Postgres: a batch's subscription usage added to the 5-hour and weekly chains
+and the months (memory's latest windows updated alongside), late calls re-chained, months
+recounted after a plan change cut the periods differently. The projection (projection.py) calls
+these inside its batch transaction."""
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from proto.v1 import UsageRecorded
+from services.quota.domain.admission import AccountQuota
+from services.quota.domain.periods import Period, period_at
+from services.quota.domain.windows import CHAINS, ChainKind, Usage, Window, WindowKind, add_usages, chain
+
+
+class WindowTables:
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+
+    async def recount_months(
+        self, conn: asyncpg.Connection, account_id: str, account: AccountQuota, since: datetime
+    ) -> None:
+        """Periods from `since` on were cut differently by a plan change: count them again."""
+        rows = await conn.fetch(
+            f"""SELECT occurred_at, flows_micros FROM {self.schema}.usage
+                WHERE account_id = $1 AND billing_mode = 'subscription' AND occurred_at >= $2""",
+            account_id,
+            since,
+        )
+        totals: dict[tuple[datetime, datetime], int] = defaultdict(int)
+        for row in rows:
+            totals[period_at(account.segments, row["occurred_at"])] += row["flows_micros"]
+        await conn.execute(
+            f"DELETE FROM {self.schema}.windows WHERE account_id = $1 AND kind = 'month' AND started_at >= $2",
+            account_id,
+            since,
+        )
+        account.months = {start: flows for start, flows in account.months.items() if start < since}
+        await self.add_months(conn, {(account_id, start, end): flows for (start, end), flows in totals.items()})
+        for (start, _), flows in totals.items():
+            account.months[start] = account.months.get(start, 0) + flows
+
+    async def count(
+        self,
+        conn: asyncpg.Connection,
+        counted: dict[str, list[UsageRecorded]],
+        pending: dict[str, AccountQuota],
+        consumed: dict[tuple[str, str], int],
+    ) -> None:
+        """Add the batch's subscription usage to the windows, aggregated per account and window: one
+        row per window changed, written with one statement for the whole batch.
+
+        Memory holds each chain's latest window, which is all of the chain's suffix unless a call
+        falls before that window's start (a late call): only then are the earlier windows read."""
+        late: dict[str, datetime] = {}
+        for account_id, events in counted.items():
+            events.sort(key=lambda e: (e.occurred_at, e.event_id))
+            account, first = pending[account_id], events[0].occurred_at
+            if (account.window_5h is not None and first < account.window_5h.start) or (
+                account.weekly is not None and first < account.weekly.start
+            ):
+                late[account_id] = first
+        suffixes = await self._load_suffixes(conn, late) if late else {}
+        upserts: list[tuple[str, WindowKind, Window]] = []
+        months: dict[tuple[str, datetime, datetime], int] = defaultdict(int)
+        for account_id, events in counted.items():
+            account = pending[account_id]
+            usages = [Usage(e.occurred_at, e.flows_micros) for e in events]
+            first = usages[0].at
+            for kind, duration in CHAINS.items():
+                if account_id in late:
+                    loaded = suffixes.get((account_id, kind), [])
+                else:
+                    latest = account.window_5h if kind == "5h" else account.weekly
+                    loaded = [latest] if latest is not None and latest.end > first else []
+                windows, rechain_from = add_usages(loaded, usages, duration)
+                unchanged = set(loaded)
+                if rechain_from is not None:
+                    windows += await self._rechain(conn, account_id, kind, duration, rechain_from)
+                    unchanged = {w for w in unchanged if w.start < rechain_from}
+                upserts += [(account_id, kind, w) for w in windows if w not in unchanged]
+                if windows:
+                    latest = windows[-1]
+                    if kind == "5h":
+                        account.window_5h = latest
+                    else:
+                        account.weekly = latest
+            period: Period | None = None
+            for event in events:  # in time order: most fall in the period of the one before
+                at = event.occurred_at
+                if period is None or not period.start <= at < period.end:
+                    period = period_at(account.segments, at)
+                months[(account_id, period.start, period.end)] += event.flows_micros
+                account.months[period.start] = account.months.get(period.start, 0) + event.flows_micros
+                consumed[(event.model, account.plan_at(at))] += event.flows_micros
+        upserts += [(a, "month", Window(start, end, flows)) for (a, start, end), flows in months.items()]
+        await conn.execute(
+            f"""INSERT INTO {self.schema}.windows AS w (account_id, kind, started_at, ends_at, flows_micros)
+                SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
+                ON CONFLICT (account_id, kind, started_at) DO UPDATE SET
+                    ends_at = CASE WHEN w.kind = 'month' THEN w.ends_at ELSE EXCLUDED.ends_at END,
+                    flows_micros = CASE WHEN w.kind = 'month' THEN w.flows_micros + EXCLUDED.flows_micros
+                                        ELSE EXCLUDED.flows_micros END""",
+            [a for a, _, _ in upserts],
+            [k for _, k, _ in upserts],
+            [w.start for _, _, w in upserts],
+            [w.end for _, _, w in upserts],
+            [w.flows for _, _, w in upserts],
+        )
+
+    async def _load_suffixes(
+        self, conn: asyncpg.Connection, since: dict[str, datetime]
+    ) -> dict[tuple[str, str], list[Window]]:
+        """Per account and chain kind, every window that ends after the account's earliest new usage."""
+        rows = await conn.fetch(
+            f"""SELECT w.account_id, w.kind, w.started_at, w.ends_at, w.flows_micros
+                FROM {self.schema}.windows w
+                JOIN unnest($1::text[], $2::timestamptz[]) AS s(account_id, since)
+                  ON w.account_id = s.account_id AND w.ends_at > s.since
+                WHERE w.kind IN ('5h', 'week')
+                ORDER BY w.account_id, w.kind, w.started_at""",
+            list(since),
+            list(since.values()),
+        )
+        suffixes: dict[tuple[str, str], list[Window]] = defaultdict(list)
+        for row in rows:
+            suffixes[(row["account_id"], row["kind"])].append(
+                Window(row["started_at"], row["ends_at"], row["flows_micros"])
+            )
+        return suffixes
+
+    async def _rechain(
+        self, conn: asyncpg.Connection, account_id: str, kind: ChainKind, duration: timedelta, since: datetime
+    ) -> list[Window]:
+        """A late event opened a window before later ones: rebuild the chain from it."""
+        await conn.execute(
+            f"DELETE FROM {self.schema}.windows WHERE account_id = $1 AND kind = $2 AND started_at >= $3",
+            account_id,
+            kind,
+            since,
+        )
+        rows = await conn.fetch(
+            f"""SELECT occurred_at, flows_micros FROM {self.schema}.usage
+                WHERE account_id = $1 AND billing_mode = 'subscription' AND occurred_at >= $2
+                ORDER BY occurred_at""",
+            account_id,
+            since,
+        )
+        return chain((Usage(r["occurred_at"], r["flows_micros"]) for r in rows), duration)
+
+    async def add_months(self, conn: asyncpg.Connection, months: dict[tuple[str, datetime, datetime], int]) -> None:
+        if not months:
+            return
+        await conn.execute(
+            f"""INSERT INTO {self.schema}.windows AS w (account_id, kind, started_at, ends_at, flows_micros)
+                SELECT a, 'month', s, e, f FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[],
+                    $4::bigint[]) AS m(a, s, e, f)
+                ON CONFLICT (account_id, kind, started_at)
+                DO UPDATE SET flows_micros = w.flows_micros + EXCLUDED.flows_micros""",
+            [a for a, _, _ in months],
+            [s for _, s, _ in months],
+            [e for _, _, e in months],
+            list(months.values()),
+        )
