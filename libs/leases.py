@@ -52,12 +52,24 @@ def runner_up(partition: int, members: Sequence[str]) -> str | None:
     return ranked[1] if len(ranked) > 1 else None
 
 
-async def lease_bucket(js: nats.js.JetStreamContext, lease_s: float, replicas: int = 1) -> KeyValue:
-    try:
-        return await js.key_value(BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        # No limit markers: a key that ran out leaves nothing, so `create` finds it free.
-        return await js.create_key_value(api.KeyValueConfig(bucket=BUCKET, history=1, ttl=lease_s, replicas=replicas))
+async def lease_bucket(js: nats.js.JetStreamContext, lease_s: float, replicas: int = 1, attempts: int = 20) -> KeyValue:
+    """The bucket, created by whichever instance comes first. Several services start at once and
+    each may find it missing: a creation that loses that race (on a cluster: "already in use", or
+    the meta leader busy) looks again rather than failing the start."""
+    for attempt in range(attempts):
+        try:
+            return await js.key_value(BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            pass
+        try:  # No limit markers: a key that ran out leaves nothing, so `create` finds it free.
+            config = api.KeyValueConfig(bucket=BUCKET, history=1, ttl=lease_s, replicas=replicas)
+            return await js.create_key_value(config)
+        except (nats.js.errors.APIError, nats.errors.TimeoutError) as exc:
+            if attempt == attempts - 1:
+                raise
+            log.info("lease bucket: creation raced (%r); looking again", exc)
+            await asyncio.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 class PartitionLeases:
