@@ -1,4 +1,5 @@
-"""Scale part of `make bench` (`python -m bench --part scale`): one gateway against two.
+"""Scale part of `make bench` (`python -m bench --part scale`): one gateway against two, one quota
+against two.
 
 The same closed-loop load of admitted, metered chat completions (non-streamed and streamed) goes
 to one gateway process, then to two gateway processes sharing one keys, one quota and one
@@ -9,9 +10,9 @@ is what docs/capacity.md builds on. On a machine with 2 cores, two gateways are 
 faster; the point is that nothing breaks and the CPU per call stays the same, so adding cores
 adds calls.
 
-quota runs as ONE process in both cases: it owns every partition of its projection and the
-reservations and RPM state of every account (one active instance, no leader election:
-docs/scaling.md), so two quota processes would split a partition's events between two memories.
+Then a second quota instance starts: the two share the partitions (services/quota/partitions.py),
+and the two load generators call with two accounts whose partitions belong to different quota
+instances, so each quota admits half the calls. Each row says the quota CPU per call over both.
 """
 
 import argparse
@@ -32,6 +33,8 @@ from nats.aio.client import Client
 
 from bench.gateway import GatewayStack, measure, settle
 from bench.procstat import cpu_seconds
+from libs.eventlog.subjects import partition_for
+from libs.leases import BUCKET
 from libs.localservers import free_port
 from libs.settings import Settings
 from tests.stack import ServiceProcess
@@ -42,6 +45,24 @@ Servers = Callable[[], Watch]
 
 
 PROCESSES = ("gateway", "quota", "keys", "simulator", "nats-server", "postgres")
+
+
+async def keys_on_both_quotas(
+    stack: GatewayStack, nc: Client, settings: Settings, quotas: list[ServiceProcess]
+) -> list[str]:
+    """Keys of two Pro accounts whose partitions are owned by different quota instances."""
+    kv = await nc.jetstream().key_value(BUCKET)
+    owner = {}
+    for partition in range(settings.partitions):
+        entry = await kv.get(f"owner.quota.{partition}")
+        owner[partition] = (entry.value or b"").decode()
+    found: dict[str, str] = {}
+    for _ in range(20):
+        account_id, key, _ = await stack.create_account(nc)
+        found.setdefault(owner[partition_for(account_id, settings.partitions)], key)
+        if len(found) == len(quotas):
+            return list(found.values())
+    raise RuntimeError(f"no accounts on both quota instances: {owner}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,13 +119,13 @@ async def ingest_cell(
 
 
 async def cell(
-    urls: list[str], key: str, concurrency: int, stream: bool, seconds: float, warmup: float, watch: Watch
+    urls: list[str], keys: list[str], concurrency: int, stream: bool, seconds: float, warmup: float, watch: Watch
 ) -> dict[str, Any]:
-    """The load split over the gateways, one load generator each, measured over the same window;
-    the first one also reads the CPU of every watched process."""
+    """The load split over the gateways, one load generator each (with its own key), measured over
+    the same window; the first one also reads the CPU of every watched process."""
     share = concurrency // len(urls)
     runs = await asyncio.gather(
-        *(measure(url, key, share, stream, seconds, warmup, watch if i == 0 else {}) for i, url in enumerate(urls))
+        *(measure(url, keys[i], share, stream, seconds, warmup, watch if i == 0 else {}) for i, url in enumerate(urls))
     )
     return {
         "rps": sum(r["rps"] for r in runs),
@@ -126,7 +147,11 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, servers:
     second.log_path = work / "gateway-2.log"
     started = [stack.services[name] for name in ("simulator", "keys", "quota", "billing", "ingress", "gateway")]
     nc = await nats.connect(settings.nats_url)
-    results: dict[tuple[str, int], dict[str, Any]] = {}
+    results: dict[tuple[str, int, int], dict[str, Any]] = {}
+    quota_port = free_port()
+    quota = stack.services["quota"]
+    second_quota = ServiceProcess("quota", {**quota.env, "FLOWPLAN_QUOTA_PORT": str(quota_port)}, quota_port, work)
+    second_quota.log_path = work / "quota-2.log"
     try:
         for service in [*started, second]:
             service.start()
@@ -139,9 +164,17 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, servers:
             for gateways in (1, 2):
                 assert gateway.process is not None and second.process is not None
                 cpu_of = {**watch, "gateway": [gateway.process.pid, second.process.pid][:gateways]}
-                results[mode, gateways] = await cell(
-                    urls[:gateways], key, concurrency, mode == "stream", seconds, warmup, cpu_of
+                results[mode, gateways, 1] = await cell(
+                    urls[:gateways], [key, key], concurrency, mode == "stream", seconds, warmup, cpu_of
                 )
+        second_quota.start()  # returns once it owns and answers for its share of the partitions
+        keys = await keys_on_both_quotas(stack, nc, settings, [quota, second_quota])
+        assert quota.process is not None and second_quota.process is not None
+        watch["quota"] = [quota.process.pid, second_quota.process.pid]
+        for mode in MODES:
+            assert gateway.process is not None and second.process is not None
+            cpu_of = {**watch, "gateway": [gateway.process.pid, second.process.pid]}
+            results[mode, 2, 2] = await cell(urls, keys, concurrency, mode == "stream", seconds, warmup, cpu_of)
         shared = ("nats-server", "postgres", "quota", "keys")
         ingest_watch: Watch = {name: watch[name] for name in shared if name in watch}
         ingest_watch.update({name: [stack.pid(name)] for name in ("ingress", "billing")})
@@ -149,6 +182,7 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, servers:
     finally:
         await nc.close()
         second.stop()
+        second_quota.stop()
         for service in reversed(started):
             service.stop()
     print(
@@ -157,20 +191,23 @@ async def run(args: argparse.Namespace, work: Path, settings: Settings, servers:
         f"after {warmup:g} s; one quota, keys and simulator; account {account_id} (settled in {settled:.1f} s).\n"
         "  CPU in milliseconds per admitted call, per process group (gateway = all gateway processes)."
     )
-    header = f"{'mode':<11} {'gateways':>8} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}  "
+    header = f"{'mode':<11} {'gateways':>8} {'quotas':>6} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}  "
     header += "  ".join(f"{name:>11}" for name in PROCESSES) + f"  {'load gen':>8}"
     print(header)
-    for (mode, gateways), r in results.items():
+    for (mode, gateways, quotas), r in results.items():
         per_call = "  ".join(f"{1000 * r['cpu'].get(name, float('nan')) / r['rps']:>11.3f}" for name in PROCESSES)
         print(
-            f"{mode:<11} {gateways:>8} {r['rps']:>8,.0f} {r['p50'] * 1000:>7.1f} {r['p99'] * 1000:>7.1f} "
+            f"{mode:<11} {gateways:>8} {quotas:>6} {r['rps']:>8,.0f} {r['p50'] * 1000:>7.1f} {r['p99'] * 1000:>7.1f} "
             f"{r['errors']:>6}  {per_call}  {1000 * r['loadgen'] / r['rps']:>8.3f}"
         )
     for mode in MODES:
-        one, two = results[mode, 1], results[mode, 2]
+        one, two, both = results[mode, 1, 1], results[mode, 2, 1], results[mode, 2, 2]
         ratio = (two["cpu"]["gateway"] / two["rps"]) / (one["cpu"]["gateway"] / one["rps"])
+        quota_ratio = (both["cpu"]["quota"] / both["rps"]) / (two["cpu"]["quota"] / two["rps"])
         print(
-            f"{mode}: two gateways {two['rps'] / one['rps']:.2f}x the calls/s of one; gateway CPU per call {ratio:.2f}x"
+            f"{mode}: two gateways {two['rps'] / one['rps']:.2f}x the calls/s of one; gateway CPU per call "
+            f"{ratio:.2f}x; two quotas {both['rps'] / two['rps']:.2f}x the calls/s of one, "
+            f"quota CPU per call {quota_ratio:.2f}x"
         )
     print(
         f"\ningest: {ingest['events']:,} usage events in batches of 1,000 (4 clients): {ingest['ingest_eps']:,.0f} "

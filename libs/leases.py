@@ -1,7 +1,7 @@
 """Partition leases: which instance of a service owns which partitions of the event log, through
-leases in a NATS KV bucket (docs/scaling.md, step 1 of its plan). Used today by ingress, whose
-instances elect the one that runs the ingress projection (rebalance=False, one partition);
-quota, keys, billing and refund do not use it yet.
+leases in a NATS KV bucket (docs/scaling.md, step 1 of its plan). Used by ingress, whose
+instances elect the one that runs the ingress projection (rebalance=False, one partition), and by
+quota, whose instances share the partitions (services/quota/partitions.py).
 
 Every instance keeps a member key alive and computes, from the live members, the same desired
 assignment (rendezvous hashing: a member leaving moves only its partitions, one joining takes
@@ -21,8 +21,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import nats.errors
 import nats.js
@@ -34,18 +36,40 @@ log = logging.getLogger(__name__)
 BUCKET = "FLOWPLAN_LEASES"
 
 
+def _weight(partition: int, member: str) -> bytes:
+    return hashlib.blake2b(f"{partition}/{member}".encode(), digest_size=8).digest()
+
+
 def rendezvous(partition: int, members: Sequence[str]) -> str:
     """The member with the highest hash of (partition, member): every instance that sees the same
     members picks the same owner."""
-    return max(members, key=lambda m: hashlib.blake2b(f"{partition}/{m}".encode(), digest_size=8).digest())
+    return max(members, key=lambda m: _weight(partition, m))
 
 
-async def lease_bucket(js: nats.js.JetStreamContext, lease_s: float, replicas: int = 1) -> KeyValue:
-    try:
-        return await js.key_value(BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        # No limit markers: a key that ran out leaves nothing, so `create` finds it free.
-        return await js.create_key_value(api.KeyValueConfig(bucket=BUCKET, history=1, ttl=lease_s, replicas=replicas))
+def runner_up(partition: int, members: Sequence[str]) -> str | None:
+    """The member that would own the partition if its owner left (None with fewer than two)."""
+    ranked = sorted(members, key=lambda m: _weight(partition, m), reverse=True)
+    return ranked[1] if len(ranked) > 1 else None
+
+
+async def lease_bucket(js: nats.js.JetStreamContext, lease_s: float, replicas: int = 1, attempts: int = 20) -> KeyValue:
+    """The bucket, created by whichever instance comes first. Several services start at once and
+    each may find it missing: a creation that loses that race (on a cluster: "already in use", or
+    the meta leader busy) looks again rather than failing the start."""
+    for attempt in range(attempts):
+        try:
+            return await js.key_value(BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            pass
+        try:  # No limit markers: a key that ran out leaves nothing, so `create` finds it free.
+            config = api.KeyValueConfig(bucket=BUCKET, history=1, ttl=lease_s, replicas=replicas)
+            return await js.create_key_value(config)
+        except (nats.js.errors.APIError, nats.errors.TimeoutError) as exc:
+            if attempt == attempts - 1:
+                raise
+            log.info("lease bucket: creation raced (%r); looking again", exc)
+            await asyncio.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 class PartitionLeases:
@@ -60,12 +84,17 @@ class PartitionLeases:
         margin_s: float | None = None,
         replicas: int = 1,
         rebalance: bool = True,
+        hand_over: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """rebalance=False: no assignment; every instance takes whatever is free and keeps what it
         holds until it stops or dies (one partition so: a leader, for one active instance)."""
         self.service, self.instance, self.partitions = service, instance, partitions
         self.rebalance = rebalance
+        self.hand_over = hand_over
+        """True: a partition desired elsewhere is kept (renewed) until the holder calls release(),
+        once it has stopped working on it (quota: its projection's last batch committed), so that
+        the next owner never starts while this one still writes. It is listed in `leaving()`."""
         self.lease_s, self.margin_s = lease_s, lease_s / 3 if margin_s is None else margin_s
         self._js, self._replicas, self._clock = js, replicas, clock
         self._held: dict[int, int] = {}  # partition -> revision of our owner key
@@ -73,6 +102,10 @@ class PartitionLeases:
         self._member_rev = 0
         self.members = 1
         """Live members (instances) of the service at the last tick, this one included."""
+        self.member_names: list[str] = [instance]
+        """The live members at the last tick."""
+        self.desired: set[int] = set()
+        """The partitions this instance should own among the live members at the last tick."""
         self._task: asyncio.Task[None] | None = None
         self.kv: KeyValue | None = None
 
@@ -88,6 +121,20 @@ class PartitionLeases:
 
     def owned(self) -> set[int]:
         return {p for p in self._held if self.owns(p)}
+
+    def holds(self, partition: int) -> bool:
+        """Acquired and not found lost: no renewal has yet found another holder (owns() may be false
+        meanwhile, after a late renewal; the next one that succeeds proves nobody else took it)."""
+        return partition in self._held
+
+    def leaving(self) -> set[int]:
+        """Partitions held here but desired elsewhere (hand_over=True): to release() once let go."""
+        return set(self._held) - self.desired
+
+    async def release(self, partition: int) -> None:
+        """Hand a partition over now (hand_over=True, once this instance stopped working on it)."""
+        if partition in self._held:
+            await self._release(partition)
 
     async def start(self) -> None:
         self.kv = await lease_bucket(self._js, self.lease_s, self._replicas)
@@ -125,12 +172,14 @@ class PartitionLeases:
         self._member_rev = await self._put(self._member_key, self._member_rev)
         members = await self._members()
         self.members = len(members)
+        self.member_names = members
         if self.rebalance:
             desired = {p for p in range(self.partitions) if rendezvous(p, members) == self.instance}
         else:
             desired = set(range(self.partitions))
+        self.desired = desired
         for partition in list(self._held):
-            if partition not in desired:
+            if partition not in desired and not self.hand_over:
                 await self._release(partition)
                 continue
             sent = self._clock()
@@ -139,7 +188,9 @@ class PartitionLeases:
                     self._owner_key(partition), self.instance.encode(), last=self._held[partition]
                 )
                 self._valid_until[partition] = sent + self.lease_s - self.margin_s
-            except nats.js.errors.KeyWrongLastSequenceError:  # it ran out and somebody else has it
+            except nats.js.errors.KeyWrongLastSequenceError:  # it ran out (renewals late, or NATS away)
+                if not self.rebalance and await self._retake(partition, sent):
+                    continue
                 log.warning("%s leases: lost partition %d", self.service, partition)
                 self._held.pop(partition)
                 self._valid_until.pop(partition)
@@ -150,6 +201,22 @@ class PartitionLeases:
                 self._valid_until[partition] = sent + self.lease_s - self.margin_s
             except nats.js.errors.KeyWrongLastSequenceError:
                 pass  # still held by its previous owner: until it releases it or its lease runs out
+
+    async def _retake(self, partition: int, sent: float) -> bool:
+        """A leader's lease that ran out while nobody took it (its renewals were late: a process
+        starved of CPU, a slow NATS) is taken again rather than given up: the instance that still
+        runs as leader would otherwise exit and another start over from nothing. A standby that
+        took it meanwhile keeps it, and this one finds it lost. (Not for rebalanced partitions:
+        quota's state after a gap must be rebuilt, which a take-over does.)"""
+        assert self.kv is not None
+        try:
+            self._held[partition] = await self.kv.create(self._owner_key(partition), self.instance.encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        self._valid_until[partition] = sent + self.lease_s - self.margin_s
+        log.warning("%s leases: partition %d ran out before its renewal; nobody had taken it: taken again",
+                    self.service, partition)  # fmt: skip
+        return True
 
     async def _put(self, key: str, revision: int) -> int:
         """Create the key, or renew our revision of it (created again if it ran out)."""
@@ -175,3 +242,51 @@ class PartitionLeases:
         self._valid_until.pop(partition, None)  # stop answering first, then hand over
         with contextlib.suppress(nats.errors.Error):
             await self.kv.delete(self._owner_key(partition), last=revision)
+
+
+async def held(leases: PartitionLeases, want: bool, partition: int = 0, every_s: float = 0.2) -> None:
+    """Return once holding the partition is `want` (polled: a lease also ends by time passing)."""
+    while True:
+        if leases.owns(partition) == want:
+            return
+        await asyncio.sleep(every_s)
+
+
+LEADER_LEASE_S = 3.0
+
+
+def leader_leases(js: nats.js.JetStreamContext, service: str, replicas: int = 1) -> PartitionLeases:
+    """One lease, `owner.<service>-leader.0`, for a service of which one instance at a time decides
+    (projects, answers the commands) while the others stand by (keys, billing, refund)."""
+    return PartitionLeases(
+        js, f"{service}-leader", f"{socket.gethostname()}-{os.getpid()}", 1,
+        lease_s=LEADER_LEASE_S, replicas=replicas, rebalance=False,
+    )  # fmt: skip
+
+
+async def lead(
+    leases: PartitionLeases, begin: Callable[[], Awaitable[None]], leading: asyncio.Event | None = None
+) -> None:
+    """Once this instance holds the leader lease, begin (project, answer the commands, resume what
+    the previous leader left); when a renewal finds another holder, raise: the process exits
+    (crash-only, run it as a spawned task) and its supervisor starts it again as a standby. A
+    renewal merely late (an event loop starved of CPU) is not a loss: the key's revision proves
+    nobody else held it. The commands are not fenced by time (docs/scaling.md, "What is not built")."""
+    await held(leases, True)
+    log.info("%s: this instance (%s) leads", leases.service, leases.instance)
+    await begin()
+    if leading is not None:
+        leading.set()
+    while True:  # a renewal late under load (owns() false a moment) is not a loss
+        if not leases.holds(0):
+            break
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{leases.service}: the leader's lease was lost; exiting so that only one instance decides")
+
+
+async def until_leading(leading: asyncio.Event) -> None:
+    """At start: wait until this instance leads, or until a lease held by another instance would
+    have run out (a SIGKILLed predecessor's): the sole instance of a service serves /healthz only
+    once it answers, as before; a standby serves it after these seconds."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(leading.wait(), LEADER_LEASE_S * 4 / 3 + 0.5)

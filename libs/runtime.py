@@ -72,10 +72,11 @@ class Runtime:
         await publisher.start()
         return publisher
 
-    async def project(self, projection: Rebuildable) -> ProjectionRunner:
+    async def project(self, projection: Rebuildable, *, every_partition: bool = True) -> ProjectionRunner:
         """Run the projection over every partition of the event log, and measure its lag, in the
         background, and answer `flowplan dlq retry` for the events it dead-letters and `flowplan
-        replay` for the projection."""
+        replay` for the projection. every_partition=False: the caller runs the partitions it owns
+        (`runner.run_partition`, services/quota/partitions.py)."""
         if not isinstance(self.settings, ProjectionSettings):
             raise TypeError(f"{self.name}: a projection needs a database_url in its settings")
         settings = self.settings
@@ -85,7 +86,8 @@ class Runtime:
             batch=self.settings.projection_batch, ack_wait_s=self.settings.ack_wait_s,
             linger_s=self.settings.projection_linger_s, tracer=self.tracer,
         )  # fmt: skip
-        self.spawn(runner.run(), f"{self.name}-projection")
+        if every_partition:
+            self.spawn(runner.run(), f"{self.name}-projection")
         monitor = ProjectionMonitor(runner, self.db, self.nc.jetstream(), stream=self.settings.stream,
                                     partitions=partitions)  # fmt: skip
         self.spawn(monitor.run(), f"{self.name}-projection-monitor")

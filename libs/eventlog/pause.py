@@ -46,12 +46,19 @@ class Pause:
                 fetching.cancel()
         return fetching.result() if fetching.done() else []
 
-    async def park(self) -> None:
-        """Called by the runner once every partition loop has returned: wait for the resume."""
-        self._parked.set()
+    async def park(self, *, last: bool = True) -> None:
+        """Called by the runner once every partition loop has returned: wait for the resume. A
+        runner whose partitions loop apart (run_partition) parks each, the last one with last=True."""
+        if last:
+            self._parked.set()
         await self._resumed.wait()
         self._resumed.clear()
         self._parked.clear()
+
+    def all_parked(self) -> None:
+        """Every partition that was running has parked or stopped (run_partition): the pause holds."""
+        if self._requested.is_set():
+            self._parked.set()
 
     @asynccontextmanager
     async def paused(self, timeout_s: float = 30.0) -> AsyncIterator[None]:

@@ -182,6 +182,8 @@ class ProjectionRunner:
         self._partition_locks = [asyncio.Lock() for _ in range(partitions)]
         """Held while a partition's batch is applied, and by reapply(): one change at a time."""
         self.pause = Pause()
+        self._looping: set[int] = set()
+        """The partitions run by run_partition whose loop is running (not parked, not stopped)."""
         self.applied: dict[int, int] = {}
         """The last stream sequence applied per partition, set once its batch is committed and its
         after-commit step (the service's memory) ran: what the projection shows is at least this.
@@ -195,12 +197,29 @@ class ProjectionRunner:
             await asyncio.gather(*(self._run_partition(p) for p in range(self._partitions)))
             await self.pause.park()
 
-    async def _run_partition(self, partition: int) -> None:
+    async def run_partition(self, partition: int, stop: asyncio.Event) -> None:
+        """Run one partition until `stop` is set (within a fetch's second): for a service whose
+        instances own partitions through leases (libs/leases.py), which runs the partitions it
+        owns, each from its checkpoint, instead of `run()`'s every one. A pause (a replay) holds
+        once every partition running so has parked."""
+        while not stop.is_set():
+            self._looping.add(partition)
+            try:
+                await self._run_partition(partition, stop)
+            finally:
+                self._looping.discard(partition)
+                if not self._looping:
+                    self.pause.all_parked()
+            if stop.is_set():
+                return
+            await self.pause.park(last=False)
+
+    async def _run_partition(self, partition: int, stop: asyncio.Event | None = None) -> None:
         last_seq = await self._retry_forever(lambda: self._load_checkpoint(partition), "load checkpoint")
         self.applied[partition] = max(self.applied.get(partition, 0), last_seq)
         sub = await self._retry_forever(lambda: self._subscribe(partition, last_seq), "subscribe")
         expected = 1  # a new consumer's first delivery
-        while not self.pause.requested:
+        while not self.pause.requested and not (stop is not None and stop.is_set()):
             try:
                 msgs = await self.pause.unless_requested(sub.fetch(self._batch, timeout=1.0))
             except TimeoutError:  # nats.errors.TimeoutError, or asyncio's when the pull request expires

@@ -42,6 +42,28 @@ def transform_destination(partitions: int) -> str:
     return f"{STORED_PREFIX}.{partition}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}"
 
 
+def partition_for(account: str, partitions: int) -> int:
+    """The partition the stream's transform stores the account's events in, computed here: NATS's
+    `partition(n, ...)` is FNV-1a (32 bit) of the wildcard's token, modulo n. Requests for an
+    account go to its partition's owner by it (docs/scaling.md), so it must equal the server's:
+    tests/integration/test_quota_partitions.py checks it against a real nats-server."""
+    h = 0x811C9DC5
+    for byte in account.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % partitions
+
+
+def partitioned(subject: str, partition: int) -> str:
+    """The subject the owner of a partition answers a per-account request on (quota.check ->
+    quota.check.p.3): services whose instances own partitions (services/quota/partitions.py)."""
+    return f"{subject}.p.{partition}"
+
+
+def owner_subject(subject: str, account: str, partitions: int) -> str:
+    """Where a request about the account goes: its partition's owner."""
+    return partitioned(subject, partition_for(account, partitions))
+
+
 def partition_of(stored_subject: str) -> int:
     """The partition in a stored subject (flowplan.p.<partition>.…)."""
     return int(stored_subject.split(".")[2])

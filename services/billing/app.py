@@ -1,8 +1,15 @@
-"""billing's composition root."""
+"""billing's composition root.
 
+Any number of instances may run; one at a time (the holder of the lease owner.billing-leader.0,
+libs/leases.py) projects and decides payments and top-ups, one per account at a time as before,
+the others stand by and take over within seconds. A command retried across the fail-over is one
+payment: event ids derive from payment_ref / topup_ref."""
+
+import asyncio
 from pathlib import Path
 
 from libs.clock import Clock, SystemClock
+from libs.leases import lead, leader_leases, until_leading
 from libs.pricing.catalog import load_catalog
 from libs.pricing.money import to_micros
 from libs.rpc import ask
@@ -26,19 +33,28 @@ class BillingService:
         runtime, settings = self.runtime, self.settings
         await runtime.connect(MIGRATIONS)
         projection = BillingProjection()
-        await runtime.project(projection)
         catalog = load_catalog(settings.catalog_path, settings.plans_path)
         weekly_caps = {plan.id: plan.limits_micros[1] for plan in catalog.plans.values()}
         responder = BillingResponder(runtime.db, projection.schema, self._balance_of, weekly_caps, self.clock)
-        responder.serve(runtime)
         self.commands = BillingCommands(
             runtime.db, projection.schema, runtime.nc.jetstream(), await runtime.publisher(),
             {plan.id: to_micros(plan.price_usd) for plan in catalog.plans.values()}, self.clock,
             stream=settings.stream, barrier_wait_s=settings.billing_barrier_wait_s, sweep_s=settings.insider_sweep_s,
         )  # fmt: skip
-        self.commands.serve(runtime)
-        runtime.spawn(self.commands.sweep_insiders(), "billing-insider-sweep")
+        self.leases = leader_leases(runtime.nc.jetstream(), "billing", settings.stream_replicas)
+        await self.leases.start()
+        leading = asyncio.Event()
+        runtime.spawn(lead(self.leases, lambda: self._begin(projection, responder), leading), "billing-leader")
+        await until_leading(leading)
         await runtime.serve(settings.billing_port)
+
+    async def _begin(self, projection: BillingProjection, responder: BillingResponder) -> None:
+        """Leading: project, answer the queries and commands, sweep the insiders' ends."""
+        await self.runtime.project(projection)
+        responder.serve(self.runtime)
+        self.commands.serve(self.runtime)
+        await self.runtime.start_responders()
+        self.runtime.spawn(self.commands.sweep_insiders(), "billing-insider-sweep")
 
     async def _balance_of(self, account_id: str) -> int:
         """The PAYG balance from its owner, quota (billing keeps no ledger of its own)."""
@@ -48,4 +64,5 @@ class BillingService:
 
     async def stop(self) -> None:
         await self.runtime.stop_serving()
+        await self.leases.stop(release=True)
         await self.runtime.close()

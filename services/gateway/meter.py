@@ -14,6 +14,7 @@ from aiohttp import web
 from nats.aio.client import Client
 
 from libs import tracing
+from libs.eventlog.subjects import owner_subject
 from libs.pricing.catalog import Model
 from libs.pricing.money import parse_fraction
 from libs.pricing.usage import usage_recorded
@@ -254,7 +255,8 @@ class Meter:
         self.inflight.ended(call.reservation_id)
         message = ReleaseReservation(account_id=call.key.account_id, reservation_id=call.reservation_id)
         try:
-            await self.nc.publish(subjects.QUOTA_RELEASE, encode(message), headers=tracing.nats_headers())
+            subject = owner_subject(subjects.QUOTA_RELEASE, call.key.account_id, self.settings.partitions)
+            await self.nc.publish(subject, encode(message), headers=tracing.nats_headers())
         except Exception:  # NATS away: quota lets it go once the heartbeats stop listing it
             pass
 

@@ -29,6 +29,7 @@ from opentelemetry import trace
 
 from libs import apikeys, chatpass, tracing
 from libs.clock import Clock
+from libs.eventlog.subjects import owner_subject
 from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
 from libs.pricing.catalog import Catalog, Model
 from libs.pricing.money import micros_to_str
@@ -210,7 +211,8 @@ class CallPipeline:
         )  # fmt: skip
         try:
             reply = await self.nc.request(
-                subjects.QUOTA_CHECK, encode(check), timeout=self.settings.request_timeout_s,
+                owner_subject(subjects.QUOTA_CHECK, key.account_id, self.settings.partitions), encode(check),
+                timeout=self.settings.request_timeout_s,
                 headers=tracing.nats_headers(),
             )  # fmt: skip
         except Exception:

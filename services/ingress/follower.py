@@ -23,13 +23,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 import msgspec
 import nats.js
 from nats.aio.msg import Msg
 from nats.js import api
 
 from libs.eventlog import subjects
+from libs.eventlog.follower import loaded_from as loaded_from
 from libs.leases import PartitionLeases
 from libs.runtime import Runtime
 from proto.v1 import decode_event
@@ -40,16 +40,6 @@ log = logging.getLogger(__name__)
 LEASE_S = 3.0
 CHECK_S = 0.2
 SYNC_TIMEOUT_S = 2.0
-
-
-async def loaded_from(conn: asyncpg.Connection, schema: str, projection: str, partitions: int) -> int:
-    """The stream sequence up to which Postgres holds every account event of every partition (0
-    while a partition has no checkpoint). Read it BEFORE loading the directory: the load then holds
-    at least all of those."""
-    row = await conn.fetchrow(
-        f"SELECT count(*) AS n, min(last_seq) AS low FROM {schema}.checkpoints WHERE projection = $1", projection
-    )
-    return int(row["low"]) if row["n"] >= partitions else 0
 
 
 class DirectoryFollower:

@@ -9,7 +9,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs.clock import Clock
+from libs.eventlog.follower import LogFollower
 from libs.eventlog.publisher import EventPublisher
+from libs.leases import PartitionLeases
 from libs.rpc import Replier
 from proto.v1 import (
     AccountAccess,
@@ -35,8 +37,20 @@ from services.keys.registry import KeyRegistry
 
 
 class KeysResponder:
-    def __init__(self, registry: KeyRegistry, publisher: EventPublisher, nc: Client, clock: Clock) -> None:
+    def __init__(
+        self,
+        registry: KeyRegistry,
+        publisher: EventPublisher,
+        nc: Client,
+        clock: Clock,
+        follower: LogFollower | None = None,
+        leases: PartitionLeases | None = None,
+    ) -> None:
         self._registry = registry
+        self._follower, self._leases = follower, leases
+        self._syncing: set[asyncio.Task[None]] = set()
+        self._changes_unseen = 0
+        """keys.changed broadcasts heard whose events this instance's follower may not have applied yet."""
         self._publisher = publisher
         self._nc = nc
         self._clock = clock
@@ -54,8 +68,42 @@ class KeysResponder:
         runtime.reply(rpc.KEYS_SUSPEND, self.suspend)
 
     async def on_lookup(self, msg: Msg) -> None:
-        key = self._registry.lookup(self._lookup.decode(msg.data).key_hash)
+        key_hash = self._lookup.decode(msg.data).key_hash
+        key = self._registry.lookup(key_hash)
+        unsure = key is None or self._changes_unseen > 0  # a key just created, or just revoked elsewhere
+        if unsure and self._follower is not None and self._leases is not None and self._leases.members > 1:
+            # Another instance may have just created it: answer once this one has applied the log
+            # so far (off the subscription's callback, which would hold every other lookup up).
+            task = asyncio.create_task(self._lookup_synced(msg, key_hash))
+            self._syncing.add(task)
+            task.add_done_callback(self._syncing.discard)
+            return
         await msg.respond(encode(KeyFound(key=key)))
+
+    async def follow_changes(self) -> None:
+        """Hear keys.changed: until the follower has applied the log as far as the change, lookups
+        here wait for it (a revocation decided by the leader is never answered from before it)."""
+        await self._nc.subscribe(subjects.KEYS_CHANGED, cb=self._on_changed)
+
+    async def _on_changed(self, _msg: Msg) -> None:
+        if self._follower is None:
+            return
+        self._changes_unseen += 1
+        task = asyncio.create_task(self._seen())
+        self._syncing.add(task)
+        task.add_done_callback(self._syncing.discard)
+
+    async def _seen(self) -> None:
+        assert self._follower is not None
+        try:
+            await self._follower.synced()
+        finally:
+            self._changes_unseen -= 1
+
+    async def _lookup_synced(self, msg: Msg, key_hash: str) -> None:
+        assert self._follower is not None
+        await self._follower.synced()
+        await msg.respond(encode(KeyFound(key=self._registry.lookup(key_hash))))
 
     async def access(self, request: GetAccountAccess) -> AccountAccess:
         access = self._registry.access_of(request.account_id)

@@ -1,17 +1,25 @@
-"""quota's composition root: wires settings, clock, Postgres, NATS, projection and responder."""
+"""quota's composition root: wires settings, clock, Postgres, NATS, projection and responder.
 
+Any number of instances may run: each owns some partitions of the event log through leases
+(services/quota/partitions.py) and projects and admits for those only."""
+
+import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
 import asyncpg
 
+from libs import tracing
 from libs.clock import Clock, SystemClock
+from libs.leases import PartitionLeases
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
 from libs.settings import QuotaSettings
 from proto.v1 import rpc, subjects
 from services.quota.domain.admission import Limits
 from services.quota.inflight import InflightTracker
+from services.quota.partitions import LEASE_S, FlowRates, QuotaPartitions
 from services.quota.projection import QuotaProjection
 from services.quota.responder import QuotaResponder
 from services.quota.state import QuotaState
@@ -26,21 +34,34 @@ class QuotaService:
         self.catalog = load_catalog(settings.catalog_path, settings.plans_path)
         self.state = QuotaState(self.catalog.default_usd_per_flow, self.catalog.insider_multiplier, self.clock)
         self.runtime = Runtime("quota", settings)
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
 
     async def start(self) -> None:
-        runtime = self.runtime
+        runtime, settings = self.runtime, self.settings
         await runtime.connect(MIGRATIONS)
         projection = QuotaProjection(self.state)
-        tracker = InflightTracker(self.state, self.settings, self.clock, runtime.nc, runtime.db, projection.schema)
+        tracker = InflightTracker(self.state, settings, self.clock, runtime.nc, runtime.db, projection.schema)
         await tracker.listen()  # first: the heartbeats heard from here on rebuild the calls in flight
         async with runtime.db.acquire() as conn:
             await self.state.load(conn, projection.schema)
-        runner = await runtime.project(projection)
+        await FlowRates(runtime.nc.jetstream(), settings.stream, self.state).start()
+        runner = await runtime.project(projection, every_partition=False)
         limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
         await store_limits(runtime.db, projection.schema, limits)
+        leases = PartitionLeases(
+            runtime.nc.jetstream(), "quota", self.instance, settings.partitions,
+            lease_s=LEASE_S, replicas=settings.stream_replicas, hand_over=True,
+        )  # fmt: skip
+        partitions = QuotaPartitions(
+            runtime.nc, leases, runner, self.state, runtime.db, projection.schema, stream=settings.stream,
+            heartbeat_interval_s=settings.heartbeat_interval_s, listening_since=tracker.listening_since,
+        )  # fmt: skip
+        self.partitions = partitions
+        tracker.ready_for, tracker.copying = partitions.ready_for, partitions.copying
         responder = QuotaResponder(
-            self.state, self.catalog, limits, self.clock, runtime.db, projection.schema, tracker.ready, runner.applied
-        )
+            self.state, self.catalog, limits, self.clock, runtime.db, projection.schema, runtime.nc,
+            partitions.ready_for, partitions.partition_of, runner.applied,
+        )  # fmt: skip
         for subject, handler in (
             (subjects.QUOTA_CHECK, responder.on_check),
             (subjects.QUOTA_RELEASE, responder.on_release),
@@ -50,11 +71,22 @@ class QuotaService:
         runtime.reply(rpc.QUOTA_EVENTS, responder.events)
         runtime.reply(rpc.QUOTA_INFLIGHT, responder.inflight, max_workers=16)  # each waits until quota is ready
         await runtime.start_responders()  # status and events are answered while in-flight state rebuilds
+        await leases.start()
+        owned = {
+            subjects.QUOTA_CHECK: responder.on_owned_check,
+            subjects.QUOTA_RELEASE: responder.on_owned_release,
+            subjects.QUOTA_STATUS: responder.on_owned_status,
+            subjects.QUOTA_INFLIGHT: responder.on_owned_inflight,
+        }
+        traced = {subject: tracing.answering(runtime.tracer, subject, handler) for subject, handler in owned.items()}
+        runtime.spawn(partitions.run(traced), "quota-partitions")
         runtime.spawn(tracker.run(), "quota-inflight")
-        await tracker.ready.wait()  # healthy (and listening) once it admits
-        await runtime.serve(self.settings.quota_port)
+        await partitions.until_settled()  # healthy (and listening) once it admits for its share
+        await runtime.serve(settings.quota_port)
 
     async def stop(self) -> None:
+        if hasattr(self, "partitions"):
+            await self.partitions.stop()
         await self.runtime.close()
 
 

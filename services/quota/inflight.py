@@ -13,25 +13,25 @@ reports (its gateway was killed) frees its room as soon as the projection is cur
 barrier is taken `heartbeat_misses` intervals after the last heartbeat that listed the call, so a
 usage event still on its way to the log when the call ended has those seconds to be stored.
 
-Rebuild. Reservations and the RPM state live in memory only. After a start (a crash, a SIGKILL)
-quota answers quota.check with `not_ready` until it has rebuilt them:
-1. it listens to the heartbeats before anything else, and notes the head of every partition of
-   the event log;
-2. it listens for two heartbeat intervals, so every live gateway has listed all its calls:
-   each listed call is held again with the estimate the gateway was admitted with (unless the
-   projection already applied its usage meanwhile), and each account's RPM state becomes the
-   latest one quota's answers had shown any gateway;
-3. it waits until its projection has applied every event stored at step 1: a call that ended
-   before the restart is counted by its usage, not by a reservation.
-Only then does it admit, and only then does its HTTP port (/healthz) come up. So a call the old
-process admitted is, after the restart, either still listed by its gateway (held again) or
-finished with its usage in the log (counted): a burst during the restart gets 503s with
-retry-after, then no more than the caps allow. What the heartbeats do not carry is lost: the RPM
-slots and reservations of quota.check callers other than gateways (tools, the bench).
+Rebuild. Reservations and the RPM state live in memory only, in the instance that owns the
+account's partition (services/quota/partitions.py). Every quota instance hears every heartbeat; the
+partition's runner-up (and an instance taking the partition over) holds (at the gateway's
+estimate) each listed call of an account whose partition it does not answer for, and keeps the
+latest RPM state a gateway saw for such an account: a standby's copy,
+let go by the same barrier as the owner's once the gateways stop listing the call. When the instance
+takes a partition over (its owner died, or left), it waits for the heartbeats that list what the old
+owner admitted last, and for its projection to apply what was stored before, and only then admits:
+so a call the old owner admitted is, after the take-over, either still listed by its gateway (held)
+or finished with its usage in the log (counted). A burst during the take-over gets 503s with
+retry-after, then no more than the caps allow. After a restart of the only instance the same
+happens for every partition, listening two intervals first. What the heartbeats do not carry is
+lost: the RPM slots and reservations of quota.check callers other than gateways (tools, the bench).
 """
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from fractions import Fraction
 
@@ -43,9 +43,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs.clock import Clock
-from libs.eventlog import subjects as log_subjects
 from libs.eventlog.barrier import applied_by_partition, latest_stored
-from libs.eventlog.streams import require_streams
 from libs.pricing.money import round_half_up
 from libs.settings import QuotaSettings
 from proto.v1 import GatewayHeartbeat, InflightCall, subjects
@@ -63,12 +61,21 @@ class InflightTracker:
         self._nc, self._pool, self._schema = nc, pool, schema
         self._interval = timedelta(seconds=settings.heartbeat_interval_s)
         self._decode = msgspec.json.Decoder(GatewayHeartbeat)
-        self.ready = asyncio.Event()
-        """Set once the rebuild after the start is done: quota.check admits only then."""
+        self.ready_for: Callable[[str], bool] = lambda _account_id: False
+        """Whether this instance owns and answers for the account's partition (partitions.py): its
+        quota.check holds that account's calls, and its heartbeats only renew them. Until then
+        (standby, or taking over) the heartbeats hold them."""
+        self.copying: Callable[[str], bool] = lambda _account_id: True
+        """Whether to hold the account's calls as a standby (partitions.py: this instance is its
+        partition's runner-up, or takes it over); where it answers, ready_for decides."""
+        self.listening_since = 0.0
+        """Monotonic time from which the heartbeats are heard."""
+        self._released_before: set[str] = set()
 
     async def listen(self) -> None:
         """Hear the gateways' heartbeats from now on (call first thing at start)."""
         self._state.released_while_rebuilding = set()
+        self.listening_since = time.monotonic()
         await self._nc.subscribe(subjects.QUOTA_HEARTBEAT, cb=self.on_heartbeat)
 
     async def on_heartbeat(self, msg: Msg) -> None:
@@ -81,19 +88,21 @@ class InflightTracker:
 
     def heard(self, beat: GatewayHeartbeat) -> None:
         now = self._clock.now()
-        rebuilding = not self.ready.is_set()
         released = self._state.released_while_rebuilding or set()
         for call in beat.calls:
             held = self._kind(call)
-            if held.renew(call.account_id, call.reservation_id, now) or not rebuilding:
-                continue  # after the rebuild every call quota admitted is held from its quota.check
-            if call.reservation_id not in released:
+            if held.renew(call.account_id, call.reservation_id, now) or self.ready_for(call.account_id):
+                continue  # where quota answers, every call it admitted is held from its quota.check
+            if not self.copying(call.account_id):
+                continue
+            if call.reservation_id not in released and call.reservation_id not in self._released_before:
                 held.hold(call.account_id, call.reservation_id, self._amount(call, now), now)
-        if rebuilding:
-            for account_id, tat in beat.rate_tats.items():
-                known = self._state.rate_limits.get(account_id)
-                if tat > now and (known is None or tat > known):
-                    self._state.rate_limits[account_id] = tat
+        for account_id, tat in beat.rate_tats.items():
+            if self.ready_for(account_id) or not self.copying(account_id):
+                continue
+            known = self._state.rate_limits.get(account_id)
+            if tat > now and (known is None or tat > known):
+                self._state.rate_limits[account_id] = tat
 
     def _kind(self, call: InflightCall) -> Reservations:
         return self._state.payg_reservations if call.billing_mode == "payg" else self._state.reservations
@@ -106,35 +115,6 @@ class InflightTracker:
         multiplier = self._state.multiplier(account, now) if account is not None else Fraction(1)
         return round_half_up(Fraction(call.estimated_usd_micros) / (self._state.flow_rate.at(now) * multiplier))
 
-    # -- the rebuild ----------------------------------------------------------------------
-
-    async def rebuild(self) -> None:
-        heads = await self._heads()
-        await asyncio.sleep(2 * self._settings.heartbeat_interval_s)
-        while True:
-            applied = await self._applied()
-            if all(applied.get(partition, 0) >= seq for partition, seq in heads.items()):
-                break
-            await asyncio.sleep(0.05)
-        self._state.released_while_rebuilding = None
-        self.ready.set()
-        log.info(
-            "in-flight state rebuilt: %d subscription and %d PAYG reservations, %d rate limits",
-            self._state.reservations.count(), self._state.payg_reservations.count(), len(self._state.rate_limits),
-        )  # fmt: skip
-
-    async def _heads(self) -> dict[int, int]:
-        """The last sequence stored in each partition of the log now."""
-        js = self._nc.jetstream()
-        heads: dict[int, int] = {}
-        for partition in range(await require_streams(js, self._settings)):
-            try:
-                last = await js.get_last_msg(self._settings.stream, log_subjects.partition_filter(partition))
-            except nats.js.errors.NotFoundError:
-                continue
-            heads[partition] = int(last.seq or 0)
-        return heads
-
     async def _applied(self) -> dict[int, int]:
         """The last sequence quota's projection applied, per partition."""
         return await applied_by_partition(self._pool, self._schema, "quota")
@@ -142,10 +122,15 @@ class InflightTracker:
     # -- letting go -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Rebuild, then every half interval let go of what no heartbeat renews any more."""
-        await self.rebuild()
+        """Every half interval let go of what no heartbeat renews any more."""
+        forget_every = max(2, 2 * (self._settings.heartbeat_misses + 1))
+        rounds = 0
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_s / 2)
+            rounds += 1
+            if rounds % forget_every == 0:  # usage applied that long ago: no heartbeat lists its call any more
+                self._released_before = self._state.released_while_rebuilding or set()
+                self._state.released_while_rebuilding = set()
             try:
                 await self.sweep()
             except (OSError, TimeoutError, asyncpg.PostgresError, nats.errors.Error) as exc:

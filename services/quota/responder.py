@@ -1,17 +1,26 @@
 """quota's request/reply subjects, answered from memory (usage events from Postgres).
 
-Until the in-flight state is rebuilt after a start (services/quota/inflight.py) quota.check
-answers `not_ready` and quota.inflight waits: neither may answer from half the picture."""
+Each account's memory lives in the instance that owns its partition (services/quota/partitions.py):
+it answers `<subject>.p.<partition>` (the gateway's quota.check and quota.release go there
+directly). The plain subjects are answered by any instance, in a queue group: by itself when it owns
+the account's partition, else by passing the request on to the owner. Until an owner has rebuilt
+the partition's in-flight state (services/quota/inflight.py), or while nobody owns it (a
+fail-over), quota.check answers `not_ready` and quota.inflight waits: neither may answer from half
+the picture."""
 
 import asyncio
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import asyncpg
 import msgspec
+import nats.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs.clock import Clock
+from libs.eventlog.subjects import partitioned
 from libs.pricing.catalog import FREE, Catalog
 from libs.pricing.money import fraction_text
 from proto.v1 import (
@@ -29,6 +38,7 @@ from proto.v1 import (
     WindowStatus,
     encode,
 )
+from proto.v1.subjects import QUOTA_CHECK, QUOTA_INFLIGHT, QUOTA_RELEASE, QUOTA_STATUS
 from services.quota import metrics
 from services.quota.domain.admission import (
     AccountQuota,
@@ -42,6 +52,10 @@ from services.quota.domain.admission import (
 )
 from services.quota.domain.periods import Segment
 from services.quota.state import QuotaState
+
+log = logging.getLogger(__name__)
+FORWARD_TIMEOUT_S = 2.0
+NOT_READY = QuotaDecision(admitted=False, billing_mode=None, reason="not_ready", retry_after_s=1)
 
 
 def _window(w: WindowView) -> WindowStatus:
@@ -63,13 +77,15 @@ class QuotaResponder:
         clock: Clock,
         pool: asyncpg.Pool,
         schema: str,
-        ready: asyncio.Event,
+        nc: Client,
+        ready_for: Callable[[str], bool],
+        partition_of: Callable[[str], int],
         applied: Mapping[int, int] | None = None,
     ) -> None:
         self._state = state
+        self._ready_for, self._partition_of, self._nc = ready_for, partition_of, nc
         self._applied = applied if applied is not None else {}
         """The projection runner's last applied sequence per partition (ProjectionRunner.applied)."""
-        self._ready = ready
         self._catalog = catalog
         self._limits = limits
         self._clock = clock
@@ -77,8 +93,60 @@ class QuotaResponder:
         self._schema = schema
         self._check = msgspec.json.Decoder(QuotaCheck)
         self._release = msgspec.json.Decoder(ReleaseReservation)
+        self._status_request = msgspec.json.Decoder(QuotaStatusRequest)
+        self._inflight_request = msgspec.json.Decoder(InflightRequest)
+        self._status_reply = msgspec.json.Decoder(QuotaStatus)
+        self._inflight_reply = msgspec.json.Decoder(Inflight)
+
+    # -- the plain subjects: any instance, passed on to the owner ------------------------------
 
     async def on_check(self, msg: Msg) -> None:
+        """quota.check: answered here if the account's partition is, else by its owner."""
+        check = self._check.decode(msg.data)
+        if self._ready_for(check.account_id):
+            await self.on_owned_check(msg)
+            return
+        try:
+            reply = await self._nc.request(
+                partitioned(QUOTA_CHECK, self._partition_of(check.account_id)), msg.data, timeout=FORWARD_TIMEOUT_S
+            )
+            await msg.respond(reply.data)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):  # nobody owns it right now
+            await msg.respond(encode(NOT_READY))
+
+    async def on_release(self, msg: Msg) -> None:
+        release = self._release.decode(msg.data)
+        if self._ready_for(release.account_id):
+            await self.on_owned_release(msg)
+        else:
+            await self._nc.publish(partitioned(QUOTA_RELEASE, self._partition_of(release.account_id)), msg.data)
+
+    async def status_of(self, request: QuotaStatusRequest) -> QuotaStatus:
+        if self._ready_for(request.account_id):
+            return self.status(request.account_id)
+        subject = partitioned(QUOTA_STATUS, self._partition_of(request.account_id))
+        try:
+            reply = await self._nc.request(subject, encode(request), timeout=FORWARD_TIMEOUT_S)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            log.info("quota.status for %s while its partition has no owner: from this instance's copy",
+                     request.account_id)  # fmt: skip
+            return self.status(request.account_id)
+        return self._status_reply.decode(reply.data)
+
+    async def inflight(self, request: InflightRequest) -> Inflight:
+        """The account's reservations, from its partition's owner once it is ready (waits meanwhile)."""
+        subject = partitioned(QUOTA_INFLIGHT, self._partition_of(request.account_id))
+        while not self._ready_for(request.account_id):
+            try:
+                reply = await self._nc.request(subject, encode(request), timeout=FORWARD_TIMEOUT_S)
+                return self._inflight_reply.decode(reply.data)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.2)
+        return self.inflight_here(request.account_id)
+
+    # -- the partition's own subjects: the owner ----------------------------------------------------
+
+    async def on_owned_check(self, msg: Msg) -> None:
         started = time.perf_counter()
         decision = self.check(self._check.decode(msg.data))
         await msg.respond(encode(decision))
@@ -88,8 +156,8 @@ class QuotaResponder:
 
     def check(self, request: QuotaCheck) -> QuotaDecision:
         """Decide (domain.admit), then remember: the RPM slot taken, the reservation held."""
-        if not self._ready.is_set():
-            return QuotaDecision(admitted=False, billing_mode=None, reason="not_ready", retry_after_s=1)
+        if not self._ready_for(request.account_id):  # not (or no longer) the partition's ready owner
+            return NOT_READY
         account = self._state.accounts.get(request.account_id)
         if account is None:
             return QuotaDecision(admitted=False, billing_mode=None, reason="unknown_account")
@@ -125,20 +193,24 @@ class QuotaResponder:
             multiplier=fraction_text(multiplier),
         )
 
-    async def on_release(self, msg: Msg) -> None:
+    async def on_owned_release(self, msg: Msg) -> None:
         """The call ended without usage: free what it reserved, subscription room or PAYG balance."""
         release = self._release.decode(msg.data)
         self._state.reservations.release(release.account_id, release.reservation_id)
         self._state.payg_reservations.release(release.account_id, release.reservation_id)
 
-    async def inflight(self, request: InflightRequest) -> Inflight:
-        await self._ready.wait()
-        account_id = request.account_id
+    async def on_owned_status(self, msg: Msg) -> None:
+        await msg.respond(encode(self.status(self._status_request.decode(msg.data).account_id)))
+
+    async def on_owned_inflight(self, msg: Msg) -> None:
+        request = self._inflight_request.decode(msg.data)
+        if self._ready_for(request.account_id):
+            await msg.respond(encode(self.inflight_here(request.account_id)))
+        # else no answer: the asker tries again until the partition's owner is ready
+
+    def inflight_here(self, account_id: str) -> Inflight:
         held = self._state.reservations.held(account_id) + self._state.payg_reservations.held(account_id)
         return Inflight(reservation_ids=held)
-
-    async def status_of(self, request: QuotaStatusRequest) -> QuotaStatus:
-        return self.status(request.account_id)
 
     def status(self, account_id: str) -> QuotaStatus:
         now = self._clock.now()

@@ -4,7 +4,7 @@ how it is loaded from the projection's tables at start and after a replay. The p
 (projection.py) changes it only after the transaction that wrote the same change committed."""
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from fractions import Fraction
 
@@ -50,13 +50,15 @@ class QuotaState:
         """GCRA state per account (the theoretical arrival time); memory only, like reservations:
         after a start both are rebuilt from the gateways' heartbeats (services/quota/inflight.py)."""
         self.released_while_rebuilding: set[str] | None = None
-        """While quota rebuilds its in-flight state after a start (a set then): the reservations whose
-        usage the projection applied, so that a heartbeat listing such a call a last time does not
-        hold it again."""
+        """Once quota hears heartbeats (a set then): the reservations whose usage the projection
+        applied lately, so that a heartbeat listing such a call a last time does not hold it again
+        (services/quota/inflight.py forgets them after a few intervals)."""
 
-    async def load(self, conn: asyncpg.Connection, schema: str) -> None:
+    async def load(self, conn: asyncpg.Connection, schema: str, only: Callable[[str], bool] | None = None) -> None:
         """Rebuild memory from the projection (at start, and after a replay swapped its tables).
-        Reservations and rate limits are not in the tables: they stay as they are.
+        Reservations and rate limits are not in the tables: they stay as they are. With `only`,
+        the accounts it accepts (a partition taken over from another instance) are read again and
+        replace those in memory; the others stay as they are, and the Flow rates are merged.
 
         Read in one snapshot, a chunk of rows at a time (a million accounts' rows fetched at once
         would hold twice the memory the state needs), with the cyclic garbage collector paused: the
@@ -66,15 +68,22 @@ class QuotaState:
         gc.disable()
         try:
             if conn.is_in_transaction():
-                self.accounts, self.flow_rate = await self._read(conn, schema)
+                accounts, flow_rate = await self._read(conn, schema, only)
             else:
                 async with conn.transaction(readonly=True, isolation="repeatable_read"):
-                    self.accounts, self.flow_rate = await self._read(conn, schema)
+                    accounts, flow_rate = await self._read(conn, schema, only)
+            if only is None:
+                self.accounts, self.flow_rate = accounts, flow_rate
+            else:
+                self.accounts.update(accounts)
+                self.flow_rate.merge(flow_rate)
         finally:
             if collecting:
                 gc.enable()
 
-    async def _read(self, conn: asyncpg.Connection, schema: str) -> tuple[dict[str, AccountQuota], Versioned]:
+    async def _read(
+        self, conn: asyncpg.Connection, schema: str, only: Callable[[str], bool] | None = None
+    ) -> tuple[dict[str, AccountQuota], Versioned]:
         book = await load_rate_book(conn, schema, self.default_usd_per_flow, share_unchanged=True)
         accounts: dict[str, AccountQuota] = {}
         plans: dict[str, str] = {}  # one str per plan name, not one per row
@@ -83,6 +92,8 @@ class QuotaState:
             conn, f"SELECT account_id, created_at, extra_usage, payg_key_id FROM {schema}.accounts"
         ):
             for account_id, created_at, extra_usage, payg_key_id in rows:
+                if only is not None and not only(account_id):
+                    continue
                 multiplier, insider = multipliers.pop(account_id), insiders.pop(account_id)
                 accounts[account_id] = AccountQuota(
                     created_at, [], multiplier=multiplier, insider=insider, extra_usage=extra_usage,
@@ -90,6 +101,8 @@ class QuotaState:
                 )  # fmt: skip
         async for rows in chunks(conn, f"SELECT account_id, sum(amount_micros) FROM {schema}.ledger GROUP BY 1"):
             for account_id, balance in rows:
+                if only is not None and account_id not in accounts:
+                    continue
                 accounts[account_id].balance = int(balance)
         async for rows in chunks(
             conn,
@@ -97,6 +110,8 @@ class QuotaState:
                 ORDER BY account_id, effective_at, event_id""",
         ):
             for event_id, account_id, effective_at, plan, anchor, paid_until in rows:
+                if only is not None and account_id not in accounts:
+                    continue
                 account = accounts[account_id]
                 if effective_at == account.created_at:  # most accounts' first plan: one datetime, not three
                     effective_at = account.created_at
@@ -113,6 +128,8 @@ class QuotaState:
                 ORDER BY account_id, kind, started_at DESC""",
         ):
             for account_id, five_hours, started_at, ends_at, flows in rows:
+                if only is not None and account_id not in accounts:
+                    continue
                 if five_hours:
                     accounts[account_id].window_5h = Window(started_at, ends_at, flows)
                 else:
@@ -124,6 +141,8 @@ class QuotaState:
             self.clock.now() - timedelta(days=40),
         ):
             for account_id, started_at, flows in rows:
+                if only is not None and account_id not in accounts:
+                    continue
                 account = accounts[account_id]
                 for segment in account.segments:  # a first period starts at its anchor: that datetime object
                     if segment.anchor == started_at:

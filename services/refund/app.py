@@ -1,8 +1,15 @@
-"""refund's composition root."""
+"""refund's composition root.
 
+Any number of instances may run; one at a time (the holder of the lease owner.refund-leader.0,
+libs/leases.py) projects, answers the refund commands and settles, the others stand by. A leader
+killed mid-settlement: the next one resumes every refund still processing, and the payout carries
+the refund id as the provider's idempotency key, so nothing is paid twice."""
+
+import asyncio
 from pathlib import Path
 
 from libs.clock import Clock, SystemClock
+from libs.leases import lead, leader_leases, until_leading
 from libs.runtime import Runtime
 from libs.settings import RefundSettings
 from services.refund.desk import RefundDesk
@@ -23,7 +30,6 @@ class RefundService:
         runtime, settings = self.runtime, self.settings
         await runtime.connect(MIGRATIONS)
         projection = RefundProjection()
-        await runtime.project(projection)
         publisher = await runtime.publisher()
         provider = LocalPaymentProvider(runtime.db, publisher, projection.schema)
         self.desk = RefundDesk(
@@ -31,12 +37,22 @@ class RefundService:
             request_timeout_s=settings.request_timeout_s, barrier_wait_s=settings.refund_barrier_wait_s,
         )  # fmt: skip
         self.responder = RefundResponder(self.desk, provider)
-        self.responder.serve(runtime)
-        await runtime.start_responders()
-        await self.desk.resume()
+        self.leases = leader_leases(runtime.nc.jetstream(), "refund", settings.stream_replicas)
+        await self.leases.start()
+        leading = asyncio.Event()
+        runtime.spawn(lead(self.leases, lambda: self._begin(projection), leading), "refund-leader")
+        await until_leading(leading)
         await runtime.serve(settings.refund_port)
+
+    async def _begin(self, projection: RefundProjection) -> None:
+        """Leading: project, answer the commands, settle what the previous leader left processing."""
+        await self.runtime.project(projection)
+        self.responder.serve(self.runtime)
+        await self.runtime.start_responders()
+        await self.desk.resume()
 
     async def stop(self) -> None:
         await self.runtime.stop_serving()
         await self.desk.close()
+        await self.leases.stop(release=True)
         await self.runtime.close()

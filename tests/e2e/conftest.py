@@ -2,6 +2,8 @@
 account API shows usage or a refund settled, the PAYG and console owners' set-ups, and the console
 fixture. Modules import these from here, never from one another's tests."""
 
+import asyncio
+import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -14,6 +16,7 @@ import msgspec
 import openai
 import pytest
 
+from libs.eventlog.subjects import STORED_PREFIX
 from libs.localservers import LocalNats, LocalPostgres
 from libs.pricing.catalog import load_catalog
 from libs.pricing.flows import price_call
@@ -201,3 +204,43 @@ async def fill_window_to(stack: Stack, account: dict[str, str], output_tokens: i
         return float(used) if used > 4 else 0.0
 
     return float(await eventually(seeded))
+
+
+class Burst:
+    """Workers calling the gateway back to back until stopped: every answer's status, retry-after
+    and error code, in the order they came."""
+
+    def __init__(self, stack: Stack, key: str, model: str, workers: int = 4, pause_s: float = 0.05) -> None:
+        self.answers: list[tuple[int, str | None, str]] = []
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._work(stack, key, model, pause_s)) for _ in range(workers)]
+
+    async def _work(self, stack: Stack, key: str, model: str, pause_s: float) -> None:
+        while not self._stop.is_set():
+            status, headers, body = await call(stack, key, model, 1)
+            code = json.loads(body)["error"]["code"] if status != 200 else ""
+            self.answers.append((status, headers.get("retry-after"), code))
+            await asyncio.sleep(pause_s)
+
+    async def stop(self) -> list[tuple[int, str | None, str]]:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return self.answers
+
+
+async def payouts_of(stack: Stack, account_id: str) -> tuple[int, int]:
+    """(payout rows in the provider's books, RefundPaidOut events in the stream) for the account."""
+    conn = await stack.db()
+    try:
+        rows = await conn.fetchval("SELECT count(*) FROM refund.payouts WHERE account_id = $1", account_id)
+    finally:
+        await conn.close()
+    nc = await stack.nats()
+    try:
+        info = await nc.jetstream().stream_info(
+            stack.settings.stream, subjects_filter=f"{STORED_PREFIX}.*.account.{account_id}.RefundPaidOut"
+        )
+        events = sum((info.state.subjects or {}).values())
+    finally:
+        await nc.close()
+    return int(rows), events

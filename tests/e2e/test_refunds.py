@@ -10,8 +10,7 @@ import aiohttp
 import openai
 import pytest
 
-from libs.eventlog.subjects import STORED_PREFIX
-from tests.e2e.conftest import FREE_MODEL, PRO_CLAUDE, oai, pro_account, raw_stream, refund_of
+from tests.e2e.conftest import FREE_MODEL, PRO_CLAUDE, oai, payouts_of, pro_account, raw_stream, refund_of
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
@@ -28,24 +27,6 @@ async def all_usage_events(stack: Stack, key: str, count: int) -> list[dict[str,
 
 async def all_usage_usd(stack: Stack, key: str, count: int) -> Decimal:
     return sum((Decimal(e["usd_cost"]) for e in await all_usage_events(stack, key, count)), Decimal(0))
-
-
-async def payouts_of(stack: Stack, account_id: str) -> tuple[int, int]:
-    """(payout rows in the provider's books, RefundPaidOut events in the stream) for the account."""
-    conn = await stack.db()
-    try:
-        rows = await conn.fetchval("SELECT count(*) FROM refund.payouts WHERE account_id = $1", account_id)
-    finally:
-        await conn.close()
-    nc = await stack.nats()
-    try:
-        info = await nc.jetstream().stream_info(
-            stack.settings.stream, subjects_filter=f"{STORED_PREFIX}.*.account.{account_id}.RefundPaidOut"
-        )
-        events = sum((info.state.subjects or {}).values())
-    finally:
-        await nc.close()
-    return int(rows), events
 
 
 async def test_a_refund_right_after_heavy_usage_counts_that_usage_and_the_call_in_flight(stack: Stack) -> None:

@@ -3,7 +3,6 @@ it rebuilds the calls in flight and the RPM state from the gateways' heartbeats 
 
 import asyncio
 import contextlib
-import json
 import time
 
 import aiohttp
@@ -11,7 +10,7 @@ import pytest
 
 from libs.localservers import LocalNats, LocalPostgres
 from libs.settings import Settings
-from tests.e2e.conftest import CHEAP, GLM, TOKENS_PER_S, call, fill_window_to, metered, reservation_settings
+from tests.e2e.conftest import CHEAP, GLM, TOKENS_PER_S, Burst, call, fill_window_to, metered, reservation_settings
 from tests.stack import Stack, eventually
 
 pytestmark = pytest.mark.connected
@@ -28,28 +27,6 @@ async def paced(stack: Stack) -> Stack:
     await asyncio.to_thread(stack.simulator.stop)
     await asyncio.to_thread(stack.simulator.start, {"FLOWPLAN_SIMULATOR_TOKENS_PER_S": str(TOKENS_PER_S)})
     return stack
-
-
-class Burst:
-    """Workers calling the gateway back to back until stopped: every answer's status, retry-after
-    and error code, in the order they came."""
-
-    def __init__(self, stack: Stack, key: str, model: str, workers: int = 4, pause_s: float = 0.05) -> None:
-        self.answers: list[tuple[int, str | None, str]] = []
-        self._stop = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._work(stack, key, model, pause_s)) for _ in range(workers)]
-
-    async def _work(self, stack: Stack, key: str, model: str, pause_s: float) -> None:
-        while not self._stop.is_set():
-            status, headers, body = await call(stack, key, model, 1)
-            code = json.loads(body)["error"]["code"] if status != 200 else ""
-            self.answers.append((status, headers.get("retry-after"), code))
-            await asyncio.sleep(pause_s)
-
-    async def stop(self) -> list[tuple[int, str | None, str]]:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-        return self.answers
 
 
 async def kill_and_restart_quota(stack: Stack) -> None:

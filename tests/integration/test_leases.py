@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from libs.leases import PartitionLeases, rendezvous
+from libs.leases import PartitionLeases, lease_bucket, rendezvous
 from libs.localservers import LocalNats
 
 pytestmark = pytest.mark.connected
@@ -95,3 +95,51 @@ async def test_a_joining_instance_gets_its_share_and_a_leaving_one_hands_over_at
     assert took < 1.5
     await a.stop()
     await b.stop()
+
+
+async def test_with_hand_over_a_partition_desired_elsewhere_moves_only_once_released(connections) -> None:
+    """quota lets a partition go (its projection's last batch committed) before the next owner may
+    take it: the holder keeps renewing it, listed in leaving(), until it calls release()."""
+    service = f"quota-{uuid.uuid4().hex[:6]}"
+    nc = await connections()
+    a = PartitionLeases(nc.jetstream(), service, "a", PARTITIONS, lease_s=1.5, hand_over=True)
+    await a.start()
+    await watch_exclusive([a], settled([a]), within=5)
+    b = await holder(connections, service, "b", lease_s=1.5)
+    await watch_exclusive([a, b], lambda: bool(a.leaving()), within=5)
+    leaving = a.leaving()
+    await asyncio.sleep(3.5)  # more than two leases: kept by renewals, not taken
+    assert a.owned() == set(range(PARTITIONS)) and not b.owned() and a.leaving() == leaving
+    for partition in leaving:
+        await a.release(partition)
+    await watch_exclusive([a, b], balanced([a, b]), within=5)
+    assert b.owned() == leaving
+    await a.stop()
+    await b.stop()
+
+
+async def test_a_late_renewal_stops_owning_but_not_holding_and_the_next_one_proves_it(connections) -> None:
+    """A leader (libs/leases.lead) starved of CPU past its deadline must stop answering, not give
+    up: if the next renewal succeeds, nobody else held the key meanwhile."""
+    now = [0.0]
+    nc = await connections()
+    leases = PartitionLeases(
+        nc.jetstream(), f"billing-{uuid.uuid4().hex[:6]}-leader", "a", 1, lease_s=3.0, rebalance=False,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    leases.kv = await lease_bucket(nc.jetstream(), 3.0)
+    await leases.tick()
+    assert leases.owns(0) and leases.holds(0)
+    now[0] += 2.5  # the renewal is late: past the deadline (lease - margin), the key not yet expired
+    assert not leases.owns(0) and leases.holds(0)
+    await leases.tick()
+    assert leases.owns(0) and leases.holds(0)
+    await leases.kv.delete(f"owner.{leases.service}.0")  # as if it had run out, renewals too late
+    await leases.tick()  # nobody took it: a leader's lease is taken again, not given up
+    assert leases.owns(0) and leases.holds(0)
+    other = PartitionLeases(nc.jetstream(), leases.service, "b", 1, lease_s=3.0, rebalance=False)
+    other.kv = leases.kv
+    await leases.kv.delete(f"owner.{leases.service}.0")  # ran out again
+    await other.tick()  # and another instance took it this time
+    await leases.tick()
+    assert not leases.holds(0) and other.owns(0)

@@ -1,9 +1,9 @@
 """Quota's in-flight tracker against a real nats-server and Postgres, with the projection played by
 the test (it moves quota's checkpoints itself): a call no heartbeat renews any more keeps its
 reservation until the projection has applied the account's events stored by then, however long
-that takes; the rebuild after a start waits for heartbeats and for the projection."""
+that takes (the take-over of a partition, which waits for heartbeats and for the projection, is
+tested in tests/integration/test_quota_partitions.py)."""
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +19,7 @@ from libs.db import create_pool
 from libs.eventlog.publisher import EventPublisher
 from libs.eventlog.runner import save_checkpoint
 from libs.settings import Settings
-from proto.v1 import AccountCreated, GatewayHeartbeat, InflightCall, encode, subjects
+from proto.v1 import AccountCreated, GatewayHeartbeat, InflightCall
 from services.quota.inflight import InflightTracker
 from services.quota.projection import QuotaProjection
 from services.quota.state import QuotaState
@@ -62,7 +62,7 @@ async def world(settings: Settings) -> AsyncIterator[World]:
 
 
 async def test_an_ended_call_keeps_its_reservation_until_the_projection_catches_up(world: World) -> None:
-    world.tracker.ready.set()
+    world.tracker.ready_for = lambda _account: True
     account = f"acc_{uuid.uuid4().hex[:8]}"
     seq = await world.store_event(account)  # stands for the call's usage, stored before it ended
     world.state.reservations.hold(account, "gw_1", 500, T0)
@@ -80,7 +80,7 @@ async def test_an_ended_call_keeps_its_reservation_until_the_projection_catches_
 
 
 async def test_a_renewed_call_is_held_and_one_with_nothing_stored_goes_at_once(world: World) -> None:
-    world.tracker.ready.set()
+    world.tracker.ready_for = lambda _account: True
     running, fresh = f"acc_{uuid.uuid4().hex[:8]}", f"acc_{uuid.uuid4().hex[:8]}"
     await world.store_event(running)
     world.state.reservations.hold(running, "gw_run", 500, T0)
@@ -95,23 +95,3 @@ async def test_a_renewed_call_is_held_and_one_with_nothing_stored_goes_at_once(w
         await world.tracker.sweep()
     assert world.state.reservations.total(running) == 500
     assert world.state.reservations.total(fresh) == 0  # no event of the account in the log: nothing to wait for
-
-
-async def test_the_rebuild_waits_for_the_heartbeats_and_the_projection(world: World) -> None:
-    account = f"acc_{uuid.uuid4().hex[:8]}"
-    seq = await world.store_event(account)
-    await world.tracker.listen()
-    rebuild = asyncio.create_task(world.tracker.rebuild())
-    beat = GatewayHeartbeat(
-        gateway_id="g", sent_at=T0, rate_tats={account: T0 + timedelta(seconds=40)},
-        calls=[InflightCall(account_id=account, reservation_id="gw_x", billing_mode="payg",
-                            estimated_usd_micros=300, admitted_at=T0)],
-    )  # fmt: skip
-    await world.nc.publish(subjects.QUOTA_HEARTBEAT, encode(beat))
-    await asyncio.sleep(2 * world.settings.heartbeat_interval_s + 0.5)
-    assert not world.tracker.ready.is_set()  # the projection has not applied what was stored before
-    await world.project_through(seq)
-    await asyncio.wait_for(rebuild, 10)
-    assert world.tracker.ready.is_set()
-    assert world.state.payg_reservations.total(account) == 300
-    assert world.state.rate_limits[account] == T0 + timedelta(seconds=40)

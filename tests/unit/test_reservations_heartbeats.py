@@ -67,7 +67,7 @@ def test_the_registry_keeps_each_accounts_latest_rate_state_while_it_lies_ahead(
     assert calls.heartbeats(T0 + timedelta(seconds=6))[0].rate_tats == {}
 
 
-def test_while_rebuilding_quota_holds_the_listed_calls_at_their_estimates() -> None:
+def test_where_quota_does_not_answer_it_holds_the_listed_calls_at_their_estimates() -> None:
     state, clock = state_with_account(Fraction(5, 4)), ManualClock(T0)
     t = tracker(state, clock)
     state.released_while_rebuilding = {"done"}
@@ -79,10 +79,10 @@ def test_while_rebuilding_quota_holds_the_listed_calls_at_their_estimates() -> N
     assert state.payg_reservations.total("acc") == 2500
 
 
-def test_after_the_rebuild_heartbeats_only_renew_what_quota_admitted() -> None:
+def test_where_quota_answers_heartbeats_only_renew_what_it_admitted() -> None:
     state, clock = state_with_account(), ManualClock(T0)
     t = tracker(state, clock)
-    t.ready.set()
+    t.ready_for = lambda _account: True  # the account's partition is owned and answered for here
     state.reservations.hold("acc", "sub", 40, T0)
     clock.advance(timedelta(seconds=30))
     t.heard(GatewayHeartbeat(gateway_id="g", sent_at=T0, calls=[call("sub"), call("gone-already")]))
@@ -112,3 +112,18 @@ def test_the_rate_limit_state_rebuilt_from_the_gateways_refuses_what_the_old_one
         allowed_after += b.allowed
         old, new = (a.tat if a.allowed else old), (b.tat if b.allowed else new)
     assert allowed_before == allowed_after == 3  # 10 per burst, 7 taken
+
+
+def test_only_the_partitions_runner_up_holds_copies_of_its_calls() -> None:
+    """One standby per partition (the instance that takes it over if its owner leaves) does the work
+    of holding its calls from the heartbeats; every other instance ignores them."""
+    beat = GatewayHeartbeat(
+        gateway_id="g", sent_at=T0, calls=[call("sub")], rate_tats={"acc": T0 + timedelta(seconds=9)}
+    )
+    elsewhere, runner_up = state_with_account(), state_with_account()
+    for state, copying in ((elsewhere, False), (runner_up, True)):
+        t = tracker(state, ManualClock(T0))
+        t.copying = lambda _account, copying=copying: copying  # type: ignore[misc]
+        t.heard(beat)
+    assert elsewhere.reservations.held("acc") == [] and "acc" not in elsewhere.rate_limits
+    assert runner_up.reservations.held("acc") == ["sub"] and runner_up.rate_limits["acc"] == T0 + timedelta(seconds=9)

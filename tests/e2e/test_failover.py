@@ -1,0 +1,290 @@
+"""Services as several instances, one killed with SIGKILL (docs/scaling.md).
+
+quota: two instances share the partitions (services/quota/partitions.py); one killed during a
+burst against an almost-full window has its partitions taken over by the other within 5 s; no call
+is admitted past the caps (the Flow window, held full by a running stream's reservation, and the
+RPM), during the gap the gateway answers 503 with retry-after, and every call answered 200 is
+metered exactly once.
+
+keys: two instances answer lookups from their own memory; the one that leads (projects, decides
+key commands) killed, lookups go on with no gap and the other leads within 5 s.
+
+refund: the leading instance dies right after paying a refund out, before recording it; the standby
+leads, settles it again, and the provider's idempotency key (the refund id) pays it once."""
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats.js.errors
+import pytest
+
+from libs.apikeys import hash_secret
+from libs.eventlog.subjects import partition_for
+from libs.leases import BUCKET
+from libs.localservers import LocalNats, LocalPostgres, free_port
+from libs.settings import Settings
+from proto.v1 import KeyFound, LookupKey, encode, subjects
+from tests.e2e.conftest import (
+    CHEAP,
+    GLM,
+    TOKENS_PER_S,
+    Burst,
+    call,
+    fill_window_to,
+    metered,
+    payouts_of,
+    pro_account,
+    reservation_settings,
+)
+from tests.stack import ServiceProcess, Stack, eventually
+
+pytestmark = pytest.mark.connected
+RPM_INTERVAL_S = 6.0  # the Free plan's 10 RPM: one call every 6 s after a burst of 10
+
+
+@pytest.fixture(scope="module")
+async def settings(nats_server: LocalNats, postgres: LocalPostgres) -> Settings:
+    return await reservation_settings(nats_server, postgres)
+
+
+@pytest.fixture(scope="module")
+async def two(stack: Stack, workdir: Path) -> AsyncIterator[tuple[Stack, ServiceProcess]]:
+    """The stack with a second quota instance, and the simulator paced (streams take seconds)."""
+    await asyncio.to_thread(stack.simulator.stop)
+    await asyncio.to_thread(stack.simulator.start, {"FLOWPLAN_SIMULATOR_TOKENS_PER_S": str(TOKENS_PER_S)})
+    port = free_port()
+    second = ServiceProcess("quota", {**stack.quota.env, "FLOWPLAN_QUOTA_PORT": str(port)}, port, workdir)
+    second.log_path = workdir / f"quota-second-{port}.log"
+    await asyncio.to_thread(second.start)
+    yield stack, second
+    second.stop()
+
+
+def instance(process: ServiceProcess) -> str:
+    assert process.process is not None
+    return f"{socket.gethostname()}-{process.process.pid}"
+
+
+async def owners(stack: Stack) -> dict[int, str]:
+    """Partition -> the instance holding its quota lease now."""
+    nc = await stack.nats()
+    try:
+        kv = await nc.jetstream().key_value(BUCKET)
+        held = {}
+        for partition in range(stack.settings.partitions):
+            try:
+                entry = await kv.get(f"owner.quota.{partition}")
+            except nats.js.errors.KeyNotFoundError:
+                continue
+            if entry.value:
+                held[partition] = entry.value.decode()
+        return held
+    finally:
+        await nc.close()
+
+
+async def account_owned_by(stack: Stack, owner: str, held: dict[int, str]) -> dict[str, str]:
+    while True:
+        account = await stack.create_account()
+        if held[partition_for(account["account_id"], stack.settings.partitions)] == owner:
+            return account
+
+
+async def both_own(stack: Stack, second: ServiceProcess) -> dict[int, str]:
+    """Partition -> owner, once the two instances share the partitions."""
+    first_id, second_id = instance(stack.quota), instance(second)
+
+    async def shared() -> dict[int, str] | None:
+        held = await owners(stack)
+        both = len(held) == stack.settings.partitions and set(held.values()) == {first_id, second_id}
+        return held if both else None
+
+    return dict(await eventually(shared, within=20, interval=0.2))
+
+
+async def test_every_instance_prices_at_the_flow_rate_in_force(two: tuple[Stack, ServiceProcess]) -> None:
+    """The Flow rate's events live in one partition: the instance that does not own it prices at
+    the new rate all the same."""
+    stack, second = two
+    held = await both_own(stack, second)
+    accounts = [await account_owned_by(stack, instance(process), held) for process in (stack.quota, second)]
+
+    async def set_rate(usd_per_flow: str) -> None:
+        status, body = await stack.http(
+            "POST", "/admin/v1/flow-rate", token=stack.settings.admin_token, json={"usd_per_flow": usd_per_flow}
+        )
+        assert status in (200, 201), body
+
+    await set_rate("1/40")
+    try:
+        await asyncio.sleep(1.0)
+        for account in accounts:
+            status, _, body = await call(stack, account["key"], CHEAP, 1)
+            assert status == 200, body
+            await metered(stack, account["key"], 1)
+            db = await stack.db()
+            try:
+                rate = await db.fetchval("SELECT usd_per_flow FROM quota.usage WHERE account_id = $1",
+                                         account["account_id"])  # fmt: skip
+            finally:
+                await db.close()
+            assert Fraction(rate) == Fraction(1, 40), (account, rate)
+    finally:
+        await set_rate("10/396")
+
+
+async def test_a_killed_quota_instance_s_partitions_are_taken_over_without_admitting_past_the_caps(
+    two: tuple[Stack, ServiceProcess],
+) -> None:
+    stack, second = two
+    first_id, survivor = instance(stack.quota), instance(second)
+    held = await both_own(stack, second)
+    victim = stack.quota
+    full = await account_owned_by(stack, first_id, held)  # its window: full once a stream runs
+    paced = await account_owned_by(stack, first_id, held)  # its RPM: 10 calls, then one every 6 s
+    assert 4.9 < await fill_window_to(stack, full, 29_000) < 5
+    # A GLM stream of 3,000 tokens (about 15 s) reserves about 0.26 Flows: the window is full while it runs.
+    stream = asyncio.create_task(call(stack, full["key"], GLM, 3000, stream=True))
+    started = time.monotonic()
+    for _ in range(7):
+        status, _, body = await call(stack, paced["key"], CHEAP, 1)
+        assert status == 200, body
+    await asyncio.sleep(0.5)
+    against_full = Burst(stack, full["key"], GLM, workers=1, pause_s=0.3)
+    against_rpm = Burst(stack, paced["key"], CHEAP, workers=2, pause_s=0.1)
+    await asyncio.sleep(1.0)
+
+    killed = time.monotonic()
+    await asyncio.to_thread(victim.kill)
+
+    async def taken() -> bool:
+        return set((await owners(stack)).values()) == {survivor} and len(await owners(stack)) == len(held)
+
+    await eventually(taken, within=10, interval=0.05)
+    took = time.monotonic() - killed
+    await asyncio.sleep(3.0)  # the burst goes on against the new owner
+    full_answers, rpm_answers = await against_full.stop(), await against_rpm.stop()
+    elapsed = time.monotonic() - started
+    print(f"\npartitions of the killed quota instance taken over after {took:.2f} s (lease 3 s)")
+    assert took < 5.0, took
+    assert not stream.done(), "the stream ended before the burst did: the test proves nothing"
+
+    statuses = [status for status, _, _ in full_answers]
+    assert 200 not in statuses, full_answers  # nothing past the full window, before, during or after
+    assert 503 in statuses, full_answers  # the fail-over was met
+    assert all(retry is not None for status, retry, _ in full_answers if status in (429, 503)), full_answers
+    assert "quota_exhausted" in [code for _, _, code in full_answers[statuses.index(503) :]], full_answers
+
+    admitted = 7 + sum(status == 200 for status, _, _ in rpm_answers)
+    # GCRA at 10 RPM: a burst of 10, then one every 6 s. A fresh rate limit would admit 10 more.
+    assert admitted <= 10 + int(elapsed / RPM_INTERVAL_S), (admitted, elapsed, rpm_answers)
+    assert any(status == 503 for status, _, _ in rpm_answers), rpm_answers
+    assert all(retry is not None for status, retry, _ in rpm_answers if status in (429, 503)), rpm_answers
+    assert "rate_limit_exceeded" in [code for _, _, code in rpm_answers], rpm_answers
+
+    status, _, _ = await stream
+    assert status == 200
+    # Every 200 metered exactly once: the seed and the stream; the 7 calls and the burst's 200s.
+    assert len(await metered(stack, full["key"], 2)) == 2
+    assert len(await metered(stack, paced["key"], admitted)) == admitted
+    await asyncio.sleep(1.0)  # nothing more comes
+    assert len(await metered(stack, full["key"], 2)) == 2
+    assert len(await metered(stack, paced["key"], admitted)) == admitted
+
+
+async def test_key_lookups_go_on_when_the_leading_keys_instance_is_killed(stack: Stack, workdir: Path) -> None:
+    port = free_port()
+    second = ServiceProcess("keys", {**stack.keys.env, "FLOWPLAN_KEYS_PORT": str(port)}, port, workdir)
+    second.log_path = workdir / f"keys-second-{port}.log"
+    await asyncio.to_thread(second.start)
+    account = await stack.create_account()
+
+    async def create() -> dict[str, str] | None:
+        status, body = await stack.http("POST", "/admin/v1/accounts", token=stack.settings.admin_token,
+                                        json={"name": "after"})  # fmt: skip
+        assert status in (201, 503), body
+        return dict(body) if status == 201 else None
+
+    nc = await stack.nats()
+    try:
+        kv = await nc.jetstream().key_value(BUCKET)
+        leader_id = (await kv.get("owner.keys-leader.0")).value or b""
+        leader = next(p for p in (stack.keys, second) if instance(p) == leader_id.decode())
+        lookup = encode(LookupKey(key_hash=hash_secret(account["key"])))
+        answers: list[bool] = []
+
+        async def look_up() -> None:
+            reply = await nc.request(subjects.KEY_LOOKUP, lookup, timeout=1.0)
+            answers.append(msgspec.json.decode(reply.data, type=KeyFound).key is not None)
+
+        for _ in range(10):
+            await look_up()
+        killed = time.monotonic()
+        await asyncio.to_thread(leader.kill)
+        while time.monotonic() - killed < 1.0:  # every lookup answered, found, while nobody leads
+            await look_up()
+            await asyncio.sleep(0.02)
+
+        async def led() -> bool:
+            try:
+                entry = await kv.get("owner.keys-leader.0")
+            except nats.js.errors.KeyNotFoundError:  # run out, not taken yet
+                return False
+            return entry.value is not None and entry.value.decode() != leader_id.decode()
+
+        await eventually(led, within=10, interval=0.05)
+        took = time.monotonic() - killed
+        print(f"\nkeys: leadership taken over after {took:.2f} s; {len(answers)} lookups, all answered")
+        assert took < 5.0
+        assert all(answers), answers
+
+        # Key commands are decided by the new leader once it projects (until then: 503, retry): a new
+        # account gets its key, which is looked up.
+        created = await eventually(create, within=10, interval=0.2)
+        print(f"keys: commands answered again {time.monotonic() - killed:.2f} s after the kill")
+        reply = await nc.request(subjects.KEY_LOOKUP, encode(LookupKey(key_hash=hash_secret(created["key"]))))
+        assert msgspec.json.decode(reply.data, type=KeyFound).key is not None
+    finally:
+        await nc.close()
+        if stack.keys.process is None:  # the module's own instance was the one killed
+            await asyncio.to_thread(stack.keys.start)
+        second.stop()
+        await eventually(create, within=15, interval=0.2)  # the module's instance leads again
+
+
+async def test_a_refund_whose_leading_instance_dies_mid_settlement_is_paid_once(stack: Stack, workdir: Path) -> None:
+    account = await pro_account(stack)
+    await asyncio.to_thread(stack.refund.stop)  # hands its lease over at once
+    await asyncio.to_thread(stack.refund.start, {"FLOWPLAN_FAILPOINT": "after_payout"})  # it leads
+    port = free_port()
+    second = ServiceProcess("refund", {**stack.refund.env, "FLOWPLAN_REFUND_PORT": str(port)}, port, workdir)
+    second.log_path = workdir / f"refund-second-{port}.log"
+    await asyncio.to_thread(second.start)  # a standby
+    try:
+        status, requested = await stack.http("POST", "/v1/refunds", token=account["management_key"])
+        assert status == 202, requested
+        assert await asyncio.to_thread(stack.refund.wait_exit) == 137  # paid out, then gone before recording it
+        died = time.monotonic()
+        assert await payouts_of(stack, account["account_id"]) == (1, 1)
+
+        async def settled() -> dict[str, Any] | None:  # 503 (retry) while nobody leads
+            status, body = await stack.http("GET", f"/v1/refunds/{requested['refund_id']}", token=account["key"])
+            assert status in (200, 503), body
+            return dict(body) if status == 200 and body["status"] != "processing" else None
+
+        refund = await eventually(settled, within=30, interval=0.2)  # settled by the standby, now leading
+        print(f"\nrefund: settled by the standby {time.monotonic() - died:.2f} s after the leader died")
+        assert refund["status"] == "succeeded" and refund["amount_usd"] == "19.00"
+        assert await payouts_of(stack, account["account_id"]) == (1, 1)  # exactly one payout across the fail-over
+        assert (await stack.usage(account["key"]))["plan"] == "free"
+    finally:
+        if stack.refund.process is not None:
+            await asyncio.to_thread(stack.refund.stop)
+        second.stop()
+        await asyncio.to_thread(stack.refund.start)
