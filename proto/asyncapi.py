@@ -38,6 +38,21 @@ def _channel_id(subject: str) -> str:
     return subject.replace("{", "").replace("}", "")
 
 
+PARTITION = {"partition": {"description": "The account's partition of the event log (FNV-1a of the "
+                                         "account id modulo the partition count); only its owner listens."}}
+
+
+def _partitioned(channels: dict[str, Any], operations: dict[str, Any], channel: str, operation: dict[str, Any]) -> None:
+    """The same request on `<subject>.p.{partition}`, answered by the owner of the partition."""
+    subject = channels[channel]["address"]
+    owned = f"{channel}.p.partition"
+    description = (f"{channels[channel]['description']} Sent to the owner of the account's partition (the "
+                   "gateway computes it; any quota instance forwards the plain subject).")  # fmt: skip
+    channels[owned] = {**channels[channel], "address": f"{subject}.p.{{partition}}", "parameters": PARTITION,
+                       "description": description}  # fmt: skip
+    operations[owned] = {**operation, "channel": {"$ref": f"#/channels/{owned}"}}
+
+
 def render() -> str:
     event_types = _tagged(events)
     structs: set[type] = set(event_types) | {t for _, t, _ in BROADCASTS}
@@ -64,6 +79,8 @@ def render() -> str:
         channels[subject] = {"address": subject, "description": summary,
                              "messages": {message.__name__: _ref("messages", message.__name__)}}  # fmt: skip
         operations[f"broadcast.{subject}"] = {"action": "send", "channel": {"$ref": f"#/channels/{subject}"}}
+        if subject in subjects.PARTITIONED:
+            _partitioned(channels, operations, subject, operations[f"broadcast.{subject}"])
 
     calls: list[Rpc[Any, Any]] = [*RPCS, *OPERATIONS]
     for call in calls:
@@ -97,6 +114,8 @@ def render() -> str:
         if call.status:
             operation["x-refusal-codes"] = dict(call.status)
         operations[channel] = operation
+        if call.subject in subjects.PARTITIONED:
+            _partitioned(channels, operations, channel, operation)
 
     ordered = sorted(structs, key=lambda t: t.__name__)
     _, schemas = msgspec.json.schema_components(ordered, ref_template="#/components/schemas/{name}")

@@ -6,6 +6,10 @@ QUOTA_EVENTS = "quota.events"
 QUOTA_RELEASE = "quota.release"
 QUOTA_INFLIGHT = "quota.inflight"
 QUOTA_HEARTBEAT = "quota.heartbeat"
+PARTITIONED = (QUOTA_CHECK, QUOTA_RELEASE, QUOTA_STATUS, QUOTA_INFLIGHT)
+"""Per-account requests that are also sent as `<subject>.p.<partition>`, where only the quota
+instance that owns the account's partition listens (libs/eventlog/subjects.owner_subject); any
+instance forwards the plain subject there."""
 """Broadcast (no reply): each gateway's GatewayHeartbeat, its calls in flight."""
 
 KEY_LOOKUP = "key.lookup"

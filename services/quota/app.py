@@ -78,6 +78,7 @@ class QuotaService:
             subjects.QUOTA_STATUS: responder.on_owned_status,
             subjects.QUOTA_INFLIGHT: responder.on_owned_inflight,
         }
+        assert owned.keys() == set(subjects.PARTITIONED), "the contract (proto/asyncapi.json) lists what owners answer"
         traced = {subject: tracing.answering(runtime.tracer, subject, handler) for subject, handler in owned.items()}
         runtime.spawn(partitions.run(traced), "quota-partitions")
         runtime.spawn(tracker.run(), "quota-inflight")

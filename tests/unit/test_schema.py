@@ -8,9 +8,10 @@ from pathlib import Path
 import jsonschema
 from openapi_spec_validator import validate as validate_openapi
 
+from libs.eventlog.subjects import owner_subject
 from proto import asyncapi
 from proto.schema import CONTRACT, render
-from proto.v1 import events, rpc
+from proto.v1 import events, rpc, subjects
 from services.gateway import errors as gateway_errors
 from services.gateway import openapi as gateway_openapi
 from services.gateway import protocols
@@ -55,6 +56,16 @@ def test_asyncapi_has_every_event_and_every_command_and_query_with_its_reply_cha
         assert reply["address"] is None and (call.refusal is None or call.refusal.__name__ in reply["messages"])
     assert "flowplan.events.usage.{account_id}.UsageRecorded" in addresses
     assert {e.__name__ for e in asyncapi._tagged(events)} <= set(document["components"]["messages"])
+
+
+def test_asyncapi_has_the_partition_owners_subjects_the_gateway_sends_to():
+    document = json.loads(asyncapi.render())
+    for subject in subjects.PARTITIONED:
+        channel = document["channels"][f"{subject}.p.partition"]
+        assert channel["address"] == f"{subject}.p.{{partition}}" and "partition" in channel["parameters"]
+        sent = owner_subject(subject, "acct_42", 8)
+        assert sent.removeprefix(f"{subject}.p.").isdigit(), sent
+        assert document["operations"][f"{subject}.p.partition"]["action"] in {"send", "receive"}
 
 
 def test_committed_openapi_matches_the_route_table():
