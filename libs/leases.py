@@ -227,14 +227,20 @@ class PartitionLeases:
         return await self.kv.create(key, self.instance.encode())
 
     async def _members(self) -> list[str]:
+        """The live members: the member keys' subjects from one STREAM.INFO, less those deleted
+        (a clean stop deletes its key; the marker stays until the bucket's max age). Not kv.keys():
+        its watch creates a consumer on every call, which outlives the call, and a few minutes of
+        ticks filled the server's consumer limit and failed every renewal after it."""
         assert self.kv is not None
         prefix = f"member.{self.service}."
-        try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            keys = []
-        members = sorted(k[len(prefix) :] for k in keys if k.startswith(prefix))
-        return members or [self.instance]
+        info = await self._js.stream_info(f"KV_{BUCKET}", subjects_filter=f"$KV.{BUCKET}.{prefix}>")
+        members = []
+        for subject in info.state.subjects or {}:
+            key = subject.removeprefix(f"$KV.{BUCKET}.")
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):  # deleted (or just ran out)
+                await self.kv.get(key)
+                members.append(key[len(prefix) :])
+        return sorted(members) or [self.instance]
 
     async def _release(self, partition: int) -> None:
         assert self.kv is not None

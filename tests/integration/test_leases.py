@@ -97,6 +97,21 @@ async def test_a_joining_instance_gets_its_share_and_a_leaving_one_hands_over_at
     await b.stop()
 
 
+async def test_ticking_leaves_no_consumers_behind(connections) -> None:
+    """Every tick lists the members; a listing that created a consumer each time (kv.keys()) left
+    them behind until the server's consumer limit failed every renewal, a few minutes into a run."""
+    nc = await connections()
+    service = f"quota-{uuid.uuid4().hex[:6]}"
+    leases = PartitionLeases(nc.jetstream(), service, "a", PARTITIONS, lease_s=60)
+    await leases.start()
+    for _ in range(30):
+        await leases.tick()
+    info = await nc.jetstream().stream_info("KV_FLOWPLAN_LEASES")
+    assert info.state.consumer_count == 0
+    assert leases.member_names == ["a"] and leases.owned() == set(range(PARTITIONS))
+    await leases.stop()
+
+
 async def test_with_hand_over_a_partition_desired_elsewhere_moves_only_once_released(connections) -> None:
     """quota lets a partition go (its projection's last batch committed) before the next owner may
     take it: the holder keeps renewing it, listed in leaving(), until it calls release()."""
