@@ -3,8 +3,8 @@ consumer: in memory, one replica, gone with the instance), from the checkpoint t
 at. What it applies must be idempotent: the overlap with the load is applied twice.
 
 Used by keys (services/keys/app.py), whose every instance answers key.lookup from its own memory
-while only one of them writes the projection to Postgres; ingress has its own
-(services/ingress/follower.py)."""
+while only one of them writes the projection to Postgres, and by ingress, whose every instance
+prices usage from its own directory (services/ingress/follower.py)."""
 
 import asyncio
 import logging

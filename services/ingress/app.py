@@ -9,6 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 from libs.clock import Clock, SystemClock
+from libs.eventlog.follower import LogFollower
 from libs.keycache import KeyCache
 from libs.leases import PartitionLeases
 from libs.pricing.catalog import load_catalog
@@ -19,7 +20,6 @@ from services.ingress.api import IngressApi
 from services.ingress.directory import Directory
 from services.ingress.follower import (
     LEASE_S,
-    DirectoryFollower,
     loaded_from,
     project_while_owner,
     sync_when_several,
@@ -50,7 +50,7 @@ class IngressService:
             loaded = await loaded_from(conn, projection.schema, projection.name, settings.partitions)
             await self.directory.load(conn, projection.schema)
         # Several instances (follower.py): each follows the account events; one runs the projection.
-        follower = DirectoryFollower(runtime.nc.jetstream(), settings.stream, self.directory)
+        follower = LogFollower(runtime.nc.jetstream(), settings.stream, projection.event_types, self.directory.apply)
         await follower.start(loaded)
         self.leases = PartitionLeases(
             runtime.nc.jetstream(), "ingress-projection", f"{socket.gethostname()}-{os.getpid()}", 1,
