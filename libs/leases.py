@@ -136,9 +136,19 @@ class PartitionLeases:
         if partition in self._held:
             await self._release(partition)
 
-    async def start(self) -> None:
+    async def start(self, attempts: int = 20) -> None:
         self.kv = await lease_bucket(self._js, self.lease_s, self._replicas)
-        await self.tick()
+        for attempt in range(attempts):
+            try:
+                await self.tick()
+                break
+            except (nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError) as exc:
+                # A bucket just created on a cluster answers once its stream has a leader (seen:
+                # "no response from stream" from the first write, and the service exited).
+                if attempt == attempts - 1:
+                    raise
+                log.warning("%s leases: the bucket does not answer yet (%r); trying again", self.service, exc)
+                await asyncio.sleep(0.1 * (attempt + 1))
         self._task = asyncio.create_task(self._loop(), name=f"leases-{self.service}")
 
     async def stop(self, release: bool = True) -> None:
