@@ -163,14 +163,18 @@ class Owners:
         )  # fmt: skip
         return token
 
-    async def pending_sign_up(self, token: str, now: datetime) -> str | None:
-        """The email a sign-up link is for while it is unused and unexpired (looking does not use it)."""
+    async def _link_email(self, table: str, token: str, now: datetime) -> str | None:
+        """The email a one-time link of `table` is for while it is unused and unexpired (looking
+        does not use it)."""
         email: str | None = await self.pool.fetchval(
-            """SELECT email FROM console.pending_sign_ups
-               WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2""",
+            f"SELECT email FROM console.{table} WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
             auth.digest(token), now,
         )  # fmt: skip
         return email
+
+    async def pending_sign_up(self, token: str, now: datetime) -> str | None:
+        """The email a sign-up link is for while it is unused and unexpired."""
+        return await self._link_email("pending_sign_ups", token, now)
 
     async def use_pending_sign_up(self, token: str, now: datetime) -> tuple[str, str] | None:
         """Use a sign-up link (once, unexpired): (email, password hash)."""
@@ -226,13 +230,8 @@ class Owners:
         return token
 
     async def confirmation(self, token: str, now: datetime) -> str | None:
-        """The email a confirmation link is for while it is unused and unexpired (looking does not use it)."""
-        email: str | None = await self.pool.fetchval(
-            """SELECT email FROM console.email_confirmations
-               WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2""",
-            auth.digest(token), now,
-        )  # fmt: skip
-        return email
+        """The email a confirmation link is for while it is unused and unexpired."""
+        return await self._link_email("email_confirmations", token, now)
 
     async def use_confirmation(self, token: str, now: datetime) -> str | None:
         """Use a confirmation link (once, unexpired) for the email it was sent to, if the owner still
