@@ -105,7 +105,21 @@ async def both_own(stack: Stack, second: ServiceProcess) -> dict[int, str]:
         both = len(held) == stack.settings.partitions and set(held.values()) == {first_id, second_id}
         return held if both else None
 
-    return dict(await eventually(shared, within=20, interval=0.2))
+    try:
+        return dict(await eventually(shared, within=20, interval=0.2))
+    except AssertionError as exc:  # say what was seen: this failed once in a whole-suite run
+        raise AssertionError(f"{exc}; owners {await owners(stack)}; {diagnosis(stack.quota, second)}") from exc
+
+
+def diagnosis(*processes: ServiceProcess) -> str:
+    """Each quota process: alive or its exit code, and the end of its log."""
+    said = []
+    for process in processes:
+        code = None if process.process is None else process.process.poll()
+        state = "not started" if process.process is None else "alive" if code is None else f"exited {code}"
+        tail = process.log_path.read_text(errors="replace").splitlines()[-25:]
+        said.append(f"\n--- {process.log_path.name} ({state}):\n" + "\n".join(tail))
+    return "".join(said)
 
 
 async def test_every_instance_prices_at_the_flow_rate_in_force(two: tuple[Stack, ServiceProcess]) -> None:
