@@ -57,6 +57,7 @@ ZH: dict[str, str] = {
     "Newer": "较新",
     "Older": "较早",
     "No calls yet.": "还没有调用。",
+    "No calls in this period.": "这段时间没有调用。",
     "Cost by model (30 days)": "按模型的费用（30 天）",
     "Calls": "调用次数",
     "No usage in the last 30 days.": "最近 30 天没有用量。",

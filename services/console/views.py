@@ -157,6 +157,7 @@ def chart(hours: list[dict[str, Any]], now: datetime, by: str, tz: ZoneInfo = UT
         "width": len(bars) * step,
         "bar_width": step * 2 // 3,
         "title": "Flows per hour" if by == "hour" else "Flows per day",
+        "empty": not any(totals),  # said in words: bars of height 0 alone read as a broken chart
     }
 
 

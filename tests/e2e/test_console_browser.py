@@ -105,6 +105,8 @@ async def test_the_windows_move_after_a_metered_call(console: Stack, page: Page)
     window = page.get_by_role("region", name="5-hour window")
     await expect(window).to_contain_text("0.00 / 5.00 Flows")
     await expect(window).to_contain_text("Not started")
+    usage = page.get_by_role("region", name="Usage", exact=True)
+    await expect(usage.get_by_role("figure")).to_contain_text("No calls in this period.")
     status, _ = await console.post_usage([usage_event(account["account_id"], key_id=account["key_id"])])
     assert status == 202
 
@@ -121,7 +123,6 @@ async def test_the_windows_move_after_a_metered_call(console: Stack, page: Page)
     await expect(countdown).to_have_text(re.compile(r"^4h \d\dm \d\ds$"))
     first = await countdown.inner_text()
     await expect(countdown).not_to_have_text(first)  # it counts down live
-    usage = page.get_by_role("region", name="Usage", exact=True)
     await expect(usage).to_contain_text("deepseek/deepseek-chat")
     await expect(usage).to_contain_text("default")  # the key, by name
     await expect(usage).to_contain_text("subscription")
@@ -138,6 +139,7 @@ async def test_the_windows_move_after_a_metered_call(console: Stack, page: Page)
 
     await eventually(charted, within=30, interval=0.5)
     assert await bars.first.get_attribute("height") == "0"
+    await expect(usage.get_by_text("No calls in this period.")).to_have_count(0)
     await usage.get_by_role("link", name="Per day (week view)").click()
     await expect(bars).to_have_count(7)
 

@@ -109,6 +109,14 @@ def test_the_chart_sums_flows_per_hour_over_five_hours_and_per_day_over_a_week()
     daily = views.chart(events, now, "day")
     assert [b["label"] for b in daily["bars"]][-1] == "11-30" and len(daily["bars"]) == 7
     assert daily["bars"][1]["flows"] == "4" and daily["bars"][-1]["flows"] == "105.0"
+    assert not hourly["empty"] and not daily["empty"]
+
+
+def test_a_chart_with_no_calls_in_its_period_says_so() -> None:
+    now = datetime(2026, 11, 30, 10, 30, tzinfo=UTC)
+    old = [{"hour": "2026-11-30T04:00:00Z", "flows": 5}, {"hour": "2026-11-30T09:00:00Z", "flows": 0}]
+    assert views.chart([], now, "hour")["empty"] and views.chart(old, now, "hour")["empty"]
+    assert not views.chart(old, now, "day")["empty"]
 
 
 def test_the_month_view_shows_thirty_days_naming_every_fifth_and_the_links_keep_the_filters() -> None:
