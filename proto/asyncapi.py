@@ -38,8 +38,12 @@ def _channel_id(subject: str) -> str:
     return subject.replace("{", "").replace("}", "")
 
 
-PARTITION = {"partition": {"description": "The account's partition of the event log (FNV-1a of the "
-                                         "account id modulo the partition count); only its owner listens."}}
+PARTITION = {
+    "partition": {
+        "description": "The account's partition of the event log (FNV-1a of the "
+        "account id modulo the partition count); only its owner listens."
+    }
+}
 
 
 def _partitioned(channels: dict[str, Any], operations: dict[str, Any], channel: str, operation: dict[str, Any]) -> None:

@@ -1,43 +1,12 @@
 """Who called, as the log may keep it: keyed hashes (HMAC-SHA256 with FLOWPLAN_CLIENT_HASH_KEY) of
-the client's address and user agent, for the abuse signals. Never the address itself.
-
-The client's address is the connection's peer, or, when the peer is a trusted proxy
-(FLOWPLAN_TRUSTED_PROXIES), the nearest address in X-Forwarded-For that is not one: a client can
-prepend anything to that header, so only what trusted proxies appended is believed. Pure: no I/O."""
+the client's address (libs.clients: the peer, or the client a trusted proxy names) and user
+agent, for the abuse signals. Never the address itself. Pure: no I/O."""
 
 import hashlib
 import hmac
-import ipaddress
 from collections.abc import Mapping
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def trusted_networks(setting: str) -> tuple[Network, ...]:
-    """FLOWPLAN_TRUSTED_PROXIES: addresses or networks, comma-separated (a bad one stops the start)."""
-    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in setting.split(",") if part.strip())
-
-
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text.strip())
-    except ValueError:
-        return None
-
-
-def _trusted(text: str | None, trusted: tuple[Network, ...]) -> bool:
-    address = _address(text or "")
-    return address is not None and any(address in network for network in trusted)
-
-
-def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str | None:
-    if not _trusted(peer, trusted) or not forwarded_for:
-        return peer
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-    for hop in reversed(hops):
-        if not _trusted(hop, trusted):
-            return str(address) if (address := _address(hop)) is not None else peer
-    return hops[0] if hops else peer
+from libs.clients import Network, client_address
 
 
 def keyed_hash(key: str, kind: str, value: str) -> str:

@@ -28,6 +28,7 @@ from nats.aio.client import Client
 from opentelemetry import trace
 
 from libs import apikeys, chatpass, tracing
+from libs.clients import client_address, trusted_networks
 from libs.clock import Clock
 from libs.eventlog.subjects import owner_subject
 from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
@@ -45,7 +46,7 @@ from proto.v1 import (
 )
 from services.gateway import metrics, protocols, studio
 from services.gateway.body import BodyError, parse_body
-from services.gateway.clients import client_address, client_marks, trusted_networks
+from services.gateway.clients import client_marks
 from services.gateway.errors import Api, refusal, request_id
 from services.gateway.estimate import estimate_usd_micros
 from services.gateway.inflight import InflightCalls

@@ -27,9 +27,10 @@ AGENT = "pooled-client/1.0"
 
 @pytest.fixture(scope="module")
 async def proxied(stack: Stack) -> Stack:
-    """The gateway behind a trusted proxy on loopback: X-Forwarded-For names the client."""
-    await asyncio.to_thread(stack.gateway.stop)
-    await asyncio.to_thread(stack.gateway.start, {"FLOWPLAN_TRUSTED_PROXIES": "127.0.0.1"})
+    """The gateway and ingress behind a trusted proxy on loopback: X-Forwarded-For names the client."""
+    for service in (stack.gateway, stack.ingress):
+        await asyncio.to_thread(service.stop)
+        await asyncio.to_thread(service.start, {"FLOWPLAN_TRUSTED_PROXIES": "127.0.0.1"})
     return stack
 
 
@@ -189,6 +190,29 @@ async def test_behind_a_trusted_proxy_minted_keys_throttle_their_own_client_not_
             return response.status, await response.json()
 
     answers = [await minted_call(f"10.1.1.1, {flooder}") for _ in range(burst + 10)]  # its own claim comes first
+    assert [status for status, _ in answers].count(429) >= 9, answers
+    assert answers[-1][1]["error"]["code"] == "too_many_unknown_keys"
+    status, body = await minted_call(other)
+    assert (status, body["error"]["code"]) == (401, "invalid_api_key"), body  # looked up: not the flooder's bucket
+    status, body = await minted_call(f"{other}, {flooder}")  # the proxy named the flooder: its bucket
+    assert status == 429, body
+
+
+async def test_ingress_s_account_api_throttles_minted_keys_per_client_behind_a_trusted_proxy(proxied: Stack) -> None:
+    """As at the gateway: the account API's unknown-key limit counts the client the proxy names,
+    so one client's flood does not lock every other client behind the same proxy out."""
+    flooder, other = "198.51.100.210", "198.51.100.211"
+    burst = proxied.settings.unknown_key_burst
+
+    async def minted_call(address: str) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {apikeys.generate('management')}", "X-Forwarded-For": address}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{proxied.base}/v1/account/usage", headers=headers) as response,
+        ):
+            return response.status, await response.json()
+
+    answers = [await minted_call(flooder) for _ in range(burst + 10)]
     assert [status for status, _ in answers].count(429) >= 9, answers
     assert answers[-1][1]["error"]["code"] == "too_many_unknown_keys"
     status, body = await minted_call(other)

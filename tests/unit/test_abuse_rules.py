@@ -3,8 +3,9 @@ evidence makes a signal and which does not, and how accounts are ranked."""
 
 from datetime import UTC, datetime, timedelta
 
+from libs.clients import client_address, trusted_networks
 from services.billing.abuse_rules import ClientUse, HourUse, plan_on, score
-from services.gateway.clients import client_address, client_marks, keyed_hash, trusted_networks
+from services.gateway.clients import client_marks, keyed_hash
 
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
 H = timedelta(hours=1)

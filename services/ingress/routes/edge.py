@@ -12,6 +12,7 @@ from aiohttp import web
 from nats.aio.client import Client
 
 from libs import ownerpass
+from libs.clients import client_address, trusted_networks
 from libs.clock import Clock
 from libs.eventlog.barrier import until_quota_applied
 from libs.eventlog.publisher import EventPublisher, PublishFailed
@@ -64,6 +65,8 @@ class Edge:
         self.pool = pool
         self.nc = nc
         self.keys = keys
+        self.trusted_proxies = trusted_networks(settings.trusted_proxies)
+        """Whose X-Forwarded-For names the client (the unknown-key limit counts per client)."""
         self.suspensions = suspensions
         self.clock = clock
         self.changes = access.ChangeLimiter(settings.account_changes_per_minute)
@@ -107,7 +110,8 @@ class Edge:
                 raise ApiError(401, "invalid_console_pass", "the console's pass is forged or expired", "Authorization")
             return access.of_console(account_id, await self.suspensions.suspended(account_id))
         try:
-            key = await self.keys.authenticate(self._bearer(request), request.remote)
+            client = client_address(request.remote, request.headers.get("X-Forwarded-For"), self.trusted_proxies)
+            key = await self.keys.authenticate(self._bearer(request), client)
         except KeysUnavailable as exc:
             raise ApiError(503, "keys_unavailable", "the keys service did not answer; retry") from exc
         if key is None:
