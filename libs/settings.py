@@ -90,7 +90,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     accepted_lead_s: int = 5 * 60
     dedupe_retention_s: int = 9 * 24 * 3600
     request_timeout_s: float = 2.0
-    account_changes_per_minute: int = 60
+    account_changes_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 60
     """Changes (non-GET account API requests) one account may make per minute, in a burst or spread out."""
     refund_barrier_wait_s: float = 5.0
     """How long a refund request waits for the refund projection to catch up with the account's events

@@ -8,19 +8,16 @@ to the console is another credential granting both (the console calls with a sho
 for its session, libs/ownerpass.py), checked here the same way, suspension included (see
 authorize).
 
-Changes are also rate-limited per account (a token bucket per account, in this process), so
-that one account cannot flood the log or keep the keys service busy for everyone else.
+Changes are also rate-limited per account (services/ingress/changes.py), so that one account
+cannot flood the log or keep the keys service busy for everyone else: RateLimited is its refusal.
 """
 
-import math
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
 
 from aiohttp import web
 
 from libs.apikeys import MODEL_KINDS
-from libs.keycache import TokenBucket
 from libs.web import ApiError
 from proto.v1 import KeyView
 
@@ -86,32 +83,3 @@ class RateLimited(ApiError):
         response = super().response()
         response.headers["retry-after"] = str(self.retry_after_s)
         return response
-
-
-class ChangeLimiter:
-    """A token bucket per account (libs.keycache.TokenBucket, as for unknown-key lookups):
-    `per_minute` changes at once, then one every 60/per_minute s."""
-
-    MAX_ACCOUNTS = 100_000
-    """Buckets kept; past it the full ones (accounts idle for a minute) are forgotten."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._buckets: dict[str, TokenBucket] = {}
-
-    def take(self, account_id: str, now: datetime) -> None:
-        """Spend one change of the account's, or raise RateLimited."""
-        at = now.timestamp()
-        bucket = self._buckets.get(account_id)
-        if bucket is None:
-            bucket = self._buckets[account_id] = TokenBucket(self.per_minute, self.per_minute / 60.0, at)
-        if (wait_s := bucket.wait_s(at)) > 0:
-            raise RateLimited(max(1, math.ceil(wait_s)), self.per_minute)
-        bucket.take()
-        if len(self._buckets) > self.MAX_ACCOUNTS:
-            self._forget_full(at)
-
-    def _forget_full(self, at: float) -> None:
-        full = [a for a, bucket in self._buckets.items() if bucket.wait_s(at) == 0 and bucket.tokens >= bucket.burst]
-        for account_id in full:
-            del self._buckets[account_id]

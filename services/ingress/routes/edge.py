@@ -31,6 +31,7 @@ from proto.v1 import (
 from proto.v1.events import Event
 from proto.v1.rpc import Rpc
 from services.ingress import access, checkout, cursors
+from services.ingress.changes import ChangeLimiter
 from services.ingress.directory import Directory
 from services.ingress.suspensions import Suspensions
 from services.ingress.usage import ingest_clients
@@ -69,7 +70,7 @@ class Edge:
         """Whose X-Forwarded-For names the client (the unknown-key limit counts per client)."""
         self.suspensions = suspensions
         self.clock = clock
-        self.changes = access.ChangeLimiter(settings.account_changes_per_minute)
+        self.changes = ChangeLimiter(pool, settings.account_changes_per_minute)
         self.checkouts: checkout.CheckoutProvider = checkout.LocalCheckoutProvider(
             settings.payment_provider_url or f"http://{settings.host}:{settings.simulator_port}"
         )
@@ -98,7 +99,7 @@ class Edge:
         principal = await self._principal(request)
         access.authorize(principal, request.method)
         if access.needed_scope(request.method) == "manage":
-            self.changes.take(principal.account_id, self.clock.now())
+            await self.changes.take(principal.account_id, self.clock.now())
         return principal
 
     async def _principal(self, request: web.Request) -> access.Principal:
