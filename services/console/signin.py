@@ -42,7 +42,7 @@ class SignInPages:
         form = await request.post()
         email = str(form.get("email", "")).strip().lower()[:254]
         password = str(form.get("password", ""))[: auth.MAX_PASSWORD]
-        address = request.remote or "unknown"
+        address = self.site.client_address(request)
         now = self.clock.now()
         since = now - self.lockout.window
         email_failures = await self.owners.failures("email", email, since)

@@ -54,7 +54,7 @@ class SignUpPages:
         form = await request.post()
         email = str(form.get("email", "")).strip().lower()[:254]
         password = str(form.get("password", ""))
-        address = request.remote or "unknown"
+        address = self.site.client_address(request)
         now = self.site.clock.now()
         problem = BAD_EMAIL if not _EMAIL.match(email) else auth.password_problem(password)
         if problem is not None:

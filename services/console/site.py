@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 from aiohttp import web
 
+from libs.clients import client_address, trusted_networks
 from libs.clock import Clock
 from libs.settings import ConsoleSettings
 from libs.web import CONTROL
@@ -58,6 +59,13 @@ class Site:
         )
         # A checkout form is answered with a redirect to the payment provider's page: allowed there only.
         self.csp = f"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self' {provider}"
+        self._trusted_proxies = trusted_networks(settings.trusted_proxies)
+
+    def client_address(self, request: web.Request) -> str:
+        """Whom the per-address limits (sign-in failures, sign-ups) count: the peer, or behind a
+        trusted proxy the client it names (libs.clients), so one client there locks out only itself."""
+        address = client_address(request.remote, request.headers.get("X-Forwarded-For"), self._trusted_proxies)
+        return address or "unknown"
 
     def install(self, app: web.Application) -> None:
         app.middlewares.extend([self._headers, self._csrf, self._plain_text])

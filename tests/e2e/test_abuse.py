@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import uuid
 from datetime import UTC, datetime, time, timedelta
 from fractions import Fraction
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from libs import apikeys
 from libs.pricing.flows import price_call
 from proto.v1 import UsageRecorded, decode_event
-from tests.e2e.conftest import CATALOG, FREE_MODEL, metered
+from tests.e2e.conftest import CATALOG, FREE_MODEL, PASSWORD, metered, token
 from tests.stack import ROOT, Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
@@ -27,8 +28,8 @@ AGENT = "pooled-client/1.0"
 
 @pytest.fixture(scope="module")
 async def proxied(stack: Stack) -> Stack:
-    """The gateway and ingress behind a trusted proxy on loopback: X-Forwarded-For names the client."""
-    for service in (stack.gateway, stack.ingress):
+    """The gateway, ingress and console behind a trusted proxy on loopback: X-Forwarded-For names the client."""
+    for service in (stack.gateway, stack.ingress, stack.console):
         await asyncio.to_thread(service.stop)
         await asyncio.to_thread(service.start, {"FLOWPLAN_TRUSTED_PROXIES": "127.0.0.1"})
     return stack
@@ -219,3 +220,22 @@ async def test_ingress_s_account_api_throttles_minted_keys_per_client_behind_a_t
     assert (status, body["error"]["code"]) == (401, "invalid_api_key"), body  # looked up: not the flooder's bucket
     status, body = await minted_call(f"{other}, {flooder}")  # the proxy named the flooder: its bucket
     assert status == 429, body
+
+
+async def test_the_console_s_sign_up_limit_counts_per_client_behind_a_trusted_proxy(proxied: Stack) -> None:
+    """The console's per-address limits (sign-ups per hour, sign-in failures) count the client the
+    proxy names: one client using up its sign-ups leaves another behind the same proxy its own."""
+    first, other = "198.51.100.220", "198.51.100.221"
+
+    async def sign_up(address: str) -> int:
+        headers = {"X-Forwarded-For": address}
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), headers=headers) as session:
+            async with session.get(f"{proxied.console_url}/sign-up") as page:
+                csrf = token(await page.text())
+            form = {"email": f"proxied-{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD, "csrf": csrf}
+            async with session.post(f"{proxied.console_url}/sign-up", data=form) as response:
+                return response.status
+
+    statuses = [await sign_up(first) for _ in range(proxied.settings.sign_ups_per_hour + 1)]
+    assert statuses == [202] * proxied.settings.sign_ups_per_hour + [429], statuses
+    assert await sign_up(other) == 202  # its own budget, not the proxy's
