@@ -52,7 +52,7 @@ class QuotaService:
             runtime.nc.jetstream(), "quota", self.instance, settings.partitions,
             lease_s=LEASE_S, replicas=settings.stream_replicas, hand_over=True,
         )  # fmt: skip
-        runner = await runtime.project(projection, every_partition=False)
+        runner = await runtime.project(projection, every_partition=False, peers=leases)  # a replay pauses every one
         limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
         await store_limits(runtime.db, projection.schema, limits)
         partitions = QuotaPartitions(
@@ -60,6 +60,7 @@ class QuotaService:
             heartbeat_interval_s=settings.heartbeat_interval_s, listening_since=tracker.listening_since,
         )  # fmt: skip
         self.partitions = partitions
+        projection.reloaded = partitions.projecting  # after a replay's swap: what this instance projects
         tracker.ready_for, tracker.copying = partitions.ready_for, partitions.copying
         responder = QuotaResponder(
             self.state, self.catalog, limits, self.clock, runtime.db, projection.schema, runtime.nc,
