@@ -6,7 +6,8 @@ at scale, and how long quota takes to load its state at start.
     windows, ledger: what quota reads at start, `QuotaState.load`; the log is not read at start, the
     projection resumes from its checkpoints). A fresh Python process then loads them as the service
     does at start: the seconds it takes, the resident memory it adds (RSS after the load, less RSS
-    before it) per account, and the peak while loading.
+    before it) per account, and the peak while loading; and a take-over's load of one partition's
+    accounts (services/quota/partitions.py), which reads that partition's rows only.
   * keys: --memory-keys keys (1,000,000) in keys.keys, loaded by `KeyRegistry.load` in a fresh process.
   * gateway: its key cache (libs/keycache.py, an LRU) filled with as many entries as key.lookup
     answers give it: the cost per cached key.
@@ -32,6 +33,8 @@ from pathlib import Path
 import asyncpg
 
 from libs.db import ensure_database, migrate_async
+from libs.eventlog.subjects import partition_for
+from libs.settings import DEFAULT_PARTITIONS
 from libs.setup import migration_dirs
 
 KIB = 1024
@@ -61,7 +64,7 @@ async def generate_quota(url: str, n: int, now: datetime) -> None:
         for i in range(n):
             account = f"acc_{uuid.UUID(int=i).hex[-24:]}"
             created = now - timedelta(days=20, seconds=i % 86_400)
-            accounts.append((account, created, "1", False, None))
+            accounts.append((account, created, "1", False, None, partition_for(account, DEFAULT_PARTITIONS)))
             plans.append((f"pc-{uuid.UUID(int=i)}", account, created, "free", created, None))
             anchor = created
             if i % 3 == 0:
@@ -78,7 +81,7 @@ async def generate_quota(url: str, n: int, now: datetime) -> None:
                 ledger.append((f"top-{i}", account, 20_000_000, "top_up", created))
         await conn.copy_records_to_table(
             "accounts", schema_name="quota", records=accounts,
-            columns=["account_id", "created_at", "multiplier", "extra_usage", "payg_key_id"],
+            columns=["account_id", "created_at", "multiplier", "extra_usage", "payg_key_id", "partition"],
         )  # fmt: skip
         await conn.copy_records_to_table(
             "plan_history", schema_name="quota", records=plans,
@@ -160,6 +163,21 @@ async def child_quota(url: str, trace: bool) -> dict[str, object]:
     return await measured_load(url, trace, load)
 
 
+async def child_takeover(url: str, trace: bool) -> dict[str, object]:
+    """A take-over's load: one partition's accounts (of DEFAULT_PARTITIONS), by accounts.partition."""
+    from libs.pricing.catalog import load_catalog
+    from services.quota.state import QuotaState
+
+    catalog = load_catalog()
+    state = QuotaState(catalog.default_usd_per_flow, catalog.insider_multiplier)
+
+    async def load(conn: asyncpg.Connection) -> int:
+        await state.load(conn, "quota", {1})
+        return len(state.accounts)
+
+    return await measured_load(url, trace, load)
+
+
 async def child_keys(url: str, trace: bool) -> dict[str, object]:
     from services.keys.registry import KeyRegistry
 
@@ -234,6 +252,8 @@ async def run(args: argparse.Namespace, base_url: str) -> None:
         print(line("quota: accounts with open windows", r, "target <= 1,024 B each, load <= 30 s for 1M"))
         for site in r["sites"]:  # type: ignore[attr-defined]
             print("      " + site)
+        r = measure("takeover", url, args.trace)
+        print(line(f"quota: take-over, 1 of {DEFAULT_PARTITIONS} partitions", r, "reads that partition's rows only"))
     if args.memory_keys:
         url = f"{base_url.rsplit('/', 1)[0]}/flowplan_mem_k"
         ensure_database(url)
@@ -256,6 +276,7 @@ def main() -> None:
     if args.child:
         kind, arg = args.child
         children = {"quota": lambda: child_quota(arg, args.trace), "keys": lambda: child_keys(arg, args.trace),
+                    "takeover": lambda: child_takeover(arg, args.trace),
                     "keycache": lambda: child_keycache(int(arg), args.trace)}  # fmt: skip
         print(json.dumps(asyncio.run(children[kind]())))  # type: ignore[no-untyped-call]
         return

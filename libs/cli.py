@@ -76,11 +76,19 @@ def replay(
     keep_old: bool = typer.Option(
         False, "--keep-old", help="Keep the replaced tables in a schema <schema>_old_<time> instead of dropping them."
     ),
+    pause_timeout: float = typer.Option(
+        30.0,
+        "--pause-timeout",
+        min=0.1,
+        max=600,
+        help="Seconds every instance of the service gets to pause its projection; else the replay fails, unswapped.",
+    ),
 ) -> None:
     """Rebuild projections from the event log into fresh tables and swap them in atomically.
 
     The service that owns each projection does the rebuild while it goes on serving; its
-    projection stands still only for the final catch-up and the swap. With --verify, a
+    projection stands still only for the final catch-up and the swap (on every instance of the
+    service, when it runs several: one that does not pause fails the replay). With --verify, a
     rebuild that differs from the live projection is listed table by table and NOT swapped
     (exit code 3) unless --swap-if-different is given. Exit code 1: a replay failed (its
     live projection is untouched) or no service answers for the projection.
@@ -90,7 +98,10 @@ def replay(
     from libs.ops import replay as ops_replay
     from proto.v1 import StartReplay
 
-    request = StartReplay(from_seq=from_seq, verify=verify, swap_if_different=swap_if_different, keep_old=keep_old)
+    request = StartReplay(
+        from_seq=from_seq, verify=verify, swap_if_different=swap_if_different, keep_old=keep_old,
+        pause_timeout_s=pause_timeout,
+    )  # fmt: skip
     outcomes = _run(ops_replay.replay(load_settings(), projection, request, Console(stderr=True)))
     for outcome in outcomes:
         ops_replay.summary(outcome, typer.echo)

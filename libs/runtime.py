@@ -25,6 +25,7 @@ from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.streams import require_streams
 from libs.observability import install as install_metrics
 from libs.replay.control import ReplayControl
+from libs.replay.instances import Peers
 from libs.replay.rebuild import Rebuildable
 from libs.rpc import Responders
 from libs.service import fatal_on_error
@@ -72,11 +73,14 @@ class Runtime:
         await publisher.start()
         return publisher
 
-    async def project(self, projection: Rebuildable, *, every_partition: bool = True) -> ProjectionRunner:
+    async def project(
+        self, projection: Rebuildable, *, every_partition: bool = True, peers: Peers | None = None
+    ) -> ProjectionRunner:
         """Run the projection over every partition of the event log, and measure its lag, in the
         background, and answer `flowplan dlq retry` for the events it dead-letters and `flowplan
         replay` for the projection. every_partition=False: the caller runs the partitions it owns
-        (`runner.run_partition`, services/quota/partitions.py)."""
+        (`runner.run_partition`, services/quota/partitions.py); its instances, `peers`, are all
+        paused for a replay (libs/replay/instances.py)."""
         if not isinstance(self.settings, ProjectionSettings):
             raise TypeError(f"{self.name}: a projection needs a database_url in its settings")
         settings = self.settings
@@ -93,7 +97,7 @@ class Runtime:
         self.spawn(monitor.run(), f"{self.name}-projection-monitor")
         async with self._starting:
             DeadLetterRetrier(runner, self.nc.jetstream(), self.settings.dlq_stream).serve(self)
-            ReplayControl(projection, runner, self.db, self.nc, settings, self.spawn).serve(self)
+            ReplayControl(projection, runner, self.db, self.nc, settings, self.spawn, peers).serve(self)
             if self._responding:  # a projection started after the others: its commands are answered now
                 await self._start_responders()
         return runner

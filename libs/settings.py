@@ -13,6 +13,8 @@ DEV_INGEST_TOKEN = "dev-ingest-token"
 DEV_CONSOLE_SECRET = "dev-console-secret"
 DEV_PAYMENT_WEBHOOK_SECRET = "dev-payment-webhook-secret"
 DEV_CLIENT_HASH_KEY = "dev-client-hash-key"
+DEFAULT_PARTITIONS = 4
+"""The event stream's partitions unless FLOWPLAN_PARTITIONS says otherwise."""
 TOKENS = {
     "admin_token": DEV_ADMIN_TOKEN,
     "ingest_token": DEV_INGEST_TOKEN,
@@ -56,7 +58,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     simulator_port: int = 8090
     stream: str = "FLOWPLAN_EVENTS"
     dlq_stream: str = "FLOWPLAN_DLQ"
-    partitions: int = 4
+    partitions: int = DEFAULT_PARTITIONS
     """Partitions of the event stream; fixed when the stream is first declared."""
     stream_max_bytes: int = -1
     """Disk budget of the event stream; past it publishes are refused (discard=new), history is never dropped."""

@@ -8,7 +8,7 @@ tables were swapped goes on from the new tables' checkpoints.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -20,7 +20,10 @@ class RunnerPaused(Exception):
 
 
 class Pause:
-    def __init__(self) -> None:
+    def __init__(self, idle: Callable[[], bool] = lambda: False) -> None:
+        self._idle = idle
+        """True when no partition loop runs at all (an instance that owns no partition now): such a
+        runner is paused as soon as asked; a loop that starts meanwhile sees the request first."""
         self._requested = asyncio.Event()
         self._parked = asyncio.Event()
         self._resumed = asyncio.Event()
@@ -66,6 +69,8 @@ class Pause:
         async with self._lock:
             self._requested.set()
             self._parked.clear()  # a park from the previous pause may not have woken up yet
+            if self._idle():
+                self._parked.set()
             try:
                 try:
                     await asyncio.wait_for(self._parked.wait(), timeout_s)

@@ -181,7 +181,9 @@ class ProjectionRunner:
         metrics.dead_letters.add(0, {"projection": projection.name})  # a DLQ panel shows 0, not "no data"
         self._partition_locks = [asyncio.Lock() for _ in range(partitions)]
         """Held while a partition's batch is applied, and by reapply(): one change at a time."""
-        self.pause = Pause()
+        self.pause = Pause(idle=lambda: not self._runs_all and not self._looping)
+        self._runs_all = False
+        """run() runs every partition (it parks them all itself); else run_partition runs some."""
         self._looping: set[int] = set()
         """The partitions run by run_partition whose loop is running (not parked, not stopped)."""
         self.applied: dict[int, int] = {}
@@ -193,6 +195,7 @@ class ProjectionRunner:
         return f"{self.projection.name}-p{partition}"
 
     async def run(self) -> None:
+        self._runs_all = True
         while True:  # the partition loops return when a pause is requested: see pause.py
             await asyncio.gather(*(self._run_partition(p) for p in range(self._partitions)))
             await self.pause.park()

@@ -1,5 +1,9 @@
 """`flowplan replay`: ask the services that own the projections to replay them (libs/replay
-does the work there), follow their progress with a bar each, and sum up what happened."""
+does the work there), follow their progress with a bar each, and sum up what happened.
+
+A service may run several instances: one of them runs the replay (and pauses the others); every
+instance answers the status requests with its own last replay, so the replay is followed by the id
+its start answered with."""
 
 import asyncio
 import time
@@ -47,21 +51,47 @@ async def replay(
         names = await discover(nc) if projection == "all" else [projection]
         if not names:
             raise OpsError("no service answers for any projection: are the services running?")
-        for name in names:
-            await _start(nc, name, request)
-        return await _follow(nc, names, console)
+        replays = {name: await _start(nc, name, request) for name in names}
+        return await _follow(nc, replays, console)
 
 
-async def _start(nc: Client, name: str, request: StartReplay) -> None:
+async def _start(nc: Client, name: str, request: StartReplay) -> str:
+    """The replay's id."""
     try:
         started = await ask(nc, rpc.replay_start(name), request, 5)
     except Unavailable as exc:
         raise OpsError(f"no service answers for projection {name!r}: is it running, is the name right?") from exc
     if started.error:
         raise OpsError(f"{name}: {started.error}")
+    return started.replay_id
 
 
-async def _follow(nc: Client, names: list[str], console: Console | None) -> list[ReplayProgress]:
+async def status(nc: Client, name: str, replay_id: str, timeout_s: float = 10.0) -> ReplayProgress:
+    """The progress of one replay, from whichever instance of the service runs it (every instance
+    answers; the others' answers are about their own replays, or none). Raises Unavailable."""
+    found: asyncio.Future[ReplayProgress] = asyncio.get_running_loop().create_future()
+
+    async def collect(msg: Msg) -> None:
+        try:
+            progress = _progress.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        if progress.replay_id == replay_id and not found.done():
+            found.set_result(progress)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=collect)
+    try:
+        await nc.publish(subjects.replay_status(name), encode(ReplayStatusRequest()), reply=inbox)
+        return await asyncio.wait_for(found, timeout_s)
+    except TimeoutError as exc:
+        raise Unavailable(name, subjects.replay_status(name)) from exc
+    finally:
+        await sub.unsubscribe()
+
+
+async def _follow(nc: Client, replays: dict[str, str], console: Console | None) -> list[ReplayProgress]:
+    names = list(replays)
     latest: dict[str, ReplayProgress] = {}
     heard: dict[str, float] = dict.fromkeys(names, time.monotonic())
     with _Bars(names, console) as bars:
@@ -70,7 +100,7 @@ async def _follow(nc: Client, names: list[str], console: Console | None) -> list
                 if name in latest and latest[name].phase in ("done", "failed"):
                     continue
                 try:
-                    progress = await ask(nc, rpc.replay_status(name), ReplayStatusRequest(), 10)
+                    progress = await status(nc, name, replays[name])
                 except Unavailable:
                     if time.monotonic() - heard[name] > SILENCE_S:
                         latest[name] = ReplayProgress(
@@ -135,7 +165,8 @@ def summary(progress: ReplayProgress, say: Callable[[str], None]) -> None:
     if p.verified or p.differences:
         line += f"; verified in {p.verify_seconds:.1f} s: " + ("DIFFERENT" if p.differences else "identical")
     line += "; swapped" if p.swapped else "; NOT swapped"
-    line += f" (live projection paused {p.paused_ms:,.0f} ms)" if p.swapped else ""
+    on = f" on {len(p.instances)} instances" if len(p.instances) > 1 else ""
+    line += f" (live projection paused {p.paused_ms:,.0f} ms{on})" if p.swapped else ""
     if p.skipped:
         line += f"; {p.skipped} events left out (not applicable, as in the live projection)"
     if p.kept_schema:

@@ -4,6 +4,7 @@ usage) keep the same four tables (accounts, multipliers, insider, flow_rates) in
 and load them into memory with this one loader, so that both price a call from the same book."""
 
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from fractions import Fraction
@@ -24,21 +25,42 @@ class RateBook:
     """By account (every account has one, empty when never marked)."""
 
 
+def by_partition(schema: str, partitions: Collection[int] | None) -> tuple[str, tuple[list[int], ...]]:
+    """The WHERE clause (and its argument, $1) that keeps the rows of a table aliased `t` whose
+    account is in one of the partitions, by the `partition` column of the schema's accounts (quota's:
+    an index on it); no clause and no argument for every partition."""
+    if partitions is None:
+        return "", ()
+    clause = f"WHERE t.account_id IN (SELECT a.account_id FROM {schema}.accounts a WHERE a.partition = any($1::int[]))"
+    return clause, (sorted(partitions),)
+
+
 async def load_rate_book(
-    conn: asyncpg.Connection, schema: str, default_usd_per_flow: Fraction, *, share_unchanged: bool = False
+    conn: asyncpg.Connection,
+    schema: str,
+    default_usd_per_flow: Fraction,
+    *,
+    share_unchanged: bool = False,
+    partitions: Collection[int] | None = None,
 ) -> RateBook:
     """With share_unchanged, an account whose multiplier never changed gets the shared history of its
     value, and one never marked the shared insider history (libs/pricing/multipliers.py): for an owner
     that replaces a history to change it rather than adding to it in place (quota's memory, a million
-    accounts at scale)."""
+    accounts at scale). With partitions, the accounts of those partitions only (`by_partition`)."""
     book = RateBook(Versioned(default_usd_per_flow))
+    only, args = by_partition(schema, partitions)
     changes: dict[str, list[tuple[str, datetime, Fraction]]] = defaultdict(list)
-    for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers"):
+    query = f"SELECT event_id, account_id, effective_at, multiplier FROM {schema}.multipliers t {only}"
+    for row in await conn.fetch(query, *args):
         changes[row["account_id"]].append((row["event_id"], row["effective_at"], parse_fraction(row["multiplier"])))
     marks: dict[str, list[tuple[str, datetime, bool]]] = defaultdict(list)
-    for row in await conn.fetch(f"SELECT event_id, account_id, effective_at, insider FROM {schema}.insider"):
+    for row in await conn.fetch(
+        f"SELECT event_id, account_id, effective_at, insider FROM {schema}.insider t {only}", *args
+    ):
         marks[row["account_id"]].append((row["event_id"], row["effective_at"], row["insider"]))
-    for account_id, initial in await conn.fetch(f"SELECT account_id, multiplier FROM {schema}.accounts"):
+    for account_id, initial in await conn.fetch(
+        f"SELECT account_id, multiplier FROM {schema}.accounts t {only}", *args
+    ):
         value = parse_fraction(initial)
         if share_unchanged and account_id not in changes:
             book.multipliers[account_id] = unchanged_multiplier(value)

@@ -5,14 +5,18 @@
    second instance with memory of its own), in big transactions without synchronous commit.
    Each partition is read no further than the live projection's checkpoint, so the rebuild
    never overtakes it; this repeats while the live projection moves on.
-3. Caught up: the live runner is paused between batches, the rebuild applies exactly up to
-   the live checkpoints, and both are equal by construction or by bug.
+3. Caught up: the live runner is paused between batches (on every instance of the service that
+   projects: instances.py), the rebuild applies exactly up to the live checkpoints, and both are
+   equal by construction or by bug.
    With verify, a REPEATABLE READ snapshot of both is taken while paused; the live runner
    goes on and the snapshot is compared table by table. Differences stop the replay unless
    the caller asked to swap anyway (a rebuild after a bug fix is meant to differ).
 4. Swap: paused again and caught up again, the fresh tables replace the live ones in one
-   transaction, the service reloads its memory from them, and the runner resumes from their
+   transaction, every instance reloads its memory from them, and the runners resume from their
    checkpoints (which equal the old ones).
+
+One replay of a projection at a time, across instances: the rebuild holds a Postgres advisory lock
+named after the schema for as long as it runs (released with its connection, even by a crash).
 """
 
 import asyncio
@@ -31,6 +35,7 @@ from nats.aio.msg import Msg
 from libs.eventlog import metrics, subjects
 from libs.eventlog.runner import TRANSIENT_ERRORS, Applied, Projection, ProjectionRunner, save_checkpoint, stream_seq
 from libs.replay import tables
+from libs.replay.instances import Hold, PauseAll
 from libs.replay.reader import PartitionReader
 from libs.replay.verify import compare
 from proto.v1 import ReplayProgress, StartReplay, decode_event
@@ -90,8 +95,14 @@ class Rebuild:
         stream: str,
         partitions: int,
         request: StartReplay,
+        pause_all: PauseAll,
+        replay_id: str,
     ) -> None:
         self.projection, self.runner, self.request = projection, runner, request
+        self._pause_all, self.replay_id = pause_all, replay_id
+        self.instances: list[str] = []
+        self._lock: asyncpg.Connection | None = None
+        self._locked = False
         self._live_pool, self._nc, self._database_url = live_pool, nc, database_url
         self._stream, self._partitions = stream, partitions
         self._schema = f"{projection.schema}_rebuild"
@@ -117,7 +128,8 @@ class Rebuild:
             seconds=time.monotonic() - self.started, rebuild_seconds=self.rebuild_seconds,
             verify_seconds=self.verify_seconds, paused_ms=self.paused_s * 1000, skipped=self.skipped,
             verified=self.request.verify and self.phase == "done", differences=self.differences,
-            swapped=self.swapped, kept_schema=self.kept_schema, error=self.error,
+            swapped=self.swapped, kept_schema=self.kept_schema, error=self.error, replay_id=self.replay_id,
+            instances=self.instances,
         )  # fmt: skip
 
     @property
@@ -142,15 +154,22 @@ class Rebuild:
         for reader in self._readers:
             await reader.close()
         try:
-            if not self.swapped:
+            if self._locked and not self.swapped:  # (another instance's replay owns the schema)
                 async with self._live_pool.acquire() as conn:
                     await tables.drop_schema(conn, self._schema)
             if self._pool is not None:
                 await self._pool.close()
+            if self._lock is not None:
+                await self._lock.close()
         except Exception:
             log.exception("replay of %s: clean-up failed", self.projection.name)
 
     async def _run(self) -> None:
+        self._lock = await asyncpg.connect(self._database_url)
+        name = f"flowplan replay {self.projection.schema}"
+        if not await self._lock.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", name):
+            raise RuntimeError(f"a replay of {self.projection.name} is already running (on another instance)")
+        self._locked = True
         self._pool = await asyncpg.create_pool(
             self._database_url, min_size=1, max_size=self._partitions + 1,
             server_settings={"synchronous_commit": "off"},  # a rebuild lost in a crash is started again
@@ -275,12 +294,13 @@ class Rebuild:
             self.verify_seconds = time.monotonic() - started
 
     async def _swap(self) -> None:
-        async with self._paused():
+        async with self._paused() as hold:
             await self._catch_up_exactly()
             self.phase = "swapping"
+            await hold.confirm()  # every instance still paused, long enough: or nothing changes
             async with self._live_pool.acquire() as conn:
                 retired = await tables.swap_tables(conn, self.projection.schema, self._schema, self.projection.tables)
-            self.swapped = True
+            self.swapped = hold.swapped = True  # the other instances reload as they resume
             await self._live_pool.expire_connections()  # no statement prepared against the old tables survives
             async with self._live_pool.acquire() as conn:
                 await self.projection.reload(conn)
@@ -291,11 +311,13 @@ class Rebuild:
                 await tables.drop_schema(conn, retired)
 
     @asynccontextmanager
-    async def _paused(self) -> AsyncIterator[None]:
-        """The live runner paused (between two of its batches), and the time it stood still counted."""
+    async def _paused(self) -> AsyncIterator[Hold]:
+        """The live runners paused (between two of their batches, on every instance), and the time
+        they stood still counted."""
         since = time.monotonic()
         try:
-            async with self.runner.pause.paused():
-                yield
+            async with self._pause_all.paused() as hold:
+                self.instances = hold.instances
+                yield hold
         finally:
             self.paused_s += time.monotonic() - since

@@ -165,6 +165,16 @@ def replay_status(projection: str) -> Rpc[m.ReplayStatusRequest, m.ReplayProgres
                "The running (or last) replay's progress.")  # fmt: skip
 
 
+def replay_pause(projection: str) -> Rpc[m.PauseForReplay, m.InstancePaused]:
+    return Rpc(subjects.replay_pause(projection), m.PauseForReplay, m.InstancePaused, projection,
+               "Scatter-gather from the instance running a replay: every instance pauses its projection.")  # fmt: skip
+
+
+def replay_resume(projection: str) -> Rpc[m.ResumeAfterReplay, m.InstancePaused]:
+    return Rpc(subjects.replay_resume(projection), m.ResumeAfterReplay, m.InstancePaused, projection,
+               "Scatter-gather: the replay's pause is over; reload memory if the tables were swapped.")  # fmt: skip
+
+
 REPLAY_DISCOVER = Rpc[m.ReplayStatusRequest, m.ReplayProgress](
     subjects.REPLAY_DISCOVER, m.ReplayStatusRequest, m.ReplayProgress, "every service with a projection",
     "Scatter-gather: every service that owns a projection answers with its ReplayProgress.",
@@ -173,5 +183,8 @@ REPLAY_DISCOVER = Rpc[m.ReplayStatusRequest, m.ReplayProgress](
 RPCS: tuple[Rpc[Any, Any], ...] = tuple(v for v in tuple(globals().values()) if isinstance(v, Rpc))
 """Derived, not listed: a descriptor written above cannot be left out of the documents."""
 
-OPERATIONS = (dlq_retry("{projection}"), replay_start("{projection}"), replay_status("{projection}"))
+OPERATIONS = (
+    dlq_retry("{projection}"), replay_start("{projection}"), replay_status("{projection}"),
+    replay_pause("{projection}"), replay_resume("{projection}"),
+)  # fmt: skip
 """The per-projection subjects, with the projection as a parameter (for the AsyncAPI document)."""

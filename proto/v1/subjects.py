@@ -58,5 +58,15 @@ def replay_status(projection: str) -> str:
     return f"ops.replay.{projection}.status"
 
 
+def replay_pause(projection: str) -> str:
+    """PauseForReplay -> InstancePaused, scatter-gather to every instance of the projection's service."""
+    return f"ops.replay.{projection}.pause"
+
+
+def replay_resume(projection: str) -> str:
+    """ResumeAfterReplay -> InstancePaused, scatter-gather to every instance of the projection's service."""
+    return f"ops.replay.{projection}.resume"
+
+
 CONSOLE_SIGN_IN_LINK = "console.sign_in_link"
 """IssueSignInLink -> SignInLinkIssued | ConsoleCommandFailed (admin API: a new owner, or a fresh link)."""

@@ -3,6 +3,7 @@
 Any number of instances may run: each owns some partitions of the event log through leases
 (services/quota/partitions.py) and projects and admits for those only."""
 
+import logging
 import os
 import socket
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from services.quota.responder import QuotaResponder
 from services.quota.state import QuotaState
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
 
 
 class QuotaService:
@@ -39,24 +41,26 @@ class QuotaService:
     async def start(self) -> None:
         runtime, settings = self.runtime, self.settings
         await runtime.connect(MIGRATIONS)
-        projection = QuotaProjection(self.state)
+        projection = QuotaProjection(self.state, partitions=settings.partitions)
         tracker = InflightTracker(self.state, settings, self.clock, runtime.nc, runtime.db, projection.schema)
         await tracker.listen()  # first: the heartbeats heard from here on rebuild the calls in flight
         async with runtime.db.acquire() as conn:
+            await fill_partitions(conn, projection.schema, settings.partitions)
             await self.state.load(conn, projection.schema)
         await FlowRates(runtime.nc.jetstream(), settings.stream, self.state).start()
-        runner = await runtime.project(projection, every_partition=False)
-        limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
-        await store_limits(runtime.db, projection.schema, limits)
         leases = PartitionLeases(
             runtime.nc.jetstream(), "quota", self.instance, settings.partitions,
             lease_s=LEASE_S, replicas=settings.stream_replicas, hand_over=True,
         )  # fmt: skip
+        runner = await runtime.project(projection, every_partition=False, peers=leases)  # a replay pauses every one
+        limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
+        await store_limits(runtime.db, projection.schema, limits)
         partitions = QuotaPartitions(
             runtime.nc, leases, runner, self.state, runtime.db, projection.schema, stream=settings.stream,
             heartbeat_interval_s=settings.heartbeat_interval_s, listening_since=tracker.listening_since,
         )  # fmt: skip
         self.partitions = partitions
+        projection.reloaded = partitions.projecting  # after a replay's swap: what this instance projects
         tracker.ready_for, tracker.copying = partitions.ready_for, partitions.copying
         responder = QuotaResponder(
             self.state, self.catalog, limits, self.clock, runtime.db, projection.schema, runtime.nc,
@@ -89,6 +93,17 @@ class QuotaService:
         if hasattr(self, "partitions"):
             await self.partitions.stop()
         await self.runtime.close()
+
+
+async def fill_partitions(conn: asyncpg.Connection, schema: str, partitions: int) -> None:
+    """Each account's partition, for the accounts projected before the column was (the projection
+    fills it since): once, at the first start after the migration; a no-op after."""
+    filled = await conn.execute(
+        f"UPDATE {schema}.accounts SET partition = quota.partition_for(account_id, $1) WHERE partition IS NULL",
+        partitions,
+    )
+    if filled != "UPDATE 0":
+        log.info("quota: the partition of %s accounts filled in", filled.split()[-1])
 
 
 async def store_limits(pool: asyncpg.Pool, schema: str, limits: Mapping[str, Limits]) -> None:

@@ -12,7 +12,8 @@ Taking a partition over (the lease acquired; the previous owner died, or left, o
 it here):
 1. note the partition's head in the log;
 2. read the partition's accounts from Postgres again (another instance projected them since this one
-   loaded them) and run the partition's projection from its checkpoint;
+   loaded them; by the accounts' partition column, not every account) and run the partition's
+   projection from its checkpoint;
 3. wait for the gateways' heartbeats: the partition's runner-up (the instance rendezvous hashing
    gives it to when its owner leaves) holds the calls in flight of its accounts from the heartbeats
    all along (services/quota/inflight.py), so it waits one interval after the lease for the calls
@@ -136,6 +137,10 @@ class QuotaPartitions:
         for partition in set(self._copying_since) - copy - set(self._running):
             del self._copying_since[partition]
 
+    def projecting(self) -> set[int]:
+        """The partitions this instance projects, or is taking over: what it reloads after a replay."""
+        return set(self._running)
+
     def ready(self) -> set[int]:
         return {p for p in self._ready if self.leases.owns(p)}
 
@@ -186,7 +191,7 @@ class QuotaPartitions:
         self._running[partition] = (stop, asyncio.create_task(asyncio.sleep(0)))
         head = await self._head(partition)
         async with self._pool.acquire() as conn:
-            await self._state.load(conn, self._schema, only=lambda account: self.partition_of(account) == partition)
+            await self._state.load(conn, self._schema, {partition})
         task = asyncio.create_task(self._runner.run_partition(partition, stop), name=f"quota-projection-p{partition}")
         self._running[partition] = (stop, task)
         # Every call the old owner admitted is listed by its gateway within an interval of its

@@ -7,16 +7,18 @@ the transaction that wrote the same change has committed.
 """
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from libs.eventlog.dispatch import EventHandlers, handles
 from libs.eventlog.runner import AfterCommit, Applied
+from libs.eventlog.subjects import partition_for
 from libs.pricing.catalog import FREE
 from libs.pricing.money import parse_fraction
 from libs.pricing.multipliers import unchanged_multiplier
+from libs.settings import DEFAULT_PARTITIONS
 from proto.v1 import (
     AccountCreated,
     BalanceToppedUp,
@@ -57,19 +59,26 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
         "checkpoints", "accounts", "plan_history", "multipliers", "insider", "flow_rates", "ledger", "usage", "windows",
     )  # fmt: skip
 
-    def __init__(self, state: QuotaState, schema: str = "quota", *, metered: bool = True) -> None:
+    def __init__(
+        self, state: QuotaState, schema: str = "quota", *, metered: bool = True, partitions: int = DEFAULT_PARTITIONS
+    ) -> None:
         self.state = state
         self.schema = schema
         self.windows = WindowTables(schema)
         self.metered = metered
         """False for a rebuild: the Flows it applies again were counted on /metrics once already."""
+        self.partitions = partitions
+        """The event stream's: each account's partition is kept with it (accounts.partition)."""
+        self.reloaded: Callable[[], Collection[int]] | None = None
+        """The partitions whose accounts a reload after a replay's swap reads (those this instance
+        projects: services/quota/partitions.py); None: every account."""
 
     def rebuilt_into(self, schema: str) -> "QuotaProjection":
         state = QuotaState(self.state.default_usd_per_flow, self.state.insider_multiplier, self.state.clock)
-        return QuotaProjection(state, schema, metered=False)
+        return QuotaProjection(state, schema, metered=False, partitions=self.partitions)
 
     async def reload(self, conn: asyncpg.Connection) -> None:
-        await self.state.load(conn, self.schema)
+        await self.state.load(conn, self.schema, None if self.reloaded is None else self.reloaded())
 
     async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
         b = QuotaBatch(conn)
@@ -132,9 +141,9 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
         if event.account_id in pending or event.account_id in self.state.accounts:
             return
         await conn.execute(
-            f"""INSERT INTO {self.schema}.accounts (account_id, created_at, multiplier) VALUES ($1, $2, $3)
-                ON CONFLICT DO NOTHING""",
-            event.account_id, event.occurred_at, event.multiplier,
+            f"""INSERT INTO {self.schema}.accounts (account_id, created_at, multiplier, partition)
+                VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+            event.account_id, event.occurred_at, event.multiplier, partition_for(event.account_id, self.partitions),
         )  # fmt: skip
         segment = Segment(event.occurred_at, FREE, event.occurred_at, event.event_id)
         await self._insert_segment(conn, event.account_id, segment)

@@ -3,8 +3,9 @@ weekly window, the monthly totals, the PAYG balance), the reservations of calls 
 how it is loaded from the projection's tables at start and after a replay. The projection
 (projection.py) changes it only after the transaction that wrote the same change committed."""
 
+import asyncio
 import gc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Collection
 from datetime import datetime, timedelta
 from fractions import Fraction
 
@@ -13,7 +14,7 @@ import asyncpg
 from libs.clock import Clock, SystemClock
 from libs.pricing.flows import Versioned
 from libs.pricing.multipliers import multiplier_at
-from libs.pricing.ratebook import load_rate_book
+from libs.pricing.ratebook import by_partition, load_rate_book
 from services.quota.domain.admission import AccountQuota
 from services.quota.domain.periods import Segment
 from services.quota.domain.windows import Window
@@ -53,65 +54,71 @@ class QuotaState:
         """Once quota hears heartbeats (a set then): the reservations whose usage the projection
         applied lately, so that a heartbeat listing such a call a last time does not hold it again
         (services/quota/inflight.py forgets them after a few intervals)."""
+        self.loading = asyncio.Lock()
 
-    async def load(self, conn: asyncpg.Connection, schema: str, only: Callable[[str], bool] | None = None) -> None:
+    async def load(self, conn: asyncpg.Connection, schema: str, partitions: Collection[int] | None = None) -> None:
         """Rebuild memory from the projection (at start, and after a replay swapped its tables).
-        Reservations and rate limits are not in the tables: they stay as they are. With `only`,
-        the accounts it accepts (a partition taken over from another instance) are read again and
-        replace those in memory; the others stay as they are, and the Flow rates are merged.
+        Reservations and rate limits are not in the tables: they stay as they are. With `partitions`,
+        only those partitions' accounts (a partition taken over, or those an instance owns after a
+        replay) are read again, by the accounts' `partition` column, and replace those in memory;
+        the others stay as they are, and the Flow rates are merged. One load at a time: a take-over's
+        load that read the tables before a replay's swap ends before the replay's reload begins.
 
         Read in one snapshot, a chunk of rows at a time (a million accounts' rows fetched at once
         would hold twice the memory the state needs), with the cyclic garbage collector paused: the
         state is millions of objects without cycles, and each collection while they are created
         would walk all those made before once more."""
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            if conn.is_in_transaction():
-                accounts, flow_rate = await self._read(conn, schema, only)
-            else:
-                async with conn.transaction(readonly=True, isolation="repeatable_read"):
-                    accounts, flow_rate = await self._read(conn, schema, only)
-            if only is None:
-                self.accounts, self.flow_rate = accounts, flow_rate
-            else:
-                self.accounts.update(accounts)
-                self.flow_rate.merge(flow_rate)
-        finally:
-            if collecting:
-                gc.enable()
+        async with self.loading:
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                if conn.is_in_transaction():
+                    accounts, flow_rate = await self._read(conn, schema, partitions)
+                else:
+                    async with conn.transaction(readonly=True, isolation="repeatable_read"):
+                        accounts, flow_rate = await self._read(conn, schema, partitions)
+                if partitions is None:
+                    self.accounts, self.flow_rate = accounts, flow_rate
+                else:
+                    self.accounts.update(accounts)
+                    self.flow_rate.merge(flow_rate)
+            finally:
+                if collecting:
+                    gc.enable()
 
     async def _read(
-        self, conn: asyncpg.Connection, schema: str, only: Callable[[str], bool] | None = None
+        self, conn: asyncpg.Connection, schema: str, partitions: Collection[int] | None
     ) -> tuple[dict[str, AccountQuota], Versioned]:
-        book = await load_rate_book(conn, schema, self.default_usd_per_flow, share_unchanged=True)
+        book = await load_rate_book(
+            conn, schema, self.default_usd_per_flow, share_unchanged=True, partitions=partitions
+        )
+        # The partition's rows of the other tables: by account, through the accounts of the partition
+        # (an index scan on accounts.partition, then each table's index on account_id).
+        only, args = by_partition(schema, partitions)
         accounts: dict[str, AccountQuota] = {}
         plans: dict[str, str] = {}  # one str per plan name, not one per row
         multipliers, insiders = book.multipliers, book.insiders
         async for rows in chunks(
-            conn, f"SELECT account_id, created_at, extra_usage, payg_key_id FROM {schema}.accounts"
+            conn, f"SELECT account_id, created_at, extra_usage, payg_key_id FROM {schema}.accounts t {only}", *args
         ):
             for account_id, created_at, extra_usage, payg_key_id in rows:
-                if only is not None and not only(account_id):
-                    continue
                 multiplier, insider = multipliers.pop(account_id), insiders.pop(account_id)
                 accounts[account_id] = AccountQuota(
                     created_at, [], multiplier=multiplier, insider=insider, extra_usage=extra_usage,
                     payg_key_id=payg_key_id,
                 )  # fmt: skip
-        async for rows in chunks(conn, f"SELECT account_id, sum(amount_micros) FROM {schema}.ledger GROUP BY 1"):
+        async for rows in chunks(
+            conn, f"SELECT account_id, sum(amount_micros) FROM {schema}.ledger t {only} GROUP BY 1", *args
+        ):
             for account_id, balance in rows:
-                if only is not None and account_id not in accounts:
-                    continue
                 accounts[account_id].balance = int(balance)
         async for rows in chunks(
             conn,
-            f"""SELECT event_id, account_id, effective_at, plan, period_anchor, paid_until FROM {schema}.plan_history
-                ORDER BY account_id, effective_at, event_id""",
+            f"""SELECT event_id, account_id, effective_at, plan, period_anchor, paid_until FROM {schema}.plan_history t
+                {only} ORDER BY account_id, effective_at, event_id""",
+            *args,
         ):
             for event_id, account_id, effective_at, plan, anchor, paid_until in rows:
-                if only is not None and account_id not in accounts:
-                    continue
                 account = accounts[account_id]
                 if effective_at == account.created_at:  # most accounts' first plan: one datetime, not three
                     effective_at = account.created_at
@@ -124,25 +131,23 @@ class QuotaState:
         async for rows in chunks(
             conn,
             f"""SELECT DISTINCT ON (account_id, kind) account_id, kind = '5h', started_at, ends_at, flows_micros
-                FROM {schema}.windows WHERE kind IN ('5h', 'week')
+                FROM {schema}.windows t {only} {"AND" if only else "WHERE"} kind IN ('5h', 'week')
                 ORDER BY account_id, kind, started_at DESC""",
+            *args,
         ):
             for account_id, five_hours, started_at, ends_at, flows in rows:
-                if only is not None and account_id not in accounts:
-                    continue
                 if five_hours:
                     accounts[account_id].window_5h = Window(started_at, ends_at, flows)
                 else:
                     accounts[account_id].weekly = Window(started_at, ends_at, flows)
         async for rows in chunks(
             conn,
-            f"""SELECT account_id, started_at, flows_micros FROM {schema}.windows
-                WHERE kind = 'month' AND ends_at > $1""",
+            f"""SELECT account_id, started_at, flows_micros FROM {schema}.windows t {only}
+                {"AND" if only else "WHERE"} kind = 'month' AND ends_at > ${len(args) + 1}""",
+            *args,
             self.clock.now() - timedelta(days=40),
         ):
             for account_id, started_at, flows in rows:
-                if only is not None and account_id not in accounts:
-                    continue
                 account = accounts[account_id]
                 for segment in account.segments:  # a first period starts at its anchor: that datetime object
                     if segment.anchor == started_at:

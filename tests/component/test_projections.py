@@ -13,6 +13,7 @@ import pytest
 
 from libs.clock import ManualClock
 from libs.eventlog.runner import Applied, Projection, save_checkpoint
+from libs.eventlog.subjects import partition_for
 from proto.v1 import (
     AccountCreated,
     AccountSuspended,
@@ -36,6 +37,7 @@ from services.ingress.directory import Directory
 from services.ingress.projection import IngressProjection
 from services.keys.projection import KeysProjection
 from services.keys.registry import KeyRegistry
+from services.quota.app import fill_partitions
 from services.quota.domain.windows import FIVE_HOURS
 from services.quota.projection import QuotaProjection, UnknownAccount
 from services.quota.state import QuotaState
@@ -391,3 +393,60 @@ async def test_keys_load_keeps_one_str_per_name_kind_and_prefix(pool: asyncpg.Po
     assert loaded[0].name is loaded[1].name is loaded[2].name
     assert loaded[0].kind is loaded[1].kind and loaded[0].prefix is loaded[2].prefix
     assert not hasattr(loaded[0], "__dict__")
+
+
+async def test_quota_loads_a_partition_s_accounts_only_as_the_whole_load_has_them(
+    pool: asyncpg.Pool, clock: ManualClock
+) -> None:
+    """A take-over reads the partition's accounts by their partition column (filled by the projection,
+    and for older rows by quota.partition_for at start): exactly those accounts, each as a load of
+    every account has it (plans, windows, months, balance, multiplier, insider)."""
+    state = QuotaState(RATE, clock=clock)
+    feed, accounts = Feed(pool, QuotaProjection(state, partitions=4)), [ids() for _ in range(40)]
+    for i, account in enumerate(accounts):
+        await feed.apply(created(account, clock), to_pro(account, clock), usage(account, clock, flows=1_000 * (i + 1)))
+        await feed.apply(BalanceToppedUp(event_id=ids(), account_id=account, occurred_at=clock.now(),
+                                         amount_micros=5_000_000, topup_ref=ids()))  # fmt: skip
+        if i % 3 == 0:
+            await feed.apply(MultiplierChanged(event_id=ids(), account_id=account, occurred_at=clock.now(),
+                                               multiplier="3"))  # fmt: skip
+        if i % 4 == 0:
+            await feed.apply(InsiderStatusSet(event_id=ids(), account_id=account, occurred_at=clock.now(),
+                                              insider=True))  # fmt: skip
+    older = ids()  # an account projected before the column was: quota fills its partition at start
+    await pool.execute("INSERT INTO quota.accounts (account_id, created_at) VALUES ($1, $2)", older, clock.now())
+    async with pool.acquire() as conn:
+        await fill_partitions(conn, "quota", 4)
+    assert await pool.fetchval("SELECT partition FROM quota.accounts WHERE account_id = $1", older) == partition_for(
+        older, 4
+    )
+    whole = QuotaState(RATE, clock=clock)
+    async with pool.acquire() as conn:
+        await whole.load(conn, "quota")
+    for partition in range(4):
+        mine = {a for a in [*accounts, older] if partition_for(a, 4) == partition}
+        assert mine, "every partition has accounts: the check has teeth"
+        loaded = QuotaState(RATE, clock=clock)
+        async with pool.acquire() as conn:
+            await loaded.load(conn, "quota", {partition})
+        assert all(partition_for(a, 4) == partition for a in loaded.accounts)  # other tests' accounts too
+        assert mine <= set(loaded.accounts)
+        for account in mine:
+            a, b = loaded.accounts[account], whole.accounts[account]
+            assert (a.segments, a.window_5h, a.weekly, a.months, a.balance) == (
+                b.segments, b.window_5h, b.weekly, b.months, b.balance,
+            )  # fmt: skip
+            at = clock.now()
+            assert (loaded.multiplier(a, at), a.insider.at(at)) == (whole.multiplier(b, at), b.insider.at(at))
+
+
+@pytest.mark.parametrize("partitions", [4, 7, 16])
+async def test_the_sql_partition_function_is_partition_for(pool: asyncpg.Pool, partitions: int) -> None:
+    """quota.partition_for (what fills the partition of accounts from before the column) computes
+    the stream's partition exactly as libs/eventlog/subjects.partition_for does (checked there against
+    a real nats-server), for account ids of every shape the log allows, and beyond."""
+    accounts = [f"acc_{uuid.uuid4().hex[:12]}" for _ in range(300)] + ["_system", "a", "Z-9_x", "x" * 64, "é-ü"]
+    rows = await pool.fetch("SELECT a, quota.partition_for(a, $2) AS p FROM unnest($1::text[]) AS a", accounts,
+                            partitions)  # fmt: skip
+    assert {row["a"]: row["p"] for row in rows} == {a: partition_for(a, partitions) for a in accounts}
+    assert len({row["p"] for row in rows}) == partitions

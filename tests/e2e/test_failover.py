@@ -6,6 +6,9 @@ is admitted past the caps (the Flow window, held full by a running stream's rese
 RPM), during the gap the gateway answers 503 with retry-after, and every call answered 200 is
 metered exactly once.
 
+A replay of quota pauses both instances and each reloads its memory from the swapped tables; a
+member that does not pause fails the replay before its swap.
+
 keys: two instances answer lookups from their own memory; the one that leads (projects, decides
 key commands) killed, lookups go on with no gap and the other leads within 5 s.
 
@@ -15,6 +18,7 @@ leads, settles it again, and the provider's idempotency key (the refund id) pays
 import asyncio
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
@@ -42,7 +46,7 @@ from tests.e2e.conftest import (
     pro_account,
     reservation_settings,
 )
-from tests.stack import ServiceProcess, Stack, eventually
+from tests.stack import ServiceProcess, Stack, eventually, flowplan_replay, usage_event
 
 pytestmark = pytest.mark.connected
 RPM_INTERVAL_S = 6.0  # the Free plan's 10 RPM: one call every 6 s after a burst of 10
@@ -151,6 +155,111 @@ async def test_every_instance_prices_at_the_flow_rate_in_force(two: tuple[Stack,
             assert Fraction(rate) == Fraction(1, 40), (account, rate)
     finally:
         await set_rate("10/396")
+
+
+async def accounts_in_every_partition(stack: Stack) -> list[dict[str, str]]:
+    """Accounts until every partition has one (each instance owns some partitions, whoever they are)."""
+    accounts: dict[int, dict[str, str]] = {}
+    while len(accounts) < stack.settings.partitions:
+        account = await stack.create_account()
+        accounts.setdefault(partition_for(account["account_id"], stack.settings.partitions), account)
+    return list(accounts.values())
+
+
+async def used_5h(stack: Stack, account: dict[str, str]) -> float:
+    return float((await stack.usage(account["key"]))["window_5h"]["used_flows"])
+
+
+async def test_a_replay_pauses_every_quota_instance_and_each_reloads_from_the_swapped_tables(
+    two: tuple[Stack, ServiceProcess],
+) -> None:
+    """Both instances' memory loaded from corrupted windows; a replay (verify, swap anyway) while a
+    burst goes at a full window: both paused, both reload from the rebuilt tables (the good values),
+    nothing admitted past the cap; a second replay finds tables and log identical."""
+    stack, second = two
+    await both_own(stack, second)
+    accounts = await accounts_in_every_partition(stack)
+    assert (await stack.post_usage([usage_event(a["account_id"]) for a in accounts]))[0] == 202
+    good = {a["account_id"]: await eventually(lambda a=a: used_5h(stack, a)) for a in accounts}
+    conn = await stack.db()
+    try:
+        await conn.execute(
+            "UPDATE quota.windows SET flows_micros = flows_micros + 7000000 WHERE account_id = any($1) AND kind = '5h'",
+            list(good),
+        )
+    finally:
+        await conn.close()
+    await asyncio.gather(asyncio.to_thread(stack.quota.stop), asyncio.to_thread(second.stop))
+    await asyncio.gather(asyncio.to_thread(stack.quota.start), asyncio.to_thread(second.start))
+    await both_own(stack, second)  # both loaded the corrupted windows at start
+    assert {a["account_id"]: await used_5h(stack, a) for a in accounts} == {a: g + 7 for a, g in good.items()}
+
+    full = await stack.create_account()
+    assert 4.9 < await fill_window_to(stack, full, 29_000) < 5
+    stream = asyncio.create_task(call(stack, full["key"], GLM, 3000, stream=True))  # holds the window full
+    await asyncio.sleep(1.0)
+    against_full = Burst(stack, full["key"], GLM, workers=1, pause_s=0.2)
+    code, out = await flowplan_replay(stack, "--projection", "quota", "--verify", "--swap-if-different")
+    answers = await against_full.stop()
+    assert code == 0, out
+    assert "DIFFERENT; swapped" in out and "on 2 instances" in out, out
+    assert "table windows: live" in out, out
+    assert not stream.done(), "the stream ended before the replay did: the test proves nothing"
+    assert answers and 200 not in [status for status, _, _ in answers], answers  # nothing past the cap
+    # Memory reloaded from the rebuilt tables on both instances (each answers for its partitions).
+    assert {a["account_id"]: await used_5h(stack, a) for a in accounts} == good
+
+    code, out = await flowplan_replay(stack, "--projection", "quota", "--verify")
+    assert code == 0 and "identical; swapped" in out and "on 2 instances" in out, out
+    status, _, _ = await stream
+    assert status == 200
+    assert len(await metered(stack, full["key"], 2)) == 2  # the seed and the stream, once each
+
+
+async def test_a_replay_fails_before_its_swap_when_an_instance_does_not_pause(
+    two: tuple[Stack, ServiceProcess],
+) -> None:
+    """A live member of quota that never answers the pause (a hung instance, an old version): the
+    replay fails before its swap, the tables stay, and both instances project again after it."""
+    stack, second = two
+    await both_own(stack, second)
+    accounts = await accounts_in_every_partition(stack)
+    nc = await stack.nats()
+    kv = await nc.jetstream().key_value(BUCKET)
+    ghost = f"ghost-{uuid.uuid4().hex[:6]}"
+    alive = True
+
+    async def haunt() -> None:
+        while alive:
+            await kv.put(f"member.quota.{ghost}", ghost.encode())
+            await asyncio.sleep(0.5)
+
+    haunting = asyncio.create_task(haunt())
+    db = await stack.db()
+    try:
+        tables = await db.fetchval("SELECT 'quota.accounts'::regclass::oid")
+        await asyncio.sleep(1.5)  # the instances' next lease tick lists the ghost
+        code, out = await flowplan_replay(stack, "--projection", "quota", "--pause-timeout", "3")
+        assert code == 1, out
+        assert "FAILED" in out and ghost in out and "did not confirm the pause" in out, out
+        assert await db.fetchval("SELECT 'quota.accounts'::regclass::oid") == tables  # not swapped
+        schemas = {r["nspname"] for r in await db.fetch("SELECT nspname FROM pg_namespace")}
+        assert not any(s.endswith("_rebuild") or "_old_" in s for s in schemas), schemas
+    finally:
+        alive = False
+        await haunting
+        await kv.delete(f"member.quota.{ghost}")
+        await nc.close()
+        await db.close()
+    await both_own(stack, second)
+    # Both resumed: usage in every partition is projected (into memory too).
+    before = {a["account_id"]: await used_5h(stack, a) for a in accounts}
+    assert (await stack.post_usage([usage_event(a["account_id"]) for a in accounts]))[0] == 202
+
+    async def counted() -> bool:
+        return all([await used_5h(stack, a) > before[a["account_id"]] for a in accounts])
+
+    await eventually(counted)
 
 
 async def test_a_killed_quota_instance_s_partitions_are_taken_over_without_admitting_past_the_caps(

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner, take_queued_first
-from libs.eventlog.subjects import publish_subject
+from libs.eventlog.subjects import partition_for, publish_subject
 from libs.localservers import LocalNats
 from libs.settings import Settings
 from proto.v1 import UsageRecorded, encode
@@ -99,5 +99,47 @@ async def test_a_trickle_at_a_gateways_pace_is_applied_several_events_to_a_trans
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+        await nc.close()
+        await pool.close()
+
+
+class PauseProbe(BatchProbe):
+    name = "pause_probe"
+
+
+async def test_a_runner_running_no_partition_is_paused_at_once_and_one_running_between_batches(
+    settings: Settings,
+) -> None:
+    """A replay pauses every instance's runner: one that runs no partition now (a quota instance that
+    owns none) is paused as soon as asked, not after a timeout; one that runs a partition pauses
+    between two batches, applies nothing while paused, and goes on after."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    probe = PauseProbe(1)
+    runner = ProjectionRunner(probe, pool, js, stream=settings.stream, partitions=settings.partitions)
+    account = f"acc_{uuid.uuid4().hex[:12]}"
+    stop = asyncio.Event()
+    running: asyncio.Task[None] | None = None
+    try:
+        async with runner.pause.paused(timeout_s=2.0):  # RunnerPaused if it waited for a loop
+            pass
+        running = asyncio.create_task(runner.run_partition(partition_for(account, settings.partitions), stop))
+        await asyncio.sleep(1.0)  # its consumer made and fetching
+        async with runner.pause.paused(timeout_s=10.0):
+            event = UsageRecorded(
+                event_id=uuid.uuid4().hex, account_id=account, occurred_at=datetime.now(UTC),
+                model="deepseek/deepseek-chat", input_tokens=10, output_tokens=10, billing_mode="subscription",
+                usd_cost_micros=10, flows_micros=20_000, usd_per_flow="5/198", multiplier="1",
+            )  # fmt: skip
+            await js.publish(publish_subject("usage", account, "UsageRecorded"), encode(event))
+            await asyncio.sleep(1.5)
+            assert probe.batches == []
+        await asyncio.wait_for(probe.all_applied.wait(), 15)
+        assert probe.batches == [1]
+    finally:
+        stop.set()
+        if running is not None:
+            await asyncio.wait_for(running, 10)
         await nc.close()
         await pool.close()

@@ -27,10 +27,42 @@ class StartReplay(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     swap_if_different: bool = False
     keep_old: bool = False
     """Keep the replaced tables in a schema <schema>_old_<time> instead of dropping them."""
+    pause_timeout_s: float = 30.0
+    """How long every instance of the service gets to pause its projection; one that has not
+    confirmed by then fails the replay before its swap."""
 
 
 class ReplayStatusRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     pass
+
+
+class PauseForReplay(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """To every instance of a service (scatter-gather): pause the projection between two batches
+    and hold it until ResumeAfterReplay, or for hold_s at most (the coordinator died)."""
+
+    replay_id: str
+    coordinator: str
+    """The instance running the replay (it pauses itself)."""
+    timeout_s: float
+    """How long the instance may take to reach a batch boundary."""
+    hold_s: float
+
+
+class ResumeAfterReplay(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """To every instance: the pause of `replay_id` is over; with swapped, reload memory from the
+    swapped tables before resuming."""
+
+    replay_id: str
+    swapped: bool
+
+
+class InstancePaused(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """An instance's answer to PauseForReplay (paused, or why not) and to ResumeAfterReplay."""
+
+    replay_id: str
+    instance: str
+    paused: bool
+    error: str | None = None
 
 
 class TableDifference(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,3 +96,7 @@ class ReplayProgress(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     swapped: bool = False
     kept_schema: str | None = None
     error: str | None = None
+    replay_id: str = ""
+    """Names the replay: status requests are answered by every instance, each with its own."""
+    instances: list[str] = []
+    """The instances whose projection paused for the replay (the one running it first)."""
