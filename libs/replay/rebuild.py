@@ -33,6 +33,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs.eventlog import metrics, subjects
+from libs.eventlog.pause import RunnerPaused
 from libs.eventlog.runner import TRANSIENT_ERRORS, Applied, Projection, ProjectionRunner, save_checkpoint, stream_seq
 from libs.replay import tables
 from libs.replay.instances import Hold, PauseAll
@@ -141,7 +142,10 @@ class Rebuild:
             with fewer_collections():
                 await self._run()
         except Exception as exc:
-            log.exception("replay of %s failed", self.projection.name)
+            if isinstance(exc, RunnerPaused) and not self.swapped:  # an instance did not pause: said, no traceback
+                log.warning("replay of %s failed before its swap: %s", self.projection.name, exc)
+            else:
+                log.exception("replay of %s failed", self.projection.name)
             self.phase, self.error = "failed", f"{type(exc).__name__}: {exc}"
             if self.swapped:  # the tables changed but memory may not have: restart, load from the tables
                 raise
