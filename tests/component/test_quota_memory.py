@@ -58,11 +58,12 @@ async def test_an_account_with_open_windows_takes_well_under_1_kb(database_url: 
     weekly and a monthly window; a third on Pro, a tenth with a balance), counted by tracemalloc
     (exact, unlike the resident size): 1,250 bytes each before windows and months were packed. What
     one account adds: 5,000 accounts loaded less a fifth of them loaded (what a load holds whatever
-    the number of accounts cancels out)."""
+    the number of accounts cancels out). The fifth, loaded alone as a partition taken over is, holds
+    what the whole load holds for those accounts."""
     await generate_quota(database_url, 5_000, datetime.now(UTC))
     generated = [f"acc_{uuid.UUID(int=i).hex[-24:]}" for i in range(5_000)]
     fifth = set(generated[::5])
-    held = []
+    held, states = [], []
     for only in (fifth.__contains__, None):
         state = QuotaState(CATALOG.default_usd_per_flow, CATALOG.insider_multiplier)
         async with pool.acquire() as conn:
@@ -73,7 +74,11 @@ async def test_an_account_with_open_windows_takes_well_under_1_kb(database_url: 
                 held.append(tracemalloc.get_traced_memory()[0] - before)
             finally:
                 tracemalloc.stop()
-        assert all(state.accounts[a].window_5h is not None and state.accounts[a].months for a in generated[::5])
-        del state
+        states.append(state)
+    part, whole = states
+    assert set(part.accounts) == fifth and len(whole.accounts) >= len(generated)
+    assert all(part.accounts[a] == whole.accounts[a] for a in fifth)
+    assert all(whole.accounts[a].window_5h and whole.accounts[a].weekly and whole.accounts[a].months for a in generated)
+    assert sum(len(whole.accounts[a].segments) == 2 for a in generated) == len(generated[::3])  # a third on Pro
     per_account = (held[1] - held[0]) / (len(generated) - len(fifth))
     assert per_account < 900, f"{per_account:.0f} bytes per account"
