@@ -16,8 +16,9 @@ from libs.pricing.flows import Versioned
 from libs.pricing.multipliers import multiplier_at
 from libs.pricing.ratebook import by_partition, load_rate_book
 from services.quota.domain.admission import AccountQuota
+from services.quota.domain.compact import pack_micros
 from services.quota.domain.periods import Segment
-from services.quota.domain.windows import Window
+from services.quota.domain.windows import FIVE_HOURS, ONE_WEEK
 from services.quota.reservations import Reservations
 
 LOAD_CHUNK = 10_000
@@ -104,7 +105,7 @@ class QuotaState:
             for account_id, created_at, extra_usage, payg_key_id in rows:
                 multiplier, insider = multipliers.pop(account_id), insiders.pop(account_id)
                 accounts[account_id] = AccountQuota(
-                    created_at, [], multiplier=multiplier, insider=insider, extra_usage=extra_usage,
+                    created_at, (), multiplier=multiplier, insider=insider, extra_usage=extra_usage,
                     payg_key_id=payg_key_id,
                 )  # fmt: skip
         async for rows in chunks(
@@ -112,6 +113,10 @@ class QuotaState:
         ):
             for account_id, balance in rows:
                 accounts[account_id].balance = int(balance)
+        # An account's plans, while its rows come (they come by account); then sorted as apply() keeps
+        # them: changes at one instant by plan.
+        segments: list[Segment] = []
+        last: AccountQuota | None = None
         async for rows in chunks(
             conn,
             f"""SELECT event_id, account_id, effective_at, plan, period_anchor, paid_until FROM {schema}.plan_history t
@@ -120,26 +125,32 @@ class QuotaState:
         ):
             for event_id, account_id, effective_at, plan, anchor, paid_until in rows:
                 account = accounts[account_id]
+                if account is not last:
+                    if last is not None:
+                        last.segments = sorted(segments) if len(segments) > 1 else segments
+                    last, segments = account, []
                 if effective_at == account.created_at:  # most accounts' first plan: one datetime, not three
                     effective_at = account.created_at
                 if anchor == effective_at:
                     anchor = effective_at
                 plan = plans.setdefault(plan, plan)
-                account.segments.append(Segment(effective_at, plan, anchor, event_id, paid_until))
-        for account in accounts.values():  # in the order apply() keeps them: changes at one instant by plan
-            account.segments.sort()
-        async for rows in chunks(
+                segments.append(Segment(effective_at, plan, anchor, event_id, paid_until))
+        if last is not None:
+            last.segments = sorted(segments) if len(segments) > 1 else segments
+        async for rows in chunks(  # microseconds since the epoch (exact: numeric): no datetimes to make
             conn,
-            f"""SELECT DISTINCT ON (account_id, kind) account_id, kind = '5h', started_at, ends_at, flows_micros
+            f"""SELECT DISTINCT ON (account_id, kind) account_id, kind = '5h',
+                    (extract(epoch FROM started_at) * 1000000)::bigint, (extract(epoch FROM ends_at) * 1000000)::bigint,
+                    flows_micros
                 FROM {schema}.windows t {only} {"AND" if only else "WHERE"} kind IN ('5h', 'week')
                 ORDER BY account_id, kind, started_at DESC""",
             *args,
         ):
-            for account_id, five_hours, started_at, ends_at, flows in rows:
+            for account_id, five_hours, start_us, end_us, flows in rows:
                 if five_hours:
-                    accounts[account_id].window_5h = Window(started_at, ends_at, flows)
+                    accounts[account_id].packed_5h = pack_micros(start_us, end_us, flows, FIVE_HOURS)
                 else:
-                    accounts[account_id].weekly = Window(started_at, ends_at, flows)
+                    accounts[account_id].packed_weekly = pack_micros(start_us, end_us, flows, ONE_WEEK)
         async for rows in chunks(
             conn,
             f"""SELECT account_id, started_at, flows_micros FROM {schema}.windows t {only}

@@ -7,8 +7,7 @@ their estimate so that concurrent calls cannot run far past a cap.
 """
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from fractions import Fraction
 from typing import NamedTuple
@@ -18,39 +17,116 @@ from libs.pricing.flows import Versioned
 from libs.pricing.money import round_half_up_ratio
 from libs.pricing.multipliers import NEVER_INSIDER, InsiderHistory, unchanged_multiplier
 from proto.v1.events import BillingMode
+from services.quota.domain.compact import MonthTotals, PackedWindow, flat_months, pack_window, unpack_window
 from services.quota.domain.periods import Period, Segment, period_at, segment_at
 from services.quota.domain.ratelimit import RateDecision, gcra
-from services.quota.domain.windows import Window, current
+from services.quota.domain.windows import FIVE_HOURS, ONE_WEEK, Window, current
 
 
-@dataclass(slots=True)
 class AccountQuota:
     """What admission needs to know of one account, kept in memory (a million of them at scale:
-    slots, and the shared histories of unchanged multipliers and insider marks)."""
+    slots, the shared histories of unchanged multipliers and insider marks, and the windows,
+    months and plans held compactly: services/quota/domain/compact.py)."""
 
-    created_at: datetime
-    segments: list[Segment]
-    window_5h: Window | None = None
-    weekly: Window | None = None
-    months: dict[datetime, int] = field(default_factory=dict)
-    """Flows per monthly period, by the period's start."""
-    multiplier: Versioned = field(default_factory=lambda: unchanged_multiplier(Fraction(1)))
-    """The operator's explicit multiplier over time (1: none set)."""
-    balance: int = 0
-    """The PAYG balance in micro-USD: the sum of the account's ledger."""
-    extra_usage: bool = False
-    payg_key_id: str | None = None
-    insider: InsiderHistory = field(default_factory=lambda: NEVER_INSIDER)
+    __slots__ = (
+        "_segments", "balance", "created_at", "extra_usage", "insider", "months_flat", "multiplier", "packed_5h",
+        "packed_weekly", "payg_key_id",
+    )  # fmt: skip
 
-    def copy(self) -> "AccountQuota":
-        """A copy that can change without touching this one. Windows and segments are immutable
-        tuples; the multiplier and insider histories are shared: whoever changes one replaces it
-        with a changed copy (`with_multiplier`, `with_insider`), so a batch of usage (most of the
-        log) copies neither."""
-        return AccountQuota(
-            self.created_at, list(self.segments), self.window_5h, self.weekly, dict(self.months),
+    def __init__(
+        self,
+        created_at: datetime,
+        segments: Sequence[Segment],
+        window_5h: Window | None = None,
+        weekly: Window | None = None,
+        months: Mapping[datetime, int] | None = None,
+        multiplier: Versioned | None = None,
+        balance: int = 0,
+        extra_usage: bool = False,
+        payg_key_id: str | None = None,
+        insider: InsiderHistory = NEVER_INSIDER,
+    ) -> None:
+        self.created_at = created_at
+        self._segments = tuple(segments)
+        self.packed_5h: PackedWindow = pack_window(window_5h, FIVE_HOURS) if window_5h is not None else None
+        """The latest 5-hour window as compact.pack_window holds it (`window_5h` reads and writes it)."""
+        self.packed_weekly: PackedWindow = pack_window(weekly, ONE_WEEK) if weekly is not None else None
+        self.months_flat: tuple[datetime | int, ...] = flat_months(months) if months else ()
+        """The monthly totals as (start, flows, start, flows, ...) (`months` reads and writes them)."""
+        self.multiplier = multiplier if multiplier is not None else unchanged_multiplier(Fraction(1))
+        """The operator's explicit multiplier over time (1: none set)."""
+        self.balance = balance
+        """The PAYG balance in micro-USD: the sum of the account's ledger."""
+        self.extra_usage = extra_usage
+        self.payg_key_id = payg_key_id
+        self.insider = insider
+
+    @property
+    def segments(self) -> tuple[Segment, ...]:
+        """The plan history, in time order (a tuple: most accounts have one or two plans)."""
+        return self._segments
+
+    @segments.setter
+    def segments(self, segments: Sequence[Segment]) -> None:
+        self._segments = tuple(segments)
+
+    @property
+    def window_5h(self) -> Window | None:
+        """The latest 5-hour window."""
+        return unpack_window(self.packed_5h, FIVE_HOURS)
+
+    @window_5h.setter
+    def window_5h(self, window: Window | None) -> None:
+        self.packed_5h = pack_window(window, FIVE_HOURS)
+
+    @property
+    def weekly(self) -> Window | None:
+        """The latest weekly window."""
+        return unpack_window(self.packed_weekly, ONE_WEEK)
+
+    @weekly.setter
+    def weekly(self, window: Window | None) -> None:
+        self.packed_weekly = pack_window(window, ONE_WEEK)
+
+    @property
+    def months(self) -> MonthTotals:
+        """Flows per monthly period, by the period's start."""
+        return MonthTotals(self)
+
+    @months.setter
+    def months(self, months: Mapping[datetime, int]) -> None:
+        self.months_flat = flat_months(months)
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.created_at, self._segments, self.packed_5h, self.packed_weekly, self.months,
             self.multiplier, self.balance, self.extra_usage, self.payg_key_id, self.insider,
         )  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:  # as the dataclass it was compared
+        return isinstance(other, AccountQuota) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        return (
+            f"AccountQuota({self.created_at!r}, {self.segments!r}, {self.window_5h!r}, {self.weekly!r}, "
+            f"{self.months!r}, balance={self.balance!r}, extra_usage={self.extra_usage!r})"
+        )
+
+    def copy(self) -> "AccountQuota":
+        """A copy that can change without touching this one. Windows, months and segments are
+        immutable; the multiplier and insider histories are shared: whoever changes one replaces it
+        with a changed copy (`with_multiplier`, `with_insider`), so a batch of usage (most of the
+        log) copies neither."""
+        other = AccountQuota.__new__(AccountQuota)
+        other.created_at, other._segments, other.packed_5h, other.packed_weekly, other.months_flat = (
+            self.created_at, self._segments, self.packed_5h, self.packed_weekly, self.months_flat,
+        )  # fmt: skip
+        other.multiplier, other.balance, other.extra_usage, other.payg_key_id, other.insider = (
+            self.multiplier, self.balance, self.extra_usage, self.payg_key_id, self.insider,
+        )  # fmt: skip
+        return other
 
     def with_multiplier(self, version_id: str, effective_at: datetime, value: Fraction) -> None:
         changed = self.multiplier.copy()
