@@ -127,6 +127,11 @@ class PartitionLeases:
         meanwhile, after a late renewal; the next one that succeeds proves nobody else took it)."""
         return partition in self._held
 
+    def revision(self, partition: int) -> int | None:
+        """The KV revision of our owner key of the partition, None if not held: a fencing token (a
+        new owner's `create` gets a higher revision than any renewal of the previous owner's)."""
+        return self._held.get(partition)
+
     def leaving(self) -> set[int]:
         """Partitions held here but desired elsewhere (hand_over=True): to release() once let go."""
         return set(self._held) - self.desired
@@ -298,6 +303,11 @@ async def lead(
             break
         await asyncio.sleep(0.2)
     raise RuntimeError(f"{leases.service}: the leader's lease was lost; exiting so that only one instance decides")
+
+
+def leader_fence(leases: PartitionLeases) -> Callable[[int], int | None]:
+    """The fencing token of every partition a leader projects: its leader lease's revision."""
+    return lambda _partition: leases.revision(0)
 
 
 async def until_leading(leading: asyncio.Event) -> None:

@@ -45,13 +45,14 @@ class QuotaService:
         async with runtime.db.acquire() as conn:
             await self.state.load(conn, projection.schema)
         await FlowRates(runtime.nc.jetstream(), settings.stream, self.state).start()
-        runner = await runtime.project(projection, every_partition=False)
-        limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
-        await store_limits(runtime.db, projection.schema, limits)
         leases = PartitionLeases(
             runtime.nc.jetstream(), "quota", self.instance, settings.partitions,
             lease_s=LEASE_S, replicas=settings.stream_replicas, hand_over=True,
         )  # fmt: skip
+        # Each partition is projected under its own lease: its revision fences a stale owner's commits.
+        runner = await runtime.project(projection, every_partition=False, fence=leases.revision)
+        limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
+        await store_limits(runtime.db, projection.schema, limits)
         partitions = QuotaPartitions(
             runtime.nc, leases, runner, self.state, runtime.db, projection.schema, stream=settings.stream,
             heartbeat_interval_s=settings.heartbeat_interval_s, listening_since=tracker.listening_since,

@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 
 from libs.clock import Clock, SystemClock
-from libs.leases import lead, leader_leases, until_leading
+from libs.leases import lead, leader_fence, leader_leases, until_leading
 from libs.runtime import Runtime
 from libs.settings import RefundSettings
 from services.refund.desk import RefundDesk
@@ -46,7 +46,7 @@ class RefundService:
 
     async def _begin(self, projection: RefundProjection) -> None:
         """Leading: project, answer the commands, settle what the previous leader left processing."""
-        await self.runtime.project(projection)
+        await self.runtime.project(projection, fence=leader_fence(self.leases))
         self.responder.serve(self.runtime)
         await self.runtime.start_responders()
         await self.desk.resume()
