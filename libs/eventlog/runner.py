@@ -51,6 +51,7 @@ from libs import failpoints, tracing
 from libs.eventlog import metrics, subjects
 from libs.eventlog.dispatch import unknown_event_types
 from libs.eventlog.pause import Pause
+from libs.fencing import Fenced
 from proto.v1 import decode_event
 from proto.v1.events import AnyEvent
 
@@ -132,11 +133,6 @@ def take_queued_first(sub: nats.js.JetStreamContext.PullSubscription) -> None:
 Fence = Callable[[int], int | None]
 """The fencing token of a partition: the revision of the lease under which this instance projects
 it, or None when it does not hold that lease (then it does not project the partition)."""
-
-
-class Fenced(Exception):
-    """A newer owner of the partition stamped its fencing token on the checkpoint: this writer is
-    stale, and what it was about to commit was not."""
 
 
 class Applied(NamedTuple):

@@ -3,7 +3,10 @@ docs/scaling.md) on a real nats-server and Postgres: two runners of one partitio
 each under its own holder of one lease. The first is frozen in the middle of a batch (its apply
 held) for longer than its lease; the second takes the lease and the partition over and projects;
 then the first wakes up and tries to commit its batch: the batch must not be committed, and the
-first runner stops the partition rather than retry it."""
+first runner stops the partition rather than retry it.
+
+The refund desk's own writes (outside its projection) are fenced the same way by the leader lease's
+revision (libs/fencing.py): a desk whose leader lost the lead decides nothing once the next stamped."""
 
 import asyncio
 import uuid
@@ -15,11 +18,17 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from libs.clock import SystemClock
+from libs.eventlog.publisher import EventPublisher
 from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner
-from libs.eventlog.subjects import partition_for, publish_subject
+from libs.eventlog.subjects import STORED_PREFIX, partition_for, publish_subject
+from libs.fencing import Fenced, LeaderFence
 from libs.leases import PartitionLeases, held, leader_fence
 from libs.settings import Settings
-from proto.v1 import UsageRecorded, encode
+from proto.v1 import RefundRequested, UsageRecorded, encode
+from services.refund.desk import RefundDesk
+from services.refund.projection import insert_refund
+from services.refund.provider import LocalPaymentProvider
 
 pytestmark = pytest.mark.connected
 LEASE_S = 1.5
@@ -52,7 +61,7 @@ class FreezableProbe:
 async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=6)
     await pool.execute(
-        "CREATE TABLE fence_probe (event_id text PRIMARY KEY, seq bigint NOT NULL, writer text NOT NULL)"
+        "CREATE TABLE IF NOT EXISTS fence_probe (event_id text PRIMARY KEY, seq bigint NOT NULL, writer text NOT NULL)"
     )
     yield pool
     await pool.close()
@@ -156,3 +165,49 @@ async def test_a_writer_frozen_past_its_lease_does_not_commit_after_the_new_owne
         probe_a.thaw.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         await leases_b.stop()
+
+
+async def test_a_refund_desk_whose_leader_lost_the_lead_decides_nothing(
+    settings: Settings, pool: asyncpg.Pool, nc: Client
+) -> None:
+    publisher = EventPublisher(nc, settings.stream)
+    await publisher.start()
+    old, new = LeaderFence("refund", "refund-desk"), LeaderFence("refund", "refund-desk")
+
+    def desk(fence: LeaderFence) -> RefundDesk:
+        provider = LocalPaymentProvider(pool, publisher, "refund")
+        return RefundDesk(pool, "refund", nc, publisher, provider, SystemClock(), fence, stream=settings.stream,
+                          request_timeout_s=2.0, barrier_wait_s=2.0)  # fmt: skip
+
+    account, refund_id, now = f"acc_{uuid.uuid4().hex[:12]}", f"rf_{uuid.uuid4().hex[:24]}", datetime.now(UTC)
+    requested = RefundRequested(
+        event_id=uuid.uuid4().hex, account_id=account, occurred_at=now, refund_id=refund_id, payment_ref="pay_1",
+        plan="pro", paid_at=now, paid_micros=20_000_000, cutoff_seq=0, usage_micros=0, refunded_before_micros=0,
+        fee_micros=1_000_000, amount_micros=19_000_000,
+    )  # fmt: skip
+    async with pool.acquire() as conn:
+        await insert_refund(conn, "refund", requested)
+
+    async def cancels_published() -> int:
+        info = await nc.jetstream().stream_info(
+            settings.stream, subjects_filter=f"{STORED_PREFIX}.*.*.{account}.RefundCancelled"
+        )
+        return sum((info.state.subjects or {}).values())
+
+    await old.stamp(pool, 10)
+    async with pool.acquire() as conn, conn.transaction():  # the old leader in the middle of a decision
+        await old.check(conn)
+        stamping = asyncio.create_task(new.stamp(pool, 12))
+        await asyncio.sleep(0.3)
+        assert not stamping.done()  # the new leader's stamp waits for the decision under way
+    await asyncio.wait_for(stamping, 5)  # and comes after it
+
+    with pytest.raises(Fenced):  # the old leader, frozen until now, cancels the refund: refused
+        await desk(old).cancel(account, refund_id)
+    status = await pool.fetchval("SELECT status FROM refund.refunds WHERE refund_id = $1", refund_id)
+    assert status == "processing" and await cancels_published() == 0  # without the fence: cancelled, published
+    with pytest.raises(Fenced):  # nor can it lead again with its old token
+        await old.stamp(pool, 11)
+
+    assert (await desk(new).cancel(account, refund_id)).status == "cancelled"
+    assert await cancels_published() == 1
