@@ -10,11 +10,15 @@ keys: two instances answer lookups from their own memory; the one that leads (pr
 key commands) killed, lookups go on with no gap and the other leads within 5 s.
 
 refund: the leading instance dies right after paying a refund out, before recording it; the standby
-leads, settles it again, and the provider's idempotency key (the refund id) pays it once."""
+leads, settles it again, and the provider's idempotency key (the refund id) pays it once.
+
+billing: the leading instance killed while payments are being recorded; the standby leads within
+5 s, and every payment, those retried across the kill included, is recorded exactly once."""
 
 import asyncio
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
@@ -25,7 +29,7 @@ import nats.js.errors
 import pytest
 
 from libs.apikeys import hash_secret
-from libs.eventlog.subjects import partition_for
+from libs.eventlog.subjects import STORED_PREFIX, partition_for
 from libs.leases import BUCKET
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings
@@ -302,3 +306,94 @@ async def test_a_refund_whose_leading_instance_dies_mid_settlement_is_paid_once(
             await asyncio.to_thread(stack.refund.stop)
         second.stop()
         await asyncio.to_thread(stack.refund.start)
+
+
+async def leader_of(stack: Stack, service: str) -> str | None:
+    """The instance holding the service's leader lease now (None: run out, not taken yet)."""
+    nc = await stack.nats()
+    try:
+        entry = await (await nc.jetstream().key_value(BUCKET)).get(f"owner.{service}-leader.0")
+        return (entry.value or b"").decode() or None
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    finally:
+        await nc.close()
+
+
+async def test_payments_are_recorded_once_when_the_leading_billing_instance_is_killed(
+    stack: Stack, workdir: Path
+) -> None:
+    port = free_port()
+    second = ServiceProcess("billing", {**stack.billing.env, "FLOWPLAN_BILLING_PORT": str(port)}, port, workdir)
+    second.log_path = workdir / f"billing-second-{port}.log"
+    await asyncio.to_thread(second.start)  # a standby
+    accounts = [await stack.create_account(f"payer-{i}") for i in range(8)]
+    refs = {account["account_id"]: uuid.uuid4().hex for account in accounts}
+    tries: dict[str, int] = {}
+
+    async def pay(account_id: str) -> dict[str, Any]:
+        """As a payment webhook is delivered: again, with the same payment_ref, until recorded."""
+        while True:
+            tries[account_id] = tries.get(account_id, 0) + 1
+            status, reply = await stack.http(
+                "POST", f"/admin/v1/accounts/{account_id}/payments", token=stack.settings.admin_token,
+                json={"plan": "pro", "amount_usd": "20.00", "payment_ref": refs[account_id]},
+            )  # fmt: skip
+            assert status in (201, 503), reply  # 503 (retry) while nobody leads
+            if status == 201:
+                return dict(reply)
+            await asyncio.sleep(0.1)
+
+    async def paid_later(i: int, account_id: str) -> dict[str, Any]:
+        await asyncio.sleep(0.25 * i)
+        return await pay(account_id)
+
+    leading = await leader_of(stack, "billing")
+    leader = next(p for p in (stack.billing, second) if instance(p) == leading)
+    try:
+        first = await pay(accounts[0]["account_id"])  # recorded before the kill, delivered again after it
+        paying = [asyncio.create_task(paid_later(i, a["account_id"])) for i, a in enumerate(accounts[1:])]
+        await asyncio.sleep(0.6)  # a few recorded, the others on their way
+        killed = time.monotonic()
+        await asyncio.to_thread(leader.kill)
+        standby = second if leader is stack.billing else stack.billing
+
+        async def led() -> bool:
+            return await leader_of(stack, "billing") == instance(standby)
+
+        await eventually(led, within=10, interval=0.05)
+        took = time.monotonic() - killed
+        again = await pay(accounts[0]["account_id"])
+        replies = [first, *await asyncio.wait_for(asyncio.gather(*paying), 60)]
+        answered = time.monotonic() - killed
+        print(f"\nbilling: leadership taken over after {took:.2f} s; all payments answered {answered:.2f} s "
+              f"after the kill; tries per payment {sorted(tries.values())}")  # fmt: skip
+        assert took < 5.0
+        assert again == first  # the payment recorded before, not a second one (same paid_at, paid_until)
+        assert [reply["payment_ref"] for reply in replies] == list(refs.values())
+
+        nc = await stack.nats()
+        try:  # one PaymentRecorded per payment in the log, however often it was asked for
+            info = await nc.jetstream().stream_info(
+                stack.settings.stream, subjects_filter=f"{STORED_PREFIX}.*.account.*.PaymentRecorded"
+            )
+        finally:
+            await nc.close()
+        recorded = {subject.split(".")[-2]: n for subject, n in (info.state.subjects or {}).items()}
+        assert {account_id: recorded.get(account_id) for account_id in refs} == dict.fromkeys(refs, 1)
+
+        async def pro(account: dict[str, str]) -> bool:
+            return (await stack.usage(account["key"]))["plan"] == "pro"
+
+        for account in accounts:
+            await eventually(lambda: pro(account), within=15)  # noqa: B023 (awaited at once)
+            _, history = await stack.http("GET", "/v1/billing/history", token=account["key"])
+            payments = [e for e in history["data"] if e["type"] == "payment"]
+            assert len(payments) == 1, history
+    finally:
+        if stack.billing.process is None:  # the module's own instance was the one killed
+            await asyncio.to_thread(stack.billing.start)
+        second.stop()
+        after = (await stack.create_account("after"))["account_id"]
+        refs[after] = uuid.uuid4().hex
+        await asyncio.wait_for(pay(after), 30)  # answered again, by the module's own instance
