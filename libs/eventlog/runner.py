@@ -34,6 +34,8 @@ not hold the new owner's stamp up.
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import NamedTuple, Protocol, TypeVar
@@ -452,6 +454,8 @@ class ProjectionRunner:
             if batch:
                 after_commit = await self.projection.apply(conn, batch)
                 failpoints.hit("before_commit")
+                if failpoints.fires("freeze_in_commit"):  # a fault test: frozen mid-batch, as by a GC pause
+                    os.kill(os.getpid(), signal.SIGSTOP)
             await save_checkpoint(conn, self.projection, partition, last_seq, fence)
         if batch:
             metrics.events_applied.add(len(batch), {"projection": self.projection.name})

@@ -13,13 +13,17 @@ refund: the leading instance dies right after paying a refund out, before record
 leads, settles it again, and the provider's idempotency key (the refund id) pays it once.
 
 billing: the leading instance killed while payments are being recorded; the standby leads within
-5 s, and every payment, those retried across the kill included, is recorded exactly once."""
+5 s, and every payment, those retried across the kill included, is recorded exactly once. And the
+leading instance frozen (SIGSTOP) in the middle of a projection batch, past its lease: the standby
+takes over and projects, and the frozen one, continued, does not commit its batch (the fence)."""
 
 import asyncio
+import os
+import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -400,3 +404,90 @@ async def test_payments_are_recorded_once_when_the_leading_billing_instance_is_k
         after = (await stack.create_account("after"))["account_id"]
         refs[after] = uuid.uuid4().hex
         await asyncio.wait_for(pay(after), 30)  # answered again, by the module's own instance
+
+
+def stopped(process: ServiceProcess) -> bool:
+    """The process is stopped (SIGSTOP): state T in /proc."""
+    assert process.process is not None
+    stat = Path(f"/proc/{process.process.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+async def test_a_billing_leader_frozen_mid_batch_commits_nothing_after_the_standby_took_over(
+    stack: Stack, workdir: Path
+) -> None:
+    account = await stack.create_account("frozen")
+    partition = partition_for(account["account_id"], stack.settings.partitions)
+    await asyncio.to_thread(stack.billing.stop)  # hands its lease over at once
+    frozen = stack.billing  # stops itself (SIGSTOP) in its first commit of a batch: it leads
+    await asyncio.to_thread(frozen.start, {"FLOWPLAN_FAILPOINT": "freeze_in_commit"}, wait=False)
+    await eventually(lambda: _leads(stack, frozen), within=20, interval=0.1)
+    port = free_port()
+    second = ServiceProcess("billing", {**stack.billing.env, "FLOWPLAN_BILLING_PORT": str(port)}, port, workdir)
+    second.log_path = workdir / f"billing-standby-{port}.log"
+    await asyncio.to_thread(second.start)  # a standby
+    conn = await stack.db()
+    ref = uuid.uuid4().hex
+
+    async def pay() -> dict[str, Any]:
+        while True:
+            status, reply = await stack.http(
+                "POST", f"/admin/v1/accounts/{account['account_id']}/payments", token=stack.settings.admin_token,
+                json={"plan": "pro", "amount_usd": "20.00", "payment_ref": ref},
+            )  # fmt: skip
+            assert status in (201, 503), reply
+            if status == 201:
+                return dict(reply)
+            await asyncio.sleep(0.2)
+
+    async def fence() -> int:
+        return int(await conn.fetchval(
+            "SELECT fence FROM billing.checkpoints WHERE projection = 'billing' AND partition = $1", partition
+        ))  # fmt: skip
+
+    def fence_is(token: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await fence() == token
+
+        return check
+
+    async def frozen_now() -> bool:
+        return stopped(frozen)
+
+    paying = asyncio.create_task(pay())
+    try:
+        await eventually(frozen_now, within=20, interval=0.05)
+        await eventually(lambda: _leads(stack, second), within=10, interval=0.05)
+        nc = await stack.nats()
+        try:
+            token = (await (await nc.jetstream().key_value(BUCKET)).get("owner.billing-leader.0")).revision
+        finally:
+            await nc.close()
+        assert token is not None
+        stamped = await eventually(fence_is(token), within=10, interval=0.05)  # not held up by the frozen batch
+        assert stamped
+        assert frozen.process is not None
+        os.kill(frozen.process.pid, signal.SIGCONT)  # it wakes up and commits its batch: refused
+        await asyncio.to_thread(frozen.wait_exit, 30)  # then finds its lease lost, and exits (crash-only)
+        assert "stopped, a stale writer" in frozen.log()  # without the fence: committed, no such line
+        reply = await asyncio.wait_for(paying, 30)
+        assert reply["plan"] == "pro" and await fence() == token
+
+        async def payments() -> list[dict[str, Any]]:
+            status, history = await stack.http("GET", "/v1/billing/history", token=account["key"])
+            assert status == 200, history
+            return [e for e in history["data"] if e["type"] == "payment"]
+
+        assert len(await eventually(payments, within=15)) == 1
+    finally:
+        paying.cancel()
+        await conn.close()
+        if frozen.process is not None:
+            os.kill(frozen.process.pid, signal.SIGCONT)
+            await asyncio.to_thread(frozen.kill)
+        second.stop()
+        await asyncio.to_thread(stack.billing.start)
+
+
+async def _leads(stack: Stack, process: ServiceProcess) -> bool:
+    return process.process is not None and await leader_of(stack, "billing") == instance(process)
