@@ -292,7 +292,9 @@ async def lead(
     the previous leader left); when a renewal finds another holder, raise: the process exits
     (crash-only, run it as a spawned task) and its supervisor starts it again as a standby. A
     renewal merely late (an event loop starved of CPU) is not a loss: the key's revision proves
-    nobody else held it. The commands are not fenced by time (docs/scaling.md, "What is not built")."""
+    nobody else held it. The commands are not fenced by time; the projection's commits are fenced by the
+    lease's revision (`leader_fence`; libs/eventlog/runner.py), and so are the refund desk's decisions
+    (libs/fencing.py): a leader frozen past its lease commits nothing once the next one leads."""
     await held(leases, True)
     log.info("%s: this instance (%s) leads", leases.service, leases.instance)
     await begin()
