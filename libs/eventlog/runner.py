@@ -22,13 +22,14 @@ to the dead-letter stream and the consumer goes on.
 Fencing (docs/scaling.md): a runner given a `fence` projects each partition under a lease whose
 revision (a NATS KV revision: it only grows, and a new owner's is higher than any of the previous
 owner's) is the writer's fencing token. Taking a partition, the runner stamps that token on the
-partition's checkpoint row before it reads the checkpoint; each commit looks at the row before it
-writes anything, and writes the checkpoint only if the token there is not newer than its own. A
-writer frozen past its lease (a GC pause, SIGSTOP, a starved VM) that wakes up to commit one more
-batch after a new owner stamped its token finds it there: the transaction rolls back, nothing of
-the batch is applied, and the runner stops that partition (`Fenced`): it never retries it. The
-row is locked at the end of a commit, not at its start: a writer frozen inside a transaction must
-not hold the new owner's stamp up.
+partition's checkpoint row before it reads the checkpoint; each commit writes the checkpoint only
+if the token there is not newer than its own (in the same statement: no extra round trip), and no
+event is dead-lettered by a writer whose token is not the newest. A writer frozen past its lease
+(a GC pause, SIGSTOP, a starved VM) that wakes up to commit one more batch after a new owner
+stamped its token finds it there: the transaction rolls back, nothing of the batch is applied,
+and the runner stops that partition (`Fenced`): it never retries it. The row is locked at the end
+of a commit, not at its start: a writer frozen inside a transaction must not hold the new owner's
+stamp up.
 """
 
 import asyncio
@@ -211,9 +212,9 @@ async def stamp_fence(conn: asyncpg.Connection, projection: Projection, partitio
 async def check_fence(
     conn: asyncpg.Connection, projection: Projection, partition: int, fence: int, *, lock: bool = False
 ) -> None:
-    """Raise Fenced if a newer writer's token is on the partition's checkpoint row. First thing in a
-    commit (no lock: a frozen writer must not hold up the next owner's stamp), so that a writer
-    known stale writes nothing and dead-letters nothing; lock=True: keep the row locked to the commit."""
+    """Raise Fenced if a newer writer's token is on the partition's checkpoint row: before an event is
+    dead-lettered (a stale writer's failure may come from the new owner's rows), and around a
+    reapply; lock=True: keep the row locked to the commit."""
     stored = await conn.fetchval(
         f"""SELECT fence FROM {projection.schema}.checkpoints WHERE projection = $1 AND partition = $2
             {"FOR UPDATE" if lock else ""}""",
@@ -441,6 +442,8 @@ class ProjectionRunner:
             except Fenced:
                 raise
             except Exception as exc:
+                # Not dead-lettered by a stale writer: its failure may be the new owner's rows.
+                await self._retry_forever(partial(self._check_fence, partition), "check fence", msgs)
                 msg = by_seq[item.seq]
                 await self._retry_forever(partial(self._dead_letter, msg, exc), "dead-letter", msgs)
                 await self._retry_forever(partial(self._commit, partition, [], item.seq), "checkpoint", msgs)
@@ -449,8 +452,6 @@ class ProjectionRunner:
         after_commit = None
         fence = self._fence_of(partition)
         async with self._pool.acquire() as conn, conn.transaction():
-            if fence is not None:
-                await check_fence(conn, self.projection, partition, fence)
             if batch:
                 after_commit = await self.projection.apply(conn, batch)
                 failpoints.hit("before_commit")
@@ -477,6 +478,12 @@ class ProjectionRunner:
                     await check_fence(conn, self.projection, partition, fence, lock=True)
             if after_commit is not None:
                 after_commit()
+
+    async def _check_fence(self, partition: int) -> None:
+        fence = self._fence_of(partition)
+        if fence is not None:
+            async with self._pool.acquire() as conn:
+                await check_fence(conn, self.projection, partition, fence)
 
     def _fence_of(self, partition: int) -> int | None:
         """The token this partition's writes carry; None when unfenced."""
