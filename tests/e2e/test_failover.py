@@ -398,9 +398,9 @@ async def test_payments_are_recorded_once_when_the_leading_billing_instance_is_k
             await eventually(lambda: pro(account), within=15)  # noqa: B023 (awaited at once)
             assert len(await eventually(lambda: payments(account), within=15)) == 1  # noqa: B023
     finally:
-        if stack.billing.process is None:  # the module's own instance was the one killed
+        second.stop()  # first: then the module's own instance, if it was the one killed, leads as it starts
+        if stack.billing.process is None:
             await asyncio.to_thread(stack.billing.start)
-        second.stop()
         after = (await stack.create_account("after"))["account_id"]
         refs[after] = uuid.uuid4().hex
         await asyncio.wait_for(pay(after), 30)  # answered again, by the module's own instance
