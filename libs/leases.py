@@ -127,6 +127,11 @@ class PartitionLeases:
         meanwhile, after a late renewal; the next one that succeeds proves nobody else took it)."""
         return partition in self._held
 
+    def revision(self, partition: int) -> int | None:
+        """The KV revision of our owner key of the partition, None if not held: a fencing token (a
+        new owner's `create` gets a higher revision than any renewal of the previous owner's)."""
+        return self._held.get(partition)
+
     def leaving(self) -> set[int]:
         """Partitions held here but desired elsewhere (hand_over=True): to release() once let go."""
         return set(self._held) - self.desired
@@ -287,7 +292,9 @@ async def lead(
     the previous leader left); when a renewal finds another holder, raise: the process exits
     (crash-only, run it as a spawned task) and its supervisor starts it again as a standby. A
     renewal merely late (an event loop starved of CPU) is not a loss: the key's revision proves
-    nobody else held it. The commands are not fenced by time (docs/scaling.md, "What is not built")."""
+    nobody else held it. The commands are not fenced by time; the projection's commits are fenced by the
+    lease's revision (`leader_fence`; libs/eventlog/runner.py), and so are the refund desk's decisions
+    (libs/fencing.py): a leader frozen past its lease commits nothing once the next one leads."""
     await held(leases, True)
     log.info("%s: this instance (%s) leads", leases.service, leases.instance)
     await begin()
@@ -298,6 +305,11 @@ async def lead(
             break
         await asyncio.sleep(0.2)
     raise RuntimeError(f"{leases.service}: the leader's lease was lost; exiting so that only one instance decides")
+
+
+def leader_fence(leases: PartitionLeases) -> Callable[[int], int | None]:
+    """The fencing token of every partition a leader projects: its leader lease's revision."""
+    return lambda _partition: leases.revision(0)
 
 
 async def until_leading(leading: asyncio.Event) -> None:

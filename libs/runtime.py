@@ -21,7 +21,7 @@ from libs.db import create_pool, migrate_async
 from libs.eventlog.deadletters import DeadLetterRetrier
 from libs.eventlog.monitor import ProjectionMonitor
 from libs.eventlog.publisher import EventPublisher
-from libs.eventlog.runner import ProjectionRunner
+from libs.eventlog.runner import Fence, ProjectionRunner
 from libs.eventlog.streams import require_streams
 from libs.observability import install as install_metrics
 from libs.replay.control import ReplayControl
@@ -74,13 +74,19 @@ class Runtime:
         return publisher
 
     async def project(
-        self, projection: Rebuildable, *, every_partition: bool = True, peers: Peers | None = None
+        self,
+        projection: Rebuildable,
+        *,
+        every_partition: bool = True,
+        peers: Peers | None = None,
+        fence: Fence | None = None,
     ) -> ProjectionRunner:
         """Run the projection over every partition of the event log, and measure its lag, in the
         background, and answer `flowplan dlq retry` for the events it dead-letters and `flowplan
         replay` for the projection. every_partition=False: the caller runs the partitions it owns
         (`runner.run_partition`, services/quota/partitions.py); its instances, `peers`, are all
-        paused for a replay (libs/replay/instances.py)."""
+        paused for a replay (libs/replay/instances.py). fence: the revision of the lease under which
+        each partition is projected here (libs/eventlog/runner.py, "Fencing")."""
         if not isinstance(self.settings, ProjectionSettings):
             raise TypeError(f"{self.name}: a projection needs a database_url in its settings")
         settings = self.settings
@@ -88,7 +94,7 @@ class Runtime:
         runner = ProjectionRunner(
             projection, self.db, self.nc.jetstream(), stream=self.settings.stream, partitions=partitions,
             batch=self.settings.projection_batch, ack_wait_s=self.settings.ack_wait_s,
-            linger_s=self.settings.projection_linger_s, tracer=self.tracer,
+            linger_s=self.settings.projection_linger_s, tracer=self.tracer, fence=fence,
         )  # fmt: skip
         if every_partition:
             self.spawn(runner.run(), f"{self.name}-projection")

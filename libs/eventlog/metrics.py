@@ -17,3 +17,9 @@ dead_letters = Counter(
 replay_events = Counter(
     SCOPE, "flowplan_replay_events", description="events a `flowplan replay` rebuild read from the log, by projection"
 )
+fenced_batches = Counter(
+    SCOPE,
+    "flowplan_projection_fenced_batches",
+    description="partitions a projection stopped because a newer owner's lease revision was on the checkpoint "
+    "(a stale writer: its batch was rolled back)",
+)

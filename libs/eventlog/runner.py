@@ -18,11 +18,25 @@ the consumer from its checkpoint, rather than ack (AckPolicy.ALL) past an event 
 Transient failures (Postgres or NATS away) are retried with backoff on the same batch,
 forever, without losing its place. An event that cannot be decoded or applied is sent
 to the dead-letter stream and the consumer goes on.
+
+Fencing (docs/scaling.md): a runner given a `fence` projects each partition under a lease whose
+revision (a NATS KV revision: it only grows, and a new owner's is higher than any of the previous
+owner's) is the writer's fencing token. Taking a partition, the runner stamps that token on the
+partition's checkpoint row before it reads the checkpoint; each commit writes the checkpoint only
+if the token there is not newer than its own (in the same statement: no extra round trip), and no
+event is dead-lettered by a writer whose token is not the newest. A writer frozen past its lease
+(a GC pause, SIGSTOP, a starved VM) that wakes up to commit one more batch after a new owner
+stamped its token finds it there: the transaction rolls back, nothing of the batch is applied,
+and the runner stops that partition (`Fenced`): it never retries it. The row is locked at the end
+of a commit, not at its start: a writer frozen inside a transaction must not hold the new owner's
+stamp up.
 """
 
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import NamedTuple, Protocol, TypeVar
@@ -40,6 +54,7 @@ from libs import failpoints, tracing
 from libs.eventlog import metrics, subjects
 from libs.eventlog.dispatch import unknown_event_types
 from libs.eventlog.pause import Pause
+from libs.fencing import Fenced
 from proto.v1 import decode_event
 from proto.v1.events import AnyEvent
 
@@ -118,6 +133,11 @@ def take_queued_first(sub: nats.js.JetStreamContext.PullSubscription) -> None:
     inner.next_msg = next_msg  # type: ignore[method-assign]
 
 
+Fence = Callable[[int], int | None]
+"""The fencing token of a partition: the revision of the lease under which this instance projects
+it, or None when it does not hold that lease (then it does not project the partition)."""
+
+
 class Applied(NamedTuple):
     seq: int
     event: AnyEvent
@@ -142,14 +162,67 @@ class Projection(Protocol):
         ...
 
 
-async def save_checkpoint(conn: asyncpg.Connection, projection: Projection, partition: int, last_seq: int) -> None:
-    await conn.execute(
-        f"""INSERT INTO {projection.schema}.checkpoints (projection, partition, last_seq) VALUES ($1, $2, $3)
-            ON CONFLICT (projection, partition) DO UPDATE SET last_seq = EXCLUDED.last_seq""",
+async def save_checkpoint(
+    conn: asyncpg.Connection, projection: Projection, partition: int, last_seq: int, fence: int | None = None
+) -> None:
+    """The new checkpoint. With a fence, only while the row holds no newer one (else Fenced: the
+    caller's transaction rolls back); the row stays locked to the commit, so a new owner's
+    stamp_fence waits for this commit and finds it, or comes first and makes it fail."""
+    if fence is None:
+        await conn.execute(
+            f"""INSERT INTO {projection.schema}.checkpoints (projection, partition, last_seq) VALUES ($1, $2, $3)
+                ON CONFLICT (projection, partition) DO UPDATE SET last_seq = EXCLUDED.last_seq""",
+            projection.name,
+            partition,
+            last_seq,
+        )
+        return
+    saved = await conn.fetchval(
+        f"""INSERT INTO {projection.schema}.checkpoints AS c (projection, partition, last_seq, fence)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT (projection, partition) DO UPDATE SET last_seq = EXCLUDED.last_seq, fence = EXCLUDED.fence
+            WHERE c.fence <= EXCLUDED.fence
+            RETURNING true""",
         projection.name,
         partition,
         last_seq,
+        fence,
     )
+    if saved is None:
+        raise Fenced(f"{projection.name} p{partition}: a newer writer than fence {fence} took the partition")
+
+
+async def stamp_fence(conn: asyncpg.Connection, projection: Projection, partition: int, fence: int) -> int:
+    """Put this writer's fencing token on the partition's checkpoint row (created at 0 if missing) and
+    return the checkpoint; raise Fenced if a newer token is there already."""
+    last_seq = await conn.fetchval(
+        f"""INSERT INTO {projection.schema}.checkpoints AS c (projection, partition, last_seq, fence)
+            VALUES ($1, $2, 0, $3)
+            ON CONFLICT (projection, partition) DO UPDATE SET fence = EXCLUDED.fence WHERE c.fence <= EXCLUDED.fence
+            RETURNING last_seq""",
+        projection.name,
+        partition,
+        fence,
+    )
+    if last_seq is None:
+        raise Fenced(f"{projection.name} p{partition}: a newer writer than fence {fence} took the partition")
+    return int(last_seq)
+
+
+async def check_fence(
+    conn: asyncpg.Connection, projection: Projection, partition: int, fence: int, *, lock: bool = False
+) -> None:
+    """Raise Fenced if a newer writer's token is on the partition's checkpoint row: before an event is
+    dead-lettered (a stale writer's failure may come from the new owner's rows), and around a
+    reapply; lock=True: keep the row locked to the commit."""
+    stored = await conn.fetchval(
+        f"""SELECT fence FROM {projection.schema}.checkpoints WHERE projection = $1 AND partition = $2
+            {"FOR UPDATE" if lock else ""}""",
+        projection.name,
+        partition,
+    )
+    if stored is not None and stored > fence:
+        raise Fenced(f"{projection.name} p{partition}: fence {fence} is stale (the checkpoint holds {stored})")
 
 
 class ProjectionRunner:
@@ -165,7 +238,10 @@ class ProjectionRunner:
         ack_wait_s: float = 10.0,
         linger_s: float = 0.0,
         tracer: Tracer | None = None,
+        fence: Fence | None = None,
     ) -> None:
+        """fence: the fencing token of each partition (module docstring); None: unfenced, for a
+        runner that is the only writer by construction (a replay's rebuild, tests)."""
         if unknown := unknown_event_types(projection.event_types):
             raise ValueError(f"projection {projection.name} reads event types the log does not have: {unknown}")
         self.projection = projection
@@ -177,6 +253,11 @@ class ProjectionRunner:
         self._batch = batch
         self._ack_wait_s = ack_wait_s
         self._linger_s = linger_s
+        self._fence = fence
+        self._fences: dict[int, int] = {}
+        """The token each partition is projected under, stamped when its loop started."""
+        self.fenced: set[int] = set()
+        """Partitions stopped because a newer writer took them (until this runner takes them again)."""
         self._keep_alives: set[asyncio.Future[None]] = set()
         metrics.dead_letters.add(0, {"projection": projection.name})  # a DLQ panel shows 0, not "no data"
         self._partition_locks = [asyncio.Lock() for _ in range(partitions)]
@@ -213,12 +294,38 @@ class ProjectionRunner:
                 self._looping.discard(partition)
                 if not self._looping:
                     self.pause.all_parked()
-            if stop.is_set():
+            if stop.is_set() or partition in self.fenced:
                 return
             await self.pause.park(last=False)
 
     async def _run_partition(self, partition: int, stop: asyncio.Event | None = None) -> None:
-        last_seq = await self._retry_forever(lambda: self._load_checkpoint(partition), "load checkpoint")
+        self.fenced.discard(partition)
+        try:
+            await self._project_partition(partition, stop)
+        except Fenced as exc:
+            self.fenced.add(partition)
+            self._fences.pop(partition, None)
+            metrics.fenced_batches.add(1, {"projection": self.projection.name})
+            log.error("%s p%d: stopped, a stale writer: %s", self.projection.name, partition, exc)
+
+    async def _start_partition(self, partition: int) -> int:
+        """The partition's checkpoint, after stamping this writer's fence on it (if fenced)."""
+        if self._fence is None:
+            return await self._retry_forever(lambda: self._load_checkpoint(partition), "load checkpoint")
+        fence = self._fence(partition)
+        if fence is None:
+            raise Fenced(f"{self.projection.name} p{partition}: its lease is not held here")
+
+        async def stamp() -> int:
+            async with self._pool.acquire() as conn:
+                return await stamp_fence(conn, self.projection, partition, fence)
+
+        last_seq = await self._retry_forever(stamp, "stamp fence")
+        self._fences[partition] = fence
+        return last_seq
+
+    async def _project_partition(self, partition: int, stop: asyncio.Event | None) -> None:
+        last_seq = await self._start_partition(partition)
         self.applied[partition] = max(self.applied.get(partition, 0), last_seq)
         sub = await self._retry_forever(lambda: self._subscribe(partition, last_seq), "subscribe")
         expected = 1  # a new consumer's first delivery
@@ -252,7 +359,12 @@ class ProjectionRunner:
             if fresh:
                 with tracing.consuming(self._tracer, self.projection.name, self.projection.event_types, fresh):
                     async with self._partition_locks[partition]:
-                        last_seq = await self._apply(partition, fresh)
+                        try:
+                            last_seq = await self._apply(partition, fresh)
+                        except Fenced:  # not acked: the new owner's consumer delivers the batch
+                            with contextlib.suppress(nats.errors.Error):
+                                await sub.unsubscribe()
+                            raise
                 failpoints.hit("after_commit")
             try:
                 await msgs[-1].ack()  # AckPolicy.ALL: acks the whole batch
@@ -317,6 +429,8 @@ class ProjectionRunner:
         try:
             with tracing.writing(self.projection.schema, len(batch)):
                 await self._retry_forever(lambda: self._commit(partition, batch, last), "apply batch", msgs)
+        except Fenced:
+            raise
         except Exception as exc:  # a permanent failure somewhere in the batch: find the event
             log.warning("%s p%d: batch failed (%r); applying one by one", self.projection.name, partition, exc)
             await self._apply_one_by_one(partition, batch, msgs)
@@ -328,18 +442,25 @@ class ProjectionRunner:
         for item in batch:
             try:
                 await self._retry_forever(partial(self._commit, partition, [item], item.seq), "apply event", msgs)
+            except Fenced:
+                raise
             except Exception as exc:
+                # Not dead-lettered by a stale writer: its failure may be the new owner's rows.
+                await self._retry_forever(partial(self._check_fence, partition), "check fence", msgs)
                 msg = by_seq[item.seq]
                 await self._retry_forever(partial(self._dead_letter, msg, exc), "dead-letter", msgs)
                 await self._retry_forever(partial(self._commit, partition, [], item.seq), "checkpoint", msgs)
 
     async def _commit(self, partition: int, batch: Sequence[Applied], last_seq: int) -> None:
         after_commit = None
+        fence = self._fence_of(partition)
         async with self._pool.acquire() as conn, conn.transaction():
             if batch:
                 after_commit = await self.projection.apply(conn, batch)
                 failpoints.hit("before_commit")
-            await save_checkpoint(conn, self.projection, partition, last_seq)
+                if failpoints.fires("freeze_in_commit"):  # a fault test: frozen mid-batch, as by a GC pause
+                    os.kill(os.getpid(), signal.SIGSTOP)
+            await save_checkpoint(conn, self.projection, partition, last_seq, fence)
         if batch:
             metrics.events_applied.add(len(batch), {"projection": self.projection.name})
         if after_commit is not None:
@@ -351,10 +472,30 @@ class ProjectionRunner:
         batches so that no two transactions change the projection's memory at once. The
         checkpoint stays where it is: the partition moved past this event long ago."""
         async with self._partition_locks[partition], self._pool.acquire() as conn:
+            fence = self._fence_of(partition)
             async with conn.transaction():
+                if fence is not None:
+                    await check_fence(conn, self.projection, partition, fence)
                 after_commit = await self.projection.apply(conn, [item])
+                if fence is not None:
+                    await check_fence(conn, self.projection, partition, fence, lock=True)
             if after_commit is not None:
                 after_commit()
+
+    async def _check_fence(self, partition: int) -> None:
+        fence = self._fence_of(partition)
+        if fence is not None:
+            async with self._pool.acquire() as conn:
+                await check_fence(conn, self.projection, partition, fence)
+
+    def _fence_of(self, partition: int) -> int | None:
+        """The token this partition's writes carry; None when unfenced."""
+        if self._fence is None:
+            return None
+        fence = self._fences.get(partition)
+        if fence is None:  # a reapply for a partition not projected here (stopped, or never taken)
+            raise Fenced(f"{self.projection.name} p{partition}: not projected under a lease here")
+        return fence
 
     async def _dead_letter(self, msg: Msg, error: BaseException) -> None:
         seq = stream_seq(msg)

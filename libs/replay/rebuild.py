@@ -7,7 +7,8 @@
    never overtakes it; this repeats while the live projection moves on.
 3. Caught up: the live runner is paused between batches (on every instance of the service that
    projects: instances.py), the rebuild applies exactly up to the live checkpoints, and both are
-   equal by construction or by bug.
+   equal by construction or by bug. The checkpoints' fences (the live writers' lease revisions,
+   libs/eventlog/runner.py) are carried over as they are.
    With verify, a REPEATABLE READ snapshot of both is taken while paused; the live runner
    goes on and the snapshot is compared table by table. Differences stop the replay unless
    the caller asked to swap anyway (a rebuild after a bug fix is meant to differ).
@@ -213,6 +214,9 @@ class Rebuild:
         async with asyncio.TaskGroup() as group:
             for partition, bound in bounds.items():
                 group.create_task(self._take_over(partition, bound, asked_at))
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            await tables.carry_fences(conn, self.projection.schema, self._schema, self.projection.name)
 
     async def _take_over(self, partition: int, bound: int, asked_at: float) -> None:
         await self._advance(partition, bound, asked_at)

@@ -70,3 +70,15 @@ async def checkpoints(conn: asyncpg.Connection, schema: str, projection: str) ->
     """The last sequence applied, per partition (partitions never applied to are absent)."""
     rows = await conn.fetch(f"SELECT partition, last_seq FROM {schema}.checkpoints WHERE projection = $1", projection)
     return {row["partition"]: row["last_seq"] for row in rows}
+
+
+async def carry_fences(conn: asyncpg.Connection, live: str, fresh: str, projection: str) -> None:
+    """Give the rebuilt checkpoints the live ones' fences (not derived from the log: the tokens of the
+    live writers, libs/eventlog/runner.py), and the rows a live writer stamped before it applied
+    anything (last_seq 0), so that the swapped-in tables fence a stale writer out as the old did."""
+    await conn.execute(
+        f"""INSERT INTO {fresh}.checkpoints (projection, partition, last_seq, fence)
+            SELECT projection, partition, last_seq, fence FROM {live}.checkpoints WHERE projection = $1
+            ON CONFLICT (projection, partition) DO UPDATE SET fence = EXCLUDED.fence""",
+        projection,
+    )

@@ -9,7 +9,7 @@ import asyncio
 from pathlib import Path
 
 from libs.clock import Clock, SystemClock
-from libs.leases import lead, leader_leases, until_leading
+from libs.leases import lead, leader_fence, leader_leases, until_leading
 from libs.pricing.catalog import load_catalog
 from libs.pricing.money import to_micros
 from libs.rpc import ask
@@ -50,7 +50,7 @@ class BillingService:
 
     async def _begin(self, projection: BillingProjection, responder: BillingResponder) -> None:
         """Leading: project, answer the queries and commands, sweep the insiders' ends."""
-        await self.runtime.project(projection)
+        await self.runtime.project(projection, fence=leader_fence(self.leases))
         responder.serve(self.runtime)
         self.commands.serve(self.runtime)
         await self.runtime.start_responders()

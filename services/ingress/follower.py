@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from libs.eventlog.follower import LogFollower
 from libs.eventlog.follower import loaded_from as loaded_from
-from libs.leases import PartitionLeases, held
+from libs.leases import PartitionLeases, held, leader_fence
 from libs.runtime import Runtime
 from services.ingress.projection import IngressProjection
 
@@ -48,7 +48,7 @@ async def project_while_owner(runtime: Runtime, projection: IngressProjection, l
     """Start the projection once this instance holds the lease; pause it while it does not."""
     await held(leases, True, every_s=CHECK_S)
     log.info("ingress projection: runs in this instance (%s)", leases.instance)
-    runner = await runtime.project(projection)
+    runner = await runtime.project(projection, fence=leader_fence(leases))
     while True:
         await held(leases, False, every_s=CHECK_S)
         log.warning("ingress projection: lease lost; paused until it is held again")

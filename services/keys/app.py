@@ -14,7 +14,7 @@ from pathlib import Path
 
 from libs.clock import Clock, SystemClock
 from libs.eventlog.follower import LogFollower, loaded_from
-from libs.leases import PartitionLeases, lead, leader_leases, until_leading
+from libs.leases import PartitionLeases, lead, leader_fence, leader_leases, until_leading
 from libs.runtime import Runtime
 from libs.settings import KeysSettings
 from proto.v1 import subjects
@@ -64,7 +64,8 @@ class KeysService:
 
     async def _begin(self, projection: KeysProjection, responder: KeysResponder) -> None:
         """Leading: project, and answer the key commands."""
-        await self.runtime.project(projection)
+        assert self.leases is not None
+        await self.runtime.project(projection, fence=leader_fence(self.leases))
         responder.serve(self.runtime)
         await self.runtime.start_responders()
 

@@ -52,7 +52,9 @@ class QuotaService:
             runtime.nc.jetstream(), "quota", self.instance, settings.partitions,
             lease_s=LEASE_S, replicas=settings.stream_replicas, hand_over=True,
         )  # fmt: skip
-        runner = await runtime.project(projection, every_partition=False, peers=leases)  # a replay pauses every one
+        # Each partition is projected under its own lease: its revision fences a stale owner's commits;
+        # a replay pauses every instance.
+        runner = await runtime.project(projection, every_partition=False, peers=leases, fence=leases.revision)
         limits = {plan.id: Limits(*plan.limits_micros) for plan in self.catalog.plans.values()}
         await store_limits(runtime.db, projection.schema, limits)
         partitions = QuotaPartitions(

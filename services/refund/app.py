@@ -9,7 +9,8 @@ import asyncio
 from pathlib import Path
 
 from libs.clock import Clock, SystemClock
-from libs.leases import lead, leader_leases, until_leading
+from libs.fencing import LeaderFence
+from libs.leases import lead, leader_fence, leader_leases, until_leading
 from libs.runtime import Runtime
 from libs.settings import RefundSettings
 from services.refund.desk import RefundDesk
@@ -32,8 +33,10 @@ class RefundService:
         projection = RefundProjection()
         publisher = await runtime.publisher()
         provider = LocalPaymentProvider(runtime.db, publisher, projection.schema)
+        self.fence = LeaderFence(projection.schema, "refund-desk")
         self.desk = RefundDesk(
-            runtime.db, projection.schema, runtime.nc, publisher, provider, self.clock, stream=settings.stream,
+            runtime.db, projection.schema, runtime.nc, publisher, provider, self.clock, self.fence,
+            stream=settings.stream,
             request_timeout_s=settings.request_timeout_s, barrier_wait_s=settings.refund_barrier_wait_s,
         )  # fmt: skip
         self.responder = RefundResponder(self.desk, provider)
@@ -45,8 +48,12 @@ class RefundService:
         await runtime.serve(settings.refund_port)
 
     async def _begin(self, projection: RefundProjection) -> None:
-        """Leading: project, answer the commands, settle what the previous leader left processing."""
-        await self.runtime.project(projection)
+        """Leading: decide from now on (the desk's fence stamped: a previous leader, frozen, decides
+        nothing more), project, answer the commands, settle what the previous leader left processing."""
+        token = self.leases.revision(0)
+        assert token is not None, "leading without the lease"
+        await self.fence.stamp(self.runtime.db, token)
+        await self.runtime.project(projection, fence=leader_fence(self.leases))
         self.responder.serve(self.runtime)
         await self.runtime.start_responders()
         await self.desk.resume()

@@ -10,12 +10,18 @@ provider with the refund id as idempotency key, and records the outcome: succeed
 the account drops to Free at once; or, for a payment whose plan had not started yet, that
 scheduled change is withdrawn and the plan in force runs on), failed, or cancelled when
 nothing is left to refund.
+
+The desk decides as the refund leader (services/refund/app.py): every transaction that decides
+(a request, a cancel, a payout's start, the outcome, the drop to Free) is fenced by the leader
+lease's revision (libs/fencing.py), so a leader frozen past its lease decides nothing after the
+next one leads. The payout itself is idempotent by the refund id at the provider.
 """
 
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 import asyncpg
@@ -27,6 +33,7 @@ from libs.clock import Clock
 from libs.eventlog.barrier import applied_through, until_quota_applied
 from libs.eventlog.publisher import EventPublisher, PublishFailed
 from libs.eventlog.runner import TRANSIENT_ERRORS
+from libs.fencing import LeaderFence
 from libs.pricing.catalog import FREE
 from libs.refusal import Refusal
 from libs.rpc import Unavailable, ask
@@ -68,13 +75,14 @@ class RefundDesk:
         publisher: EventPublisher,
         provider: PaymentProvider,
         clock: Clock,
+        fence: LeaderFence,
         *,
         stream: str,
         request_timeout_s: float,
         barrier_wait_s: float,
     ) -> None:
         self._pool, self._schema, self._nc, self._js = pool, schema, nc, nc.jetstream()
-        self._publisher, self._provider, self._clock = publisher, provider, clock
+        self._publisher, self._provider, self._clock, self._fence = publisher, provider, clock, fence
         self._stream = stream
         self._request_timeout_s = request_timeout_s
         self._barrier_wait_s = barrier_wait_s
@@ -122,7 +130,7 @@ class RefundDesk:
             usage_micros=quote.usage_micros, refunded_before_micros=quote.refunded_before_micros,
             fee_micros=quote.fee_micros, amount_micros=quote.amount_micros,
         )  # fmt: skip
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._deciding() as conn:
             if not await insert_refund(conn, self._schema, event):  # waits out a concurrent request, then loses
                 statuses = [
                     status for status, _ in await tables.refunds_of(conn, self._schema, account_id, quote.payment_ref)
@@ -135,7 +143,7 @@ class RefundDesk:
 
     async def cancel(self, account_id: str, refund_id: str) -> RefundView:
         """Call the refund off, unless its payout has started (the row lock orders this against it)."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._deciding() as conn:
             row = await conn.fetchrow(
                 f"SELECT * FROM {self._schema}.refunds WHERE refund_id = $1 AND account_id = $2 FOR UPDATE",
                 refund_id,
@@ -236,8 +244,7 @@ class RefundDesk:
                 event_id=_event_id(refund_id, "plan"), account_id=account_id, occurred_at=now,
                 plan_change_id=change_id,
             )  # fmt: skip
-            await self._publisher.publish([succeeded, withdrawn])
-            await self._record(succeeded, published=True)
+            await self._record(succeeded, withdrawn)
             return
         to_free = PlanChanged(
             event_id=_event_id(refund_id, "plan"), account_id=account_id, occurred_at=now, plan=FREE,
@@ -246,7 +253,8 @@ class RefundDesk:
         # Free first, then "succeeded": this projection settles the refund from the log too, so a
         # RefundSucceeded stored before quota shows Free would say succeeded while Pro still works.
         # A crash in between settles again on the next start (the payout and the event ids repeat).
-        [stored] = await self._publisher.publish([to_free])
+        async with self._deciding():
+            [stored] = await self._publisher.publish([to_free])
         await self._until_quota_applied(account_id, stored.seq)
         await self._record(succeeded)
 
@@ -255,7 +263,7 @@ class RefundDesk:
         started = RefundPayoutStarted(
             event_id=_event_id(refund_id, "payout"), account_id=account_id, occurred_at=now, refund_id=refund_id
         )
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._deciding() as conn:
             row = await conn.fetchrow(
                 f"SELECT status, payout_started FROM {self._schema}.refunds WHERE refund_id = $1 FOR UPDATE",
                 refund_id,
@@ -267,12 +275,19 @@ class RefundDesk:
                 await self._publisher.publish([started])
         return True
 
+    @asynccontextmanager
+    async def _deciding(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction that goes through only while this instance leads (libs/fencing.py)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._fence.check(conn)
+            yield conn
+
     async def _record(
-        self, event: RefundSucceeded | RefundFailed | RefundCancelled, *, published: bool = False
+        self, event: RefundSucceeded | RefundFailed | RefundCancelled, *also: PlanChangeCancelled
     ) -> None:
-        if not published:
-            await self._publisher.publish([event])
-        async with self._pool.acquire() as conn:
+        """Publish the outcome (with what it withdraws) and settle the refund's row: one fenced step."""
+        async with self._deciding() as conn:
+            await self._publisher.publish([event, *also])
             await settle_refund(conn, self._schema, event)
         status = {RefundSucceeded: "succeeded", RefundFailed: "failed", RefundCancelled: "cancelled"}[type(event)]
         metrics.refunds.add(1, {"status": status})

@@ -5,6 +5,7 @@ from typing import Any
 
 import asyncpg
 
+from libs.fencing import Fenced
 from libs.refusal import Refusal
 from libs.rpc import Replier
 from proto.v1 import (
@@ -28,7 +29,8 @@ class RefundResponder:
         self._provider = provider
 
     def serve(self, runtime: Replier) -> None:
-        options: dict[str, Any] = {"invalid": (asyncpg.DataError,), "transient": RETRIED, "max_workers": 64,
+        options: dict[str, Any] = {"invalid": (asyncpg.DataError,), "transient": (*RETRIED, Fenced),
+                                   "max_workers": 64,
                                    "retry_message": "refunds are unavailable; retry"}  # fmt: skip
         runtime.reply(rpc.REFUND_PREVIEW, self.preview, **options)
         runtime.reply(rpc.REFUND_REQUEST, self.request, **options)

@@ -13,13 +13,20 @@ keys: two instances answer lookups from their own memory; the one that leads (pr
 key commands) killed, lookups go on with no gap and the other leads within 5 s.
 
 refund: the leading instance dies right after paying a refund out, before recording it; the standby
-leads, settles it again, and the provider's idempotency key (the refund id) pays it once."""
+leads, settles it again, and the provider's idempotency key (the refund id) pays it once.
+
+billing: the leading instance killed while payments are being recorded; the standby leads within
+5 s, and every payment, those retried across the kill included, is recorded exactly once. And the
+leading instance frozen (SIGSTOP) in the middle of a projection batch, past its lease: the standby
+takes over and projects, and the frozen one, continued, does not commit its batch (the fence)."""
 
 import asyncio
+import os
+import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -29,7 +36,7 @@ import nats.js.errors
 import pytest
 
 from libs.apikeys import hash_secret
-from libs.eventlog.subjects import partition_for
+from libs.eventlog.subjects import STORED_PREFIX, partition_for
 from libs.leases import BUCKET
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings
@@ -411,3 +418,184 @@ async def test_a_refund_whose_leading_instance_dies_mid_settlement_is_paid_once(
             await asyncio.to_thread(stack.refund.stop)
         second.stop()
         await asyncio.to_thread(stack.refund.start)
+
+
+async def leader_of(stack: Stack, service: str) -> str | None:
+    """The instance holding the service's leader lease now (None: run out, not taken yet)."""
+    nc = await stack.nats()
+    try:
+        entry = await (await nc.jetstream().key_value(BUCKET)).get(f"owner.{service}-leader.0")
+        return (entry.value or b"").decode() or None
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    finally:
+        await nc.close()
+
+
+async def test_payments_are_recorded_once_when_the_leading_billing_instance_is_killed(
+    stack: Stack, workdir: Path
+) -> None:
+    port = free_port()
+    second = ServiceProcess("billing", {**stack.billing.env, "FLOWPLAN_BILLING_PORT": str(port)}, port, workdir)
+    second.log_path = workdir / f"billing-second-{port}.log"
+    await asyncio.to_thread(second.start)  # a standby
+    accounts = [await stack.create_account(f"payer-{i}") for i in range(8)]
+    refs = {account["account_id"]: uuid.uuid4().hex for account in accounts}
+    tries: dict[str, int] = {}
+
+    async def pay(account_id: str) -> dict[str, Any]:
+        """As a payment webhook is delivered: again, with the same payment_ref, until recorded."""
+        while True:
+            tries[account_id] = tries.get(account_id, 0) + 1
+            status, reply = await stack.http(
+                "POST", f"/admin/v1/accounts/{account_id}/payments", token=stack.settings.admin_token,
+                json={"plan": "pro", "amount_usd": "20.00", "payment_ref": refs[account_id]},
+            )  # fmt: skip
+            assert status in (201, 503), reply  # 503 (retry) while nobody leads
+            if status == 201:
+                return dict(reply)
+            await asyncio.sleep(0.1)
+
+    async def paid_later(i: int, account_id: str) -> dict[str, Any]:
+        await asyncio.sleep(0.25 * i)
+        return await pay(account_id)
+
+    leading = await leader_of(stack, "billing")
+    leader = next(p for p in (stack.billing, second) if instance(p) == leading)
+    try:
+        first = await pay(accounts[0]["account_id"])  # recorded before the kill, delivered again after it
+        paying = [asyncio.create_task(paid_later(i, a["account_id"])) for i, a in enumerate(accounts[1:])]
+        await asyncio.sleep(0.6)  # a few recorded, the others on their way
+        killed = time.monotonic()
+        await asyncio.to_thread(leader.kill)
+        standby = second if leader is stack.billing else stack.billing
+
+        async def led() -> bool:
+            return await leader_of(stack, "billing") == instance(standby)
+
+        await eventually(led, within=10, interval=0.05)
+        took = time.monotonic() - killed
+        again = await pay(accounts[0]["account_id"])
+        replies = [first, *await asyncio.wait_for(asyncio.gather(*paying), 60)]
+        answered = time.monotonic() - killed
+        print(f"\nbilling: leadership taken over after {took:.2f} s; all payments answered {answered:.2f} s "
+              f"after the kill; tries per payment {sorted(tries.values())}")  # fmt: skip
+        assert took < 5.0
+        assert again == first  # the payment recorded before, not a second one (same paid_at, paid_until)
+        assert [reply["payment_ref"] for reply in replies] == list(refs.values())
+
+        nc = await stack.nats()
+        try:  # one PaymentRecorded per payment in the log, however often it was asked for
+            info = await nc.jetstream().stream_info(
+                stack.settings.stream, subjects_filter=f"{STORED_PREFIX}.*.account.*.PaymentRecorded"
+            )
+        finally:
+            await nc.close()
+        recorded = {subject.split(".")[-2]: n for subject, n in (info.state.subjects or {}).items()}
+        assert {account_id: recorded.get(account_id) for account_id in refs} == dict.fromkeys(refs, 1)
+
+        async def pro(account: dict[str, str]) -> bool:
+            return (await stack.usage(account["key"]))["plan"] == "pro"
+
+        async def payments(account: dict[str, str]) -> list[dict[str, Any]]:  # as billing's projection has it
+            status, history = await stack.http("GET", "/v1/billing/history", token=account["key"])
+            assert status == 200, history
+            return [e for e in history["data"] if e["type"] == "payment"]
+
+        for account in accounts:  # the new leader's projection catches up with what the old one did not apply
+            await eventually(lambda: pro(account), within=15)  # noqa: B023 (awaited at once)
+            assert len(await eventually(lambda: payments(account), within=15)) == 1  # noqa: B023
+    finally:
+        second.stop()  # first: then the module's own instance, if it was the one killed, leads as it starts
+        if stack.billing.process is None:
+            await asyncio.to_thread(stack.billing.start)
+        after = (await stack.create_account("after"))["account_id"]
+        refs[after] = uuid.uuid4().hex
+        await asyncio.wait_for(pay(after), 30)  # answered again, by the module's own instance
+
+
+def stopped(process: ServiceProcess) -> bool:
+    """The process is stopped (SIGSTOP): state T in /proc."""
+    assert process.process is not None
+    stat = Path(f"/proc/{process.process.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+async def test_a_billing_leader_frozen_mid_batch_commits_nothing_after_the_standby_took_over(
+    stack: Stack, workdir: Path
+) -> None:
+    account = await stack.create_account("frozen")
+    partition = partition_for(account["account_id"], stack.settings.partitions)
+    await asyncio.to_thread(stack.billing.stop)  # hands its lease over at once
+    frozen = stack.billing  # stops itself (SIGSTOP) in its first commit of a batch: it leads
+    await asyncio.to_thread(frozen.start, {"FLOWPLAN_FAILPOINT": "freeze_in_commit"}, wait=False)
+    await eventually(lambda: _leads(stack, frozen), within=20, interval=0.1)
+    port = free_port()
+    second = ServiceProcess("billing", {**stack.billing.env, "FLOWPLAN_BILLING_PORT": str(port)}, port, workdir)
+    second.log_path = workdir / f"billing-standby-{port}.log"
+    await asyncio.to_thread(second.start)  # a standby
+    conn = await stack.db()
+    ref = uuid.uuid4().hex
+
+    async def pay() -> dict[str, Any]:
+        while True:
+            status, reply = await stack.http(
+                "POST", f"/admin/v1/accounts/{account['account_id']}/payments", token=stack.settings.admin_token,
+                json={"plan": "pro", "amount_usd": "20.00", "payment_ref": ref},
+            )  # fmt: skip
+            assert status in (201, 503), reply
+            if status == 201:
+                return dict(reply)
+            await asyncio.sleep(0.2)
+
+    async def fence() -> int:
+        return int(await conn.fetchval(
+            "SELECT fence FROM billing.checkpoints WHERE projection = 'billing' AND partition = $1", partition
+        ))  # fmt: skip
+
+    def fence_is(token: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await fence() == token
+
+        return check
+
+    async def frozen_now() -> bool:
+        return stopped(frozen)
+
+    paying = asyncio.create_task(pay())
+    try:
+        await eventually(frozen_now, within=20, interval=0.05)
+        await eventually(lambda: _leads(stack, second), within=10, interval=0.05)
+        nc = await stack.nats()
+        try:
+            token = (await (await nc.jetstream().key_value(BUCKET)).get("owner.billing-leader.0")).revision
+        finally:
+            await nc.close()
+        assert token is not None
+        stamped = await eventually(fence_is(token), within=10, interval=0.05)  # not held up by the frozen batch
+        assert stamped
+        assert frozen.process is not None
+        os.kill(frozen.process.pid, signal.SIGCONT)  # it wakes up and commits its batch: refused
+        await asyncio.to_thread(frozen.wait_exit, 30)  # then finds its lease lost, and exits (crash-only)
+        assert "stopped, a stale writer" in frozen.log()  # without the fence: committed, no such line
+        reply = await asyncio.wait_for(paying, 30)
+        assert reply["plan"] == "pro" and await fence() == token
+
+        async def payments() -> list[dict[str, Any]]:
+            status, history = await stack.http("GET", "/v1/billing/history", token=account["key"])
+            assert status == 200, history
+            return [e for e in history["data"] if e["type"] == "payment"]
+
+        assert len(await eventually(payments, within=15)) == 1
+    finally:
+        paying.cancel()
+        await conn.close()
+        if frozen.process is not None:
+            os.kill(frozen.process.pid, signal.SIGCONT)
+            await asyncio.to_thread(frozen.kill)
+        second.stop()
+        await asyncio.to_thread(stack.billing.start)
+
+
+async def _leads(stack: Stack, process: ServiceProcess) -> bool:
+    return process.process is not None and await leader_of(stack, "billing") == instance(process)
