@@ -37,13 +37,15 @@ async def subscribed(nc: Client) -> None:
     """Return once the server has processed every SUB this connection sent so far, so that a request
     from any other connection finds these subscribers.
 
-    `nc.flush()` alone does not promise it (nats-py 2.16.0, nats/aio/client.py:2344): its PING is
+    One `nc.flush()` does not promise it (nats-py 2.16.0, nats/aio/client.py:2344): its PING is
     written to the socket at once, while SUB (like every command) waits in `_pending` for the
-    flusher task, which writes it on a later turn of the loop. The server answers PONG before it has
-    read the SUBs, and a request sent then from another connection can meet no subscriber and get
-    a 503 "no responders": 3-7% of Responders starts on 2 shared cores (17% under two busy loops).
-    Waiting for the flusher to write what is pending first puts the PING behind the SUBs."""
-    await nc._flush_pending(force_flush=True)  # nats-py has no public "write what is pending and wait"
+    flusher task. The server answers PONG before it has read the SUBs, and a request sent then from
+    another connection can meet no subscriber and get a 503 "no responders": 3-7% of Responders
+    starts on 2 shared cores (17% under two busy loops). The second flush's PING follows the SUBs:
+    the flusher task, woken when they were queued, writes them before the loop can read the first
+    PONG (or behind what it was still writing, in order). Public API only, so both waits keep
+    flush()'s timeout and let a cancellation through."""
+    await nc.flush()
     await nc.flush()
 
 
