@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from opentelemetry.trace import SpanKind, Tracer
 
 from libs import tracing
+from libs.connections import subscribed
 from libs.refusal import Refusal
 from proto.v1 import encode
 from proto.v1.rpc import Rpc
@@ -208,9 +209,9 @@ class Responders:
             for subscriber in self._unstarted:
                 await subscriber.start()
         self._unstarted.clear()
-        # Subscribing only sends SUB: a flush returns once the server has them all, so whatever is
-        # asked after start() reaches every instance (a scatter-gather right after start missed one).
-        await (await self.broker.connect()).flush()
+        # Subscribing only queues SUB: whatever is asked after start() must reach every instance (a
+        # request right after start got "no responders", a scatter-gather missed an instance).
+        await subscribed(await self.broker.connect())
 
     async def stop(self) -> None:
         await self.broker.stop()

@@ -16,7 +16,7 @@ from aiohttp import web
 from nats.aio.client import Client
 
 from libs import tracing
-from libs.connections import close_nats, connect_nats, health
+from libs.connections import close_nats, connect_nats, health, subscribed
 from libs.db import create_pool, migrate_async
 from libs.eventlog.deadletters import DeadLetterRetrier
 from libs.eventlog.monitor import ProjectionMonitor
@@ -116,8 +116,10 @@ class Runtime:
 
     async def answer(self, subject: str, handler: tracing.MsgHandler) -> None:
         """Answer a request/reply subject in the service's queue group; a request that carries a
-        trace context is handled in a server span of it."""
+        trace context is handled in a server span of it. Returns once the server has the subscription:
+        a request sent from elsewhere then reaches it, never "no responders"."""
         await self.nc.subscribe(subject, queue=self.name, cb=tracing.answering(self.tracer, subject, handler))
+        await subscribed(self.nc)
 
     def reply(self, rpc: Rpc[Req, Rep], handler: Callable[[Req], Awaitable[Rep]], **options: Any) -> None:
         """Answer a command or query with a typed handler (faststream, libs.rpc), in the service's
