@@ -41,6 +41,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
 
+from libs.connections import subscribed
 from libs.eventlog import subjects as log_subjects
 from libs.eventlog.barrier import applied_by_partition
 from libs.eventlog.runner import ProjectionRunner
@@ -212,6 +213,7 @@ class QuotaPartitions:
             for subject, handler in self._handlers.items()
         ]
         self._subs[partition] = subs
+        await subscribed(self._nc)  # ready (and healthy) once a gateway's check finds these subscribers
         self._ready.add(partition)
         self.took_over_s[partition] = time.monotonic() - acquired
         log.info("quota p%d: owned and ready after %.1f s (head %d)", partition, time.monotonic() - acquired, head)
