@@ -58,6 +58,7 @@ from services.gateway.upstreams import Upstreams
 log = logging.getLogger(__name__)
 _decision = msgspec.json.Decoder(QuotaDecision)
 FIVE_HOURS = timedelta(hours=5)
+MANAGEMENT_PREFIX = apikeys.PREFIXES["management"]
 
 
 class CallPipeline:
@@ -140,7 +141,7 @@ class CallPipeline:
     async def authenticate(self, request: web.Request, api: Api) -> KeyView | web.Response:
         """A model key's caller (the model list and token counting take keys only)."""
         secret = _secret(request)
-        if apikeys.kind_of(secret) == "management":
+        if secret.startswith(MANAGEMENT_PREFIX) and apikeys.kind_of(secret) == "management":
             # Refused by its prefix, before any lookup: a 403 that says what to use instead, and the
             # same answer for a live, revoked or made-up one (no oracle, no load on keys).
             metrics.refusals.add(1, {"reason": "insufficient_scope"})
