@@ -30,6 +30,7 @@ from opentelemetry import trace
 from libs import apikeys, chatpass, tracing
 from libs.clock import Clock
 from libs.eventlog.subjects import owner_subject
+from libs.inbox import Requests
 from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
 from libs.pricing.catalog import Catalog, Model
 from libs.pricing.money import micros_to_str
@@ -76,6 +77,7 @@ class CallPipeline:
         recorder: UsageRecorder,
         clock: Clock,
         inflight: InflightCalls,
+        requests: Requests,
     ) -> None:
         self.settings = settings
         self.trusted_proxies = trusted_networks(settings.trusted_proxies)
@@ -83,6 +85,8 @@ class CallPipeline:
         self.upstreams, self.recorder, self.clock = upstreams, recorder, clock
         self.inflight = inflight
         """The calls admitted and not finished: their reservations are renewed in quota by heartbeat."""
+        self.requests = requests
+        """quota.check's request/reply, its replies handed over as they are read (libs.inbox)."""
         self.meter = Meter(settings, nc, recorder, inflight)
 
     async def run(self, request: web.Request, client: Protocol) -> web.StreamResponse:
@@ -211,9 +215,9 @@ class CallPipeline:
             billing_mode="payg" if key.kind == "payg" else "subscription",
         )  # fmt: skip
         try:
-            reply = await self.nc.request(
+            reply = await self.requests.request(
                 owner_subject(subjects.QUOTA_CHECK, key.account_id, self.settings.partitions), encode(check),
-                timeout=self.settings.request_timeout_s,
+                timeout_s=self.settings.request_timeout_s,
                 headers=tracing.nats_headers(),
             )  # fmt: skip
         except Exception:
