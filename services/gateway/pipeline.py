@@ -16,8 +16,8 @@ call's usage event carries (more context from the request) is `meter.Call` and
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -208,7 +208,7 @@ class CallPipeline:
         started = time.perf_counter()
         model_id = label = model.id  # only catalog ids label metrics: a client's typo is no new series
         trace.get_current_span().set_attributes({"flowplan.account_id": key.account_id, "flowplan.model": model_id})
-        reservation_id = f"gw_{uuid.uuid4().hex}"
+        reservation_id = f"gw_{os.urandom(16).hex()}"  # a uuid4's randomness, without its object (1.4 µs)
         check = QuotaCheck(
             account_id=key.account_id, reservation_id=reservation_id, model=model_id,
             estimated_usd_micros=estimate_usd_micros(model, body, size),
