@@ -52,8 +52,8 @@ def settle_heap() -> None:
     the objects of the calls in flight, collected every 700 net allocations, and each full collection
     walking everything the service built at start. So what start built is frozen out of collection,
     and the youngest generation is collected 70 times less often; cycles made on error paths
-    (an exception's traceback) are still collected."""
-    gc.collect()
+    (an exception's traceback) are still collected. No full collection first: quota's state at a
+    million accounts is millions of objects (0.1 s a walk), more than start-up's little garbage is worth."""
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 50)
 
