@@ -74,10 +74,10 @@ class Requests:
         """The reply; nats.errors.TimeoutError when none came within `timeout_s` seconds,
         NoRespondersError when nothing listens on `subject`."""
         assert self._prefix, "Requests.start() was not called"
-        token = str(next(self._tokens))
-        reply = asyncio.get_running_loop().create_future()
+        token, loop = str(next(self._tokens)), asyncio.get_running_loop()  # each asks the kernel for the pid
+        reply = loop.create_future()
         self._waiting[token] = reply
-        expiry = asyncio.get_running_loop().call_later(timeout_s, _expire, reply)
+        expiry = loop.call_later(timeout_s, _expire, reply)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             msg: Msg = await reply
