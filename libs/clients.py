@@ -26,7 +26,7 @@ def _trusted(text: str | None, trusted: tuple[Network, ...]) -> bool:
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str | None:
-    if not _trusted(peer, trusted) or not forwarded_for:
+    if not trusted or not forwarded_for or not _trusted(peer, trusted):  # no address parsed when none is trusted
         return peer
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):

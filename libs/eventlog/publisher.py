@@ -4,7 +4,8 @@ JetStream acks every stored message on the reply subject of its publish. This pu
 keeps one wildcard inbox subscription for all of them and matches acks to publishes by
 the inbox token: the same protocol as nats-py's publish_async, without a future, a
 semaphore and a JSON parse into a dataclass per message, which dominate a batch of
-thousands on the ingest path.
+thousands on the ingest path. Each ack is matched as nats-py reads it (libs.inbox), not through
+a queue and a task of the subscription's own.
 """
 
 import asyncio
@@ -22,6 +23,7 @@ from opentelemetry.trace import Tracer
 
 from libs import tracing
 from libs.eventlog import metrics, subjects
+from libs.inbox import subscribe_handing_over
 from proto.v1 import encode
 from proto.v1.events import Event
 
@@ -69,9 +71,9 @@ class EventPublisher:
 
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
-        await self._nc.subscribe(f"{self._inbox}.*.*", cb=self._on_ack)
+        await subscribe_handing_over(self._nc, f"{self._inbox}.*.*", self._on_ack)
 
-    async def _on_ack(self, msg: Msg) -> None:
+    def _on_ack(self, msg: Msg) -> None:
         _, batch_id, index = msg.subject.rsplit(".", 2)
         batch = self._batches.get(int(batch_id))
         if batch is not None:

@@ -61,8 +61,17 @@ def to_micros(text: str) -> int:
     return value.numerator
 
 
+_WHOLE_DIGITS_LIMIT = 10**18
+"""Below it Decimal's 28 digits hold every micro-unit exactly: the text without Decimal is the same."""
+
+
 def micros_to_str(micros: int, places: int = 6) -> str:
     """Micro-units as a decimal string rounded half-up to `places` ("54.55" for places=2)."""
+    if places == 6 and -_WHOLE_DIGITS_LIMIT < micros < _WHOLE_DIGITS_LIMIT:
+        # Nothing to round: the digits as they are (the gateway writes Flows left on every answer,
+        # and the Decimal division and quantize were 2 µs of it).
+        whole, fraction = divmod(abs(micros), MICRO)
+        return f"{'-' if micros < 0 else ''}{whole}.{fraction:06d}"
     quantum = Decimal(1).scaleb(-places)
     return str((Decimal(micros) / MICRO).quantize(quantum, rounding=ROUND_HALF_UP))
 

@@ -61,13 +61,15 @@ def fewer_collections() -> Iterator[None]:
     collections over everything the service holds. So the service's objects are frozen out of
     collection and the youngest generation is collected 100 times less often, for the rebuild."""
     thresholds = gc.get_threshold()
+    frozen = gc.get_freeze_count() > 0  # a service froze what it built at start (libs.service.settle_heap)
     gc.freeze()
-    gc.set_threshold(thresholds[0] * 100, *thresholds[1:])
+    gc.set_threshold(max(thresholds[0], 70_000), *thresholds[1:])
     try:
         yield
     finally:
         gc.set_threshold(*thresholds)
-        gc.unfreeze()
+        if not frozen:
+            gc.unfreeze()
 
 
 class Rebuildable(Projection, Protocol):

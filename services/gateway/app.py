@@ -4,6 +4,7 @@ import aiohttp
 from aiohttp import web
 
 from libs.clock import Clock, SystemClock
+from libs.inbox import Requests
 from libs.keycache import KeyCache
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
@@ -47,8 +48,10 @@ class GatewayService:
         errors.install(app)
         inflight = InflightCalls(self.clock)
         runtime.spawn(inflight.run(runtime.nc, settings.heartbeat_interval_s), "gateway-heartbeat")
+        requests = Requests(runtime.nc)
+        await requests.start()
         pipeline = CallPipeline(
-            settings, catalog, keys, runtime.nc, self.session, upstreams, self.recorder, self.clock, inflight
+            settings, catalog, keys, runtime.nc, self.session, upstreams, self.recorder, self.clock, inflight, requests
         )
         self.api = GatewayApi(pipeline)
         self.api.routes(app)

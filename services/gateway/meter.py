@@ -226,9 +226,7 @@ class Meter:
             held = bytearray(translator.finish(tokens))
         if not client_gone:
             try:
-                if held:
-                    await out.write(bytes(held))
-                await out.write_eof()
+                await out.write_eof(bytes(held))  # the held events and the stream's end: one write, not two
             except (ConnectionError, RuntimeError):
                 pass
         return out

@@ -16,8 +16,8 @@ call's usage event carries (more context from the request) is `meter.Call` and
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -31,6 +31,7 @@ from libs import apikeys, chatpass, tracing
 from libs.clients import client_address, trusted_networks
 from libs.clock import Clock
 from libs.eventlog.subjects import owner_subject
+from libs.inbox import Requests
 from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
 from libs.pricing.catalog import Catalog, Model
 from libs.pricing.money import micros_to_str
@@ -59,6 +60,7 @@ from services.gateway.upstreams import Upstreams
 log = logging.getLogger(__name__)
 _decision = msgspec.json.Decoder(QuotaDecision)
 FIVE_HOURS = timedelta(hours=5)
+MANAGEMENT_PREFIX = apikeys.PREFIXES["management"]
 
 
 class CallPipeline:
@@ -76,6 +78,7 @@ class CallPipeline:
         recorder: UsageRecorder,
         clock: Clock,
         inflight: InflightCalls,
+        requests: Requests,
     ) -> None:
         self.settings = settings
         self.trusted_proxies = trusted_networks(settings.trusted_proxies)
@@ -83,6 +86,8 @@ class CallPipeline:
         self.upstreams, self.recorder, self.clock = upstreams, recorder, clock
         self.inflight = inflight
         """The calls admitted and not finished: their reservations are renewed in quota by heartbeat."""
+        self.requests = requests
+        """quota.check's request/reply, its replies handed over as they are read (libs.inbox)."""
         self.meter = Meter(settings, nc, recorder, inflight)
 
     async def run(self, request: web.Request, client: Protocol) -> web.StreamResponse:
@@ -141,7 +146,7 @@ class CallPipeline:
     async def authenticate(self, request: web.Request, api: Api) -> KeyView | web.Response:
         """A model key's caller (the model list and token counting take keys only)."""
         secret = _secret(request)
-        if apikeys.kind_of(secret) == "management":
+        if secret.startswith(MANAGEMENT_PREFIX) and apikeys.kind_of(secret) == "management":
             # Refused by its prefix, before any lookup: a 403 that says what to use instead, and the
             # same answer for a live, revoked or made-up one (no oracle, no load on keys).
             metrics.refusals.add(1, {"reason": "insufficient_scope"})
@@ -204,16 +209,16 @@ class CallPipeline:
         started = time.perf_counter()
         model_id = label = model.id  # only catalog ids label metrics: a client's typo is no new series
         trace.get_current_span().set_attributes({"flowplan.account_id": key.account_id, "flowplan.model": model_id})
-        reservation_id = f"gw_{uuid.uuid4().hex}"
+        reservation_id = f"gw_{os.urandom(16).hex()}"  # a uuid4's randomness, without its object (1.4 µs)
         check = QuotaCheck(
             account_id=key.account_id, reservation_id=reservation_id, model=model_id,
             estimated_usd_micros=estimate_usd_micros(model, body, size),
             billing_mode="payg" if key.kind == "payg" else "subscription",
         )  # fmt: skip
         try:
-            reply = await self.nc.request(
+            reply = await self.requests.request(
                 owner_subject(subjects.QUOTA_CHECK, key.account_id, self.settings.partitions), encode(check),
-                timeout=self.settings.request_timeout_s,
+                timeout_s=self.settings.request_timeout_s,
                 headers=tracing.nats_headers(),
             )  # fmt: skip
         except Exception:

@@ -79,6 +79,14 @@ class SseSplitter:
 
 
 def _data_of(raw: bytes) -> Any:
+    if raw.startswith(b"data:") and raw.find(b"\n") == len(raw) - 2:  # one data line: nearly every event
+        data = raw[5:-2].strip()
+        if data == b"[DONE]":
+            return None
+        try:
+            return _json.decode(data)
+        except msgspec.DecodeError:
+            return None
     lines = [line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:")]
     if not lines or lines == [b"[DONE]"]:
         return None

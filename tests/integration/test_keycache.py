@@ -130,3 +130,35 @@ async def test_fifty_calls_at_once_on_a_brand_new_key_share_one_lookup_and_none_
     minted = apikeys.generate("subscription")  # an unknown key shares its one lookup the same way
     assert await asyncio.gather(*(cache.authenticate(minted, "192.0.2.8") for _ in range(50))) == [None] * 50
     assert keys.lookups == 2
+
+
+async def test_a_known_key_is_answered_from_its_hash_without_the_format_check(
+    nc: Client, keys: KeysResponder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The format check costs ten times the hash (5 µs of a gateway call's CPU): a secret that hashes
+    to a key the cache knows is that key, well formed; only other secrets are checked before a lookup."""
+    checked: list[str] = []
+
+    def kind_of(secret: str) -> apikeys.KeyKind | None:
+        checked.append(secret)
+        return apikeys.kind_of(secret)
+
+    monkeypatch.setattr("libs.keycache.apikeys", _Apikeys(kind_of))
+    cache = KeyCache(nc)
+    user = valid_key(keys)
+    for _ in range(100):
+        assert (await cache.authenticate(user, "192.0.2.1")) is not None
+    assert checked == [user] and keys.lookups == 1
+    malformed = user[:-1] + ("A" if user[-1] != "A" else "B")
+    assert await cache.authenticate(malformed, "192.0.2.1") is None
+    assert checked == [user, malformed] and keys.lookups == 1  # refused by its format: no lookup
+
+
+class _Apikeys:
+    """libs.apikeys as the key cache sees it, with kind_of counted."""
+
+    def __init__(self, kind_of: object) -> None:
+        self.kind_of = kind_of
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(apikeys, name)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from libs.pricing.catalog import load_catalog
 from services.gateway.estimate import DEFAULT_MAX_OUTPUT, estimate_usd_micros
-from services.gateway.usage import SseEvent, SseSplitter, StreamUsage, Tokens, from_anthropic, from_openai
+from services.gateway.usage import SseEvent, SseSplitter, StreamUsage, Tokens, _data_of, from_anthropic, from_openai
 
 CATALOG = load_catalog()
 CHAT_MODELS = sorted(m.id for m in CATALOG.models.values() if m.kind == "chat")
@@ -109,6 +109,31 @@ def test_anthropic_without_a_usage_object_keeps_what_was_known(usage):
 def sse(*events: str, newline: str = "\n") -> bytes:
     """Events given with \\n line ends, each ended by a blank line."""
     return b"".join((e.replace("\n", newline) + newline + newline).encode() for e in events)
+
+
+def _data_of_every_line(raw: bytes):
+    """The general reading of an event's data (every data line, joined): what the one-line fast path must match."""
+    lines = [line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:")]
+    if not lines or lines == [b"[DONE]"]:
+        return None
+    try:
+        return json.loads(b"\n".join(lines))
+    except ValueError:
+        return None
+
+
+LINES = st.sampled_from(["data: ", "data:", "event: x", ": ping", "data:  [DONE]", "id: 7", ""])
+JSONS = st.sampled_from(['{"a":1}', "[DONE]", "[1, 2]", '{"b":', "", " 3 ", '"x"'])
+
+
+@given(st.lists(st.tuples(LINES, JSONS), min_size=1, max_size=3))
+@example([("data: ", '{"a":1}')])
+@example([("data:", "[DONE]")])
+def test_one_line_events_read_as_every_line_is_read(lines):
+    raw = "\n".join(prefix + (text if prefix.startswith("data") else "") for prefix, text in lines).encode() + b"\n\n"
+    if b"\n\n" in raw[:-2]:
+        return  # not one event
+    assert _data_of(raw) == _data_of_every_line(raw)
 
 
 def chunk_json(**fields) -> str:

@@ -1,7 +1,7 @@
 """Exact money arithmetic, the catalog, call pricing, versioned rates and GET /v1/plans numbers."""
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
 import pytest
@@ -161,6 +161,13 @@ def test_micros_to_number(micros, number, kind):
     result = micros_to_number(micros)
     assert result == number
     assert type(result) is kind
+
+
+@given(st.integers(min_value=-(10**20), max_value=10**20) | st.integers(min_value=-(10**7), max_value=10**7))
+def test_micros_to_str_at_six_places_is_decimals_text(micros):
+    """Six places is written from the integer's digits (no Decimal): the same text Decimal gives."""
+    expected = str((Decimal(micros) / MICRO).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP))
+    assert micros_to_str(micros) == expected
 
 
 @given(st.integers(min_value=-(10**15), max_value=10**15))
