@@ -4,7 +4,8 @@ What the tables and the service's memory hold after a batch, whatever the batche
 import asyncio
 import gc
 import uuid
-from datetime import timedelta
+from collections import defaultdict
+from datetime import date, datetime, timedelta, timezone
 from fractions import Fraction
 from typing import Any
 
@@ -391,3 +392,45 @@ async def test_keys_load_keeps_one_str_per_name_kind_and_prefix(pool: asyncpg.Po
     assert loaded[0].name is loaded[1].name is loaded[2].name
     assert loaded[0].kind is loaded[1].kind and loaded[0].prefix is loaded[2].prefix
     assert not hasattr(loaded[0], "__dict__")
+
+
+async def test_billing_counts_a_batch_of_usage_once_with_one_statement(pool: asyncpg.Pool, clock: ManualClock) -> None:
+    """The costs, the abuse evidence and the PAYG spend of a batch of usage: one statement, each
+    event counted once (a duplicate in the batch, or one counted in an earlier batch, is not), by
+    UTC day whatever offset the event time came with, clients without a hash left out."""
+    projection, feed = BillingProjection(metered=False), Feed(pool, BillingProjection(metered=False))
+    a, b = ids(), ids()
+    counted_before = usage(a, clock, client_hash="c1")
+    await feed.apply(counted_before)
+    late_evening = datetime(2026, 3, 3, 2, 0, tzinfo=timezone(timedelta(hours=5)))  # 2026-03-02 21:00 UTC
+    first = usage(a, clock, flows=2_000_000, client_hash="c1", key_id="k1")
+    payg = usage(b, ManualClock(late_evening), billing_mode="payg", usd_cost_micros=300_000, client_hash="c2",
+                 agent_hash="ua", model="openai/gpt-5-mini")  # fmt: skip
+    events = (
+        first, first, counted_before, payg, usage(a, clock, client_hash=""),
+        usage(b, ManualClock(late_evening), billing_mode="payg", usd_cost_micros=50_000, model="openai/gpt-5-mini"),
+    )  # fmt: skip
+    sent = await statements(pool, Feed(pool, projection), *events)
+    assert [s.split(" (")[0] for s in sent] == ["WITH batch AS"]
+
+    costs = await pool.fetch(
+        "SELECT account_id, day, model, calls, flows_micros, usd_micros FROM billing.costs WHERE account_id = ANY($1)"
+        " ORDER BY account_id = $2 DESC", [a, b], a,
+    )  # fmt: skip
+    assert [tuple(r) for r in costs] == [
+        (a, clock.now().date(), "deepseek/deepseek-chat", 3, 4_000_000, 30_000),  # 1 before, `first` and the ""
+        (b, date(2026, 3, 2), "openai/gpt-5-mini", 2, 0, 350_000),
+    ]
+    clients = await pool.fetch(
+        "SELECT account_id, key_id, client_hash, agent_hash, calls FROM billing.abuse_clients"
+        " WHERE account_id = ANY($1) ORDER BY client_hash, key_id", [a, b],
+    )  # fmt: skip
+    assert [tuple(r) for r in clients] == [(a, "", "c1", "", 1), (a, "k1", "c1", "", 1), (b, "", "c2", "ua", 1)]
+    hours = await pool.fetch("SELECT account_id, calls, flows_micros FROM billing.abuse_hours WHERE account_id = $1", a)
+    assert [tuple(r) for r in hours] == [(a, 3, 4_000_000)]
+
+    spend: dict[str, int] = defaultdict(int)
+    again = usage(b, clock, billing_mode="payg", usd_cost_micros=70_000, model="openai/gpt-5-mini")
+    async with pool.acquire() as conn, conn.transaction():
+        await projection._count_usage(conn, [payg, again, again, usage(a, clock)], spend)
+    assert dict(spend) == {"openai/gpt-5-mini": 70_000}  # `payg` was counted in the batch before
