@@ -66,14 +66,26 @@ class WindowTables:
         months: dict[tuple[str, datetime, datetime], int] = defaultdict(int)
         for account_id, events in counted.items():
             account = pending[account_id]
-            usages = [Usage(e.occurred_at, e.flows_micros) for e in events]
-            first = usages[0].at
+            first, last = events[0].occurred_at, events[-1].occurred_at
+            usages: list[Usage] | None = None
             for kind, duration in CHAINS.items():
                 if account_id in late:
                     loaded = suffixes.get((account_id, kind), [])
                 else:
                     latest = account.window_5h if kind == "5h" else account.weekly
+                    if latest is not None and last < latest.end:  # all in the open window: most batches
+                        flows = sum(e.flows_micros for e in events)
+                        if flows:
+                            latest = latest._replace(flows=latest.flows + flows)
+                            upserts.append((account_id, kind, latest))
+                            if kind == "5h":
+                                account.window_5h = latest
+                            else:
+                                account.weekly = latest
+                        continue
                     loaded = [latest] if latest is not None and latest.end > first else []
+                if usages is None:
+                    usages = [Usage(e.occurred_at, e.flows_micros) for e in events]
                 windows, rechain_from = add_usages(loaded, usages, duration)
                 unchanged = set(loaded)
                 if rechain_from is not None:
