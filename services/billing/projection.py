@@ -166,13 +166,17 @@ class BillingProjection(EventHandlers[BillingBatch]):
     async def _count_usage(self, conn: asyncpg.Connection, usage: list[UsageRecorded], spend: dict[str, int]) -> None:
         """Count each usage event not counted before (each once, however often the log holds it) into
         the costs and the abuse evidence (abuse.py), and the PAYG spend by model into `spend`: ONE
-        statement for the batch. The events go as columns; Postgres keeps the fresh ones (their
-        event_id new to usage_seen; the first of a batch's duplicates) and aggregates them per
+        statement for the batch. The events go as columns (the first of a batch's duplicates only);
+        Postgres keeps the fresh ones (their event_id new to usage_seen) and aggregates them per
         account, day and model, per client and per hour. The PAYG balance is not billing's: quota
         owns it (it admits PAYG calls against it on the hot path) and billing's history asks quota."""
         columns: tuple[list[object], ...] = ([], [], [], [], [], [], [], [], [], [], [])
         ids, accounts, times, models, flows, usd, keys, clients, agents, hours, payg = columns
+        seen: set[str] = set()
         for event in usage:
+            if event.event_id in seen:  # a duplicate in the batch: the first one is the one that may count
+                continue
+            seen.add(event.event_id)
             subscription = event.billing_mode == "subscription"
             ids.append(event.event_id)
             accounts.append(event.account_id)
@@ -188,12 +192,10 @@ class BillingProjection(EventHandlers[BillingBatch]):
         schema = self.schema
         rows = await conn.fetch(
             f"""WITH batch AS (
-                    SELECT DISTINCT ON (event_id) * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[],
-                        $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-                        $11::boolean[]) WITH ORDINALITY
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[],
+                        $6::bigint[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::boolean[])
                         AS b(event_id, account_id, occurred_at, model, flows_micros, usd_micros, key_id, client_hash,
-                             agent_hash, hour, payg, n)
-                    ORDER BY event_id, n
+                             agent_hash, hour, payg)
                 ), fresh AS (
                     INSERT INTO {schema}.usage_seen (event_id) SELECT event_id FROM batch
                     ON CONFLICT DO NOTHING RETURNING event_id
