@@ -107,18 +107,13 @@ class WindowTables:
                 account.months[period.start] = account.months.get(period.start, 0) + event.flows_micros
                 consumed[(event.model, account.plan_at(at))] += event.flows_micros
         upserts += [(a, "month", Window(start, end, flows)) for (a, start, end), flows in months.items()]
-        await conn.execute(
-            f"""INSERT INTO {self.schema}.windows AS w (account_id, kind, started_at, ends_at, flows_micros)
-                SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
+        await conn.execute(  # rows of the table's own type, in its column order: see projection.py's usage
+            f"""INSERT INTO {self.schema}.windows AS w SELECT * FROM unnest($1::{self.schema}.windows[])
                 ON CONFLICT (account_id, kind, started_at) DO UPDATE SET
                     ends_at = CASE WHEN w.kind = 'month' THEN w.ends_at ELSE EXCLUDED.ends_at END,
                     flows_micros = CASE WHEN w.kind = 'month' THEN w.flows_micros + EXCLUDED.flows_micros
                                         ELSE EXCLUDED.flows_micros END""",
-            [a for a, _, _ in upserts],
-            [k for _, k, _ in upserts],
-            [w.start for _, _, w in upserts],
-            [w.end for _, _, w in upserts],
-            [w.flows for _, _, w in upserts],
+            [(a, k, w.start, w.end, w.flows) for a, k, w in upserts],
         )
 
     async def _load_suffixes(
