@@ -301,7 +301,8 @@ async def test_quota_writes_on_time_usage_of_any_number_of_accounts_with_two_sta
     pool: asyncpg.Pool, clock: ManualClock
 ) -> None:
     """The usage rows, then every window it changed (5-hour, week, month; aggregated per account and
-    window in memory) in one upsert: the windows already open are known from memory, not read."""
+    window in memory) in one upsert: the windows already open are known from memory, not read. Each
+    sends its rows as one parameter (asyncpg checks every element of every array it encodes)."""
     state = QuotaState(RATE, clock=clock)
     feed, accounts = Feed(pool, QuotaProjection(state)), [ids() for _ in range(20)]
     await feed.apply(*(e for a in accounts for e in (created(a, clock), to_pro(a, clock))))
@@ -310,6 +311,7 @@ async def test_quota_writes_on_time_usage_of_any_number_of_accounts_with_two_sta
     clock.advance(timedelta(minutes=1))
     sent = await statements(pool, feed, *(usage(a, clock, 500_000) for a in accounts for _ in range(3)))
     assert [" ".join(s.split()[:3]) for s in sent] == ["INSERT INTO quota.usage", "INSERT INTO quota.windows"]
+    assert not any("$2" in s for s in sent)  # the rows as ONE array of the table's row type, not one per column
     for account in accounts:
         assert await windows(pool, account) == [("5h", 2_500_000), ("month", 2_500_000), ("week", 2_500_000)]
         memory = state.accounts[account]
