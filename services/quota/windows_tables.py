@@ -4,19 +4,37 @@ recounted after a plan change cut the periods differently. The projection (proje
 these inside its batch transaction."""
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import asyncpg
 
 from proto.v1 import UsageRecorded
 from services.quota.domain.admission import AccountQuota
-from services.quota.domain.periods import Period, period_at
+from services.quota.domain.periods import Segment, period_at
 from services.quota.domain.windows import CHAINS, ChainKind, Usage, Window, WindowKind, add_usages, chain
+
+
+class CachedPeriod(NamedTuple):
+    """An account's latest monthly period, and the plan history it was cut from."""
+
+    start: datetime
+    end: datetime
+    segments: Sequence[Segment]
+
+
+NO_PERIOD = CachedPeriod(datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC), ())
+PERIODS_KEPT = 20_000
+"""Accounts whose latest period is kept between batches: most batches' calls fall in it, and working
+it out again (period_at: a bisect and three month additions) was a fifth of quota's apply. Bounded,
+so that a million accounts do not keep one each (quota's memory per account is counted)."""
 
 
 class WindowTables:
     def __init__(self, schema: str) -> None:
         self.schema = schema
+        self._periods: dict[str, CachedPeriod] = {}
 
     async def recount_months(
         self, conn: asyncpg.Connection, account_id: str, account: AccountQuota, since: datetime
@@ -76,7 +94,7 @@ class WindowTables:
                     if latest is not None and last < latest.end:  # all in the open window: most batches
                         flows = sum(e.flows_micros for e in events)
                         if flows:
-                            latest = latest._replace(flows=latest.flows + flows)
+                            latest = Window(latest.start, latest.end, latest.flows + flows)
                             upserts.append((account_id, kind, latest))
                             if kind == "5h":
                                 account.window_5h = latest
@@ -98,11 +116,16 @@ class WindowTables:
                         account.window_5h = latest
                     else:
                         account.weekly = latest
-            period: Period | None = None
+            period = self._periods.get(account_id, NO_PERIOD)
+            if period.segments != account.segments:  # a plan change: the periods may be cut differently
+                period = NO_PERIOD
             for event in events:  # in time order: most fall in the period of the one before
                 at = event.occurred_at
-                if period is None or not period.start <= at < period.end:
-                    period = period_at(account.segments, at)
+                if not period.start <= at < period.end:
+                    period = CachedPeriod(*period_at(account.segments, at), list(account.segments))
+                    if len(self._periods) >= PERIODS_KEPT:
+                        self._periods.clear()
+                    self._periods[account_id] = period
                 months[(account_id, period.start, period.end)] += event.flows_micros
                 account.months[period.start] = account.months.get(period.start, 0) + event.flows_micros
                 consumed[(event.model, account.plan_at(at))] += event.flows_micros

@@ -40,7 +40,7 @@ from services.keys.registry import KeyRegistry
 from services.quota.domain.windows import FIVE_HOURS
 from services.quota.projection import QuotaProjection, UnknownAccount
 from services.quota.state import QuotaState
-from tests.component.conftest import Feed
+from tests.component.conftest import T0, Feed
 
 RATE = Fraction(1, 100)
 
@@ -436,3 +436,24 @@ async def test_billing_counts_a_batch_of_usage_once_with_one_statement(pool: asy
     async with pool.acquire() as conn, conn.transaction():
         await projection._count_usage(conn, [payg, again, again, usage(a, clock)], spend)
     assert dict(spend) == {"openai/gpt-5-mini": 70_000}  # `payg` was counted in the batch before
+
+
+async def test_quota_calls_after_a_plan_change_count_in_the_new_period(pool: asyncpg.Pool, clock: ManualClock) -> None:
+    """quota keeps each account's latest monthly period from one batch to the next; a plan change
+    cuts the periods anew, and the calls after it count in the new plan's period, not the kept one."""
+    state = QuotaState(RATE, clock=clock)
+    feed, account = Feed(pool, QuotaProjection(state)), ids()
+    await feed.apply(created(account, clock))
+    clock.advance(timedelta(days=1))
+    await feed.apply(usage(account, clock, 1_000_000))  # in the Free period from T0: kept
+    clock.advance(timedelta(days=9))
+    await feed.apply(to_pro(account, clock))
+    changed_at = clock.now()
+    clock.advance(timedelta(days=1))
+    await feed.apply(usage(account, clock, 2_000_000))  # inside the kept period's dates, but on Pro
+    months = await pool.fetch(
+        "SELECT started_at, flows_micros FROM quota.windows WHERE account_id = $1 AND kind = 'month'"
+        " ORDER BY started_at", account,
+    )  # fmt: skip
+    assert [(r["started_at"], r["flows_micros"]) for r in months] == [(T0, 1_000_000), (changed_at, 2_000_000)]
+    assert state.accounts[account].months == {T0: 1_000_000, changed_at: 2_000_000}
