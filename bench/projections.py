@@ -5,9 +5,10 @@ measured in the same run on the same Postgres.
 Two measurements:
   * apply: each projection's `apply` driven as the runner drives it (decode each event from its
     wire bytes, one transaction per batch with the checkpoint, the after-commit step), against a
-    real Postgres and nothing else, one projection at a time: events/s and the share of the bench
-    process's own CPU (the Python side) in the wall time. `--profile` prints cProfile's top items
-    of quota's apply.
+    real Postgres and nothing else, one projection at a time: events/s, and what does not depend on
+    how loaded the machine is: CPU per event of the Python side (the bench process) and of Postgres
+    (its processes, from /proc), and the statements each batch sends. The bare insert is measured
+    the same way. `--profile` prints cProfile's top items of quota's apply.
   * live (`--live`): the services themselves, each following the log while ingress takes usage,
     flat out and paced at --paced-rate: each projection's events/s and lag (p50/p99), with all four
     services, nats-server, Postgres and ingress sharing the machine's cores.
@@ -29,7 +30,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import asyncpg
@@ -37,7 +38,7 @@ import msgspec
 import nats
 
 from bench.ingest import post_batches
-from bench.procstat import cpu_of, pct
+from bench.procstat import cpu_of, cpu_seconds, pct
 from libs.db import create_pool, ensure_database, migrate_async
 from libs.eventlog.runner import AfterCommit, Applied, Projection, save_checkpoint
 from libs.pricing.catalog import load_catalog
@@ -127,10 +128,14 @@ def usage_events(
 
 class Driver:
     """Applies batches to a projection as the runner does: decode, one transaction with the checkpoint,
-    then the after-commit step."""
+    then the after-commit step. Counts the statements sent (BEGIN, the checkpoint and COMMIT included)."""
 
     def __init__(self, pool: asyncpg.Pool, projection: Projection) -> None:
         self.pool, self.projection, self.seq = pool, projection, 0
+        self.statements = 0
+
+    def _count(self, _query: object) -> None:
+        self.statements += 1
 
     async def apply(self, wire: Sequence[bytes]) -> None:
         batch = []
@@ -138,11 +143,30 @@ class Driver:
             self.seq += 1
             batch.append(Applied(self.seq, decode_event(data)))
         after: AfterCommit | None = None
-        async with self.pool.acquire() as conn, conn.transaction():
-            after = await self.projection.apply(conn, batch)
-            await save_checkpoint(conn, self.projection, 0, self.seq)
+        async with self.pool.acquire() as conn:
+            conn.add_query_logger(self._count)
+            try:
+                async with conn.transaction():
+                    after = await self.projection.apply(conn, batch)
+                    await save_checkpoint(conn, self.projection, 0, self.seq)
+            finally:
+                conn.remove_query_logger(self._count)
         if after is not None:
             after()
+
+
+class Rate(NamedTuple):
+    """One apply measurement: events/s (wall), CPU µs per event of the Python side and of Postgres,
+    statements per batch."""
+
+    eps: float
+    python_us: float
+    postgres_us: float
+    statements: float
+
+    @property
+    def cpu_us(self) -> float:
+        return self.python_us + self.postgres_us
 
 
 def projections(rate: Fraction) -> dict[str, Callable[[], Projection]]:
@@ -154,12 +178,12 @@ def projections(rate: Fraction) -> dict[str, Callable[[], Projection]]:
     }
 
 
-async def bare_insert(pool: asyncpg.Pool, n: int, batch: int) -> float:
+async def bare_insert(pool: asyncpg.Pool, n: int, batch: int, postgres: Callable[[], float]) -> Rate:
     """The floor: 5 columns, one primary key, one unnest INSERT and one transaction per batch."""
     await pool.execute("""CREATE TABLE IF NOT EXISTS bench_rows (event_id text PRIMARY KEY, account_id text,
                           occurred_at timestamptz, flows_micros bigint, model text)""")
     now = datetime.now(UTC)
-    started = time.perf_counter()
+    started, cpu, pg = time.perf_counter(), time.process_time(), postgres()
     async with pool.acquire() as conn:
         for start in range(0, n, batch):
             ids = [uuid.uuid4().hex for _ in range(batch)]
@@ -170,34 +194,39 @@ async def bare_insert(pool: asyncpg.Pool, n: int, batch: int) -> float:
                     ids, [f"acc_{i % 1000}" for i in range(batch)], [now] * batch, [start] * batch,
                     ["deepseek/deepseek-chat"] * batch,
                 )  # fmt: skip
-    elapsed = time.perf_counter() - started
+    elapsed, cpu, pg = time.perf_counter() - started, time.process_time() - cpu, postgres() - pg
     await pool.execute("DROP TABLE bench_rows")
-    return n / elapsed
+    return Rate(n / elapsed, cpu / n * 1e6, pg / n * 1e6, 1.0)
 
 
 async def apply_rates(
-    database_url: str, events: int, accounts: int, batch: int, profile: bool
-) -> tuple[float, dict[str, tuple[float, float]], str]:
-    """The bare insert's events/s, each projection's (events/s, Python share of wall time), and the profile."""
+    database_url: str, events: int, accounts: int, batch: int, profile: bool, postgres_pids: Callable[[], list[int]]
+) -> tuple[Rate, dict[str, Rate], str]:
+    """The bare insert's rate, each projection's, and the profile. `postgres_pids`: the bench's
+    Postgres processes (nothing else uses that server meanwhile)."""
     start = datetime.now(UTC) - timedelta(days=1)
     setup = [encode(e) for e in account_events(accounts, start)]
     usage = [encode(e) for e in usage_events(events, accounts, start + timedelta(hours=2), per_second=15_000)]
     batches = [usage[i : i + batch] for i in range(0, len(usage), batch)]
     rate = load_catalog().default_usd_per_flow
-    pool = await create_pool(database_url, min_size=1, max_size=2)
-    rates: dict[str, tuple[float, float]] = {}
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    rates: dict[str, Rate] = {}
     profiled = ""
+
+    def postgres() -> float:
+        return sum(cpu_seconds(pid) for pid in postgres_pids())
+
     try:
-        floor = await bare_insert(pool, events, batch)
+        floor = await bare_insert(pool, events, batch, postgres)
         for name, make in projections(rate).items():
             driver = Driver(pool, make())
             for i in range(0, len(setup), 1000):
                 await driver.apply(setup[i : i + 1000])
-            cpu, started = time.process_time(), time.perf_counter()
+            cpu, started, pg, driver.statements = time.process_time(), time.perf_counter(), postgres(), 0
             for wire in batches:
                 await driver.apply(wire)
-            wall = time.perf_counter() - started
-            rates[name] = (events / wall, (time.process_time() - cpu) / wall)
+            wall, cpu, pg = time.perf_counter() - started, time.process_time() - cpu, postgres() - pg
+            rates[name] = Rate(events / wall, cpu / events * 1e6, pg / events * 1e6, driver.statements / len(batches))
             if profile and name == "quota":  # a pass of its own: the profiler slows what it watches
                 again = [encode(msgspec.structs.replace(decode_event(b), event_id=uuid.uuid4().hex)) for b in usage]
                 profiler = cProfile.Profile()
@@ -217,12 +246,24 @@ async def apply_rates(
     return floor, rates, profiled
 
 
-def report_apply(events: int, batch: int, floor: float, rates: dict[str, tuple[float, float]]) -> None:
-    print(f"\nprojection apply, {events:,} usage events in batches of {batch:,}, one projection at a time:")
-    print(f"  {'bare asyncpg batched insert':<28} {floor:>9,.0f} events/s  (same run, same Postgres)")
-    for name, (eps, python) in rates.items():
-        print(f"  {name + ' apply':<28} {eps:>9,.0f} events/s  {eps / floor:>4.0%} of bare insert"
-              f"  (Python {python:.0%} of the wall time; target >= 50%)")  # fmt: skip
+def report_apply(events: int, batch: int, floor: Rate, rates: dict[str, Rate]) -> None:
+    print(
+        f"\nprojection apply, {events:,} usage events in batches of {batch:,}, one projection at a time; "
+        "CPU in µs per event (/proc), statements per batch (BEGIN, the checkpoint and COMMIT included):"
+    )
+    print(
+        f"  {'':<28} {'events/s':>9} {'x bare':>7} {'Python':>7} {'Postgres':>9} {'CPU':>6} {'x bare CPU':>11}"
+        f" {'statements':>11}"
+    )
+    for name, r in {"bare batched insert": floor, **{f"{k} apply": v for k, v in rates.items()}}.items():
+        print(
+            f"  {name:<28} {r.eps:>9,.0f} {r.eps / floor.eps:>7.0%} {r.python_us:>7.1f} {r.postgres_us:>9.1f}"
+            f" {r.cpu_us:>6.1f} {floor.cpu_us / r.cpu_us:>11.0%} {r.statements:>11.1f}"
+        )
+    print(
+        "  x bare: events/s as a share of the bare insert's (wall time: the machine's load moves it); x bare CPU:"
+        " the bare insert's CPU per row over the projection's per event (target for both: >= 50%)"
+    )
 
 
 LIVE = ("quota", "keys", "billing", "refund")
@@ -312,7 +353,7 @@ async def follow(
 
 
 async def live(
-    args: argparse.Namespace, work: Path, settings: Settings, floor: float, servers: Callable[[], dict[str, list[int]]]
+    args: argparse.Namespace, work: Path, settings: Settings, floor: Rate, servers: Callable[[], dict[str, list[int]]]
 ) -> None:
     """The four services following ingest through ingress, with everything on this machine's cores."""
 
@@ -340,11 +381,11 @@ async def live(
         print(f"  {label}:")
         for name in LIVE:
             r = run_[name]
-            print(f"    {name:<8} {r['eps']:>8,.0f} events/s ({r['eps'] / floor:>4.0%} of bare insert)"
+            print(f"    {name:<8} {r['eps']:>8,.0f} events/s ({r['eps'] / floor.eps:>4.0%} of bare insert)"
                   f"  lag p50 {r['p50'] * 1000:>6,.0f} ms, p99 {r['p99'] * 1000:>6,.0f} ms")  # fmt: skip
     print("  targets: paced lag p99 < 1 s; flat out >= 50% of the bare insert")
     print(f"  cores used flat out (of {os.cpu_count()}): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
-    per_event = {name: (after[name] - before[name]) / args.events * 1e6 for name in (*LIVE, "ingress")}
+    per_event = {name: (after[name] - before[name]) / args.events * 1e6 for name in groups if name != "bench"}
     print("  CPU per event flat out: " + ", ".join(f"{k} {v:.0f} µs" for k, v in per_event.items()))
 
 
@@ -360,7 +401,9 @@ async def run(
     if args.trickle and not args.live and args.events == 0:  # the trickle alone: `--trickle --events 0`
         await trickle(args, work, settings, servers)
         return
-    floor, rates, profiled = await apply_rates(apply_url, args.events, args.accounts, args.batch, args.profile)
+    floor, rates, profiled = await apply_rates(
+        apply_url, args.events, args.accounts, args.batch, args.profile, lambda: servers()["postgres"]
+    )
     report_apply(args.events, args.batch, floor, rates)
     if profiled:
         print("\ncProfile of quota's apply (by own time):")

@@ -7,7 +7,9 @@ refund, waits until their live projections have applied everything, then replays
 once (each in its own service) and verifies each rebuild against the live projection.
 
 events/s = events in the log / wall seconds of the rebuilds (all projections at once); the
-verification and the swap are timed apart. The cores each process used show the limit.
+verification and the swap are timed apart. The cores each process used show the limit. The floor,
+measured first on the same Postgres: the bare batched insert (bench/projections.py) in batches of a
+rebuild's size; each rebuild's events/s is given as a share of its rows/s.
 """
 
 import asyncio
@@ -25,11 +27,14 @@ from rich.console import Console
 
 from bench.gateway import write_bench_plans
 from bench.procstat import cpu_seconds
+from bench.projections import bare_insert
+from libs.db import create_pool
 from libs.eventlog.publisher import EventPublisher
 from libs.localservers import wait_for_port
 from libs.ops.replay import replay
 from libs.pricing.catalog import load_catalog
 from libs.pricing.flows import price_call
+from libs.replay.rebuild import READ_BATCH
 from libs.settings import Settings, settings_environ
 from proto.v1 import (
     AccountCreated,
@@ -163,6 +168,11 @@ async def run(
     log = account_events(accounts, now)
     log += usage_events(events - len(log), accounts, now)
     print(f"\nreplay bench: {len(log):,} events ({accounts:,} accounts), {os.cpu_count()} cores")
+    pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        floor = await bare_insert(pool, 200_000, READ_BATCH, lambda: sum(map(cpu_seconds, servers()["postgres"])))
+    finally:
+        await pool.close()
     publish_eps = await publish(settings, log)
     env = {**settings_environ(settings), "FLOWPLAN_LOG_LEVEL": "WARNING", "FLOWPLAN_PROJECTION_BATCH": "5000",
            "FLOWPLAN_PLANS_PATH": str(write_bench_plans(work / "bench-plans.json"))}  # fmt: skip
@@ -187,13 +197,20 @@ async def run(
     finally:
         for service in services:
             service.stop()
-    report(len(log), publish_eps, live_s, wall, outcomes, sampler.cores(wall))
+    report(len(log), publish_eps, live_s, wall, outcomes, sampler.cores(wall), floor.eps)
 
 
 def report(
-    n: int, publish_eps: float, live_s: float, wall: float, outcomes: list[ReplayProgress], cores: dict[str, float]
+    n: int,
+    publish_eps: float,
+    live_s: float,
+    wall: float,
+    outcomes: list[ReplayProgress],
+    cores: dict[str, float],
+    floor_eps: float,
 ) -> None:
     rebuild = max(o.rebuild_seconds for o in outcomes)
+    print(f"the floor: bare batched insert, {READ_BATCH:,} rows a transaction, {floor_eps:,.0f} rows/s (same Postgres)")
     print(f"published {n:,} events at {publish_eps:,.0f}/s; the live projections took {live_s:,.0f} s to apply them")
     if any(o.phase == "failed" for o in outcomes):
         print(f"replay --projection all --verify FAILED after {wall:,.1f} s")
@@ -203,7 +220,9 @@ def report(
     for o in outcomes:
         state = "identical" if o.verified and not o.differences else f"DIFFERENT ({len(o.differences)} tables)"
         print(f"  {o.projection:<8} read {o.read:>9,} in {o.rebuild_seconds:6.1f} s = "
-              f"{o.read / max(o.rebuild_seconds, 1e-9):>8,.0f} events/s; verify {o.verify_seconds:5.1f} s, {state}; "
+              f"{o.read / max(o.rebuild_seconds, 1e-9):>8,.0f} events/s "
+              f"({o.read / max(o.rebuild_seconds, 1e-9) / floor_eps:.0%} of the floor); "
+              f"verify {o.verify_seconds:5.1f} s, {state}; "
               f"live paused {o.paused_ms:,.0f} ms; {'swapped' if o.swapped else 'NOT swapped'}"
               f"{'; ' + o.error if o.error else ''}")  # fmt: skip
     print("  cores used during the replay: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))

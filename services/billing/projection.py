@@ -6,7 +6,6 @@ ends it)."""
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date
 
 import asyncpg
 
@@ -98,9 +97,7 @@ class BillingProjection(EventHandlers[BillingBatch]):
             await conn.execute(f"DELETE FROM {self.schema}.history WHERE event_id = ANY($1::text[])", withdrawn)
         spend: dict[str, int] = defaultdict(int)  # PAYG micro-USD by model
         if usage:
-            counted = await self._fresh(conn, usage)
-            await self._costs(conn, counted, spend)
-            await abuse.count(conn, self.schema, counted)
+            await self._count_usage(conn, usage, spend)
 
         if not self.metered:
             return None
@@ -166,42 +163,70 @@ class BillingProjection(EventHandlers[BillingBatch]):
                 event.account_id, event.insider_status_id, event.occurred_at,
             )  # fmt: skip
 
-    async def _fresh(self, conn: asyncpg.Connection, usage: list[UsageRecorded]) -> list[UsageRecorded]:
-        """The usage events not counted before (each once, however often the log holds it)."""
-        fresh = {
-            row["event_id"]
-            for row in await conn.fetch(
-                f"""INSERT INTO {self.schema}.usage_seen (event_id) SELECT unnest($1::text[])
-                    ON CONFLICT DO NOTHING RETURNING event_id""",
-                [e.event_id for e in usage],
-            )
-        }
-        counted = []
+    async def _count_usage(self, conn: asyncpg.Connection, usage: list[UsageRecorded], spend: dict[str, int]) -> None:
+        """Count each usage event not counted before (each once, however often the log holds it) into
+        the costs and the abuse evidence (abuse.py), and the PAYG spend by model into `spend`: ONE
+        statement for the batch. The events go as columns (the first of a batch's duplicates only);
+        Postgres keeps the fresh ones (their event_id new to usage_seen) and aggregates them per
+        account, day and model, per client and per hour. The PAYG balance is not billing's: quota
+        owns it (it admits PAYG calls against it on the hot path) and billing's history asks quota."""
+        columns: tuple[list[object], ...] = ([], [], [], [], [], [], [], [], [], [], [])
+        ids, accounts, times, models, flows, usd, keys, clients, agents, hours, payg = columns
+        seen: set[str] = set()
         for event in usage:
-            if event.event_id in fresh:
-                fresh.discard(event.event_id)
-                counted.append(event)
-        return counted
-
-    async def _costs(self, conn: asyncpg.Connection, usage: list[UsageRecorded], spend: dict[str, int]) -> None:
-        """Count each (fresh) usage event into the costs and the PAYG spend by model. The PAYG
-        balance is not billing's: quota owns it (it admits PAYG calls against it on the hot path)
-        and billing's history asks quota for it."""
-        totals: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
-        for event in usage:
-            if event.billing_mode == "payg":
-                spend[event.model] += event.usd_cost_micros
-            line = totals[(event.account_id, event.occurred_at.astimezone(UTC).date(), event.model)]
-            line[0] += 1
-            line[1] += event.flows_micros if event.billing_mode == "subscription" else 0
-            line[2] += event.usd_cost_micros
-        if totals:
-            await conn.execute(
-                f"""INSERT INTO {self.schema}.costs AS c (account_id, day, model, calls, flows_micros, usd_micros)
-                    SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
+            if event.event_id in seen:  # a duplicate in the batch: the first one is the one that may count
+                continue
+            seen.add(event.event_id)
+            subscription = event.billing_mode == "subscription"
+            ids.append(event.event_id)
+            accounts.append(event.account_id)
+            times.append(event.occurred_at)
+            models.append(event.model)
+            flows.append(event.flows_micros if subscription else 0)
+            usd.append(event.usd_cost_micros)
+            keys.append(event.key_id)
+            clients.append(event.client_hash)
+            agents.append(event.agent_hash)
+            hours.append(abuse.hour_of(event.occurred_at) if subscription else None)
+            payg.append(event.billing_mode == "payg")
+        schema = self.schema
+        rows = await conn.fetch(
+            f"""WITH batch AS (
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bigint[],
+                        $6::bigint[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::boolean[])
+                        AS b(event_id, account_id, occurred_at, model, flows_micros, usd_micros, key_id, client_hash,
+                             agent_hash, hour, payg)
+                ), fresh AS (
+                    INSERT INTO {schema}.usage_seen (event_id) SELECT event_id FROM batch
+                    ON CONFLICT DO NOTHING RETURNING event_id
+                ), counted AS (
+                    SELECT batch.* FROM batch JOIN fresh USING (event_id)
+                ), costs AS (
+                    INSERT INTO {schema}.costs AS c (account_id, day, model, calls, flows_micros, usd_micros)
+                    SELECT account_id, (occurred_at AT TIME ZONE 'UTC')::date, model, count(*), sum(flows_micros),
+                           sum(usd_micros)
+                    FROM counted GROUP BY 1, 2, 3
                     ON CONFLICT (account_id, day, model) DO UPDATE SET calls = c.calls + EXCLUDED.calls,
                         flows_micros = c.flows_micros + EXCLUDED.flows_micros,
-                        usd_micros = c.usd_micros + EXCLUDED.usd_micros""",
-                [k[0] for k in totals], [k[1] for k in totals], [k[2] for k in totals],
-                [v[0] for v in totals.values()], [v[1] for v in totals.values()], [v[2] for v in totals.values()],
-            )  # fmt: skip
+                        usd_micros = c.usd_micros + EXCLUDED.usd_micros
+                ), clients AS (
+                    INSERT INTO {schema}.abuse_clients AS c (account_id, key_id, client_hash, agent_hash, first_seen,
+                                                             last_seen, calls)
+                    SELECT account_id, coalesce(key_id, ''), client_hash, coalesce(agent_hash, ''), min(occurred_at),
+                           max(occurred_at), count(*)
+                    FROM counted WHERE client_hash <> '' GROUP BY 1, 2, 3, 4
+                    ON CONFLICT (account_id, key_id, client_hash, agent_hash) DO UPDATE SET
+                        first_seen = least(c.first_seen, EXCLUDED.first_seen),
+                        last_seen = greatest(c.last_seen, EXCLUDED.last_seen), calls = c.calls + EXCLUDED.calls
+                ), hours AS (
+                    INSERT INTO {schema}.abuse_hours AS h (account_id, hour, calls, flows_micros)
+                    SELECT account_id, hour, count(*), sum(flows_micros) FROM counted WHERE hour IS NOT NULL
+                    GROUP BY 1, 2
+                    ON CONFLICT (account_id, hour) DO UPDATE SET calls = h.calls + EXCLUDED.calls,
+                        flows_micros = h.flows_micros + EXCLUDED.flows_micros
+                )
+                SELECT model, sum(usd_micros)::bigint AS usd_micros FROM counted WHERE payg GROUP BY model""",
+            *columns,
+        )
+        for row in rows:
+            spend[row["model"]] += row["usd_micros"]

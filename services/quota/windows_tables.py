@@ -4,19 +4,37 @@ recounted after a plan change cut the periods differently. The projection (proje
 these inside its batch transaction."""
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import asyncpg
 
 from proto.v1 import UsageRecorded
 from services.quota.domain.admission import AccountQuota
-from services.quota.domain.periods import Period, period_at
+from services.quota.domain.periods import Segment, period_at
 from services.quota.domain.windows import CHAINS, ChainKind, Usage, Window, WindowKind, add_usages, chain
+
+
+class CachedPeriod(NamedTuple):
+    """An account's latest monthly period, and the plan history it was cut from."""
+
+    start: datetime
+    end: datetime
+    segments: Sequence[Segment]
+
+
+NO_PERIOD = CachedPeriod(datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC), ())
+PERIODS_KEPT = 20_000
+"""Accounts whose latest period is kept between batches: most batches' calls fall in it, and working
+it out again (period_at: a bisect and three month additions) was a fifth of quota's apply. Bounded,
+so that a million accounts do not keep one each (quota's memory per account is counted)."""
 
 
 class WindowTables:
     def __init__(self, schema: str) -> None:
         self.schema = schema
+        self._periods: dict[str, CachedPeriod] = {}
 
     async def recount_months(
         self, conn: asyncpg.Connection, account_id: str, account: AccountQuota, since: datetime
@@ -66,14 +84,26 @@ class WindowTables:
         months: dict[tuple[str, datetime, datetime], int] = defaultdict(int)
         for account_id, events in counted.items():
             account = pending[account_id]
-            usages = [Usage(e.occurred_at, e.flows_micros) for e in events]
-            first = usages[0].at
+            first, last = events[0].occurred_at, events[-1].occurred_at
+            usages: list[Usage] | None = None
             for kind, duration in CHAINS.items():
                 if account_id in late:
                     loaded = suffixes.get((account_id, kind), [])
                 else:
                     latest = account.window_5h if kind == "5h" else account.weekly
+                    if latest is not None and last < latest.end:  # all in the open window: most batches
+                        flows = sum(e.flows_micros for e in events)
+                        if flows:
+                            latest = Window(latest.start, latest.end, latest.flows + flows)
+                            upserts.append((account_id, kind, latest))
+                            if kind == "5h":
+                                account.window_5h = latest
+                            else:
+                                account.weekly = latest
+                        continue
                     loaded = [latest] if latest is not None and latest.end > first else []
+                if usages is None:
+                    usages = [Usage(e.occurred_at, e.flows_micros) for e in events]
                 windows, rechain_from = add_usages(loaded, usages, duration)
                 unchanged = set(loaded)
                 if rechain_from is not None:
@@ -86,27 +116,27 @@ class WindowTables:
                         account.window_5h = latest
                     else:
                         account.weekly = latest
-            period: Period | None = None
+            period = self._periods.get(account_id, NO_PERIOD)
+            if period.segments != account.segments:  # a plan change: the periods may be cut differently
+                period = NO_PERIOD
             for event in events:  # in time order: most fall in the period of the one before
                 at = event.occurred_at
-                if period is None or not period.start <= at < period.end:
-                    period = period_at(account.segments, at)
+                if not period.start <= at < period.end:
+                    period = CachedPeriod(*period_at(account.segments, at), list(account.segments))
+                    if len(self._periods) >= PERIODS_KEPT:
+                        self._periods.clear()
+                    self._periods[account_id] = period
                 months[(account_id, period.start, period.end)] += event.flows_micros
                 account.months[period.start] = account.months.get(period.start, 0) + event.flows_micros
                 consumed[(event.model, account.plan_at(at))] += event.flows_micros
         upserts += [(a, "month", Window(start, end, flows)) for (a, start, end), flows in months.items()]
-        await conn.execute(
-            f"""INSERT INTO {self.schema}.windows AS w (account_id, kind, started_at, ends_at, flows_micros)
-                SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bigint[])
+        await conn.execute(  # rows of the table's own type, in its column order: see projection.py's usage
+            f"""INSERT INTO {self.schema}.windows AS w SELECT * FROM unnest($1::{self.schema}.windows[])
                 ON CONFLICT (account_id, kind, started_at) DO UPDATE SET
                     ends_at = CASE WHEN w.kind = 'month' THEN w.ends_at ELSE EXCLUDED.ends_at END,
                     flows_micros = CASE WHEN w.kind = 'month' THEN w.flows_micros + EXCLUDED.flows_micros
                                         ELSE EXCLUDED.flows_micros END""",
-            [a for a, _, _ in upserts],
-            [k for _, k, _ in upserts],
-            [w.start for _, _, w in upserts],
-            [w.end for _, _, w in upserts],
-            [w.flows for _, _, w in upserts],
+            [(a, k, w.start, w.end, w.flows) for a, k, w in upserts],
         )
 
     async def _load_suffixes(

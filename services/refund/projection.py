@@ -49,13 +49,13 @@ class RefundProjection(EventHandlers[RefundBatch]):
         b = RefundBatch(conn)
         await self.dispatch(b, batch)
         if b.usage:  # one statement for the batch: usage is most of the log
+            # One array of the table's own row type (UsageRow follows refund.usage's column order)
+            # rather than an array per column: asyncpg checks each array element against
+            # collections.abc ABCs, and per column that is several checks per event.
             await conn.execute(
-                f"""INSERT INTO {self.schema}.usage (event_id, account_id, seq, occurred_at, usd_cost_micros,
-                                                     reservation_id, billing_mode)
-                    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bigint[],
-                                         $6::text[], $7::text[])
+                f"""INSERT INTO {self.schema}.usage SELECT * FROM unnest($1::{self.schema}.usage[])
                     ON CONFLICT DO NOTHING""",
-                *(list(column) for column in zip(*b.usage, strict=True)),
+                b.usage,
             )
         return None
 

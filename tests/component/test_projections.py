@@ -4,7 +4,8 @@ What the tables and the service's memory hold after a batch, whatever the batche
 import asyncio
 import gc
 import uuid
-from datetime import timedelta
+from collections import defaultdict
+from datetime import date, datetime, timedelta, timezone
 from fractions import Fraction
 from typing import Any
 
@@ -41,7 +42,7 @@ from services.quota.app import fill_partitions
 from services.quota.domain.windows import FIVE_HOURS
 from services.quota.projection import QuotaProjection, UnknownAccount
 from services.quota.state import QuotaState
-from tests.component.conftest import Feed
+from tests.component.conftest import T0, Feed
 
 RATE = Fraction(1, 100)
 
@@ -302,7 +303,8 @@ async def test_quota_writes_on_time_usage_of_any_number_of_accounts_with_two_sta
     pool: asyncpg.Pool, clock: ManualClock
 ) -> None:
     """The usage rows, then every window it changed (5-hour, week, month; aggregated per account and
-    window in memory) in one upsert: the windows already open are known from memory, not read."""
+    window in memory) in one upsert: the windows already open are known from memory, not read. Each
+    sends its rows as one parameter (asyncpg checks every element of every array it encodes)."""
     state = QuotaState(RATE, clock=clock)
     feed, accounts = Feed(pool, QuotaProjection(state)), [ids() for _ in range(20)]
     await feed.apply(*(e for a in accounts for e in (created(a, clock), to_pro(a, clock))))
@@ -310,7 +312,8 @@ async def test_quota_writes_on_time_usage_of_any_number_of_accounts_with_two_sta
     await feed.apply(*(usage(a, clock) for a in accounts))  # opens each account's windows
     clock.advance(timedelta(minutes=1))
     sent = await statements(pool, feed, *(usage(a, clock, 500_000) for a in accounts for _ in range(3)))
-    assert [s.split(" (")[0] for s in sent] == ["INSERT INTO quota.usage", "INSERT INTO quota.windows AS w"]
+    assert [" ".join(s.split()[:3]) for s in sent] == ["INSERT INTO quota.usage", "INSERT INTO quota.windows"]
+    assert not any("$2" in s for s in sent)  # the rows as ONE array of the table's row type, not one per column
     for account in accounts:
         assert await windows(pool, account) == [("5h", 2_500_000), ("month", 2_500_000), ("week", 2_500_000)]
         memory = state.accounts[account]
@@ -450,3 +453,66 @@ async def test_the_sql_partition_function_is_partition_for(pool: asyncpg.Pool, p
                             partitions)  # fmt: skip
     assert {row["a"]: row["p"] for row in rows} == {a: partition_for(a, partitions) for a in accounts}
     assert len({row["p"] for row in rows}) == partitions
+
+
+async def test_billing_counts_a_batch_of_usage_once_with_one_statement(pool: asyncpg.Pool, clock: ManualClock) -> None:
+    """The costs, the abuse evidence and the PAYG spend of a batch of usage: one statement, each
+    event counted once (a duplicate in the batch, or one counted in an earlier batch, is not), by
+    UTC day whatever offset the event time came with, clients without a hash left out."""
+    projection, feed = BillingProjection(metered=False), Feed(pool, BillingProjection(metered=False))
+    a, b = ids(), ids()
+    counted_before = usage(a, clock, client_hash="c1")
+    await feed.apply(counted_before)
+    late_evening = datetime(2026, 3, 3, 2, 0, tzinfo=timezone(timedelta(hours=5)))  # 2026-03-02 21:00 UTC
+    first = usage(a, clock, flows=2_000_000, client_hash="c1", key_id="k1")
+    payg = usage(b, ManualClock(late_evening), billing_mode="payg", usd_cost_micros=300_000, client_hash="c2",
+                 agent_hash="ua", model="openai/gpt-5-mini")  # fmt: skip
+    events = (
+        first, first, counted_before, payg, usage(a, clock, client_hash=""),
+        usage(b, ManualClock(late_evening), billing_mode="payg", usd_cost_micros=50_000, model="openai/gpt-5-mini"),
+    )  # fmt: skip
+    sent = await statements(pool, Feed(pool, projection), *events)
+    assert [s.split(" (")[0] for s in sent] == ["WITH batch AS"]
+
+    costs = await pool.fetch(
+        "SELECT account_id, day, model, calls, flows_micros, usd_micros FROM billing.costs WHERE account_id = ANY($1)"
+        " ORDER BY account_id = $2 DESC", [a, b], a,
+    )  # fmt: skip
+    assert [tuple(r) for r in costs] == [
+        (a, clock.now().date(), "deepseek/deepseek-chat", 3, 4_000_000, 30_000),  # 1 before, `first` and the ""
+        (b, date(2026, 3, 2), "openai/gpt-5-mini", 2, 0, 350_000),
+    ]
+    clients = await pool.fetch(
+        "SELECT account_id, key_id, client_hash, agent_hash, calls FROM billing.abuse_clients"
+        " WHERE account_id = ANY($1) ORDER BY client_hash, key_id", [a, b],
+    )  # fmt: skip
+    assert [tuple(r) for r in clients] == [(a, "", "c1", "", 1), (a, "k1", "c1", "", 1), (b, "", "c2", "ua", 1)]
+    hours = await pool.fetch("SELECT account_id, calls, flows_micros FROM billing.abuse_hours WHERE account_id = $1", a)
+    assert [tuple(r) for r in hours] == [(a, 3, 4_000_000)]
+
+    spend: dict[str, int] = defaultdict(int)
+    again = usage(b, clock, billing_mode="payg", usd_cost_micros=70_000, model="openai/gpt-5-mini")
+    async with pool.acquire() as conn, conn.transaction():
+        await projection._count_usage(conn, [payg, again, again, usage(a, clock)], spend)
+    assert dict(spend) == {"openai/gpt-5-mini": 70_000}  # `payg` was counted in the batch before
+
+
+async def test_quota_calls_after_a_plan_change_count_in_the_new_period(pool: asyncpg.Pool, clock: ManualClock) -> None:
+    """quota keeps each account's latest monthly period from one batch to the next; a plan change
+    cuts the periods anew, and the calls after it count in the new plan's period, not the kept one."""
+    state = QuotaState(RATE, clock=clock)
+    feed, account = Feed(pool, QuotaProjection(state)), ids()
+    await feed.apply(created(account, clock))
+    clock.advance(timedelta(days=1))
+    await feed.apply(usage(account, clock, 1_000_000))  # in the Free period from T0: kept
+    clock.advance(timedelta(days=9))
+    await feed.apply(to_pro(account, clock))
+    changed_at = clock.now()
+    clock.advance(timedelta(days=1))
+    await feed.apply(usage(account, clock, 2_000_000))  # inside the kept period's dates, but on Pro
+    months = await pool.fetch(
+        "SELECT started_at, flows_micros FROM quota.windows WHERE account_id = $1 AND kind = 'month'"
+        " ORDER BY started_at", account,
+    )  # fmt: skip
+    assert [(r["started_at"], r["flows_micros"]) for r in months] == [(T0, 1_000_000), (changed_at, 2_000_000)]
+    assert state.accounts[account].months == {T0: 1_000_000, changed_at: 2_000_000}
