@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import nats
+import nats.js
 import pytest
 from nats.aio.msg import Msg
 from nats.js import api
@@ -86,12 +87,7 @@ async def test_a_trickle_at_a_gateways_pace_is_applied_several_events_to_a_trans
     try:
         await asyncio.sleep(1.0)  # every partition's consumer made and fetching
         for _ in range(12):
-            event = UsageRecorded(
-                event_id=uuid.uuid4().hex, account_id=account, occurred_at=datetime.now(UTC),
-                model="deepseek/deepseek-chat", input_tokens=10, output_tokens=10, billing_mode="subscription",
-                usd_cost_micros=10, flows_micros=20_000, usd_per_flow="5/198", multiplier="1",
-            )  # fmt: skip
-            await js.publish(publish_subject("usage", account, "UsageRecorded"), encode(event))
+            await publish_usage(js, account)
             await asyncio.sleep(0.03)
         await asyncio.wait_for(probe.all_applied.wait(), 15)
         assert sum(probe.batches) == 12
@@ -101,6 +97,15 @@ async def test_a_trickle_at_a_gateways_pace_is_applied_several_events_to_a_trans
         await asyncio.gather(running, return_exceptions=True)
         await nc.close()
         await pool.close()
+
+
+async def publish_usage(js: nats.js.JetStreamContext, account: str) -> None:
+    event = UsageRecorded(
+        event_id=uuid.uuid4().hex, account_id=account, occurred_at=datetime.now(UTC),
+        model="deepseek/deepseek-chat", input_tokens=10, output_tokens=10, billing_mode="subscription",
+        usd_cost_micros=10, flows_micros=20_000, usd_per_flow="5/198", multiplier="1",
+    )  # fmt: skip
+    await js.publish(publish_subject("usage", account, "UsageRecorded"), encode(event))
 
 
 class PauseProbe(BatchProbe):
@@ -127,12 +132,7 @@ async def test_a_runner_running_no_partition_is_paused_at_once_and_one_running_b
         running = asyncio.create_task(runner.run_partition(partition_for(account, settings.partitions), stop))
         await asyncio.sleep(1.0)  # its consumer made and fetching
         async with runner.pause.paused(timeout_s=10.0):
-            event = UsageRecorded(
-                event_id=uuid.uuid4().hex, account_id=account, occurred_at=datetime.now(UTC),
-                model="deepseek/deepseek-chat", input_tokens=10, output_tokens=10, billing_mode="subscription",
-                usd_cost_micros=10, flows_micros=20_000, usd_per_flow="5/198", multiplier="1",
-            )  # fmt: skip
-            await js.publish(publish_subject("usage", account, "UsageRecorded"), encode(event))
+            await publish_usage(js, account)
             await asyncio.sleep(1.5)
             assert probe.batches == []
         await asyncio.wait_for(probe.all_applied.wait(), 15)
