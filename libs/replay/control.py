@@ -21,8 +21,13 @@ class ReplayControl:
     def __init__(
         self, projection: Rebuildable, runner: ProjectionRunner, pool: asyncpg.Pool, nc: Client,
         settings: ProjectionSettings, spawn: Callable[[Coroutine[Any, Any, None], str], None],
+        others: Callable[[], int] = lambda: 0,
     ) -> None:  # fmt: skip
+        """others: how many other instances project partitions of this projection now. A replay
+        pauses this instance's runner only, and every instance answers the start: with others, each
+        would rebuild and swap the same tables while the others' runners write to them."""
         self._projection, self._runner, self._pool, self._nc = projection, runner, pool, nc
+        self._others = others
         self._settings, self._spawn = settings, spawn
         self._current: Rebuild | None = None
 
@@ -44,6 +49,9 @@ class ReplayControl:
     async def _on_start(self, request: StartReplay) -> ReplayProgress:
         if request.from_seq < 1:
             return self._refused(f"from_seq must be 1 or more, not {request.from_seq}")
+        if others := self._others():
+            return self._refused(f"{others + 1} instances project {self._projection.name} by partition: "
+                                 "stop all but one of them to replay it")  # fmt: skip
         if self._current is not None and self._current.running:
             return self._refused(f"a replay of {self._projection.name} is already running")
         self._current = Rebuild(
