@@ -33,6 +33,8 @@ class PartitionedProjection:
         self.leases, self.runner, self._check_s = leases, runner, check_s
         self._running: dict[int, tuple[asyncio.Event, asyncio.Task[None]]] = {}
         self._stopping = False
+        self._between_steps = asyncio.Event()
+        self._between_steps.set()
 
     def projecting(self) -> set[int]:
         """The partitions whose projection runs here now."""
@@ -57,7 +59,11 @@ class PartitionedProjection:
         """Follow the leases until stop(). A partition's projection that dies takes this loop, and
         the process (Runtime.spawn), with it: crash-only, as the unpartitioned runner does."""
         while not self._stopping:
-            await self.step()
+            self._between_steps.clear()
+            try:
+                await self.step()
+            finally:
+                self._between_steps.set()
             await asyncio.sleep(self._check_s)
 
     async def step(self) -> None:
@@ -77,6 +83,7 @@ class PartitionedProjection:
         """A clean shutdown: stop every partition's projection (its last batch committed), then hand
         every lease over at once."""
         self._stopping = True
+        await self._between_steps.wait()  # a step under way ends first; the loop takes no other
         await self._stop(sorted(self._running))
         await self.leases.stop(release=True)
 
@@ -94,7 +101,7 @@ class PartitionedProjection:
         for partition in partitions:
             task = self._running[partition][1]
             await asyncio.wait([task])  # not `await task`: this loop's own cancellation must go on up
-            del self._running[partition]
+            self._running.pop(partition, None)
             if not task.cancelled() and (exc := task.exception()) is not None:
                 raise RuntimeError(f"{self.runner.projection.name} p{partition}: the projection died") from exc
             log.info("%s p%d: stopped projecting", self.runner.projection.name, partition)
