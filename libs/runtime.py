@@ -104,12 +104,14 @@ class Runtime:
     async def project_partitioned(self, projection: Rebuildable) -> PartitionedProjection:
         """Run the projection over the partitions this instance holds a lease for
         (`owner.<service>.<partition>`, shared with the service's other instances and rebalanced when
-        one joins or leaves: libs/eventlog/partitioned.py), with what `project` adds."""
-        runner = await self.project(projection, every_partition=False)
+        one joins or leaves: libs/eventlog/partitioned.py), with what `project` adds. The lease a
+        partition is projected under: `leases.revision(partition)`, made before the runner so that
+        the runner's commits can be fenced by it."""
         leases = PartitionLeases(
             self.nc.jetstream(), self.name, instance_name(), self.settings.partitions, lease_s=PARTITION_LEASE_S,
             replicas=self.settings.stream_replicas, rebalance=True, hand_over=True,
         )  # fmt: skip
+        runner = await self.project(projection, every_partition=False)
         await leases.start()
         partitioned = PartitionedProjection(leases, runner)
         self._partitioned.append(partitioned)
