@@ -1,14 +1,17 @@
 """Partition leases: which instance of a service owns which partitions of the event log, through
 leases in a NATS KV bucket (docs/scaling.md, step 1 of its plan). Used by ingress, whose
-instances elect the one that runs the ingress projection (rebalance=False, one partition), and by
-quota, whose instances share the partitions (services/quota/partitions.py).
+instances elect the one that runs the ingress projection (rebalance=False, one partition), by
+keys, billing and refund, whose instances elect a leader that decides the commands (`lead`) and
+share the partitions of their projections (libs/eventlog/partitioned.py), and by quota, whose
+instances share the partitions (services/quota/partitions.py).
 
 Every instance keeps a member key alive and computes, from the live members, the same desired
-assignment (rendezvous hashing: a member leaving moves only its partitions, one joining takes
-about 1/N). It acquires a desired partition with `create` (only if nobody holds it), renews what
-it holds with a compare-and-set `update` every lease/3, and releases (`delete`) what is desired
-elsewhere. The bucket's max age is the lease: a key nobody renews disappears after it, and the
-next tick of the desired owner creates it again.
+assignment (rendezvous hashing with bounded loads, `assignment`: a member leaving moves mostly its
+partitions, one joining takes about 1/N, and each holds P/N rounded down or up). It acquires a
+desired partition with `create` (only if nobody holds it), renews what it holds with a
+compare-and-set `update` every lease/3, and releases (`delete`) what is desired elsewhere. The
+bucket's max age is the lease: a key nobody renews disappears after it, and the next tick of the
+desired owner creates it again.
 
 `owns(p)` is true only until `sent + lease - margin`, where `sent` is this instance's monotonic
 time when it sent the last successful acquire or renewal: the server's copy of the key lives at
@@ -19,6 +22,7 @@ across machines.
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -40,16 +44,41 @@ def _weight(partition: int, member: str) -> bytes:
     return hashlib.blake2b(f"{partition}/{member}".encode(), digest_size=8).digest()
 
 
-def rendezvous(partition: int, members: Sequence[str]) -> str:
-    """The member with the highest hash of (partition, member): every instance that sees the same
-    members picks the same owner."""
-    return max(members, key=lambda m: _weight(partition, m))
+@functools.lru_cache(maxsize=256)
+def _assign(partitions: int, members: tuple[str, ...]) -> tuple[str, ...]:
+    floor, bigger = divmod(partitions, len(members))
+    load = dict.fromkeys(members, 0)
+    at_ceiling = 0
+    owners = []
+    for partition in range(partitions):
+        for member in sorted(members, key=lambda m: _weight(partition, m), reverse=True):
+            if load[member] < floor:
+                break
+            if load[member] == floor and at_ceiling < bigger:
+                at_ceiling += 1
+                break
+        load[member] += 1
+        owners.append(member)
+    return tuple(owners)
 
 
-def runner_up(partition: int, members: Sequence[str]) -> str | None:
+def assignment(partitions: int, members: Sequence[str]) -> tuple[str, ...]:
+    """The owner of each partition among the members: rendezvous hashing with bounded loads. Each
+    partition goes to the member with the highest hash of (partition, member) that still has room,
+    and every member gets floor(P/N) or ceil(P/N) partitions. Plain rendezvous hashing is balanced
+    only on average: with 4 partitions and 2 instances it gives one of them all 4 in 1 run of 8
+    (the instance names hold process ids), and that instance then does all the work. Every instance
+    that sees the same members computes the same assignment; a member leaving or joining moves
+    about its share, mostly its own partitions."""
+    return _assign(partitions, tuple(sorted(set(members))))
+
+
+def runner_up(partition: int, members: Sequence[str], partitions: int) -> str | None:
     """The member that would own the partition if its owner left (None with fewer than two)."""
-    ranked = sorted(members, key=lambda m: _weight(partition, m), reverse=True)
-    return ranked[1] if len(ranked) > 1 else None
+    if len(set(members)) < 2:
+        return None
+    owner = assignment(partitions, members)[partition]
+    return assignment(partitions, [m for m in members if m != owner])[partition]
 
 
 async def lease_bucket(js: nats.js.JetStreamContext, lease_s: float, replicas: int = 1, attempts: int = 20) -> KeyValue:
@@ -189,7 +218,8 @@ class PartitionLeases:
         self.members = len(members)
         self.member_names = members
         if self.rebalance:
-            desired = {p for p in range(self.partitions) if rendezvous(p, members) == self.instance}
+            owners = assignment(self.partitions, members)
+            desired = {p for p in range(self.partitions) if owners[p] == self.instance}
         else:
             desired = set(range(self.partitions))
         self.desired = desired
@@ -274,13 +304,21 @@ async def held(leases: PartitionLeases, want: bool, partition: int = 0, every_s:
 
 
 LEADER_LEASE_S = 3.0
+PARTITION_LEASE_S = 3.0
+"""A projection partition's lease: a killed owner's partitions are free this long after its last renewal."""
+
+
+def instance_name() -> str:
+    """This process's name among its service's instances (the member and owner keys' value)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def leader_leases(js: nats.js.JetStreamContext, service: str, replicas: int = 1) -> PartitionLeases:
     """One lease, `owner.<service>-leader.0`, for a service of which one instance at a time decides
-    (projects, answers the commands) while the others stand by (keys, billing, refund)."""
+    (answers the commands) while the others stand by (keys, billing, refund). Separate from the
+    partition leases of their projections (`owner.<service>.<partition>`)."""
     return PartitionLeases(
-        js, f"{service}-leader", f"{socket.gethostname()}-{os.getpid()}", 1,
+        js, f"{service}-leader", instance_name(), 1,
         lease_s=LEADER_LEASE_S, replicas=replicas, rebalance=False,
     )  # fmt: skip
 

@@ -20,9 +20,11 @@ from libs.connections import close_nats, connect_nats, health, subscribed
 from libs.db import create_pool, migrate_async
 from libs.eventlog.deadletters import DeadLetterRetrier
 from libs.eventlog.monitor import ProjectionMonitor
+from libs.eventlog.partitioned import PartitionedProjection
 from libs.eventlog.publisher import EventPublisher
 from libs.eventlog.runner import Fence, ProjectionRunner
 from libs.eventlog.streams import require_streams
+from libs.leases import PARTITION_LEASE_S, PartitionLeases, instance_name
 from libs.observability import install as install_metrics
 from libs.replay.control import ReplayControl
 from libs.replay.instances import Peers
@@ -46,6 +48,7 @@ class Runtime:
         self.pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sites: list[web.AppRunner] = []
+        self._partitioned: list[PartitionedProjection] = []
         self._responders: Responders | None = None
         self._responding = False
         self._starting = asyncio.Lock()
@@ -107,6 +110,24 @@ class Runtime:
             if self._responding:  # a projection started after the others: its commands are answered now
                 await self._start_responders()
         return runner
+
+    async def project_partitioned(self, projection: Rebuildable) -> PartitionedProjection:
+        """Run the projection over the partitions this instance holds a lease for
+        (`owner.<service>.<partition>`, shared with the service's other instances and rebalanced when
+        one joins or leaves: libs/eventlog/partitioned.py), with what `project` adds. The lease a
+        partition is projected under: `leases.revision(partition)`, made before the runner so that
+        the runner's commits can be fenced by it."""
+        leases = PartitionLeases(
+            self.nc.jetstream(), self.name, instance_name(), self.settings.partitions, lease_s=PARTITION_LEASE_S,
+            replicas=self.settings.stream_replicas, rebalance=True, hand_over=True,
+        )  # fmt: skip
+        # Fenced by each partition's lease; a replay pauses every instance (libs/replay/instances.py).
+        runner = await self.project(projection, every_partition=False, peers=leases, fence=leases.revision)
+        await leases.start()
+        partitioned = PartitionedProjection(leases, runner)
+        self._partitioned.append(partitioned)
+        self.spawn(partitioned.run(), f"{self.name}-partitions")
+        return partitioned
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """A background loop whose death takes the process with it (crash-only)."""
@@ -173,6 +194,8 @@ class Runtime:
 
     async def close(self) -> None:
         await self.stop_serving()
+        for partitioned in self._partitioned:  # each partition's last batch committed, then handed over
+            await partitioned.stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -6,8 +6,6 @@ runs the replay and pauses the others for its catch-ups and its swap (instances.
 the status with its own last replay, named by its replay_id, which `flowplan replay` picks out."""
 
 import logging
-import os
-import socket
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -16,6 +14,7 @@ import asyncpg
 from nats.aio.client import Client
 
 from libs.eventlog.runner import ProjectionRunner
+from libs.leases import instance_name
 from libs.replay.instances import PauseAll, PauseParticipant, Peers
 from libs.replay.rebuild import Rebuild, Rebuildable
 from libs.rpc import Replier
@@ -34,7 +33,7 @@ class ReplayControl:
         self._projection, self._runner, self._pool, self._nc = projection, runner, pool, nc
         self._settings, self._spawn, self._peers = settings, spawn, peers
         self._current: Rebuild | None = None
-        instance = peers.instance if peers is not None else f"{socket.gethostname()}-{os.getpid()}"
+        instance = peers.instance if peers is not None else instance_name()
         self._participant = PauseParticipant(projection, runner, pool, instance, spawn)
 
     def serve(self, responders: Replier) -> None:

@@ -1,15 +1,20 @@
 """billing's composition root.
 
-Any number of instances may run; one at a time (the holder of the lease owner.billing-leader.0,
-libs/leases.py) projects and decides payments and top-ups, one per account at a time as before,
-the others stand by and take over within seconds. A command retried across the fail-over is one
-payment: event ids derive from payment_ref / topup_ref."""
+Any number of instances may run. The projection (money events, subscriptions, and the costs and
+abuse evidence of every usage event: its per-call work) is split over them by partition leases
+`owner.billing.<partition>` (libs/eventlog/partitioned.py), rebalanced when one joins or leaves.
+One at a time (the holder of the lease owner.billing-leader.0, libs/leases.py) answers the queries
+and decides payments and top-ups, one per account at a time as before, and sweeps the insiders'
+ends; the others stand by and take over within seconds. A command waits until the projection, by
+whichever instance, has applied the account's events (the checkpoints in Postgres:
+libs/eventlog/barrier.py). A command retried across the fail-over is one payment: event ids derive
+from payment_ref / topup_ref."""
 
 import asyncio
 from pathlib import Path
 
 from libs.clock import Clock, SystemClock
-from libs.leases import lead, leader_fence, leader_leases, until_leading
+from libs.leases import PARTITION_LEASE_S, lead, leader_leases, until_leading
 from libs.pricing.catalog import load_catalog
 from libs.pricing.money import to_micros
 from libs.rpc import ask
@@ -41,16 +46,17 @@ class BillingService:
             {plan.id: to_micros(plan.price_usd) for plan in catalog.plans.values()}, self.clock,
             stream=settings.stream, barrier_wait_s=settings.billing_barrier_wait_s, sweep_s=settings.insider_sweep_s,
         )  # fmt: skip
+        projecting = await runtime.project_partitioned(projection)
         self.leases = leader_leases(runtime.nc.jetstream(), "billing", settings.stream_replicas)
         await self.leases.start()
         leading = asyncio.Event()
-        runtime.spawn(lead(self.leases, lambda: self._begin(projection, responder), leading), "billing-leader")
+        runtime.spawn(lead(self.leases, lambda: self._begin(responder), leading), "billing-leader")
         await until_leading(leading)
+        await projecting.until_settled(PARTITION_LEASE_S * 4 / 3)
         await runtime.serve(settings.billing_port)
 
-    async def _begin(self, projection: BillingProjection, responder: BillingResponder) -> None:
-        """Leading: project, answer the queries and commands, sweep the insiders' ends."""
-        await self.runtime.project(projection, fence=leader_fence(self.leases))
+    async def _begin(self, responder: BillingResponder) -> None:
+        """Leading: answer the queries and commands, sweep the insiders' ends."""
         responder.serve(self.runtime)
         self.commands.serve(self.runtime)
         await self.runtime.start_responders()

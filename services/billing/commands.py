@@ -7,7 +7,8 @@ Before a command decides, two things hold:
 - the projection has applied every account event of the account stored so far (a sequence
   barrier on the stream), so that a payment sees the one just before it (read-your-writes)
   and a refund's drop to Free as well.
-The lock is in memory: billing runs as one process, as each projection's consumers do.
+The lock is in memory: one instance, the leader, decides (services/billing/app.py); the barrier
+reads the checkpoints in Postgres, whichever instance projects the account's partition.
 
 A payment_ref (or topup_ref) recorded before answers with what was recorded, once the
 barrier shows it: a webhook delivered twice is one payment, however late the second comes.

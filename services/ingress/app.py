@@ -2,8 +2,6 @@
 
 import asyncio
 import contextlib
-import os
-import socket
 from pathlib import Path
 
 from aiohttp import web
@@ -11,7 +9,7 @@ from aiohttp import web
 from libs.clock import Clock, SystemClock
 from libs.eventlog.follower import LogFollower
 from libs.keycache import KeyCache
-from libs.leases import PartitionLeases
+from libs.leases import PartitionLeases, instance_name
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
 from libs.settings import IngressSettings
@@ -53,7 +51,7 @@ class IngressService:
         follower = LogFollower(runtime.nc.jetstream(), settings.stream, projection.event_types, self.directory.apply)
         await follower.start(loaded)
         self.leases = PartitionLeases(
-            runtime.nc.jetstream(), "ingress-projection", f"{socket.gethostname()}-{os.getpid()}", 1,
+            runtime.nc.jetstream(), "ingress-projection", instance_name(), 1,
             lease_s=LEASE_S, replicas=settings.stream_replicas, rebalance=False,
         )  # fmt: skip
         await self.leases.start()

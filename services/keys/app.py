@@ -3,18 +3,21 @@
 Any number of instances may run. key.lookup is by key, not by account, and keys are few and small:
 every instance keeps all of them in memory, following the key events of the log
 (libs/eventlog/follower.py), and answers lookups in a queue group, so lookups need no owner and
-survive the loss of any instance with no gap. One instance at a time, the holder of the lease
-`owner.keys-leader.0` (libs/leases.py), writes the projection to Postgres and answers the key
-commands (create, rotate, revoke, suspend: decided from its memory, one at a time); another takes
-over within seconds when it dies. An instance that loses the lease while running exits (crash-only:
-its supervisor starts it again as a standby), so two never decide at once."""
+survive the loss of any instance with no gap. The projection to Postgres (keys, suspensions, and
+the last use of each key from every usage event: its per-call work) is split over the instances by
+partition leases `owner.keys.<partition>` (libs/eventlog/partitioned.py), rebalanced when one joins
+or leaves. One instance at a time, the holder of the lease `owner.keys-leader.0` (libs/leases.py),
+answers the key commands (create, rotate, revoke, suspend: decided from its memory, one at a time);
+another takes over within seconds when it dies. An instance that loses the leader lease while
+running exits (crash-only: its supervisor starts it again as a standby), so two never decide at
+once."""
 
 import asyncio
 from pathlib import Path
 
 from libs.clock import Clock, SystemClock
 from libs.eventlog.follower import LogFollower, loaded_from
-from libs.leases import PartitionLeases, lead, leader_fence, leader_leases, until_leading
+from libs.leases import PARTITION_LEASE_S, PartitionLeases, lead, leader_leases, until_leading
 from libs.runtime import Runtime
 from libs.settings import KeysSettings
 from proto.v1 import subjects
@@ -47,13 +50,16 @@ class KeysService:
         self.leases = leader_leases(runtime.nc.jetstream(), "keys", settings.stream_replicas)
         await self.leases.start()
         responder = KeysResponder(
-            self.registry, await runtime.publisher(), runtime.nc, self.clock, follower, self.leases
-        )
+            self.registry, await runtime.publisher(), runtime.nc, self.clock, follower, self.leases,
+            (runtime.db, projection.schema),
+        )  # fmt: skip
         await responder.follow_changes()
         await runtime.answer(subjects.KEY_LOOKUP, responder.on_lookup)
+        projecting = await runtime.project_partitioned(projection)
         leading = asyncio.Event()
-        runtime.spawn(lead(self.leases, lambda: self._begin(projection, responder), leading), "keys-leader")
+        runtime.spawn(lead(self.leases, lambda: self._begin(responder), leading), "keys-leader")
         await until_leading(leading)
+        await projecting.until_settled(PARTITION_LEASE_S * 4 / 3)
         await runtime.serve(settings.keys_port)
 
     def _apply(self, event: AnyEvent) -> None:
@@ -62,10 +68,8 @@ class KeysService:
         elif isinstance(event, AccessEvent):
             self.registry.apply_access(event)
 
-    async def _begin(self, projection: KeysProjection, responder: KeysResponder) -> None:
-        """Leading: project, and answer the key commands."""
-        assert self.leases is not None
-        await self.runtime.project(projection, fence=leader_fence(self.leases))
+    async def _begin(self, responder: KeysResponder) -> None:
+        """Leading: answer the key commands."""
         responder.serve(self.runtime)
         await self.runtime.start_responders()
 

@@ -1,9 +1,15 @@
 """keys' commands and queries (libs.rpc; key.lookup on raw nats-py: the hot path). Commands publish
 their event, apply it to memory at once (read-your-writes: the new key works on the next call), and
-tell every cache."""
+tell every cache.
+
+The last use of a key is projected by whichever instance holds its account's partition
+(services/keys/app.py), so an account's key list takes it from the projection's table, not from this
+instance's memory, which has it only for the partitions projected here."""
 
 import asyncio
+import dataclasses
 
+import asyncpg
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -45,8 +51,11 @@ class KeysResponder:
         clock: Clock,
         follower: LogFollower | None = None,
         leases: PartitionLeases | None = None,
+        last_use: tuple[asyncpg.Pool, str] | None = None,
     ) -> None:
+        """last_use: the pool and schema of the projection that holds every key's last use."""
         self._registry = registry
+        self._last_use = last_use
         self._follower, self._leases = follower, leases
         self._syncing: set[asyncio.Task[None]] = set()
         self._changes_unseen = 0
@@ -111,7 +120,21 @@ class KeysResponder:
                              since=access.since)  # fmt: skip
 
     async def list_keys(self, command: ListKeys) -> KeyList:
-        return KeyList(keys=[k.view() for k in self._registry.of_account(command.account_id)])
+        keys = self._registry.of_account(command.account_id)
+        if self._last_use is not None and keys:
+            pool, schema = self._last_use
+            rows = await pool.fetch(
+                f"SELECT key_id, last_used_at FROM {schema}.keys WHERE account_id = $1 AND last_used_at IS NOT NULL",
+                command.account_id,
+            )
+            projected = {row["key_id"]: row["last_used_at"] for row in rows}
+            keys = [
+                dataclasses.replace(k, last_used_at=projected[k.key_id])
+                if k.key_id in projected and (k.last_used_at is None or projected[k.key_id] > k.last_used_at)
+                else k
+                for k in keys
+            ]
+        return KeyList(keys=[k.view() for k in keys])
 
     async def create(self, command: CreateKey) -> KeyIssued:
         async with self._lock:

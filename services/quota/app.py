@@ -4,8 +4,6 @@ Any number of instances may run: each owns some partitions of the event log thro
 (services/quota/partitions.py) and projects and admits for those only."""
 
 import logging
-import os
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import asyncpg
 
 from libs import tracing
 from libs.clock import Clock, SystemClock
-from libs.leases import PartitionLeases
+from libs.leases import PartitionLeases, instance_name
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
 from libs.settings import QuotaSettings
@@ -36,7 +34,7 @@ class QuotaService:
         self.catalog = load_catalog(settings.catalog_path, settings.plans_path)
         self.state = QuotaState(self.catalog.default_usd_per_flow, self.catalog.insider_multiplier, self.clock)
         self.runtime = Runtime("quota", settings)
-        self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self.instance = instance_name()
 
     async def start(self) -> None:
         runtime, settings = self.runtime, self.settings

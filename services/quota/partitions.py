@@ -14,7 +14,7 @@ it here):
 2. read the partition's accounts from Postgres again (another instance projected them since this one
    loaded them; by the accounts' partition column, not every account) and run the partition's
    projection from its checkpoint;
-3. wait for the gateways' heartbeats: the partition's runner-up (the instance rendezvous hashing
+3. wait for the gateways' heartbeats: the partition's runner-up (the instance the assignment
    gives it to when its owner leaves) holds the calls in flight of its accounts from the heartbeats
    all along (services/quota/inflight.py), so it waits one interval after the lease for the calls
    the previous owner admitted last; any other instance two intervals, as after a restart;
@@ -125,13 +125,13 @@ class QuotaPartitions:
 
     def copying(self, account_id: str) -> bool:
         """Hold the account's calls from the heartbeats: this instance would take its partition over
-        if the owner left (the rendezvous runner-up), or takes it over now. Only one standby per
+        if the owner left (the runner-up of the assignment), or takes it over now. Only one standby per
         partition does this work, not every instance."""
         return self.partition_of(account_id) in self._copying_since
 
     def _refresh_copying(self) -> None:
         members, me = self.leases.member_names, self.leases.instance
-        copy = {p for p in range(self.partitions) if runner_up(p, members) == me} | set(self._taking)
+        copy = {p for p in range(self.partitions) if runner_up(p, members, self.partitions) == me} | set(self._taking)
         now = time.monotonic()
         for partition in copy - set(self._copying_since):
             self._copying_since[partition] = now

@@ -1,16 +1,20 @@
 """refund's composition root.
 
-Any number of instances may run; one at a time (the holder of the lease owner.refund-leader.0,
-libs/leases.py) projects, answers the refund commands and settles, the others stand by. A leader
-killed mid-settlement: the next one resumes every refund still processing, and the payout carries
-the refund id as the provider's idempotency key, so nothing is paid twice."""
+Any number of instances may run. The projection (payments, plan changes and usage: what a refund is
+computed from) is split over them by partition leases `owner.refund.<partition>`
+(libs/eventlog/partitioned.py), rebalanced when one joins or leaves. One at a time (the holder of
+the lease owner.refund-leader.0, libs/leases.py) answers the refund commands and settles, the
+others stand by; the desk waits until the projection, by whichever instance, has applied the
+account's events (the checkpoints in Postgres: libs/eventlog/barrier.py). A leader killed
+mid-settlement: the next one resumes every refund still processing, and the payout carries the
+refund id as the provider's idempotency key, so nothing is paid twice."""
 
 import asyncio
 from pathlib import Path
 
 from libs.clock import Clock, SystemClock
 from libs.fencing import LeaderFence
-from libs.leases import lead, leader_fence, leader_leases, until_leading
+from libs.leases import PARTITION_LEASE_S, lead, leader_leases, until_leading
 from libs.runtime import Runtime
 from libs.settings import RefundSettings
 from services.refund.desk import RefundDesk
@@ -40,20 +44,21 @@ class RefundService:
             request_timeout_s=settings.request_timeout_s, barrier_wait_s=settings.refund_barrier_wait_s,
         )  # fmt: skip
         self.responder = RefundResponder(self.desk, provider)
+        projecting = await runtime.project_partitioned(projection)
         self.leases = leader_leases(runtime.nc.jetstream(), "refund", settings.stream_replicas)
         await self.leases.start()
         leading = asyncio.Event()
-        runtime.spawn(lead(self.leases, lambda: self._begin(projection), leading), "refund-leader")
+        runtime.spawn(lead(self.leases, self._begin, leading), "refund-leader")
         await until_leading(leading)
+        await projecting.until_settled(PARTITION_LEASE_S * 4 / 3)
         await runtime.serve(settings.refund_port)
 
-    async def _begin(self, projection: RefundProjection) -> None:
+    async def _begin(self) -> None:
         """Leading: decide from now on (the desk's fence stamped: a previous leader, frozen, decides
-        nothing more), project, answer the commands, settle what the previous leader left processing."""
+        nothing more), answer the commands, settle what the previous leader left processing."""
         token = self.leases.revision(0)
         assert token is not None, "leading without the lease"
         await self.fence.stamp(self.runtime.db, token)
-        await self.runtime.project(projection, fence=leader_fence(self.leases))
         self.responder.serve(self.runtime)
         await self.runtime.start_responders()
         await self.desk.resume()

@@ -9,16 +9,22 @@ metered exactly once.
 A replay of quota pauses both instances and each reloads its memory from the swapped tables; a
 member that does not pause fails the replay before its swap.
 
-keys: two instances answer lookups from their own memory; the one that leads (projects, decides
-key commands) killed, lookups go on with no gap and the other leads within 5 s.
+keys: two instances answer lookups from their own memory; the one that leads (decides key
+commands) killed, lookups go on with no gap and the other leads within 5 s.
 
 refund: the leading instance dies right after paying a refund out, before recording it; the standby
 leads, settles it again, and the provider's idempotency key (the refund id) pays it once.
 
 billing: the leading instance killed while payments are being recorded; the standby leads within
-5 s, and every payment, those retried across the kill included, is recorded exactly once. And the
-leading instance frozen (SIGSTOP) in the middle of a projection batch, past its lease: the standby
-takes over and projects, and the frozen one, continued, does not commit its batch (the fence)."""
+5 s, and every payment, those retried across the kill included, is recorded exactly once. And an
+instance frozen (SIGSTOP) in the middle of a projection batch, past its leases: the other takes
+its partitions over and projects, and the frozen one, continued, does not commit its batch (the
+fence).
+
+keys and billing project by partition (libs/eventlog/partitioned.py): two instances of each split
+the partitions; one of each killed while usage is ingested, the other takes its partitions within
+5 s and the projections end with every event counted once (billing's calls) and every key's last
+use."""
 
 import asyncio
 import os
@@ -27,6 +33,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -39,8 +46,9 @@ from libs.apikeys import hash_secret
 from libs.eventlog.subjects import STORED_PREFIX, partition_for
 from libs.leases import BUCKET
 from libs.localservers import LocalNats, LocalPostgres, free_port
+from libs.rpc import ask
 from libs.settings import Settings
-from proto.v1 import KeyFound, LookupKey, encode, subjects
+from proto.v1 import KeyFound, ListKeys, LookupKey, StartReplay, encode, rpc, subjects
 from tests.e2e.conftest import (
     CHEAP,
     GLM,
@@ -82,15 +90,15 @@ def instance(process: ServiceProcess) -> str:
     return f"{socket.gethostname()}-{process.process.pid}"
 
 
-async def owners(stack: Stack) -> dict[int, str]:
-    """Partition -> the instance holding its quota lease now."""
+async def owners(stack: Stack, service: str = "quota") -> dict[int, str]:
+    """Partition -> the instance holding the service's lease of it now."""
     nc = await stack.nats()
     try:
         kv = await nc.jetstream().key_value(BUCKET)
         held = {}
         for partition in range(stack.settings.partitions):
             try:
-                entry = await kv.get(f"owner.quota.{partition}")
+                entry = await kv.get(f"owner.{service}.{partition}")
             except nats.js.errors.KeyNotFoundError:
                 continue
             if entry.value:
@@ -566,12 +574,18 @@ async def test_a_billing_leader_frozen_mid_batch_commits_nothing_after_the_stand
     try:
         await eventually(frozen_now, within=20, interval=0.05)
         await eventually(lambda: _leads(stack, second), within=10, interval=0.05)
-        nc = await stack.nats()
-        try:
-            token = (await (await nc.jetstream().key_value(BUCKET)).get("owner.billing-leader.0")).revision
-        finally:
-            await nc.close()
-        assert token is not None
+
+        async def taken_over() -> int | None:  # the account's partition, projected by the other instance now
+            nc = await stack.nats()
+            try:
+                entry = await (await nc.jetstream().key_value(BUCKET)).get(f"owner.billing.{partition}")
+            except nats.js.errors.KeyNotFoundError:
+                return None
+            finally:
+                await nc.close()
+            return entry.revision if (entry.value or b"").decode() == instance(second) else None
+
+        token = await eventually(taken_over, within=10, interval=0.05)
         stamped = await eventually(fence_is(token), within=10, interval=0.05)  # not held up by the frozen batch
         assert stamped
         assert frozen.process is not None
@@ -599,3 +613,117 @@ async def test_a_billing_leader_frozen_mid_batch_commits_nothing_after_the_stand
 
 async def _leads(stack: Stack, process: ServiceProcess) -> bool:
     return process.process is not None and await leader_of(stack, "billing") == instance(process)
+
+
+async def test_keys_and_billing_projections_split_by_partition_and_a_killed_instance_s_are_taken_over(
+    stack: Stack, workdir: Path
+) -> None:
+    partitions = stack.settings.partitions
+    seconds = []
+    for name in ("keys", "billing"):
+        port = free_port()
+        second = ServiceProcess(name, {**getattr(stack, name).env, f"FLOWPLAN_{name.upper()}_PORT": str(port)}, port,
+                                workdir)  # fmt: skip
+        second.log_path = workdir / f"{name}-second-{port}.log"
+        seconds.append(second)
+    await asyncio.gather(*(asyncio.to_thread(second.start) for second in seconds))
+    firsts = {second.name: instance(getattr(stack, second.name)) for second in seconds}
+    nc = await stack.nats()
+    try:
+
+        async def split() -> dict[str, dict[int, str]] | None:
+            held = {second.name: await owners(stack, second.name) for second in seconds}
+            both = all(
+                len(held[s.name]) == partitions and set(held[s.name].values()) == {firsts[s.name], instance(s)}
+                for s in seconds
+            )
+            return held if both else None
+
+        try:
+            held = await eventually(split, within=20, interval=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {diagnosis(stack.keys, stack.billing, *seconds)}") from exc
+        refused = await ask(nc, rpc.replay_start("keys"), StartReplay(), 5)  # each instance would rebuild
+        assert refused.phase == "failed" and "stop all but one" in (refused.error or ""), refused
+
+        accounts: list[dict[str, str]] = []
+        while {partition_for(a["account_id"], partitions) for a in accounts} != set(range(partitions)):
+            accounts.append(await stack.create_account("split"))
+        last_use: dict[str, datetime] = {}
+
+        async def ingest_round() -> None:
+            events = [usage_event(a["account_id"], key_id=a["key_id"]) for a in accounts]
+            assert await stack.post_usage(events) == (202, {"accepted": len(events), "duplicates": 0})
+            for account, event in zip(accounts, events, strict=True):
+                last_use[account["key_id"]] = datetime.fromisoformat(event["occurred_at"])
+
+        async def last_used() -> dict[str, datetime]:
+            db = await stack.db()
+            try:
+                rows = await db.fetch(
+                    "SELECT key_id, last_used_at FROM keys.keys WHERE key_id = ANY($1)", list(last_use)
+                )
+            finally:
+                await db.close()
+            return {row["key_id"]: row["last_used_at"] for row in rows}
+
+        await ingest_round()
+        await eventually(lambda: _equal(last_used, last_use), within=20)
+        # The leader answers an account's keys with the last use projected by either instance.
+        for account in accounts:
+            listed = await ask(nc, rpc.KEYS_LIST, ListKeys(account_id=account["account_id"]), 5)
+            used = {k.id: k.last_used_at for k in listed.keys}
+            assert used[account["key_id"]] == last_use[account["key_id"]], (account, held)
+
+        rounds = 1
+        stop_ingest = asyncio.Event()
+
+        async def ingest() -> None:
+            nonlocal rounds
+            while not stop_ingest.is_set():
+                await ingest_round()
+                rounds += 1
+                await asyncio.sleep(0.2)
+
+        ingesting = asyncio.create_task(ingest())
+        await asyncio.sleep(1.0)
+        killed = time.monotonic()
+        await asyncio.gather(*(asyncio.to_thread(second.kill) for second in seconds))
+
+        async def taken() -> bool:
+            held = {s.name: set((await owners(stack, s.name)).values()) for s in seconds}
+            return all(held[s.name] == {firsts[s.name]} for s in seconds)
+
+        await eventually(taken, within=10, interval=0.05)
+        took = time.monotonic() - killed
+        await asyncio.sleep(1.0)
+        stop_ingest.set()
+        await ingesting
+        print(f"\nkeys, billing: the partitions of the killed instances projected again after {took:.2f} s (lease 3 s)")
+        assert took < 5.0, took
+
+        async def calls() -> dict[str, int]:
+            db = await stack.db()
+            try:
+                rows = await db.fetch(
+                    "SELECT account_id, sum(calls) AS calls FROM billing.costs WHERE account_id = ANY($1) "
+                    "GROUP BY account_id", [a["account_id"] for a in accounts],
+                )  # fmt: skip
+            finally:
+                await db.close()
+            return {row["account_id"]: int(row["calls"]) for row in rows}
+
+        every = {a["account_id"]: rounds for a in accounts}
+        await eventually(lambda: _equal(calls, every), within=20)  # each event counted, none twice
+        await eventually(lambda: _equal(last_used, last_use), within=20)
+        await asyncio.sleep(1.0)  # nothing more comes
+        assert await calls() == every
+    finally:
+        await nc.close()
+        for second in seconds:
+            if second.process is not None:
+                second.stop()
+
+
+async def _equal(read: Callable[[], Awaitable[dict[str, Any]]], expected: dict[str, Any]) -> bool:
+    return await read() == expected

@@ -11,7 +11,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from libs.leases import PartitionLeases, lease_bucket, rendezvous
+from libs.leases import PartitionLeases, assignment, lease_bucket
 from libs.localservers import LocalNats
 
 pytestmark = pytest.mark.connected
@@ -57,9 +57,9 @@ def settled(holders: list[PartitionLeases]) -> Callable[[], bool]:
 
 
 def balanced(holders: list[PartitionLeases]) -> Callable[[], bool]:
-    """Each holder owns exactly the partitions the rendezvous hash gives it among them all."""
-    names = [h.instance for h in holders]
-    share = {h.instance: {p for p in range(PARTITIONS) if rendezvous(p, names) == h.instance} for h in holders}
+    """Each holder owns exactly the partitions the assignment gives it among them all."""
+    owners = assignment(PARTITIONS, [h.instance for h in holders])
+    share = {h.instance: {p for p in range(PARTITIONS) if owners[p] == h.instance} for h in holders}
     return lambda: all(h.owned() == share[h.instance] for h in holders)
 
 

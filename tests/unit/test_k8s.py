@@ -18,7 +18,7 @@ from libs.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OWNERS = {"quota", "keys", "billing", "refund"}
-"""Services whose instances own partitions (quota) or elect a leader (keys, billing, refund) through leases."""
+"""Services whose instances own partitions through leases (all four; keys, billing and refund also elect a leader)."""
 STATELESS = {"gateway", "ingress"}
 
 
