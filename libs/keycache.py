@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 import msgspec
+import nats.errors
 from aiohttp import web
 from cachetools import LRUCache
 from nats.aio.client import Client
@@ -163,14 +164,26 @@ class KeyCache:
         if not lookup.cancelled():
             lookup.exception()  # retrieved: when every caller hung up, nobody else will have
 
+    async def _ask(self, key_hash: str) -> Msg:
+        """key.lookup, asked a second time within the same time budget when the first gets no answer:
+        a lookup is a read, and one sent to an instance as it died (SIGKILLed: the server routed it
+        there before it saw the connection close) is lost with it; the queue group gives the second
+        to a live instance. No responders at all is not retried."""
+        request = encode(LookupKey(key_hash=key_hash))
+        deadline = time.monotonic() + self._timeout_s
+        try:
+            return await self._nc.request(
+                subjects.KEY_LOOKUP, request, timeout=self._timeout_s / 2, headers=tracing.nats_headers()
+            )
+        except nats.errors.TimeoutError:
+            return await self._nc.request(
+                subjects.KEY_LOOKUP, request, timeout=max(0.01, deadline - time.monotonic()),
+                headers=tracing.nats_headers(),
+            )  # fmt: skip
+
     async def _lookup(self, key_hash: str, now: float, taken: list[TokenBucket]) -> KeyView | None:
         try:
-            reply = await self._nc.request(
-                subjects.KEY_LOOKUP,
-                encode(LookupKey(key_hash=key_hash)),
-                timeout=self._timeout_s,
-                headers=tracing.nats_headers(),
-            )
+            reply = await self._ask(key_hash)
         except Exception as exc:
             for bucket in taken:  # nothing was learnt: the client is not to blame
                 bucket.give_back()

@@ -8,12 +8,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import msgspec
+import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs import apikeys
+from libs.connections import subscribed
 from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
+from libs.localservers import LocalNats
 from proto.v1 import KeyFound, KeyView, LookupKey, encode, subjects
 
 pytestmark = pytest.mark.connected
@@ -162,3 +165,36 @@ class _Apikeys:
 
     def __getattr__(self, name: str) -> object:
         return getattr(apikeys, name)
+
+
+async def test_a_lookup_lost_with_an_instance_as_it_died_is_asked_again_of_a_live_one(
+    nc: Client, nats_server: LocalNats
+) -> None:
+    """Two keys instances in the queue group; one dies as a lookup reaches it (its connection closed
+    with the request unanswered, as a SIGKILLed process's). The queue group gives it every other
+    first lookup or so: each is asked again, of the live one, within the one time budget."""
+    live = KeysResponder()
+    secret = valid_key(live)
+    answering = await nc.subscribe(subjects.KEY_LOOKUP, queue="keys", cb=live.answer)
+    cache = KeyCache(nc, max_age_s=0.0, timeout_s=1.0)  # every call a lookup
+    died = 0
+    try:
+        for _ in range(12):
+            dying = await nats.connect(nats_server.url)
+            gone = asyncio.Event()
+
+            async def die(_: Msg, dying: Client = dying, gone: asyncio.Event = gone) -> None:
+                gone.set()
+                await dying.close()  # the request dies with it
+
+            await dying.subscribe(subjects.KEY_LOOKUP, queue="keys", cb=die)
+            await subscribed(dying)
+            started = time.monotonic()
+            assert (await cache.authenticate(secret)) is not None  # KeysUnavailable without the second ask
+            assert time.monotonic() - started < 1.2
+            died += gone.is_set()
+            if not dying.is_closed:
+                await dying.close()
+        assert died >= 2, "the dying instance must have been given some lookups for this to prove anything"
+    finally:
+        await answering.unsubscribe()
