@@ -34,8 +34,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs.eventlog import metrics, subjects
+from libs.eventlog.checkpoints import save_checkpoint
 from libs.eventlog.pause import RunnerPaused
-from libs.eventlog.runner import TRANSIENT_ERRORS, Applied, Projection, ProjectionRunner, save_checkpoint, stream_seq
+from libs.eventlog.runner import TRANSIENT_ERRORS, Applied, Projection, ProjectionRunner, stream_seq
 from libs.replay import tables
 from libs.replay.instances import Hold, PauseAll
 from libs.replay.reader import PartitionReader

@@ -16,8 +16,8 @@ from nats.aio.client import Client
 from libs.clock import ManualClock
 from libs.connections import connect_nats
 from libs.db import create_pool
+from libs.eventlog.checkpoints import save_checkpoint
 from libs.eventlog.publisher import EventPublisher
-from libs.eventlog.runner import save_checkpoint
 from libs.settings import Settings
 from proto.v1 import AccountCreated, GatewayHeartbeat, InflightCall
 from services.quota.inflight import InflightTracker
