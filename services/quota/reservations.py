@@ -12,7 +12,12 @@ A reservation ends in one of three ways:
 
 There is no fixed timeout: a 10-minute stream holds its reservation for 10 minutes.
 
-Each account keeps its running total, so the total asked for on every quota.check is O(1)."""
+Each account keeps its running total, so the total asked for on every quota.check is O(1). The
+sweep over calls no longer renewed (once a second) visits only those, not every reservation held:
+the others are kept in the order they were last held or renewed, and it reads them from the oldest
+until the first one renewed since (a clock stepped back can delay finding one, never hasten it);
+those waiting for a barrier are kept apart. At 5,000 checks/s with tens of thousands of calls in
+flight a sweep over all of them stalled the event loop 25-33 ms a second (docs/performance.md)."""
 
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,13 +42,20 @@ class Reservations:
 
     def __init__(self) -> None:
         self._held: dict[str, _Account] = {}
+        self._by_renewal: dict[tuple[str, str], _Held] = {}
+        """Those not waiting for a barrier, in the order they were last held or renewed."""
+        self._waiting: dict[tuple[str, str], _Held] = {}
+        """Those waiting for a barrier."""
 
     def hold(self, account_id: str, reservation_id: str, amount: int, now: datetime) -> None:
         held = self._held.setdefault(account_id, _Account())
         previous = held.by_id.get(reservation_id)
         if previous is not None:
             held.total -= previous.amount
-        held.by_id[reservation_id] = _Held(amount, now)
+        key = (account_id, reservation_id)
+        self._by_renewal.pop(key, None)
+        self._waiting.pop(key, None)
+        held.by_id[reservation_id] = self._by_renewal[key] = _Held(amount, now)
         held.total += amount
 
     def renew(self, account_id: str, reservation_id: str, now: datetime) -> bool:
@@ -52,7 +64,11 @@ class Reservations:
         reservation = held.by_id.get(reservation_id) if held else None
         if reservation is None:
             return False
+        key = (account_id, reservation_id)
+        self._by_renewal.pop(key, None)
+        self._waiting.pop(key, None)
         reservation.renewed_at, reservation.barrier = now, None
+        self._by_renewal[key] = reservation  # the newest
         return True
 
     def release(self, account_id: str, reservation_id: str) -> bool:
@@ -62,6 +78,8 @@ class Reservations:
         released = held.by_id.pop(reservation_id, None)
         if released is not None:
             held.total -= released.amount
+            self._by_renewal.pop((account_id, reservation_id), None)
+            self._waiting.pop((account_id, reservation_id), None)
         if not held.by_id:
             del self._held[account_id]
         return released is not None
@@ -83,34 +101,35 @@ class Reservations:
         return list(held.by_id) if held else []
 
     def unrenewed(self, since: datetime) -> list[tuple[str, str]]:
-        """(account, reservation) not renewed since `since` and not yet waiting for a barrier."""
-        return [
-            (account_id, reservation_id)
-            for account_id, held in self._held.items()
-            for reservation_id, reservation in held.by_id.items()
-            if reservation.barrier is None and reservation.renewed_at < since
-        ]
+        """(account, reservation) not renewed since `since` and not yet waiting for a barrier: the
+        oldest, up to the first renewed since."""
+        found = []
+        for key, reservation in self._by_renewal.items():
+            if reservation.renewed_at >= since:
+                break
+            found.append(key)
+        return found
 
     def wait_for(
         self, account_id: str, reservation_id: str, partition: int, seq: int, *, unrenewed_since: datetime
     ) -> None:
         """From now on the reservation waits only for the projection to reach (partition, seq), unless
         it was renewed after `unrenewed_since` (its call runs after all)."""
-        held = self._held.get(account_id)
-        reservation = held.by_id.get(reservation_id) if held else None
+        key = (account_id, reservation_id)
+        reservation = self._by_renewal.get(key)
         if reservation is not None and reservation.renewed_at < unrenewed_since:
             reservation.barrier = (partition, seq)
+            self._waiting[key] = self._by_renewal.pop(key)
 
     def waiting(self) -> bool:
-        return any(r.barrier is not None for held in self._held.values() for r in held.by_id.values())
+        return bool(self._waiting)
 
     def past_barriers(self, applied: dict[int, int]) -> list[tuple[str, str]]:
         """Release those whose barrier the projection has reached (`applied`: partition -> last
         sequence applied); return them."""
         passed = [
-            (account_id, reservation_id)
-            for account_id, held in self._held.items()
-            for reservation_id, reservation in held.by_id.items()
+            key
+            for key, reservation in self._waiting.items()
             if reservation.barrier is not None and applied.get(reservation.barrier[0], 0) >= reservation.barrier[1]
         ]
         for account_id, reservation_id in passed:
