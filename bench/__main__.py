@@ -40,7 +40,7 @@ from bench.procstat import cpu_of, cpu_seconds, pct, system_seconds
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings, load_settings, settings_environ
 from libs.setup import set_up
-from proto.v1 import QuotaCheck, QuotaDecision, encode, subjects
+from proto.v1 import QuotaCheck, QuotaDecision, ReleaseReservation, encode, subjects
 from tests.stack import ServiceProcess
 
 CHECK_TIMEOUT_S = 5.0
@@ -201,8 +201,18 @@ async def ingest_and_project(
 
 
 async def quota_checks(
-    url: str, accounts: list[str], rate: int, seconds: float, billing_mode: str = "subscription", quota_pid: int = 0
+    url: str,
+    accounts: list[str],
+    rate: int,
+    seconds: float,
+    billing_mode: str = "subscription",
+    quota_pid: int = 0,
+    *,
+    ended: bool = False,
 ) -> dict[str, float]:
+    """ended=False: every admitted check's reservation is left for quota's sweep to end (no heartbeat,
+    no usage: as after a gateway died). ended=True: each call ends at once without usage, released as
+    a gateway does when its upstream fails, so reservations end as calls' do, not by the sweep."""
     nc = await nats.connect(url)
     latencies: list[float] = []
     timeouts: list[int] = []
@@ -210,15 +220,14 @@ async def quota_checks(
 
     async def one(account_id: str) -> None:
         nonlocal admitted
-        request = encode(
-            QuotaCheck(
-                account_id=account_id,
-                reservation_id=uuid.uuid4().hex,
-                model="deepseek/deepseek-chat",
-                estimated_flows_micros=1,
-                billing_mode=billing_mode,  # type: ignore[arg-type]
-            )
+        check = QuotaCheck(
+            account_id=account_id,
+            reservation_id=uuid.uuid4().hex,
+            model="deepseek/deepseek-chat",
+            estimated_flows_micros=1,
+            billing_mode=billing_mode,  # type: ignore[arg-type]
         )
+        request = encode(check)
         t = time.perf_counter()
         try:
             reply = await nc.request(subjects.QUOTA_CHECK, request, timeout=CHECK_TIMEOUT_S)
@@ -227,7 +236,11 @@ async def quota_checks(
             latencies.append(CHECK_TIMEOUT_S)
             return
         latencies.append(time.perf_counter() - t)
-        admitted += msgspec.json.decode(reply.data, type=QuotaDecision).admitted
+        decision = msgspec.json.decode(reply.data, type=QuotaDecision)
+        admitted += decision.admitted
+        if ended and decision.admitted:
+            release = ReleaseReservation(account_id=check.account_id, reservation_id=check.reservation_id)
+            await nc.publish(subjects.QUOTA_RELEASE, encode(release))
 
     # Open loop at a fixed rate: a request every 1/rate s, whether or not earlier ones returned.
     tasks = []
@@ -382,6 +395,8 @@ async def core(
         pid = quota.process.pid
         checks = {rate: await quota_checks(settings.nats_url, accounts, rate, args.check_seconds, quota_pid=pid)
                   for rate in rates}  # fmt: skip
+        ended = {rate: await quota_checks(settings.nats_url, accounts, rate, args.check_seconds, quota_pid=pid,
+                                          ended=True) for rate in rates}  # fmt: skip
         payg_accounts = accounts[:100]
         billing.start()  # only now: the ingest and projection figures above are ingress and quota alone
         await top_up_accounts(base, settings.admin_token, payg_accounts)
@@ -405,6 +420,9 @@ async def core(
              f"p99 {pg['p99_ms'] / sub['p99_ms']:.2f}x subscription's, sent {pg['achieved']:,.0f}/s, "
              f"{pg['timeouts']:,.0f} timed out",
              "target p99 < 2 ms, <= 1.2x"),
+            (f"quota.check at {rate:,}/s, calls ended", f"p50 {ended[rate]['p50_ms']:.2f} ms, "
+             f"p99 {ended[rate]['p99_ms']:.2f} ms",
+             f"sent {ended[rate]['achieved']:,.0f}/s, each admitted call released", "reservations end as calls do"),
         ]  # fmt: skip
     sub, pg = checks[rates[0]], payg[rates[0]]
     rows += [

@@ -116,10 +116,10 @@ class Reservations:
         """From now on the reservation waits only for the projection to reach (partition, seq), unless
         it was renewed after `unrenewed_since` (its call runs after all)."""
         key = (account_id, reservation_id)
-        reservation = self._by_renewal.get(key)
+        reservation = self._by_renewal.get(key) or self._waiting.get(key)  # a later barrier replaces one
         if reservation is not None and reservation.renewed_at < unrenewed_since:
             reservation.barrier = (partition, seq)
-            self._waiting[key] = self._by_renewal.pop(key)
+            self._waiting[key] = self._by_renewal.pop(key, reservation)
 
     def waiting(self) -> bool:
         return bool(self._waiting)

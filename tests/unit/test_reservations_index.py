@@ -55,6 +55,7 @@ step = st.one_of(
     st.tuples(st.just("release"), st.sampled_from(ACCOUNTS), st.sampled_from(IDS)),
     st.tuples(st.just("sweep"), st.integers(0, 5), st.integers(0, 1), st.integers(0, 9)),
     st.tuples(st.just("applied"), st.integers(0, 1), st.integers(0, 9)),
+    st.tuples(st.just("wait"), st.sampled_from(ACCOUNTS), st.sampled_from(IDS), st.integers(0, 1), st.integers(0, 9)),
 )
 
 
@@ -78,6 +79,9 @@ def test_a_sweep_finds_what_a_scan_of_every_reservation_finds(steps: list[tuple[
             for account, reservation in found:
                 index.wait_for(account, reservation, args[1], args[2], unrenewed_since=since)
                 scan.wait_for(account, reservation, args[1], args[2], since)
+        elif kind == "wait":  # a barrier set again (a later one replaces the first), or for one renewed since
+            index.wait_for(args[0], args[1], args[2], args[3], unrenewed_since=now)
+            scan.wait_for(args[0], args[1], args[2], args[3], now)
         else:
             applied = {args[0]: args[1]}
             assert set(index.past_barriers(applied)) == scan.past_barriers(applied)
