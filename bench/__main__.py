@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from bench import memory as bench_memory
 from bench import projections as bench_projections
 from bench import replay as bench_replay
 from bench import scale as bench_scale
+from bench import work_dir
 from bench.gateway import postgres_pids
 from bench.ingest import post_batches
 from bench.procstat import cpu_of, cpu_seconds, pct, system_seconds
@@ -281,8 +281,11 @@ async def quota_checks(
 
 
 async def main(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="flowplan-bench-"))
-    os.chmod(work, 0o755)
+    with work_dir() as work:
+        await run_parts(args, work)
+
+
+async def run_parts(args: argparse.Namespace, work: Path) -> None:
     nats_server = LocalNats(work / "nats")
     postgres = LocalPostgres(work / "postgres", durable=True)
     nats_server.start()

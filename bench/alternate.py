@@ -14,14 +14,13 @@ at the end, as in `--part gateway`.
 
 import argparse
 import asyncio
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 import nats
 
 from bench import profile as bench_profile
+from bench import work_dir
 from bench import wrk as bench_wrk
 from bench.gateway import BEFORE, GatewayStack, check_metering, postgres_pids, request_body, settle
 from libs.localservers import LocalNats, LocalPostgres, free_port
@@ -30,8 +29,11 @@ from libs.setup import set_up
 
 
 async def main(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="flowplan-bench-"))
-    os.chmod(work, 0o755)
+    with work_dir() as work:
+        await alternate(args, work)
+
+
+async def alternate(args: argparse.Namespace, work: Path) -> None:
     nats_server, postgres = LocalNats(work / "nats"), LocalPostgres(work / "postgres", durable=True)
     nats_server.start()
     postgres.start()

@@ -280,18 +280,16 @@ def main() -> None:
                     "keycache": lambda: child_keycache(int(arg), args.trace)}  # fmt: skip
         print(json.dumps(asyncio.run(children[kind]())))  # type: ignore[no-untyped-call]
         return
-    import tempfile
-
+    from bench import work_dir
     from libs.localservers import LocalPostgres
 
-    work = Path(tempfile.mkdtemp(prefix="flowplan-bench-"))
-    os.chmod(work, 0o755)
-    postgres = LocalPostgres(work / "postgres", durable=True)
-    postgres.start()
-    try:
-        asyncio.run(run(args, postgres.url))
-    finally:
-        postgres.stop()
+    with work_dir() as work:
+        postgres = LocalPostgres(work / "postgres", durable=True)
+        postgres.start()
+        try:
+            asyncio.run(run(args, postgres.url))
+        finally:
+            postgres.stop()
 
 
 if __name__ == "__main__":

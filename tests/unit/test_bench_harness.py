@@ -145,3 +145,18 @@ def test_the_suspects_are_found_by_frame_and_by_the_sampled_line() -> None:
     assert shares["admission (quota.check and its reply)"] == 10 / 16
     assert shares["nats-py request/reply (quota.check, key.lookup)"] == 10 / 16
     assert shares["the upstream call (aiohttp client)"] == 0.0
+
+
+def test_a_bench_run_s_folder_is_removed_unless_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run leaves gigabytes (a durable Postgres, a JetStream store): removed afterwards, kept when asked."""
+    from bench import work_dir
+
+    monkeypatch.delenv("FLOWPLAN_BENCH_KEEP", raising=False)
+    with work_dir() as work:
+        (work / "data").write_text("x")
+    assert not work.exists()
+    monkeypatch.setenv("FLOWPLAN_BENCH_KEEP", "1")
+    with work_dir() as kept:
+        pass
+    assert kept.exists()
+    kept.rmdir()
