@@ -395,17 +395,21 @@ async def throw_at_gateway(
 
 @pytest.fixture(scope="module")
 async def callers(stack: Stack, accounts: dict[str, str]) -> dict[str, str]:
-    """Account A on Pro with a model key and a PAYG key with a balance; the simulator unpaced."""
+    """An account of its own (A's changes this minute went on the account routes' examples, and the
+    change limit is one budget in Postgres) on Pro, with a model key and a PAYG key with a balance;
+    the simulator unpaced."""
     await asyncio.to_thread(stack.simulator.stop)
     await asyncio.to_thread(stack.simulator.start, {"FLOWPLAN_SIMULATOR_TOKENS_PER_S": "0"})
-    await stack.pay(accounts["a"], "pro", "20.00")
-    status, payg = await stack.http("POST", "/v1/keys", token=accounts["key"], json={"name": "p", "kind": "payg"})
+    caller = await stack.create_account("hostile-gateway")
+    management = caller.get("management_key", caller["key"])
+    await stack.pay(caller["account_id"], "pro", "20.00")
+    status, payg = await stack.http("POST", "/v1/keys", token=management, json={"name": "p", "kind": "payg"})
     assert status == 201, payg
-    status, body = await stack.http(
-        "POST", f"/admin/v1/accounts/{accounts['a']}/balance", token=accounts["admin"], json={"amount_usd": "50.00"}
-    )
+    status, body = await stack.http("POST", f"/admin/v1/accounts/{caller['account_id']}/balance",
+                                    token=accounts["admin"], json={"amount_usd": "50.00"})  # fmt: skip
     assert status == 201, body
-    return {**accounts, "payg_key": payg["key"]}
+    return {**accounts, "a": caller["account_id"], "key": management, "model_key": caller["key"],
+            "payg_key": payg["key"]}  # fmt: skip
 
 
 @pytest.mark.parametrize(("method", "path"), GATEWAY_ROUTES, ids=[f"{m} {p}" for m, p in GATEWAY_ROUTES])
