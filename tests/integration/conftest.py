@@ -6,13 +6,17 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
+import nats.js
 import pytest
 from nats.aio.client import Client
 
+from libs.eventlog.subjects import publish_subject
 from libs.localservers import LocalNats
+from proto.v1 import UsageRecorded, encode
 from tests.stack import ROOT, Stack
 
 
@@ -22,6 +26,17 @@ async def nc(nats_server: LocalNats) -> AsyncIterator[Client]:
     client = await nats.connect(nats_server.url)
     yield client
     await client.close()
+
+
+async def publish_usage(js: nats.js.JetStreamContext, account: str) -> UsageRecorded:
+    """One small priced call of the account's, straight into the log (no ingress): returned."""
+    event = UsageRecorded(
+        event_id=uuid.uuid4().hex, account_id=account, occurred_at=datetime.now(UTC),
+        model="deepseek/deepseek-chat", input_tokens=10, output_tokens=10, billing_mode="subscription",
+        usd_cost_micros=10, flows_micros=20_000, usd_per_flow="5/198", multiplier="1",
+    )  # fmt: skip
+    await js.publish(publish_subject("usage", account, "UsageRecorded"), encode(event))
+    return event
 
 
 def out_of_reach_plans(workdir: Path) -> str:

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
 
 import asyncpg
 import nats
@@ -17,10 +16,10 @@ from nats.aio.client import Client
 
 from libs.eventlog.partitioned import PartitionedProjection
 from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner
-from libs.eventlog.subjects import partition_for, publish_subject
+from libs.eventlog.subjects import partition_for
 from libs.leases import PartitionLeases
 from libs.settings import Settings
-from proto.v1 import UsageRecorded, encode
+from tests.integration.conftest import publish_usage
 from tests.stack import eventually
 
 pytestmark = pytest.mark.connected
@@ -87,13 +86,7 @@ class World:
         js = self.clients[0].jetstream()
         for _ in range(per_account):
             for account in self.accounts:
-                event = UsageRecorded(
-                    event_id=uuid.uuid4().hex, account_id=account, occurred_at=datetime.now(UTC),
-                    model="deepseek/deepseek-chat", input_tokens=10, output_tokens=10, billing_mode="subscription",
-                    usd_cost_micros=10, flows_micros=20_000, usd_per_flow="5/198", multiplier="1",
-                )  # fmt: skip
-                await js.publish(publish_subject("usage", account, "UsageRecorded"), encode(event))
-                self.published.append(event.event_id)
+                self.published.append((await publish_usage(js, account)).event_id)
 
     async def applied_once(self) -> dict[str, str] | None:
         """Event id -> the instance that applied it, once every published event is applied; a

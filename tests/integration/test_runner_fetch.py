@@ -6,20 +6,18 @@ times out as before; a trickle of events is applied several to a transaction."""
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 
 import asyncpg
 import nats
-import nats.js
 import pytest
 from nats.aio.msg import Msg
 from nats.js import api
 
 from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner, take_queued_first
-from libs.eventlog.subjects import partition_for, publish_subject
+from libs.eventlog.subjects import partition_for
 from libs.localservers import LocalNats
 from libs.settings import Settings
-from proto.v1 import UsageRecorded, encode
+from tests.integration.conftest import publish_usage
 
 pytestmark = pytest.mark.connected
 
@@ -97,15 +95,6 @@ async def test_a_trickle_at_a_gateways_pace_is_applied_several_events_to_a_trans
         await asyncio.gather(running, return_exceptions=True)
         await nc.close()
         await pool.close()
-
-
-async def publish_usage(js: nats.js.JetStreamContext, account: str) -> None:
-    event = UsageRecorded(
-        event_id=uuid.uuid4().hex, account_id=account, occurred_at=datetime.now(UTC),
-        model="deepseek/deepseek-chat", input_tokens=10, output_tokens=10, billing_mode="subscription",
-        usd_cost_micros=10, flows_micros=20_000, usd_per_flow="5/198", multiplier="1",
-    )  # fmt: skip
-    await js.publish(publish_subject("usage", account, "UsageRecorded"), encode(event))
 
 
 class PauseProbe(BatchProbe):
