@@ -35,6 +35,7 @@ import nats.js
 import nats.js.errors
 from nats.js import api
 from nats.js.kv import KeyValue
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
 log = logging.getLogger(__name__)
 BUCKET = "FLOWPLAN_LEASES"
@@ -81,23 +82,33 @@ def runner_up(partition: int, members: Sequence[str], partitions: int) -> str | 
     return assignment(partitions, [m for m in members if m != owner])[partition]
 
 
+def _starting(what: str, errors: tuple[type[BaseException], ...], attempts: int) -> AsyncRetrying:
+    """Retries for a start that races other instances or a bucket just created: a short, growing
+    wait, and the last error raised when every attempt failed."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(errors),
+        wait=wait_incrementing(start=0.1, increment=0.1),
+        stop=stop_after_attempt(attempts),
+        before_sleep=lambda state: log.info("%s (%r); trying again", what, state.outcome and state.outcome.exception()),
+        reraise=True,
+    )
+
+
 async def lease_bucket(js: nats.js.JetStreamContext, lease_s: float, replicas: int = 1, attempts: int = 20) -> KeyValue:
     """The bucket, created by whichever instance comes first. Several services start at once and
     each may find it missing: a creation that loses that race (on a cluster: "already in use", or
     the meta leader busy) looks again rather than failing the start."""
-    for attempt in range(attempts):
-        try:
-            return await js.key_value(BUCKET)
-        except nats.js.errors.BucketNotFoundError:
-            pass
-        try:  # No limit markers: a key that ran out leaves nothing, so `create` finds it free.
+    async for attempt in _starting(
+        "lease bucket: creation raced", (nats.js.errors.APIError, nats.errors.TimeoutError), attempts
+    ):
+        with attempt:
+            try:
+                return await js.key_value(BUCKET)
+            except nats.js.errors.BucketNotFoundError:
+                pass
+            # No limit markers: a key that ran out leaves nothing, so `create` finds it free.
             config = api.KeyValueConfig(bucket=BUCKET, history=1, ttl=lease_s, replicas=replicas)
             return await js.create_key_value(config)
-        except (nats.js.errors.APIError, nats.errors.TimeoutError) as exc:
-            if attempt == attempts - 1:
-                raise
-            log.info("lease bucket: creation raced (%r); looking again", exc)
-            await asyncio.sleep(0.1 * (attempt + 1))
     raise AssertionError("unreachable")
 
 
@@ -172,17 +183,12 @@ class PartitionLeases:
 
     async def start(self, attempts: int = 20) -> None:
         self.kv = await lease_bucket(self._js, self.lease_s, self._replicas)
-        for attempt in range(attempts):
-            try:
+        # A bucket just created on a cluster answers once its stream has a leader (seen: "no
+        # response from stream" from the first write, and the service exited).
+        errors = (nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError)
+        async for attempt in _starting(f"{self.service} leases: the bucket does not answer yet", errors, attempts):
+            with attempt:
                 await self.tick()
-                break
-            except (nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError) as exc:
-                # A bucket just created on a cluster answers once its stream has a leader (seen:
-                # "no response from stream" from the first write, and the service exited).
-                if attempt == attempts - 1:
-                    raise
-                log.warning("%s leases: the bucket does not answer yet (%r); trying again", self.service, exc)
-                await asyncio.sleep(0.1 * (attempt + 1))
         self._task = asyncio.create_task(self._loop(), name=f"leases-{self.service}")
 
     async def stop(self, release: bool = True) -> None:
