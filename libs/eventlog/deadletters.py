@@ -1,10 +1,14 @@
 """Retrying a dead letter: the projection that dead-lettered an event applies it again, on request.
 
 `flowplan dlq retry` sends RetryDeadLetter to `dlq.retry.<projection>`, which only the
-service that owns that projection answers. It reads the dead letter from the dead-letter
-stream, applies its event through the projection's own apply() in one transaction (the
-runner serialises it with the partition's batches), and only after that commit deletes the
-dead letter, so it is not retried again.
+service that owns that projection answers. Every instance of the service hears it: a projection
+split over instances by partition (libs/eventlog/partitioned.py, quota's partitions) is written
+by one instance per partition, fenced by its lease, so the instance that projects the dead
+letter's partition applies it and the others answer `elsewhere` (libs/ops/dlq.py waits for the
+one that applies). That instance reads the dead letter from the dead-letter stream, applies
+its event through the projection's own apply() in one transaction (the runner serialises it
+with the partition's batches), and only after that commit deletes the dead letter, so it is
+not retried again.
 
 Why a request to the owner rather than republishing the event into the log with a marker
 header: the log is the source of truth and holds each event once. A second copy would be
@@ -25,6 +29,7 @@ import nats.js
 
 from libs.eventlog import subjects
 from libs.eventlog.runner import Applied, ProjectionRunner
+from libs.fencing import Fenced
 from libs.rpc import Replier
 from proto.v1 import DeadLetterRetried, RetryDeadLetter, decode_event, rpc
 
@@ -46,7 +51,7 @@ class DeadLetterRetrier:
         def undecodable(error: str) -> DeadLetterRetried:
             return DeadLetterRetried(dlq_seq=0, applied=False, error=f"bad request: {error}")
 
-        responders.reply(rpc.dlq_retry(name), on_retry, queue=f"{name}-dlq", undecodable=undecodable)
+        responders.reply(rpc.dlq_retry(name), on_retry, queue=None, undecodable=undecodable)
 
     async def retry(self, dlq_seq: int) -> DeadLetterRetried:
         name = self._runner.projection.name
@@ -67,8 +72,15 @@ class DeadLetterRetrier:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return failed(f"its payload is not a valid event ({exc}); no retry can apply it")
         item = Applied(int(headers["Flowplan-Stream-Seq"]), event)
+        partition = subjects.partition_of(headers["Flowplan-Subject"])
+        elsewhere = DeadLetterRetried(dlq_seq=dlq_seq, applied=False, elsewhere=True,
+                                      error=f"{name} p{partition} is not projected by this instance")  # fmt: skip
+        if not self._runner.projects(partition):
+            return elsewhere
         try:
-            await self._runner.reapply(subjects.partition_of(headers["Flowplan-Subject"]), item)
+            await self._runner.reapply(partition, item)
+        except Fenced:  # its lease moved on since (the next owner stamped its fence): the next owner's
+            return elsewhere
         except Exception as exc:  # the cause is not fixed yet: say so, keep the dead letter
             log.warning("%s: retry of dead letter %d failed: %r", name, dlq_seq, exc)
             return failed(repr(exc)[:1000])

@@ -395,6 +395,11 @@ class ProjectionRunner:
             after_commit()
         self.applied[partition] = max(self.applied.get(partition, 0), last_seq)
 
+    def projects(self, partition: int) -> bool:
+        """Whether this instance projects the partition now: every one, unfenced or under run(); else
+        the partitions whose loop runs here. (Whether its lease is still its own, the fence says.)"""
+        return self._fence is None or self._runs_all or partition in self._looping
+
     async def reapply(self, partition: int, item: Applied) -> None:
         """Apply one dead-lettered event again (`flowplan dlq retry`), between the partition's
         batches so that no two transactions change the projection's memory at once. The

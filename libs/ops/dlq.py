@@ -1,19 +1,21 @@
 """`flowplan dlq list|retry`: the dead-letter stream, read through the headers the projection
 runner writes, and retried by asking the owning projection (libs/eventlog/deadletters.py)."""
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
+from libs import tracing
 from libs.eventlog import subjects
+from libs.inbox import NO_RESPONDERS
 from libs.ops import OpsError, connected
 from libs.ops.logreader import Stored, read
-from libs.rpc import Unavailable, ask
 from libs.settings import Settings
-from proto.v1 import DeadLetterRetried, RetryDeadLetter, rpc
+from proto.v1 import DeadLetterRetried, RetryDeadLetter, encode, rpc
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,11 +74,33 @@ async def retry(
 
 
 async def _ask(nc: Client, letter: DeadLetter, timeout_s: float) -> DeadLetterRetried:
+    """Every instance of the projection's service hears the retry; the one that projects the letter's
+    partition applies it, the others answer `elsewhere` at once. So: the first answer not from
+    elsewhere, or why there was none within timeout_s."""
+    retry = rpc.dlq_retry(letter.projection)
+    answers: asyncio.Queue[Msg] = asyncio.Queue()
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=answers.put)
+    elsewhere = 0
     try:
-        return await ask(nc, rpc.dlq_retry(letter.projection), RetryDeadLetter(dlq_seq=letter.dlq_seq), timeout_s)
-    except Unavailable as exc:
-        if isinstance(exc.__cause__, nats.errors.NoRespondersError):
-            error = f"no service with the {letter.projection} projection is running to apply it"
+        request = encode(RetryDeadLetter(dlq_seq=letter.dlq_seq))
+        await nc.publish(retry.subject, request, reply=inbox, headers=tracing.nats_headers())
+        async with asyncio.timeout(timeout_s):
+            while True:
+                msg = await answers.get()
+                if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+                    error = f"no service with the {letter.projection} projection is running to apply it"
+                    break
+                answer = msgspec.json.decode(msg.data, type=DeadLetterRetried)
+                if not answer.elsewhere:
+                    return answer
+                elsewhere += 1
+    except TimeoutError:
+        if elsewhere:
+            error = (f"none of the {elsewhere} instances of the {letter.projection} projection that answered "
+                     "projects its partition now (a hand-over or a replay under way?): retry")  # fmt: skip
         else:
             error = f"the {letter.projection} projection did not answer within {timeout_s:g}s"
+    finally:
+        await sub.unsubscribe()
     return DeadLetterRetried(dlq_seq=letter.dlq_seq, applied=False, error=error)

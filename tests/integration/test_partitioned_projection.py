@@ -14,10 +14,13 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from libs.eventlog.deadletters import DeadLetterRetrier
 from libs.eventlog.partitioned import PartitionedProjection
 from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner
 from libs.eventlog.subjects import partition_for
 from libs.leases import PartitionLeases
+from libs.ops import dlq
+from libs.rpc import Responders
 from libs.settings import Settings
 from tests.integration.conftest import publish_usage
 from tests.stack import eventually
@@ -33,8 +36,10 @@ class Probe:
     category = "usage"
     event_types = ("UsageRecorded",)
 
-    def __init__(self, name: str, schema: str, instance: str) -> None:
+    def __init__(self, name: str, schema: str, instance: str, poison: set[str]) -> None:
         self.name, self.schema, self.instance = name, schema, instance
+        self.poison = poison
+        """Events whose apply fails (to be dead-lettered) while they are in it."""
         self.gate = asyncio.Event()
         self.gate.set()
         self.waiting = 0
@@ -49,6 +54,8 @@ class Probe:
             await self.gate.wait()
         finally:
             self.waiting -= 1
+        if poisoned := [item.seq for item in batch if item.event.event_id in self.poison]:
+            raise ValueError(f"poison at {poisoned}")
         await conn.executemany(
             f"INSERT INTO {self.schema}.applied (seq, event_id, instance) VALUES ($1, $2, $3)",
             [(item.seq, item.event.event_id, self.instance) for item in batch],
@@ -63,19 +70,29 @@ class World:
         self.clients: list[Client] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.instances: list[tuple[PartitionedProjection, Probe]] = []
+        self.responders: list[Responders] = []
+        self.poison: set[str] = set()
         self.published: list[str] = []
         self.accounts: list[str] = []
         while {partition_for(a, settings.partitions) for a in self.accounts} != set(range(settings.partitions)):
             self.accounts.append(f"acc_{uuid.uuid4().hex[:12]}")
 
-    async def instance(self, name: str) -> tuple[PartitionedProjection, Probe]:
+    async def instance(self, name: str, *, as_a_service: bool = False) -> tuple[PartitionedProjection, Probe]:
+        """as_a_service: its writes fenced by its leases and its dead letters retried on request, as
+        Runtime.project_partitioned runs a service's projection."""
         nc = await nats.connect(self.settings.nats_url)
         self.clients.append(nc)
-        probe = Probe(self.name, self.schema, name)
-        runner = ProjectionRunner(probe, self.pool, nc.jetstream(), stream=self.settings.stream,
-                                  partitions=self.settings.partitions)  # fmt: skip
+        probe = Probe(self.name, self.schema, name, self.poison)
         leases = PartitionLeases(nc.jetstream(), self.name, name, self.settings.partitions, lease_s=LEASE_S,
                                  hand_over=True)  # fmt: skip
+        runner = ProjectionRunner(probe, self.pool, nc.jetstream(), stream=self.settings.stream,
+                                  partitions=self.settings.partitions,
+                                  fence=leases.revision if as_a_service else None)  # fmt: skip
+        if as_a_service:
+            responders = Responders(f"{self.name}-{name}", self.settings.nats_url)
+            DeadLetterRetrier(runner, nc.jetstream(), self.settings.dlq_stream).serve(responders)
+            await responders.start()
+            self.responders.append(responders)
         await leases.start()
         projection = PartitionedProjection(leases, runner)
         self.tasks.append(asyncio.create_task(projection.run()))
@@ -105,7 +122,7 @@ async def world(settings: Settings) -> AsyncIterator[World]:
     schema = f"probe_{uuid.uuid4().hex[:8]}"
     await pool.execute(f"""CREATE SCHEMA {schema};
         CREATE TABLE {schema}.checkpoints (projection text, partition integer, last_seq bigint NOT NULL,
-                                           PRIMARY KEY (projection, partition));
+                                           fence bigint NOT NULL DEFAULT 0, PRIMARY KEY (projection, partition));
         CREATE TABLE {schema}.applied (seq bigint NOT NULL, event_id text NOT NULL, instance text NOT NULL)""")
     world = World(settings, pool, schema)
     world.clients.append(await nats.connect(settings.nats_url))  # the publisher's
@@ -116,6 +133,8 @@ async def world(settings: Settings) -> AsyncIterator[World]:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    for responders in world.responders:
+        await responders.stop()
     for nc in world.clients:
         with contextlib.suppress(Exception):
             await nc.close()
@@ -199,3 +218,37 @@ async def test_a_partition_moves_to_a_joining_instance_only_once_its_last_batch_
     by_event = await eventually(world.applied_once, within=20)
     assert {by_event[e] for e in probe.held} == {"a"}  # the batches in progress: by a, and not again by b
     assert {by_event[e] for e in world.published[len(world.accounts) :]} == {"a", "b"}
+
+
+async def test_a_dead_letter_is_retried_by_the_instance_that_projects_its_partition(world: World) -> None:
+    """Every instance hears `flowplan dlq retry`, and the one that projects the dead letter's partition
+    applies it, whichever that is: one instance picked by a queue group would be the wrong one about
+    half the time here, and, fenced, could not apply it."""
+    first = (await world.instance("a", as_a_service=True))[0]
+    second = (await world.instance("b", as_a_service=True))[0]
+    await eventually(shares(first, second), within=10, interval=0.05)
+    await world.publish(1)
+    await eventually(world.applied_once, within=20)
+    js = world.clients[0].jetstream()
+    for _ in range(3):
+        for account in world.accounts:
+            event = await publish_usage(js, account)
+            world.poison.add(event.event_id)
+            world.published.append(event.event_id)
+
+    async def dead_lettered() -> list[dlq.DeadLetter] | None:
+        letters = await dlq.list_dead_letters(world.settings, world.name)
+        return letters if len(letters) == len(world.poison) else None
+
+    letters = await eventually(dead_lettered, within=20)
+    world.poison.clear()  # the cause fixed
+    retried = await dlq.retry(world.settings, [], world.name, False, timeout_s=5.0)
+    assert [(r.applied, r.error) for r in retried] == [(True, None)] * len(letters)
+    await eventually(world.applied_once, within=10)  # the retried events too, each once
+    owner = {p: name for name, projection in (("a", first), ("b", second)) for p in projection.projecting()}
+    by_seq = {letter.event_seq: letter for letter in letters}
+    rows = await world.pool.fetch(f"SELECT seq, instance FROM {world.schema}.applied WHERE seq = ANY($1)", list(by_seq))
+    assert {row["instance"] for row in rows} == {"a", "b"}  # both applied some: each its own partitions'
+    for row in rows:
+        assert row["instance"] == owner[partition_for(by_seq[row["seq"]].account, world.settings.partitions)]
+    assert not await dlq.list_dead_letters(world.settings, world.name)

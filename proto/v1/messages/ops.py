@@ -16,6 +16,9 @@ class DeadLetterRetried(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     applied: bool
     """True: applied and removed from the dead-letter stream. False: it stays there; see error."""
     error: str | None = None
+    elsewhere: bool = False
+    """True: the instance that answered does not project the dead letter's partition, and did nothing;
+    every instance of the projection's service hears a retry, and the one that projects it applies it."""
 
 
 class StartReplay(msgspec.Struct, frozen=True, kw_only=True, tag=True):
