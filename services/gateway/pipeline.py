@@ -177,8 +177,11 @@ class CallPipeline:
     async def read(self, request: web.Request, api: Api) -> tuple[bytes, dict[str, Any]] | web.Response:
         """The body, read within its time and size bounds and parsed as the upstream will."""
         try:
-            async with asyncio.timeout(self.settings.body_timeout_s):
+            if request.content.is_eof():  # the whole body came with the head: no wait to bound, no timer (5 µs)
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(self.settings.body_timeout_s):
+                    raw = await request.read()
         except TimeoutError:
             message = f"the request body did not arrive within {self.settings.body_timeout_s:g} s"
             response = refusal(api, "request_timeout", message)
