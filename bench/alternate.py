@@ -6,7 +6,8 @@ gateway stack of `--part gateway` (bench/gateway.py) with this checkout's gatewa
 (`git archive <commit> | tar -x -C DIR`), then runs wrk against one and the other in turn,
 `rounds` times each, swapping which goes first every round. Each row is one wrk run: calls/s and
 the CPU per call of the gateway process, quota and nats-server (user+system from /proc), and the
-gateway's write syscalls per call (/proc/<pid>/io). A busy machine slows the calls, not the work
+gateway's write syscalls per call (/proc/<pid>/io), and wrk's p50 and p99 in ms (at one
+connection, what the gateway adds to a call's latency). A busy machine slows the calls, not the work
 each one takes: CPU per call, alternated, is the figure to compare. `--profile` also records the
 two gateways with py-spy (one wrk run each) and prints their top frames. Metering is checked
 at the end, as in `--part gateway`.
@@ -51,9 +52,9 @@ async def alternate(args: argparse.Namespace, work: Path) -> None:
         wrk = bench_wrk.ensure_wrk()
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
         targets = ("gateway", BEFORE)
-        rows: dict[tuple[str, int], list[tuple[float, float, float, float, float]]] = {}
+        rows: dict[tuple[str, int], list[tuple[float, ...]]] = {}
         print(f"work dir {work}; rows: target, connections, calls/s, CPU µs per call of gateway, quota, "
-              "nats-server, write syscalls per call", flush=True)  # fmt: skip
+              "nats-server, write syscalls per call, p50 and p99 ms", flush=True)  # fmt: skip
         for round_ in range(args.rounds):
             for connections in args.connections:
                 for target in targets if round_ % 2 == 0 else reversed(targets):
@@ -73,16 +74,18 @@ async def alternate(args: argparse.Namespace, work: Path) -> None:
                     writes_per_call = (bench_profile.syscw(pid) - writes) / max(1, calls + cell.warmup_ok)
                     row = (
                         cell.rps, cell.per_call_us(target), cell.per_call_us("quota"), cell.per_call_us("nats-server"),
-                        writes_per_call,
+                        writes_per_call, cell.result["p50_us"] / 1000, cell.result["p99_us"] / 1000,
                     )  # fmt: skip
                     rows.setdefault((target, connections), []).append(row)
                     print(f"  {target:<15} {connections:>3} {row[0]:>8,.0f}/s {row[1]:>7.0f} {row[2]:>6.0f} "
-                          f"{row[3]:>6.0f} {row[4]:>6.2f} errors {cell.result['errors']}", flush=True)  # fmt: skip
+                          f"{row[3]:>6.0f} {row[4]:>6.2f} {row[5]:>6.2f} {row[6]:>6.2f} errors {cell.result['errors']}",
+                          flush=True)  # fmt: skip
         print("\nmedians over the rounds (CPU µs per call; calls/s)")
         for (target, connections), values in sorted(rows.items(), key=lambda item: (item[0][1], item[0][0])):
             columns = [statistics.median(v) for v in zip(*values, strict=True)]
             print(f"  {target:<15} {connections:>3} conn: {columns[0]:>8,.0f}/s  gateway {columns[1]:>5.0f}  "
                   f"quota {columns[2]:>5.0f}  nats-server {columns[3]:>5.0f}  writes/call {columns[4]:.2f}  "
+                  f"p50 {columns[5]:.2f} p99 {columns[6]:.2f} ms  "
                   f"(gateway CPU per run: {', '.join(f'{v[1]:.0f}' for v in values)})")  # fmt: skip
         if args.profile:
             for target in targets:

@@ -35,9 +35,11 @@ def price_call(
 ) -> Price:
     pico = usd_cost_pico(model, input_tokens, output_tokens, cached_tokens, images)
     # pico-USD / (USD/Flow * m) = pico-Flows; / 10**6 = micro-Flows. Integers only: exact and fast.
-    value = usd_per_flow * multiplier
+    # The product's terms unreduced: the rounded quotient is the same, without Fraction's gcd (2 µs).
+    numerator = usd_per_flow.numerator * multiplier.numerator
+    denominator = usd_per_flow.denominator * multiplier.denominator
     usd_micros = _div_half_up(pico, PICO_PER_MICRO)
-    flows_micros = _div_half_up(pico * value.denominator, PICO_PER_MICRO * value.numerator)
+    flows_micros = _div_half_up(pico * denominator, PICO_PER_MICRO * numerator)
     return Price(usd_micros, flows_micros + model.request_flows_micros)
 
 

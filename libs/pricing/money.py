@@ -33,9 +33,9 @@ def _exact(text: str) -> Fraction:
     return Fraction(number)
 
 
-@functools.lru_cache(maxsize=4096)  # quota.check writes the same rate and multiplier into every answer
 def fraction_text(value: Fraction) -> str:
-    """The exact, canonical text of a Fraction ("5/198", "1")."""
+    """The exact, canonical text of a Fraction ("5/198", "1"). Not remembered: a cache would hash
+    the Fraction (a modular inverse in Python, 1.3 µs a lookup), twice the cost of the text itself."""
     return str(value)
 
 

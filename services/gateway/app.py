@@ -51,8 +51,9 @@ class GatewayService:
         requests = Requests(runtime.nc)
         await requests.start()
         pipeline = CallPipeline(
-            settings, catalog, keys, runtime.nc, self.session, upstreams, self.recorder, self.clock, inflight, requests
-        )
+            settings, catalog, keys, runtime.nc, self.session, upstreams, self.recorder, self.clock, inflight, requests,
+            traced=runtime.tracer is not None,
+        )  # fmt: skip
         self.api = GatewayApi(pipeline)
         self.api.routes(app)
         # aiohttp arms the keep-alive timer when a connection opens and closes the connection if no

@@ -79,6 +79,7 @@ class CallPipeline:
         clock: Clock,
         inflight: InflightCalls,
         requests: Requests,
+        traced: bool,
     ) -> None:
         self.settings = settings
         self.trusted_proxies = trusted_networks(settings.trusted_proxies)
@@ -88,6 +89,9 @@ class CallPipeline:
         """The calls admitted and not finished: their reservations are renewed in quota by heartbeat."""
         self.requests = requests
         """quota.check's request/reply, its replies handed over as they are read (libs.inbox)."""
+        self.traced = traced
+        """Whether this gateway has a tracer: without one no span is ever current in it, and a call
+        skips the two lookups of the current span (about 3 µs)."""
         self.meter = Meter(settings, nc, recorder, inflight)
 
     async def run(self, request: web.Request, client: Protocol) -> web.StreamResponse:
@@ -173,8 +177,11 @@ class CallPipeline:
     async def read(self, request: web.Request, api: Api) -> tuple[bytes, dict[str, Any]] | web.Response:
         """The body, read within its time and size bounds and parsed as the upstream will."""
         try:
-            async with asyncio.timeout(self.settings.body_timeout_s):
+            if request.content.is_eof():  # the whole body came with the head: no wait to bound, no timer (5 µs)
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(self.settings.body_timeout_s):
+                    raw = await request.read()
         except TimeoutError:
             message = f"the request body did not arrive within {self.settings.body_timeout_s:g} s"
             response = refusal(api, "request_timeout", message)
@@ -208,7 +215,8 @@ class CallPipeline:
         api, route = exchange.client.api, exchange.client.path
         started = time.perf_counter()
         model_id = label = model.id  # only catalog ids label metrics: a client's typo is no new series
-        trace.get_current_span().set_attributes({"flowplan.account_id": key.account_id, "flowplan.model": model_id})
+        if self.traced:
+            trace.get_current_span().set_attributes({"flowplan.account_id": key.account_id, "flowplan.model": model_id})
         reservation_id = f"gw_{os.urandom(16).hex()}"  # a uuid4's randomness, without its object (1.4 µs)
         check = QuotaCheck(
             account_id=key.account_id, reservation_id=reservation_id, model=model_id,
@@ -219,7 +227,7 @@ class CallPipeline:
             reply = await self.requests.request(
                 owner_subject(subjects.QUOTA_CHECK, key.account_id, self.settings.partitions), encode(check),
                 timeout_s=self.settings.request_timeout_s,
-                headers=tracing.nats_headers(),
+                headers=tracing.nats_headers() if self.traced else None,
             )  # fmt: skip
         except Exception:
             message = "the quota service did not answer; retry"

@@ -299,6 +299,29 @@ def test_price_call_rounds_half_up_once_from_the_exact_cost():
     assert price.flows_micros == 1
 
 
+_rates = st.fractions(min_value=Fraction(1, 10**6), max_value=10**3, max_denominator=10**6)
+
+
+@given(
+    tokens=st.tuples(*[st.integers(0, 10**7)] * 3),
+    prompt=st.sampled_from(["0", "0.0000005", "0.000003", "0.0000151", "0.00007"]),
+    usd_per_flow=_rates,
+    multiplier=_rates,
+)
+def test_price_call_is_the_exact_quotient_rounded_half_up_once(tokens, prompt, usd_per_flow, multiplier):
+    # price_call divides by the rate times the multiplier without reducing that product (no gcd):
+    # the result must be the exact Fraction arithmetic's, whatever the two have in common.
+    model = _model(prompt=prompt, completion="0.000015", cache="0.0000003", request_flows="0.01")
+    input_tokens, output_tokens, cached_tokens = tokens
+    price = price_call(
+        model, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached_tokens,
+        usd_per_flow=usd_per_flow, multiplier=multiplier,
+    )  # fmt: skip
+    usd = input_tokens * Fraction(prompt) + output_tokens * Fraction(15, 10**6) + cached_tokens * Fraction(3, 10**7)
+    assert price.usd_cost_micros == round_half_up(usd * MICRO)
+    assert price.flows_micros == round_half_up(usd / (usd_per_flow * multiplier) * MICRO) + 10_000
+
+
 def test_price_call_zero_tokens_costs_the_per_call_overhead(catalog):
     sonnet = catalog.models["anthropic/claude-3.5-sonnet"]
     price = price_call(sonnet, input_tokens=0, output_tokens=0, usd_per_flow=DEFAULT_RATE, multiplier=Fraction(1))
