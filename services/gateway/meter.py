@@ -11,6 +11,7 @@ from datetime import datetime
 import aiohttp
 import msgspec
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from nats.aio.client import Client
 
 from libs import tracing
@@ -31,6 +32,9 @@ from services.gateway.usage import SseSplitter, Tokens
 log = logging.getLogger(__name__)
 _json = msgspec.json.Decoder()
 PASSED_HEADERS = {"content-type"}
+HEAD_WAIT_S = 0.5
+"""How long a stream's head waits for its first events to go out with: an upstream slow to start
+does not keep its client from knowing that the call was accepted."""
 
 
 @dataclass(slots=True)
@@ -149,7 +153,7 @@ class Meter:
     async def stream(
         self, request: web.Request, call: Call, response: aiohttp.ClientResponse, strip_usage: bool
     ) -> web.StreamResponse:
-        out = web.StreamResponse(status=200)
+        out = _EventStream(status=200)
         out.headers["content-type"] = response.headers.get("content-type", "text/event-stream")
         out.headers["cache-control"] = "no-cache"
         out.headers.update(call.headers)
@@ -276,6 +280,33 @@ def usage_event(call: Call, tokens: Tokens) -> UsageRecorded:
 def count(call: Call, status: int) -> None:
     labels = {"route": call.route, "model": call.model.id, "plan": call.decision.plan or ""}
     metrics.calls.add(1, {**labels, "status": str(status)})
+
+
+class _EventStream(web.StreamResponse):
+    """A streamed answer whose head goes out with its first events, in one write that wakes the
+    client once, not two (aiohttp's StreamResponse sends it alone at prepare; its Response waits
+    like this), or on its own after HEAD_WAIT_S."""
+
+    _send_headers_immediately = False
+    _head: asyncio.TimerHandle | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        writer = await super().prepare(request)
+        if writer is not None and self._head is None:
+            self._head = asyncio.get_running_loop().call_later(HEAD_WAIT_S, _send_head, writer)
+        return writer
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self._head is not None:
+            self._head.cancel()
+        await super().write_eof(data)
+
+
+def _send_head(writer: AbstractStreamWriter) -> None:
+    try:
+        writer.send_headers()
+    except ConnectionError:  # the client is gone: the pump finds out at its next write
+        pass
 
 
 class _Upstream:
