@@ -370,6 +370,19 @@ def test_openai_non_dict_events_are_ignored():
     assert usage.final() == Tokens() and not usage.output_reported
 
 
+@pytest.mark.parametrize(
+    ("api", "data"),
+    [("openai", {"choices": True}), ("openai", {"choices": 3}),
+     ("anthropic", {"type": "message_start", "message": "x"}),
+     ("responses", {"type": "response.completed", "response": [1]})],
+)  # fmt: skip
+def test_an_event_of_the_wrong_shape_is_no_report_rather_than_a_crash(api, data):
+    """A crash would end the pump before the usage is stored: a stream answered 200 and not billed."""
+    usage = StreamUsage(api)
+    usage.observe(data)
+    assert usage.final() == Tokens() and not usage.output_reported
+
+
 def test_anthropic_stream_message_start_then_message_delta():
     usage = follow("anthropic", STREAMS["anthropic"])
     assert usage.output_reported
