@@ -27,7 +27,8 @@ from services.gateway.estimate import BYTES_PER_TOKEN
 from services.gateway.inflight import InflightCalls
 from services.gateway.protocols import Exchange
 from services.gateway.recorder import RETRY_AFTER_S, UsageNotStored, UsageRecorder
-from services.gateway.usage import SseSplitter, Tokens
+from services.gateway.relay import relay
+from services.gateway.usage import Tokens
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Decoder()
@@ -174,10 +175,9 @@ class Meter:
         translator = call.exchange.stream(call.call_id, int(call.started.timestamp()))
         if translator is not None:
             out.headers["content-type"] = "text/event-stream"
-        client, usage = call.exchange.client, call.exchange.upstream.meter()
-        splitter = SseSplitter()
+        usage = call.exchange.upstream.meter()
+        passed = relay(call.exchange.client, usage, strip_usage, translator)
         upstream = _Upstream(response)
-        held = bytearray()  # the stream's final events: the client gets them once the usage is stored
         client_gone = False
         try:
             await out.prepare(request)
@@ -189,20 +189,10 @@ class Meter:
         self.streams.add(upstream)
         try:
             async for chunk in response.content.iter_any():
-                forward = bytearray()
-                for event in splitter.feed(chunk):
-                    usage.observe(event.data)
-                    if translator is not None:  # its final events come from translator.finish, below
-                        forward += translator.feed(event.data)
-                    elif strip_usage and client.usage_only(event.data):
-                        continue
-                    elif held or client.is_final(event.data, event.raw):
-                        held += event.raw
-                    else:
-                        forward += event.raw
+                forward = passed.feed(chunk)
                 if forward and not client_gone:
                     try:
-                        await out.write(bytes(forward))
+                        await out.write(forward)
                     except (ConnectionError, RuntimeError):
                         client_gone = True
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -213,8 +203,6 @@ class Meter:
             self.streams.discard(upstream)
         if upstream.was_cut:
             log.warning("stream %s cut at shutdown after %d content deltas", call.reservation_id, usage.deltas)
-        elif translator is None:
-            held += splitter.rest()
         tokens = usage.final()
         if not usage.output_reported and not tokens.input:  # OpenAI reports the input only at the end
             tokens = tokens._replace(input=(request.content_length or 0) // BYTES_PER_TOKEN)
@@ -226,11 +214,9 @@ class Meter:
             await self.unrecorded(call)
             return out
         count(call, 499 if client_gone else 200)
-        if translator is not None:  # what it ends with carries the usage just stored
-            held = bytearray(translator.finish(tokens))
         if not client_gone:
-            try:
-                await out.write_eof(bytes(held))  # the held events and the stream's end: one write, not two
+            try:  # the held events and the stream's end: one write, not two
+                await out.write_eof(passed.end(tokens, upstream.was_cut))
             except (ConnectionError, RuntimeError):
                 pass
         return out
