@@ -115,7 +115,7 @@ class StreamUsage:
         if not isinstance(data, dict):
             return
         if self.api == "anthropic":
-            kind = data.get("type")
+            kind = event_type(data)
             if kind == "message_start":  # input (and a placeholder output) only
                 self.tokens = from_anthropic(_field(data.get("message"), "usage"), self.tokens)
             elif kind == "message_delta":  # the running output total
@@ -124,7 +124,7 @@ class StreamUsage:
             elif kind == "content_block_delta":
                 self.deltas += 1
         elif self.api == "responses":  # the usage comes whole with the final response
-            kind = data.get("type")
+            kind = event_type(data)
             if kind in RESPONSES_FINAL:
                 usage = _field(data.get("response"), "usage")
                 if isinstance(usage, dict):
@@ -142,6 +142,13 @@ class StreamUsage:
         if self.output_reported:
             return self.tokens
         return self.tokens._replace(output=self.deltas)
+
+
+def event_type(data: dict[str, Any]) -> str | None:
+    """An Anthropic or Responses event's type; None when it is no string (a list is unhashable:
+    looked up in a set of types, it would be a crash)."""
+    kind = data.get("type")
+    return kind if isinstance(kind, str) else None
 
 
 def _field(data: Any, name: str) -> Any:
