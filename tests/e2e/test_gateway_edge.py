@@ -46,8 +46,6 @@ class MockUpstream:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
-        if body.get("stream") is True and request.path == "/v1/chat/completions":
-            return await self.stream(request, body)
         leaky = {"openai-organization": SECRET_ORG, "x-upstream-key": SECRET_KEY, "set-cookie": "session=abc",
                  "x-ratelimit-limit-tokens": "30000000", "request-id": "req_upstream_1"}  # fmt: skip
         text = json.dumps(body)
@@ -56,6 +54,8 @@ class MockUpstream:
                 headers = {**leaky, "retry-after": "7"} if status == 429 else leaky
                 error = {"error": {"message": f"Organization {SECRET_ORG} used key {SECRET_KEY}", "type": "x"}}
                 return web.json_response(error, status=status, headers=headers)
+        if body.get("stream") is True and request.path == "/v1/chat/completions":
+            return await self.stream(request, body)
         if request.path == "/v1/messages":
             reply: dict[str, Any] = {
                 "id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
