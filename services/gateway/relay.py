@@ -4,18 +4,17 @@ the usage is read on the side: services.gateway.meter pumps each stream through 
 A stream the client gets in the upstream's own protocol (nothing to translate) goes on as it came,
 but for its final events, held back until the call's usage is stored, and the usage-only events
 the gateway asked for, kept from the client. `Relay` decodes every event and asks the client's
-protocol what it is. `ChatRelay` does the same for chat completions, whose events are nearly all
-content deltas, at a fraction of the cost: a typed decode of the three fields that matter, no
-event objects, and a chunk's events forwarded as one slice. Any event it does not recognise as a
-plain delta (usage, a finish reason, no choices, another shape) goes the general way, so the two
-agree on every stream (tests/unit/test_gateway_relay.py holds them to it). A translated stream
-(`Translated`) is rewritten event by event."""
+protocol what it is. Chat and messages streams are nearly all content deltas: `ChatRelay` and
+`MessagesRelay` recognise those at a fraction of the cost (a typed decode of the fields that
+matter, no event objects, a chunk's events forwarded as one slice) and send any other event the
+general way, so that they agree with `Relay` on every stream (tests/unit/test_gateway_relay.py
+holds them to it). A translated stream (`Translated`) is rewritten event by event."""
 
 from typing import Any
 
 import msgspec
 
-from services.gateway.protocols import ChatCompletions, Protocol
+from services.gateway.protocols import ANTHROPIC_FINAL, CHAT, MESSAGES, Protocol
 from services.gateway.translate import StreamTranslator
 from services.gateway.usage import SseSplitter, StreamUsage, Tokens, _data_of
 
@@ -51,6 +50,52 @@ class Relay:
         return bytes(self.held) if cut else bytes(self.held + self.splitter.rest())
 
 
+class _Sorting(Relay):
+    """The general relay's reading without an event object per event: an event of one data line
+    (after an `event:` line or not) that `plain` recognises as a plain one is counted there and
+    goes on with its neighbours; any other goes the general way."""
+
+    def __init__(self, client: Protocol, usage: StreamUsage, strip_usage: bool) -> None:
+        super().__init__(client, usage, strip_usage)
+        self.tail = b""
+        """What follows the last whole event read (the general relay's splitter keeps it there)."""
+
+    def feed(self, chunk: bytes) -> bytes:
+        # SseSplitter.feed's reading.
+        buffer = (self.tail + chunk).replace(b"\r\n", b"\n")
+        view, forward, kept, start = memoryview(buffer), bytearray(), 0, 0
+        while (end := buffer.find(b"\n\n", start)) != -1:
+            if self.held or (data := _data_line(buffer, start, end)) < 0 or not self.plain(view[data:end]):
+                raw = buffer[start : end + 2]
+                if not self.keeps(raw, _data_of(raw)):
+                    forward += view[kept:start]
+                    kept = end + 2
+            start = end + 2
+        self.tail = buffer[start:]
+        if not forward:  # nearly always: the chunk's events go on in one slice
+            return buffer[kept:start]
+        forward += view[kept:start]
+        return bytes(forward)
+
+    def plain(self, data: memoryview) -> bool:
+        """An event that is neither final nor a usage report nor to be dropped: counted here, as
+        StreamUsage.observe counts it, and forwarded. False sends it the general way."""
+        raise NotImplementedError
+
+    def end(self, tokens: Tokens, cut: bool) -> bytes:
+        return bytes(self.held) if cut else bytes(self.held + self.tail)
+
+
+def _data_line(buffer: bytes, start: int, end: int) -> int:
+    """Where the data of the event buffer[start:end] begins, when it is one data line, alone or
+    after one `event:` line; else -1."""
+    if buffer.startswith(b"event:", start):
+        start = buffer.find(b"\n", start) + 1
+    if not buffer.startswith(b"data:", start) or buffer.find(b"\n", start) != end:
+        return -1
+    return start + 5
+
+
 class _Delta(msgspec.Struct):
     content: Any = None
 
@@ -68,36 +113,11 @@ class _Chunk(msgspec.Struct):
 _chunk = msgspec.json.Decoder(_Chunk)
 
 
-class ChatRelay(Relay):
-    def __init__(self, client: Protocol, usage: StreamUsage, strip_usage: bool) -> None:
-        super().__init__(client, usage, strip_usage)
-        self.tail = b""
-        """What follows the last whole event read (the general relay's splitter keeps it there)."""
-
-    def feed(self, chunk: bytes) -> bytes:
-        # SseSplitter.feed's reading, without an event object per event.
-        buffer = (self.tail + chunk).replace(b"\r\n", b"\n")
-        view, forward, kept, start = memoryview(buffer), bytearray(), 0, 0
-        while (end := buffer.find(b"\n\n", start)) != -1:
-            if self.held or not self._plain_delta(buffer, view, start, end):
-                raw = buffer[start : end + 2]
-                if not self.keeps(raw, _data_of(raw)):
-                    forward += view[kept:start]
-                    kept = end + 2
-            start = end + 2
-        self.tail = buffer[start:]
-        if not forward:  # nearly always: the chunk's events go on in one slice
-            return buffer[kept:start]
-        forward += view[kept:start]
-        return bytes(forward)
-
-    def _plain_delta(self, buffer: bytes, view: memoryview, start: int, end: int) -> bool:
-        """A one-line event with choices, none finished, and no usage: counted here (one output
-        token if it has content, as StreamUsage.observe counts) and forwarded."""
-        if not buffer.startswith(b"data:", start) or buffer.find(b"\n", start) != end:
-            return False
+class ChatRelay(_Sorting):
+    def plain(self, data: memoryview) -> bool:
+        """Choices, none finished, and no usage: one output token if one has content."""
         try:
-            event = _chunk.decode(view[start + 5 : end])
+            event = _chunk.decode(data)
         except msgspec.DecodeError:  # [DONE], not JSON, or another shape: the general way
             return False
         if event.usage or not event.choices:
@@ -110,8 +130,27 @@ class ChatRelay(Relay):
         self.usage.deltas += content
         return True
 
-    def end(self, tokens: Tokens, cut: bool) -> bytes:
-        return bytes(self.held) if cut else bytes(self.held + self.tail)
+
+class _Typed(msgspec.Struct):
+    type: str | None = None
+
+
+_typed = msgspec.json.Decoder(_Typed)
+REPORTS = ANTHROPIC_FINAL | {"message_start"}
+
+
+class MessagesRelay(_Sorting):
+    def plain(self, data: memoryview) -> bool:
+        """Any type but message_start, message_delta and message_stop: one output token if it is
+        a content_block_delta."""
+        try:
+            kind = _typed.decode(data).type
+        except msgspec.DecodeError:
+            return False
+        if kind in REPORTS:
+            return False
+        self.usage.deltas += kind == "content_block_delta"
+        return True
 
 
 class Translated:
@@ -138,4 +177,5 @@ def relay(
 ) -> Relay | Translated:
     if translator is not None:
         return Translated(translator, usage)
-    return (ChatRelay if isinstance(client, ChatCompletions) else Relay)(client, usage, strip_usage)
+    sorting = {CHAT.name: ChatRelay, MESSAGES.name: MessagesRelay}.get(client.name, Relay)
+    return sorting(client, usage, strip_usage)
