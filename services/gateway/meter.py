@@ -11,6 +11,7 @@ from datetime import datetime
 import aiohttp
 import msgspec
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from nats.aio.client import Client
 
 from libs import tracing
@@ -26,11 +27,15 @@ from services.gateway.estimate import BYTES_PER_TOKEN
 from services.gateway.inflight import InflightCalls
 from services.gateway.protocols import Exchange
 from services.gateway.recorder import RETRY_AFTER_S, UsageNotStored, UsageRecorder
-from services.gateway.usage import SseSplitter, Tokens
+from services.gateway.relay import relay
+from services.gateway.usage import Tokens
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Decoder()
 PASSED_HEADERS = {"content-type"}
+HEAD_WAIT_S = 0.5
+"""How long a stream's head waits for its first events to go out with: an upstream slow to start
+does not keep its client from knowing that the call was accepted."""
 
 
 @dataclass(slots=True)
@@ -149,7 +154,7 @@ class Meter:
     async def stream(
         self, request: web.Request, call: Call, response: aiohttp.ClientResponse, strip_usage: bool
     ) -> web.StreamResponse:
-        out = web.StreamResponse(status=200)
+        out = _EventStream(status=200)
         out.headers["content-type"] = response.headers.get("content-type", "text/event-stream")
         out.headers["cache-control"] = "no-cache"
         out.headers.update(call.headers)
@@ -170,10 +175,9 @@ class Meter:
         translator = call.exchange.stream(call.call_id, int(call.started.timestamp()))
         if translator is not None:
             out.headers["content-type"] = "text/event-stream"
-        client, usage = call.exchange.client, call.exchange.upstream.meter()
-        splitter = SseSplitter()
+        usage = call.exchange.upstream.meter()
+        passed = relay(call.exchange.client, usage, strip_usage, translator)
         upstream = _Upstream(response)
-        held = bytearray()  # the stream's final events: the client gets them once the usage is stored
         client_gone = False
         try:
             await out.prepare(request)
@@ -185,20 +189,10 @@ class Meter:
         self.streams.add(upstream)
         try:
             async for chunk in response.content.iter_any():
-                forward = bytearray()
-                for event in splitter.feed(chunk):
-                    usage.observe(event.data)
-                    if translator is not None:  # its final events come from translator.finish, below
-                        forward += translator.feed(event.data)
-                    elif strip_usage and client.usage_only(event.data):
-                        continue
-                    elif held or client.is_final(event.data, event.raw):
-                        held += event.raw
-                    else:
-                        forward += event.raw
+                forward = passed.feed(chunk)
                 if forward and not client_gone:
                     try:
-                        await out.write(bytes(forward))
+                        await out.write(forward)
                     except (ConnectionError, RuntimeError):
                         client_gone = True
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -209,8 +203,6 @@ class Meter:
             self.streams.discard(upstream)
         if upstream.was_cut:
             log.warning("stream %s cut at shutdown after %d content deltas", call.reservation_id, usage.deltas)
-        elif translator is None:
-            held += splitter.rest()
         tokens = usage.final()
         if not usage.output_reported and not tokens.input:  # OpenAI reports the input only at the end
             tokens = tokens._replace(input=(request.content_length or 0) // BYTES_PER_TOKEN)
@@ -222,11 +214,9 @@ class Meter:
             await self.unrecorded(call)
             return out
         count(call, 499 if client_gone else 200)
-        if translator is not None:  # what it ends with carries the usage just stored
-            held = bytearray(translator.finish(tokens))
         if not client_gone:
-            try:
-                await out.write_eof(bytes(held))  # the held events and the stream's end: one write, not two
+            try:  # the held events and the stream's end: one write, not two
+                await out.write_eof(passed.end(tokens, upstream.was_cut))
             except (ConnectionError, RuntimeError):
                 pass
         return out
@@ -276,6 +266,33 @@ def usage_event(call: Call, tokens: Tokens) -> UsageRecorded:
 def count(call: Call, status: int) -> None:
     labels = {"route": call.route, "model": call.model.id, "plan": call.decision.plan or ""}
     metrics.calls.add(1, {**labels, "status": str(status)})
+
+
+class _EventStream(web.StreamResponse):
+    """A streamed answer whose head goes out with its first events, in one write that wakes the
+    client once, not two (aiohttp's StreamResponse sends it alone at prepare; its Response waits
+    like this), or on its own after HEAD_WAIT_S."""
+
+    _send_headers_immediately = False
+    _head: asyncio.TimerHandle | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        writer = await super().prepare(request)
+        if writer is not None and self._head is None:
+            self._head = asyncio.get_running_loop().call_later(HEAD_WAIT_S, _send_head, writer)
+        return writer
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self._head is not None:
+            self._head.cancel()
+        await super().write_eof(data)
+
+
+def _send_head(writer: AbstractStreamWriter) -> None:
+    try:
+        writer.send_headers()
+    except ConnectionError:  # the client is gone: the pump finds out at its next write
+        pass
 
 
 class _Upstream:

@@ -15,7 +15,7 @@ import msgspec
 from services.gateway import translate
 from services.gateway.errors import Api
 from services.gateway.translate import Refused, StreamTranslator, Translation
-from services.gateway.usage import RESPONSES_FINAL, StreamUsage, Tokens, from_anthropic, from_openai
+from services.gateway.usage import RESPONSES_FINAL, StreamUsage, Tokens, event_type, from_anthropic, from_openai
 
 ProtocolName = Literal["chat", "messages", "responses", "images"]
 ANTHROPIC_FINAL = frozenset({"message_delta", "message_stop"})
@@ -95,7 +95,7 @@ class Messages(Protocol):
         return from_anthropic(data.get("usage") if isinstance(data, dict) else None)
 
     def is_final(self, data: Any, raw: bytes) -> bool:
-        return isinstance(data, dict) and data.get("type") in ANTHROPIC_FINAL
+        return isinstance(data, dict) and event_type(data) in ANTHROPIC_FINAL
 
 
 class Responses(Protocol):
@@ -107,7 +107,7 @@ class Responses(Protocol):
         return StreamUsage("responses")
 
     def is_final(self, data: Any, raw: bytes) -> bool:
-        return isinstance(data, dict) and data.get("type") in RESPONSES_FINAL
+        return isinstance(data, dict) and event_type(data) in RESPONSES_FINAL
 
 
 class Images(Protocol):

@@ -115,18 +115,18 @@ class StreamUsage:
         if not isinstance(data, dict):
             return
         if self.api == "anthropic":
-            kind = data.get("type")
+            kind = event_type(data)
             if kind == "message_start":  # input (and a placeholder output) only
-                self.tokens = from_anthropic((data.get("message") or {}).get("usage"), self.tokens)
+                self.tokens = from_anthropic(_field(data.get("message"), "usage"), self.tokens)
             elif kind == "message_delta":  # the running output total
                 self.tokens = from_anthropic(data.get("usage"), self.tokens)
                 self.output_reported = True
             elif kind == "content_block_delta":
                 self.deltas += 1
         elif self.api == "responses":  # the usage comes whole with the final response
-            kind = data.get("type")
+            kind = event_type(data)
             if kind in RESPONSES_FINAL:
-                usage = (data.get("response") or {}).get("usage")
+                usage = _field(data.get("response"), "usage")
                 if isinstance(usage, dict):
                     self.tokens = from_openai(usage)
                     self.output_reported = True
@@ -135,13 +135,26 @@ class StreamUsage:
         elif data.get("usage"):
             self.tokens = from_openai(data["usage"])
             self.output_reported = True
-        elif any(_has_content(choice) for choice in data.get("choices") or ()):
+        elif isinstance(choices := data.get("choices"), list) and any(_has_content(c) for c in choices):
             self.deltas += 1
 
     def final(self) -> Tokens:
         if self.output_reported:
             return self.tokens
         return self.tokens._replace(output=self.deltas)
+
+
+def event_type(data: dict[str, Any]) -> str | None:
+    """An Anthropic or Responses event's type; None when it is no string (a list is unhashable:
+    looked up in a set of types, it would be a crash)."""
+    kind = data.get("type")
+    return kind if isinstance(kind, str) else None
+
+
+def _field(data: Any, name: str) -> Any:
+    """data[name] if data is an object: an upstream's malformed event is no report, not a crash
+    that would leave its stream unbilled."""
+    return data.get(name) if isinstance(data, dict) else None
 
 
 def _has_content(choice: Any) -> bool:

@@ -6,6 +6,7 @@ their typed errors. Real NATS, Postgres and services; the upstream is a small lo
 import asyncio
 import inspect
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from nats.aio.msg import Msg
 from libs import apikeys
 from libs.localservers import free_port
 from proto.v1 import subjects
+from services.gateway.meter import HEAD_WAIT_S
 from tests.stack import ROOT, Stack, eventually
 
 pytestmark = pytest.mark.connected
@@ -41,7 +43,7 @@ class MockUpstream:
     url: str = ""
     bodies: list[dict[str, Any]] = field(default_factory=list)
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
         leaky = {"openai-organization": SECRET_ORG, "x-upstream-key": SECRET_KEY, "set-cookie": "session=abc",
@@ -52,6 +54,8 @@ class MockUpstream:
                 headers = {**leaky, "retry-after": "7"} if status == 429 else leaky
                 error = {"error": {"message": f"Organization {SECRET_ORG} used key {SECRET_KEY}", "type": "x"}}
                 return web.json_response(error, status=status, headers=headers)
+        if body.get("stream") is True and request.path == "/v1/chat/completions":
+            return await self.stream(request, body)
         if request.path == "/v1/messages":
             reply: dict[str, Any] = {
                 "id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
@@ -65,6 +69,24 @@ class MockUpstream:
                 "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
             }  # fmt: skip
         return web.json_response(reply, headers=leaky)
+
+    async def stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """A chat stream whose head goes out at once and whose events all come together after
+        `scenario:start-<ms>` milliseconds (aiohttp's StreamResponse sends the head at prepare)."""
+        text = json.dumps(body)
+        starts_after = re.search(r"scenario:start-(\d+)", text)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await asyncio.sleep(int(starts_after.group(1)) / 1000 if starts_after else 0)
+        chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
+        events = [
+            {**chunk, "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": None}]},
+            {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            {**chunk, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}},
+        ]  # fmt: skip
+        await response.write(b"".join(b"data: %s\n\n" % json.dumps(e).encode() for e in events) + b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
 
 @pytest.fixture(scope="module")
@@ -349,6 +371,40 @@ async def test_a_client_trickling_its_body_is_cut_with_a_408(gw: Stack) -> None:
     answered = await cut_within(gw, head, b" " * 999, within=BODY_TIMEOUT_S + 15)
     assert answered.startswith(b"HTTP/1.1 408"), answered
     assert b'"code":"request_timeout"' in answered
+
+
+# -- slow upstreams -----------------------------------------------------------------------
+
+
+async def first_read_of_a_stream(stack: Stack, starts_after_ms: int) -> tuple[bytes, float]:
+    """A streamed call over a plain socket to an upstream whose events start after `starts_after_ms`:
+    what the client's first read got, and after how many seconds."""
+    account = await stack.create_account("edge-stream")
+    body = json.dumps({**hi(content=f"scenario:start-{starts_after_ms}"), "stream": True}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.settings.gateway_port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s" % (account["key"].encode(), len(body), body)
+    )
+    started = time.monotonic()
+    try:
+        first = await asyncio.wait_for(reader.read(65536), 10)
+        return first, time.monotonic() - started
+    finally:
+        writer.close()
+
+
+async def test_a_stream_s_head_goes_out_with_its_first_events(gw: Stack) -> None:
+    """One write and one wake-up of the client for both, not the head alone and then the events."""
+    first, _ = await first_read_of_a_stream(gw, starts_after_ms=200)
+    assert first.startswith(b"HTTP/1.1 200") and b"text/event-stream" in first
+    assert b"data: {" in first and b"chatcmpl-1" in first, first
+
+
+async def test_an_upstream_slow_to_start_does_not_hold_back_the_stream_s_head(gw: Stack) -> None:
+    first, after_s = await first_read_of_a_stream(gw, starts_after_ms=3000)
+    assert first.startswith(b"HTTP/1.1 200") and b"data:" not in first
+    assert after_s < HEAD_WAIT_S + 2  # the events came after 3 s
 
 
 # -- a flood of minted keys (last: it leaves this address throttled) -----------------

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from libs.pricing.catalog import load_catalog
 from services.gateway.estimate import DEFAULT_MAX_OUTPUT, estimate_usd_micros
+from services.gateway.protocols import MESSAGES, RESPONSES
 from services.gateway.usage import SseEvent, SseSplitter, StreamUsage, Tokens, _data_of, from_anthropic, from_openai
 
 CATALOG = load_catalog()
@@ -368,6 +369,25 @@ def test_openai_non_dict_events_are_ignored():
     for data in (None, [], "x", 1):
         usage.observe(data)
     assert usage.final() == Tokens() and not usage.output_reported
+
+
+@pytest.mark.parametrize(
+    ("api", "data"),
+    [("openai", {"choices": True}), ("openai", {"choices": 3}),
+     ("anthropic", {"type": "message_start", "message": "x"}),
+     ("responses", {"type": "response.completed", "response": [1]}),
+     ("anthropic", {"type": ["message_delta"]}), ("responses", {"type": {}})],
+)  # fmt: skip
+def test_an_event_of_the_wrong_shape_is_no_report_rather_than_a_crash(api, data):
+    """A crash would end the pump before the usage is stored: a stream answered 200 and not billed."""
+    usage = StreamUsage(api)
+    usage.observe(data)
+    assert usage.final() == Tokens() and not usage.output_reported
+
+
+@pytest.mark.parametrize("protocol", [MESSAGES, RESPONSES])
+def test_an_event_whose_type_is_no_string_is_not_final_rather_than_a_crash(protocol):
+    assert not protocol.is_final({"type": ["message_stop", "response.completed"]}, b"")
 
 
 def test_anthropic_stream_message_start_then_message_delta():
