@@ -187,6 +187,7 @@ class Meter:
         # side. A client that hangs up does not stop the reading: the upstream generates (and bills)
         # on. A stopping gateway that cuts the stream stops it: the client is billed for what it got.
         self.streams.add(upstream)
+        unreadable = False
         try:
             async for chunk in response.content.iter_any():
                 forward = passed.feed(chunk)
@@ -199,6 +200,12 @@ class Meter:
             # The upstream broke off: bill what it reported or streamed so far (StreamUsage.final).
             if not upstream.was_cut:
                 log.warning("upstream stream for %s broke off: %r", call.model.id, exc)
+        except Exception:
+            # An event no relay or translator could read (a shape no provider documents): the upstream
+            # billed what it generated, so what was counted is billed too; the client's stream is cut.
+            log.exception("stream %s of %s unreadable after %d content deltas", call.reservation_id,
+                          call.model.id, usage.deltas)  # fmt: skip
+            unreadable = True
         finally:
             self.streams.discard(upstream)
         if upstream.was_cut:
@@ -212,6 +219,11 @@ class Meter:
             if request.transport is not None:  # the client must not see a stream that ended well
                 request.transport.close()
             await self.unrecorded(call)
+            return out
+        if unreadable:
+            if request.transport is not None:  # as for a stream whose usage was not stored: no clean end
+                request.transport.close()
+            count(call, 502)
             return out
         count(call, 499 if client_gone else 200)
         if not client_gone:

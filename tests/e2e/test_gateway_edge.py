@@ -72,7 +72,8 @@ class MockUpstream:
 
     async def stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         """A chat stream whose head goes out at once and whose events all come together after
-        `scenario:start-<ms>` milliseconds (aiohttp's StreamResponse sends the head at prepare)."""
+        `scenario:start-<ms>` milliseconds (aiohttp's StreamResponse sends the head at prepare);
+        with `scenario:odd`, an event of a shape no provider sends after the first delta."""
         text = json.dumps(body)
         starts_after = re.search(r"scenario:start-(\d+)", text)
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -81,6 +82,7 @@ class MockUpstream:
         chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
         events = [
             {**chunk, "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": None}]},
+            *([{**chunk, "choices": [{"index": 0, "delta": {"tool_calls": 5}}]}] if "scenario:odd" in text else []),
             {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
             {**chunk, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}},
         ]  # fmt: skip
@@ -405,6 +407,30 @@ async def test_an_upstream_slow_to_start_does_not_hold_back_the_stream_s_head(gw
     first, after_s = await first_read_of_a_stream(gw, starts_after_ms=3000)
     assert first.startswith(b"HTTP/1.1 200") and b"data:" not in first
     assert after_s < HEAD_WAIT_S + 2  # the events came after 3 s
+
+
+async def test_a_stream_that_cannot_be_translated_is_cut_and_what_was_streamed_is_billed(gw: Stack) -> None:
+    """A chat upstream's event the Responses translation cannot read (tool_calls a number): the
+    client's stream is cut rather than ended well, and the delta it got is metered, as the upstream
+    bills it: a reading error must not make the call free."""
+    account = await gw.create_account("edge-odd")
+    with pytest.raises(openai.APIConnectionError):  # the delta and the odd event came in one read: nothing sent yet
+        stream = await oai(gw, account["key"]).responses.create(model=FREE_MODEL, input="scenario:odd", stream=True)
+        async for _ in stream:
+            pass
+
+    async def metered() -> dict[str, Any] | None:
+        conn = await gw.db()
+        try:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS calls, sum(output_tokens) AS output FROM quota.usage WHERE account_id = $1",
+                account["account_id"],
+            )
+        finally:
+            await conn.close()
+        return dict(row) if row["calls"] else None
+
+    assert await eventually(metered) == {"calls": 1, "output": 1}  # the one content delta ("ok")
 
 
 # -- a flood of minted keys (last: it leaves this address throttled) -----------------
