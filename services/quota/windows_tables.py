@@ -76,10 +76,11 @@ class WindowTables:
         Memory holds each chain's latest window, which is all of the chain's suffix unless a call
         falls before that window's start (a late call): only then are the earlier windows read."""
         late: dict[str, datetime] = {}
+        opened: dict[str, tuple[Window | None, Window | None]] = {}  # the latest 5-hour and weekly, unpacked once
         for account_id, events in counted.items():
             events.sort(key=lambda e: (e.occurred_at, e.event_id))
             account, first = pending[account_id], events[0].occurred_at
-            window_5h, weekly = account.window_5h, account.weekly  # each unpacked once
+            window_5h, weekly = opened[account_id] = account.window_5h, account.weekly
             if (window_5h is not None and first < window_5h.start) or (weekly is not None and first < weekly.start):
                 late[account_id] = first
         suffixes = await self._load_suffixes(conn, late) if late else {}
@@ -88,14 +89,14 @@ class WindowTables:
         for account_id, events in counted.items():
             account = pending[account_id]
             first, last = events[0].occurred_at, events[-1].occurred_at
+            flows = sum(e.flows_micros for e in events)
             usages: list[Usage] | None = None
             for kind, duration in CHAINS.items():
                 if account_id in late:
                     loaded = suffixes.get((account_id, kind), [])
                 else:
-                    latest = account.window_5h if kind == "5h" else account.weekly
+                    latest = opened[account_id][0 if kind == "5h" else 1]
                     if latest is not None and last < latest.end:  # all in the open window: most batches
-                        flows = sum(e.flows_micros for e in events)
                         if flows:
                             latest = Window(latest.start, latest.end, latest.flows + flows)
                             upserts.append((account_id, kind, latest))
@@ -123,6 +124,7 @@ class WindowTables:
             period = self._periods.get(account_id, NO_PERIOD)
             if period.segments != segments:  # a plan change: the periods may be cut differently
                 period = NO_PERIOD
+            added: dict[datetime, int] = defaultdict(int)  # to the account's months, by period start
             for event in events:  # in time order: most fall in the period of the one before
                 at = event.occurred_at
                 if not period.start <= at < period.end:
@@ -132,8 +134,11 @@ class WindowTables:
                         self._periods.clear()
                     self._periods[account_id] = period
                 months[(account_id, period.start, period.end)] += event.flows_micros
-                account.months[period.start] = account.months.get(period.start, 0) + event.flows_micros
+                added[period.start] += event.flows_micros
                 consumed[(event.model, period.segment.plan_at(at))] += event.flows_micros
+            totals = account.months
+            for start, flows_micros in added.items():
+                totals[start] = totals.get(start, 0) + flows_micros
         upserts += [(a, "month", Window(start, end, flows)) for (a, start, end), flows in months.items()]
         await conn.execute(  # rows of the table's own type, in its column order: see projection.py's usage
             f"""INSERT INTO {self.schema}.windows AS w SELECT * FROM unnest($1::{self.schema}.windows[])
