@@ -9,9 +9,11 @@ Two measurements:
     how loaded the machine is: CPU per event of the Python side (the bench process) and of Postgres
     (its processes, from /proc), and the statements each batch sends. The bare insert is measured
     the same way. `--profile` prints cProfile's top items of quota's apply.
-  * live (`--live`): the services themselves, each following the log while ingress takes usage,
-    flat out and paced at --paced-rate: each projection's events/s and lag (p50/p99), with all four
-    services, nats-server, Postgres and ingress sharing the machine's cores.
+  * live (`--live`): the services themselves, each following the log while ingress takes usage flat
+    out, then while the bench publishes usage straight to the stream paced at each of --stream-rates
+    (ingress tops out below 15,000/s on 2 cores, so through it the paced target could not be tested):
+    each projection's events/s, lag (p50/p99) and CPU per event, with all four services, nats-server,
+    Postgres and ingress sharing the machine's cores.
 
 The usage is realistic: --accounts accounts on the Pro plan with a key each, calls spread over
 the accounts, event time advancing at the rate the events are generated, 3 % of them late.
@@ -26,7 +28,7 @@ import pstats
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -41,6 +43,7 @@ from bench.ingest import post_batches
 from bench.procstat import cpu_of, cpu_seconds, pct
 from libs.db import create_pool, ensure_database, migrate_async
 from libs.eventlog.checkpoints import save_checkpoint
+from libs.eventlog.publisher import EventPublisher
 from libs.eventlog.runner import AfterCommit, Applied, Projection
 from libs.pricing.catalog import load_catalog
 from libs.pricing.flows import price_call
@@ -68,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trickle-rate", type=float, default=500.0, help="events/s, one event per POST")
     parser.add_argument("--trickle-seconds", type=float, default=20.0)
     parser.add_argument("--lingers", default="0.02,0.1", help="FLOWPLAN_PROJECTION_LINGER_S values, comma-separated")
+    parser.add_argument(
+        "--stream-rates",
+        default="15000,8000",
+        help="projections --live: usage published straight to the stream at these events/s",
+    )
+    parser.add_argument("--stream-seconds", type=float, default=10.0, help="the length of each of those runs")
 
 
 def account_events(n_accounts: int, start: datetime) -> list[Event]:
@@ -95,11 +104,18 @@ def account_events(n_accounts: int, start: datetime) -> list[Event]:
 
 
 def usage_events(
-    n: int, n_accounts: int, start: datetime, per_second: float, late: float = 0.03, seed: int = 1
+    n: int,
+    n_accounts: int,
+    start: datetime,
+    per_second: float,
+    late: float = 0.03,
+    seed: int = 1,
+    ids: Sequence[tuple[str, str]] = (),
 ) -> list[UsageRecorded]:
     """n calls from `start` on at `per_second` of event time, over the accounts; `late` of them late by
-    up to an hour."""
+    up to an hour. `ids`: (account id, key id) by account, else those of account_events()."""
     rng, catalog = random.Random(seed), load_catalog()
+    ids = ids or [(f"acc_pb{i:07d}", f"key_pb{i:07d}") for i in range(n_accounts)]
     rate = catalog.default_usd_per_flow
     prices: dict[tuple[str, int, int], Any] = {}
     events: list[UsageRecorded] = []
@@ -117,9 +133,9 @@ def usage_events(
             )
         events.append(
             UsageRecorded(
-                event_id=f"gw_{uuid.uuid4().hex}", account_id=f"acc_pb{account:07d}", occurred_at=at, model=model.id,
+                event_id=f"gw_{uuid.uuid4().hex}", account_id=ids[account][0], occurred_at=at, model=model.id,
                 input_tokens=tokens[0], output_tokens=tokens[1], billing_mode="subscription",
-                key_id=f"key_pb{account:07d}", usd_cost_micros=price.usd_cost_micros, flows_micros=price.flows_micros,
+                key_id=ids[account][1], usd_cost_micros=price.usd_cost_micros, flows_micros=price.flows_micros,
                 usd_per_flow=str(rate), multiplier="1", source="gateway", reservation_id=uuid.uuid4().hex,
                 client_hash=f"c{account % 97:031x}", agent_hash="a" * 32,
             )
@@ -291,19 +307,10 @@ async def create_accounts(base: str, token: str, n: int) -> list[tuple[str, str]
         return made
 
 
-async def follow(
+def through_ingress(
     base: str, settings: Settings, accounts: list[tuple[str, str]], n: int, batch: int, rate: float | None
-) -> dict[str, dict[str, float]]:
-    """Ingest n events (4 clients flat out, or paced at `rate` events/s) and follow each projection until
-    it applied them all: its events/s (n / seconds from the first post until applied) and its lag
-    (from the time the stream held an event to the time the projection's checkpoints passed it)."""
-    nc = await nats.connect(settings.nats_url)
-    js = nc.jetstream()
-    pg = await asyncpg.connect(settings.database_url)
-    start_seq = (await js.stream_info(settings.stream)).state.last_seq
-    stream: list[tuple[float, int]] = []
-    applied: dict[str, list[tuple[float, int]]] = {name: [] for name in LIVE}
-    finished: dict[str, float] = {}
+) -> Callable[[], Awaitable[float]]:
+    """n events posted to ingress in bodies of `batch` (4 clients flat out, or paced at `rate` events/s)."""
     now = datetime.now(UTC).isoformat()
     bodies = [
         msgspec.json.encode({"events": [
@@ -314,6 +321,47 @@ async def follow(
         ]})
         for b in range(n // batch)
     ]  # fmt: skip
+    return lambda: post_batches(base, settings.ingest_token, bodies, events_per_body=batch, rate=rate, clients=4)
+
+
+def to_stream(
+    settings: Settings, accounts: list[tuple[str, str]], n: int, rate: float
+) -> Callable[[], Awaitable[float]]:
+    """n events published straight to the stream (as the gateway publishes usage), paced at `rate`
+    events/s: a chunk every 10 ms, each chunk's publish not waiting for the one before."""
+    usage = usage_events(n, len(accounts), datetime.now(UTC), per_second=rate, ids=accounts)
+    chunk = max(1, round(rate / 100))
+
+    async def publish() -> float:
+        nc = await nats.connect(settings.nats_url)
+        # No limit but the pace, and time for the stream to store what a busy machine holds up
+        publisher = EventPublisher(nc, settings.stream, timeout_s=60, max_in_flight=1000 * (n // chunk + 1))
+        await publisher.start()
+        started, sent = time.perf_counter(), []
+        for i in range(0, n, chunk):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent.append(asyncio.create_task(publisher.publish(usage[i : i + chunk])))
+        await asyncio.gather(*sent)
+        elapsed = time.perf_counter() - started
+        await nc.close()
+        return elapsed
+
+    return publish
+
+
+async def follow(settings: Settings, n: int, ingest: Callable[[], Awaitable[float]]) -> dict[str, dict[str, float]]:
+    """Ingest n events and follow each projection until it applied them all: its events/s (n / seconds
+    from the start of ingest until applied) and its lag (from the time the stream held an event to
+    the time the projection's checkpoints passed it)."""
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    pg = await asyncpg.connect(settings.database_url)
+    start_seq = (await js.stream_info(settings.stream)).state.last_seq
+    stream: list[tuple[float, int]] = []
+    applied: dict[str, list[tuple[float, int]]] = {name: [] for name in LIVE}
+    finished: dict[str, float] = {}
     done = asyncio.Event()
 
     async def sample() -> None:
@@ -328,7 +376,7 @@ async def follow(
 
     sampler = asyncio.create_task(sample())
     started = time.perf_counter()
-    ingest_s = await post_batches(base, settings.ingest_token, bodies, events_per_body=batch, rate=rate, clients=4)
+    ingest_s = await ingest()
     end_seq = (await js.stream_info(settings.stream)).state.last_seq
     while len(finished) < len(LIVE):
         consumers = await js.consumers_info(settings.stream)
@@ -356,38 +404,44 @@ async def follow(
 async def live(
     args: argparse.Namespace, work: Path, settings: Settings, floor: Rate, servers: Callable[[], dict[str, list[int]]]
 ) -> None:
-    """The four services following ingest through ingress, with everything on this machine's cores."""
+    """The four services following ingest, through ingress flat out and straight to the stream paced,
+    with everything on this machine's cores."""
 
     env = {**settings_environ(settings), "FLOWPLAN_LOG_LEVEL": "WARNING"}
     services = [ServiceProcess(name, env, getattr(settings, f"{name}_port"), work) for name in ("ingress", *LIVE)]
+    rates = [float(x) for x in str(args.stream_rates).split(",") if x.strip()]
+    runs: list[tuple[str, int, dict[str, dict[str, float]], dict[str, float], float]] = []
     try:
         for service in services:
             service.start()
         base = f"http://127.0.0.1:{settings.ingress_port}"
         accounts = await create_accounts(base, settings.admin_token, args.accounts)
         groups = {s.name: [s.process.pid] for s in services if s.process} | servers() | {"bench": [os.getpid()]}
-        before, wall = cpu_of(groups), time.perf_counter()
-        flat = await follow(base, settings, accounts, args.events, args.batch, None)
-        after, wall = cpu_of(groups), time.perf_counter() - wall
-        paced = await follow(base, settings, accounts, args.events // 2, args.batch // 4, args.paced_rate)
+        ingests = [("through ingress, flat out", args.events,
+                    through_ingress(base, settings, accounts, args.events, args.batch, None))]  # fmt: skip
+        for rate in rates:
+            n = int(rate * args.stream_seconds)
+            ingests.append(
+                (f"straight to the stream, paced at {rate:,.0f}/s", n, to_stream(settings, accounts, n, rate))
+            )
+        for label, n, ingest in ingests:
+            before, wall = cpu_of(groups), time.perf_counter()
+            result = await follow(settings, n, ingest)
+            after, wall = cpu_of(groups), time.perf_counter() - wall
+            runs.append((label, n, result, {name: after[name] - before[name] for name in groups}, wall))
     finally:
         for service in services:
             service.stop()
-    cpu = {name: (after[name] - before[name]) / wall for name in groups}
     print(f"\nlive projections (ingress, {', '.join(LIVE)}, nats-server and Postgres on the same cores):")
-    for label, run_ in (
-        (f"flat out, ingest {flat['ingest']['eps']:,.0f} events/s", flat),
-        (f"paced at {args.paced_rate:,}/s, ingest {paced['ingest']['eps']:,.0f} events/s", paced),
-    ):
-        print(f"  {label}:")
+    for label, n, result, cpu, wall in runs:
+        print(f"  {label}: {n:,} events, ingest {result['ingest']['eps']:,.0f} events/s")
         for name in LIVE:
-            r = run_[name]
+            r = result[name]
             print(f"    {name:<8} {r['eps']:>8,.0f} events/s ({r['eps'] / floor.eps:>4.0%} of bare insert)"
                   f"  lag p50 {r['p50'] * 1000:>6,.0f} ms, p99 {r['p99'] * 1000:>6,.0f} ms")  # fmt: skip
+        print(f"    cores used (of {os.cpu_count()}): " + ", ".join(f"{k} {v / wall:.2f}" for k, v in cpu.items()))
+        print("    CPU per event: " + ", ".join(f"{k} {v / n * 1e6:.0f} µs" for k, v in cpu.items()))
     print("  targets: paced lag p99 < 1 s; flat out >= 50% of the bare insert")
-    print(f"  cores used flat out (of {os.cpu_count()}): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
-    per_event = {name: (after[name] - before[name]) / args.events * 1e6 for name in groups if name != "bench"}
-    print("  CPU per event flat out: " + ", ".join(f"{k} {v:.0f} µs" for k, v in per_event.items()))
 
 
 async def run(
@@ -439,7 +493,7 @@ async def trickle(
             await asyncio.sleep(2)  # the accounts applied everywhere before the measured events
             groups = {s.name: [s.process.pid] for s in services if s.process} | servers()
             before = cpu_of(groups)
-            result = await follow(base, settings, accounts, n, 1, args.trickle_rate)
+            result = await follow(settings, n, through_ingress(base, settings, accounts, n, 1, args.trickle_rate))
             after = cpu_of(groups)
         finally:
             for service in services:

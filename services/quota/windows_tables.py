@@ -4,27 +4,31 @@ recounted after a plan change cut the periods differently. The projection (proje
 these inside its batch transaction."""
 
 from collections import defaultdict
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import asyncpg
 
+from libs.pricing.catalog import FREE
 from proto.v1 import UsageRecorded
 from services.quota.domain.admission import AccountQuota
-from services.quota.domain.periods import Segment, period_at
+from services.quota.domain.periods import Segment, period_at, segment_at
 from services.quota.domain.windows import CHAINS, ChainKind, Usage, Window, WindowKind, add_usages, chain
 
 
 class CachedPeriod(NamedTuple):
-    """An account's latest monthly period, and the plan history it was cut from."""
+    """An account's latest monthly period, the plan history it was cut from, and the segment of that
+    history in force all through it (a period ends where a new plan begins)."""
 
     start: datetime
     end: datetime
-    segments: Sequence[Segment]
+    segments: tuple[Segment, ...]
+    segment: Segment
 
 
-NO_PERIOD = CachedPeriod(datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC), ())
+_NEVER = datetime.max.replace(tzinfo=UTC)
+NO_PERIOD = CachedPeriod(_NEVER, datetime.min.replace(tzinfo=UTC), (), Segment(_NEVER, FREE, _NEVER, ""))
+"""No time falls in it: the first event of an account not kept works its period out."""
 PERIODS_KEPT = 20_000
 """Accounts whose latest period is kept between batches: most batches' calls fall in it, and working
 it out again (period_at: a bisect and three month additions) was a fifth of quota's apply. Bounded,
@@ -72,12 +76,12 @@ class WindowTables:
         Memory holds each chain's latest window, which is all of the chain's suffix unless a call
         falls before that window's start (a late call): only then are the earlier windows read."""
         late: dict[str, datetime] = {}
+        opened: dict[str, tuple[Window | None, Window | None]] = {}  # the latest 5-hour and weekly, unpacked once
         for account_id, events in counted.items():
             events.sort(key=lambda e: (e.occurred_at, e.event_id))
             account, first = pending[account_id], events[0].occurred_at
-            if (account.window_5h is not None and first < account.window_5h.start) or (
-                account.weekly is not None and first < account.weekly.start
-            ):
+            window_5h, weekly = opened[account_id] = account.window_5h, account.weekly
+            if (window_5h is not None and first < window_5h.start) or (weekly is not None and first < weekly.start):
                 late[account_id] = first
         suffixes = await self._load_suffixes(conn, late) if late else {}
         upserts: list[tuple[str, WindowKind, Window]] = []
@@ -85,14 +89,14 @@ class WindowTables:
         for account_id, events in counted.items():
             account = pending[account_id]
             first, last = events[0].occurred_at, events[-1].occurred_at
+            flows = sum(e.flows_micros for e in events)
             usages: list[Usage] | None = None
             for kind, duration in CHAINS.items():
                 if account_id in late:
                     loaded = suffixes.get((account_id, kind), [])
                 else:
-                    latest = account.window_5h if kind == "5h" else account.weekly
+                    latest = opened[account_id][0 if kind == "5h" else 1]
                     if latest is not None and last < latest.end:  # all in the open window: most batches
-                        flows = sum(e.flows_micros for e in events)
                         if flows:
                             latest = Window(latest.start, latest.end, latest.flows + flows)
                             upserts.append((account_id, kind, latest))
@@ -116,19 +120,25 @@ class WindowTables:
                         account.window_5h = latest
                     else:
                         account.weekly = latest
+            segments = account.segments
             period = self._periods.get(account_id, NO_PERIOD)
-            if period.segments != account.segments:  # a plan change: the periods may be cut differently
+            if period.segments != segments:  # a plan change: the periods may be cut differently
                 period = NO_PERIOD
+            added: dict[datetime, int] = defaultdict(int)  # to the account's months, by period start
             for event in events:  # in time order: most fall in the period of the one before
                 at = event.occurred_at
                 if not period.start <= at < period.end:
-                    period = CachedPeriod(*period_at(account.segments, at), list(account.segments))
+                    segment = segments[segment_at(segments, at)]
+                    period = CachedPeriod(*period_at(segments, at), segments, segment)
                     if len(self._periods) >= PERIODS_KEPT:
                         self._periods.clear()
                     self._periods[account_id] = period
                 months[(account_id, period.start, period.end)] += event.flows_micros
-                account.months[period.start] = account.months.get(period.start, 0) + event.flows_micros
-                consumed[(event.model, account.plan_at(at))] += event.flows_micros
+                added[period.start] += event.flows_micros
+                consumed[(event.model, period.segment.plan_at(at))] += event.flows_micros
+            totals = account.months
+            for start, flows_micros in added.items():
+                totals[start] = totals.get(start, 0) + flows_micros
         upserts += [(a, "month", Window(start, end, flows)) for (a, start, end), flows in months.items()]
         await conn.execute(  # rows of the table's own type, in its column order: see projection.py's usage
             f"""INSERT INTO {self.schema}.windows AS w SELECT * FROM unnest($1::{self.schema}.windows[])

@@ -39,7 +39,9 @@ from services.ingress.directory import Directory
 from services.ingress.projection import IngressProjection
 from services.keys.projection import KeysProjection
 from services.keys.registry import KeyRegistry
+from services.quota import windows_tables
 from services.quota.app import fill_partitions
+from services.quota.domain.periods import period_at
 from services.quota.domain.windows import FIVE_HOURS
 from services.quota.projection import QuotaProjection, UnknownAccount
 from services.quota.state import QuotaState
@@ -496,6 +498,27 @@ async def test_billing_counts_a_batch_of_usage_once_with_one_statement(pool: asy
     async with pool.acquire() as conn, conn.transaction():
         await projection._count_usage(conn, [payg, again, again, usage(a, clock)], spend)
     assert dict(spend) == {"openai/gpt-5-mini": 70_000}  # `payg` was counted in the batch before
+
+
+async def test_quota_works_an_accounts_period_out_once_for_batches_in_it(
+    pool: asyncpg.Pool, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kept period serves every later batch that falls in it: working a period out (period_at, a
+    bisect and three month additions) was a fifth of quota's apply, once per account and batch while
+    the kept one was never found equal (a list of the plan history compared with its tuple)."""
+    worked_out: list[datetime] = []
+
+    def counted(segments: Any, when: datetime) -> Any:
+        worked_out.append(when)
+        return period_at(segments, when)
+
+    monkeypatch.setattr(windows_tables, "period_at", counted)
+    feed, account = Feed(pool, QuotaProjection(QuotaState(RATE, clock=clock))), ids()
+    await feed.apply(created(account, clock))
+    for _ in range(3):
+        clock.advance(timedelta(hours=1))
+        await feed.apply(usage(account, clock))
+    assert len(worked_out) == 1
 
 
 async def test_quota_calls_after_a_plan_change_count_in_the_new_period(pool: asyncpg.Pool, clock: ManualClock) -> None:

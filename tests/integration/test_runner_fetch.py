@@ -1,7 +1,8 @@
 """The projection runner's fetch against a real nats-server (issue 14: projections that keep up): a
 batch already delivered to the subscription's queue is taken without a wait per message (nats-py's
 own next_msg starts two tasks per message), every message in log order, and an empty consumer still
-times out as before; a trickle of events is applied several to a transaction."""
+times out as before; the events' headers are not parsed unless one is read (the traceparent), while
+another subscription of the connection still gets them; a trickle of events is applied several to a transaction."""
 
 import asyncio
 import uuid
@@ -13,7 +14,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js import api
 
-from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner, take_queued_first
+from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner, skip_unread_headers, take_queued_first
 from libs.eventlog.subjects import partition_for
 from libs.localservers import LocalNats
 from libs.settings import Settings
@@ -50,6 +51,36 @@ async def test_a_fetch_takes_the_queued_messages_of_a_batch_without_waiting_for_
             await sub.fetch(10, timeout=0.5)
     finally:
         await js.delete_stream("RUNNER_FETCH")
+        await nc.close()
+
+
+async def test_a_runners_fetch_parses_only_the_headers_it_reads(nats_server: LocalNats) -> None:
+    """Every event of the log carries a Nats-Msg-Id, which nats-py parses in Python for every message
+    and the runner never reads: its subscription gets the events without parsed headers, except one
+    that carries the header still read (the traceparent, when tracing). The end of a fetch, a status
+    message, still ends it; another subscription of the same connection still gets every header."""
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await js.add_stream(api.StreamConfig(name="RUNNER_HEADERS", subjects=["runner_headers.>"]))
+    watched = await nc.subscribe("runner_headers.>")
+    traced = {"Nats-Msg-Id": "e-1", "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+    for i, headers in enumerate([{"Nats-Msg-Id": "e-0"}, traced, {"Nats-Msg-Id": "e-2"}]):
+        await js.publish(f"runner_headers.{i}", str(i).encode(), headers=headers)
+    config = api.ConsumerConfig(durable_name="c", ack_policy=api.AckPolicy.ALL, max_ack_pending=1000)
+    await js.add_consumer("RUNNER_HEADERS", config=config)
+    sub = await js.pull_subscribe_bind(durable="c", stream="RUNNER_HEADERS")
+    skip_unread_headers(sub, unless=b"traceparent")
+    try:
+        msgs = await sub.fetch(10, timeout=1)
+        assert [int(m.data) for m in msgs] == [0, 1, 2]
+        assert [m.headers for m in msgs] == [None, traced, None]
+        await msgs[-1].ack()
+        with pytest.raises(TimeoutError):
+            await sub.fetch(10, timeout=0.5)
+        seen = [(await watched.next_msg(1)).headers for _ in range(3)]
+        assert seen == [{"Nats-Msg-Id": "e-0"}, traced, {"Nats-Msg-Id": "e-2"}]
+    finally:
+        await js.delete_stream("RUNNER_HEADERS")
         await nc.close()
 
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from fractions import Fraction
 from typing import NamedTuple
 
-from libs.pricing.catalog import FREE, Model, Plan
+from libs.pricing.catalog import Model, Plan
 from libs.pricing.flows import Versioned
 from libs.pricing.money import round_half_up_ratio
 from libs.pricing.multipliers import NEVER_INSIDER, InsiderHistory, unchanged_multiplier
@@ -139,10 +139,7 @@ class AccountQuota:
         self.insider = changed
 
     def plan_at(self, when: datetime) -> str:
-        segment = self.segments[segment_at(self.segments, when)]
-        if segment.paid_until is not None and when >= segment.paid_until:
-            return FREE  # the paid period ended unpaid
-        return segment.plan
+        return self.segments[segment_at(self.segments, when)].plan_at(when)
 
 
 class Limits(NamedTuple):

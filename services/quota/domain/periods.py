@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from libs.months import add_months
+from libs.pricing.catalog import FREE
 
 
 class Segment(NamedTuple):
@@ -18,6 +19,12 @@ class Segment(NamedTuple):
     anchor: datetime
     event_id: str
     paid_until: datetime | None = None
+
+    def plan_at(self, when: datetime) -> str:
+        """The plan in force at `when`, a time this segment is in force at."""
+        if self.paid_until is not None and when >= self.paid_until:
+            return FREE  # the paid period ended unpaid
+        return self.plan
 
 
 class Period(NamedTuple):
