@@ -156,8 +156,8 @@ async def closed(nc: Client, subject: str, requests: list[QuotaCheck], concurren
     async def worker() -> None:
         nonlocal count
         while time.perf_counter() < stop_at:
-            count += 1
-            await one(requests[count % len(requests)])
+            count += 1  # a reservation of its own, as each call has: none replaces an earlier one
+            await one(msgspec.structs.replace(requests[count % len(requests)], reservation_id=uuid.uuid4().hex))
 
     cpu0, client0, started = cpu_of(watch), time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
