@@ -5,7 +5,8 @@ Measures, side by side:
   * bare asyncpg batched INSERT (unnest, one transaction per 1,000 rows): the floor of projection
   * ingest: batched POST /v1/usage until JetStream acked, events/s
   * projection: events/s applied to Postgres while ingest runs, and its lag (p50/p99)
-  * quota.check round trips: p50/p99 at a fixed 2,000 checks/s, and the closed-loop maximum
+  * quota.check round trips: one at a time, paced at 2,000 and 5,000 checks/s beside the floor of the same
+    client against an echo responder, and the closed-loop maximum (bench/paced.py)
 
 Every server is started here, on free ports, with durable settings (fsync on).
 `--part gateway` (or `all`, the default) also measures the gateway: see bench/gateway.py.
@@ -15,12 +16,15 @@ Every server is started here, on free ports, with durable settings (fsync on).
 
 import argparse
 import asyncio
+import json
 import os
+import subprocess
 import sys
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -36,11 +40,11 @@ from bench import scale as bench_scale
 from bench import work_dir
 from bench.gateway import postgres_pids
 from bench.ingest import post_batches
-from bench.procstat import cpu_of, cpu_seconds, pct, system_seconds
+from bench.procstat import cpu_of, pct
 from libs.localservers import LocalNats, LocalPostgres, free_port
 from libs.settings import Settings, load_settings, settings_environ
 from libs.setup import set_up
-from proto.v1 import QuotaCheck, QuotaDecision, ReleaseReservation, encode, subjects
+from proto.v1 import subjects
 from tests.stack import ServiceProcess
 
 CHECK_TIMEOUT_S = 5.0
@@ -200,84 +204,41 @@ async def ingest_and_project(
     }
 
 
+class Echo:
+    """bench.paced's echo responder (a child process): the floor of the paced client, on the same
+    nats-server, in the same run."""
+
+    SUBJECT = "bench.echo"
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "Echo":
+        command = [sys.executable, "-m", "bench.paced", "echo", "--url", self._url, "--subject", self.SUBJECT]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.process.stdout is not None
+        self.process.stdout.readline()  # "ready": subscribed
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        self.process.stdin.close()  # its signal to stop
+        self.process.wait(timeout=15)
+
+
 async def quota_checks(
-    url: str,
-    accounts: list[str],
-    rate: int,
-    seconds: float,
-    billing_mode: str = "subscription",
-    quota_pid: int = 0,
-    *,
-    ended: bool = False,
-) -> dict[str, float]:
-    """ended=False: every admitted check's reservation is left for quota's sweep to end (no heartbeat,
-    no usage: as after a gateway died). ended=True: each call ends at once without usage, released as
-    a gateway does when its upstream fails, so reservations end as calls' do, not by the sweep."""
-    nc = await nats.connect(url)
-    latencies: list[float] = []
-    timeouts: list[int] = []
-    admitted = 0
-
-    async def one(account_id: str) -> None:
-        nonlocal admitted
-        check = QuotaCheck(
-            account_id=account_id,
-            reservation_id=uuid.uuid4().hex,
-            model="deepseek/deepseek-chat",
-            estimated_flows_micros=1,
-            billing_mode=billing_mode,  # type: ignore[arg-type]
-        )
-        request = encode(check)
-        t = time.perf_counter()
-        try:
-            reply = await nc.request(subjects.QUOTA_CHECK, request, timeout=CHECK_TIMEOUT_S)
-        except nats.errors.TimeoutError:  # counted, and in the percentiles as the timeout: quota fell behind
-            timeouts.append(1)
-            latencies.append(CHECK_TIMEOUT_S)
-            return
-        latencies.append(time.perf_counter() - t)
-        decision = msgspec.json.decode(reply.data, type=QuotaDecision)
-        admitted += decision.admitted
-        if ended and decision.admitted:
-            release = ReleaseReservation(account_id=check.account_id, reservation_id=check.reservation_id)
-            await nc.publish(subjects.QUOTA_RELEASE, encode(release))
-
-    # Open loop at a fixed rate: a request every 1/rate s, whether or not earlier ones returned.
-    tasks = []
-    started = time.perf_counter()
-    total = int(rate * seconds)
-    for i in range(total):
-        target = started + i / rate
-        delay = target - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(accounts[i % len(accounts)])))
-    sent = total / (time.perf_counter() - started)
-    await asyncio.gather(*tasks)
-    fixed = {
-        "p50_ms": pct(latencies, 0.5) * 1000,
-        "p99_ms": pct(latencies, 0.99) * 1000,
-        "achieved": sent,
-        "timeouts": len(timeouts),
-    }
-    # Closed loop: 32 clients back to back, for the maximum.
-    count = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def client(k: int) -> None:
-        nonlocal count
-        while time.perf_counter() < stop_at:
-            await one(accounts[(k * 7919 + count) % len(accounts)])
-            count += 1
-
-    t0, cpu0, sys0 = time.perf_counter(), cpu_seconds(quota_pid), system_seconds(quota_pid)
-    await asyncio.gather(*(client(k) for k in range(32)))
-    fixed["max_per_s"] = (count - len(timeouts) + fixed["timeouts"]) / (time.perf_counter() - t0)
-    fixed["cpu_us"] = (cpu_seconds(quota_pid) - cpu0) / (count or 1) * 1e6  # quota's CPU per check
-    fixed["system_us"] = (system_seconds(quota_pid) - sys0) / (count or 1) * 1e6  # of which in the kernel
-    fixed["admitted"] = admitted / (len(latencies) or 1)
-    await nc.close()
-    return fixed
+    url: str, accounts: list[str], mode: list[str], watch: dict[str, list[int]], subject: str = subjects.QUOTA_CHECK
+) -> dict[str, Any]:
+    """One run of bench.paced (`mode`: e.g. ["paced", "--rate", "5000"], ["closed", "--concurrency", "1"]) in
+    its own process: its figures, and the CPU per check of the processes in `watch`."""
+    command = [sys.executable, "-m", "bench.paced", *mode, "--url", url, "--subject", subject]
+    child = await asyncio.create_subprocess_exec(*command, "--watch", json.dumps(watch), stdin=subprocess.PIPE,
+                                                 stdout=subprocess.PIPE)  # fmt: skip
+    out, _ = await child.communicate(json.dumps(accounts).encode())
+    if child.returncode != 0:
+        raise RuntimeError(f"bench.paced exited with {child.returncode}")
+    return dict(json.loads(out))
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -394,48 +355,82 @@ async def core(
             rows += await ingest_rows(args, base, settings, accounts, nats_server, postgres, ingress, quota,
                                       publish_eps, insert_eps)  # fmt: skip
         rates = [int(r) for r in str(args.check_rates).split(",") if r.strip()]
-        assert quota.process is not None
-        pid = quota.process.pid
-        # First the calls that end (nothing left for the sweep), then those left to it: the sweep of the
-        # second kind's tens of thousands of reservations would weigh on the first's figures.
-        ended = {rate: await quota_checks(settings.nats_url, accounts, rate, args.check_seconds, quota_pid=pid,
-                                          ended=True) for rate in rates}  # fmt: skip
-        checks = {rate: await quota_checks(settings.nats_url, accounts, rate, args.check_seconds, quota_pid=pid)
-                  for rate in rates}  # fmt: skip
+        assert quota.process is not None and nats_server.process is not None
+        url, seconds = settings.nats_url, str(args.check_seconds)
+        served = {"quota": [quota.process.pid], "nats-server": [nats_server.process.pid]}
+        with Echo(url) as echo:
+            assert echo.process is not None
+            echoed = {"echo": [echo.process.pid], "nats-server": [nats_server.process.pid]}
+
+            async def floor(mode: list[str]) -> dict[str, Any]:
+                return await quota_checks(url, accounts, mode, echoed, Echo.SUBJECT)
+
+            # One at a time, then paced with every call ended (nothing left for quota's sweep), then paced
+            # with the calls left to the sweep: its tens of thousands of reservations would weigh on the rest.
+            one = ["closed", "--concurrency", "1", "--seconds", seconds]
+            floors: dict[int | str, dict[str, Any]] = {"one": await floor(one)}
+            ended: dict[int | str, dict[str, Any]] = {"one": await quota_checks(url, accounts, [*one, "--ended"],
+                                                                                 served)}  # fmt: skip
+            for rate in rates:
+                paced = ["paced", "--rate", str(rate), "--seconds", seconds]
+                floors[rate] = await floor(paced)
+                ended[rate] = await quota_checks(url, accounts, [*paced, "--ended"], served)
+            checks: dict[int | str, dict[str, Any]] = {}
+            for rate in rates:
+                checks[rate] = await quota_checks(url, accounts, ["paced", "--rate", str(rate), "--seconds", seconds],
+                                                  served)  # fmt: skip
+            closed = ["closed", "--concurrency", "32", "--seconds", seconds]
+            floors["closed"], checks["closed"] = await floor(closed), await quota_checks(url, accounts, closed, served)
         payg_accounts = accounts[:100]
         billing.start()  # only now: the ingest and projection figures above are ingress and quota alone
         await top_up_accounts(base, settings.admin_token, payg_accounts)
         billing.stop()
-        payg = {
-            rate: await quota_checks(settings.nats_url, payg_accounts, rate, args.check_seconds, "payg", pid)
+        payg: dict[int | str, dict[str, Any]] = {
+            rate: await quota_checks(url, payg_accounts, ["paced", "--rate", str(rate), "--seconds", seconds,
+                                                          "--billing-mode", "payg"], served)
             for rate in rates
-        }
+        }  # fmt: skip
+        payg["closed"] = await quota_checks(url, payg_accounts, [*closed, "--billing-mode", "payg"], served)
     finally:
         ingress.stop()
         keys.stop()
         billing.stop()
         quota.stop()
 
-    for rate in rates:
-        sub, pg = checks[rate], payg[rate]
-        rows += [
-            (f"quota.check at {rate:,}/s (paced)", f"p50 {sub['p50_ms']:.2f} ms, p99 {sub['p99_ms']:.2f} ms",
-             f"sent {sub['achieved']:,.0f}/s, {sub['timeouts']:,.0f} timed out", "target p99 < 2 ms"),
-            (f"PAYG quota.check at {rate:,}/s (paced)", f"p50 {pg['p50_ms']:.2f} ms, p99 {pg['p99_ms']:.2f} ms",
-             f"p99 {pg['p99_ms'] / sub['p99_ms']:.2f}x subscription's, sent {pg['achieved']:,.0f}/s, "
-             f"{pg['timeouts']:,.0f} timed out",
-             "target p99 < 2 ms, <= 1.2x"),
-            (f"quota.check at {rate:,}/s, calls ended", f"p50 {ended[rate]['p50_ms']:.2f} ms, "
-             f"p99 {ended[rate]['p99_ms']:.2f} ms",
-             f"sent {ended[rate]['achieved']:,.0f}/s, each admitted call released", "reservations end as calls do"),
-        ]  # fmt: skip
-    sub, pg = checks[rates[0]], payg[rates[0]]
+    def latency(result: dict[str, Any]) -> str:
+        return f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms"
+
+    def cpu(result: dict[str, Any], server: str) -> str:
+        us = result["cpu_us"]
+        return f"CPU/check {server} {us[server]:,.0f} us, nats-server {us['nats-server']:,.0f} us"
+
+    def sent(result: dict[str, Any]) -> str:
+        return (f"sent {result['achieved']:,.0f}/s, {result['timeouts']:,.0f} timed out, from send p99 "
+                f"{result['send_p99_ms']:.2f} ms, client late <= {result['late_max_ms']:.1f} ms")  # fmt: skip
+
+    one_floor, one_quota = floors["one"], ended["one"]
     rows += [
-        ("quota.check closed loop (32 clients)", f"{sub['max_per_s']:,.0f} checks/s", f"{sub['admitted']:.0%} admitted",
-         f"quota CPU {sub['cpu_us']:,.0f} us/check, {sub['system_us']:,.0f} of it system"),
-        ("PAYG quota.check closed loop", f"{pg['max_per_s']:,.0f} checks/s",
-         f"{pg['admitted']:.0%} admitted, {pg['max_per_s'] / sub['max_per_s']:.2f}x subscription's rate",
-         f"quota CPU {pg['cpu_us']:,.0f} us/check, {pg['system_us']:,.0f} of it system"),
+        ("floor: echo, one at a time", latency(one_floor), f"{one_floor['per_s']:,.0f}/s", cpu(one_floor, "echo")),
+        ("quota.check one at a time, calls ended", latency(one_quota), f"{one_quota['per_s']:,.0f}/s",
+         cpu(one_quota, "quota")),
+    ]  # fmt: skip
+    for rate in rates:
+        sub, pg, end, floor_ = checks[rate], payg[rate], ended[rate], floors[rate]
+        rows += [
+            (f"floor: echo at {rate:,}/s (paced)", latency(floor_), sent(floor_), cpu(floor_, "echo")),
+            (f"quota.check at {rate:,}/s, calls ended", latency(end), sent(end), cpu(end, "quota")),
+            (f"quota.check at {rate:,}/s (paced)", latency(sub), sent(sub), cpu(sub, "quota") + ", target p99 < 2 ms"),
+            (f"PAYG quota.check at {rate:,}/s (paced)", latency(pg),
+             f"p99 {pg['p99_ms'] / sub['p99_ms']:.2f}x subscription's, " + sent(pg),
+             cpu(pg, "quota") + ", target p99 < 2 ms, <= 1.2x"),
+        ]  # fmt: skip
+    echo_loop, sub, pg = floors["closed"], checks["closed"], payg["closed"]
+    rows += [
+        ("floor: echo, closed loop (32 clients)", f"{echo_loop['per_s']:,.0f} checks/s", "", cpu(echo_loop, "echo")),
+        ("quota.check closed loop (32 clients)", f"{sub['per_s']:,.0f} checks/s", f"{sub['admitted']:.0%} admitted",
+         cpu(sub, "quota")),
+        ("PAYG quota.check closed loop", f"{pg['per_s']:,.0f} checks/s",
+         f"{pg['admitted']:.0%} admitted, {pg['per_s'] / sub['per_s']:.2f}x subscription's rate", cpu(pg, "quota")),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     print()

@@ -23,7 +23,9 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-def run_service(factory: Callable[[Settings], Service]) -> None:
+def run_service(
+    factory: Callable[[Settings], Service], *, young_collection_every: int = YOUNG_COLLECTION_EVERY
+) -> None:
     try:
         settings = load_settings()
         check_exposure(settings)
@@ -34,7 +36,7 @@ def run_service(factory: Callable[[Settings], Service]) -> None:
     async def serve(settings: Settings) -> None:
         service = factory(settings)
         await service.start()
-        settle_heap()
+        settle_heap(young_collection_every)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -45,7 +47,7 @@ def run_service(factory: Callable[[Settings], Service]) -> None:
     uvloop.run(serve(settings))
 
 
-def settle_heap() -> None:
+def settle_heap(young_collection_every: int = YOUNG_COLLECTION_EVERY) -> None:
     """Python's cycle collector, left as it is, took about a tenth of the gateway's CPU under load
     (40 µs a call; the bench's alternation, docs/performance.md) and found nothing to free: in a
     3-second window at full load no call left one object in a reference cycle. Its cost was walking
@@ -53,9 +55,11 @@ def settle_heap() -> None:
     walking everything the service built at start. So what start built is frozen out of collection,
     and the youngest generation is collected 70 times less often; cycles made on error paths
     (an exception's traceback) are still collected. No full collection first: quota's state at a
-    million accounts is millions of objects (0.1 s a walk), more than start-up's little garbage is worth."""
+    million accounts is millions of objects (0.1 s a walk), more than start-up's little garbage is worth.
+    A collection walks every young object still alive, so the rarer it is the longer it stops the
+    loop: a responder whose every reply counts (quota) collects more often, in shorter pauses."""
     gc.freeze()
-    gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 50)
+    gc.set_threshold(young_collection_every, 20, 50)
 
 
 def fatal_on_error(task: "asyncio.Task[None]") -> None:

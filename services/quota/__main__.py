@@ -1,4 +1,4 @@
 from libs.service import run_service
-from services.quota.app import QuotaService
+from services.quota.app import YOUNG_COLLECTION_EVERY, QuotaService
 
-run_service(QuotaService)
+run_service(QuotaService, young_collection_every=YOUNG_COLLECTION_EVERY)

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import lru_cache
 
 import asyncpg
 import msgspec
@@ -55,6 +56,15 @@ log = logging.getLogger(__name__)
 LEASE_S = 3.0
 """The partition lease: a killed owner's partitions are free this long after its last renewal."""
 CHECK_S = 0.1
+
+
+@lru_cache(maxsize=1 << 16)
+def _partition_for(account_id: str, partitions: int) -> int:
+    """FNV-1a over the account id in Python costs 3.6 µs a call, asked once per quota.check on its
+    partition's subject, twice on the plain one, and once per release and per call a heartbeat lists;
+    a hit costs 0.1 µs. The accounts calling now come again and again: a bounded cache, not an
+    entry for every account ever seen."""
+    return log_subjects.partition_for(account_id, partitions)
 
 
 class FlowRates:
@@ -116,7 +126,7 @@ class QuotaPartitions:
         """Seconds from acquiring each partition to admitting for it (the last take-over of each)."""
 
     def partition_of(self, account_id: str) -> int:
-        return log_subjects.partition_for(account_id, self.partitions)
+        return _partition_for(account_id, self.partitions)
 
     def ready_for(self, account_id: str) -> bool:
         """This instance owns the account's partition and has rebuilt its state: it may admit."""

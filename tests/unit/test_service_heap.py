@@ -69,3 +69,19 @@ def test_a_rebuild_keeps_what_the_service_froze() -> None:
             pass
         assert gc.get_freeze_count() == 0 and gc.get_threshold() == (700, 10, 10)
     """)
+
+
+def test_quota_collects_its_young_generation_often_in_short_pauses() -> None:
+    _run("""
+        import gc, runpy
+        import libs.service
+
+        options = {}
+        libs.service.run_service = lambda factory, **given: options.update(given)  # its entry point, not run
+        runpy.run_module("services.quota", run_name="__main__")
+        libs.service.settle_heap(**options)
+        assert gc.get_threshold()[0] <= 1_000, gc.get_threshold()
+        young = gc.get_stats()[0]["collections"]
+        in_flight = [[i] for i in range(20_000)]  # 20,000 objects alive: each collection walks those young
+        assert gc.get_stats()[0]["collections"] - young >= 20
+    """)
