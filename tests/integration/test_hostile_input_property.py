@@ -14,6 +14,7 @@ import json
 import uuid
 from datetime import UTC
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -41,7 +42,9 @@ pytestmark = pytest.mark.connected
 
 def public_routes(api: type[IngressApi] | type[GatewayApi]) -> list[tuple[str, str]]:
     app = web.Application()
-    api.__new__(api).routes(app)  # registering routes needs no connections
+    instance = api.__new__(api)  # registering routes needs no connections, nor a pipeline to run calls
+    instance.pipeline = SimpleNamespace(run=lambda request, client: None)  # type: ignore[union-attr]
+    instance.routes(app)
     return sorted({(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource})
 
 
