@@ -1,10 +1,11 @@
 """One replay of one projection, run inside the service that owns it.
 
-1. Empty copies of the projection's tables in a fresh schema (<schema>_rebuild).
+1. Empty copies of the projection's tables in a fresh schema (<schema>_rebuild), unlogged.
 2. The log, partition by partition, into them with the service's own projection code (a
    second instance with memory of its own), in big transactions without synchronous commit.
    Each partition is read no further than the live projection's checkpoint, so the rebuild
-   never overtakes it; this repeats while the live projection moves on.
+   never overtakes it; this repeats while the live projection moves on. Then the copies are
+   made logged, in bulk.
 3. Caught up: the live runner is paused between batches (on every instance of the service that
    projects: instances.py), the rebuild applies exactly up to the live checkpoints, and both are
    equal by construction or by bug. The checkpoints' fences (the live writers' lease revisions,
@@ -190,6 +191,8 @@ class Rebuild:
             self._readers.append(reader)
             await reader.start(self.request.from_seq)
         await self._follow_live()
+        async with self._pool.acquire() as conn:
+            await tables.set_logged(conn, self._schema, self.projection.tables)
         self.rebuild_seconds = time.monotonic() - self.started
         if self.request.verify:
             await self._verify()
