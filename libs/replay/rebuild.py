@@ -1,12 +1,12 @@
 """One replay of one projection, run inside the service that owns it.
 
-1. Empty copies of the projection's tables in a fresh schema (<schema>_rebuild), unlogged and
-   with only the indexes that writing them needs (tables.py).
+1. Empty copies of the projection's tables in a fresh schema (<schema>_rebuild), with only the
+   indexes that writing them needs (tables.py).
 2. The log, partition by partition, into them with the service's own projection code (a
    second instance with memory of its own), in big transactions without synchronous commit.
    Each partition is read no further than the live projection's checkpoint, so the rebuild
-   never overtakes it; this repeats while the live projection moves on. Then the copies are
-   made logged, in bulk, and get their other indexes.
+   never overtakes it; this repeats while the live projection moves on. Then the copies get
+   their other indexes.
 3. Caught up: the live runner is paused between batches (on every instance of the service that
    projects: instances.py), the rebuild applies exactly up to the live checkpoints, and both are
    equal by construction or by bug. The checkpoints' fences (the live writers' lease revisions,
@@ -197,7 +197,6 @@ class Rebuild:
             await reader.start(self.request.from_seq)
         await self._follow_live()
         async with self._pool.acquire() as conn:
-            await tables.set_logged(conn, self._schema, live.tables)
             await tables.build_indexes(conn, live.schema, self._schema, live.tables, live.read_while_applying)
         self.rebuild_seconds = time.monotonic() - self.started
         if self.request.verify:

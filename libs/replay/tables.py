@@ -4,16 +4,14 @@ Only the tables a projection lists move; anything else in its schema stays where
 (ingress.seen_events is ingress's own write-side state, not derived from the log).
 The copies carry the live tables' columns, defaults, checks, keys, foreign keys and
 indexes under the same names, so that after a swap the next migration finds what it
-expects. They are filled unlogged (no write-ahead log for each row: a crash empties them, and a
-rebuild lost in a crash is started again) and with only the indexes that writing them needs (keys,
-unique indexes, and those the projection reads while it applies): each other index is built once
-over the filled table (build_indexes), not kept up to date row by row. Then they are made logged,
-in bulk, before they are compared and swapped in.
+expects. They are filled with only the indexes that writing them needs (keys, unique indexes, and
+those the projection reads while it applies): each other index is built once over the filled
+table (build_indexes), before the copies are compared and swapped in, not kept up to date row by
+row.
 """
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from graphlib import TopologicalSorter
 
 import asyncpg
 
@@ -40,9 +38,7 @@ async def clone_tables(
     async with conn.transaction():
         await conn.execute(f"DROP SCHEMA IF EXISTS {fresh} CASCADE; CREATE SCHEMA {fresh}")
         for table in tables:
-            await conn.execute(
-                f"CREATE UNLOGGED TABLE {fresh}.{table} (LIKE {live}.{table} INCLUDING ALL EXCLUDING INDEXES)"
-            )
+            await conn.execute(f"CREATE TABLE {fresh}.{table} (LIKE {live}.{table} INCLUDING ALL EXCLUDING INDEXES)")
         # With the live schema first on the search path, foreign keys print their target unqualified,
         # so that run with the fresh schema first they point at the fresh tables.
         await conn.execute(f"SET LOCAL search_path TO {live}")
@@ -77,23 +73,6 @@ async def _create_indexes(
         on_live, on_fresh = f" ON {live}.{row['table_name']} ", f" ON {fresh}.{row['table_name']} "
         assert on_live in row["definition"], row["definition"]
         await conn.execute(row["definition"].replace(on_live, on_fresh, 1))
-
-
-async def set_logged(conn: asyncpg.Connection, fresh: str, tables: Sequence[str]) -> None:
-    """Make the filled copies logged, as the live tables are: each one after those it references
-    (a logged table may not reference an unlogged one)."""
-    references = await conn.fetch(
-        """SELECT c.relname AS table_name, r.relname AS referenced
-           FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_class r ON r.oid = k.confrelid
-           JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = $1 AND k.contype = 'f' AND r.relnamespace = c.relnamespace""",
-        fresh,
-    )
-    order = TopologicalSorter[str]({table: set() for table in tables})
-    for row in references:
-        order.add(row["table_name"], row["referenced"])
-    for table in order.static_order():
-        await conn.execute(f"ALTER TABLE {fresh}.{table} SET LOGGED")
 
 
 async def swap_tables(conn: asyncpg.Connection, live: str, fresh: str, tables: Sequence[str]) -> str:
