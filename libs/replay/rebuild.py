@@ -1,12 +1,10 @@
 """One replay of one projection, run inside the service that owns it.
 
-1. Empty copies of the projection's tables in a fresh schema (<schema>_rebuild), with only the
-   indexes that writing them needs (tables.py).
+1. Empty copies of the projection's tables in a fresh schema (<schema>_rebuild).
 2. The log, partition by partition, into them with the service's own projection code (a
    second instance with memory of its own), in big transactions without synchronous commit.
    Each partition is read no further than the live projection's checkpoint, so the rebuild
-   never overtakes it; this repeats while the live projection moves on. Then the copies get
-   their other indexes.
+   never overtakes it; this repeats while the live projection moves on.
 3. Caught up: the live runner is paused between batches (on every instance of the service that
    projects: instances.py), the rebuild applies exactly up to the live checkpoints, and both are
    equal by construction or by bug. The checkpoints' fences (the live writers' lease revisions,
@@ -81,9 +79,6 @@ class Rebuildable(Projection, Protocol):
 
     tables: tuple[str, ...]
     """Every table apply() writes, checkpoints included: what is rebuilt, compared and swapped."""
-    read_while_applying: tuple[str, ...]
-    """The indexes (neither keys nor unique) that apply() reads through: a rebuild keeps them up to
-    date as it fills its tables, and builds the others once, over the filled tables."""
 
     def rebuilt_into(self, schema: str) -> Projection:
         """A projection of the same kind writing into `schema`, with memory of its own, empty."""
@@ -188,16 +183,13 @@ class Rebuild:
             self._database_url, min_size=1, max_size=self._partitions + 1,
             server_settings={"synchronous_commit": "off"},  # a rebuild lost in a crash is started again
         )  # fmt: skip
-        live = self.projection
         async with self._pool.acquire() as conn:
-            await tables.clone_tables(conn, live.schema, self._schema, live.tables, live.read_while_applying)
+            await tables.clone_tables(conn, self.projection.schema, self._schema, self.projection.tables)
         for partition in range(self._partitions):
             reader = PartitionReader(self._nc, self._stream, partition, self.projection.category, READ_BATCH)
             self._readers.append(reader)
             await reader.start(self.request.from_seq)
         await self._follow_live()
-        async with self._pool.acquire() as conn:
-            await tables.build_indexes(conn, live.schema, self._schema, live.tables, live.read_while_applying)
         self.rebuild_seconds = time.monotonic() - self.started
         if self.request.verify:
             await self._verify()

@@ -4,10 +4,7 @@ Only the tables a projection lists move; anything else in its schema stays where
 (ingress.seen_events is ingress's own write-side state, not derived from the log).
 The copies carry the live tables' columns, defaults, checks, keys, foreign keys and
 indexes under the same names, so that after a swap the next migration finds what it
-expects. They are filled with only the indexes that writing them needs (keys, unique indexes, and
-those the projection reads while it applies): each other index is built once over the filled
-table (build_indexes), before the copies are compared and swapped in, not kept up to date row by
-row.
+expects.
 """
 
 from collections.abc import Sequence
@@ -22,19 +19,14 @@ _CONSTRAINTS = """
     ORDER BY k.contype = 'f', c.relname, k.conname"""
 
 _INDEXES = """
-    SELECT c.relname AS table_name, pg_get_indexdef(i.indexrelid) AS definition,
-        i.indisunique OR ix.relname = any($3::text[]) AS needed
+    SELECT c.relname AS table_name, pg_get_indexdef(i.indexrelid) AS definition
     FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-    JOIN pg_class ix ON ix.oid = i.indexrelid
     WHERE n.nspname = $1 AND c.relname = any($2::text[])
       AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)"""
 
 
-async def clone_tables(
-    conn: asyncpg.Connection, live: str, fresh: str, tables: Sequence[str], read_while_applying: Sequence[str]
-) -> None:
-    """(Re)create `fresh` holding empty copies of the live tables, without the indexes that
-    build_indexes() builds later."""
+async def clone_tables(conn: asyncpg.Connection, live: str, fresh: str, tables: Sequence[str]) -> None:
+    """(Re)create `fresh` holding empty copies of the live tables."""
     async with conn.transaction():
         await conn.execute(f"DROP SCHEMA IF EXISTS {fresh} CASCADE; CREATE SCHEMA {fresh}")
         for table in tables:
@@ -48,31 +40,10 @@ async def clone_tables(
             await conn.execute(
                 f"ALTER TABLE {fresh}.{row['table_name']} ADD CONSTRAINT {row['name']} {row['definition']}"
             )
-        await _create_indexes(conn, live, fresh, tables, read_while_applying, needed=True)
-
-
-async def build_indexes(
-    conn: asyncpg.Connection, live: str, fresh: str, tables: Sequence[str], read_while_applying: Sequence[str]
-) -> None:
-    """Build the indexes clone_tables() left out, over the filled copies."""
-    await _create_indexes(conn, live, fresh, tables, read_while_applying, needed=False)
-
-
-async def _create_indexes(
-    conn: asyncpg.Connection,
-    live: str,
-    fresh: str,
-    tables: Sequence[str],
-    read_while_applying: Sequence[str],
-    *,
-    needed: bool,
-) -> None:
-    for row in await conn.fetch(_INDEXES, live, list(tables), list(read_while_applying)):
-        if row["needed"] != needed:
-            continue
-        on_live, on_fresh = f" ON {live}.{row['table_name']} ", f" ON {fresh}.{row['table_name']} "
-        assert on_live in row["definition"], row["definition"]
-        await conn.execute(row["definition"].replace(on_live, on_fresh, 1))
+        for row in await conn.fetch(_INDEXES, live, list(tables)):
+            on_live, on_fresh = f" ON {live}.{row['table_name']} ", f" ON {fresh}.{row['table_name']} "
+            assert on_live in row["definition"], row["definition"]
+            await conn.execute(row["definition"].replace(on_live, on_fresh, 1))
 
 
 async def swap_tables(conn: asyncpg.Connection, live: str, fresh: str, tables: Sequence[str]) -> str:

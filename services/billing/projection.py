@@ -45,7 +45,6 @@ class BillingProjection(EventHandlers[BillingBatch]):
         "checkpoints", "accounts", "history", "subscriptions", "usage_seen", "costs", "insiders",
         "abuse_clients", "abuse_hours",
     )  # fmt: skip
-    read_while_applying: tuple[str, ...] = ()
 
     def __init__(self, schema: str = "billing", *, metered: bool = True) -> None:
         self.schema = schema

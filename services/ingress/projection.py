@@ -21,7 +21,6 @@ class IngressProjection(EventHandlers[IngressBatch]):
     category: str | None = "account"
     tables: tuple[str, ...] = ("checkpoints", "accounts", "multipliers", "insider", "flow_rates")
     """Not seen_events: ingress's own dedupe claims are not derived from the log."""
-    read_while_applying: tuple[str, ...] = ()
 
     def __init__(self, directory: Directory, schema: str = "ingress") -> None:
         self.directory = directory

@@ -33,7 +33,6 @@ class KeysProjection(EventHandlers[KeysBatch]):
     name: str = "keys"
     category: str | None = None
     tables: tuple[str, ...] = ("checkpoints", "keys", "access")
-    read_while_applying: tuple[str, ...] = ()
 
     def __init__(self, registry: KeyRegistry, schema: str = "keys") -> None:
         self.registry = registry

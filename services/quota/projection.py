@@ -58,8 +58,6 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
     tables: tuple[str, ...] = (
         "checkpoints", "accounts", "plan_history", "multipliers", "insider", "flow_rates", "ledger", "usage", "windows",
     )  # fmt: skip
-    read_while_applying: tuple[str, ...] = ("usage_account_time", "windows_account_end")
-    """A late event's windows are counted again from the account's usage (windows_tables.py)."""
 
     def __init__(
         self, state: QuotaState, schema: str = "quota", *, metered: bool = True, partitions: int = DEFAULT_PARTITIONS

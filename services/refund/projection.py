@@ -35,7 +35,6 @@ class RefundProjection(EventHandlers[RefundBatch]):
     name: str = "refund"
     category: str | None = None
     tables: tuple[str, ...] = ("checkpoints", "payments", "plans", "usage", "refunds", "payouts")
-    read_while_applying: tuple[str, ...] = ()
 
     def __init__(self, schema: str = "refund") -> None:
         self.schema = schema

@@ -220,8 +220,8 @@ async def table_shapes(stack: Stack, schema: str) -> list[tuple[str, ...]]:
 
 
 async def test_the_swapped_tables_carry_the_live_constraints_and_indexes(stack: Stack) -> None:
-    """The copies are filled without most of their indexes (libs/replay/tables.py): after the swap,
-    a read of the projection must not scan a whole table."""
+    """A rebuild's copies are made by hand from the catalogue (libs/replay/tables.py): after the swap,
+    the next migration and every read expect the live tables' keys, foreign keys and indexes."""
     account = await stack.create_account("erin")
     assert (await stack.post_usage([usage_event(account["account_id"])]))[0] == 202
     await eventually(lambda: settled(stack))

@@ -161,7 +161,7 @@ async def test_a_projection_is_a_function_of_the_events_alone(settings: Settings
     conn = await asyncpg.connect(settings.database_url)
     try:
         for run, batches in runs.items():
-            await clone_tables(conn, live.schema, f"{name}_{run}", live.tables, live.read_while_applying)
+            await clone_tables(conn, live.schema, f"{name}_{run}", live.tables)
             await project(conn, live.rebuilt_into(f"{name}_{run}"), batches)
         for run in list(runs)[1:]:
             assert await compare(conn, f"{name}_one_batch", f"{name}_{run}", live.tables) == [], run
