@@ -4,10 +4,13 @@ Publishes --replay-events realistic events straight to the stream (accounts with
 plan for a third of them, PAYG top-ups, then usage over many accounts: priced, spread over
 the last week, a few percent late, some PAYG), starts ingress, quota, keys, billing and
 refund, waits until their live projections have applied everything, then replays all five at
-once (each in its own service) and verifies each rebuild against the live projection.
+once (each in its own service) and verifies each rebuild against the live projection; then each
+projection again alone, one after the other, with the whole machine for it.
 
-events/s = events in the log / wall seconds of the rebuilds (all projections at once); the
-verification and the swap are timed apart. The cores each process used show the limit. The floor,
+events/s = events read / each rebuild's seconds; the verification and the swap are timed apart.
+The cores each process used show the limit: all at once, over the whole replay; alone, as CPU
+per event of the rebuild (up to its end, verification excluded) of the service, Postgres and
+nats-server. The floor,
 measured first on the same Postgres: the bare batched insert (bench/projections.py) in batches of a
 rebuild's size; each rebuild's events/s is given as a share of its rows/s.
 """
@@ -19,7 +22,9 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import nats
 import nats.errors
@@ -31,7 +36,8 @@ from bench.projections import bare_insert
 from libs.db import create_pool
 from libs.eventlog.publisher import EventPublisher
 from libs.localservers import wait_for_port
-from libs.ops.replay import replay
+from libs.ops import connected
+from libs.ops.replay import discover, replay
 from libs.pricing.catalog import load_catalog
 from libs.pricing.flows import price_call
 from libs.replay.rebuild import READ_BATCH
@@ -111,6 +117,12 @@ async def publish(settings: Settings, events: list[Event]) -> float:
     return len(events) / elapsed
 
 
+async def answering(settings: Settings, projection: str) -> bool:
+    """Whether the projection's service answers for replays (it may be busy reloading after a swap)."""
+    async with connected(settings) as nc:
+        return projection in await discover(nc)
+
+
 async def settled(settings: Settings) -> bool:
     nc = await nats.connect(settings.nats_url)
     try:
@@ -127,7 +139,7 @@ Pids = dict[str, list[int]]
 
 
 class CpuSampler:
-    """CPU seconds per group of processes over a stretch of time, sampled twice a second, so that
+    """CPU seconds per group of processes over a stretch of time, sampled four times a second, so that
     processes that come and go meanwhile (the rebuilds' Postgres backends) are counted too."""
 
     def __init__(self, groups: Callable[[], Pids]) -> None:
@@ -135,6 +147,8 @@ class CpuSampler:
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
         self._group_of: dict[int, str] = {}
+        self._since = time.perf_counter()
+        self._history: list[tuple[float, dict[str, float]]] = []
 
     def sample(self, baseline: bool = False) -> None:
         for group, pids in self._groups().items():
@@ -143,18 +157,49 @@ class CpuSampler:
                 self._group_of[pid] = group
                 self._first.setdefault(pid, used if baseline else 0.0)
                 self._last[pid] = max(self._last.get(pid, 0.0), used)
+        self._history.append((time.perf_counter() - self._since, self.seconds()))
 
     async def follow(self, done: asyncio.Event) -> None:
+        self._since = time.perf_counter()
         self.sample(baseline=True)
         while not done.is_set():
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.25)
             self.sample()
 
-    def cores(self, wall: float) -> dict[str, float]:
+    def seconds(self, until: float | None = None) -> dict[str, float]:
+        """CPU seconds per group since the first sample: up to the last sample at most `until`
+        seconds after it, or all of them."""
+        if until is not None:
+            return next((used for at, used in reversed(self._history) if at <= until), {})
         used: dict[str, float] = {}
         for pid, group in self._group_of.items():
             used[group] = used.get(group, 0.0) + self._last[pid] - self._first[pid]
-        return {group: seconds / wall for group, seconds in used.items()}
+        return used
+
+    def cores(self, wall: float) -> dict[str, float]:
+        return {group: seconds / wall for group, seconds in self.seconds().items()}
+
+
+class Alone(NamedTuple):
+    outcome: ReplayProgress
+    cpu: dict[str, float]
+    """CPU seconds per group (the service, postgres, nats-server) during the rebuild."""
+
+
+async def replay_sampled(settings: Settings, projection: str, servers: Callable[[], Pids], processes: Pids) -> tuple[
+    list[ReplayProgress], CpuSampler, float]:  # fmt: skip
+    """`replay --projection <projection> --verify` with the CPU of the servers and `processes` sampled:
+    the outcomes, the samples and the wall seconds."""
+    sampler = CpuSampler(lambda: {**servers(), **processes})
+    done = asyncio.Event()
+    following = asyncio.create_task(sampler.follow(done))
+    started = time.perf_counter()
+    try:
+        outcomes = await replay(settings, projection, StartReplay(verify=True), Console(stderr=True))  # a bar each
+    finally:
+        done.set()
+        await following
+    return outcomes, sampler, time.perf_counter() - started
 
 
 async def run(
@@ -186,18 +231,21 @@ async def run(
         await eventually(lambda: settled(settings), within=3600, interval=1)
         live_s = time.perf_counter() - waited
         pids = {s.name: [s.process.pid] for s in services if s.process}
-        sampler = CpuSampler(lambda: {**servers(), **pids, "bench client": [os.getpid()]})
-        done = asyncio.Event()
-        following = asyncio.create_task(sampler.follow(done))
-        started = time.perf_counter()
-        outcomes = await replay(settings, "all", StartReplay(verify=True), Console(stderr=True))  # a bar each
-        wall = time.perf_counter() - started
-        done.set()
-        await following
+        outcomes, sampler, wall = await replay_sampled(
+            settings, "all", servers, {**pids, "bench client": [os.getpid()]}
+        )
+        report(len(log), publish_eps, live_s, wall, outcomes, sampler.cores(wall), floor.eps)
+        alone: dict[str, Alone] = {}
+        for o in outcomes:  # each again, alone; its log and live tables are as they were
+            await eventually(partial(answering, settings, o.projection), within=600, interval=1)
+            [outcome], single, _ = await replay_sampled(
+                settings, o.projection, servers, {"service": pids[o.projection]}
+            )
+            alone[o.projection] = Alone(outcome, single.seconds(until=outcome.rebuild_seconds))
     finally:
         for service in services:
             service.stop()
-    report(len(log), publish_eps, live_s, wall, outcomes, sampler.cores(wall), floor.eps)
+    report_alone(outcomes, alone)
 
 
 def report(
@@ -226,3 +274,16 @@ def report(
               f"live paused {o.paused_ms:,.0f} ms; {'swapped' if o.swapped else 'NOT swapped'}"
               f"{'; ' + o.error if o.error else ''}")  # fmt: skip
     print("  cores used during the replay: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
+
+
+def report_alone(outcomes: list[ReplayProgress], alone: dict[str, Alone]) -> None:
+    print("each projection alone, then all at once (events/s); CPU µs per event of the rebuild alone:")
+    print(f"  {'projection':<10} {'alone':>8} {'all':>8} {'service':>8} {'postgres':>8} {'nats':>8}  verify alone")
+    for o in outcomes:
+        one = alone[o.projection]
+        per_event = {group: seconds / max(one.outcome.read, 1) * 1e6 for group, seconds in one.cpu.items()}
+        state = "identical" if one.outcome.verified and not one.outcome.differences else "DIFFERENT"
+        print(f"  {o.projection:<10} {one.outcome.read / max(one.outcome.rebuild_seconds, 1e-9):>8,.0f} "
+              f"{o.read / max(o.rebuild_seconds, 1e-9):>8,.0f} {per_event.get('service', 0):>8.1f} "
+              f"{per_event.get('postgres', 0):>8.1f} {per_event.get('nats-server', 0):>8.1f}  {state}"
+              f"{'' if one.outcome.swapped else ', NOT swapped'}{one.outcome.error or ''}")  # fmt: skip

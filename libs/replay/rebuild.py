@@ -21,6 +21,7 @@ named after the schema for as long as it runs (released with its connection, eve
 """
 
 import asyncio
+import bisect
 import gc
 import logging
 import time
@@ -239,7 +240,7 @@ class Rebuild:
                     if asked_at is None or requested_at >= asked_at:
                         break
                     continue
-            within = next((i for i, msg in enumerate(msgs) if stream_seq(msg) > bound), len(msgs))
+            within = bisect.bisect_right(msgs, bound, key=stream_seq)
             self._held[partition] = msgs[within:]
             if within:
                 await self._apply(partition, msgs[:within])
