@@ -10,7 +10,9 @@ Every CHECK_S it compares what the leases hold with what runs:
 - running but lost (a renewal found another holder) or desired elsewhere (an instance joined):
   stop it, which returns once its last batch committed (within a fetch's second);
 - desired elsewhere and stopped: release the lease (hand_over=True), so the next owner starts only
-  once this one has stopped writing.
+  once this one has stopped writing;
+- stopped by its fence (a renewal late under load lost the lease as it started, or a newer writer
+  took it): started again while the lease is held, under the lease held then.
 A killed instance's leases run out after the lease time and the desired owners take them.
 
 The lease a partition is projected under is `leases.revision(partition)`: the fencing token for
@@ -72,6 +74,10 @@ class PartitionedProjection:
         for partition, (_, task) in list(self._running.items()):
             if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
                 raise RuntimeError(f"{self.runner.projection.name} p{partition}: the projection died") from exc
+            if task.done():  # fenced: its lease was not its own as it started or committed
+                del self._running[partition]  # started again below while held (stamping the lease held now)
+                log.warning("%s p%d: stopped, fenced; again while its lease is held", self.runner.projection.name,
+                            partition)  # fmt: skip
         for partition in sorted(held - leaving - set(self._running)):
             self._start(partition)
         await self._stop(sorted(set(self._running) - (held - leaving)))

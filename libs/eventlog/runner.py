@@ -276,6 +276,8 @@ class ProjectionRunner:
         if self._fence is None:
             return await self._retry_forever(lambda: self._load_checkpoint(partition), "load checkpoint")
         fence = self._fence(partition)
+        if failpoints.fires("lease_lost_at_start"):  # a fault test: lost to a late renewal as it starts
+            fence = None
         if fence is None:
             raise Fenced(f"{self.projection.name} p{partition}: its lease is not held here")
 

@@ -174,6 +174,12 @@ class QuotaPartitions:
             # owns()) but not the partition's projection, which a take-over would redo at length.
             owned = {p for p in range(self.partitions) if self.leases.holds(p)}
             leaving = self.leases.leaving()
+            for partition, (_, task) in list(self._running.items()):
+                if partition not in self._taking and task.done():
+                    if not task.cancelled() and (exc := task.exception()) is not None:
+                        raise RuntimeError(f"quota p{partition}: the projection died") from exc
+                    log.warning("quota p%d: its projection stopped, fenced; taken again while held", partition)
+                    await self._let_go(partition)
             for partition in sorted(owned - leaving - set(self._running)):
                 self._taking[partition] = asyncio.create_task(self._take(partition), name=f"quota-take-p{partition}")
             for partition in sorted(set(self._running) - (owned - leaving)):
@@ -212,9 +218,9 @@ class QuotaPartitions:
         since = max(self._copying_since.setdefault(partition, acquired), self._listening_since)
         heard_enough = max(since + 2 * self._interval, acquired + self._interval)
         await asyncio.sleep(max(0.0, heard_enough - time.monotonic()))
-        while True:
-            if (await applied_by_partition(self._pool, self._schema, "quota")).get(partition, 0) >= head:
-                break
+        while (await applied_by_partition(self._pool, self._schema, "quota")).get(partition, 0) < head:
+            if task.done():  # fenced as it started: the lease was lost meanwhile (the run loop takes it again)
+                raise RuntimeError(f"quota p{partition}: its projection stopped before it caught up")
             await asyncio.sleep(0.05)
         if not self.leases.holds(partition):
             return  # lost meanwhile: the run loop lets go

@@ -199,3 +199,20 @@ async def test_a_delivery_lost_in_transit_is_fetched_again_never_acked_past(stac
     await expect_exact(stack, sent, account_ids)
     assert "failpoint lose_delivery: fired" in stack.quota.log()
     assert "a delivery was lost; resuming at the checkpoint" in stack.quota.log()
+
+
+async def test_a_quota_partition_fenced_as_its_projection_started_is_taken_again(stack: Stack) -> None:
+    """Under load a lease renewal can come late just as a take-over starts the partition's projection:
+    that start is fenced, and ends. quota takes the partition again while it holds the lease, then
+    projects and admits for it, rather than wait for ever on a projection that no longer runs."""
+    account_ids = await accounts(stack, 3)
+    await eventually(lambda: all_known(stack, account_ids))
+    stack.quota.stop()
+    await asyncio.to_thread(stack.quota.start, {"FLOWPLAN_FAILPOINT": "lease_lost_at_start"})
+    sent = batches(account_ids, 4, 20)
+    await steady_load(stack, sent)
+    await expect_exact(stack, sent, account_ids)
+    log = stack.quota.log()
+    assert "failpoint lease_lost_at_start: fired" in log
+    # Taken again from the take-over still waiting for it, or from the run loop once it was over.
+    assert "its projection stopped before it caught up" in log or "taken again while held" in log

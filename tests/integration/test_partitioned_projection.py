@@ -14,6 +14,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from libs import failpoints
 from libs.eventlog.deadletters import DeadLetterRetrier
 from libs.eventlog.partitioned import PartitionedProjection
 from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner
@@ -252,3 +253,17 @@ async def test_a_dead_letter_is_retried_by_the_instance_that_projects_its_partit
     for row in rows:
         assert row["instance"] == owner[partition_for(by_seq[row["seq"]].account, world.settings.partitions)]
     assert not await dlq.list_dead_letters(world.settings, world.name)
+
+
+async def test_a_partition_fenced_as_it_started_is_started_again_while_its_lease_is_held(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal late under load can lose a lease just as a partition's projection starts, and the
+    next tick acquires it again: that start ends, fenced, and the partition is started again under
+    the lease held then, rather than left unprojected for as long as its lease is held."""
+    monkeypatch.setitem(failpoints._armed, "lease_lost_at_start", 1)
+    projection = (await world.instance("a", as_a_service=True))[0]
+    await until(lambda: projection.projecting() == set(range(world.settings.partitions)))
+    assert "lease_lost_at_start" not in failpoints._armed  # it fired: one partition's first start was fenced
+    await world.publish(2)
+    await eventually(world.applied_once, within=20)
