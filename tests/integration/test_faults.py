@@ -185,34 +185,34 @@ async def test_poison_events_go_to_the_dead_letter_stream_and_the_consumer_goes_
     assert msgspec  # the DLQ keeps the original bytes; see Flowplan-* headers
 
 
+async def exact_after_a_restart_with(stack: Stack, failpoint: str, batches_of: tuple[int, int]) -> str:
+    """quota restarted with the failpoint armed, then a steady load on three accounts, every total
+    exact in the end: quota's log."""
+    account_ids = await accounts(stack, 3)
+    await eventually(lambda: all_known(stack, account_ids))
+    stack.quota.stop()
+    await asyncio.to_thread(stack.quota.start, {"FLOWPLAN_FAILPOINT": failpoint})
+    sent = batches(account_ids, *batches_of)
+    await steady_load(stack, sent)
+    await expect_exact(stack, sent, account_ids)
+    return stack.quota.log()
+
+
 async def test_a_delivery_lost_in_transit_is_fetched_again_never_acked_past(stack: Stack) -> None:
     """A batch that never reaches the projector (a NATS node or connection lost while it was in
     transit, as when a cluster node dies: test_stream_replicas.py) must not be acked past by the
     next one (AckPolicy.ALL): the projector sees the jump in the consumer's sequence and fetches
     again from its checkpoint."""
-    account_ids = await accounts(stack, 3)
-    await eventually(lambda: all_known(stack, account_ids))
-    stack.quota.stop()
-    await asyncio.to_thread(stack.quota.start, {"FLOWPLAN_FAILPOINT": "lose_delivery:2"})
-    sent = batches(account_ids, 12, 40)
-    await steady_load(stack, sent)
-    await expect_exact(stack, sent, account_ids)
-    assert "failpoint lose_delivery: fired" in stack.quota.log()
-    assert "a delivery was lost; resuming at the checkpoint" in stack.quota.log()
+    log = await exact_after_a_restart_with(stack, "lose_delivery:2", batches_of=(12, 40))
+    assert "failpoint lose_delivery: fired" in log
+    assert "a delivery was lost; resuming at the checkpoint" in log
 
 
 async def test_a_quota_partition_fenced_as_its_projection_started_is_taken_again(stack: Stack) -> None:
     """Under load a lease renewal can come late just as a take-over starts the partition's projection:
     that start is fenced, and ends. quota takes the partition again while it holds the lease, then
     projects and admits for it, rather than wait for ever on a projection that no longer runs."""
-    account_ids = await accounts(stack, 3)
-    await eventually(lambda: all_known(stack, account_ids))
-    stack.quota.stop()
-    await asyncio.to_thread(stack.quota.start, {"FLOWPLAN_FAILPOINT": "lease_lost_at_start"})
-    sent = batches(account_ids, 4, 20)
-    await steady_load(stack, sent)
-    await expect_exact(stack, sent, account_ids)
-    log = stack.quota.log()
+    log = await exact_after_a_restart_with(stack, "lease_lost_at_start", batches_of=(4, 20))
     assert "failpoint lease_lost_at_start: fired" in log
     # Taken again from the take-over still waiting for it, or from the run loop once it was over.
     assert "its projection stopped before it caught up" in log or "taken again while held" in log
