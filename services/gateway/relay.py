@@ -16,7 +16,7 @@ import msgspec
 
 from services.gateway.protocols import ANTHROPIC_FINAL, CHAT, MESSAGES, Protocol
 from services.gateway.translate import StreamTranslator
-from services.gateway.usage import SseSplitter, StreamUsage, Tokens, _data_of
+from services.gateway.usage import SseSplitter, StreamUsage, Tokens, data_of
 
 
 class Relay:
@@ -67,7 +67,7 @@ class _Sorting(Relay):
         while (end := buffer.find(b"\n\n", start)) != -1:
             if self.held or (data := _data_line(buffer, start, end)) < 0 or not self.plain(view[data:end]):
                 raw = buffer[start : end + 2]
-                if not self.keeps(raw, _data_of(raw)):
+                if not self.keeps(raw, data_of(raw)):
                     forward += view[kept:start]
                     kept = end + 2
             start = end + 2

@@ -70,7 +70,7 @@ class SseSplitter:
         while (end := buffer.find(b"\n\n", start)) != -1:
             raw = buffer[start : end + 2]
             start = end + 2
-            yield SseEvent(raw, _data_of(raw))
+            yield SseEvent(raw, data_of(raw))
         self._buffer = buffer[start:]
 
     def rest(self) -> bytes:
@@ -78,7 +78,7 @@ class SseSplitter:
         return rest
 
 
-def _data_of(raw: bytes) -> Any:
+def data_of(raw: bytes) -> Any:
     if raw.startswith(b"data:") and raw.find(b"\n") == len(raw) - 2:  # one data line: nearly every event
         data = raw[5:-2].strip()
         if data == b"[DONE]":

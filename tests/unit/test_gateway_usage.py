@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from libs.pricing.catalog import load_catalog
 from services.gateway.estimate import DEFAULT_MAX_OUTPUT, estimate_usd_micros
 from services.gateway.protocols import MESSAGES, RESPONSES
-from services.gateway.usage import SseEvent, SseSplitter, StreamUsage, Tokens, _data_of, from_anthropic, from_openai
+from services.gateway.usage import SseEvent, SseSplitter, StreamUsage, Tokens, data_of, from_anthropic, from_openai
 
 CATALOG = load_catalog()
 CHAT_MODELS = sorted(m.id for m in CATALOG.models.values() if m.kind == "chat")
@@ -134,7 +134,7 @@ def test_one_line_events_read_as_every_line_is_read(lines):
     raw = "\n".join(prefix + (text if prefix.startswith("data") else "") for prefix, text in lines).encode() + b"\n\n"
     if b"\n\n" in raw[:-2]:
         return  # not one event
-    assert _data_of(raw) == _data_of_every_line(raw)
+    assert data_of(raw) == _data_of_every_line(raw)
 
 
 def chunk_json(**fields) -> str:
