@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from nats.aio.client import Client
 
-from libs import tracing
+from libs import failpoints, tracing
 from libs.eventlog.subjects import owner_subject
 from libs.pricing.catalog import Model
 from libs.pricing.money import parse_fraction
@@ -190,6 +190,8 @@ class Meter:
         unreadable = False
         try:
             async for chunk in response.content.iter_any():
+                if failpoints.fires("unreadable_stream"):  # a fault test: an event no relay can read
+                    raise ValueError("failpoint unreadable_stream")
                 forward = passed.feed(chunk)
                 if forward and not client_gone:
                     try:

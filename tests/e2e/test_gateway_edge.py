@@ -72,8 +72,7 @@ class MockUpstream:
 
     async def stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         """A chat stream whose head goes out at once and whose events all come together after
-        `scenario:start-<ms>` milliseconds (aiohttp's StreamResponse sends the head at prepare);
-        with `scenario:odd`, an event of a shape no provider sends after the first delta."""
+        `scenario:start-<ms>` milliseconds (aiohttp's StreamResponse sends the head at prepare)."""
         text = json.dumps(body)
         starts_after = re.search(r"scenario:start-(\d+)", text)
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -82,7 +81,6 @@ class MockUpstream:
         chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
         events = [
             {**chunk, "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": None}]},
-            *([{**chunk, "choices": [{"index": 0, "delta": {"tool_calls": 5}}]}] if "scenario:odd" in text else []),
             {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
             {**chunk, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}},
         ]  # fmt: skip
@@ -110,9 +108,15 @@ async def upstream() -> AsyncIterator[MockUpstream]:
 async def gw(stack: Stack, upstream: MockUpstream) -> Stack:
     """The module's stack with its gateway restarted on tight edge settings and the mock upstream
     serving the deepseek and anthropic models."""
+    await asyncio.to_thread(stack.gateway.stop)
+    await asyncio.to_thread(stack.gateway.start, edge_env(upstream))
+    return stack
+
+
+def edge_env(upstream: MockUpstream) -> dict[str, str]:
     config = {vendor: {"url": upstream.url, "key": SECRET_KEY} for vendor in ("deepseek", "anthropic")}
     config["inclusionai"] = {"url": f"http://127.0.0.1:{DEAD_PORT}", "key": SECRET_KEY}  # nobody listens
-    env = {
+    return {
         "FLOWPLAN_UPSTREAMS": json.dumps(config),
         "FLOWPLAN_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "FLOWPLAN_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
@@ -120,9 +124,6 @@ async def gw(stack: Stack, upstream: MockUpstream) -> Stack:
         "FLOWPLAN_UNKNOWN_KEY_BURST": str(UNKNOWN_BURST),
         "FLOWPLAN_UNKNOWN_KEY_RATE_PER_S": "0.1",
     }
-    await asyncio.to_thread(stack.gateway.stop)
-    await asyncio.to_thread(stack.gateway.start, env)
-    return stack
 
 
 def oai(stack: Stack, key: str) -> openai.AsyncOpenAI:
@@ -409,15 +410,24 @@ async def test_an_upstream_slow_to_start_does_not_hold_back_the_stream_s_head(gw
     assert after_s < HEAD_WAIT_S + 2  # the events came after 3 s
 
 
-async def test_a_stream_that_cannot_be_translated_is_cut_and_what_was_streamed_is_billed(gw: Stack) -> None:
-    """A chat upstream's event the Responses translation cannot read (tool_calls a number): the
-    client's stream is cut rather than ended well, and the delta it got is metered, as the upstream
-    bills it: a reading error must not make the call free."""
-    account = await gw.create_account("edge-odd")
-    with pytest.raises(openai.APIConnectionError):  # the delta and the odd event came in one read: nothing sent yet
-        stream = await oai(gw, account["key"]).responses.create(model=FREE_MODEL, input="scenario:odd", stream=True)
-        async for _ in stream:
-            pass
+async def test_a_stream_the_gateway_cannot_read_is_cut_and_what_was_streamed_is_billed(
+    gw: Stack, upstream: MockUpstream
+) -> None:
+    """An event no relay or translator can read (a failpoint raises as the first chunk is read: the
+    translations themselves read anything, tests/unit/test_translate_streams_hostile.py): the
+    client's stream is cut rather than ended well, and what was counted is metered, as the upstream
+    bills it. A reading error must not make the call free."""
+    account = await gw.create_account("edge-unreadable")
+    await asyncio.to_thread(gw.gateway.stop)
+    await asyncio.to_thread(gw.gateway.start, {**edge_env(upstream), "FLOWPLAN_FAILPOINT": "unreadable_stream"})
+    try:
+        with pytest.raises(openai.APIConnectionError):
+            stream = await oai(gw, account["key"]).responses.create(model=FREE_MODEL, input="hi", stream=True)
+            async for _ in stream:
+                pass
+    finally:
+        await asyncio.to_thread(gw.gateway.stop)
+        await asyncio.to_thread(gw.gateway.start, edge_env(upstream))
 
     async def metered() -> dict[str, Any] | None:
         conn = await gw.db()
@@ -430,7 +440,8 @@ async def test_a_stream_that_cannot_be_translated_is_cut_and_what_was_streamed_i
             await conn.close()
         return dict(row) if row["calls"] else None
 
-    assert await eventually(metered) == {"calls": 1, "output": 1}  # the one content delta ("ok")
+    assert (await eventually(metered))["calls"] == 1
+    assert "failpoint unreadable_stream: fired" in gw.gateway.log()
 
 
 # -- a flood of minted keys (last: it leaves this address throttled) -----------------

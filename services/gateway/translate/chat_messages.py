@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from services.gateway.translate import completions
-from services.gateway.translate.responses import Refused, _dict, _int
+from services.gateway.translate.responses import Refused, _dict, _int, _list
 from services.gateway.usage import Tokens
 
 DEFAULT_MAX_TOKENS = 4096
@@ -149,7 +149,7 @@ def chat_to_message(chat: dict[str, Any], request: dict[str, Any], message_id: s
     content: list[dict[str, Any]] = []
     if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
-    for call in message.get("tool_calls") or ():
+    for call in _list(message.get("tool_calls")):
         function = _dict(_dict(call).get("function"))
         content.append(
             {
@@ -197,7 +197,7 @@ class ChatStreamToMessages:
 
     def feed(self, chunk: Any) -> bytes:
         out = self._start()
-        for choice in _dict(chunk).get("choices") or ():
+        for choice in _list(_dict(chunk).get("choices")):
             delta = _dict(_dict(choice).get("delta"))
             if isinstance(delta.get("content"), str) and delta["content"]:
                 if self._kind != "text":
@@ -209,8 +209,10 @@ class ChatStreamToMessages:
                         "delta": {"type": "text_delta", "text": delta["content"]},
                     }
                 )
-            for call in delta.get("tool_calls") or ():
-                index, function = _dict(call).get("index", 0), _dict(_dict(call).get("function"))
+            for call in map(_dict, _list(delta.get("tool_calls"))):
+                index, function = call.get("index", 0), _dict(call.get("function"))
+                if not isinstance(index, int):
+                    index = 0
                 if index not in self._tools:
                     out += self._open(
                         {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": {}}
@@ -224,8 +226,8 @@ class ChatStreamToMessages:
                             "delta": {"type": "input_json_delta", "partial_json": function["arguments"]},
                         }
                     )
-            if _dict(choice).get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            if isinstance(reason := _dict(choice).get("finish_reason"), str) and reason:
+                self.finish_reason = reason
         return out
 
     def finish(self, tokens: Tokens) -> bytes:
@@ -303,7 +305,7 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any] | Refused:
                 else:
                     where = f"messages[{i}].content[{j}].type"
                     return Refused(f"{where}: {kind!r} cannot be translated for this model", where)
-            for tool_call in _dict(message).get("tool_calls") or ():
+            for tool_call in _list(_dict(message).get("tool_calls")):
                 function = _dict(_dict(tool_call).get("function"))
                 blocks.append(
                     {
@@ -359,10 +361,10 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any] | Refused:
 def message_to_chat(
     message: dict[str, Any], request: dict[str, Any], completion_id: str, created: int, tokens: Tokens
 ) -> dict[str, Any]:
-    text = "".join(b.get("text", "") for b in message.get("content") or () if _dict(b).get("type") == "text")
+    text = "".join(b.get("text", "") for b in _list(message.get("content")) if _dict(b).get("type") == "text")
     calls = [
         completions.tool_call(b.get("id"), b.get("name"), _encode(b.get("input") or {}))
-        for b in message.get("content") or ()
+        for b in _list(message.get("content"))
         if _dict(b).get("type") == "tool_use"
     ]
     finish = TO_CHAT_FINISH.get(message.get("stop_reason") or "end_turn", "stop")

@@ -14,7 +14,7 @@ answer per request, so `stop` and `n` > 1 are refused (400), not silently droppe
 from typing import Any
 
 from services.gateway.translate import completions
-from services.gateway.translate.responses import Refused, _dict, _int
+from services.gateway.translate.responses import Refused, _dict, _int, _list
 from services.gateway.usage import Tokens
 
 PASSED = ("temperature", "top_p", "parallel_tool_calls", "user")
@@ -80,7 +80,7 @@ def _add_message(items: list[dict[str, Any]], message: dict[str, Any], where: st
         items.append({"role": "user", "content": parts})
     elif content is not None:
         items.append({"role": role, "content": _text(content)})
-    for j, call in enumerate(message.get("tool_calls") or () if role == "assistant" else ()):
+    for j, call in enumerate(_list(message.get("tool_calls")) if role == "assistant" else ()):
         call_id, function = _dict(call).get("id"), _dict(_dict(call).get("function"))
         if not isinstance(call_id, str) or not isinstance(function.get("name"), str):
             return Refused(f"{where}.tool_calls[{j}]: needs an id and a function name", f"{where}.tool_calls[{j}]")
@@ -161,10 +161,10 @@ def response_to_chat(
     response: dict[str, Any], request: dict[str, Any], completion_id: str, created: int, tokens: Tokens
 ) -> dict[str, Any]:
     text, calls = "", []
-    for item in response.get("output") or ():
+    for item in _list(response.get("output")):
         item = _dict(item)
         if item.get("type") == "message":
-            text += "".join(_dict(p).get("text", "") for p in item.get("content") or () if _is_text(p))
+            text += "".join(_dict(p).get("text", "") for p in _list(item.get("content")) if _is_text(p))
         elif item.get("type") == "function_call":
             calls.append(completions.tool_call(item.get("call_id"), item.get("name"), item.get("arguments") or ""))
     finish = finish_reason(response.get("status"), response.get("incomplete_details"), bool(calls))

@@ -235,6 +235,10 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
@@ -286,7 +290,7 @@ def from_chat(chat: dict[str, Any], request: dict[str, Any], response_id: str, c
     content = message.get("content")
     if isinstance(content, str) and content:
         output.append(message_item(f"msg_{response_id[5:]}", content, "completed"))
-    for n, call in enumerate(message.get("tool_calls") or ()):
+    for n, call in enumerate(_list(message.get("tool_calls"))):
         function = _dict(call.get("function")) if isinstance(call, dict) else {}
         call_id = call.get("id", "") if isinstance(call, dict) else ""
         output.append(

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from services.gateway.translate.responses import FINISH, _dict, call_item, message_item, response
+from services.gateway.translate.responses import FINISH, _dict, _list, call_item, message_item, response
 
 
 class StreamToResponses:
@@ -30,18 +30,18 @@ class StreamToResponses:
         events = self._start()
         if not isinstance(chunk, dict):
             return events
-        for choice in chunk.get("choices") or ():
+        for choice in _list(chunk.get("choices")):
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = _dict(choice.get("delta"))
             content = delta.get("content")
             if isinstance(content, str) and content:
                 events += self._text_delta(content)
-            for call in delta.get("tool_calls") or ():
+            for call in _list(delta.get("tool_calls")):
                 if isinstance(call, dict):
                     events += self._call_delta(call)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            if isinstance(reason := choice.get("finish_reason"), str) and reason:
+                self.finish_reason = reason
         return events
 
     def finish(self, usage_block: dict[str, Any]) -> list[dict[str, Any]]:
