@@ -1,7 +1,8 @@
-"""Every stream translation reads whatever an upstream sends without raising: an event of a shape no
-provider documents (a number where a list goes, a list where an object goes, a type that is no string)
-is translated as far as it can be or skipped, and the stream ends as translations end. A raise there
-cuts the client's stream (services/gateway/meter.py bills what was counted and closes it)."""
+"""Every translation reads whatever an upstream sends without raising: an event or an answer of a
+shape no provider documents (a number where a list goes, a list where an object or a text goes) is
+translated as far as it can be or skipped, and the stream ends as translations end. A raise in a
+stream cuts the client's stream (services/gateway/meter.py bills what was counted and closes it); in
+a whole answer, billed before it is translated, it would answer 500 for a call that was paid for."""
 
 from typing import Any
 
@@ -59,3 +60,15 @@ def test_a_stream_translation_never_raises_on_what_an_upstream_sends(which: int,
     out = b"".join(translator.feed(event) for event in stream)
     out += translator.finish(Tokens(input=3, output=2))
     assert isinstance(out, bytes), (path, speaks)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(which=st.integers(0, 5), answer=st.dictionaries(st.sampled_from(FIELDS), values, max_size=5))
+@example(which=0, answer={"stop_reason": [None]})  # each raised before (TypeError)
+@example(which=0, answer={"content": [{"type": "text", "text": 5}]})
+@example(which=2, answer={"choices": [{"finish_reason": [1]}]})
+def test_an_answer_translation_never_raises_on_what_an_upstream_answers(which: int, answer: dict[str, Any]) -> None:
+    """A whole answer is billed before it is translated (meter.whole): a raise here would answer 500
+    for a call the account paid for."""
+    path, speaks, translation = TRANSLATIONS[which]
+    assert isinstance(translation.answer(answer, "call", 0, Tokens(input=3, output=2)), dict), (path, speaks)

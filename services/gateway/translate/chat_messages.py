@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from services.gateway.translate import completions
-from services.gateway.translate.responses import Refused, _dict, _int, _list
+from services.gateway.translate.responses import Refused, _dict, _int, _list, _str
 from services.gateway.usage import Tokens
 
 DEFAULT_MAX_TOKENS = 4096
@@ -165,7 +165,7 @@ def chat_to_message(chat: dict[str, Any], request: dict[str, Any], message_id: s
         "role": "assistant",
         "model": request.get("model"),
         "content": content,
-        "stop_reason": TO_ANTHROPIC_STOP.get(choice.get("finish_reason") or "stop", "end_turn"),
+        "stop_reason": TO_ANTHROPIC_STOP.get(_str(choice.get("finish_reason")) or "stop", "end_turn"),
         "stop_sequence": None,
         "usage": anthropic_usage(tokens),
     }
@@ -361,13 +361,13 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any] | Refused:
 def message_to_chat(
     message: dict[str, Any], request: dict[str, Any], completion_id: str, created: int, tokens: Tokens
 ) -> dict[str, Any]:
-    text = "".join(b.get("text", "") for b in _list(message.get("content")) if _dict(b).get("type") == "text")
+    text = "".join(_str(b.get("text")) for b in _list(message.get("content")) if _dict(b).get("type") == "text")
     calls = [
         completions.tool_call(b.get("id"), b.get("name"), _encode(b.get("input") or {}))
         for b in _list(message.get("content"))
         if _dict(b).get("type") == "tool_use"
     ]
-    finish = TO_CHAT_FINISH.get(message.get("stop_reason") or "end_turn", "stop")
+    finish = TO_CHAT_FINISH.get(_str(message.get("stop_reason")) or "end_turn", "stop")
     return completions.completion(request, completion_id, created, text, calls, finish, tokens)
 
 
