@@ -53,8 +53,7 @@ class Reservations:
         if previous is not None:
             held.total -= previous.amount
         key = (account_id, reservation_id)
-        self._by_renewal.pop(key, None)
-        self._waiting.pop(key, None)
+        self._unindex(key)
         held.by_id[reservation_id] = self._by_renewal[key] = _Held(amount, now)
         held.total += amount
 
@@ -65,8 +64,7 @@ class Reservations:
         if reservation is None:
             return False
         key = (account_id, reservation_id)
-        self._by_renewal.pop(key, None)
-        self._waiting.pop(key, None)
+        self._unindex(key)
         reservation.renewed_at, reservation.barrier = now, None
         self._by_renewal[key] = reservation  # the newest
         return True
@@ -78,11 +76,15 @@ class Reservations:
         released = held.by_id.pop(reservation_id, None)
         if released is not None:
             held.total -= released.amount
-            self._by_renewal.pop((account_id, reservation_id), None)
-            self._waiting.pop((account_id, reservation_id), None)
+            self._unindex((account_id, reservation_id))
         if not held.by_id:
             del self._held[account_id]
         return released is not None
+
+    def _unindex(self, key: tuple[str, str]) -> None:
+        """Out of the sweep's two indexes (it is in one at most)."""
+        self._by_renewal.pop(key, None)
+        self._waiting.pop(key, None)
 
     def holds(self, account_id: str, reservation_id: str) -> bool:
         held = self._held.get(account_id)
