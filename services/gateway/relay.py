@@ -10,6 +10,7 @@ matter, no event objects, a chunk's events forwarded as one slice) and send any 
 general way, so that they agree with `Relay` on every stream (tests/unit/test_gateway_relay.py
 holds them to it). A translated stream (`Translated`) is rewritten event by event."""
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import msgspec
@@ -50,7 +51,7 @@ class Relay:
         return bytes(self.held) if cut else bytes(self.held + self.splitter.rest())
 
 
-class _Sorting(Relay):
+class _Sorting(Relay, ABC):
     """The general relay's reading without an event object per event: an event of one data line
     (after an `event:` line or not) that `plain` recognises as a plain one is counted there and
     goes on with its neighbours; any other goes the general way."""
@@ -77,10 +78,10 @@ class _Sorting(Relay):
         forward += view[kept:start]
         return bytes(forward)
 
+    @abstractmethod
     def plain(self, data: memoryview) -> bool:
         """An event that is neither final nor a usage report nor to be dropped: counted here, as
         StreamUsage.observe counts it, and forwarded. False sends it the general way."""
-        raise NotImplementedError
 
     def end(self, tokens: Tokens, cut: bool) -> bytes:
         return bytes(self.held) if cut else bytes(self.held + self.tail)
