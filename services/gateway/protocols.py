@@ -14,8 +14,9 @@ import msgspec
 
 from services.gateway import translate
 from services.gateway.errors import Api
+from services.gateway.shapes import event_type
 from services.gateway.translate import Refused, StreamTranslator, Translation
-from services.gateway.usage import RESPONSES_FINAL, StreamUsage, Tokens, event_type, from_anthropic, from_openai
+from services.gateway.usage import RESPONSES_FINAL, StreamUsage, Tokens, from_anthropic, from_openai
 
 ProtocolName = Literal["chat", "messages", "responses", "images"]
 ANTHROPIC_FINAL = frozenset({"message_delta", "message_stop"})

@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from services.gateway.shapes import as_count, event_type, field
+
 _json = msgspec.json.Decoder()
 
 
@@ -21,17 +23,13 @@ class Tokens(NamedTuple):
     images: int = 0
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
-
-
 def from_openai(usage: Any) -> Tokens:
     if not isinstance(usage, dict):
         return Tokens()
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
-    output = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    cached = as_count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    prompt = as_count(usage.get("prompt_tokens", usage.get("input_tokens")))
+    output = as_count(usage.get("completion_tokens", usage.get("output_tokens")))
     return Tokens(max(0, prompt - cached), output, min(cached, prompt))
 
 
@@ -42,11 +40,11 @@ def from_anthropic(usage: Any, previous: Tokens = NO_TOKENS) -> Tokens:
     """Anthropic reports input in message_start and the running output total in message_delta."""
     if not isinstance(usage, dict):
         return previous
-    written = _int(usage.get("cache_creation_input_tokens"))
+    written = as_count(usage.get("cache_creation_input_tokens"))
     return Tokens(
-        input=_int(usage["input_tokens"]) + written if "input_tokens" in usage else previous.input,
-        output=_int(usage["output_tokens"]) if "output_tokens" in usage else previous.output,
-        cached=_int(usage["cache_read_input_tokens"]) if "cache_read_input_tokens" in usage else previous.cached,
+        input=as_count(usage["input_tokens"]) + written if "input_tokens" in usage else previous.input,
+        output=as_count(usage["output_tokens"]) if "output_tokens" in usage else previous.output,
+        cached=as_count(usage["cache_read_input_tokens"]) if "cache_read_input_tokens" in usage else previous.cached,
     )
 
 
@@ -117,7 +115,7 @@ class StreamUsage:
         if self.api == "anthropic":
             kind = event_type(data)
             if kind == "message_start":  # input (and a placeholder output) only
-                self.tokens = from_anthropic(_field(data.get("message"), "usage"), self.tokens)
+                self.tokens = from_anthropic(field(data.get("message"), "usage"), self.tokens)
             elif kind == "message_delta":  # the running output total
                 self.tokens = from_anthropic(data.get("usage"), self.tokens)
                 self.output_reported = True
@@ -126,7 +124,7 @@ class StreamUsage:
         elif self.api == "responses":  # the usage comes whole with the final response
             kind = event_type(data)
             if kind in RESPONSES_FINAL:
-                usage = _field(data.get("response"), "usage")
+                usage = field(data.get("response"), "usage")
                 if isinstance(usage, dict):
                     self.tokens = from_openai(usage)
                     self.output_reported = True
@@ -142,19 +140,6 @@ class StreamUsage:
         if self.output_reported:
             return self.tokens
         return self.tokens._replace(output=self.deltas)
-
-
-def event_type(data: dict[str, Any]) -> str | None:
-    """An Anthropic or Responses event's type; None when it is no string (a list is unhashable:
-    looked up in a set of types, it would be a crash)."""
-    kind = data.get("type")
-    return kind if isinstance(kind, str) else None
-
-
-def _field(data: Any, name: str) -> Any:
-    """data[name] if data is an object: an upstream's malformed event is no report, not a crash
-    that would leave its stream unbilled."""
-    return data.get(name) if isinstance(data, dict) else None
 
 
 def _has_content(choice: Any) -> bool:

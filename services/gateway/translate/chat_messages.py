@@ -9,8 +9,9 @@ usage). Pure: the gateway does the I/O and bills from the upstream's own usage r
 import json
 from typing import Any
 
+from services.gateway.shapes import as_count, as_dict, as_list, as_str
 from services.gateway.translate import completions
-from services.gateway.translate.responses import Refused, _dict, _int, _list, _str
+from services.gateway.translate.responses import Refused
 from services.gateway.usage import Tokens
 
 DEFAULT_MAX_TOKENS = 4096
@@ -56,7 +57,7 @@ def messages_to_chat(body: dict[str, Any]) -> dict[str, Any] | Refused:
     if not isinstance(messages, list) or not messages:
         return Refused("messages: required, a non-empty list", "messages")
     for i, message in enumerate(messages):
-        role, content = _dict(message).get("role"), _dict(message).get("content")
+        role, content = as_dict(message).get("role"), as_dict(message).get("content")
         if role == "system":  # a system turn in the conversation (Claude Code sends them)
             out.append({"role": "system", "content": _text(content)})
             continue
@@ -70,10 +71,10 @@ def messages_to_chat(body: dict[str, Any]) -> dict[str, Any] | Refused:
         parts: list[dict[str, Any]] = []
         calls: list[dict[str, Any]] = []
         for j, block in enumerate(content):
-            kind = _dict(block).get("type")
+            kind = as_dict(block).get("type")
             if kind == "text":
                 parts.append({"type": "text", "text": block.get("text", "")})
-            elif kind == "image" and role == "user" and _dict(block.get("source")).get("type") == "base64":
+            elif kind == "image" and role == "user" and as_dict(block.get("source")).get("type") == "base64":
                 source = block["source"]
                 url = f"data:{source.get('media_type')};base64,{source.get('data')}"
                 parts.append({"type": "image_url", "image_url": {"url": url}})
@@ -120,7 +121,7 @@ def messages_to_chat(body: dict[str, Any]) -> dict[str, Any] | Refused:
             if tool.get("description"):
                 function["description"] = tool["description"]
             chat["tools"].append({"type": "function", "function": function})
-    choice = _dict(body.get("tool_choice"))
+    choice = as_dict(body.get("tool_choice"))
     if choice.get("type") in TO_CHAT_CHOICE:
         chat["tool_choice"] = TO_CHAT_CHOICE[choice["type"]]
     elif choice.get("type") == "tool":
@@ -144,17 +145,17 @@ def anthropic_usage(tokens: Tokens) -> dict[str, int]:
 
 def chat_to_message(chat: dict[str, Any], request: dict[str, Any], message_id: str, tokens: Tokens) -> dict[str, Any]:
     choices = chat.get("choices")
-    choice = _dict(choices[0]) if isinstance(choices, list) and choices else {}
-    message = _dict(choice.get("message"))
+    choice = as_dict(choices[0]) if isinstance(choices, list) and choices else {}
+    message = as_dict(choice.get("message"))
     content: list[dict[str, Any]] = []
     if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
-    for call in _list(message.get("tool_calls")):
-        function = _dict(_dict(call).get("function"))
+    for call in as_list(message.get("tool_calls")):
+        function = as_dict(as_dict(call).get("function"))
         content.append(
             {
                 "type": "tool_use",
-                "id": _dict(call).get("id"),
+                "id": as_dict(call).get("id"),
                 "name": function.get("name"),
                 "input": _arguments(function.get("arguments")),
             }
@@ -165,7 +166,7 @@ def chat_to_message(chat: dict[str, Any], request: dict[str, Any], message_id: s
         "role": "assistant",
         "model": request.get("model"),
         "content": content,
-        "stop_reason": TO_ANTHROPIC_STOP.get(_str(choice.get("finish_reason")) or "stop", "end_turn"),
+        "stop_reason": TO_ANTHROPIC_STOP.get(as_str(choice.get("finish_reason")) or "stop", "end_turn"),
         "stop_sequence": None,
         "usage": anthropic_usage(tokens),
     }
@@ -197,8 +198,8 @@ class ChatStreamToMessages:
 
     def feed(self, chunk: Any) -> bytes:
         out = self._start()
-        for choice in _list(_dict(chunk).get("choices")):
-            delta = _dict(_dict(choice).get("delta"))
+        for choice in as_list(as_dict(chunk).get("choices")):
+            delta = as_dict(as_dict(choice).get("delta"))
             if isinstance(delta.get("content"), str) and delta["content"]:
                 if self._kind != "text":
                     out += self._open({"type": "text", "text": ""})
@@ -209,8 +210,8 @@ class ChatStreamToMessages:
                         "delta": {"type": "text_delta", "text": delta["content"]},
                     }
                 )
-            for call in map(_dict, _list(delta.get("tool_calls"))):
-                index, function = call.get("index", 0), _dict(call.get("function"))
+            for call in map(as_dict, as_list(delta.get("tool_calls"))):
+                index, function = call.get("index", 0), as_dict(call.get("function"))
                 if not isinstance(index, int):
                     index = 0
                 if index not in self._tools:
@@ -226,7 +227,7 @@ class ChatStreamToMessages:
                             "delta": {"type": "input_json_delta", "partial_json": function["arguments"]},
                         }
                     )
-            if isinstance(reason := _dict(choice).get("finish_reason"), str) and reason:
+            if isinstance(reason := as_dict(choice).get("finish_reason"), str) and reason:
                 self.finish_reason = reason
         return out
 
@@ -278,7 +279,7 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any] | Refused:
     if not isinstance(messages, list) or not messages:
         return Refused("messages: required, a non-empty list", "messages")
     for i, message in enumerate(messages):
-        role, content = _dict(message).get("role"), _dict(message).get("content")
+        role, content = as_dict(message).get("role"), as_dict(message).get("content")
         blocks: list[dict[str, Any]] = []
         if role in ("system", "developer"):
             system.append(_text(content))
@@ -293,8 +294,8 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any] | Refused:
             if not isinstance(parts, list):
                 return Refused(f"messages[{i}].content: a string or a list of parts", f"messages[{i}].content")
             for j, part in enumerate(parts):
-                kind = _dict(part).get("type")
-                url = _dict(_dict(part).get("image_url")).get("url")
+                kind = as_dict(part).get("type")
+                url = as_dict(as_dict(part).get("image_url")).get("url")
                 if kind == "text":
                     blocks.append({"type": "text", "text": part.get("text", "")})
                 elif kind == "image_url" and isinstance(url, str) and url.startswith("data:") and ";base64," in url:
@@ -305,12 +306,12 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any] | Refused:
                 else:
                     where = f"messages[{i}].content[{j}].type"
                     return Refused(f"{where}: {kind!r} cannot be translated for this model", where)
-            for tool_call in _list(_dict(message).get("tool_calls")):
-                function = _dict(_dict(tool_call).get("function"))
+            for tool_call in as_list(as_dict(message).get("tool_calls")):
+                function = as_dict(as_dict(tool_call).get("function"))
                 blocks.append(
                     {
                         "type": "tool_use",
-                        "id": _dict(tool_call).get("id"),
+                        "id": as_dict(tool_call).get("id"),
                         "name": function.get("name"),
                         "input": _arguments(function.get("arguments")),
                     }
@@ -339,8 +340,8 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any] | Refused:
     if isinstance(tools, list) and tools:
         call["tools"] = []
         for k, tool in enumerate(tools):
-            function = _dict(_dict(tool).get("function"))
-            if _dict(tool).get("type") != "function" or "name" not in function:
+            function = as_dict(as_dict(tool).get("function"))
+            if as_dict(tool).get("type") != "function" or "name" not in function:
                 return Refused(f"tools[{k}]: only function tools can be translated", f"tools[{k}]")
             entry = {"name": function["name"], "input_schema": function.get("parameters") or {"type": "object"}}
             if function.get("description"):
@@ -349,7 +350,7 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any] | Refused:
     choice = body.get("tool_choice")
     if isinstance(choice, str) and choice in TO_ANTHROPIC_CHOICE:
         call["tool_choice"] = dict(TO_ANTHROPIC_CHOICE[choice])
-    elif isinstance(choice, dict) and _dict(choice.get("function")).get("name"):
+    elif isinstance(choice, dict) and as_dict(choice.get("function")).get("name"):
         call["tool_choice"] = {"type": "tool", "name": choice["function"]["name"]}
     if body.get("parallel_tool_calls") is False and "tools" in call:
         call["tool_choice"] = {**call.get("tool_choice", {"type": "auto"}), "disable_parallel_tool_use": True}
@@ -361,13 +362,13 @@ def chat_to_messages(body: dict[str, Any]) -> dict[str, Any] | Refused:
 def message_to_chat(
     message: dict[str, Any], request: dict[str, Any], completion_id: str, created: int, tokens: Tokens
 ) -> dict[str, Any]:
-    text = "".join(_str(b.get("text")) for b in _list(message.get("content")) if _dict(b).get("type") == "text")
+    text = "".join(as_str(b.get("text")) for b in as_list(message.get("content")) if as_dict(b).get("type") == "text")
     calls = [
         completions.tool_call(b.get("id"), b.get("name"), _encode(b.get("input") or {}))
-        for b in _list(message.get("content"))
-        if _dict(b).get("type") == "tool_use"
+        for b in as_list(message.get("content"))
+        if as_dict(b).get("type") == "tool_use"
     ]
-    finish = TO_CHAT_FINISH.get(_str(message.get("stop_reason")) or "end_turn", "stop")
+    finish = TO_CHAT_FINISH.get(as_str(message.get("stop_reason")) or "end_turn", "stop")
     return completions.completion(request, completion_id, created, text, calls, finish, tokens)
 
 
@@ -378,21 +379,21 @@ class MessagesStreamToChat(completions.ChunkStream):
 
     def chunks(self, event: Any) -> list[dict[str, Any]]:
         """The chat chunks for one Messages event (none for most bookkeeping events)."""
-        data = _dict(event)
+        data = as_dict(event)
         kind = data.get("type")
         if kind == "message_start":
             return [self._role()]
-        if kind == "content_block_start" and _dict(data.get("content_block")).get("type") == "tool_use":
+        if kind == "content_block_start" and as_dict(data.get("content_block")).get("type") == "tool_use":
             block = data["content_block"]
-            return [self._call_opened(_int(data.get("index")), block.get("id"), block.get("name"), "")]
+            return [self._call_opened(as_count(data.get("index")), block.get("id"), block.get("name"), "")]
         if kind == "content_block_delta":
-            delta = _dict(data.get("delta"))
+            delta = as_dict(data.get("delta"))
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return [self._text(delta["text"])]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
-                return [self._arguments(_int(data.get("index")), delta["partial_json"])]
+                return [self._arguments(as_count(data.get("index")), delta["partial_json"])]
         if kind == "message_delta":
-            self.stop_reason = _dict(data.get("delta")).get("stop_reason") or self.stop_reason
+            self.stop_reason = as_dict(data.get("delta")).get("stop_reason") or self.stop_reason
         return []
 
     def closing_reason(self) -> str | None:

@@ -13,8 +13,9 @@ answer per request, so `stop` and `n` > 1 are refused (400), not silently droppe
 
 from typing import Any
 
+from services.gateway.shapes import as_count, as_dict, as_list
 from services.gateway.translate import completions
-from services.gateway.translate.responses import Refused, _dict, _int, _list
+from services.gateway.translate.responses import Refused
 from services.gateway.usage import Tokens
 
 PASSED = ("temperature", "top_p", "parallel_tool_calls", "user")
@@ -34,7 +35,7 @@ def chat_to_responses(body: dict[str, Any]) -> dict[str, Any] | Refused:
         return Refused("n: this model's upstream answers once per request (n: 1)", "n")
     items: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
-        refused = _add_message(items, _dict(message), f"messages[{i}]")
+        refused = _add_message(items, as_dict(message), f"messages[{i}]")
         if refused:
             return refused
     call: dict[str, Any] = {"model": body.get("model"), "input": items, "store": False}
@@ -70,18 +71,18 @@ def _add_message(items: list[dict[str, Any]], message: dict[str, Any], where: st
     if role == "user" and isinstance(content, list):
         parts: list[dict[str, Any]] = []
         for j, part in enumerate(content):
-            kind = _dict(part).get("type")
+            kind = as_dict(part).get("type")
             if kind == "text":
                 parts.append({"type": "input_text", "text": part.get("text", "")})
-            elif kind == "image_url" and isinstance(_dict(part.get("image_url")).get("url"), str):
+            elif kind == "image_url" and isinstance(as_dict(part.get("image_url")).get("url"), str):
                 parts.append({"type": "input_image", "image_url": part["image_url"]["url"]})
             else:
                 return Refused(f"{where}.content[{j}].type: {kind!r} is not supported here", f"{where}.content[{j}]")
         items.append({"role": "user", "content": parts})
     elif content is not None:
         items.append({"role": role, "content": _text(content)})
-    for j, call in enumerate(_list(message.get("tool_calls")) if role == "assistant" else ()):
-        call_id, function = _dict(call).get("id"), _dict(_dict(call).get("function"))
+    for j, call in enumerate(as_list(message.get("tool_calls")) if role == "assistant" else ()):
+        call_id, function = as_dict(call).get("id"), as_dict(as_dict(call).get("function"))
         if not isinstance(call_id, str) or not isinstance(function.get("name"), str):
             return Refused(f"{where}.tool_calls[{j}]: needs an id and a function name", f"{where}.tool_calls[{j}]")
         arguments = function.get("arguments")
@@ -108,8 +109,8 @@ def _tools(body: dict[str, Any], call: dict[str, Any]) -> Refused | None:
         return Refused("tools: must be a list", "tools")
     out = []
     for i, tool in enumerate(tools):
-        function = _dict(_dict(tool).get("function"))
-        if _dict(tool).get("type") != "function" or not function.get("name"):
+        function = as_dict(as_dict(tool).get("function"))
+        if as_dict(tool).get("type") != "function" or not function.get("name"):
             return Refused(f"tools[{i}]: only function tools with a name are supported", f"tools[{i}]")
         keep = {k: function[k] for k in ("name", "description", "parameters", "strict") if function.get(k) is not None}
         out.append({"type": "function", **keep})
@@ -122,10 +123,10 @@ def _tool_choice(body: dict[str, Any], call: dict[str, Any]) -> Refused | None:
     choice = body.get("tool_choice")
     if choice is None:
         return None
-    name = _dict(_dict(choice).get("function")).get("name")
+    name = as_dict(as_dict(choice).get("function")).get("name")
     if choice in ("auto", "none", "required"):
         call["tool_choice"] = choice
-    elif _dict(choice).get("type") == "function" and isinstance(name, str):
+    elif as_dict(choice).get("type") == "function" and isinstance(name, str):
         call["tool_choice"] = {"type": "function", "name": name}
     else:
         return Refused("tool_choice: auto, none, required or {type: function, function: {name}}", "tool_choice")
@@ -134,13 +135,13 @@ def _tool_choice(body: dict[str, Any], call: dict[str, Any]) -> Refused | None:
 
 def _response_format(body: dict[str, Any], call: dict[str, Any]) -> Refused | None:
     fmt = body.get("response_format")
-    kind = _dict(fmt).get("type")
+    kind = as_dict(fmt).get("type")
     if fmt is None or kind == "text":
         return None
     if kind == "json_object":
         call["text"] = {"format": {"type": "json_object"}}
     elif kind == "json_schema":
-        schema = _dict(_dict(fmt).get("json_schema"))
+        schema = as_dict(as_dict(fmt).get("json_schema"))
         call["text"] = {"format": {"type": "json_schema", **schema}}
     else:
         return Refused("response_format.type: text, json_object or json_schema", "response_format.type")
@@ -153,7 +154,7 @@ def _response_format(body: dict[str, Any], call: dict[str, Any]) -> Refused | No
 def finish_reason(status: Any, incomplete: Any, calls: bool) -> str:
     """A Response's status (and incomplete_details.reason) as chat's finish_reason."""
     if status == "incomplete":
-        return "content_filter" if _dict(incomplete).get("reason") == "content_filter" else "length"
+        return "content_filter" if as_dict(incomplete).get("reason") == "content_filter" else "length"
     return "tool_calls" if calls else "stop"
 
 
@@ -161,10 +162,10 @@ def response_to_chat(
     response: dict[str, Any], request: dict[str, Any], completion_id: str, created: int, tokens: Tokens
 ) -> dict[str, Any]:
     text, calls = "", []
-    for item in _list(response.get("output")):
-        item = _dict(item)
+    for item in as_list(response.get("output")):
+        item = as_dict(item)
         if item.get("type") == "message":
-            text += "".join(_dict(p).get("text", "") for p in _list(item.get("content")) if _is_text(p))
+            text += "".join(as_dict(p).get("text", "") for p in as_list(item.get("content")) if _is_text(p))
         elif item.get("type") == "function_call":
             calls.append(completions.tool_call(item.get("call_id"), item.get("name"), item.get("arguments") or ""))
     finish = finish_reason(response.get("status"), response.get("incomplete_details"), bool(calls))
@@ -172,7 +173,7 @@ def response_to_chat(
 
 
 def _is_text(part: Any) -> bool:
-    return _dict(part).get("type") == "output_text"
+    return as_dict(part).get("type") == "output_text"
 
 
 class ResponsesStreamToChat(completions.ChunkStream):
@@ -182,20 +183,20 @@ class ResponsesStreamToChat(completions.ChunkStream):
 
     def chunks(self, event: Any) -> list[dict[str, Any]]:
         """The chat chunks for one Responses event (none for most bookkeeping events)."""
-        data = _dict(event)
+        data = as_dict(event)
         kind = data.get("type")
         if kind == "response.created":
             return [self._role()]
         if kind == "response.output_text.delta" and data.get("delta"):
             return [self._text(data["delta"])]
-        if kind == "response.output_item.added" and _dict(data.get("item")).get("type") == "function_call":
+        if kind == "response.output_item.added" and as_dict(data.get("item")).get("type") == "function_call":
             item = data["item"]
-            index = _int(data.get("output_index"))
+            index = as_count(data.get("output_index"))
             return [self._call_opened(index, item.get("call_id"), item.get("name"), item.get("arguments") or "")]
         if kind == "response.function_call_arguments.delta" and data.get("delta"):
-            return [self._arguments(_int(data.get("output_index")), data["delta"])]
+            return [self._arguments(as_count(data.get("output_index")), data["delta"])]
         if kind in ("response.completed", "response.incomplete"):
-            answer = _dict(data.get("response"))
+            answer = as_dict(data.get("response"))
             calls = bool(self._calls)
             self.finish_reason = finish_reason(answer.get("status"), answer.get("incomplete_details"), calls)
         return []

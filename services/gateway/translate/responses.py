@@ -15,6 +15,8 @@ refused. The gateway stores no responses, so `previous_response_id` and
 
 from typing import Any, NamedTuple
 
+from services.gateway.shapes import as_count, as_dict, as_list
+
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "developer"}
 """Responses message role -> chat role."""
 TEXT_PARTS = frozenset({"input_text", "output_text", "text", "refusal"})
@@ -228,23 +230,7 @@ def chat_usage(chat: Any) -> dict[str, Any] | None:
         return None
     details = chat.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return usage(_int(chat.get("prompt_tokens")), _int(cached), _int(chat.get("completion_tokens")))
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
+    return usage(as_count(chat.get("prompt_tokens")), as_count(cached), as_count(chat.get("completion_tokens")))
 
 
 def response(
@@ -289,13 +275,13 @@ def from_chat(chat: dict[str, Any], request: dict[str, Any], response_id: str, c
     """A whole chat completion as the Response it answers."""
     choices = chat.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    message = _dict(choice.get("message"))
+    message = as_dict(choice.get("message"))
     output: list[dict[str, Any]] = []
     content = message.get("content")
     if isinstance(content, str) and content:
         output.append(message_item(f"msg_{response_id[5:]}", content, "completed"))
-    for n, call in enumerate(_list(message.get("tool_calls"))):
-        function = _dict(call.get("function")) if isinstance(call, dict) else {}
+    for n, call in enumerate(as_list(message.get("tool_calls"))):
+        function = as_dict(call.get("function")) if isinstance(call, dict) else {}
         call_id = call.get("id", "") if isinstance(call, dict) else ""
         output.append(
             call_item(

@@ -7,7 +7,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from services.gateway.translate.responses import FINISH, _dict, _list, call_item, message_item, response
+from services.gateway.shapes import as_dict, as_list
+from services.gateway.translate.responses import FINISH, call_item, message_item, response
 
 
 class StreamToResponses:
@@ -30,14 +31,14 @@ class StreamToResponses:
         events = self._start()
         if not isinstance(chunk, dict):
             return events
-        for choice in _list(chunk.get("choices")):
+        for choice in as_list(chunk.get("choices")):
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            delta = _dict(choice.get("delta"))
+            delta = as_dict(choice.get("delta"))
             content = delta.get("content")
             if isinstance(content, str) and content:
                 events += self._text_delta(content)
-            for call in _list(delta.get("tool_calls")):
+            for call in as_list(delta.get("tool_calls")):
                 if isinstance(call, dict):
                     events += self._call_delta(call)
             if isinstance(reason := choice.get("finish_reason"), str) and reason:
@@ -130,7 +131,7 @@ class StreamToResponses:
     def _call_delta(self, call: dict[str, Any]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         index = call.get("index", 0)
-        function = _dict(call.get("function"))
+        function = as_dict(call.get("function"))
         item = self._calls.get(index)
         if item is None:
             events += self._close_text()  # the text before a call is done when the call begins
