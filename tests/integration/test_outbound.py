@@ -39,19 +39,23 @@ async def stream(nc: Client) -> AsyncIterator[str]:
     await js.delete_stream(name)
 
 
-async def stored(nc: Client, stream: str, subject: str = "") -> list[Msg]:
+async def stored(nc: Client, stream: str, expected: int, subject: str = "") -> list[Msg]:
+    """The stream's messages, once it holds `expected` of them (never more: no duplicate stored)."""
     js = nc.jetstream()
+    for _ in range(200):
+        if (await js.stream_info(stream)).state.messages >= expected:
+            break
+        await asyncio.sleep(0.05)
     config = api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL)
     sub = await js.pull_subscribe(subject or f"{stream}.>", stream=stream, config=config)
     msgs: list[Msg] = []
     try:
-        while True:
-            try:
-                msgs += await sub.fetch(100, timeout=0.5)
-            except nats.errors.TimeoutError:
-                return msgs
+        while len(msgs) < expected:
+            msgs += await sub.fetch(expected - len(msgs), timeout=10)
     finally:
         await sub.unsubscribe()
+    assert (await js.stream_info(stream)).state.messages == expected
+    return msgs
 
 
 def usage(account: str, model: str = "deepseek/deepseek-chat") -> UsageRecorded:
@@ -86,7 +90,7 @@ async def test_frames_arrive_as_published_and_a_message_id_dedupes(nc: Client, s
         await asyncio.sleep(0.01)
     decoded = sorted((msg.subject, msgspec.json.decode(msg.data).get("duplicate", False)) for msg in acks)
     assert decoded == sorted([(f"{stream}-acks.{i}", dup) for i in range(3) for dup in (False, True)])
-    msgs = await stored(nc, stream)
+    msgs = await stored(nc, stream, 3)
     assert [m.subject for m in msgs] == [f"{stream}.m.{i}" for i in range(3)]
     assert [m.data for m in msgs] == [f"payload {i}\r\nPUB x 1".encode() for i in range(3)]
     assert [(m.headers or {}).get(api.Header.MSG_ID) for m in msgs] == ["id-0", "id-1", "id-2"]
@@ -132,7 +136,7 @@ async def test_a_payload_over_max_payload_is_refused_as_publish_refuses_it(nc: C
     await publisher.start()
     with pytest.raises(PublishFailed, match="MaxPayload"):
         await publisher.publish([usage("acc_small"), usage("acc_big", model="m" * limit)])
-    assert await stored(nc, stream) == []
+    assert await stored(nc, stream, 0) == []
 
 
 async def test_the_publisher_dedupes_and_carries_the_trace(nc: Client) -> None:
@@ -149,7 +153,7 @@ async def test_the_publisher_dedupes_and_carries_the_trace(nc: Client) -> None:
         first = await publisher.publish(events)
     again = await publisher.publish(events[::-1])
     assert [a.duplicate for a in first] == [False, False] and [a.duplicate for a in again] == [True, True]
-    msgs = await stored(nc, Streams.stream, ">")
+    msgs = await stored(nc, Streams.stream, 2, ">")
     trace_id = f"{span.get_span_context().trace_id:032x}"
     assert [(m.headers or {}).get(api.Header.MSG_ID) for m in msgs] == [e.event_id for e in events]
     assert all((m.headers or {}).get("traceparent", "").startswith(f"00-{trace_id}-") for m in msgs)
@@ -208,7 +212,7 @@ async def test_while_reconnecting_the_buffer_limit_is_publishs_and_the_buffered_
             await asyncio.sleep(0.01)
         await batch.flush()
         await one.flush()
-        msgs = await stored(one, "reconnect")
+        msgs = await stored(one, "reconnect", 2 * taken)
         ids = sorted((m.headers or {}).get(api.Header.MSG_ID, "") for m in msgs)
         assert ids == sorted(f"{c}-{i:04d}" for c in ("one", "bat") for i in range(taken))
     finally:
