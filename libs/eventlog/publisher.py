@@ -24,6 +24,7 @@ from opentelemetry.trace import Tracer
 from libs import tracing
 from libs.eventlog import metrics, subjects
 from libs.inbox import subscribe_handing_over
+from libs.outbound import Frames, header_name
 from proto.v1 import encode
 from proto.v1.events import Event
 
@@ -40,6 +41,8 @@ class PubAck(msgspec.Struct):
 
 
 _ack = msgspec.json.Decoder(PubAck)
+_MSG_ID = header_name(api.Header.MSG_ID)
+_TRACEPARENT = header_name(tracing.TRACEPARENT)
 
 
 class _Batch:
@@ -105,16 +108,18 @@ class EventPublisher:
             types = [type(event).__name__ for event in events]
             try:
                 with tracing.publishing(self._tracer, types, parents) as traceparents:
+                    frames = Frames(self._nc)
                     for index, event in enumerate(events):
-                        headers: dict[str, str] = {api.Header.MSG_ID: event.event_id}
+                        headers = [(_MSG_ID, event.event_id)]
                         if traceparents is not None and (traceparent := traceparents[index]) is not None:
-                            headers[tracing.TRACEPARENT] = traceparent
-                        await self._nc.publish(
+                            headers.append((_TRACEPARENT, traceparent))
+                        frames.add(
                             subjects.publish_subject(event.category, event.subject_account, types[index]),
+                            f"{self._inbox}.{batch_id}.{index}",
                             encode(event),
-                            reply=f"{self._inbox}.{batch_id}.{index}",
-                            headers=headers,
+                            headers,
                         )
+                    await frames.send()
                     await asyncio.wait_for(asyncio.shield(batch.done), self._timeout_s)
             except (TimeoutError, nats.errors.Error) as exc:
                 raise PublishFailed(f"event log did not store the batch: {exc!r}") from exc
