@@ -167,11 +167,13 @@ class QuotaResponder:
         decisions back. A partition taken over meanwhile answers not_ready to each (check())."""
         started = time.perf_counter()
         batch = self._batch.decode(msg.data)
-        traceparents = batch.traceparents or [None] * len(batch.checks)
-        decisions = []
-        for request, traceparent in zip(batch.checks, traceparents, strict=True):
-            with tracing.serving(self._tracer, QUOTA_CHECK, traceparent):
-                decisions.append(self.check(request))
+        if self._tracer is None or not batch.traceparents:  # no context manager per check (about 1.5 µs)
+            decisions = [self.check(request) for request in batch.checks]
+        else:
+            decisions = []
+            for request, traceparent in zip(batch.checks, batch.traceparents, strict=True):
+                with tracing.serving(self._tracer, QUOTA_CHECK, traceparent):
+                    decisions.append(self.check(request))
         await msg.respond(encode(QuotaDecisions(decisions=decisions)))
         answered = time.perf_counter() - started  # each check's answer left with the batch's
         for decision in decisions:
