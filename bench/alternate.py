@@ -18,6 +18,7 @@ import asyncio
 import statistics
 from pathlib import Path
 
+import aiohttp
 import nats
 
 from bench import profile as bench_profile
@@ -53,6 +54,8 @@ async def alternate(args: argparse.Namespace, work: Path) -> None:
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
         targets = ("gateway", BEFORE)
         rows: dict[tuple[str, int], list[tuple[float, ...]]] = {}
+        batches: dict[int, dict[str, float]] = {}
+        """this checkout's quota.check messages by how many checks each carried, per connection count"""
         print(f"work dir {work}; rows: target, connections, calls/s, CPU µs per call of gateway, quota, "
               "nats-server, write syscalls per call, p50 and p99 ms", flush=True)  # fmt: skip
         for round_ in range(args.rounds):
@@ -65,6 +68,7 @@ async def alternate(args: argparse.Namespace, work: Path) -> None:
                         "postgres": postgres_pids(postgres.data_dir),
                     }  # fmt: skip
                     writes = bench_profile.syscw(pid)
+                    batched = await _check_batches(stack.urls[target]) if target == "gateway" else {}
                     cell = await asyncio.to_thread(
                         bench_wrk.measure, wrk, stack.urls[target], request_body(args.stream), headers, connections,
                         args.seconds, 1.0, watch,
@@ -77,6 +81,10 @@ async def alternate(args: argparse.Namespace, work: Path) -> None:
                         writes_per_call, cell.result["p50_us"] / 1000, cell.result["p99_us"] / 1000,
                     )  # fmt: skip
                     rows.setdefault((target, connections), []).append(row)
+                    if batched:
+                        seen = batches.setdefault(connections, {})
+                        for bucket, total in (await _check_batches(stack.urls[target])).items():
+                            seen[bucket] = seen.get(bucket, 0) + total - batched.get(bucket, 0)
                     print(f"  {target:<15} {connections:>3} {row[0]:>8,.0f}/s {row[1]:>7.0f} {row[2]:>6.0f} "
                           f"{row[3]:>6.0f} {row[4]:>6.2f} {row[5]:>6.2f} {row[6]:>6.2f} errors {cell.result['errors']}",
                           flush=True)  # fmt: skip
@@ -87,6 +95,11 @@ async def alternate(args: argparse.Namespace, work: Path) -> None:
                   f"quota {columns[2]:>5.0f}  nats-server {columns[3]:>5.0f}  writes/call {columns[4]:.2f}  "
                   f"p50 {columns[5]:.2f} p99 {columns[6]:.2f} ms  "
                   f"(gateway CPU per run: {', '.join(f'{v[1]:.0f}' for v in values)})")  # fmt: skip
+        for connections, seen in sorted(batches.items()):
+            messages, checks = seen.pop("count", 0), seen.pop("sum", 0)
+            print(f"  this checkout's gateway at {connections} connections: {checks:,.0f} quota.checks in "
+                  f"{messages:,.0f} messages ({checks / max(1, messages):.2f} a message); messages carrying at "
+                  f"most n: {', '.join(f'{n} {count:,.0f}' for n, count in seen.items())}")  # fmt: skip
         if args.profile:
             for target in targets:
                 out = work / f"profile-{target}.txt"
@@ -109,6 +122,20 @@ async def alternate(args: argparse.Namespace, work: Path) -> None:
             stack.stop()
         postgres.stop()
         nats_server.stop()
+
+
+async def _check_batches(url: str) -> dict[str, float]:
+    """flowplan_gateway_quota_check_batch from the gateway's /metrics: messages per bucket (`le`),
+    `count` and `sum` (checks). Empty for a gateway without it (before qbatch)."""
+    async with aiohttp.ClientSession() as session, session.get(url.split("/v1/")[0] + "/metrics") as response:
+        text = await response.text()
+    seen: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("flowplan_gateway_quota_check_batch_"):
+            name, value = line.split("{")[0].rsplit("_", 1)[-1], float(line.rsplit(" ", 1)[-1])
+            bucket = line.split('le="')[1].split('"')[0].removesuffix(".0") if name == "bucket" else name
+            seen[bucket] = value
+    return seen
 
 
 if __name__ == "__main__":

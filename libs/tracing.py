@@ -145,6 +145,19 @@ def answering(tracer: Tracer | None, subject: str, handler: MsgHandler) -> MsgHa
 
 
 @contextmanager
+def serving(tracer: Tracer | None, subject: str, traceparent: str | None) -> Iterator[None]:
+    """One request of a batch (quota.check_batch's checks), in a server span of `subject` under
+    its own carried traceparent, as `answering` runs a request that came alone."""
+    parent = incoming({TRACEPARENT: traceparent}) if tracer is not None and traceparent else None
+    if parent is None or tracer is None:
+        yield
+        return
+    attributes = {**NATS, "messaging.destination.name": subject}
+    with tracer.start_as_current_span(subject, parent, kind=SpanKind.SERVER, attributes=attributes):
+        yield
+
+
+@contextmanager
 def publishing(
     tracer: Tracer | None, event_types: Sequence[str], parents: Sequence[context.Context] | None
 ) -> Iterator[list[str | None] | None]:

@@ -50,8 +50,9 @@ def _partitioned(channels: dict[str, Any], operations: dict[str, Any], channel: 
     """The same request on `<subject>.p.{partition}`, answered by the owner of the partition."""
     subject = channels[channel]["address"]
     owned = f"{channel}.p.partition"
+    forwarded = "" if subject in subjects.OWNER_ONLY else "; any quota instance forwards the plain subject"
     description = (f"{channels[channel]['description']} Sent to the owner of the account's partition (the "
-                   "gateway computes it; any quota instance forwards the plain subject).")  # fmt: skip
+                   f"gateway computes it{forwarded}).")  # fmt: skip
     channels[owned] = {**channels[channel], "address": f"{subject}.p.{{partition}}", "parameters": PARTITION,
                        "description": description}  # fmt: skip
     operations[owned] = {**operation, "channel": {"$ref": f"#/channels/{owned}"}}
@@ -120,6 +121,8 @@ def render() -> str:
         operations[channel] = operation
         if call.subject in subjects.PARTITIONED:
             _partitioned(channels, operations, channel, operation)
+        if call.subject in subjects.OWNER_ONLY:  # nobody answers the plain subject
+            del channels[channel], operations[channel]
 
     ordered = sorted(structs, key=lambda t: t.__name__)
     _, schemas = msgspec.json.schema_components(ordered, ref_template="#/components/schemas/{name}")

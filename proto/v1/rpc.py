@@ -54,6 +54,11 @@ QUOTA_CHECK = Rpc[m.QuotaCheck, m.QuotaDecision](
     subjects.QUOTA_CHECK, m.QuotaCheck, m.QuotaDecision, "quota",
     "May this account start a call of this model now (and hold a reservation)?", hot=True,
 )  # fmt: skip
+QUOTA_CHECK_BATCH = Rpc[m.QuotaCheckBatch, m.QuotaDecisions](
+    subjects.QUOTA_CHECK_BATCH, m.QuotaCheckBatch, m.QuotaDecisions, "quota",
+    "Several quota.checks of one partition's accounts, decided in order: a gateway's checks that came "
+    "while its previous one was answered.", hot=True,
+)  # fmt: skip
 QUOTA_STATUS = Rpc[m.QuotaStatusRequest, m.QuotaStatus](
     subjects.QUOTA_STATUS, m.QuotaStatusRequest, m.QuotaStatus, "quota",
     "The account's plan, windows, PAYG balance and Extra Usage as quota sees them.",

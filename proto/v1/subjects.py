@@ -1,15 +1,19 @@
 """The request/reply and broadcast subjects: part of the wire contract, named once."""
 
 QUOTA_CHECK = "quota.check"
+QUOTA_CHECK_BATCH = "quota.check_batch"
+"""QuotaCheckBatch -> QuotaDecisions, on the partition owner's subject only (OWNER_ONLY)."""
 QUOTA_STATUS = "quota.status"
 QUOTA_EVENTS = "quota.events"
 QUOTA_RELEASE = "quota.release"
 QUOTA_INFLIGHT = "quota.inflight"
 QUOTA_HEARTBEAT = "quota.heartbeat"
-PARTITIONED = (QUOTA_CHECK, QUOTA_RELEASE, QUOTA_STATUS, QUOTA_INFLIGHT)
+PARTITIONED = (QUOTA_CHECK, QUOTA_RELEASE, QUOTA_STATUS, QUOTA_INFLIGHT, QUOTA_CHECK_BATCH)
 """Per-account requests that are also sent as `<subject>.p.<partition>`, where only the quota
 instance that owns the account's partition listens (libs/eventlog/subjects.owner_subject); any
-instance forwards the plain subject there."""
+instance forwards the plain subject there (except OWNER_ONLY's)."""
+OWNER_ONLY = (QUOTA_CHECK_BATCH,)
+"""Sent as `<subject>.p.<partition>` only: no instance answers the plain subject."""
 """Broadcast (no reply): each gateway's GatewayHeartbeat, its calls in flight."""
 
 KEY_LOOKUP = "key.lookup"

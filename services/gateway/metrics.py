@@ -14,3 +14,7 @@ admission_seconds = Histogram(
 )
 refusals = Counter(SCOPE, "flowplan_gateway_refusals", description="calls refused, by reason")
 flows = Counter(SCOPE, "flowplan_gateway_flows", description="Flows the gateway's calls cost, by model and plan")
+quota_check_batch = Histogram(
+    SCOPE, "flowplan_gateway_quota_check_batch", bounds=(1, 2, 4, 8, 16, 32, 64),
+    description="quota.checks per message sent to quota: 1 alone, more when coalesced under load",
+)  # fmt: skip

@@ -22,7 +22,6 @@ from datetime import UTC, timedelta
 from typing import Any
 
 import aiohttp
-import msgspec
 from aiohttp import web
 from nats.aio.client import Client
 from opentelemetry import trace
@@ -30,7 +29,6 @@ from opentelemetry import trace
 from libs import apikeys, chatpass, tracing
 from libs.clients import client_address, trusted_networks
 from libs.clock import Clock
-from libs.eventlog.subjects import owner_subject
 from libs.inbox import Requests
 from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
 from libs.pricing.catalog import Catalog, Model
@@ -42,8 +40,6 @@ from proto.v1 import (
     KeyView,
     QuotaCheck,
     QuotaDecision,
-    encode,
-    subjects,
 )
 from services.gateway import metrics, protocols, studio
 from services.gateway.body import BodyError, parse_body
@@ -53,12 +49,12 @@ from services.gateway.estimate import estimate_usd_micros
 from services.gateway.inflight import InflightCalls
 from services.gateway.meter import Call, Meter, count
 from services.gateway.protocols import Exchange, Protocol
+from services.gateway.quotachecks import QuotaChecks, QuotaUnavailable
 from services.gateway.recorder import UsageRecorder
 from services.gateway.translate import Refused
 from services.gateway.upstreams import Upstreams
 
 log = logging.getLogger(__name__)
-_decision = msgspec.json.Decoder(QuotaDecision)
 FIVE_HOURS = timedelta(hours=5)
 MANAGEMENT_PREFIX = apikeys.PREFIXES["management"]
 
@@ -87,8 +83,9 @@ class CallPipeline:
         self.upstreams, self.recorder, self.clock = upstreams, recorder, clock
         self.inflight = inflight
         """The calls admitted and not finished: their reservations are renewed in quota by heartbeat."""
-        self.requests = requests
-        """quota.check's request/reply, its replies handed over as they are read (libs.inbox)."""
+        self.checks = QuotaChecks(requests, settings.partitions, settings.request_timeout_s)
+        """quota.check to the account's partition owner, coalesced under load, its replies handed
+        over as they are read (libs.inbox)."""
         self.traced = traced
         """Whether this gateway has a tracer: without one no span is ever current in it, and a call
         skips the two lookups of the current span (about 3 µs)."""
@@ -224,16 +221,11 @@ class CallPipeline:
             billing_mode="payg" if key.kind == "payg" else "subscription",
         )  # fmt: skip
         try:
-            reply = await self.requests.request(
-                owner_subject(subjects.QUOTA_CHECK, key.account_id, self.settings.partitions), encode(check),
-                timeout_s=self.settings.request_timeout_s,
-                headers=tracing.nats_headers() if self.traced else None,
-            )  # fmt: skip
-        except Exception:
+            decision = await self.checks.decide(check, tracing.nats_headers() if self.traced else None)
+        except QuotaUnavailable:
             message = "the quota service did not answer; retry"
             unavailable = refusal(api, "service_unavailable", message, {"retry-after": "1"})
             return refused(route, unavailable, label)
-        decision = _decision.decode(reply.data)
         metrics.admission_seconds.record(time.perf_counter() - started)
         self.inflight.rate_seen(key.account_id, decision.rate_limit, self.clock.now())
         headers = rate_headers(decision)

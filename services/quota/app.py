@@ -72,7 +72,7 @@ class QuotaService:
         tracker.ready_for, tracker.copying = partitions.ready_for, partitions.copying
         responder = QuotaResponder(
             self.state, self.catalog, limits, self.clock, runtime.db, projection.schema, runtime.nc,
-            partitions.ready_for, partitions.partition_of, runner.applied,
+            partitions.ready_for, partitions.partition_of, runner.applied, runtime.tracer,
         )  # fmt: skip
         for subject, handler in (
             (subjects.QUOTA_CHECK, responder.on_check),
@@ -89,6 +89,7 @@ class QuotaService:
             subjects.QUOTA_RELEASE: responder.on_owned_release,
             subjects.QUOTA_STATUS: responder.on_owned_status,
             subjects.QUOTA_INFLIGHT: responder.on_owned_inflight,
+            subjects.QUOTA_CHECK_BATCH: responder.on_owned_check_batch,
         }
         assert owned.keys() == set(subjects.PARTITIONED), "the contract (proto/asyncapi.json) lists what owners answer"
         traced = {subject: tracing.answering(runtime.tracer, subject, handler) for subject, handler in owned.items()}

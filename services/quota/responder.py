@@ -18,7 +18,9 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from opentelemetry.trace import Tracer
 
+from libs import tracing
 from libs.clock import Clock
 from libs.eventlog.subjects import partitioned
 from libs.pricing.catalog import FREE, Catalog
@@ -27,7 +29,9 @@ from proto.v1 import (
     Inflight,
     InflightRequest,
     QuotaCheck,
+    QuotaCheckBatch,
     QuotaDecision,
+    QuotaDecisions,
     QuotaStatus,
     QuotaStatusRequest,
     RateLimit,
@@ -81,6 +85,7 @@ class QuotaResponder:
         ready_for: Callable[[str], bool],
         partition_of: Callable[[str], int],
         applied: Mapping[int, int] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._state = state
         self._ready_for, self._partition_of, self._nc = ready_for, partition_of, nc
@@ -91,7 +96,10 @@ class QuotaResponder:
         self._clock = clock
         self._pool = pool
         self._schema = schema
+        self._tracer = tracer
+        """Spans for a batch's traced checks (a check that came alone is traced by tracing.answering)."""
         self._check = msgspec.json.Decoder(QuotaCheck)
+        self._batch = msgspec.json.Decoder(QuotaCheckBatch)
         self._release = msgspec.json.Decoder(ReleaseReservation)
         self._status_request = msgspec.json.Decoder(QuotaStatusRequest)
         self._inflight_request = msgspec.json.Decoder(InflightRequest)
@@ -153,6 +161,25 @@ class QuotaResponder:
         metrics.check_seconds.record(time.perf_counter() - started)
         outcome = "admitted" if decision.admitted else decision.reason or "refused"
         metrics.checks.add(1, {"decision": outcome, "billing_mode": decision.billing_mode or ""})
+
+    async def on_owned_check_batch(self, msg: Msg) -> None:
+        """quota.check_batch: each check decided in order as if it came alone, one message of
+        decisions back. A partition taken over meanwhile answers not_ready to each (check())."""
+        started = time.perf_counter()
+        batch = self._batch.decode(msg.data)
+        if self._tracer is None or not batch.traceparents:  # no context manager per check (about 1.5 µs)
+            decisions = [self.check(request) for request in batch.checks]
+        else:
+            decisions = []
+            for request, traceparent in zip(batch.checks, batch.traceparents, strict=True):
+                with tracing.serving(self._tracer, QUOTA_CHECK, traceparent):
+                    decisions.append(self.check(request))
+        await msg.respond(encode(QuotaDecisions(decisions=decisions)))
+        answered = time.perf_counter() - started  # each check's answer left with the batch's
+        for decision in decisions:
+            metrics.check_seconds.record(answered)
+            outcome = "admitted" if decision.admitted else decision.reason or "refused"
+            metrics.checks.add(1, {"decision": outcome, "billing_mode": decision.billing_mode or ""})
 
     def check(self, request: QuotaCheck) -> QuotaDecision:
         """Decide (domain.admit), then remember: the RPM slot taken, the reservation held."""

@@ -20,6 +20,7 @@ from libs import tracing
 from libs.eventlog.publisher import EventPublisher
 from libs.settings import Settings
 from proto.v1 import UsageRecorded
+from services.gateway import metrics as gateway_metrics
 from services.gateway.app import GatewayService
 from services.quota.app import QuotaService
 from tests.stack import Stack, eventually
@@ -156,3 +157,32 @@ async def test_events_published_inside_a_span_continue_its_trace(traced: Stack, 
     assert 1 <= len(consumes) <= 3 and {parent_of(s) for s in consumes} == {span_id(publish)}
     writes = [s for s in spans if s.name == "write quota"]
     assert sorted(parent_of(s) or 0 for s in writes) == sorted(span_id(s) for s in consumes)
+
+
+async def test_each_call_of_a_coalesced_burst_has_its_own_quota_check_span(
+    traced: Stack, exporter: InMemorySpanExporter
+) -> None:
+    account = await traced.create_account()
+    client = openai.AsyncOpenAI(base_url=f"{traced.gateway_url}/v1", api_key=account["key"], max_retries=0)
+    together = sum(sum(counts[1:]) for _, counts, _ in gateway_metrics.quota_check_batch.series())
+
+    async def call() -> None:
+        await client.chat.completions.create(
+            model="deepseek/deepseek-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+        )
+
+    await asyncio.gather(*(call() for _ in range(8)))  # within the free plan's 10 a minute
+    sent_together = sum(sum(counts[1:]) for _, counts, _ in gateway_metrics.quota_check_batch.series()) - together
+    assert sent_together > 0  # some of the burst's checks went in a batch
+
+    requests = await eventually(lambda: _all(exporter, "POST /v1/chat/completions", account["account_id"], 8))
+    for request in requests:
+        assert request.context is not None
+        checks = [s for s in in_trace(exporter, request.context.trace_id) if s.name == "quota.check"]
+        assert [parent_of(s) for s in checks] == [span_id(request)] and service(checks[0]) == "flowplan-quota"
+
+
+async def _all(exporter: InMemorySpanExporter, name: str, account_id: str, n: int) -> list[ReadableSpan] | None:
+    spans = [s for s in exporter.get_finished_spans()
+             if s.name == name and (s.attributes or {}).get("flowplan.account_id") == account_id]  # fmt: skip
+    return spans if len(spans) == n else None

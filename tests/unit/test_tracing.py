@@ -85,6 +85,23 @@ async def test_a_responder_continues_the_trace_its_request_carries(exporter: InM
     assert tracing.answering(None, "quota.check", handler) is handler
 
 
+def test_each_request_of_a_batch_is_served_under_its_own_traceparent(exporter: InMemorySpanExporter) -> None:
+    other = "1" * 16
+    seen: list[trace.SpanContext] = []
+    tracer = tracer_to(exporter)
+    for traceparent in (f"00-{TRACE_ID}-{PARENT_ID}-01", None, f"00-{TRACE_ID}-{other}-01", "garbage"):
+        with tracing.serving(tracer, "quota.check", traceparent):
+            seen.append(trace.get_current_span().get_span_context())
+    with tracing.serving(None, "quota.check", f"00-{TRACE_ID}-{PARENT_ID}-01"):
+        seen.append(trace.get_current_span().get_span_context())
+
+    first, second = exporter.get_finished_spans()  # none for no traceparent, an invalid one or no tracer
+    assert {first.name, second.name} == {"quota.check"} and {first.kind, second.kind} == {SpanKind.SERVER}
+    assert [f"{s.parent.span_id:016x}" for s in (first, second) if s.parent] == [PARENT_ID, other]
+    assert seen[0] == first.context and seen[2] == second.context
+    assert not seen[1].is_valid and not seen[3].is_valid and not seen[4].is_valid
+
+
 async def test_a_service_traces_only_when_an_otlp_endpoint_is_set_and_then_exports_there(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

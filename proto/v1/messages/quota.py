@@ -53,6 +53,21 @@ class QuotaDecision(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The account's multiplier in force now (fraction text)."""
 
 
+class QuotaCheckBatch(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Several checks of one partition's accounts, decided in order as one quota.check each: a
+    gateway sends the checks that came while its previous one was answered together."""
+
+    checks: list[QuotaCheck]
+    traceparents: list[str | None] = msgspec.field(default_factory=list)
+    """Each check's W3C traceparent (None: not traced), in the checks' order; empty when none is."""
+
+
+class QuotaDecisions(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A QuotaCheckBatch's answer: one decision per check, in the checks' order."""
+
+    decisions: list[QuotaDecision]
+
+
 class QuotaStatusRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     account_id: str
 
