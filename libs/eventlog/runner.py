@@ -46,6 +46,7 @@ from libs import failpoints, tracing
 from libs.eventlog import metrics, subjects
 from libs.eventlog.checkpoints import check_fence, save_checkpoint, stamp_fence
 from libs.eventlog.dispatch import unknown_event_types
+from libs.eventlog.idle import next_message
 from libs.eventlog.pause import Pause
 from libs.fencing import Fenced
 from proto.v1 import decode_event
@@ -105,15 +106,15 @@ def take_queued_first(sub: nats.js.JetStreamContext.PullSubscription) -> None:
     tasks (and draws a uuid) per message even when the message is already in the subscription's
     queue: a profile of the runner shows this as the largest part of a projection's CPU per event,
     ahead of its own apply. A queued message is taken here as next_msg would take it (the same
-    queue, pending size and task_done); an empty queue still waits in next_msg itself, so timeouts,
-    status messages and closed connections behave as before. nats-py 2.16 (pinned)."""
+    queue, pending size and task_done); an empty queue waits as next_msg would, but without its
+    garbage (libs/eventlog/idle.py), so timeouts, status messages and closed connections behave as
+    before. nats-py 2.16 (pinned)."""
     inner = sub._sub
-    waiting = inner.next_msg
 
     async def next_msg(timeout: float | None = 1.0) -> Msg:  # noqa: ASYNC109 (next_msg's own signature)
         queue = inner._pending_queue
         if queue.empty() or inner._conn.is_closed:
-            return await waiting(timeout)
+            return await next_message(inner, timeout)
         msg: Msg = queue.get_nowait()
         inner._pending_size -= len(msg.data)
         queue.task_done()
