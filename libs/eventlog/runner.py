@@ -71,6 +71,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+RETRY_FIRST_WAIT_S = 0.05
+"""The wait before the first retries of a transient failure; later ones wait twice as long each, up to 2 s."""
+
+
 def sequences(msg: Msg) -> tuple[int, int]:
     """The message's stream sequence and its delivery sequence in its consumer (1, 2, ... with no gap
     unless a delivery was lost), read from its ack subject without building full metadata (which
@@ -497,9 +501,14 @@ class ProjectionRunner:
     async def _retry_forever(
         self, attempt: Callable[[], Awaitable[T]], what: str, in_progress: Sequence[Msg] = ()
     ) -> T:
+        try:  # the usual case, without tenacity's state: a reference cycle per call that held the
+            return await attempt()  # batch's messages until a collection (docs/performance.md)
+        except TRANSIENT_ERRORS as exc:
+            self._before_retry(exc, what, in_progress)
+            await asyncio.sleep(RETRY_FIRST_WAIT_S)
         async for retry in AsyncRetrying(
             retry=retry_if_exception_type(TRANSIENT_ERRORS),
-            wait=wait_exponential(multiplier=0.05, max=2.0),
+            wait=wait_exponential(multiplier=RETRY_FIRST_WAIT_S, max=2.0),
             before_sleep=lambda state: self._before_retry(state.outcome, what, in_progress),
             reraise=True,
         ):

@@ -3,7 +3,7 @@ batch already delivered to the subscription's queue is taken without a wait per 
 own next_msg starts two tasks per message), every message in log order, and an empty consumer still
 times out as before; the events' headers are not parsed unless one is read (the traceparent), while
 another subscription of the connection still gets them; a trickle of events is applied several to a transaction;
-an idle partition's fetches leave nothing for the garbage collector."""
+an idle partition's fetches, and a batch applied, leave nothing for the garbage collector."""
 
 import asyncio
 import gc
@@ -17,6 +17,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
+from tenacity import AsyncRetrying
 
 from libs.eventlog import runner
 from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner, skip_unread_headers, take_queued_first
@@ -215,6 +216,39 @@ async def test_a_runners_idle_fetches_leave_no_garbage_for_the_collector(setting
         probe.batches.clear()
         await publish_usage(js, f"acc_{uuid.uuid4().hex[:12]}")
         await asyncio.wait_for(probe.all_applied.wait(), 5)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await nc.close()
+        await pool.close()
+
+
+async def test_a_batch_applied_leaves_its_messages_to_no_reference_cycle(settings: Settings) -> None:
+    """Each batch was applied through tenacity's retry loop, whose state is a reference cycle that
+    also held the batch's messages (for the keep-alive of a retry): up to a batch of them per
+    transaction waited for the garbage collector. A batch applied without a failure leaves nothing."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    probe = BatchProbe(1)
+    runner = ProjectionRunner(probe, pool, js, stream=settings.stream, partitions=settings.partitions)
+    running = asyncio.create_task(runner.run())
+    try:
+        await asyncio.sleep(1.5)  # every partition's consumer made, what the module stored applied
+        probe.expected, probe.batches = 50, []
+        probe.all_applied.clear()
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for n in range(50):
+                await publish_usage(js, f"acc_{n}_{uuid.uuid4().hex[:8]}")
+            await asyncio.wait_for(probe.all_applied.wait(), 10)
+            gc.collect()
+            found = {type(o).__name__ for o in gc.garbage if isinstance(o, (Msg, AsyncRetrying))}
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert found == set()
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
