@@ -37,7 +37,10 @@ class Pause:
     async def unless_requested(self, fetch: Coroutine[Any, Any, list[T]]) -> list[T]:
         """The fetch's messages, or none when a pause is requested first: a partition waiting for
         new events must not hold the pause up. Messages the dropped fetch was given are not lost:
-        on resume the consumer is recreated from the checkpoint."""
+        on resume the consumer is recreated from the checkpoint. None either when the fetch timed out
+        (nothing new, every second on an idle partition): its TimeoutError is not raised again here,
+        since raising it from this frame, which holds the fetch's task, which holds the error, made
+        a reference cycle per idle fetch for the garbage collector (libs/eventlog/idle.py)."""
         fetching = asyncio.ensure_future(fetch)
         fetching.add_done_callback(_consume)  # nats-py ends a cancelled fetch with a TimeoutError
         requested = asyncio.ensure_future(self._requested.wait())
@@ -47,7 +50,9 @@ class Pause:
             requested.cancel()
             if not fetching.done():
                 fetching.cancel()
-        return fetching.result() if fetching.done() else []
+        if not fetching.done() or isinstance(fetching.exception(), TimeoutError):
+            return []
+        return fetching.result()
 
     async def park(self, *, last: bool = True) -> None:
         """Called by the runner once every partition loop has returned: wait for the resume. A

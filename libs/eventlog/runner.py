@@ -46,6 +46,7 @@ from libs import failpoints, tracing
 from libs.eventlog import metrics, subjects
 from libs.eventlog.checkpoints import check_fence, save_checkpoint, stamp_fence
 from libs.eventlog.dispatch import unknown_event_types
+from libs.eventlog.idle import next_message
 from libs.eventlog.pause import Pause
 from libs.fencing import Fenced
 from proto.v1 import decode_event
@@ -68,6 +69,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError,
     nats.errors.Error,
 )
+
+
+RETRY_FIRST_WAIT_S = 0.05
+"""The wait before the first retries of a transient failure; later ones wait twice as long each, up to 2 s."""
 
 
 def sequences(msg: Msg) -> tuple[int, int]:
@@ -105,15 +110,15 @@ def take_queued_first(sub: nats.js.JetStreamContext.PullSubscription) -> None:
     tasks (and draws a uuid) per message even when the message is already in the subscription's
     queue: a profile of the runner shows this as the largest part of a projection's CPU per event,
     ahead of its own apply. A queued message is taken here as next_msg would take it (the same
-    queue, pending size and task_done); an empty queue still waits in next_msg itself, so timeouts,
-    status messages and closed connections behave as before. nats-py 2.16 (pinned)."""
+    queue, pending size and task_done); an empty queue waits as next_msg would, but without its
+    garbage (libs/eventlog/idle.py), so timeouts, status messages and closed connections behave as
+    before. nats-py 2.16 (pinned)."""
     inner = sub._sub
-    waiting = inner.next_msg
 
     async def next_msg(timeout: float | None = 1.0) -> Msg:  # noqa: ASYNC109 (next_msg's own signature)
         queue = inner._pending_queue
         if queue.empty() or inner._conn.is_closed:
-            return await waiting(timeout)
+            return await next_message(inner, timeout)
         msg: Msg = queue.get_nowait()
         inner._pending_size -= len(msg.data)
         queue.task_done()
@@ -496,9 +501,14 @@ class ProjectionRunner:
     async def _retry_forever(
         self, attempt: Callable[[], Awaitable[T]], what: str, in_progress: Sequence[Msg] = ()
     ) -> T:
+        try:  # the usual case, without tenacity's state: a reference cycle per call that held the
+            return await attempt()  # batch's messages until a collection (docs/performance.md)
+        except TRANSIENT_ERRORS as exc:
+            self._before_retry(exc, what, in_progress)
+            await asyncio.sleep(RETRY_FIRST_WAIT_S)
         async for retry in AsyncRetrying(
             retry=retry_if_exception_type(TRANSIENT_ERRORS),
-            wait=wait_exponential(multiplier=0.05, max=2.0),
+            wait=wait_exponential(multiplier=RETRY_FIRST_WAIT_S, max=2.0),
             before_sleep=lambda state: self._before_retry(state.outcome, what, in_progress),
             reraise=True,
         ):

@@ -52,6 +52,10 @@ from services.quota.state import QuotaState
 
 log = logging.getLogger(__name__)
 
+SWEEP_SLICE = 256
+"""Reservations a sweep handles between two turns of the loop (about 0.25 ms of CPU): at 5,000
+checks/s, releasing the 5,000 past their barrier in one go held quota's loop 5.7 ms."""
+
 
 class InflightTracker:
     def __init__(
@@ -137,21 +141,35 @@ class InflightTracker:
                 log.warning("reservations not swept this time: %r", exc)
 
     async def sweep(self) -> None:
+        """Let every reservation no heartbeat renews wait for its barrier, and release those whose
+        barrier the projection reached: SWEEP_SLICE at most between two turns of the loop, so that the
+        checks queued meanwhile are answered (each one rechecked after a turn: renewed or released
+        meanwhile, it is left alone)."""
         since = self._clock.now() - self._interval * self._settings.heartbeat_misses
         barriers: dict[str, tuple[int, int] | None] = {}
+        unawaited = 0
         for held in (self._state.reservations, self._state.payg_reservations):
             for account_id, reservation_id in held.unrenewed(since):
                 if account_id not in barriers:
                     barriers[account_id] = await self._latest_event(account_id)
+                    unawaited = 0
+                else:
+                    unawaited += 1
+                    if unawaited >= SWEEP_SLICE:
+                        await asyncio.sleep(0)
+                        unawaited = 0
                 barrier = barriers[account_id]
                 if barrier is None:  # nothing stored for the account: no usage to wait for
-                    held.release(account_id, reservation_id)
+                    held.release(account_id, reservation_id, unrenewed_since=since)
                 else:
                     held.wait_for(account_id, reservation_id, *barrier, unrenewed_since=since)
         if self._state.reservations.waiting() or self._state.payg_reservations.waiting():
             applied = await self._applied()
-            self._state.reservations.past_barriers(applied)
-            self._state.payg_reservations.past_barriers(applied)
+            for held in (self._state.reservations, self._state.payg_reservations):
+                waiting = held.waiting_now()
+                for start in range(0, len(waiting), SWEEP_SLICE):
+                    held.past_barriers(applied, among=waiting[start : start + SWEEP_SLICE])
+                    await asyncio.sleep(0)
 
     async def _latest_event(self, account_id: str) -> tuple[int, int] | None:
         """(partition, sequence) of the account's latest event stored now, or None."""
