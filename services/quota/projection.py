@@ -259,7 +259,7 @@ class QuotaProjection(EventHandlers[QuotaBatch]):
             else:
                 debits.append(event)
         if counted:
-            await self.windows.count(conn, counted, pending, consumed)
+            await self.windows.count(conn, counted, pending, consumed if self.metered else None)
         if debits:
             await conn.execute(
                 f"""INSERT INTO {self.schema}.ledger (event_id, account_id, amount_micros, kind, occurred_at)

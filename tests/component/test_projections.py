@@ -41,7 +41,7 @@ from services.keys.projection import KeysProjection
 from services.keys.registry import KeyRegistry
 from services.quota import windows_tables
 from services.quota.app import fill_partitions
-from services.quota.domain.periods import period_at
+from services.quota.domain.periods import period_in
 from services.quota.domain.windows import FIVE_HOURS
 from services.quota.projection import QuotaProjection, UnknownAccount
 from services.quota.state import QuotaState
@@ -508,11 +508,11 @@ async def test_quota_works_an_accounts_period_out_once_for_batches_in_it(
     the kept one was never found equal (a list of the plan history compared with its tuple)."""
     worked_out: list[datetime] = []
 
-    def counted(segments: Any, when: datetime) -> Any:
+    def counted(segments: Any, i: int, when: datetime) -> Any:
         worked_out.append(when)
-        return period_at(segments, when)
+        return period_in(segments, i, when)
 
-    monkeypatch.setattr(windows_tables, "period_at", counted)
+    monkeypatch.setattr(windows_tables, "period_in", counted)
     feed, account = Feed(pool, QuotaProjection(QuotaState(RATE, clock=clock))), ids()
     await feed.apply(created(account, clock))
     for _ in range(3):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.quota.domain.periods import Period, Segment, add_months, period_at, segment_at
+from services.quota.domain.periods import Period, Segment, add_months, period_at, period_in, segment_at
 
 
 def utc(*args: int) -> datetime:
@@ -120,3 +120,41 @@ def test_period_contains_the_time_and_spans_one_clamped_month(anchor, offset):
     months = (period.start.year - anchor.year) * 12 + period.start.month - anchor.month
     assert add_months(anchor, months) == period.start
     assert add_months(anchor, months + 1) == period.end
+
+
+def period_at_as_it_was(segments: list[Segment], when: datetime) -> Period:
+    """period_at before it worked each month out once (the reference for the property below)."""
+    i = segment_at(segments, when)
+    anchor = segments[i].anchor
+    months = (when.year - anchor.year) * 12 + (when.month - anchor.month)
+    start = add_months(anchor, months)
+    while start > when:
+        months -= 1
+        start = add_months(anchor, months)
+    while add_months(anchor, months + 1) <= when:
+        months += 1
+        start = add_months(anchor, months)
+    end = add_months(anchor, months + 1)
+    if i + 1 < len(segments) and start < segments[i + 1].effective_at < end:
+        end = segments[i + 1].effective_at
+    if i > 0 and start < segments[i].effective_at:
+        start = segments[i].effective_at
+    return Period(start, end)
+
+
+plan_times = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC))
+
+
+@given(
+    changes=st.lists(
+        st.tuples(plan_times, plan_times, st.sampled_from(["free", "pro", "max"])), min_size=1, max_size=5
+    ),
+    when=plan_times,
+)
+def test_period_at_and_period_in_equal_the_period_as_it_was_worked_out(changes, when):
+    """Each month is now worked out once (the next period's start is this one's end), and the segment
+    in force can be given (period_in): the periods are the same, for any plan history and time."""
+    segments = sorted(seg(effective_at, plan, anchor) for effective_at, anchor, plan in changes)
+    expected = period_at_as_it_was(segments, when)
+    assert period_at(segments, when) == expected
+    assert period_in(segments, segment_at(segments, when), when) == expected

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.quota.domain.admission import AccountQuota, Limits, decide
-from services.quota.domain.compact import EPOCH, MICROSECOND, pack_micros, pack_window, unpack_window
+from services.quota.domain.compact import EPOCH, MICROSECOND, add_flows, pack_micros, pack_window, unpack_window
 from services.quota.domain.periods import Segment
 from services.quota.domain.windows import FIVE_HOURS, ONE_WEEK, Window
 
@@ -139,3 +139,19 @@ def test_an_account_behaves_as_the_dict_and_windows_it_replaced(ops: list[tuple[
     model = AccountQuota(t0, model_segments, window_5h=model_w5, months=model_months)
     for now in (t0, t0 + timedelta(days=20), t0 + timedelta(days=45), t0 + timedelta(days=75)):
         assert decide(account, limits, 0, now) == decide(model, limits, 0, now)
+
+
+@pytest.mark.parametrize("length", LENGTHS, ids=["5h", "week"])
+@settings(max_examples=500, deadline=None)
+@given(data=st.data())
+def test_flows_added_to_a_packed_window_equal_the_window_packed_with_them(
+    length: timedelta, data: st.DataObject
+) -> None:
+    """add_flows, the projection's usual path (no datetimes), packs what pack_window packs, for every
+    window: packed or kept as it came, and sums that leave or cross the bigint's range."""
+    window, added = data.draw(windows(length)), data.draw(flows)
+    packed = pack_window(window, length)
+    expected = pack_window(Window(window.start, window.end, window.flows + added), length)
+    grown = add_flows(packed, window, added, length)
+    assert grown == expected and type(grown) is type(expected)
+    assert same(unpack_window(grown, length), Window(window.start, window.end, window.flows + added))

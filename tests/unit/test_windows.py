@@ -1,6 +1,7 @@
 """Rolling windows by event time: the greedy chain, and incremental add_usages as the quota
 projection uses it (late, out-of-order, duplicated, batched usage gives the same chain)."""
 
+import bisect
 import itertools
 from datetime import UTC, datetime, timedelta
 
@@ -221,3 +222,38 @@ def test_chain_late_usage_in_a_gap_shifts_the_later_windows():
     after = chain([Usage(at(0), 10), Usage(at(6), 3), Usage(at(8), 20)], FIVE_HOURS)
     assert before == [Window(at(0), at(5), 10), Window(at(8), at(13), 20)]
     assert after == [Window(at(0), at(5), 10), Window(at(6), at(11), 23)]
+
+
+def add_usages_as_it_was(
+    windows: list[Window], usages: list[Usage], duration: timedelta
+) -> tuple[list[Window], datetime | None]:
+    """add_usages before it kept the windows as three lists (the reference for the property below)."""
+    result = list(windows)
+    starts = [w.start for w in result]
+    for when, flows in usages:
+        i = bisect.bisect_right(starts, when) - 1
+        if i >= 0 and when < result[i].end:
+            result[i] = result[i]._replace(flows=result[i].flows + flows)
+        elif i == len(result) - 1:
+            result.append(Window(when, when + duration, flows))
+            starts.append(when)
+        else:
+            return [w for w in result if w.start < when], when
+    return result, None
+
+
+@pytest.mark.parametrize("duration", [FIVE_HOURS, ONE_WEEK], ids=["5h", "week"])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_add_usages_equals_add_usages_as_it_was(duration, data):
+    """Any suffix (a chain, or windows of any spacing and flows, as a late batch may load) and any
+    sorted usages, flows of zero included: the same windows and the same rechain point."""
+    history = sorted(data.draw(usage_histories()), key=lambda e: e[1])
+    suffix = chain([Usage(when, flows) for _, when, flows in history], duration)
+    suffix = suffix[data.draw(st.integers(0, len(suffix))) :]
+    offsets = st.integers(-2 * 24 * 60, 4 * 7 * 24 * 60)
+    usages = sorted(
+        Usage(T0 + m * timedelta(minutes=1), f)
+        for m, f in data.draw(st.lists(st.tuples(offsets, st.integers(0, 10**9)), max_size=30))
+    )
+    assert add_usages(suffix, usages, duration) == add_usages_as_it_was(suffix, usages, duration)

@@ -48,6 +48,16 @@ def pack_micros(start_us: int, end_us: int, flows: int, length: timedelta) -> Pa
     return Window(EPOCH + timedelta(0, 0, start_us), EPOCH + timedelta(0, 0, end_us), flows)
 
 
+def add_flows(packed: PackedWindow, window: Window, flows: int, length: timedelta) -> PackedWindow:
+    """pack_window(Window(window.start, window.end, window.flows + flows), length), where `window` is
+    what `packed` unpacks to: the usual case (an int, the sum fits) without the datetimes' arithmetic."""
+    if isinstance(packed, int):
+        total = window.flows + flows
+        if -_FLOWS_SIGN <= total < _FLOWS_SIGN:
+            return (packed >> _FLOWS_BITS) << _FLOWS_BITS | (total & _FLOWS_MASK)
+    return pack_window(_new_window(Window, (window.start, window.end, window.flows + flows)), length)
+
+
 def unpack_window(packed: PackedWindow, length: timedelta) -> Window | None:
     if not isinstance(packed, int):
         return packed  # a Window kept as it came, or None

@@ -39,17 +39,21 @@ def segment_at(segments: Sequence[Segment], when: datetime) -> int:
 
 
 def period_at(segments: Sequence[Segment], when: datetime) -> Period:
-    i = segment_at(segments, when)
+    return period_in(segments, segment_at(segments, when), when)
+
+
+def period_in(segments: Sequence[Segment], i: int, when: datetime) -> Period:
+    """period_at when the segment in force at `when` is known to be segments[i] (segment_at)."""
     anchor = segments[i].anchor
     months = (when.year - anchor.year) * 12 + (when.month - anchor.month)
     start = add_months(anchor, months)
     while start > when:
         months -= 1
         start = add_months(anchor, months)
-    while add_months(anchor, months + 1) <= when:
+    end = add_months(anchor, months + 1)  # each month worked out once: the next one's start is this one's end
+    while end <= when:
         months += 1
-        start = add_months(anchor, months)
-    end = add_months(anchor, months + 1)
+        start, end = end, add_months(anchor, months + 1)
     if i + 1 < len(segments) and start < segments[i + 1].effective_at < end:
         end = segments[i + 1].effective_at
     if i > 0 and start < segments[i].effective_at:

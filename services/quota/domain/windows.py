@@ -45,7 +45,7 @@ def chain(usages: Iterable[Usage], duration: timedelta) -> list[Window]:
 
 
 def add_usages(
-    windows: Sequence[Window], usages: Sequence[Usage], duration: timedelta
+    windows: Sequence[Window], usages: Sequence[tuple[datetime, int]], duration: timedelta
 ) -> tuple[list[Window], datetime | None]:
     """Add sorted usages to a chain's suffix (every window ending after the first usage).
 
@@ -54,18 +54,24 @@ def add_usages(
     event that opens a window of its own and shifts the ones after it). In that case
     the returned suffix holds only the windows before that time.
     """
-    result = list(windows)
-    starts = [w.start for w in result]
-    for at, flows in usages:
-        i = bisect.bisect_right(starts, at) - 1
-        if i >= 0 and at < result[i].end:
-            result[i] = result[i]._replace(flows=result[i].flows + flows)
-        elif i == len(result) - 1:
-            result.append(Window(at, at + duration, flows))
+    # The windows as three lists, made into Windows once at the end: a batch adds many usages to few
+    # windows, and a Window rebuilt per usage (namedtuple._replace) was most of a rebuild's window work.
+    starts = [w.start for w in windows]
+    ends = [w.end for w in windows]
+    flows = [w.flows for w in windows]
+    i = -1
+    for at, added in usages:
+        i = bisect.bisect_right(starts, at, max(i, 0)) - 1  # usages are sorted: never left of the last
+        if i >= 0 and at < ends[i]:
+            flows[i] += added
+        elif i == len(starts) - 1:
             starts.append(at)
+            ends.append(at + duration)
+            flows.append(added)
+            i += 1
         else:
-            return [w for w in result if w.start < at], at
-    return result, None
+            return [Window(s, e, f) for s, e, f in zip(starts, ends, flows, strict=True) if s < at], at
+    return [Window(s, e, f) for s, e, f in zip(starts, ends, flows, strict=True)], None
 
 
 def current(window: Window | None, now: datetime) -> Window | None:
