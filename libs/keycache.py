@@ -23,7 +23,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs import apikeys, tracing
-from libs.settings import KeyCacheSettings
+from libs.settings_views import KeyCacheSettings
 from libs.web import ApiError
 from proto.v1 import KeyFound, KeysChanged, KeyView, LookupKey, encode, subjects
 

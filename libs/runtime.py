@@ -31,7 +31,7 @@ from libs.replay.instances import Peers
 from libs.replay.rebuild import Rebuildable
 from libs.rpc import Responders
 from libs.service import fatal_on_error
-from libs.settings import DatabaseSettings, ProjectionSettings, RuntimeSettings
+from libs.settings_views import DatabaseSettings, ProjectionSettings, RuntimeSettings
 from libs.web import add_ops_routes, start_site
 from proto.v1.rpc import Rpc
 

@@ -10,7 +10,7 @@ import nats.js
 from nats.js import api
 
 from libs.eventlog import subjects
-from libs.settings import StreamSettings
+from libs.settings_views import StreamSettings
 
 DUPLICATE_WINDOW_S = 10 * 60
 

@@ -18,7 +18,7 @@ from libs.leases import instance_name
 from libs.replay.instances import PauseAll, PauseParticipant, Peers
 from libs.replay.rebuild import Rebuild, Rebuildable
 from libs.rpc import Replier
-from libs.settings import ProjectionSettings
+from libs.settings_views import ProjectionSettings
 from proto.v1 import ReplayProgress, ReplayStatusRequest, StartReplay, rpc
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from libs.pricing.catalog import load_catalog
 from libs.pricing.money import to_micros
 from libs.rpc import ask
 from libs.runtime import Runtime
-from libs.settings import BillingSettings
+from libs.settings_views import BillingSettings
 from proto.v1 import QuotaStatusRequest, rpc
 from services.billing.commands import BillingCommands
 from services.billing.projection import BillingProjection

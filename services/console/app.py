@@ -8,7 +8,7 @@ from aiohttp import web
 from libs.clock import Clock, SystemClock
 from libs.refusal import Refusal
 from libs.runtime import Runtime
-from libs.settings import ConsoleSettings
+from libs.settings_views import ConsoleSettings
 from proto.v1 import IssueSignInLink, SignInLinkIssued, rpc
 from services.console.accountapi import AccountApi
 from services.console.chat import ChatPages

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from libs.clients import client_address, trusted_networks
 from libs.clock import Clock
-from libs.settings import ConsoleSettings
+from libs.settings_views import ConsoleSettings
 from libs.web import CONTROL
 from services.console import auth, i18n, views
 from services.console.owners import Owners

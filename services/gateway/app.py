@@ -8,7 +8,7 @@ from libs.inbox import Requests
 from libs.keycache import KeyCache
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
-from libs.settings import GatewaySettings, narrowed
+from libs.settings_views import GatewaySettings, narrowed
 from services.gateway import errors
 from services.gateway.api import GatewayApi
 from services.gateway.inflight import InflightCalls

@@ -19,7 +19,7 @@ from libs.eventlog.subjects import owner_subject
 from libs.pricing.catalog import Model
 from libs.pricing.money import parse_fraction
 from libs.pricing.usage import usage_recorded
-from libs.settings import GatewaySettings
+from libs.settings_views import GatewaySettings
 from proto.v1 import KeyView, QuotaDecision, ReleaseReservation, UsageRecorded, encode, subjects
 from services.gateway import metrics
 from services.gateway.errors import Api, refusal, request_id, upstream_failure

@@ -34,7 +34,7 @@ from libs.keycache import KeyCache, KeysUnavailable, UnknownKeysThrottled
 from libs.pricing.catalog import Catalog, Model
 from libs.pricing.money import micros_to_str
 from libs.rpc import Unavailable
-from libs.settings import GatewaySettings
+from libs.settings_views import GatewaySettings
 from proto.v1 import (
     InflightCall,
     KeyView,

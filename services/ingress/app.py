@@ -12,7 +12,7 @@ from libs.keycache import KeyCache
 from libs.leases import PartitionLeases, instance_name
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
-from libs.settings import IngressSettings
+from libs.settings_views import IngressSettings
 from libs.web import api_errors, refuse_control_characters
 from services.ingress.api import IngressApi
 from services.ingress.directory import Directory

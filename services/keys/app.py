@@ -19,7 +19,7 @@ from libs.clock import Clock, SystemClock
 from libs.eventlog.follower import LogFollower, loaded_from
 from libs.leases import PARTITION_LEASE_S, PartitionLeases, lead, leader_leases, until_leading
 from libs.runtime import Runtime
-from libs.settings import KeysSettings
+from libs.settings_views import KeysSettings
 from proto.v1 import subjects
 from proto.v1.events import AnyEvent
 from services.keys.domain import AccessEvent, KeyEvent

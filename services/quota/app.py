@@ -14,7 +14,7 @@ from libs.clock import Clock, SystemClock
 from libs.leases import PartitionLeases, instance_name
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
-from libs.settings import QuotaSettings
+from libs.settings_views import QuotaSettings
 from proto.v1 import rpc, subjects
 from services.quota.domain.admission import Limits
 from services.quota.inflight import InflightTracker

@@ -45,7 +45,7 @@ from nats.aio.msg import Msg
 from libs.clock import Clock
 from libs.eventlog.barrier import applied_by_partition, latest_stored
 from libs.pricing.money import round_half_up
-from libs.settings import QuotaSettings
+from libs.settings_views import QuotaSettings
 from proto.v1 import GatewayHeartbeat, InflightCall, subjects
 from services.quota.reservations import Reservations
 from services.quota.state import QuotaState

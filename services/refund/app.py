@@ -16,7 +16,7 @@ from libs.clock import Clock, SystemClock
 from libs.fencing import LeaderFence
 from libs.leases import PARTITION_LEASE_S, lead, leader_leases, until_leading
 from libs.runtime import Runtime
-from libs.settings import RefundSettings
+from libs.settings_views import RefundSettings
 from services.refund.desk import RefundDesk
 from services.refund.projection import RefundProjection
 from services.refund.provider import LocalPaymentProvider

@@ -9,7 +9,8 @@ from nats.aio.msg import Msg
 
 from libs.localservers import LocalNats
 from libs.runtime import Runtime
-from libs.settings import RuntimeSettings, load_settings, narrowed
+from libs.settings import load_settings
+from libs.settings_views import RuntimeSettings, narrowed
 
 pytestmark = pytest.mark.connected
 

@@ -7,7 +7,8 @@ import msgspec
 import pytest
 
 from libs.runtime import Runtime
-from libs.settings import (
+from libs.settings import Settings, is_set, load_settings, read_setting, settings_environ
+from libs.settings_views import (
     BillingSettings,
     ConsoleSettings,
     DatabaseSettings,
@@ -19,15 +20,10 @@ from libs.settings import (
     QuotaSettings,
     RefundSettings,
     RuntimeSettings,
-    Settings,
     StreamSettings,
-    is_set,
-    load_settings,
     narrowed,
-    read_setting,
-    settings_environ,
 )
-from libs.settings import view_members as members
+from libs.settings_views import view_members as members
 from services.gateway.app import GatewayService
 from services.simulator.settings import SimulatorSettings
 

@@ -20,7 +20,7 @@ from libs.keycache import KeyCache, KeysUnavailable
 from libs.pricing.catalog import Catalog
 from libs.refusal import Refusal
 from libs.rpc import ask
-from libs.settings import IngressSettings
+from libs.settings_views import IngressSettings
 from libs.web import CONTROL, EARLIEST, LATEST, ApiError
 from proto.v1 import (
     QuotaStatus,
