@@ -36,8 +36,9 @@ from nats.aio.msg import Msg
 
 from libs.eventlog import metrics, subjects
 from libs.eventlog.checkpoints import save_checkpoint
+from libs.eventlog.delivery import stream_seq
 from libs.eventlog.pause import RunnerPaused
-from libs.eventlog.runner import TRANSIENT_ERRORS, Applied, Projection, ProjectionRunner, stream_seq
+from libs.eventlog.runner import TRANSIENT_ERRORS, Applied, Projection, ProjectionRunner
 from libs.replay import tables
 from libs.replay.instances import Hold, PauseAll
 from libs.replay.reader import PartitionReader

@@ -19,8 +19,9 @@ from nats.aio.subscription import Subscription
 from nats.js import api
 from tenacity import AsyncRetrying
 
-from libs.eventlog import runner
-from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner, skip_unread_headers, take_queued_first
+from libs.eventlog import delivery
+from libs.eventlog.delivery import skip_unread_headers, take_queued_first
+from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner
 from libs.eventlog.subjects import partition_for
 from libs.localservers import LocalNats
 from libs.settings import Settings
@@ -41,14 +42,14 @@ async def test_a_fetch_takes_the_queued_messages_of_a_batch_without_waiting_for_
     await js.add_consumer("RUNNER_FETCH", config=config)
     sub = await js.pull_subscribe_bind(durable="c", stream="RUNNER_FETCH")
     waits = 0
-    waiting = runner.next_message
+    waiting = delivery.next_message
 
     async def counted(inner: Subscription, timeout: float | None) -> Msg:  # noqa: ASYNC109 (next_msg's own signature)
         nonlocal waits
         waits += 1
         return await waiting(inner, timeout)
 
-    monkeypatch.setattr(runner, "next_message", counted)
+    monkeypatch.setattr(delivery, "next_message", counted)
     take_queued_first(sub)
     try:
         msgs = await sub.fetch(300, timeout=5)
