@@ -29,6 +29,9 @@ from services.billing import abuse, metrics
 _USAGE_EVENT = "billing.usage_event"
 """The row type a batch's usage goes to Postgres as (migration billing_0010): in the live schema,
 where a rebuild into a fresh schema finds it too."""
+_UTC_ORIGIN = "timestamptz '2000-01-01 00:00:00+00'"
+"""Whole UTC hours from here: `date_bin('1 hour', t, origin)` is t cut to its UTC hour, in integer
+maths; `date_trunc('hour', t, 'UTC')`, the same hour, looks the zone up for each row (1-3 µs a row)."""
 _usage_row = attrgetter("event_id", "account_id", "occurred_at", "model", "billing_mode", "flows_micros",
                         "usd_cost_micros", "key_id", "client_hash", "agent_hash")  # fmt: skip
 """A usage event's fields in billing.usage_event's order (all but the hour), as one tuple made in C."""
@@ -194,7 +197,7 @@ class BillingProjection(EventHandlers[BillingBatch]):
                            client_hash, agent_hash, billing_mode = 'payg' AS payg,
                            CASE WHEN billing_mode = 'subscription' THEN flows_micros ELSE 0 END AS flows_micros,
                            CASE WHEN billing_mode = 'subscription'
-                                THEN coalesce(hour, date_trunc('hour', occurred_at, 'UTC')) END AS hour
+                                THEN coalesce(hour, date_bin('1 hour', occurred_at, {_UTC_ORIGIN})) END AS hour
                     FROM unnest($1::{_USAGE_EVENT}[])
                 ), fresh AS (
                     INSERT INTO {schema}.usage_seen (event_id) SELECT event_id FROM batch

@@ -25,14 +25,16 @@ async def test_billing_sends_a_batch_of_usage_as_one_array_and_counts_each_call_
     """The batch goes as ONE parameter, an array of billing.usage_event rows, not one array per
     column (asyncpg checks every element of every array it encodes). Postgres works out what each
     call counts: a subscription call's Flows and hour, cut in the time zone the event time came with
-    (an offset of +05:30 puts 10:45 in the hour from 10:00 local, 04:30 UTC); a PAYG call neither."""
-    account = ids()
+    (an offset of +05:30 puts 10:45 in the hour from 10:00 local, 04:30 UTC); a PAYG call neither.
+    A UTC hour is cut by date_bin from 2000-01-01: an event time before that is cut down too."""
+    account, early = ids(), ids()
     utc = ManualClock(datetime(2026, 3, 2, 10, 45, tzinfo=UTC))
     india = ManualClock(datetime(2026, 3, 2, 10, 45, tzinfo=timezone(timedelta(hours=5, minutes=30))))
     events = (
         usage(account, utc, flows=1_000_000, client_hash="c1"),
         usage(account, india, flows=2_000_000, client_hash="c1"),
         usage(account, utc, flows=4_000_000, billing_mode="payg", usd_cost_micros=70_000, client_hash="c1"),
+        usage(early, ManualClock(datetime(1999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))),
     )
     pool = await create_pool(database_url, min_size=1, max_size=1)  # one connection: asyncpg reads the type once
     try:
@@ -42,6 +44,8 @@ async def test_billing_sends_a_batch_of_usage_as_one_array_and_counts_each_call_
         assert [s.split(" (")[0] for s in sent] == ["WITH batch AS"]
         assert "$1::billing.usage_event[]" in sent[0] and "$2" not in sent[0]
         await check_counts(pool, account)
+        hour = await pool.fetchval("SELECT hour FROM billing.abuse_hours WHERE account_id = $1", early)
+        assert hour == datetime(1999, 12, 31, 23, 0, tzinfo=UTC)
     finally:
         await pool.close()
 
