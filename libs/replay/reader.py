@@ -23,6 +23,7 @@ from nats.aio.subscription import Subscription
 from nats.js import api
 
 from libs.eventlog import subjects
+from libs.eventlog.delivery import skip_unread_headers
 from libs.inbox import subscribe_handing_over
 
 INACTIVE_THRESHOLD_S = 120.0
@@ -67,6 +68,7 @@ class PartitionReader:
         info = await self._js.add_consumer(self._stream, config=config)
         self.pending = info.num_pending or 0
         self._sub = await subscribe_handing_over(self._nc, self._inbox, self._on_msg)
+        skip_unread_headers(self._sub)  # a rebuild reads no event's headers; the log's answers keep theirs
         self._task = asyncio.create_task(self._read_ahead(), name=self._name)
 
     async def next(self) -> Fetched:

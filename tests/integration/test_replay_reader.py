@@ -1,10 +1,13 @@
-"""The replay's partition reader stops when it is closed, whatever its read-ahead was waiting for."""
+"""The replay's partition reader: it stops when it is closed, whatever its read-ahead was waiting for,
+and reads the log without the work nats-py would do on each event."""
 
 import asyncio
 
 import pytest
 from nats.aio.client import Client
+from nats.js import api
 
+from libs.eventlog import subjects
 from libs.replay.reader import PartitionReader
 
 pytestmark = pytest.mark.connected
@@ -21,3 +24,28 @@ async def test_a_cancel_that_comes_with_the_answer_is_not_lost(nc: Client) -> No
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_rebuild_reads_the_log_without_parsing_its_events_headers(nc: Client) -> None:
+    """nats-py parses every message's headers into a dict before handing it over: for a rebuild,
+    which reads none of them (the publisher's Nats-Msg-Id), that was 16% of billing's CPU (py-spy,
+    docs/performance.md). The log's own answers (404 no more messages) keep theirs: the reader ends a
+    batch on them."""
+    js = nc.jetstream()
+    stream = "REPLAY_HEADERS"
+    await js.add_stream(api.StreamConfig(name=stream, subjects=[f"{subjects.STORED_PREFIX}.>"]))
+    try:
+        for i in range(3):
+            await js.publish(f"{subjects.STORED_PREFIX}.0.usage.a{i}.UsageRecorded", str(i).encode(),
+                             headers={"Nats-Msg-Id": f"e-{i}"})  # fmt: skip
+        reader = PartitionReader(nc, stream, 0, "usage", 10)
+        await reader.start(1)
+        try:
+            fetched = await asyncio.wait_for(reader.next(), 10)  # 3 of 10: ended by the log's "no more"
+            assert [int(m.data) for m in fetched.msgs] == [0, 1, 2]
+            assert [m.headers for m in fetched.msgs] == [None, None, None]
+            assert (await asyncio.wait_for(reader.next(), 10)).msgs == []
+        finally:
+            await reader.close()
+    finally:
+        await js.delete_stream(stream)
