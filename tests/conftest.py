@@ -5,7 +5,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from libs.localservers import LocalNats, LocalPostgres
 from libs.settings import Settings
 from libs.setup import set_up
+from tests import hangs
 from tests.stack import Stack, make_settings
 
 hypothesis_settings.register_profile("shared-cores", deadline=None)
@@ -33,6 +34,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = item.path.parent.name
         if tier in TIERS:
             item.add_marker(tier)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    """A test still running near its timeout prints its asyncio tasks' stacks (tests/hangs.py)."""
+    timer = hangs.arm(item.nodeid, hangs.timeout_of(item.config, item))
+    try:
+        return (yield)
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 @pytest.fixture(scope="session")
