@@ -1,8 +1,10 @@
 """Fixtures: a Postgres for the session, a nats-server and a database per test module."""
 
 import asyncio
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
@@ -37,9 +39,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
-    """A test still running near its timeout prints its asyncio tasks' stacks (tests/hangs.py)."""
-    timer = hangs.arm(item.nodeid, hangs.timeout_of(item.config, item))
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """A test still running near its timeout prints its asyncio tasks' stacks (tests/hangs.py): in its
+    set-up, its call or its teardown, which pytest-timeout stops timing once the test has failed."""
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+
+    def write(report: str) -> None:
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            sys.stderr.write(report)
+            sys.stderr.flush()
+
+    timer = hangs.arm(item.nodeid, hangs.timeout_of(item.config, item), write)
     try:
         return (yield)
     finally:
