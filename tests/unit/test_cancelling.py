@@ -7,30 +7,13 @@ import sys
 import pytest
 
 from libs.cancelling import cancel_and_wait
-
-
-async def _requests(replies: list["asyncio.Future[None]"]) -> None:
-    while True:  # as a lease's renewals: one request after the other, each reply awaited with wait_for
-        reply = asyncio.get_running_loop().create_future()
-        replies.append(reply)
-        await asyncio.wait_for(reply, 5)
-
-
-async def _cancellable_as_a_reply_comes() -> "asyncio.Task[None]":
-    """A loop of requests whose reply has come in (wait_for's waiter released) and that has not
-    resumed yet: a cancel() now reaches wait_for after its future is done."""
-    replies: list[asyncio.Future[None]] = []
-    task = asyncio.create_task(_requests(replies))
-    await asyncio.sleep(0)  # it waits for its first reply
-    replies[-1].set_result(None)
-    await asyncio.sleep(0)  # wait_for's waiter released; the task resumes after this task's next step
-    return task
+from tests.lost_cancel import as_a_reply_comes
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="wait_for keeps the cancellation from Python 3.12")
 async def test_one_cancel_is_lost_by_a_wait_for_whose_reply_came_in() -> None:
     """Why the helper exists: on this Python the task goes on as if never cancelled."""
-    task = await _cancellable_as_a_reply_comes()
+    task = await as_a_reply_comes()
     task.cancel()
     await asyncio.wait([task], timeout=0.5)
     assert not task.done()
@@ -40,8 +23,8 @@ async def test_one_cancel_is_lost_by_a_wait_for_whose_reply_came_in() -> None:
 
 
 async def test_cancel_and_wait_ends_a_task_whose_first_cancellation_was_lost() -> None:
-    task = await _cancellable_as_a_reply_comes()
-    await asyncio.wait_for(cancel_and_wait(task), 2)
+    task = await as_a_reply_comes()
+    await cancel_and_wait(task)
     assert task.cancelled()
 
 
