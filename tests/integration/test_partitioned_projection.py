@@ -237,9 +237,9 @@ async def test_a_dead_letter_is_retried_by_the_instance_that_projects_its_partit
     js = world.clients[0].jetstream()
     for _ in range(3):
         for account in world.accounts:
-            event = await publish_usage(js, account)
-            world.poison.add(event.event_id)
-            world.published.append(event.event_id)
+            event_id = uuid.uuid4().hex
+            world.poison.add(event_id)  # before it is published: a projection can apply it before the ack comes back
+            world.published.append((await publish_usage(js, account, event_id)).event_id)
 
     async def dead_lettered() -> list[dlq.DeadLetter] | None:
         letters = await dlq.list_dead_letters(world.settings, world.name)
