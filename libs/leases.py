@@ -37,6 +37,8 @@ from nats.js import api
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
+from libs.cancelling import cancel_and_wait
+
 log = logging.getLogger(__name__)
 BUCKET = "FLOWPLAN_LEASES"
 
@@ -196,9 +198,7 @@ class PartitionLeases:
         Without, the leases run out by themselves, as a killed or frozen instance's do, and owns()
         stays true only until its deadline, before anybody else can acquire them."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)  # not cancel() once: a renewal's reply may come with it
             self._task = None
         if release:
             for partition in list(self._held):

@@ -4,7 +4,6 @@ site that serves its API or just /healthz and /metrics. A service's composition 
 (`app.py`) wires its own parts onto one Runtime and lets it close them in order."""
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -16,6 +15,7 @@ from aiohttp import web
 from nats.aio.client import Client
 
 from libs import tracing
+from libs.cancelling import cancel_and_wait
 from libs.connections import close_nats, connect_nats, health, subscribed
 from libs.db import create_pool, migrate_async
 from libs.eventlog.deadletters import DeadLetterRetrier
@@ -197,9 +197,9 @@ class Runtime:
         for partitioned in self._partitioned:  # each partition's last batch committed, then handed over
             await partitioned.stop()
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)  # not one cancel(): it can be lost (libs/cancelling.py)
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                raise exc
         await close_nats(self.nc)
         if self.pool is not None:
             try:  # a pool whose server is gone can wait forever on its connections

@@ -1,11 +1,13 @@
 """Fixtures: a Postgres for the session, a nats-server and a database per test module."""
 
 import asyncio
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from hypothesis import settings as hypothesis_settings
 from libs.localservers import LocalNats, LocalPostgres
 from libs.settings import Settings
 from libs.setup import set_up
+from tests import hangs
 from tests.stack import Stack, make_settings
 
 hypothesis_settings.register_profile("shared-cores", deadline=None)
@@ -33,6 +36,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = item.path.parent.name
         if tier in TIERS:
             item.add_marker(tier)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """A test still running near its timeout prints its asyncio tasks' stacks (tests/hangs.py): in its
+    set-up, its call or its teardown, which pytest-timeout stops timing once the test has failed."""
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+
+    def write(report: str) -> None:
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            sys.stderr.write(report)
+            sys.stderr.flush()
+
+    timer = hangs.arm(item.nodeid, hangs.timeout_of(item.config, item), write)
+    try:
+        return (yield)
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
 
+from libs.cancelling import cancel_and_wait
 from libs.connections import subscribed
 from libs.eventlog import subjects as log_subjects
 from libs.eventlog.barrier import applied_by_partition
@@ -241,10 +242,10 @@ class QuotaPartitions:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
         taking = self._taking.pop(partition, None)
-        if taking is not None and not taking.done():
-            taking.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await taking
+        if taking is not None:
+            # Ended for certain: a take-over whose cancel() was lost (libs/cancelling.py) went on to
+            # subscribe and mark the partition ready after it was let go, answering for it unseen.
+            await cancel_and_wait(taking)
         running = self._running.pop(partition, None)
         if running is None:
             return

@@ -28,10 +28,11 @@ async def nc(nats_server: LocalNats) -> AsyncIterator[Client]:
     await client.close()
 
 
-async def publish_usage(js: nats.js.JetStreamContext, account: str) -> UsageRecorded:
-    """One small priced call of the account's, straight into the log (no ingress): returned."""
+async def publish_usage(js: nats.js.JetStreamContext, account: str, event_id: str | None = None) -> UsageRecorded:
+    """One small priced call of the account's, straight into the log (no ingress): returned. Its
+    event_id may be chosen first, for a test that must know it before a projection can see it."""
     event = UsageRecorded(
-        event_id=uuid.uuid4().hex, account_id=account, occurred_at=datetime.now(UTC),
+        event_id=event_id or uuid.uuid4().hex, account_id=account, occurred_at=datetime.now(UTC),
         model="deepseek/deepseek-chat", input_tokens=10, output_tokens=10, billing_mode="subscription",
         usd_cost_micros=10, flows_micros=20_000, usd_per_flow="5/198", multiplier="1",
     )  # fmt: skip

@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client
 
 from libs import failpoints
+from libs.cancelling import cancel_and_wait
 from libs.eventlog.deadletters import DeadLetterRetrier
 from libs.eventlog.partitioned import PartitionedProjection
 from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner
@@ -132,8 +133,9 @@ async def world(settings: Settings) -> AsyncIterator[World]:
     for _, probe in world.instances:
         probe.gate.set()
     for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(task)
+    for projection, _ in world.instances:
+        await projection.leases.stop(release=False)  # its renewals too, not left ticking in the session's loop
     for responders in world.responders:
         await responders.stop()
     for nc in world.clients:
@@ -179,9 +181,11 @@ async def test_a_joining_instance_gets_its_share_and_a_dead_one_s_is_taken_with_
 
     # b dies as a SIGKILLed process does: its loops stop where they are, its leases run out.
     dead = second.projecting()
-    world.tasks[-1].cancel()
-    for _, task in second._running.values():
+    loops = [world.tasks[-1]] + [task for _, task in second._running.values()]
+    for task in loops:
         task.cancel()
+    for task in loops:  # gone for certain: one cancel() can be lost (libs/cancelling.py)
+        await cancel_and_wait(task)
     await second.leases.stop(release=False)
     await world.clients[-1].close()
     loop = asyncio.get_running_loop()
@@ -233,9 +237,9 @@ async def test_a_dead_letter_is_retried_by_the_instance_that_projects_its_partit
     js = world.clients[0].jetstream()
     for _ in range(3):
         for account in world.accounts:
-            event = await publish_usage(js, account)
-            world.poison.add(event.event_id)
-            world.published.append(event.event_id)
+            event_id = uuid.uuid4().hex
+            world.poison.add(event_id)  # before it is published: a projection can apply it before the ack comes back
+            world.published.append((await publish_usage(js, account, event_id)).event_id)
 
     async def dead_lettered() -> list[dlq.DeadLetter] | None:
         letters = await dlq.list_dead_letters(world.settings, world.name)

@@ -11,6 +11,7 @@ from libs.localservers import LocalNats
 from libs.runtime import Runtime
 from libs.settings import load_settings
 from libs.settings_views import RuntimeSettings, narrowed
+from tests.lost_cancel import as_a_reply_comes
 
 pytestmark = pytest.mark.connected
 
@@ -33,3 +34,15 @@ async def test_a_request_right_after_answer_finds_the_responder(nats_server: Loc
                    if isinstance(answer, BaseException)]  # fmt: skip
     await runtime.close()
     assert failed == []
+
+
+async def test_close_ends_a_spawned_loop_whose_cancel_was_lost(nats_server: LocalNats) -> None:
+    """A service's close cancels its background loops; one cancelled as a NATS reply came in went on
+    (Python 3.11's wait_for: libs/cancelling.py) and close() waited for it for ever."""
+    settings: RuntimeSettings = narrowed(load_settings({}, nats_url=nats_server.url), RuntimeSettings)
+    runtime = Runtime("quota", settings)
+    await runtime.connect()
+    loop = await as_a_reply_comes()
+    runtime._tasks.append(loop)  # as spawn() keeps it
+    await runtime.close()
+    assert loop.cancelled()
