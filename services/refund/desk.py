@@ -29,6 +29,7 @@ from nats.aio.client import Client
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from libs import failpoints
+from libs.cancelling import cancel_and_wait
 from libs.clock import Clock
 from libs.eventlog.barrier import applied_through, until_quota_applied
 from libs.eventlog.publisher import EventPublisher, PublishFailed
@@ -177,9 +178,8 @@ class RefundDesk:
             task.add_done_callback(lambda _: self._settling.pop(refund_id, None))
 
     async def close(self) -> None:
-        for task in list(self._settling.values()):
-            task.cancel()
-        await asyncio.gather(*self._settling.values(), return_exceptions=True)
+        """Stop settling (a refund left `processing` is settled again at the next start)."""
+        await asyncio.gather(*(cancel_and_wait(task) for task in list(self._settling.values())))
 
     async def settle(self, refund_id: str) -> None:
         """Settle the refund, retrying transient failures (NATS or Postgres away) for as long as it takes."""
