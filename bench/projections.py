@@ -43,8 +43,8 @@ from bench.ingest import post_batches
 from bench.procstat import cpu_of, cpu_seconds, pct
 from libs.db import create_pool, ensure_database, migrate_async
 from libs.eventlog.checkpoints import save_checkpoint
+from libs.eventlog.projection import AfterCommit, Applied, Projection
 from libs.eventlog.publisher import EventPublisher
-from libs.eventlog.runner import AfterCommit, Applied, Projection
 from libs.pricing.catalog import load_catalog
 from libs.pricing.flows import price_call
 from libs.settings import Settings, settings_environ

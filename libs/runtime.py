@@ -21,8 +21,9 @@ from libs.db import create_pool, migrate_async
 from libs.eventlog.deadletters import DeadLetterRetrier
 from libs.eventlog.monitor import ProjectionMonitor
 from libs.eventlog.partitioned import PartitionedProjection
+from libs.eventlog.projection import Fence
 from libs.eventlog.publisher import EventPublisher
-from libs.eventlog.runner import Fence, ProjectionRunner
+from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.streams import require_streams
 from libs.leases import PARTITION_LEASE_S, PartitionLeases, instance_name
 from libs.observability import install as install_metrics

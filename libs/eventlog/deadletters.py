@@ -28,7 +28,8 @@ import nats.errors
 import nats.js
 
 from libs.eventlog import subjects
-from libs.eventlog.runner import Applied, ProjectionRunner
+from libs.eventlog.projection import Applied
+from libs.eventlog.runner import ProjectionRunner
 from libs.fencing import Fenced
 from libs.rpc import Replier
 from proto.v1 import DeadLetterRetried, RetryDeadLetter, decode_event, rpc

@@ -29,7 +29,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import NamedTuple, Protocol, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import msgspec
@@ -46,60 +46,15 @@ from libs.eventlog.checkpoints import check_fence, save_checkpoint, stamp_fence
 from libs.eventlog.delivery import next_delivery, sequences, skip_unread_headers, stream_seq, take_queued_first
 from libs.eventlog.dispatch import unknown_event_types
 from libs.eventlog.pause import Pause
+from libs.eventlog.projection import TRANSIENT_ERRORS, Applied, Fence, Projection
 from libs.fencing import Fenced
 from proto.v1 import decode_event
-from proto.v1.events import AnyEvent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    nats.errors.Error,
-)
-
-
 RETRY_FIRST_WAIT_S = 0.05
 """The wait before the first retries of a transient failure; later ones wait twice as long each, up to 2 s."""
-
-
-Fence = Callable[[int], int | None]
-"""The fencing token of a partition: the revision of the lease under which this instance projects
-it, or None when it does not hold that lease (then it does not project the partition)."""
-
-
-class Applied(NamedTuple):
-    seq: int
-    event: AnyEvent
-
-
-AfterCommit = Callable[[], None]
-
-
-class Projection(Protocol):
-    """What a service supplies: which events it reads and how a batch changes its tables."""
-
-    name: str
-    schema: str
-    event_types: tuple[str, ...]
-    """The events apply() is given; the runner checkpoints past the others. Derived from the
-    projection's handlers (libs/eventlog/dispatch.py); a name the log does not have is refused."""
-    category: str | None
-    """The one subject category to read, or None for every event of the partition."""
-
-    async def apply(self, conn: asyncpg.Connection, batch: Sequence[Applied]) -> AfterCommit | None:
-        """Write the batch's effect (inside the runner's transaction). Return what to do after commit."""
-        ...
 
 
 class ProjectionRunner:

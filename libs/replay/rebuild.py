@@ -38,7 +38,8 @@ from libs.eventlog import metrics, subjects
 from libs.eventlog.checkpoints import save_checkpoint
 from libs.eventlog.delivery import stream_seq
 from libs.eventlog.pause import RunnerPaused
-from libs.eventlog.runner import TRANSIENT_ERRORS, Applied, Projection, ProjectionRunner
+from libs.eventlog.projection import TRANSIENT_ERRORS, Applied, Projection
+from libs.eventlog.runner import ProjectionRunner
 from libs.replay import tables
 from libs.replay.instances import Hold, PauseAll
 from libs.replay.reader import PartitionReader

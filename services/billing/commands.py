@@ -30,8 +30,8 @@ import nats.js.errors
 
 from libs.clock import Clock
 from libs.eventlog.barrier import applied_through
+from libs.eventlog.projection import TRANSIENT_ERRORS
 from libs.eventlog.publisher import EventPublisher, PublishFailed
-from libs.eventlog.runner import TRANSIENT_ERRORS
 from libs.eventlog.subjects import ACCOUNT_TOKEN
 from libs.refusal import Refusal
 from libs.rpc import Replier

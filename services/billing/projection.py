@@ -12,7 +12,7 @@ from operator import attrgetter
 import asyncpg
 
 from libs.eventlog.dispatch import EventHandlers, handles
-from libs.eventlog.runner import AfterCommit, Applied
+from libs.eventlog.projection import AfterCommit, Applied
 from proto.v1 import (
     AccountCreated,
     BalanceToppedUp,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from libs.eventlog.dispatch import EventHandlers, handles
-from libs.eventlog.runner import AfterCommit, Applied
+from libs.eventlog.projection import AfterCommit, Applied
 from proto.v1 import AccountCreated, FlowRateChanged, InsiderStatusEnded, InsiderStatusSet, MultiplierChanged
 from services.ingress.directory import Directory
 

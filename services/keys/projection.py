@@ -14,7 +14,7 @@ from datetime import datetime
 import asyncpg
 
 from libs.eventlog.dispatch import EventHandlers, handles
-from libs.eventlog.runner import AfterCommit, Applied
+from libs.eventlog.projection import AfterCommit, Applied
 from proto.v1 import AccountSuspended, AccountUnsuspended, KeyCreated, KeyRevoked, KeyRotated, UsageRecorded
 from services.keys.domain import AccessEvent, KeyEvent
 from services.keys.registry import KeyRegistry

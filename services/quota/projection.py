@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from libs.eventlog.dispatch import EventHandlers, handles
-from libs.eventlog.runner import AfterCommit, Applied
+from libs.eventlog.projection import AfterCommit, Applied
 from libs.eventlog.subjects import partition_for
 from libs.pricing.catalog import FREE
 from libs.pricing.money import parse_fraction

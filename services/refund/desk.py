@@ -32,8 +32,8 @@ from libs import failpoints
 from libs.cancelling import cancel_and_wait
 from libs.clock import Clock
 from libs.eventlog.barrier import applied_through, until_quota_applied
+from libs.eventlog.projection import TRANSIENT_ERRORS
 from libs.eventlog.publisher import EventPublisher, PublishFailed
-from libs.eventlog.runner import TRANSIENT_ERRORS
 from libs.fencing import LeaderFence
 from libs.pricing.catalog import FREE
 from libs.refusal import Refusal

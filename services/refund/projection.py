@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from libs.eventlog.dispatch import EventHandlers, handles
-from libs.eventlog.runner import AfterCommit, Applied
+from libs.eventlog.projection import AfterCommit, Applied
 from proto.v1 import (
     PaymentRecorded,
     PlanChangeCancelled,

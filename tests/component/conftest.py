@@ -12,7 +12,7 @@ import pytest
 from libs.clock import ManualClock
 from libs.db import create_pool, ensure_database, migrate_async
 from libs.eventlog.checkpoints import save_checkpoint
-from libs.eventlog.runner import AfterCommit, Applied, Projection
+from libs.eventlog.projection import AfterCommit, Applied, Projection
 from libs.localservers import LocalPostgres
 from libs.setup import migration_dirs
 from proto.v1.events import AnyEvent

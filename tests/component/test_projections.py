@@ -14,7 +14,7 @@ import pytest
 
 from libs.clock import ManualClock
 from libs.eventlog.checkpoints import save_checkpoint
-from libs.eventlog.runner import Applied, Projection
+from libs.eventlog.projection import Applied, Projection
 from libs.eventlog.subjects import partition_for
 from proto.v1 import (
     AccountCreated,

@@ -19,8 +19,9 @@ import pytest
 from nats.aio.client import Client
 
 from libs.clock import SystemClock
+from libs.eventlog.projection import AfterCommit, Applied
 from libs.eventlog.publisher import EventPublisher
-from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner
+from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.subjects import STORED_PREFIX, partition_for, publish_subject
 from libs.fencing import Fenced, LeaderFence
 from libs.leases import PartitionLeases, held, leader_fence

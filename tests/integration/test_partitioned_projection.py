@@ -18,7 +18,8 @@ from libs import failpoints
 from libs.cancelling import cancel_and_wait
 from libs.eventlog.deadletters import DeadLetterRetrier
 from libs.eventlog.partitioned import PartitionedProjection
-from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner
+from libs.eventlog.projection import AfterCommit, Applied
+from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.subjects import partition_for
 from libs.leases import PartitionLeases
 from libs.ops import dlq

@@ -12,7 +12,7 @@ from fractions import Fraction
 import asyncpg
 import pytest
 
-from libs.eventlog.runner import Applied
+from libs.eventlog.projection import Applied
 from libs.replay.rebuild import Rebuildable
 from libs.replay.tables import clone_tables, drop_schema
 from libs.replay.verify import compare

@@ -21,7 +21,8 @@ from tenacity import AsyncRetrying
 
 from libs.eventlog import delivery
 from libs.eventlog.delivery import skip_unread_headers, take_queued_first
-from libs.eventlog.runner import AfterCommit, Applied, ProjectionRunner
+from libs.eventlog.projection import AfterCommit, Applied
+from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.subjects import partition_for
 from libs.localservers import LocalNats
 from libs.settings import Settings

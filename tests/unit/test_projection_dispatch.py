@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from libs.eventlog.dispatch import EVENT_CLASSES, EventHandlers, handles, unknown_event_types
-from libs.eventlog.runner import Applied, ProjectionRunner
+from libs.eventlog.projection import Applied
+from libs.eventlog.runner import ProjectionRunner
 from proto.v1 import AccountCreated, InsiderStatusEnded, InsiderStatusSet, QuotaCheck, UsageRecorded
 from services.billing.projection import BillingProjection
 from services.ingress.projection import IngressProjection
