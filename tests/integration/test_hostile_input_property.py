@@ -43,7 +43,10 @@ pytestmark = pytest.mark.connected
 def public_routes(api: type[IngressApi] | type[GatewayApi]) -> list[tuple[str, str]]:
     app = web.Application()
     instance = api.__new__(api)  # registering routes needs no connections, nor a pipeline to run calls
-    instance.pipeline = SimpleNamespace(run=lambda request, client: None)  # type: ignore[union-attr]
+
+    async def run(request: web.Request, client: object) -> None: ...
+
+    instance.pipeline = SimpleNamespace(run=run)  # type: ignore[union-attr]
     instance.routes(app)
     return sorted({(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource})
 
