@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import nats
 import nats.js
 import pytest
@@ -16,7 +17,7 @@ from nats.aio.client import Client
 
 from libs.eventlog.subjects import publish_subject
 from libs.localservers import LocalNats
-from proto.v1 import UsageRecorded, encode
+from proto.v1 import QuotaStatus, QuotaStatusRequest, UsageRecorded, encode, subjects
 from tests.stack import ROOT, Stack
 
 
@@ -26,6 +27,16 @@ async def nc(nats_server: LocalNats) -> AsyncIterator[Client]:
     client = await nats.connect(nats_server.url)
     yield client
     await client.close()
+
+
+async def quota_status(stack: Stack, account_id: str) -> QuotaStatus:
+    """quota.status of the account, asked over its own connection."""
+    nc = await stack.nats()
+    try:
+        reply = await nc.request(subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=account_id)), timeout=2)
+        return msgspec.json.decode(reply.data, type=QuotaStatus)
+    finally:
+        await nc.close()
 
 
 async def publish_usage(js: nats.js.JetStreamContext, account: str, event_id: str | None = None) -> UsageRecorded:

@@ -9,7 +9,8 @@ import pytest
 
 from libs.eventlog.publisher import EventPublisher
 from libs.pricing.money import MICRO
-from proto.v1 import QuotaCheck, QuotaDecision, QuotaStatus, QuotaStatusRequest, UsageRecorded, encode, subjects
+from proto.v1 import QuotaCheck, QuotaDecision, UsageRecorded, encode, subjects
+from tests.integration.conftest import quota_status
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
@@ -26,15 +27,6 @@ async def check(stack: Stack, account_id: str, estimate: int, reservation_id: st
         )
         reply = await nc.request(subjects.QUOTA_CHECK, encode(request), timeout=2)
         return msgspec.json.decode(reply.data, type=QuotaDecision)
-    finally:
-        await nc.close()
-
-
-async def status(stack: Stack, account_id: str) -> QuotaStatus:
-    nc = await stack.nats()
-    try:
-        reply = await nc.request(subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=account_id)), timeout=2)
-        return msgspec.json.decode(reply.data, type=QuotaStatus)
     finally:
         await nc.close()
 
@@ -84,14 +76,14 @@ async def test_reservations_hold_room_until_usage_arrives(stack: Stack) -> None:
         await nc.close()
 
     async def released() -> bool:
-        return (await status(stack, account_id)).window_5h.reserved_flows_micros == 2_500_000
+        return (await quota_status(stack, account_id)).window_5h.reserved_flows_micros == 2_500_000
 
     await eventually(released)
     assert (await check(stack, account_id, 1, "r4")).admitted
 
 
 async def _known(stack: Stack, account_id: str) -> bool:
-    return (await status(stack, account_id)).known
+    return (await quota_status(stack, account_id)).known
 
 
 async def test_exhausted_window_refuses_with_retry_after_until_it_resets(stack: Stack) -> None:
@@ -109,7 +101,7 @@ async def test_exhausted_window_refuses_with_retry_after_until_it_resets(stack: 
     assert (await stack.post_usage([heavy]))[0] == 202
 
     async def over_cap() -> bool:
-        quota = await status(stack, account_id)
+        quota = await quota_status(stack, account_id)
         return quota.window_5h.used_flows_micros > quota.window_5h.limit_flows_micros
 
     await eventually(over_cap)  # (polls status, not check: every check counts against the RPM limit)
@@ -117,7 +109,7 @@ async def test_exhausted_window_refuses_with_retry_after_until_it_resets(stack: 
     assert decision.reason == "quota_exhausted"
     assert decision.window_resets_at == opened.replace(microsecond=opened.microsecond) + timedelta(hours=5)
     assert 29 * 60 <= (decision.retry_after_s or 0) <= 30 * 60
-    quota = await status(stack, account_id)
+    quota = await quota_status(stack, account_id)
     assert quota.window_5h.used_flows_micros > quota.window_5h.limit_flows_micros
 
 
@@ -139,7 +131,7 @@ async def test_exhausted_week_refuses_until_the_week_resets(stack: Stack) -> Non
     assert (await stack.post_usage(events))[0] == 202
 
     async def week_over_cap() -> bool:
-        quota = await status(stack, account_id)
+        quota = await quota_status(stack, account_id)
         return quota.weekly.used_flows_micros >= quota.weekly.limit_flows_micros
 
     await eventually(week_over_cap)
@@ -147,7 +139,7 @@ async def test_exhausted_week_refuses_until_the_week_resets(stack: Stack) -> Non
     assert decision.reason == "quota_exhausted"
     week_resets = datetime.fromisoformat(events[0]["occurred_at"]) + timedelta(days=7)
     assert abs(decision.retry_after_s - (week_resets - now).total_seconds()) < 60
-    quota = await status(stack, account_id)
+    quota = await quota_status(stack, account_id)
     assert quota.window_5h.used_flows_micros == 0  # the 5 h window is closed: only the week blocks
     assert quota.weekly.used_flows_micros >= quota.weekly.limit_flows_micros
 
@@ -161,7 +153,7 @@ async def test_concurrent_checks_cannot_run_far_past_the_cap(stack: Stack) -> No
     assert (await stack.post_usage([usage]))[0] == 202
 
     async def used() -> bool:
-        return (await status(stack, account_id)).window_5h.used_flows_micros > 4 * MICRO
+        return (await quota_status(stack, account_id)).window_5h.used_flows_micros > 4 * MICRO
 
     await eventually(used)
     decisions = await asyncio.gather(*(check(stack, account_id, 300_000) for _ in range(8)))

@@ -16,24 +16,14 @@ from proto.v1 import (
     QuotaCheckBatch,
     QuotaDecision,
     QuotaDecisions,
-    QuotaStatus,
-    QuotaStatusRequest,
     encode,
     subjects,
 )
+from tests.integration.conftest import quota_status
 from tests.stack import Stack, eventually, usage_event
 
 pytestmark = pytest.mark.connected
 MODEL = "z-ai/glm-4.7"
-
-
-async def status(stack: Stack, account_id: str) -> QuotaStatus:
-    nc = await stack.nats()
-    try:
-        reply = await nc.request(subjects.QUOTA_STATUS, encode(QuotaStatusRequest(account_id=account_id)), timeout=2)
-        return msgspec.json.decode(reply.data, type=QuotaStatus)
-    finally:
-        await nc.close()
 
 
 async def nearly_full(stack: Stack) -> dict[str, str]:
@@ -43,7 +33,7 @@ async def nearly_full(stack: Stack) -> dict[str, str]:
     assert (await stack.post_usage([usage]))[0] == 202
 
     async def used() -> bool:
-        return (await status(stack, account["account_id"])).window_5h.used_flows_micros > 4 * MICRO
+        return (await quota_status(stack, account["account_id"])).window_5h.used_flows_micros > 4 * MICRO
 
     await eventually(used)
     return account
@@ -81,7 +71,7 @@ async def test_a_batch_is_decided_in_order_as_its_checks_alone_would_be(stack: S
     ]
     assert [d.admitted for d in decisions] == [True] * 4 + [False] * 2
     admitted = sum(d.admitted for d in decisions) * 100_000
-    assert (await status(stack, together)).window_5h.reserved_flows_micros == admitted
+    assert (await quota_status(stack, together)).window_5h.reserved_flows_micros == admitted
 
 
 def batches(metrics: str) -> tuple[float, float]:
@@ -116,9 +106,9 @@ async def test_a_burst_through_one_gateway_is_coalesced_and_never_admits_past_th
     assert sorted(answers) == [200] * 2 + [429] * 38
 
     async def settled() -> bool:
-        window = (await status(stack, account["account_id"])).window_5h
+        window = (await quota_status(stack, account["account_id"])).window_5h
         return window.reserved_flows_micros == 0 and window.used_flows_micros > 4_695_000
 
     await eventually(settled)
-    window = (await status(stack, account["account_id"])).window_5h
+    window = (await quota_status(stack, account["account_id"])).window_5h
     assert window.used_flows_micros <= 5 * MICRO + 2 * 300_000
