@@ -13,8 +13,7 @@ from libs.clock import ManualClock
 from libs.db import create_pool, ensure_database, migrate_async
 from libs.localservers import LocalPostgres
 from services.billing.projection import BillingProjection
-from tests.component.conftest import Feed
-from tests.component.test_projections import ids, statements, usage
+from tests.component.conftest import Feed, ids, statements, usage
 
 MIGRATIONS = Path(__file__).parents[2] / "services" / "billing" / "migrations"
 

@@ -1,7 +1,6 @@
 """Each projection's apply() driven with batches against a real Postgres: no NATS, no services.
 What the tables and the service's memory hold after a batch, whatever the batches' sizes."""
 
-import asyncio
 import gc
 import uuid
 from collections import defaultdict
@@ -13,8 +12,6 @@ import asyncpg
 import pytest
 
 from libs.clock import ManualClock
-from libs.eventlog.checkpoints import save_checkpoint
-from libs.eventlog.projection import Applied, Projection
 from libs.eventlog.subjects import partition_for
 from proto.v1 import (
     AccountCreated,
@@ -30,9 +27,7 @@ from proto.v1 import (
     PlanChanged,
     RefundRequested,
     RefundSucceeded,
-    UsageRecorded,
 )
-from proto.v1.events import AnyEvent
 from services.billing.projection import BillingProjection
 from services.billing.responder import BillingResponder
 from services.ingress.directory import Directory
@@ -45,23 +40,9 @@ from services.quota.domain.periods import period_in
 from services.quota.domain.windows import FIVE_HOURS
 from services.quota.projection import QuotaProjection, UnknownAccount
 from services.quota.state import QuotaState
-from tests.component.conftest import T0, Feed
+from tests.component.conftest import T0, Feed, ids, statements, usage
 
 RATE = Fraction(1, 100)
-
-
-def ids() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def usage(account_id: str, clock: ManualClock, flows: int = 1_000_000, **fields: Any) -> UsageRecorded:
-    values: dict[str, Any] = {
-        "event_id": ids(), "account_id": account_id, "occurred_at": clock.now(), "model": "deepseek/deepseek-chat",
-        "input_tokens": 1000, "output_tokens": 500, "billing_mode": "subscription", "usd_cost_micros": 10_000,
-        "flows_micros": flows, "usd_per_flow": "0.01", "multiplier": "1",
-    }  # fmt: skip
-    values.update(fields)
-    return UsageRecorded(**values)
 
 
 def created(account_id: str, clock: ManualClock) -> AccountCreated:
@@ -271,35 +252,6 @@ async def test_ingress_and_quota_load_the_same_rate_book_they_applied(pool: asyn
 # What one batch costs a projection in statements (issue 14: projections that keep up with ingest), and
 # that the work saved changes nothing of what the batch leaves in the tables and in memory; what quota's
 # memory shares between accounts (issue 14: memory at scale).
-
-
-async def statements(pool: asyncpg.Pool, feed: Feed, *events: AnyEvent) -> list[str]:
-    """Apply one batch as Feed does, and return the statements the projection's apply() sent."""
-    projection: Projection = feed.projection
-    sent: list[str] = []
-    batch = []
-    for event in events:
-        feed.seq += 1
-        batch.append(Applied(feed.seq, event))
-
-    def log(record: asyncpg.connection.LoggedQuery) -> None:
-        sent.append(" ".join(record.query.split()))
-
-    async with pool.acquire() as conn:
-        conn.add_query_logger(log)
-        try:
-            async with conn.transaction():
-                await asyncio.sleep(0)
-                sent.clear()  # BEGIN
-                after = await projection.apply(conn, batch)
-                await asyncio.sleep(0)  # the logger is called soon after each statement
-                applied = list(sent)
-                await save_checkpoint(conn, projection, feed.partition, feed.seq)
-        finally:
-            conn.remove_query_logger(log)
-    if after is not None:
-        after()
-    return applied
 
 
 async def test_quota_writes_on_time_usage_of_any_number_of_accounts_with_two_statements(
