@@ -57,6 +57,19 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
             timer.cancel()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, object]:
+    """A failed test that had a stack reports the end of each service's log beside its own output:
+    the services run as processes whose logs leave with the test's temporary folder (a CI run's
+    hang in a gateway call was otherwise told by nothing but the test's own timeout)."""
+    report = yield
+    if isinstance(report, pytest.TestReport) and report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, Stack):
+                report.sections.append(("flowplan services' logs, their last lines", value.log_ends()))
+    return report
+
+
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="flowplan-test-"))
@@ -96,9 +109,7 @@ async def stack(settings: Settings, workdir: Path) -> AsyncIterator[Stack]:
     log_dir = workdir / f"logs-{uuid.uuid4().hex[:8]}"
     log_dir.mkdir()
     stack = Stack(settings, log_dir)
-    services = [stack.simulator, stack.quota, stack.keys, stack.billing, stack.refund, stack.console, stack.ingress,
-                stack.gateway]  # fmt: skip
-    await asyncio.gather(*(asyncio.to_thread(service.start) for service in services))
+    await asyncio.gather(*(asyncio.to_thread(service.start) for service in stack.services))
     yield stack
-    for service in reversed(services):
+    for service in reversed(stack.services):
         service.stop()

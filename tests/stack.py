@@ -93,6 +93,20 @@ class Stack:
         self.console = ServiceProcess("console", env, settings.console_port, log_dir)
         self.console_url = f"http://127.0.0.1:{settings.console_port}"
 
+    @property
+    def services(self) -> list[ServiceProcess]:
+        """Every service, in the order they start (the ones others call first)."""
+        return [self.simulator, self.quota, self.keys, self.billing, self.refund, self.console, self.ingress,
+                self.gateway]  # fmt: skip
+
+    def log_ends(self, lines: int = 30) -> str:
+        """The last lines of each service's log: what a failed test's report shows of them."""
+        ends = []
+        for service in self.services:
+            tail = service.log().splitlines()[-lines:] if service.log_path.exists() else []
+            ends.append(f"== {service.name} ==\n" + "\n".join(line[:400] for line in tail))
+        return "\n".join(ends)
+
     # -- HTTP ---------------------------------------------------------------------------
 
     async def http(

@@ -9,8 +9,11 @@ handle one message where they handled several (docs/performance.md, task qbatch)
 
 quota decides a batch's checks in order, each as if it came alone (services/quota/responder.py).
 Whatever fails a message (no responders, a timeout, an unreadable reply) fails each of its checks
-with QuotaUnavailable, which the pipeline answers 503 as it did a failed request. A waiting caller
-that is cancelled before its batch is sent is left out of it: nothing is reserved for it."""
+with QuotaUnavailable, which the pipeline answers 503 as it did a failed request. Each check has
+`timeout_s` from the moment its caller asked, waiting for a slot included, as a check sent alone
+has: a quota that stopped answering costs a waiting caller one timeout, not the message ahead's
+and then its own. A waiting caller that is cancelled before its batch is sent is left out of it:
+nothing is reserved for it."""
 
 import asyncio
 import logging
@@ -38,6 +41,8 @@ class _Waiting:
     check: QuotaCheck
     headers: dict[str, str] | None
     decided: "asyncio.Future[QuotaDecision]"
+    expires_at: float
+    """The loop's time when its caller stops waiting: its message waits for a reply no longer."""
 
 
 @dataclass(slots=True)
@@ -67,19 +72,26 @@ class QuotaChecks:
         if lane.out < self._in_flight:
             lane.out += 1
             try:
-                return await self._alone(partition, check, headers)
+                return await self._alone(partition, check, headers, self._timeout_s)
             finally:
                 lane.out -= 1
                 self._send_waiting(partition, lane)
-        waiting = _Waiting(check, headers, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(check, headers, loop.create_future(), loop.time() + self._timeout_s)
         lane.waiting.append(waiting)
-        return await waiting.decided
+        expiry = loop.call_at(waiting.expires_at, _expire, waiting.decided)
+        try:
+            return await waiting.decided
+        finally:
+            expiry.cancel()
 
-    async def _alone(self, partition: int, check: QuotaCheck, headers: dict[str, str] | None) -> QuotaDecision:
+    async def _alone(
+        self, partition: int, check: QuotaCheck, headers: dict[str, str] | None, timeout_s: float
+    ) -> QuotaDecision:
         metrics.quota_check_batch.record(1)
         subject = partitioned(subjects.QUOTA_CHECK, partition)
         try:
-            reply = await self._requests.request(subject, encode(check), self._timeout_s, headers)
+            reply = await self._requests.request(subject, encode(check), timeout_s, headers)
             return self._decision.decode(reply.data)
         except Exception as exc:
             raise QuotaUnavailable(repr(exc)) from exc
@@ -96,11 +108,13 @@ class QuotaChecks:
                 task.add_done_callback(self._sending.discard)
 
     async def _send(self, partition: int, lane: _Lane, batch: list[_Waiting]) -> None:
+        # No longer than its last caller waits: a reply after that decides nothing, and the slot is free.
+        timeout_s = max(0.001, max(w.expires_at for w in batch) - asyncio.get_running_loop().time())
         try:
             if len(batch) == 1:
-                decisions = [await self._alone(partition, batch[0].check, batch[0].headers)]
+                decisions = [await self._alone(partition, batch[0].check, batch[0].headers, timeout_s)]
             else:
-                decisions = await self._together(partition, batch)
+                decisions = await self._together(partition, batch, timeout_s)
         except QuotaUnavailable as exc:
             for waiting in batch:
                 if not waiting.decided.done():
@@ -116,7 +130,7 @@ class QuotaChecks:
             lane.out -= 1
             self._send_waiting(partition, lane)
 
-    async def _together(self, partition: int, batch: list[_Waiting]) -> list[QuotaDecision]:
+    async def _together(self, partition: int, batch: list[_Waiting], timeout_s: float) -> list[QuotaDecision]:
         metrics.quota_check_batch.record(len(batch))
         traceparents = [w.headers.get(tracing.TRACEPARENT) if w.headers else None for w in batch]
         message = QuotaCheckBatch(
@@ -124,10 +138,17 @@ class QuotaChecks:
         )
         subject = partitioned(subjects.QUOTA_CHECK_BATCH, partition)
         try:
-            reply = await self._requests.request(subject, encode(message), self._timeout_s)
+            reply = await self._requests.request(subject, encode(message), timeout_s)
             decisions = self._decisions.decode(reply.data).decisions
         except Exception as exc:
             raise QuotaUnavailable(repr(exc)) from exc
         if len(decisions) != len(batch):
             raise QuotaUnavailable(f"{len(decisions)} decisions for {len(batch)} checks")
         return decisions
+
+
+def _expire(decided: "asyncio.Future[QuotaDecision]") -> None:
+    """A waiting check's time is up (its message may be out: quota lets what it reserved go once
+    no heartbeat lists it, as for a check sent alone that timed out)."""
+    if not decided.done():
+        decided.set_exception(QuotaUnavailable("no decision within the check's timeout"))

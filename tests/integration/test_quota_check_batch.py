@@ -86,7 +86,8 @@ async def test_a_burst_through_one_gateway_is_coalesced_and_never_admits_past_th
     body = {"model": MODEL, "max_tokens": 3000,
             "messages": [{"role": "user", "content": "a long story [[tokens:3000]]"}]}  # fmt: skip
     headers = {"Authorization": f"Bearer {account['key']}"}
-    async with aiohttp.ClientSession() as session:
+    # A call the gateway never answers fails the test in a minute, with the services' logs (tests/conftest.py).
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
 
         async def scraped() -> tuple[float, float]:
             async with session.get(f"{stack.gateway_url}/metrics") as response:

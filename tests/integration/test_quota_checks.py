@@ -141,6 +141,26 @@ async def test_a_batch_left_unanswered_times_out_for_each_of_its_checks(nc: Clie
     assert owner.batches == [["r1", "r2", "r3"]]
 
 
+async def test_a_check_waiting_behind_an_unanswered_one_gets_its_503_within_its_own_timeout(nc: Client) -> None:
+    hold = asyncio.Event()  # set only at the end: till then the owner answers nothing
+    owner = Owner(nc, hold)
+    await owner.start(answer_batch=False)
+    checks = await started(nc, timeout_s=1.0)
+    loop = asyncio.get_running_loop()
+    first = asyncio.create_task(checks.decide(checked(0)))
+    await until(lambda: owner.alone == ["r0"])
+    began = loop.time()
+    waiting = [asyncio.create_task(checks.decide(checked(n))) for n in (1, 2)]
+    results = await asyncio.gather(first, *waiting, return_exceptions=True)
+    waited = loop.time() - began
+    assert [type(r) for r in results] == [QuotaUnavailable] * 3
+    # One timeout from when it asked (1 s), not the first's and then its own batch's (2 s).
+    assert waited < 1.5, waited
+    assert owner.batches == [["r1", "r2"]]  # sent once the slot was free, with what time its callers had left
+    await until(lambda: checks._lanes[PARTITION].out == 0)  # and no longer waited for than they waited
+    hold.set()
+
+
 async def test_a_caller_that_gave_up_while_waiting_is_left_out_of_the_batch(nc: Client) -> None:
     hold = asyncio.Event()
     owner = Owner(nc, hold)
