@@ -22,6 +22,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
 
+from libs import failpoints
+from libs.cancelling import cancel_and_wait
 from libs.eventlog import subjects
 from libs.eventlog.delivery import skip_unread_headers
 from libs.inbox import subscribe_handing_over
@@ -98,6 +100,8 @@ class PartitionReader:
             self._answered.clear()
             requested_at = time.monotonic()
             await self._nc.publish(subject, request, reply=self._inbox)
+            if failpoints.fires("replay_read_lost"):  # a fault test: the pull request lost with its connection
+                raise RuntimeError(f"the log stopped answering a read of {self._filter} (failpoint)")
             await self._answer()
             if self._refused:
                 raise RuntimeError(f"the log refused a read of {self._filter}: {self._refused}")
@@ -124,10 +128,12 @@ class PartitionReader:
         raise RuntimeError(f"the log stopped answering a read of {self._filter}")
 
     async def close(self) -> None:
+        """Stop reading and let the consumer go. Never raises: how the reading ended was next()'s to
+        say (a read that failed failed the replay; raising it again here took the service down)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
+            if not self._task.cancelled():
+                self._task.exception()  # retrieved: next() raised it already, or nobody asks any more
         if self._sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._sub.unsubscribe()

@@ -153,7 +153,10 @@ class Rebuild:
                 log.warning("replay of %s failed before its swap: %s", self.projection.name, exc)
             else:
                 log.exception("replay of %s failed", self.projection.name)
-            self.phase, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            cause: BaseException = exc
+            while isinstance(cause, BaseExceptionGroup):  # a reader's or an applier's, out of _follow_live's group
+                cause = cause.exceptions[0]
+            self.phase, self.error = "failed", f"{type(cause).__name__}: {cause}"
             if self.swapped:  # the tables changed but memory may not have: restart, load from the tables
                 raise
         finally:

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from libs.eventlog.subjects import partition_for
 from tests.e2e.conftest import HI, oai, payg_key, refund_of, top_up
 from tests.stack import Stack, eventually, flowplan_replay, usage_event
 
@@ -237,3 +238,27 @@ async def test_a_projection_nobody_owns_is_a_clear_error(stack: Stack) -> None:
     assert code == 1 and "error: no service answers for projection 'quotas'" in out
     code, out = await flowplan_replay(stack, "--projection", "quota", "--from-seq", "0")
     assert code == 2 and "--from-seq" in out
+
+
+async def test_a_replay_whose_reading_fails_is_reported_failed_and_quota_goes_on(stack: Stack) -> None:
+    """A rebuild's read of the log can fail (nats-server cut the process's connection as a slow
+    consumer under the replay bench's load: its pull request went with it). The replay fails and
+    says why; the service that ran it goes on answering. The reader's close raised the failure a
+    second time, out of the replay's clean-up, and the quota process exited (a task that dies takes
+    its process with it), refusing every call until restarted."""
+    account = await stack.create_account("reader")
+    while partition_for(account["account_id"], stack.settings.partitions) != 0:  # the reader the failpoint fails
+        account = await stack.create_account("reader")
+    assert (await stack.post_usage([usage_event(account["account_id"])]))[0] == 202
+    stack.quota.stop()
+    stack.quota.start({"FLOWPLAN_FAILPOINT": "replay_read_lost"})
+    try:
+        code, out = await flowplan_replay(stack, "--projection", "quota")
+        assert code != 0 and "the log stopped answering a read" in out, out
+        assert stack.quota.process is not None and stack.quota.process.poll() is None, stack.quota.log()[-3000:]
+        assert "failpoint replay_read_lost: fired" in stack.quota.log()
+        status, usage = await stack.http("GET", "/v1/account/usage", token=account["management_key"])
+        assert status == 200 and float(usage["window_5h"]["used_flows"]) > 0, usage  # quota still answers
+    finally:
+        stack.quota.stop()
+        stack.quota.start()
