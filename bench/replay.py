@@ -266,14 +266,23 @@ def report(
         print(f"replay --projection all --verify: {wall:,.1f} s in all; rebuilds {rebuild:,.1f} s "
               f"= {n / rebuild:,.0f} events/s (target >= 50,000)")  # fmt: skip
     for o in outcomes:
-        state = "identical" if o.verified and not o.differences else f"DIFFERENT ({len(o.differences)} tables)"
-        print(f"  {o.projection:<8} read {o.read:>9,} in {o.rebuild_seconds:6.1f} s = "
-              f"{o.read / max(o.rebuild_seconds, 1e-9):>8,.0f} events/s "
-              f"({o.read / max(o.rebuild_seconds, 1e-9) / floor_eps:.0%} of the floor); "
-              f"verify {o.verify_seconds:5.1f} s, {state}; "
+        print(f"  {o.projection:<8} read {o.read:>9,} in {o.rebuild_seconds or o.seconds:6.1f} s = "
+              f"{rate(o):>8,.0f} events/s ({rate(o) / floor_eps:.0%} of the floor); "
+              f"verify {o.verify_seconds:5.1f} s, {verdict(o)}; "
               f"live paused {o.paused_ms:,.0f} ms; {'swapped' if o.swapped else 'NOT swapped'}"
               f"{'; ' + o.error if o.error else ''}")  # fmt: skip
     print("  cores used during the replay: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
+
+
+def rate(o: ReplayProgress) -> float:
+    """Events read per second of the rebuild; of the time it ran, for one that failed before its end."""
+    return o.read / (o.rebuild_seconds or o.seconds or 1e-9)
+
+
+def verdict(o: ReplayProgress) -> str:
+    if not o.verified:
+        return "not verified"
+    return f"DIFFERENT ({len(o.differences)} tables)" if o.differences else "identical"
 
 
 def report_alone(outcomes: list[ReplayProgress], alone: dict[str, Alone]) -> None:
@@ -282,8 +291,7 @@ def report_alone(outcomes: list[ReplayProgress], alone: dict[str, Alone]) -> Non
     for o in outcomes:
         one = alone[o.projection]
         per_event = {group: seconds / max(one.outcome.read, 1) * 1e6 for group, seconds in one.cpu.items()}
-        state = "identical" if one.outcome.verified and not one.outcome.differences else "DIFFERENT"
-        print(f"  {o.projection:<10} {one.outcome.read / max(one.outcome.rebuild_seconds, 1e-9):>8,.0f} "
-              f"{o.read / max(o.rebuild_seconds, 1e-9):>8,.0f} {per_event.get('service', 0):>8.1f} "
-              f"{per_event.get('postgres', 0):>8.1f} {per_event.get('nats-server', 0):>8.1f}  {state}"
+        print(f"  {o.projection:<10} {rate(one.outcome):>8,.0f} "
+              f"{rate(o):>8,.0f} {per_event.get('service', 0):>8.1f} "
+              f"{per_event.get('postgres', 0):>8.1f} {per_event.get('nats-server', 0):>8.1f}  {verdict(one.outcome)}"
               f"{'' if one.outcome.swapped else ', NOT swapped'}{one.outcome.error or ''}")  # fmt: skip

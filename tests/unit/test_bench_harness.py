@@ -13,8 +13,10 @@ from aiohttp import web
 
 from bench import litellm as bench_litellm
 from bench import profile as bench_profile
+from bench import replay as bench_replay
 from bench import wrk as bench_wrk
 from libs.localservers import free_port
+from proto.v1 import ReplayProgress
 
 WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:1/v1/chat/completions
   1 threads and 1 connections
@@ -160,3 +162,13 @@ def test_a_bench_run_s_folder_is_removed_unless_kept(monkeypatch: pytest.MonkeyP
         pass
     assert kept.exists()
     kept.rmdir()
+
+
+def test_a_replay_that_failed_is_rated_over_the_time_it_ran_and_not_called_different() -> None:
+    """The replay bench printed quota's failed rebuild as 170,000,000,000,000 events/s (read over a
+    rebuild time of 0: it never ended) and 'DIFFERENT (0 tables)' (it never verified)."""
+    failed = ReplayProgress(projection="quota", phase="failed", read=170_000, seconds=20.0, error="RuntimeError: x")
+    assert bench_replay.rate(failed) == 8_500 and bench_replay.verdict(failed) == "not verified"
+    done = ReplayProgress(projection="keys", phase="done", read=300_000, seconds=12.0, rebuild_seconds=10.0,
+                          verified=True)  # fmt: skip
+    assert bench_replay.rate(done) == 30_000 and bench_replay.verdict(done) == "identical"
