@@ -82,6 +82,20 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("never came")
 
 
+async def one_out(
+    nc: Client, timeout_s: float = 2.0, headers: dict[str, str] | None = None, **start: bool
+) -> tuple[asyncio.Event, Owner, QuotaChecks, "asyncio.Task[QuotaDecision]"]:
+    """A check (r0) sent alone and held by the owner until `hold` is set: the partition's slot is
+    taken, and the checks that come meanwhile wait for it. `start`: Owner.start's options."""
+    hold = asyncio.Event()
+    owner = Owner(nc, hold)
+    await owner.start(**start)
+    checks = await started(nc, timeout_s)
+    first = asyncio.create_task(checks.decide(checked(0), headers))
+    await until(lambda: owner.alone == ["r0"])
+    return hold, owner, checks, first
+
+
 async def test_one_check_at_a_time_goes_alone_on_quota_check(nc: Client) -> None:
     owner = Owner(nc)
     await owner.start()
@@ -92,12 +106,7 @@ async def test_one_check_at_a_time_goes_alone_on_quota_check(nc: Client) -> None
 
 
 async def test_checks_that_come_while_one_is_out_go_together_in_order_each_to_its_caller(nc: Client) -> None:
-    hold = asyncio.Event()
-    owner = Owner(nc, hold)
-    await owner.start()
-    checks = await started(nc)
-    first = asyncio.create_task(checks.decide(checked(0)))
-    await until(lambda: owner.alone == ["r0"])
+    hold, owner, checks, first = await one_out(nc)
     rest = [asyncio.create_task(checks.decide(checked(n))) for n in range(1, 21)]
     await asyncio.sleep(0.05)
     assert owner.batches == []  # nothing more is sent while the first is out
@@ -108,12 +117,7 @@ async def test_checks_that_come_while_one_is_out_go_together_in_order_each_to_it
 
 
 async def test_a_batch_that_finds_nobody_fails_each_of_its_checks(nc: Client) -> None:
-    hold = asyncio.Event()
-    owner = Owner(nc, hold)
-    await owner.start(batch=False)  # an owner that answers quota.check only: no responders for the batch
-    checks = await started(nc)
-    first = asyncio.create_task(checks.decide(checked(0)))
-    await until(lambda: owner.alone == ["r0"])
+    hold, _, checks, first = await one_out(nc, batch=False)  # no responders for the batch
     rest = [asyncio.create_task(checks.decide(checked(n))) for n in range(1, 6)]
     await asyncio.sleep(0.02)
     hold.set()
@@ -126,12 +130,7 @@ async def test_a_batch_that_finds_nobody_fails_each_of_its_checks(nc: Client) ->
 
 
 async def test_a_batch_left_unanswered_times_out_for_each_of_its_checks(nc: Client) -> None:
-    hold = asyncio.Event()
-    owner = Owner(nc, hold)
-    await owner.start(answer_batch=False)
-    checks = await started(nc, timeout_s=0.3)
-    first = asyncio.create_task(checks.decide(checked(0)))
-    await until(lambda: owner.alone == ["r0"])
+    hold, owner, checks, first = await one_out(nc, 0.3, answer_batch=False)
     rest = [asyncio.create_task(checks.decide(checked(n))) for n in range(1, 4)]
     await asyncio.sleep(0.02)
     hold.set()
@@ -142,13 +141,8 @@ async def test_a_batch_left_unanswered_times_out_for_each_of_its_checks(nc: Clie
 
 
 async def test_a_check_waiting_behind_an_unanswered_one_gets_its_503_within_its_own_timeout(nc: Client) -> None:
-    hold = asyncio.Event()  # set only at the end: till then the owner answers nothing
-    owner = Owner(nc, hold)
-    await owner.start(answer_batch=False)
-    checks = await started(nc, timeout_s=1.0)
+    hold, owner, checks, first = await one_out(nc, 1.0, answer_batch=False)  # hold set only at the end
     loop = asyncio.get_running_loop()
-    first = asyncio.create_task(checks.decide(checked(0)))
-    await until(lambda: owner.alone == ["r0"])
     began = loop.time()
     waiting = [asyncio.create_task(checks.decide(checked(n))) for n in (1, 2)]
     results = await asyncio.gather(first, *waiting, return_exceptions=True)
@@ -162,12 +156,7 @@ async def test_a_check_waiting_behind_an_unanswered_one_gets_its_503_within_its_
 
 
 async def test_a_caller_that_gave_up_while_waiting_is_left_out_of_the_batch(nc: Client) -> None:
-    hold = asyncio.Event()
-    owner = Owner(nc, hold)
-    await owner.start()
-    checks = await started(nc)
-    first = asyncio.create_task(checks.decide(checked(0)))
-    await until(lambda: owner.alone == ["r0"])
+    hold, owner, checks, first = await one_out(nc)
     rest = {n: asyncio.create_task(checks.decide(checked(n))) for n in range(1, 5)}
     await asyncio.sleep(0.02)
     rest[2].cancel()
@@ -178,12 +167,7 @@ async def test_a_caller_that_gave_up_while_waiting_is_left_out_of_the_batch(nc: 
 
 
 async def test_each_traced_check_carries_its_own_trace_context_in_a_batch(nc: Client) -> None:
-    hold = asyncio.Event()
-    owner = Owner(nc, hold)
-    await owner.start()
-    checks = await started(nc)
-    first = asyncio.create_task(checks.decide(checked(0), {"traceparent": TRACEPARENT}))
-    await until(lambda: owner.alone == ["r0"])
+    hold, owner, checks, first = await one_out(nc, headers={"traceparent": TRACEPARENT})
     other = TRACEPARENT.replace("b7ad", "c8be")
     rest = [
         asyncio.create_task(checks.decide(checked(1), {"traceparent": other})),
@@ -197,9 +181,7 @@ async def test_each_traced_check_carries_its_own_trace_context_in_a_batch(nc: Cl
 
 
 async def test_each_partition_has_its_own_slot(nc: Client) -> None:
-    hold = asyncio.Event()
-    owner = Owner(nc, hold)
-    await owner.start()
+    hold, _, checks, first = await one_out(nc)
     other_account = next(a for a in (f"acct_{uuid.uuid4().hex[:6]}" for _ in range(100))
                          if partition_for(a, PARTITIONS) != PARTITION)  # fmt: skip
     seen: list[str] = []
@@ -210,9 +192,6 @@ async def test_each_partition_has_its_own_slot(nc: Client) -> None:
         await msg.respond(encode(decided(check)))
 
     await nc.subscribe(partitioned(subjects.QUOTA_CHECK, partition_for(other_account, PARTITIONS)), cb=answer)
-    checks = await started(nc)
-    first = asyncio.create_task(checks.decide(checked(0)))
-    await until(lambda: owner.alone == ["r0"])
     elsewhere = QuotaCheck(account_id=other_account, reservation_id="x", model="deepseek/deepseek-chat")
     assert (await asyncio.wait_for(checks.decide(elsewhere), 2)).reason == "x"  # not held behind r0
     hold.set()

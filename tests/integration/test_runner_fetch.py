@@ -6,17 +6,19 @@ another subscription of the connection still gets them; a trickle of events is a
 an idle partition's fetches, and a batch applied, leave nothing for the garbage collector."""
 
 import asyncio
+import contextlib
 import gc
 import types
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import asyncpg
 import nats
 import pytest
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import api
+from nats.js import JetStreamContext, api
 from tenacity import AsyncRetrying
 
 from libs.eventlog import delivery
@@ -111,19 +113,30 @@ class BatchProbe:
         return None
 
 
+@contextlib.asynccontextmanager
+async def running(settings: Settings, probe: "BatchProbe", **options: Any) -> AsyncIterator[JetStreamContext]:
+    """The probe projected by a runner in the background; its JetStream, to publish with."""
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    runner = ProjectionRunner(probe, pool, js, stream=settings.stream, partitions=settings.partitions, **options)
+    task = asyncio.create_task(runner.run())
+    try:
+        yield js
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await nc.close()
+        await pool.close()
+
+
 async def test_a_trickle_at_a_gateways_pace_is_applied_several_events_to_a_transaction(settings: Settings) -> None:
     """An event every 30 ms on one partition (one account): with the default linger the runner waits
     for more after a partial batch, so 12 events take a few transactions. Each batch costs the same
     fetch, transaction, checkpoint and ack however few events it holds (20 ms of linger took 6 here)."""
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-    nc = await nats.connect(settings.nats_url)
-    js = nc.jetstream()
     probe = BatchProbe(12)
-    runner = ProjectionRunner(probe, pool, js, stream=settings.stream, partitions=settings.partitions,
-                              linger_s=settings.projection_linger_s)  # fmt: skip
-    running = asyncio.create_task(runner.run())
     account = f"acc_{uuid.uuid4().hex[:12]}"
-    try:
+    async with running(settings, probe, linger_s=settings.projection_linger_s) as js:
         await asyncio.sleep(1.0)  # every partition's consumer made and fetching
         for _ in range(12):
             await publish_usage(js, account)
@@ -131,11 +144,6 @@ async def test_a_trickle_at_a_gateways_pace_is_applied_several_events_to_a_trans
         await asyncio.wait_for(probe.all_applied.wait(), 15)
         assert sum(probe.batches) == 12
         assert len(probe.batches) <= 4, probe.batches
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await nc.close()
-        await pool.close()
 
 
 class PauseProbe(BatchProbe):
@@ -192,13 +200,8 @@ async def test_a_runners_idle_fetches_leave_no_garbage_for_the_collector(setting
     walked 10,000-30,000 of them, each a stall of the loop up to 18 ms. Nothing is left now: over two
     idle seconds of every partition, the collector finds no garbage (DEBUG_SAVEALL keeps what it
     found, to be named). A message published then is still fetched."""
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-    nc = await nats.connect(settings.nats_url)
-    js = nc.jetstream()
     probe = BatchProbe(1)
-    runner = ProjectionRunner(probe, pool, js, stream=settings.stream, partitions=settings.partitions)
-    running = asyncio.create_task(runner.run())
-    try:
+    async with running(settings, probe) as js:
         await asyncio.sleep(1.5)  # every partition's consumer made, what the module stored applied
         gc.collect()
         gc.set_debug(gc.DEBUG_SAVEALL)
@@ -218,24 +221,14 @@ async def test_a_runners_idle_fetches_leave_no_garbage_for_the_collector(setting
         probe.batches.clear()
         await publish_usage(js, f"acc_{uuid.uuid4().hex[:12]}")
         await asyncio.wait_for(probe.all_applied.wait(), 5)
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await nc.close()
-        await pool.close()
 
 
 async def test_a_batch_applied_leaves_its_messages_to_no_reference_cycle(settings: Settings) -> None:
     """Each batch was applied through tenacity's retry loop, whose state is a reference cycle that
     also held the batch's messages (for the keep-alive of a retry): up to a batch of them per
     transaction waited for the garbage collector. A batch applied without a failure leaves nothing."""
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-    nc = await nats.connect(settings.nats_url)
-    js = nc.jetstream()
     probe = BatchProbe(1)
-    runner = ProjectionRunner(probe, pool, js, stream=settings.stream, partitions=settings.partitions)
-    running = asyncio.create_task(runner.run())
-    try:
+    async with running(settings, probe) as js:
         await asyncio.sleep(1.5)  # every partition's consumer made, what the module stored applied
         probe.expected, probe.batches = 50, []
         probe.all_applied.clear()
@@ -251,8 +244,3 @@ async def test_a_batch_applied_leaves_its_messages_to_no_reference_cycle(setting
             gc.set_debug(0)
             gc.garbage.clear()
         assert found == set()
-    finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await nc.close()
-        await pool.close()
