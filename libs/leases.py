@@ -18,29 +18,46 @@ time when it sent the last successful acquire or renewal: the server's copy of t
 least until `sent + lease`, so an instance that stops renewing (paused, cut off, killed) has
 stopped answering for the partition before anybody else can acquire it. No clocks are compared
 across machines.
+
+A service's leases are renewed on a thread of their own (`LeaseThread`: its own event loop and NATS
+connection), not on the service's event loop. A service applying a rebuild, a flood of usage and a
+take-over at once keeps its loop busy for hundreds of milliseconds a turn, and a tick takes dozens of
+turns: on the loop, every service of a replay bench lost its partitions again and again, and quota
+reloaded its state each time. Kafka's consumer moved its heartbeats to a thread for the same reason
+(KIP-62), and kept what the heartbeat in the poll loop gave for free, that a consumer that no longer
+polls gives its partitions up (`max.poll.interval.ms`): here a service loop that has not run for
+`stall_s` stops the renewals, and its partitions go to another instance.
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import nats.errors
 import nats.js
 import nats.js.errors
+from nats.aio.client import Client
 from nats.js import api
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
 from libs.cancelling import cancel_and_wait
+from libs.connections import close_nats, connect_nats
 
 log = logging.getLogger(__name__)
 BUCKET = "FLOWPLAN_LEASES"
+T = TypeVar("T")
+BEAT_S = 0.5
+"""How often the service's event loop notes that it runs, for the lease thread (`stall_s`)."""
 
 
 def _weight(partition: int, member: str) -> bytes:
@@ -114,6 +131,13 @@ async def lease_bucket(js: nats.js.JetStreamContext, lease_s: float, replicas: i
     raise AssertionError("unreachable")
 
 
+class _Held(NamedTuple):
+    revision: int
+    """The KV revision of our owner key: the fencing token."""
+    valid_until: float
+    """owns() is true until then (this process's monotonic clock)."""
+
+
 class PartitionLeases:
     def __init__(
         self,
@@ -128,9 +152,17 @@ class PartitionLeases:
         rebalance: bool = True,
         hand_over: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        loop: asyncio.AbstractEventLoop | None = None,
+        stall_s: float | None = None,
     ) -> None:
         """rebalance=False: no assignment; every instance takes whatever is free and keeps what it
-        holds until it stops or dies (one partition so: a leader, for one active instance)."""
+        holds until it stops or dies (one partition so: a leader, for one active instance).
+
+        loop: the event loop of js's connection, where the renewals run (a `LeaseThread`'s); None:
+        the caller's. The methods may be called from the service's loop either way; the views
+        (owns, holds, revision, desired, ...) may be read from any thread.
+        stall_s: with a loop of their own, the renewals stop once the caller's loop has not run for
+        this long (default five leases), so that a service stuck for good hands its partitions over."""
         self.service, self.instance, self.partitions = service, instance, partitions
         self.rebalance = rebalance
         self.hand_over = hand_over
@@ -139,8 +171,12 @@ class PartitionLeases:
         the next owner never starts while this one still writes. It is listed in `leaving()`."""
         self.lease_s, self.margin_s = lease_s, lease_s / 3 if margin_s is None else margin_s
         self._js, self._replicas, self._clock = js, replicas, clock
-        self._held: dict[int, int] = {}  # partition -> revision of our owner key
-        self._valid_until: dict[int, float] = {}
+        self._held: dict[int, _Held] = {}
+        """Replaced, never changed in place: the service's thread reads it while the lease thread
+        writes it."""
+        self._home, self.stall_s = loop, 5 * lease_s if stall_s is None else stall_s
+        self._caller_seen: float | None = None  # when the caller's loop last ran (a lease thread's)
+        self._beating: asyncio.TimerHandle | None = None
         self._member_rev = 0
         self.members = 1
         """Live members (instances) of the service at the last tick, this one included."""
@@ -159,10 +195,12 @@ class PartitionLeases:
         return f"member.{self.service}.{self.instance}"
 
     def owns(self, partition: int) -> bool:
-        return partition in self._held and self._clock() < self._valid_until[partition]
+        held = self._held.get(partition)
+        return held is not None and self._clock() < held.valid_until
 
     def owned(self) -> set[int]:
-        return {p for p in self._held if self.owns(p)}
+        now = self._clock()
+        return {p for p, held in self._held.items() if now < held.valid_until}
 
     def holds(self, partition: int) -> bool:
         """Acquired and not found lost: no renewal has yet found another holder (owns() may be false
@@ -172,18 +210,44 @@ class PartitionLeases:
     def revision(self, partition: int) -> int | None:
         """The KV revision of our owner key of the partition, None if not held: a fencing token (a
         new owner's `create` gets a higher revision than any renewal of the previous owner's)."""
-        return self._held.get(partition)
+        held = self._held.get(partition)
+        return None if held is None else held.revision
 
     def leaving(self) -> set[int]:
         """Partitions held here but desired elsewhere (hand_over=True): to release() once let go."""
         return set(self._held) - self.desired
 
+    def _keep(self, partition: int, revision: int, sent: float) -> None:
+        self._held = {**self._held, partition: _Held(revision, sent + self.lease_s - self.margin_s)}
+
+    def _drop(self, partition: int) -> _Held | None:
+        held = dict(self._held)
+        dropped = held.pop(partition, None)
+        self._held = held
+        return dropped
+
+    async def _at_home(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run the work on the renewals' loop, from the caller's."""
+        if self._home is None or self._home is asyncio.get_running_loop():
+            return await work
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self._home))
+
     async def release(self, partition: int) -> None:
         """Hand a partition over now (hand_over=True, once this instance stopped working on it)."""
         if partition in self._held:
-            await self._release(partition)
+            await self._at_home(self._release(partition))
 
     async def start(self, attempts: int = 20) -> None:
+        await self._at_home(self._start(attempts))
+        if self._home is not None and self._home is not asyncio.get_running_loop():
+            self._beat()
+
+    def _beat(self) -> None:
+        """Note, on the caller's loop, that it runs; again every BEAT_S."""
+        self._caller_seen = time.monotonic()
+        self._beating = asyncio.get_running_loop().call_later(BEAT_S, self._beat)
+
+    async def _start(self, attempts: int) -> None:
         self.kv = await lease_bucket(self._js, self.lease_s, self._replicas)
         # A bucket just created on a cluster answers once its stream has a leader (seen: "no
         # response from stream" from the first write, and the service exited).
@@ -197,6 +261,11 @@ class PartitionLeases:
         """Stop renewing; with release, hand every partition over at once (a clean shutdown).
         Without, the leases run out by themselves, as a killed or frozen instance's do, and owns()
         stays true only until its deadline, before anybody else can acquire them."""
+        if self._beating is not None:
+            self._beating.cancel()
+        await self._at_home(self._stop(release))
+
+    async def _stop(self, release: bool) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task)  # not cancel() once: a renewal's reply may come with it
             self._task = None
@@ -214,6 +283,10 @@ class PartitionLeases:
             # busy event loop does not stretch the time between renewals by its own length too.
             await asyncio.sleep(max(0.0, began + self.lease_s / 3 - time.monotonic()))
             began = time.monotonic()
+            if self._caller_seen is not None and began - self._caller_seen > self.stall_s:
+                log.error("%s leases: the service's event loop has not run for %.0f s; not renewing, so that "
+                          "another instance takes its partitions", self.service, began - self._caller_seen)  # fmt: skip
+                continue
             try:
                 await self.tick()
             except nats.errors.Error as exc:  # NATS away: what we hold runs out by owns()'s deadline
@@ -251,16 +324,16 @@ class PartitionLeases:
         for partition in sorted(desired - set(self._held)):
             sent = self._clock()
             try:
-                self._held[partition] = await self.kv.create(self._owner_key(partition), self.instance.encode())
-                self._valid_until[partition] = sent + self.lease_s - self.margin_s
+                self._keep(partition, await self.kv.create(self._owner_key(partition), self.instance.encode()), sent)
             except nats.js.errors.KeyWrongLastSequenceError:
                 pass  # still held by its previous owner: until it releases it or its lease runs out
 
     async def _renew(self, partition: int) -> None:
         assert self.kv is not None
-        last = self._held.get(partition)
-        if last is None:  # released since the tick began (hand_over: its owner's let-go)
+        held = self._held.get(partition)
+        if held is None:  # released since the tick began (hand_over: its owner's let-go)
             return
+        last = held.revision
         sent = self._clock()
         try:
             revision = await self.kv.update(self._owner_key(partition), self.instance.encode(), last=last)
@@ -268,12 +341,10 @@ class PartitionLeases:
             if not self.rebalance and await self._retake(partition, sent):
                 return
             log.warning("%s leases: lost partition %d", self.service, partition)
-            self._held.pop(partition, None)
-            self._valid_until.pop(partition, None)
+            self._drop(partition)
             return
-        if self._held.get(partition) == last:
-            self._held[partition] = revision
-            self._valid_until[partition] = sent + self.lease_s - self.margin_s
+        if self.revision(partition) == last:
+            self._keep(partition, revision, sent)
         elif partition not in self._held:  # released meanwhile: its delete found this newer revision
             with contextlib.suppress(nats.errors.Error):
                 await self.kv.delete(self._owner_key(partition), last=revision)
@@ -286,10 +357,9 @@ class PartitionLeases:
         quota's state after a gap must be rebuilt, which a take-over does.)"""
         assert self.kv is not None
         try:
-            self._held[partition] = await self.kv.create(self._owner_key(partition), self.instance.encode())
+            self._keep(partition, await self.kv.create(self._owner_key(partition), self.instance.encode()), sent)
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
-        self._valid_until[partition] = sent + self.lease_s - self.margin_s
         log.warning("%s leases: partition %d ran out before its renewal; nobody had taken it: taken again",
                     self.service, partition)  # fmt: skip
         return True
@@ -323,10 +393,11 @@ class PartitionLeases:
 
     async def _release(self, partition: int) -> None:
         assert self.kv is not None
-        revision = self._held.pop(partition)
-        self._valid_until.pop(partition, None)  # stop answering first, then hand over
+        held = self._drop(partition)  # stop answering first, then hand over
+        if held is None:
+            return
         with contextlib.suppress(nats.errors.Error):
-            await self.kv.delete(self._owner_key(partition), last=revision)
+            await self.kv.delete(self._owner_key(partition), last=held.revision)
 
 
 async def held(leases: PartitionLeases, want: bool, partition: int = 0, every_s: float = 0.2) -> None:
@@ -347,14 +418,61 @@ def instance_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def leader_leases(js: nats.js.JetStreamContext, service: str, replicas: int = 1) -> PartitionLeases:
+class LeaseThread:
+    """Where a process's leases are renewed: a thread with an event loop and a NATS connection of its
+    own (the module's docstring says why). Under the GIL it still gets its turn: a thread that waits
+    for the GIL has it within the switch interval (5 ms), however busy the service's loop is."""
+
+    def __init__(self, nats_url: str, name: str) -> None:
+        self._url, self._name = nats_url, name
+        self._nc: Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        """Start the thread; return once its connection is made (raise what failed it)."""
+        connected: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(connected,), name=f"{self._name}-leases", daemon=True)
+        self._thread.start()
+        await asyncio.wrap_future(connected)
+
+    def _run(self, connected: "concurrent.futures.Future[None]") -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        try:
+            self._nc = loop.run_until_complete(connect_nats(self._url, f"{self._name}-leases"))
+        except BaseException as exc:
+            loop.close()
+            connected.set_exception(exc)
+            return
+        connected.set_result(None)
+        loop.run_forever()  # until close()
+        for task in asyncio.all_tasks(loop):  # leases a failed start left renewing, if any
+            loop.run_until_complete(cancel_and_wait(task))
+        loop.run_until_complete(close_nats(self._nc))
+        loop.close()
+
+    def leases(self, service: str, partitions: int, instance: str | None = None, **options: Any) -> PartitionLeases:
+        """This process's leases of the service's partitions (PartitionLeases' options), renewed here."""
+        assert self._nc is not None and self._loop is not None, "start() first"
+        return PartitionLeases(self._nc.jetstream(), service, instance or instance_name(), partitions,
+                               loop=self._loop, **options)  # fmt: skip
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    async def close(self) -> None:
+        """Close the connection and end the thread (the leases stopped first: what they hold runs out)."""
+        if self._loop is not None and self._thread is not None and self.running:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            await asyncio.to_thread(self._thread.join)
+
+
+def leader_leases(home: LeaseThread, service: str, replicas: int = 1) -> PartitionLeases:
     """One lease, `owner.<service>-leader.0`, for a service of which one instance at a time decides
     (answers the commands) while the others stand by (keys, billing, refund). Separate from the
     partition leases of their projections (`owner.<service>.<partition>`)."""
-    return PartitionLeases(
-        js, f"{service}-leader", instance_name(), 1,
-        lease_s=LEADER_LEASE_S, replicas=replicas, rebalance=False,
-    )  # fmt: skip
+    return home.leases(f"{service}-leader", 1, lease_s=LEADER_LEASE_S, replicas=replicas, rebalance=False)
 
 
 async def lead(

@@ -25,7 +25,7 @@ from libs.eventlog.projection import Fence
 from libs.eventlog.publisher import EventPublisher
 from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.streams import require_streams
-from libs.leases import PARTITION_LEASE_S, PartitionLeases, instance_name
+from libs.leases import PARTITION_LEASE_S, LeaseThread
 from libs.observability import install as install_metrics
 from libs.replay.control import ReplayControl
 from libs.replay.instances import Peers
@@ -55,6 +55,8 @@ class Runtime:
         self._starting = asyncio.Lock()
         """Held while the responders start, and while a projection registers its commands: one started
         concurrently (ingress's, once its instance holds the lease) is never half-registered."""
+        self._lease_thread: LeaseThread | None = None
+        self._lease_thread_starting = asyncio.Lock()
         install_metrics(name)
         self.tracer = tracing.tracer(name)
 
@@ -66,6 +68,15 @@ class Runtime:
             await migrate_async(self.settings.database_url, migrations)
             self.pool = await create_pool(self.settings.database_url, max_size=pool_size)
         self.nc: Client = await connect_nats(self.settings.nats_url, self.name)
+
+    async def lease_thread(self) -> LeaseThread:
+        """Where this process's leases are renewed (libs/leases.py), started on first use."""
+        async with self._lease_thread_starting:
+            if self._lease_thread is None:
+                thread = LeaseThread(self.settings.nats_url, self.name)
+                await thread.start()
+                self._lease_thread = thread
+            return self._lease_thread
 
     @property
     def db(self) -> asyncpg.Pool:
@@ -118,8 +129,8 @@ class Runtime:
         one joins or leaves: libs/eventlog/partitioned.py), with what `project` adds. The lease a
         partition is projected under: `leases.revision(partition)`, made before the runner so that
         the runner's commits can be fenced by it."""
-        leases = PartitionLeases(
-            self.nc.jetstream(), self.name, instance_name(), self.settings.partitions, lease_s=PARTITION_LEASE_S,
+        leases = (await self.lease_thread()).leases(
+            self.name, self.settings.partitions, lease_s=PARTITION_LEASE_S,
             replicas=self.settings.stream_replicas, rebalance=True, hand_over=True,
         )  # fmt: skip
         # Fenced by each partition's lease; a replay pauses every instance (libs/replay/instances.py).
@@ -201,6 +212,8 @@ class Runtime:
             await cancel_and_wait(task)  # not one cancel(): it can be lost (libs/cancelling.py)
             if not task.cancelled() and (exc := task.exception()) is not None:
                 raise exc
+        if self._lease_thread is not None:  # the leases stopped (above, or by the service before)
+            await self._lease_thread.close()
         await close_nats(self.nc)
         if self.pool is not None:
             try:  # a pool whose server is gone can wait forever on its connections

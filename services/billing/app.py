@@ -47,7 +47,7 @@ class BillingService:
             stream=settings.stream, barrier_wait_s=settings.billing_barrier_wait_s, sweep_s=settings.insider_sweep_s,
         )  # fmt: skip
         projecting = await runtime.project_partitioned(projection)
-        self.leases = leader_leases(runtime.nc.jetstream(), "billing", settings.stream_replicas)
+        self.leases = leader_leases(await runtime.lease_thread(), "billing", settings.stream_replicas)
         await self.leases.start()
         leading = asyncio.Event()
         runtime.spawn(lead(self.leases, lambda: self._begin(responder), leading), "billing-leader")

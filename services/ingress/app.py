@@ -9,7 +9,7 @@ from aiohttp import web
 from libs.clock import Clock, SystemClock
 from libs.eventlog.follower import LogFollower
 from libs.keycache import KeyCache
-from libs.leases import PartitionLeases, instance_name
+from libs.leases import PartitionLeases
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
 from libs.settings_views import IngressSettings
@@ -50,10 +50,9 @@ class IngressService:
         # Several instances (follower.py): each follows the account events; one runs the projection.
         follower = LogFollower(runtime.nc.jetstream(), settings.stream, projection.event_types, self.directory.apply)
         await follower.start(loaded)
-        self.leases = PartitionLeases(
-            runtime.nc.jetstream(), "ingress-projection", instance_name(), 1,
-            lease_s=LEASE_S, replicas=settings.stream_replicas, rebalance=False,
-        )  # fmt: skip
+        self.leases = (await runtime.lease_thread()).leases(
+            "ingress-projection", 1, lease_s=LEASE_S, replicas=settings.stream_replicas, rebalance=False
+        )
         await self.leases.start()
         self.directory.sync = sync_when_several(follower, self.leases)
         runtime.spawn(project_while_owner(runtime, projection, self.leases), "ingress-projection-owner")

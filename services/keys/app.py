@@ -47,7 +47,7 @@ class KeysService:
             await self.registry.load(conn, projection.schema)
         follower = LogFollower(runtime.nc.jetstream(), settings.stream, projection.event_types, self._apply)
         await follower.start(loaded)
-        self.leases = leader_leases(runtime.nc.jetstream(), "keys", settings.stream_replicas)
+        self.leases = leader_leases(await runtime.lease_thread(), "keys", settings.stream_replicas)
         await self.leases.start()
         responder = KeysResponder(
             self.registry, await runtime.publisher(), runtime.nc, self.clock, follower, self.leases,

@@ -11,7 +11,6 @@ import asyncpg
 
 from libs import tracing
 from libs.clock import Clock, SystemClock
-from libs.leases import PartitionLeases, instance_name
 from libs.pricing.catalog import load_catalog
 from libs.runtime import Runtime
 from libs.settings_views import QuotaSettings
@@ -42,7 +41,6 @@ class QuotaService:
         self.catalog = load_catalog(settings.catalog_path, settings.plans_path)
         self.state = QuotaState(self.catalog.default_usd_per_flow, self.catalog.insider_multiplier, self.clock)
         self.runtime = Runtime("quota", settings)
-        self.instance = instance_name()
 
     async def start(self) -> None:
         runtime, settings = self.runtime, self.settings
@@ -54,10 +52,9 @@ class QuotaService:
             await fill_partitions(conn, projection.schema, settings.partitions)
             await self.state.load(conn, projection.schema)
         await FlowRates(runtime.nc.jetstream(), settings.stream, self.state).start()
-        leases = PartitionLeases(
-            runtime.nc.jetstream(), "quota", self.instance, settings.partitions,
-            lease_s=LEASE_S, replicas=settings.stream_replicas, hand_over=True,
-        )  # fmt: skip
+        leases = (await runtime.lease_thread()).leases(
+            "quota", settings.partitions, lease_s=LEASE_S, replicas=settings.stream_replicas, hand_over=True
+        )
         # Each partition is projected under its own lease: its revision fences a stale owner's commits;
         # a replay pauses every instance.
         runner = await runtime.project(projection, every_partition=False, peers=leases, fence=leases.revision)

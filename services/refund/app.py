@@ -45,7 +45,7 @@ class RefundService:
         )  # fmt: skip
         self.responder = RefundResponder(self.desk, provider)
         projecting = await runtime.project_partitioned(projection)
-        self.leases = leader_leases(runtime.nc.jetstream(), "refund", settings.stream_replicas)
+        self.leases = leader_leases(await runtime.lease_thread(), "refund", settings.stream_replicas)
         await self.leases.start()
         leading = asyncio.Event()
         runtime.spawn(lead(self.leases, self._begin, leading), "refund-leader")

@@ -13,7 +13,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from libs.leases import PartitionLeases, assignment, held, lease_bucket
+from libs.leases import LeaseThread, PartitionLeases, assignment, held, lease_bucket
 from libs.localservers import LocalNats
 
 pytestmark = pytest.mark.connected
@@ -204,3 +204,70 @@ async def test_an_event_loop_busy_60_ms_a_turn_keeps_what_it_holds(connections, 
         await hogging
     await leases.stop()
     assert [r.getMessage() for r in caplog.records if "lost partition" in r.getMessage()] == []
+
+
+@pytest.fixture
+async def lease_threads(nats_server: LocalNats) -> AsyncIterator[Callable[[str], "asyncio.Future[LeaseThread]"]]:
+    started: list[LeaseThread] = []
+
+    async def start(name: str) -> LeaseThread:
+        thread = LeaseThread(nats_server.url, name)
+        await thread.start()
+        started.append(thread)
+        return thread
+
+    yield start  # type: ignore[misc]
+    for thread in started:
+        await thread.close()
+        assert not thread.running
+
+
+def hold_the_gil(seconds: float) -> None:
+    """Python work that keeps the service's thread busy, as decoding and counting a batch does (not
+    time.sleep, which lets other threads have the GIL at once)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+
+
+async def test_leases_on_their_thread_are_kept_through_one_second_turns_of_the_service_s_loop(
+    lease_threads, caplog
+) -> None:
+    """The renewals on a thread of their own: a service loop busy a whole second a turn (a tick on
+    that loop takes dozens of turns, and loses every partition under it) keeps what it holds, and a
+    release asked from that loop is done on the lease thread."""
+    thread = await lease_threads("busy")
+    leases = thread.leases(f"busy-{uuid.uuid4().hex[:6]}", 4, instance="a", lease_s=1.5, hand_over=True)
+    await leases.start()
+    for partition in range(4):
+        await asyncio.wait_for(held(leases, True, partition, every_s=0.05), 10)
+    with caplog.at_level(logging.WARNING, logger="libs.leases"):
+        for _ in range(5):  # five turns of a second: more than three leases
+            hold_the_gil(1.0)
+            assert leases.owned() == {0, 1, 2, 3}
+            await asyncio.sleep(0)
+    assert [r.getMessage() for r in caplog.records if "lost partition" in r.getMessage()] == []
+    await leases.release(3)
+    assert leases.owned() == {0, 1, 2}
+    await leases.stop()
+    assert not leases.owned()
+
+
+async def test_a_service_loop_stuck_past_stall_s_gives_its_partitions_up(lease_threads, caplog) -> None:
+    """What the renewals on the service's loop gave for free, a thread must do on purpose: a service
+    whose loop no longer runs (stuck in a long computation, a deadlock) stops renewing, and another
+    instance takes its partitions, as if it had died."""
+    service = f"stuck-{uuid.uuid4().hex[:6]}"
+    a = (await lease_threads("a")).leases(service, 4, instance="a", lease_s=1.5, stall_s=2.0)
+    await a.start()
+    for partition in range(4):
+        await asyncio.wait_for(held(a, True, partition, every_s=0.05), 10)
+    b = (await lease_threads("b")).leases(service, 4, instance="b", lease_s=1.5, rebalance=False, stall_s=60)
+    await b.start()  # rebalance=False: takes whatever is free, as soon as it is
+    with caplog.at_level(logging.ERROR, logger="libs.leases"):
+        hold_the_gil(6.0)  # a's renewals stop after 2 s; its keys run out 1.5 s later; b takes them
+        assert b.owned() == {0, 1, 2, 3} and not a.owned()
+    assert any("has not run for" in r.getMessage() for r in caplog.records)
+    await asyncio.wait_for(held(a, False, 0), 5)
+    await a.stop(release=False)
+    await b.stop()
