@@ -186,6 +186,8 @@ class PartitionLeases:
         """The partitions this instance should own among the live members at the last tick."""
         self._task: asyncio.Task[None] | None = None
         self.kv: KeyValue | None = None
+        self.stopped = False
+        """stop() was called: what is let go from then on is handed over on purpose, not lost."""
 
     def _owner_key(self, partition: int) -> str:
         return f"owner.{self.service}.{partition}"
@@ -261,6 +263,7 @@ class PartitionLeases:
         """Stop renewing; with release, hand every partition over at once (a clean shutdown).
         Without, the leases run out by themselves, as a killed or frozen instance's do, and owns()
         stays true only until its deadline, before anybody else can acquire them."""
+        self.stopped = True
         if self._beating is not None:
             self._beating.cancel()
         await self._at_home(self._stop(release))
@@ -484,7 +487,8 @@ async def lead(
     renewal merely late (an event loop starved of CPU) is not a loss: the key's revision proves
     nobody else held it. The commands are not fenced by time; the projection's commits are fenced by the
     lease's revision (`leader_fence`; libs/eventlog/runner.py), and so are the refund desk's decisions
-    (libs/fencing.py): a leader frozen past its lease commits nothing once the next one leads."""
+    (libs/fencing.py): a leader frozen past its lease commits nothing once the next one leads.
+    Returns when the lease was handed over by `leases.stop()` (a clean shutdown)."""
     await held(leases, True)
     log.info("%s: this instance (%s) leads", leases.service, leases.instance)
     await begin()
@@ -494,6 +498,8 @@ async def lead(
         if not leases.holds(0):
             break
         await asyncio.sleep(0.2)
+    if leases.stopped:  # handed over by this instance's clean stop, whose other steps go on
+        return
     raise RuntimeError(f"{leases.service}: the leader's lease was lost; exiting so that only one instance decides")
 
 

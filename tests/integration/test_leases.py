@@ -13,7 +13,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from libs.leases import LeaseThread, PartitionLeases, assignment, held, lease_bucket
+from libs.leases import LeaseThread, PartitionLeases, assignment, held, lead, leader_leases, lease_bucket
 from libs.localservers import LocalNats
 
 pytestmark = pytest.mark.connected
@@ -271,3 +271,21 @@ async def test_a_service_loop_stuck_past_stall_s_gives_its_partitions_up(lease_t
     await asyncio.wait_for(held(a, False, 0), 5)
     await a.stop(release=False)
     await b.stop()
+
+
+async def test_a_leader_s_clean_stop_is_not_taken_for_a_lost_lease(lease_threads) -> None:
+    """keys, billing and refund hand their leader lease over as they stop, and then stop their
+    projections, which can take longer than lead()'s look at the lease (every 0.2 s): it raised
+    "the leader's lease was lost" meanwhile, and the process exited with 70 half-way through its
+    clean shutdown (seen on every Ctrl-C of `make run`)."""
+    leases = leader_leases(await lease_threads("leader"), f"clean-{uuid.uuid4().hex[:6]}")
+    await leases.start()
+    leading = asyncio.Event()
+
+    async def begin() -> None:
+        pass
+
+    leader = asyncio.create_task(lead(leases, begin, leading))
+    await asyncio.wait_for(leading.wait(), 10)
+    await leases.stop(release=True)
+    await asyncio.wait_for(leader, 2)  # ends by itself, and raises nothing
