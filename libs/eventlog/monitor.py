@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 import asyncpg
 import nats.js
+import nats.js.errors
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from libs.eventlog.runner import ProjectionRunner
@@ -67,7 +68,9 @@ class ProjectionMonitor:
             await asyncio.sleep(self._refresh_s)
 
     async def refresh(self) -> dict[int, tuple[int, int]]:
-        """Read and publish each partition's (lag, pending); returned for whoever asked."""
+        """Read and publish each partition's (lag, pending); returned for whoever asked. A partition
+        whose consumer is not made yet (the runner makes it as it starts, after this monitor) is left
+        out: not an outage, and not a warning at every start."""
         projection = self._runner.projection
         rows = await self._pool.fetch(
             f"SELECT partition, last_seq FROM {projection.schema}.checkpoints WHERE projection = $1", projection.name
@@ -76,7 +79,10 @@ class ProjectionMonitor:
         head = (await self._js.stream_info(self._stream)).state.last_seq
         readings: dict[int, tuple[int, int]] = {}
         for partition in range(self._partitions):
-            consumer = await self._js.consumer_info(self._stream, self._runner.consumer_name(partition))
+            try:
+                consumer = await self._js.consumer_info(self._stream, self._runner.consumer_name(partition))
+            except nats.js.errors.NotFoundError:
+                continue
             behind = (consumer.num_pending or 0) + (consumer.num_ack_pending or 0)
             # An idle partition is not behind because other partitions' events moved the head on.
             lag = max(0, head - checkpoints.get(partition, 0)) if behind else 0
