@@ -471,6 +471,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gateway part: py-spy of the gateway under wrk and of quota under quota.check; "
                              "projections part: cProfile of quota's apply")  # fmt: skip
     parser.add_argument("--profile-seconds", type=float, default=15.0)
+    parser.add_argument("--profile-connections", type=int, default=64,
+                        help="wrk's connections while the gateway is profiled (1: a call alone)")  # fmt: skip
 
 
 async def run(
@@ -550,7 +552,7 @@ async def run(
             check_account, _, _ = await stack.create_account(nc)  # not the metered account: its reservations linger
             await bench_profile.gateway_and_quota(
                 wrk or bench_wrk.ensure_wrk(), stack.urls["gateway"], key, stack.pid("gateway"), stack.pid("quota"),
-                settings.nats_url, check_account, args.profile_seconds, work,
+                settings.nats_url, check_account, args.profile_seconds, work, args.profile_connections,
             )  # fmt: skip
         admitted = probes + sum(r["ok"] for (_, _, t), r in results.items() if t in GATEWAYS)
         admitted += sum(c.ok for (_, _, t), c in cells.items() if t in GATEWAYS)

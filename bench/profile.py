@@ -1,6 +1,6 @@
 """Profiles for `python -m bench --part gateway --profile`: py-spy (pinned in the dev extras) samples
-the gateway process while wrk drives it (64 connections, non-streamed), then the quota process
-while 32 closed-loop clients send quota.check; each prints its top functions by own time and by
+the gateway process while wrk drives it (64 connections unless told, non-streamed), then the quota
+process while 32 closed-loop clients send quota.check; each prints its top functions by own time and by
 cumulative time (share of the samples in which the function is on the stack), and keeps the raw
 collapsed stacks (`<work>/profile-*.txt`, for flamegraph tools).
 """
@@ -172,7 +172,7 @@ async def closed_loop_checks(nats_url: str, account_id: str, seconds: float, cli
 
 async def gateway_and_quota(
     wrk: str, url: str, key: str, gateway_pid: int, quota_pid: int, nats_url: str, check_account: str,
-    seconds: float, work: Path,
+    seconds: float, work: Path, connections: int = 64,
 ) -> None:  # fmt: skip
     """Profile the gateway under wrk, then quota under closed-loop quota.check (on check_account,
     whose reservations then wait for the heartbeats to lapse: not the metered bench account)."""
@@ -184,8 +184,9 @@ async def gateway_and_quota(
     from bench.gateway import request_body
 
     cell = await asyncio.to_thread(
-        bench_wrk.measure, wrk, url, request_body(False), headers, 64, seconds + 2, 0, {"gateway": [gateway_pid]}
-    )
+        bench_wrk.measure, wrk, url, request_body(False), headers, connections, seconds + 2, 0,
+        {"gateway": [gateway_pid]},
+    )  # fmt: skip
     ADMITTED += cell.ok
     gateway_writes = (syscw(gateway_pid) - writes) / max(1, cell.result["requests"] + cell.warmup_ok)
     await asyncio.to_thread(spy.wait)
@@ -194,7 +195,8 @@ async def gateway_and_quota(
     checks = await closed_loop_checks(nats_url, check_account, seconds + 2)
     quota_writes = (syscw(quota_pid) - writes) / max(1, checks)
     await asyncio.to_thread(spy_q.wait)
-    show(f"py-spy: the gateway process under wrk (64 connections, non-stream, {cell.rps:,.0f} calls/s)", gateway_out)
+    show(f"py-spy: the gateway process under wrk ({connections} connections, non-stream, {cell.rps:,.0f} calls/s)",
+         gateway_out)  # fmt: skip
     show(f"py-spy: the quota process under quota.check (32 closed-loop clients, {checks / (seconds + 2):,.0f}/s)",
          quota_out)  # fmt: skip
     print(f"\nwrite syscalls (/proc/<pid>/io syscw, sockets and logs): gateway {gateway_writes:.2f} per call "
