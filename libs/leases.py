@@ -39,7 +39,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import nats.errors
@@ -48,16 +49,32 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import api
 from nats.js.kv import KeyValue
+from opentelemetry.metrics import CallbackOptions, Observation
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
 from libs.cancelling import cancel_and_wait
 from libs.connections import close_nats, connect_nats
+from libs.observability import Counter, meter
 
 log = logging.getLogger(__name__)
 BUCKET = "FLOWPLAN_LEASES"
 T = TypeVar("T")
 BEAT_S = 0.5
 """How often the service's event loop notes that it runs, for the lease thread (`stall_s`)."""
+
+_lost = Counter("leases", "flowplan_leases_lost", "partitions whose renewal found the lease taken or run out")
+"""Added to on the lease threads, a key each (the lease), and read by a scrape: one writer per key."""
+_live: "weakref.WeakSet[PartitionLeases]" = weakref.WeakSet()
+
+
+def _observe_held(_: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(len(leases.owned()), {"lease": leases.service}) for leases in list(_live)]
+
+
+meter("leases").create_observable_gauge(
+    "flowplan_lease_partitions_held", callbacks=[_observe_held],
+    description="partitions (or the leader lease) this instance owns now, by lease (the service's name)",
+)  # fmt: skip
 
 
 def _weight(partition: int, member: str) -> bytes:
@@ -186,6 +203,8 @@ class PartitionLeases:
         """The partitions this instance should own among the live members at the last tick."""
         self._task: asyncio.Task[None] | None = None
         self.kv: KeyValue | None = None
+        _live.add(self)
+        _lost.add(0, {"lease": service})  # the series from the start: a dashboard shows 0, not "no data"
         self.stopped = False
         """stop() was called: what is let go from then on is handed over on purpose, not lost."""
 
@@ -344,6 +363,7 @@ class PartitionLeases:
             if not self.rebalance and await self._retake(partition, sent):
                 return
             log.warning("%s leases: lost partition %d", self.service, partition)
+            _lost.add(1, {"lease": self.service})
             self._drop(partition)
             return
         if self.revision(partition) == last:

@@ -5,6 +5,7 @@ owned by two instances at once, a joining instance gets its share and a leaving 
 import asyncio
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +16,7 @@ from nats.aio.client import Client
 
 from libs.leases import LeaseThread, PartitionLeases, assignment, held, lead, leader_leases, lease_bucket
 from libs.localservers import LocalNats
+from libs.observability import install, prometheus_text
 
 pytestmark = pytest.mark.connected
 PARTITIONS = 16
@@ -289,3 +291,28 @@ async def test_a_leader_s_clean_stop_is_not_taken_for_a_lost_lease(lease_threads
     await asyncio.wait_for(leading.wait(), 10)
     await leases.stop(release=True)
     await asyncio.wait_for(leader, 2)  # ends by itself, and raises nothing
+
+
+def _metric(name: str, lease: str) -> float | None:
+    found = re.search(rf'^{name}\{{[^}}]*lease="{lease}"[^}}]*\}} (\S+)$', prometheus_text().decode(), re.M)
+    return float(found.group(1)) if found else None
+
+
+async def test_partitions_held_and_leases_lost_are_on_metrics(connections) -> None:
+    """A lease lost is a take-over (quota reloads the partition's state): operators see each one, and
+    how many partitions each instance holds, on /metrics and the event log dashboard."""
+    install("test")
+    nc = await connections()
+    service = f"metered-{uuid.uuid4().hex[:6]}"
+    leases = PartitionLeases(nc.jetstream(), service, "a", 2, lease_s=60)  # ticks by hand below
+    await leases.start()
+    assert _metric("flowplan_lease_partitions_held", service) == 2
+    assert _metric("flowplan_leases_lost_total", service) == 0  # there from the start, not "no data"
+    assert leases.kv is not None
+    await leases.kv.delete(f"owner.{service}.1")  # it ran out, renewals late ...
+    await leases.kv.create(f"owner.{service}.1", b"b")  # ... and another instance took it
+    await leases.tick()
+    assert _metric("flowplan_leases_lost_total", service) == 1
+    assert _metric("flowplan_lease_partitions_held", service) == 1
+    await leases.stop()
+    assert _metric("flowplan_lease_partitions_held", service) == 0
