@@ -28,6 +28,7 @@ use."""
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import time
@@ -614,7 +615,10 @@ async def test_a_billing_leader_frozen_mid_batch_commits_nothing_after_the_stand
         await eventually(frozen_now, within=20, interval=0.05)
         await eventually(lambda: _leads(stack, second), within=10, interval=0.05)
 
-        async def taken_over() -> int | None:  # the account's partition, projected by the other instance now
+        async def taken_over() -> int | None:
+            """The lease revision the other instance projects the account's partition under now: what it
+            stamps. From its log, not the KV entry, whose revision moves on with every renewal (the
+            entry read a renewal after the take-over gave a token nobody stamped: 1 run in 5)."""
             nc = await stack.nats()
             try:
                 entry = await (await nc.jetstream().key_value(BUCKET)).get(f"owner.billing.{partition}")
@@ -622,7 +626,10 @@ async def test_a_billing_leader_frozen_mid_batch_commits_nothing_after_the_stand
                 return None
             finally:
                 await nc.close()
-            return entry.revision if (entry.value or b"").decode() == instance(second) else None
+            if (entry.value or b"").decode() != instance(second):
+                return None
+            started = re.findall(rf"billing p{partition}: projecting \(lease revision (\d+)\)", second.log())
+            return int(started[-1]) if started else None  # it never projected this partition before
 
         token = await eventually(taken_over, within=10, interval=0.05)
         stamped = await eventually(fence_is(token), within=10, interval=0.05)  # not held up by the frozen batch
