@@ -14,9 +14,12 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from libs.leases import LeaseThread, PartitionLeases, assignment, held, lead, leader_leases, lease_bucket
+from libs.leader import lead, leader_leases
+from libs.leases import PartitionLeases, held, lease_bucket
+from libs.leasethread import LeaseThread
 from libs.localservers import LocalNats
 from libs.observability import install, prometheus_text
+from libs.rendezvous import assignment
 
 pytestmark = pytest.mark.connected
 PARTITIONS = 16
@@ -138,7 +141,7 @@ async def test_with_hand_over_a_partition_desired_elsewhere_moves_only_once_rele
 
 
 async def test_a_late_renewal_stops_owning_but_not_holding_and_the_next_one_proves_it(connections) -> None:
-    """A leader (libs/leases.lead) starved of CPU past its deadline must stop answering, not give
+    """A leader (libs/leader.lead) starved of CPU past its deadline must stop answering, not give
     up: if the next renewal succeeds, nobody else held the key meanwhile."""
     now = [0.0]
     nc = await connections()
