@@ -282,7 +282,7 @@ async def test_a_leader_s_clean_stop_is_not_taken_for_a_lost_lease(lease_threads
     """keys, billing and refund hand their leader lease over as they stop, and then stop their
     projections, which can take longer than lead()'s look at the lease (every 0.2 s): it raised
     "the leader's lease was lost" meanwhile, and the process exited with 70 half-way through its
-    clean shutdown (seen on every Ctrl-C of `make run`)."""
+    clean shutdown (seen on a Ctrl-C of `make run`)."""
     leases = leader_leases(await lease_threads("leader"), f"clean-{uuid.uuid4().hex[:6]}")
     await leases.start()
     leading = asyncio.Event()
