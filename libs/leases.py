@@ -1,12 +1,12 @@
 """Partition leases: which instance of a service owns which partitions of the event log, through
 leases in a NATS KV bucket (docs/scaling.md, step 1 of its plan). Used by ingress, whose
 instances elect the one that runs the ingress projection (rebalance=False, one partition), by
-keys, billing and refund, whose instances elect a leader that decides the commands (`lead`) and
-share the partitions of their projections (libs/eventlog/partitioned.py), and by quota, whose
-instances share the partitions (services/quota/partitions.py).
+keys, billing and refund, whose instances elect a leader that decides the commands
+(libs/leader.py) and share the partitions of their projections (libs/eventlog/partitioned.py), and
+by quota, whose instances share the partitions (services/quota/partitions.py).
 
 Every instance keeps a member key alive and computes, from the live members, the same desired
-assignment (rendezvous hashing with bounded loads, `assignment`: a member leaving moves mostly its
+assignment (rendezvous hashing with bounded loads, libs/rendezvous.py: a member leaving moves mostly its
 partitions, one joining takes about 1/N, and each holds P/N rounded down or up). It acquires a
 desired partition with `create` (only if nobody holds it), renews what it holds with a
 compare-and-set `update` every lease/3, and releases (`delete`) what is desired elsewhere. The
@@ -19,7 +19,7 @@ least until `sent + lease`, so an instance that stops renewing (paused, cut off,
 stopped answering for the partition before anybody else can acquire it. No clocks are compared
 across machines.
 
-A service's leases are renewed on a thread of their own (`LeaseThread`: its own event loop and NATS
+A service's leases are renewed on a thread of their own (libs/leasethread.py: its own event loop and NATS
 connection), not on the service's event loop. A service applying a rebuild, a flood of usage and a
 take-over at once keeps its loop busy for hundreds of milliseconds a turn, and a tick takes dozens of
 turns: on the loop, every service of a replay bench lost its partitions again and again, and quota
@@ -30,31 +30,26 @@ polls gives its partitions up (`max.poll.interval.ms`): here a service loop that
 """
 
 import asyncio
-import concurrent.futures
 import contextlib
-import functools
-import hashlib
 import logging
 import os
 import socket
-import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, NamedTuple, TypeVar
 
 import nats.errors
 import nats.js
 import nats.js.errors
-from nats.aio.client import Client
 from nats.js import api
 from nats.js.kv import KeyValue
 from opentelemetry.metrics import CallbackOptions, Observation
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_incrementing
 
 from libs.cancelling import cancel_and_wait
-from libs.connections import close_nats, connect_nats
 from libs.observability import Counter, meter
+from libs.rendezvous import assignment
 
 log = logging.getLogger(__name__)
 BUCKET = "FLOWPLAN_LEASES"
@@ -75,47 +70,6 @@ meter("leases").create_observable_gauge(
     "flowplan_lease_partitions_held", callbacks=[_observe_held],
     description="partitions (or the leader lease) this instance owns now, by lease (the service's name)",
 )  # fmt: skip
-
-
-def _weight(partition: int, member: str) -> bytes:
-    return hashlib.blake2b(f"{partition}/{member}".encode(), digest_size=8).digest()
-
-
-@functools.lru_cache(maxsize=256)
-def _assign(partitions: int, members: tuple[str, ...]) -> tuple[str, ...]:
-    floor, bigger = divmod(partitions, len(members))
-    load = dict.fromkeys(members, 0)
-    at_ceiling = 0
-    owners = []
-    for partition in range(partitions):
-        for member in sorted(members, key=lambda m: _weight(partition, m), reverse=True):
-            if load[member] < floor:
-                break
-            if load[member] == floor and at_ceiling < bigger:
-                at_ceiling += 1
-                break
-        load[member] += 1
-        owners.append(member)
-    return tuple(owners)
-
-
-def assignment(partitions: int, members: Sequence[str]) -> tuple[str, ...]:
-    """The owner of each partition among the members: rendezvous hashing with bounded loads. Each
-    partition goes to the member with the highest hash of (partition, member) that still has room,
-    and every member gets floor(P/N) or ceil(P/N) partitions. Plain rendezvous hashing is balanced
-    only on average: with 4 partitions and 2 instances it gives one of them all 4 in 1 run of 8
-    (the instance names hold process ids), and that instance then does all the work. Every instance
-    that sees the same members computes the same assignment; a member leaving or joining moves
-    about its share, mostly its own partitions."""
-    return _assign(partitions, tuple(sorted(set(members))))
-
-
-def runner_up(partition: int, members: Sequence[str], partitions: int) -> str | None:
-    """The member that would own the partition if its owner left (None with fewer than two)."""
-    if len(set(members)) < 2:
-        return None
-    owner = assignment(partitions, members)[partition]
-    return assignment(partitions, [m for m in members if m != owner])[partition]
 
 
 def _starting(what: str, errors: tuple[type[BaseException], ...], attempts: int) -> AsyncRetrying:
@@ -431,7 +385,6 @@ async def held(leases: PartitionLeases, want: bool, partition: int = 0, every_s:
         await asyncio.sleep(every_s)
 
 
-LEADER_LEASE_S = 3.0
 PARTITION_LEASE_S = 3.0
 """A projection partition's lease: a killed owner's partitions are free this long after its last renewal."""
 
@@ -439,98 +392,3 @@ PARTITION_LEASE_S = 3.0
 def instance_name() -> str:
     """This process's name among its service's instances (the member and owner keys' value)."""
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-class LeaseThread:
-    """Where a process's leases are renewed: a thread with an event loop and a NATS connection of its
-    own (the module's docstring says why). Under the GIL it still gets its turn: a thread that waits
-    for the GIL has it within the switch interval (5 ms), however busy the service's loop is."""
-
-    def __init__(self, nats_url: str, name: str) -> None:
-        self._url, self._name = nats_url, name
-        self._nc: Client | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-
-    async def start(self) -> None:
-        """Start the thread; return once its connection is made (raise what failed it)."""
-        connected: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._run, args=(connected,), name=f"{self._name}-leases", daemon=True)
-        self._thread.start()
-        await asyncio.wrap_future(connected)
-
-    def _run(self, connected: "concurrent.futures.Future[None]") -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        try:
-            self._nc = loop.run_until_complete(connect_nats(self._url, f"{self._name}-leases"))
-        except BaseException as exc:
-            loop.close()
-            connected.set_exception(exc)
-            return
-        connected.set_result(None)
-        loop.run_forever()  # until close()
-        for task in asyncio.all_tasks(loop):  # leases a failed start left renewing, if any
-            loop.run_until_complete(cancel_and_wait(task))
-        loop.run_until_complete(close_nats(self._nc))
-        loop.close()
-
-    def leases(self, service: str, partitions: int, instance: str | None = None, **options: Any) -> PartitionLeases:
-        """This process's leases of the service's partitions (PartitionLeases' options), renewed here."""
-        assert self._nc is not None and self._loop is not None, "start() first"
-        return PartitionLeases(self._nc.jetstream(), service, instance or instance_name(), partitions,
-                               loop=self._loop, **options)  # fmt: skip
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    async def close(self) -> None:
-        """Close the connection and end the thread (the leases stopped first: what they hold runs out)."""
-        if self._loop is not None and self._thread is not None and self.running:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            await asyncio.to_thread(self._thread.join)
-
-
-def leader_leases(home: LeaseThread, service: str, replicas: int = 1) -> PartitionLeases:
-    """One lease, `owner.<service>-leader.0`, for a service of which one instance at a time decides
-    (answers the commands) while the others stand by (keys, billing, refund). Separate from the
-    partition leases of their projections (`owner.<service>.<partition>`)."""
-    return home.leases(f"{service}-leader", 1, lease_s=LEADER_LEASE_S, replicas=replicas, rebalance=False)
-
-
-async def lead(
-    leases: PartitionLeases, begin: Callable[[], Awaitable[None]], leading: asyncio.Event | None = None
-) -> None:
-    """Once this instance holds the leader lease, begin (project, answer the commands, resume what
-    the previous leader left); when a renewal finds another holder, raise: the process exits
-    (crash-only, run it as a spawned task) and its supervisor starts it again as a standby. A
-    renewal merely late (an event loop starved of CPU) is not a loss: the key's revision proves
-    nobody else held it. The commands are not fenced by time; the projection's commits are fenced by the
-    lease's revision (`leader_fence`; libs/eventlog/runner.py), and so are the refund desk's decisions
-    (libs/fencing.py): a leader frozen past its lease commits nothing once the next one leads.
-    Returns when the lease was handed over by `leases.stop()` (a clean shutdown)."""
-    await held(leases, True)
-    log.info("%s: this instance (%s) leads", leases.service, leases.instance)
-    await begin()
-    if leading is not None:
-        leading.set()
-    while True:  # a renewal late under load (owns() false a moment) is not a loss
-        if not leases.holds(0):
-            break
-        await asyncio.sleep(0.2)
-    if leases.stopped:  # handed over by this instance's clean stop, whose other steps go on
-        return
-    raise RuntimeError(f"{leases.service}: the leader's lease was lost; exiting so that only one instance decides")
-
-
-def leader_fence(leases: PartitionLeases) -> Callable[[int], int | None]:
-    """The fencing token of every partition a leader projects: its leader lease's revision."""
-    return lambda _partition: leases.revision(0)
-
-
-async def until_leading(leading: asyncio.Event) -> None:
-    """At start: wait until this instance leads, or until a lease held by another instance would
-    have run out (a SIGKILLed predecessor's): the sole instance of a service serves /healthz only
-    once it answers, as before; a standby serves it after these seconds."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(leading.wait(), LEADER_LEASE_S * 4 / 3 + 0.5)

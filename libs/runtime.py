@@ -25,7 +25,8 @@ from libs.eventlog.projection import Fence
 from libs.eventlog.publisher import EventPublisher
 from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.streams import require_streams
-from libs.leases import PARTITION_LEASE_S, LeaseThread
+from libs.leases import PARTITION_LEASE_S
+from libs.leasethread import LeaseThread
 from libs.observability import install as install_metrics
 from libs.replay.control import ReplayControl
 from libs.replay.instances import Peers

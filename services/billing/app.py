@@ -3,7 +3,7 @@
 Any number of instances may run. The projection (money events, subscriptions, and the costs and
 abuse evidence of every usage event: its per-call work) is split over them by partition leases
 `owner.billing.<partition>` (libs/eventlog/partitioned.py), rebalanced when one joins or leaves.
-One at a time (the holder of the lease owner.billing-leader.0, libs/leases.py) answers the queries
+One at a time (the holder of the lease owner.billing-leader.0, libs/leader.py) answers the queries
 and decides payments and top-ups, one per account at a time as before, and sweeps the insiders'
 ends; the others stand by and take over within seconds. A command waits until the projection, by
 whichever instance, has applied the account's events (the checkpoints in Postgres:
@@ -14,7 +14,8 @@ import asyncio
 from pathlib import Path
 
 from libs.clock import Clock, SystemClock
-from libs.leases import PARTITION_LEASE_S, lead, leader_leases, until_leading
+from libs.leader import lead, leader_leases, until_leading
+from libs.leases import PARTITION_LEASE_S
 from libs.pricing.catalog import load_catalog
 from libs.pricing.money import to_micros
 from libs.rpc import ask

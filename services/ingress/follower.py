@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable
 
 from libs.eventlog.follower import LogFollower
 from libs.eventlog.follower import loaded_from as loaded_from
-from libs.leases import PartitionLeases, held, leader_fence
+from libs.leader import leader_fence
+from libs.leases import PartitionLeases, held
 from libs.runtime import Runtime
 from services.ingress.projection import IngressProjection
 

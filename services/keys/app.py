@@ -6,7 +6,7 @@ every instance keeps all of them in memory, following the key events of the log
 survive the loss of any instance with no gap. The projection to Postgres (keys, suspensions, and
 the last use of each key from every usage event: its per-call work) is split over the instances by
 partition leases `owner.keys.<partition>` (libs/eventlog/partitioned.py), rebalanced when one joins
-or leaves. One instance at a time, the holder of the lease `owner.keys-leader.0` (libs/leases.py),
+or leaves. One instance at a time, the holder of the lease `owner.keys-leader.0` (libs/leader.py),
 answers the key commands (create, rotate, revoke, suspend: decided from its memory, one at a time);
 another takes over within seconds when it dies. An instance that loses the leader lease while
 running exits (crash-only: its supervisor starts it again as a standby), so two never decide at
@@ -17,7 +17,8 @@ from pathlib import Path
 
 from libs.clock import Clock, SystemClock
 from libs.eventlog.follower import LogFollower, loaded_from
-from libs.leases import PARTITION_LEASE_S, PartitionLeases, lead, leader_leases, until_leading
+from libs.leader import lead, leader_leases, until_leading
+from libs.leases import PARTITION_LEASE_S, PartitionLeases
 from libs.runtime import Runtime
 from libs.settings_views import KeysSettings
 from proto.v1 import subjects

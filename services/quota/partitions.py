@@ -47,8 +47,9 @@ from libs.connections import subscribed
 from libs.eventlog import subjects as log_subjects
 from libs.eventlog.barrier import applied_by_partition
 from libs.eventlog.runner import ProjectionRunner
-from libs.leases import PartitionLeases, runner_up
+from libs.leases import PartitionLeases
 from libs.pricing.money import parse_fraction
+from libs.rendezvous import runner_up
 from proto.v1 import FlowRateChanged
 from proto.v1.events import SYSTEM_ACCOUNT
 from services.quota.state import QuotaState

@@ -3,7 +3,7 @@
 Any number of instances may run. The projection (payments, plan changes and usage: what a refund is
 computed from) is split over them by partition leases `owner.refund.<partition>`
 (libs/eventlog/partitioned.py), rebalanced when one joins or leaves. One at a time (the holder of
-the lease owner.refund-leader.0, libs/leases.py) answers the refund commands and settles, the
+the lease owner.refund-leader.0, libs/leader.py) answers the refund commands and settles, the
 others stand by; the desk waits until the projection, by whichever instance, has applied the
 account's events (the checkpoints in Postgres: libs/eventlog/barrier.py). A leader killed
 mid-settlement: the next one resumes every refund still processing, and the payout carries the
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from libs.clock import Clock, SystemClock
 from libs.fencing import LeaderFence
-from libs.leases import PARTITION_LEASE_S, lead, leader_leases, until_leading
+from libs.leader import lead, leader_leases, until_leading
+from libs.leases import PARTITION_LEASE_S
 from libs.runtime import Runtime
 from libs.settings_views import RefundSettings
 from services.refund.desk import RefundDesk

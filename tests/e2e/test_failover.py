@@ -47,8 +47,9 @@ import pytest
 from libs.apikeys import hash_secret
 from libs.eventlog.subjects import STORED_PREFIX, partition_for, partitioned
 from libs.keycache import KeyCache
-from libs.leases import BUCKET, assignment
+from libs.leases import BUCKET
 from libs.localservers import LocalNats, LocalPostgres, free_port
+from libs.rendezvous import assignment
 from libs.rpc import ask
 from libs.settings import Settings
 from proto.v1 import KeyFound, ListKeys, LookupKey, QuotaStatusRequest, encode, rpc, subjects

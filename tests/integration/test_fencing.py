@@ -24,7 +24,8 @@ from libs.eventlog.publisher import EventPublisher
 from libs.eventlog.runner import ProjectionRunner
 from libs.eventlog.subjects import STORED_PREFIX, partition_for, publish_subject
 from libs.fencing import Fenced, LeaderFence
-from libs.leases import PartitionLeases, held, leader_fence
+from libs.leader import leader_fence
+from libs.leases import PartitionLeases, held
 from libs.settings import Settings
 from proto.v1 import RefundRequested, UsageRecorded, encode
 from services.refund.desk import RefundDesk

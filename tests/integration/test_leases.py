@@ -14,9 +14,12 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from libs.leases import LeaseThread, PartitionLeases, assignment, held, lead, leader_leases, lease_bucket
+from libs.leader import lead, leader_leases
+from libs.leases import PartitionLeases, held, lease_bucket
+from libs.leasethread import LeaseThread
 from libs.localservers import LocalNats
 from libs.observability import install, prometheus_text
+from libs.rendezvous import assignment
 
 pytestmark = pytest.mark.connected
 PARTITIONS = 16
@@ -138,7 +141,7 @@ async def test_with_hand_over_a_partition_desired_elsewhere_moves_only_once_rele
 
 
 async def test_a_late_renewal_stops_owning_but_not_holding_and_the_next_one_proves_it(connections) -> None:
-    """A leader (libs/leases.lead) starved of CPU past its deadline must stop answering, not give
+    """A leader (libs/leader.lead) starved of CPU past its deadline must stop answering, not give
     up: if the next renewal succeeds, nobody else held the key meanwhile."""
     now = [0.0]
     nc = await connections()
@@ -279,7 +282,7 @@ async def test_a_leader_s_clean_stop_is_not_taken_for_a_lost_lease(lease_threads
     """keys, billing and refund hand their leader lease over as they stop, and then stop their
     projections, which can take longer than lead()'s look at the lease (every 0.2 s): it raised
     "the leader's lease was lost" meanwhile, and the process exited with 70 half-way through its
-    clean shutdown (seen on every Ctrl-C of `make run`)."""
+    clean shutdown (seen on a Ctrl-C of `make run`)."""
     leases = leader_leases(await lease_threads("leader"), f"clean-{uuid.uuid4().hex[:6]}")
     await leases.start()
     leading = asyncio.Event()

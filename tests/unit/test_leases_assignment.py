@@ -1,4 +1,4 @@
-"""The desired assignment of partitions to a service's instances (libs/leases.py): the same from the
+"""The desired assignment of partitions to a service's instances (libs/rendezvous.py): the same from the
 same members, balanced to within one partition, and its runner-up is the owner once the owner left."""
 
 import collections
@@ -6,7 +6,7 @@ import collections
 from hypothesis import given
 from hypothesis import strategies as st
 
-from libs.leases import assignment, runner_up
+from libs.rendezvous import assignment, runner_up
 
 members = st.lists(st.text("abcdefgh-0123456789", min_size=1, max_size=12), min_size=1, max_size=8, unique=True)
 partitions = st.integers(min_value=1, max_value=64)
