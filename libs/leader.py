@@ -14,11 +14,9 @@ log = logging.getLogger(__name__)
 LEADER_LEASE_S = 3.0
 
 
-def leader_leases(home: LeaseThread, service: str, replicas: int = 1) -> PartitionLeases:
-    """One lease, `owner.<service>-leader.0`, for a service of which one instance at a time decides
-    (answers the commands) while the others stand by (keys, billing, refund). Separate from the
-    partition leases of their projections (`owner.<service>.<partition>`)."""
-    return home.leases(f"{service}-leader", 1, lease_s=LEADER_LEASE_S, replicas=replicas, rebalance=False)
+def leader_leases(home: LeaseThread, service: str) -> PartitionLeases:
+    """The service's leader lease, renewed on the process's lease thread."""
+    return home.leases(f"{service}-leader", 1, lease_s=LEADER_LEASE_S, rebalance=False)
 
 
 async def lead(

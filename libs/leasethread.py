@@ -14,12 +14,12 @@ from libs.leases import PartitionLeases, instance_name
 
 
 class LeaseThread:
-    """Where a process's leases are renewed: a thread with an event loop and a NATS connection of its
-    own (the module's docstring says why). Under the GIL it still gets its turn: a thread that waits
-    for the GIL has it within the switch interval (5 ms), however busy the service's loop is."""
+    """Under the GIL it still gets its turn: a thread that waits for the GIL has it within the switch
+    interval (5 ms), however busy the service's loop is. `replicas`: the lease bucket's, as the
+    deployment's streams'."""
 
-    def __init__(self, nats_url: str, name: str) -> None:
-        self._url, self._name = nats_url, name
+    def __init__(self, nats_url: str, name: str, replicas: int = 1) -> None:
+        self._url, self._name, self._replicas = nats_url, name, replicas
         self._nc: Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -50,7 +50,7 @@ class LeaseThread:
         """This process's leases of the service's partitions (PartitionLeases' options), renewed here."""
         assert self._nc is not None and self._loop is not None, "start() first"
         return PartitionLeases(self._nc.jetstream(), service, instance or instance_name(), partitions,
-                               loop=self._loop, **options)  # fmt: skip
+                               replicas=self._replicas, loop=self._loop, **options)  # fmt: skip
 
     @property
     def running(self) -> bool:
@@ -58,6 +58,6 @@ class LeaseThread:
 
     async def close(self) -> None:
         """Close the connection and end the thread (the leases stopped first: what they hold runs out)."""
-        if self._loop is not None and self._thread is not None and self.running:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             await asyncio.to_thread(self._thread.join)

@@ -71,10 +71,10 @@ class Runtime:
         self.nc: Client = await connect_nats(self.settings.nats_url, self.name)
 
     async def lease_thread(self) -> LeaseThread:
-        """Where this process's leases are renewed (libs/leases.py), started on first use."""
+        """Where this process's leases are renewed (libs/leasethread.py), started on first use."""
         async with self._lease_thread_starting:
             if self._lease_thread is None:
-                thread = LeaseThread(self.settings.nats_url, self.name)
+                thread = LeaseThread(self.settings.nats_url, self.name, self.settings.stream_replicas)
                 await thread.start()
                 self._lease_thread = thread
             return self._lease_thread
@@ -131,8 +131,7 @@ class Runtime:
         partition is projected under: `leases.revision(partition)`, made before the runner so that
         the runner's commits can be fenced by it."""
         leases = (await self.lease_thread()).leases(
-            self.name, self.settings.partitions, lease_s=PARTITION_LEASE_S,
-            replicas=self.settings.stream_replicas, rebalance=True, hand_over=True,
+            self.name, self.settings.partitions, lease_s=PARTITION_LEASE_S, rebalance=True, hand_over=True,
         )  # fmt: skip
         # Fenced by each partition's lease; a replay pauses every instance (libs/replay/instances.py).
         runner = await self.project(projection, every_partition=False, peers=leases, fence=leases.revision)

@@ -48,7 +48,7 @@ class BillingService:
             stream=settings.stream, barrier_wait_s=settings.billing_barrier_wait_s, sweep_s=settings.insider_sweep_s,
         )  # fmt: skip
         projecting = await runtime.project_partitioned(projection)
-        self.leases = leader_leases(await runtime.lease_thread(), "billing", settings.stream_replicas)
+        self.leases = leader_leases(await runtime.lease_thread(), "billing")
         await self.leases.start()
         leading = asyncio.Event()
         runtime.spawn(lead(self.leases, lambda: self._begin(responder), leading), "billing-leader")

@@ -50,9 +50,7 @@ class IngressService:
         # Several instances (follower.py): each follows the account events; one runs the projection.
         follower = LogFollower(runtime.nc.jetstream(), settings.stream, projection.event_types, self.directory.apply)
         await follower.start(loaded)
-        self.leases = (await runtime.lease_thread()).leases(
-            "ingress-projection", 1, lease_s=LEASE_S, replicas=settings.stream_replicas, rebalance=False
-        )
+        self.leases = (await runtime.lease_thread()).leases("ingress-projection", 1, lease_s=LEASE_S, rebalance=False)
         await self.leases.start()
         self.directory.sync = sync_when_several(follower, self.leases)
         runtime.spawn(project_while_owner(runtime, projection, self.leases), "ingress-projection-owner")

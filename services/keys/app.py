@@ -48,7 +48,7 @@ class KeysService:
             await self.registry.load(conn, projection.schema)
         follower = LogFollower(runtime.nc.jetstream(), settings.stream, projection.event_types, self._apply)
         await follower.start(loaded)
-        self.leases = leader_leases(await runtime.lease_thread(), "keys", settings.stream_replicas)
+        self.leases = leader_leases(await runtime.lease_thread(), "keys")
         await self.leases.start()
         responder = KeysResponder(
             self.registry, await runtime.publisher(), runtime.nc, self.clock, follower, self.leases,

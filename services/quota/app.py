@@ -52,9 +52,7 @@ class QuotaService:
             await fill_partitions(conn, projection.schema, settings.partitions)
             await self.state.load(conn, projection.schema)
         await FlowRates(runtime.nc.jetstream(), settings.stream, self.state).start()
-        leases = (await runtime.lease_thread()).leases(
-            "quota", settings.partitions, lease_s=LEASE_S, replicas=settings.stream_replicas, hand_over=True
-        )
+        leases = (await runtime.lease_thread()).leases("quota", settings.partitions, lease_s=LEASE_S, hand_over=True)
         # Each partition is projected under its own lease: its revision fences a stale owner's commits;
         # a replay pauses every instance.
         runner = await runtime.project(projection, every_partition=False, peers=leases, fence=leases.revision)

@@ -46,7 +46,7 @@ class RefundService:
         )  # fmt: skip
         self.responder = RefundResponder(self.desk, provider)
         projecting = await runtime.project_partitioned(projection)
-        self.leases = leader_leases(await runtime.lease_thread(), "refund", settings.stream_replicas)
+        self.leases = leader_leases(await runtime.lease_thread(), "refund")
         await self.leases.start()
         leading = asyncio.Event()
         runtime.spawn(lead(self.leases, self._begin, leading), "refund-leader")
