@@ -8,6 +8,7 @@ from typing import Any
 
 from nats.aio.client import Client
 
+from libs import taskdump
 from libs.cancelling import cancel_and_wait
 from libs.connections import close_nats, connect_nats
 from libs.leases import PartitionLeases, instance_name
@@ -33,6 +34,7 @@ class LeaseThread:
 
     def _run(self, connected: "concurrent.futures.Future[None]") -> None:
         loop = self._loop = asyncio.new_event_loop()
+        taskdump.watch(loop)
         try:
             self._nc = loop.run_until_complete(connect_nats(self._url, f"{self._name}-leases"))
         except BaseException as exc:

@@ -1,4 +1,5 @@
-"""Run a service until SIGINT/SIGTERM: the one `main` every service's __main__ uses."""
+"""Run a service until SIGINT/SIGTERM: the one `main` every service's __main__ uses. SIGUSR1 logs
+where its asyncio tasks wait (libs/taskdump.py) and the service goes on."""
 
 import asyncio
 import gc
@@ -11,6 +12,7 @@ from typing import Protocol
 
 import uvloop
 
+from libs import taskdump
 from libs.settings import Settings, SettingsError, check_exposure, load_settings
 
 YOUNG_COLLECTION_EVERY = 50_000
@@ -34,11 +36,13 @@ def run_service(
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def serve(settings: Settings) -> None:
+        loop = asyncio.get_running_loop()
+        taskdump.watch(loop)
+        loop.add_signal_handler(signal.SIGUSR1, taskdump.log_tasks)  # a start that hangs is seen too
         service = factory(settings)
         await service.start()
         settle_heap(young_collection_every)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()

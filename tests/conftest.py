@@ -59,14 +59,16 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, object]:
-    """A failed test that had a stack reports the end of each service's log beside its own output:
-    the services run as processes whose logs leave with the test's temporary folder (a CI run's
-    hang in a gateway call was otherwise told by nothing but the test's own timeout)."""
+    """A failed test that had a stack reports the end of each service's log beside its own output,
+    then where each service's tasks wait: the services run as processes whose logs leave with the
+    test's temporary folder (a CI run's hang in a gateway call was otherwise told by nothing but the
+    test's own timeout)."""
     report = yield
     if isinstance(report, pytest.TestReport) and report.failed:
         for value in getattr(item, "funcargs", {}).values():
             if isinstance(value, Stack):
                 report.sections.append(("flowplan services' logs, their last lines", value.log_ends()))
+                report.sections.append(("flowplan services' asyncio tasks, where each waits", value.tasks()))
     return report
 
 

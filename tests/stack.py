@@ -7,6 +7,7 @@ own database; the Postgres server is shared by the session.
 import asyncio
 import atexit
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import asyncpg
 import nats
 from nats.aio.client import Client
 
+from libs import taskdump
 from libs.localservers import free_port, stop_process, wait_for_port
 from libs.settings import Settings, settings_environ
 
@@ -106,6 +108,28 @@ class Stack:
             tail = service.log().splitlines()[-lines:] if service.log_path.exists() else []
             ends.append(f"== {service.name} ==\n" + "\n".join(line[:400] for line in tail))
         return "\n".join(ends)
+
+    def tasks(self, timeout_s: float = 3.0) -> str:
+        """Where each running service's asyncio tasks wait, as it logs on SIGUSR1 (libs/taskdump.py):
+        what a failed test's report shows after the logs' ends, so that a call that got no answer
+        tells where it waits (a CI run's gateway call hung with nothing in any log)."""
+        asked = {}
+        for service in self.services:
+            if service.process is not None and service.process.poll() is None:
+                asked[service] = service.log_path.stat().st_size
+                service.process.send_signal(signal.SIGUSR1)
+        reports, deadline = {}, time.monotonic() + timeout_s
+        while asked and time.monotonic() < deadline:
+            time.sleep(0.05)
+            for service, offset in list(asked.items()):
+                with open(service.log_path, "rb") as log:
+                    log.seek(offset)
+                    written = log.read().decode(errors="replace")
+                if taskdump.END in written:
+                    reports[service.name] = written[: written.index(taskdump.END)].rstrip()
+                    del asked[service]
+        reports |= {service.name: f"(no report within {timeout_s:g} s)" for service in asked}
+        return "\n".join(f"== {name} ==\n{report}" for name, report in reports.items())
 
     # -- HTTP ---------------------------------------------------------------------------
 

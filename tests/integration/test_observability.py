@@ -302,3 +302,32 @@ async def test_a_partition_whose_consumer_is_not_made_yet_is_left_out_not_an_out
     finally:
         await nc.close()
         await pool.close()
+
+
+async def test_each_service_tells_where_its_tasks_wait_on_sigusr1_and_goes_on(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """A gateway call that got no answer in CI left nothing in any log. A service now logs its
+    asyncio tasks' stacks on SIGUSR1, and a failed test's report shows them (tests/conftest.py):
+    here a call held by a slow upstream (8,000 tokens at the simulator's 2,000/s) is seen waiting
+    in the gateway's forward and in the simulator's generation, and both still answer after."""
+    account = await stack.create_account("waits")
+    await stack.pay(account["account_id"], "pro", "20.00")
+    body = {"model": "deepseek/deepseek-chat", "max_tokens": 8000,
+            "messages": [{"role": "user", "content": "a long story [[tokens:8000]]"}]}  # fmt: skip
+    headers = {"Authorization": f"Bearer {account['key']}"}
+    slow = asyncio.create_task(http.post(stack.gateway_url + CHAT, json=body, headers=headers))
+    try:
+        await asyncio.sleep(1)
+        assert not slow.done()
+        report = await asyncio.to_thread(stack.tasks)
+    finally:
+        slow.cancel()
+    services = dict(re.findall(r"^== (\w+) ==\n(.*?)(?=^== |\Z)", report, re.M | re.S))
+    assert sorted(services) == sorted(service.name for service in stack.services), report
+    assert all("asyncio tasks, on SIGUSR1" in text for text in services.values()), report
+    assert re.search(r" services/gateway/pipeline.py:\d+ forward \| waiting on", services["gateway"]), report
+    assert re.search(r" services/simulator/common.py:\d+ generation_time > ", services["simulator"]), report
+    assert await call(http, stack, account["key"], "deepseek/deepseek-chat") == 200
+    async with http.get(f"http://127.0.0.1:{stack.settings.simulator_port}/healthz") as response:
+        assert response.status == 200
