@@ -9,8 +9,10 @@ Postgres refuses to run as root: as root, it runs as the `postgres` user (or a
 import contextlib
 import glob
 import importlib.util
+import itertools
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -18,11 +20,64 @@ import sys
 import time
 from pathlib import Path
 
+PORTS_FROM = 20_000
+"""Where the ports for servers start; they end where the kernel's source ports begin."""
+MIN_PORTS = 1_000
+"""Fewer ports than this between PORTS_FROM and the source ports: take them above those instead."""
+
+
+def source_ports() -> tuple[int, int]:
+    """The kernel's range of source ports, for outgoing connections and for a bind to port 0."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999  # Linux's default
+
+
+def server_ports(index: int = 0, count: int = 1) -> range:
+    """The `index`-th of `count` equal shares of the ports for servers: outside the kernel's source
+    ports, so that no connection opened meanwhile can take one before its server binds it."""
+    low, high = source_ports()
+    ports = range(PORTS_FROM, low) if low - PORTS_FROM >= MIN_PORTS else range(high + 1, 65_536)
+    size = len(ports) // count
+    return ports[index * size : (index + 1) * size]
+
+
+class Ports:
+    """Ports for the servers this process starts, handed out in turn from `ports` (from a random
+    place in it, and round again at its end), skipping any that something listens on."""
+
+    def __init__(self, ports: range) -> None:
+        if not ports:
+            raise ValueError("no ports to hand out")
+        self._ports = ports
+        self._turns = itertools.count(random.randrange(len(ports)))
+
+    def take(self) -> int:
+        for _ in range(len(self._ports)):
+            port = self._ports[next(self._turns) % len(self._ports)]
+            if port_is_free(port):
+                return port
+        raise RuntimeError(f"every port in {self._ports} is in use")
+
+
+_ports = Ports(server_ports())
+
+
+def share_ports(index: int, count: int) -> None:
+    """From now on free_port hands out only the `index`-th of `count` shares of the ports, so that
+    processes starting servers side by side (the test suite's workers) never pick the same one."""
+    global _ports
+    _ports = Ports(server_ports(index, count))
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, for a server started next. Not one from a bind to port 0: the
+    kernel takes those from its source ports, and a connection opened before the server binds the
+    port can take it as its source (EADDRINUSE: in a test suite run, quota could not start, and
+    its stack was tested without it)."""
+    return _ports.take()
 
 
 def port_is_free(port: int) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from libs.localservers import LocalNats, LocalPostgres
+from libs.localservers import LocalNats, LocalPostgres, share_ports
 from libs.settings import Settings
 from libs.setup import set_up
 from tests import hangs
@@ -29,6 +29,13 @@ subsequent run it took 0.13 ms". Tests that want a bound on time assert it thems
 
 TIERS = ("unit", "component", "integration", "e2e")
 """The test folders, each also a marker: `pytest -m "unit or component"` runs the fast tiers."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest-xdist worker starts its servers on ports of its own share (libs/localservers.py)."""
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:
+        share_ports(int(worker["workerid"].removeprefix("gw")), int(worker["workercount"]))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
