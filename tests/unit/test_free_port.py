@@ -25,10 +25,12 @@ def test_shares_of_the_ports_do_not_overlap_and_cover_them() -> None:
 
 
 def test_a_port_something_listens_on_is_skipped() -> None:
+    """Within the ports for servers (outside the source ports, and this worker's share): the port after
+    the listener's is free, where one among the source ports may be any connection's."""
+    taken = free_port()
     with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
+        listener.bind(("127.0.0.1", taken))
         listener.listen()
-        taken = listener.getsockname()[1]
         ports = Ports(range(taken, taken + 2))
         assert {ports.take() for _ in range(4)} == {taken + 1}
 
