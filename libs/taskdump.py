@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 _PROJECT = f"{Path(__file__).resolve().parents[1]}/"
 END = "end of the tasks' stacks"
 """The report's last line: a reader of the log knows the whole report is there."""
-
-
 _watched: "weakref.WeakSet[asyncio.AbstractEventLoop]" = weakref.WeakSet()
 
 
@@ -58,8 +56,9 @@ def frames(coro: Any) -> Iterator[str]:
 
 
 def _short(filename: str) -> str:
-    """A source file as a reader finds it: within the project, a library or the standard library."""
-    for root in (_PROJECT, "site-packages/", f"python{sys.version_info[0]}.{sys.version_info[1]}/"):
+    """A source file as a reader finds it: within a library (whose folder may be inside the project,
+    as make's .venv is), the project or the standard library."""
+    for root in ("site-packages/", _PROJECT, f"python{sys.version_info[0]}.{sys.version_info[1]}/"):
         if (at := filename.find(root)) >= 0:
             return filename[at + len(root) :]
     return filename
